@@ -1,0 +1,135 @@
+"""The ``turboserve`` command line: a thin layer over the packages.
+
+``turboserve demo`` streams a few sessions on a local cluster; ``turboserve trace ...``
+generates and inspects workloads; ``turboserve experiment ...`` runs the simulator and the
+paper table; ``turboserve replay TRACE --backend live|sim`` replays a trace. Every command
+reads the same ``dask.config`` keys (``--config key=value`` overrides any of them).
+
+The ``experiments`` package sits above ``framework``; it is imported inside functions
+only, so no import loop forms between the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+import dask.config
+
+from framework import config
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from framework.demo import run_demo
+
+    run_demo(
+        n_sessions=args.sessions,
+        n_chunks=args.chunks,
+        n_workers=args.workers,
+        out_dir=args.out,
+        prompts=args.prompt or None,
+    )
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from experiments.replay import replay_command
+
+    return replay_command(args)
+
+
+def _config(args: argparse.Namespace) -> int:
+    import yaml
+
+    print(yaml.safe_dump(config.resolved(), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (subcommand modules register themselves)."""
+    parser = argparse.ArgumentParser(
+        prog="turboserve",
+        description="Serve streaming video generation on Dask: sessions, coalesced chunk steps, "
+        "offload, migration-aware placement and load-driven autoscaling.",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a turboserve config key, e.g. --config engine.max-batch=4 (repeatable)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="stream a few sessions on a local cluster and write their videos")
+    demo.add_argument("--sessions", type=int, default=2, help="number of sessions (default 2)")
+    demo.add_argument("--chunks", type=int, default=4, help="chunks per session (default 4)")
+    demo.add_argument("--workers", type=int, default=None, help="local workers (default: config cluster.n-workers)")
+    demo.add_argument("--prompt", action="append", help="a prompt (repeatable; default: built-in prompts)")
+    demo.add_argument("--out", default="turboserve-demo", help="output folder (default ./turboserve-demo)")
+    demo.set_defaults(func=_demo)
+
+    replay = sub.add_parser("replay", help="replay a trace against the live cluster or the simulator")
+    replay.add_argument("trace", help="trace file (Parquet or CSV, the trace schema)")
+    replay.add_argument("--backend", choices=["live", "sim"], default="sim")
+    replay.add_argument("--out", required=True, help="output folder (chunks.parquet, summary.csv, ...)")
+    replay.add_argument("--time-scale", type=float, default=1.0, help="live: trace seconds per wall second")
+    replay.add_argument("--workers", type=int, default=None, help="initial workers (live) / GPUs (sim)")
+    replay.add_argument("--seed", type=int, default=0)
+    replay.set_defaults(func=_replay)
+
+    cfg = sub.add_parser("config", help="print the resolved turboserve configuration")
+    cfg.set_defaults(func=_config)
+
+    for register in _command_groups():
+        register(sub)
+    return parser
+
+
+def _command_groups() -> list[Callable[[argparse._SubParsersAction], None]]:
+    groups = []
+    for module in ("traces.commands", "experiments.commands"):
+        try:
+            mod = __import__(module, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        groups.append(mod.register)
+    return groups
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``turboserve`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        overrides = dict(config.parse_override(item) for item in args.config)
+        with dask.config.set(overrides):
+            rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, LookupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if type(exc).__module__.startswith(("framework", "workers", "storage", "traces", "experiments")):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
