@@ -1,0 +1,114 @@
+"""Packing session tensors into per-dtype buffers and back (workers.transfer), in one process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workers.transfer import (
+    PackError,
+    as_bytes,
+    decode_meta,
+    dtype_from_name,
+    empty_buffers,
+    encode_meta,
+    pack,
+    plan_buffers,
+    tensor_specs,
+    unpack,
+)
+
+
+def mixed_tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return {
+        "prompt_embeds": torch.randn(4, 8, generator=g),
+        "kv.0.k": torch.randn(2, 3, 4, generator=g).bfloat16(),
+        "kv.0.v": torch.randn(2, 3, 4, generator=g).bfloat16(),
+        "vae.0": torch.randn(3, 5, generator=g).half(),
+        "rng": torch.randint(0, 256, (16,), dtype=torch.uint8, generator=g),
+        "positions": torch.arange(12, dtype=torch.int64).reshape(3, 4).t(),  # not contiguous
+        "scale": torch.tensor(0.5),  # 0-d
+        "empty": torch.empty(0, 4),
+        "mask": torch.rand(6, generator=g) > 0.5,
+    }
+
+
+def test_round_trip_is_bit_exact_for_every_dtype_and_layout():
+    tensors = mixed_tensors()
+    plan = plan_buffers(tensor_specs(tensors))
+    out = unpack(pack(tensors, plan), plan)
+    assert set(out) == set(tensors)
+    for name, t in tensors.items():
+        assert out[name].dtype == t.dtype and out[name].shape == t.shape, name
+        assert torch.equal(out[name], t), name
+
+
+def test_round_trip_through_raw_bytes_into_fresh_buffers():
+    tensors = mixed_tensors()
+    plan = plan_buffers(tensor_specs(tensors))
+    sent = pack(tensors, plan)
+    received = empty_buffers(plan)
+    for src, dst in zip(sent, received):
+        as_bytes(dst).copy_(as_bytes(src))  # what a transport does
+    out = unpack(received, plan)
+    assert all(torch.equal(out[k], tensors[k]) for k in tensors)
+
+
+def test_plan_has_one_buffer_per_dtype_in_order_of_first_appearance():
+    plan = plan_buffers(tensor_specs(mixed_tensors()))
+    assert [b.dtype for b in plan.buffers] == ["float32", "bfloat16", "float16", "uint8", "int64", "bool"]
+    assert plan.nbytes == sum(t.numel() * t.element_size() for t in mixed_tensors().values())
+    f32 = plan.buffers[0]
+    assert [s.name for s in f32.slots] == ["prompt_embeds", "scale", "empty"]
+    assert [s.offset for s in f32.slots] == [0, 32, 33]
+
+
+def test_lone_contiguous_tensor_of_its_dtype_is_passed_through_without_copy():
+    tensors = {"a": torch.arange(10), "b": torch.ones(3), "c": torch.zeros(2)}
+    plan = plan_buffers(tensor_specs(tensors))
+    buffers = pack(tensors, plan)
+    assert buffers[0].data_ptr() == tensors["a"].data_ptr()  # int64 group: one tensor, no copy
+    assert buffers[1].data_ptr() not in (tensors["b"].data_ptr(), tensors["c"].data_ptr())
+
+
+def test_unpacked_tensors_are_views_into_the_buffers():
+    tensors = {"a": torch.ones(3), "b": torch.zeros(2)}
+    plan = plan_buffers(tensor_specs(tensors))
+    buffers = pack(tensors, plan)
+    out = unpack(buffers, plan)
+    buffers[0][4] = 9.0
+    assert out["b"][1].item() == 9.0
+
+
+def test_pack_refuses_a_tensor_that_does_not_match_the_plan():
+    plan = plan_buffers({"a": {"shape": [3], "dtype": "float32"}})
+    with pytest.raises(PackError, match="'a' is torch.float16"):
+        pack({"a": torch.ones(3, dtype=torch.float16)}, plan)
+    with pytest.raises(PackError, match=r"\['a'\]"):
+        pack({}, plan)
+
+
+def test_unpack_refuses_buffers_of_the_wrong_size():
+    plan = plan_buffers({"a": {"shape": [3], "dtype": "float32"}})
+    with pytest.raises(PackError, match="expects 1-D float32 of 3"):
+        unpack([torch.ones(4)], plan)
+    with pytest.raises(PackError, match="got 2 buffers"):
+        unpack([torch.ones(3), torch.ones(3)], plan)
+
+
+def test_unknown_dtype_name_is_rejected_with_the_name():
+    assert dtype_from_name("torch.bfloat16") is torch.bfloat16
+    with pytest.raises(PackError, match="'float33'"):
+        plan_buffers({"a": {"shape": [1], "dtype": "float33"}})
+    with pytest.raises(PackError, match="'Tensor'"):
+        dtype_from_name("Tensor")
+
+
+def test_meta_survives_the_byte_encoding():
+    meta = {"prompt": "a red fox — running", "seed": 3, "scalars": {"x": 1.5}, "tensors": {}}
+    data = encode_meta(meta)
+    assert data.dtype == torch.uint8
+    assert decode_meta(data) == meta
+    with pytest.raises(PackError, match="not valid JSON"):
+        decode_meta(torch.tensor([0xFF, 0x00], dtype=torch.uint8))

@@ -1,0 +1,242 @@
+"""Packing a session's tensors into a few large contiguous buffers, and back.
+
+A transport moves one buffer per dtype instead of one message per tensor: the many
+small KV-cache tensors of a session become one long send, whatever the transport. Both
+ends compute the same :class:`BufferPlan` from the state's JSON meta
+(:meth:`kernels.state.SessionState.meta`), so only the meta and the raw bytes travel.
+
+Buffers are typed 1-D tensors (their dtype is the group's dtype, so every tensor is a
+naturally aligned slice); a transport sends them as raw bytes with :func:`as_bytes`.
+Unpacked tensors are views into the received buffers: no second copy.
+
+Examples
+--------
+>>> import torch
+>>> tensors = {"a": torch.ones(2, 3), "b": torch.arange(4), "c": torch.zeros(5)}
+>>> plan = plan_buffers(tensor_specs(tensors))
+>>> [(b.dtype, b.numel) for b in plan.buffers]
+[('float32', 11), ('int64', 4)]
+>>> out = unpack(pack(tensors, plan), plan)
+>>> all(torch.equal(out[k], tensors[k]) for k in tensors)
+True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BufferPlan",
+    "BufferSpec",
+    "PackError",
+    "TensorSlot",
+    "as_bytes",
+    "decode_meta",
+    "dtype_from_name",
+    "empty_buffers",
+    "encode_meta",
+    "pack",
+    "plan_buffers",
+    "tensor_specs",
+    "unpack",
+]
+
+
+class PackError(ValueError):
+    """Tensors, buffers or meta do not match the plan they are packed or unpacked with."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSlot:
+    """Where one named tensor lives inside its dtype's buffer (offsets in elements)."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    numel: int
+
+
+@dataclass(frozen=True, slots=True)
+class BufferSpec:
+    """One contiguous buffer: all tensors of one dtype, in meta order."""
+
+    dtype: str
+    numel: int
+    slots: tuple[TensorSlot, ...]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The buffer's element type as a ``torch.dtype``."""
+        return dtype_from_name(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the buffer in bytes."""
+        return self.numel * self.torch_dtype.itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class BufferPlan:
+    """The buffers of one state, in the order both ends send and receive them."""
+
+    buffers: tuple[BufferSpec, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all buffers together (equals the state's ``nbytes``)."""
+        return sum(b.nbytes for b in self.buffers)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Tensor names covered by the plan."""
+        return tuple(s.name for b in self.buffers for s in b.slots)
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """The ``torch.dtype`` called ``name`` (``"float32"``, ``"torch.bfloat16"``, ...).
+
+    Raises
+    ------
+    PackError
+        If ``name`` is not a torch dtype.
+    """
+    attr = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(attr, torch.dtype):
+        raise PackError(f"unknown tensor dtype {name!r}; expected a torch dtype name such as 'float32'")
+    return attr
+
+
+def tensor_specs(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """``{name: {"shape": [...], "dtype": "..."}}`` of tensors, as in ``SessionState.meta()["tensors"]``."""
+    return {
+        name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        for name, t in tensors.items()
+    }
+
+
+def plan_buffers(specs: Mapping[str, Mapping[str, Any]]) -> BufferPlan:
+    """Group tensors by dtype into one buffer each; dtypes in order of first appearance.
+
+    Parameters
+    ----------
+    specs
+        ``{name: {"shape": [...], "dtype": "float32"}}``, e.g. ``state.meta()["tensors"]``.
+        Its order decides the layout, so both ends must pass the same mapping.
+    """
+    groups: dict[str, list[TensorSlot]] = {}
+    sizes: dict[str, int] = {}
+    for name, spec in specs.items():
+        dtype = str(spec["dtype"]).removeprefix("torch.")
+        dtype_from_name(dtype)  # validate early, with the bad name in the message
+        shape = tuple(int(d) for d in spec["shape"])
+        if any(d < 0 for d in shape):
+            raise PackError(f"tensor {name!r} has a negative dimension in shape {shape}")
+        numel = math.prod(shape)
+        offset = sizes.get(dtype, 0)
+        groups.setdefault(dtype, []).append(TensorSlot(name, shape, offset, numel))
+        sizes[dtype] = offset + numel
+    return BufferPlan(tuple(BufferSpec(d, sizes[d], tuple(slots)) for d, slots in groups.items()))
+
+
+def empty_buffers(plan: BufferPlan, *, device: str | torch.device = "cpu", pin_memory: bool = False) -> list[torch.Tensor]:
+    """Uninitialised buffers to receive ``plan`` into (pinned only for a CPU target with CUDA present)."""
+    device = torch.device(device)
+    pin = pin_memory and device.type == "cpu" and torch.cuda.is_available()
+    return [torch.empty(b.numel, dtype=b.torch_dtype, device=device, pin_memory=pin) for b in plan.buffers]
+
+
+def pack(
+    tensors: Mapping[str, torch.Tensor],
+    plan: BufferPlan,
+    *,
+    device: str | torch.device | None = None,
+    pin_memory: bool = False,
+) -> list[torch.Tensor]:
+    """Copy ``tensors`` into the buffers of ``plan`` (one 1-D tensor per :class:`BufferSpec`).
+
+    Parameters
+    ----------
+    tensors
+        The tensors named in ``plan``, with the planned dtypes and shapes.
+    plan
+        From :func:`plan_buffers` on these tensors' specs.
+    device
+        Where the buffers live; ``None``: the device of the tensors (cpu when there are none).
+    pin_memory
+        Page-locked CPU buffers (with a CPU ``device`` and CUDA present), for fast copies
+        from and to a GPU.
+
+    A dtype group made of a single contiguous tensor already on ``device`` is passed
+    through as a flat view, without a copy.
+    """
+    if device is None:
+        device = next((t.device for t in tensors.values()), torch.device("cpu"))
+    device = torch.device(device)
+    missing = set(plan.names) - set(tensors)
+    if missing:
+        raise PackError(f"tensors {sorted(missing)} are in the plan but were not given")
+    buffers: list[torch.Tensor] = []
+    for spec in plan.buffers:
+        dtype = spec.torch_dtype
+        for slot in spec.slots:
+            t = tensors[slot.name]
+            if t.dtype != dtype or tuple(t.shape) != slot.shape:
+                raise PackError(
+                    f"tensor {slot.name!r} is {str(t.dtype)} {tuple(t.shape)}, "
+                    f"the plan expects {spec.dtype} {slot.shape}; rebuild the plan from these tensors"
+                )
+        only = tensors[spec.slots[0].name] if len(spec.slots) == 1 else None
+        if only is not None and only.is_contiguous() and only.device == device and not pin_memory:
+            buffers.append(only.reshape(-1))
+            continue
+        (buf,) = empty_buffers(BufferPlan((spec,)), device=device, pin_memory=pin_memory)
+        for slot in spec.slots:
+            buf[slot.offset : slot.offset + slot.numel].view(slot.shape).copy_(tensors[slot.name])
+        buffers.append(buf)
+    return buffers
+
+
+def unpack(buffers: Sequence[torch.Tensor], plan: BufferPlan) -> dict[str, torch.Tensor]:
+    """Named tensors as views into ``buffers`` (as made by :func:`pack` or :func:`empty_buffers`).
+
+    The result is in the plan's order, grouped by dtype; the caller keeps the original
+    name order through the meta (``SessionState.from_meta`` does).
+    """
+    if len(buffers) != len(plan.buffers):
+        raise PackError(f"got {len(buffers)} buffers, the plan has {len(plan.buffers)}")
+    out: dict[str, torch.Tensor] = {}
+    for buf, spec in zip(buffers, plan.buffers):
+        if buf.dtype != spec.torch_dtype or buf.numel() != spec.numel or buf.dim() != 1:
+            raise PackError(
+                f"buffer is {str(buf.dtype)} {tuple(buf.shape)}, the plan expects 1-D {spec.dtype} of {spec.numel}"
+            )
+        for slot in spec.slots:
+            out[slot.name] = buf[slot.offset : slot.offset + slot.numel].view(slot.shape)
+    return out
+
+
+def as_bytes(buf: torch.Tensor) -> torch.Tensor:
+    """The raw bytes of a contiguous 1-D buffer as a ``uint8`` view (no copy)."""
+    if buf.dim() != 1 or not buf.is_contiguous():
+        raise PackError(f"as_bytes needs a contiguous 1-D buffer, got shape {tuple(buf.shape)}")
+    return buf.view(torch.uint8)
+
+
+def encode_meta(meta: Mapping[str, Any]) -> torch.Tensor:
+    """JSON-encode ``meta`` into a ``uint8`` tensor (what a transport sends first)."""
+    raw = json.dumps(meta, separators=(",", ":"), allow_nan=True).encode("utf-8")
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def decode_meta(data: torch.Tensor) -> dict[str, Any]:
+    """Inverse of :func:`encode_meta` (the tensor may live on any device)."""
+    try:
+        return json.loads(bytes(data.cpu().numpy().tobytes()).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackError(f"received meta is not valid JSON ({exc}); the peer speaks another protocol") from exc
