@@ -1,0 +1,335 @@
+"""Session checkpoints on zarr (any fsspec URL): exact, verified, switched atomically.
+
+Layout under the store root, one group per session::
+
+    <session_id>/                 attrs: layout version, "current" -> generation name,
+                                  model, chunk_index, nbytes (written last: the switch)
+      c000008-1a2b3c4d/           one generation = one saved state
+        kv.0.k, kv.0.v, ...       one uncompressed zarr array per tensor
+                                  attrs (written after all arrays): the state's meta,
+                                  a CRC-32 per tensor, complete=true
+
+A save writes a *new* generation, then its attributes (meta and checksums), then moves
+the session's ``current`` pointer, then deletes older generations. A crash at any point
+leaves either the previous checkpoint (still complete and pointed to) or a pointer to a
+complete new one; a load verifies shape, dtype and checksum of every tensor, so damage
+after the fact is reported, never loaded.
+
+Example
+-------
+>>> store = CheckpointStore("/tmp/turboserve-state")            # doctest: +SKIP
+>>> info = store.save("s1", state)                              # doctest: +SKIP
+>>> state2 = store.load("s1", model="tiny", device="cuda:0")    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+import zarr.codecs
+import zarr.errors
+from zarr.abc.store import Store
+
+from kernels.state import STATE_FORMAT_VERSION, SessionState
+from storage.errors import CheckpointCorrupt, CheckpointMismatch, CheckpointNotFound, CheckpointVersionError
+from storage.tensors import checksum, from_numpy, storage_dtype, to_numpy, torch_dtype
+from storage.zarr_store import DEFAULT_CHUNK_BYTES, chunk_shape, open_root, open_store
+
+#: Version of the on-disk layout described in the module docstring.
+CHECKPOINT_LAYOUT_VERSION = 1
+_LAYOUT_KEY = "turboserve_checkpoint"
+
+Compression = Literal["zstd", "blosc"] | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """What a saved checkpoint holds, read without loading its tensors.
+
+    Attributes
+    ----------
+    session_id, model
+        The session and the model preset that made the state.
+    chunk_index
+        Index of the next chunk the saved state will produce.
+    nbytes
+        Bytes of tensor data (uncompressed).
+    generation
+        Name of the stored generation (changes on every save).
+    url
+        The store the checkpoint lives in.
+    """
+
+    session_id: str
+    model: str
+    chunk_index: int
+    nbytes: int
+    generation: str
+    url: str
+
+
+def _model_name(model: object) -> str | None:
+    """The model name of ``model``: a string as is, else its ``name`` attribute."""
+    if model is None or isinstance(model, str):
+        return model
+    name = getattr(model, "name", None)
+    if not isinstance(name, str):
+        raise TypeError(f"model must be a preset name or an object with a str 'name' attribute, got {model!r}")
+    return name
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("__") or name in (".", ".."):
+        raise ValueError(f"{kind} {name!r} cannot name a zarr node: use a non-empty string without '/' or a leading '__'")
+
+
+class CheckpointStore:
+    """Save and load :class:`SessionState` checkpoints in a zarr store.
+
+    Parameters
+    ----------
+    url
+        Root directory or fsspec URL of the store (created when absent).
+    compression
+        ``None`` (default: fastest, states are mostly incompressible floats),
+        ``"zstd"`` or ``"blosc"``.
+    chunk_bytes
+        Target size of one stored chunk of a tensor.
+    storage_options
+        fsspec options for remote URLs.
+
+    Notes
+    -----
+    One writer per session at a time (the session's worker); readers may run anywhere.
+
+    Examples
+    --------
+    >>> store = CheckpointStore(tmp_path / "ckpt")        # doctest: +SKIP
+    >>> store.save("s1", state).chunk_index               # doctest: +SKIP
+    3
+    >>> store.load("s1", model="tiny").equal(state)       # doctest: +SKIP
+    True
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        compression: Compression = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if compression not in (None, "zstd", "blosc"):
+            raise ValueError(f"compression {compression!r} is not one of None, 'zstd', 'blosc'")
+        if chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+        self.url = os.fspath(url)
+        self.compression = compression
+        self.chunk_bytes = chunk_bytes
+        self._store: Store = open_store(self.url, storage_options=storage_options)
+        self._root = open_root(self._store)
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({self.url!r}, compression={self.compression!r})"
+
+    # ------------------------------------------------------------------ writing
+
+    def save(self, session_id: str, state: SessionState) -> CheckpointInfo:
+        """Write ``state`` as the session's checkpoint (replacing the previous one).
+
+        Tensors may live on any device; they are copied to the host once. The previous
+        checkpoint stays loadable until the new one is complete.
+        """
+        _check_name("session id", session_id)
+        for name in state.tensors:
+            _check_name("tensor name", name)
+        session = self._root.require_group(session_id)
+        generation = f"c{state.chunk_index:06d}-{uuid.uuid4().hex[:8]}"
+        group = session.create_group(generation)
+        checksums: dict[str, int] = {}
+        for name, tensor in state.tensors.items():
+            data = to_numpy(tensor)
+            array = group.create_array(
+                name,
+                shape=data.shape,
+                dtype=data.dtype,
+                chunks=chunk_shape(data.shape, data.itemsize, self.chunk_bytes),
+                compressors=self._compressors(),
+                filters=None,
+                fill_value=0,
+                config={"write_empty_chunks": True},
+            )
+            array[...] = data
+            checksums[name] = checksum(data)
+        meta = state.meta()
+        # The generation's attributes are its "complete" marker: written after all data.
+        group.attrs.update(
+            {_LAYOUT_KEY: CHECKPOINT_LAYOUT_VERSION, "session_id": session_id, "state": meta, "checksums": checksums, "complete": True}
+        )
+        # The switch: one metadata document, replaced atomically on a local store.
+        session.attrs.update(
+            {
+                _LAYOUT_KEY: CHECKPOINT_LAYOUT_VERSION,
+                "current": generation,
+                "model": state.model,
+                "chunk_index": state.chunk_index,
+                "nbytes": state.nbytes,
+            }
+        )
+        for old in [g for g in session.group_keys() if g != generation]:
+            del session[old]
+        return CheckpointInfo(session_id, state.model, state.chunk_index, state.nbytes, generation, self.url)
+
+    def delete(self, session_id: str) -> bool:
+        """Remove the session's checkpoint; ``False`` if there was none."""
+        _check_name("session id", session_id)
+        if session_id not in self._root.group_keys():
+            return False
+        del self._root[session_id]
+        return True
+
+    # ------------------------------------------------------------------ reading
+
+    def exists(self, session_id: str) -> bool:
+        """Whether a checkpoint is recorded for the session (its data is not verified)."""
+        _check_name("session id", session_id)
+        try:
+            return "current" in self._session_attrs(session_id)
+        except CheckpointNotFound:
+            return False
+
+    def list(self) -> list[str]:
+        """Session ids with a recorded checkpoint, sorted."""
+        return sorted(name for name, group in self._root.groups() if "current" in group.attrs)
+
+    def info(self, session_id: str) -> CheckpointInfo:
+        """Describe the session's checkpoint without reading its tensors.
+
+        Raises
+        ------
+        CheckpointNotFound, CheckpointVersionError
+        """
+        attrs = self._session_attrs(session_id)
+        self._check_layout(session_id, attrs)
+        if "current" not in attrs:
+            raise CheckpointNotFound(
+                f"session {session_id!r} has no complete checkpoint in {self.url} (a first save was interrupted)"
+            )
+        return CheckpointInfo(
+            session_id, attrs["model"], int(attrs["chunk_index"]), int(attrs["nbytes"]), attrs["current"], self.url
+        )
+
+    def latest_chunk(self, session_id: str) -> int:
+        """Chunk index the session's checkpoint resumes at (raises :class:`CheckpointNotFound`)."""
+        return self.info(session_id).chunk_index
+
+    def load(self, session_id: str, *, model: object = None, device: str = "cpu") -> SessionState:
+        """Read, verify and return the session's checkpointed state.
+
+        Parameters
+        ----------
+        session_id
+            The session.
+        model
+            The model that will run the state (a preset name or an object with a
+            ``name``); when given, a checkpoint of another model is refused.
+        device
+            Where the returned tensors live.
+
+        Raises
+        ------
+        CheckpointNotFound
+            No checkpoint for the session.
+        CheckpointMismatch
+            It was made by another model.
+        CheckpointVersionError
+            Its layout or state format is not the one this code reads.
+        CheckpointCorrupt
+            An array is missing, truncated, of the wrong shape or dtype, or fails its checksum.
+        """
+        info = self.info(session_id)
+        where = f"checkpoint of session {session_id!r} in {self.url}"
+        session = self._root[session_id]
+        try:
+            group = session[info.generation]
+        except KeyError:
+            raise CheckpointCorrupt(f"{where} points to generation {info.generation!r}, which is missing") from None
+        attrs = group.attrs.asdict()
+        if not attrs.get("complete"):
+            raise CheckpointCorrupt(f"{where}: generation {info.generation!r} was never completed")
+        self._check_layout(session_id, attrs)
+        meta = attrs["state"]
+        if int(meta.get("format_version", -1)) != STATE_FORMAT_VERSION:
+            raise CheckpointVersionError(
+                f"{where} has state format version {meta.get('format_version')}, this code reads "
+                f"version {STATE_FORMAT_VERSION}; regenerate the session from (model, prompt, seed)"
+            )
+        wanted = _model_name(model)
+        if wanted is not None and meta["model"] != wanted:
+            raise CheckpointMismatch(
+                f"checkpoint of session {session_id!r} was made by model {meta['model']!r}, this worker runs {wanted!r}"
+            )
+        tensors = {name: self._read_tensor(group, name, spec, attrs["checksums"], where) for name, spec in meta["tensors"].items()}
+        state = SessionState.from_meta(meta, tensors)
+        return state if device == "cpu" else state.to(device)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _compressors(self) -> Any:
+        if self.compression == "zstd":
+            return [zarr.codecs.ZstdCodec(level=1)]
+        if self.compression == "blosc":
+            return [zarr.codecs.BloscCodec(cname="lz4", clevel=5)]
+        return None
+
+    def _session_attrs(self, session_id: str) -> dict[str, Any]:
+        _check_name("session id", session_id)
+        try:
+            session = self._root[session_id]
+        except KeyError:
+            raise CheckpointNotFound(f"no checkpoint of session {session_id!r} in {self.url}") from None
+        except (ValueError, OSError) as exc:  # unreadable metadata document
+            raise CheckpointCorrupt(f"checkpoint of session {session_id!r} in {self.url} cannot be read: {exc}") from exc
+        if not isinstance(session, zarr.Group):
+            raise CheckpointCorrupt(f"{session_id!r} in {self.url} is an array, not a checkpoint group")
+        return session.attrs.asdict()
+
+    def _check_layout(self, session_id: str, attrs: dict[str, Any]) -> None:
+        version = attrs.get(_LAYOUT_KEY)
+        if version != CHECKPOINT_LAYOUT_VERSION:
+            raise CheckpointVersionError(
+                f"checkpoint of session {session_id!r} in {self.url} has layout version {version!r}, "
+                f"this code reads version {CHECKPOINT_LAYOUT_VERSION}"
+            )
+
+    @staticmethod
+    def _read_tensor(group: zarr.Group, name: str, spec: dict[str, Any], checksums: dict[str, int], where: str) -> Any:
+        dtype = torch_dtype(spec["dtype"])
+        shape = tuple(spec["shape"])
+        try:
+            array = group[name]
+        except KeyError:
+            raise CheckpointCorrupt(f"{where}: array {name!r} is missing") from None
+        except (ValueError, OSError) as exc:
+            raise CheckpointCorrupt(f"{where}: metadata of array {name!r} cannot be read: {exc}") from exc
+        expected_dtype = storage_dtype(dtype)
+        if tuple(array.shape) != shape or np.dtype(array.dtype) != expected_dtype:
+            raise CheckpointCorrupt(
+                f"{where}: array {name!r} has shape {tuple(array.shape)} and dtype {array.dtype}, "
+                f"the state says {shape} and {expected_dtype}"
+            )
+        try:
+            data = array[...]
+        except Exception as exc:  # zarr raises various types for truncated or garbled chunks
+            raise CheckpointCorrupt(f"{where}: array {name!r} cannot be read ({type(exc).__name__}: {exc})") from exc
+        if checksum(data) != checksums.get(name):
+            raise CheckpointCorrupt(f"{where}: array {name!r} fails its checksum (data changed or truncated on disk)")
+        return from_numpy(data, dtype)
+
+
+__all__ = ["CHECKPOINT_LAYOUT_VERSION", "CheckpointInfo", "CheckpointStore"]
