@@ -285,22 +285,26 @@ class P2PEndpoint:
             return self
         r = self.rendezvous
         t0 = time.perf_counter()
+        sender = self.rank == _SENDER
         try:
             self._store = dist.TCPStore(
-                r.host,
-                int(r.port),
-                world_size=2,
-                is_master=self.rank == _SENDER,
-                timeout=self._timeout,
-                wait_for_workers=False,
+                r.host, int(r.port), world_size=2, is_master=sender, timeout=self._timeout, wait_for_workers=False
             )
-            store = dist.PrefixStore(f"turboserve/p2p/{r.transfer_id}", self._store)
-            self._pg = self._make_group(store)
+        except (RuntimeError, OSError) as exc:
+            hint = (
+                "the port is probably taken: make a new Rendezvous (free_port())"
+                if sender
+                else f"the sender did not open {r.host}:{r.port} within {self.timeout_s:g}s; "
+                "both ends must run concurrently with the same Rendezvous"
+            )
+            raise TransferError(f"{self._where()}: could not open the rendezvous store: {exc}; {hint}") from exc
+        try:
+            self._pg = self._make_group(dist.PrefixStore(f"turboserve/p2p/{r.transfer_id}", self._store))
         except (RuntimeError, OSError) as exc:
             self._store = None
             raise TransferError(
-                f"{self._where()}: could not join the peer within {self.timeout_s:g}s: {exc}. "
-                "Check that both ends run concurrently with the same rendezvous and that the port is free."
+                f"{self._where()}: the peer did not join within {self.timeout_s:g}s: {exc}; "
+                "both ends must run concurrently with the same Rendezvous"
             ) from exc
         self.connect_s = time.perf_counter() - t0
         return self
