@@ -1,0 +1,196 @@
+"""Capacity accounting for one decision: what each worker holds and can still take.
+
+Every policy builds one :class:`CapacityLedger` from the snapshot (one pass over the
+sessions, O(sessions + workers)) and books its own actions into it as it decides, so
+that later actions of the same decision see the memory and batch slots taken by the
+earlier ones. The ledger is the single place where the admission rules live:
+
+- memory: the ``state_bytes`` of every on-device session (ACTIVE, IDLE, MIGRATING)
+  plus what this decision placed, resumed or migrated in must stay within
+  ``WorkerView.memory_bytes``;
+- compute: at most ``WorkerView.max_batch`` active sessions (ACTIVE, MIGRATING into
+  the worker, placed this decision) share one coalesced step;
+- only RUNNING workers take sessions.
+
+A session that leaves a worker in this decision (migrated away, offloaded) gives its
+batch slot back at once but keeps its memory booked on the source until the copy has
+completed (a later decision sees it gone), so a decision never over-commits a device
+while a transfer is in flight.
+
+Examples
+--------
+>>> from policies.types import Snapshot, WorkerView, SessionView, SessionStatus
+>>> snap = Snapshot(now_s=0.0, workers=(WorkerView("w1", memory_bytes=10, max_batch=2),),
+...                 sessions=(SessionView("a", SessionStatus.ACTIVE, "w1", state_bytes=4),))
+>>> ledger = CapacityLedger(snap)
+>>> load = ledger.loads["w1"]
+>>> load.n_active, load.mem_used, load.fits(6, active=True), load.fits(7, active=False)
+(1, 4, True, False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from policies.types import SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
+
+_ACTIVE = SessionStatus.ACTIVE
+_IDLE = SessionStatus.IDLE
+_MIGRATING = SessionStatus.MIGRATING
+_PENDING = SessionStatus.PENDING
+_SUSPENDED = SessionStatus.SUSPENDED
+_RUNNING = WorkerStatus.RUNNING
+
+
+@dataclass(slots=True, eq=False)
+class WorkerLoad:
+    """Mutable per-decision load of one worker (compute slots and device memory).
+
+    ``version`` increases on every change, so heaps of loads can drop stale entries.
+    """
+
+    view: WorkerView
+    n_active: int = 0  # ACTIVE + MIGRATING into it + placed/migrated in this decision
+    ctx_sum: float = 0.0  # sum of context_frames of those active sessions
+    mem_used: int = 0  # bytes of on-device sessions (+ booked by this decision)
+    n_sessions: int = 0  # on-device sessions, for "fewest sessions first" choices
+    active: list[SessionView] = field(default_factory=list)  # movable ACTIVE sessions
+    idle: list[SessionView] = field(default_factory=list)
+    version: int = 0
+
+    @property
+    def address(self) -> str:
+        """The worker's address."""
+        return self.view.address
+
+    @property
+    def running(self) -> bool:
+        """True when the worker may receive sessions."""
+        return self.view.status is _RUNNING
+
+    @property
+    def free_bytes(self) -> int:
+        """Device memory not booked by any session."""
+        return self.view.memory_bytes - self.mem_used
+
+    def fits(self, nbytes: int, *, active: bool, memory_share: float = 1.0) -> bool:
+        """Whether a session of ``nbytes`` (active or not) may still go here.
+
+        ``memory_share`` < 1 keeps that share of the device as the ceiling instead of
+        all of it (the offload policy resumes only below its high-water mark).
+        """
+        limit = self.view.memory_bytes if memory_share >= 1.0 else memory_share * self.view.memory_bytes
+        if self.view.status is not _RUNNING or self.mem_used + nbytes > limit:
+            return False
+        return not active or self.n_active < self.view.max_batch
+
+
+class CapacityLedger:
+    """The load of every worker in ``snap``, updated by the actions of one decision.
+
+    Parameters
+    ----------
+    snap
+        The cluster snapshot.
+    new_session_bytes
+        Device memory to reserve for a new session (a pending one with
+        ``state_bytes == 0``, whose state does not exist yet). ``None``: the largest
+        ``state_bytes`` among the snapshot's sessions of the same model (0 if none).
+
+    Notes
+    -----
+    A MIGRATING session is booked on its ``worker``, which is the migration target.
+    Sessions on a worker that is not in the snapshot are ignored (never acted on).
+    Several policies may decide on one ledger in turn (:class:`policies.combined.Combined`);
+    ``acted`` holds the sessions already named by an action, which the next ones skip.
+    """
+
+    __slots__ = ("snap", "loads", "pending", "suspended", "acted", "_new_bytes", "_model_bytes")
+
+    def __init__(self, snap: Snapshot, new_session_bytes: int | None = None) -> None:
+        if new_session_bytes is not None and new_session_bytes < 0:
+            raise ValueError(f"new_session_bytes must be >= 0 or None, got {new_session_bytes!r}")
+        self.snap = snap
+        self._new_bytes = new_session_bytes
+        self._model_bytes: dict[str, int] | None = None
+        loads = {w.address: WorkerLoad(w) for w in snap.workers}
+        self.loads: dict[str, WorkerLoad] = loads
+        pending: list[SessionView] = []
+        suspended: list[SessionView] = []
+        seen: set[str] = set()
+        for s in snap.sessions:
+            status = s.status
+            if status is _ACTIVE or status is _MIGRATING or status is _IDLE:
+                load = loads.get(s.worker)  # type: ignore[arg-type]
+                if load is None:
+                    continue
+                load.mem_used += s.state_bytes
+                load.n_sessions += 1
+                if status is _IDLE:
+                    load.idle.append(s)
+                else:
+                    load.n_active += 1
+                    load.ctx_sum += s.context_frames
+                    if status is _ACTIVE:
+                        load.active.append(s)
+            elif status is _PENDING:
+                if s.session_id not in seen:  # a duplicated id is placed once only
+                    seen.add(s.session_id)
+                    pending.append(s)
+            elif status is _SUSPENDED:
+                suspended.append(s)
+        # Sessions that already have state (resumed ones) go first, then first come
+        # first served; the id breaks ties so that decisions are deterministic.
+        pending.sort(key=lambda s: (s.state_bytes == 0, s.since_s, s.session_id))
+        self.pending = pending
+        self.suspended = suspended
+        # Sessions some action of this decision already names: no second action may.
+        self.acted: set[str] = set()
+
+    # ------------------------------------------------------------ sizes and latency
+
+    def reserve(self, session: SessionView) -> int:
+        """Device bytes ``session`` will occupy once on a device."""
+        if session.state_bytes > 0:
+            return session.state_bytes
+        if self._new_bytes is not None:
+            return self._new_bytes
+        if self._model_bytes is None:
+            sizes: dict[str, int] = {}
+            for s in self.snap.sessions:
+                if s.state_bytes > sizes.get(s.model, 0):
+                    sizes[s.model] = s.state_bytes
+            self._model_bytes = sizes
+        return self._model_bytes.get(session.model, 0)
+
+    def latency(self, load: WorkerLoad) -> float:
+        """Predicted per-chunk step time of ``load``'s worker as it stands."""
+        n = load.n_active
+        return self.snap.latency.predict(n, load.ctx_sum / n) if n else 0.0
+
+    def latency_plus(self, load: WorkerLoad, context_frames: float = 0.0) -> float:
+        """Predicted step time once one more active session (of ``context_frames``) joins."""
+        n = load.n_active + 1
+        return self.snap.latency.predict(n, (load.ctx_sum + context_frames) / n)
+
+    def latency_minus(self, load: WorkerLoad, session: SessionView) -> float:
+        """Predicted step time once the active ``session`` has left."""
+        n = load.n_active - 1
+        return self.snap.latency.predict(n, (load.ctx_sum - session.context_frames) / n) if n > 0 else 0.0
+
+    # ------------------------------------------------------------ booking actions
+
+    def book(self, session: SessionView, load: WorkerLoad, *, active: bool, nbytes: int | None = None) -> None:
+        """Book ``session`` onto ``load`` (placed, resumed, or migrated in)."""
+        load.mem_used += self.reserve(session) if nbytes is None else nbytes
+        load.n_sessions += 1
+        if active:
+            load.n_active += 1
+            load.ctx_sum += session.context_frames
+        load.version += 1
+
+    def release_compute(self, session: SessionView, load: WorkerLoad) -> None:
+        """``session`` stops computing on ``load``; its memory stays booked (copy in flight)."""
+        load.n_active -= 1
+        load.ctx_sum -= session.context_frames
+        load.version += 1

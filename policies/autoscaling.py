@@ -1,0 +1,329 @@
+"""Autoscaling policies: how many workers (GPUs) the cluster should have.
+
+Registered under kind ``"autoscaling"``: ``fixed``, ``hpa``, ``load-driven``.
+
+Shared rules (what the simulator and the live controller rely on):
+
+- The size that counts is the number of RUNNING plus STARTING workers; DRAINING ones
+  are on their way out and do not count. So a scale-up still starting is capacity on
+  the way, and a second decision does not ask for it again.
+- A decision returns at most one ``ScaleTo(n)`` (``n`` = desired RUNNING + STARTING
+  workers) and only when ``n`` differs from the current size. On scale-in it also
+  returns ``Retire(worker)`` for exactly ``current - n`` workers: STARTING ones first
+  (they hold nothing), then running ones with the fewest sessions, then the least
+  state. Draining moves the sessions away (the placement policy migrates active ones
+  and offloads idle ones) before the worker is released.
+- ``n`` always lies within ``[snap.min_workers, snap.max_workers]``.
+- Demand is the active sessions (ACTIVE and MIGRATING) plus the pending ones.
+
+Examples
+--------
+>>> from policies.registry import make
+>>> from policies.types import Snapshot, WorkerView
+>>> snap = Snapshot(now_s=0.0, workers=(WorkerView("w1"),), sessions=(), min_workers=0)
+>>> make("autoscaling", "fixed", n=3).decide(snap, None)[0]
+[ScaleTo(cause='fixed: 3 workers', n=3)]
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from policies.admission import CapacityLedger, WorkerLoad
+from policies.registry import register
+from policies.types import Action, Retire, ScaleTo, Snapshot, WorkerStatus
+
+_STARTING = WorkerStatus.STARTING
+_DRAINING = WorkerStatus.DRAINING
+_RUNNING = WorkerStatus.RUNNING
+_EPS = 1e-9  # float noise must not turn 5.0 into 6 workers under ceil
+
+
+def _ceil(x: float) -> int:
+    return math.ceil(x - _EPS)
+
+
+@dataclass(frozen=True, slots=True)
+class Census:
+    """What an autoscaler reads from one ledger: the size and the demand."""
+
+    running: int
+    starting: int
+    demand: int  # active (ACTIVE + MIGRATING + placed) + still-pending sessions
+    device_bytes: int  # memory of on-device sessions + reserve of the still-pending ones
+    context_sum: float  # context frames summed over the active sessions
+
+    @property
+    def current(self) -> int:
+        """Workers that count as the cluster size (RUNNING + STARTING)."""
+        return self.running + self.starting
+
+    @classmethod
+    def of(cls, ledger: CapacityLedger) -> Census:
+        """Count one ledger (which earlier policies of the decision may have booked into)."""
+        running = starting = active = nbytes = 0
+        ctx = 0.0
+        for ld in ledger.loads.values():
+            status = ld.view.status
+            if status is _RUNNING:
+                running += 1
+            elif status is _STARTING:
+                starting += 1
+            active += ld.n_active
+            nbytes += ld.mem_used
+            ctx += ld.ctx_sum
+        waiting = [s for s in ledger.pending if s.session_id not in ledger.acted]
+        nbytes += sum(ledger.reserve(s) for s in waiting)
+        return cls(running, starting, active + len(waiting), nbytes, ctx)
+
+
+def scale_actions(ledger: CapacityLedger, current: int, desired: int, cause: str) -> list[Action]:
+    """``ScaleTo(desired)`` plus, when shrinking, the ``Retire`` of the cheapest workers.
+
+    Bounds are applied by the caller. Returns ``[]`` when ``desired == current``.
+    """
+    if desired == current:
+        return []
+    actions: list[Action] = [ScaleTo(desired, cause=cause)]
+    if desired < current:
+        candidates = (ld for ld in ledger.loads.values() if ld.view.status is not _DRAINING)
+        for ld in heapq.nsmallest(current - desired, candidates, key=_retire_rank):
+            actions.append(Retire(ld.address, cause=cause))
+    return actions
+
+
+def _retire_rank(ld: WorkerLoad) -> tuple:
+    return (ld.view.status is not _STARTING, ld.n_sessions, ld.mem_used, ld.address)
+
+
+def _clamp(n: int, snap: Snapshot) -> int:
+    if snap.min_workers > snap.max_workers:
+        raise ValueError(
+            f"snapshot bounds are inverted: min_workers={snap.min_workers} > max_workers={snap.max_workers}"
+        )
+    return min(max(n, snap.min_workers), snap.max_workers)
+
+
+class _Autoscaler:
+    """Shared decision: count, ask the subclass for a target, clamp, emit actions."""
+
+    kind = "autoscaling"
+    name = ""
+
+    def initial_state(self) -> Any:
+        """No state by default."""
+        return None
+
+    def decide(self, snap: Snapshot, state: Any) -> tuple[list[Action], Any]:
+        """At most one ``ScaleTo`` (plus ``Retire`` actions on scale-in), and the next state."""
+        return self.decide_on(CapacityLedger(snap), state)
+
+    def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
+        """:meth:`decide` on a ledger that earlier policies of this decision may have booked into."""
+        census = Census.of(ledger)
+        desired, state, cause = self._desired(ledger, census, state)
+        desired = _clamp(desired, ledger.snap)
+        return scale_actions(ledger, census.current, desired, cause), state
+
+    def _desired(self, ledger: CapacityLedger, census: Census, state: Any) -> tuple[int, Any, str]:
+        raise NotImplementedError
+
+
+def _reference_worker(ledger: CapacityLedger) -> WorkerLoad | None:
+    """A worker whose size stands for a new one (the first non-draining one)."""
+    for ld in ledger.loads.values():
+        if ld.view.status is not _DRAINING:
+            return ld
+    return None
+
+
+@register("autoscaling", "fixed")
+class Fixed(_Autoscaler):
+    """Static provisioning: always ``n`` workers (clamped to the snapshot's bounds)."""
+
+    name = "fixed"
+
+    def __init__(self, *, n: int = 1) -> None:
+        if n < 0:
+            raise ValueError(f"fixed autoscaling needs n >= 0 workers, got {n!r}")
+        self.n = n
+
+    def __repr__(self) -> str:
+        return f"Fixed(n={self.n})"
+
+    def _desired(self, ledger: CapacityLedger, census: Census, state: Any) -> tuple[int, Any, str]:
+        return self.n, state, f"fixed: {self.n} workers"
+
+
+@dataclass(frozen=True, slots=True)
+class HpaState:
+    """HPA memory: recent recommendations ``(time_s, n)`` and when an upscale was first wanted."""
+
+    history: tuple[tuple[float, int], ...] = ()
+    up_since_s: float | None = None
+
+
+@register("autoscaling", "hpa")
+class Hpa(_Autoscaler):
+    """Kubernetes Horizontal Pod Autoscaler on session concurrency.
+
+    ``desired = ceil(running * utilisation / target_utilisation)``, where
+    ``utilisation = (active + pending sessions) / sum(max_batch of running workers)``,
+    i.e. the mean share of batch slots in use (the metric is linear in the load, so the
+    formula lands on the right size in one step). No change while
+    ``|utilisation / target - 1| <= tolerance``. Scale-down takes the highest
+    recommendation of the last ``downscale_stabilisation_s`` seconds (kept in
+    :class:`HpaState`); scale-up waits until it has been wanted for
+    ``upscale_delay_s``. With no running worker and some demand it asks for one.
+
+    Parameters mirror ``turboserve.autoscale.*``: ``target_utilisation`` (0.8),
+    ``tolerance`` (0.1), ``downscale_stabilisation_s`` (300), ``upscale_delay_s`` (0).
+    """
+
+    name = "hpa"
+
+    def __init__(
+        self,
+        *,
+        target_utilisation: float = 0.8,
+        tolerance: float = 0.1,
+        downscale_stabilisation_s: float = 300.0,
+        upscale_delay_s: float = 0.0,
+    ) -> None:
+        if not 0 < target_utilisation:
+            raise ValueError(f"target_utilisation must be > 0, got {target_utilisation!r}")
+        if not 0 <= tolerance < 1:
+            raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
+        if downscale_stabilisation_s < 0 or upscale_delay_s < 0:
+            raise ValueError(
+                f"delays must be >= 0, got downscale_stabilisation_s={downscale_stabilisation_s!r}, "
+                f"upscale_delay_s={upscale_delay_s!r}"
+            )
+        self.target = float(target_utilisation)
+        self.tolerance = float(tolerance)
+        self.window_s = float(downscale_stabilisation_s)
+        self.upscale_delay_s = float(upscale_delay_s)
+
+    def __repr__(self) -> str:
+        return f"Hpa(target_utilisation={self.target}, tolerance={self.tolerance}, window_s={self.window_s})"
+
+    def initial_state(self) -> HpaState:
+        """No recommendation yet."""
+        return HpaState()
+
+    def _desired(self, ledger: CapacityLedger, census: Census, state: HpaState) -> tuple[int, HpaState, str]:
+        now = ledger.snap.now_s
+        current = census.current
+        capacity = sum(ld.view.max_batch for ld in ledger.loads.values() if ld.view.status is _RUNNING)
+        if capacity == 0:
+            raw = max(current, 1) if census.demand else current
+            cause = "hpa: no running worker"
+        else:
+            ratio = census.demand / capacity / self.target
+            raw = current if abs(ratio - 1.0) <= self.tolerance else _ceil(census.running * ratio)
+            cause = f"hpa: utilisation {census.demand / capacity:.2f} / target {self.target:.2f}"
+        history = tuple(h for h in state.history if h[0] > now - self.window_s) + ((now, raw),)
+        if raw > current:
+            up_since = state.up_since_s if state.up_since_s is not None else now
+            desired = raw if now - up_since >= self.upscale_delay_s else current
+        else:
+            up_since = None
+            desired = min(current, max(n for _, n in history))
+        return desired, replace(state, history=history, up_since_s=up_since), cause
+
+
+@dataclass(frozen=True, slots=True)
+class LoadDrivenState:
+    """Hysteresis memory: since when the budget is below the size, and its max since then."""
+
+    below_since_s: float | None = None
+    window_max: int = 0
+
+
+@register("autoscaling", "load-driven")
+class LoadDriven(_Autoscaler):
+    """TurboServe autoscaling: as many GPUs as the active load and the device state need.
+
+    Per-GPU capacity ``b*`` is the largest batch (up to the worker's ``max_batch``)
+    with ``latency.predict(b, mean context) <= target_utilisation * slo`` (at least 1).
+    The budget is ``max(ceil(demand / b*), ceil(device bytes / memory per GPU))``.
+    Scale out at once when the budget exceeds the size; scale in only after the budget
+    has stayed at least one below the size for ``downscale_delay_s``, to the highest
+    budget seen in that time, by draining (``Retire``) the cheapest workers.
+
+    Parameters
+    ----------
+    target_utilisation
+        Share of the SLO a step may take (``turboserve.autoscale.target-utilisation``).
+    downscale_delay_s
+        How long the budget must stay below the size before scaling in.
+    worker_max_batch, worker_memory_bytes
+        Size of a new worker when the snapshot has none to copy it from.
+    """
+
+    name = "load-driven"
+
+    def __init__(
+        self,
+        *,
+        target_utilisation: float = 0.8,
+        downscale_delay_s: float = 60.0,
+        worker_max_batch: int = 32,
+        worker_memory_bytes: int = 80 * 1024**3,
+    ) -> None:
+        if not 0 < target_utilisation:
+            raise ValueError(f"target_utilisation must be > 0, got {target_utilisation!r}")
+        if downscale_delay_s < 0:
+            raise ValueError(f"downscale_delay_s must be >= 0, got {downscale_delay_s!r}")
+        if worker_max_batch < 1 or worker_memory_bytes <= 0:
+            raise ValueError(
+                f"worker_max_batch must be >= 1 and worker_memory_bytes > 0, got "
+                f"{worker_max_batch!r} and {worker_memory_bytes!r}"
+            )
+        self.target = float(target_utilisation)
+        self.downscale_delay_s = float(downscale_delay_s)
+        self.worker_max_batch = worker_max_batch
+        self.worker_memory_bytes = worker_memory_bytes
+
+    def __repr__(self) -> str:
+        return f"LoadDriven(target_utilisation={self.target}, downscale_delay_s={self.downscale_delay_s})"
+
+    def initial_state(self) -> LoadDrivenState:
+        """Budget not below the size."""
+        return LoadDrivenState()
+
+    def budget(self, ledger: CapacityLedger, census: Census | None = None) -> tuple[int, int]:
+        """``(gpu budget, b*)`` for the load in ``ledger``."""
+        census = census if census is not None else Census.of(ledger)
+        snap = ledger.snap
+        ref = _reference_worker(ledger)
+        max_batch = ref.view.max_batch if ref else self.worker_max_batch
+        memory = ref.view.memory_bytes if ref else self.worker_memory_bytes
+        n_active = sum(ld.n_active for ld in ledger.loads.values())
+        mean_ctx = census.context_sum / n_active if n_active else 0.0
+        limit = self.target * snap.slo_s
+        b_star = 1
+        for b in range(2, max_batch + 1):
+            if snap.latency.predict(b, mean_ctx) > limit:
+                break
+            b_star = b
+        gpus = max(_ceil(census.demand / b_star), _ceil(census.device_bytes / memory))
+        return gpus, b_star
+
+    def _desired(self, ledger: CapacityLedger, census: Census, state: LoadDrivenState) -> tuple[int, LoadDrivenState, str]:
+        now = ledger.snap.now_s
+        current = census.current
+        budget, b_star = self.budget(ledger, census)
+        cause = f"load-driven: {census.demand} sessions at {b_star} per GPU -> {budget} GPUs"
+        if budget >= current:
+            return budget, LoadDrivenState(), cause
+        if state.below_since_s is None:
+            state = LoadDrivenState(now, budget)
+        else:
+            state = LoadDrivenState(state.below_since_s, max(state.window_max, budget))
+        if now - state.below_since_s >= self.downscale_delay_s:
+            return state.window_max, LoadDrivenState(), cause
+        return current, state, cause

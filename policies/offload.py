@@ -1,0 +1,143 @@
+"""Offload policies: which idle sessions leave the GPU, and which come back ahead of need.
+
+Registered under kind ``"offload"``: ``never`` and ``idle-timeout``.
+
+Examples
+--------
+>>> from policies.registry import make
+>>> from policies.types import Snapshot, WorkerView, SessionView, SessionStatus
+>>> snap = Snapshot(now_s=100.0, workers=(WorkerView("w1"),),
+...                 sessions=(SessionView("a", SessionStatus.IDLE, "w1", state_bytes=1, since_s=10.0),))
+>>> policy = make("offload", "idle-timeout", idle_s=30)
+>>> policy.decide(snap, policy.initial_state())[0]
+[Offload(cause='idle 90s > 30s', session_id='a', tier='host')]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from policies.admission import CapacityLedger
+from policies.placement import HeapChooser
+from policies.registry import register
+from policies.types import Action, Offload, Resume, SessionView, Snapshot
+
+TIERS = ("host", "disk")
+
+
+class _OffloadPolicy:
+    kind = "offload"
+    name = ""
+
+    def initial_state(self) -> Any:
+        """Offload policies keep no state."""
+        return None
+
+    def decide(self, snap: Snapshot, state: Any) -> tuple[list[Action], Any]:
+        """``Offload`` and ``Resume`` actions for this snapshot."""
+        return self.decide_on(CapacityLedger(snap), state)
+
+    def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
+        """:meth:`decide` on a ledger that earlier policies of this decision may have booked into."""
+        raise NotImplementedError
+
+
+@register("offload", "never")
+class Never(_OffloadPolicy):
+    """Idle sessions keep their state on the GPU until they close."""
+
+    name = "never"
+
+    def __repr__(self) -> str:
+        return "Never()"
+
+    def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
+        """No action, ever."""
+        return [], state
+
+
+@register("offload", "idle-timeout")
+class IdleTimeout(_OffloadPolicy):
+    """Offload sessions idle for longer than ``idle_s``; prefetch those about to return.
+
+    - An IDLE session idle (``now - since_s``) for more than ``idle_s`` is offloaded to
+      ``tier``, unless it is expected back within ``prefetch_s`` (``next_active_s``).
+    - On a worker whose booked memory exceeds ``high_water`` of its device, idle
+      sessions are offloaded earlier, longest idle first, until it is back under.
+    - A SUSPENDED session whose ``next_active_s`` is known and at most ``prefetch_s``
+      ahead is resumed onto the running worker with the fewest active sessions that
+      has a batch slot and stays under ``high_water`` with it (soonest first), so
+      that it does not wait for its state when it becomes active.
+
+    Parameters
+    ----------
+    idle_s
+        Idle time before offloading (``turboserve.control.idle-offload-s``, 30).
+    prefetch_s
+        How far ahead a known return triggers a prefetch (10).
+    high_water
+        Share of device memory above which idle sessions are offloaded early (0.9).
+    tier
+        Where offloaded state goes: ``"host"`` (pinned memory) or ``"disk"`` (zarr).
+    """
+
+    name = "idle-timeout"
+
+    def __init__(self, *, idle_s: float = 30.0, prefetch_s: float = 10.0, high_water: float = 0.9, tier: str = "host") -> None:
+        if idle_s < 0 or prefetch_s < 0:
+            raise ValueError(f"idle_s and prefetch_s must be >= 0, got {idle_s!r} and {prefetch_s!r}")
+        if not 0 < high_water <= 1:
+            raise ValueError(f"high_water must be in (0, 1], got {high_water!r}")
+        if tier not in TIERS:
+            raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
+        self.idle_s = float(idle_s)
+        self.prefetch_s = float(prefetch_s)
+        self.high_water = float(high_water)
+        self.tier = tier
+
+    def __repr__(self) -> str:
+        return f"IdleTimeout(idle_s={self.idle_s}, prefetch_s={self.prefetch_s}, high_water={self.high_water}, tier={self.tier!r})"
+
+    def _back_soon(self, s: SessionView, now: float) -> bool:
+        return s.next_active_s is not None and s.next_active_s - now <= self.prefetch_s
+
+    def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
+        """Offload timed-out and over-high-water idle sessions, then prefetch returning ones."""
+        now = ledger.snap.now_s
+        acted = ledger.acted
+        actions: list[Action] = []
+        for load in ledger.loads.values():
+            keep = [s for s in load.idle if s.session_id not in acted and not self._back_soon(s, now)]
+            if not keep:
+                continue
+            excess = load.mem_used - self.high_water * load.view.memory_bytes
+            keep.sort(key=lambda s: (s.since_s, s.session_id))  # longest idle first
+            for s in keep:
+                idle_for = now - s.since_s
+                if idle_for > self.idle_s:
+                    cause = f"idle {idle_for:.0f}s > {self.idle_s:.0f}s"
+                elif excess > 0:
+                    cause = f"memory above {self.high_water:.0%} on {load.address}"
+                else:
+                    continue
+                acted.add(s.session_id)
+                excess -= s.state_bytes
+                actions.append(Offload(s.session_id, tier=self.tier, cause=cause))
+        returning = [
+            s for s in ledger.suspended if s.session_id not in acted and self._back_soon(s, now)
+        ]
+        if returning:
+            returning.sort(key=lambda s: (s.next_active_s, s.session_id))
+            chooser = HeapChooser(
+                ledger.loads.values(), lambda ld: (ld.n_active, ld.mem_used), memory_share=self.high_water
+            )
+            for s in returning:
+                load = chooser.pick(s.state_bytes)
+                if load is None:
+                    continue
+                # Booked as active: it needs a batch slot as soon as it returns.
+                ledger.book(s, load, active=True, nbytes=s.state_bytes)
+                chooser.refresh(load)
+                acted.add(s.session_id)
+                actions.append(Resume(s.session_id, load.address, cause=f"prefetch: back at {s.next_active_s:.0f}s"))
+        return actions, state

@@ -1,0 +1,360 @@
+"""Placement policies: where pending sessions go, and when active ones move.
+
+Three policies, registered under kind ``"placement"``:
+
+- ``round-robin``: the next running worker with room, in snapshot order;
+- ``least-loaded``: the worker with the fewest active sessions, then least memory used;
+- ``migration-aware`` (TurboServe): each pending session goes where the resulting
+  maximum predicted per-chunk latency is smallest, then active sessions migrate from
+  the worst worker to the best one while that lowers the worst latency by more than
+  the migration costs.
+
+All three also empty DRAINING workers (retired by the autoscaler): active sessions
+migrate to a worker the policy would place them on, idle ones are offloaded. A session
+for which no running worker has memory and a batch slot stays pending, or is refused
+with :class:`~policies.types.Reject` when the policy is built with ``on_full="refuse"``
+(only new sessions are refused; a resumed one keeps its place in the queue).
+
+Each decision is O(sessions + workers + placed x log workers): one pass over the
+snapshot builds the :class:`~policies.admission.CapacityLedger`, and heaps of workers
+(with stale entries skipped by version) pick targets.
+
+Examples
+--------
+>>> from policies.registry import make
+>>> from policies.types import Snapshot, WorkerView, SessionView, SessionStatus
+>>> snap = Snapshot(now_s=0.0, workers=(WorkerView("w1"), WorkerView("w2")),
+...                 sessions=(SessionView("a", SessionStatus.ACTIVE, "w1"),
+...                           SessionView("b", SessionStatus.PENDING)))
+>>> policy = make("placement", "least-loaded")
+>>> actions, state = policy.decide(snap, policy.initial_state())
+>>> [(a.session_id, a.worker) for a in actions]
+[('b', 'w2')]
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, Callable, Protocol
+
+from policies.admission import CapacityLedger, WorkerLoad
+from policies.registry import register
+from policies.types import Action, Migrate, Offload, Place, Reject, SessionView, Snapshot, WorkerStatus
+
+ON_FULL = ("queue", "refuse")
+_DRAINING = WorkerStatus.DRAINING
+_RUNNING = WorkerStatus.RUNNING
+
+
+class _Chooser(Protocol):
+    def pick(self, nbytes: int, exclude: WorkerLoad | None = None) -> WorkerLoad | None: ...
+
+    def refresh(self, load: WorkerLoad) -> None: ...
+
+
+class HeapChooser:
+    """Running workers in a min-heap by ``key(load)``; picks the best one with room.
+
+    Entries of a load whose ``version`` changed are stale and skipped; call
+    :meth:`refresh` after booking into a load. Workers without a free batch slot
+    leave the heap until refreshed; memory misses are remembered (a session at least
+    as large as one that found no room finds none either, until a refresh).
+    """
+
+    __slots__ = ("_key", "_heap", "_min_failed", "_share")
+
+    def __init__(self, loads: Any, key: Callable[[WorkerLoad], tuple], memory_share: float = 1.0) -> None:
+        self._key = key
+        self._share = memory_share
+        self._heap = [(*key(ld), ld.address, ld.version, ld) for ld in loads if self._open(ld)]
+        heapq.heapify(self._heap)
+        self._min_failed: int | None = None
+
+    @staticmethod
+    def _open(load: WorkerLoad) -> bool:
+        return load.view.status is _RUNNING and load.n_active < load.view.max_batch
+
+    def refresh(self, load: WorkerLoad) -> None:
+        """Re-rank ``load`` after its counts changed."""
+        if self._open(load):
+            heapq.heappush(self._heap, (*self._key(load), load.address, load.version, load))
+            self._min_failed = None
+
+    def pick(self, nbytes: int, exclude: WorkerLoad | None = None) -> WorkerLoad | None:
+        """The best-ranked running worker that fits an active session of ``nbytes``."""
+        if self._min_failed is not None and nbytes >= self._min_failed and exclude is None:
+            return None
+        heap, stash, found = self._heap, [], None
+        while heap:
+            entry = heap[0]
+            load = entry[-1]
+            if entry[-2] != load.version or not self._open(load):
+                heapq.heappop(heap)  # stale, or no batch slot left
+                continue
+            if load is exclude or not load.fits(nbytes, active=True, memory_share=self._share):
+                stash.append(heapq.heappop(heap))
+                continue
+            found = load
+            break
+        for entry in stash:
+            heapq.heappush(heap, entry)
+        if found is None and exclude is None:
+            self._min_failed = nbytes
+        return found
+
+
+class RingChooser:
+    """Running workers in snapshot order; picks the next one with room after ``last``."""
+
+    __slots__ = ("_ring", "_pos")
+
+    def __init__(self, loads: Any, last: str | None) -> None:
+        self._ring = [ld for ld in loads if ld.view.status is _RUNNING]
+        self._pos = 0
+        for i, ld in enumerate(self._ring):
+            if ld.address == last:
+                self._pos = i + 1
+                break
+
+    def refresh(self, load: WorkerLoad) -> None:
+        """Nothing to re-rank: the ring order is fixed."""
+
+    def pick(self, nbytes: int, exclude: WorkerLoad | None = None) -> WorkerLoad | None:
+        """The next worker in the ring that fits an active session of ``nbytes``."""
+        ring = self._ring
+        n = len(ring)
+        for i in range(n):
+            load = ring[(self._pos + i) % n]
+            if load is not exclude and load.fits(nbytes, active=True):
+                self._pos = (self._pos + i + 1) % n
+                return load
+        return None
+
+    @property
+    def last(self) -> str | None:
+        """Address of the worker picked last (where the next round starts after)."""
+        return self._ring[self._pos - 1].address if self._ring else None
+
+
+class _PlacementPolicy:
+    """Shared decision loop: place pending sessions, drain DRAINING workers, rebalance."""
+
+    kind = "placement"
+    name = ""
+
+    def __init__(
+        self,
+        *,
+        on_full: str = "queue",
+        new_session_bytes: int | None = None,
+        max_drain_migrations: int = 32,
+    ) -> None:
+        if on_full not in ON_FULL:
+            raise ValueError(f"on_full must be one of {ON_FULL}, got {on_full!r}")
+        if max_drain_migrations < 0:
+            raise ValueError(f"max_drain_migrations must be >= 0, got {max_drain_migrations!r}")
+        self.on_full = on_full
+        self.new_session_bytes = new_session_bytes
+        self.max_drain_migrations = max_drain_migrations
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(on_full={self.on_full!r})"
+
+    def initial_state(self) -> Any:
+        """No state by default."""
+        return None
+
+    def _chooser(self, ledger: CapacityLedger, state: Any) -> _Chooser:
+        raise NotImplementedError
+
+    def _next_state(self, chooser: _Chooser, state: Any) -> Any:
+        return state
+
+    def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
+        """Optional extra moves after placement and draining (none by default)."""
+
+    def decide(self, snap: Snapshot, state: Any) -> tuple[list[Action], Any]:
+        """Place the pending sessions, drain DRAINING workers, then (maybe) rebalance."""
+        return self.decide_on(CapacityLedger(snap, self.new_session_bytes), state)
+
+    def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
+        """:meth:`decide` on a ledger that earlier policies of this decision may have booked into."""
+        chooser = self._chooser(ledger, state)
+        actions: list[Action] = []
+        refuse = self.on_full == "refuse"
+        cause = f"pending: {self.name}"
+        acted = ledger.acted
+        for s in ledger.pending:
+            if s.session_id in acted:
+                continue
+            nbytes = ledger.reserve(s)
+            load = chooser.pick(nbytes)
+            if load is None:
+                if refuse and s.state_bytes == 0:
+                    acted.add(s.session_id)
+                    actions.append(Reject(s.session_id, cause=f"full: no running worker has {nbytes} bytes and a batch slot free"))
+                continue
+            ledger.book(s, load, active=True, nbytes=nbytes)
+            chooser.refresh(load)
+            acted.add(s.session_id)
+            actions.append(Place(s.session_id, load.address, cause=cause))
+        self._drain(ledger, chooser, actions, acted)
+        self._rebalance(ledger, chooser, actions, acted)
+        return actions, self._next_state(chooser, state)
+
+    def _drain(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
+        budget = self.max_drain_migrations
+        for load in ledger.loads.values():
+            if load.view.status is not _DRAINING:
+                continue
+            for s in list(load.active):
+                if budget <= 0:
+                    break
+                if s.session_id in moved:
+                    continue
+                target = chooser.pick(s.state_bytes)
+                if target is None:
+                    continue
+                _book_migration(ledger, s, load, target)
+                chooser.refresh(target)
+                moved.add(s.session_id)
+                budget -= 1
+                actions.append(Migrate(s.session_id, load.address, target.address, cause="drain"))
+            for s in load.idle:
+                if s.session_id in moved:
+                    continue
+                moved.add(s.session_id)
+                actions.append(Offload(s.session_id, tier="host", cause="drain"))
+
+
+def _book_migration(ledger: CapacityLedger, s: SessionView, source: WorkerLoad, target: WorkerLoad) -> None:
+    ledger.release_compute(s, source)
+    source.active.remove(s)
+    ledger.book(s, target, active=True, nbytes=s.state_bytes)
+
+
+@register("placement", "round-robin")
+class RoundRobin(_PlacementPolicy):
+    """Each pending session goes to the next running worker with room, in snapshot order.
+
+    The state is the address of the last worker used, so rounds continue across
+    decisions. Parameters are those of every placement policy: ``on_full`` ("queue"
+    or "refuse"), ``new_session_bytes`` (memory to reserve for a new session; None: the
+    largest state of the same model in the snapshot), ``max_drain_migrations``.
+    """
+
+    name = "round-robin"
+
+    def initial_state(self) -> str | None:
+        """No worker used yet."""
+        return None
+
+    def _chooser(self, ledger: CapacityLedger, state: Any) -> _Chooser:
+        return RingChooser(ledger.loads.values(), state)
+
+    def _next_state(self, chooser: _Chooser, state: Any) -> Any:
+        return chooser.last if isinstance(chooser, RingChooser) and chooser.last else state
+
+
+@register("placement", "least-loaded")
+class LeastLoaded(_PlacementPolicy):
+    """Each pending session goes to the worker with the fewest active sessions.
+
+    Ties go to the worker with the least memory used, then the smallest address.
+    Never migrates a session except away from a DRAINING worker.
+    """
+
+    name = "least-loaded"
+
+    def _chooser(self, ledger: CapacityLedger, state: Any) -> _Chooser:
+        return HeapChooser(ledger.loads.values(), lambda ld: (ld.n_active, ld.mem_used))
+
+
+@register("placement", "migration-aware")
+class MigrationAware(_PlacementPolicy):
+    """TurboServe placement: keep the worst predicted per-chunk latency low, migrating if it pays.
+
+    A pending session goes to the worker whose predicted step time after adding it
+    is smallest, which minimises the resulting maximum over workers. Then, up to
+    ``max_migrations`` times: take the worker with the highest predicted latency, its
+    cheapest-to-move active session, and the best target; migrate when the pair's
+    worst latency drops by more than the migration cost (``state_bytes /
+    snap.migrate_bytes_per_s``, paid once as a delayed chunk) and by more than
+    ``min_gain`` times the current worst. With one worst worker this is exactly the
+    gain in the cluster's maximum; with several tied ones each is lowered in turn.
+
+    Parameters
+    ----------
+    min_gain
+        Relative threshold (``turboserve.control.migration-gain``, default 0.1).
+    max_migrations
+        Bound on rebalancing migrations per decision (drain moves not included).
+    **kwargs
+        ``on_full``, ``new_session_bytes``, ``max_drain_migrations`` as for every
+        placement policy.
+    """
+
+    name = "migration-aware"
+
+    def __init__(self, *, min_gain: float = 0.1, max_migrations: int = 8, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not min_gain >= 0:
+            raise ValueError(f"min_gain must be >= 0, got {min_gain!r}")
+        if max_migrations < 0:
+            raise ValueError(f"max_migrations must be >= 0, got {max_migrations!r}")
+        self.min_gain = float(min_gain)
+        self.max_migrations = max_migrations
+
+    def __repr__(self) -> str:
+        return f"MigrationAware(min_gain={self.min_gain}, max_migrations={self.max_migrations}, on_full={self.on_full!r})"
+
+    def _chooser(self, ledger: CapacityLedger, state: Any) -> _Chooser:
+        return HeapChooser(ledger.loads.values(), lambda ld: (ledger.latency_plus(ld), ld.mem_used))
+
+    def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
+        if self.max_migrations == 0:
+            return
+        snap = ledger.snap
+        # Max-heap of workers that compute (running or draining) by predicted latency.
+        worst_heap = [
+            (-ledger.latency(ld), ld.address, ld.version, ld)
+            for ld in ledger.loads.values()
+            if ld.n_active and ld.view.status is not WorkerStatus.STARTING
+        ]
+        heapq.heapify(worst_heap)
+
+        def pop_valid() -> tuple | None:
+            while worst_heap:
+                entry = heapq.heappop(worst_heap)
+                if entry[2] == entry[3].version:
+                    return entry
+            return None
+
+        budget = self.max_migrations
+        while budget > 0:
+            entry = pop_valid()
+            if entry is None:
+                break
+            worst: WorkerLoad = entry[3]
+            l_max = -entry[0]
+            movable = [s for s in worst.active if s.session_id not in moved]
+            if not movable:
+                break
+            s = min(movable, key=lambda s: (s.state_bytes, -s.context_frames, s.session_id))
+            target = chooser.pick(s.state_bytes, exclude=worst)
+            if target is None:
+                break
+            pair_max = max(ledger.latency_minus(worst, s), ledger.latency_plus(target, s.context_frames))
+            gain = l_max - pair_max
+            cost = s.state_bytes / snap.migrate_bytes_per_s
+            if gain <= cost or gain <= self.min_gain * l_max:
+                break  # the worst worker cannot be lowered enough: neither can the max
+            _book_migration(ledger, s, worst, target)
+            moved.add(s.session_id)
+            budget -= 1
+            actions.append(
+                Migrate(s.session_id, worst.address, target.address, cause=f"rebalance: max latency {l_max:.3g}s -> {pair_max:.3g}s")
+            )
+            for ld in (worst, target):
+                chooser.refresh(ld)
+                heapq.heappush(worst_heap, (-ledger.latency(ld), ld.address, ld.version, ld))
