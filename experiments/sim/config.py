@@ -1,0 +1,171 @@
+"""Configuration records of a simulation: the cluster knobs and the three policies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from dask.utils import parse_timedelta
+
+from framework import config as tconfig
+from policies.registry import make
+from policies.types import Policy
+
+
+def _seconds(value: Any) -> float:
+    return float(parse_timedelta(value, default="s"))
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Knobs of one simulated cluster (defaults from ``turboserve.*`` via :meth:`from_config`).
+
+    Parameters
+    ----------
+    initial_workers
+        Workers running (warm, already paid for) at time 0.
+    min_workers, max_workers
+        Bounds the simulator enforces on ``ScaleTo`` (a larger target is clipped and counted
+        as a refusal).
+    interval_s
+        Control tick: every ``interval_s`` the policies see a snapshot and act.
+    slo_s
+        Per-chunk latency target; ``None`` means each session's playback period
+        (``chunk_frames / fps``).
+    worker_startup_s, migrate_bytes_per_s, offload_bytes_per_s, gpu_memory_bytes
+        Mechanism costs (``turboserve.simulator.*``).
+    max_batch
+        Most sessions in one coalesced step (``turboserve.engine.max-batch``).
+    oracle_hints
+        Pass each suspended session's true next activation time to the policies.
+    record_chunks
+        Keep every chunk row (False keeps only latencies and per-chunk SLO flags, for
+        very long runs).
+    end_s
+        Stop at this virtual time (default: the last trace event).
+    """
+
+    initial_workers: int = 1
+    min_workers: int = 0
+    max_workers: int = 1_000_000
+    interval_s: float = 1.0
+    slo_s: float | None = None
+    worker_startup_s: float = 60.0
+    migrate_bytes_per_s: float = 25e9
+    offload_bytes_per_s: float = 20e9
+    gpu_memory_bytes: float = 80e9
+    max_batch: int = 8
+    oracle_hints: bool = False
+    record_chunks: bool = True
+    end_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0:
+            raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if not 0 <= self.min_workers <= self.max_workers:
+            raise ValueError(f"need 0 <= min_workers <= max_workers, got {self.min_workers}, {self.max_workers}")
+        if self.migrate_bytes_per_s <= 0 or self.offload_bytes_per_s <= 0:
+            raise ValueError("migrate_bytes_per_s and offload_bytes_per_s must be > 0")
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> "SimConfig":
+        """Build from the resolved ``turboserve.*`` dask config; keyword arguments win."""
+        slo = tconfig.get("slo-s")
+        base = dict(
+            interval_s=_seconds(tconfig.get("control.interval")),
+            slo_s=None if slo is None else float(slo),
+            worker_startup_s=_seconds(tconfig.get("simulator.worker-startup-s")),
+            migrate_bytes_per_s=float(tconfig.get("simulator.migrate-bytes-per-s")),
+            offload_bytes_per_s=float(tconfig.get("simulator.offload-bytes-per-s")),
+            gpu_memory_bytes=float(tconfig.get("simulator.gpu-memory-bytes")),
+            max_batch=int(tconfig.get("engine.max-batch")),
+        )
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown SimConfig fields {sorted(unknown)}; known: {sorted(known)}")
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def with_(self, **changes: Any) -> "SimConfig":
+        """A copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    """A policy by registry name and parameters (plain data: picklable, printable)."""
+
+    kind: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Policy:
+        """Make a fresh policy object through :func:`policies.registry.make`."""
+        return make(self.kind, self.name, **self.params)
+
+    def label(self) -> str:
+        """``name`` or ``name(k=v,...)``."""
+        if not self.params:
+            return self.name
+        return f"{self.name}({','.join(f'{k}={v}' for k, v in sorted(self.params.items()))})"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """The three policies one simulated (or live) run uses, with a label for results.
+
+    Examples
+    --------
+    >>> ps = PolicySet.of("least-loaded", "fixed", "never", autoscaling_params={"n": 4})
+    >>> ps.label
+    'least-loaded+fixed(n=4)+never'
+    """
+
+    placement: PolicySpec | Policy
+    autoscaling: PolicySpec | Policy
+    offload: PolicySpec | Policy
+    name: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        placement: str,
+        autoscaling: str,
+        offload: str,
+        *,
+        placement_params: dict[str, Any] | None = None,
+        autoscaling_params: dict[str, Any] | None = None,
+        offload_params: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> "PolicySet":
+        """Build from registry names and parameter dicts."""
+        return cls(
+            PolicySpec("placement", placement, dict(placement_params or {})),
+            PolicySpec("autoscaling", autoscaling, dict(autoscaling_params or {})),
+            PolicySpec("offload", offload, dict(offload_params or {})),
+            name,
+        )
+
+    @property
+    def label(self) -> str:
+        """The run's policy label: ``name`` if given, else the three specs joined by ``+``."""
+        if self.name:
+            return self.name
+        return "+".join(
+            s.label() if isinstance(s, PolicySpec) else str(getattr(s, "name", type(s).__name__))
+            for s in (self.placement, self.autoscaling, self.offload)
+        )
+
+    def build(self) -> tuple[Policy, Policy, Policy]:
+        """(placement, autoscaling, offload) policy objects.
+
+        Specs are built afresh; a policy object given directly is used as is (policies
+        keep their state explicit, so one object can serve several runs).
+        """
+        return tuple(  # type: ignore[return-value]
+            p.build() if isinstance(p, PolicySpec) else p
+            for p in (self.placement, self.autoscaling, self.offload)
+        )
