@@ -215,11 +215,11 @@ class CheckpointStore:
         CheckpointNotFound, CheckpointVersionError
         """
         attrs = self._session_attrs(session_id)
-        self._check_layout(session_id, attrs)
         if "current" not in attrs:
             raise CheckpointNotFound(
                 f"session {session_id!r} has no complete checkpoint in {self.url} (a first save was interrupted)"
             )
+        self._check_layout(session_id, attrs)
         return CheckpointInfo(
             session_id, attrs["model"], int(attrs["chunk_index"]), int(attrs["nbytes"]), attrs["current"], self.url
         )
@@ -259,6 +259,8 @@ class CheckpointStore:
             group = session[info.generation]
         except KeyError:
             raise CheckpointCorrupt(f"{where} points to generation {info.generation!r}, which is missing") from None
+        except (ValueError, OSError) as exc:
+            raise CheckpointCorrupt(f"{where}: metadata of generation {info.generation!r} cannot be read: {exc}") from exc
         attrs = group.attrs.asdict()
         if not attrs.get("complete"):
             raise CheckpointCorrupt(f"{where}: generation {info.generation!r} was never completed")

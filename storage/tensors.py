@@ -63,6 +63,8 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 def from_numpy(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     """Inverse of :func:`to_numpy`: a CPU tensor of ``dtype`` sharing ``array``'s memory."""
+    if array.size == 0:  # numpy may give empty arrays zero strides, which view() rejects
+        return torch.empty(array.shape, dtype=dtype)
     t = torch.from_numpy(np.require(array, requirements="C"))
     if t.dtype != dtype:
         t = t.view(dtype)
