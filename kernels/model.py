@@ -1,0 +1,453 @@
+"""The streaming video model: sessions in, one chunk of frames per session out.
+
+:class:`StreamingVideoModel` ties the chunk-causal transformer
+(:mod:`kernels.transformer`), the few-step schedule (:mod:`kernels.schedule`), the
+streaming VAE decode (:mod:`kernels.vae`) and a text encoder (:mod:`kernels.text`)
+together. All per-session data lives in a :class:`~kernels.state.SessionState`, so a
+session can be stepped on any worker that holds the same weights, after any number of
+copies of its state.
+
+One :meth:`StreamingVideoModel.step` advances a whole batch of sessions by one chunk
+each (coalesced chunk processing). What a session gets does not depend on its batch:
+its noise comes from its own generator, and attention never mixes rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan
+
+from .presets import PRESETS, ModelPreset, VaeGeometry, get_preset
+from .schedule import FlowSchedule
+from .state import SessionState
+from .text import HashTextEncoder, TextEncoder
+from .transformer import CacheGroup, CausalWanTransformer3DModel, LayerKV, chunk_rotary
+from .vae import StreamingVaeDecoder
+
+logger = logging.getLogger(__name__)
+
+#: File that :meth:`StreamingVideoModel.save_pretrained` writes next to the diffusers folders.
+MODEL_CONFIG_NAME = "turboserve_model.json"
+
+
+def build_transformer(preset: ModelPreset) -> CausalWanTransformer3DModel:
+    """A randomly initialised transformer of the preset's geometry (current device)."""
+    return CausalWanTransformer3DModel(
+        patch_size=tuple(preset.patch_size),
+        num_attention_heads=preset.num_heads,
+        attention_head_dim=preset.head_dim,
+        in_channels=preset.latent_channels,
+        out_channels=preset.latent_channels,
+        text_dim=preset.text_dim,
+        freq_dim=preset.freq_dim,
+        ffn_dim=preset.ffn_dim,
+        num_layers=preset.num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+    )
+
+
+def build_vae(preset: ModelPreset) -> AutoencoderKLWan:
+    """A randomly initialised Wan2.1 VAE of the preset's geometry (current device)."""
+    g = preset.vae
+    return AutoencoderKLWan(
+        base_dim=g.base_dim,
+        z_dim=g.z_dim,
+        dim_mult=list(g.dim_mult),
+        num_res_blocks=g.num_res_blocks,
+        temperal_downsample=list(g.temperal_downsample),
+    )
+
+
+def _preset_to_json(preset: ModelPreset) -> dict[str, Any]:
+    return dataclasses.asdict(preset)
+
+
+def _preset_from_json(data: dict[str, Any]) -> ModelPreset:
+    data = dict(data)
+    vae = dict(data.pop("vae"))
+    vae["dim_mult"] = tuple(vae["dim_mult"])
+    vae["temperal_downsample"] = tuple(bool(x) for x in vae["temperal_downsample"])
+    data["patch_size"] = tuple(data["patch_size"])
+    return ModelPreset(vae=VaeGeometry(**vae), **data)
+
+
+def _infer_preset(transformer: CausalWanTransformer3DModel, vae: AutoencoderKLWan) -> ModelPreset:
+    """The known preset with this geometry, else a ``custom`` one built from the configs."""
+    c = transformer.config
+    for preset in PRESETS.values():
+        if (
+            preset.num_layers == c.num_layers
+            and preset.num_heads == c.num_attention_heads
+            and preset.head_dim == c.attention_head_dim
+            and preset.ffn_dim == c.ffn_dim
+            and preset.text_dim == c.text_dim
+            and preset.vae.base_dim == vae.config.base_dim
+        ):
+            return preset
+    return ModelPreset(
+        name="custom",
+        num_layers=c.num_layers,
+        num_heads=c.num_attention_heads,
+        head_dim=c.attention_head_dim,
+        ffn_dim=c.ffn_dim,
+        latent_channels=c.in_channels,
+        text_dim=c.text_dim,
+        freq_dim=c.freq_dim,
+        patch_size=tuple(c.patch_size),
+        vae=VaeGeometry(
+            base_dim=vae.config.base_dim,
+            z_dim=vae.config.z_dim,
+            dim_mult=tuple(vae.config.dim_mult),
+            num_res_blocks=vae.config.num_res_blocks,
+            temperal_downsample=tuple(vae.config.temperal_downsample),
+        ),
+    )
+
+
+def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    # Cast only when needed: diffusers warns on any dtype cast of a loaded model.
+    module = module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype)
+    return module
+
+
+def _roll_window(old: torch.Tensor, new: torch.Tensor, keep: int, sink: int) -> torch.Tensor:
+    """``[old; new]`` along tokens, cut to the ``sink`` first and most recent tokens."""
+    full = torch.cat([old, new], dim=1)
+    if full.shape[1] <= keep:
+        return full
+    return torch.cat([full[:, :sink], full[:, full.shape[1] - (keep - sink) :]], dim=1)
+
+
+class StreamingVideoModel:
+    """A chunk-autoregressive video model serving many sessions with batched steps.
+
+    Build it with :meth:`from_preset` (random weights) or :meth:`from_pretrained`.
+
+    Parameters
+    ----------
+    transformer, vae
+        The chunk-causal Wan transformer and the Wan2.1 VAE, on ``device``.
+    preset
+        Geometry and chunking (its ``dtype_bytes`` is set from ``dtype``).
+    text_encoder
+        ``encode(prompts) -> Tensor[B, text_tokens, text_dim]``; a
+        :class:`~kernels.text.HashTextEncoder` when omitted.
+    device, dtype
+        Where and in which precision the weights and the session states live.
+    num_threads
+        If given, ``torch.set_num_threads`` for the duration of each call (restored
+        afterwards); ``None`` leaves torch's setting alone.
+
+    Examples
+    --------
+    >>> model = StreamingVideoModel.from_preset("tiny")
+    >>> a = model.new_session("a red fox running through snow", seed=0)
+    >>> b = model.new_session("waves at dusk", seed=1)
+    >>> fa, fb = model.step([a, b])
+    >>> fa.shape, fa.dtype, a.chunk_index
+    ((12, 64, 64, 3), dtype('uint8'), 1)
+    """
+
+    def __init__(
+        self,
+        transformer: CausalWanTransformer3DModel,
+        vae: AutoencoderKLWan,
+        preset: ModelPreset,
+        *,
+        text_encoder: TextEncoder | Callable[[Sequence[str]], torch.Tensor] | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        num_threads: int | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        elem = torch.empty((), dtype=dtype).element_size()
+        self.preset = dataclasses.replace(preset, dtype_bytes=elem)
+        self.transformer = _to(transformer, self.device, dtype).eval()
+        self.vae = _to(vae, self.device, dtype).eval()
+        self.decoder = StreamingVaeDecoder(self.vae, self.preset)
+        self.text_encoder = text_encoder or HashTextEncoder(preset.text_dim, preset.text_tokens)
+        self.schedule = FlowSchedule.evenly(preset.denoise_steps, shift=preset.timestep_shift)
+        self.num_threads = num_threads
+        self._text_encoder_spec: dict[str, Any] | None = (
+            {"kind": "hash", "seed": self.text_encoder.seed} if isinstance(self.text_encoder, HashTextEncoder) else None
+        )
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_preset(
+        cls,
+        name: str | ModelPreset = "tiny",
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        weights_seed: int = 0,
+        num_threads: int | None = None,
+    ) -> "StreamingVideoModel":
+        """A model of a preset's geometry with seeded random weights.
+
+        The same ``weights_seed`` gives the same weights in every process (on a given
+        device type), which is what lets a session move between workers. The global
+        torch random state is left as it was.
+        """
+        preset = get_preset(name)
+        device = torch.device(device)
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.device(device):
+            torch.manual_seed(weights_seed)
+            transformer = build_transformer(preset)
+            vae = build_vae(preset)
+        return cls(transformer, vae, preset, device=device, dtype=dtype, num_threads=num_threads)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo: str | os.PathLike[str],
+        *,
+        preset: str | ModelPreset | None = None,
+        text_encoder: TextEncoder | Callable[[Sequence[str]], torch.Tensor] | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        num_threads: int | None = None,
+        **hub_kwargs: Any,
+    ) -> "StreamingVideoModel":
+        """Load weights saved in diffusers layout (``transformer/`` and ``vae/`` folders).
+
+        ``path_or_repo`` is a local folder written by :meth:`save_pretrained` or any
+        diffusers Wan2.1 T2V checkpoint (a local copy or a hub id such as
+        ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``; causal fine-tunes such as Self-Forcing
+        must first be converted to the diffusers layout). The preset is, in order:
+        ``preset``, the folder's ``turboserve_model.json``, the known preset with the
+        checkpoint's geometry, or a ``custom`` one. Real checkpoints need their real
+        text encoder (UMT5-XXL) passed as ``text_encoder``; otherwise prompts go
+        through the hash encoder, which such weights were not trained with.
+        ``hub_kwargs`` go to diffusers' ``from_pretrained`` (``revision``, ``cache_dir``...).
+        """
+        hub_kwargs.setdefault("torch_dtype", dtype)
+        transformer = CausalWanTransformer3DModel.from_pretrained(path_or_repo, subfolder="transformer", **hub_kwargs)
+        vae = AutoencoderKLWan.from_pretrained(path_or_repo, subfolder="vae", **hub_kwargs)
+        saved: dict[str, Any] = {}
+        config_file = Path(path_or_repo) / MODEL_CONFIG_NAME
+        if config_file.is_file():
+            saved = json.loads(config_file.read_text())
+        if preset is not None:
+            resolved = get_preset(preset)
+        elif "preset" in saved:
+            resolved = _preset_from_json(saved["preset"])
+        else:
+            resolved = _infer_preset(transformer, vae)
+        spec = saved.get("text_encoder") or {}
+        if text_encoder is None and spec.get("kind") == "hash":
+            text_encoder = HashTextEncoder(resolved.text_dim, resolved.text_tokens, seed=int(spec.get("seed", 0)))
+        return cls(
+            transformer, vae, resolved, text_encoder=text_encoder, device=device, dtype=dtype, num_threads=num_threads
+        )
+
+    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
+        """Write the weights (diffusers layout) and the preset to the folder ``path``."""
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(root / "transformer")
+        self.vae.save_pretrained(root / "vae")
+        meta = {"format": 1, "preset": _preset_to_json(self.preset), "text_encoder": self._text_encoder_spec}
+        (root / MODEL_CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        return root
+
+    # ------------------------------------------------------------------ sessions
+
+    @property
+    def name(self) -> str:
+        """The preset name the sessions of this model carry."""
+        return self.preset.name
+
+    def state_bytes(self, height: int | None = None, width: int | None = None) -> int:
+        """Bytes of a session's state once its KV window is full."""
+        height = height or self.preset.default_height
+        width = width or self.preset.default_width
+        return self.preset.state_bytes(height, width)
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """The prompt embedding ``[text_tokens, text_dim]`` a new session stores."""
+        emb = self.text_encoder([prompt])
+        want = (1, self.preset.text_tokens, self.preset.text_dim)
+        if tuple(emb.shape) != want:
+            raise ValueError(f"text encoder returned shape {tuple(emb.shape)}; the model needs {want}")
+        return emb[0].to(self.device, self.dtype)
+
+    def new_session(self, prompt: str, seed: int, *, height: int | None = None, width: int | None = None) -> SessionState:
+        """The state of a new session, ready for its chunk 0.
+
+        Raises
+        ------
+        ValueError
+            If ``height``/``width`` are not positive multiples of
+            ``vae_spatial_ratio * patch`` (16 for every preset).
+        """
+        height = self.preset.default_height if height is None else height
+        width = self.preset.default_width if width is None else width
+        self.preset.check_resolution(height, width)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        p = self.preset
+        tensors: dict[str, torch.Tensor] = {"prompt_embeds": self.encode_prompt(prompt)}
+        for layer in range(p.num_layers):
+            for kv in "kv":
+                tensors[f"kv.{layer}.{kv}"] = torch.zeros(
+                    (p.num_heads, 0, p.head_dim), device=self.device, dtype=self.dtype
+                )
+        vae_cache = self.decoder.zero_cache(height, width, device=self.device, dtype=self.dtype)
+        for i, t in enumerate(vae_cache):
+            tensors[f"vae.{i}"] = t
+        tensors["rng"] = torch.Generator().manual_seed(seed).get_state().to(self.device)
+        return SessionState(
+            model=self.name,
+            prompt=prompt,
+            seed=seed,
+            height=height,
+            width=width,
+            tensors=tensors,
+            scalars={"kv.frames": 0, "vae.count": len(vae_cache)},
+        )
+
+    # ------------------------------------------------------------------ the batched step
+
+    def _check_batch(self, states: Sequence[SessionState]) -> None:
+        first = states[0]
+        for s in states:
+            if not isinstance(s, SessionState):
+                raise TypeError(f"step() takes SessionState objects, got {type(s).__name__}")
+            if s.model != self.name:
+                raise ValueError(f"session state is for model {s.model!r}, this model is {self.name!r}")
+            if (s.height, s.width) != (first.height, first.width):
+                raise ValueError(
+                    "all sessions in one step must share the resolution: got "
+                    f"{first.height}x{first.width} and {s.height}x{s.width}; step them in separate batches"
+                )
+        if len({id(s) for s in states}) != len(states):
+            raise ValueError("the same session state appears twice in one step")
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        if self.num_threads is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    def step(self, states: Sequence[SessionState]) -> list[np.ndarray]:
+        """Advance every session by one chunk in one batched pass.
+
+        Each state gets new tensors (its KV cache grows by the chunk, rolled to the
+        window; its VAE cache and generator advance) and ``chunk_index + 1``.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            Per session, in input order, uint8 frames ``(T, H, W, 3)``
+            (``T = preset.frames_per_chunk``).
+
+        Raises
+        ------
+        ValueError
+            If the states are for another model, differ in resolution, or repeat.
+        """
+        if not states:
+            return []
+        self._check_batch(states)
+        # Sessions with equal cache length are made contiguous: one attention call each.
+        order = sorted(range(len(states)), key=lambda i: int(states[i].tensors["kv.0.k"].shape[1]))
+        ordered = [states[i] for i in order]
+        with torch.no_grad(), self._threads():
+            frames, new_tensors = self._step_ordered(ordered)
+        out: list[np.ndarray] = [np.empty(0)] * len(states)
+        for pos, i in enumerate(order):
+            s = states[i]
+            s.tensors = new_tensors[pos]
+            s.chunk_index += 1
+            s.scalars["kv.frames"] = int(new_tensors[pos]["kv.0.k"].shape[1]) // self.preset.tokens_per_latent_frame(
+                s.height, s.width
+            )
+            out[i] = frames[pos]
+        return out
+
+    def _step_ordered(self, states: Sequence[SessionState]) -> tuple[list[np.ndarray], list[dict[str, torch.Tensor]]]:
+        p, dev, dt = self.preset, self.device, self.dtype
+        batch = len(states)
+        height, width = states[0].height, states[0].width
+        lh, lw = p.latent_size(height, width)
+        frames = p.chunk_latent_frames
+        grid = (frames // p.patch_size[0], lh // p.patch_size[1], lw // p.patch_size[2])
+        tensors = [{k: v.to(dev) for k, v in s.tensors.items()} for s in states]
+
+        gens = [torch.Generator().set_state(t["rng"].cpu()) for t in tensors]
+
+        def noise() -> torch.Tensor:
+            shape = (p.latent_channels, frames, lh, lw)
+            return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(dev)
+
+        lengths = [int(t["kv.0.k"].shape[1]) for t in tensors]
+        groups: list[CacheGroup] = []
+        start = 0
+        for i in range(1, batch + 1):
+            if i == batch or lengths[i] != lengths[start]:
+                groups.append(CacheGroup(start, i, lengths[start]))
+                start = i
+        start_frames = [s.chunk_index * frames for s in states]
+        cos, sin = chunk_rotary(p.head_dim, start_frames, *grid, device=dev)
+        keys = [[t[f"kv.{layer}.k"] for t in tensors] for layer in range(p.num_layers)]
+        values = [[t[f"kv.{layer}.v"] for t in tensors] for layer in range(p.num_layers)]
+
+        def contexts(write: bool) -> list[LayerKV]:
+            return [LayerKV(cos, sin, keys[layer], values[layer], groups, write) for layer in range(p.num_layers)]
+
+        tr = self.transformer
+        text = tr.embed_text(torch.stack([t["prompt_embeds"] for t in tensors]).to(dt))
+        sigmas = self.schedule.sigmas
+        x = noise()  # float32 sampler state; the model runs in `dt`
+        x0 = x
+        for i, sigma in enumerate(sigmas):
+            temb = tr.embed_timestep(torch.full((batch,), sigma * 1000.0, device=dev), dt)
+            flow = tr.forward_chunk(x.to(dt), temb, text, contexts(False)).float()
+            x0 = x - sigma * flow
+            if i + 1 < len(sigmas):
+                x = (1.0 - sigmas[i + 1]) * x0 + sigmas[i + 1] * noise()
+
+        # One pass on the clean chunk at t=0 writes its K/V into the caches.
+        writes = contexts(True)
+        tr.forward_chunk(x0.to(dt), tr.embed_timestep(torch.zeros(batch, device=dev), dt), text, writes, output=False)
+        tpf = grid[1] * grid[2]
+        keep, sink = p.window_latent_frames * tpf, p.sink_latent_frames * tpf
+
+        pixels, vae_caches = self.decoder.decode(x0, [[t[f"vae.{i}"] for i in range(int(s.scalars["vae.count"]))] for s, t in zip(states, tensors)])
+        frames_np = [pixels[b].cpu().numpy() for b in range(batch)]
+
+        new_tensors: list[dict[str, torch.Tensor]] = []
+        for b, t in enumerate(tensors):
+            nt: dict[str, torch.Tensor] = {"prompt_embeds": t["prompt_embeds"]}
+            for layer, ctx in enumerate(writes):
+                nt[f"kv.{layer}.k"] = _roll_window(keys[layer][b], ctx.new_keys[b], keep, sink)
+                nt[f"kv.{layer}.v"] = _roll_window(values[layer][b], ctx.new_values[b], keep, sink)
+            for i, c in enumerate(vae_caches[b]):
+                nt[f"vae.{i}"] = c
+            nt["rng"] = gens[b].get_state().to(dev)
+            new_tensors.append(nt)
+        return frames_np, new_tensors
