@@ -180,7 +180,8 @@ class VideoStore:
             if path.suffix.lower() == ".gif":
                 iio.imwrite(path, frames, extension=".gif", duration=1000 / fps, loop=0)
             else:
-                iio.imwrite(path, frames, fps=fps)
+                codec = {"codec": "libx264"} if path.suffix.lower() == ".mp4" else {}
+                iio.imwrite(path, frames, plugin="pyav", fps=fps, **codec)
         except (ImportError, OSError, ValueError, RuntimeError) as exc:
             raise VideoStoreError(
                 f"cannot write {path.name!r} ({type(exc).__name__}: {exc}); write a .gif instead, "
