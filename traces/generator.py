@@ -385,13 +385,21 @@ class _Events:
     seq: np.ndarray
 
 
-def _client_events(
-    client: ClientSpec, spec: WorkloadSpec, rng: np.random.Generator, factor: float
+def lifecycle(
+    client: ClientSpec,
+    opens: np.ndarray,
+    lifetimes: np.ndarray,
+    rng: np.random.Generator,
+    duration_s: float,
 ) -> tuple[_Events, np.ndarray]:
-    """Events of one client (session indices local to the client) and each session's variant."""
-    opens = arrivals(client, spec, rng, factor)
+    """Events of sessions opening at ``opens`` (sorted) and living ``lifetimes``.
+
+    Active/idle periods come from ``client.active``/``client.idle`` and the model variant
+    from ``client.mix``. Sessions opened before 0 enter at 0 in the state they are in
+    then; sessions alive at ``duration_s`` close there. Session indices are positions in
+    ``opens``; returns the events and each session's variant index.
+    """
     n = len(opens)
-    lifetimes = client.lifetime.sample(rng, n)
     weights = np.array([v.weight for v in client.mix], dtype=np.float64)
     variant = rng.choice(len(client.mix), size=n, p=weights / weights.sum())
     if client.active is not None and client.idle is not None and n:
@@ -400,8 +408,8 @@ def _client_events(
         t_sess = t_k = np.empty(0, dtype=np.int64)
         t_off = np.empty(0)
     closes = opens + lifetimes
-    alive = closes > 0  # sessions of the warm-up that ended before time 0 are dropped
-    closes = np.minimum(closes, spec.duration_s)
+    alive = (closes > 0) & (opens < duration_s)  # warm-up sessions that ended before 0 drop
+    closes = np.minimum(closes, duration_s)
     t_time = opens[t_sess] + t_off
     before = t_time < 0
     # A session alive at 0 that was idle then (an odd number of toggles before 0) re-enters
@@ -409,7 +417,6 @@ def _client_events(
     n_before = np.bincount(t_sess[before], minlength=n)
     idle_at_zero = alive & (opens < 0) & (n_before % 2 == 1)
     keep_t = ~before & (t_time < closes[t_sess]) & alive[t_sess]
-    keep_t &= t_time < spec.duration_s
     open_times = np.maximum(opens, 0.0)
     sessions = np.flatnonzero(alive)
     z = np.flatnonzero(idle_at_zero)
@@ -428,6 +435,37 @@ def _client_events(
     return events, variant
 
 
+def assemble(parts: list[tuple[str, _Events, list[Variant]]]) -> pd.DataFrame:
+    """Build a trace frame from per-client events.
+
+    Each part is ``(client_id, events, variant of each session)``; session indices in
+    ``events`` are local to the part. Sessions that have no event are dropped and the
+    rest are renamed ``CLIENT-i`` in order of index (of arrival, for generated parts).
+    """
+    all_events: list[_Events] = []
+    sid_parts: list[str] = []
+    client_parts: list[str] = []
+    variant_rows: list[Variant] = []
+    offset = 0
+    for client_id, ev, variants in parts:
+        local = np.unique(ev.session).astype(np.int64)
+        renumber = np.full(len(variants), -1, dtype=np.int64)
+        renumber[local] = np.arange(len(local)) + offset
+        all_events.append(_Events(ev.time, renumber[ev.session.astype(np.int64)], ev.code, ev.seq))
+        sid_parts.extend(f"{client_id}-{i}" for i in range(len(local)))
+        client_parts.extend([client_id] * len(local))
+        variant_rows.extend(variants[int(i)] for i in local)
+        offset += len(local)
+    if not all_events:
+        all_events.append(_Events(np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)))
+    time = np.concatenate([p.time for p in all_events])
+    session = np.concatenate([p.session for p in all_events]).astype(np.int64)
+    code = np.concatenate([p.code for p in all_events]).astype(np.int64)
+    seq = np.concatenate([p.seq for p in all_events])
+    order = np.lexsort((seq, session, time))
+    return _frame(time[order], session[order], code[order], sid_parts, client_parts, variant_rows)
+
+
 def generate(spec: WorkloadSpec) -> pd.DataFrame:
     """Generate a trace (see :mod:`traces.schema`) from a workload spec.
 
@@ -437,30 +475,14 @@ def generate(spec: WorkloadSpec) -> pd.DataFrame:
     """
     factors = spec.client_factors()
     seeds = np.random.SeedSequence(spec.seed).spawn(len(spec.clients))
-    parts: list[_Events] = []
-    sid_parts, client_parts, variant_rows = [], [], []
-    offset = 0
+    parts = []
     for client, factor, seed in zip(spec.clients, factors, seeds):
         rng = np.random.default_rng(seed)
-        ev, variant = _client_events(client, spec, rng, float(factor))
-        n_local = len(variant)
-        local = np.unique(ev.session)  # sessions that appear, in arrival order
-        renumber = np.full(n_local, -1, dtype=np.int64)
-        renumber[local] = np.arange(len(local)) + offset
-        ev.session = renumber[ev.session]
-        parts.append(ev)
-        sid_parts.extend(f"{client.client_id}-{i}" for i in range(len(local)))
-        client_parts.extend([client.client_id] * len(local))
-        for v in variant[local]:
-            variant_rows.append(client.mix[int(v)])
-        offset += len(local)
-    time = np.concatenate([p.time for p in parts])
-    session = np.concatenate([p.session for p in parts]).astype(np.int64)
-    code = np.concatenate([p.code for p in parts]).astype(np.int64)
-    seq = np.concatenate([p.seq for p in parts])
-    order = np.lexsort((seq, session, time))
-    time, session, code = time[order], session[order], code[order]
-    return _frame(time, session, code, sid_parts, client_parts, variant_rows)
+        opens = arrivals(client, spec, rng, float(factor))
+        lifetimes = client.lifetime.sample(rng, len(opens))
+        events, variant = lifecycle(client, opens, lifetimes, rng, spec.duration_s)
+        parts.append((client.client_id, events, [client.mix[int(v)] for v in variant]))
+    return assemble(parts)
 
 
 def _frame(

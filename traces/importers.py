@@ -1,0 +1,339 @@
+"""Importers: real LLM/GenAI serving traces as video-session workloads.
+
+No public trace of interactive video sessions exists, so these map the closest real
+inputs onto sessions. The mapping rules (also in ``traces/README.md``):
+
+**ServeGen client windows** (:func:`servegen_clients`, Apache-2.0, alibaba/ServeGen).
+Each client file ``chunk-<id>-trace.csv`` (``ts, rate, cv, pattern, arg1, arg2``, one
+row per 600 s window) becomes one :class:`~traces.generator.ClientSpec` whose session
+*arrival* process has the window's rate (requests/s read as sessions/s, before any
+``total_rate``/``scale``), CV and family (``Gamma``/``Weibull``); an empty pattern is a
+window with rate 0. ``arg1``/``arg2`` are not used: the family's parameters follow from
+(rate, CV). Session behaviour (lifetime, active/idle periods, model mix) comes from a
+template client, because LLM requests carry no session structure.
+
+**Mooncake conversations** (:func:`mooncake_trace`, Apache-2.0, kvcache-ai/Mooncake).
+Requests are grouped into conversations by their prefix-block hash ids: a request
+continues the conversation that first produced the longest prefix of its ``hash_ids``
+already seen, if that prefix is at least ``min_shared_blocks`` blocks long (block 0, the
+system prompt shared by every request, alone does not join conversations); otherwise
+it starts a new conversation. A conversation is a session: it opens at its first
+request; each request (turn) is an active burst of ``output_length *
+seconds_per_token`` seconds from its timestamp; overlapping bursts merge; the gaps
+between bursts are idle periods; the session closes ``linger_s`` after its last burst.
+
+**Azure LLM inference 2023** (:func:`azure_trace`, CC-BY-4.0, Microsoft Azure,
+"Splitwise", Patel et al., ISCA 2024). The requests carry no session or user id, so each
+request opens one session at its ``TIMESTAMP`` (seconds from the first request). The
+session's lifetime is drawn from the template's lifetime distribution and assigned by
+rank of ``GeneratedTokens`` (the request with the longest output gets the longest
+lifetime: a rank coupling that keeps the trace's arrival process and its ordering of
+request sizes, with the heavy-tailed lifetimes of video sessions); active/idle periods
+and models come from the template.
+
+Data files are read from a data folder: the ``data_dir`` argument, else the
+``TURBOSERVE_DATA_DIR`` environment variable, else ``../shared/data`` next to the
+repository root. A missing folder raises :class:`DataNotFoundError` saying so.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from traces.generator import ClientSpec, RateWindows, _Events, assemble, lifecycle
+
+ENV_VAR = "TURBOSERVE_DATA_DIR"
+SERVEGEN_WINDOW_S = 600.0
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A real-trace data file or folder is missing; the message says where it looked."""
+
+
+def data_dir(path: str | os.PathLike[str] | None = None) -> pathlib.Path:
+    """The folder of real trace data: ``path``, else ``$TURBOSERVE_DATA_DIR``, else
+    ``<repo>/../shared/data``. Raises :class:`DataNotFoundError` if it does not exist."""
+    if path is not None:
+        root, how = pathlib.Path(path), "the data_dir argument"
+    elif os.environ.get(ENV_VAR):
+        root, how = pathlib.Path(os.environ[ENV_VAR]), f"${ENV_VAR}"
+    else:
+        root = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+        how = "the default (../shared/data next to the repository)"
+    if not root.is_dir():
+        raise DataNotFoundError(
+            f"trace data folder {str(root)!r} (from {how}) does not exist; "
+            f"set {ENV_VAR} to the folder holding servegen/, mooncake/, azure-llm-2023/"
+        )
+    return root
+
+
+def _data_file(relative: str, root: str | os.PathLike[str] | None) -> pathlib.Path:
+    path = data_dir(root) / relative
+    if not path.exists():
+        raise DataNotFoundError(f"trace data {str(path)!r} does not exist")
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# ServeGen
+
+
+@functools.lru_cache(maxsize=16)
+def _servegen_windows(folder: str) -> tuple[tuple[str, RateWindows], ...]:
+    files = sorted(
+        pathlib.Path(folder).glob("chunk-*-trace.csv"),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    if not files:
+        raise DataNotFoundError(f"no ServeGen client files chunk-*-trace.csv in {folder!r}")
+    out = []
+    for f in files:
+        table = pd.read_csv(
+            f, header=None, names=["ts", "rate", "cv", "pattern", "arg1", "arg2"],
+            dtype={"pattern": "str"},
+        )
+        ts = table["ts"].to_numpy(dtype=np.float64)
+        if len(ts) > 1 and not np.allclose(np.diff(ts), SERVEGEN_WINDOW_S):
+            raise ValueError(f"{f}: windows are not {SERVEGEN_WINDOW_S:.0f} s apart")
+        pattern = table["pattern"].fillna("").str.lower().to_numpy()
+        rate = np.where(pattern == "", 0.0, table["rate"].to_numpy(dtype=np.float64))
+        cv = np.where(pattern == "", 1.0, table["cv"].to_numpy(dtype=np.float64))
+        family = np.where(pattern == "weibull", "weibull", "gamma")
+        out.append((
+            f.name.split("-")[1],
+            RateWindows(tuple(rate.tolist()), tuple(cv.tolist()), tuple(family.tolist()),
+                        SERVEGEN_WINDOW_S),
+        ))
+    return tuple(out)
+
+
+def servegen_clients(
+    dataset: str = "language/m-large",
+    template: ClientSpec | None = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    max_clients: int | None = None,
+) -> tuple[ClientSpec, ...]:
+    """ServeGen clients as :class:`~traces.generator.ClientSpec` with per-window rates.
+
+    Parameters
+    ----------
+    dataset
+        Folder under ``servegen/``: ``language/m-large``, ``multimodal/mm-image`` or
+        ``reason/deepseek-r1``.
+    template
+        Session behaviour and mix for every client (default: ``ClientSpec`` defaults).
+    data_dir
+        The data folder (see :func:`data_dir`).
+    max_clients
+        Keep only the clients with the highest mean rate (all by default).
+
+    Returns
+    -------
+    tuple of ClientSpec
+        One per client, named ``<last part of dataset>-<client id>``, in file order.
+    """
+    folder = _data_file(f"servegen/{dataset}", data_dir)
+    template = template or ClientSpec("template")
+    prefix = dataset.rstrip("/").split("/")[-1]
+    windows = _servegen_windows(str(folder))
+    if max_clients is not None:
+        ranked = sorted(windows, key=lambda item: -item[1].mean_rate)[:max_clients]
+        keep = {cid for cid, _ in ranked}
+        windows = tuple(item for item in windows if item[0] in keep)
+    return tuple(
+        replace(template, client_id=f"{prefix}-{cid}", rate=w) for cid, w in windows
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Mooncake
+
+
+def mooncake_conversations(hash_ids: list[list[int]], min_shared_blocks: int = 2) -> np.ndarray:
+    """Conversation index of every request (in order), by the prefix rule of the module doc.
+
+    ``hash_ids[i]`` are request ``i``'s prefix-block ids (a block id identifies the whole
+    prefix up to it). Conversations are numbered in order of their first request.
+    """
+    owner: dict[int, int] = {}
+    conv = np.empty(len(hash_ids), dtype=np.int64)
+    n_conv = 0
+    for i, blocks in enumerate(hash_ids):
+        found = -1
+        for j in range(len(blocks) - 1, min_shared_blocks - 2, -1):
+            c = owner.get(blocks[j])
+            if c is not None:
+                found = c
+                break
+        if found < 0:
+            found = n_conv
+            n_conv += 1
+        conv[i] = found
+        for b in blocks:
+            owner.setdefault(b, found)
+    return conv
+
+
+def mooncake_trace(
+    template: ClientSpec | None = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    seconds_per_token: float = 0.1,
+    linger_s: float = 0.0,
+    min_shared_blocks: int = 2,
+    client_id: str = "mooncake",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The Mooncake conversation trace as video sessions (rule in the module docstring).
+
+    ``template.mix`` gives each session's model and chunk shape (drawn with ``seed``);
+    its rate and period distributions are not used: the data gives the structure.
+    """
+    if not seconds_per_token > 0:
+        raise ValueError(f"seconds_per_token must be > 0, got {seconds_per_token!r}")
+    if not linger_s >= 0:
+        raise ValueError(f"linger_s must be >= 0, got {linger_s!r}")
+    path = _data_file("mooncake/conversation_trace.jsonl", data_dir)
+    template = template or ClientSpec(client_id)
+    times, outputs, hashes = [], [], []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                rec = json.loads(line)
+                times.append(rec["timestamp"] / 1000.0)
+                outputs.append(rec["output_length"])
+                hashes.append(rec["hash_ids"])
+    conv = mooncake_conversations(hashes, min_shared_blocks)
+    start = np.asarray(times, dtype=np.float64)
+    start -= start.min()
+    end = start + np.asarray(outputs, dtype=np.float64) * seconds_per_token
+    order = np.lexsort((start, conv))
+    c, s, e = conv[order], start[order], end[order]
+    first = np.ones(len(c), dtype=bool)
+    first[1:] = c[1:] != c[:-1]
+    # Running max of burst ends within each conversation: a turn that starts after every
+    # earlier burst has ended begins a new active period.
+    run_end = pd.Series(e).groupby(c).cummax().to_numpy()
+    prev_end = np.empty(len(c))
+    prev_end[1:] = run_end[:-1]
+    new_period = first | (s > np.where(first, -np.inf, prev_end))
+    last = np.ones(len(c), dtype=bool)
+    last[:-1] = c[1:] != c[:-1]
+    period_starts = np.flatnonzero(new_period)
+    # Each period ends at the running max just before the next period starts (or at the
+    # conversation's last turn).
+    period_end_rows = np.concatenate([period_starts[1:] - 1, [len(c) - 1]])
+    p_conv = c[period_starts]
+    p_start = s[period_starts]
+    p_end = run_end[period_end_rows]
+    p_first = first[period_starts]
+    p_last = last[period_end_rows]
+    n_sessions = int(conv.max()) + 1 if len(conv) else 0
+    time = np.concatenate([
+        p_start[p_first], p_start[~p_first], p_end[~p_last],
+        p_end[p_last] + linger_s, p_end[p_last & (linger_s > 0)],
+    ])
+    session = np.concatenate([
+        p_conv[p_first], p_conv[~p_first], p_conv[~p_last], p_conv[p_last],
+        p_conv[p_last & (linger_s > 0)],
+    ])
+    code = np.concatenate([
+        np.zeros(p_first.sum(), np.int64), np.ones((~p_first).sum(), np.int64),
+        np.full((~p_last).sum(), 2), np.full(p_last.sum(), 3),
+        np.full((p_last & (linger_s > 0)).sum(), 2),
+    ])
+    seq_rank = np.arange(len(p_conv), dtype=np.float64)
+    seq = np.concatenate([
+        seq_rank[p_first] * 2, seq_rank[~p_first] * 2, seq_rank[~p_last] * 2 + 1,
+        np.full(p_last.sum(), np.inf), seq_rank[p_last & (linger_s > 0)] * 2 + 1,
+    ])
+    rng = np.random.default_rng(seed)
+    weights = np.array([v.weight for v in template.mix])
+    variant = rng.choice(len(template.mix), size=n_sessions, p=weights / weights.sum())
+    events = _Events(time, session, code, seq)
+    return assemble([(client_id, events, [template.mix[int(v)] for v in variant])])
+
+
+# ---------------------------------------------------------------------------------------
+# Azure
+
+
+@functools.lru_cache(maxsize=4)
+def _azure_requests(path: str) -> pd.DataFrame:
+    table = pd.read_csv(path)
+    stamps = pd.to_datetime(table["TIMESTAMP"], format="mixed")
+    seconds = (stamps - stamps.min()).dt.total_seconds().to_numpy()
+    return pd.DataFrame({"time_s": seconds, "generated": table["GeneratedTokens"].to_numpy()})
+
+
+def azure_requests(kind: str = "conv", *, data_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """The Azure LLM 2023 requests of ``kind`` (``conv`` or ``code``) as ``time_s,
+    generated`` (seconds from the first request, generated tokens), sorted by time."""
+    if kind not in ("conv", "code"):
+        raise ValueError(f"unknown Azure trace kind {kind!r}; known: ['code', 'conv']")
+    path = _data_file(f"azure-llm-2023/AzureLLMInferenceTrace_{kind}.csv", data_dir)
+    return _azure_requests(str(path)).sort_values("time_s", kind="stable").reset_index(drop=True)
+
+
+def azure_trace(
+    kind: str = "conv",
+    template: ClientSpec | None = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    share: float = 1.0,
+    duration_s: float | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The Azure LLM 2023 trace as video sessions (rule in the module docstring).
+
+    Parameters
+    ----------
+    kind
+        ``conv`` (conversation service) or ``code`` (code completion).
+    template
+        Lifetime, active/idle periods and model mix of the sessions.
+    share
+        Share of requests that open a session (each kept with this probability); > 1
+        superposes ``ceil(share)`` copies of the arrivals, each shifted circularly by a
+        random offset, thinned to ``share`` times the requests.
+    duration_s
+        Trace length (default: the last request's time); sessions close by then.
+    seed
+        Seed of the thinning, lifetimes, periods and mix.
+    """
+    if not share > 0:
+        raise ValueError(f"share must be > 0, got {share!r}")
+    requests = azure_requests(kind, data_dir=data_dir)
+    template = template or ClientSpec(f"azure-{kind}")
+    rng = np.random.default_rng(seed)
+    t = requests["time_s"].to_numpy()
+    tokens = requests["generated"].to_numpy(dtype=np.float64)
+    span = float(t.max()) if len(t) else 0.0
+    copies = int(np.ceil(share))
+    all_t, all_tok = [], []
+    for k in range(copies):
+        keep = rng.random(len(t)) < share / copies
+        shift = 0.0 if k == 0 else rng.uniform(0.0, span)
+        all_t.append((t[keep] + shift) % span if k and span > 0 else t[keep])
+        all_tok.append(tokens[keep])
+    opens = np.concatenate(all_t)
+    toks = np.concatenate(all_tok)
+    order = np.argsort(opens, kind="stable")
+    opens, toks = opens[order], toks[order]
+    lifetimes = np.sort(template.lifetime.sample(rng, len(opens)))
+    # Rank coupling; random tie-breaking so equal token counts get unrelated lifetimes.
+    rank = np.lexsort((rng.random(len(toks)), toks))
+    coupled = np.empty(len(opens))
+    coupled[rank] = lifetimes
+    end = float(duration_s) if duration_s is not None else max(span, 1e-9)
+    events, variant = lifecycle(template, opens, coupled, rng, end)
+    return assemble([(template.client_id, events, [template.mix[int(v)] for v in variant])])
