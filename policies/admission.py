@@ -194,3 +194,27 @@ class CapacityLedger:
         load.n_active -= 1
         load.ctx_sum -= session.context_frames
         load.version += 1
+
+    def move(self, session: SessionView, source: WorkerLoad, target: WorkerLoad) -> None:
+        """Book the migration of the ACTIVE ``session`` from ``source`` to ``target``."""
+        self.release_compute(session, source)
+        source.active.remove(session)
+        self.book(session, target, active=True, nbytes=session.state_bytes)
+        self.acted.add(session.session_id)
+
+    def undo_move(self, session: SessionView, source: WorkerLoad, target: WorkerLoad) -> None:
+        """Take back a :meth:`move` (moves are undone in reverse order)."""
+        target.mem_used -= session.state_bytes
+        target.n_sessions -= 1
+        target.n_active -= 1
+        target.ctx_sum -= session.context_frames
+        target.version += 1
+        source.n_active += 1
+        source.ctx_sum += session.context_frames
+        source.active.append(session)
+        source.version += 1
+        self.acted.discard(session.session_id)
+
+    def max_latency(self) -> float:
+        """The highest predicted step time over all workers."""
+        return max((self.latency(ld) for ld in self.loads.values() if ld.n_active), default=0.0)

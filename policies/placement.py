@@ -39,7 +39,7 @@ from typing import Any, Callable, Protocol
 
 from policies.admission import CapacityLedger, WorkerLoad
 from policies.registry import register
-from policies.types import Action, Migrate, Offload, Place, Reject, SessionView, Snapshot, WorkerStatus
+from policies.types import Action, Migrate, Offload, Place, Reject, Snapshot, WorkerStatus
 
 ON_FULL = ("queue", "refuse")
 _DRAINING = WorkerStatus.DRAINING
@@ -215,9 +215,8 @@ class _PlacementPolicy:
                 target = chooser.pick(s.state_bytes)
                 if target is None:
                     continue
-                _book_migration(ledger, s, load, target)
+                ledger.move(s, load, target)
                 chooser.refresh(target)
-                moved.add(s.session_id)
                 budget -= 1
                 actions.append(Migrate(s.session_id, load.address, target.address, cause="drain"))
             for s in load.idle:
@@ -225,12 +224,6 @@ class _PlacementPolicy:
                     continue
                 moved.add(s.session_id)
                 actions.append(Offload(s.session_id, tier="host", cause="drain"))
-
-
-def _book_migration(ledger: CapacityLedger, s: SessionView, source: WorkerLoad, target: WorkerLoad) -> None:
-    ledger.release_compute(s, source)
-    source.active.remove(s)
-    ledger.book(s, target, active=True, nbytes=s.state_bytes)
 
 
 @register("placement", "round-robin")
@@ -275,13 +268,17 @@ class MigrationAware(_PlacementPolicy):
     """TurboServe placement: keep the worst predicted per-chunk latency low, migrating if it pays.
 
     A pending session goes to the worker whose predicted step time after adding it
-    is smallest, which minimises the resulting maximum over workers. Then, up to
-    ``max_migrations`` times: take the worker with the highest predicted latency, its
-    cheapest-to-move active session, and the best target; migrate when the pair's
-    worst latency drops by more than the migration cost (``state_bytes /
-    snap.migrate_bytes_per_s``, paid once as a delayed chunk) and by more than
-    ``min_gain`` times the current worst. With one worst worker this is exactly the
-    gain in the cluster's maximum; with several tied ones each is lowered in turn.
+    is smallest, which minimises the resulting maximum over workers.
+
+    Then it plans migrations greedily: take the worker with the highest predicted
+    latency, its cheapest-to-move active session and the best target, and move it if
+    the worse of the two workers' latencies drops below the current worst by more
+    than the migration cost (``state_bytes / snap.migrate_bytes_per_s``, paid once
+    as a delayed chunk); repeat until no move pays (or ``plan_limit`` moves). With
+    several workers tied at the worst, each is lowered in turn. The plan is taken
+    only if it lowers the cluster's maximum predicted latency by more than
+    ``min_gain`` of it; then its first ``max_migrations`` moves are proposed (the
+    rest follow in later decisions, as long as what remains still pays).
 
     Parameters
     ----------
@@ -289,6 +286,8 @@ class MigrationAware(_PlacementPolicy):
         Relative threshold (``turboserve.control.migration-gain``, default 0.1).
     max_migrations
         Bound on rebalancing migrations per decision (drain moves not included).
+    plan_limit
+        How many moves the plan may look ahead to find out whether rebalancing pays.
     **kwargs
         ``on_full``, ``new_session_bytes``, ``max_drain_migrations`` as for every
         placement policy.
@@ -296,8 +295,11 @@ class MigrationAware(_PlacementPolicy):
 
     name = "migration-aware"
 
-    def __init__(self, *, min_gain: float = 0.1, max_migrations: int = 8, **kwargs: Any) -> None:
+    def __init__(self, *, min_gain: float = 0.1, max_migrations: int = 8, plan_limit: int = 1024, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if plan_limit < max_migrations:
+            raise ValueError(f"plan_limit must be >= max_migrations={max_migrations}, got {plan_limit!r}")
+        self.plan_limit = plan_limit
         if not min_gain >= 0:
             raise ValueError(f"min_gain must be >= 0, got {min_gain!r}")
         if max_migrations < 0:
@@ -314,28 +316,34 @@ class MigrationAware(_PlacementPolicy):
     def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
         if self.max_migrations == 0:
             return
+        before = ledger.max_latency()
+        plan = self._plan(ledger, chooser, moved)
+        after = ledger.max_latency()
+        keep = len(plan) if before - after > self.min_gain * before else 0
+        keep = min(keep, self.max_migrations)
+        for s, source, target, _ in reversed(plan[keep:]):
+            ledger.undo_move(s, source, target)
+            chooser.refresh(source)
+            chooser.refresh(target)
+        for s, source, target, cause in plan[:keep]:
+            actions.append(Migrate(s.session_id, source.address, target.address, cause=cause))
+
+    def _plan(self, ledger: CapacityLedger, chooser: _Chooser, moved: set[str]) -> list[tuple]:
+        """Greedy moves from the worst worker to the best, booked into ``ledger``."""
         snap = ledger.snap
-        # Max-heap of workers that compute (running or draining) by predicted latency.
+        # Max-heap of the workers that compute (running or draining) by predicted latency.
         worst_heap = [
             (-ledger.latency(ld), ld.address, ld.version, ld)
             for ld in ledger.loads.values()
             if ld.n_active and ld.view.status is not WorkerStatus.STARTING
         ]
         heapq.heapify(worst_heap)
-
-        def pop_valid() -> tuple | None:
-            while worst_heap:
-                entry = heapq.heappop(worst_heap)
-                if entry[2] == entry[3].version:
-                    return entry
-            return None
-
-        budget = self.max_migrations
-        while budget > 0:
-            entry = pop_valid()
-            if entry is None:
-                break
+        plan: list[tuple] = []
+        while worst_heap and len(plan) < self.plan_limit:
+            entry = heapq.heappop(worst_heap)
             worst: WorkerLoad = entry[3]
+            if entry[2] != worst.version:
+                continue  # stale
             l_max = -entry[0]
             movable = [s for s in worst.active if s.session_id not in moved]
             if not movable:
@@ -345,16 +353,11 @@ class MigrationAware(_PlacementPolicy):
             if target is None:
                 break
             pair_max = max(ledger.latency_minus(worst, s), ledger.latency_plus(target, s.context_frames))
-            gain = l_max - pair_max
-            cost = s.state_bytes / snap.migrate_bytes_per_s
-            if gain <= cost or gain <= self.min_gain * l_max:
-                break  # the worst worker cannot be lowered enough: neither can the max
-            _book_migration(ledger, s, worst, target)
-            moved.add(s.session_id)
-            budget -= 1
-            actions.append(
-                Migrate(s.session_id, worst.address, target.address, cause=f"rebalance: max latency {l_max:.3g}s -> {pair_max:.3g}s")
-            )
+            if l_max - pair_max <= s.state_bytes / snap.migrate_bytes_per_s:
+                break  # the worst worker cannot be lowered by more than the copy costs
+            ledger.move(s, worst, target)
+            plan.append((s, worst, target, f"rebalance: worst latency {l_max:.3g}s -> {pair_max:.3g}s"))
             for ld in (worst, target):
                 chooser.refresh(ld)
                 heapq.heappush(worst_heap, (-ledger.latency(ld), ld.address, ld.version, ld))
+        return plan

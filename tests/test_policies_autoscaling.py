@@ -1,0 +1,198 @@
+"""Autoscaling policies on hand-built snapshots: targets, bounds, delays, what to retire."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies.admission import CapacityLedger
+from policies.autoscaling import HpaState, LoadDrivenState
+from policies.registry import make, names
+from policies.types import (
+    GiB,
+    BatchLatencyModel,
+    Retire,
+    ScaleTo,
+    SessionStatus,
+    SessionView,
+    Snapshot,
+    WorkerStatus,
+    WorkerView,
+)
+
+LINEAR = BatchLatencyModel(batch_sizes=(1, 8), step_s=(0.1, 0.8))  # 0.1 s per session
+
+
+def cluster(n_running, n_active, *, now_s=0.0, max_batch=10, starting=0, draining=0, idle_bytes=0, **kw):
+    """``n_active`` active sessions spread round-robin over ``n_running`` workers."""
+    workers = [WorkerView(f"w{i}", max_batch=max_batch) for i in range(n_running)]
+    workers += [WorkerView(f"s{i}", status=WorkerStatus.STARTING, max_batch=max_batch) for i in range(starting)]
+    workers += [WorkerView(f"d{i}", status=WorkerStatus.DRAINING, max_batch=max_batch) for i in range(draining)]
+    sessions = [
+        SessionView(f"a{i}", SessionStatus.ACTIVE, f"w{i % n_running}", state_bytes=GiB) for i in range(n_active)
+    ]
+    if idle_bytes:
+        sessions.append(SessionView("idle", SessionStatus.IDLE, "w0", state_bytes=idle_bytes))
+    kw.setdefault("latency", LINEAR)
+    kw.setdefault("max_workers", 100)
+    return Snapshot(now_s=now_s, workers=tuple(workers), sessions=tuple(sessions), **kw)
+
+
+def scale_target(actions) -> int | None:
+    targets = [a.n for a in actions if isinstance(a, ScaleTo)]
+    assert len(targets) <= 1
+    return targets[0] if targets else None
+
+
+@pytest.mark.parametrize("name", names("autoscaling"))
+@pytest.mark.parametrize("n_running, n_active", [(0, 0), (1, 60), (8, 0), (3, 3)])
+def test_every_autoscaler_stays_within_the_snapshot_bounds(name, n_running, n_active):
+    snap = cluster(n_running, n_active, min_workers=2, max_workers=4)
+    policy = make("autoscaling", name)
+    actions, _ = policy.decide(snap, policy.initial_state())
+    target = scale_target(actions)
+    assert target is None or 2 <= target <= 4
+    if target is None:
+        assert 2 <= n_running <= 4
+    retired = [a.worker for a in actions if isinstance(a, Retire)]
+    assert len(retired) == (n_running - target if target is not None and target < n_running else 0)
+
+
+@pytest.mark.parametrize("name", names("autoscaling"))
+def test_every_autoscaler_counts_starting_workers_as_capacity_on_the_way(name):
+    policy = make("autoscaling", name, **({"n": 4} if name == "fixed" else {}))
+    state = policy.initial_state()
+    first, state = policy.decide(cluster(1, 30, now_s=0.0), state)
+    target = scale_target(first)
+    assert target is not None and target > 1
+    # The next tick sees the requested workers as STARTING: no second request.
+    again, _ = policy.decide(cluster(1, 30, now_s=1.0, starting=target - 1), state)
+    assert scale_target(again) is None
+
+
+def test_fixed_provisions_n_workers_and_retires_the_emptiest():
+    policy = make("autoscaling", "fixed", n=2)
+    assert policy.decide(cluster(2, 5), None)[0] == []
+    actions, _ = policy.decide(cluster(4, 2), None)  # sessions on w0 and w1
+    assert scale_target(actions) == 2
+    assert sorted(a.worker for a in actions if isinstance(a, Retire)) == ["w2", "w3"]
+
+
+def test_scale_in_retires_starting_workers_first_then_fewest_sessions():
+    actions, _ = make("autoscaling", "fixed", n=2).decide(cluster(3, 4, starting=1), None)
+    # w0 holds 2 sessions, w1 and w2 one each; the starting one holds none.
+    assert scale_target(actions) == 2
+    assert sorted(a.worker for a in actions if isinstance(a, Retire)) == ["s0", "w1"]
+
+
+def test_draining_workers_do_not_count_and_are_not_retired_twice():
+    actions, _ = make("autoscaling", "fixed", n=2).decide(cluster(3, 0, draining=2), None)
+    assert scale_target(actions) == 2
+    assert [a.worker for a in actions if isinstance(a, Retire)] == ["w0"]
+
+
+def test_hpa_applies_the_kubernetes_formula_on_batch_slot_utilisation():
+    policy = make("autoscaling", "hpa", target_utilisation=0.8)
+    # 4 workers x 10 slots, 48 sessions: utilisation 1.2, ratio 1.5 -> 6 workers.
+    actions, _ = policy.decide(cluster(4, 48), policy.initial_state())
+    assert scale_target(actions) == 6
+    # Pending sessions are demand too: 40 active + 8 waiting is the same load.
+    snap = cluster(4, 40)
+    waiting = tuple(SessionView(f"p{i}", SessionStatus.PENDING) for i in range(8))
+    snap = Snapshot(now_s=0.0, workers=snap.workers, sessions=snap.sessions + waiting, latency=LINEAR, max_workers=100)
+    assert scale_target(policy.decide(snap, policy.initial_state())[0]) == 6
+
+
+def test_hpa_does_nothing_within_its_tolerance():
+    policy = make("autoscaling", "hpa", target_utilisation=0.8, tolerance=0.1)
+    # utilisation 0.85 / 0.8 = 1.0625 -> within 10%.
+    assert policy.decide(cluster(10, 85), policy.initial_state())[0] == []
+    # 0.4 / 0.8 = 0.5: outside; scale-down is only stabilised, not blocked, at first.
+    assert scale_target(policy.decide(cluster(10, 40, now_s=0.0), policy.initial_state())[0]) == 5
+
+
+def test_hpa_scale_down_uses_the_highest_recommendation_of_its_window():
+    policy = make("autoscaling", "hpa", downscale_stabilisation_s=300)
+    state = policy.initial_state()
+    _, state = policy.decide(cluster(6, 48, now_s=0.0), state)  # recommends 6: stays
+    low = []
+    for t in (60.0, 200.0, 299.0, 301.0):
+        actions, state = policy.decide(cluster(6, 8, now_s=t), state)
+        low.append(scale_target(actions))
+    assert low == [None, None, None, 1]
+    assert isinstance(state, HpaState) and all(t > 301.0 - 300 for t, _ in state.history)
+
+
+def test_hpa_upscale_delay_waits_before_growing():
+    policy = make("autoscaling", "hpa", upscale_delay_s=30)
+    state = policy.initial_state()
+    seen = []
+    for t in (0.0, 10.0, 30.0):
+        actions, state = policy.decide(cluster(2, 40, now_s=t), state)
+        seen.append(scale_target(actions))
+    assert seen == [None, None, 5]
+
+
+def test_hpa_asks_for_a_first_worker_when_sessions_wait_and_none_runs():
+    snap = Snapshot(now_s=0.0, workers=(), sessions=(SessionView("p", SessionStatus.PENDING),), max_workers=4)
+    policy = make("autoscaling", "hpa")
+    assert scale_target(policy.decide(snap, policy.initial_state())[0]) == 1
+
+
+def test_load_driven_sizes_by_the_largest_batch_within_the_slo():
+    policy = make("autoscaling", "load-driven", target_utilisation=0.8)
+    snap = cluster(1, 20, slo_s=1.0)
+    # predict(b) = 0.1 b <= 0.8 s -> b* = 8; 20 sessions -> 3 GPUs.
+    assert policy.budget(CapacityLedger(snap)) == (3, 8)
+    assert scale_target(policy.decide(snap, policy.initial_state())[0]) == 3
+    # b* is also capped by the worker's batch slots.
+    small = cluster(1, 20, slo_s=1.0, max_batch=4)
+    assert scale_target(policy.decide(small, policy.initial_state())[0]) == 5
+
+
+def test_load_driven_counts_the_memory_of_on_device_sessions():
+    policy = make("autoscaling", "load-driven")
+    # 2 active sessions need 1 GPU of compute, but 150 GiB of idle state needs 2 GPUs.
+    snap = cluster(1, 2, idle_bytes=150 * GiB)
+    assert scale_target(policy.decide(snap, policy.initial_state())[0]) == 2
+
+
+def test_load_driven_scales_in_only_after_the_budget_stayed_low():
+    policy = make("autoscaling", "load-driven", downscale_delay_s=60)
+    state = policy.initial_state()
+    results = []
+    for t, n_active in ((0.0, 8), (30.0, 16), (50.0, 8), (70.0, 8), (90.0, 8)):
+        actions, state = policy.decide(cluster(4, n_active, now_s=t), state)
+        results.append(scale_target(actions))
+    # Below from t=0; at t=60+ it scales in to the highest budget seen meanwhile (2).
+    assert results == [None, None, None, 2, None]
+    # The snapshot still shows 4 workers at t=90: a new period below starts.
+    assert state == LoadDrivenState(below_since_s=90.0, window_max=1)
+
+
+def test_load_driven_resets_its_patience_when_the_load_returns():
+    policy = make("autoscaling", "load-driven", downscale_delay_s=60)
+    state = policy.initial_state()
+    results = []
+    for t, n_active in ((0.0, 8), (40.0, 32), (70.0, 8), (120.0, 8), (131.0, 8)):
+        actions, state = policy.decide(cluster(4, n_active, now_s=t), state)
+        results.append(scale_target(actions))
+    assert results == [None, None, None, None, 1]
+
+
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("fixed", {"n": -1}, "n >= 0"),
+        ("hpa", {"tolerance": 1.5}, "tolerance must be in"),
+        ("hpa", {"target_utilisation": 0}, "target_utilisation must be > 0"),
+        ("load-driven", {"downscale_delay_s": -1}, "downscale_delay_s must be >= 0"),
+    ],
+)
+def test_bad_parameters_are_named(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        make("autoscaling", name, **params)
+
+
+def test_inverted_bounds_in_a_snapshot_are_reported():
+    with pytest.raises(ValueError, match="min_workers=5 > max_workers=2"):
+        make("autoscaling", "fixed").decide(cluster(1, 0, min_workers=5, max_workers=2), None)

@@ -1,0 +1,235 @@
+"""Placement policies on hand-built snapshots: where sessions go and when they move."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies.registry import make, names
+from policies.types import (
+    GiB,
+    BatchLatencyModel,
+    Migrate,
+    Offload,
+    Place,
+    Reject,
+    SessionStatus,
+    SessionView,
+    Snapshot,
+    WorkerStatus,
+    WorkerView,
+)
+
+ACTIVE, IDLE, PENDING = SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStatus.PENDING
+LINEAR = BatchLatencyModel(batch_sizes=(1, 8), step_s=(0.1, 0.8))  # 0.1 s per session
+
+
+def active(sid: str, worker: str, nbytes: int = GiB, **kw) -> SessionView:
+    return SessionView(sid, ACTIVE, worker, state_bytes=nbytes, **kw)
+
+
+def pending(sid: str, nbytes: int = 0, since_s: float = 0.0) -> SessionView:
+    return SessionView(sid, PENDING, None, state_bytes=nbytes, since_s=since_s)
+
+
+def snapshot(workers, sessions, **kw) -> Snapshot:
+    kw.setdefault("latency", LINEAR)
+    return Snapshot(now_s=kw.pop("now_s", 100.0), workers=tuple(workers), sessions=tuple(sessions), **kw)
+
+
+def decide(policy, snap, state=None):
+    return policy.decide(snap, policy.initial_state() if state is None else state)
+
+
+def max_predicted_latency(snap: Snapshot, actions) -> float:
+    """Max over workers of the predicted step time once ``actions`` took effect."""
+    where = {s.session_id: s.worker for s in snap.sessions if s.status in (ACTIVE, SessionStatus.MIGRATING)}
+    for a in actions:
+        if isinstance(a, Place):
+            where[a.session_id] = a.worker
+        elif isinstance(a, Migrate):
+            where[a.session_id] = a.target
+    counts: dict[str, int] = {}
+    for w in where.values():
+        counts[w] = counts.get(w, 0) + 1
+    return max((snap.latency.predict(n) for n in counts.values()), default=0.0)
+
+
+@pytest.mark.parametrize("name", names("placement"))
+def test_every_placement_policy_places_pending_sessions_on_running_workers_only(name):
+    workers = [
+        WorkerView("starting", status=WorkerStatus.STARTING),
+        WorkerView("draining", status=WorkerStatus.DRAINING),
+        WorkerView("w1"),
+        WorkerView("w2"),
+    ]
+    snap = snapshot(workers, [pending(f"p{i}") for i in range(5)])
+    actions, _ = decide(make("placement", name), snap)
+    assert sorted(a.session_id for a in actions) == [f"p{i}" for i in range(5)]
+    assert all(isinstance(a, Place) and a.worker in ("w1", "w2") for a in actions)
+    assert all(a.cause for a in actions)
+
+
+@pytest.mark.parametrize("name", names("placement"))
+def test_every_placement_policy_leaves_sessions_pending_when_full_or_rejects_if_asked(name):
+    snap = snapshot(
+        [WorkerView("w1", max_batch=1)],
+        [active("a", "w1"), pending("new"), pending("resumed", nbytes=GiB)],
+    )
+    queued, _ = decide(make("placement", name), snap)
+    assert queued == []
+    refused, _ = decide(make("placement", name, on_full="refuse"), snap)
+    # Only the new session is refused: a resumed one keeps its place in the queue.
+    assert [(type(a), a.session_id) for a in refused] == [(Reject, "new")]
+    assert "bytes" in refused[0].cause
+
+
+@pytest.mark.parametrize("name", names("placement"))
+def test_every_placement_policy_respects_memory(name):
+    workers = [WorkerView("small", memory_bytes=2 * GiB), WorkerView("big", memory_bytes=10 * GiB)]
+    sessions = [active("a", "small", GiB), pending("p", nbytes=4 * GiB)]
+    actions, _ = decide(make("placement", name), snapshot(workers, sessions))
+    assert actions == [Place("p", "big", cause=actions[0].cause)]
+
+
+@pytest.mark.parametrize("name", names("placement"))
+def test_new_sessions_reserve_the_largest_state_of_their_model(name):
+    # The largest state of the model is 2 GiB, so a new session reserves 2 GiB:
+    # neither w1 (1 GiB free) nor w2 (1.5 GiB) can take it, unless told it is smaller.
+    workers = [WorkerView("w1", memory_bytes=4 * GiB), WorkerView("w2", memory_bytes=GiB + GiB // 2)]
+    sessions = [SessionView("old", IDLE, "w1", state_bytes=GiB), active("big", "w1", 2 * GiB), pending("new")]
+    snap = snapshot(workers, sessions)
+    assert decide(make("placement", name), snap)[0] == []
+    explicit, _ = decide(make("placement", name, new_session_bytes=GiB), snap)
+    assert [a.session_id for a in explicit] == ["new"]
+
+
+@pytest.mark.parametrize("name", names("placement"))
+def test_every_placement_policy_empties_draining_workers(name):
+    workers = [WorkerView("old", status=WorkerStatus.DRAINING), WorkerView("w1"), WorkerView("w2")]
+    sessions = [active("a", "old"), active("b", "old"), SessionView("i", IDLE, "old", state_bytes=GiB)]
+    actions, _ = decide(make("placement", name), snapshot(workers, sessions))
+    moves = {a.session_id: a for a in actions}
+    assert set(moves) == {"a", "b", "i"}
+    assert all(isinstance(moves[s], Migrate) and moves[s].source == "old" for s in "ab")
+    assert {moves["a"].target, moves["b"].target} <= {"w1", "w2"}
+    assert isinstance(moves["i"], Offload) and moves["i"].cause == "drain"
+
+
+@pytest.mark.parametrize("name", names("placement"))
+def test_a_duplicated_pending_session_is_placed_once(name):
+    snap = snapshot([WorkerView("w1"), WorkerView("w2")], [pending("p"), pending("p")])
+    actions, _ = decide(make("placement", name), snap)
+    assert [a.session_id for a in actions] == ["p"]
+
+
+def test_paper_scenario_migration_aware_rebalances_after_sessions_close():
+    # Both workers held 4 active sessions; 3 of w1's closed. w2 is now the straggler.
+    workers = [WorkerView("w1"), WorkerView("w2")]
+    sessions = [active("a0", "w1")] + [active(f"b{i}", "w2") for i in range(4)]
+    sessions += [SessionView(f"a{i}", SessionStatus.CLOSED, None) for i in range(1, 4)]
+    snap = snapshot(workers, sessions)
+    before = max_predicted_latency(snap, [])
+
+    actions, _ = decide(make("placement", "migration-aware"), snap)
+    assert [type(a) for a in actions] == [Migrate]
+    assert (actions[0].source, actions[0].target) == ("w2", "w1")
+    assert max_predicted_latency(snap, actions) == pytest.approx(before - 0.1)
+    assert "rebalance" in actions[0].cause
+
+    for other in ("least-loaded", "round-robin"):
+        assert decide(make("placement", other), snap)[0] == []
+
+
+def test_migration_aware_lowers_tied_worst_workers_in_turn():
+    workers = [WorkerView("w1"), WorkerView("w2"), WorkerView("new")]
+    sessions = [active(f"a{i}", "w1") for i in range(4)] + [active(f"b{i}", "w2") for i in range(4)]
+    snap = snapshot(workers, sessions)
+    actions, _ = decide(make("placement", "migration-aware"), snap)
+    assert all(isinstance(a, Migrate) and a.target == "new" for a in actions)
+    assert {a.source for a in actions} == {"w1", "w2"}
+    assert max_predicted_latency(snap, actions) == pytest.approx(0.3)
+
+
+def test_migration_aware_does_not_migrate_when_the_copy_costs_more_than_the_gain():
+    workers = [WorkerView("w1"), WorkerView("w2")]
+    sessions = [active("a0", "w1")] + [active(f"b{i}", "w2") for i in range(4)]
+    # 1 GiB over a 1 GB/s link costs ~1.07 s, more than the 0.1 s gained per chunk.
+    slow = snapshot(workers, sessions, migrate_bytes_per_s=1e9)
+    assert decide(make("placement", "migration-aware"), slow)[0] == []
+
+
+def test_migration_aware_respects_the_relative_gain_threshold():
+    workers = [WorkerView("w1"), WorkerView("w2")]
+    sessions = [active("a0", "w1")] + [active(f"b{i}", "w2") for i in range(4)]
+    snap = snapshot(workers, sessions)
+    # Gain 0.1 s of 0.4 s = 25%: below a 30% threshold, above a 20% one.
+    assert decide(make("placement", "migration-aware", min_gain=0.3), snap)[0] == []
+    assert len(decide(make("placement", "migration-aware", min_gain=0.2), snap)[0]) == 1
+
+
+def test_migration_aware_bounds_migrations_per_decision():
+    workers = [WorkerView("hot", max_batch=64)] + [WorkerView(f"w{i}") for i in range(8)]
+    sessions = [active(f"s{i}", "hot") for i in range(40)]
+    snap = snapshot(workers, sessions)
+    for bound in (0, 3, 8):
+        actions, _ = decide(make("placement", "migration-aware", max_migrations=bound), snap)
+        assert len(actions) == bound
+        assert len({a.session_id for a in actions}) == bound
+
+
+def test_migration_aware_moves_the_cheapest_session():
+    workers = [WorkerView("w1"), WorkerView("w2")]
+    sessions = [active("small", "w2", GiB), active("large", "w2", 4 * GiB), active("mid", "w2", 2 * GiB)]
+    actions, _ = decide(make("placement", "migration-aware"), snapshot(workers, sessions))
+    assert actions[0].session_id == "small"
+
+
+def test_migration_aware_places_where_the_max_latency_grows_least():
+    workers = [WorkerView("w1"), WorkerView("w2"), WorkerView("w3")]
+    sessions = [active("a", "w1"), active("b", "w1"), active("c", "w2", context_frames=30)]
+    sessions += [active("d", "w3")]
+    # w2 and w3 both hold one session, but w2's long context makes its step slower.
+    ctx = BatchLatencyModel(batch_sizes=(1, 8), step_s=(0.1, 0.8), context_slope_s=0.01)
+    snap = snapshot(workers, sessions + [pending("p")], latency=ctx)
+    actions, _ = decide(make("placement", "migration-aware", max_migrations=0), snap)
+    assert actions == [Place("p", "w3", cause=actions[0].cause)]
+
+
+def test_least_loaded_breaks_ties_by_memory_used():
+    workers = [WorkerView("w1"), WorkerView("w2")]
+    sessions = [active("a", "w1", GiB), active("b", "w2", GiB), SessionView("i", IDLE, "w1", state_bytes=GiB)]
+    actions, _ = decide(make("placement", "least-loaded"), snapshot(workers, sessions + [pending("p")]))
+    assert actions == [Place("p", "w2", cause=actions[0].cause)]
+
+
+def test_round_robin_continues_where_the_last_decision_stopped():
+    policy = make("placement", "round-robin")
+    workers = [WorkerView("w1"), WorkerView("w2"), WorkerView("w3")]
+    state = policy.initial_state()
+    order = []
+    for i in range(4):
+        actions, state = policy.decide(snapshot(workers, [pending(f"p{i}")]), state)
+        order.append(actions[0].worker)
+    assert order == ["w1", "w2", "w3", "w1"]
+
+
+def test_pending_sessions_are_served_resumed_first_then_in_arrival_order():
+    snap = snapshot(
+        [WorkerView("w1", max_batch=2)],
+        [pending("late", since_s=5.0), pending("early", since_s=1.0), pending("resumed", nbytes=GiB, since_s=9.0)],
+    )
+    actions, _ = decide(make("placement", "least-loaded"), snap)
+    assert [a.session_id for a in actions] == ["resumed", "early"]
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"on_full": "drop"}, "on_full must be one of"),
+        ({"min_gain": -0.5}, "min_gain must be >= 0"),
+        ({"max_migrations": -1}, "max_migrations must be >= 0"),
+    ],
+)
+def test_bad_parameters_are_named(params, match):
+    with pytest.raises(ValueError, match=match):
+        make("placement", "migration-aware", **params)
