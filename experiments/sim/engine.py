@@ -16,6 +16,8 @@ Model of the mechanisms (each choice is the simplest that keeps the contract):
   ``max_batch`` of them (oldest request first), taking ``latency.predict(batch, ctx)``.
 * Policies run on the control tick only (every ``interval_s``, the first at time 0, after
   the trace events of that instant): a new session waits at most one tick for a placement.
+  The three policies decide together through :class:`policies.combined.Combined`
+  (placement, then offload, then autoscaling on one capacity ledger), as live.
 * ``Migrate`` copies ``state_bytes`` at ``migrate_bytes_per_s`` starting at once, or when
   the session's chunk in flight finishes; both workers hold the memory meanwhile and the
   session's next chunk cannot start before the copy ends (that delay is in its latency,
@@ -46,6 +48,7 @@ import pandas as pd
 from experiments.sim.config import PolicySet, SimConfig
 from experiments.sim.models import model_cost
 from experiments.sim.workload import Workload
+from policies.combined import Combined
 from policies.types import (
     Action,
     BatchLatencyModel,
@@ -142,6 +145,9 @@ class SimResult:
         policy decision time.
     gpu_seconds
         Sum of worker lifetimes (start request to release, or the end of the run).
+    workers
+        One row per worker: ``worker, started_s, released_s`` (the end of the run if never
+        released).
     """
 
     chunks: pd.DataFrame
@@ -156,6 +162,7 @@ class SimResult:
     config: SimConfig
     policy: str
     session_slo_s: dict[str, float] = field(default_factory=dict)
+    workers: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 class Simulator:
@@ -248,6 +255,7 @@ class Simulator:
         self.cost = 0.0
         self.cost_t = 0.0
         self.decide_s = 0.0
+        self._deferred: dict[int, _Worker] | None = None
 
     # ------------------------------------------------------------ plumbing
 
@@ -297,6 +305,9 @@ class Simulator:
     def _kick(self, w: _Worker, now: float) -> None:
         """Start a step on ``w`` if it is free and has due requests, else schedule a wake-up."""
         if w.busy or w.status is STARTING or w.released is not None:
+            return
+        if self._deferred is not None:  # inside a tick: start steps once all actions are in
+            self._deferred[w.idx] = w
             return
         due = []
         earliest = _INF
@@ -587,14 +598,21 @@ class Simulator:
             self._accept(now, action, "", str(n))
 
     def _retire(self, action: Retire, now: float) -> None:
-        w = self._usable_worker(now, action, "", action.worker, allow_draining=False)
-        if w is None:
+        w = self.by_addr.get(action.worker)
+        if w is None or w.status is DRAINING:
+            why = "does not exist" if w is None else "is already draining"
+            self._refuse(now, action, "", action.worker, f"worker {action.worker!r} {why}", "retire-bad-worker")
             return
-        if self.n_alive - 1 < self.cfg.min_workers:
+        live = sum(1 for x in self.workers if x.released is None and x.status is not DRAINING)
+        if live - 1 < self.cfg.min_workers:
             self._refuse(now, action, "", action.worker, f"retiring would go below min_workers={self.cfg.min_workers}", "retire-below-minimum")
             return
-        w.status = DRAINING
         self._accept(now, action, "", action.worker)
+        if w.status is STARTING:  # holds nothing yet: cancel it
+            w.status = DRAINING
+            self._release(w, now)
+            return
+        w.status = DRAINING
         self._maybe_release(w, now)
 
     # ------------------------------------------------------------ control tick
@@ -620,8 +638,12 @@ class Simulator:
                     acts = self._activations[s.idx]
                     k = bisect_right(acts, now)
                     nxt = float(acts[k]) if k < len(acts) else None
+                # policy contract: a MIGRATING session names its target; a new pending one
+                # (no state yet) has state_bytes 0
+                where = s.target if s.status is MIGRATING else s.worker
+                nbytes = 0 if s.status is PENDING and not s.on_host else s.nbytes
                 v = s.view = SessionView(
-                    s.sid, s.status, s.worker.address if s.worker is not None else None, s.nbytes, model,
+                    s.sid, s.status, where.address if where is not None else None, nbytes, model,
                     s.since, s.period, s.ctx, s.recent, nxt,
                 )
                 s.dirty = False
@@ -639,15 +661,24 @@ class Simulator:
             worker_startup_s=self.cfg.worker_startup_s,
         )
 
-    def _tick(self, now: float, policies: list, states: list) -> None:
+    def _tick(self, now: float, policy: Combined, state: list) -> None:
         snap = self.snapshot(now)
         self._record_interval(now, snap)
         t0 = _time.perf_counter()
-        for k, policy in enumerate(policies):
-            actions, states[k] = policy.decide(snap, states[k])
-            for action in actions:
-                self._apply(action, now)
+        self._deferred = {}
+        actions, state[0] = policy.decide(snap, state[0])
         self.decide_s += _time.perf_counter() - t0
+        # ScaleTo last: the Retire actions that come with a scale-in are applied first, so
+        # the target then only starts workers or releases what the Retires did not cover.
+        for action in actions:
+            if not isinstance(action, ScaleTo):
+                self._apply(action, now)
+        for action in actions:
+            if isinstance(action, ScaleTo):
+                self._apply(action, now)
+        deferred, self._deferred = self._deferred, None
+        for w in deferred.values():
+            self._kick(w, now)
 
     def _record_interval(self, now: float, snap: Snapshot) -> None:
         self._advance_cost(now)
@@ -667,8 +698,8 @@ class Simulator:
         """Replay the whole trace and return the :class:`SimResult`."""
         cfg, wl = self.cfg, self.wl
         end = cfg.end_s if cfg.end_s is not None else wl.end_s
-        policies = list(self.policy_set.build())
-        states = [p.initial_state() for p in policies]
+        policy = Combined(*self.policy_set.build())
+        state = [policy.initial_state()]
         self._cost_recorded = 0.0
         self._mig_recorded = 0
         for _ in range(cfg.initial_workers):
@@ -694,7 +725,7 @@ class Simulator:
                         payload.wake_at = None
                     self._kick(payload, t)
                 elif kind == _TICK:
-                    self._tick(t, policies, states)
+                    self._tick(t, policy, state)
                     k_tick += 1
                     nxt = k_tick * cfg.interval_s
                     if nxt <= end:
@@ -773,4 +804,8 @@ class Simulator:
             config=self.cfg,
             policy=self.policy_set.label,
             session_slo_s={s.sid: float(v) for s, v in zip(self.sessions, self.slo_of)},
+            workers=pd.DataFrame(
+                [(w.address, w.started, w.released if w.released is not None else end) for w in self.workers],
+                columns=["worker", "started_s", "released_s"],
+            ),
         )
