@@ -105,6 +105,18 @@ class RateWindows:
         """Time-averaged rate over all windows."""
         return float(np.mean(self.rates))
 
+    def mean_over(self, t0: float, t1: float) -> float:
+        """Time-averaged rate over ``[t0, t1)`` (seconds, wrapping like :meth:`lookup`)."""
+        if not t1 > t0:
+            return self.mean_rate
+        edges = np.unique(np.concatenate([
+            [t0, t1], np.arange(np.ceil(t0 / self.window_s), np.floor(t1 / self.window_s) + 1)
+            * self.window_s,
+        ]))
+        edges = edges[(edges >= t0) & (edges <= t1)]
+        rate, _, _ = self.lookup(0.5 * (edges[:-1] + edges[1:]))
+        return float(np.sum(rate * np.diff(edges)) / (t1 - t0))
+
     def lookup(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rate, CV and family code (index in ``ARRIVAL_FAMILIES``) at times ``t``."""
         i = np.floor(np.asarray(t) / self.window_s).astype(np.int64) % len(self.rates)
@@ -176,6 +188,12 @@ class ClientSpec:
         """The time-averaged base rate (before ``weight`` and any shape)."""
         return self.rate.mean_rate if isinstance(self.rate, RateWindows) else float(self.rate)
 
+    def mean_rate_over(self, t0: float, t1: float) -> float:
+        """The base rate averaged over ``[t0, t1)`` (window time for :class:`RateWindows`)."""
+        if isinstance(self.rate, RateWindows):
+            return self.rate.mean_over(t0, t1)
+        return float(self.rate)
+
 
 @dataclass(frozen=True, slots=True)
 class WorkloadSpec:
@@ -190,8 +208,9 @@ class WorkloadSpec:
     rate
         Aggregate multiplier ``m(t)`` of every client's rate (:mod:`traces.rates`).
     total_rate
-        If given, the clients' rates are rescaled so that their mean sum (with weights,
-        before ``rate`` and ``scale``) is ``total_rate`` sessions per second.
+        If given, the clients' rates are rescaled so that their sum (with weights, before
+        ``rate`` and ``scale``), averaged over the trace's ``[0, duration_s)``, is
+        ``total_rate`` sessions per second.
     scale
         Multiplier of all rates (load scaling: 2.0 is twice the sessions).
     warmup_s
@@ -236,7 +255,8 @@ class WorkloadSpec:
         weights = np.array([c.weight for c in self.clients], dtype=np.float64)
         factors = weights * self.scale
         if self.total_rate is not None:
-            mean_sum = float(np.sum(weights * [c.mean_rate for c in self.clients]))
+            span = (self.offset_s, self.offset_s + self.duration_s)
+            mean_sum = float(np.sum(weights * [c.mean_rate_over(*span) for c in self.clients]))
             if mean_sum <= 0:
                 raise ValueError("total_rate needs at least one client with a rate > 0")
             factors *= self.total_rate / mean_sum
@@ -557,20 +577,22 @@ def spec_from_dict(data: dict[str, Any]) -> WorkloadSpec:
     """Build a :class:`WorkloadSpec` from plain data (a parsed YAML spec).
 
     Keys: ``clients`` (list; an entry may carry ``replicas: N`` to make N copies named
-    ``ID-0 .. ID-N-1``), ``duration_s``, ``rate`` (see :func:`traces.rates.rate_from_dict`),
+    ``ID-0 .. ID-N-1``), ``client_defaults`` (keys every client entry starts from),
+    ``duration_s``, ``rate`` (see :func:`traces.rates.rate_from_dict`),
     ``total_rate``, ``scale``, ``warmup_s``, ``offset_s``, ``seed``, ``grid_s``.
     """
     data = dict(data)
-    known = {"clients", "duration_s", "rate", "total_rate", "scale", "warmup_s", "offset_s",
-             "seed", "grid_s", "description"}
+    known = {"clients", "client_defaults", "duration_s", "rate", "total_rate", "scale",
+             "warmup_s", "offset_s", "seed", "grid_s", "description"}
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown workload keys {sorted(unknown)}; known: {sorted(known)}")
     if "clients" not in data or "duration_s" not in data:
         raise ValueError("a workload spec needs 'clients' and 'duration_s'")
     clients: list[ClientSpec] = []
+    defaults = dict(data.get("client_defaults") or {})
     for entry in data["clients"]:
-        entry = dict(entry)
+        entry = {**defaults, **dict(entry)}
         replicas = int(entry.pop("replicas", 1))
         base = client_from_dict(entry)
         if replicas == 1:

@@ -97,3 +97,28 @@ def scale_sessions(df: pd.DataFrame, scale: float, *, seed: int = 0) -> pd.DataF
     out = pd.concat(parts, ignore_index=True)
     order = np.lexsort((np.arange(len(out)), out[TIME].to_numpy()))
     return normalize(out.iloc[order].reset_index(drop=True))
+
+
+def tile(df: pd.DataFrame, duration_s: float, *, period_s: float | None = None) -> pd.DataFrame:
+    """Repeat a valid trace back to back until it covers ``duration_s``, then truncate.
+
+    Copy ``k`` is shifted by ``k * period_s`` (default: the trace's last event time) and
+    its sessions are renamed ``SESSION@k``; the first copy keeps its names.
+    """
+    if not duration_s > 0:
+        raise ValueError(f"duration_s must be > 0, got {duration_s!r}")
+    t = df[TIME].to_numpy(dtype=np.float64)
+    period = float(period_s) if period_s is not None else (float(t.max()) if len(t) else 0.0)
+    if not period > 0:
+        raise ValueError(f"cannot tile a trace of length {period!r} s; give period_s > 0")
+    copies = max(1, math.ceil(duration_s / period))
+    parts = [df]
+    for k in range(1, copies):
+        part = df.copy()
+        part[TIME] = t + k * period
+        part[SESSION] = pd.Series([f"{s}@{k}" for s in df[SESSION].tolist()], index=df.index,
+                                  dtype=df[SESSION].dtype)
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True)
+    order = np.argsort(out[TIME].to_numpy(), kind="stable")
+    return truncate(normalize(out.iloc[order].reset_index(drop=True)), duration_s)
