@@ -1,0 +1,121 @@
+"""Feeding the page from the scheduler plugin: what the plugin records, how a frame is built.
+
+The scheduler plugin owns one :class:`DashboardFeed`: it hands it the per-step chunk
+metrics it already receives from the workers and counts offloads; at start it asks it to
+install the page. :func:`plugin_frame_source` builds each tick's frame straight from the
+plugin's registry (same process, no RPC).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+
+from framework.dashboard.data import ChunkLog, DashboardFrame, build_frame
+
+logger = logging.getLogger(__name__)
+
+#: Name of the turboserve scheduler plugin (``TurboserveScheduler.name``).
+PLUGIN_NAME = "turboserve"
+_DEFAULT_INTERVAL = "500ms"
+_DEFAULT_HISTORY = 2000
+
+
+def update_interval_ms() -> int:
+    """Page refresh period: ``turboserve.dashboard.interval`` (default 500 ms)."""
+    value = dask.config.get("turboserve.dashboard.interval", default=_DEFAULT_INTERVAL)
+    ms = int(parse_timedelta(value, default="ms") * 1000)
+    if ms < 50:
+        raise ValueError(f"turboserve.dashboard.interval must be at least 50ms, got {value!r}")
+    return ms
+
+
+class DashboardFeed:
+    """What the scheduler plugin records for the dashboard.
+
+    Parameters
+    ----------
+    history : int, optional
+        Chunk points kept (``turboserve.dashboard.chunk-history``, default 2000).
+
+    Examples
+    --------
+    >>> feed = DashboardFeed(history=10)
+    >>> feed.on_chunks([("s", 0, 0.2, 1, 100.0)]); feed.count_offload()
+    >>> len(feed.chunk_log), feed.offloads
+    (1, 1)
+    """
+
+    def __init__(self, history: int | None = None) -> None:
+        if history is None:
+            history = int(dask.config.get("turboserve.dashboard.chunk-history", default=_DEFAULT_HISTORY))
+        self.chunk_log = ChunkLog(history)
+        self.offloads = 0
+
+    def on_chunks(self, rows: Iterable[tuple]) -> None:
+        """Record per-step chunk metrics ``(session_id, index, latency_s, batch, t_done_s)``."""
+        self.chunk_log.extend(rows)
+
+    def count_offload(self) -> None:
+        """Count one session's state leaving the device (suspend)."""
+        self.offloads += 1
+
+    def install(self, scheduler: Any) -> bool:
+        """Serve the page on ``scheduler``'s dashboard; logs and returns False on failure.
+
+        A dashboard problem must never stop the serving plugin from starting.
+        """
+        try:
+            from framework.dashboard.install import install_page
+
+            return install_page(scheduler)
+        except Exception:
+            logger.warning("could not install the turboserve dashboard page", exc_info=True)
+            return False
+
+
+def _slo_s(records: list[Any]) -> float | None:
+    slo = dask.config.get("turboserve.slo-s", default=None)
+    if slo is not None:
+        return float(slo)
+    # The natural deadline: the playback time of one chunk.
+    periods = [r.chunk_period_s for r in records]
+    return min(periods) if periods else None
+
+
+def plugin_frame(plugin: Any, scheduler: Any, last_seq: int) -> DashboardFrame:
+    """This tick's frame from a running turboserve plugin (``plugin.registry``, ``plugin.dashboard``)."""
+    registry = plugin.registry
+    records = registry.records()
+    stats = registry.stats()
+    feed: DashboardFeed | None = getattr(plugin, "dashboard", None)
+    return build_frame(
+        time.time(),
+        sorted(scheduler.workers),
+        records,
+        chunks=feed.chunk_log.since(last_seq) if feed else (),
+        slo_s=_slo_s(records),
+        offloads=feed.offloads if feed else 0,
+        latency_p99_s=stats.get("latency_p99_s"),
+        latency_max_s=stats.get("latency_max_s"),
+    )
+
+
+def plugin_frame_source(scheduler: Any):
+    """A page source reading the turboserve plugin of ``scheduler`` at every tick.
+
+    Without the plugin the frames show the workers only.
+    """
+
+    def source(last_seq: int) -> DashboardFrame:
+        plugin = scheduler.plugins.get(PLUGIN_NAME)
+        if plugin is None or not hasattr(plugin, "registry"):
+            return DashboardFrame(now_s=time.time(), workers=tuple(sorted(scheduler.workers)))
+        return plugin_frame(plugin, scheduler, last_seq)
+
+    return source

@@ -1,0 +1,385 @@
+"""What a session and a server look like in Jupyter: rich reprs, inline video, live display.
+
+The renderers work on plain cards (:class:`SessionCard`, :class:`ServerCard`) so they are
+pure functions of data; ``Session``/``Server`` build a card from their own state and
+delegate their ``_repr_html_``/``_repr_mimebundle_`` here. The video of a session is the
+last frames its client received, kept in a bounded :class:`FrameBuffer` and shown as an
+animated GIF embedded as base64 (no file, no server round trip, works in any frontend).
+
+Examples
+--------
+>>> import numpy as np
+>>> buf = FrameBuffer(max_frames=4)
+>>> buf.append(np.zeros((3, 8, 8, 3), np.uint8)); buf.append(np.ones((3, 8, 8, 3), np.uint8))
+>>> len(buf), buf.frames().shape
+(4, (4, 8, 8, 3))
+>>> encode_gif(buf.frames(), fps=8)[:6]
+b'GIF89a'
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Frames a session keeps client side for its inline video when nothing else is configured.
+DEFAULT_KEEP_FRAMES = 64
+
+_STATUS_COLOURS = {
+    "pending": "#9e9e9e",
+    "active": "#2e7d32",
+    "idle": "#f9a825",
+    "suspended": "#1565c0",
+    "migrating": "#6a1b9a",
+    "closed": "#616161",
+}
+
+
+class FrameBuffer:
+    """The most recent ``max_frames`` video frames of a session, oldest first.
+
+    Appending a chunk is O(frames in the chunk); old frames fall off the front. Safe to
+    append from a streaming thread while a repr reads it.
+
+    Parameters
+    ----------
+    max_frames : int
+        Frames kept (``0`` keeps none: the session then shows no video).
+
+    Examples
+    --------
+    >>> buf = FrameBuffer(max_frames=2)
+    >>> buf.append(np.zeros((3, 4, 4, 3), np.uint8))
+    >>> len(buf)
+    2
+    """
+
+    def __init__(self, max_frames: int = DEFAULT_KEEP_FRAMES) -> None:
+        if max_frames < 0:
+            raise ValueError(f"max_frames must be >= 0, got {max_frames}")
+        self.max_frames = max_frames
+        self._frames: deque[np.ndarray] = deque(maxlen=max_frames or None)
+        self._lock = threading.Lock()
+
+    def append(self, frames: np.ndarray) -> None:
+        """Add a chunk's frames, ``uint8`` of shape ``(T, H, W, 3)``."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(
+                f"frames must be uint8 of shape (T, H, W, 3), got {frames.dtype} {frames.shape}"
+            )
+        if self.max_frames == 0:
+            return
+        with self._lock:
+            self._frames.extend(frames[-self.max_frames :])
+
+    def frames(self) -> np.ndarray | None:
+        """The kept frames as one ``(T, H, W, 3)`` array, or ``None`` when empty."""
+        with self._lock:
+            kept = list(self._frames)
+        return np.stack(kept) if kept else None
+
+    def clear(self) -> None:
+        """Forget every kept frame."""
+        with self._lock:
+            self._frames.clear()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+def encode_gif(frames: np.ndarray, fps: float = 16.0) -> bytes:
+    """Encode ``uint8`` frames ``(T, H, W, 3)`` as a looping animated GIF.
+
+    Raises
+    ------
+    ValueError
+        When ``frames`` is empty or not ``(T, H, W, 3)`` ``uint8``, or ``fps`` is not positive.
+    """
+    from PIL import Image
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[0] == 0 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(
+            f"frames must be non-empty uint8 of shape (T, H, W, 3), got {frames.dtype} {frames.shape}"
+        )
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    images = [Image.fromarray(f, mode="RGB") for f in frames]
+    out = io.BytesIO()
+    # GIF frame durations are in ms; most viewers clamp below 20 ms, so cap the rate there.
+    duration = max(20, round(1000 / fps))
+    images[0].save(
+        out, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0
+    )
+    return out.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class AnimatedGif:
+    """An animated GIF that displays itself inline in Jupyter.
+
+    Attributes
+    ----------
+    data : bytes
+        The encoded GIF.
+    n_frames, height, width : int
+    fps : float
+    """
+
+    data: bytes
+    n_frames: int
+    height: int
+    width: int
+    fps: float
+
+    @classmethod
+    def from_frames(cls, frames: np.ndarray, fps: float = 16.0) -> "AnimatedGif":
+        """Encode ``uint8`` frames ``(T, H, W, 3)`` (see :func:`encode_gif`)."""
+        t, h, w, _ = np.shape(frames)
+        return cls(encode_gif(frames, fps), t, h, w, fps)
+
+    def img_tag(self, scale: int = 2) -> str:
+        """An ``<img>`` tag with the GIF inline as base64, shown ``scale`` times its size."""
+        b64 = base64.b64encode(self.data).decode("ascii")
+        return (
+            f'<img src="data:image/gif;base64,{b64}" width="{self.width * scale}" '
+            f'height="{self.height * scale}" style="image-rendering: pixelated" '
+            f'alt="{self.n_frames} frames"/>'
+        )
+
+    def save(self, path: str) -> None:
+        """Write the GIF to ``path``."""
+        with open(path, "wb") as f:
+            f.write(self.data)
+
+    def __repr__(self) -> str:
+        return f"<AnimatedGif {self.n_frames} frames {self.height}x{self.width} @ {self.fps:g} fps>"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return {
+            "image/gif": base64.b64encode(self.data).decode("ascii"),
+            "text/html": self.img_tag(),
+            "text/plain": repr(self),
+        }
+
+
+# ---------------------------------------------------------------- cards
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCard:
+    """What the repr of one session shows (plain data, built by ``Session``).
+
+    Attributes
+    ----------
+    session_id, prompt, status : str
+    worker : str or None
+        Address of the worker holding its state (``None`` when suspended or pending).
+    chunks : int
+        Chunks received so far.
+    last_latency_s, max_latency_s : float or None
+        Latency of the last chunk and the worst one so far.
+    slo_s : float or None
+        Per-chunk latency target, to colour the latency.
+    frames : numpy.ndarray or None
+        Recent frames ``(T, H, W, 3)`` for the inline video.
+    fps : float
+    """
+
+    session_id: str
+    prompt: str
+    status: str
+    worker: str | None = None
+    chunks: int = 0
+    last_latency_s: float | None = None
+    max_latency_s: float | None = None
+    slo_s: float | None = None
+    frames: np.ndarray | None = field(default=None, repr=False, compare=False)
+    fps: float = 16.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCard:
+    """What the repr of a server shows (plain data, built by ``Server``).
+
+    Attributes
+    ----------
+    workers : sequence of str
+    sessions : sequence of SessionCard
+        Their frames are not shown in the table.
+    dashboard_link : str or None
+    model : str or None
+    """
+
+    workers: Sequence[str]
+    sessions: Sequence[SessionCard] = ()
+    dashboard_link: str | None = None
+    model: str | None = None
+
+
+def _fmt_s(x: float | None) -> str:
+    return "–" if x is None else f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def _badge(status: str) -> str:
+    colour = _STATUS_COLOURS.get(status, "#616161")
+    return (
+        f'<span style="background:{colour};color:white;border-radius:4px;padding:1px 6px">'
+        f"{html.escape(status)}</span>"
+    )
+
+
+def _latency_cell(latency: float | None, slo_s: float | None) -> str:
+    text = _fmt_s(latency)
+    if latency is not None and slo_s is not None and latency > slo_s:
+        return f'<span style="color:#c62828" title="over the {_fmt_s(slo_s)} target">{text}</span>'
+    return text
+
+
+def session_text(card: SessionCard) -> str:
+    """One-line plain-text summary of a session (its ``text/plain`` repr)."""
+    where = f" on {card.worker}" if card.worker else ""
+    return (
+        f"<Session {card.session_id} {card.status}{where}: {card.chunks} chunks, "
+        f"last latency {_fmt_s(card.last_latency_s)}>"
+    )
+
+
+def session_html(card: SessionCard, scale: int = 2) -> str:
+    """HTML card of a session: a facts table beside its recent video (if any frames)."""
+    rows = [
+        ("prompt", html.escape(card.prompt)),
+        ("status", _badge(card.status)),
+        ("worker", html.escape(card.worker or "–")),
+        ("chunks", str(card.chunks)),
+        ("last latency", _latency_cell(card.last_latency_s, card.slo_s)),
+        ("max latency", _latency_cell(card.max_latency_s, card.slo_s)),
+    ]
+    if card.slo_s is not None:
+        rows.append(("latency target", _fmt_s(card.slo_s)))
+    table = "".join(
+        f'<tr><th style="text-align:left;padding-right:1em">{k}</th>'
+        f'<td style="text-align:left">{v}</td></tr>'
+        for k, v in rows
+    )
+    if card.frames is not None and len(card.frames):
+        video = AnimatedGif.from_frames(card.frames, card.fps).img_tag(scale)
+        caption = f"last {len(card.frames)} frames"
+    else:
+        video, caption = "<em>no frames yet</em>", ""
+    return (
+        '<div class="turboserve-session" style="display:flex;gap:1.5em;align-items:flex-start">'
+        f"<div><strong>Session {html.escape(card.session_id)}</strong>"
+        f"<table>{table}</table></div>"
+        f'<figure style="margin:0">{video}<figcaption style="font-size:small">{caption}'
+        "</figcaption></figure></div>"
+    )
+
+
+def session_mimebundle(card: SessionCard) -> dict[str, str]:
+    """``_repr_mimebundle_`` of a session: the HTML card and the one-line text."""
+    return {"text/html": session_html(card), "text/plain": session_text(card)}
+
+
+def sessions_table_html(cards: Iterable[SessionCard]) -> str:
+    """HTML table of sessions: id, status, worker, chunks, latencies, prompt."""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("session", "status", "worker", "chunks", "last latency", "max latency", "prompt")
+    )
+    body = "".join(
+        "<tr>"
+        f"<td>{html.escape(c.session_id)}</td><td>{_badge(c.status)}</td>"
+        f"<td>{html.escape(c.worker or '–')}</td><td>{c.chunks}</td>"
+        f"<td>{_latency_cell(c.last_latency_s, c.slo_s)}</td>"
+        f"<td>{_latency_cell(c.max_latency_s, c.slo_s)}</td>"
+        f"<td style='text-align:left'>{html.escape(c.prompt)}</td>"
+        "</tr>"
+        for c in cards
+    )
+    return f'<table class="turboserve-sessions"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def server_text(card: ServerCard) -> str:
+    """One-line plain-text summary of a server."""
+    return (
+        f"<Server {len(card.workers)} workers, {len(card.sessions)} sessions, "
+        f"dashboard {card.dashboard_link or '–'}>"
+    )
+
+
+def server_html(card: ServerCard) -> str:
+    """HTML card of a server: workers, a sessions table and the dashboard links."""
+    if card.dashboard_link:
+        link = html.escape(card.dashboard_link)
+        page = html.escape(turboserve_page_url(card.dashboard_link))
+        dash = (
+            f'<a href="{link}" target="_blank">{link}</a> '
+            f'(sessions page: <a href="{page}" target="_blank">{page}</a>)'
+        )
+    else:
+        dash = "–"
+    workers = "".join(f"<li>{html.escape(w)}</li>" for w in card.workers) or "<li>none</li>"
+    model = f" &middot; model <code>{html.escape(card.model)}</code>" if card.model else ""
+    sessions = sessions_table_html(card.sessions) if card.sessions else "<p><em>no sessions</em></p>"
+    return (
+        '<div class="turboserve-server">'
+        f"<strong>turboserve Server</strong>{model}"
+        f"<p>Dashboard: {dash}</p>"
+        f"<details open><summary>{len(card.workers)} workers</summary><ul>{workers}</ul></details>"
+        f"<details open><summary>{len(card.sessions)} sessions</summary>{sessions}</details>"
+        "</div>"
+    )
+
+
+def server_mimebundle(card: ServerCard) -> dict[str, str]:
+    """``_repr_mimebundle_`` of a server."""
+    return {"text/html": server_html(card), "text/plain": server_text(card)}
+
+
+def turboserve_page_url(dashboard_link: str) -> str:
+    """URL of the turboserve dashboard page, given Dask's dashboard link (``.../status``)."""
+    base = dashboard_link.rstrip("/")
+    if base.endswith("/status"):
+        base = base[: -len("/status")]
+    from framework.dashboard.page import PAGE_PATH  # late: keeps bokeh out of plain imports
+
+    return base + PAGE_PATH
+
+
+# ---------------------------------------------------------------- live display
+
+
+def display_stream(session: Any, n: int | None = None, **stream_kwargs: Any) -> list[Any]:
+    """Stream ``n`` chunks of ``session``, updating one IPython display as each arrives.
+
+    The display shows the session's repr (status, latency, video so far). Returns the
+    chunks received.
+
+    Parameters
+    ----------
+    session : Session
+        Anything with ``stream(n, **kw)`` yielding chunks and a rich repr.
+    n : int, optional
+        Chunks to stream (passed to ``session.stream``).
+    **stream_kwargs
+        Passed on to ``session.stream``.
+    """
+    from IPython.display import display
+
+    handle = display(session, display_id=True)
+    chunks = []
+    for chunk in session.stream(n, **stream_kwargs):
+        chunks.append(chunk)
+        if handle is not None:
+            handle.update(session)
+    return chunks

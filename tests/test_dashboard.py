@@ -1,0 +1,199 @@
+"""The turboserve dashboard page: frame building, figure updates, serving on a scheduler."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import dask.config
+import pytest
+from distributed import Client, LocalCluster
+
+from framework.dashboard import (
+    PAGE_PATH,
+    ChunkLog,
+    DashboardFrame,
+    SessionsDashboard,
+    build_frame,
+    install_page,
+    page_installed,
+)
+from framework.dashboard.data import UNPLACED
+from framework.dashboard.source import DashboardFeed, plugin_frame_source, update_interval_ms
+from framework.registry import SessionRecord
+from policies.types import SessionStatus
+
+
+def record(sid, status, worker=None, tier=None, state_bytes=100, chunks=0, migrations=0) -> SessionRecord:
+    return SessionRecord(
+        session_id=sid, model="tiny", prompt="p", seed=0, height=64, width=64, status=status,
+        worker=worker, tier=tier, state_bytes=state_bytes, chunks=chunks, migrations=migrations,
+    )
+
+
+class TestChunkLog:
+    def test_since_returns_only_newer_points_in_order(self):
+        log = ChunkLog()
+        log.extend([("a", 0, 0.1, 1, 10.0), ("b", 0, 0.2, 2, 10.5)])
+        first = log.since(-1)
+        assert [(p.session_id, p.seq) for p in first] == [("a", 0), ("b", 1)]
+        assert log.since(first[-1].seq) == ()
+        log.extend([("a", 1, 0.3, 2, 11.0, "extra field ignored")])
+        (new,) = log.since(first[-1].seq)
+        assert (new.session_id, new.index, new.latency_s, new.batch_size, new.t_s) == ("a", 1, 0.3, 2, 11.0)
+
+    def test_old_points_roll_off_but_sequence_numbers_keep_counting(self):
+        log = ChunkLog(maxlen=3)
+        log.extend([("s", i, 0.1, 1, float(i)) for i in range(5)])
+        assert len(log) == 3
+        assert [p.seq for p in log.since(-1)] == [2, 3, 4]
+
+    def test_size_must_be_positive(self):
+        with pytest.raises(ValueError, match="got 0"):
+            ChunkLog(maxlen=0)
+
+
+class TestBuildFrame:
+    def test_counts_sessions_per_worker_and_status_and_bytes_per_tier(self):
+        records = [
+            record("a", SessionStatus.ACTIVE, "w1", state_bytes=10, chunks=4, migrations=1),
+            record("b", SessionStatus.IDLE, "w1", state_bytes=20, chunks=2),
+            record("c", SessionStatus.SUSPENDED, "w2", tier="host", state_bytes=40),
+            record("d", SessionStatus.SUSPENDED, None, tier="disk", state_bytes=80, migrations=2),
+            record("e", SessionStatus.PENDING),
+            record("f", SessionStatus.CLOSED, "w2", state_bytes=1000, chunks=9),
+        ]
+        f = build_frame(5.0, ["w1", "w2", "w3"], records, slo_s=0.75, offloads=3)
+        assert f.workers == ("w1", "w2", "w3")
+        assert f.sessions_by_worker == {
+            "w1": {"active": 1, "idle": 1},
+            "w2": {"suspended": 1},
+            "w3": {},
+            UNPLACED: {"suspended": 1, "pending": 1},
+        }
+        assert f.state_bytes == {"device": 30, "host": 40, "disk": 80}
+        assert (f.n_sessions, f.n_status("suspended"), f.n_status("migrating")) == (5, 2, 0)
+        assert (f.chunks_total, f.migrations, f.offloads, f.slo_s) == (6, 3, 3, 0.75)
+
+    def test_explicit_migration_count_wins(self):
+        f = build_frame(0.0, [], [record("a", SessionStatus.ACTIVE, "w", migrations=5)], migrations=7)
+        assert f.migrations == 7
+
+
+def frame(workers=("tcp://h:1", "tcp://h:2"), by_worker=None, chunks=(), **kw) -> DashboardFrame:
+    return DashboardFrame(now_s=kw.pop("now_s", 100.0), workers=tuple(workers),
+                          sessions_by_worker=by_worker or {}, chunks=chunks, **kw)
+
+
+class TestSessionsDashboard:
+    def test_bars_follow_the_workers_and_their_sessions(self):
+        frames = iter([
+            frame(by_worker={"tcp://h:1": {"active": 2}, "tcp://h:2": {"idle": 1}, UNPLACED: {"pending": 1}}),
+            frame(workers=("tcp://h:1",), by_worker={"tcp://h:1": {"active": 1, "migrating": 1}}),
+        ])
+        dash = SessionsDashboard(lambda seq: next(frames))
+        dash.update()
+        assert dash.bars.data["worker"] == ["h:1", "h:2", UNPLACED]
+        assert dash.bars.data["active"] == [2, 0, 0] and dash.bars.data["idle"] == [0, 1, 0]
+        assert dash.bars.data["pending"] == [0, 0, 1]
+        assert list(dash.per_worker.x_range.factors) == ["h:1", "h:2", UNPLACED]
+        dash.update()
+        assert list(dash.per_worker.x_range.factors) == ["h:1"]
+        assert dash.bars.data["migrating"] == [1]
+
+    def test_chunk_points_are_streamed_once_each(self):
+        log = ChunkLog()
+        asked = []
+
+        def source(last_seq):
+            asked.append(last_seq)
+            return frame(chunks=log.since(last_seq), slo_s=0.5)
+
+        dash = SessionsDashboard(source)
+        log.extend([("a", 0, 0.2, 1, 10.0), ("b", 0, 0.9, 2, 10.1)])
+        dash.update()
+        dash.update()  # nothing new
+        log.extend([("a", 1, 0.3, 2, 11.0)])
+        dash.update()
+        assert asked == [-1, 1, 1]
+        assert dash.chunks.data["latency_s"] == [0.2, 0.9, 0.3]
+        assert dash.chunks.data["batch_size"] == [1, 2, 2]
+        assert dash.chunks.data["t"] == [10000.0, 10100.0, 11000.0]
+        assert dash.slo_line.visible and dash.slo_line.location == 0.5
+
+    def test_ticks_tiers_and_summary(self):
+        f = frame(by_worker={"tcp://h:1": {"active": 2, "idle": 1}}, state_bytes={"device": 300, "host": 100},
+                  migrations=4, offloads=2, chunks_total=17, latency_p99_s=0.25, latency_max_s=0.5, slo_s=0.75)
+        dash = SessionsDashboard(lambda seq: f)
+        dash.update()
+        dash.update()
+        assert dash.ticks.data["workers"] == [2, 2] and dash.ticks.data["active"] == [2, 2]
+        assert dash.ticks.data["sessions"] == [3, 3]
+        assert dash.tiers.data["bytes"] == [300, 100, 0]
+        assert dash.state.x_range.end >= 400
+        text = dash.summary.text
+        for part in ("<b>2</b> workers", "<b>3</b> sessions", "<b>2</b> active", "<b>17</b> chunks",
+                     "<b>4</b> migrations", "<b>2</b> offloads", "0.250 s", "0.500 s", "0.750 s"):
+            assert part in text, part
+        assert dash.slo_line.visible and dash.slo_line.location == 0.75
+
+
+def test_update_interval_comes_from_config():
+    assert update_interval_ms() == 500
+    with dask.config.set({"turboserve.dashboard.interval": "2s"}):
+        assert update_interval_ms() == 2000
+    with dask.config.set({"turboserve.dashboard.interval": "10ms"}):
+        with pytest.raises(ValueError, match="10ms"):
+            update_interval_ms()
+
+
+def test_feed_records_chunks_and_offloads():
+    feed = DashboardFeed(history=2)
+    feed.on_chunks([("a", 0, 0.1, 1, 1.0), ("a", 1, 0.1, 1, 2.0), ("a", 2, 0.1, 1, 3.0)])
+    feed.count_offload()
+    feed.count_offload()
+    assert [p.index for p in feed.chunk_log.since(-1)] == [1, 2] and feed.offloads == 2
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=20) as r:
+        assert r.status == 200
+        return r.read().decode()
+
+
+@pytest.fixture(scope="module")
+def plain_cluster():
+    """An in-process cluster with a dashboard on localhost (no turboserve plugin)."""
+    with LocalCluster(n_workers=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        port = client.scheduler_info()["services"]["dashboard"]
+        yield client, f"http://127.0.0.1:{port}"
+
+
+def test_page_is_served_and_listed_in_the_menu(plain_cluster):
+    client, base = plain_cluster
+    assert "individual-turboserve" not in _get(base + "/status")
+    assert client.run_on_scheduler(lambda dask_scheduler: page_installed(dask_scheduler)) is False
+    assert client.run_on_scheduler(lambda dask_scheduler: install_page(dask_scheduler)) is True
+    assert client.run_on_scheduler(lambda dask_scheduler: install_page(dask_scheduler)) is True  # idempotent
+    n_apps = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.http_application.applications))
+    assert client.run_on_scheduler(lambda dask_scheduler: install_page(dask_scheduler)) is True
+    assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.http_application.applications)) == n_apps
+    page = _get(base + PAGE_PATH)
+    assert "More..." in page and "bokeh" in page.lower()
+    menu = _get(base + "/status")
+    assert f'href="{PAGE_PATH.strip("/")}">turboserve</a>' in menu
+
+
+def test_frames_without_the_plugin_show_the_workers_only(plain_cluster):
+    client, _ = plain_cluster
+
+    def probe(dask_scheduler):
+        f = plugin_frame_source(dask_scheduler)(-1)
+        return len(f.workers), f.n_sessions
+
+    assert client.run_on_scheduler(probe) == (1, 0)
+
+
+def test_no_dashboard_means_no_page():
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        assert client.run_on_scheduler(lambda dask_scheduler: install_page(dask_scheduler)) is False
