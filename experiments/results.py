@@ -159,9 +159,10 @@ def results_dataset(summary: pd.DataFrame, intervals: Mapping[str, pd.DataFrame]
     """An xarray Dataset of the runs: numeric summary columns by ``run``; workers, active
     sessions and cost over ``time_s`` by ``run`` (NaN where a run has no tick)."""
     runs = [_run_label(r) for r in summary.to_dict("records")]
-    ds = xr.Dataset(coords={"run": runs})
-    ds = ds.assign_coords(trace=("run", summary["trace"].astype(str).to_numpy()),
-                          policy=("run", summary["policy"].astype(str).to_numpy()))
+    # Variable-length strings (object dtype): zarr v3 has a spec for those, not for fixed-width.
+    ds = xr.Dataset(coords={"run": np.array(runs, dtype=object)})
+    ds = ds.assign_coords(trace=("run", summary["trace"].astype(str).to_numpy(dtype=object)),
+                          policy=("run", summary["policy"].astype(str).to_numpy(dtype=object)))
     for col in summary.columns:
         if col in ("trace", "policy"):
             continue

@@ -1,0 +1,332 @@
+"""The paper table: TurboServe against the baselines and the oracle, on a set of traces.
+
+Runs, for each trace, in the simulator with the same latency model and mechanism costs:
+
+==========================  ==================  ==============  ============
+label                       placement           autoscaling     offload
+==========================  ==================  ==============  ============
+``static-peak``             least-loaded        fixed(gpus)     never
+``hpa+least-loaded``        least-loaded        hpa             never
+``hpa+migration-aware``     migration-aware     hpa             never
+``turboserve``              migration-aware     load-driven     idle-timeout
+``oracle``                  offline lower bound on cost (see :mod:`experiments.sim.oracle`)
+==========================  ==================  ==============  ============
+
+Every run gets the same cluster bounds (at most ``gpus`` workers; autoscaled runs start
+with ``turboserve.autoscale.minimum`` warm workers, static peak with all ``gpus``), the
+same per-worker batch cap and the same mechanism costs (``turboserve.simulator.*``).
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import pandas as pd
+
+from experiments.results import run_label, summary_row, write_outputs
+from experiments.sim.config import PolicySet, SimConfig
+from experiments.sim.latency import load_profile
+from experiments.sim.models import model_cost
+from experiments.sim.oracle import best_batch, oracle_bound
+from experiments.sim.pools import prepare_pools, run_pools, share_gpus
+from experiments.sim.run import summary_of
+from framework import config as tconfig
+
+POLICY_LABELS = ("static-peak", "hpa+least-loaded", "hpa+migration-aware", "turboserve")
+ORACLE = "oracle"
+
+
+@dataclass(frozen=True, slots=True)
+class TraceInput:
+    """A named trace DataFrame (trace schema)."""
+
+    name: str
+    frame: pd.DataFrame
+    scale: float | None = None  # the load scale a scenario was generated at
+
+
+def load_traces(
+    traces: Sequence[str | pathlib.Path | pd.DataFrame | TraceInput | tuple[str, pd.DataFrame]],
+    *,
+    duration_s: float | None = None,
+    scale: float | str = 1.0,
+    seed: int = 0,
+    model: str | None = None,
+    gpus: int | None = None,
+    config: SimConfig | None = None,
+) -> list[TraceInput]:
+    """Resolve trace files, scenario names and DataFrames into :class:`TraceInput` s.
+
+    A string naming an existing file is read with :func:`traces.io.read_trace`; any other
+    string is a scenario name for :func:`traces.scenarios.scenario` (with ``duration_s``,
+    ``scale``, ``seed``, ``model``). ``scale="fit"`` generates a scenario at the scale
+    whose peak demand (the oracle's peak GPU count) is about ``gpus``. Raises
+    FileNotFoundError / ValueError with the name.
+    """
+    if scale == "fit" and gpus is None:
+        raise ValueError("scale='fit' needs gpus (the cluster size to fit the peak to)")
+    out = []
+    for k, item in enumerate(traces):
+        if isinstance(item, TraceInput):
+            out.append(item)
+        elif isinstance(item, tuple):
+            out.append(TraceInput(str(item[0]), item[1]))
+        elif isinstance(item, pd.DataFrame):
+            out.append(TraceInput(f"trace{k}", item))
+        else:
+            path = pathlib.Path(item)
+            if path.is_file():
+                from traces.io import read_trace
+
+                out.append(TraceInput(path.stem, read_trace(path)))
+            elif path.suffix in (".parquet", ".csv") or path.parent != pathlib.Path("."):
+                raise FileNotFoundError(f"trace file {str(path)!r} does not exist")
+            else:
+                from traces.scenarios import SCENARIOS, scenario
+
+                if str(item) not in SCENARIOS:
+                    raise ValueError(f"{str(item)!r} is neither a trace file nor a scenario; scenarios: {SCENARIOS}")
+                def make(x: float) -> pd.DataFrame:
+                    return scenario(str(item), duration_s=duration_s, scale=x, seed=seed, model=model)
+
+                if scale == "fit":
+                    # Peak demand is close to linear in the scale: two calibration rounds.
+                    x = 1.0
+                    for _ in range(2):
+                        x *= gpus / max(peak_gpus(make(x), config), 1)
+                    out.append(TraceInput(str(item), make(x), round(x, 4)))
+                else:
+                    out.append(TraceInput(str(item), make(float(scale)), float(scale)))
+    return out
+
+
+def peak_gpus(trace: pd.DataFrame, config: SimConfig | None = None, max_batch: int | str = "slo") -> int:
+    """The oracle's peak GPU count for ``trace`` (summed over model pools)."""
+    base = config if config is not None else SimConfig.from_config()
+    return sum(o.peak_gpus for o in _oracles(prepare_pools(trace), base, max_batch, None, None)[1].values())
+
+
+def _oracles(pools: dict, base: SimConfig, max_batch: int | str, end: float | None, gpus_of: dict | None):
+    caps, oracles = {}, {}
+    for model, wl in pools.items():
+        cost = model_cost(model)
+        cap = slo_batch_cap(model, base) if max_batch == "slo" else int(max_batch)
+        caps[model] = cap
+        slo = base.slo_s if base.slo_s is not None else float(pd.Series(wl.period_s).median())
+        oracles[model] = oracle_bound(
+            wl, load_profile(cost.profile), slo_s=slo, max_batch=cap, state_bytes=_state_bytes(model, wl),
+            memory_bytes=base.gpu_memory_bytes - cost.weights_bytes, end_s=end,
+            gpus=None if gpus_of is None else gpus_of[model],
+        )
+    return caps, oracles
+
+
+def _state_bytes(model: str, wl) -> int:
+    cost = model_cost(model)
+    return int(max(cost.state_bytes(h, w) for h, w in zip(wl.height, wl.width)))
+
+
+def slo_batch_cap(model: str, config: SimConfig) -> int:
+    """The largest batch whose predicted step meets the SLO (at the model's reference size)."""
+    cost = model_cost(model)
+    latency = load_profile(cost.profile)
+    slo = config.slo_s if config.slo_s is not None else 0.75
+    return best_batch(latency, slo, config.max_batch, cost.state_bytes(), config.gpu_memory_bytes - cost.weights_bytes)
+
+
+def policy_sets(gpus: int, *, new_session_bytes: int, worker_memory: int, max_batch: int) -> dict[str, PolicySet]:
+    """The four simulated policy sets for a pool of ``gpus`` workers, parameters from the config."""
+    placement = {"new_session_bytes": int(new_session_bytes)}
+    migration = {**placement, "min_gain": float(tconfig.get("control.migration-gain"))}
+    hpa = {
+        "target_utilisation": float(tconfig.get("autoscale.target-utilisation")),
+        "tolerance": float(tconfig.get("autoscale.tolerance")),
+        "downscale_stabilisation_s": float(tconfig.get("autoscale.downscale-stabilisation-s")),
+        "upscale_delay_s": float(tconfig.get("autoscale.upscale-delay-s")),
+    }
+    load_driven = {
+        "target_utilisation": float(tconfig.get("autoscale.target-utilisation")),
+        "worker_max_batch": int(max_batch),
+        "worker_memory_bytes": int(worker_memory),
+    }
+    offload = {"idle_s": float(tconfig.get("control.idle-offload-s"))}
+    return {
+        "static-peak": PolicySet.of("least-loaded", "fixed", "never", placement_params=placement,
+                                    autoscaling_params={"n": gpus}, name="static-peak"),
+        "hpa+least-loaded": PolicySet.of("least-loaded", "hpa", "never", placement_params=placement,
+                                         autoscaling_params=hpa, name="hpa+least-loaded"),
+        "hpa+migration-aware": PolicySet.of("migration-aware", "hpa", "never", placement_params=migration,
+                                            autoscaling_params=hpa, name="hpa+migration-aware"),
+        "turboserve": PolicySet.of("migration-aware", "load-driven", "idle-timeout", placement_params=migration,
+                                   autoscaling_params=load_driven, offload_params=offload, name="turboserve"),
+    }
+
+
+def run_trace(
+    trace: TraceInput,
+    gpus: int,
+    *,
+    policies: Sequence[str] = POLICY_LABELS,
+    config: SimConfig | None = None,
+    max_batch: int | str = "slo",
+    record_chunks: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """Simulate ``policies`` (labels of :data:`POLICY_LABELS`) and the oracle on one trace.
+
+    ``max_batch="slo"`` caps every worker at the SLO batch ``b*`` of its model (what an
+    operator would configure for a latency target); an int caps it there.
+
+    Returns summary rows, chunk tables and interval tables (keyed by run label).
+    """
+    unknown = sorted(set(policies) - set(POLICY_LABELS))
+    if unknown:
+        raise ValueError(f"unknown paper-table policies {unknown}; known: {list(POLICY_LABELS)}")
+    base = config if config is not None else SimConfig.from_config()
+    pools = prepare_pools(trace.frame)
+    end = float(trace.frame["time_s"].max())
+    _, uncapped = _oracles(pools, base, max_batch, end, None)
+    share = share_gpus(gpus, {m: o.peak_gpus for m, o in uncapped.items()})
+    caps, oracles = _oracles(pools, base, max_batch, end, share)
+    rows, chunks, intervals = [], {}, {}
+    minimum = int(tconfig.get("autoscale.minimum"))
+
+    def setup_for(label: str):
+        def setup(model: str, pool_gpus: int) -> tuple[PolicySet, SimConfig]:
+            cost = model_cost(model)
+            wl = pools[model]
+            sets = policy_sets(pool_gpus, new_session_bytes=_state_bytes(model, wl),
+                               worker_memory=int(base.gpu_memory_bytes - cost.weights_bytes), max_batch=caps[model])
+            # Autoscaled runs start warm at the size the load at time 0 needs (the trace
+            # starts in steady state), never below the configured minimum.
+            at_start = math.ceil(initial_active(wl) / caps[model])
+            warm = pool_gpus if label == "static-peak" else min(max(minimum, at_start, 1), pool_gpus)
+            cfg = base.with_(initial_workers=warm, min_workers=min(minimum, pool_gpus), max_workers=pool_gpus,
+                             max_batch=caps[model], end_s=end, record_chunks=record_chunks)
+            return sets[label], cfg
+        return setup
+
+    for label in policies:
+        t0 = time.perf_counter()
+        result = run_pools(pools, setup_for(label), share)
+        row = summary_of(result, trace=trace.name, gpus=gpus)
+        row["sim_wall_s"] = round(time.perf_counter() - t0, 2)
+        row["scale"] = trace.scale
+        rows.append(row)
+        key = run_label(trace.name, result.policy)
+        if record_chunks:
+            chunks[key] = result.chunks
+        intervals[key] = result.intervals
+    rows.append({**_oracle_row(trace.name, gpus, oracles), "scale": trace.scale})
+    return rows, chunks, intervals
+
+
+def _oracle_row(trace: str, gpus: int, oracles: dict) -> dict[str, Any]:
+    # Pools are independent: cost adds up, the worst latency is the worst pool's.
+    values = list(oracles.values())
+    stats = {
+        "max_latency_s": max(o.max_latency_s for o in values),
+        "p99_latency_s": max(o.p99_latency_s for o in values),
+        "p50_latency_s": max(o.p50_latency_s for o in values),
+        "slo_attainment": min(o.slo_attainment for o in values),
+    }
+    extra = {"peak_workers": sum(o.peak_gpus for o in values), "b_star": ",".join(str(o.b_star) for o in values)}
+    return summary_row(trace=trace, policy=ORACLE, gpus=gpus, stats=stats,
+                       gpu_seconds=sum(o.gpu_seconds for o in values), migrations=0, extra=extra)
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    """The table as text: the contract columns plus p50, stalls, offloads, and the change
+    of max latency and GPU-hours against static peak provisioning of the same trace."""
+    df = summary.copy()
+    out = []
+    for trace, group in df.groupby("trace", sort=False):
+        ref = group[group["policy"] == "static-peak"]
+        g = group.copy()
+        if len(ref):
+            r = ref.iloc[0]
+            g["d_max_lat_%"] = 100 * (g["max_latency_s"] / r["max_latency_s"] - 1)
+            g["d_gpu_h_%"] = 100 * (g["gpu_hours"] / r["gpu_hours"] - 1)
+        out.append(g)
+    table = pd.concat(out, ignore_index=True)
+    cols = ["trace", "policy", "gpus", "max_latency_s", "p99_latency_s", "slo_attainment", "gpu_hours",
+            "migrations", "max_latency_after_first_s", "ttfc_p99_s", "offloads", "peak_workers",
+            "d_max_lat_%", "d_gpu_h_%"]
+    cols = [c for c in cols if c in table.columns]
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        return table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
+
+
+def paper_table(
+    traces: Sequence[str | pathlib.Path | pd.DataFrame | TraceInput | tuple[str, pd.DataFrame]],
+    gpus: int = 64,
+    out_dir: str | pathlib.Path | None = None,
+    seed: int = 0,
+    *,
+    duration_s: float | None = 3600.0,
+    scale: float | str = 1.0,
+    model: str | None = None,
+    policies: Sequence[str] = POLICY_LABELS,
+    config: SimConfig | None = None,
+    max_batch: int | str = "slo",
+    plots: bool = True,
+    echo: bool = True,
+) -> pd.DataFrame:
+    """Run TurboServe, the baselines and the oracle on ``traces``; print and write the table.
+
+    Parameters
+    ----------
+    traces
+        Trace files, scenario names (generated with ``duration_s``, ``scale``, ``seed``,
+        ``model``) or DataFrames.
+    gpus
+        Cluster size: the fixed size of static peak provisioning and the autoscalers' max.
+    out_dir
+        If given, the output folder (:func:`experiments.results.write_outputs`).
+    max_batch
+        Per-worker batch cap: ``"slo"`` (the SLO batch ``b*`` of the model) or an int.
+
+    Returns
+    -------
+    The summary table (one row per trace x policy, oracle included).
+    """
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    inputs = load_traces(traces, duration_s=duration_s, scale=scale, seed=seed, model=model, gpus=gpus, config=config)
+    rows: list[dict[str, Any]] = []
+    chunks: dict[str, pd.DataFrame] = {}
+    intervals: dict[str, pd.DataFrame] = {}
+    for trace in inputs:
+        r, c, i = run_trace(trace, gpus, policies=policies, config=config, max_batch=max_batch)
+        rows += r
+        chunks.update(c)
+        intervals.update(i)
+    summary = pd.DataFrame(rows)
+    if echo:
+        print(format_table(summary))
+    if out_dir is not None:
+        cfg = config if config is not None else SimConfig.from_config()
+        resolved = {
+            **tconfig.resolved(),
+            "experiment": {
+                "kind": "paper-table", "gpus": gpus, "seed": seed, "duration_s": duration_s, "scale": scale,
+                "model": model, "max_batch": max_batch, "traces": [t.name for t in inputs],
+                "policies": list(policies), "sim_config": {f: getattr(cfg, f) for f in cfg.__dataclass_fields__},
+            },
+        }
+        write_outputs(out_dir, chunks, intervals, summary, resolved, plots=plots)
+    return summary
+
+
+def initial_active(wl) -> int:
+    """Sessions active right after the trace events at the first instant."""
+    from experiments.sim.oracle import active_series
+
+    times, active = active_series(wl)
+    if not len(times):
+        return 0
+    k = int((times <= times[0]).sum()) - 1
+    return int(active[k])
