@@ -136,7 +136,7 @@ class Dist:
             k = weibull_shape(cv)
             return m / math.gamma(1.0 + 1.0 / k) * math.log(2.0) ** (1.0 / k)
         # Gamma has no closed-form median; a sample estimate is enough for a summary.
-        return float(np.median(self.sample(np.random.default_rng(0), 20_001)))
+        return float(np.median(self.sample(np.random.default_rng(0), 400_001)))
 
     def _pareto(self) -> tuple[float, float]:
         alpha = 1.0 + math.sqrt(1.0 + 1.0 / (self.cv * self.cv))

@@ -172,6 +172,11 @@ class ClientSpec:
                 f"{[f.value for f in ARRIVAL_FAMILIES]}"
             )
         object.__setattr__(self, "interarrival", fam)
+        if fam is Family.EXPONENTIAL and self.cv != 1.0:
+            raise ValueError(
+                f"client {self.client_id!r}: exponential inter-arrivals have cv 1, got cv="
+                f"{self.cv!r}; use gamma or weibull for another cv"
+            )
         if isinstance(self.rate, (int, float)) and not (math.isfinite(self.rate) and self.rate >= 0):
             raise ValueError(f"client {self.client_id!r}: rate must be >= 0, got {self.rate!r}")
         if not (math.isfinite(self.cv) and self.cv > 0):

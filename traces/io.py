@@ -134,10 +134,16 @@ def write_trace(df: pd.DataFrame, path: str | os.PathLike[str], *, check: bool =
         out.to_csv(path, index=False)
 
 
+def event_codes(df: pd.DataFrame) -> np.ndarray:
+    """The ``event`` column as integer codes in :class:`EventKind` order; -1 if unknown."""
+    return pd.Index(EVENT_NAMES).get_indexer(df[EVENT].astype("str")).astype(np.int64)
+
+
 def _describe_row(df: pd.DataFrame, row: int) -> str:
+    t = pd.to_numeric(pd.Series([df[TIME].iat[row]]), errors="coerce").iat[0]
     return (
-        f"row {row} (time_s={df[TIME].iat[row]!r}, session_id={df[SESSION].iat[row]!r}, "
-        f"event={df[EVENT].iat[row]!r})"
+        f"row {row} (time_s={float(t)!r}, session_id={str(df[SESSION].iat[row])!r}, "
+        f"event={str(df[EVENT].iat[row])!r})"
     )
 
 
@@ -177,8 +183,7 @@ def validate(df: pd.DataFrame) -> None:
             f"{_describe_row(df, row + 1)}: times are not sorted "
             f"(previous row has time_s={t[row]!r}); sort the trace by time_s"
         )
-    events = df[EVENT].astype("str")
-    codes = pd.Categorical(events, categories=list(EVENT_NAMES)).codes.astype(np.int64)
+    codes = event_codes(df)
     row = _first(codes < 0)
     if row is not None:
         raise TraceError(
@@ -217,8 +222,8 @@ def validate(df: pd.DataFrame) -> None:
     prev[first_of_session] = -1
     checks = (
         ((prev == -1) & (c_sorted != OPEN), "event for an unknown session (no open before it)"),
-        (prev == CLOSE, "event for a session that is already closed"),
         ((prev >= 0) & (c_sorted == OPEN), "second open of a session (session ids must be unique)"),
+        (prev == CLOSE, "event for a session that is already closed"),
         (((prev == OPEN) | (prev == ACTIVE)) & (c_sorted == ACTIVE), "active while already active"),
         ((prev == IDLE) & (c_sorted == IDLE), "idle while already idle"),
     )
@@ -228,14 +233,17 @@ def validate(df: pd.DataFrame) -> None:
             problems.append((int(order[row]), message))
     last_of_session = np.ones(n, dtype=bool)
     last_of_session[:-1] = s_sorted[1:] != s_sorted[:-1]
-    unclosed = last_of_session & (c_sorted != CLOSE)
+    has_close = np.zeros(int(sess.max()) + 1, dtype=bool)
+    has_close[s_sorted[c_sorted == CLOSE]] = True
+    unclosed = last_of_session & ~has_close[s_sorted]
     if unclosed.any():
         first_rows = order[np.flatnonzero(first_of_session)]
         open_row_of = dict(zip(s_sorted[first_of_session].tolist(), first_rows.tolist()))
         bad_rows = sorted(open_row_of[s] for s in s_sorted[unclosed].tolist())
         problems.append((bad_rows[0], "session is never closed (no close event)"))
     if problems:
-        row, message = min(problems)
+        # The first bad row; on one row, the problem found first (the order above).
+        row, message = min(problems, key=lambda item: item[0])
         raise TraceError(f"{_describe_row(df, row)}: {message}")
 
 
@@ -268,7 +276,7 @@ def period_table(df: pd.DataFrame) -> pd.DataFrame:
     if n == 0:
         return pd.DataFrame({SESSION: [], "state": [], "start_s": [], "end_s": []})
     t = df[TIME].to_numpy(dtype="float64")
-    codes = pd.Categorical(df[EVENT].astype("str"), categories=list(EVENT_NAMES)).codes
+    codes = event_codes(df)
     sess = pd.factorize(df[SESSION])[0]
     order = np.lexsort((np.arange(n), sess))
     s, c, ts = sess[order], codes[order], t[order]

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from traces.io import period_table
-from traces.schema import EVENT, EVENT_NAMES, SESSION, TIME
+from traces.io import event_codes, period_table
+from traces.schema import EVENT, SESSION, TIME
 
 # Change of the open and active counts caused by each event kind (open, active, idle, close);
 # a close of an active session is corrected below.
@@ -64,7 +64,7 @@ class TraceStats:
 def _deltas(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Event times and the change in open and active sessions at each event."""
     t = df[TIME].to_numpy(dtype=np.float64)
-    codes = pd.Categorical(df[EVENT].astype("str"), categories=list(EVENT_NAMES)).codes
+    codes = event_codes(df)
     d_open = _D_OPEN[codes]
     d_active = _D_ACTIVE[codes].copy()
     # A close ends an active period when the session's previous event was open/active.
