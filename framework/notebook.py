@@ -172,6 +172,45 @@ class AnimatedGif:
         }
 
 
+class StreamHistory:
+    """What one client received of a session's stream: recent frames, counts, latencies.
+
+    ``Session`` keeps one and records every chunk it hands out; its repr reads it.
+
+    Parameters
+    ----------
+    max_frames : int, optional
+        Frames kept for the inline video (``turboserve.notebook.keep-frames``, default 64).
+
+    Examples
+    --------
+    >>> from workers.chunk import Chunk
+    >>> h = StreamHistory(max_frames=4)
+    >>> h.record(Chunk("s", 0, np.zeros((3, 8, 8, 3), np.uint8), 0.5, "tcp://w:1", 2, 0.0, 0.1, 0.5))
+    >>> h.chunks, h.last_latency_s, h.worker, len(h.buffer)
+    (1, 0.5, 'tcp://w:1', 3)
+    """
+
+    def __init__(self, max_frames: int | None = None) -> None:
+        if max_frames is None:
+            import dask.config
+
+            max_frames = int(dask.config.get("turboserve.notebook.keep-frames", default=DEFAULT_KEEP_FRAMES))
+        self.buffer = FrameBuffer(max_frames)
+        self.chunks = 0
+        self.last_latency_s: float | None = None
+        self.max_latency_s: float | None = None
+        self.worker: str | None = None
+
+    def record(self, chunk: Any) -> None:
+        """Fold in one received chunk (a :class:`~workers.chunk.Chunk`)."""
+        self.buffer.append(chunk.frames)
+        self.chunks += 1
+        self.last_latency_s = chunk.latency_s
+        self.max_latency_s = max(self.max_latency_s or 0.0, chunk.latency_s)
+        self.worker = chunk.worker
+
+
 # ---------------------------------------------------------------- cards
 
 
@@ -383,3 +422,71 @@ def display_stream(session: Any, n: int | None = None, **stream_kwargs: Any) -> 
         if handle is not None:
             handle.update(session)
     return chunks
+
+
+# ---------------------------------------------------------------- adapters (Session, Server)
+
+
+def _slo_for(frames_per_chunk: int, fps: float) -> float | None:
+    import dask.config
+
+    slo = dask.config.get("turboserve.slo-s", default=None)
+    if slo is not None:
+        return float(slo)
+    return frames_per_chunk / fps if fps else None
+
+
+def session_card(session: Any) -> SessionCard:
+    """The card of a live ``Session``: its scheduler record plus what this client received.
+
+    Never raises for a session whose server is gone: the status then reads ``unknown``.
+    """
+    history: StreamHistory | None = getattr(session, "history", None)
+    try:
+        rec = session.record()
+    except Exception:  # the repr of a session must not fail after its server closed
+        rec = {"status": "unknown"}
+    return SessionCard(
+        session_id=session.id,
+        prompt=session.prompt,
+        status=str(rec.get("status", "unknown")),
+        worker=rec.get("worker", history.worker if history else None),
+        chunks=history.chunks if history else int(rec.get("chunks", 0)),
+        last_latency_s=history.last_latency_s if history else rec.get("recent_latency_s"),
+        max_latency_s=history.max_latency_s if history else None,
+        slo_s=_slo_for(session.frames, session.fps),
+        frames=history.buffer.frames() if history else None,
+        fps=float(session.fps),
+    )
+
+
+def session_video(session: Any, fps: float | None = None) -> AnimatedGif | None:
+    """The frames a session's client kept, as an :class:`AnimatedGif` (None before any)."""
+    history: StreamHistory | None = getattr(session, "history", None)
+    frames = history.buffer.frames() if history else None
+    if frames is None:
+        return None
+    return AnimatedGif.from_frames(frames, fps or float(session.fps))
+
+
+def server_card(server: Any) -> ServerCard:
+    """The card of a live ``Server`` (one scheduler round trip for the sessions)."""
+    try:
+        workers = server.workers()
+        records = server.sessions()
+        link = server.dashboard_link
+    except Exception:  # closed server: show what is known without a cluster
+        workers, records, link = [], [], None
+    model = getattr(getattr(server, "settings", None), "model", None)
+    cards = [
+        SessionCard(
+            session_id=r["id"],
+            prompt=r.get("prompt", ""),
+            status=r["status"],
+            worker=r.get("worker"),
+            chunks=int(r.get("chunks", 0)),
+            last_latency_s=r.get("recent_latency_s"),
+        )
+        for r in records
+    ]
+    return ServerCard(workers=workers, sessions=cards, dashboard_link=link, model=model)

@@ -72,7 +72,7 @@ class SessionsDashboard:
     --------
     >>> from framework.dashboard.data import DashboardFrame
     >>> dash = SessionsDashboard(lambda seq: DashboardFrame(now_s=0.0, workers=("tcp://w:1",)))
-    >>> dash.update(); dash.summary.text.count("0 sessions")
+    >>> dash.update(); dash.summary.text.count("<b>0</b> sessions")
     1
     """
 
