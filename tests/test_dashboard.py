@@ -146,6 +146,16 @@ def test_update_interval_comes_from_config():
             update_interval_ms()
 
 
+def test_feed_survives_pickling_with_its_points():
+    import pickle
+
+    feed = DashboardFeed(history=3)
+    feed.on_chunks([("a", 0, 0.1, 1, 1.0)])
+    copy = pickle.loads(pickle.dumps(feed))
+    copy.on_chunks([("a", 1, 0.2, 1, 2.0)])
+    assert [(p.seq, p.index) for p in copy.chunk_log.since(-1)] == [(0, 0), (1, 1)]
+
+
 def test_feed_records_chunks_and_offloads():
     feed = DashboardFeed(history=2)
     feed.on_chunks([("a", 0, 0.1, 1, 1.0), ("a", 1, 0.1, 1, 2.0), ("a", 2, 0.1, 1, 3.0)])

@@ -10,7 +10,6 @@ only for the points after the last sequence number it has drawn.
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -71,7 +70,17 @@ class ChunkLog:
         if maxlen < 1:
             raise ValueError(f"maxlen must be >= 1, got {maxlen}")
         self._points: deque[ChunkPoint] = deque(maxlen=maxlen)
-        self._seq = itertools.count()
+        self._next_seq = 0
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The scheduler plugin holding the log is pickled on its way to the scheduler.
+        with self._lock:
+            return {"maxlen": self._points.maxlen, "points": list(self._points), "next_seq": self._next_seq}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._points = deque(state["points"], maxlen=state["maxlen"])
+        self._next_seq = state["next_seq"]
         self._lock = threading.Lock()
 
     def extend(self, rows: Iterable[tuple]) -> None:
@@ -83,8 +92,9 @@ class ChunkLog:
         with self._lock:
             for sid, index, latency, batch, t_done, *_ in rows:
                 self._points.append(
-                    ChunkPoint(next(self._seq), float(t_done), str(sid), int(index), float(latency), int(batch))
+                    ChunkPoint(self._next_seq, float(t_done), str(sid), int(index), float(latency), int(batch))
                 )
+                self._next_seq += 1
 
     def since(self, seq: int) -> tuple[ChunkPoint, ...]:
         """Points with a sequence number above ``seq``, oldest first."""
