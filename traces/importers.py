@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import pathlib
 from dataclasses import replace
@@ -306,7 +307,8 @@ def azure_trace(
         superposes ``ceil(share)`` copies of the arrivals, each shifted circularly by a
         random offset, thinned to ``share`` times the requests.
     duration_s
-        Trace length (default: the last request's time); sessions close by then.
+        Trace length (default: the last request's time rounded up to the next whole
+        minute); sessions close by then.
     seed
         Seed of the thinning, lifetimes, periods and mix.
     """
@@ -334,6 +336,7 @@ def azure_trace(
     rank = np.lexsort((rng.random(len(toks)), toks))
     coupled = np.empty(len(opens))
     coupled[rank] = lifetimes
-    end = float(duration_s) if duration_s is not None else max(span, 1e-9)
+    # Default end: the next whole minute after the last request, so that it opens too.
+    end = float(duration_s) if duration_s is not None else 60.0 * (math.floor(span / 60.0) + 1)
     events, variant = lifecycle(template, opens, coupled, rng, end)
     return assemble([(template.client_id, events, [template.mix[int(v)] for v in variant])])
