@@ -1,0 +1,160 @@
+"""The session registry kept by the scheduler plugin: where every session is and how it does.
+
+Plain data, no Dask: the scheduler plugin mutates it, :meth:`SessionRegistry.snapshot`
+turns it into the immutable :class:`policies.types.Snapshot` the policies read, and
+:meth:`SessionRecord.to_dict` is what ``server.sessions()`` returns over the wire.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from policies.types import SessionStatus, SessionView, Snapshot, WorkerView
+from workers.errors import SessionNotFound
+
+#: Latencies kept per session for ``recent_latency_s`` and the stats.
+RECENT = 32
+
+
+@dataclass(slots=True, eq=False)
+class SessionRecord:
+    """What the control plane knows of one session (mutable; owned by the scheduler plugin).
+
+    ``worker`` is the worker whose actor holds the state (on the device, or parked in
+    host memory when ``status`` is suspended with ``tier == "host"``); None when the
+    state is only on disk or the session is pending.
+    """
+
+    session_id: str
+    model: str
+    prompt: str
+    seed: int
+    height: int
+    width: int
+    status: SessionStatus = SessionStatus.PENDING
+    worker: str | None = None
+    actor_key: str | None = None
+    generation: int = 0  # bumped for every new actor (migration, resume, recovery)
+    tier: str | None = None  # "host" or "disk" while suspended
+    chunks: int = 0  # chunks produced (highest index + 1 reported)
+    state_bytes: int = 0
+    migrations: int = 0
+    recoveries: int = 0
+    since_s: float = 0.0
+    created_s: float = 0.0
+    chunk_period_s: float = 1.0
+    latencies: deque = field(default_factory=lambda: deque(maxlen=RECENT))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-type view for clients (``server.sessions()``)."""
+        return {
+            "id": self.session_id,
+            "status": self.status.value,
+            "worker": self.worker,
+            "tier": self.tier,
+            "chunks": self.chunks,
+            "state_bytes": self.state_bytes,
+            "model": self.model,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "height": self.height,
+            "width": self.width,
+            "migrations": self.migrations,
+            "recoveries": self.recoveries,
+            "recent_latency_s": self.latencies[-1] if self.latencies else None,
+        }
+
+    def view(self) -> SessionView:
+        """The policy's view of this session."""
+        return SessionView(
+            session_id=self.session_id,
+            status=self.status,
+            worker=self.worker if self.status.on_device else None,
+            state_bytes=self.state_bytes,
+            model=self.model,
+            since_s=self.since_s,
+            chunk_period_s=self.chunk_period_s,
+            context_frames=float(self.chunks),
+            recent_latency_s=self.latencies[-1] if self.latencies else None,
+        )
+
+
+class SessionRegistry:
+    """All sessions by id, with the queries the control plane needs."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, SessionRecord] = {}
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, record: SessionRecord) -> None:
+        """Register a new session (its id must be unused)."""
+        if record.session_id in self._records:
+            raise ValueError(f"session id {record.session_id!r} is already registered")
+        self._records[record.session_id] = record
+
+    def get(self, session_id: str) -> SessionRecord:
+        """The record of ``session_id``; :class:`SessionNotFound` if unknown."""
+        try:
+            return self._records[session_id]
+        except KeyError:
+            raise SessionNotFound(
+                f"no session {session_id!r}; open one with server.open_session(...) "
+                "or list them with server.sessions()"
+            ) from None
+
+    def records(self, include_closed: bool = False) -> list[SessionRecord]:
+        """Every record, open ones only unless ``include_closed``."""
+        return [r for r in self._records.values() if include_closed or r.status is not SessionStatus.CLOSED]
+
+    def on_worker(self, address: str) -> list[SessionRecord]:
+        """Open sessions whose actor lives on ``address`` (device or host-parked)."""
+        return [r for r in self.records() if r.worker == address]
+
+    def load(self, addresses: Iterable[str]) -> dict[str, int]:
+        """Open sessions held per worker (device or host), for admission."""
+        load = {a: 0 for a in addresses}
+        for r in self.records():
+            if r.worker in load:
+                load[r.worker] += 1
+        return load
+
+    def record_chunks(self, rows: Iterable[tuple], now_s: float) -> None:
+        """Fold per-step chunk metrics ``(session_id, index, latency_s, batch, t_done)`` in."""
+        for sid, index, latency, *_ in rows:
+            r = self._records.get(sid)
+            if r is None:
+                continue
+            r.chunks = max(r.chunks, index + 1)
+            r.latencies.append(latency)
+            if r.status is SessionStatus.IDLE:
+                r.status, r.since_s = SessionStatus.ACTIVE, now_s
+
+    def snapshot(self, now_s: float, workers: Iterable[WorkerView], **kw: Any) -> Snapshot:
+        """The immutable :class:`Snapshot` of the open sessions, for the policies."""
+        return Snapshot(now_s=now_s, workers=tuple(workers), sessions=tuple(r.view() for r in self.records()), **kw)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per status and latency figures over the recent chunks of every session."""
+        counts = {s.value: 0 for s in SessionStatus}
+        lat: list[float] = []
+        for r in self._records.values():
+            counts[r.status.value] += 1
+            lat.extend(r.latencies)
+        lat.sort()
+        return {
+            "sessions": counts,
+            "chunks": sum(r.chunks for r in self._records.values()),
+            "migrations": sum(r.migrations for r in self._records.values()),
+            "recoveries": sum(r.recoveries for r in self._records.values()),
+            "latency_p50_s": statistics.median(lat) if lat else None,
+            "latency_p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+            "latency_max_s": lat[-1] if lat else None,
+        }

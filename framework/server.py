@@ -1,0 +1,273 @@
+"""The public entry point: a :class:`Server` on a Dask cluster serves streaming sessions.
+
+>>> from framework import Server
+>>> with Server.local(n_workers=2, model="tiny") as server:         # doctest: +SKIP
+...     s = server.open_session("a red fox running through snow", seed=0)
+...     for chunk in s.stream(3):
+...         print(chunk.index, chunk.frames.shape, chunk.worker)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from distributed import Client, LocalCluster
+
+from framework import config, notebook
+from framework.scheduler_plugin import ServingSettings, TurboserveScheduler
+from framework.session import Session
+from workers.engine import EngineSettings
+from workers.errors import InvalidRequest, UnknownWorker
+from workers.plugin import ModelHost
+
+logger = logging.getLogger(__name__)
+
+
+class GpuLocalCluster(LocalCluster):
+    """A LocalCluster with one worker process per GPU.
+
+    Each worker sees every GPU, its own first (``CUDA_VISIBLE_DEVICES`` rotated, as
+    dask-cuda does), so its device is ``cuda:0`` while peer-to-peer transfers can still
+    reach the others. Every worker advertises the resource ``GPU=1``.
+    """
+
+    def __init__(self, gpus: list[int], **kwargs: Any) -> None:
+        self._gpus = list(gpus)
+        super().__init__(**kwargs)
+
+    def new_worker_spec(self) -> dict[Any, dict[str, Any]]:
+        used = {spec.get("options", {}).get("env", {}).get("CUDA_VISIBLE_DEVICES", "").split(",")[0]
+                for spec in self.worker_spec.values()}
+        free = [g for g in self._gpus if str(g) not in used]
+        if not free:
+            raise ValueError(f"cannot start more workers than the {len(self._gpus)} visible GPUs")
+        i = self._gpus.index(free[0])
+        order = self._gpus[i:] + self._gpus[:i]
+        spec = dict(self.new_spec)
+        options = dict(spec.get("options", {}))
+        options["env"] = {**options.get("env", {}), "CUDA_VISIBLE_DEVICES": ",".join(map(str, order))}
+        spec["options"] = options
+        name = f"gpu-{free[0]}"
+        return {name: spec}
+
+
+def _visible_gpus() -> list[int]:
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    except Exception:  # pragma: no cover - a broken CUDA install counts as none
+        return []
+
+
+class Server:
+    """Streaming video sessions served by a Dask cluster.
+
+    Parameters
+    ----------
+    address_or_client : str or distributed.Client
+        Scheduler address, or a client to reuse (a direct-to-workers client is fastest:
+        chunk bytes then go worker -> client without a proxy hop).
+    model : str, optional
+        Default model preset (``turboserve.model``).
+    store : str, optional
+        Checkpoint store URL (``turboserve.state.store``).
+    max_batch, batching, checkpoint_every : optional
+        Engine knobs (``turboserve.engine.*``, ``turboserve.state.checkpoint-every``).
+    **settings
+        Further :class:`~framework.scheduler_plugin.ServingSettings` fields
+        (``placement``, ``on_full``, ``max_sessions_per_worker``, ``offload_tier``, ...).
+
+    Notes
+    -----
+    Attaching to a cluster that already runs turboserve keeps its plugins (and their
+    settings): the registry of its sessions is shared by every attached server.
+    """
+
+    def __init__(
+        self,
+        address_or_client: str | Client,
+        *,
+        model: str | None = None,
+        store: str | None = None,
+        max_batch: int | None = None,
+        batching: bool | None = None,
+        checkpoint_every: int | None = None,
+        **settings: Any,
+    ) -> None:
+        self._cluster: LocalCluster | None = None
+        self._own_client = not isinstance(address_or_client, Client)
+        if self._own_client:
+            self.client = Client(address_or_client, direct_to_workers=True)
+        else:
+            self.client = address_or_client
+        if self.client.asynchronous:
+            raise InvalidRequest("Server needs a synchronous client; use the a* methods of Session from async code "
+                                 "through a Server built with a synchronous client")
+        try:
+            self.settings = ServingSettings.from_config(model=model, store=store, **settings)
+            self.engine_settings = EngineSettings(
+                max_batch=int(config.get("engine.max-batch", max_batch)),
+                batching=bool(config.get("engine.batching", batching)),
+                checkpoint_every=int(config.get("state.checkpoint-every", checkpoint_every)),
+            )
+            self.client.register_plugin(TurboserveScheduler(self.settings))
+            self.client.register_plugin(ModelHost(self.settings.model, self.engine_settings, self.settings.store))
+        except BaseException:
+            if self._own_client:
+                self.client.close()
+            raise
+
+    @classmethod
+    def local(
+        cls,
+        n_workers: int | None = None,
+        model: str | None = None,
+        *,
+        store: str | None = None,
+        max_batch: int | None = None,
+        batching: bool | None = None,
+        checkpoint_every: int | None = None,
+        settings: dict[str, Any] | None = None,
+        **cluster_kwargs: Any,
+    ) -> "Server":
+        """A server on a new LocalCluster: one worker process per GPU, else CPU workers.
+
+        Parameters
+        ----------
+        n_workers : int, optional
+            Workers to start (default: the GPU count, else ``turboserve.cluster.n-workers``).
+        model, store, max_batch, batching, checkpoint_every
+            As for :class:`Server`.
+        settings : dict, optional
+            Further :class:`~framework.scheduler_plugin.ServingSettings` fields.
+        **cluster_kwargs
+            Passed to ``LocalCluster`` (e.g. ``dashboard_address``, ``memory_limit``).
+        """
+        gpus = _visible_gpus()
+        if n_workers is None:
+            n_workers = len(gpus) or int(config.get("cluster.n-workers"))
+        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0:
+            raise InvalidRequest(f"n_workers must be an int >= 0, got {n_workers!r}")
+        kwargs: dict[str, Any] = {
+            "n_workers": n_workers,
+            "threads_per_worker": int(config.get("cluster.threads-per-worker")),
+            "processes": True,
+            "memory_limit": config.get("cluster.memory-limit"),
+            "dashboard_address": config.get("cluster.dashboard-address"),
+        }
+        kwargs.update(cluster_kwargs)
+        if gpus:
+            if n_workers > len(gpus):
+                raise InvalidRequest(f"n_workers={n_workers} but only {len(gpus)} GPUs are visible")
+            kwargs.setdefault("resources", {"GPU": 1})
+            cluster: LocalCluster = GpuLocalCluster(gpus, **kwargs)
+        else:
+            cluster = LocalCluster(**kwargs)
+        try:
+            client = Client(cluster, direct_to_workers=True)
+        except BaseException:
+            cluster.close()
+            raise
+        try:
+            server = cls(client, model=model, store=store, max_batch=max_batch, batching=batching,
+                         checkpoint_every=checkpoint_every, **(settings or {}))
+        except BaseException:
+            client.close()
+            cluster.close()
+            raise
+        server._cluster = cluster
+        server._own_client = True
+        return server
+
+    # ------------------------------------------------------------ context
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Server {self.client.scheduler.address} workers={len(self.workers())}>"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return notebook.server_mimebundle(notebook.server_card(self))
+
+    def close(self) -> None:
+        """Close the client; also the cluster (and every session) if this server started it."""
+        if self._cluster is not None:
+            try:
+                self.client.sync(self.client.scheduler.turboserve_shutdown, release=True)
+            except Exception:
+                logger.debug("turboserve_shutdown failed", exc_info=True)
+        if self._own_client:
+            self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def cluster(self) -> LocalCluster | None:
+        """The LocalCluster this server started (None when attached)."""
+        return self._cluster
+
+    @property
+    def dashboard_link(self) -> str:
+        """URL of the Dask dashboard."""
+        return self.client.dashboard_link
+
+    def open_session(
+        self,
+        prompt: str,
+        seed: int = 0,
+        *,
+        model: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        session_id: str | None = None,
+        worker: str | None = None,
+    ) -> Session:
+        """Open a session: admitted, placed by the placement policy (or on ``worker``), started."""
+        info = self.client.sync(
+            self.client.scheduler.turboserve_open,
+            prompt=prompt, seed=seed, model=model, height=height, width=width, session_id=session_id, worker=worker,
+        )
+        return Session(self, info)
+
+    async def aopen_session(self, prompt: str, seed: int = 0, **kw: Any) -> Session:
+        """Async twin of :meth:`open_session` (run it on the client's event loop)."""
+        info = await self.client.scheduler.turboserve_open(prompt=prompt, seed=seed, **kw)
+        return Session(self, info)
+
+    def sessions(self, include_closed: bool = False) -> list[dict[str, Any]]:
+        """Records of the sessions: id, status, worker, tier, chunks, state_bytes, ..."""
+        return list(self.client.sync(self.client.scheduler.turboserve_sessions, include_closed=include_closed))
+
+    def workers(self) -> list[str]:
+        """Addresses of the workers, sorted."""
+        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def stats(self) -> dict[str, Any]:
+        """Current metrics: sessions per status, chunks, latency p50/p99/max, per-worker load."""
+        return self.client.sync(self.client.scheduler.turboserve_stats)
+
+    def drain(self, worker: str, retire: bool = True) -> dict[str, Any]:
+        """Move every session off ``worker`` (migrate, else suspend to disk), then retire it.
+
+        Returns ``{"moved": [...], "suspended": [...], "retired": bool}``.
+        """
+        if worker not in self.workers():
+            raise UnknownWorker(f"no worker {worker!r} in the cluster; known: {self.workers()}")
+        name = None
+        if self._cluster is not None:
+            name = self.client.scheduler_info(n_workers=-1)["workers"][worker].get("name")
+        result = self.client.sync(self.client.scheduler.turboserve_drain, worker=worker, retire=retire)
+        if result["retired"] and self._cluster is not None and name in self._cluster.worker_spec:
+            # A retired worker stays in LocalCluster.worker_spec otherwise, and scale(n)
+            # would count it (DASK_NOTES section 3).
+            del self._cluster.worker_spec[name]
+        return result

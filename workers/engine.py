@@ -1,0 +1,400 @@
+"""The per-worker chunk engine: all due sessions of one device in one batched step.
+
+The shape follows vLLM v1's engine core: :meth:`Engine.schedule` decides (which sessions
+go into the next step) and returns a plain :class:`StepPlan`; :meth:`Engine.execute`
+runs it (one ``model.step`` over the plan's states) and touches nothing else;
+:meth:`Engine.update` turns the output into :class:`~workers.chunk.Chunk` records and
+hands them to each session's delivery callback.
+
+The engine runs on its own thread (not the worker's shared actor thread, which would
+serialise every session actor behind the model). Everything that touches the device
+(creating a session's state, moving it on or off the device) runs on that thread too,
+through :meth:`Engine.call`, between two steps: so a call is also a chunk boundary,
+which is what migration and suspension need.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from kernels.state import SessionState
+from workers.chunk import Chunk
+from workers.errors import SessionNotFound
+
+logger = logging.getLogger(__name__)
+
+#: Called by the engine thread with each new chunk, or with the exception that stopped it.
+Deliver = Callable[["Chunk | BaseException"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """Knobs of one engine (resolved from ``turboserve.engine.*`` by the caller).
+
+    Attributes
+    ----------
+    max_batch : int
+        Most sessions in one coalesced step (also capped by free device memory).
+    batching : bool
+        ``False`` runs one session per step: the baseline of the serving benchmark.
+    checkpoint_every : int
+        Hand the state to ``checkpoint`` every this many chunks (0: never).
+    """
+
+    max_batch: int = 8
+    batching: bool = True
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    """What the next step does: the sessions in it, oldest request first."""
+
+    session_ids: tuple[str, ...]
+
+    @classmethod
+    def make_empty(cls) -> "StepPlan":
+        """A plan that runs nothing."""
+        return cls(())
+
+    @property
+    def batch_size(self) -> int:
+        """Sessions in the step."""
+        return len(self.session_ids)
+
+
+@dataclass(slots=True)
+class _Entry:
+    """The engine's view of one attached session (mutated only under the engine lock)."""
+
+    state: SessionState
+    deliver: Deliver
+    want: int  # produce chunks while state.chunk_index < want
+    t_request: dict[int, float] = field(default_factory=dict)
+    migrated: bool = False  # mark the next chunk as the first after a move
+
+    def due(self) -> bool:
+        return self.state.chunk_index < self.want
+
+
+@dataclass(frozen=True, slots=True)
+class Detached:
+    """A session taken out of the engine at a chunk boundary."""
+
+    state: SessionState
+    want: int
+    t_request: dict[int, float]
+
+
+class Engine:
+    """Batches the due sessions of one worker into one model step per iteration.
+
+    Parameters
+    ----------
+    model
+        Object with ``step(list[SessionState]) -> list[np.ndarray]`` (``kernels.model``).
+    worker : str
+        Address written into every chunk.
+    settings : EngineSettings
+    checkpoint : callable, optional
+        ``checkpoint(session_id, host_state)``, called off the engine thread with a host
+        copy of the state every ``settings.checkpoint_every`` chunks.
+    on_step : callable, optional
+        ``on_step(plan, chunks)`` after each step (metrics); runs on the engine thread,
+        so it must be quick.
+
+    Examples
+    --------
+    >>> engine = Engine(model, "tcp://127.0.0.1:1234")        # doctest: +SKIP
+    >>> engine.start()                                          # doctest: +SKIP
+    >>> state = engine.call(model.new_session, "a fox", 0).result()   # doctest: +SKIP
+    >>> engine.attach("s1", state, print, want=1)               # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        worker: str,
+        settings: EngineSettings | None = None,
+        *,
+        device: Any = None,
+        checkpoint: Callable[[str, SessionState], None] | None = None,
+        on_step: Callable[[StepPlan, list[Chunk]], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.worker = worker
+        self.settings = settings or EngineSettings()
+        self.device = device
+        self._checkpoint = checkpoint
+        self._on_step = on_step
+        self._entries: dict[str, _Entry] = {}
+        self._commands: deque[tuple[Callable[..., Any], tuple, concurrent.futures.Future]] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._saver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="turboserve-ckpt")
+        self._per_session_peak: float | None = None
+        self.steps = 0
+        self.chunks = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> "Engine":
+        """Start the engine thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="turboserve-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current step; pending calls fail with ``RuntimeError``."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        while self._commands:
+            _, _, fut = self._commands.popleft()
+            fut.set_exception(RuntimeError("the engine stopped before running this call"))
+        self._saver.shutdown(wait=True)
+
+    # ------------------------------------------------------------ thread-safe API
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
+        """Run ``fn(*args)`` on the engine thread between two steps; its future."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the engine is stopped; no call can run on it")
+            self._commands.append((fn, args, fut))
+            self._cond.notify()
+        return fut
+
+    def attach(
+        self,
+        session_id: str,
+        state: SessionState,
+        deliver: Deliver,
+        *,
+        want: int | None = None,
+        t_request: dict[int, float] | None = None,
+        migrated: bool = False,
+    ) -> None:
+        """Add a session whose state is on this engine's device.
+
+        ``want`` is the exclusive index up to which chunks are wanted (default: none
+        beyond the state's next chunk).
+        """
+        entry = _Entry(
+            state=state,
+            deliver=deliver,
+            want=state.chunk_index if want is None else want,
+            t_request=dict(t_request or {}),
+            migrated=migrated,
+        )
+        with self._cond:
+            if session_id in self._entries:
+                raise ValueError(f"session {session_id!r} is already attached to this engine")
+            self._entries[session_id] = entry
+            self._cond.notify()
+
+    def request(self, session_id: str, until: int, now: float | None = None) -> int:
+        """Want chunks up to index ``until`` (exclusive); returns the next index to come.
+
+        A lower ``until`` than already wanted changes nothing (requests are a high-water
+        mark, so repeating one after a reconnect is harmless).
+        """
+        now = time.time() if now is None else now
+        with self._cond:
+            entry = self._entries.get(session_id)
+            if entry is None:
+                raise SessionNotFound(f"session {session_id!r} is not attached to the engine on {self.worker}")
+            for i in range(max(entry.want, entry.state.chunk_index), until):
+                entry.t_request.setdefault(i, now)
+            if until > entry.want:
+                entry.want = until
+                self._cond.notify()
+            return entry.state.chunk_index
+
+    def hold(self, session_id: str) -> int:
+        """Want no chunk beyond the ones in flight (pause); returns the next index."""
+        with self._cond:
+            entry = self._entries.get(session_id)
+            if entry is None:
+                raise SessionNotFound(f"session {session_id!r} is not attached to the engine on {self.worker}")
+            entry.want = entry.state.chunk_index
+            entry.t_request.clear()
+            return entry.state.chunk_index
+
+    def detach(self, session_id: str) -> concurrent.futures.Future:
+        """Take a session out at the next chunk boundary; a future of :class:`Detached`."""
+        return self.call(self._pop, session_id)
+
+    def save(self, session_id: str, state: SessionState) -> concurrent.futures.Future:
+        """Checkpoint ``state`` on the checkpoint thread, after any periodic save queued before.
+
+        One thread writes every checkpoint of this engine, so two saves of one session
+        never overlap.
+        """
+        if self._checkpoint is None:
+            raise RuntimeError("this engine has no checkpoint store (turboserve.state.store)")
+        return self._saver.submit(self._checkpoint, session_id, state)
+
+    def sessions(self) -> list[str]:
+        """Ids of the attached sessions."""
+        with self._cond:
+            return list(self._entries)
+
+    # ------------------------------------------------------------ the three stages
+
+    def schedule(self) -> StepPlan:
+        """Pick the due sessions for the next step, oldest outstanding request first.
+
+        At most ``max_batch`` (1 without batching, fewer if device memory is short),
+        all of the oldest request's resolution (a step runs one resolution).
+        """
+        cap = self.settings.max_batch if self.settings.batching else 1
+        cap = min(cap, self._memory_cap())
+        with self._cond:
+            due = [
+                (min(e.t_request.values(), default=0.0), sid, (e.state.height, e.state.width))
+                for sid, e in self._entries.items()
+                if e.due()
+            ]
+        if not due:
+            return StepPlan.make_empty()
+        due.sort()
+        # One step runs one resolution: the oldest request's, filled up with its peers.
+        shape = due[0][2]
+        return StepPlan(tuple(sid for _, sid, hw in due if hw == shape)[:cap])
+
+    def execute(self, plan: StepPlan) -> list[np.ndarray]:
+        """One batched model step over the plan's states (advances each by one chunk)."""
+        with self._cond:
+            states = [self._entries[sid].state for sid in plan.session_ids]
+        return self.model.step(states)
+
+    def update(self, plan: StepPlan, frames: list[np.ndarray], t_start: float, t_done: float) -> list[Chunk]:
+        """Build the chunk records of a finished step and deliver them."""
+        chunks = []
+        ckpt: list[tuple[str, SessionState]] = []
+        every = self.settings.checkpoint_every
+        with self._cond:
+            for sid, out in zip(plan.session_ids, frames, strict=True):
+                entry = self._entries[sid]
+                index = entry.state.chunk_index - 1
+                t_req = entry.t_request.pop(index, t_start)
+                chunk = Chunk(
+                    session_id=sid,
+                    index=index,
+                    frames=out,
+                    latency_s=t_done - t_req,
+                    worker=self.worker,
+                    batch_size=plan.batch_size,
+                    t_request_s=t_req,
+                    t_start_s=t_start,
+                    t_done_s=t_done,
+                    migrated=entry.migrated,
+                )
+                entry.migrated = False
+                chunks.append((entry, chunk))
+                if every and self._checkpoint is not None and entry.state.chunk_index % every == 0:
+                    ckpt.append((sid, entry.state))
+        for entry, chunk in chunks:
+            entry.deliver(chunk)
+        for sid, state in ckpt:
+            # The copy is taken now: the next step changes the state in place.
+            self._saver.submit(self._save, sid, state.to("cpu"))
+        self.steps += 1
+        self.chunks += len(chunks)
+        done = [c for _, c in chunks]
+        if self._on_step is not None:
+            self._on_step(plan, done)
+        return done
+
+    # ------------------------------------------------------------ internals
+
+    def _pop(self, session_id: str) -> Detached:
+        with self._cond:
+            entry = self._entries.pop(session_id, None)
+        if entry is None:
+            raise SessionNotFound(f"session {session_id!r} is not attached to the engine on {self.worker}")
+        return Detached(entry.state, entry.want, entry.t_request)
+
+    def _save(self, session_id: str, state: SessionState) -> None:
+        try:
+            self._checkpoint(session_id, state)
+        except Exception:
+            logger.warning("checkpoint of session %s at chunk %d failed", session_id, state.chunk_index, exc_info=True)
+
+    def _memory_cap(self) -> int:
+        """Sessions that fit in free device memory, from the peak of earlier steps."""
+        if self._per_session_peak is None or not self._on_cuda():
+            return self.settings.max_batch
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, int(free // self._per_session_peak))
+
+    def _on_cuda(self) -> bool:
+        return self.device is not None and getattr(self.device, "type", str(self.device)).startswith("cuda")
+
+    def _has_work(self) -> bool:
+        return bool(self._commands) or any(e.due() for e in self._entries.values())
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._has_work():
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                commands = list(self._commands)
+                self._commands.clear()
+            for fn, args, fut in commands:
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as exc:  # handed to the caller, not swallowed
+                    fut.set_exception(exc)
+            plan = self.schedule()
+            if plan.batch_size:
+                self._step(plan)
+
+    def _step(self, plan: StepPlan) -> None:
+        measure = self._on_cuda()
+        if measure:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+        t_start = time.time()
+        try:
+            frames = self.execute(plan)
+        except Exception as exc:
+            logger.error("engine step over %s failed", plan.session_ids, exc_info=True)
+            with self._cond:
+                failed = [self._entries.pop(sid) for sid in plan.session_ids if sid in self._entries]
+            for entry in failed:
+                entry.deliver(exc)
+            return
+        t_done = time.time()
+        if measure:
+            peak = (torch.cuda.max_memory_allocated(self.device) - base) / plan.batch_size
+            self._per_session_peak = max(peak, self._per_session_peak or 0.0, 1.0)
+        self.update(plan, frames, t_start, t_done)

@@ -1,0 +1,173 @@
+"""The worker plugin: pins the worker's device, loads each model once, owns the engines.
+
+Registered by the :class:`framework.Server` with ``client.register_plugin``; Dask runs
+:meth:`ModelHost.setup` on every current and future worker. Session actors find the
+host of their worker with :func:`get_host`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import pathlib
+import sys
+import threading
+from typing import Any
+
+from distributed import WorkerPlugin
+
+from workers.chunk import Chunk
+from workers.engine import Engine, EngineSettings, StepPlan
+from workers.errors import UnknownModel
+
+logger = logging.getLogger(__name__)
+
+#: Name under which the host sits in ``worker.extensions``.
+EXTENSION = "turboserve"
+#: Stream-handler op on the scheduler that receives per-step chunk metrics.
+METRICS_OP = "turboserve-chunks"
+
+
+def pick_device() -> str:
+    """``cuda:0`` when this process sees a GPU (its own, via CUDA_VISIBLE_DEVICES), else ``cpu``."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+class ModelHost(WorkerPlugin):
+    """Loads models on the worker's device and runs one :class:`Engine` per model.
+
+    Parameters
+    ----------
+    model : str
+        Preset loaded at set-up (others load on first use).
+    engine : EngineSettings
+    store : str or None
+        Checkpoint store URL (``turboserve.state.store``); None disables checkpoints.
+    weights_seed : int
+        Seed of the random weights of presets without a checkpoint (``tiny``).
+
+    Examples
+    --------
+    >>> client.register_plugin(ModelHost("tiny", EngineSettings(max_batch=4), "/tmp/ckpt"))  # doctest: +SKIP
+    """
+
+    name = "turboserve-model-host"
+    idempotent = True
+
+    def __init__(self, model: str, engine: EngineSettings, store: str | None, weights_seed: int = 0) -> None:
+        self.model = model
+        self.engine_settings = engine
+        self.store = store
+        self.weights_seed = weights_seed
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+        self._checkpoints: Any = None
+        self.worker: Any = None
+        self.device = "cpu"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: self.__dict__[k] for k in ("model", "engine_settings", "store", "weights_seed")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**{"engine" if k == "engine_settings" else k: v for k, v in state.items()})
+
+    async def setup(self, worker: Any) -> None:
+        """Pin the device, load the default model off the event loop, start its engine."""
+        _shadow_guard()
+        self.worker = worker
+        self.device = pick_device()
+        worker.extensions[EXTENSION] = self
+        logger.info("turboserve host on %s: device %s (CUDA_VISIBLE_DEVICES=%s)",
+                    worker.address, self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        await asyncio.to_thread(self.engine, self.model)
+
+    def teardown(self, worker: Any) -> None:
+        """Stop every engine (their threads end after the current step)."""
+        for engine in list(self._engines.values()):
+            engine.stop()
+        self._engines.clear()
+        worker.extensions.pop(EXTENSION, None)
+
+    def engine(self, model: str) -> Engine:
+        """The running engine of ``model`` on this worker (loading it on first use)."""
+        with self._lock:
+            engine = self._engines.get(model)
+            if engine is None:
+                engine = self._engines[model] = self._build(model)
+            return engine
+
+    def _build(self, model: str) -> Engine:
+        from kernels.model import StreamingVideoModel
+
+        try:
+            net = StreamingVideoModel.from_preset(model, device=self.device, weights_seed=self.weights_seed)
+        except (KeyError, ValueError) as exc:
+            raise UnknownModel(f"cannot load model preset {model!r} on {self.worker.address}: {exc}") from exc
+        import torch
+
+        return Engine(
+            net,
+            self.worker.address,
+            self.engine_settings,
+            device=torch.device(self.device),
+            checkpoint=self._checkpoint if self.store else None,
+            on_step=self._report,
+        ).start()
+
+    def checkpoints(self) -> Any:
+        """This worker's :class:`storage.CheckpointStore` (None without a store URL)."""
+        if self.store is None:
+            return None
+        with self._lock:
+            if self._checkpoints is None:
+                from storage import CheckpointStore
+
+                self._checkpoints = CheckpointStore(self.store)
+            return self._checkpoints
+
+    def _checkpoint(self, session_id: str, state: Any) -> None:
+        self.checkpoints().save(session_id, state)
+
+    def _report(self, plan: StepPlan, chunks: list[Chunk]) -> None:
+        # Fire-and-forget metrics to the scheduler plugin over the worker's batched
+        # stream; batched_send must run on the event loop.
+        rows = [(c.session_id, c.index, c.latency_s, c.batch_size, c.t_done_s) for c in chunks]
+        worker = self.worker
+        worker.loop.add_callback(worker.batched_send, {"op": METRICS_OP, "rows": rows})
+
+
+def _shadow_guard() -> None:
+    """Keep the project's ``storage`` package from being shadowed in a worker.
+
+    A Dask worker puts its local directory first on ``sys.path`` and spills into a
+    ``storage/`` folder there. With an editable install served by a meta-path finder
+    (setuptools' default), that folder is picked up as a namespace package named
+    ``storage``. Putting the project root on ``sys.path`` lets the regular package win.
+    """
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    spec = importlib.util.find_spec("storage") if "storage" not in sys.modules else None
+    shadowed = sys.modules.get("storage") is not None and getattr(sys.modules["storage"], "__file__", None) is None
+    if (spec is not None and spec.origin is None) or shadowed:
+        sys.modules.pop("storage", None)
+        if root not in sys.path:
+            sys.path.append(root)
+        importlib.invalidate_caches()
+
+
+def get_host(worker: Any = None) -> ModelHost:
+    """The :class:`ModelHost` of ``worker`` (default: the current worker)."""
+    if worker is None:
+        from distributed import get_worker
+
+        worker = get_worker()
+    try:
+        return worker.extensions[EXTENSION]
+    except KeyError:
+        raise RuntimeError(
+            f"worker {worker.address} has no turboserve ModelHost plugin; "
+            "attach with framework.Server(...) which registers it"
+        ) from None

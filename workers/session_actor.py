@@ -1,0 +1,387 @@
+"""One Dask actor per session: holds the session's state handle on its worker.
+
+The actor is the session's mailbox: clients raise its request high-water mark
+(:meth:`SessionActor.request`) and long-poll its outbox (:meth:`SessionActor.poll`)
+directly, so chunk bytes go worker -> client without touching the scheduler. Every
+method is ``async`` and therefore runs on the worker's event loop, never on the
+worker's single shared actor thread; device work goes to the worker's engine thread.
+
+Delivery is acknowledged: a chunk stays in the outbox until a poll asks for chunks after
+it. When the state moves (migration, resume elsewhere), the new actor takes the
+unacknowledged chunks with it, so the stream continues without a gap or a repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from distributed import get_worker
+from distributed.protocol import deserialize, to_serialize
+from distributed.protocol.serialize import Serialized
+
+from kernels.state import SessionState
+from workers.chunk import Chunk
+from workers.engine import Detached
+from workers.errors import InvalidRequest, SessionClosed, SessionMoved, TransferError
+from workers.plugin import get_host
+
+#: Where a new actor's state comes from (argument ``source["kind"]`` of ``start``).
+SOURCES = ("new", "peer", "store")
+TIERS = ("host", "disk")
+
+
+async def call_actor(rpc: Any, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Call ``method`` of the actor ``key`` through ``rpc`` (a worker's RPC handle).
+
+    Used instead of :class:`distributed.Actor` handles because those take a reference on
+    the actor's key in the calling client, which would keep a migrated-away actor
+    (and therefore its worker) alive.
+    """
+    resp = await rpc.actor_execute(
+        actor=key,
+        function=method,
+        args=[to_serialize(a) for a in args],
+        kwargs={k: to_serialize(v) for k, v in kwargs.items()},
+    )
+    if resp["status"] != "OK":
+        raise _unwrap(resp["exception"])
+    return _unwrap(resp["result"])
+
+
+def _unwrap(value: Any) -> Any:
+    # The scheduler's RPC pool does not deserialize (deserialize=False); clients and
+    # workers do. Either way the caller gets the object.
+    if isinstance(value, Serialized):
+        return deserialize(value.header, value.frames)
+    return value
+
+
+class SessionActor:
+    """The worker-side half of a session (create it with ``actor=True``).
+
+    Parameters
+    ----------
+    session_id, model, prompt, seed, height, width
+        The session's identity; ``(model, prompt, seed)`` define every frame.
+
+    The checkpoint store (for ``offload("disk")`` and recovery) is the worker's
+    (:meth:`workers.plugin.ModelHost.checkpoints`).
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        model: str,
+        prompt: str,
+        seed: int,
+        height: int | None,
+        width: int | None,
+    ) -> None:
+        self.session_id = session_id
+        self.model = model
+        self.prompt = prompt
+        self.seed = seed
+        self.height = height
+        self.width = width
+        self._worker = get_worker()
+        self._host = get_host(self._worker)
+        self._outbox: dict[int, Chunk] = {}
+        self._want = 0
+        self._next = 0  # index of the next chunk the state will produce
+        self._attached = False
+        self._parked: SessionState | None = None  # state held while detached (host or device)
+        self._parked_req: dict[int, float] = {}
+        self._moved = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------ internals
+
+    @property
+    def _engine(self):
+        return self._host.engine(self.model)
+
+    def _event(self) -> asyncio.Event:
+        if self._wakeup is None:
+            self._loop = asyncio.get_running_loop()
+            self._wakeup = asyncio.Event()
+        return self._wakeup
+
+    def _deliver(self, item: Chunk | BaseException) -> None:
+        # Engine thread -> event loop.
+        self._loop.call_soon_threadsafe(self._on_item, item)
+
+    def _on_item(self, item: Chunk | BaseException) -> None:
+        if isinstance(item, BaseException):
+            self._error = item
+            self._attached = False
+        else:
+            self._outbox[item.index] = item
+            self._next = max(self._next, item.index + 1)
+        self._event().set()
+
+    async def _on_engine(self, fn, *args) -> Any:
+        return await asyncio.wrap_future(self._engine.call(fn, *args))
+
+    def _attach(self, state: SessionState, want: int, t_request: dict[int, float], migrated: bool) -> None:
+        self._event()
+        self._next = state.chunk_index
+        self._want = max(self._want, want, state.chunk_index)
+        self._engine.attach(self.session_id, state, self._deliver, want=self._want, t_request=t_request, migrated=migrated)
+        self._attached = True
+
+    async def _detach(self) -> Detached:
+        detached = await asyncio.wrap_future(self._engine.detach(self.session_id))
+        self._attached = False
+        self._want = max(self._want, detached.want)
+        return detached
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionClosed(f"session {self.session_id!r} is closed; open a new session")
+        if self._moved:
+            raise SessionMoved(f"session {self.session_id!r} left worker {self._worker.address}")
+
+    def _info(self, state: SessionState | None) -> dict[str, Any]:
+        return {
+            "worker": self._worker.address,
+            "device": self._host.device,
+            "chunk_index": self._next,
+            "state_bytes": 0 if state is None else int(state.nbytes),
+        }
+
+    # ------------------------------------------------------------ lifecycle (scheduler side)
+
+    async def start(self, source: dict[str, Any]) -> dict[str, Any]:
+        """Create or fetch the state and attach it to the engine.
+
+        ``source["kind"]``: ``"new"`` (fresh from the prompt and seed), ``"store"`` (the
+        last checkpoint, or fresh if there is none: generation is deterministic, so the
+        chunks after it are regenerated identically) or ``"peer"`` (pull the state and
+        the unacknowledged chunks from the actor ``source["key"]`` on
+        ``source["address"]`` over worker-to-worker comms).
+        """
+        kind = source.get("kind")
+        if kind not in SOURCES:
+            raise InvalidRequest(f"unknown state source {kind!r}; expected one of {SOURCES}")
+        self._event()
+        want, t_request, migrated = int(source.get("want", 0)), {}, kind != "new"
+        if kind == "new":
+            state = await self._on_engine(self._new_state)
+        elif kind == "store":
+            state = await self._on_engine(self._load_state)
+        else:
+            peer = self._worker.rpc(source["address"])
+            try:
+                transport = await self._choose_transport(peer, source)
+                if transport == "p2p":
+                    payload = await call_actor(peer, source["key"], "export_p2p", self._host.device)
+                    state = await asyncio.to_thread(self._recv_p2p, payload["rendezvous"])
+                else:
+                    payload = await call_actor(peer, source["key"], "export")
+                    state = await self._on_engine(self._to_device, payload["state"])
+            except Exception as exc:
+                raise TransferError(
+                    f"could not pull session {self.session_id!r} from {source['address']}: {exc!r}"
+                ) from exc
+            self._outbox.update({c.index: c for c in payload["outbox"]})
+            want, t_request = payload["want"], payload["t_request"]
+            migrated = source.get("migrated", True)
+        self._attach(state, want, t_request, migrated)
+        return self._info(state)
+
+    async def _choose_transport(self, peer: Any, source: dict[str, Any]) -> str:
+        """``p2p`` (NCCL/gloo group of two) when asked, or when both ends are CUDA devices."""
+        transport = source.get("transport", "auto")
+        if transport != "auto":
+            return transport
+        if not self._host.device.startswith("cuda"):
+            return "host"
+        info = await call_actor(peer, source["key"], "info")
+        return "p2p" if str(info["device"]).startswith("cuda") else "host"
+
+    def _recv_p2p(self, rendezvous: Any) -> SessionState:
+        from workers.p2p import recv_state
+
+        return recv_state(rendezvous=rendezvous, device=self._host.device, timeout=60)
+
+    def _new_state(self) -> SessionState:
+        engine = self._engine
+        return engine.model.new_session(self.prompt, self.seed, height=self.height, width=self.width)
+
+    def _load_state(self) -> SessionState:
+        store = self._host.checkpoints()
+        if store is not None and store.exists(self.session_id):
+            return store.load(self.session_id, model=self.model, device=self._host.device)
+        return self._new_state()
+
+    def _to_device(self, state: SessionState) -> SessionState:
+        from storage import restore_to_device
+
+        return restore_to_device(state, self._host.device)
+
+    # ------------------------------------------------------------ the client's stream
+
+    async def request(self, until: int) -> int:
+        """Want chunks up to index ``until`` (exclusive); returns the next index to come."""
+        self._check_open()
+        if until < 0:
+            raise InvalidRequest(f"chunk index {until} is negative; ask for an index >= 0")
+        if not self._attached:
+            if self._error is not None:
+                raise self._error
+            raise SessionMoved(f"session {self.session_id!r} is suspended on {self._worker.address}")
+        self._want = max(self._want, until)
+        return self._engine.request(self.session_id, until)
+
+    async def poll(self, after: int, timeout: float = 5.0) -> list[Chunk]:
+        """Chunks with index >= ``after``, waiting up to ``timeout`` s for the first one.
+
+        Asking for ``after`` acknowledges (and drops) every chunk before it. Raises
+        :class:`SessionMoved` once the state is gone and nothing is left to read.
+        """
+        for i in [i for i in self._outbox if i < after]:
+            del self._outbox[i]
+        event = self._event()
+        deadline = time.monotonic() + timeout
+        while not self._outbox:
+            if self._error is not None:
+                raise self._error
+            self._check_open()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            event.clear()
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                return []
+        return [self._outbox[i] for i in sorted(self._outbox)]
+
+    # ------------------------------------------------------------ control (scheduler side)
+
+    async def pause(self) -> dict[str, Any]:
+        """Idle on the device: no chunk beyond the one in flight."""
+        self._check_open()
+        if self._attached:
+            self._want = self._engine.hold(self.session_id)
+        return self._info(None)
+
+    async def offload(self, tier: str) -> dict[str, Any]:
+        """Take the state off the device at a chunk boundary: to host memory or to disk."""
+        self._check_open()
+        if tier not in TIERS:
+            raise InvalidRequest(f"unknown offload tier {tier!r}; expected one of {TIERS}")
+        if self._attached:
+            detached = await self._detach()
+            self._parked, self._parked_req = detached.state, detached.t_request
+        state = self._parked
+        if tier == "host":
+            from storage import offload_to_host
+
+            self._parked = await self._on_engine(offload_to_host, state)
+        else:
+            if self._host.checkpoints() is None:
+                raise InvalidRequest("suspend to disk needs a checkpoint store (turboserve.state.store)")
+            await asyncio.wrap_future(self._engine.save(self.session_id, state))
+            self._parked = None
+            self._moved = True  # the actor is released next; readers go to the registry
+            self._event().set()
+        return self._info(state)
+
+    async def restore(self) -> dict[str, Any]:
+        """Bring a host-parked state back onto this worker's device."""
+        self._check_open()
+        if self._attached:
+            return self._info(None)
+        state = await self._on_engine(self._to_device, self._parked)
+        self._parked = None
+        self._attach(state, self._want, self._parked_req, migrated=False)
+        return self._info(state)
+
+    async def freeze(self) -> dict[str, Any]:
+        """Stop at the next chunk boundary and keep the state for :meth:`export`."""
+        self._check_open()
+        if self._attached:
+            detached = await self._detach()
+            self._parked, self._parked_req = detached.state, detached.t_request
+        return self._info(self._parked)
+
+    async def thaw(self) -> dict[str, Any]:
+        """Undo :meth:`freeze` (a migration failed before the export)."""
+        if self._moved or self._attached or self._parked is None:
+            return self._info(None)
+        if self._parked.device.type == "cpu" and self._host.device != "cpu":
+            return self._info(self._parked)  # host-parked: stays suspended
+        state, self._parked = self._parked, None
+        self._attach(state, self._want, self._parked_req, migrated=False)
+        return self._info(state)
+
+    async def export(self) -> dict[str, Any]:
+        """Hand the frozen state and the unread chunks to the actor that replaces this one."""
+        self._check_open()
+        if self._attached:
+            await self.freeze()
+        if self._parked is None:
+            raise TransferError(f"session {self.session_id!r} has no state on {self._worker.address} to export")
+        from storage import offload_to_host
+
+        host = await self._on_engine(offload_to_host, self._parked)
+        payload = {
+            "state": host,
+            "outbox": [self._outbox[i] for i in sorted(self._outbox)],
+            "want": self._want,
+            "t_request": dict(self._parked_req),
+        }
+        self._parked, self._outbox, self._moved = None, {}, True
+        self._event().set()
+        return payload
+
+    async def export_p2p(self, peer_device: str) -> dict[str, Any]:
+        """Like :meth:`export`, but the state goes over a private 2-rank process group.
+
+        Returns the rendezvous at once and sends from a thread of its own (group set-up
+        is collective and blocks until the receiver joins); NCCL when both ends are
+        CUDA devices, gloo otherwise.
+        """
+        from workers.p2p import Rendezvous, send_state
+
+        self._check_open()
+        if self._attached:
+            await self.freeze()
+        if self._parked is None:
+            raise TransferError(f"session {self.session_id!r} has no state on {self._worker.address} to export")
+        both_cuda = peer_device.startswith("cuda") and self._parked.device.type == "cuda"
+        host = self._worker.address.split("://")[-1].rsplit(":", 1)[0]
+        rendezvous = Rendezvous.new("nccl" if both_cuda else "gloo", host=host)
+        state, self._parked = self._parked, None
+        payload = {
+            "rendezvous": rendezvous,
+            "outbox": [self._outbox[i] for i in sorted(self._outbox)],
+            "want": self._want,
+            "t_request": dict(self._parked_req),
+        }
+        self._outbox, self._moved = {}, True
+        self._event().set()
+        self._sending = asyncio.ensure_future(asyncio.to_thread(send_state, state, rendezvous=rendezvous, timeout=60))
+        return payload
+
+    async def close(self) -> dict[str, Any]:
+        """Drop the state; readers get :class:`SessionClosed`."""
+        if self._attached:
+            try:
+                await self._detach()
+            except Exception:
+                pass  # the engine already dropped it (failed step)
+        self._parked, self._outbox, self._closed, self._attached = None, {}, True, False
+        self._event().set()
+        return self._info(None)
+
+    async def info(self) -> dict[str, Any]:
+        """Where the session is and how far it got."""
+        return {**self._info(self._parked), "attached": self._attached, "want": self._want,
+                "unread": len(self._outbox), "moved": self._moved, "closed": self._closed}
