@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from experiments.results import run_label, summary_row, write_outputs
-from experiments.sim.config import PolicySet, SimConfig
+from experiments.sim.config import PolicySet, PolicySpec, SimConfig
 from experiments.sim.latency import load_profile
 from experiments.sim.models import model_cost
 from experiments.sim.oracle import best_batch, oracle_bound
@@ -166,14 +166,47 @@ def policy_sets(gpus: int, *, new_session_bytes: int, worker_memory: int, max_ba
     }
 
 
+def resolve_policy(label: str | PolicySet, sets: dict[str, PolicySet], gpus: int) -> PolicySet:
+    """A paper label (:data:`POLICY_LABELS`) or a ``"placement+autoscaling+offload"`` triple
+    of registry names (built with the same parameters as the paper sets); a
+    :class:`PolicySet` is returned as is."""
+    if isinstance(label, PolicySet):
+        return label
+    if label in sets:
+        return sets[label]
+    parts = label.split("+")
+    if len(parts) != 3:
+        raise ValueError(
+            f"unknown policy {label!r}; use one of {list(POLICY_LABELS)} or 'placement+autoscaling+offload'"
+        )
+    placement, autoscaling, offload = parts
+    by_role = {
+        ("placement", "migration-aware"): sets["turboserve"].placement,
+        ("autoscaling", "hpa"): sets["hpa+least-loaded"].autoscaling,
+        ("autoscaling", "load-driven"): sets["turboserve"].autoscaling,
+        ("autoscaling", "fixed"): sets["static-peak"].autoscaling,
+        ("offload", "idle-timeout"): sets["turboserve"].offload,
+    }
+    base_placement = sets["static-peak"].placement
+    specs = []
+    for kind, name in (("placement", placement), ("autoscaling", autoscaling), ("offload", offload)):
+        spec = by_role.get((kind, name))
+        if spec is None:
+            params = dict(base_placement.params) if kind == "placement" else {}
+            spec = PolicySpec(kind, name, params)
+        specs.append(spec)
+    return PolicySet(*specs, name=label)
+
+
 def run_trace(
     trace: TraceInput,
     gpus: int,
     *,
-    policies: Sequence[str] = POLICY_LABELS,
+    policies: Sequence[str | PolicySet] = POLICY_LABELS,
     config: SimConfig | None = None,
     max_batch: int | str = "slo",
     record_chunks: bool = True,
+    with_oracle: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """Simulate ``policies`` (labels of :data:`POLICY_LABELS`) and the oracle on one trace.
 
@@ -182,9 +215,9 @@ def run_trace(
 
     Returns summary rows, chunk tables and interval tables (keyed by run label).
     """
-    unknown = sorted(set(policies) - set(POLICY_LABELS))
-    if unknown:
-        raise ValueError(f"unknown paper-table policies {unknown}; known: {list(POLICY_LABELS)}")
+    for label in policies:  # fail before simulating anything
+        if not isinstance(label, PolicySet) and label not in POLICY_LABELS and len(label.split("+")) != 3:
+            raise ValueError(f"unknown policy {label!r}; use one of {list(POLICY_LABELS)} or 'placement+autoscaling+offload'")
     base = config if config is not None else SimConfig.from_config()
     pools = prepare_pools(trace.frame)
     end = float(trace.frame["time_s"].max())
@@ -203,10 +236,12 @@ def run_trace(
             # Autoscaled runs start warm at the size the load at time 0 needs (the trace
             # starts in steady state), never below the configured minimum.
             at_start = math.ceil(initial_active(wl) / caps[model])
-            warm = pool_gpus if label == "static-peak" else min(max(minimum, at_start, 1), pool_gpus)
+            policy = resolve_policy(label, sets, pool_gpus)
+            static = policy.autoscaling.name == "fixed"
+            warm = pool_gpus if static else min(max(minimum, at_start, 1), pool_gpus)
             cfg = base.with_(initial_workers=warm, min_workers=min(minimum, pool_gpus), max_workers=pool_gpus,
                              max_batch=caps[model], end_s=end, record_chunks=record_chunks)
-            return sets[label], cfg
+            return policy, cfg
         return setup
 
     for label in policies:
@@ -220,7 +255,8 @@ def run_trace(
         if record_chunks:
             chunks[key] = result.chunks
         intervals[key] = result.intervals
-    rows.append({**_oracle_row(trace.name, gpus, oracles), "scale": trace.scale})
+    if with_oracle:
+        rows.append({**_oracle_row(trace.name, gpus, oracles), "scale": trace.scale})
     return rows, chunks, intervals
 
 

@@ -150,9 +150,12 @@ def summary_row(
     return row
 
 
-def _run_label(row: Mapping[str, Any]) -> str:
-    raw = f"{row['trace']}__{row['policy']}"
+def _safe(raw: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=,+-]+", "-", raw)
+
+
+def _run_label(row: Mapping[str, Any]) -> str:
+    return _safe(f"{row['trace']}__{row['policy']}")
 
 
 def results_dataset(summary: pd.DataFrame, intervals: Mapping[str, pd.DataFrame]) -> xr.Dataset:
@@ -226,7 +229,8 @@ def write_outputs(
         check_columns(chunks, CHUNK_COLUMNS, "chunk").to_parquet(out / "chunks.parquet", index=False)
         check_columns(intervals, INTERVAL_COLUMNS, "interval").to_parquet(out / "intervals.parquet", index=False)
     else:
-        chunk_map, interval_map = dict(chunks), dict(intervals)  # type: ignore[arg-type]
+        chunk_map = {_safe(k): v for k, v in chunks.items()}
+        interval_map = {_safe(k): v for k, v in intervals.items()}  # type: ignore[union-attr]
         unknown = sorted(set(chunk_map) - set(labels))
         if unknown:
             raise ValueError(f"chunk tables {unknown} match no summary row; run labels are {labels}")

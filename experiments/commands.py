@@ -1,0 +1,175 @@
+"""``turboserve experiment ...`` subcommands and the simulator back end of ``turboserve replay``.
+
+``register(subparsers)`` adds::
+
+    turboserve experiment paper-table (--trace FILE | --scenario NAME)... --gpus 64 --out DIR [--seed N]
+    turboserve experiment sweep (--trace FILE | --scenario NAME)... [--policy P]... [--gpus N]...
+                                [--seed N]... [--workers N] [--out DIR]
+
+Errors are raised as ``ValueError``/``FileNotFoundError`` with a one-line message; the
+CLI's ``main`` prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from typing import Any
+
+import pandas as pd
+
+
+def _scale(text: str) -> float | str:
+    if text == "fit":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scale must be a number > 0 or 'fit', got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--scale must be > 0, got {text!r}")
+    return value
+
+
+def _batch(text: str) -> int | str:
+    if text == "slo":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-batch must be an integer or 'slo', got {text!r}") from None
+
+
+def _traces(args: argparse.Namespace) -> list[str]:
+    traces = [*(args.trace or []), *(args.scenario or [])]
+    if not traces:
+        raise ValueError("give at least one --trace FILE or --scenario NAME")
+    for path in args.trace or []:
+        if not pathlib.Path(path).is_file():
+            raise FileNotFoundError(f"trace file {path!r} does not exist")
+    return traces
+
+
+def _add_trace_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace", action="append", metavar="FILE", help="trace file (Parquet/CSV; repeatable)")
+    p.add_argument("--scenario", action="append", metavar="NAME", help="named scenario (repeatable)")
+    p.add_argument("--duration-s", type=float, default=3600.0, help="scenario length in seconds (default 3600)")
+    p.add_argument("--scale", type=_scale, default="fit",
+                   help="scenario load scale, or 'fit' (default): the scale whose peak demand is about --gpus")
+    p.add_argument("--model", default="wan-1.3b",
+                   help="run every scenario session on this preset (default wan-1.3b; 'mix' keeps the scenario's mix)")
+    p.add_argument("--max-batch", type=_batch, default="slo",
+                   help="per-worker batch cap: 'slo' (default: largest batch meeting the SLO) or an integer")
+
+
+def _paper_table(args: argparse.Namespace) -> int:
+    from experiments.paper_table import POLICY_LABELS, paper_table
+
+    paper_table(
+        _traces(args), gpus=args.gpus, out_dir=args.out, seed=args.seed, duration_s=args.duration_s,
+        scale=args.scale, model=None if args.model == "mix" else args.model,
+        policies=args.policy or POLICY_LABELS, max_batch=args.max_batch, plots=not args.no_plots,
+    )
+    print(f"wrote {args.out}/summary.csv, runs/, results.zarr and plots")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from experiments.paper_table import POLICY_LABELS
+    from experiments.sweep import sweep, sweep_jobs
+
+    jobs = sweep_jobs(
+        _traces(args), args.policy or [*POLICY_LABELS, "oracle"], args.gpus or [64], args.seed or [0],
+        duration_s=args.duration_s, scale=args.scale, model=None if args.model == "mix" else args.model,
+        max_batch=args.max_batch,
+    )
+    table = sweep(jobs, n_workers=args.workers, out_dir=args.out, progress=not args.no_progress)
+    cols = [c for c in ("trace", "policy", "gpus", "seed", "max_latency_s", "p99_latency_s", "slo_attainment",
+                        "gpu_hours", "migrations") if c in table.columns]
+    with pd.option_context("display.width", 200):
+        print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``experiment`` command group to the ``turboserve`` parser."""
+    exp = subparsers.add_parser("experiment", help="simulated experiments: the paper table and sweeps")
+    sub = exp.add_subparsers(dest="experiment_command", metavar="EXPERIMENT")
+    exp.set_defaults(func=lambda args: (exp.print_help(), 0)[1])
+
+    pt = sub.add_parser("paper-table", help="TurboServe vs static peak, HPA baselines and the oracle")
+    _add_trace_options(pt)
+    pt.add_argument("--gpus", type=int, default=64, help="cluster size (default 64)")
+    pt.add_argument("--out", required=True, help="output folder")
+    pt.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
+    pt.add_argument("--policy", action="append", metavar="LABEL",
+                    help="only these policies (repeatable): static-peak, hpa+least-loaded, hpa+migration-aware, "
+                         "turboserve, or placement+autoscaling+offload")
+    pt.add_argument("--no-plots", action="store_true", help="skip the PNG/HTML plots")
+    pt.set_defaults(func=_paper_table)
+
+    sw = sub.add_parser("sweep", help="policy x trace x GPUs x seed as Dask batch jobs on a LocalCluster")
+    _add_trace_options(sw)
+    sw.add_argument("--policy", action="append", metavar="LABEL", help="policy label (repeatable; default: all + oracle)")
+    sw.add_argument("--gpus", action="append", type=int, help="cluster size (repeatable; default 64)")
+    sw.add_argument("--seed", action="append", type=int, help="seed (repeatable; default 0)")
+    sw.add_argument("--workers", type=int, default=None, help="local Dask worker processes (default 2)")
+    sw.add_argument("--out", default=None, help="output folder (summary.csv, results.zarr, plots)")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_sweep)
+
+
+def run_sim_replay(
+    trace_df: pd.DataFrame,
+    policy_set: Any = None,
+    out_dir: str | pathlib.Path | None = None,
+    *,
+    gpus: int | None = None,
+    trace_name: str = "trace",
+    config: Any = None,
+    seed: int = 0,
+    max_batch: int | str = "slo",
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Replay ``trace_df`` in the simulator and write the output folder (``turboserve replay --backend sim``).
+
+    Parameters
+    ----------
+    trace_df
+        A trace in the trace schema.
+    policy_set
+        A :class:`~experiments.sim.config.PolicySet`, a paper label (``turboserve``,
+        ``static-peak``, ...), a ``placement+autoscaling+offload`` triple, or None: the
+        configured ``turboserve.policies.*``.
+    out_dir
+        Output folder (chunks.parquet, intervals.parquet, summary.csv, config.yaml,
+        results.zarr, plots); None writes nothing.
+    gpus
+        Most workers (default ``turboserve.autoscale.maximum``).
+    config
+        A :class:`~experiments.sim.config.SimConfig` (default: from the dask config).
+    seed
+        Recorded in ``config.yaml`` (the simulator itself draws no random numbers).
+
+    Returns
+    -------
+    The summary row (contract columns first).
+    """
+    import framework.config as tconfig
+    from experiments.paper_table import TraceInput, run_trace
+    from experiments.results import write_outputs
+
+    if not isinstance(trace_df, pd.DataFrame) or trace_df.empty:
+        raise ValueError("run_sim_replay needs a non-empty trace DataFrame (trace schema)")
+    if policy_set is None:
+        policy_set = "+".join(str(tconfig.get(f"policies.{k}")) for k in ("placement", "autoscaling", "offload"))
+    n = int(gpus if gpus is not None else tconfig.get("autoscale.maximum"))
+    rows, chunks, intervals = run_trace(TraceInput(trace_name, trace_df), n, policies=[policy_set], config=config,
+                                        max_batch=max_batch, with_oracle=False)
+    row = rows[0]
+    if out_dir is not None:
+        (label,) = chunks
+        resolved = {**tconfig.resolved(), "experiment": {"kind": "replay", "backend": "sim", "gpus": n, "seed": seed,
+                                                          "policy": row["policy"], "trace": trace_name}}
+        write_outputs(out_dir, chunks[label], intervals[label], row, resolved, plots=plots)
+    return row

@@ -1,0 +1,143 @@
+"""Output folder, summary, latency profiles and the oracle: the contracts of experiments/."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import yaml
+
+from experiments.results import (
+    CHUNK_COLUMNS, INTERVAL_COLUMNS, SUMMARY_COLUMNS, run_label, summarize, write_outputs,
+)
+from experiments.sim import PolicySet, SimConfig, load_profile, prepare, simulate, summary_of
+from experiments.sim.oracle import best_batch, oracle_bound
+from policies.types import BatchLatencyModel
+
+COLUMNS = ["time_s", "session_id", "event", "client_id", "model", "chunk_frames", "height", "width", "fps"]
+LATENCY = BatchLatencyModel((1, 4), (0.2, 0.5))
+
+
+def small_trace(n: int = 6) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        rows.append((2.0 * i, f"s{i}", "open", "c", "tiny", 12, 64, 64, 16))
+        rows.append((2.0 * i + 10, f"s{i}", "idle", None, None, None, None, None, None))
+        rows.append((2.0 * i + 20, f"s{i}", "active", None, None, None, None, None, None))
+        rows.append((2.0 * i + 30, f"s{i}", "close", None, None, None, None, None, None))
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values("time_s", kind="stable").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def result():
+    policies = PolicySet.of("migration-aware", "load-driven", "idle-timeout", offload_params={"idle_s": 2})
+    return simulate(small_trace(), policies, SimConfig(initial_workers=1, max_workers=4, worker_startup_s=5),
+                    latency=LATENCY)
+
+
+def test_output_folder_has_exactly_the_contract_columns(result, tmp_path):
+    row = summary_of(result, trace="small", gpus=4)
+    out = write_outputs(tmp_path / "out", result.chunks, result.intervals, row, {"turboserve": {"x": 1}})
+    assert list(pd.read_parquet(out / "chunks.parquet").columns) == list(CHUNK_COLUMNS)
+    assert list(pd.read_parquet(out / "intervals.parquet").columns) == list(INTERVAL_COLUMNS)
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns[: len(SUMMARY_COLUMNS)]) == list(SUMMARY_COLUMNS)
+    assert yaml.safe_load((out / "config.yaml").read_text()) == {"turboserve": {"x": 1}}
+    ds = xr.open_zarr(out / "results.zarr", consolidated=False)
+    assert ds.sizes["run"] == 1 and float(ds["gpu_hours"][0]) == pytest.approx(row["gpu_hours"])
+    for name in ("latency_cdf", "gpus_over_time", "policy_bars"):
+        assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.html").stat().st_size > 0
+    chunks = pd.read_parquet(out / "chunks.parquet")
+    assert chunks["migrated"].dtype == bool and len(chunks) == len(result.chunks)
+
+
+def test_several_runs_go_to_run_folders(result, tmp_path):
+    rows = [summary_of(result, trace="t", gpus=4), {**summary_of(result, trace="t", gpus=4), "policy": "other"}]
+    chunks = {"t__" + result.policy: result.chunks, "t__other": result.chunks}
+    intervals = {"t__" + result.policy: result.intervals, "t__other": result.intervals}
+    out = write_outputs(tmp_path / "many", chunks, intervals, rows, {}, plots=False)
+    assert len(pd.read_csv(out / "summary.csv")) == 2
+    for policy in (result.policy, "other"):
+        folder = out / "runs" / run_label("t", policy)
+        assert list(pd.read_parquet(folder / "chunks.parquet").columns) == list(CHUNK_COLUMNS)
+    assert not (out / "chunks.parquet").exists()
+
+
+def test_summary_from_tables_equals_the_simulator_summary(result):
+    from_tables = summarize(result.chunks, result.intervals, trace="t", gpus=4, policy=result.policy,
+                            slo_s=result.session_slo_s)
+    direct = summary_of(result, trace="t", gpus=4)
+    for key in SUMMARY_COLUMNS:
+        assert from_tables[key] == pytest.approx(direct[key]), key
+
+
+def test_summary_rejects_a_table_without_the_contract_columns(result):
+    with pytest.raises(ValueError, match="lacks columns"):
+        summarize(result.chunks.drop(columns=["batch_size"]), result.intervals, trace="t", policy="p", gpus=1,
+                  slo_s=0.75)
+
+
+def test_slo_attainment_and_stalls_count_late_chunks():
+    chunks = pd.DataFrame({
+        "session_id": ["a"] * 4, "index": [0, 1, 2, 3], "t_request_s": [0.0, 1, 2, 3], "t_start_s": [0.0, 1, 2, 3],
+        "t_done_s": [2.0, 1.5, 3.5, 3.2], "latency_s": [2.0, 0.5, 1.5, 0.2], "worker": ["w"] * 4,
+        "batch_size": [1] * 4, "migrated": [False] * 4,
+    })
+    intervals = pd.DataFrame({"time_s": [0.0, 1.0], "n_workers": [1, 1], "n_active": [1, 1], "n_idle": [0, 0],
+                              "n_suspended": [0, 0], "migrations": [0, 0], "cost_gpu_s": [0.0, 3600.0]})
+    row = summarize(chunks, intervals, trace="t", policy="p", gpus=1, slo_s=1.0)
+    assert row["slo_attainment"] == 0.5 and row["stalls"] == 1 and row["max_latency_s"] == 2.0
+    assert row["ttfc_p50_s"] == 2.0 and row["max_latency_after_first_s"] == 1.5 and row["gpu_hours"] == 1.0
+
+
+def test_published_profiles_load_and_say_where_they_come_from():
+    model = load_profile("wan-1.3b-h100-published")
+    assert model.predict(1) == pytest.approx(12 / 17, rel=1e-3)
+    assert model.predict(2) > 1.8 * model.predict(1)  # the stated compute-bound assumption
+    from experiments.sim.latency import profile_path
+
+    header = profile_path("wan-14b-h100-published").read_text().splitlines()[0]
+    assert "PUBLISHED" in header and "NOT MEASURED" in header
+
+
+def test_profile_with_context_frames_fits_a_context_slope(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("# measured\nbatch_size,step_s,context_frames\n1,0.1,0\n4,0.4,0\n1,0.2,10\n4,0.8,10\n")
+    model = load_profile(path)
+    assert model.predict(1) == pytest.approx(0.1)
+    assert model.predict(4, 10) == pytest.approx(0.4 + model.context_slope_s * 40)
+    assert model.context_slope_s == pytest.approx(0.01, rel=0.2)
+
+
+def test_bad_profiles_are_refused_with_the_reason(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("batch,seconds\n1,0.1\n")
+    with pytest.raises(ValueError, match="lacks columns"):
+        load_profile(bad)
+    with pytest.raises(FileNotFoundError, match="unknown latency profile"):
+        load_profile("no-such-profile")
+
+
+def test_oracle_pays_ceil_of_active_over_b_star():
+    # two sessions active 0-10 s, one active 10-20 s; b* = 1 when a batch of 2 misses the SLO
+    rows = [(0, "a", "open"), (0, "b", "open"), (10, "b", "close"), (20, "a", "close")]
+    df = pd.DataFrame([(t, s, e, "c", "tiny", 12 if e == "open" else None, 64, 64, 16 if e == "open" else None)
+                       for t, s, e in rows], columns=COLUMNS)
+    wl = prepare(df)
+    tight = oracle_bound(wl, LATENCY, slo_s=0.25, max_batch=8, state_bytes=1, memory_bytes=1e9)
+    assert tight.b_star == 1 and tight.gpu_seconds == pytest.approx(2 * 10 + 1 * 10) and tight.peak_gpus == 2
+    loose = oracle_bound(wl, LATENCY, slo_s=0.55, max_batch=8, state_bytes=1, memory_bytes=1e9)
+    assert loose.b_star == 4 and loose.gpu_seconds == pytest.approx(20.0)
+    assert loose.max_latency_s == pytest.approx(LATENCY.predict(2))
+    assert best_batch(LATENCY, 1.0, 8, state_bytes=10, memory_bytes=25) == 2  # memory-bound
+
+
+def test_long_runs_can_drop_chunk_rows_but_keep_the_summary(result):
+    policies = PolicySet.of("migration-aware", "load-driven", "idle-timeout", offload_params={"idle_s": 2})
+    lean = simulate(small_trace(), policies, SimConfig(initial_workers=1, max_workers=4, worker_startup_s=5,
+                                                       record_chunks=False), latency=LATENCY)
+    assert lean.chunks.empty and list(lean.chunks.columns) == list(CHUNK_COLUMNS)
+    np.testing.assert_allclose(lean.latency_s, result.latency_s)
+    assert summary_of(lean, trace="t", gpus=4) == summary_of(result, trace="t", gpus=4) | {
+        "decide_ms_per_tick": summary_of(lean, trace="t", gpus=4)["decide_ms_per_tick"]}
