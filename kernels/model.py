@@ -117,9 +117,10 @@ def _infer_preset(transformer: CausalWanTransformer3DModel, vae: AutoencoderKLWa
 
 
 def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    # Cast only when needed: diffusers warns on any dtype cast of a loaded model.
+    # Cast only a module not yet in `dtype`: a loaded one may keep some layers in fp32 on
+    # purpose (diffusers' `_keep_in_fp32_modules`), and diffusers warns on any later cast.
     module = module.to(device)
-    if next(module.parameters()).dtype != dtype:
+    if all(p.dtype != dtype for p in module.parameters()):
         module = module.to(dtype)
     return module
 
@@ -238,6 +239,7 @@ class StreamingVideoModel:
         through the hash encoder, which such weights were not trained with.
         ``hub_kwargs`` go to diffusers' ``from_pretrained`` (``revision``, ``cache_dir``...).
         """
+        # diffusers then keeps Wan's precision-sensitive modules in fp32 (needs `accelerate`).
         hub_kwargs.setdefault("torch_dtype", dtype)
         transformer = CausalWanTransformer3DModel.from_pretrained(path_or_repo, subfolder="transformer", **hub_kwargs)
         vae = AutoencoderKLWan.from_pretrained(path_or_repo, subfolder="vae", **hub_kwargs)

@@ -10,12 +10,35 @@ chunk has the same number of frames and every state the same shapes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from diffusers import AutoencoderKLWan
 
 from .presets import ModelPreset
+
+
+@contextlib.contextmanager
+def _conv_weights_in(vae: torch.nn.Module, fmt: torch.memory_format) -> Iterator[None]:
+    """Hold the 3-D convolution weights in ``fmt`` for a call, then restore them.
+
+    Restoring keeps the module saveable (safetensors wants contiguous tensors) and
+    its weights shared with any other user; the re-layout is cheap next to a decode.
+    """
+    if fmt is torch.contiguous_format:
+        yield
+        return
+    saved = []
+    for mod in vae.modules():
+        if isinstance(mod, torch.nn.Conv3d):
+            saved.append((mod, mod.weight.data))
+            mod.weight.data = mod.weight.data.contiguous(memory_format=fmt)
+    try:
+        yield
+    finally:
+        for mod, data in saved:
+            mod.weight.data = data
 
 
 class StreamingVaeDecoder:
@@ -27,9 +50,13 @@ class StreamingVaeDecoder:
         The autoencoder; only its ``post_quant_conv`` and ``decoder`` are used.
     preset
         Supplies the cache geometry (:meth:`ModelPreset.vae_cache_shapes`).
+    channels_last
+        Run the 3-D convolutions in ``channels_last_3d`` layout; ``None``: on CPU only,
+        where it makes the batched decode about twice as fast (the per-channel norms
+        and oneDNN convolutions of thin layers are slow in the default layout).
     """
 
-    def __init__(self, vae: AutoencoderKLWan, preset: ModelPreset) -> None:
+    def __init__(self, vae: AutoencoderKLWan, preset: ModelPreset, *, channels_last: bool | None = None) -> None:
         if vae.config.patch_size is not None or getattr(vae.config, "is_residual", False):
             raise ValueError(
                 "only the Wan2.1 VAE layout is supported (patch_size=None, is_residual=False); "
@@ -37,6 +64,9 @@ class StreamingVaeDecoder:
             )
         self.vae = vae
         self.preset = preset
+        if channels_last is None:
+            channels_last = vae.post_quant_conv.weight.device.type == "cpu"
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         z = vae.config.z_dim
         self._mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z, 1, 1, 1)
         self._std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z, 1, 1, 1)
@@ -72,11 +102,19 @@ class StreamingVaeDecoder:
             raise ValueError(f"got {len(caches)} caches for a batch of {latents.shape[0]}")
         dtype = self.vae.post_quant_conv.weight.dtype
         z = latents.to(dtype) * self._std.to(latents.device, dtype) + self._mean.to(latents.device, dtype)
-        feat_cache = [torch.stack([c[i] for c in caches]).to(dtype) for i in range(len(caches[0]))]
-        x = self.vae.post_quant_conv(z)
-        out = self.vae.decoder(x, feat_cache=feat_cache, feat_idx=[0], first_chunk=False)
+        fmt = self.memory_format
+        feat_cache = [
+            torch.stack([c[i] for c in caches]).to(dtype).contiguous(memory_format=fmt) for i in range(len(caches[0]))
+        ]
+        with _conv_weights_in(self.vae, fmt):
+            x = self.vae.post_quant_conv(z.contiguous(memory_format=fmt))
+            out = self.vae.decoder(x, feat_cache=feat_cache, feat_idx=[0], first_chunk=False)
         if len(feat_cache) != len(caches[0]):
             raise RuntimeError(f"decoder used {len(feat_cache)} cache entries, expected {len(caches[0])}")
         frames = ((out.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
-        new_caches = [[entry[row].clone() for entry in feat_cache] for row in range(latents.shape[0])]
+        # Plain contiguous copies: the state is moved and stored as ordinary tensors.
+        new_caches = [
+            [entry[row].contiguous(memory_format=torch.contiguous_format) for entry in feat_cache]
+            for row in range(latents.shape[0])
+        ]
         return frames, new_caches
