@@ -31,6 +31,7 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from policies.types import SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
 
@@ -40,6 +41,8 @@ _MIGRATING = SessionStatus.MIGRATING
 _PENDING = SessionStatus.PENDING
 _SUSPENDED = SessionStatus.SUSPENDED
 _RUNNING = WorkerStatus.RUNNING
+_bytes_of = attrgetter("state_bytes")
+_model_of = attrgetter("model")
 
 
 @dataclass(slots=True, eq=False)
@@ -105,7 +108,10 @@ class CapacityLedger:
     ``acted`` holds the sessions already named by an action, which the next ones skip.
     """
 
-    __slots__ = ("snap", "loads", "pending", "suspended", "acted", "_new_bytes", "_model_bytes")
+    __slots__ = (
+        "snap", "loads", "pending", "suspended", "acted", "in_flight_bytes", "_new_bytes", "_model_bytes", "_base",
+        "_ctx_slope",
+    )
 
     def __init__(self, snap: Snapshot, new_session_bytes: int | None = None) -> None:
         if new_session_bytes is not None and new_session_bytes < 0:
@@ -113,6 +119,8 @@ class CapacityLedger:
         self.snap = snap
         self._new_bytes = new_session_bytes
         self._model_bytes: dict[str, int] | None = None
+        self._base: list[float] = [0.0]  # step time by batch size without context, filled lazily
+        self._ctx_slope = snap.latency.context_slope_s
         loads = {w.address: WorkerLoad(w) for w in snap.workers}
         self.loads: dict[str, WorkerLoad] = loads
         pending: list[SessionView] = []
@@ -120,7 +128,7 @@ class CapacityLedger:
         seen: set[str] = set()
         for s in snap.sessions:
             status = s.status
-            if status is _ACTIVE or status is _MIGRATING or status is _IDLE:
+            if status is _ACTIVE or status is _IDLE or status is _MIGRATING:
                 load = loads.get(s.worker)  # type: ignore[arg-type]
                 if load is None:
                     continue
@@ -146,6 +154,8 @@ class CapacityLedger:
         self.suspended = suspended
         # Sessions some action of this decision already names: no second action may.
         self.acted: set[str] = set()
+        # Bytes of migrations booked on both ends (the source keeps its copy until done).
+        self.in_flight_bytes = 0
 
     # ------------------------------------------------------------ sizes and latency
 
@@ -156,27 +166,42 @@ class CapacityLedger:
         if self._new_bytes is not None:
             return self._new_bytes
         if self._model_bytes is None:
-            sizes: dict[str, int] = {}
-            for s in self.snap.sessions:
-                if s.state_bytes > sizes.get(s.model, 0):
-                    sizes[s.model] = s.state_bytes
-            self._model_bytes = sizes
+            sessions = self.snap.sessions
+            models = set(map(_model_of, sessions))
+            if len(models) == 1:
+                self._model_bytes = {models.pop(): max(map(_bytes_of, sessions))}
+            else:
+                sizes: dict[str, int] = {}
+                for s in sessions:
+                    if s.state_bytes > sizes.get(s.model, 0):
+                        sizes[s.model] = s.state_bytes
+                self._model_bytes = sizes
         return self._model_bytes.get(session.model, 0)
+
+    def step_s(self, n: int, context_sum: float) -> float:
+        """Predicted step time of ``n`` active sessions holding ``context_sum`` context frames.
+
+        Equal to ``snap.latency.predict(n, context_sum / n)`` (the context term is
+        linear in the total context), with the context-free part cached by ``n``.
+        """
+        if n <= 0:
+            return 0.0
+        base = self._base
+        while len(base) <= n:
+            base.append(self.snap.latency.predict(len(base)))
+        return base[n] + self._ctx_slope * context_sum
 
     def latency(self, load: WorkerLoad) -> float:
         """Predicted per-chunk step time of ``load``'s worker as it stands."""
-        n = load.n_active
-        return self.snap.latency.predict(n, load.ctx_sum / n) if n else 0.0
+        return self.step_s(load.n_active, load.ctx_sum)
 
     def latency_plus(self, load: WorkerLoad, context_frames: float = 0.0) -> float:
         """Predicted step time once one more active session (of ``context_frames``) joins."""
-        n = load.n_active + 1
-        return self.snap.latency.predict(n, (load.ctx_sum + context_frames) / n)
+        return self.step_s(load.n_active + 1, load.ctx_sum + context_frames)
 
     def latency_minus(self, load: WorkerLoad, session: SessionView) -> float:
         """Predicted step time once the active ``session`` has left."""
-        n = load.n_active - 1
-        return self.snap.latency.predict(n, (load.ctx_sum - session.context_frames) / n) if n > 0 else 0.0
+        return self.step_s(load.n_active - 1, load.ctx_sum - session.context_frames)
 
     # ------------------------------------------------------------ booking actions
 
@@ -201,6 +226,7 @@ class CapacityLedger:
         source.active.remove(session)
         self.book(session, target, active=True, nbytes=session.state_bytes)
         self.acted.add(session.session_id)
+        self.in_flight_bytes += session.state_bytes
 
     def undo_move(self, session: SessionView, source: WorkerLoad, target: WorkerLoad) -> None:
         """Take back a :meth:`move` (moves are undone in reverse order)."""
@@ -214,7 +240,4 @@ class CapacityLedger:
         source.active.append(session)
         source.version += 1
         self.acted.discard(session.session_id)
-
-    def max_latency(self) -> float:
-        """The highest predicted step time over all workers."""
-        return max((self.latency(ld) for ld in self.loads.values() if ld.n_active), default=0.0)
+        self.in_flight_bytes -= session.state_bytes

@@ -76,7 +76,7 @@ class Census:
             nbytes += ld.mem_used
             ctx += ld.ctx_sum
         waiting = [s for s in ledger.pending if s.session_id not in ledger.acted]
-        nbytes += sum(ledger.reserve(s) for s in waiting)
+        nbytes += sum(ledger.reserve(s) for s in waiting) - ledger.in_flight_bytes
         return cls(running, starting, active + len(waiting), nbytes, ctx)
 
 

@@ -10,7 +10,7 @@ Examples
 ...                 sessions=(SessionView("a", SessionStatus.IDLE, "w1", state_bytes=1, since_s=10.0),))
 >>> policy = make("offload", "idle-timeout", idle_s=30)
 >>> policy.decide(snap, policy.initial_state())[0]
-[Offload(cause='idle 90s > 30s', session_id='a', tier='host')]
+[Offload(cause='idle for more than 30s', session_id='a', tier='host')]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from policies.admission import CapacityLedger
 from policies.placement import HeapChooser
 from policies.registry import register
-from policies.types import Action, Offload, Resume, SessionView, Snapshot
+from policies.types import Action, Offload, Resume, Snapshot
 
 TIERS = ("host", "disk")
 
@@ -98,33 +98,39 @@ class IdleTimeout(_OffloadPolicy):
     def __repr__(self) -> str:
         return f"IdleTimeout(idle_s={self.idle_s}, prefetch_s={self.prefetch_s}, high_water={self.high_water}, tier={self.tier!r})"
 
-    def _back_soon(self, s: SessionView, now: float) -> bool:
-        return s.next_active_s is not None and s.next_active_s - now <= self.prefetch_s
-
     def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
         """Offload timed-out and over-high-water idle sessions, then prefetch returning ones."""
         now = ledger.snap.now_s
         acted = ledger.acted
+        horizon = now + self.prefetch_s  # expected back before this: keep, or prefetch
+        idle_since = now - self.idle_s  # idle since before this: timed out
+        timeout_cause = f"idle for more than {self.idle_s:g}s"
+        tier = self.tier
         actions: list[Action] = []
         for load in ledger.loads.values():
-            keep = [s for s in load.idle if s.session_id not in acted and not self._back_soon(s, now)]
-            if not keep:
+            if not load.idle:
                 continue
             excess = load.mem_used - self.high_water * load.view.memory_bytes
-            keep.sort(key=lambda s: (s.since_s, s.session_id))  # longest idle first
-            for s in keep:
-                idle_for = now - s.since_s
-                if idle_for > self.idle_s:
-                    cause = f"idle {idle_for:.0f}s > {self.idle_s:.0f}s"
+            candidates = load.idle
+            if excess > 0:
+                candidates = sorted(candidates, key=lambda s: (s.since_s, s.session_id))  # longest idle first
+                high_cause = f"memory above {self.high_water:.0%} on {load.address}"
+            for s in candidates:
+                if s.session_id in acted or (s.next_active_s is not None and s.next_active_s <= horizon):
+                    continue
+                if s.since_s < idle_since:
+                    cause = timeout_cause
                 elif excess > 0:
-                    cause = f"memory above {self.high_water:.0%} on {load.address}"
+                    cause = high_cause
                 else:
                     continue
                 acted.add(s.session_id)
                 excess -= s.state_bytes
-                actions.append(Offload(s.session_id, tier=self.tier, cause=cause))
+                actions.append(Offload(s.session_id, tier=tier, cause=cause))
         returning = [
-            s for s in ledger.suspended if s.session_id not in acted and self._back_soon(s, now)
+            s
+            for s in ledger.suspended
+            if s.next_active_s is not None and s.next_active_s <= horizon and s.session_id not in acted
         ]
         if returning:
             returning.sort(key=lambda s: (s.next_active_s, s.session_id))

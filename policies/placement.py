@@ -316,9 +316,7 @@ class MigrationAware(_PlacementPolicy):
     def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
         if self.max_migrations == 0:
             return
-        before = ledger.max_latency()
-        plan = self._plan(ledger, chooser, moved)
-        after = ledger.max_latency()
+        plan, before, after = self._plan(ledger, chooser, moved)
         keep = len(plan) if before - after > self.min_gain * before else 0
         keep = min(keep, self.max_migrations)
         for s, source, target, _ in reversed(plan[keep:]):
@@ -328,8 +326,11 @@ class MigrationAware(_PlacementPolicy):
         for s, source, target, cause in plan[:keep]:
             actions.append(Migrate(s.session_id, source.address, target.address, cause=cause))
 
-    def _plan(self, ledger: CapacityLedger, chooser: _Chooser, moved: set[str]) -> list[tuple]:
-        """Greedy moves from the worst worker to the best, booked into ``ledger``."""
+    def _plan(self, ledger: CapacityLedger, chooser: _Chooser, moved: set[str]) -> tuple[list[tuple], float, float]:
+        """Greedy moves from the worst worker to the best, booked into ``ledger``.
+
+        Returns the moves and the cluster's max predicted latency before and after them.
+        """
         snap = ledger.snap
         # Max-heap of the workers that compute (running or draining) by predicted latency.
         worst_heap = [
@@ -338,12 +339,14 @@ class MigrationAware(_PlacementPolicy):
             if ld.n_active and ld.view.status is not WorkerStatus.STARTING
         ]
         heapq.heapify(worst_heap)
+        before = -worst_heap[0][0] if worst_heap else 0.0
         plan: list[tuple] = []
         while worst_heap and len(plan) < self.plan_limit:
-            entry = heapq.heappop(worst_heap)
+            entry = worst_heap[0]
             worst: WorkerLoad = entry[3]
             if entry[2] != worst.version:
-                continue  # stale
+                heapq.heappop(worst_heap)  # stale
+                continue
             l_max = -entry[0]
             movable = [s for s in worst.active if s.session_id not in moved]
             if not movable:
@@ -360,4 +363,7 @@ class MigrationAware(_PlacementPolicy):
             for ld in (worst, target):
                 chooser.refresh(ld)
                 heapq.heappush(worst_heap, (-ledger.latency(ld), ld.address, ld.version, ld))
-        return plan
+        while worst_heap and worst_heap[0][2] != worst_heap[0][3].version:
+            heapq.heappop(worst_heap)
+        after = -worst_heap[0][0] if worst_heap else 0.0
+        return plan, before, after

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
+from policies.admission import CapacityLedger
+from policies.autoscaling import Census
 from policies.registry import make, names
 from policies.types import (
     GiB,
@@ -233,3 +237,50 @@ def test_pending_sessions_are_served_resumed_first_then_in_arrival_order():
 def test_bad_parameters_are_named(params, match):
     with pytest.raises(ValueError, match=match):
         make("placement", "migration-aware", **params)
+
+
+def loads_summary(ledger):
+    return {a: (ld.n_active, ld.mem_used, ld.n_sessions, round(ld.ctx_sum, 9), len(ld.active)) for a, ld in ledger.loads.items()}
+
+
+def test_a_migration_plan_that_does_not_pay_leaves_the_ledger_as_it_was():
+    workers = [WorkerView("w1"), WorkerView("w2")]
+    sessions = [active("a0", "w1", context_frames=3.0)] + [active(f"b{i}", "w2", context_frames=i) for i in range(4)]
+    snap = snapshot(workers, sessions)
+    ledger = CapacityLedger(snap)
+    actions, _ = make("placement", "migration-aware", min_gain=0.5).decide_on(ledger, None)
+    assert actions == []
+    assert loads_summary(ledger) == loads_summary(CapacityLedger(snap))
+    assert ledger.acted == set() and ledger.in_flight_bytes == 0
+
+
+def test_kept_migrations_stay_booked_on_both_ends_and_are_counted_once_as_demand():
+    workers = [WorkerView("hot", max_batch=64)] + [WorkerView(f"w{i}") for i in range(3)]
+    sessions = [active(f"s{i}", "hot") for i in range(12)]
+    snap = snapshot(workers, sessions)
+    ledger = CapacityLedger(snap)
+    actions, _ = make("placement", "migration-aware", max_migrations=2).decide_on(ledger, None)
+    assert len(actions) == 2
+    assert ledger.loads["hot"].mem_used == 12 * GiB  # copies in flight
+    assert ledger.in_flight_bytes == 2 * GiB
+    census = Census.of(ledger)
+    assert (census.demand, census.device_bytes) == (12, 12 * GiB)
+
+
+def test_rebalancing_continues_over_decisions_until_it_no_longer_pays():
+    policy = make("placement", "migration-aware", max_migrations=2)
+    where = {f"s{i}": "hot" for i in range(12)}
+    workers = [WorkerView("hot", max_batch=64)] + [WorkerView(f"w{i}") for i in range(3)]
+    for _ in range(10):
+        snap = snapshot(workers, [active(sid, w) for sid, w in sorted(where.items())])
+        actions, _ = policy.decide(snap, None)
+        if not actions:
+            break
+        where.update({a.session_id: a.target for a in actions})
+    counts = sorted(Counter(where.values()).values())
+    assert counts == [3, 3, 3, 3]
+
+
+def test_plan_limit_must_cover_the_migrations_per_decision():
+    with pytest.raises(ValueError, match="plan_limit must be >= max_migrations=8"):
+        make("placement", "migration-aware", plan_limit=4)
