@@ -48,7 +48,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from traces.generator import ClientSpec, RateWindows, _Events, assemble, lifecycle
+from traces.generator import ClientSpec, RateWindows, EventArrays, assemble, lifecycle
 
 ENV_VAR = "TURBOSERVE_DATA_DIR"
 SERVEGEN_WINDOW_S = 600.0
@@ -97,21 +97,23 @@ def _servegen_windows(folder: str) -> tuple[tuple[str, RateWindows], ...]:
         raise DataNotFoundError(f"no ServeGen client files chunk-*-trace.csv in {folder!r}")
     out = []
     for f in files:
-        table = pd.read_csv(
-            f, header=None, names=["ts", "rate", "cv", "pattern", "arg1", "arg2"],
-            dtype={"pattern": "str"},
-        )
-        ts = table["ts"].to_numpy(dtype=np.float64)
+        # Plain parsing: 162 small files read faster this way than through pandas.
+        ts, rate, cv, family = [], [], [], []
+        with open(f) as fh:
+            for line in fh:
+                parts = line.rstrip("\n").split(",")
+                if len(parts) < 4:
+                    continue
+                pattern = parts[3].strip().lower()
+                ts.append(float(parts[0]))
+                rate.append(float(parts[1]) if pattern else 0.0)
+                cv.append(float(parts[2]) if pattern else 1.0)
+                family.append("weibull" if pattern == "weibull" else "gamma")
         if len(ts) > 1 and not np.allclose(np.diff(ts), SERVEGEN_WINDOW_S):
             raise ValueError(f"{f}: windows are not {SERVEGEN_WINDOW_S:.0f} s apart")
-        pattern = table["pattern"].fillna("").str.lower().to_numpy()
-        rate = np.where(pattern == "", 0.0, table["rate"].to_numpy(dtype=np.float64))
-        cv = np.where(pattern == "", 1.0, table["cv"].to_numpy(dtype=np.float64))
-        family = np.where(pattern == "weibull", "weibull", "gamma")
         out.append((
             f.name.split("-")[1],
-            RateWindows(tuple(rate.tolist()), tuple(cv.tolist()), tuple(family.tolist()),
-                        SERVEGEN_WINDOW_S),
+            RateWindows(tuple(rate), tuple(cv), tuple(family), SERVEGEN_WINDOW_S),
         ))
     return tuple(out)
 
@@ -252,15 +254,12 @@ def mooncake_trace(
         np.full((~p_last).sum(), 2), np.full(p_last.sum(), 3),
         np.full((p_last & (linger_s > 0)).sum(), 2),
     ])
-    seq_rank = np.arange(len(p_conv), dtype=np.float64)
-    seq = np.concatenate([
-        seq_rank[p_first] * 2, seq_rank[~p_first] * 2, seq_rank[~p_last] * 2 + 1,
-        np.full(p_last.sum(), np.inf), seq_rank[p_last & (linger_s > 0)] * 2 + 1,
-    ])
     rng = np.random.default_rng(seed)
     weights = np.array([v.weight for v in template.mix])
     variant = rng.choice(len(template.mix), size=n_sessions, p=weights / weights.sum())
-    events = _Events(time, session, code, seq)
+    # Block order keeps each session's events in order: open, active/idle, close, and
+    # the linger idle (earlier than its close) is sorted before it by time.
+    events = EventArrays(time, session, code)
     return assemble([(client_id, events, [template.mix[int(v)] for v in variant])])
 
 
