@@ -119,6 +119,8 @@ class TestSessionsDashboard:
         assert dash.chunks.data["batch_size"] == [1, 2, 2]
         assert dash.chunks.data["t"] == [10000.0, 10100.0, 11000.0]
         assert dash.slo_line.visible and dash.slo_line.location == 0.5
+        a_colour, b_colour, a_again = dash.chunks.data["colour"]
+        assert a_colour == a_again != b_colour  # one colour per session
 
     def test_ticks_tiers_and_summary(self):
         f = frame(by_worker={"tcp://h:1": {"active": 2, "idle": 1}}, state_bytes={"device": 300, "host": 100},

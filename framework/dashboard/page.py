@@ -14,7 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, Div, HoverTool, Range1d, Span
+from bokeh.models import (
+    ColumnDataSource,
+    DatetimeTickFormatter,
+    Div,
+    HoverTool,
+    NumeralTickFormatter,
+    Range1d,
+    Span,
+)
 from bokeh.palettes import Category10
 from bokeh.plotting import figure
 
@@ -41,6 +49,15 @@ _STATUS_COLOURS = {
     "pending": "#7f7f7f",
 }
 _TIER_COLOURS = {"device": "#d62728", "host": "#1f77b4", "disk": "#8c564b"}
+_PALETTE = Category10[10]
+
+
+def _time_format() -> DatetimeTickFormatter:
+    # A new model per figure: a bokeh model belongs to one document (one browser tab).
+    return DatetimeTickFormatter(
+        milliseconds="%H:%M:%S.%3N", seconds="%H:%M:%S", minsec="%H:%M:%S", minutes="%H:%M", hourmin="%H:%M",
+        context=None,
+    )
 
 FrameSource = Callable[[int], DashboardFrame]
 """Called with the last chunk sequence number drawn; returns this tick's frame."""
@@ -79,6 +96,7 @@ class SessionsDashboard:
     def __init__(self, source: FrameSource, sizing_mode: str = "stretch_width") -> None:
         self.source = source
         self.last_seq = -1
+        self._colours: dict[str, str] = {}
         self.summary = Div(text="", sizing_mode="stretch_width", name="turboserve-summary")
 
         self.bars = ColumnDataSource({"worker": [], **{s: [] for s in STATUSES}}, name="sessions_by_worker")
@@ -100,12 +118,12 @@ class SessionsDashboard:
             legend_label=list(STATUSES),
         )
         self.per_worker.y_range.start = 0
-        self.per_worker.legend.orientation = "horizontal"
-        self.per_worker.legend.location = "top_right"
+        legend = self.per_worker.legend[0]
+        self.per_worker.add_layout(legend, "right")  # beside the bars, never over them
         self.per_worker.xgrid.grid_line_color = None
 
         self.chunks = ColumnDataSource(
-            {"t": [], "latency_s": [], "batch_size": [], "session": [], "index": []}, name="chunks"
+            {"t": [], "latency_s": [], "batch_size": [], "session": [], "index": [], "colour": []}, name="chunks"
         )
         self.latency = figure(
             title="Per-chunk latency (dashed: target)",
@@ -116,7 +134,7 @@ class SessionsDashboard:
             y_axis_label="seconds",
             name="chunk_latency",
         )
-        self.latency.scatter("t", "latency_s", source=self.chunks, size=5, alpha=0.6, color=Category10[10][0])
+        self.latency.scatter("t", "latency_s", source=self.chunks, size=6, alpha=0.7, color="colour")
         self.latency.add_tools(
             HoverTool(tooltips=[("session", "@session"), ("chunk", "@index"), ("latency", "@latency_s{0.000} s")])
         )
@@ -136,7 +154,7 @@ class SessionsDashboard:
             toolbar_location=None,
             name="batch_sizes",
         )
-        self.batch.scatter("t", "batch_size", source=self.chunks, size=5, alpha=0.6, color=Category10[10][2])
+        self.batch.scatter("t", "batch_size", source=self.chunks, size=6, alpha=0.7, color="colour")
         self.batch.y_range.start = 0
 
         self.ticks = ColumnDataSource({"t": [], "workers": [], "active": [], "sessions": []}, name="ticks")
@@ -173,7 +191,9 @@ class SessionsDashboard:
             name="state_bytes_per_tier",
         )
         self.state.hbar(y="tier", right="bytes", height=0.7, color="colour", source=self.tiers)
-        self.state.xaxis.formatter.use_scientific = True
+        self.state.xaxis.formatter = NumeralTickFormatter(format="0.0 b")
+        for fig in (self.latency, self.batch, self.over_time):
+            fig.xaxis.formatter = _time_format()
 
         self.root = column(
             self.summary,
@@ -217,6 +237,13 @@ class SessionsDashboard:
         if data != dict(self.bars.data):
             self.bars.data = data
 
+    def _colour(self, session_id: str) -> str:
+        # One colour per session, in order of appearance (stable while the page is open).
+        colour = self._colours.get(session_id)
+        if colour is None:
+            colour = self._colours[session_id] = _PALETTE[len(self._colours) % len(_PALETTE)]
+        return colour
+
     def _update_chunks(self, frame: DashboardFrame) -> None:
         if not frame.chunks:
             return
@@ -227,6 +254,7 @@ class SessionsDashboard:
                 "batch_size": [p.batch_size for p in frame.chunks],
                 "session": [p.session_id for p in frame.chunks],
                 "index": [p.index for p in frame.chunks],
+                "colour": [self._colour(p.session_id) for p in frame.chunks],
             },
             rollover=CHUNK_ROLLOVER,
         )
