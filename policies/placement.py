@@ -104,23 +104,31 @@ class HeapChooser:
 
 
 class RingChooser:
-    """Running workers in snapshot order; picks the next one with room after ``last``."""
+    """Running workers in snapshot order; picks the next one with room after ``last``.
 
-    __slots__ = ("_ring", "_pos")
+    Like :class:`HeapChooser` it remembers the smallest session that found no room,
+    so a full cluster costs one scan per decision, not one per pending session.
+    """
+
+    __slots__ = ("_ring", "_pos", "_min_failed")
 
     def __init__(self, loads: Any, last: str | None) -> None:
         self._ring = [ld for ld in loads if ld.view.status is _RUNNING]
         self._pos = 0
+        self._min_failed: int | None = None
         for i, ld in enumerate(self._ring):
             if ld.address == last:
                 self._pos = i + 1
                 break
 
     def refresh(self, load: WorkerLoad) -> None:
-        """Nothing to re-rank: the ring order is fixed."""
+        """The ring order is fixed; only forget the remembered miss (a slot may have freed)."""
+        self._min_failed = None
 
     def pick(self, nbytes: int, exclude: WorkerLoad | None = None) -> WorkerLoad | None:
         """The next worker in the ring that fits an active session of ``nbytes``."""
+        if self._min_failed is not None and nbytes >= self._min_failed and exclude is None:
+            return None
         ring = self._ring
         n = len(ring)
         for i in range(n):
@@ -128,6 +136,8 @@ class RingChooser:
             if load is not exclude and load.fits(nbytes, active=True):
                 self._pos = (self._pos + i + 1) % n
                 return load
+        if exclude is None:
+            self._min_failed = nbytes
         return None
 
     @property
