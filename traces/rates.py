@@ -9,7 +9,7 @@ Examples
 >>> d = Diurnal(period_s=86400.0, amplitude=0.5, peak_s=43200.0)
 >>> d(np.array([0.0, 43200.0])).round(3).tolist()
 [0.5, 1.5]
->>> rate_from_dict({"kind": "flash-crowd", "start_s": 100, "factor": 4})(np.array([0.0, 110.0])).tolist()
+>>> rate_from_dict({"kind": "flash-crowd", "start_s": 100, "factor": 4})(np.array([0.0, 200.0])).tolist()
 [1.0, 4.0]
 """
 
