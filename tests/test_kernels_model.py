@@ -177,3 +177,16 @@ def test_text_encoder_is_pluggable():
     m.text_encoder = lambda prompts: torch.ones(len(prompts), 4, 16)
     with pytest.raises(ValueError, match=r"returned shape \(1, 4, 16\); the model needs \(1, 16, 16\)"):
         m.new_session("anything", seed=0)
+
+
+@pytest.mark.gpu
+def test_cuda_step_and_state_round_trip_through_host():
+    model = StreamingVideoModel.from_preset("tiny", device="cuda")
+    s = model.new_session("a red fox", seed=0, height=SMALL, width=SMALL)
+    assert s.device.type == "cuda"
+    model.step([s])
+    host = s.to("cpu", pin_memory=True)
+    back = SessionState.from_meta(host.meta(), host.tensors).to("cuda")
+    for x, y in zip(_advance(model, s, 2), _advance(model, back, 2)):
+        assert np.array_equal(x, y)
+    assert back.equal(s)
