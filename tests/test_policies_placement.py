@@ -284,3 +284,13 @@ def test_rebalancing_continues_over_decisions_until_it_no_longer_pays():
 def test_plan_limit_must_cover_the_migrations_per_decision():
     with pytest.raises(ValueError, match="plan_limit must be >= max_migrations=8"):
         make("placement", "migration-aware", plan_limit=4)
+
+
+@pytest.mark.parametrize("context_slope_s", [0.0, 0.003])
+def test_the_ledgers_cached_step_time_is_the_latency_models_prediction(context_slope_s):
+    model = BatchLatencyModel((1, 2, 4, 8, 16), (0.2, 0.25, 0.4, 0.6, 1.1), context_slope_s=context_slope_s)
+    ledger = CapacityLedger(snapshot([], [], latency=model))
+    for n in (1, 3, 8, 20, 40):
+        for mean_context in (0.0, 7.5, 21.0):
+            assert ledger.step_s(n, mean_context * n) == pytest.approx(model.predict(n, mean_context))
+    assert ledger.step_s(0, 0.0) == 0.0
