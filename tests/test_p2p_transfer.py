@@ -14,6 +14,8 @@ from workers.transfer import (
     encode_meta,
     pack,
     plan_buffers,
+    plan_segments,
+    segment_bytes,
     tensor_specs,
     unpack,
 )
@@ -112,3 +114,47 @@ def test_meta_survives_the_byte_encoding():
     assert decode_meta(data) == meta
     with pytest.raises(PackError, match="not valid JSON"):
         decode_meta(torch.tensor([0xFF, 0x00], dtype=torch.uint8))
+
+
+@pytest.mark.parametrize(("direct_min", "max_bytes"), [(1, 1 << 30), (16, 64), (64, 64), (1 << 20, 1 << 30), (100, 7)])
+def test_segments_cover_every_byte_once_in_order(direct_min, max_bytes):
+    plan = plan_buffers(tensor_specs(mixed_tensors()))
+    segments = plan_segments(plan, direct_min_bytes=direct_min, max_bytes=max_bytes)
+    for i, spec in enumerate(plan.buffers):
+        mine = [s for s in segments if s.buffer == i]
+        assert [s.start for s in mine] == [0] + [s.stop for s in mine[:-1]]
+        assert mine[-1].stop == spec.nbytes
+        assert all(0 < s.nbytes <= max_bytes for s in mine)
+
+
+def test_segments_reassemble_into_the_packed_buffers_bit_exact():
+    tensors = mixed_tensors()
+    tensors["big"] = torch.randn(64, 64).t()  # large and not contiguous: staged
+    tensors["bigger"] = torch.randn(100, 50)  # large and contiguous: sent from its memory
+    plan = plan_buffers(tensor_specs(tensors))
+    received = empty_buffers(plan)
+    copied = 0
+    for seg in plan_segments(plan, direct_min_bytes=256, max_bytes=4096):
+        data, n = segment_bytes(seg, plan, tensors, device="cpu")
+        copied += n
+        as_bytes(received[seg.buffer])[seg.start : seg.stop].copy_(data)
+    expected = pack(tensors, plan)
+    assert all(torch.equal(as_bytes(r), as_bytes(e)) for r, e in zip(received, expected))
+    assert copied == plan.nbytes - tensors["bigger"].numel() * 4
+
+
+def test_a_segment_inside_a_contiguous_tensor_is_a_view_of_it():
+    tensors = {"kv": torch.randn(1000), "rng": torch.zeros(10, dtype=torch.uint8), "pos": torch.arange(3)}
+    plan = plan_buffers(tensor_specs(tensors))
+    segments = plan_segments(plan, direct_min_bytes=1024, max_bytes=1 << 20)
+    assert [s.tensor for s in segments] == ["kv", None, None]
+    data, copied = segment_bytes(segments[0], plan, tensors, device="cpu")
+    assert copied == 0 and data.data_ptr() == tensors["kv"].data_ptr()
+    data, copied = segment_bytes(segments[1], plan, tensors, device="cpu")
+    assert copied == 10 and data.data_ptr() != tensors["rng"].data_ptr()
+
+
+def test_segment_sizes_must_be_positive():
+    plan = plan_buffers({"a": {"shape": [3], "dtype": "float32"}})
+    with pytest.raises(PackError, match="max_bytes=0"):
+        plan_segments(plan, direct_min_bytes=1, max_bytes=0)

@@ -18,11 +18,17 @@ of their own, never from a worker's shared event loop or actor thread.
 
 Wire protocol (rank 0 is the sender and hosts the store at ``host:port``)::
 
-    sender -> receiver   header  int64[4]  (magic, protocol version, meta bytes, payload bytes)
+    sender -> receiver   header  int64[6]  (magic, protocol version, meta bytes, payload bytes,
+                                           direct-min bytes, max message bytes)
     sender -> receiver   meta    uint8[]   JSON {"transfer_id": ..., "state": state.meta()}
-    sender -> receiver   payload one buffer per dtype (workers.transfer), raw bytes,
-                                 split into messages of at most MAX_MESSAGE_BYTES
+    sender -> receiver   payload raw bytes of one buffer per dtype (workers.transfer), cut
+                                 into messages by plan_segments: a large tensor goes from
+                                 its own memory, runs of small ones are coalesced
     receiver -> sender   ack     int64[2]  (magic, payload bytes received)
+
+The receiver lands every message in its slice of one contiguous buffer per dtype, and
+the tensors it returns are views into those buffers. The segmentation parameters ride
+in the header, so only the sender's settings matter.
 
 The sender returns only after the ack, so the source may drop its copy when
 :func:`send_state` returns.
@@ -55,14 +61,16 @@ from workers.transfer import (
     decode_meta,
     empty_buffers,
     encode_meta,
-    pack,
     plan_buffers,
+    plan_segments,
+    segment_bytes,
     unpack,
 )
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_TIMEOUT_S",
+    "DIRECT_MIN_BYTES",
     "MAX_MESSAGE_BYTES",
     "P2PEndpoint",
     "Rendezvous",
@@ -83,11 +91,17 @@ Role = Literal["send", "recv"]
 BACKENDS: tuple[str, ...] = ("nccl", "gloo")
 #: Seconds to wait for the peer at each stage (joining, each message) when none is given.
 DEFAULT_TIMEOUT_S = 60.0
-#: Largest single send/recv; bigger buffers go as several messages.
+#: Largest single send/recv; bigger tensors go as several messages.
 MAX_MESSAGE_BYTES = 1 << 30
+#: Tensors at least this large are sent straight from their memory; smaller ones are
+#: coalesced into one staged message per run (see workers.transfer.plan_segments).
+DIRECT_MIN_BYTES = 1 << 20
+#: How often a receiver that started first checks whether the sender's store is up.
+LISTEN_POLL_S = 0.01
 #: First word of the header and the ack, so a stray peer is detected.
 PROTOCOL_MAGIC = 0x74627032  # "tbp2"
 PROTOCOL_VERSION = 1
+_HEADER_WORDS = 6
 
 _SENDER, _RECEIVER = 0, 1
 
@@ -136,7 +150,12 @@ class Rendezvous:
 
 @dataclass(frozen=True, slots=True)
 class TransferStats:
-    """What one send or receive moved and how long it took (for metrics: bytes moved)."""
+    """What one send or receive moved and how long it took (for metrics: bytes moved).
+
+    ``staged_bytes``: bytes copied into staging memory on this end (the sender stages
+    runs of small tensors, and CUDA tensors for gloo; the receiver only for gloo into a
+    CUDA target). ``connect_s``: joining the group; ``transfer_s``: the data phase.
+    """
 
     transfer_id: str
     role: str
@@ -144,6 +163,7 @@ class TransferStats:
     nbytes: int
     n_tensors: int
     n_messages: int
+    staged_bytes: int
     connect_s: float
     transfer_s: float
 
@@ -286,6 +306,8 @@ class P2PEndpoint:
         r = self.rendezvous
         t0 = time.perf_counter()
         sender = self.rank == _SENDER
+        if not sender:
+            self._wait_for_listener(time.monotonic() + self.timeout_s)
         try:
             self._store = dist.TCPStore(
                 r.host, int(r.port), world_size=2, is_master=sender, timeout=self._timeout, wait_for_workers=False
@@ -308,6 +330,22 @@ class P2PEndpoint:
             ) from exc
         self.connect_s = time.perf_counter() - t0
         return self
+
+    def _wait_for_listener(self, deadline: float) -> None:
+        # TCPStore's client backs off up to ~1 s after a refused connect; when the
+        # receiver starts first that back-off dominated small transfers, so probe here.
+        r = self.rendezvous
+        while True:
+            try:
+                with socket.create_connection((r.host, int(r.port)), timeout=max(0.05, deadline - time.monotonic())):
+                    return
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    raise TransferError(
+                        f"{self._where()}: the sender did not open {r.host}:{r.port} within {self.timeout_s:g}s "
+                        f"({exc}); both ends must run concurrently with the same Rendezvous"
+                    ) from exc
+                time.sleep(LISTEN_POLL_S)
 
     def _make_group(self, store: Any) -> Any:
         if self.rendezvous.backend == "gloo":
@@ -351,13 +389,6 @@ class P2PEndpoint:
         except RuntimeError as exc:
             raise TransferError(f"{self._where()}: {what} failed or timed out after {self.timeout_s:g}s: {exc}") from exc
 
-    def _messages(self, buffers: list[torch.Tensor]) -> list[torch.Tensor]:
-        out = []
-        for buf in buffers:
-            raw = as_bytes(buf)
-            out.extend(raw[i : i + MAX_MESSAGE_BYTES] for i in range(0, raw.numel(), MAX_MESSAGE_BYTES))
-        return out
-
     def _require_connected(self) -> None:
         if self._pg is None:
             raise TransferError(f"{self._where()}: not connected; call connect() or use the endpoint in a with block")
@@ -376,21 +407,25 @@ class P2PEndpoint:
         t0 = time.perf_counter()
         state_meta = state.meta()
         plan = plan_buffers(state_meta["tensors"])
-        nccl = self.rendezvous.backend == "nccl"
-        if nccl:
-            buffers = pack(state.tensors, plan, device=self.device)
-        else:  # gloo moves host memory; CUDA tensors are staged through pinned buffers
-            on_cuda = any(t.is_cuda for t in state.tensors.values())
-            buffers = pack(state.tensors, plan, device="cpu", pin_memory=on_cuda)
+        # gloo moves host memory: CUDA tensors are staged through pinned buffers.
+        pin = self.device.type == "cpu" and any(t.is_cuda for t in state.tensors.values())
+        direct_min, max_bytes = DIRECT_MIN_BYTES, MAX_MESSAGE_BYTES
+        segments = plan_segments(plan, direct_min_bytes=direct_min, max_bytes=max_bytes)
         meta = encode_meta({"transfer_id": self.rendezvous.transfer_id, "state": state_meta})
-        header = torch.tensor([PROTOCOL_MAGIC, PROTOCOL_VERSION, meta.numel(), plan.nbytes], dtype=torch.int64)
-        messages = [header.to(self.device), meta.to(self.device), *self._messages(buffers)]
+        header = torch.tensor(
+            [PROTOCOL_MAGIC, PROTOCOL_VERSION, meta.numel(), plan.nbytes, direct_min, max_bytes], dtype=torch.int64
+        )
         ack = torch.zeros(2, dtype=torch.int64, device=self.device)
+        staged = 0
         with _on_device(self.device):
-            works = [self._send(m) for m in messages]
+            inflight = [(self._send(m), m) for m in (header.to(self.device), meta.to(self.device))]
+            for seg in segments:  # each message is posted as soon as it is ready
+                data, copied = segment_bytes(seg, plan, state.tensors, device=self.device, pin_memory=pin)
+                staged += copied
+                inflight.append((self._send(data), data))
             ack_work = self._recv(ack)
-            for i, w in enumerate(works):
-                self._wait(w, f"send of message {i + 1}/{len(works)}")
+            for i, (work, _) in enumerate(inflight):
+                self._wait(work, f"send of message {i + 1}/{len(inflight)}")
             self._wait(ack_work, "waiting for the receiver's acknowledgement")
         got = ack.cpu().tolist()
         if got != [PROTOCOL_MAGIC, plan.nbytes]:
@@ -401,7 +436,8 @@ class P2PEndpoint:
             backend=self.rendezvous.backend,
             nbytes=plan.nbytes,
             n_tensors=len(state.tensors),
-            n_messages=len(messages),
+            n_messages=len(inflight),
+            staged_bytes=staged,
             connect_s=self.connect_s,
             transfer_s=time.perf_counter() - t0,
         )
@@ -425,9 +461,9 @@ class P2PEndpoint:
         target = self.device if device is None else torch.device(device)
         t0 = time.perf_counter()
         with _on_device(self.device):
-            header = torch.zeros(4, dtype=torch.int64, device=self.device)
+            header = torch.zeros(_HEADER_WORDS, dtype=torch.int64, device=self.device)
             self._wait(self._recv(header), "receiving the header")
-            magic, version, meta_len, total = header.cpu().tolist()
+            magic, version, meta_len, total, direct_min, max_bytes = header.cpu().tolist()
             if magic != PROTOCOL_MAGIC or version != PROTOCOL_VERSION:
                 raise TransferError(
                     f"{self._where()}: header {[magic, version]} is not turboserve p2p protocol "
@@ -438,7 +474,11 @@ class P2PEndpoint:
             meta, plan = self._check_meta(meta_t, total)
             stage_pinned = self.device.type == "cpu" and target.type == "cuda"
             buffers = empty_buffers(plan, device=self.device, pin_memory=stage_pinned)
-            works = [self._recv(m) for m in self._messages(buffers)]
+            try:
+                segments = plan_segments(plan, direct_min_bytes=direct_min, max_bytes=max_bytes)
+            except PackError as exc:
+                raise TransferError(f"{self._where()}: bad message sizes in the header: {exc}") from exc
+            works = [self._recv(as_bytes(buffers[g.buffer])[g.start : g.stop]) for g in segments]
             for i, w in enumerate(works):
                 self._wait(w, f"receiving payload message {i + 1}/{len(works)}")
             if self.device.type == "cuda":
@@ -458,6 +498,7 @@ class P2PEndpoint:
             nbytes=plan.nbytes,
             n_tensors=len(tensors),
             n_messages=2 + len(works),
+            staged_bytes=plan.nbytes if stage_pinned else 0,
             connect_s=self.connect_s,
             transfer_s=time.perf_counter() - t0,
         )

@@ -1,0 +1,239 @@
+"""Migration bandwidth: point-to-point (gloo/NCCL) vs host-staged Dask comms vs a raw copy.
+
+Moves a session state of a given size between the two workers of a real LocalCluster
+and prints, side by side for each size, the bytes/s of
+
+(a) ``p2p``: :mod:`workers.p2p` -- a private 2-rank torch.distributed group (gloo on
+    CPU; NCCL with ``--device cuda`` and two GPUs, else gloo staged through pinned host
+    memory), one task on each worker running at the same time;
+(b) ``dask``: the host-staged path -- a task on the target worker that depends on the
+    state held by the source worker, so Dask moves it with worker-to-worker comms
+    (``gather_dep``); ``dask-obj`` moves the ``SessionState`` object as is (pickled
+    whole: Dask's own torch serializer would refuse bfloat16), ``dask-packed`` moves ``(meta, buffers)`` packed by :mod:`workers.transfer`, which
+    Dask sends as raw frames;
+(c) ``copy``: the raw copy limit, one ``Tensor.copy_`` of the same bytes in one process
+    (host memcpy; device-to-device with ``--device cuda``).
+
+Every path is timed the same way, from the client: submit the moving task(s), wait for
+the result. That includes a task round trip (a few ms), which is what a migration pays.
+The p2p row also reports the data phase alone (joining the group excluded).
+
+Run::
+
+    python -m experiments.bench_migration                 # 64 and 256 MiB, CPU, gloo
+    python -m experiments.bench_migration --device cuda   # NCCL (2 GPUs) / pinned staging
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from distributed import Client, LocalCluster, wait
+
+from kernels.state import SessionState
+from workers.p2p import Rendezvous, TransferStats, choose_backend, recv_state, send_state
+from workers.transfer import as_bytes, pack, plan_buffers, unpack
+
+MiB = 1 << 20
+
+
+# ------------------------------------------------------------------ work run on the workers
+
+
+def make_state(nbytes: int, device: str = "cpu", layers: int = 30) -> SessionState:
+    """A session-shaped state of about ``nbytes``: a bf16 KV cache of ``layers`` layers, a
+    float32 prompt embedding (1/16 of the bytes), a uint8 RNG state."""
+    rng = torch.zeros(5056, dtype=torch.uint8)
+    embed_elems = nbytes // 16 // 4 // 64 * 64
+    kv_elems = (nbytes - rng.numel() - embed_elems * 4) // 2 // (2 * layers) // 16 * 16
+    tensors = {"prompt_embeds": torch.rand(embed_elems, dtype=torch.float32).reshape(-1, 64)}
+    for layer in range(layers):
+        for kind in ("k", "v"):
+            tensors[f"kv.{layer}.{kind}"] = torch.rand(kv_elems, dtype=torch.float32).bfloat16().reshape(-1, 16)
+    tensors["rng"] = rng
+    state = SessionState("bench", "bench", 0, 64, 64, 1, tensors)
+    return state.to(device) if device != "cpu" else state
+
+
+def p2p_send(state: SessionState, rdv: Rendezvous, timeout: float) -> TransferStats:
+    """Sender task: run on the source worker."""
+    return send_state(state, rendezvous=rdv, timeout=timeout)
+
+
+def p2p_recv(rdv: Rendezvous, device: str, timeout: float) -> TransferStats:
+    """Receiver task: run on the target worker; keeps only the stats."""
+    from workers.p2p import P2PEndpoint
+
+    with P2PEndpoint(rdv, role="recv", device=device if rdv.backend == "nccl" else None, timeout=timeout) as ep:
+        state = ep.recv(device)
+        assert state.nbytes == ep.last_stats.nbytes
+        return ep.last_stats
+
+
+def new_rendezvous(backend: str, host: str) -> Rendezvous:
+    """Made on the source worker, so the port is free there."""
+    return Rendezvous.new(backend, host=host)
+
+
+def stage_to_host(state: SessionState) -> SessionState:
+    """Source side of host staging: to (pinned) host memory."""
+    return state.to("cpu", pin_memory=True) if state.device.type == "cuda" else state
+
+
+def packed(state: SessionState) -> tuple[dict, list[torch.Tensor]]:
+    """Source side of the packed host-staged variant: raw ``uint8`` views of the buffers
+    (Dask's torch serializer goes through ``.numpy()``, which refuses bfloat16)."""
+    meta = state.meta()
+    host = stage_to_host(state)
+    return meta, [as_bytes(b) for b in pack(host.tensors, plan_buffers(meta["tensors"]))]
+
+
+def arrive(payload: SessionState | tuple[dict, list[torch.Tensor]], device: str) -> int:
+    """Target side of host staging: rebuild and move onto ``device``; returns the bytes."""
+    if isinstance(payload, SessionState):
+        state = payload
+    else:
+        meta, raw = payload
+        plan = plan_buffers(meta["tensors"])
+        buffers = [r.view(spec.torch_dtype) for r, spec in zip(raw, plan.buffers)]
+        state = SessionState.from_meta(meta, unpack(buffers, plan))
+    if device != "cpu":
+        state = state.to(device)
+        torch.cuda.synchronize(device)
+    return state.nbytes
+
+
+# ------------------------------------------------------------------ measurements
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One measured path at one size: median seconds over the repeats."""
+
+    path: str
+    nbytes: int
+    seconds: float
+    note: str = ""
+
+    @property
+    def gbps(self) -> float:
+        """Gigabytes (1e9) per second."""
+        return self.nbytes / self.seconds / 1e9
+
+
+def time_raw_copy(nbytes: int, device: str, repeats: int) -> float:
+    """Median seconds of one ``copy_`` of ``nbytes`` (warmed up)."""
+    src = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats + 1):
+        if device != "cpu":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if device != "cpu":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_size(client: Client, a: str, b: str, nbytes: int, device: str, repeats: int, timeout: float) -> list[Row]:
+    """All paths at one size; each repeat moves a freshly made state."""
+    dev_a, dev_b = (("cuda:0", "cuda:1" if torch.cuda.device_count() > 1 else "cuda:0") if device == "cuda" else ("cpu", "cpu"))
+    backend = choose_backend(dev_a, dev_b) or "gloo"
+    if backend == "nccl" and dev_a == dev_b:
+        backend = "gloo"  # NCCL refuses two ranks on one GPU
+    host = a.split("://")[1].rsplit(":", 1)[0]
+    p2p, p2p_data, obj, pkd = [], [], [], []
+    actual = 0
+    for _ in range(repeats + 1):  # the first round warms up every path
+        state = client.submit(make_state, nbytes, dev_a, workers=[a], pure=False)
+        wait(state)
+        actual = client.submit(lambda s: s.nbytes, state, workers=[a], pure=False).result()
+
+        rdv = client.submit(new_rendezvous, backend, host, workers=[a], pure=False).result()
+
+        def run_p2p() -> TransferStats:
+            recv = client.submit(p2p_recv, rdv, dev_b, timeout, workers=[b], pure=False)
+            sent = client.submit(p2p_send, state, rdv, timeout, workers=[a], pure=False)
+            sent.result()
+            return recv.result()
+
+        t0 = time.perf_counter()
+        stats = run_p2p()
+        p2p.append(time.perf_counter() - t0)
+        p2p_data.append(stats.transfer_s)
+
+        obj.append(timed(lambda: client.submit(
+            arrive, client.submit(stage_to_host, state, workers=[a], pure=False), dev_b, workers=[b], pure=False
+        ).result()))
+        pkd.append(timed(lambda: client.submit(
+            arrive, client.submit(packed, state, workers=[a], pure=False), dev_b, workers=[b], pure=False
+        ).result()))
+        del state
+    med = lambda xs: statistics.median(xs[1:])  # noqa: E731
+    staged = " (staged via pinned host)" if device == "cuda" and backend == "gloo" else ""
+    return [
+        Row("copy", actual, time_raw_copy(actual, dev_a, repeats), "Tensor.copy_ in one process"),
+        Row(f"p2p-{backend}", actual, med(p2p), f"end to end{staged}"),
+        Row(f"p2p-{backend}-data", actual, med(p2p_data), "data phase only (group already joined)"),
+        Row("dask-obj", actual, med(obj), "task dependency, SessionState pickled"),
+        Row("dask-packed", actual, med(pkd), "task dependency, (meta, packed buffers) as frames"),
+    ]
+
+
+def print_table(rows: list[Row]) -> None:
+    """Side-by-side table: GB/s and the share of the raw copy limit."""
+    print(f"{'size':>8}  {'path':<18} {'ms':>9} {'GB/s':>7} {'x copy':>7} {'x dask-obj':>10}  note")
+    for size in sorted({r.nbytes for r in rows}):
+        group = [r for r in rows if r.nbytes == size]
+        copy = next(r for r in group if r.path == "copy")
+        dask = next(r for r in group if r.path == "dask-obj")
+        for r in group:
+            print(
+                f"{size / MiB:>6.0f}Mi  {r.path:<18} {r.seconds * 1e3:>9.1f} {r.gbps:>7.2f} "
+                f"{r.gbps / copy.gbps:>7.3f} {r.gbps / dask.gbps:>10.2f}  {r.note}"
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes-mib", default="64,256", help="comma-separated state sizes in MiB")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per path (median), after one warm-up")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--timeout", type=float, default=120.0, help="p2p timeout per stage, seconds")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    sizes = [int(float(s) * MiB) for s in args.sizes_mib.split(",")]
+    memory = f"{max(2, math.ceil(6 * max(sizes) / (1 << 30)) + 1)}GiB"
+    print(
+        f"torch {torch.__version__}, device {args.device}"
+        + (f" ({torch.cuda.get_device_name(0)} x{torch.cuda.device_count()})" if args.device == "cuda" else "")
+        + f", {args.repeats} repeats (median), LocalCluster 2 workers x 1 thread"
+    )
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit=memory
+    ) as cluster, Client(cluster) as client:
+        a, b = sorted(client.scheduler_info()["workers"])
+        rows: list[Row] = []
+        for nbytes in sizes:
+            rows += bench_size(client, a, b, nbytes, args.device, args.repeats, args.timeout)
+        print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
