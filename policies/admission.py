@@ -109,8 +109,8 @@ class CapacityLedger:
     """
 
     __slots__ = (
-        "snap", "loads", "pending", "suspended", "acted", "in_flight_bytes", "_new_bytes", "_model_bytes", "_base",
-        "_ctx_slope",
+        "snap", "loads", "pending", "suspended", "acted", "refused", "in_flight_bytes", "_new_bytes", "_model_bytes",
+        "_base", "_ctx_slope",
     )
 
     def __init__(self, snap: Snapshot, new_session_bytes: int | None = None) -> None:
@@ -154,6 +154,8 @@ class CapacityLedger:
         self.suspended = suspended
         # Sessions some action of this decision already names: no second action may.
         self.acted: set[str] = set()
+        # Pending sessions refused by this decision: still demand for the autoscaler.
+        self.refused: set[str] = set()
         # Bytes of migrations booked on both ends (the source keeps its copy until done).
         self.in_flight_bytes = 0
 

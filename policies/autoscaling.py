@@ -14,7 +14,9 @@ Shared rules (what the simulator and the live controller rely on):
   state. Draining moves the sessions away (the placement policy migrates active ones
   and offloads idle ones) before the worker is released.
 - ``n`` always lies within ``[snap.min_workers, snap.max_workers]``.
-- Demand is the active sessions (ACTIVE and MIGRATING) plus the pending ones.
+- Demand is the active sessions (ACTIVE and MIGRATING) plus the pending ones, including
+  those the placement policy refused in the same decision: a full cluster that
+  refuses newcomers still scales out.
 
 Examples
 --------
@@ -52,7 +54,7 @@ class Census:
 
     running: int
     starting: int
-    demand: int  # active (ACTIVE + MIGRATING + placed) + still-pending sessions
+    demand: int  # active (ACTIVE + MIGRATING + placed) + pending sessions not placed (refused ones too)
     device_bytes: int  # memory of on-device sessions + reserve of the still-pending ones
     context_sum: float  # context frames summed over the active sessions
 
@@ -75,7 +77,8 @@ class Census:
             active += ld.n_active
             nbytes += ld.mem_used
             ctx += ld.ctx_sum
-        waiting = [s for s in ledger.pending if s.session_id not in ledger.acted]
+        acted, refused = ledger.acted, ledger.refused
+        waiting = [s for s in ledger.pending if s.session_id not in acted or s.session_id in refused]
         nbytes += sum(ledger.reserve(s) for s in waiting) - ledger.in_flight_bytes
         return cls(running, starting, active + len(waiting), nbytes, ctx)
 
@@ -307,7 +310,7 @@ class LoadDriven(_Autoscaler):
         limit = self.target * snap.slo_s
         b_star = 1
         for b in range(2, max_batch + 1):
-            if snap.latency.predict(b, mean_ctx) > limit:
+            if ledger.step_s(b, mean_ctx * b) > limit:
                 break
             b_star = b
         gpus = max(_ceil(census.demand / b_star), _ceil(census.device_bytes / memory))

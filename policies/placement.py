@@ -202,6 +202,7 @@ class _PlacementPolicy:
             if load is None:
                 if refuse and s.state_bytes == 0:
                     acted.add(s.session_id)
+                    ledger.refused.add(s.session_id)
                     actions.append(Reject(s.session_id, cause=f"full: no running worker has {nbytes} bytes and a batch slot free"))
                 continue
             ledger.book(s, load, active=True, nbytes=nbytes)

@@ -127,3 +127,16 @@ def test_combined_autoscaler_sees_sessions_left_pending():
 def test_combined_checks_the_kinds_it_is_given():
     with pytest.raises(ValueError, match="expected a placement policy"):
         Combined(make("offload", "never"), make("autoscaling", "fixed"), make("offload", "never"))
+
+
+def test_combined_autoscaler_counts_refused_sessions_as_demand():
+    worker = WorkerView("w1", max_batch=2)
+    sessions = [SessionView("a", ACTIVE, "w1"), SessionView("b", ACTIVE, "w1")]
+    sessions += [SessionView(f"new{i}", SessionStatus.PENDING) for i in range(2)]
+    snap = Snapshot(now_s=0.0, workers=(worker,), sessions=tuple(sessions), max_workers=10)
+    combined = Combined(
+        make("placement", "least-loaded", on_full="refuse"), make("autoscaling", "load-driven"), make("offload", "never")
+    )
+    actions, _ = combined.decide(snap, combined.initial_state())
+    # Both newcomers are refused now, and the cluster grows so the next ones fit.
+    assert [type(a).__name__ for a in actions] == ["Reject", "Reject", "ScaleTo"] and actions[-1].n == 2
