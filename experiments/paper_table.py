@@ -94,11 +94,16 @@ def load_traces(
                     return scenario(str(item), duration_s=duration_s, scale=x, seed=seed, model=model)
 
                 if scale == "fit":
-                    # Peak demand is close to linear in the scale: two calibration rounds.
-                    x = 1.0
-                    for _ in range(2):
-                        x *= gpus / max(peak_gpus(make(x), config), 1)
-                    out.append(TraceInput(str(item), make(x), round(x, 4)))
+                    # Peak demand grows about linearly with the scale (not exactly: sampling
+                    # noise, per-client windows): a few secant steps until within 5%.
+                    x, df = 1.0, make(1.0)
+                    for _ in range(4):
+                        peak = max(peak_gpus(df, config), 1)
+                        if abs(peak - gpus) <= 0.05 * gpus:
+                            break
+                        x *= gpus / peak
+                        df = make(x)
+                    out.append(TraceInput(str(item), df, round(x, 4)))
                 else:
                     out.append(TraceInput(str(item), make(float(scale)), float(scale)))
     return out
@@ -289,7 +294,7 @@ def format_table(summary: pd.DataFrame) -> str:
         out.append(g)
     table = pd.concat(out, ignore_index=True)
     cols = ["trace", "policy", "gpus", "max_latency_s", "p99_latency_s", "slo_attainment", "gpu_hours",
-            "migrations", "max_latency_after_first_s", "ttfc_p99_s", "offloads", "peak_workers",
+            "migrations", "max_latency_after_first_s", "ttfc_p99_s", "offloads", "never_served", "peak_workers",
             "d_max_lat_%", "d_gpu_h_%"]
     cols = [c for c in cols if c in table.columns]
     with pd.option_context("display.width", 250, "display.max_columns", 30):

@@ -165,6 +165,25 @@ def test_impossible_actions_are_refused_and_counted():
     assert list(result.chunks["index"]) == list(range(5))  # the session went on undisturbed
 
 
+class Nowhere:
+    kind, name = "placement", "nowhere"
+
+    def initial_state(self):
+        return None
+
+    def decide(self, snap, state):
+        return [], state
+
+
+def test_requests_never_served_are_counted_as_abandoned_with_their_wait():
+    result = run(trace((0, "a", "open"), (1, "b", "open"), (5, "a", "idle"), (7, "b", "close"), (9, "a", "close")),
+                 Nowhere())
+    assert result.chunks.empty
+    assert result.counters["abandoned_requests"] == 2  # a at its idle (5 s), b at its close (6 s)
+    assert result.counters["max_abandoned_wait_s"] == pytest.approx(6.0)
+    assert result.counters["never_served"] == 2
+
+
 def test_place_beyond_device_memory_is_refused():
     config_memory = model_cost("tiny").weights_bytes + 1.5 * TINY_BYTES  # room for one session
     result = run(trace((0, "a", "open"), (0, "b", "open"), (3, "a", "close"), (3, "b", "close")),

@@ -29,6 +29,9 @@ Model of the mechanisms (each choice is the simplest that keeps the contract):
   request) or, when lowering the target, cancels starting workers and then releases empty
   ones, newest first; workers that hold sessions leave only through ``Retire`` (drain).
 * Impossible actions are refused, logged with the reason, and counted.
+* A request still waiting when its session goes idle or closes never becomes a chunk
+  row; it is counted as abandoned, with the longest such wait, so that a policy cannot
+  look good on chunk latency by never serving some sessions.
 """
 
 from __future__ import annotations
@@ -256,6 +259,7 @@ class Simulator:
         self.cost_t = 0.0
         self.decide_s = 0.0
         self._deferred: dict[int, _Worker] | None = None
+        self.max_abandoned_wait = 0.0
 
     # ------------------------------------------------------------ plumbing
 
@@ -390,6 +394,7 @@ class Simulator:
             elif s.status is SUSPENDED:
                 self._set_status(s, PENDING, now)
         elif code == 2:  # idle
+            self._abandon(s, now)
             s.wants = False
             if s.status is ACTIVE:
                 self._set_status(s, IDLE, now)
@@ -399,9 +404,18 @@ class Simulator:
         else:
             self._close(s, now)
 
+    def _abandon(self, s: _Session, now: float) -> None:
+        """Count a chunk request the user stops waiting for (idle or close before it started)."""
+        if s.wants and not s.in_flight and s.status is not CLOSED and now > s.next_req:
+            self.counters["abandoned_requests"] += 1
+            wait = now - s.next_req
+            if wait > self.max_abandoned_wait:
+                self.max_abandoned_wait = wait
+
     def _close(self, s: _Session, now: float) -> None:
         if s.status is CLOSED:
             return
+        self._abandon(s, now)
         s.wants = False
         w = s.worker
         if w is not None:
@@ -791,6 +805,7 @@ class Simulator:
         counters["ticks"] = len(self.intervals)
         counters["sessions"] = len(self.sessions)
         counters["never_served"] = int(sum(1 for s in self.sessions if s.opened and s.next_index == 0))
+        counters["max_abandoned_wait_s"] = self.max_abandoned_wait
         return SimResult(
             chunks=chunks,
             intervals=intervals,

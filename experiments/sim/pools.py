@@ -103,6 +103,8 @@ def merge(results: dict[str, SimResult]) -> SimResult:
         for key, value in results[m].counters.items():
             if key == "refused_by_reason":
                 refused.update(value)
+            elif key == "max_abandoned_wait_s":
+                counters[key] = max(counters.get(key, 0.0), value)
             else:
                 counters[key] = counters.get(key, 0) + value
     counters["refused_by_reason"] = dict(sorted(refused.items()))

@@ -40,6 +40,8 @@ def summary_of(result: SimResult, *, trace: str, gpus: int) -> dict[str, Any]:
         "rejected": int(c.get("rejected", 0)),
         "refused_actions": int(c.get("refused", 0)),
         "never_served": int(c.get("never_served", 0)),
+        "abandoned_requests": int(c.get("abandoned_requests", 0)),
+        "max_abandoned_wait_s": float(c.get("max_abandoned_wait_s", 0.0)),
         "gb_moved": float(c.get("bytes_moved", 0)) / 1e9,
         "peak_workers": int(result.intervals["n_workers"].max()) if len(result.intervals) else 0,
         "decide_ms_per_tick": 1e3 * float(c.get("decide_s", 0.0)) / max(int(c.get("ticks", 1)), 1),
