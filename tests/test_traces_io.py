@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from traces.generator import ClientSpec, WorkloadSpec, generate
 from traces.io import (
     iter_events,
     normalize,
@@ -191,3 +194,12 @@ def test_session_table_and_period_table_agree_with_the_summaries():
     assert table.loc["a", "n_active_periods"] == 2
     periods = period_table(GOOD)
     assert sorted(periods["state"]) == ["active", "active", "active", "idle", "idle"]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31 - 1), rate=st.floats(0.01, 0.5), suffix=st.sampled_from([".csv", ".parquet"]))
+def test_generated_traces_round_trip_through_both_formats(tmp_path, seed, rate, suffix):
+    df = generate(WorkloadSpec((ClientSpec("c", rate=rate, cv=2.0),), 300.0, warmup_s=100.0, seed=seed))
+    path = tmp_path / f"t{seed}{suffix}"
+    write_trace(df, path)
+    pd.testing.assert_frame_equal(read_trace(path), df)
