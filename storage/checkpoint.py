@@ -24,6 +24,7 @@ Example
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from zarr.abc.store import Store
 from kernels.state import STATE_FORMAT_VERSION, SessionState
 from storage.errors import CheckpointCorrupt, CheckpointMismatch, CheckpointNotFound, CheckpointVersionError
 from storage.tensors import checksum, from_numpy, storage_dtype, to_numpy, torch_dtype
-from storage.zarr_store import DEFAULT_CHUNK_BYTES, chunk_shape, open_root, open_store
+from storage.zarr_store import DEFAULT_CHUNK_BYTES, chunk_shape, open_root, open_store, read_array, write_arrays
 
 #: Version of the on-disk layout described in the module docstring.
 CHECKPOINT_LAYOUT_VERSION = 1
@@ -151,7 +152,7 @@ class CheckpointStore:
         session = self._root.require_group(session_id)
         generation = f"c{state.chunk_index:06d}-{uuid.uuid4().hex[:8]}"
         group = session.create_group(generation)
-        checksums: dict[str, int] = {}
+        pairs = []
         for name, tensor in state.tensors.items():
             data = to_numpy(tensor)
             array = group.create_array(
@@ -164,8 +165,10 @@ class CheckpointStore:
                 fill_value=0,
                 config={"write_empty_chunks": True},
             )
-            array[...] = data
-            checksums[name] = checksum(data)
+            pairs.append((array, data))
+        # The checksums are computed in threads while the chunks are written.
+        sums = write_arrays(pairs, [functools.partial(checksum, data) for _, data in pairs])
+        checksums = {name: crc for name, crc in zip(state.tensors, sums)}
         meta = state.meta()
         # The generation's attributes are its "complete" marker: written after all data.
         group.attrs.update(
@@ -326,7 +329,7 @@ class CheckpointStore:
                 f"the state says {shape} and {expected_dtype}"
             )
         try:
-            data = array[...]
+            data = read_array(array, missing_chunks="error")
         except Exception as exc:  # zarr raises various types for truncated or garbled chunks
             raise CheckpointCorrupt(f"{where}: array {name!r} cannot be read ({type(exc).__name__}: {exc})") from exc
         if checksum(data) != checksums.get(name):

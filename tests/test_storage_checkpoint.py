@@ -289,9 +289,27 @@ def test_flipped_byte_fails_the_checksum(store: CheckpointStore, root: pathlib.P
         store.load("s1")
 
 
-def test_deleted_chunk_file_fails_the_checksum(store: CheckpointStore, root: pathlib.Path) -> None:
+def test_deleted_chunk_file_is_reported_by_name(store: CheckpointStore, root: pathlib.Path) -> None:
     store.save("s1", make_state())
-    chunk_files(root, "s1", "kv.0.v")[0].unlink()  # zarr would read the fill value silently
+    chunk_files(root, "s1", "kv.0.v")[0].unlink()  # plain zarr would read the fill value silently
+    with pytest.raises(CheckpointCorrupt, match=r"'kv.0.v' cannot be read .*c/0/0/0' is missing"):
+        store.load("s1")
+
+
+def test_grown_chunk_file_is_corrupt(store: CheckpointStore, root: pathlib.Path) -> None:
+    store.save("s1", make_state())
+    with chunk_files(root, "s1", "pos")[0].open("ab") as f:
+        f.write(b"\x00" * 8)
+    with pytest.raises(CheckpointCorrupt, match="'pos' cannot be read .*expected"):
+        store.load("s1")
+
+
+def test_deleted_chunk_on_an_fsspec_store_fails_the_checksum(tmp_path: pathlib.Path) -> None:
+    from zarr.core.sync import sync
+
+    store = CheckpointStore(f"memory://turboserve-damage-{tmp_path.name}", chunk_bytes=1024)
+    info = store.save("s1", make_state())
+    sync(store._store.delete(f"s1/{info.generation}/kv.0.v/c/0/0/0"))  # zarr reads the fill value instead
     with pytest.raises(CheckpointCorrupt, match="'kv.0.v' fails its checksum"):
         store.load("s1")
 

@@ -1,0 +1,156 @@
+"""Session-state save/load throughput: host copy, zarr checkpoint, against numpy.save/load.
+
+Builds states shaped like a streaming video session (bfloat16 KV cache per layer,
+float16 VAE cache, prompt embedding, generator bytes) of the requested sizes, and
+times, side by side in one run and on the same disk:
+
+- ``host copy``: :func:`storage.offload_to_host` from the GPU when one is present
+  (into pinned memory), else a plain CPU copy of every tensor;
+- ``zarr save`` / ``zarr load``: :class:`storage.CheckpointStore` (uncompressed,
+  checksummed, verified on load);
+- ``numpy save`` / ``numpy load``: ``numpy.save``/``numpy.load`` of the same tensors,
+  one ``.npy`` file each (no checksum, no atomic switch): the baseline.
+
+Ratios are zarr time over numpy time (below 1: zarr faster). Neither side calls fsync,
+so writes measure the page cache as much as the disk; both sides see the same.
+
+Usage::
+
+    python experiments/bench_state.py                 # 64 and 512 MiB, median of 3
+    python experiments/bench_state.py --sizes-mib 64 --repeat 5 --dir /mnt/fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from storage import CheckpointStore, SessionState, offload_to_host
+from storage.tensors import from_numpy, to_numpy
+
+MiB = 2**20
+
+
+def make_state(size_bytes: int, *, layers: int = 8, heads: int = 12, head_dim: int = 128, seed: int = 0) -> SessionState:
+    """A session-shaped state of about ``size_bytes``: 85% KV cache, 10% VAE cache, 5% prompt."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype)
+
+    kv_tokens = max(1, int(0.85 * size_bytes) // (2 * layers * heads * head_dim * 2))
+    tensors = {"prompt_embeds": rand((512, max(1, int(0.05 * size_bytes) // (512 * 2))), torch.bfloat16)}
+    for layer in range(layers):
+        tensors[f"kv.{layer}.k"] = rand((heads, kv_tokens, head_dim), torch.bfloat16)
+        tensors[f"kv.{layer}.v"] = rand((heads, kv_tokens, head_dim), torch.bfloat16)
+    vae_elems = max(1, int(0.10 * size_bytes) // (4 * 2))
+    for i in range(4):
+        tensors[f"vae.{i}"] = rand((vae_elems // 64, 64), torch.float16)
+    tensors["rng"] = torch.Generator().manual_seed(seed).get_state()
+    return SessionState(
+        model="bench", prompt="bench", seed=seed, height=480, width=832, chunk_index=7, tensors=tensors,
+        scalars={"kv.frames": 3, "vae.count": 4},
+    )
+
+
+def interleaved_medians(ops: dict[str, Callable[[], object]], repeat: int, setup: dict[str, Callable[[], None]]) -> dict[str, float]:
+    """Median wall time of each op; the ops alternate within every repeat, so load on
+    a shared machine hits all of them alike. ``os.sync()`` before each op (untimed)
+    starts every write with no dirty pages left over from the previous one."""
+    times: dict[str, list[float]] = {name: [] for name in ops}
+    for name, fn in ops.items():  # warm-up: first-touch page faults, imports, caches
+        setup.get(name, lambda: None)()
+        fn()
+    for _ in range(repeat):
+        for name, fn in ops.items():
+            if name in setup:
+                setup[name]()
+            os.sync()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    for name, ts in times.items():
+        print(f"    {name:<26} runs: " + " ".join(f"{t:.3f}" for t in ts), file=sys.stderr)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def numpy_save(state: SessionState, directory: pathlib.Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, tensor in state.tensors.items():
+        np.save(directory / f"{name}.npy", to_numpy(tensor))
+
+
+def numpy_load(state: SessionState, directory: pathlib.Path) -> dict[str, torch.Tensor]:
+    return {name: from_numpy(np.load(directory / f"{name}.npy"), t.dtype) for name, t in state.tensors.items()}
+
+
+def bench_size(size_mib: int, repeat: int, root: pathlib.Path) -> list[tuple[str, float, float]]:
+    """Rows ``(operation, seconds, GiB/s)`` for one state size."""
+    state = make_state(size_mib * MiB)
+    gib = state.nbytes / 2**30
+    rows: list[tuple[str, float, float]] = []
+
+    if torch.cuda.is_available():
+        on_device = state.to("cuda")
+        torch.cuda.synchronize()
+        copy, copy_name = (lambda: offload_to_host(on_device, release=False)), "host copy (GPU -> pinned)"
+    else:
+        copy, copy_name = (lambda: state.to("cpu")), "host copy (CPU -> CPU)"
+
+    zdir, ndir = root / f"zarr-{size_mib}", root / f"npy-{size_mib}"
+    store = CheckpointStore(zdir)  # one store per worker; each save goes to a fresh session
+    reset_zarr = lambda: store.delete("s")  # noqa: E731
+    reset_npy = lambda: shutil.rmtree(ndir, ignore_errors=True)  # noqa: E731
+    t = interleaved_medians(
+        {
+            copy_name: copy,
+            "zarr save": lambda: store.save("s", state),
+            "numpy save": lambda: numpy_save(state, ndir),
+        },
+        repeat,
+        {"zarr save": reset_zarr, "numpy save": reset_npy},
+    )
+    t |= interleaved_medians(
+        {"zarr load (verified)": lambda: store.load("s", model="bench"), "numpy load": lambda: numpy_load(state, ndir)},
+        repeat,
+        {},
+    )
+    assert store.load("s").equal(state), "zarr round trip is not exact"
+    rows += [(name, seconds, gib / seconds) for name, seconds in t.items()]
+    t_zs, t_ns, t_zl, t_nl = t["zarr save"], t["numpy save"], t["zarr load (verified)"], t["numpy load"]
+    shutil.rmtree(zdir, ignore_errors=True)
+    reset_npy()
+    print(f"\nstate {size_mib} MiB ({state.nbytes / MiB:.1f} MiB in {len(state.tensors)} tensors), median of {repeat}")
+    print(f"  {'operation':<28}{'seconds':>10}{'GiB/s':>9}")
+    for name, seconds, rate in rows:
+        print(f"  {name:<28}{seconds:>10.3f}{rate:>9.2f}")
+    print(f"  ratio zarr/numpy: save {t_zs / t_ns:.2f}x, load {t_zl / t_nl:.2f}x (below 1: zarr faster)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print one table per state size."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes-mib", type=int, nargs="+", default=[64, 512])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", type=pathlib.Path, default=None, help="where to write (default: a temp dir)")
+    args = parser.parse_args(argv)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    print(f"bench_state: torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-state-") as tmp:
+        for size in args.sizes_mib:
+            bench_size(size, args.repeat, pathlib.Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
