@@ -47,6 +47,19 @@ class TestChunkLog:
         assert len(log) == 3
         assert [p.seq for p in log.since(-1)] == [2, 3, 4]
 
+    def test_latency_summary_is_over_the_kept_points(self):
+        log = ChunkLog(maxlen=100)
+        assert log.latency_summary() == (None, None)
+        log.extend([("s", i, 9.0 if i == 0 else i / 100, 1, float(i)) for i in range(101)])  # 9.0 rolls off
+        p99, worst = log.latency_summary()
+        assert worst == 1.0 and p99 == 1.0
+        log.extend([("s", 101, 5.0, 1, 101.0)])  # 0.01 rolls off
+        assert log.latency_summary() == (5.0, 5.0)
+        log.extend([("s", 102 + i, 0.0, 1, 102.0 + i) for i in range(99)])  # only 5.0 stays of the old
+        assert log.latency_summary() == (5.0, 5.0)
+        log.extend([("s", 201, 0.0, 1, 201.0)])  # 5.0 rolls off too
+        assert log.latency_summary() == (0.0, 0.0)
+
     def test_size_must_be_positive(self):
         with pytest.raises(ValueError, match="got 0"):
             ChunkLog(maxlen=0)

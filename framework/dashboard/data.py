@@ -109,6 +109,14 @@ class ChunkLog:
                 out.append(p)
         return tuple(reversed(out))
 
+    def latency_summary(self) -> tuple[float | None, float | None]:
+        """``(p99, max)`` latency over the kept points (``(None, None)`` when empty)."""
+        with self._lock:
+            latencies = sorted(p.latency_s for p in self._points)
+        if not latencies:
+            return None, None
+        return latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], latencies[-1]
+
     def __len__(self) -> int:
         return len(self._points)
 
@@ -134,7 +142,7 @@ class DashboardFrame:
     migrations, offloads, chunks_total : int
         Counters since the server started.
     latency_p99_s, latency_max_s : float or None
-        Over the sessions' recent chunks.
+        Over the recent chunks (those the chunk log keeps).
     """
 
     now_s: float
