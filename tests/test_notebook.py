@@ -5,15 +5,20 @@ from __future__ import annotations
 import base64
 import io
 
+import dask.config
 import numpy as np
 import pytest
 from PIL import Image
 
+from workers.chunk import Chunk
+
 from framework.notebook import (
+    DEFAULT_KEEP_FRAMES,
     AnimatedGif,
     FrameBuffer,
     ServerCard,
     SessionCard,
+    StreamHistory,
     encode_gif,
     server_html,
     server_mimebundle,
@@ -77,6 +82,25 @@ class TestFrameBuffer:
     def test_negative_size_is_refused(self):
         with pytest.raises(ValueError, match="-1"):
             FrameBuffer(max_frames=-1)
+
+
+class TestStreamHistory:
+    def chunk(self, index, latency, colours, worker="tcp://w:1") -> Chunk:
+        return Chunk("s", index, solid(colours), latency, worker, 1, 0.0, 0.0, latency)
+
+    def test_records_counts_latencies_worker_and_frames(self):
+        h = StreamHistory(max_frames=3)
+        h.record(self.chunk(0, 0.4, [RED, RED]))
+        h.record(self.chunk(1, 0.9, [BLUE, GREEN], worker="tcp://w:2"))
+        h.record(self.chunk(2, 0.2, [GREEN]))
+        assert (h.chunks, h.last_latency_s, h.max_latency_s, h.worker) == (3, 0.2, 0.9, "tcp://w:1")
+        assert [tuple(f[0, 0]) for f in h.buffer.frames()] == [BLUE, GREEN, GREEN]
+
+    def test_frames_kept_come_from_config(self):
+        assert StreamHistory().buffer.max_frames == DEFAULT_KEEP_FRAMES
+        with dask.config.set({"turboserve.notebook.keep-frames": 5}):
+            assert StreamHistory().buffer.max_frames == 5
+        assert StreamHistory(max_frames=0).buffer.max_frames == 0
 
 
 class TestGif:
