@@ -194,21 +194,24 @@ class _PlacementPolicy:
         refuse = self.on_full == "refuse"
         cause = f"pending: {self.name}"
         acted = ledger.acted
+        # Bound methods hoisted: this loop runs once per pending session.
+        pick, refresh, reserve, book = chooser.pick, chooser.refresh, ledger.reserve, ledger.book
         for s in ledger.pending:
-            if s.session_id in acted:
+            sid = s.session_id
+            if sid in acted:
                 continue
-            nbytes = ledger.reserve(s)
-            load = chooser.pick(nbytes)
+            nbytes = reserve(s)
+            load = pick(nbytes)
             if load is None:
                 if refuse and s.state_bytes == 0:
-                    acted.add(s.session_id)
-                    ledger.refused.add(s.session_id)
-                    actions.append(Reject(s.session_id, cause=f"full: no running worker has {nbytes} bytes and a batch slot free"))
+                    acted.add(sid)
+                    ledger.refused.add(sid)
+                    actions.append(Reject(sid, cause=f"full: no running worker has {nbytes} bytes and a batch slot free"))
                 continue
-            ledger.book(s, load, active=True, nbytes=nbytes)
-            chooser.refresh(load)
-            acted.add(s.session_id)
-            actions.append(Place(s.session_id, load.address, cause=cause))
+            book(s, load, active=True, nbytes=nbytes)
+            refresh(load)
+            acted.add(sid)
+            actions.append(Place(sid, load.address, cause=cause))
         self._drain(ledger, chooser, actions, acted)
         self._rebalance(ledger, chooser, actions, acted)
         return actions, self._next_state(chooser, state)
