@@ -222,3 +222,41 @@ def test_frames_without_the_plugin_show_the_workers_only(plain_cluster):
 def test_no_dashboard_means_no_page():
     with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
         assert client.run_on_scheduler(lambda dask_scheduler: install_page(dask_scheduler)) is False
+
+
+def _frame_of_a_plugin(dask_scheduler):
+    """Build a frame from a real (unstarted) turboserve plugin with a few records."""
+    from framework.dashboard.source import plugin_frame
+    from framework.scheduler_plugin import ServingSettings, TurboserveScheduler
+
+    plugin = TurboserveScheduler(ServingSettings())
+    worker = next(iter(dask_scheduler.workers))
+    plugin.registry.add(record("open", SessionStatus.ACTIVE, worker, migrations=1))
+    plugin.registry.add(record("gone", SessionStatus.CLOSED, None, migrations=2))
+    plugin.dashboard.on_chunks([("open", 0, 0.5, 2, 1.0), ("gone", 0, 0.25, 2, 1.0), ("gone", 1, 2.0, 1, 2.0)])
+    f = plugin_frame(plugin, dask_scheduler, 0)
+    return (f.n_sessions, f.migrations, f.chunks_total, [p.index for p in f.chunks], f.latency_max_s,
+            f.slo_s, f.workers == (worker,))
+
+
+def test_plugin_frame_counts_closed_sessions_in_the_counters(plain_cluster):
+    client, _ = plain_cluster
+    n_sessions, migrations, chunks_total, new_points, worst, slo, workers_ok = client.run_on_scheduler(
+        _frame_of_a_plugin
+    )
+    assert (n_sessions, migrations, chunks_total) == (1, 3, 3)
+    assert new_points == [0, 1] and worst == 2.0 and workers_ok
+    assert slo == 1.0  # the open record's chunk period (no turboserve.slo-s set)
+
+
+def test_attaching_a_server_to_a_running_cluster_installs_the_page():
+    from framework import Server
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address="127.0.0.1:0") as cluster:
+        port = cluster.scheduler.http_server.port
+        base = f"http://127.0.0.1:{port}"
+        assert "individual-turboserve" not in _get(base + "/status")
+        with Server(cluster.scheduler_address) as server:
+            assert "bokeh" in _get(base + PAGE_PATH).lower()
+            assert 'href="individual-turboserve">turboserve</a>' in _get(base + "/status")
+            assert server.dashboard_link

@@ -109,6 +109,11 @@ class ChunkLog:
                 out.append(p)
         return tuple(reversed(out))
 
+    @property
+    def total(self) -> int:
+        """Chunk points ever appended (kept or rolled off)."""
+        return self._next_seq
+
     def latency_summary(self) -> tuple[float | None, float | None]:
         """``(p99, max)`` latency over the kept points (``(None, None)`` when empty)."""
         with self._lock:
@@ -174,6 +179,7 @@ def build_frame(
     *,
     chunks: tuple[ChunkPoint, ...] = (),
     slo_s: float | None = None,
+    chunks_total: int | None = None,
     migrations: int | None = None,
     offloads: int = 0,
     latency_p99_s: float | None = None,
@@ -184,8 +190,8 @@ def build_frame(
     Closed records are skipped. A record needs ``status`` (a :class:`SessionStatus`),
     ``worker``, ``tier``, ``state_bytes``, ``chunks`` and ``migrations``. Suspended
     state counts for its tier (``host`` or ``disk``); state of sessions on a device
-    (active, idle, migrating) counts for ``device``. ``migrations`` defaults to the sum
-    over the records.
+    (active, idle, migrating) counts for ``device``. ``chunks_total`` and ``migrations``
+    default to the sums over the (open) records.
 
     Examples
     --------
@@ -222,7 +228,7 @@ def build_frame(
         slo_s=slo_s,
         migrations=n_migrations if migrations is None else migrations,
         offloads=offloads,
-        chunks_total=n_chunks,
+        chunks_total=n_chunks if chunks_total is None else chunks_total,
         latency_p99_s=latency_p99_s,
         latency_max_s=latency_max_s,
     )

@@ -17,6 +17,7 @@ import dask.config
 from dask.utils import parse_timedelta
 
 from framework.dashboard.data import ChunkLog, DashboardFrame, build_frame
+from policies.types import SessionStatus
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ def _slo_s(records: list[Any]) -> float | None:
 
 def plugin_frame(plugin: Any, scheduler: Any, last_seq: int) -> DashboardFrame:
     """This tick's frame from a running turboserve plugin (``plugin.registry``, ``plugin.dashboard``)."""
-    records = plugin.registry.records()
+    everyone = plugin.registry.records(include_closed=True)
+    records = [r for r in everyone if r.status is not SessionStatus.CLOSED]
     feed: DashboardFeed | None = getattr(plugin, "dashboard", None)
     # From the bounded chunk log, not registry.stats(): that sorts every session's
     # recent latencies, too much for a 500 ms tick on the scheduler's event loop.
@@ -101,6 +103,9 @@ def plugin_frame(plugin: Any, scheduler: Any, last_seq: int) -> DashboardFrame:
         records,
         chunks=feed.chunk_log.since(last_seq) if feed else (),
         slo_s=_slo_s(records),
+        # Counters since the plugin started: closed sessions count too.
+        chunks_total=feed.chunk_log.total if feed else None,
+        migrations=sum(r.migrations for r in everyone),
         offloads=feed.offloads if feed else 0,
         latency_p99_s=p99,
         latency_max_s=worst,
