@@ -11,8 +11,11 @@ times, side by side in one run and on the same disk:
 - ``numpy save`` / ``numpy load``: ``numpy.save``/``numpy.load`` of the same tensors,
   one ``.npy`` file each (no checksum, no atomic switch): the baseline.
 
-Ratios are zarr time over numpy time (below 1: zarr faster). Neither side calls fsync,
-so writes measure the page cache as much as the disk; both sides see the same.
+Ratios are zarr time over numpy time (below 1: zarr faster). The operations alternate
+within every repeat and each starts after an untimed ``os.sync()``, so load from other
+processes and dirty pages from the previous write hit both sides alike; the median is
+reported and every run goes to stderr. Neither side calls fsync, so writes measure the
+page cache as much as the disk.
 
 Usage::
 

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 import zarr
 
 from storage.errors import VideoStoreError
 from storage.zarr_store import open_root, open_store
+
+if TYPE_CHECKING:  # xarray loads on first use: workers that only checkpoint skip it
+    import xarray as xr
 
 DIMS = ("frame", "y", "x", "channel")
 _IDENTITY = ("session", "model", "fps", "height", "width")
@@ -112,6 +114,8 @@ class VideoStore:
                 f"session {self.session_id!r}: chunk {chunk_index} appended after chunks {stored[:1] + stored[-1:]}; "
                 f"chunks must be appended in order, the next one is {following}"
             )
+        import xarray as xr
+
         ds = xr.Dataset(
             {"frames": (DIMS, frames)},
             coords={"chunk": ("frame", np.full(frames.shape[0], chunk_index, dtype=np.int64))},
@@ -152,6 +156,8 @@ class VideoStore:
         """The stored video as a lazily loaded :class:`xarray.Dataset`."""
         if not self._exists():
             raise VideoStoreError(f"session {self.session_id!r} has no frames in {self.url} yet")
+        import xarray as xr
+
         self.chunk_indices()  # repairs an append cut off between its two arrays
         return xr.open_zarr(self._store, group=self.session_id, consolidated=False)
 
@@ -224,6 +230,8 @@ class VideoStore:
 
 def open_video(url: str | os.PathLike[str], session_id: str, *, storage_options: dict[str, Any] | None = None) -> xr.Dataset:
     """Open a stored session video without knowing its model or geometry."""
+    import xarray as xr
+
     store = open_store(url, storage_options=storage_options)
     try:
         return xr.open_zarr(store, group=session_id, consolidated=False)
