@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from traces.schema import (
 )
 
 SUFFIXES = (".parquet", ".csv")
+_STR = pd.Series([], dtype="str").dtype  # pandas' default string dtype (missing is NaN)
 
 # Integer codes of the event column, in EventKind order.
 OPEN, ACTIVE, IDLE, CLOSE = range(4)
@@ -75,8 +77,12 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     except (TypeError, ValueError) as exc:
         raise TraceError(f"column {TIME!r} must be numeric seconds: {exc}") from exc
     for col in (SESSION, EVENT, CLIENT, MODEL):
-        out[col] = pd.Series(df[col].to_numpy(), dtype="str")
+        series = df[col].reset_index(drop=True)
+        out[col] = series if series.dtype == _STR else series.astype(_STR)
     for col in SHAPE_COLUMNS:
+        if df[col].dtype == "Int64":
+            out[col] = df[col].reset_index(drop=True)
+            continue
         values = pd.to_numeric(pd.Series(df[col].to_numpy()), errors="coerce")
         finite = values.dropna()
         if (finite != np.round(finite)).any():
@@ -136,7 +142,10 @@ def write_trace(df: pd.DataFrame, path: str | os.PathLike[str], *, check: bool =
 
 def event_codes(df: pd.DataFrame) -> np.ndarray:
     """The ``event`` column as integer codes in :class:`EventKind` order; -1 if unknown."""
-    return pd.Index(EVENT_NAMES).get_indexer(df[EVENT].astype("str")).astype(np.int64)
+    # Factorize first: the column has a handful of distinct values.
+    codes, uniques = pd.factorize(df[EVENT], use_na_sentinel=True)
+    lookup = np.array([EVENT_NAMES.index(u) if u in EVENT_NAMES else -1 for u in uniques] + [-1])
+    return lookup[codes].astype(np.int64)
 
 
 def _describe_row(df: pd.DataFrame, row: int) -> str:
@@ -265,50 +274,109 @@ def iter_events(df: pd.DataFrame) -> Iterator[TraceEvent]:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class TraceArrays:
+    """A numeric view of a valid trace, for vectorised statistics.
+
+    ``session`` numbers sessions in order of first appearance (their ``open`` row), so
+    ``session_ids[session]`` is the id of each row.
+    """
+
+    time: np.ndarray
+    code: np.ndarray
+    session: np.ndarray
+    session_ids: np.ndarray
+
+    @classmethod
+    def of(cls, df: pd.DataFrame) -> TraceArrays:
+        """Build the view of ``df`` (times, event codes, session numbers)."""
+        session, uniques = pd.factorize(df[SESSION])
+        return cls(
+            time=df[TIME].to_numpy(dtype=np.float64),
+            code=event_codes(df),
+            session=session.astype(np.int64),
+            session_ids=np.asarray(uniques),
+        )
+
+    @property
+    def n_sessions(self) -> int:
+        """Number of sessions."""
+        return len(self.session_ids)
+
+    def open_close(self) -> tuple[np.ndarray, np.ndarray]:
+        """Open and close time of every session (NaN where missing)."""
+        open_t = np.full(self.n_sessions, np.nan)
+        close_t = np.full(self.n_sessions, np.nan)
+        is_open, is_close = self.code == OPEN, self.code == CLOSE
+        open_t[self.session[is_open]] = self.time[is_open]
+        close_t[self.session[is_close]] = self.time[is_close]
+        return open_t, close_t
+
+    def previous_code(self) -> np.ndarray:
+        """For every row, the event code of the same session's previous row (-1: none)."""
+        order = np.argsort(self.session, kind="stable")
+        s = self.session[order]
+        prev = np.full(len(s), -1, dtype=np.int64)
+        same = np.zeros(len(s), dtype=bool)
+        same[1:] = s[1:] == s[:-1]
+        prev[1:] = np.where(same[1:], self.code[order][:-1], -1)
+        out = np.empty_like(prev)
+        out[order] = prev
+        return out
+
+    def periods(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every active/idle period: ``(row of its first event, is_idle, start_s, end_s)``.
+
+        A period runs from an event to the next event of the same session; periods are
+        grouped by session, in time order within each.
+        """
+        order = np.argsort(self.session, kind="stable")
+        s, c = self.session[order], self.code[order]
+        same_next = np.zeros(len(s), dtype=bool)
+        same_next[:-1] = s[1:] == s[:-1]
+        idx = np.flatnonzero(same_next & (c != CLOSE))
+        ts = self.time[order]
+        return order[idx], c[idx] == IDLE, ts[idx], ts[idx + 1]
+
+
 def period_table(df: pd.DataFrame) -> pd.DataFrame:
     """Every active and idle period of every session, vectorised.
 
     Returns a frame with columns ``session_id, state ('active'|'idle'), start_s, end_s``
-    (a period runs from an event to the next event of the same session). ``df`` must be
-    a valid trace.
+    (a period runs from an event to the next event of the same session), grouped by
+    session in order of opening. ``df`` must be a valid trace.
     """
-    n = len(df)
-    if n == 0:
-        return pd.DataFrame({SESSION: [], "state": [], "start_s": [], "end_s": []})
-    t = df[TIME].to_numpy(dtype="float64")
-    codes = event_codes(df)
-    sess = pd.factorize(df[SESSION])[0]
-    order = np.lexsort((np.arange(n), sess))
-    s, c, ts = sess[order], codes[order], t[order]
-    same_next = np.zeros(n, dtype=bool)
-    same_next[:-1] = s[1:] == s[:-1]
-    idx = np.flatnonzero(same_next & (c != CLOSE))
-    state = np.where(c[idx] == IDLE, "idle", "active")
-    sid = df[SESSION].to_numpy()[order][idx]
-    return pd.DataFrame({SESSION: sid, "state": state, "start_s": ts[idx], "end_s": ts[idx + 1]})
+    rows, is_idle, start, end = TraceArrays.of(df).periods()
+    return pd.DataFrame({
+        SESSION: df[SESSION].take(rows).reset_index(drop=True),
+        "state": pd.Series(np.where(is_idle, "idle", "active"), dtype="str"),
+        "start_s": start,
+        "end_s": end,
+    })
 
 
 def session_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per session, vectorised: ids, model, shape, open/close time, active time.
 
     Columns: ``session_id, client_id, model, chunk_frames, height, width, fps, open_s,
-    close_s, duration_s, active_s, idle_s, n_active_periods``. ``df`` must be valid.
+    close_s, duration_s, active_s, idle_s, n_active_periods``, in order of opening.
+    ``df`` must be valid.
     """
-    opens = df[df[EVENT] == EventKind.OPEN.value]
-    closes = df[df[EVENT] == EventKind.CLOSE.value]
-    table = opens[[SESSION, CLIENT, MODEL, *SHAPE_COLUMNS]].copy()
-    table["open_s"] = opens[TIME].to_numpy()
-    table = table.set_index(SESSION)
-    table["close_s"] = closes.set_index(SESSION)[TIME]
+    arrays = TraceArrays.of(df)
+    open_rows = np.flatnonzero(arrays.code == OPEN)
+    table = df.take(open_rows)[[SESSION, CLIENT, MODEL, *SHAPE_COLUMNS]].reset_index(drop=True)
+    sess = arrays.session[open_rows]
+    open_t, close_t = arrays.open_close()
+    table["open_s"] = open_t[sess]
+    table["close_s"] = close_t[sess]
     table["duration_s"] = table["close_s"] - table["open_s"]
-    periods = period_table(df)
-    periods["length_s"] = periods["end_s"] - periods["start_s"]
-    active = periods[periods["state"] == "active"].groupby(SESSION)["length_s"]
-    idle = periods[periods["state"] == "idle"].groupby(SESSION)["length_s"]
-    table["active_s"] = active.sum().reindex(table.index, fill_value=0.0)
-    table["idle_s"] = idle.sum().reindex(table.index, fill_value=0.0)
-    table["n_active_periods"] = active.size().reindex(table.index, fill_value=0).astype("int64")
-    return table.reset_index()
+    rows, is_idle, start, end = arrays.periods()
+    p_sess, length = arrays.session[rows], end - start
+    n = arrays.n_sessions
+    table["active_s"] = np.bincount(p_sess[~is_idle], weights=length[~is_idle], minlength=n)[sess]
+    table["idle_s"] = np.bincount(p_sess[is_idle], weights=length[is_idle], minlength=n)[sess]
+    table["n_active_periods"] = np.bincount(p_sess[~is_idle], minlength=n)[sess].astype(np.int64)
+    return table
 
 
 def sessions(df: pd.DataFrame) -> list[SessionSummary]:
@@ -317,13 +385,14 @@ def sessions(df: pd.DataFrame) -> list[SessionSummary]:
     Sessions are listed in the order they open.
     """
     table = session_table(df)
-    periods = period_table(df)
-    active = periods[periods["state"] == "active"]
+    arrays = TraceArrays.of(df)
+    rows, is_idle, start, end = arrays.periods()
     by_session: dict[Any, list[tuple[float, float]]] = {}
-    for sid, start, end in zip(
-        active[SESSION].tolist(), active["start_s"].tolist(), active["end_s"].tolist()
+    for sid, a, b in zip(
+        arrays.session_ids[arrays.session[rows[~is_idle]]].tolist(),
+        start[~is_idle].tolist(), end[~is_idle].tolist(),
     ):
-        by_session.setdefault(sid, []).append((start, end))
+        by_session.setdefault(sid, []).append((a, b))
     return [
         SessionSummary(
             session_id=str(r[SESSION]),

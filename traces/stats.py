@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from traces.io import event_codes, period_table
-from traces.schema import EVENT, SESSION, TIME
+from traces.io import TraceArrays
 
 # Change of the open and active counts caused by each event kind (open, active, idle, close);
 # a close of an active session is corrected below.
@@ -61,23 +60,16 @@ class TraceStats:
         return asdict(self)
 
 
-def _deltas(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Event times and the change in open and active sessions at each event."""
-    t = df[TIME].to_numpy(dtype=np.float64)
-    codes = event_codes(df)
-    d_open = _D_OPEN[codes]
-    d_active = _D_ACTIVE[codes].copy()
-    # A close ends an active period when the session's previous event was open/active.
-    close_rows = np.flatnonzero(codes == 3)
+def _deltas(arrays: TraceArrays) -> tuple[np.ndarray, np.ndarray]:
+    """The change in open and in active sessions at each event."""
+    d_open = _D_OPEN[arrays.code]
+    d_active = _D_ACTIVE[arrays.code].copy()
+    # A close ends an active period only when the session's previous event was open/active.
+    close_rows = np.flatnonzero(arrays.code == 3)
     if len(close_rows):
-        sess = pd.factorize(df[SESSION])[0]
-        n = len(df)
-        order = np.lexsort((np.arange(n), sess))
-        prev_code = np.full(n, -1)
-        prev_code[order[1:]] = np.where(sess[order[1:]] == sess[order[:-1]], codes[order[:-1]], -1)
-        was_active = (prev_code[close_rows] == 0) | (prev_code[close_rows] == 1)
-        d_active[close_rows] = np.where(was_active, -1, 0)
-    return t, d_open, d_active
+        prev = arrays.previous_code()[close_rows]
+        d_active[close_rows] = np.where((prev == 0) | (prev == 1), -1, 0)
+    return d_open, d_active
 
 
 def concurrency(df: pd.DataFrame, step_s: float = 60.0) -> pd.DataFrame:
@@ -88,7 +80,9 @@ def concurrency(df: pd.DataFrame, step_s: float = 60.0) -> pd.DataFrame:
     """
     if not step_s > 0:
         raise ValueError(f"step_s must be > 0, got {step_s!r}")
-    t, d_open, d_active = _deltas(df)
+    arrays = TraceArrays.of(df)
+    t = arrays.time
+    d_open, d_active = _deltas(arrays)
     end = float(t[-1]) if len(t) else 0.0
     grid = np.arange(0.0, end + step_s, step_s)
     idx = np.searchsorted(t, grid, side="right") - 1
@@ -120,18 +114,19 @@ def _percentiles(x: np.ndarray) -> tuple[float, float, float]:
 
 def trace_stats(df: pd.DataFrame) -> TraceStats:
     """Summary statistics of a valid trace (a :class:`TraceStats`)."""
-    t, d_open, d_active = _deltas(df)
+    arrays = TraceArrays.of(df)
+    t = arrays.time
+    d_open, d_active = _deltas(arrays)
     duration = float(t[-1]) if len(t) else 0.0
     peak_open, mean_open = _peak_and_mean(t, d_open, duration)
     peak_active, mean_active = _peak_and_mean(t, d_active, duration)
-    events = df[EVENT].astype("str").to_numpy()
-    opens = np.sort(t[events == "open"])
+    opens = t[arrays.code == 0]  # already in time order
     gaps = np.diff(opens)
     cv = float(gaps.std() / gaps.mean()) if len(gaps) > 1 and gaps.mean() > 0 else float("nan")
-    lifetimes = session_lifetimes(df)
-    periods = period_table(df)
-    lengths = (periods["end_s"] - periods["start_s"]).to_numpy()
-    is_idle = (periods["state"] == "idle").to_numpy()
+    open_t, close_t = arrays.open_close()
+    lifetimes = close_t - open_t
+    _, is_idle, start, end = arrays.periods()
+    lengths = end - start
     active_time, idle_time = float(lengths[~is_idle].sum()), float(lengths[is_idle].sum())
     total = active_time + idle_time
     life_p = _percentiles(lifetimes)
@@ -139,7 +134,7 @@ def trace_stats(df: pd.DataFrame) -> TraceStats:
     return TraceStats(
         sessions=int(len(opens)),
         events=int(len(df)),
-        clients=int(df["client_id"].nunique()),
+        clients=int(pd.unique(df["client_id"]).size),
         duration_s=duration,
         arrival_rate=float(len(opens) / duration) if duration > 0 else float("nan"),
         peak_open=peak_open,
@@ -180,14 +175,15 @@ def plot_trace(df: pd.DataFrame, path: str | os.PathLike[str], *, step_s: float 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = df[TIME].to_numpy(dtype=np.float64)
+    arrays = TraceArrays.of(df)
+    t = arrays.time
     duration = float(t[-1]) if len(t) else 1.0
     step = step_s or max(duration / 500.0, 1.0)
     conc = concurrency(df, step)
-    opens = t[(df[EVENT].astype("str") == "open").to_numpy()]
-    periods = period_table(df)
-    lengths = (periods["end_s"] - periods["start_s"]).to_numpy()
-    is_idle = (periods["state"] == "idle").to_numpy()
+    opens = t[arrays.code == 0]
+    _, is_idle, start, end = arrays.periods()
+    lengths = end - start
+    open_t, close_t = arrays.open_close()
     stats = trace_stats(df)
 
     fig, axes = plt.subplots(3, 1, figsize=(9, 10))
@@ -206,7 +202,7 @@ def plot_trace(df: pd.DataFrame, path: str | os.PathLike[str], *, step_s: float 
     ax.set_ylabel("session opens per second")
     ax = axes[2]
     for label, x in (
-        ("session lifetime", session_lifetimes(df)),
+        ("session lifetime", close_t - open_t),
         ("active period", lengths[~is_idle]),
         ("idle period", lengths[is_idle]),
     ):
@@ -226,10 +222,6 @@ def plot_trace(df: pd.DataFrame, path: str | os.PathLike[str], *, step_s: float 
 
 
 def session_lifetimes(df: pd.DataFrame) -> np.ndarray:
-    """Open-to-close time of every session of a valid trace."""
-    events = df[EVENT].astype("str").to_numpy()
-    t = df[TIME].to_numpy(dtype=np.float64)
-    sid = df[SESSION].to_numpy()
-    opens = pd.Series(t[events == "open"], index=sid[events == "open"])
-    closes = pd.Series(t[events == "close"], index=sid[events == "close"])
-    return (closes - opens.reindex(closes.index)).to_numpy()
+    """Open-to-close time of every session of a valid trace, in order of opening."""
+    open_t, close_t = TraceArrays.of(df).open_close()
+    return close_t - open_t
