@@ -33,7 +33,6 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 import zarr.codecs
-import zarr.errors
 from zarr.abc.store import Store
 
 from kernels.state import STATE_FORMAT_VERSION, SessionState
@@ -107,6 +106,9 @@ class CheckpointStore:
     Notes
     -----
     One writer per session at a time (the session's worker); readers may run anywhere.
+    Calls block (zarr's synchronous API): from async code, run them in a thread
+    (``await asyncio.to_thread(store.save, sid, state)``). A store pickles as its
+    arguments, so it can be shipped to Dask workers.
 
     Examples
     --------
@@ -132,11 +134,15 @@ class CheckpointStore:
         self.url = os.fspath(url)
         self.compression = compression
         self.chunk_bytes = chunk_bytes
+        self.storage_options = storage_options
         self._store: Store = open_store(self.url, storage_options=storage_options)
         self._root = open_root(self._store)
 
     def __repr__(self) -> str:
         return f"CheckpointStore({self.url!r}, compression={self.compression!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_store, (self.url, self.compression, self.chunk_bytes, self.storage_options))
 
     # ------------------------------------------------------------------ writing
 
@@ -335,6 +341,10 @@ class CheckpointStore:
         if checksum(data) != checksums.get(name):
             raise CheckpointCorrupt(f"{where}: array {name!r} fails its checksum (data changed or truncated on disk)")
         return from_numpy(data, dtype)
+
+
+def _rebuild_store(url: str, compression: Compression, chunk_bytes: int, storage_options: dict[str, Any] | None) -> CheckpointStore:
+    return CheckpointStore(url, compression=compression, chunk_bytes=chunk_bytes, storage_options=storage_options)
 
 
 __all__ = ["CHECKPOINT_LAYOUT_VERSION", "CheckpointInfo", "CheckpointStore"]

@@ -74,6 +74,7 @@ class VideoStore:
         self.attrs: dict[str, Any] = {
             "session": session_id, "model": model, "fps": int(fps), "height": int(height), "width": int(width)
         }
+        self.storage_options = storage_options
         self._store = open_store(self.url, storage_options=storage_options)
         self._root = open_root(self._store)
         if self._exists():
@@ -81,6 +82,10 @@ class VideoStore:
 
     def __repr__(self) -> str:
         return f"VideoStore({self.url!r}, {self.session_id!r}, chunks={len(self.chunk_indices())})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        a = self.attrs
+        return (_rebuild_video, (self.url, self.session_id, a["model"], a["fps"], a["height"], a["width"], self.storage_options))
 
     # ------------------------------------------------------------------ writing
 
@@ -227,6 +232,12 @@ class VideoStore:
         frames = group["frames"]
         frames.resize((n, *frames.shape[1:]))
         return labels[:n]
+
+def _rebuild_video(
+    url: str, session_id: str, model: str, fps: int, height: int, width: int, storage_options: dict[str, Any] | None
+) -> VideoStore:
+    return VideoStore(url, session_id, model=model, fps=fps, height=height, width=width, storage_options=storage_options)
+
 
 def open_video(url: str | os.PathLike[str], session_id: str, *, storage_options: dict[str, Any] | None = None) -> xr.Dataset:
     """Open a stored session video without knowing its model or geometry."""

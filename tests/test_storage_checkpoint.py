@@ -356,3 +356,12 @@ def test_garbled_generation_metadata_is_corrupt(store: CheckpointStore, root: pa
     (root / "s1" / info.generation / "zarr.json").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointCorrupt, match="cannot be read"):
         store.load("s1")
+
+
+def test_a_store_pickles_as_its_arguments(store: CheckpointStore) -> None:
+    import pickle
+
+    store.save("s1", make_state())
+    shipped = pickle.loads(pickle.dumps(store))  # as when sent to a Dask worker
+    assert (shipped.url, shipped.chunk_bytes, shipped.compression) == (store.url, 1024, None)
+    assert shipped.load("s1").equal(make_state())

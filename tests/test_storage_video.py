@@ -139,3 +139,14 @@ def test_works_on_an_fsspec_url(tmp_path: pathlib.Path) -> None:
     video.append(frames_of(0), chunk_index=0)
     video.append(frames_of(0), chunk_index=0)
     np.testing.assert_array_equal(video.open()["frames"].values, frames_of(0))
+
+
+def test_a_video_store_pickles_as_its_arguments(tmp_path: pathlib.Path) -> None:
+    import pickle
+
+    video = new_store(tmp_path)
+    video.append(frames_of(0), chunk_index=0)
+    shipped = pickle.loads(pickle.dumps(video))
+    assert shipped.append(frames_of(0), chunk_index=0) is False
+    shipped.append(frames_of(1), chunk_index=1)
+    assert video.chunk_indices() == [0, 1]
