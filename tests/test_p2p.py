@@ -212,6 +212,12 @@ def test_endpoint_used_before_connect_says_so():
         P2PEndpoint(Rendezvous.new("gloo"), role="both")  # type: ignore[arg-type]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_nccl_without_cuda_is_refused_before_any_connection():
+    with pytest.raises(TransferError, match="'nccl' needs a CUDA device"):
+        P2PEndpoint(Rendezvous.new("nccl"), role="recv", timeout=1.0)
+
+
 # ------------------------------------------------------------------ CUDA
 
 
