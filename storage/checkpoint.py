@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import torch
 import zarr
 import zarr.codecs
 from zarr.abc.store import Store
@@ -237,7 +238,7 @@ class CheckpointStore:
         """Chunk index the session's checkpoint resumes at (raises :class:`CheckpointNotFound`)."""
         return self.info(session_id).chunk_index
 
-    def load(self, session_id: str, *, model: object = None, device: str = "cpu") -> SessionState:
+    def load(self, session_id: str, *, model: object = None, device: str | torch.device = "cpu") -> SessionState:
         """Read, verify and return the session's checkpointed state.
 
         Parameters
@@ -287,7 +288,7 @@ class CheckpointStore:
             )
         tensors = {name: self._read_tensor(group, name, spec, attrs["checksums"], where) for name, spec in meta["tensors"].items()}
         state = SessionState.from_meta(meta, tensors)
-        return state if device == "cpu" else state.to(device)
+        return state if torch.device(device).type == "cpu" else state.to(device)
 
     # ------------------------------------------------------------------ helpers
 

@@ -138,6 +138,7 @@ def test_any_fsspec_url_works(tmp_path: pathlib.Path) -> None:
 def test_load_puts_tensors_on_the_requested_device(store: CheckpointStore) -> None:
     store.save("s1", make_state())
     assert store.load("s1", device="cpu").device == torch.device("cpu")
+    assert store.load("s1", device=torch.device("cpu")).equal(make_state())
 
 
 def test_model_may_be_given_as_an_object_with_a_name(store: CheckpointStore) -> None:
