@@ -363,10 +363,13 @@ class Simulator:
             self.lat.append(lat)
             s.in_flight = False
             s.next_index += 1
-            s.recent = lat
+            # views are rebuilt only when something a policy sees changed
+            if s.recent != lat:
+                s.recent = lat
+                s.dirty = True
             if s.ctx < _CONTEXT_WINDOW_FRAMES:
                 s.ctx = min(s.ctx + s.frames, _CONTEXT_WINDOW_FRAMES)
-            s.dirty = True
+                s.dirty = True
             if s.wants:
                 nxt = treq + s.period
                 s.next_req = nxt if nxt > now else now
