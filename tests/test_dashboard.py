@@ -260,3 +260,31 @@ def test_attaching_a_server_to_a_running_cluster_installs_the_page():
             assert "bokeh" in _get(base + PAGE_PATH).lower()
             assert 'href="individual-turboserve">turboserve</a>' in _get(base + "/status")
             assert server.dashboard_link
+
+
+def test_a_failing_source_leaves_the_page_up_and_logs_once_per_streak(caplog):
+    from bokeh.document import Document
+
+    from framework.dashboard.page import turboserve_doc
+
+    calls = []
+
+    def source(last_seq):
+        calls.append(last_seq)
+        if len(calls) in (1, 2, 3):
+            raise RuntimeError("registry unavailable")
+        return frame()
+
+    doc = Document()
+    with caplog.at_level("WARNING", logger="framework.dashboard.page"):
+        turboserve_doc(object(), {"prefix": "/"}, doc, source=source, interval_ms=250)
+        (callback,) = doc.session_callbacks
+        assert callback.period == 250 and len(doc.roots) == 1
+        tick = callback.callback
+        tick()  # fails again: same streak, not logged again
+        tick()  # fails
+        tick()  # works
+    assert len(calls) == 4
+    assert [r.getMessage() for r in caplog.records] == ["turboserve dashboard: update failed"]
+    summary = doc.get_model_by_name("turboserve-summary")
+    assert "<b>2</b> workers" in summary.text

@@ -279,7 +279,6 @@ def _summary_html(frame: DashboardFrame) -> str:
         f"max <b>{_fmt_s(frame.latency_max_s)}</b>",
         f"target <b>{_fmt_s(frame.slo_s)}</b>",
     ]
-    # Plain spans (no markup inside the numbers' text) so tests and scrapers can read them.
     return '<div class="turboserve-summary" style="font-size:14px">' + " &middot; ".join(items) + "</div>"
 
 
@@ -288,7 +287,7 @@ def turboserve_doc(scheduler: Any, extra: dict, doc: Any, source: FrameSource | 
     """Bokeh ``FunctionHandler`` body of the page (the signature Dask's dashboard uses).
 
     ``source`` defaults to the frame of the turboserve scheduler plugin running on
-    ``scheduler``; without that plugin the page says so and shows empty figures.
+    ``scheduler``; without that plugin the page shows the workers only.
     """
     from distributed.dashboard.components.scheduler import BOKEH_THEME, env
 
@@ -296,12 +295,10 @@ def turboserve_doc(scheduler: Any, extra: dict, doc: Any, source: FrameSource | 
 
     source = source or plugin_frame_source(scheduler)
     dash = SessionsDashboard(source)
-    try:
-        dash.update()
-    except Exception:  # a bad first frame must not leave the page blank
-        logger.warning("turboserve dashboard: first update failed", exc_info=True)
+    tick = _safe_update(dash)
+    tick()  # a failing first frame leaves empty figures, not a blank page
     doc.add_root(dash.root)
-    doc.add_periodic_callback(_safe_update(dash), interval_ms or update_interval_ms())
+    doc.add_periodic_callback(tick, interval_ms or update_interval_ms())
     doc.title = f"Dask: {PAGE_TITLE}"
     doc.theme = BOKEH_THEME
     doc.template = env.get_template("simple.html")
@@ -309,12 +306,19 @@ def turboserve_doc(scheduler: Any, extra: dict, doc: Any, source: FrameSource | 
 
 
 def _safe_update(dash: SessionsDashboard) -> Callable[[], None]:
+    failures = 0
+
     def tick() -> None:
+        nonlocal failures
         t0 = time.perf_counter()
         try:
             dash.update()
+            failures = 0
         except Exception:
-            logger.warning("turboserve dashboard: update failed", exc_info=True)
+            # The first failure in a row with its traceback; repeats every tick would flood the log.
+            failures += 1
+            if failures == 1:
+                logger.warning("turboserve dashboard: update failed", exc_info=True)
         elapsed = time.perf_counter() - t0
         if elapsed > 0.05:
             logger.debug("turboserve dashboard tick took %.3f s", elapsed)
