@@ -366,3 +366,11 @@ def test_a_store_pickles_as_its_arguments(store: CheckpointStore) -> None:
     shipped = pickle.loads(pickle.dumps(store))  # as when sent to a Dask worker
     assert (shipped.url, shipped.chunk_bytes, shipped.compression) == (store.url, 1024, None)
     assert shipped.load("s1").equal(make_state())
+
+
+@pytest.mark.gpu
+def test_a_gpu_state_saves_and_loads_back_onto_the_gpu(store: CheckpointStore) -> None:
+    store.save("s1", make_state().to("cuda"))
+    loaded = store.load("s1", device="cuda")
+    assert loaded.device.type == "cuda"
+    assert loaded.equal(make_state())
