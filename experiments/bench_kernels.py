@@ -102,7 +102,14 @@ def _timed(model: StreamingVideoModel, batches: Sequence[Sequence[SessionState]]
 
 
 def measure(
-    model: StreamingVideoModel, batch_size: int, context_frames: int, *, height: int, width: int, repeats: int, warmup: int
+    model: StreamingVideoModel,
+    batch_size: int,
+    context_frames: int,
+    *,
+    height: int,
+    width: int,
+    repeats: int,
+    warmup: int,
 ) -> Row:
     """Median batched-step and separate-steps times for one batch size and context."""
     batched_t, separate_t = [], []
@@ -198,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "# step_s: one batched step of batch_size sessions; separate_s: batch_size single-session steps",
         ]
         lines = ["batch_size,step_s,per_chunk_s,context_frames,separate_s"]
-        lines += [f"{r.batch_size},{r.step_s:.6f},{r.per_chunk_s:.6f},{r.context_frames},{r.separate_s:.6f}" for r in rows]
+        lines += [
+            f"{r.batch_size},{r.step_s:.6f},{r.per_chunk_s:.6f},{r.context_frames},{r.separate_s:.6f}" for r in rows
+        ]
         args.out.write_text("\n".join(header + lines) + "\n")
         print(f"\nwrote {args.out}")
     return 0

@@ -21,7 +21,15 @@ _LAZY = {
     "TextEncoder": "text",
 }
 
-__all__ = ["PRESETS", "HashTextEncoder", "ModelPreset", "SessionState", "StreamingVideoModel", "TextEncoder", "get_preset"]
+__all__ = [
+    "PRESETS",
+    "HashTextEncoder",
+    "ModelPreset",
+    "SessionState",
+    "StreamingVideoModel",
+    "TextEncoder",
+    "get_preset",
+]
 
 
 def __getattr__(name: str) -> Any:

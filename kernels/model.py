@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
+import operator
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,7 +34,6 @@ from .text import HashTextEncoder, TextEncoder
 from .transformer import CacheGroup, CausalWanTransformer3DModel, LayerKV, chunk_rotary
 from .vae import StreamingVaeDecoder
 
-logger = logging.getLogger(__name__)
 
 #: File that :meth:`StreamingVideoModel.save_pretrained` writes next to the diffusers folders.
 MODEL_CONFIG_NAME = "turboserve_model.json"
@@ -184,9 +183,9 @@ class StreamingVideoModel:
         self.text_encoder = text_encoder or HashTextEncoder(preset.text_dim, preset.text_tokens)
         self.schedule = FlowSchedule.evenly(preset.denoise_steps, shift=preset.timestep_shift)
         self.num_threads = num_threads
-        self._text_encoder_spec: dict[str, Any] | None = (
-            {"kind": "hash", "seed": self.text_encoder.seed} if isinstance(self.text_encoder, HashTextEncoder) else None
-        )
+        self._text_encoder_spec: dict[str, Any] | None = None
+        if isinstance(self.text_encoder, HashTextEncoder):
+            self._text_encoder_spec = {"kind": "hash", "seed": self.text_encoder.seed}
 
     # ------------------------------------------------------------------ construction
 
@@ -291,7 +290,9 @@ class StreamingVideoModel:
             raise ValueError(f"text encoder returned shape {tuple(emb.shape)}; the model needs {want}")
         return emb[0].to(self.device, self.dtype)
 
-    def new_session(self, prompt: str, seed: int, *, height: int | None = None, width: int | None = None) -> SessionState:
+    def new_session(
+        self, prompt: str, seed: int, *, height: int | None = None, width: int | None = None
+    ) -> SessionState:
         """The state of a new session, ready for its chunk 0.
 
         Raises
@@ -303,8 +304,12 @@ class StreamingVideoModel:
         height = self.preset.default_height if height is None else height
         width = self.preset.default_width if width is None else width
         self.preset.check_resolution(height, width)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        try:
+            seed = operator.index(seed)
+        except TypeError:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}") from None
+        if seed < 0 or isinstance(seed, bool):
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         p = self.preset
         tensors: dict[str, torch.Tensor] = {"prompt_embeds": self.encode_prompt(prompt)}
         for layer in range(p.num_layers):
@@ -439,8 +444,12 @@ class StreamingVideoModel:
         tpf = grid[1] * grid[2]
         keep, sink = p.window_latent_frames * tpf, p.sink_latent_frames * tpf
 
-        pixels, vae_caches = self.decoder.decode(x0, [[t[f"vae.{i}"] for i in range(int(s.scalars["vae.count"]))] for s, t in zip(states, tensors)])
+        vae_in = [[t[f"vae.{i}"] for i in range(int(s.scalars["vae.count"]))] for s, t in zip(states, tensors)]
+        pixels, vae_caches = self.decoder.decode(x0, vae_in)
+        # One array per session (on CPU a slice would keep the whole batch's buffer alive).
         frames_np = [pixels[b].cpu().numpy() for b in range(batch)]
+        if dev.type == "cpu":
+            frames_np = [f.copy() for f in frames_np]
 
         new_tensors: list[dict[str, torch.Tensor]] = []
         for b, t in enumerate(tensors):

@@ -96,7 +96,7 @@ def test_vae_cache_shapes_match_the_real_decoder(geometry):
         temperal_downsample=list(geometry.temperal_downsample),
     ).eval()
     preset = ModelPreset(name="probe", num_layers=1, num_heads=1, head_dim=12, ffn_dim=8, vae=geometry)
-    height, width = 32, 48
+    height, width = 16, 32
     feat_cache = [None] * vae._cached_conv_counts["decoder"]
     lh, lw = preset.latent_size(height, width)
     with torch.no_grad():

@@ -108,7 +108,8 @@ def test_cached_chunk_equals_block_causal_full_sequence(transformer):
 
     emb = transformer.embed_text(text)
     write = _contexts(0, write=True)
-    assert transformer.forward_chunk(clean0, transformer.embed_timestep(torch.zeros(1), torch.float32), emb, write, output=False) is None
+    t0 = transformer.embed_timestep(torch.zeros(1), torch.float32)
+    assert transformer.forward_chunk(clean0, t0, emb, write, output=False) is None
     keys = [[ctx.new_keys[0]] for ctx in write]
     values = [[ctx.new_values[0]] for ctx in write]
     assert keys[0][0].shape == (PRESET.num_heads, N, PRESET.head_dim)
@@ -120,4 +121,6 @@ def test_cached_chunk_equals_block_causal_full_sequence(transformer):
 
 def test_layer_count_mismatch_is_an_error(transformer):
     with pytest.raises(ValueError, match="one LayerKV per block"):
-        transformer.forward_chunk(_latents(1), transformer.embed_timestep(torch.zeros(1), torch.float32), transformer.embed_text(_text()), [])
+        transformer.forward_chunk(
+            _latents(1), transformer.embed_timestep(torch.zeros(1), torch.float32), transformer.embed_text(_text()), []
+        )
