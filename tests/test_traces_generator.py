@@ -140,6 +140,19 @@ def test_a_window_with_zero_rate_has_no_arrivals():
     assert np.sum(t < 100) > 50 and np.sum(t >= 200) > 50
 
 
+def test_a_client_shape_shifts_only_that_client():
+    day = 86_400.0
+    night_owl = replace(arrival_client(0.2, 1.0), client_id="owl",
+                        shape=Diurnal(day, amplitude=0.9, peak_s=0.0))
+    early_bird = replace(arrival_client(0.2, 1.0), client_id="bird",
+                         shape=Diurnal(day, amplitude=0.9, peak_s=day / 2))
+    df = generate(WorkloadSpec((night_owl, early_bird), day))
+    opens = df[df["event"] == "open"]
+    noon = (opens["time_s"] > day / 4) & (opens["time_s"] < 3 * day / 4)
+    share_at_noon = opens[noon].groupby("client_id").size() / opens.groupby("client_id").size()
+    assert share_at_noon["bird"] > 0.7 > 0.3 > share_at_noon["owl"]
+
+
 def test_total_rate_splits_the_load_by_weight():
     clients = (replace(arrival_client(1.0, 1.0), client_id="big", weight=3.0),
                replace(arrival_client(1.0, 1.0), client_id="small", weight=1.0))
@@ -233,6 +246,13 @@ dists = st.builds(
     cv=st.floats(0.2, 4.0),
     max=st.none() | st.floats(1.0, 1000.0),
 )
+windows = st.integers(1, 6).flatmap(lambda n: st.builds(
+    RateWindows,
+    rates=st.lists(st.sampled_from([0.0, 0.05, 0.5, 2.0]), min_size=n, max_size=n).map(tuple),
+    cvs=st.lists(st.floats(0.01, 150.0), min_size=n, max_size=n).map(tuple),
+    families=st.lists(st.sampled_from(["gamma", "weibull", "Gamma"]), min_size=n, max_size=n).map(tuple),
+    window_s=st.sampled_from([7.0, 60.0, 600.0]),
+))
 clients = st.builds(
     lambda i, rate, cv, fam, life, period, mix_n: ClientSpec(
         f"c{i}", rate=rate, cv=1.0 if fam == "exponential" else cv, interarrival=fam,
@@ -240,7 +260,7 @@ clients = st.builds(
         mix=tuple(Variant("tiny", 12, 64, 64, 16, weight=w + 1.0) for w in range(mix_n)),
     ),
     i=st.integers(0, 1000),
-    rate=st.floats(0.0, 1.0),
+    rate=st.floats(0.0, 1.0) | windows,
     cv=st.floats(0.3, 6.0),
     fam=st.sampled_from(["gamma", "weibull", "exponential"]),
     life=dists,
@@ -258,11 +278,13 @@ shapes = st.sampled_from([
     cs=st.lists(clients, min_size=1, max_size=3, unique_by=lambda c: c.client_id),
     duration=st.floats(1.0, 800.0),
     warmup=st.floats(0.0, 500.0),
+    offset=st.floats(0.0, 5000.0),
     shape=shapes,
     seed=st.integers(0, 2**32 - 1),
 )
-def test_generated_traces_always_validate(cs, duration, warmup, shape, seed):
-    spec = WorkloadSpec(tuple(cs), duration, rate=shape, warmup_s=warmup, seed=seed, grid_s=7.0)
+def test_generated_traces_always_validate(cs, duration, warmup, offset, shape, seed):
+    spec = WorkloadSpec(tuple(cs), duration, rate=shape, warmup_s=warmup, offset_s=offset,
+                        seed=seed, grid_s=7.0)
     df = generate(spec)
     validate(df)
     assert df["time_s"].max() <= duration if len(df) else True
