@@ -73,7 +73,7 @@ class Dist:
     family
         One of :class:`Family` (or its value): ``constant`` (cv is ignored, 0),
         ``exponential`` (cv is 1), ``gamma``, ``weibull``, ``lognormal``, ``pareto``
-        (Lomax-free classic Pareto; needs ``cv > 0``, tail index ``1 + sqrt(1 + 1/cv**2)``).
+        (classic Pareto; needs ``cv > 0``; its tail index is ``1 + sqrt(1 + 1/cv**2)``).
     mean
         The mean, > 0.
     cv
