@@ -183,9 +183,6 @@ class StreamingVideoModel:
         self.text_encoder = text_encoder or HashTextEncoder(preset.text_dim, preset.text_tokens)
         self.schedule = FlowSchedule.evenly(preset.denoise_steps, shift=preset.timestep_shift)
         self.num_threads = num_threads
-        self._text_encoder_spec: dict[str, Any] | None = None
-        if isinstance(self.text_encoder, HashTextEncoder):
-            self._text_encoder_spec = {"kind": "hash", "seed": self.text_encoder.seed}
 
     # ------------------------------------------------------------------ construction
 
@@ -265,7 +262,10 @@ class StreamingVideoModel:
         root.mkdir(parents=True, exist_ok=True)
         self.transformer.save_pretrained(root / "transformer")
         self.vae.save_pretrained(root / "vae")
-        meta = {"format": 1, "preset": _preset_to_json(self.preset), "text_encoder": self._text_encoder_spec}
+        # A hash encoder is rebuilt from its seed; any other encoder must be passed to from_pretrained.
+        enc = self.text_encoder
+        spec = {"kind": "hash", "seed": enc.seed} if isinstance(enc, HashTextEncoder) else None
+        meta = {"format": 1, "preset": _preset_to_json(self.preset), "text_encoder": spec}
         (root / MODEL_CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         return root
 

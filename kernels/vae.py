@@ -11,6 +11,7 @@ chunk has the same number of frames and every state the same shapes.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -64,6 +65,7 @@ class StreamingVaeDecoder:
             )
         self.vae = vae
         self.preset = preset
+        self._lock = threading.Lock()  # decode re-lays the shared weights out for its duration
         if channels_last is None:
             channels_last = vae.post_quant_conv.weight.device.type == "cpu"
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -106,7 +108,7 @@ class StreamingVaeDecoder:
         feat_cache = [
             torch.stack([c[i] for c in caches]).to(dtype).contiguous(memory_format=fmt) for i in range(len(caches[0]))
         ]
-        with _conv_weights_in(self.vae, fmt):
+        with self._lock, _conv_weights_in(self.vae, fmt):
             x = self.vae.post_quant_conv(z.contiguous(memory_format=fmt))
             out = self.vae.decoder(x, feat_cache=feat_cache, feat_idx=[0], first_chunk=False)
         if len(feat_cache) != len(caches[0]):
