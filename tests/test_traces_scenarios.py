@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -153,18 +154,25 @@ def test_list_prints_every_scenario(capsys):
      (["trace", "stats", "missing.parquet"], "does not exist"),
      (["trace", "convert", "missing.csv", "x.txt"], "does not exist")],
 )
-def test_errors_end_the_command_with_one_line(argv, message, tmp_path, monkeypatch):
+def test_errors_end_the_command_with_one_line(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    text = str(info.value.code)
-    assert text.startswith("error: ") and message in text and "\n" not in text
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
-def test_an_invalid_trace_file_is_reported_with_its_row(tmp_path):
+def test_an_invalid_trace_file_is_reported_with_its_row(tmp_path, capsys):
     df = scenario("steady", duration_s=60.0, scale=0.1)
     write_trace(df, tmp_path / "ok.csv")
     bad = pd.read_csv(tmp_path / "ok.csv").iloc[:-1]  # drop the last close
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(SystemExit, match=r"error: row \d+ .*never closed"):
-        main(["trace", "validate", str(tmp_path / "bad.csv")])
+    assert main(["trace", "validate", str(tmp_path / "bad.csv")]) == 2
+    assert re.match(r"error: row \d+ .*never closed", capsys.readouterr().err)
+
+
+def test_the_turboserve_cli_runs_the_trace_group(tmp_path, capsys):
+    cli = pytest.importorskip("framework.cli")
+    assert cli.main(["trace", "list"]) == 0
+    assert "steady" in capsys.readouterr().out
+    assert cli.main(["trace", "stats", str(tmp_path / "missing.parquet")]) == 2
+    assert "error: " in capsys.readouterr().err

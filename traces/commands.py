@@ -2,8 +2,9 @@
 
 Wired into the main CLI with :func:`register`; each leaf command stores its handler in
 ``args.func`` (``func(args) -> int`` exit code). Bad input (an unknown scenario, an
-invalid trace, a missing file) ends the command with ``SystemExit("error: ...")``: one
-line on stderr and exit status 1.
+invalid trace, a missing file) raises ``ValueError`` (``TraceError`` is one) or
+``FileNotFoundError`` with a one-line message; ``turboserve``'s ``main`` (and
+:func:`main` here) prints it as ``error: ...`` and exits with status 2.
 
 Examples
 --------
@@ -18,30 +19,12 @@ Examples
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-Handler = Callable[[argparse.Namespace], int]
 
-
-def _errors_to_exit(func: Handler) -> Handler:
-    """Turn the expected errors of bad input into a one-line ``error: ...`` exit."""
-
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except (ValueError, FileNotFoundError) as exc:
-            raise SystemExit(f"error: {exc}") from exc
-
-    return wrapper
-
-
-@_errors_to_exit
 def cmd_generate(args: argparse.Namespace) -> int:
     """``trace generate``: write a scenario's or a YAML spec's trace to ``--out``."""
     from dataclasses import replace
@@ -74,7 +57,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-@_errors_to_exit
 def cmd_stats(args: argparse.Namespace) -> int:
     """``trace stats``: print a trace's statistics (a table, or JSON with ``--json``)."""
     from traces.io import read_trace
@@ -89,7 +71,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-@_errors_to_exit
 def cmd_convert(args: argparse.Namespace) -> int:
     """``trace convert``: read a trace (validating it) and write it in another format."""
     from traces.io import read_trace, write_trace
@@ -100,7 +81,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-@_errors_to_exit
 def cmd_validate(args: argparse.Namespace) -> int:
     """``trace validate``: check a trace file; prints ``ok`` or fails naming the bad row."""
     from traces.io import read_trace
@@ -169,11 +149,19 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``trace`` commands standalone: ``python -m traces.commands trace ...``."""
+    """Run the ``trace`` commands standalone: ``python -m traces.commands trace ...``.
+
+    Errors of bad input are printed as one ``error: ...`` line on stderr (exit status 2),
+    as ``turboserve``'s own ``main`` does.
+    """
     parser = argparse.ArgumentParser(prog="turboserve")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
