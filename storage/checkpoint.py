@@ -7,7 +7,7 @@ Layout under the store root, one group per session::
       c000008-1a2b3c4d/           one generation = one saved state
         kv.0.k, kv.0.v, ...       one uncompressed zarr array per tensor
                                   attrs (written after all arrays): the state's meta,
-                                  a CRC-32 per tensor, complete=true
+                                  a CRC-32C per tensor, complete=true
 
 A save writes a *new* generation, then its attributes (meta and checksums), then moves
 the session's ``current`` pointer, then deletes older generations. A crash at any point
@@ -38,7 +38,7 @@ from zarr.abc.store import Store
 
 from kernels.state import STATE_FORMAT_VERSION, SessionState
 from storage.errors import CheckpointCorrupt, CheckpointMismatch, CheckpointNotFound, CheckpointVersionError
-from storage.tensors import checksum, from_numpy, storage_dtype, to_numpy, torch_dtype
+from storage.tensors import CHECKSUM, checksum, from_numpy, storage_dtype, to_numpy, torch_dtype
 from storage.zarr_store import DEFAULT_CHUNK_BYTES, chunk_shape, open_root, open_store, read_array, write_arrays
 
 #: Version of the on-disk layout described in the module docstring.
@@ -174,12 +174,19 @@ class CheckpointStore:
             )
             pairs.append((array, data))
         # The checksums are computed in threads while the chunks are written.
-        sums = write_arrays(pairs, [functools.partial(checksum, data) for _, data in pairs])
+        sums = write_arrays(pairs, [functools.partial(checksum, data, CHECKSUM) for _, data in pairs])
         checksums = {name: crc for name, crc in zip(state.tensors, sums)}
         meta = state.meta()
         # The generation's attributes are its "complete" marker: written after all data.
         group.attrs.update(
-            {_LAYOUT_KEY: CHECKPOINT_LAYOUT_VERSION, "session_id": session_id, "state": meta, "checksums": checksums, "complete": True}
+            {
+                _LAYOUT_KEY: CHECKPOINT_LAYOUT_VERSION,
+                "session_id": session_id,
+                "state": meta,
+                "checksum": CHECKSUM,
+                "checksums": checksums,
+                "complete": True,
+            }
         )
         # The switch: one metadata document, replaced atomically on a local store.
         session.attrs.update(
@@ -286,7 +293,12 @@ class CheckpointStore:
             raise CheckpointMismatch(
                 f"checkpoint of session {session_id!r} was made by model {meta['model']!r}, this worker runs {wanted!r}"
             )
-        tensors = {name: self._read_tensor(group, name, spec, attrs["checksums"], where) for name, spec in meta["tensors"].items()}
+        algorithm = attrs.get("checksum", "crc32")
+        if algorithm not in ("crc32c", "crc32"):
+            raise CheckpointVersionError(f"{where} uses checksum {algorithm!r}; this code knows 'crc32c' and 'crc32'")
+        tensors = {
+            name: self._read_tensor(group, name, spec, attrs["checksums"], algorithm, where) for name, spec in meta["tensors"].items()
+        }
         state = SessionState.from_meta(meta, tensors)
         return state if torch.device(device).type == "cpu" else state.to(device)
 
@@ -320,7 +332,9 @@ class CheckpointStore:
             )
 
     @staticmethod
-    def _read_tensor(group: zarr.Group, name: str, spec: dict[str, Any], checksums: dict[str, int], where: str) -> Any:
+    def _read_tensor(
+        group: zarr.Group, name: str, spec: dict[str, Any], checksums: dict[str, int], algorithm: str, where: str
+    ) -> torch.Tensor:
         dtype = torch_dtype(spec["dtype"])
         shape = tuple(spec["shape"])
         try:
@@ -339,7 +353,7 @@ class CheckpointStore:
             data = read_array(array, missing_chunks="error")
         except Exception as exc:  # zarr raises various types for truncated or garbled chunks
             raise CheckpointCorrupt(f"{where}: array {name!r} cannot be read ({type(exc).__name__}: {exc})") from exc
-        if checksum(data) != checksums.get(name):
+        if checksum(data, algorithm) != checksums.get(name):
             raise CheckpointCorrupt(f"{where}: array {name!r} fails its checksum (data changed or truncated on disk)")
         return from_numpy(data, dtype)
 

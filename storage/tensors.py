@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 
+import google_crc32c
 import numpy as np
 import torch
 
@@ -71,7 +72,25 @@ def from_numpy(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
-def checksum(array: np.ndarray) -> int:
-    """CRC-32 of the array's bytes (C order); cheap next to the disk write (~3 GiB/s)."""
+#: Name of the checksum :func:`checksum` computes (checkpoints record it): CRC-32C through
+#: google-crc32c's C extension (a zarr dependency, ~6 GiB/s), else zlib's CRC-32.
+CHECKSUM = "crc32c" if getattr(google_crc32c, "implementation", "") == "c" else "crc32"
+
+
+def checksum(array: np.ndarray, algorithm: str = CHECKSUM) -> int:
+    """Checksum of the array's bytes (C order) with ``algorithm`` (``"crc32c"`` or ``"crc32"``).
+
+    Raises
+    ------
+    ValueError
+        For another algorithm name.
+    """
     a = np.require(array, requirements="C")
-    return zlib.crc32(a.reshape(-1).view(np.uint8).data) if a.size else zlib.crc32(b"")
+    raw = a.reshape(-1).view(np.uint8) if a.size else np.empty(0, np.uint8)
+    if algorithm == "crc32c":
+        ro = raw.view()
+        ro.flags.writeable = False  # google-crc32c reads any read-only buffer without a copy
+        return int(google_crc32c.value(ro))
+    if algorithm == "crc32":
+        return zlib.crc32(raw.data)
+    raise ValueError(f"unknown checksum {algorithm!r}; known: 'crc32c', 'crc32'")

@@ -206,11 +206,11 @@ def crash_on_second_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
     real = storage.checkpoint.checksum
 
-    def dying_checksum(data):
+    def dying_checksum(data, *args):
         calls["n"] += 1
         if calls["n"] == 2:
             raise Crash("killed mid-save")
-        return real(data)
+        return real(data, *args)
 
     monkeypatch.setattr(storage.checkpoint, "checksum", dying_checksum)
 
@@ -374,3 +374,23 @@ def test_a_gpu_state_saves_and_loads_back_onto_the_gpu(store: CheckpointStore) -
     loaded = store.load("s1", device="cuda")
     assert loaded.device.type == "cuda"
     assert loaded.equal(make_state())
+
+
+def test_unknown_checksum_algorithm_is_a_version_error(store: CheckpointStore, root: pathlib.Path) -> None:
+    info = store.save("s1", make_state())
+    edit_json(root / "s1" / info.generation / "zarr.json", lambda d: d["attributes"].update(checksum="md5"))
+    with pytest.raises(CheckpointVersionError, match="'md5'"):
+        store.load("s1")
+
+
+@pytest.mark.parametrize("algorithm", ["crc32c", "crc32"])
+def test_checksums_see_a_single_flipped_bit(algorithm: str) -> None:
+    from storage.tensors import checksum
+
+    data = np.arange(1000, dtype=np.int64)
+    flipped = data.copy()
+    flipped.view(np.uint8)[4321] ^= 0x10
+    assert checksum(data, algorithm) == checksum(data.copy(), algorithm)
+    assert checksum(data, algorithm) != checksum(flipped, algorithm)
+    with pytest.raises(ValueError, match="unknown checksum 'sha1'"):
+        checksum(data, "sha1")
