@@ -37,7 +37,7 @@ import torch
 from distributed import Client, LocalCluster, wait
 
 from kernels.state import SessionState
-from workers.p2p import Rendezvous, TransferStats, choose_backend, recv_state, send_state
+from workers.p2p import P2PEndpoint, Rendezvous, TransferStats, choose_backend, send_state
 from workers.transfer import as_bytes, pack, plan_buffers, unpack
 
 MiB = 1 << 20
@@ -68,8 +68,6 @@ def p2p_send(state: SessionState, rdv: Rendezvous, timeout: float) -> TransferSt
 
 def p2p_recv(rdv: Rendezvous, device: str, timeout: float) -> TransferStats:
     """Receiver task: run on the target worker; keeps only the stats."""
-    from workers.p2p import P2PEndpoint
-
     with P2PEndpoint(rdv, role="recv", device=device if rdv.backend == "nccl" else None, timeout=timeout) as ep:
         state = ep.recv(device)
         assert state.nbytes == ep.last_stats.nbytes
