@@ -116,11 +116,19 @@ def _infer_preset(transformer: CausalWanTransformer3DModel, vae: AutoencoderKLWa
 
 
 def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    # Cast only a module not yet in `dtype`: a loaded one may keep some layers in fp32 on
-    # purpose (diffusers' `_keep_in_fp32_modules`), and diffusers warns on any later cast.
+    """Move to ``device`` and cast to ``dtype`` as diffusers' ``from_pretrained`` would.
+
+    Submodules named in ``_keep_in_fp32_modules`` (Wan: norms, time embedder, modulation
+    tables) stay in fp32. A module already holding ``dtype`` parameters (loaded with
+    ``torch_dtype``) is only moved.
+    """
     module = module.to(device)
-    if all(p.dtype != dtype for p in module.parameters()):
-        module = module.to(dtype)
+    if any(p.dtype == dtype for p in module.parameters()):
+        return module
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and not any(k in name.split(".") for k in keep):
+            tensor.data = tensor.data.to(dtype)
     return module
 
 
