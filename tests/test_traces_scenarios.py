@@ -13,9 +13,9 @@ from traces.commands import main, register
 from traces.importers import DataNotFoundError, data_dir
 from traces.io import read_trace, validate, write_trace
 from traces.scenarios import DESCRIPTIONS, SCENARIOS, scenario, scenario_spec, spec_path
-from traces.stats import trace_stats
+from traces.stats import concurrency, trace_stats
 
-SYNTHETIC = ["steady", "diurnal", "flash-crowd"]
+SYNTHETIC = ["steady", "diurnal", "flash-crowd", "servegen-language-lite"]
 FROM_DATA = [name for name in SCENARIOS if name not in SYNTHETIC]
 
 
@@ -96,6 +96,24 @@ def test_data_scenarios_longer_than_the_data_are_tiled():
 def test_bad_scenario_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         scenario(**kwargs)
+
+
+@needs_data
+def test_the_lite_servegen_spec_is_the_summary_of_the_data():
+    import yaml
+
+    from traces.importers import servegen_summary
+
+    with open(spec_path("servegen-language-lite")) as f:
+        shipped = yaml.safe_load(f)["clients"]
+    assert shipped == servegen_summary("language/m-large")
+
+
+def test_the_lite_servegen_scenario_keeps_the_daily_swing():
+    df = scenario("servegen-language-lite", scale=0.5)
+    assert trace_stats(df).clients == 11
+    hourly = concurrency(df, 3600.0)["active"].to_numpy()[1:-1]
+    assert hourly.max() > 2 * hourly.min()  # ServeGen's peak-to-trough is about 6
 
 
 def test_synthetic_scenarios_have_spec_files_and_data_ones_do_not():

@@ -558,7 +558,8 @@ def _variant_from_dict(data: dict[str, Any]) -> Variant:
 def client_from_dict(data: dict[str, Any]) -> ClientSpec:
     """Build a :class:`ClientSpec` from plain data (the ``clients`` entries of a YAML spec).
 
-    Keys: ``id`` (or ``client_id``), ``rate``, ``interarrival``, ``cv``, ``shape``,
+    Keys: ``id`` (or ``client_id``), ``rate`` (a number, or rate windows
+    ``{window_s, rates, cvs, families}``), ``interarrival``, ``cv``, ``shape``,
     ``lifetime``/``active``/``idle`` (``{family, mean, cv, max}`` or ``null``), ``mix``
     (list of variants), ``weight``.
     """
@@ -570,8 +571,18 @@ def client_from_dict(data: dict[str, Any]) -> ClientSpec:
         raise ValueError(f"unknown client keys {sorted(unknown)}; known: {sorted(known)}")
     kwargs: dict[str, Any] = {"client_id": str(data.pop("id", data.pop("client_id", "")))}
     for key in ("rate", "cv", "weight"):
-        if key in data:
+        if key in data and not (key == "rate" and isinstance(data[key], dict)):
             kwargs[key] = float(data[key])
+    if isinstance(data.get("rate"), dict):
+        w = dict(data["rate"])
+        if set(w) != {"window_s", "rates", "cvs", "families"}:
+            raise ValueError(
+                f"rate windows need exactly window_s, rates, cvs, families; got {sorted(w)}"
+            )
+        kwargs["rate"] = RateWindows(
+            tuple(map(float, w["rates"])), tuple(map(float, w["cvs"])),
+            tuple(map(str, w["families"])), float(w["window_s"]),
+        )
     if "interarrival" in data:
         kwargs["interarrival"] = data["interarrival"]
     if "shape" in data:

@@ -157,6 +157,58 @@ def servegen_clients(
     )
 
 
+def servegen_summary(
+    dataset: str = "language/m-large",
+    *,
+    top: int = 10,
+    hours: int = 24,
+    start_s: float = 0.0,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> list[dict[str, object]]:
+    """A small hourly summary of ServeGen clients, as ``clients`` entries of a YAML spec.
+
+    The ``top`` clients by rate over ``[start_s, start_s + hours h)`` keep their own
+    hourly rate (the mean of the six 600 s windows), rate-weighted mean CV, and the
+    family carrying most of the hour's rate; all other clients are merged into one
+    ``rest`` client (rates summed, CVs rate-weighted). This is what
+    ``scenarios/servegen-language-lite.yaml`` holds (derived from ServeGen's
+    Apache-2.0 data), so a ServeGen-shaped workload exists without the data folder.
+    """
+    windows = [w for _, w in _servegen_windows(str(_data_file(f"servegen/{dataset}", data_dir)))]
+    ids = [cid for cid, _ in _servegen_windows(str(_data_file(f"servegen/{dataset}", data_dir)))]
+    per_hour = int(round(3600.0 / SERVEGEN_WINDOW_S))
+    first = int(round(start_s / SERVEGEN_WINDOW_S))
+    n = hours * per_hour
+    idx = (first + np.arange(n)) % np.array([len(w.rates) for w in windows])[:, None]
+    rates = np.array([np.asarray(w.rates)[i] for w, i in zip(windows, idx)])
+    cvs = np.array([np.asarray(w.cvs)[i] for w, i in zip(windows, idx)])
+    weibull = np.array([np.asarray(w.families)[i] == "weibull" for w, i in zip(windows, idx)])
+    order = np.argsort(-rates.sum(axis=1), kind="stable")
+    groups = [(f"{dataset.split('/')[-1]}-{ids[c]}", [c]) for c in order[:top]]
+    if len(order) > top:
+        groups.append(("rest", list(order[top:])))
+    clients: list[dict[str, object]] = []
+    for name, members in groups:
+        r = rates[members].reshape(len(members), hours, per_hour)
+        c = cvs[members].reshape(r.shape)
+        wb = weibull[members].reshape(r.shape)
+        hour_rate = r.sum(axis=0).mean(axis=1)
+        total = r.sum(axis=(0, 2))
+        safe = np.where(total > 0, total, 1.0)
+        hour_cv = np.where(total > 0, (r * c).sum(axis=(0, 2)) / safe, 1.0)
+        weibull_share = np.where(total > 0, (r * wb).sum(axis=(0, 2)) / safe, 0.0)
+        clients.append({
+            "id": name,
+            "rate": {
+                "window_s": 3600.0,
+                "rates": [round(float(x), 6) for x in hour_rate],
+                "cvs": [round(float(x), 4) for x in hour_cv],
+                "families": ["weibull" if x > 0.5 else "gamma" for x in weibull_share],
+            },
+        })
+    return clients
+
+
 # ---------------------------------------------------------------------------------------
 # Mooncake
 

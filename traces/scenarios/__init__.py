@@ -9,6 +9,7 @@ name                       what                                            defau
 ``servegen-language``      ServeGen ``language/m-large`` (162 clients)     24 h
 ``servegen-multimodal``    ServeGen ``multimodal/mm-image`` (35 clients)   24 h
 ``servegen-reason``        ServeGen ``reason/deepseek-r1`` (73 clients)    24 h
+``servegen-language-lite``  m-large day 1 summarised in a YAML (no data)    24 h
 ``mooncake-conversation``  Mooncake multi-turn conversations as sessions   1 h
 ``azure-conv``             Azure LLM 2023 conversation arrivals            ~1 h
 ``azure-code``             Azure LLM 2023 code arrivals (CV about 13)      ~1 h
@@ -17,7 +18,9 @@ name                       what                                            defau
 ``scale=1`` aims at the load of about 64 GPUs: a mean of roughly 250 active sessions
 (about 0.75 session opens per second with the default session profile); ``scale=16``
 is about 1024 GPUs. ``mooncake-conversation`` at ``scale=1`` is the trace as recorded
-(about 110 active sessions). The synthetic scenarios are YAML specs in this folder
+(about 110 active sessions). The synthetic scenarios
+and ``servegen-language-lite`` (a few-KB hourly summary of ServeGen m-large, so a
+ServeGen-shaped workload exists without the data folder) are YAML specs in this folder
 (``<name>.yaml``; also usable with ``turboserve trace generate --spec``); the others
 read the real data (see :mod:`traces.importers`).
 
@@ -70,9 +73,12 @@ _SERVEGEN = {
 }
 # Share of Azure requests that open a session at scale=1 (about 250 active sessions).
 _AZURE_SHARE = {"azure-conv": 0.18, "azure-code": 0.37}
-_SPEC_FILES = ("steady", "diurnal", "flash-crowd")
+_SPEC_FILES = ("steady", "diurnal", "flash-crowd", "servegen-language-lite")
 
-SCENARIOS: list[str] = [*_SPEC_FILES, *_SERVEGEN, "mooncake-conversation", *_AZURE_SHARE]
+SCENARIOS: list[str] = [
+    "steady", "diurnal", "flash-crowd", *_SERVEGEN, "servegen-language-lite",
+    "mooncake-conversation", *_AZURE_SHARE,
+]
 """Names accepted by :func:`scenario`."""
 
 DESCRIPTIONS: dict[str, str] = {
@@ -82,6 +88,7 @@ DESCRIPTIONS: dict[str, str] = {
     "servegen-language": "ServeGen language/m-large: 162 clients' per-window rate and CV, 24 h",
     "servegen-multimodal": "ServeGen multimodal/mm-image: 35 clients, 24 h",
     "servegen-reason": "ServeGen reason/deepseek-r1: 73 clients, 24 h",
+    "servegen-language-lite": "m-large day 1 as top-10 clients + rest, hourly (no data needed), 24 h",
     "mooncake-conversation": "Mooncake chat: conversations -> sessions, turns -> active bursts, 1 h",
     "azure-conv": "Azure LLM 2023 conversation requests -> session opens (CV ~1.1), ~1 h",
     "azure-code": "Azure LLM 2023 code requests -> session opens (CV ~13), ~1 h",
@@ -106,7 +113,8 @@ def _with_model(client: ClientSpec, model: str | None) -> ClientSpec:
 
 
 def spec_path(name: str) -> pathlib.Path:
-    """The YAML spec file of a synthetic scenario (``steady``, ``diurnal``, ``flash-crowd``)."""
+    """The YAML spec file of a scenario that has one (``steady``, ``diurnal``,
+    ``flash-crowd``, ``servegen-language-lite``)."""
     if name not in _SPEC_FILES:
         raise ValueError(f"scenario {name!r} has no spec file; those that do: {list(_SPEC_FILES)}")
     return HERE / f"{name}.yaml"
