@@ -256,3 +256,15 @@ def test_every_chunk_of_every_session_arrives_once_and_in_order(placement, autos
     expected = [LATENCY.predict(int(b)) for b in chunks["batch_size"]]
     np.testing.assert_allclose(chunks["t_done_s"] - chunks["t_start_s"], expected)
     assert (chunks["batch_size"] <= 3).all()
+
+
+def test_draining_workers_count_against_the_cluster_size():
+    # w0 holds a session and is retired at t=2 while the target stays 2: its replacement
+    # cannot start before it has drained, because the cluster has only 2 GPUs.
+    from policies.types import Retire
+
+    placement = Scripted({2.0: [Retire("sim-w0"), Migrate("a", "sim-w0", "sim-w1")]})
+    result = run(trace((0, "a", "open"), (10, "a", "close")), placement, n_workers=2, max_workers=2)
+    assert result.intervals["n_workers"].max() == 2
+    assert result.counters["refused_by_reason"].get("cluster-full", 0) >= 1
+    assert list(result.chunks["index"]) == list(range(10))

@@ -28,6 +28,7 @@ Model of the mechanisms (each choice is the simplest that keeps the contract):
 * ``ScaleTo(n)`` starts workers (usable after ``worker_startup_s``, paid from the
   request) or, when lowering the target, cancels starting workers and then releases empty
   ones, newest first; workers that hold sessions leave only through ``Retire`` (drain).
+  Draining workers still hold their GPUs: at most ``max_workers`` exist at any time.
 * Impossible actions are refused, logged with the reason, and counted.
 * A request still waiting when its session goes idle or closes never becomes a chunk
   row; it is counted as abandoned, with the longest such wait, so that a policy cannot
@@ -595,9 +596,17 @@ class Simulator:
             n = clipped
         live = [w for w in self.workers if w.released is None and w.status in (STARTING, RUNNING)]
         if n > len(live):
-            for _ in range(n - len(live)):
+            # Draining workers still occupy their GPUs: the cluster never holds more than
+            # max_workers in all; the rest of the scale-up waits for them to leave.
+            room = self.cfg.max_workers - self.n_alive
+            start = min(n - len(live), room)
+            for _ in range(start):
                 self._new_worker(now, STARTING)
-            self._accept(now, action, "", str(n))
+            if start < n - len(live):
+                self._refuse(now, action, "", str(n), f"only {max(room, 0)} of {n - len(live)} new workers fit: "
+                             f"{self.n_alive - len(live)} draining workers still hold GPUs", "cluster-full")
+            else:
+                self._accept(now, action, "", str(n))
             return
         excess = len(live) - n
         if excess == 0:
