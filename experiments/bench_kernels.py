@@ -129,6 +129,16 @@ def measure(
     return Row(batch_size, context_frames, statistics.median(batched_t), statistics.median(separate_t))
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def _load() -> float:
     """1-minute load average (other processes share the CPU: timings depend on it)."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -169,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     height, width = args.height or p.default_height, args.width or p.default_width
     p.check_resolution(height, width)
     contexts = [p.window_latent_frames if c.strip() == "window" else int(c) for c in args.contexts.split(",")]
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
 
     print(
         f"preset {p.name} | {device_name} ({device.type}, {dtype_name}"
