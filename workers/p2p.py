@@ -95,7 +95,7 @@ DEFAULT_TIMEOUT_S = 60.0
 MAX_MESSAGE_BYTES = 1 << 30
 #: Tensors at least this large are sent straight from their memory; smaller ones are
 #: coalesced into one staged message per run (see workers.transfer.plan_segments).
-DIRECT_MIN_BYTES = 1 << 20
+DIRECT_MIN_BYTES = 256 << 10
 #: How often a receiver that started first checks whether the sender's store is up.
 LISTEN_POLL_S = 0.01
 #: First word of the header and the ack, so a stray peer is detected.
