@@ -48,7 +48,7 @@ def test_known_trace_statistics():
     assert s.active_share == pytest.approx(11 / 16)
     assert s.session_p50_s == pytest.approx(8.0)  # lifetimes 10 and 6
     assert s.idle_p50_s == pytest.approx(2.5)  # idle periods 2 and 3
-    assert s.arrival_rate == pytest.approx(0.2)
+    assert s.arrival_rate == pytest.approx(0.1)  # the open at the first instant is left out
 
 
 def test_concurrency_samples_the_counts_after_each_step():
@@ -84,6 +84,15 @@ def test_generated_trace_statistics_match_littles_law():
     s = trace_stats(df)
     assert s.mean_open == pytest.approx(0.5 * 100.0, rel=0.1)  # L = lambda * W
     assert s.peak_open >= s.mean_open
+
+
+def test_warm_start_opens_do_not_distort_the_arrival_statistics():
+    client = ClientSpec("c", rate=0.5, cv=1.0, lifetime=Dist("constant", 300.0))
+    warm = generate(WorkloadSpec((client,), 8000.0, warmup_s=600.0))
+    assert (warm["time_s"] == 0.0).sum() > 100  # about 150 sessions already running at 0
+    s = trace_stats(warm)
+    assert s.interarrival_cv == pytest.approx(1.0, rel=0.1)
+    assert s.arrival_rate == pytest.approx(0.5, rel=0.1)
 
 
 def test_format_stats_lists_every_field():

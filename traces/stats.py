@@ -33,8 +33,10 @@ class TraceStats:
     """Summary statistics of a trace (see :func:`trace_stats`).
 
     Concurrency means are time-weighted over ``[0, duration_s]``; ``active_share`` is the
-    share of session-time spent active; ``interarrival_cv`` is the CV of the gaps between
-    consecutive session opens (all clients together).
+    share of session-time spent active. ``arrival_rate`` and ``interarrival_cv`` (the CV
+    of the gaps between consecutive opens, all clients together) leave out opens at the
+    trace's first instant: a warm-started trace opens its already-running sessions there.
+    Session percentiles include sessions cut at the end of the trace.
     """
 
     sessions: int
@@ -121,7 +123,8 @@ def trace_stats(df: pd.DataFrame) -> TraceStats:
     peak_open, mean_open = _peak_and_mean(t, d_open, duration)
     peak_active, mean_active = _peak_and_mean(t, d_active, duration)
     opens = t[arrays.code == 0]  # already in time order
-    gaps = np.diff(opens)
+    arrivals = opens[opens > t[0]] if len(t) else opens
+    gaps = np.diff(arrivals)
     cv = float(gaps.std() / gaps.mean()) if len(gaps) > 1 and gaps.mean() > 0 else float("nan")
     open_t, close_t = arrays.open_close()
     lifetimes = close_t - open_t
@@ -136,7 +139,7 @@ def trace_stats(df: pd.DataFrame) -> TraceStats:
         events=int(len(df)),
         clients=int(pd.unique(df["client_id"]).size),
         duration_s=duration,
-        arrival_rate=float(len(opens) / duration) if duration > 0 else float("nan"),
+        arrival_rate=float(len(arrivals) / (duration - t[0])) if duration > t[0] else float("nan"),
         peak_open=peak_open,
         mean_open=mean_open,
         peak_active=peak_active,
