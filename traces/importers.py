@@ -174,8 +174,9 @@ def servegen_summary(
     ``scenarios/servegen-language-lite.yaml`` holds (derived from ServeGen's
     Apache-2.0 data), so a ServeGen-shaped workload exists without the data folder.
     """
-    windows = [w for _, w in _servegen_windows(str(_data_file(f"servegen/{dataset}", data_dir)))]
-    ids = [cid for cid, _ in _servegen_windows(str(_data_file(f"servegen/{dataset}", data_dir)))]
+    loaded = _servegen_windows(str(_data_file(f"servegen/{dataset}", data_dir)))
+    ids = [cid for cid, _ in loaded]
+    windows = [w for _, w in loaded]
     per_hour = int(round(3600.0 / SERVEGEN_WINDOW_S))
     first = int(round(start_s / SERVEGEN_WINDOW_S))
     n = hours * per_hour
@@ -250,9 +251,27 @@ def mooncake_trace(
 ) -> pd.DataFrame:
     """The Mooncake conversation trace as video sessions (rule in the module docstring).
 
-    ``template.mix`` gives each session's model and chunk shape (drawn with ``seed``);
-    its rate and period distributions are not used: the data gives the structure.
+    Parameters
+    ----------
+    template
+        Its ``mix`` gives each session's model and chunk shape (drawn with ``seed``); its
+        rate and period distributions are not used: the data gives the structure.
+    data_dir
+        The data folder (see :func:`data_dir`).
+    seconds_per_token
+        Length of a turn's active burst per generated token.
+    linger_s
+        Idle time between a conversation's last burst and its close.
+    min_shared_blocks
+        Prefix blocks a request must share with an earlier one to continue its
+        conversation (>= 2 keeps the universal system-prompt block from joining all).
+    client_id
+        The ``client_id`` of every session (sessions are ``CLIENT-i``).
+    seed
+        Seed of the model mix draw.
     """
+    if min_shared_blocks < 1:
+        raise ValueError(f"min_shared_blocks must be >= 1, got {min_shared_blocks!r}")
     if not seconds_per_token > 0:
         raise ValueError(f"seconds_per_token must be > 0, got {seconds_per_token!r}")
     if not linger_s >= 0:
