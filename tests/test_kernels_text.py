@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -41,3 +46,15 @@ def test_is_a_text_encoder_and_rejects_bare_strings():
         enc("a fox")
     with pytest.raises(ValueError, match="positive"):
         HashTextEncoder(text_dim=0, text_tokens=8)
+
+
+def test_embedding_is_the_same_in_another_process(tmp_path):
+    """Stable hashing (not Python's salted hash()): workers agree on every prompt."""
+    path = tmp_path / "emb.pt"
+    code = (
+        "import sys, torch; from kernels.text import HashTextEncoder; "
+        "torch.save(HashTextEncoder(16, 8)(['a red fox']), sys.argv[1])"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, env=env, cwd=Path(__file__).parents[1])
+    assert torch.equal(torch.load(path), HashTextEncoder(16, 8)(["a red fox"]))
