@@ -21,6 +21,7 @@ from traces.generator import (
     generate,
     load_spec,
     spec_from_dict,
+    spec_to_dict,
 )
 from traces.io import session_table, validate
 from traces.rates import Constant, Diurnal, FlashCrowd, Product, rate_from_dict
@@ -310,6 +311,17 @@ def test_a_spec_round_trips_through_plain_data(tmp_path):
     assert spec.clients[3].mix[0].model == "wan-1.3b"
     assert isinstance(spec.rate, Product) and spec.seed == 5
     validate(generate(spec))
+
+
+@settings(max_examples=25, deadline=None)
+@given(cs=st.lists(clients, min_size=1, max_size=3, unique_by=lambda c: c.client_id),
+       shape=shapes, total=st.none() | st.floats(0.1, 10.0))
+def test_specs_survive_plain_data_and_yaml(cs, shape, total):
+    import yaml
+
+    spec = WorkloadSpec(tuple(cs), 100.0, rate=shape, total_rate=total, warmup_s=5.0, seed=3)
+    assert spec_from_dict(spec_to_dict(spec)) == spec
+    assert spec_from_dict(yaml.safe_load(yaml.safe_dump(spec_to_dict(spec)))) == spec
 
 
 @pytest.mark.parametrize(

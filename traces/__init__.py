@@ -10,7 +10,9 @@ True
 """
 
 from traces.distributions import Dist, Family
-from traces.generator import ClientSpec, RateWindows, Variant, WorkloadSpec, generate, load_spec
+from traces.generator import (
+    ClientSpec, RateWindows, Variant, WorkloadSpec, generate, load_spec, spec_from_dict, spec_to_dict,
+)
 from traces.io import iter_events, read_trace, session_table, sessions, validate, write_trace
 from traces.rates import Constant, Diurnal, FlashCrowd, Product
 from traces.scenarios import SCENARIOS, scenario
@@ -22,5 +24,6 @@ __all__ = [
     "EventKind", "Family", "FlashCrowd", "Product", "RateWindows", "SessionSummary",
     "TraceError", "TraceEvent", "TraceStats", "Variant", "WorkloadSpec", "concurrency",
     "generate", "iter_events", "load_spec", "plot_trace", "read_trace", "scenario",
-    "session_table", "sessions", "trace_stats", "validate", "write_trace",
+    "session_table", "sessions", "spec_from_dict", "spec_to_dict", "trace_stats", "validate",
+    "write_trace",
 ]

@@ -645,3 +645,45 @@ def load_spec(path: str | os.PathLike[str]) -> WorkloadSpec:
     if not isinstance(data, dict):
         raise ValueError(f"workload spec {os.fspath(path)!r} must be a YAML mapping")
     return spec_from_dict(data)
+
+
+def client_to_dict(client: ClientSpec) -> dict[str, Any]:
+    """Plain-data form of a client; inverse of :func:`client_from_dict`."""
+    rate: Any = client.rate
+    if isinstance(rate, RateWindows):
+        rate = {"window_s": rate.window_s, "rates": list(rate.rates), "cvs": list(rate.cvs),
+                "families": list(rate.families)}
+    return {
+        "id": client.client_id,
+        "rate": rate,
+        "interarrival": Family(client.interarrival).value,
+        "cv": client.cv,
+        "shape": None if client.shape is None else client.shape.to_dict(),
+        "lifetime": client.lifetime.to_dict(),
+        "active": None if client.active is None else client.active.to_dict(),
+        "idle": None if client.idle is None else client.idle.to_dict(),
+        "mix": [
+            {"model": v.model, "chunk_frames": v.chunk_frames, "height": v.height,
+             "width": v.width, "fps": v.fps, "weight": v.weight}
+            for v in client.mix
+        ],
+        "weight": client.weight,
+    }
+
+
+def spec_to_dict(spec: WorkloadSpec) -> dict[str, Any]:
+    """Plain-data form of a workload (YAML-ready); inverse of :func:`spec_from_dict`.
+
+    Experiments can store it with their results to record exactly what was generated.
+    """
+    return {
+        "duration_s": spec.duration_s,
+        "seed": spec.seed,
+        "scale": spec.scale,
+        "total_rate": spec.total_rate,
+        "warmup_s": spec.warmup_s,
+        "offset_s": spec.offset_s,
+        "grid_s": spec.grid_s,
+        "rate": spec.rate.to_dict(),
+        "clients": [client_to_dict(c) for c in spec.clients],
+    }
