@@ -5,7 +5,7 @@ float16 VAE cache, prompt embedding, generator bytes) of the requested sizes, an
 times, side by side in one run and on the same disk:
 
 - ``host copy``: :func:`storage.offload_to_host` from the GPU when one is present
-  (into pinned memory), else a plain CPU copy of every tensor;
+  (into pinned memory), else a CPU clone of every tensor (fresh memory: page faults);
 - ``zarr save`` / ``zarr load``: :class:`storage.CheckpointStore` (uncompressed,
   checksummed, verified on load);
 - ``numpy save`` / ``numpy load``: ``numpy.save``/``numpy.load`` of the same tensors,
@@ -108,7 +108,7 @@ def bench_size(size_mib: int, repeat: int, root: pathlib.Path) -> list[tuple[str
         torch.cuda.synchronize()
         copy, copy_name = (lambda: offload_to_host(on_device, release=False)), "host copy (GPU -> pinned)"
     else:
-        copy, copy_name = (lambda: state.to("cpu")), "host copy (CPU -> CPU)"
+        copy, copy_name = (lambda: state.to("cpu")), "host copy (CPU clone)"
 
     zdir, ndir = root / f"zarr-{size_mib}", root / f"npy-{size_mib}"
     store = CheckpointStore(zdir)  # one store per worker; each save goes to a fresh session
