@@ -99,6 +99,18 @@ def test_arrivals_reproduce_the_target_rate_and_cv(family, cv):
     assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.05 if cv <= 2 else 0.1)
 
 
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(rate=st.floats(0.5, 5.0), cv=st.floats(0.3, 3.0),
+       family=st.sampled_from(["gamma", "weibull"]), seed=st.integers(0, 2**32 - 1))
+def test_any_target_rate_and_cv_is_reproduced(rate, cv, family, seed):
+    n = 30_000  # expected arrivals: enough for a sample CV within 10%
+    client = arrival_client(rate, cv, family)
+    t = arrivals(client, WorkloadSpec((client,), n / rate), np.random.default_rng(seed))
+    assert abs(len(t) - n) < 5 * cv * math.sqrt(n)  # 5 standard deviations of the count
+    gaps = np.diff(t)
+    assert gaps.std() / gaps.mean() == pytest.approx(cv, rel=0.1)
+
+
 def test_a_diurnal_shape_moves_arrivals_to_the_peak():
     client = arrival_client(1.0, 1.0)
     spec = WorkloadSpec((client,), 86_400.0, rate=Diurnal(86_400.0, amplitude=0.6, peak_s=43_200.0))
