@@ -115,8 +115,9 @@ class VideoStore:
             return False
         following = stored[-1] + 1 if stored else 0
         if chunk_index != following:
+            have = f"chunks {stored[0]}..{stored[-1]}" if stored else "no chunks"
             raise VideoStoreError(
-                f"session {self.session_id!r}: chunk {chunk_index} appended after chunks {stored[:1] + stored[-1:]}; "
+                f"session {self.session_id!r}: chunk {chunk_index} appended after {have}; "
                 f"chunks must be appended in order, the next one is {following}"
             )
         import xarray as xr
@@ -126,13 +127,13 @@ class VideoStore:
             coords={"chunk": ("frame", np.full(frames.shape[0], chunk_index, dtype=np.int64))},
             attrs=self.attrs,
         )
-        if stored or self._exists():
+        if self._exists():
             ds.to_zarr(self._store, group=self.session_id, append_dim="frame", consolidated=False)
-        else:
+        else:  # also replaces a group left empty by a first append that was cut off
             ds.to_zarr(
                 self._store,
                 group=self.session_id,
-                mode="w-",
+                mode="w",
                 zarr_format=3,
                 consolidated=False,
                 encoding={"frames": {"chunks": frames.shape}},
@@ -203,7 +204,10 @@ class VideoStore:
     # ------------------------------------------------------------------ helpers
 
     def _exists(self) -> bool:
-        return self.session_id in self._root.group_keys()
+        """Whether the session's group holds both arrays (frames were appended)."""
+        if self.session_id not in self._root.group_keys():
+            return False
+        return {"frames", "chunk"} <= set(self._group().array_keys())
 
     def _group(self) -> zarr.Group:
         return self._root[self.session_id]

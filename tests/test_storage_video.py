@@ -61,7 +61,7 @@ def test_a_gap_in_chunk_indices_is_refused(tmp_path: pathlib.Path) -> None:
     with pytest.raises(VideoStoreError, match="the next one is 0"):
         video.append(frames_of(1), chunk_index=1)
     video.append(frames_of(0), chunk_index=0)
-    with pytest.raises(VideoStoreError, match="chunk 2 appended after .* the next one is 1"):
+    with pytest.raises(VideoStoreError, match="chunk 2 appended after chunks 0..0; .* the next one is 1"):
         video.append(frames_of(2), chunk_index=2)
     assert video.n_frames == 4
 
@@ -150,3 +150,13 @@ def test_a_video_store_pickles_as_its_arguments(tmp_path: pathlib.Path) -> None:
     assert shipped.append(frames_of(0), chunk_index=0) is False
     shipped.append(frames_of(1), chunk_index=1)
     assert video.chunk_indices() == [0, 1]
+
+
+def test_a_group_left_empty_by_a_cut_off_first_append_is_replaced(tmp_path: pathlib.Path) -> None:
+    import zarr
+
+    zarr.open_group(str(tmp_path), mode="a").require_group("s1")  # created, but no arrays were written
+    video = new_store(tmp_path)
+    assert video.chunk_indices() == []
+    assert video.append(frames_of(0), chunk_index=0) is True
+    np.testing.assert_array_equal(video.read_chunk(0), frames_of(0))
