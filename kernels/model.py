@@ -284,6 +284,15 @@ class StreamingVideoModel:
         """The preset name the sessions of this model carry."""
         return self.preset.name
 
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of the transformer and VAE weights (what every worker holds once)."""
+        modules = (self.transformer, self.vae)
+        return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+
+    def __repr__(self) -> str:
+        return f"StreamingVideoModel(preset={self.name!r}, device={str(self.device)!r}, dtype={self.dtype})"
+
     def state_bytes(self, height: int | None = None, width: int | None = None) -> int:
         """Bytes of a session's state once its KV window is full."""
         height = height or self.preset.default_height

@@ -134,6 +134,12 @@ def test_kv_cache_stays_bounded_with_sink_over_100_chunks(model):
     assert torch.equal(s.tensors["kv.0.k"][:, : p.sink_latent_frames * tpf], sink_k)
 
 
+def test_weights_bytes_and_repr(model):
+    params = sum(p.numel() for p in model.transformer.parameters()) + sum(p.numel() for p in model.vae.parameters())
+    assert params * 4 <= model.weights_bytes < params * 4 + 2**20  # fp32 weights (+ small buffers)
+    assert repr(model) == "StreamingVideoModel(preset='tiny', device='cpu', dtype=torch.float32)"
+
+
 def test_state_bytes_follow_the_model_dtype():
     m = StreamingVideoModel.from_preset("tiny", dtype=torch.bfloat16, num_threads=1)
     assert m.preset.dtype_bytes == 2
