@@ -44,7 +44,9 @@ from storage.tensors import from_numpy, to_numpy
 MiB = 2**20
 
 
-def make_state(size_bytes: int, *, layers: int = 8, heads: int = 12, head_dim: int = 128, seed: int = 0) -> SessionState:
+def make_state(
+    size_bytes: int, *, layers: int = 8, heads: int = 12, head_dim: int = 128, seed: int = 0
+) -> SessionState:
     """A session-shaped state of about ``size_bytes``: 85% KV cache, 10% VAE cache, 5% prompt."""
     gen = torch.Generator().manual_seed(seed)
 
@@ -61,12 +63,20 @@ def make_state(size_bytes: int, *, layers: int = 8, heads: int = 12, head_dim: i
         tensors[f"vae.{i}"] = rand((vae_elems // 64, 64), torch.float16)
     tensors["rng"] = torch.Generator().manual_seed(seed).get_state()
     return SessionState(
-        model="bench", prompt="bench", seed=seed, height=480, width=832, chunk_index=7, tensors=tensors,
+        model="bench",
+        prompt="bench",
+        seed=seed,
+        height=480,
+        width=832,
+        chunk_index=7,
+        tensors=tensors,
         scalars={"kv.frames": 3, "vae.count": 4},
     )
 
 
-def interleaved_medians(ops: dict[str, Callable[[], object]], repeat: int, setup: dict[str, Callable[[], None]]) -> dict[str, float]:
+def interleaved_medians(
+    ops: dict[str, Callable[[], object]], repeat: int, setup: dict[str, Callable[[], None]]
+) -> dict[str, float]:
     """Median wall time of each op; the ops alternate within every repeat, so load on
     a shared machine hits all of them alike. ``os.sync()`` before each op (untimed)
     starts every write with no dirty pages left over from the previous one."""

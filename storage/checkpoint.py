@@ -86,7 +86,9 @@ def _model_name(model: object) -> str | None:
 
 def _check_name(kind: str, name: str) -> None:
     if not isinstance(name, str) or not name or "/" in name or name.startswith("__") or name in (".", ".."):
-        raise ValueError(f"{kind} {name!r} cannot name a zarr node: use a non-empty string without '/' or a leading '__'")
+        raise ValueError(
+            f"{kind} {name!r} cannot name a zarr node: use a non-empty string without '/' or a leading '__'"
+        )
 
 
 class CheckpointStore:
@@ -277,7 +279,9 @@ class CheckpointStore:
         except KeyError:
             raise CheckpointCorrupt(f"{where} points to generation {info.generation!r}, which is missing") from None
         except (ValueError, OSError) as exc:
-            raise CheckpointCorrupt(f"{where}: metadata of generation {info.generation!r} cannot be read: {exc}") from exc
+            raise CheckpointCorrupt(
+                f"{where}: metadata of generation {info.generation!r} cannot be read: {exc}"
+            ) from exc
         attrs = group.attrs.asdict()
         if not attrs.get("complete"):
             raise CheckpointCorrupt(f"{where}: generation {info.generation!r} was never completed")
@@ -297,7 +301,8 @@ class CheckpointStore:
         if algorithm not in ("crc32c", "crc32"):
             raise CheckpointVersionError(f"{where} uses checksum {algorithm!r}; this code knows 'crc32c' and 'crc32'")
         tensors = {
-            name: self._read_tensor(group, name, spec, attrs["checksums"], algorithm, where) for name, spec in meta["tensors"].items()
+            name: self._read_tensor(group, name, spec, attrs["checksums"], algorithm, where)
+            for name, spec in meta["tensors"].items()
         }
         state = SessionState.from_meta(meta, tensors)
         return state if torch.device(device).type == "cpu" else state.to(device)
@@ -318,7 +323,9 @@ class CheckpointStore:
         except KeyError:
             raise CheckpointNotFound(f"no checkpoint of session {session_id!r} in {self.url}") from None
         except (ValueError, OSError) as exc:  # unreadable metadata document
-            raise CheckpointCorrupt(f"checkpoint of session {session_id!r} in {self.url} cannot be read: {exc}") from exc
+            raise CheckpointCorrupt(
+                f"checkpoint of session {session_id!r} in {self.url} cannot be read: {exc}"
+            ) from exc
         if not isinstance(session, zarr.Group):
             raise CheckpointCorrupt(f"{session_id!r} in {self.url} is an array, not a checkpoint group")
         return session.attrs.asdict()
@@ -358,7 +365,9 @@ class CheckpointStore:
         return from_numpy(data, dtype)
 
 
-def _rebuild_store(url: str, compression: Compression, chunk_bytes: int, storage_options: dict[str, Any] | None) -> CheckpointStore:
+def _rebuild_store(
+    url: str, compression: Compression, chunk_bytes: int, storage_options: dict[str, Any] | None
+) -> CheckpointStore:
     return CheckpointStore(url, compression=compression, chunk_bytes=chunk_bytes, storage_options=storage_options)
 
 

@@ -72,7 +72,11 @@ class VideoStore:
         self.url = os.fspath(url)
         self.session_id = session_id
         self.attrs: dict[str, Any] = {
-            "session": session_id, "model": model, "fps": int(fps), "height": int(height), "width": int(width)
+            "session": session_id,
+            "model": model,
+            "fps": int(fps),
+            "height": int(height),
+            "width": int(width),
         }
         self.storage_options = storage_options
         self._store = open_store(self.url, storage_options=storage_options)
@@ -85,7 +89,10 @@ class VideoStore:
 
     def __reduce__(self) -> tuple[Any, ...]:
         a = self.attrs
-        return (_rebuild_video, (self.url, self.session_id, a["model"], a["fps"], a["height"], a["width"], self.storage_options))
+        return (
+            _rebuild_video,
+            (self.url, self.session_id, a["model"], a["fps"], a["height"], a["width"], self.storage_options),
+        )
 
     # ------------------------------------------------------------------ writing
 
@@ -172,7 +179,9 @@ class VideoStore:
         ds = self.open()
         mask = ds["chunk"].values == chunk_index
         if not mask.any():
-            raise VideoStoreError(f"session {self.session_id!r} has no chunk {chunk_index}; stored: {self.chunk_indices()}")
+            raise VideoStoreError(
+                f"session {self.session_id!r} has no chunk {chunk_index}; stored: {self.chunk_indices()}"
+            )
         return ds["frames"].values[mask]
 
     def to_video(self, path: str | os.PathLike[str], *, fps: int | None = None) -> pathlib.Path:
@@ -237,13 +246,18 @@ class VideoStore:
         frames.resize((n, *frames.shape[1:]))
         return labels[:n]
 
+
 def _rebuild_video(
     url: str, session_id: str, model: str, fps: int, height: int, width: int, storage_options: dict[str, Any] | None
 ) -> VideoStore:
-    return VideoStore(url, session_id, model=model, fps=fps, height=height, width=width, storage_options=storage_options)
+    return VideoStore(
+        url, session_id, model=model, fps=fps, height=height, width=width, storage_options=storage_options
+    )
 
 
-def open_video(url: str | os.PathLike[str], session_id: str, *, storage_options: dict[str, Any] | None = None) -> xr.Dataset:
+def open_video(
+    url: str | os.PathLike[str], session_id: str, *, storage_options: dict[str, Any] | None = None
+) -> xr.Dataset:
     """Open a stored session video without knowing its model or geometry."""
     import xarray as xr
 

@@ -89,7 +89,9 @@ def _chunk_regions(array: zarr.Array) -> Iterator[tuple[str, tuple[slice, ...]]]
         return
     grid = tuple(-(-n // c) for n, c in zip(array.shape, chunks))
     for coords in np.ndindex(*grid):
-        yield prefix + array.metadata.encode_chunk_key(coords), tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks))
+        yield prefix + array.metadata.encode_chunk_key(coords), tuple(
+            slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks)
+        )
 
 
 def _is_plain_little_endian(array: zarr.Array) -> bool:
@@ -116,7 +118,9 @@ def _chunk_payloads(array: zarr.Array, data: np.ndarray) -> Iterator[tuple[str, 
         yield key, part.reshape(-1).view(np.uint8)
 
 
-def write_arrays(pairs: Sequence[tuple[zarr.Array, np.ndarray]], side_jobs: Sequence[Callable[[], Any]] = ()) -> list[Any]:
+def write_arrays(
+    pairs: Sequence[tuple[zarr.Array, np.ndarray]], side_jobs: Sequence[Callable[[], Any]] = ()
+) -> list[Any]:
     """Write each array's full contents, and run ``side_jobs`` in threads meanwhile.
 
     Uncompressed little-endian arrays are written chunk by chunk straight from the
@@ -179,7 +183,9 @@ def read_array(array: zarr.Array, *, missing_chunks: Literal["fill", "error"] = 
             target[...] = array.fill_value
             continue
         if n != raw.nbytes or extra:
-            raise ChunkError(f"chunk file {key!r} holds {n if not extra else 'more than ' + str(n)} bytes, expected {raw.nbytes}")
+            raise ChunkError(
+                f"chunk file {key!r} holds {n if not extra else 'more than ' + str(n)} bytes, expected {raw.nbytes}"
+            )
         if staged:
             target[...] = buffer[tuple(slice(0, s) for s in target.shape)]
     return out

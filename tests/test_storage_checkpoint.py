@@ -27,7 +27,17 @@ from storage import (
     SessionState,
 )
 
-DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64, torch.uint8, torch.int8, torch.int32, torch.int64, torch.bool]
+DTYPES = [
+    torch.bfloat16,
+    torch.float16,
+    torch.float32,
+    torch.float64,
+    torch.uint8,
+    torch.int8,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+]
 
 
 def random_tensor(shape: tuple[int, ...], dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
@@ -51,8 +61,14 @@ def make_state(chunk_index: int = 3, model: str = "tiny", seed: int = 0) -> Sess
         "pos": torch.arange(48, dtype=torch.int64),
     }
     return SessionState(
-        model=model, prompt="a red fox", seed=seed, height=64, width=64, chunk_index=chunk_index,
-        tensors=tensors, scalars={"cached_tokens": 48, "vae.count": 1, "scale": 0.5, "note": "x"},
+        model=model,
+        prompt="a red fox",
+        seed=seed,
+        height=64,
+        width=64,
+        chunk_index=chunk_index,
+        tensors=tensors,
+        scalars={"cached_tokens": 48, "vae.count": 1, "scale": 0.5, "note": "x"},
     )
 
 
@@ -60,7 +76,10 @@ def same_bits(a: SessionState, b: SessionState) -> bool:
     """Meta equal and every tensor byte-identical (``SessionState.equal`` says NaN != NaN)."""
     if a.meta() != b.meta():
         return False
-    return all(torch.equal(a.tensors[k].reshape(-1).view(torch.uint8), b.tensors[k].reshape(-1).view(torch.uint8)) for k in a.tensors)
+    return all(
+        torch.equal(a.tensors[k].reshape(-1).view(torch.uint8), b.tensors[k].reshape(-1).view(torch.uint8))
+        for k in a.tensors
+    )
 
 
 def chunk_files(root: pathlib.Path, session_id: str, tensor: str) -> list[pathlib.Path]:
@@ -152,7 +171,9 @@ def test_model_may_be_given_as_an_object_with_a_name(store: CheckpointStore) -> 
 # ---------------------------------------------------------------------- bookkeeping
 
 
-def test_save_replaces_the_previous_checkpoint_and_keeps_one_generation(store: CheckpointStore, root: pathlib.Path) -> None:
+def test_save_replaces_the_previous_checkpoint_and_keeps_one_generation(
+    store: CheckpointStore, root: pathlib.Path
+) -> None:
     first = store.save("s1", make_state(chunk_index=3, seed=0))
     second = store.save("s1", make_state(chunk_index=11, seed=1))
     assert first.generation != second.generation
@@ -215,7 +236,9 @@ def crash_on_second_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(storage.checkpoint, "checksum", dying_checksum)
 
 
-def test_a_save_cut_off_midway_leaves_the_previous_checkpoint(store: CheckpointStore, root: pathlib.Path, monkeypatch) -> None:
+def test_a_save_cut_off_midway_leaves_the_previous_checkpoint(
+    store: CheckpointStore, root: pathlib.Path, monkeypatch
+) -> None:
     old = make_state(chunk_index=3, seed=0)
     store.save("s1", old)
     crash_on_second_tensor(monkeypatch)
@@ -267,7 +290,10 @@ def test_other_layout_version_is_refused(store: CheckpointStore, root: pathlib.P
 
 def test_other_state_format_version_is_refused(store: CheckpointStore, root: pathlib.Path) -> None:
     info = store.save("s1", make_state())
-    edit_json(root / "s1" / info.generation / "zarr.json", lambda d: d["attributes"]["state"].update(format_version=STATE_FORMAT_VERSION + 1))
+    edit_json(
+        root / "s1" / info.generation / "zarr.json",
+        lambda d: d["attributes"]["state"].update(format_version=STATE_FORMAT_VERSION + 1),
+    )
     with pytest.raises(CheckpointVersionError, match=f"state format version {STATE_FORMAT_VERSION + 1}"):
         store.load("s1")
 

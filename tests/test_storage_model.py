@@ -59,7 +59,9 @@ def test_chunks_after_host_offload_and_restore_equal_the_uninterrupted_ones(mode
     assert_same_chunks(continue_session(model, resumed), reference[1:])
 
 
-def test_chunks_after_a_zarr_checkpoint_on_a_fresh_worker_equal_the_uninterrupted_ones(model, reference, tmp_path: pathlib.Path) -> None:
+def test_chunks_after_a_zarr_checkpoint_on_a_fresh_worker_equal_the_uninterrupted_ones(
+    model, reference, tmp_path: pathlib.Path
+) -> None:
     CheckpointStore(tmp_path / "ckpt").save("s1", run_until(model, 1))
     worker_model = StreamingVideoModel.from_preset("tiny")  # another worker: same preset, same weights seed
     loaded = CheckpointStore(tmp_path / "ckpt").load("s1", model=worker_model, device=str(worker_model.device))
@@ -82,7 +84,9 @@ def test_a_bfloat16_session_resumes_exactly_from_zarr(tmp_path: pathlib.Path) ->
 def test_recovery_from_an_older_checkpoint_duplicates_no_frame(model, reference, tmp_path: pathlib.Path) -> None:
     checkpoints = CheckpointStore(tmp_path / "ckpt")
     p = model.preset
-    video = VideoStore(tmp_path / "video", "s1", model=model.name, fps=16, height=p.default_height, width=p.default_width)
+    video = VideoStore(
+        tmp_path / "video", "s1", model=model.name, fps=16, height=p.default_height, width=p.default_width
+    )
     state = model.new_session(PROMPT, seed=SEED)
     video.append(model.step([state])[0], chunk_index=0)
     checkpoints.save("s1", state)  # resumes at chunk 1

@@ -11,7 +11,12 @@ from storage import SessionState, Tier, is_pinned, offload_to_host, restore_to_d
 def make_state() -> SessionState:
     gen = torch.Generator().manual_seed(0)
     return SessionState(
-        model="tiny", prompt="p", seed=0, height=64, width=64, chunk_index=2,
+        model="tiny",
+        prompt="p",
+        seed=0,
+        height=64,
+        width=64,
+        chunk_index=2,
         tensors={
             "kv.0.k": torch.randn(2, 16, 8, generator=gen).to(torch.bfloat16),
             "vae.0": torch.randn(1, 3, 4, 4, generator=gen).half(),

@@ -68,7 +68,12 @@ def test_a_gap_in_chunk_indices_is_refused(tmp_path: pathlib.Path) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [np.zeros((4, H, W, 3), np.float32), np.zeros((4, H + 1, W, 3), np.uint8), np.zeros((4, H, W), np.uint8), np.zeros((0, H, W, 3), np.uint8)],
+    [
+        np.zeros((4, H, W, 3), np.float32),
+        np.zeros((4, H + 1, W, 3), np.uint8),
+        np.zeros((4, H, W), np.uint8),
+        np.zeros((0, H, W, 3), np.uint8),
+    ],
     ids=["float", "height", "no-channels", "empty"],
 )
 def test_frames_of_the_wrong_shape_or_dtype_are_refused(tmp_path: pathlib.Path, bad: np.ndarray) -> None:

@@ -33,13 +33,21 @@ def test_chunks_fit_the_target_and_split_only_leading_axes(shape, itemsize, targ
 
 def new_array(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple[int, ...]) -> zarr.Array:
     return group.create_array(
-        name, shape=data.shape, dtype=data.dtype, chunks=chunks, compressors=None, filters=None, fill_value=0,
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks,
+        compressors=None,
+        filters=None,
+        fill_value=0,
         config={"write_empty_chunks": True},
     )
 
 
 @settings(max_examples=30, deadline=None)
-@given(shape=SHAPES, dtype=st.sampled_from(["uint8", "int16", "float32", "int64"]), target=st.sampled_from([3, 40, 10_000]))
+@given(
+    shape=SHAPES, dtype=st.sampled_from(["uint8", "int16", "float32", "int64"]), target=st.sampled_from([3, 40, 10_000])
+)
 def test_direct_writes_read_back_through_plain_zarr_and_vice_versa(tmp_path_factory, shape, dtype, target) -> None:
     rng = np.random.default_rng(len(shape) * 31 + target)
     data = rng.integers(0, 100, size=shape).astype(dtype)
@@ -62,7 +70,9 @@ def test_side_jobs_run_alongside_and_return_in_order(tmp_path: pathlib.Path) -> 
 def test_compressed_arrays_take_zarrs_own_path(tmp_path: pathlib.Path) -> None:
     root = open_root(open_store(tmp_path))
     data = np.arange(1000, dtype=np.int64).reshape(10, 100)
-    array = root.create_array("c", shape=data.shape, dtype=data.dtype, chunks=(3, 100), compressors=[zarr.codecs.ZstdCodec()])
+    array = root.create_array(
+        "c", shape=data.shape, dtype=data.dtype, chunks=(3, 100), compressors=[zarr.codecs.ZstdCodec()]
+    )
     write_arrays([(array, data)])
     np.testing.assert_array_equal(read_array(array), data)
 
