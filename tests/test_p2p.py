@@ -75,6 +75,10 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
 @pytest.fixture(scope="module")
 def peer():
     with cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
@@ -133,7 +137,7 @@ def test_state_crosses_processes_bit_exact(peer):
     assert stats.n_messages == 2 + 5
 
 
-def test_two_transfers_in_a_row_each_way_leak_no_descriptors(peer):
+def test_two_transfers_in_a_row_each_way_leak_no_descriptors_or_threads(peer):
     # The first group of a process opens gloo's lasting resources; count after it.
     def one_round(seed: int) -> None:
         rdv = Rendezvous.new("gloo")
@@ -146,10 +150,11 @@ def test_two_transfers_in_a_row_each_way_leak_no_descriptors(peer):
         assert sent.result(timeout=60).nbytes == make_state(seed + 100).nbytes
 
     one_round(2)
-    baseline = open_fds()
+    fds, threads = open_fds(), os_threads()
     one_round(3)
     one_round(4)
-    assert open_fds() <= baseline
+    assert open_fds() <= fds
+    assert os_threads() <= threads
 
 
 def test_one_endpoint_carries_several_states_in_order(peer):

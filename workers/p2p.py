@@ -348,13 +348,19 @@ class P2PEndpoint:
                 time.sleep(LISTEN_POLL_S)
 
     def _make_group(self, store: Any) -> Any:
+        # The backend object alone, as torch's init_process_group builds it, but never
+        # registered as a (default) group: it lives and dies with this endpoint.
         if self.rendezvous.backend == "gloo":
-            return dist.ProcessGroupGloo(store, self.rank, 2, self._timeout)
-        from torch.distributed import ProcessGroupNCCL  # only present in CUDA builds
+            backend = dist.ProcessGroupGloo(store, self.rank, 2, self._timeout)
+        else:
+            from torch.distributed import ProcessGroupNCCL  # only present in CUDA builds
 
-        opts = ProcessGroupNCCL.Options()
-        opts._timeout = self._timeout
-        return ProcessGroupNCCL(store, self.rank, 2, opts)
+            opts = ProcessGroupNCCL.Options()
+            opts._timeout = self._timeout
+            opts.is_high_priority_stream = False
+            backend = ProcessGroupNCCL(store, self.rank, 2, opts)
+        backend._set_sequence_number_for_group()  # as init_process_group does (a store exchange)
+        return backend
 
     def close(self, *, abort: bool = False) -> None:
         """Tear the group and the store down (idempotent); ``abort`` after an error."""
