@@ -6,7 +6,8 @@ Usage::
 
 Two snapshots, built with a seeded generator: ``steady`` (sessions spread at random
 over the workers, 5% pending) and ``scale-out`` (the same, plus 10% new empty
-workers, so migration-aware placement has a large rebalancing plan to find). For each
+workers and a fast GPU-GPU link, so migration-aware placement has a large
+rebalancing plan to find). For each
 policy it prints the median and the minimum wall time of ``decide`` over
 ``--repeats`` runs (on a shared machine the minimum is the cleaner number), the
 number of actions, the median as a multiple of one pass over the snapshot (building
@@ -27,14 +28,16 @@ from typing import Any, Callable
 from policies.admission import CapacityLedger
 from policies.combined import Combined
 from policies.registry import make, names
-from policies.types import GiB, BatchLatencyModel, SessionStatus, SessionView, Snapshot, WorkerView
+from policies.types import GiB, BatchLatencyModel, Migrate, SessionStatus, SessionView, Snapshot, WorkerView
 
 TARGET_MS = 10.0
 # A Wan-1.3B-like step-time curve on one H100 (seconds per coalesced chunk step).
 LATENCY = BatchLatencyModel((1, 2, 4, 8, 16, 32), (0.25, 0.30, 0.40, 0.60, 1.00, 1.80), context_slope_s=0.0005)
 
 
-def build_snapshot(n_sessions: int, n_workers: int, *, new_workers: int = 0, seed: int = 0) -> Snapshot:
+def build_snapshot(
+    n_sessions: int, n_workers: int, *, new_workers: int = 0, migrate_bytes_per_s: float = 25e9, seed: int = 0
+) -> Snapshot:
     """A random but plausible cluster: 60% active, 20% idle, 15% suspended, 5% pending."""
     rng = random.Random(seed)
     workers = [WorkerView(f"gpu-{i:04d}", memory_bytes=80 * GiB, max_batch=8) for i in range(n_workers + new_workers)]
@@ -69,7 +72,7 @@ def build_snapshot(n_sessions: int, n_workers: int, *, new_workers: int = 0, see
         )
     return Snapshot(
         now_s=600.0, workers=tuple(workers), sessions=tuple(sessions), latency=LATENCY, slo_s=0.75,
-        min_workers=1, max_workers=4096,
+        min_workers=1, max_workers=4096, migrate_bytes_per_s=migrate_bytes_per_s,
     )
 
 
@@ -94,15 +97,16 @@ def main(argv: list[str] | None = None) -> None:
 
     scenarios = {
         "steady": build_snapshot(args.sessions, args.workers),
-        "scale-out": build_snapshot(args.sessions, args.workers, new_workers=args.workers // 10),
+        # NVLink-class copies (200 GB/s), so that moving sessions onto the new workers pays.
+        "scale-out": build_snapshot(args.sessions, args.workers, new_workers=args.workers // 10, migrate_bytes_per_s=200e9),
     }
     policies = [(kind, name) for kind in ("placement", "autoscaling", "offload") for name in names(kind)]
     print(f"decide() wall time, {args.sessions} sessions x {args.workers} workers, median of {args.repeats}")
-    print(f"{'scenario':<10} {'kind':<12} {'policy':<40} {'median ms':>10} {'min ms':>8} {'actions':>8} {'x ledger':>9} {'/10ms':>6}")
+    print(f"{'scenario':<10} {'kind':<12} {'policy':<40} {'median ms':>10} {'min ms':>8} {'actions':>8} {'migr':>5} {'x ledger':>9} {'/10ms':>6}")
     for label, snap in scenarios.items():
         n_pending = sum(s.status is SessionStatus.PENDING for s in snap.sessions)
         floor, floor_min, _ = time_call(lambda: CapacityLedger(snap), args.repeats)
-        print(f"{label:<10} {'-':<12} {'(ledger: one pass over the snapshot)':<40} {floor:>10.2f} {floor_min:>8.2f} {'':>8} {1:>9.2f} {floor / TARGET_MS:>6.2f}")
+        print(f"{label:<10} {'-':<12} {'(ledger: one pass over the snapshot)':<40} {floor:>10.2f} {floor_min:>8.2f} {'':>14} {1:>9.2f} {floor / TARGET_MS:>6.2f}")
         n_running = len(snap.workers)
         rows = [(kind, name, make(kind, name, **({"n": n_running} if name == "fixed" else {}))) for kind, name in policies]
         for offload in ("never", "idle-timeout"):
@@ -113,12 +117,12 @@ def main(argv: list[str] | None = None) -> None:
             med, fastest, (actions, _) = time_call(lambda: policy.decide(snap, policy.initial_state()), args.repeats)
             medians[name] = (med, fastest)
             print(
-                f"{label:<10} {kind:<12} {name:<40} {med:>10.2f} {fastest:>8.2f} {len(actions):>8} "
+                f"{label:<10} {kind:<12} {name:<40} {med:>10.2f} {fastest:>8.2f} {len(actions):>8} {sum(isinstance(a, Migrate) for a in actions):>5} "
                 f"{med / floor:>9.2f} {med / TARGET_MS:>6.2f}"
             )
         pair = [a + b for a, b in zip(medians["migration-aware"], medians["load-driven"])]
         print(
-            f"{label:<10} {'sum':<12} {'migration-aware, load-driven apart':<40} {pair[0]:>10.2f} {pair[1]:>8.2f} {'':>8} "
+            f"{label:<10} {'sum':<12} {'migration-aware, load-driven apart':<40} {pair[0]:>10.2f} {pair[1]:>8.2f} {'':>14} "
             f"{pair[0] / floor:>9.2f} {pair[0] / TARGET_MS:>6.2f}   ({n_pending} pending, {len(snap.workers)} workers)"
         )
 

@@ -225,7 +225,9 @@ class CapacityLedger:
     def move(self, session: SessionView, source: WorkerLoad, target: WorkerLoad) -> None:
         """Book the migration of the ACTIVE ``session`` from ``source`` to ``target``."""
         self.release_compute(session, source)
-        source.active.remove(session)
+        active = source.active
+        # By identity: list.remove would compare records field by field.
+        del active[next(i for i, x in enumerate(active) if x is session)]
         self.book(session, target, active=True, nbytes=session.state_bytes)
         self.acted.add(session.session_id)
         self.in_flight_bytes += session.state_bytes

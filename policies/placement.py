@@ -331,19 +331,22 @@ class MigrationAware(_PlacementPolicy):
         if self.max_migrations == 0:
             return
         plan, before, after = self._plan(ledger, chooser, moved)
-        keep = len(plan) if before - after > self.min_gain * before else 0
-        keep = min(keep, self.max_migrations)
-        for s, source, target, _ in reversed(plan[keep:]):
+        keep = min(len(plan), self.max_migrations) if before - after > self.min_gain * before else 0
+        for s, source, target, _, _ in reversed(plan[keep:]):
             ledger.undo_move(s, source, target)
             chooser.refresh(source)
             chooser.refresh(target)
-        for s, source, target, cause in plan[:keep]:
+        for s, source, target, l_max, pair_max in plan[:keep]:
+            cause = f"rebalance: worst latency {l_max:.3g}s -> {pair_max:.3g}s"
             actions.append(Migrate(s.session_id, source.address, target.address, cause=cause))
 
     def _plan(self, ledger: CapacityLedger, chooser: _Chooser, moved: set[str]) -> tuple[list[tuple], float, float]:
         """Greedy moves from the worst worker to the best, booked into ``ledger``.
 
-        Returns the moves and the cluster's max predicted latency before and after them.
+        Stops when no move pays, after ``plan_limit`` moves, or as soon as the plan has
+        ``max_migrations`` moves and has already lowered the cluster's maximum by more
+        than ``min_gain`` (the maximum never rises along the plan, so it pays).
+        Returns the moves and the maximum predicted latency before and after them.
         """
         snap = ledger.snap
         # Max-heap of the workers that compute (running or draining) by predicted latency.
@@ -354,14 +357,18 @@ class MigrationAware(_PlacementPolicy):
         ]
         heapq.heapify(worst_heap)
         before = -worst_heap[0][0] if worst_heap else 0.0
+        enough = before - self.min_gain * before  # a max below this pays
         plan: list[tuple] = []
-        while worst_heap and len(plan) < self.plan_limit:
+        l_max = before
+        while worst_heap:
             entry = worst_heap[0]
             worst: WorkerLoad = entry[3]
             if entry[2] != worst.version:
                 heapq.heappop(worst_heap)  # stale
                 continue
             l_max = -entry[0]
+            if len(plan) >= self.plan_limit or (len(plan) >= self.max_migrations and l_max < enough):
+                break
             movable = [s for s in worst.active if s.session_id not in moved]
             if not movable:
                 break
@@ -373,11 +380,10 @@ class MigrationAware(_PlacementPolicy):
             if l_max - pair_max <= s.state_bytes / snap.migrate_bytes_per_s:
                 break  # the worst worker cannot be lowered by more than the copy costs
             ledger.move(s, worst, target)
-            plan.append((s, worst, target, f"rebalance: worst latency {l_max:.3g}s -> {pair_max:.3g}s"))
+            plan.append((s, worst, target, l_max, pair_max))
             for ld in (worst, target):
                 chooser.refresh(ld)
                 heapq.heappush(worst_heap, (-ledger.latency(ld), ld.address, ld.version, ld))
-        while worst_heap and worst_heap[0][2] != worst_heap[0][3].version:
-            heapq.heappop(worst_heap)
-        after = -worst_heap[0][0] if worst_heap else 0.0
-        return plan, before, after
+        else:
+            l_max = 0.0  # no computing worker left
+        return plan, before, l_max
