@@ -23,6 +23,7 @@ from workers.p2p import (
     TransferError,
     TransferStats,
     choose_backend,
+    device_key,
     free_port,
     recv_state,
     send_state,
@@ -113,6 +114,21 @@ def test_rendezvous_rejects_bad_fields_naming_them():
 )
 def test_choose_backend(src, dst, nccl, expected):
     assert choose_backend(src, dst, nccl_available=nccl) == expected
+
+
+def test_two_processes_on_one_gpu_get_gloo_since_nccl_refuses_them():
+    assert choose_backend("cuda:0", "cuda:0", nccl_available=True, same_physical_device=True) == "gloo"
+
+
+def test_device_key_names_the_host_and_device_type():
+    assert device_key("cpu") == f"{socket.gethostname()}/cpu"
+
+
+@pytest.mark.gpu
+def test_device_key_of_a_gpu_is_independent_of_how_it_is_spelled():
+    index = torch.cuda.current_device()
+    assert device_key(f"cuda:{index}") == device_key("cuda") == device_key(torch.device("cuda", index))
+    assert device_key("cuda").startswith(f"{socket.gethostname()}/cuda/")
 
 
 def test_free_port_is_bindable():

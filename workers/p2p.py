@@ -77,6 +77,7 @@ __all__ = [
     "TransferError",
     "TransferStats",
     "choose_backend",
+    "device_key",
     "free_port",
     "recv_state",
     "send_state",
@@ -180,11 +181,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def device_key(device: str | torch.device) -> str:
+    """Identity of the physical device behind ``device`` in this process.
+
+    The host name, the device type and, for CUDA, the GPU's UUID (so two processes that
+    number the same GPU differently through ``CUDA_VISIBLE_DEVICES`` agree). Workers
+    report it; equal keys at both ends mean ``same_physical_device`` in
+    :func:`choose_backend`.
+    """
+    d = torch.device(device)
+    host = socket.gethostname()
+    if d.type != "cuda":
+        return f"{host}/{d.type}"
+    index = d.index if d.index is not None else torch.cuda.current_device()
+    uuid_ = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+    return f"{host}/cuda/{uuid_ if uuid_ is not None else index}"
+
+
 def choose_backend(
     src_device: str | torch.device,
     dst_device: str | torch.device,
     *,
     nccl_available: bool | None = None,
+    same_physical_device: bool = False,
 ) -> Backend | None:
     """The point-to-point backend for a transfer between these devices, or ``None``.
 
@@ -198,17 +217,16 @@ def choose_backend(
     nccl_available
         Whether the *workers* have NCCL; ``None`` asks the local torch, which is wrong
         when this runs on a CPU-only scheduler for GPU workers.
-
-    Notes
-    -----
-    NCCL refuses two ranks on one physical GPU: for two processes sharing a GPU, use gloo.
+    same_physical_device
+        Both ends are processes on one GPU (equal :func:`device_key`): NCCL refuses two
+        ranks on one GPU ("duplicate GPU"), so this picks gloo.
     """
     src, dst = torch.device(src_device), torch.device(dst_device)
     if not dist.is_available():
         return None
     if nccl_available is None:
         nccl_available = dist.is_nccl_available()
-    if src.type == dst.type == "cuda" and nccl_available:
+    if src.type == dst.type == "cuda" and nccl_available and not same_physical_device:
         return "nccl"
     if {src.type, dst.type} <= {"cpu", "cuda"} and dist.is_gloo_available():
         return "gloo"
