@@ -128,13 +128,14 @@ class SessionRegistry:
 
     def record_chunks(self, rows: Iterable[tuple], now_s: float) -> None:
         """Fold per-step chunk metrics ``(session_id, index, latency_s, batch, t_done)`` in."""
-        for sid, index, latency, *_ in rows:
+        for sid, index, latency, _batch, t_done in rows:
             r = self._records.get(sid)
             if r is None:
                 continue
             r.chunks = max(r.chunks, index + 1)
             r.latencies.append(latency)
-            if r.status is SessionStatus.IDLE:
+            # A chunk made after the session went idle means it was asked for again.
+            if r.status is SessionStatus.IDLE and t_done > r.since_s:
                 r.status, r.since_s = SessionStatus.ACTIVE, now_s
 
     def snapshot(self, now_s: float, workers: Iterable[WorkerView], **kw: Any) -> Snapshot:

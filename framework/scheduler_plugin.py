@@ -335,6 +335,7 @@ class TurboserveScheduler(SchedulerPlugin):
                         )
             retired = False
             if retire:
+                await self._actors_gone(worker)
                 result = await self.scheduler.retire_workers(workers=[worker], close_workers=True)
                 retired = worker in result
         finally:
@@ -399,6 +400,7 @@ class TurboserveScheduler(SchedulerPlugin):
             return
         info = await self._call(rec, "offload", tier)
         rec.state_bytes = info["state_bytes"] or rec.state_bytes
+        rec.chunks = max(rec.chunks, info["chunk_index"])
         rec.tier = tier
         if tier == "disk":
             self._release(rec)
@@ -559,6 +561,15 @@ class TurboserveScheduler(SchedulerPlugin):
             if time.monotonic() >= deadline or self._closing:
                 raise CapacityExceeded(f"{full}; waited {self.settings.queue_timeout_s} s in the admission queue")
             await self._wait_change(max(0.0, min(1.0, deadline - time.monotonic())))
+
+    async def _actors_gone(self, worker: str, timeout: float = 10.0) -> None:
+        """Wait until the scheduler has forgotten the released actors on ``worker``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ws = self.scheduler.workers.get(worker)
+            if ws is None or not ws.actors:
+                return
+            await asyncio.sleep(0.05)
 
     async def _control_client(self) -> Any:
         async with self._client_lock:

@@ -20,6 +20,7 @@ from framework.session import Session
 from workers.engine import EngineSettings
 from workers.errors import InvalidRequest, UnknownWorker
 from workers.plugin import ModelHost
+from workers.session_actor import call_actor
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +239,24 @@ class Server:
         )
         return Session(self, info)
 
+    def session(self, session_id: str) -> Session:
+        """A handle on an existing session (opened by this or another client).
+
+        The handle goes on from the session's next chunk. Raises
+        :class:`~framework.errors.SessionNotFound` for an unknown id.
+        """
+        return self.client.sync(self._asession, session_id)
+
+    async def _asession(self, session_id: str) -> Session:
+        info = await self.client.scheduler.turboserve_locate(session_id=session_id, wake=False)
+        session = Session(self, info)
+        if info["actor_key"] is not None:
+            actor = await call_actor(session._rpc(), info["actor_key"], "info")
+            session._issued = session._recv_next = actor["chunk_index"]
+        else:  # suspended to disk: the record's count is exact (no chunk is in flight)
+            session._issued = session._recv_next = info["chunks"]
+        return session
+
     async def aopen_session(self, prompt: str, seed: int = 0, **kw: Any) -> Session:
         """Async twin of :meth:`open_session` (run it on the client's event loop)."""
         info = await self.client.scheduler.turboserve_open(prompt=prompt, seed=seed, **kw)
@@ -265,7 +284,8 @@ class Server:
         name = None
         if self._cluster is not None:
             name = self.client.scheduler_info(n_workers=-1)["workers"][worker].get("name")
-        result = self.client.sync(self.client.scheduler.turboserve_drain, worker=worker, retire=retire)
+        result = dict(self.client.sync(self.client.scheduler.turboserve_drain, worker=worker, retire=retire))
+        result["moved"], result["suspended"] = list(result["moved"]), list(result["suspended"])
         if result["retired"] and self._cluster is not None and name in self._cluster.worker_spec:
             # A retired worker stays in LocalCluster.worker_spec otherwise, and scale(n)
             # would count it (DASK_NOTES section 3).

@@ -21,6 +21,7 @@ import time
 from typing import Any, AsyncIterator, Iterator
 
 from distributed.actor import ProxyRPC
+from distributed.core import send_recv
 
 from framework import notebook
 from policies.types import SessionStatus
@@ -34,8 +35,34 @@ logger = logging.getLogger(__name__)
 MAX_CHUNKS_PER_CALL = 100_000
 #: Seconds one long-poll waits on the worker before coming back empty.
 POLL_TIMEOUT_S = 5.0
+#: Seconds to wait for a connection to the session's worker before asking where it went.
+CONNECT_TIMEOUT_S = 1.0
 #: Seconds to keep looking for a session that moved or whose worker died.
 RELOCATE_TIMEOUT_S = 120.0
+
+
+class _FastFailRPC:
+    """Like ``client.rpc(addr)``, but connecting gives up after ``CONNECT_TIMEOUT_S``.
+
+    Dask retries a refused connection until ``distributed.comm.timeouts.connect``
+    (30 s); a session whose worker is gone should ask the scheduler where it went
+    instead of waiting that long.
+    """
+
+    __slots__ = ("pool", "addr")
+
+    def __init__(self, pool: Any, addr: str) -> None:
+        self.pool, self.addr = pool, addr
+
+    def __getattr__(self, op: str):
+        async def call(**kwargs: Any) -> Any:
+            comm = await self.pool.connect(self.addr, timeout=CONNECT_TIMEOUT_S)
+            try:
+                return await send_recv(comm=comm, op=op, **kwargs)
+            finally:
+                self.pool.reuse(self.addr, comm)
+
+        return call
 
 
 class Session:
@@ -118,7 +145,7 @@ class Session:
     def _rpc(self) -> Any:
         client = self._server.client
         if client.direct_to_workers:
-            return client.rpc(self._worker)
+            return _FastFailRPC(client.rpc, self._worker)
         return ProxyRPC(client.scheduler, self._worker)
 
     async def _relocate(self) -> None:

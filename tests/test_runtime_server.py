@@ -1,0 +1,263 @@
+"""The serving runtime on a real LocalCluster (2 CPU workers, tiny model).
+
+The determinism matrix: whatever happens to a session between its chunks (a pause, a
+suspension to host or zarr and a resume elsewhere, two hot migrations, the death of its
+worker), the frames of chunks 0..N are bit-identical to the model's own uninterrupted
+run. One session streams at a time, so every step has batch size 1 like the reference
+(a batched step is not bit-identical to a single one).
+
+One module-scoped cluster of three workers serves every test; the two tests that take a
+worker away (kill, then drain) run last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+from distributed.core import Status
+
+from framework import Chunk, Server, SessionStatus
+from kernels.model import StreamingVideoModel
+
+PROMPT = "a red fox running through snow"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("state")
+    with Server.local(
+        n_workers=3, model="tiny", store=str(store), checkpoint_every=2, dashboard_address=":0",
+        settings={"max_sessions_per_worker": 6, "placement": "least-loaded"},
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Frames of the model's uninterrupted run of ``(prompt, seed)``, chunk by chunk."""
+    # One torch thread, as in a Dask worker (OMP_NUM_THREADS=1): the float reductions,
+    # and therefore the rounded frames, then match bit for bit.
+    model = StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
+    cache: dict[tuple[str, int], list[np.ndarray]] = {}
+
+    def frames(prompt: str, seed: int, n: int) -> list[np.ndarray]:
+        key = (prompt, seed)
+        if key not in cache:
+            cache[key] = [model.new_session(prompt, seed), []]
+        state, done = cache[key]
+        while len(done) < n:
+            done.append(model.step([state])[0])
+        return done[:n]
+
+    return frames
+
+
+def _other(server, worker):
+    return next(w for w in server.workers() if w != worker)
+
+
+def _assert_same(chunks: list[Chunk], expected: list[np.ndarray]) -> None:
+    assert [c.index for c in chunks] == list(range(len(expected)))
+    for c, e in zip(chunks, expected):
+        assert np.array_equal(c.frames, e), f"chunk {c.index} differs from the uninterrupted run"
+
+
+# ------------------------------------------------------------------ the public API
+
+
+def test_stream_yields_every_chunk_in_order_and_matches_the_model(server, reference):
+    s = server.open_session(PROMPT, seed=0, session_id="plain")
+    chunks = list(s.stream(3))
+    chunks.append(s.submit().result(timeout=60))
+    _assert_same(chunks, reference(PROMPT, 0, 4))
+    c = chunks[0]
+    assert c.frames.dtype == np.uint8 and c.frames.shape == (12, 64, 64, 3)
+    assert c.worker == s.worker and c.session_id == "plain"
+    assert c.latency_s > 0 and c.t_request_s <= c.t_start_s <= c.t_done_s
+    assert not any(c.migrated for c in chunks)
+    s.close()
+
+
+def test_sessions_and_stats_describe_the_registry(server):
+    s = server.open_session(PROMPT, seed=1, session_id="listed")
+    list(s.stream(1))
+    rec = next(r for r in server.sessions() if r["id"] == "listed")
+    assert rec["worker"] == s.worker and rec["status"] in ("active", "idle")
+    assert rec["state_bytes"] > 0
+    assert s.status == SessionStatus.ACTIVE.value
+    stats = server.stats()
+    assert stats["sessions"]["active"] >= 1 and set(stats["workers"]) == set(server.workers())
+    assert server.dashboard_link.startswith("http")
+    s.close()
+    assert s.status == "closed"
+    assert "listed" not in [r["id"] for r in server.sessions()]
+
+
+# ------------------------------------------------------------------ determinism matrix
+
+
+def test_pause_then_resume_continues_identically(server, reference):
+    s = server.open_session(PROMPT, seed=2)
+    chunks = list(s.stream(2))
+    s.pause()
+    assert s.status == "idle"
+    s.resume()
+    chunks += list(s.stream(2))
+    _assert_same(chunks, reference(PROMPT, 2, 4))
+    s.close()
+
+
+@pytest.mark.parametrize("tier", ["host", "disk"])
+def test_suspend_and_resume_on_another_worker_continues_identically(server, reference, tier):
+    s = server.open_session(PROMPT, seed=3)
+    first = s.worker
+    chunks = list(s.stream(2))
+    s.suspend(to=tier)
+    rec = next(r for r in server.sessions() if r["id"] == s.id)
+    assert rec["status"] == "suspended" and rec["tier"] == tier
+    s.resume(worker=_other(server, first))
+    assert s.worker != first
+    chunks += list(s.stream(2))
+    _assert_same(chunks, reference(PROMPT, 3, 4))
+    assert chunks[2].migrated and chunks[2].worker == s.worker
+    s.close()
+
+
+def test_streaming_a_suspended_session_resumes_it(server, reference):
+    s = server.open_session(PROMPT, seed=4)
+    chunks = list(s.stream(1))
+    s.suspend(to="host")
+    chunks += list(s.stream(1))
+    _assert_same(chunks, reference(PROMPT, 4, 2))
+    assert s.status in ("idle", "active")
+    s.close()
+
+
+def test_two_hot_migrations_mid_stream_keep_the_stream_continuous(server, reference):
+    s = server.open_session(PROMPT, seed=5)
+    home = s.worker
+    chunks = []
+    for chunk in s.stream(6):  # all six are requested at once: the engine works ahead
+        chunks.append(chunk)
+        if chunk.index == 1:
+            s.migrate(_other(server, home))
+        elif chunk.index == 3:
+            s.migrate(home)
+    _assert_same(chunks, reference(PROMPT, 5, 6))
+    assert len({c.worker for c in chunks}) == 2
+    assert sum(c.migrated for c in chunks) == 2
+    assert next(r for r in server.sessions() if r["id"] == s.id)["migrations"] == 2
+    s.close()
+
+
+# ------------------------------------------------------------------ batching and attach
+
+
+def test_sessions_on_one_worker_share_batched_steps(server):
+    worker = server.workers()[0]
+    sessions = [server.open_session(PROMPT, seed=10 + i, worker=worker) for i in range(4)]
+    sizes = []
+    for _ in range(2):
+        futures = [s.submit() for s in sessions]
+        sizes += [f.result(timeout=120).batch_size for f in futures]
+    assert max(sizes) > 1, f"no coalesced step: batch sizes {sizes}"
+    for s in sessions:
+        s.close()
+
+
+def test_a_second_server_attaches_and_sees_the_same_sessions(server, reference):
+    s = server.open_session(PROMPT, seed=6, session_id="shared")
+    first = list(s.stream(1))
+    other = Server(server.client.scheduler.address)
+    try:
+        assert "shared" in [r["id"] for r in other.sessions()]
+        again = other.session("shared")
+        more = list(again.stream(1))
+        _assert_same(first + more, reference(PROMPT, 6, 2))
+    finally:
+        other.close()
+    s.close()
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_each_bad_input_raises_its_error_and_the_server_keeps_serving(server):
+    from framework import (
+        CapacityExceeded, InvalidRequest, SessionClosed, SessionNotFound, TurboserveError, UnknownModel, UnknownWorker,
+    )
+
+    s = server.open_session(PROMPT, seed=7)
+    with pytest.raises(SessionNotFound, match="no-such-session"):
+        server.session("no-such-session")
+    with pytest.raises(InvalidRequest, match="-1"):
+        list(s.stream(-1))
+    with pytest.raises(InvalidRequest, match="10000000"):
+        list(s.stream(10_000_000))
+    with pytest.raises(UnknownModel, match="wan-99b"):
+        server.open_session(PROMPT, model="wan-99b")
+    with pytest.raises(InvalidRequest, match="height=50"):
+        server.open_session(PROMPT, height=50)
+    with pytest.raises(InvalidRequest, match="prompt"):
+        server.open_session("")
+    with pytest.raises(UnknownWorker, match="tcp://10.0.0.1:1"):
+        s.migrate("tcp://10.0.0.1:1")
+    with pytest.raises(UnknownWorker, match="tcp://10.0.0.1:1"):
+        server.drain("tcp://10.0.0.1:1")
+    with pytest.raises(InvalidRequest, match="tape"):
+        s.suspend(to="tape")
+    opened = []
+    with pytest.raises(CapacityExceeded, match="6 sessions each"):
+        for i in range(19):  # 3 workers x 6 at most
+            opened.append(server.open_session(PROMPT, seed=100 + i))
+    for o in opened:
+        o.close()
+    s.close()
+    with pytest.raises(SessionClosed):
+        list(s.stream(1))
+    assert issubclass(SessionClosed, TurboserveError)
+    # ...and it still serves.
+    t = server.open_session(PROMPT, seed=8)
+    assert [c.index for c in t.stream(2)] == [0, 1]
+    t.close()
+
+
+# ------------------------------------------------------------------ losing a worker (last)
+
+
+def test_a_killed_worker_s_sessions_resume_from_their_checkpoint(server, reference):
+    s = server.open_session(PROMPT, seed=9)
+    victim = s.worker
+    chunks = []
+    for chunk in s.stream(6):
+        chunks.append(chunk)
+        if chunk.index == 2:
+            name = server.client.scheduler_info(n_workers=-1)["workers"][victim]["name"]
+            # The nanny would restart the worker; this one stays dead (a crash, not a restart).
+            server.cluster.workers[name].status = Status.closing_gracefully
+            os.kill(server.client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+    _assert_same(chunks, reference(PROMPT, 9, 6))
+    assert chunks[-1].worker != victim and victim not in server.workers()
+    rec = next(r for r in server.sessions() if r["id"] == s.id)
+    assert rec["recoveries"] == 1
+    s.close()
+
+
+def test_drain_moves_every_session_away_and_retires_the_worker(server, reference):
+    assert len(server.workers()) == 2
+    victim = server.workers()[0]
+    active = server.open_session(PROMPT, seed=20, worker=victim)
+    parked = server.open_session(PROMPT, seed=21, worker=victim)
+    got = {active.id: list(active.stream(1)), parked.id: list(parked.stream(1))}
+    parked.suspend(to="host")
+    result = server.drain(victim)
+    assert result["retired"] and result["moved"] == [active.id] and result["suspended"] == [parked.id]
+    assert victim not in server.workers()
+    assert not [r for r in server.sessions() if r["worker"] == victim]
+    for s, seed in ((active, 20), (parked, 21)):
+        got[s.id] += list(s.stream(1))
+        _assert_same(got[s.id], reference(PROMPT, seed, 2))
+        s.close()
