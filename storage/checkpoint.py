@@ -38,7 +38,7 @@ from zarr.abc.store import Store
 
 from kernels.state import STATE_FORMAT_VERSION, SessionState
 from storage.errors import CheckpointCorrupt, CheckpointMismatch, CheckpointNotFound, CheckpointVersionError
-from storage.tensors import CHECKSUM, checksum, from_numpy, storage_dtype, to_numpy, torch_dtype
+from storage.tensors import CHECKSUM, available_checksums, checksum, from_numpy, storage_dtype, to_numpy, torch_dtype
 from storage.zarr_store import DEFAULT_CHUNK_BYTES, chunk_shape, open_root, open_store, read_array, write_arrays
 
 #: Version of the on-disk layout described in the module docstring.
@@ -298,8 +298,11 @@ class CheckpointStore:
                 f"checkpoint of session {session_id!r} was made by model {meta['model']!r}, this worker runs {wanted!r}"
             )
         algorithm = attrs.get("checksum", "crc32")
-        if algorithm not in ("crc32c", "crc32"):
-            raise CheckpointVersionError(f"{where} uses checksum {algorithm!r}; this code knows 'crc32c' and 'crc32'")
+        if algorithm not in available_checksums():
+            raise CheckpointVersionError(
+                f"{where} uses checksum {algorithm!r}; this installation computes {available_checksums()} "
+                "(pip install google-crc32c for 'crc32c')"
+            )
         tensors = {
             name: self._read_tensor(group, name, spec, attrs["checksums"], algorithm, where)
             for name, spec in meta["tensors"].items()

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import zlib
 
-import google_crc32c
 import numpy as np
 import torch
+
+try:  # a dependency of zarr >= 3.1; older zarr brings none, and zlib's CRC-32 serves
+    import google_crc32c
+except ImportError:  # pragma: no cover - depends on the installed zarr
+    google_crc32c = None
 
 _INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -77,6 +81,11 @@ def from_numpy(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 CHECKSUM = "crc32c" if getattr(google_crc32c, "implementation", "") == "c" else "crc32"
 
 
+def available_checksums() -> tuple[str, ...]:
+    """Names of the checksums :func:`checksum` can compute here."""
+    return ("crc32c", "crc32") if google_crc32c is not None else ("crc32",)
+
+
 def checksum(array: np.ndarray, algorithm: str = CHECKSUM) -> int:
     """Checksum of the array's bytes (C order) with ``algorithm`` (``"crc32c"`` or ``"crc32"``).
 
@@ -88,6 +97,8 @@ def checksum(array: np.ndarray, algorithm: str = CHECKSUM) -> int:
     a = np.require(array, requirements="C")
     raw = a.reshape(-1).view(np.uint8) if a.size else np.empty(0, np.uint8)
     if algorithm == "crc32c":
+        if google_crc32c is None:
+            raise ValueError("checksum 'crc32c' needs the google-crc32c package (pip install google-crc32c)")
         ro = raw.view()
         ro.flags.writeable = False  # google-crc32c reads any read-only buffer without a copy
         return int(google_crc32c.value(ro))
