@@ -401,19 +401,14 @@ class StreamingVideoModel:
         order = sorted(range(len(states)), key=lambda i: int(states[i].tensors["kv.0.k"].shape[1]))
         ordered = [states[i] for i in order]
         with torch.no_grad(), self._threads():
-            frames, new_tensors = self._step_ordered(ordered)
+            frames = self._step_ordered(ordered)
         out: list[np.ndarray] = [np.empty(0)] * len(states)
         for pos, i in enumerate(order):
-            s = states[i]
-            s.tensors = new_tensors[pos]
-            s.chunk_index += 1
-            s.scalars["kv.frames"] = int(new_tensors[pos]["kv.0.k"].shape[1]) // self.preset.tokens_per_latent_frame(
-                s.height, s.width
-            )
             out[i] = frames[pos]
         return out
 
-    def _step_ordered(self, states: Sequence[SessionState]) -> tuple[list[np.ndarray], list[dict[str, torch.Tensor]]]:
+    def _step_ordered(self, states: Sequence[SessionState]) -> list[np.ndarray]:
+        """The step for states sorted by cache length; commits each state as it is done."""
         p, dev, dt = self.preset, self.device, self.dtype
         batch = len(states)
         height, width = states[0].height, states[0].width
@@ -463,19 +458,27 @@ class StreamingVideoModel:
 
         vae_in = [[t[f"vae.{i}"] for i in range(int(s.scalars["vae.count"]))] for s, t in zip(states, tensors)]
         pixels, vae_caches = self.decoder.decode(x0, vae_in)
+        del vae_in
         # One array per session (on CPU a slice would keep the whole batch's buffer alive).
         frames_np = [pixels[b].cpu().numpy() for b in range(batch)]
         if dev.type == "cpu":
             frames_np = [f.copy() for f in frames_np]
 
-        new_tensors: list[dict[str, torch.Tensor]] = []
-        for b, t in enumerate(tensors):
+        # Commit session by session, dropping this step's references to the old tensors,
+        # so the peak is the old states plus one session's new KV (not twice the batch's).
+        # Each state is swapped whole: it is either before or after this chunk, never mixed.
+        for b, state in enumerate(states):
+            t = tensors[b]
             nt: dict[str, torch.Tensor] = {"prompt_embeds": t["prompt_embeds"]}
             for layer, ctx in enumerate(writes):
                 nt[f"kv.{layer}.k"] = _roll_window(keys[layer][b], ctx.new_keys[b], keep, sink)
                 nt[f"kv.{layer}.v"] = _roll_window(values[layer][b], ctx.new_values[b], keep, sink)
+                keys[layer][b] = values[layer][b] = None  # type: ignore[call-overload]
             for i, c in enumerate(vae_caches[b]):
                 nt[f"vae.{i}"] = c
             nt["rng"] = gens[b].get_state().to(dev)
-            new_tensors.append(nt)
-        return frames_np, new_tensors
+            state.tensors = nt
+            state.chunk_index += 1
+            state.scalars["kv.frames"] = int(nt["kv.0.k"].shape[1]) // tpf
+            tensors[b] = vae_caches[b] = None  # type: ignore[call-overload]
+        return frames_np
