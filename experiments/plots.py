@@ -49,63 +49,98 @@ def write_plots(
     rows = summary.to_dict("records")
     labels = [run_label(r["trace"], r["policy"]) for r in rows]
     titles = [f"{r['policy']} [{r['trace']}]" for r in rows]
+    traces = list(dict.fromkeys(str(r["trace"]) for r in rows))
+    policies = list(dict.fromkeys(str(r["policy"]) for r in rows))
+    colors = {p: plt.get_cmap("tab10")(k % 10) for k, p in enumerate(policies)}
+    hexes = {p: matplotlib.colors.to_hex(c) for p, c in colors.items()}
     written: list[pathlib.Path] = []
 
-    # latency CDF
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bk_cdf = figure(title="per-chunk latency CDF", x_axis_label="latency (s)", y_axis_label="share of chunks",
-                    x_axis_type="log", width=800, height=400)
-    for label, title in zip(labels, titles):
+    def panels(kind: str, draw_mpl, draw_bk, xlabel: str, ylabel: str, **bk_args):
+        # One panel per trace, one line per policy (same colour for a policy everywhere).
+        n = len(traces)
+        cols = min(n, 3)
+        nrows = (n + cols - 1) // cols
+        fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+        bk_figs = []
+        for k, trace in enumerate(traces):
+            ax = axes[k // cols][k % cols]
+            bk = figure(title=f"{kind} [{trace}]", x_axis_label=xlabel, y_axis_label=ylabel, width=700,
+                        height=320, **bk_args)
+            for row, label in zip(rows, labels):
+                if str(row["trace"]) != trace:
+                    continue
+                policy = str(row["policy"])
+                draw_mpl(ax, label, policy)
+                draw_bk(bk, label, policy)
+            ax.set_title(trace, fontsize=9)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            if ax.lines:
+                ax.legend(fontsize=7)
+            bk_figs.append(bk)
+        for k in range(n, nrows * cols):
+            axes[k // cols][k % cols].set_visible(False)
+        fig.suptitle(kind)
+        fig.tight_layout()
+        return fig, bk_figs
+
+    def cdf_mpl(ax, label, policy):
         df = chunks.get(label)
-        if df is None or df.empty:
-            continue
-        x, y = _cdf(df["latency_s"].to_numpy(float))
-        x = np.maximum(x, 1e-6)
-        ax.plot(x, y, label=title)
-        bk_cdf.line(x, y, legend_label=title)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (s)")
-    ax.set_ylabel("share of chunks")
-    ax.set_title("per-chunk latency CDF")
-    if ax.lines:
-        ax.legend(fontsize=7)
+        if df is not None and not df.empty:
+            x, y = _cdf(df["latency_s"].to_numpy(float))
+            ax.plot(np.maximum(x, 1e-6), y, label=policy, color=colors[policy])
+            ax.set_xscale("log")
+
+    def cdf_bk(bk, label, policy):
+        df = chunks.get(label)
+        if df is not None and not df.empty:
+            x, y = _cdf(df["latency_s"].to_numpy(float))
+            bk.line(np.maximum(x, 1e-6), y, legend_label=policy, color=hexes[policy])
+
+    fig, bk_cdf = panels("per-chunk latency CDF", cdf_mpl, cdf_bk, "latency (s)", "share of chunks",
+                         x_axis_type="log")
     written.append(_save_png(fig, out / "latency_cdf.png", plt))
 
-    # GPUs over time
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bk_gpu = figure(title="GPUs provisioned over time", x_axis_label="time (s)", y_axis_label="workers",
-                    width=800, height=400)
-    for label, title in zip(labels, titles):
+    def gpu_mpl(ax, label, policy):
         df = intervals.get(label)
-        if df is None or df.empty:
-            continue
-        ax.step(df["time_s"], df["n_workers"], where="post", label=title)
-        bk_gpu.step(df["time_s"].to_numpy(), df["n_workers"].to_numpy(), mode="after", legend_label=title)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("workers")
-    ax.set_title("GPUs provisioned over time")
-    if ax.lines:
-        ax.legend(fontsize=7)
+        if df is not None and not df.empty:
+            ax.step(df["time_s"], df["n_workers"], where="post", label=policy, color=colors[policy])
+
+    def gpu_bk(bk, label, policy):
+        df = intervals.get(label)
+        if df is not None and not df.empty:
+            bk.step(df["time_s"].to_numpy(), df["n_workers"].to_numpy(), mode="after", legend_label=policy,
+                    color=hexes[policy])
+
+    fig, bk_gpu = panels("GPUs provisioned over time", gpu_mpl, gpu_bk, "time (s)", "workers")
     written.append(_save_png(fig, out / "gpus_over_time.png", plt))
 
     # per-policy bars
     metrics = [("max_latency_s", "max latency (s)"), ("p99_latency_s", "p99 latency (s)"),
                ("slo_attainment", "SLO attainment"), ("gpu_hours", "GPU-hours")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 4))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 4), squeeze=False)
+    width = 0.8 / max(len(policies), 1)
     bk_bars = []
-    for ax, (col, name) in zip(axes, metrics):
-        values = pd.to_numeric(summary[col], errors="coerce").to_numpy(float)
-        ax.bar(range(len(values)), values)
-        ax.set_xticks(range(len(values)), titles, rotation=75, fontsize=6)
+    for ax, (col, name) in zip(axes[0], metrics):
+        values = pd.to_numeric(summary[col], errors="coerce")
+        # grouped bars: one group per trace, one colour per policy
+        for j, policy in enumerate(policies):
+            mask = summary["policy"].astype(str) == policy
+            xs = [traces.index(str(t)) + (j - (len(policies) - 1) / 2) * width for t in summary.loc[mask, "trace"]]
+            ax.bar(xs, values[mask].to_numpy(float), width=width, color=colors[policy], label=policy)
+        ax.set_xticks(range(len(traces)), traces, rotation=30, fontsize=7, ha="right")
         ax.set_title(name)
         p = figure(title=name, x_range=titles, width=800, height=300)
-        p.vbar(x=titles, top=np.nan_to_num(values), width=0.8)
+        p.vbar(x=titles, top=np.nan_to_num(values.to_numpy(float)), width=0.8,
+               color=[hexes[str(r["policy"])] for r in rows])
         p.xaxis.major_label_orientation = 1.2
         bk_bars.append(p)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     written.append(_save_png(fig, out / "policy_bars.png", plt))
 
-    for name, layout in (("latency_cdf", bk_cdf), ("gpus_over_time", bk_gpu), ("policy_bars", column(*bk_bars))):
+    for name, layout in (("latency_cdf", column(*bk_cdf)), ("gpus_over_time", column(*bk_gpu)),
+                         ("policy_bars", column(*bk_bars))):
         path = out / f"{name}.html"
         save(layout, filename=str(path), resources=CDN, title=name)
         written.append(path)

@@ -236,7 +236,8 @@ def write_outputs(
             raise ValueError(f"chunk tables {unknown} match no summary row; run labels are {labels}")
         for label in labels:
             run_dir = out / "runs" / label
-            run_dir.mkdir(parents=True, exist_ok=True)
+            if label in chunk_map or label in interval_map:
+                run_dir.mkdir(parents=True, exist_ok=True)
             if label in chunk_map:
                 check_columns(chunk_map[label], CHUNK_COLUMNS, "chunk").to_parquet(run_dir / "chunks.parquet", index=False)
             if label in interval_map:
