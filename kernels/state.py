@@ -131,4 +131,14 @@ class SessionState:
         """Bit-exact equality of scalars and tensors (used by tests and checks)."""
         if self.meta() != other.meta():
             return False
-        return all(torch.equal(self.tensors[k].cpu(), other.tensors[k].cpu()) for k in self.tensors)
+        return all(_same_bytes(self.tensors[k], other.tensors[k]) for k in self.tensors)
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # Compare raw bytes, not values: NaN != NaN under torch.equal, yet a NaN restored
+    # bit for bit is exactly what a checkpoint must give back.
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a8 = a.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    b8 = b.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    return torch.equal(a8, b8)

@@ -32,3 +32,15 @@ def test_unknown_policy_names_the_known_ones():
 def test_snapshot_lookup():
     snap = Snapshot(now_s=0.0, workers=(WorkerView("w1"),), sessions=())
     assert snap.worker("w1").address == "w1" and snap.worker("w2") is None
+
+
+def test_session_state_equality_is_bitwise_and_treats_nan_as_equal():
+    import torch
+
+    from kernels.state import SessionState
+
+    a = SessionState("tiny", "p", 0, 64, 64, tensors={"x": torch.tensor([1.0, float("nan")])})
+    b = a.to("cpu")
+    assert a.equal(b)
+    b.tensors["x"][0] = 2.0
+    assert not a.equal(b)
