@@ -444,7 +444,9 @@ class StreamingVideoModel:
         x = noise()  # float32 sampler state; the model runs in `dt`
         x0 = x
         for i, sigma in enumerate(sigmas):
-            temb = tr.embed_timestep(torch.full((batch,), sigma * 1000.0, device=dev), dt)
+            # Every row is at the same timestep: one embedding row, broadcast over the batch
+            # (cheaper, and a row's numbers do not depend on the batch size).
+            temb = tr.embed_timestep(torch.full((1,), sigma * 1000.0, device=dev), dt)
             flow = tr.forward_chunk(x.to(dt), temb, text, contexts(False)).float()
             x0 = x - sigma * flow
             if i + 1 < len(sigmas):
@@ -452,7 +454,7 @@ class StreamingVideoModel:
 
         # One pass on the clean chunk at t=0 writes its K/V into the caches.
         writes = contexts(True)
-        tr.forward_chunk(x0.to(dt), tr.embed_timestep(torch.zeros(batch, device=dev), dt), text, writes, output=False)
+        tr.forward_chunk(x0.to(dt), tr.embed_timestep(torch.zeros(1, device=dev), dt), text, writes, output=False)
         tpf = grid[1] * grid[2]
         keep, sink = p.window_latent_frames * tpf, p.sink_latent_frames * tpf
 

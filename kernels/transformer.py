@@ -199,6 +199,20 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         temb = ce.time_embedder(t).to(dtype)
         return temb, ce.time_proj(ce.act_fn(temb)).unflatten(1, (6, -1))
 
+    def embed_patches(self, latents: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, N, dim]`` of latents ``[B, C, F, H, W]`` (Wan's patch embedding).
+
+        The stride-equals-kernel convolution is computed as a matrix product over the
+        patches: the same numbers, and unlike oneDNN's conv3d a row's result does not
+        depend on how many sessions share the batch.
+        """
+        conv = self.patch_embedding
+        p_t, p_h, p_w = conv.kernel_size
+        b, c, f, h, w = latents.shape
+        patches = latents.reshape(b, c, f // p_t, p_t, h // p_h, p_h, w // p_w, p_w)
+        patches = patches.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * p_t * p_h * p_w)
+        return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+
     def forward_chunk(
         self,
         latents: torch.Tensor,
@@ -215,7 +229,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         latents
             ``[B, C, F, H, W]`` noisy latents of the chunk.
         temb
-            From :meth:`embed_timestep`.
+            From :meth:`embed_timestep`, for ``B`` rows or one row shared by the batch.
         text
             From :meth:`embed_text`, ``[B, T, dim]``.
         layers
@@ -228,7 +242,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         self._install_causal_processors()
         batch, _, frames, height, width = latents.shape
         p_t, p_h, p_w = self.config.patch_size
-        hidden = self.patch_embedding(latents).flatten(2).transpose(1, 2).contiguous()
+        hidden = self.embed_patches(latents)
         temb_vec, modulation = temb
         for block, ctx in zip(self.blocks, layers):
             hidden = block(hidden, text, modulation, ctx)
