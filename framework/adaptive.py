@@ -1,0 +1,77 @@
+"""Dask ``Adaptive`` driven by turboserve's autoscaling policy instead of task occupancy.
+
+Dask's default :class:`distributed.deploy.Adaptive` sizes a cluster from task
+occupancy, which counts session actors for nothing, and would close a worker that holds
+sessions (actors die with their worker). :class:`SessionAdaptive` asks the control loop
+(:class:`framework.controller.Controller`) instead:
+
+- :meth:`SessionAdaptive.target` is the autoscaling policy's latest ``ScaleTo``;
+- :meth:`SessionAdaptive.workers_to_close` offers only workers the policy chose with
+  ``Retire`` and that the runtime has drained (sessions migrated or suspended away).
+
+It works with any Dask cluster manager that supports ``cluster.adapt(Adaptive=...)``
+(LocalCluster, dask-jobqueue, dask-kubernetes, ...):
+
+>>> from framework.adaptive import SessionAdaptive
+>>> cluster.adapt(Adaptive=SessionAdaptive, minimum=1, maximum=8, interval="1s")  # doctest: +SKIP
+
+or, with the bounds from ``turboserve.autoscale.*``, :func:`adapt` /
+``server.adapt()`` / ``Server.local(..., adaptive=True)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distributed.deploy.adaptive import Adaptive
+
+from framework import config
+
+
+class SessionAdaptive(Adaptive):
+    """An ``Adaptive`` whose target and retirements come from the control loop.
+
+    Needs the :class:`~framework.controller.Controller` plugin on the scheduler (it
+    serves ``turboserve_control_target`` and ``turboserve_control_to_close``). The
+    first poll of the target tells the controller an autoscaler is attached, after
+    which its ``ScaleTo``/``Retire`` decisions take effect.
+    """
+
+    async def target(self) -> int:
+        """Workers the autoscaling policy wants (the current count until it decided)."""
+        return int(await self.scheduler.turboserve_control_target())
+
+    async def workers_to_close(self, target: int) -> list[Any]:
+        """Names of workers retired by the policy and already drained of sessions."""
+        return list(await self.scheduler.turboserve_control_to_close(target=target))
+
+
+def adaptive_kwargs(
+    minimum: int | None = None,
+    maximum: int | None = None,
+    interval: str | float | None = None,
+    wait_count: int | None = None,
+) -> dict[str, Any]:
+    """``cluster.adapt`` keywords with the bounds and delays from ``turboserve.autoscale.*``.
+
+    ``interval`` defaults to the control tick (``turboserve.control.interval``).
+    """
+    minimum = int(config.get("autoscale.minimum", minimum))
+    maximum = int(config.get("autoscale.maximum", maximum))
+    if not 0 <= minimum <= maximum:
+        raise ValueError(f"need 0 <= minimum <= maximum workers, got minimum={minimum}, maximum={maximum}")
+    return {
+        "Adaptive": SessionAdaptive,
+        "minimum": minimum,
+        "maximum": maximum,
+        "interval": config.get("control.interval", interval),
+        "wait_count": int(config.get("autoscale.wait-count", wait_count)),
+    }
+
+
+def adapt(cluster: Any, **kwargs: Any) -> Adaptive:
+    """Turn on session-aware autoscaling on ``cluster`` (see :func:`adaptive_kwargs`).
+
+    Returns the running :class:`SessionAdaptive`.
+    """
+    return cluster.adapt(**adaptive_kwargs(**kwargs))
