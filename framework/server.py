@@ -131,6 +131,7 @@ class Server:
         batching: bool | None = None,
         checkpoint_every: int | None = None,
         settings: dict[str, Any] | None = None,
+        adaptive: bool = False,
         **cluster_kwargs: Any,
     ) -> "Server":
         """A server on a new LocalCluster: one worker process per GPU, else CPU workers.
@@ -143,6 +144,8 @@ class Server:
             As for :class:`Server`.
         settings : dict, optional
             Further :class:`~framework.scheduler_plugin.ServingSettings` fields.
+        adaptive : bool
+            Run the control loop and session-aware autoscaling (:meth:`adapt`).
         **cluster_kwargs
             Passed to ``LocalCluster`` (e.g. ``dashboard_address``, ``memory_limit``).
         """
@@ -180,6 +183,12 @@ class Server:
             raise
         server._cluster = cluster
         server._own_client = True
+        if adaptive:
+            try:
+                server.adapt()
+            except BaseException:
+                server.close()
+                raise
         return server
 
     # ------------------------------------------------------------ context
@@ -291,3 +300,32 @@ class Server:
             # would count it (DASK_NOTES section 3).
             del self._cluster.worker_spec[name]
         return result
+
+    def start_control(self, **overrides: Any) -> None:
+        """Run the closed control loop (:class:`framework.controller.Controller`) on the scheduler.
+
+        ``overrides`` are :class:`~framework.controller.ControlSettings` fields; the rest
+        comes from ``turboserve.policies.*``, ``control.*`` and ``autoscale.*``.
+        """
+        from framework.controller import Controller, ControlSettings
+
+        self.client.register_plugin(Controller(ControlSettings.from_config(**overrides)))
+
+    def adapt(self, minimum: int | None = None, maximum: int | None = None, interval: Any = None,
+              wait_count: int | None = None, **control: Any) -> Any:
+        """Autoscale this server's cluster with the autoscaling policy (starts the control loop).
+
+        Bounds and delays default to ``turboserve.autoscale.*``; ``control`` are
+        :class:`~framework.controller.ControlSettings` overrides. Returns the
+        :class:`~framework.adaptive.SessionAdaptive`. Needs the cluster manager: for a
+        server attached to a running cluster, call ``framework.adaptive.adapt(cluster)``
+        where the cluster object lives.
+        """
+        from framework.adaptive import adapt
+
+        if self._cluster is None:
+            raise InvalidRequest("adapt() needs the cluster manager; call framework.adaptive.adapt(cluster) "
+                                 "where the cluster object lives")
+        kw = {"minimum": minimum, "maximum": maximum}
+        self.start_control(**{k: v for k, v in kw.items() if v is not None}, **control)
+        return adapt(self._cluster, minimum=minimum, maximum=maximum, interval=interval, wait_count=wait_count)
