@@ -338,30 +338,30 @@ class Simulator:
                 s.migrated_next = False
             w.busy = True
             w.step_end = end
-            self._push(end, _STEP, (w, batch, now))
+            self.seq += 1
+            heapq.heappush(self.heap, (end, _STEP, self.seq, (w, batch, now)))
         elif earliest < _INF and (w.wake_at is None or earliest < w.wake_at):
             w.wake_at = earliest
-            self._push(earliest, _WAKE, w)
+            self.seq += 1
+            heapq.heappush(self.heap, (earliest, _WAKE, self.seq, w))
 
     def _step_done(self, now: float, w: _Worker, batch: list, started: float) -> None:
         w.busy = False
         n = len(batch)
         record = self.cfg.record_chunks
+        c_sess, c_index, lat_list = self.c_sess.append, self.c_index.append, self.lat.append
         for s, treq, mig in batch:
+            c_sess(s.idx)
+            c_index(s.next_index)
             if record:
-                self.c_sess.append(s.idx)
-                self.c_index.append(s.next_index)
                 self.c_req.append(treq)
                 self.c_start.append(started)
                 self.c_done.append(now)
                 self.c_worker.append(w.idx)
                 self.c_batch.append(n)
                 self.c_mig.append(mig)
-            else:
-                self.c_sess.append(s.idx)
-                self.c_index.append(s.next_index)
             lat = now - treq
-            self.lat.append(lat)
+            lat_list(lat)
             s.in_flight = False
             s.next_index += 1
             # views are rebuilt only when something a policy sees changed
@@ -730,7 +730,8 @@ class Simulator:
         self._mig_recorded = 0
         for _ in range(cfg.initial_workers):
             self._new_worker(0.0, RUNNING)
-        times, sidx, codes = wl.times, wl.session_index, wl.event_code
+        # plain lists: comparing numpy scalars in the hot loop costs more than the work
+        times, sidx, codes = wl.times.tolist(), wl.session_index.tolist(), wl.event_code.tolist()
         n_events, ti = len(times), 0
         k_tick = 0
         self._push(0.0, _TICK, None)
@@ -769,8 +770,8 @@ class Simulator:
                         payload.view = None
                         self._kick(payload, t)
             elif t_trace <= end:
-                self.now = float(t_trace)
-                self._trace_event(self.now, int(sidx[ti]), int(codes[ti]))
+                self.now = t_trace
+                self._trace_event(t_trace, sidx[ti], codes[ti])
                 ti += 1
             else:
                 break
