@@ -1,0 +1,154 @@
+"""The control loop on a real LocalCluster (tiny model on CPU): it applies the policies'
+actions with the runtime's mechanisms, refuses impossible ones with a reason, and keeps
+ticking when a tick fails."""
+
+from __future__ import annotations
+
+import time
+
+import dask
+import pytest
+
+from framework import Server
+from framework.controller import ControlSettings, Decision, LatencyEstimator
+from policies.types import Migrate, Offload, Reject, Retire, ScaleTo
+
+CONTROL = "turboserve-control"
+
+
+def wait_for(predicate, timeout=60.0, every=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def on_controller(server, fn):
+    """Run ``fn(controller)`` on the scheduler's event loop and return its result."""
+    return server.client.run_on_scheduler(lambda dask_scheduler: fn(dask_scheduler.plugins[CONTROL]))
+
+
+def apply(server, action) -> Decision:
+    return on_controller(server, lambda c: c.apply(action))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("state"))
+    with dask.config.set({"turboserve.control.interval": "200ms"}):
+        srv = Server.local(n_workers=2, model="tiny", store=store, dashboard_address=None)
+    try:
+        srv.start_control(minimum=2, maximum=3, placement="least-loaded", autoscaling="fixed",
+                          autoscaling_params={"n": 2}, offload="idle-timeout", offload_params={"idle_s": 0.5},
+                          interval_s=0.2)
+        yield srv
+    finally:
+        srv.close()
+
+
+def test_settings_come_from_the_dask_config():
+    with dask.config.set({"turboserve.policies.placement": "round-robin", "turboserve.control.interval": "250ms",
+                          "turboserve.control.idle-offload-s": 7, "turboserve.autoscale.maximum": 5}):
+        s = ControlSettings.from_config()
+    assert (s.placement, s.interval_s, s.offload_params["idle_s"], s.maximum) == ("round-robin", 0.25, 7.0, 5)
+    with pytest.raises(ValueError, match="time_scale"):
+        ControlSettings(time_scale=0)
+
+
+def test_latency_estimator_takes_the_fastest_recent_chunk_per_batch_and_stays_monotone():
+    est = LatencyEstimator(((1, 1.0), (8, 4.0)))
+    for lat in (0.5, 0.3, 0.9):
+        est.add(2, lat)
+    est.add(4, 0.2)  # faster than batch 2: the curve is kept non-decreasing
+    model = est.model()
+    assert model.batch_sizes == (2, 4, 8)
+    assert model.step_s == (0.3, 0.3, 4.0)
+    assert est.model(scale=10).step_s == (3.0, 3.0, 40.0)
+
+
+def test_an_idle_session_is_offloaded_by_the_loop_and_resumes_when_streamed(server):
+    s = server.open_session("a red fox running through snow", seed=1, session_id="offloaded")
+    assert [c.index for c in s.stream(2)] == [0, 1]
+    s.pause()
+    wait_for(lambda: s.status == "suspended", timeout=30)
+    decisions = on_controller(server, lambda c: [d for d in c.decisions if d.session_id == "offloaded"])
+    assert any(d.action == "Offload" and d.accepted for d in decisions)
+    assert [c.index for c in s.stream(1)] == [2]  # streaming again resumes it, without a gap
+    s.close()
+
+
+def test_migration_to_a_worker_that_just_left_is_refused(server):
+    s = server.open_session("a lighthouse at dusk", seed=2, session_id="stays")
+    next(iter(s.stream(1)))
+    server.cluster.scale(3)
+    wait_for(lambda: len(server.workers()) == 3, timeout=90)
+    before = set(server.workers())
+    server.cluster.scale(2)
+    wait_for(lambda: len(server.workers()) == 2, timeout=60)
+    (gone,) = before - set(server.workers())
+    decision = apply(server, Migrate("stays", s.worker, gone, cause="test"))
+    assert not decision.accepted
+    assert "not in the cluster" in decision.reason
+    assert on_controller(server, lambda c: c.refused["no-such-worker"]) >= 1
+    assert [c.index for c in s.stream(1)] == [1]  # the session was left alone
+    s.close()
+
+
+def test_scale_in_below_the_minimum_is_refused(server):
+    on_controller(server, lambda c: c.adaptive_target())  # as an attached Adaptive would poll
+    workers = server.workers()
+    retire = apply(server, Retire(workers[0], cause="test"))
+    assert not retire.accepted and "below the minimum 2" in retire.reason
+    scale = apply(server, ScaleTo(1, cause="test"))
+    assert not scale.accepted and "clipped to 2" in scale.reason
+    assert on_controller(server, lambda c: c.target) == 2
+    assert server.workers() == workers
+
+
+def test_actions_on_unknown_or_closed_sessions_are_refused(server):
+    s = server.open_session("a paper boat", seed=3, session_id="closed-one")
+    s.close()
+    assert "no session" in apply(server, Offload("nope", cause="test")).reason
+    assert "closed" in apply(server, Offload("closed-one", cause="test")).reason
+    assert not apply(server, Reject("closed-one", cause="test")).accepted
+    stats = server.client.sync(server.client.scheduler.turboserve_control_stats)
+    assert stats["refused"]["unknown-session"] >= 1 and stats["refused"]["session-closed"] >= 1
+
+
+class Exploding:
+    """A placement policy that fails on every decision."""
+
+    kind, name = "placement", "exploding"
+
+    def initial_state(self):
+        return None
+
+    def decide(self, snap, state):
+        raise RuntimeError("boom")
+
+
+def test_a_failing_tick_is_logged_and_the_loop_goes_on(server, caplog):
+    def swap(c):
+        from policies.combined import Combined
+
+        c._saved = (c.policy, c.state)
+        c.policy = Combined(Exploding(), c.policy.autoscaling, c.policy.offload)
+        c.state = c.policy.initial_state()
+        return c.counters["failed_ticks"]
+
+    failed0 = on_controller(server, swap)
+    with caplog.at_level("WARNING", logger="framework.controller"):
+        wait_for(lambda: on_controller(server, lambda c: c.counters["failed_ticks"]) >= failed0 + 2, timeout=30)
+    assert any("control tick failed" in r.message and r.exc_info for r in caplog.records)
+
+    def restore(c):
+        c.policy, c.state = c._saved
+        return c.counters["ticks"]
+
+    ticks = on_controller(server, restore)
+    wait_for(lambda: on_controller(server, lambda c: c.counters["ticks"]) > ticks + 1, timeout=30)
+    stats = server.client.sync(server.client.scheduler.turboserve_control_stats)
+    assert stats["decide_ms_mean"] is not None and stats["decide_ms_max"] >= 0
