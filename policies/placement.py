@@ -39,7 +39,7 @@ from typing import Any, Callable, Protocol
 
 from policies.admission import CapacityLedger, WorkerLoad
 from policies.registry import register
-from policies.types import Action, Migrate, Offload, Place, Reject, Snapshot, WorkerStatus
+from policies.types import Action, Migrate, Offload, Place, Reject, SessionView, Snapshot, WorkerStatus
 
 ON_FULL = ("queue", "refuse")
 _DRAINING = WorkerStatus.DRAINING
@@ -240,6 +240,11 @@ class _PlacementPolicy:
                 actions.append(Offload(s.session_id, tier="host", cause="drain"))
 
 
+def _move_rank(s: SessionView) -> tuple:
+    # Cheapest copy first; among equals the longest context (it gains the most).
+    return (s.state_bytes, -s.context_frames, s.session_id)
+
+
 @register("placement", "round-robin")
 class RoundRobin(_PlacementPolicy):
     """Each pending session goes to the next running worker with room, in snapshot order.
@@ -359,6 +364,7 @@ class MigrationAware(_PlacementPolicy):
         before = -worst_heap[0][0] if worst_heap else 0.0
         enough = before - self.min_gain * before  # a max below this pays
         plan: list[tuple] = []
+        queues: dict[str, list[SessionView]] = {}  # per source: its sessions, cheapest to move last
         l_max = before
         while worst_heap:
             entry = worst_heap[0]
@@ -369,10 +375,14 @@ class MigrationAware(_PlacementPolicy):
             l_max = -entry[0]
             if len(plan) >= self.plan_limit or (len(plan) >= self.max_migrations and l_max < enough):
                 break
-            movable = [s for s in worst.active if s.session_id not in moved]
-            if not movable:
+            queue = queues.get(worst.address)
+            if queue is None:  # cheapest to move last, so pop() takes it
+                queue = queues[worst.address] = sorted(worst.active, key=_move_rank, reverse=True)
+            while queue and queue[-1].session_id in moved:
+                queue.pop()
+            if not queue:
                 break
-            s = min(movable, key=lambda s: (s.state_bytes, -s.context_frames, s.session_id))
+            s = queue[-1]
             target = chooser.pick(s.state_bytes, exclude=worst)
             if target is None:
                 break
@@ -380,6 +390,7 @@ class MigrationAware(_PlacementPolicy):
             if l_max - pair_max <= s.state_bytes / snap.migrate_bytes_per_s:
                 break  # the worst worker cannot be lowered by more than the copy costs
             ledger.move(s, worst, target)
+            queue.pop()
             plan.append((s, worst, target, l_max, pair_max))
             for ld in (worst, target):
                 chooser.refresh(ld)
