@@ -654,6 +654,7 @@ class Simulator:
                 v = w.view = WorkerView(w.address, w.status, w.memory, w.max_batch, w.started)
             wviews.append(v)
         sviews = []
+        counts = self._status_counts = dict.fromkeys(SessionStatus, 0)
         hints = self.cfg.oracle_hints
         model = self.wl.model
         for s in self.open.values():
@@ -674,6 +675,7 @@ class Simulator:
                 )
                 s.dirty = False
             sviews.append(v)
+            counts[s.status] += 1
         return Snapshot(
             now_s=now,
             workers=tuple(wviews),
@@ -708,7 +710,7 @@ class Simulator:
 
     def _record_interval(self, now: float, snap: Snapshot) -> None:
         self._advance_cost(now)
-        counts = Counter(v.status for v in snap.sessions)
+        counts = self._status_counts  # counted while the snapshot was built
         prev_cost = self._cost_recorded
         prev_mig = self._mig_recorded
         self.intervals.append(
