@@ -101,32 +101,56 @@ def _timed(model: StreamingVideoModel, batches: Sequence[Sequence[SessionState]]
     return time.perf_counter() - t0
 
 
+def _sample(
+    model: StreamingVideoModel, batch_size: int, context_frames: int, height: int, width: int
+) -> tuple[float, float]:
+    """One timing of a batched step and of the same number of separate steps."""
+    # Fresh sessions per sample: first-chunk rows stay first chunks, and a full window
+    # stays full (the step rolls it). One set of sessions alive at a time: big presets
+    # fill a GPU with a few states.
+    batch = _sessions(model, batch_size, context_frames, height, width)
+    batched = _timed(model, [batch])
+    del batch
+    batch = _sessions(model, batch_size, context_frames, height, width)
+    separate = _timed(model, [[s] for s in batch])
+    return batched, separate
+
+
 def measure(
     model: StreamingVideoModel,
-    batch_size: int,
+    batch_sizes: Sequence[int],
     context_frames: int,
     *,
     height: int,
     width: int,
     repeats: int,
     warmup: int,
-) -> Row:
-    """Median batched-step and separate-steps times for one batch size and context."""
-    batched_t, separate_t = [], []
+) -> list[Row]:
+    """Median batched-step and separate-steps times per batch size, at one context.
+
+    Repeats go round-robin over the batch sizes, so a change in machine load during the
+    run shifts every batch size alike instead of skewing the curve. A batch size that
+    runs out of device memory is dropped with every larger one.
+    """
+    sizes = sorted(batch_sizes)
+    times: dict[int, tuple[list[float], list[float]]] = {b: ([], []) for b in sizes}
     for rep in range(warmup + repeats):
-        # Fresh sessions per repeat: first-chunk rows stay first chunks, and a full
-        # window stays full (the step rolls it), so every repeat measures the same thing.
-        # One set of sessions alive at a time: big presets fill a GPU with a few states.
-        batch = _sessions(model, batch_size, context_frames, height, width)
-        tb = _timed(model, [batch])
-        del batch
-        batch = _sessions(model, batch_size, context_frames, height, width)
-        ts = _timed(model, [[s] for s in batch])
-        del batch
-        if rep >= warmup:
-            batched_t.append(tb)
-            separate_t.append(ts)
-    return Row(batch_size, context_frames, statistics.median(batched_t), statistics.median(separate_t))
+        for b in list(sizes):
+            try:
+                batched, separate = _sample(model, b, context_frames, height, width)
+            except torch.cuda.OutOfMemoryError:
+                print(f"B={b}: out of device memory; batch sizes >= {b} skipped")
+                sizes = [x for x in sizes if x < b]
+                torch.cuda.empty_cache()
+                break
+            if rep >= warmup:
+                times[b][0].append(batched)
+                times[b][1].append(separate)
+    return [
+        Row(b, context_frames, statistics.median(times[b][0]), statistics.median(times[b][1]))
+        for b in sizes
+        if times[b][0]
+    ]
 
 
 def _cpu_name() -> str:
@@ -163,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=None)
     ap.add_argument("--width", type=int, default=None)
     ap.add_argument("--batches", type=_parse_batches, default=[1, 2, 4, 8])
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per point (median)")
+    ap.add_argument("--repeats", type=int, default=9, help="timed repeats per point (median)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
     ap.add_argument("--contexts", default="0,window", help="context frames to measure: integers or 'window'")
@@ -191,15 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ctx in contexts:
         print(f"\ncontext {ctx} latent frames (KV {p.kv_bytes(height, width, ctx) / 2**20:.1f} MiB per session)")
         print(f"{'B':>4} {'batched step s':>15} {'B separate s':>13} {'s/chunk':>9} {'speedup':>8}")
-        for b in args.batches:
-            try:
-                row = measure(model, b, ctx, height=height, width=width, repeats=args.repeats, warmup=args.warmup)
-            except torch.cuda.OutOfMemoryError:
-                print(f"{b:>4} out of device memory; larger batches skipped")
-                torch.cuda.empty_cache()
-                break
+        for row in measure(
+            model, args.batches, ctx, height=height, width=width, repeats=args.repeats, warmup=args.warmup
+        ):
             rows.append(row)
-            print(f"{b:>4} {row.step_s:>15.4f} {row.separate_s:>13.4f} {row.per_chunk_s:>9.4f} {row.speedup:>7.2f}x")
+            print(f"{row.batch_size:>4} {row.step_s:>15.4f} {row.separate_s:>13.4f} {row.per_chunk_s:>9.4f} "
+                  f"{row.speedup:>7.2f}x")
     ones = [r for r in rows if r.batch_size == 1]
     for r in ones:
         print(f"batch-1 chunk latency at context {r.context_frames}: {r.step_s:.4f} s (median of {args.repeats})")

@@ -102,6 +102,12 @@ class StreamingVaeDecoder:
         """
         if len(caches) != latents.shape[0]:
             raise ValueError(f"got {len(caches)} caches for a batch of {latents.shape[0]}")
+        rows = latents.shape[0]
+        if rows == 1 and latents.device.type == "cpu":
+            # PyTorch sends thin batch-of-one 3-D convolutions to its slow native kernel
+            # (`use_mkldnn` in ATen's ConvUtils); as a batch of two (the row twice) they
+            # take oneDNN, which is faster even for the doubled work.
+            latents, caches = latents.expand(2, -1, -1, -1, -1), [caches[0], caches[0]]
         dtype = self.vae.post_quant_conv.weight.dtype
         z = latents.to(dtype) * self._std.to(latents.device, dtype) + self._mean.to(latents.device, dtype)
         fmt = self.memory_format
@@ -113,10 +119,11 @@ class StreamingVaeDecoder:
             out = self.vae.decoder(x, feat_cache=feat_cache, feat_idx=[0], first_chunk=False)
         if len(feat_cache) != len(caches[0]):
             raise RuntimeError(f"decoder used {len(feat_cache)} cache entries, expected {len(caches[0])}")
+        out = out[:rows]
         frames = ((out.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
         # Plain contiguous copies: the state is moved and stored as ordinary tensors.
         new_caches = [
             [entry[row].contiguous(memory_format=torch.contiguous_format) for entry in feat_cache]
-            for row in range(latents.shape[0])
+            for row in range(rows)
         ]
         return frames, new_caches
