@@ -9,7 +9,9 @@ copies of its state.
 
 One :meth:`StreamingVideoModel.step` advances a whole batch of sessions by one chunk
 each (coalesced chunk processing). What a session gets does not depend on its batch:
-its noise comes from its own generator, and attention never mixes rows.
+its noise comes from its own generator, attention never mixes rows, and the
+transformer side is bit-identical alone or batched (the batched VAE decode rounds
+differently at different batch sizes, by about 1e-5).
 """
 
 from __future__ import annotations
