@@ -31,7 +31,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from kernels.presets import get_preset
 from policies.registry import make
-from policies.types import Migrate, Place, Reject, SessionStatus, WorkerStatus, WorkerView
+from policies.types import Migrate, Place, Reject, SessionStatus, Snapshot, WorkerStatus, WorkerView
 from framework.dashboard.source import DashboardFeed
 from framework.registry import SessionRecord, SessionRegistry
 from workers.errors import (
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ON_DEVICE = (SessionStatus.ACTIVE, SessionStatus.IDLE)
+TRANSPORTS = ("auto", "host", "p2p")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ class ServingSettings:
             raise ValueError(f"admission.on-full must be 'refuse' or 'queue', got {self.on_full!r}")
         if self.offload_tier not in TIERS:
             raise ValueError(f"state.offload-tier must be one of {TIERS}, got {self.offload_tier!r}")
-        if self.transport not in ("auto", "host", "p2p"):
+        if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be 'auto', 'host' or 'p2p', got {self.transport!r}")
         if self.max_sessions_per_worker < 1:
             raise ValueError(f"admission.max-sessions-per-worker must be >= 1, got {self.max_sessions_per_worker}")
@@ -273,8 +274,15 @@ class TurboserveScheduler(SchedulerPlugin):
                 await self._migrate_locked(rec, worker)
             return self._location(rec)
 
-    async def migrate(self, session_id: str, target: str) -> dict[str, Any]:
-        """Hot-migrate the session to ``target`` at a chunk boundary."""
+    async def migrate(self, session_id: str, target: str, transport: str | None = None) -> dict[str, Any]:
+        """Hot-migrate the session to ``target`` at a chunk boundary.
+
+        ``transport``: ``host`` (staged through host memory over Dask comms), ``p2p``
+        (a private NCCL/gloo group of two) or ``auto`` (p2p when both ends are CUDA
+        devices); default ``turboserve.state.transport``.
+        """
+        if transport not in (None, *TRANSPORTS):
+            raise InvalidRequest(f"unknown transport {transport!r}; expected one of {TRANSPORTS}")
         self._check_worker(target)
         if target in self._draining:
             raise UnknownWorker(f"worker {target} is draining; pick another of {self._workers()}")
@@ -284,7 +292,7 @@ class TurboserveScheduler(SchedulerPlugin):
             if rec.status is SessionStatus.SUSPENDED:
                 await self._resume_locked(rec, target)
             elif rec.worker != target:
-                await self._migrate_locked(rec, target)
+                await self._migrate_locked(rec, target, transport)
             return self._location(rec)
 
     async def close_session(self, session_id: str) -> dict[str, Any]:
@@ -353,6 +361,15 @@ class TurboserveScheduler(SchedulerPlugin):
         return {**self.registry.stats(), "workers": load, "draining": sorted(self._draining),
                 "settings": asdict(self.settings)}
 
+    def snapshot(self) -> Snapshot:
+        """The policies' view of the cluster now (every worker, draining ones as DRAINING)."""
+        views = [
+            WorkerView(addr, status=WorkerStatus.DRAINING if addr in self._draining else WorkerStatus.RUNNING,
+                       max_batch=self.settings.max_sessions_per_worker)
+            for addr in self.scheduler.workers
+        ]
+        return self.registry.snapshot(time.time(), views)
+
     async def shutdown(self, release: bool = False) -> None:
         """Stop background recovery (the cluster is closing); ``release`` drops every actor."""
         self._closing = True
@@ -376,13 +393,13 @@ class TurboserveScheduler(SchedulerPlugin):
             self._set(rec, SessionStatus.ACTIVE)
             return self._location(rec)
 
-    async def _migrate_locked(self, rec: SessionRecord, target: str) -> None:
+    async def _migrate_locked(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
         prior = rec.status
         old_worker, old_key = rec.worker, rec.actor_key
         self._set(rec, SessionStatus.MIGRATING)
         try:
             await self._call(rec, "freeze")
-            source = {"kind": "peer", "address": old_worker, "key": old_key, "transport": self._transport(old_worker, target)}
+            source = {"kind": "peer", "address": old_worker, "key": old_key, "transport": transport or self.settings.transport}
             await self._start_actor(rec, target, source)
         except Exception as exc:
             rec.worker, rec.actor_key = old_worker, old_key
@@ -615,11 +632,6 @@ class TurboserveScheduler(SchedulerPlugin):
         if fut is not None:
             fut.release()
         rec.actor_key = None
-
-    def _transport(self, source: str, target: str) -> str:
-        if self.settings.transport != "auto":
-            return self.settings.transport
-        return "auto"  # the receiving actor checks both devices
 
     def _forget_checkpoint(self, session_id: str) -> None:
         try:

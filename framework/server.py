@@ -80,6 +80,12 @@ class Server:
         Further :class:`~framework.scheduler_plugin.ServingSettings` fields
         (``placement``, ``on_full``, ``max_sessions_per_worker``, ``offload_tier``, ...).
 
+    asynchronous : bool
+        With a scheduler address: make an asynchronous client. On an asynchronous
+        client, ``await Server(...)`` registers the plugins, and the ``a*`` methods
+        (``aopen_session``, ``asessions``, ``astats``, ``aclose``; ``Session.astream``,
+        ``asubmit``, ...) are the API.
+
     Notes
     -----
     Attaching to a cluster that already runs turboserve keeps its plugins (and their
@@ -95,17 +101,15 @@ class Server:
         max_batch: int | None = None,
         batching: bool | None = None,
         checkpoint_every: int | None = None,
+        asynchronous: bool = False,
         **settings: Any,
     ) -> None:
         self._cluster: LocalCluster | None = None
         self._own_client = not isinstance(address_or_client, Client)
         if self._own_client:
-            self.client = Client(address_or_client, direct_to_workers=True)
+            self.client = Client(address_or_client, direct_to_workers=True, asynchronous=asynchronous)
         else:
             self.client = address_or_client
-        if self.client.asynchronous:
-            raise InvalidRequest("Server needs a synchronous client; use the a* methods of Session from async code "
-                                 "through a Server built with a synchronous client")
         try:
             self.settings = ServingSettings.from_config(model=model, store=store, **settings)
             self.engine_settings = EngineSettings(
@@ -113,12 +117,48 @@ class Server:
                 batching=bool(config.get("engine.batching", batching)),
                 checkpoint_every=int(config.get("state.checkpoint-every", checkpoint_every)),
             )
-            self.client.register_plugin(TurboserveScheduler(self.settings))
-            self.client.register_plugin(ModelHost(self.settings.model, self.engine_settings, self.settings.store))
+            self._plugins = (
+                TurboserveScheduler(self.settings),
+                ModelHost(self.settings.model, self.engine_settings, self.settings.store),
+            )
+            if not self.client.asynchronous:
+                for plugin in self._plugins:
+                    self.client.register_plugin(plugin)
         except BaseException:
-            if self._own_client:
+            if self._own_client and not self.client.asynchronous:
                 self.client.close()
             raise
+
+    # ------------------------------------------------------------ asynchronous use
+
+    def __await__(self):
+        return self._astart().__await__()
+
+    async def _astart(self) -> "Server":
+        if self._own_client:
+            await self.client
+        for plugin in self._plugins:
+            await self.client.register_plugin(plugin)
+        return self
+
+    async def __aenter__(self) -> "Server":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`close` (for a server on an asynchronous client)."""
+        if self._own_client:
+            await self.client.close()
+
+    async def asessions(self, include_closed: bool = False) -> list[dict[str, Any]]:
+        """Async twin of :meth:`sessions`."""
+        return list(await self.client.scheduler.turboserve_sessions(include_closed=include_closed))
+
+    async def astats(self) -> dict[str, Any]:
+        """Async twin of :meth:`stats`."""
+        return await self.client.scheduler.turboserve_stats()
 
     @classmethod
     def local(

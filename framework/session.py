@@ -237,9 +237,9 @@ class Session:
         """Async twin of :meth:`resume`."""
         await self._control("turboserve_resume", worker=worker)
 
-    async def amigrate(self, worker: str) -> None:
+    async def amigrate(self, worker: str, transport: str | None = None) -> None:
         """Async twin of :meth:`migrate`."""
-        await self._control("turboserve_migrate", target=worker)
+        await self._control("turboserve_migrate", target=worker, transport=transport)
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""
@@ -296,9 +296,14 @@ class Session:
         """Bring the state back on a device: ``worker``, or where it was / placement says."""
         self._sync(self.aresume, worker)
 
-    def migrate(self, worker: str) -> None:
-        """Move the session to ``worker`` at a chunk boundary; the stream goes on without a gap."""
-        self._sync(self.amigrate, worker)
+    def migrate(self, worker: str, transport: str | None = None) -> None:
+        """Move the session to ``worker`` at a chunk boundary; the stream goes on without a gap.
+
+        ``transport``: ``"host"`` (staged through host memory over Dask's worker-to-worker
+        comms), ``"p2p"`` (a private 2-rank NCCL/gloo group) or ``"auto"`` (p2p when both
+        ends are CUDA devices); default ``turboserve.state.transport``.
+        """
+        self._sync(self.amigrate, worker, transport)
 
     def close(self) -> None:
         """Drop the session's state and actor; further calls raise :class:`SessionClosed`."""

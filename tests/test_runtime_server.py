@@ -12,6 +12,7 @@ worker away (kill, then drain) run last.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -96,6 +97,20 @@ def test_sessions_and_stats_describe_the_registry(server):
     assert "listed" not in [r["id"] for r in server.sessions()]
 
 
+def test_workers_holding_sessions_are_not_offered_for_downscaling(server):
+    s = server.open_session(PROMPT, seed=13)
+
+    def closable(dask_scheduler):
+        plugin = dask_scheduler.plugins["turboserve"]
+        valid = plugin.valid_workers_downscaling(dask_scheduler, list(dask_scheduler.workers.values()))
+        return [ws.address for ws in valid], list(dask_scheduler.workers_to_close(n=len(dask_scheduler.workers)))
+
+    valid, to_close = server.client.run_on_scheduler(closable)
+    assert s.worker not in valid and s.worker not in to_close
+    assert set(valid) == set(server.workers()) - {s.worker}
+    s.close()
+
+
 # ------------------------------------------------------------------ determinism matrix
 
 
@@ -153,6 +168,18 @@ def test_two_hot_migrations_mid_stream_keep_the_stream_continuous(server, refere
     s.close()
 
 
+def test_migration_over_a_point_to_point_group_continues_identically(server, reference):
+    s = server.open_session(PROMPT, seed=11)
+    home = s.worker
+    chunks = list(s.stream(2))
+    s.migrate(_other(server, home), transport="p2p")  # gloo between two CPU workers
+    assert s.worker != home
+    chunks += list(s.stream(2))
+    _assert_same(chunks, reference(PROMPT, 11, 4))
+    assert chunks[2].migrated
+    s.close()
+
+
 # ------------------------------------------------------------------ batching and attach
 
 
@@ -180,6 +207,19 @@ def test_a_second_server_attaches_and_sees_the_same_sessions(server, reference):
     finally:
         other.close()
     s.close()
+
+
+def test_async_twins_on_an_asynchronous_client(server, reference):
+    async def main():
+        async with await Server(server.client.scheduler.address, asynchronous=True) as aserver:
+            s = await aserver.aopen_session(PROMPT, seed=12)
+            chunks = [c async for c in s.astream(2)]
+            chunks.append(await s.asubmit())
+            assert s.id in [r["id"] for r in await aserver.asessions()]
+            await s.aclose()
+            return chunks
+
+    _assert_same(asyncio.run(main()), reference(PROMPT, 12, 3))
 
 
 # ------------------------------------------------------------------ bad input
