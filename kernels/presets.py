@@ -117,6 +117,21 @@ class ModelPreset:
     timestep_shift: float = 5.0
     vae: VaeGeometry = VaeGeometry()
 
+    def __post_init__(self) -> None:
+        checks = [
+            (self.num_layers >= 1 and self.num_heads >= 1, "num_layers and num_heads must be >= 1"),
+            (self.head_dim >= 6 and self.head_dim % 2 == 0, "head_dim must be even and >= 6 (3-axis RoPE)"),
+            (self.chunk_latent_frames >= 1 and self.denoise_steps >= 1, "chunks need >= 1 frame and >= 1 step"),
+            (
+                0 <= self.sink_latent_frames < self.window_latent_frames,
+                "need 0 <= sink_latent_frames < window_latent_frames",
+            ),
+            (self.dtype_bytes in (1, 2, 4, 8), "dtype_bytes must be 1, 2, 4 or 8"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid model preset {self.name!r}: {message}")
+
     @property
     def dim(self) -> int:
         """Transformer width (``num_heads * head_dim``)."""

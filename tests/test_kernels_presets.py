@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
@@ -112,3 +114,17 @@ def test_vae_cache_shapes_match_the_real_decoder(geometry):
     assert sum(t.numel() for t in zeros) * 4 == ModelPreset(
         name="probe", num_layers=1, num_heads=1, head_dim=12, ffn_dim=8, vae=geometry, dtype_bytes=4
     ).vae_cache_bytes(height, width)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("sink_latent_frames", 21, "sink_latent_frames < window_latent_frames"),
+        ("head_dim", 7, "head_dim must be even"),
+        ("denoise_steps", 0, ">= 1 step"),
+        ("dtype_bytes", 3, "dtype_bytes"),
+    ],
+)
+def test_inconsistent_presets_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(get_preset("tiny"), **{field: value})
