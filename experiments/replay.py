@@ -33,7 +33,7 @@ import math
 import pathlib
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -162,6 +162,29 @@ def measure_profile(model: str = "tiny", max_batch: int = 4, repeats: int = 2) -
     return _monotone(points)
 
 
+def calibrate_live(server: Any, max_batch: int, *, model: str = "tiny", rounds: int = 2) -> list[tuple]:
+    """Chunk rows (wall clock) of a short calibration on the server's first worker.
+
+    ``rounds`` chunks of one session alone, then ``rounds`` steps of ``max_batch``
+    sessions requested together; the sessions are closed afterwards. The rows'
+    ``t_done_s - t_start_s`` by ``batch_size`` is the live step-time profile.
+    """
+    worker = server.workers()[0]
+    sessions = [server.open_session("calibration", seed=i, model=model, session_id=f"calibration-{i}", worker=worker)
+                for i in range(max_batch)]
+    rows = []
+    try:
+        for _ in range(rounds):
+            rows.append(sessions[0].submit().result().to_row())
+        for _ in range(rounds):
+            futures = [s.submit() for s in sessions]
+            rows.extend(f.result().to_row() for f in futures)
+    finally:
+        for s in sessions:
+            s.close()
+    return [tuple(r[c] for c in CHUNK_COLUMNS) for r in rows]
+
+
 def profile_from_chunks(chunks_wall: pd.DataFrame) -> tuple[tuple[int, float], ...]:
     """Median step time (``t_done_s - t_start_s``, wall seconds) per batch size of live chunks."""
     if chunks_wall.empty:
@@ -239,6 +262,7 @@ def replay_live(
     progress: bool = True,
     control: dict[str, Any] | None = None,
     cluster_kwargs: dict[str, Any] | None = None,
+    calibrate: bool = True,
 ) -> ReplayResult:
     """Replay ``trace`` on a new local :class:`framework.Server` with control and autoscaling.
 
@@ -253,7 +277,8 @@ def replay_live(
     seed
         Base seed of the sessions (session ``k`` of the trace gets ``seed + k``).
     profile
-        Latency points for the controller (wall seconds); None: learnt live.
+        Latency points for the controller (wall seconds); None: measured on the live
+        workers before the trace starts (``calibrate``), else learnt from live chunks.
     progress
         Show a tqdm bar over the trace events.
     control
@@ -261,6 +286,8 @@ def replay_live(
         ``minimum``, ``maximum``, ...).
     cluster_kwargs
         Passed to ``Server.local`` (``LocalCluster`` options).
+    calibrate
+        Measure the step time at batch 1 and ``max_batch`` on the first worker first.
     """
     from framework.adaptive import adaptive_kwargs
     from framework.controller import Controller
@@ -276,7 +303,12 @@ def replay_live(
     models = sorted({s["model"] for s in specs.values()})
     kwargs = {"dashboard_address": None, **(cluster_kwargs or {})}
     server = Server.local(n_workers=n0, model=models[0], settings={"on_full": "queue"}, **kwargs)
+    calibration: list[tuple] = []
     try:
+        if profile is None and calibrate:
+            calibration = calibrate_live(server, settings.max_batch, model=models[0])
+            settings = replace(settings, latency_points=profile_from_chunks(
+                pd.DataFrame(calibration, columns=list(CHUNK_COLUMNS))), measure=False)
         server.client.register_plugin(Controller(settings))
         adapt = adaptive_kwargs(minimum=settings.minimum, maximum=settings.maximum,
                                 interval=settings.interval_s / time_scale)
@@ -291,7 +323,8 @@ def replay_live(
         server.close()
     t0, x = driver.t0, time_scale
     rows = pd.DataFrame(driver.rows, columns=[*CHUNK_COLUMNS]) if driver.rows else empty_chunks()
-    measured = profile_from_chunks(rows) if len(rows) else (profile or ((1, 0.1),))
+    both = pd.concat([rows, pd.DataFrame(calibration, columns=list(CHUNK_COLUMNS))]) if calibration else rows
+    measured = profile_from_chunks(both) if len(both) else settings.latency_points
     chunks = _to_trace_time(rows, t0, x)
     intervals = _intervals(log["intervals"], t0, x, end_wall)
     decisions = pd.DataFrame(log["decisions"], columns=list(DECISION_COLUMNS))
@@ -305,7 +338,7 @@ def replay_live(
     extra = _extra(decisions, stats, intervals, lifetimes, t0, x, end_wall)
     extra.update(backend="live", time_scale=x, sessions=len(specs), session_errors=len(driver.errors))
     summary = summarize(chunks, intervals, trace=trace_name, policy=settings.label, gpus=gpus,
-                        slo_s=session_slo(trace), extra=extra)
+                        slo_s=_summary_slo(trace), extra=extra)
     return ReplayResult("live", chunks, intervals, decisions, summary, measured, stats)
 
 
@@ -382,6 +415,14 @@ class _Driver:
             self.rows.append((sid, chunk.index, t_req, chunk.t_start_s, chunk.t_done_s,
                               chunk.t_done_s - t_req, chunk.worker, chunk.batch_size, chunk.migrated))
             t_req = max(t_req + period, time.time())
+
+
+def _summary_slo(trace: pd.DataFrame) -> float | dict[str, float]:
+    """The configured ``turboserve.slo-s``, else each session's chunk period (as the simulator)."""
+    from framework import config
+
+    slo = config.get("slo-s")
+    return float(slo) if slo is not None else session_slo(trace)
 
 
 def _prompt(session_id: str) -> str:
@@ -528,3 +569,60 @@ def replay_command(args: argparse.Namespace) -> int:
           f"SLO {s['slo_attainment']:.1%}, {s['gpu_hours'] * 3600:.0f} GPU-s, {s['migrations']} migrations "
           f"-> {args.out}")
     return 0
+
+
+# ---------------------------------------------------------------- parity
+
+
+def decision_counts(result: ReplayResult) -> dict[str, int]:
+    """Accepted control decisions by kind: placements, scale-ups/downs, migrations, offloads."""
+    d = result.decisions
+    acc = d[d["accepted"].astype(bool)] if len(d) else d
+    targets = [int(w) for w in acc.loc[acc["action"] == "ScaleTo", "worker"]] if len(acc) else []
+    n0 = int(result.intervals["n_workers"].iloc[0]) if len(result.intervals) else 0
+    ups, last = 0, n0
+    for n in targets:
+        ups += n > last
+        last = n
+    # The simulator covers a scale-in by its Retire actions (no ScaleTo row): count those.
+    retired = acc[(acc["action"] == "Retire") & ~acc["worker"].astype(str).str.startswith("starting-")] if len(acc) else acc
+    downs = len(retired)
+    opened = int(result.chunks.loc[result.chunks["index"] == 0, "session_id"].nunique()) if len(result.chunks) else 0
+    return {
+        "sessions served": opened,
+        "scale-ups": ups,
+        "workers retired": downs,
+        "peak workers": int(result.intervals["n_workers"].max()) if len(result.intervals) else 0,
+        "final workers": int(result.intervals["n_workers"].iloc[-1]) if len(result.intervals) else 0,
+        "migrations": int((acc["action"] == "Migrate").sum()) if len(acc) else 0,
+        "offloads": int((acc["action"] == "Offload").sum()) if len(acc) else 0,
+    }
+
+
+def compare(live: ReplayResult, sim: ReplayResult) -> pd.DataFrame:
+    """Side by side: decision counts and latency/cost figures of a live and a simulated replay.
+
+    Columns ``metric, live, sim, diff`` (``diff``: sim minus live for counts, the
+    relative difference ``(sim - live) / live`` for figures).
+    """
+    rows = []
+    dl, ds = decision_counts(live), decision_counts(sim)
+    for key in dl:
+        rows.append((key, dl[key], ds[key], ds[key] - dl[key]))
+    for key in ("chunks", "p50_latency_s", "p99_latency_s", "max_latency_s", "slo_attainment", "gpu_hours"):
+        a, b = float(live.summary[key]), float(sim.summary[key])
+        rows.append((key, a, b, (b - a) / a if a else math.nan))
+    return pd.DataFrame(rows, columns=["metric", "live", "sim", "diff"])
+
+
+def parity(
+    trace: pd.DataFrame, *, time_scale: float, workers: int | None = None, seed: int = 0,
+    control: dict[str, Any] | None = None, progress: bool = False,
+) -> tuple[ReplayResult, ReplayResult, pd.DataFrame]:
+    """Replay ``trace`` live, then simulate it with the step times and worker start-up
+    measured live (both scaled by ``time_scale``); returns both results and :func:`compare`."""
+    live = replay_live(trace, time_scale=time_scale, workers=workers, seed=seed, control=control, progress=progress)
+    startup = live.stats.get("startup_s") or []
+    sim = replay_sim(trace, time_scale=time_scale, workers=workers, seed=seed, control=control,
+                     profile=live.profile, startup_s=float(np.median(startup)) if startup else None)
+    return live, sim, compare(live, sim)

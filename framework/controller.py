@@ -66,8 +66,6 @@ logger = logging.getLogger(__name__)
 RUNTIME_PLUGIN = "turboserve"
 #: Decisions and interval rows kept for ``turboserve_control_log``.
 LOG_LIMIT = 100_000
-#: An Adaptive that has not polled the target for this long counts as detached.
-ADAPTIVE_STALE_S = 10.0
 #: Handlers of the serving plugin after which the controller ticks early.
 _EVENT_HANDLERS = ("turboserve_open", "turboserve_close", "turboserve_pause", "turboserve_suspend",
                    "turboserve_resume", "turboserve_locate")
@@ -745,7 +743,8 @@ class Controller(SchedulerPlugin):
         return sorted(self.scheduler.workers) if self.scheduler is not None else []
 
     def _autoscaler_attached(self) -> bool:
-        return self.adaptive_seen is not None and time.time() - self.adaptive_seen < ADAPTIVE_STALE_S
+        # Sticky: an Adaptive busy starting workers stops polling for a while.
+        return self.adaptive_seen is not None
 
     @staticmethod
     def _admitting(runtime: Any, session_id: str) -> bool:
