@@ -112,3 +112,21 @@ def test_sweep_runs_jobs_on_a_local_dask_cluster(tmp_path):
     static = table[table["policy"] == "static-peak"].set_index("gpus")["gpu_hours"]
     assert static[3] == pytest.approx(1.5 * static[2])
     assert len(pd.read_csv(tmp_path / "sweep" / "summary.csv")) == 4
+
+
+def test_a_trace_mixing_models_runs_one_gpu_pool_per_model():
+    from experiments.sim.pools import share_gpus
+
+    wan = wan_trace(6)
+    tiny = wan_trace(6, seed=1).assign(session_id=lambda d: "t" + d["session_id"])
+    tiny.loc[tiny["event"] == "open", ["model", "height", "width"]] = ["tiny", 64, 64]
+    mixed = pd.concat([wan, tiny]).sort_values("time_s", kind="stable").reset_index(drop=True)
+    rows, chunks, _ = run_trace(TraceInput("mixed", mixed), 5, policies=["static-peak"], with_oracle=False)
+    (table,) = chunks.values()
+    pools = {w.split("/")[0] for w in table["worker"]}
+    assert pools == {"tiny", "wan-1.3b"}
+    assert set(table.loc[table["session_id"].str.startswith("t"), "worker"].str.split("/").str[0]) == {"tiny"}
+    assert rows[0]["gpu_hours"] == pytest.approx(5 * mixed["time_s"].max() / 3600)  # 5 GPUs split, all paid
+    assert share_gpus(10, {"a": 3, "b": 1}) == {"a": 7, "b": 3}
+    with pytest.raises(ValueError, match="cannot hold"):
+        share_gpus(1, {"a": 1, "b": 1})
