@@ -284,6 +284,10 @@ class SessionActor:
             from storage import offload_to_host
 
             self._parked = await self._on_engine(offload_to_host, state)
+            if self._host.checkpoints() is not None:
+                # A checkpoint too, not waited for: if this worker dies while the session
+                # sleeps in its memory, recovery starts from here instead of further back.
+                self._engine.save(self.session_id, self._parked)
         else:
             if self._host.checkpoints() is None:
                 raise InvalidRequest("suspend to disk needs a checkpoint store (turboserve.state.store)")
