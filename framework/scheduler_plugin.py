@@ -23,15 +23,16 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from distributed.client import _wait
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from framework import config
 from kernels.presets import get_preset
 from policies.registry import make
-from policies.types import Migrate, Place, Reject, SessionStatus, Snapshot, WorkerStatus, WorkerView
+from policies.types import Migrate, Place, Reject, SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
 from framework.dashboard.source import DashboardFeed
 from framework.registry import SessionRecord, SessionRegistry
 from workers.errors import (
@@ -84,8 +85,6 @@ class ServingSettings:
     @classmethod
     def from_config(cls, **overrides: Any) -> "ServingSettings":
         """Read ``turboserve.*`` (``framework.config``); non-None ``overrides`` win."""
-        from framework import config
-
         values = {
             "model": config.get("model"),
             "height": config.get("chunk.height"),
@@ -383,11 +382,19 @@ class TurboserveScheduler(SchedulerPlugin):
     # ------------------------------------------------------------ mechanisms
 
     async def place(self, session_id: str, worker: str | None = None) -> dict[str, Any]:
-        """Start a pending session's actor on ``worker`` or where placement puts it."""
+        """Start a pending session's actor on ``worker`` or where placement puts it.
+
+        A no-op for a session that is not pending any more, or whose admission or
+        recovery is under way (that one places it as soon as capacity changes).
+        """
+        if worker is not None:
+            self._check_worker(worker)
+        rec = self.registry.get(session_id)
+        if rec.status is not SessionStatus.PENDING or self._lock(session_id).locked():
+            return self._location(rec)
         async with self._lock(session_id):
-            rec = self.registry.get(session_id)
             if rec.status is not SessionStatus.PENDING:
-                raise InvalidRequest(f"session {session_id!r} is {rec.status.value}, not pending")
+                return self._location(rec)
             target = worker or await self._admit(rec)
             await self._start_actor(rec, target, {"kind": "store" if self.settings.store else "new"})
             self._set(rec, SessionStatus.ACTIVE)
@@ -402,12 +409,14 @@ class TurboserveScheduler(SchedulerPlugin):
             source = {"kind": "peer", "address": old_worker, "key": old_key, "transport": transport or self.settings.transport}
             await self._start_actor(rec, target, source)
         except Exception as exc:
-            rec.worker, rec.actor_key = old_worker, old_key
-            try:
-                await self._call(rec, "thaw")
-            except Exception:
-                logger.warning("could not thaw session %s on %s", rec.session_id, old_worker, exc_info=True)
-            self._set(rec, prior)
+            if old_worker in self.scheduler.workers:
+                rec.worker, rec.actor_key = old_worker, old_key
+                try:
+                    await self._call(rec, "thaw")
+                except Exception:
+                    logger.warning("could not thaw session %s on %s", rec.session_id, old_worker, exc_info=True)
+                self._set(rec, prior)
+            # else: the source died on the way; remove_worker queued its recovery.
             raise TransferError(f"migrating session {rec.session_id!r} from {old_worker} to {target} failed: {exc!r}") from exc
         rec.migrations += 1
         self._set(rec, prior)
@@ -441,8 +450,9 @@ class TurboserveScheduler(SchedulerPlugin):
     async def _recover(self, session_id: str, prior: SessionStatus) -> None:
         async with self._lock(session_id):
             rec = self.registry.get(session_id)
-            if rec.status is not SessionStatus.PENDING:
-                return
+            if rec.status is SessionStatus.CLOSED or (rec.actor_key and rec.worker in self.scheduler.workers):
+                return  # closed meanwhile, or a move that held the lock landed it somewhere alive
+            self._set(rec, SessionStatus.PENDING)
             failed: set[str] = set()
             while not self._closing:
                 target = self._choose(rec, exclude=failed)
@@ -527,7 +537,7 @@ class TurboserveScheduler(SchedulerPlugin):
             pass
 
     def _spawn_task(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro) if _loop_running() else asyncio.ensure_future(coro)
+        task = asyncio.ensure_future(coro)  # plugin hooks run on the scheduler's event loop
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -646,15 +656,5 @@ class TurboserveScheduler(SchedulerPlugin):
         self.dashboard.on_chunks(rows or ())
 
 
-def _as_pending(view):
-    from dataclasses import replace
-
+def _as_pending(view: SessionView) -> SessionView:
     return replace(view, status=SessionStatus.PENDING, worker=None)
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False

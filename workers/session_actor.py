@@ -138,6 +138,7 @@ class SessionActor:
         detached = await asyncio.wrap_future(self._engine.detach(self.session_id))
         self._attached = False
         self._want = max(self._want, detached.want)
+        self._event().set()  # waiting pollers re-check: the state is off the engine now
         return detached
 
     def _check_open(self) -> None:
@@ -252,6 +253,8 @@ class SessionActor:
             if self._error is not None:
                 raise self._error
             self._check_open()
+            if not self._attached:  # parked (suspended, or frozen for a move): ask the registry
+                raise SessionMoved(f"session {self.session_id!r} is not on the device of {self._worker.address}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
