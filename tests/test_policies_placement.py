@@ -294,3 +294,23 @@ def test_the_ledgers_cached_step_time_is_the_latency_models_prediction(context_s
         for mean_context in (0.0, 7.5, 21.0):
             assert ledger.step_s(n, mean_context * n) == pytest.approx(model.predict(n, mean_context))
     assert ledger.step_s(0, 0.0) == 0.0
+
+
+@pytest.mark.parametrize("name", names("placement"))
+def test_a_session_too_large_for_any_worker_does_not_block_smaller_ones(name):
+    workers = [WorkerView("w1", memory_bytes=2 * GiB), WorkerView("w2", memory_bytes=2 * GiB)]
+    sessions = [pending("huge", nbytes=4 * GiB, since_s=0.0), pending("small", nbytes=GiB, since_s=1.0)]
+    sessions.append(pending("huge-too", nbytes=3 * GiB, since_s=2.0))
+    actions, _ = decide(make("placement", name), snapshot(workers, sessions))
+    assert [a.session_id for a in actions] == ["small"]
+
+
+@pytest.mark.parametrize("name", names("placement"))
+def test_drain_migrations_per_decision_are_bounded(name):
+    workers = [WorkerView("old", status=WorkerStatus.DRAINING, max_batch=64), WorkerView("w1", max_batch=64)]
+    sessions = [active(f"s{i}", "old") for i in range(10)]
+    actions, _ = decide(make("placement", name, max_drain_migrations=4), snapshot(workers, sessions))
+    assert all(isinstance(a, Migrate) and a.source == "old" for a in actions)
+    assert sum(a.cause == "drain" for a in actions) == 4
+    # migration-aware may also relieve the draining worker as the slowest one (a rebalance move).
+    assert len(actions) == 4 or name == "migration-aware"
