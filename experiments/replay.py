@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import framework.config  # noqa: F401  (registers the turboserve defaults before any dask.config.set)
 from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS, empty_chunks, summarize, write_outputs
 
 logger = logging.getLogger(__name__)
@@ -338,7 +339,7 @@ def replay_live(
     extra = _extra(decisions, stats, intervals, lifetimes, t0, x, end_wall)
     extra.update(backend="live", time_scale=x, sessions=len(specs), session_errors=len(driver.errors))
     summary = summarize(chunks, intervals, trace=trace_name, policy=settings.label, gpus=gpus,
-                        slo_s=_summary_slo(trace), extra=extra)
+                        slo_s=_summary_slo(trace, (control or {}).get("slo_s")), extra=extra)
     return ReplayResult("live", chunks, intervals, decisions, summary, measured, stats)
 
 
@@ -417,11 +418,11 @@ class _Driver:
             t_req = max(t_req + period, time.time())
 
 
-def _summary_slo(trace: pd.DataFrame) -> float | dict[str, float]:
-    """The configured ``turboserve.slo-s``, else each session's chunk period (as the simulator)."""
+def _summary_slo(trace: pd.DataFrame, slo: float | None = None) -> float | dict[str, float]:
+    """``slo``, else the configured ``turboserve.slo-s``, else each session's chunk period (as the simulator)."""
     from framework import config
 
-    slo = config.get("slo-s")
+    slo = config.get("slo-s", slo)
     return float(slo) if slo is not None else session_slo(trace)
 
 
@@ -513,6 +514,7 @@ def replay_sim(
         initial_workers=n0, min_workers=settings.minimum, max_workers=settings.maximum,
         interval_s=settings.interval_s, max_batch=settings.max_batch, worker_startup_s=startup * time_scale,
         gpu_memory_bytes=float(settings.worker_memory_bytes) + 64 * 1024**2,
+        slo_s=(control or {}).get("slo_s"),
     )
     result = Simulator(prepare(trace), policies, cfg, latency=_scaled_model(profile, time_scale)).run()
     summary = summary_of(result, trace=trace_name, gpus=max(n0, int(result.intervals["n_workers"].max())))

@@ -1,0 +1,68 @@
+"""The closed loop end to end: a compressed burst trace replayed on a LocalCluster with
+the controller and SessionAdaptive. Workers go up under the burst and back down after
+it, the controller migrates sessions onto the new workers, and every session gets every
+chunk it asked for, in order."""
+
+from __future__ import annotations
+
+import dask
+import pandas as pd
+import pytest
+
+from experiments.replay import burst_trace, replay_live
+from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS
+
+pytestmark = pytest.mark.slow
+
+TRACE = burst_trace(base=1, burst=3, burst_at_s=10, burst_len_s=80, tail_s=60)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("state"))
+    # slo-s below any step time: one active session per worker is the load-driven
+    # budget whatever this machine's speed, so the scale decisions are deterministic.
+    with dask.config.set({"turboserve.slo-s": 0.5, "turboserve.state.store": store}):
+        return replay_live(TRACE, time_scale=5, workers=1, progress=False,
+                           control={"maximum": 3, "autoscaling_params": {"downscale_delay_s": 20}})
+
+
+def test_outputs_have_the_contract_columns(run):
+    assert tuple(run.chunks.columns) == CHUNK_COLUMNS
+    assert tuple(run.intervals.columns) == INTERVAL_COLUMNS
+    assert run.summary["backend"] == "live" and run.summary["failed_ticks"] == 0
+
+
+def test_workers_go_up_under_the_burst_and_back_down_after_it(run):
+    n = run.intervals.set_index("time_s")["n_workers"]
+    assert n.iloc[0] == 1
+    assert n.loc[10:100].max() == 3  # the burst of 3 sessions next to the base one, capped at maximum=3
+    assert n.iloc[-1] < 3
+    retired = run.decisions[(run.decisions["action"] == "Retire") & run.decisions["accepted"]
+                            & ~run.decisions["worker"].str.startswith("starting-")]
+    assert len(retired) >= 1
+    assert len(run.stats["workers"]) >= 2 and run.stats["workers"]["released_s"].notna().any()
+
+
+def test_the_controller_migrates_sessions_onto_new_workers(run):
+    migrations = run.decisions[(run.decisions["action"] == "Migrate") & run.decisions["accepted"]]
+    assert len(migrations) >= 1
+    assert run.chunks["migrated"].sum() >= 1
+    assert run.intervals["migrations"].sum() >= 1
+
+
+def test_no_session_is_lost_and_every_chunk_arrives_in_order(run):
+    assert run.stats["errors"] == []
+    assert set(run.chunks["session_id"]) == set(TRACE["session_id"])
+    for sid, rows in run.chunks.groupby("session_id"):
+        rows = rows.sort_values("t_done_s")
+        assert list(rows["index"]) == list(range(len(rows))), sid
+        assert (rows["latency_s"] > 0).all()
+    # the base session streams through the whole trace, over every scale event
+    assert run.chunks["session_id"].value_counts()["base0"] >= 10
+
+
+def test_the_control_loop_refused_nothing_it_should_not(run):
+    refused = run.decisions[~run.decisions["accepted"]]
+    allowed = ("being admitted by the runtime", "being drained by the runtime", "in flight")
+    assert all(any(a in r for a in allowed) for r in refused["reason"]), refused.to_string()

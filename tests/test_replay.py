@@ -1,0 +1,73 @@
+"""`turboserve replay --backend sim` and the simulated side of the live/sim comparison:
+same output folder and columns as every replay, trace seconds throughout."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import framework.config  # noqa: F401  (turboserve defaults before any dask.config.set)
+from experiments.replay import burst_trace, compare, decision_counts, replay_sim
+from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS, SUMMARY_COLUMNS
+from framework.cli import main
+from traces.io import validate, write_trace
+
+PROFILE = ((1, 0.2), (2, 0.3), (8, 0.9))  # wall seconds per step, by batch size
+
+
+def test_burst_trace_is_a_valid_trace():
+    trace = burst_trace(base=2, burst=3)
+    validate(trace)
+    assert (trace["event"] == "open").sum() == 5
+    assert trace.groupby("session_id")["event"].last().eq("close").all()
+
+
+def test_step_times_are_scaled_into_trace_seconds():
+    trace = burst_trace(base=1, burst=0, tail_s=30)
+    one = replay_sim(trace, time_scale=1, workers=1, profile=PROFILE)
+    five = replay_sim(trace, time_scale=5, workers=1, profile=PROFILE)
+    # one session alone on its worker: every chunk after the first takes one batch-1 step
+    assert one.chunks["latency_s"].iloc[1:].round(9).eq(0.2).all()
+    assert five.chunks["latency_s"].iloc[1:].round(9).eq(1.0).all()
+
+
+def test_sim_replay_scales_out_for_the_burst_and_in_after_it():
+    trace = burst_trace(base=1, burst=3, burst_at_s=10, burst_len_s=80, tail_s=120)
+    result = replay_sim(trace, time_scale=5, workers=1, profile=PROFILE, startup_s=2,
+                        control={"maximum": 3, "slo_s": 0.5, "autoscaling_params": {"downscale_delay_s": 20}})
+    counts = decision_counts(result)
+    assert counts["peak workers"] == 3 and counts["final workers"] == 1
+    assert counts["scale-ups"] >= 1 and counts["workers retired"] == 2
+    assert counts["sessions served"] == 4
+    table = compare(result, result).set_index("metric")
+    assert (table.loc[["chunks", "gpu_hours"], "diff"] == 0).all()
+
+
+def test_cli_replay_sim_writes_the_contract_outputs(tmp_path, capsys):
+    trace_path = tmp_path / "burst.parquet"
+    write_trace(burst_trace(base=1, burst=2, burst_at_s=5, burst_len_s=20, tail_s=20), trace_path)
+    out = tmp_path / "out"
+    rc = main(["--config", "engine.max-batch=2", "replay", str(trace_path), "--backend", "sim", "--out", str(out),
+               "--time-scale", "4", "--workers", "1", "--seed", "3"])
+    assert rc == 0
+    assert "sim:" in capsys.readouterr().out
+    assert tuple(pd.read_parquet(out / "chunks.parquet").columns) == CHUNK_COLUMNS
+    assert tuple(pd.read_parquet(out / "intervals.parquet").columns) == INTERVAL_COLUMNS
+    summary = pd.read_csv(out / "summary.csv")
+    assert tuple(summary.columns[: len(SUMMARY_COLUMNS)]) == SUMMARY_COLUMNS
+    assert summary.loc[0, "backend"] == "sim" and summary.loc[0, "trace"] == "burst"
+    assert set(pd.read_parquet(out / "decisions.parquet")["action"]) >= {"Place"}
+    profile = pd.read_csv(out / "profile.csv")
+    assert list(profile["batch_size"]) == sorted(profile["batch_size"]) and (profile["step_s"] > 0).all()
+    assert (out / "config.yaml").read_text().count("time_scale: 4") == 1
+
+
+def test_cli_replay_of_a_missing_trace_is_an_error(tmp_path, capsys):
+    rc = main(["replay", str(tmp_path / "nope.parquet"), "--backend", "sim", "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_time_scale_must_be_positive():
+    with pytest.raises(ValueError, match="time-scale"):
+        replay_sim(burst_trace(), time_scale=0, profile=PROFILE)
