@@ -277,3 +277,42 @@ def test_autoscalers_settle_without_flapping_under_constant_load(name, n_session
     steps = [b - a for a, b in zip(sizes, sizes[1:]) if b != a]
     assert all(d > 0 for d in steps) or all(d < 0 for d in steps), f"flapping: {sizes}"
     assert len(set(sizes[len(sizes) // 2 :])) == 1, f"not settled: {sizes}"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 8), min_size=2, max_size=6),
+    contexts=st.lists(st.floats(0.0, 21.0), min_size=48, max_size=48),
+    latency=latency_models(),
+    min_gain=st.sampled_from([0.0, 0.1, 0.3]),
+)
+def test_migration_aware_rebalancing_converges_and_never_raises_the_max(counts, contexts, latency, min_gain):
+    policy = make("placement", "migration-aware", min_gain=min_gain, max_migrations=2)
+    workers = tuple(WorkerView(f"w{i}", max_batch=8) for i in range(len(counts)))
+    where = {f"s{i}-{j}": f"w{i}" for i, n in enumerate(counts) for j in range(n)}
+    ctx = {sid: contexts[k % len(contexts)] for k, sid in enumerate(sorted(where))}
+
+    def snap_now() -> Snapshot:
+        sessions = tuple(
+            SessionView(sid, SessionStatus.ACTIVE, w, state_bytes=HALF_GIB, context_frames=ctx[sid])
+            for sid, w in sorted(where.items())
+        )
+        return Snapshot(now_s=0.0, workers=workers, sessions=sessions, latency=latency, migrate_bytes_per_s=1e12)
+
+    def max_latency(snap: Snapshot) -> float:
+        per: dict[str, list[float]] = {}
+        for s in snap.sessions:
+            per.setdefault(s.worker, []).append(s.context_frames)
+        return max((latency.predict(len(c), sum(c) / len(c)) for c in per.values()), default=0.0)
+
+    snap = snap_now()
+    for _ in range(30):
+        actions, _ = policy.decide(snap, None)
+        if not actions:
+            break
+        before = max_latency(snap)
+        where.update({a.session_id: a.target for a in actions})
+        snap = snap_now()
+        assert max_latency(snap) <= before + 1e-12
+    else:
+        raise AssertionError(f"still migrating after 30 decisions: {sorted(where.items())}")
