@@ -103,7 +103,7 @@ def sweep(
     cluster = None
     if own:
         cluster = LocalCluster(n_workers=n_workers or 2, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=":0")
         client = Client(cluster)
     try:
         futures = client.map(run_job, list(jobs), pure=False)

@@ -103,7 +103,7 @@ def test_sweep_runs_jobs_on_a_local_dask_cluster(tmp_path):
     wan_trace(6).to_parquet(trace_file)
     jobs = sweep_jobs([str(trace_file)], ["static-peak", "oracle"], gpus=[2, 3], seeds=[0])
     # In-process workers keep the test quick; the CLI's default is worker processes.
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         table = sweep(jobs, client=client, out_dir=tmp_path / "sweep", progress=False, plots=False)
     assert len(table) == 4
