@@ -57,7 +57,9 @@ class WorkerLoad:
     ctx_sum: float = 0.0  # sum of context_frames of those active sessions
     mem_used: int = 0  # bytes of on-device sessions (+ booked by this decision)
     n_sessions: int = 0  # on-device sessions, for "fewest sessions first" choices
-    active: list[SessionView] = field(default_factory=list)  # movable ACTIVE sessions
+    # The snapshot's ACTIVE sessions here; those moved away in this decision stay
+    # listed but are in ``CapacityLedger.acted``, which every reader skips.
+    active: list[SessionView] = field(default_factory=list)
     idle: list[SessionView] = field(default_factory=list)
     version: int = 0
 
@@ -225,9 +227,6 @@ class CapacityLedger:
     def move(self, session: SessionView, source: WorkerLoad, target: WorkerLoad) -> None:
         """Book the migration of the ACTIVE ``session`` from ``source`` to ``target``."""
         self.release_compute(session, source)
-        active = source.active
-        # By identity: list.remove would compare records field by field.
-        del active[next(i for i, x in enumerate(active) if x is session)]
         self.book(session, target, active=True, nbytes=session.state_bytes)
         self.acted.add(session.session_id)
         self.in_flight_bytes += session.state_bytes
@@ -241,7 +240,6 @@ class CapacityLedger:
         target.version += 1
         source.n_active += 1
         source.ctx_sum += session.context_frames
-        source.active.append(session)
         source.version += 1
         self.acted.discard(session.session_id)
         self.in_flight_bytes -= session.state_bytes

@@ -221,7 +221,7 @@ class _PlacementPolicy:
         for load in ledger.loads.values():
             if load.view.status is not _DRAINING:
                 continue
-            for s in list(load.active):
+            for s in load.active:
                 if budget <= 0:
                     break
                 if s.session_id in moved:
@@ -330,7 +330,8 @@ class MigrationAware(_PlacementPolicy):
         return f"MigrationAware(min_gain={self.min_gain}, max_migrations={self.max_migrations}, on_full={self.on_full!r})"
 
     def _chooser(self, ledger: CapacityLedger, state: Any) -> _Chooser:
-        return HeapChooser(ledger.loads.values(), lambda ld: (ledger.latency_plus(ld), ld.mem_used))
+        step = ledger.step_s  # the key is latency_plus(ld), inlined: it runs on every re-rank
+        return HeapChooser(ledger.loads.values(), lambda ld: (step(ld.n_active + 1, ld.ctx_sum), ld.mem_used))
 
     def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
         if self.max_migrations == 0:
