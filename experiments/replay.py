@@ -18,7 +18,8 @@ compare directly; with ``X = 1`` they are wall seconds.
 ``sim`` runs the simulator with the same policies and parameters, with the step-time
 profile measured on this machine (the live run's own chunks when given, else
 ``kernels/profiles/tiny-cpu.csv`` if present, else a short calibration of the model
-here), multiplied by ``X``. Both write the output folder of
+here; ``--config replay.profile=DIR/profile.csv`` and ``--config replay.startup-s=S``
+take a live run's measurements), multiplied by ``X``. Both write the output folder of
 :func:`experiments.results.write_outputs` (same columns), plus ``decisions.parquet``
 (the control decisions, accepted or refused, with reasons) and ``profile.csv``.
 """
@@ -209,6 +210,17 @@ def default_profile(model: str = "tiny", max_batch: int = 4) -> tuple[tuple[int,
     return _monotone([(int(b), float(s)) for b, s in curve.items()])
 
 
+def read_profile(path: str | pathlib.Path) -> tuple[tuple[int, float], ...]:
+    """A ``profile.csv`` written by a replay (``batch_size,step_s`` in wall seconds)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"profile file {str(path)!r} does not exist (a replay writes DIR/profile.csv)")
+    df = pd.read_csv(path, comment="#")
+    if not {"batch_size", "step_s"} <= set(df.columns):
+        raise ValueError(f"profile {str(path)!r} needs columns batch_size,step_s; it has {list(df.columns)}")
+    return _monotone([(int(b), float(t)) for b, t in zip(df["batch_size"], df["step_s"])])
+
+
 def _monotone(points: list[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
     out, best = [], 0.0
     for b, s in sorted(points):
@@ -337,7 +349,9 @@ def replay_live(
     stats.update(errors=driver.errors, workers=lifetimes, startup_trace_s=[s * x for s in stats.get("startup_s", [])])
     gpus = int(max(intervals["n_workers"].max() if len(intervals) else n0, n0))
     extra = _extra(decisions, stats, intervals, lifetimes, t0, x, end_wall)
-    extra.update(backend="live", time_scale=x, sessions=len(specs), session_errors=len(driver.errors))
+    startup = stats.get("startup_s") or []
+    extra.update(backend="live", time_scale=x, sessions=len(specs), session_errors=len(driver.errors),
+                 startup_s=float(np.median(startup)) if startup else float("nan"))
     summary = summarize(chunks, intervals, trace=trace_name, policy=settings.label, gpus=gpus,
                         slo_s=_summary_slo(trace, (control or {}).get("slo_s")), extra=extra)
     return ReplayResult("live", chunks, intervals, decisions, summary, measured, stats)
@@ -561,8 +575,13 @@ def replay_command(args: argparse.Namespace) -> int:
         result = replay_live(trace, time_scale=args.time_scale, workers=args.workers, seed=args.seed,
                              trace_name=name)
     elif args.backend == "sim":
+        import dask.config
+
+        profile_csv = dask.config.get("turboserve.replay.profile", default=None)
+        startup = dask.config.get("turboserve.replay.startup-s", default=None)
         result = replay_sim(trace, time_scale=args.time_scale, workers=args.workers, seed=args.seed,
-                            trace_name=name)
+                            trace_name=name, profile=read_profile(profile_csv) if profile_csv else None,
+                            startup_s=None if startup is None else float(startup))
     else:
         raise ValueError(f"unknown backend {args.backend!r}; use 'live' or 'sim'")
     write_replay(result, args.out, seed=args.seed, trace_name=name)

@@ -5,6 +5,8 @@ chunk it asked for, in order."""
 
 from __future__ import annotations
 
+import time
+
 import dask
 import pandas as pd
 import pytest
@@ -66,3 +68,18 @@ def test_the_control_loop_refused_nothing_it_should_not(run):
     refused = run.decisions[~run.decisions["accepted"]]
     allowed = ("being admitted by the runtime", "being drained by the runtime", "in flight")
     assert all(any(a in r for a in allowed) for r in refused["reason"]), refused.to_string()
+
+
+def test_server_local_adaptive_scales_to_the_policy_target():
+    from framework import Server
+
+    # load-driven wants 0 workers for no load; the bounds clamp it to minimum=2
+    with dask.config.set({"turboserve.autoscale.minimum": 2, "turboserve.autoscale.maximum": 2,
+                          "turboserve.control.interval": "200ms", "turboserve.autoscale.wait-count": 1}):
+        with Server.local(n_workers=1, model="tiny", adaptive=True, dashboard_address=None) as server:
+            deadline = time.monotonic() + 90
+            while len(server.workers()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert len(server.workers()) == 2
+            stats = server.client.sync(server.client.scheduler.turboserve_control_stats)
+            assert stats["autoscaler_attached"] and stats["target"] == 2
