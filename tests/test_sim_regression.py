@@ -1,0 +1,147 @@
+"""Speed work on the simulator must not change what it computes.
+
+A small but busy run (placements, migrations, offloads, resumes, scale-out, retires,
+context-dependent step times, oracle hints) is hashed: chunk table, decision log,
+interval table and counters. The pinned digests were computed before the simulator
+was optimised; a change to them is a change of behaviour, not of speed.
+
+The policies here are defined in this file on purpose, so the pinned run does not move
+when the shared policies in ``policies/`` are tuned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.sim import PolicySet, SimConfig, simulate
+from policies.types import BatchLatencyModel, Migrate, Offload, Place, Resume, Retire, ScaleTo, SessionStatus
+
+COLUMNS = ["time_s", "session_id", "event", "client_id", "model", "chunk_frames", "height", "width", "fps"]
+LATENCY = BatchLatencyModel((1, 2, 4), (0.3, 0.5, 0.9), context_slope_s=0.002)
+
+# Digests of the run below, computed before the speed work (commit e27a7af's simulator).
+PINNED = {
+    False: "a9bc4aab886bf088ac24843a648d7035c1fe556d760cb5af2bc990d08ddcace2",
+    True: "4106dc9e122ece3554212d111ddfde655ab8f760f266c3009955fcb05033402b",
+}
+
+
+def busy_trace(seed: int = 7, n_sessions: int = 40, horizon: float = 240.0) -> pd.DataFrame:
+    """Sessions that open, go idle and come back, with 1 s and 0.75 s chunk periods."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_sessions):
+        sid = f"s{i:03d}"
+        t = float(rng.uniform(0, horizon / 2))
+        frames = 16 if i % 2 else 12
+        rows.append((t, sid, "open", "c0", "tiny", frames, 64, 64, 16))
+        for _ in range(int(rng.integers(0, 4))):
+            t += float(rng.exponential(15))
+            rows.append((t, sid, "idle", "c0", None, None, None, None, None))
+            t += float(rng.exponential(15))
+            rows.append((t, sid, "active", "c0", None, None, None, None, None))
+        rows.append((t + float(rng.exponential(25)), sid, "close", "c0", None, None, None, None, None))
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values("time_s", kind="stable").reset_index(drop=True)
+
+
+class SpreadAndBalance:
+    """Pending sessions to the worker with fewest sessions; one migration per tick off a crowded worker."""
+
+    kind, name = "placement", "spread-and-balance"
+
+    def initial_state(self):
+        return None
+
+    def decide(self, snap, state):
+        running = snap.running_workers()
+        if not running:
+            return [], state
+        count = {w.address: 0 for w in running}
+        active = {w.address: [] for w in running}
+        for s in snap.sessions:
+            if s.worker in count and s.status.on_device:
+                count[s.worker] += 1
+                if s.status is SessionStatus.ACTIVE:
+                    active[s.worker].append(s)
+        actions = []
+        for s in snap.sessions:
+            if s.status is SessionStatus.PENDING:
+                w = min(count, key=lambda a: (count[a], a))
+                count[w] += 1
+                actions.append(Place(s.session_id, w, cause="spread"))
+        crowded = max(active, key=lambda a: (len(active[a]), a))
+        empty = min(active, key=lambda a: (len(active[a]), a))
+        if len(active[crowded]) > len(active[empty]) + 1:
+            s = sorted(active[crowded], key=lambda v: v.session_id)[0]
+            actions.append(Migrate(s.session_id, crowded, empty, cause="balance"))
+        return actions, state
+
+
+class DemandScaler:
+    """Target ``ceil((active + pending) / 2)`` workers; retire a running worker holding nothing."""
+
+    kind, name = "autoscaling", "demand-test"
+
+    def initial_state(self):
+        return None
+
+    def decide(self, snap, state):
+        demand = sum(s.status in (SessionStatus.ACTIVE, SessionStatus.PENDING) for s in snap.sessions)
+        target = max(1, math.ceil(demand / 2))
+        actions = [ScaleTo(target, cause="demand")]
+        held = {s.worker for s in snap.sessions if s.worker is not None}
+        running = snap.running_workers()
+        if len(running) > target:
+            idle = [w for w in running if w.address not in held]
+            if idle:
+                actions.append(Retire(idle[-1].address, cause="empty"))
+        return actions, state
+
+
+class IdleOffload:
+    """Offload sessions idle for 10 s; resume suspended ones whose hinted return is within 5 s."""
+
+    kind, name = "offload", "idle-test"
+
+    def initial_state(self):
+        return None
+
+    def decide(self, snap, state):
+        actions = []
+        running = [w.address for w in snap.running_workers()]
+        for s in snap.sessions:
+            if s.status is SessionStatus.IDLE and snap.now_s - s.since_s >= 10.0:
+                actions.append(Offload(s.session_id, cause="idle"))
+            elif (
+                s.status is SessionStatus.SUSPENDED and running and s.next_active_s is not None
+                and s.next_active_s - snap.now_s <= 5.0
+            ):
+                actions.append(Resume(s.session_id, running[0], cause="prefetch"))
+        return actions, state
+
+
+def run_digest(oracle_hints: bool) -> str:
+    """Hash of everything a run reports (chunks, decisions, intervals, counters)."""
+    cfg = SimConfig(
+        initial_workers=2, max_workers=12, max_batch=4, worker_startup_s=20.0, oracle_hints=oracle_hints,
+        migrate_bytes_per_s=2e9, offload_bytes_per_s=1e9, gpu_memory_bytes=2e9,
+    )
+    result = simulate(busy_trace(), PolicySet(SpreadAndBalance(), DemandScaler(), IdleOffload()), cfg, latency=LATENCY)
+    counters = {k: v for k, v in result.counters.items() if k != "decide_s"}
+    h = hashlib.sha256()
+    for frame in (result.chunks, result.decisions, result.intervals, result.workers):
+        h.update(pd.util.hash_pandas_object(frame, index=True).values.tobytes())
+    h.update(repr(sorted(counters.items())).encode())
+    h.update(repr(result.gpu_seconds).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("oracle_hints", [False, True])
+def test_a_busy_run_hashes_the_same_as_before_the_speed_work(oracle_hints):
+    assert run_digest(oracle_hints) == PINNED[oracle_hints]
