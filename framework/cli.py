@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="stream a few sessions on a local cluster and write their videos")
-    demo.add_argument("--sessions", type=int, default=2, help="number of sessions (default 2)")
+    demo.add_argument("--sessions", type=int, default=4, help="number of sessions (default 4: two per worker, so steps batch)")
     demo.add_argument("--chunks", type=int, default=4, help="chunks per session (default 4)")
     demo.add_argument("--workers", type=int, default=None, help="local workers (default: config cluster.n-workers)")
     demo.add_argument("--prompt", action="append", help="a prompt (repeatable; default: built-in prompts)")

@@ -27,7 +27,9 @@ def run_demo(
     Every round asks every session for its next chunk at once, so the workers' engines
     batch them (the batch size is printed). Returns ``{session_id: gif_path}``.
     """
-    from framework import Server
+    import dask.config
+
+    from framework import Server, config
     from storage import VideoStore
 
     if n_sessions < 1 or n_chunks < 1:
@@ -37,7 +39,11 @@ def run_demo(
     prompts = list(prompts or DEFAULT_PROMPTS)
     written: dict[str, pathlib.Path] = {}
     t0 = time.perf_counter()
-    with Server.local(n_workers=n_workers) as server:
+    settings = {}
+    if config.get("state.store") == config.DEFAULTS["turboserve"]["state"]["store"]:
+        # Keep the demo's checkpoints beside its videos rather than in the working directory.
+        settings["turboserve.state.store"] = str(out / "state")
+    with dask.config.set(settings), Server.local(n_workers=n_workers) as server:
         print(f"cluster up: {len(server.workers())} workers, dashboard {server.dashboard_link}")
         sessions = [
             server.open_session(prompts[i % len(prompts)], seed=i) for i in range(n_sessions)
