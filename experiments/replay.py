@@ -586,7 +586,8 @@ def replay_command(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown backend {args.backend!r}; use 'live' or 'sim'")
     write_replay(result, args.out, seed=args.seed, trace_name=name)
     s = result.summary
-    print(f"{result.backend}: {len(result.chunks)} chunks, p99 {s['p99_latency_s']:.3g} s, max {s['max_latency_s']:.3g} s, "
+    print(f"{result.backend}: {len(result.chunks)} chunks, p99 {s['p99_latency_s']:.3g} s, "
+          f"max {s['max_latency_s']:.3g} s, "
           f"SLO {s['slo_attainment']:.1%}, {s['gpu_hours'] * 3600:.0f} GPU-s, {s['migrations']} migrations "
           f"-> {args.out}")
     return 0
@@ -606,7 +607,9 @@ def decision_counts(result: ReplayResult) -> dict[str, int]:
         ups += n > last
         last = n
     # The simulator covers a scale-in by its Retire actions (no ScaleTo row): count those.
-    retired = acc[(acc["action"] == "Retire") & ~acc["worker"].astype(str).str.startswith("starting-")] if len(acc) else acc
+    retired = acc
+    if len(acc):
+        retired = acc[(acc["action"] == "Retire") & ~acc["worker"].astype(str).str.startswith("starting-")]
     downs = len(retired)
     opened = int(result.chunks.loc[result.chunks["index"] == 0, "session_id"].nunique()) if len(result.chunks) else 0
     return {

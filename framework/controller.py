@@ -689,13 +689,14 @@ class Controller(SchedulerPlugin):
         n = min(max(action.n, s.minimum), s.maximum)
         if n != action.n:
             self.target = n
-            raise Refused(f"target {action.n} outside [{s.minimum}, {s.maximum}]; clipped to {n}", "scale-out-of-bounds")
+            raise Refused(f"target {action.n} outside [{s.minimum}, {s.maximum}]; clipped to {n}",
+                          "scale-out-of-bounds")
         if self.target is None or n > self.target:
             self._scaled_at = time.time()
         self.target = n
         return f"{action.cause} (target {n})"
 
-    def _retire(self, action: Retire, runtime: Any) -> str:
+    def _retire(self, action: Retire, runtime: Any) -> str | None:
         if not self._autoscaler_attached():
             raise Refused("no autoscaler attached to close the worker", "no-autoscaler")
         addr = action.worker

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import dask
-import pandas as pd
 import pytest
 
 from experiments.replay import burst_trace, replay_live
