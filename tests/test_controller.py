@@ -152,3 +152,23 @@ def test_a_failing_tick_is_logged_and_the_loop_goes_on(server, caplog):
     wait_for(lambda: on_controller(server, lambda c: c.counters["ticks"]) > ticks + 1, timeout=30)
     stats = server.client.sync(server.client.scheduler.turboserve_control_stats)
     assert stats["decide_ms_mean"] is not None and stats["decide_ms_max"] >= 0
+
+
+def test_an_accepted_migration_moves_the_session_and_shows_as_migrating_meanwhile(server):
+    s = server.open_session("a kite over the dunes", seed=4, session_id="mover")
+    assert [c.index for c in s.stream(1)] == [0]
+    source = s.worker
+    (target,) = [w for w in server.workers() if w != source]
+
+    def migrate_and_look(c):
+        decision = c.apply(Migrate("mover", source, target, cause="test"))
+        view = c.snapshot().session("mover")
+        return decision, view.status.value, view.worker
+
+    decision, status, where = on_controller(server, migrate_and_look)
+    assert decision.accepted
+    assert (status, where) == ("migrating", target)  # the policies see the move in flight
+    wait_for(lambda: server.session("mover").worker == target, timeout=60)
+    chunk = next(iter(s.stream(1)))
+    assert (chunk.index, chunk.worker, chunk.migrated) == (1, target, True)
+    s.close()
