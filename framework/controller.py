@@ -105,7 +105,9 @@ class ControlSettings:
         Device memory a policy may hand out per worker.
     latency_points
         ``((batch_size, step_s), ...)`` in wall seconds: the latency model used until
-        (or, with ``measure=False``, instead of) live measurements.
+        (or, with ``measure=False``, instead of) live measurements. Default: the
+        preset's measured CPU profile (``kernels/profiles/<model>-cpu.csv``) when it
+        exists, else one step of 0.1 s.
     measure
         Learn the latency model from the workers' recent chunks.
     worker_startup_s
@@ -173,6 +175,9 @@ class ControlSettings:
             "max_batch": max_batch,
             "worker_memory_bytes": memory,
         }
+        points = profile_points(str(config.get("model")))
+        if points:
+            values["latency_points"] = points
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "interval_s" in overrides and overrides["interval_s"] is not None:
             values["interval_s"] = _seconds(overrides["interval_s"])
@@ -190,6 +195,34 @@ class ControlSettings:
     def label(self) -> str:
         """``placement+autoscaling+offload``, the policy label of results."""
         return f"{self.placement}+{self.autoscaling}+{self.offload}"
+
+
+def profile_points(model: str, folder: Any = None) -> tuple[tuple[int, float], ...]:
+    """``(batch_size, step_s)`` of ``kernels/profiles/<model>-cpu.csv`` (median per batch), or ``()``.
+
+    The measured CPU profile of a preset, used as the latency model until live
+    chunks have been measured. Rows at the smallest ``context_frames`` only;
+    ``folder`` replaces ``kernels/profiles``.
+    """
+    import csv
+    import pathlib
+    import statistics
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "kernels" / "profiles" if folder is None else folder
+    path = pathlib.Path(root) / f"{model}-cpu.csv"
+    if not path.is_file():
+        return ()
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(line for line in f if not line.lstrip().startswith("#"))]
+    if not rows or not {"batch_size", "step_s"} <= set(rows[0]):
+        logger.warning("latency profile %s lacks batch_size,step_s columns; ignored", path)
+        return ()
+    ctx = [float(r.get("context_frames") or 0) for r in rows]
+    by_batch: dict[int, list[float]] = {}
+    for r, c in zip(rows, ctx):
+        if c == min(ctx):
+            by_batch.setdefault(int(r["batch_size"]), []).append(float(r["step_s"]))
+    return tuple((b, statistics.median(v)) for b, v in sorted(by_batch.items()))
 
 
 def default_policy_params(

@@ -172,3 +172,15 @@ def test_an_accepted_migration_moves_the_session_and_shows_as_migrating_meanwhil
     chunk = next(iter(s.stream(1)))
     assert (chunk.index, chunk.worker, chunk.migrated) == (1, target, True)
     s.close()
+
+
+def test_profile_points_take_the_median_step_per_batch_at_the_shortest_context(tmp_path):
+    from framework.controller import profile_points
+
+    (tmp_path / "tiny-cpu.csv").write_text(
+        "# measured on a test machine\n"
+        "batch_size,step_s,context_frames\n"
+        "1,0.10,0\n1,0.30,0\n1,0.20,0\n4,0.50,0\n4,0.90,24\n"
+    )
+    assert profile_points("tiny", tmp_path) == ((1, 0.2), (4, 0.5))
+    assert profile_points("wan-1.3b", tmp_path) == ()
