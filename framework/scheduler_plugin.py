@@ -225,17 +225,24 @@ class TurboserveScheduler(SchedulerPlugin):
             self._set(rec, SessionStatus.ACTIVE)
             return self._location(rec)
 
-    async def locate(self, session_id: str, wake: bool = True) -> dict[str, Any]:
-        """Where the session's actor is, once no move is in progress.
+    async def locate(self, session_id: str, wake: bool = True, timeout: float = 120.0) -> dict[str, Any]:
+        """Where the session's actor is, once no move or recovery is in progress.
 
         With ``wake``, a suspended session is resumed first (a client wants chunks).
         """
-        async with self._lock(session_id):
-            rec = self.registry.get(session_id)
-            self._check_open(rec)
-            if rec.status is SessionStatus.SUSPENDED and wake:
-                await self._resume_locked(rec, None)
-            return self._location(rec)
+        deadline = time.monotonic() + timeout
+        while True:
+            async with self._lock(session_id):
+                rec = self.registry.get(session_id)
+                self._check_open(rec)
+                if rec.status is SessionStatus.SUSPENDED and wake:
+                    await self._resume_locked(rec, None)
+                if rec.actor_key is not None or rec.status is SessionStatus.SUSPENDED:
+                    return self._location(rec)
+            # Pending: its recovery (or admission) has not taken the lock yet, or waits for a worker.
+            if time.monotonic() > deadline:
+                raise CapacityExceeded(f"session {session_id!r} found no worker in {timeout} s; add workers")
+            await self._wait_change(0.1)
 
     async def pause(self, session_id: str) -> dict[str, Any]:
         """Idle on the device: the state stays, no chunk is produced."""
@@ -633,6 +640,7 @@ class TurboserveScheduler(SchedulerPlugin):
         rec.generation, rec.worker, rec.actor_key = generation, worker, key
         rec.state_bytes = info["state_bytes"]
         rec.chunks = max(rec.chunks, info["chunk_index"])
+        self._kick()
 
     async def _call(self, rec: SessionRecord, method: str, *args: Any) -> Any:
         return await call_actor(self.scheduler.rpc(rec.worker), rec.actor_key, method, *args)

@@ -156,6 +156,8 @@ class Session:
             loc = await self._server.client.scheduler.turboserve_locate(session_id=self.id, wake=True)
             self._worker, self._key = loc["worker"], loc["actor_key"]
             try:
+                if self._key is None:
+                    raise SessionMoved(f"session {self.id!r} has no actor yet")
                 await call_actor(self._rpc(), self._key, "request", self._issued)
                 return
             except SessionClosed:

@@ -14,6 +14,7 @@ unacknowledged chunks with it, so the stream continues without a gap or a repeat
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -26,6 +27,8 @@ from workers.chunk import Chunk
 from workers.engine import Detached
 from workers.errors import InvalidRequest, SessionClosed, SessionMoved, TransferError
 from workers.plugin import get_host
+
+logger = logging.getLogger(__name__)
 
 #: Where a new actor's state comes from (argument ``source["kind"]`` of ``start``).
 SOURCES = ("new", "peer", "store")
@@ -217,7 +220,14 @@ class SessionActor:
     def _load_state(self) -> SessionState:
         store = self._host.checkpoints()
         if store is not None and store.exists(self.session_id):
-            return store.load(self.session_id, model=self.model, device=self._host.device)
+            from storage import CheckpointError
+
+            try:
+                return store.load(self.session_id, model=self.model, device=self._host.device)
+            except CheckpointError:
+                # Generation is deterministic: starting over regenerates the same chunks.
+                logger.warning("checkpoint of session %s unusable; starting it over from chunk 0",
+                               self.session_id, exc_info=True)
         return self._new_state()
 
     def _to_device(self, state: SessionState) -> SessionState:
