@@ -727,7 +727,27 @@ class Controller(SchedulerPlugin):
         if self.target is None or n > self.target:
             self._scaled_at = time.time()
         self.target = n
-        return f"{action.cause} (target {n})"
+        kept = self._keep_drained(n)
+        return f"{action.cause} (target {n})" + (f"; kept drained {kept} in service" if kept else "")
+
+    def _keep_drained(self, n: int) -> list[str]:
+        """On a scale-out, put drained workers not yet closed back in service first.
+
+        They would otherwise sit empty (the runtime keeps them draining) while the
+        cluster manager starts new workers next to them.
+        """
+        serving = sum(1 for a in self._live_workers() if a not in self.retiring)
+        kept = []
+        runtime = self._runtime()
+        for addr in sorted(self.drained):
+            if serving >= n:
+                break
+            self.drained.discard(addr)
+            self.retiring.discard(addr)
+            getattr(runtime, "_draining", set()).discard(addr)
+            kept.append(addr)
+            serving += 1
+        return kept
 
     def _retire(self, action: Retire, runtime: Any) -> str | None:
         if not self._autoscaler_attached():

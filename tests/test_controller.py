@@ -184,3 +184,19 @@ def test_profile_points_take_the_median_step_per_batch_at_the_shortest_context(t
     )
     assert profile_points("tiny", tmp_path) == ((1, 0.2), (4, 0.5))
     assert profile_points("wan-1.3b", tmp_path) == ()
+
+
+def test_a_scale_out_puts_a_drained_worker_back_in_service_before_asking_for_new_ones(server):
+    on_controller(server, lambda c: c.adaptive_target())
+    worker = server.workers()[-1]
+
+    def drained_then_scale_out(c):
+        c.retiring.add(worker)
+        c.drained.add(worker)
+        c._runtime()._draining.add(worker)  # as the runtime's drain(retire=False) leaves it
+        decision = c.apply(ScaleTo(3, cause="test"))
+        return decision, worker in c.retiring, worker in c._runtime()._draining
+
+    decision, retiring, draining = on_controller(server, drained_then_scale_out)
+    assert decision.accepted and f"kept drained ['{worker}'] in service" in decision.reason
+    assert not retiring and not draining
