@@ -37,6 +37,7 @@ Model of the mechanisms (each choice is the simplest that keeps the contract):
 
 from __future__ import annotations
 
+import gc
 import heapq
 import logging
 import math
@@ -76,6 +77,10 @@ logger = logging.getLogger(__name__)
 _TRACE, _COPY, _RELEASE, _STEP, _READY, _TICK, _WAKE = range(7)
 _INF = math.inf
 _CONTEXT_WINDOW_FRAMES = 84  # 21 latent frames x 4: Self-Forcing's rolling KV window
+# The automatic cyclic GC is off during a run: with millions of live objects its full
+# passes cost a third of the wall time, and the loop makes no reference cycles. Young
+# cyclic garbage (from policies, say) is still collected every this many ticks.
+_GC_EVERY_TICKS = 600
 
 PENDING, ACTIVE, IDLE = SessionStatus.PENDING, SessionStatus.ACTIVE, SessionStatus.IDLE
 SUSPENDED, MIGRATING, CLOSED = SessionStatus.SUSPENDED, SessionStatus.MIGRATING, SessionStatus.CLOSED
@@ -106,7 +111,7 @@ class _Session:
         self.on_host = False
         self.host_ready = 0.0
         self.view: SessionView | None = None
-        self.dirty = True
+        self.dirty = False  # queued in Simulator._dirty for a new view
         self.opened = False
 
 
@@ -237,6 +242,13 @@ class Simulator:
         self.workers: list[_Worker] = []
         self.by_addr: dict[str, _Worker] = {}
         self.open: dict[int, _Session] = {}
+        # The policies' view of the open sessions, in ``open`` order; only the sessions
+        # queued in ``_dirty`` get a new view at the next snapshot.
+        self._views: dict[int, SessionView | None] = {}
+        self._dirty: list[_Session] = []
+        self._counts: dict[SessionStatus, int] = dict.fromkeys(SessionStatus, 0)  # of open sessions
+        self._status_counts: dict[SessionStatus, int] = dict(self._counts)  # as of the last snapshot
+        self._wviews: tuple[WorkerView, ...] | None = None  # None: a worker changed
         self.heap: list[tuple] = []
         self.seq = 0
         self.now = 0.0
@@ -277,6 +289,7 @@ class Simulator:
         w = _Worker(len(self.workers), now, status, self.worker_memory, self.cfg.max_batch)
         self.workers.append(w)
         self.by_addr[w.address] = w
+        self._wviews = None
         self.n_alive += 1
         if status is STARTING:
             self._push(now + self.cfg.worker_startup_s, _READY, w)
@@ -285,6 +298,7 @@ class Simulator:
     def _release(self, w: _Worker, now: float) -> None:
         self._advance_cost(now)
         w.released = now
+        self._wviews = None
         self.n_alive -= 1
         del self.by_addr[w.address]
 
@@ -293,9 +307,15 @@ class Simulator:
             self._release(w, now)
 
     def _set_status(self, s: _Session, status: SessionStatus, now: float) -> None:
+        if s.opened:
+            counts = self._counts
+            counts[s.status] -= 1
+            counts[status] += 1
         s.status = status
         s.since = now
-        s.dirty = True
+        if not s.dirty:
+            s.dirty = True
+            self._dirty.append(s)
 
     def _step_time(self, n: int, ctx: float) -> float:
         if ctx:
@@ -350,6 +370,7 @@ class Simulator:
         n = len(batch)
         record = self.cfg.record_chunks
         c_sess, c_index, lat_list = self.c_sess.append, self.c_index.append, self.lat.append
+        dirty = self._dirty.append
         for s, treq, mig in batch:
             c_sess(s.idx)
             c_index(s.next_index)
@@ -367,10 +388,14 @@ class Simulator:
             # views are rebuilt only when something a policy sees changed
             if s.recent != lat:
                 s.recent = lat
-                s.dirty = True
+                if not s.dirty:
+                    s.dirty = True
+                    dirty(s)
             if s.ctx < _CONTEXT_WINDOW_FRAMES:
                 s.ctx = min(s.ctx + s.frames, _CONTEXT_WINDOW_FRAMES)
-                s.dirty = True
+                if not s.dirty:
+                    s.dirty = True
+                    dirty(s)
             if s.wants:
                 nxt = treq + s.period
                 s.next_req = nxt if nxt > now else now
@@ -387,6 +412,8 @@ class Simulator:
             if code == 0 and not s.opened:
                 s.opened = True
                 self.open[i] = s
+                self._views[i] = None
+                self._counts[s.status] += 1
                 self._set_status(s, PENDING, now)
             s.wants = True
             if not s.in_flight:
@@ -432,6 +459,7 @@ class Simulator:
         s.worker = s.target = None
         self._set_status(s, CLOSED, now)
         self.open.pop(s.idx, None)
+        self._views.pop(s.idx, None)
         for x in (w, t):
             if x is not None:
                 self._maybe_release(x, now)
@@ -616,6 +644,7 @@ class Simulator:
                 break
             if w.status is STARTING or (not w.sessions and w.used == 0 and not w.busy):
                 w.status = DRAINING
+                self._wviews = None
                 self._release(w, now)
                 excess -= 1
         if excess:
@@ -634,6 +663,7 @@ class Simulator:
             self._refuse(now, action, "", action.worker, f"retiring would go below min_workers={self.cfg.min_workers}", "retire-below-minimum")
             return
         self._accept(now, action, "", action.worker)
+        self._wviews = None
         if w.status is STARTING:  # holds nothing yet: cancel it
             w.status = DRAINING
             self._release(w, now)
@@ -644,42 +674,41 @@ class Simulator:
     # ------------------------------------------------------------ control tick
 
     def snapshot(self, now: float) -> Snapshot:
-        """The immutable view the policies see at ``now`` (views are rebuilt only when changed)."""
-        wviews = []
-        for w in self.workers:
-            if w.released is not None:
-                continue
-            v = w.view
-            if v is None or v.status is not w.status:
-                v = w.view = WorkerView(w.address, w.status, w.memory, w.max_batch, w.started)
-            wviews.append(v)
-        sviews = []
-        counts = self._status_counts = dict.fromkeys(SessionStatus, 0)
-        hints = self.cfg.oracle_hints
+        """The immutable view the policies see at ``now``.
+
+        Views are cached: a session's view is rebuilt only when something a policy sees
+        changed (it was queued in ``_dirty``), and the worker views only when a worker
+        started, changed status or left. The result equals a full rebuild.
+        """
+        wviews = self._wviews
+        if wviews is None:
+            built = []
+            for w in self.workers:
+                if w.released is not None:
+                    continue
+                v = w.view
+                if v is None or v.status is not w.status:
+                    v = w.view = WorkerView(w.address, w.status, w.memory, w.max_batch, w.started)
+                built.append(v)
+            wviews = self._wviews = tuple(built)
+        views = self._views
         model = self.wl.model
-        for s in self.open.values():
-            v = s.view
-            if s.dirty or v is None or (hints and s.status is SUSPENDED):
-                nxt = None
-                if hints and s.status is SUSPENDED:
+        dirty, self._dirty = self._dirty, []
+        for s in dirty:
+            s.dirty = False
+            if s.idx in views:
+                views[s.idx] = s.view = self._session_view(s, model, None)
+        if self.cfg.oracle_hints:  # a suspended session's next activation moves with ``now``
+            for s in self.open.values():
+                if s.status is SUSPENDED:
                     acts = self._activations[s.idx]
                     k = bisect_right(acts, now)
-                    nxt = float(acts[k]) if k < len(acts) else None
-                # policy contract: a MIGRATING session names its target; a new pending one
-                # (no state yet) has state_bytes 0
-                where = s.target if s.status is MIGRATING else s.worker
-                nbytes = 0 if s.status is PENDING and not s.on_host else s.nbytes
-                v = s.view = SessionView(
-                    s.sid, s.status, where.address if where is not None else None, nbytes, model,
-                    s.since, s.period, s.ctx, s.recent, nxt,
-                )
-                s.dirty = False
-            sviews.append(v)
-            counts[s.status] += 1
+                    views[s.idx] = s.view = self._session_view(s, model, float(acts[k]) if k < len(acts) else None)
+        self._status_counts = dict(self._counts)
         return Snapshot(
             now_s=now,
-            workers=tuple(wviews),
-            sessions=tuple(sviews),
+            workers=wviews,
+            sessions=tuple(views.values()),  # type: ignore[arg-type]  (every open session has a view by now)
             slo_s=self.snapshot_slo,
             latency=self.latency,
             migrate_bytes_per_s=self.cfg.migrate_bytes_per_s,
@@ -687,6 +716,17 @@ class Simulator:
             min_workers=self.cfg.min_workers,
             max_workers=self.cfg.max_workers,
             worker_startup_s=self.cfg.worker_startup_s,
+        )
+
+    @staticmethod
+    def _session_view(s: _Session, model: str, next_active: float | None) -> SessionView:
+        # policy contract: a MIGRATING session names its target; a new pending one (no
+        # state yet) has state_bytes 0
+        where = s.target if s.status is MIGRATING else s.worker
+        nbytes = 0 if s.status is PENDING and not s.on_host else s.nbytes
+        return SessionView(
+            s.sid, s.status, where.address if where is not None else None, nbytes, model,
+            s.since, s.period, s.ctx, s.recent, next_active,
         )
 
     def _tick(self, now: float, policy: Combined, state: list) -> None:
@@ -724,6 +764,15 @@ class Simulator:
 
     def run(self) -> SimResult:
         """Replay the whole trace and return the :class:`SimResult`."""
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _run(self) -> SimResult:
         cfg, wl = self.cfg, self.wl
         end = cfg.end_s if cfg.end_s is not None else wl.end_s
         policy = Combined(*self.policy_set.build())
@@ -756,6 +805,8 @@ class Simulator:
                 elif kind == _TICK:
                     self._tick(t, policy, state)
                     k_tick += 1
+                    if k_tick % _GC_EVERY_TICKS == 0:
+                        gc.collect(1)
                     nxt = k_tick * cfg.interval_s
                     if nxt <= end:
                         self._push(nxt, _TICK, None)
@@ -770,6 +821,7 @@ class Simulator:
                     if payload.status is STARTING and payload.released is None:
                         payload.status = RUNNING
                         payload.view = None
+                        self._wviews = None
                         self._kick(payload, t)
             elif t_trace <= end:
                 self.now = t_trace
