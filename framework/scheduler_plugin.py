@@ -128,6 +128,7 @@ class TurboserveScheduler(SchedulerPlugin):
         self._client: Any = None
         self._client_lock: asyncio.Lock | None = None
         self._actors: dict[str, Any] = {}  # session id -> Future of its actor
+        self._unread: dict[str, list] = {}  # session id -> unread chunks of a disk-suspended session
         self._locks: dict[str, asyncio.Lock] = {}
         self._draining: set[str] = set()
         self._changed: asyncio.Event | None = None  # capacity or membership changed
@@ -313,7 +314,8 @@ class TurboserveScheduler(SchedulerPlugin):
                 except Exception:
                     logger.warning("closing the actor of session %s failed", session_id, exc_info=True)
             self._release(rec)
-            if rec.tier == "disk" or self.settings.store:
+            self._unread.pop(session_id, None)
+            if self.settings.store:
                 await asyncio.to_thread(self._forget_checkpoint, session_id)
             rec.worker, rec.tier = None, None
             self._set(rec, SessionStatus.CLOSED)
@@ -432,6 +434,8 @@ class TurboserveScheduler(SchedulerPlugin):
         if rec.status is SessionStatus.SUSPENDED and (rec.tier == tier or tier == "host"):
             return
         info = await self._call(rec, "offload", tier)
+        if info.get("unread"):
+            self._unread[rec.session_id] = list(info["unread"])
         rec.state_bytes = info["state_bytes"] or rec.state_bytes
         rec.chunks = max(rec.chunks, info["chunk_index"])
         rec.tier = tier
@@ -450,7 +454,8 @@ class TurboserveScheduler(SchedulerPlugin):
             await self._start_actor(rec, worker, source)
         else:
             target = worker or await self._admit(rec)
-            await self._start_actor(rec, target, {"kind": "store"})
+            await self._start_actor(rec, target, {"kind": "store", "unread": self._unread.get(rec.session_id, [])})
+            self._unread.pop(rec.session_id, None)
         rec.tier = None
         self._set(rec, SessionStatus.IDLE)
 

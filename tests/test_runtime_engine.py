@@ -132,15 +132,22 @@ def test_hold_stops_after_the_chunk_in_flight(model):
         engine.stop()
 
 
-def test_checkpoints_every_n_chunks(model):
+def test_checkpoints_every_n_chunks_once_the_client_has_the_chunks_before_them(model):
     engine = _engine(model, checkpoint_every=2)
     try:
-        deliver, take = _collect(4)
-        engine.attach("s", engine.call(model.new_session, "p", 0).result(), deliver, want=4)
+        deliver, take = _collect(5)
+        engine.attach("s", engine.call(model.new_session, "p", 0).result(), deliver, want=5)
         take()
         engine.call(lambda: None).result(timeout=60)  # the last step's update is over
-        engine.save("s", model.new_session("p", 0)).result(timeout=60)  # queued after the periodic ones
-        assert engine.saved == [("s", 2), ("s", 4), ("s", 0)]
+        flush = lambda: engine.save("s", model.new_session("p", 0)).result(timeout=60)  # noqa: E731
+        flush()  # a direct save is queued after any periodic one
+        assert engine.saved == [("s", 0)]  # nothing acknowledged: nothing periodic written
+        engine.ack("s", 3)
+        flush()
+        assert engine.saved[1:] == [("s", 2), ("s", 0)]
+        engine.ack("s", 5)
+        flush()
+        assert engine.saved[3:] == [("s", 4), ("s", 0)]
     finally:
         engine.stop()
 

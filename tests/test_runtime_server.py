@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -138,6 +139,20 @@ def test_suspend_and_resume_on_another_worker_continues_identically(server, refe
     chunks += list(s.stream(2))
     _assert_same(chunks, reference(PROMPT, 3, 4))
     assert chunks[2].migrated and chunks[2].worker == s.worker
+    s.close()
+
+
+def test_chunks_unread_at_a_suspension_to_disk_are_not_lost(server, reference):
+    s = server.open_session(PROMPT, seed=14)
+    stream = s.stream(4)
+    chunks = [next(stream)]
+    deadline = time.monotonic() + 60
+    while next(r for r in server.sessions() if r["id"] == s.id)["chunks"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the worker has made all four; the reader has taken one
+    s.suspend(to="disk")
+    chunks += list(stream)  # the three unread ones, handed out by the resumed session
+    chunks += list(s.stream(1))
+    _assert_same(chunks, reference(PROMPT, 14, 5))
     s.close()
 
 

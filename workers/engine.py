@@ -46,7 +46,10 @@ class EngineSettings:
     batching : bool
         ``False`` runs one session per step: the baseline of the serving benchmark.
     checkpoint_every : int
-        Hand the state to ``checkpoint`` every this many chunks (0: never).
+        Hand the state to ``checkpoint`` every this many chunks (0: never). A
+        checkpoint is written only once the client has acknowledged every chunk
+        before it (:meth:`Engine.ack`), so a recovery from it never leaves a gap in
+        the client's stream; until then its host copy waits in memory.
     """
 
     max_batch: int = 8
@@ -86,6 +89,8 @@ class _Entry:
     want: int  # produce chunks while state.chunk_index < want
     t_request: dict[int, float] = field(default_factory=dict)
     migrated: bool = False  # mark the next chunk as the first after a move
+    acked: int = 0  # the client has every chunk before this index
+    pending: list[SessionState] = field(default_factory=list)  # host copies waiting for acks
 
     def due(self) -> bool:
         return self.state.chunk_index < self.want
@@ -230,6 +235,18 @@ class Engine:
                 self._cond.notify()
             return entry.state.chunk_index
 
+    def ack(self, session_id: str, index: int) -> None:
+        """The client has every chunk before ``index``: checkpoints up to it may be written."""
+        with self._cond:
+            entry = self._entries.get(session_id)
+            if entry is None or index <= entry.acked:
+                return
+            entry.acked = index
+            ready = [st for st in entry.pending if st.chunk_index <= index]
+            entry.pending = [st for st in entry.pending if st.chunk_index > index]
+        if ready:  # the newest acknowledged one makes the older ones moot
+            self._saver.submit(self._save, session_id, ready[-1])
+
     def hold(self, session_id: str) -> int:
         """Want no chunk beyond the ones in flight (pause); returns the next index."""
         with self._cond:
@@ -291,7 +308,7 @@ class Engine:
     def update(self, plan: StepPlan, frames: list[np.ndarray], t_start: float, t_done: float) -> list[Chunk]:
         """Build the chunk records of a finished step and deliver them."""
         chunks = []
-        ckpt: list[tuple[str, SessionState]] = []
+        ckpt: list[tuple[str, _Entry]] = []
         every = self.settings.checkpoint_every
         with self._cond:
             for sid, out in zip(plan.session_ids, frames, strict=True):
@@ -313,12 +330,18 @@ class Engine:
                 entry.migrated = False
                 chunks.append((entry, chunk))
                 if every and self._checkpoint is not None and entry.state.chunk_index % every == 0:
-                    ckpt.append((sid, entry.state))
+                    ckpt.append((sid, entry))
         for entry, chunk in chunks:
             entry.deliver(chunk)
-        for sid, state in ckpt:
-            # The copy is taken now: the next step changes the state in place.
-            self._saver.submit(self._save, sid, state.to("cpu"))
+        for sid, entry in ckpt:
+            # The copy is taken now: the next step replaces the state.
+            copy = entry.state.to("cpu")
+            with self._cond:
+                ready = copy.chunk_index <= entry.acked
+                if not ready:
+                    entry.pending.append(copy)
+            if ready:
+                self._saver.submit(self._save, sid, copy)
         self.steps += 1
         self.chunks += len(chunks)
         done = [c for _, c in chunks]

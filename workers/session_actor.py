@@ -93,6 +93,7 @@ class SessionActor:
         self._outbox: dict[int, Chunk] = {}
         self._want = 0
         self._next = 0  # index of the next chunk the state will produce
+        self._acked = 0  # the client has every chunk before this index
         self._attached = False
         self._parked: SessionState | None = None  # state held while detached (host or device)
         self._parked_req: dict[int, float] = {}
@@ -178,6 +179,7 @@ class SessionActor:
             state = await self._on_engine(self._new_state)
         elif kind == "store":
             state = await self._on_engine(self._load_state)
+            self._outbox.update({c.index: c for c in source.get("unread", ())})
         else:
             peer = self._worker.rpc(source["address"])
             try:
@@ -257,6 +259,9 @@ class SessionActor:
         """
         for i in [i for i in self._outbox if i < after]:
             del self._outbox[i]
+        if self._attached and after > self._acked:
+            self._acked = after
+            self._engine.ack(self.session_id, after)
         event = self._event()
         deadline = time.monotonic() + timeout
         while not self._outbox:
@@ -289,6 +294,8 @@ class SessionActor:
         self._check_open()
         if tier not in TIERS:
             raise InvalidRequest(f"unknown offload tier {tier!r}; expected one of {TIERS}")
+        if tier == "disk" and self._host.checkpoints() is None:
+            raise InvalidRequest("suspend to disk needs a checkpoint store (turboserve.state.store)")
         if self._attached:
             detached = await self._detach()
             self._parked, self._parked_req = detached.state, detached.t_request
@@ -297,18 +304,20 @@ class SessionActor:
             from storage import offload_to_host
 
             self._parked = await self._on_engine(offload_to_host, state)
-            if self._host.checkpoints() is not None:
+            if self._host.checkpoints() is not None and self._acked >= state.chunk_index:
                 # A checkpoint too, not waited for: if this worker dies while the session
                 # sleeps in its memory, recovery starts from here instead of further back.
+                # (Only with nothing unread: a recovery must not skip unread chunks.)
                 self._engine.save(self.session_id, self._parked)
-        else:
-            if self._host.checkpoints() is None:
-                raise InvalidRequest("suspend to disk needs a checkpoint store (turboserve.state.store)")
-            await asyncio.wrap_future(self._engine.save(self.session_id, state))
-            self._parked = None
-            self._moved = True  # the actor is released next; readers go to the registry
-            self._event().set()
-        return self._info(state)
+            return self._info(state)
+        await asyncio.wrap_future(self._engine.save(self.session_id, state))
+        unread = [self._outbox[i] for i in sorted(self._outbox)]
+        self._parked, self._outbox = None, {}
+        self._moved = True  # the actor is released next; readers go to the registry
+        self._event().set()
+        # The unread chunks travel with the record (rare: a reader that lags behind a
+        # suspension), so the actor that resumes from the checkpoint can hand them out.
+        return {**self._info(state), "unread": unread}
 
     async def restore(self) -> dict[str, Any]:
         """Bring a host-parked state back onto this worker's device."""
