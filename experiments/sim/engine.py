@@ -251,8 +251,8 @@ class Simulator:
         self._wviews: tuple[WorkerView, ...] | None = None  # None: a worker changed
         self.heap: list[tuple] = []
         self.seq = 0
-        self.now = 0.0
         self._step_cache: dict[int, float] = {}
+        self._ctx_slope = self.latency.context_slope_s
         # chunk columns (plain lists of numbers: cheap appends, converted once at the end)
         self.c_sess: list[int] = []
         self.c_index: list[int] = []
@@ -334,6 +334,27 @@ class Simulator:
         if self._deferred is not None:  # inside a tick: start steps once all actions are in
             self._deferred[w.idx] = w
             return
+        active = w.active
+        if len(active) == 1:  # the common case at small batch caps: same result, less work
+            for s in active.values():
+                if s.in_flight:
+                    return
+                r = s.next_req if s.next_req >= s.copy_until else s.copy_until
+                if r <= now:
+                    ctx = s.ctx if self._ctx_slope else 0.0
+                    end = now + self._step_time(1, ctx)
+                    batch = [(s, s.next_req, s.migrated_next)]
+                    s.in_flight = True
+                    s.migrated_next = False
+                    w.busy = True
+                    w.step_end = end
+                    self.seq += 1
+                    heapq.heappush(self.heap, (end, _STEP, self.seq, (w, batch, now)))
+                elif w.wake_at is None or r < w.wake_at:
+                    w.wake_at = r
+                    self.seq += 1
+                    heapq.heappush(self.heap, (r, _WAKE, self.seq, w))
+            return
         due = []
         earliest = _INF
         for s in w.active.values():
@@ -349,7 +370,7 @@ class Simulator:
                 due.sort(key=lambda s: (s.next_req, s.idx))
                 due = due[: w.max_batch]
             n = len(due)
-            ctx = sum(s.ctx for s in due) / n if self.latency.context_slope_s else 0.0
+            ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
             end = now + self._step_time(n, ctx)
             batch = []
             for s in due:
@@ -399,7 +420,8 @@ class Simulator:
             if s.wants:
                 nxt = treq + s.period
                 s.next_req = nxt if nxt > now else now
-        self._maybe_release(w, now)
+        if w.status is DRAINING:
+            self._maybe_release(w, now)
         self._kick(w, now)
 
     # ------------------------------------------------------------ trace events
@@ -783,25 +805,26 @@ class Simulator:
             self._new_worker(0.0, RUNNING)
         # plain lists: comparing numpy scalars in the hot loop costs more than the work
         times, sidx, codes = wl.times.tolist(), wl.session_index.tolist(), wl.event_code.tolist()
-        n_events, ti = len(times), 0
+        times.append(_INF)  # sentinel: no bounds check per event
+        ti = 0
+        step_done, kick = self._step_done, self._kick
         k_tick = 0
         self._push(0.0, _TICK, None)
         heap = self.heap
         pop = heapq.heappop
         while True:
-            t_trace = times[ti] if ti < n_events else _INF
+            t_trace = times[ti]
             if heap and heap[0][0] < t_trace:
                 t, kind, _, payload = heap[0]
                 if t > end:
                     break
                 pop(heap)
-                self.now = t
                 if kind == _STEP:
-                    self._step_done(t, *payload)
+                    step_done(t, *payload)
                 elif kind == _WAKE:
                     if payload.wake_at == t:
                         payload.wake_at = None
-                    self._kick(payload, t)
+                    kick(payload, t)
                 elif kind == _TICK:
                     self._tick(t, policy, state)
                     k_tick += 1
@@ -824,7 +847,6 @@ class Simulator:
                         self._wviews = None
                         self._kick(payload, t)
             elif t_trace <= end:
-                self.now = t_trace
                 self._trace_event(t_trace, sidx[ti], codes[ti])
                 ti += 1
             else:
