@@ -156,6 +156,7 @@ class TurboserveScheduler(SchedulerPlugin):
                 "turboserve_close": self.close_session,
                 "turboserve_drain": self.drain,
                 "turboserve_sessions": self.sessions,
+                "turboserve_info": self.info,
                 "turboserve_stats": self.stats,
                 "turboserve_shutdown": self.shutdown,
             }
@@ -358,6 +359,10 @@ class TurboserveScheduler(SchedulerPlugin):
             if worker not in self.scheduler.workers:
                 self._draining.discard(worker)
         return {"moved": moved, "suspended": suspended, "retired": retired}
+
+    def info(self, session_id: str) -> dict[str, Any]:
+        """One session's record and actor location, as it is now (no waiting)."""
+        return self._location(self.registry.get(session_id))
 
     def sessions(self, include_closed: bool = False) -> list[dict[str, Any]]:
         """Every session's record as plain data."""

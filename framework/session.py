@@ -24,7 +24,6 @@ from distributed.actor import ProxyRPC
 from distributed.core import send_recv
 
 from framework import notebook
-from policies.types import SessionStatus
 from workers.chunk import Chunk
 from workers.errors import InvalidRequest, SessionClosed, SessionMoved, TransferError
 from workers.session_actor import call_actor
@@ -117,15 +116,13 @@ class Session:
 
     @property
     def status(self) -> str:
-        """``active``, ``idle``, ``suspended``, ``migrating`` or ``closed`` (from the scheduler)."""
+        """``active``, ``idle``, ``suspended``, ``migrating``, ``pending`` or ``closed`` (asks the scheduler)."""
         return self.record()["status"]
 
     def record(self) -> dict[str, Any]:
-        """The scheduler's record of this session (status, worker, chunks, state bytes)."""
-        for rec in self._server.sessions(include_closed=True):
-            if rec["id"] == self.id:
-                return rec
-        return {"id": self.id, "status": SessionStatus.CLOSED.value}
+        """The scheduler's record of this session (status, worker, tier, chunks, state bytes)."""
+        client = self._server.client
+        return dict(client.sync(client.scheduler.turboserve_info, session_id=self.id))
 
     # ------------------------------------------------------------ Jupyter
 
