@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from statistics import NormalDist
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -240,29 +241,66 @@ class Hpa(_Autoscaler):
 
 @dataclass(frozen=True, slots=True)
 class LoadDrivenState:
-    """Hysteresis memory: since when the budget is below the size, and its max since then."""
+    """Memory of the load-driven autoscaler, carried from one decision to the next.
+
+    ``below_since_s`` and ``window_max``: since when the budget is below the size, and
+    its maximum since then (scale-in hysteresis). ``last_s`` and ``last_demand``: the
+    previous decision's time and demand. ``var_rate`` and ``weight``: an exponentially
+    weighted mean of ``(demand change)^2 / seconds`` between decisions and the weight
+    it has gathered so far (``var_rate / weight`` is the bias-corrected estimate of how
+    fast the demand's variance grows, in sessions^2 per second).
+    """
 
     below_since_s: float | None = None
     window_max: int = 0
+    last_s: float | None = None
+    last_demand: int = 0
+    var_rate: float = 0.0
+    weight: float = 0.0
+
+    @property
+    def variance_per_s(self) -> float:
+        """Bias-corrected estimate of the demand's variance growth (sessions^2 / s)."""
+        return self.var_rate / self.weight if self.weight > 0 else 0.0
 
 
 @register("autoscaling", "load-driven")
 class LoadDriven(_Autoscaler):
-    """TurboServe autoscaling: as many GPUs as the active load and the device state need.
+    """TurboServe autoscaling: the GPUs the active load needs, plus headroom for its swings.
 
     Per-GPU capacity ``b*`` is the largest batch (up to the worker's ``max_batch``)
     with ``latency.predict(b, mean context) <= target_utilisation * slo`` (at least 1).
-    The budget is ``max(ceil(demand / b*), ceil(device bytes / memory per GPU))``.
-    Scale out at once when the budget exceeds the size; scale in only after the budget
-    has stayed at least one below the size for ``downscale_delay_s``, to the highest
-    budget seen in that time, by draining (``Retire``) the cheapest workers.
+    The budget is ``max(ceil((demand + headroom) / b*), ceil(device bytes / memory per
+    GPU))``. Scale out at once when the budget exceeds the size; scale in only after
+    the budget has stayed at least one below the size for ``downscale_delay_s``, to the
+    highest budget seen in that time, by draining (``Retire``) the cheapest workers.
+
+    Headroom: a session that arrives or returns from idle while every slot is taken
+    waits for another session to leave or for a new worker, which takes
+    ``snap.worker_startup_s``. Sessions arrive and leave at random, so over a horizon
+    ``T`` the demand moves by about ``N(0, v T)`` with ``v`` the variance rate (for
+    Poisson arrivals and departures of rates ``a`` and ``d``, ``v = a + d``). The
+    policy estimates ``v`` from successive snapshots (an exponentially weighted mean of
+    ``(demand change)^2 / dt`` over ``rate_window_s``, kept in
+    :class:`LoadDrivenState`) and keeps ``headroom = floor(z_q * sqrt(v T))`` spare
+    sessions, ``z_q`` the ``headroom_quantile`` of the standard normal. The headroom
+    grows with the square root of the churn, so it is a smaller share of a larger
+    cluster, and it decays once the load is quiet.
 
     Parameters
     ----------
     target_utilisation
         Share of the SLO a step may take (``turboserve.autoscale.target-utilisation``).
     downscale_delay_s
-        How long the budget must stay below the size before scaling in.
+        How long the budget must stay below the size before scaling in (180 s: three
+        start-up times, so a burst that returns soon finds its workers still there).
+    headroom_quantile
+        Quantile of the demand swing over the horizon to provision for (0 disables
+        the headroom; 0.8 by default).
+    headroom_horizon_s
+        The horizon ``T``; ``None`` (default) uses ``snap.worker_startup_s``.
+    rate_window_s
+        Time constant of the variance-rate estimate.
     worker_max_batch, worker_memory_bytes
         Size of a new worker when the snapshot has none to copy it from.
     """
@@ -273,7 +311,10 @@ class LoadDriven(_Autoscaler):
         self,
         *,
         target_utilisation: float = 0.8,
-        downscale_delay_s: float = 60.0,
+        downscale_delay_s: float = 180.0,
+        headroom_quantile: float = 0.8,
+        headroom_horizon_s: float | None = None,
+        rate_window_s: float = 300.0,
         worker_max_batch: int = 32,
         worker_memory_bytes: int = 80 * 1024**3,
     ) -> None:
@@ -281,6 +322,12 @@ class LoadDriven(_Autoscaler):
             raise ValueError(f"target_utilisation must be > 0, got {target_utilisation!r}")
         if downscale_delay_s < 0:
             raise ValueError(f"downscale_delay_s must be >= 0, got {downscale_delay_s!r}")
+        if not 0 <= headroom_quantile < 1:
+            raise ValueError(f"headroom_quantile must be in [0, 1), got {headroom_quantile!r}")
+        if headroom_horizon_s is not None and headroom_horizon_s < 0:
+            raise ValueError(f"headroom_horizon_s must be >= 0 or None, got {headroom_horizon_s!r}")
+        if not rate_window_s > 0:
+            raise ValueError(f"rate_window_s must be > 0, got {rate_window_s!r}")
         if worker_max_batch < 1 or worker_memory_bytes <= 0:
             raise ValueError(
                 f"worker_max_batch must be >= 1 and worker_memory_bytes > 0, got "
@@ -288,18 +335,48 @@ class LoadDriven(_Autoscaler):
             )
         self.target = float(target_utilisation)
         self.downscale_delay_s = float(downscale_delay_s)
+        self.headroom_quantile = float(headroom_quantile)
+        # z of the quantile; below the median there is no headroom to keep
+        self._z = max(NormalDist().inv_cdf(headroom_quantile), 0.0) if headroom_quantile > 0 else 0.0
+        self.headroom_horizon_s = None if headroom_horizon_s is None else float(headroom_horizon_s)
+        self.rate_window_s = float(rate_window_s)
         self.worker_max_batch = worker_max_batch
         self.worker_memory_bytes = worker_memory_bytes
 
     def __repr__(self) -> str:
-        return f"LoadDriven(target_utilisation={self.target}, downscale_delay_s={self.downscale_delay_s})"
+        return (
+            f"LoadDriven(target_utilisation={self.target}, downscale_delay_s={self.downscale_delay_s}, "
+            f"headroom_quantile={self.headroom_quantile})"
+        )
 
     def initial_state(self) -> LoadDrivenState:
-        """Budget not below the size."""
+        """Budget not below the size, no load history."""
         return LoadDrivenState()
 
-    def budget(self, ledger: CapacityLedger, census: Census | None = None) -> tuple[int, int]:
-        """``(gpu budget, b*)`` for the load in ``ledger``."""
+    def observe(self, state: LoadDrivenState, now_s: float, demand: int) -> LoadDrivenState:
+        """``state`` with the demand seen at ``now_s`` folded into the variance-rate estimate."""
+        if state.last_s is None:
+            return replace(state, last_s=now_s, last_demand=demand)
+        dt = now_s - state.last_s
+        if dt <= 0:
+            return state
+        alpha = -math.expm1(-dt / self.rate_window_s)
+        sample = (demand - state.last_demand) ** 2 / dt
+        return replace(
+            state,
+            last_s=now_s,
+            last_demand=demand,
+            var_rate=state.var_rate + alpha * (sample - state.var_rate),
+            weight=state.weight + alpha * (1.0 - state.weight),
+        )
+
+    def headroom(self, snap: Snapshot, state: LoadDrivenState) -> int:
+        """Spare sessions to provision for: the ``headroom_quantile`` of the demand swing."""
+        horizon = snap.worker_startup_s if self.headroom_horizon_s is None else self.headroom_horizon_s
+        return int(self._z * math.sqrt(state.variance_per_s * horizon) + _EPS)
+
+    def budget(self, ledger: CapacityLedger, census: Census | None = None, headroom: int = 0) -> tuple[int, int]:
+        """``(gpu budget, b*)`` for the load in ``ledger`` plus ``headroom`` spare sessions."""
         census = census if census is not None else Census.of(ledger)
         snap = ledger.snap
         ref = _reference_worker(ledger)
@@ -313,20 +390,22 @@ class LoadDriven(_Autoscaler):
             if ledger.step_s(b, mean_ctx * b) > limit:
                 break
             b_star = b
-        gpus = max(_ceil(census.demand / b_star), _ceil(census.device_bytes / memory))
+        gpus = max(_ceil((census.demand + headroom) / b_star), _ceil(census.device_bytes / memory))
         return gpus, b_star
 
     def _desired(self, ledger: CapacityLedger, census: Census, state: LoadDrivenState) -> tuple[int, LoadDrivenState, str]:
         now = ledger.snap.now_s
         current = census.current
-        budget, b_star = self.budget(ledger, census)
-        cause = f"load-driven: {census.demand} sessions at {b_star} per GPU -> {budget} GPUs"
+        state = self.observe(state, now, census.demand)
+        spare = self.headroom(ledger.snap, state) if census.demand else 0
+        budget, b_star = self.budget(ledger, census, spare)
+        cause = f"load-driven: {census.demand} sessions + {spare} headroom at {b_star} per GPU -> {budget} GPUs"
         if budget >= current:
-            return budget, LoadDrivenState(), cause
+            return budget, replace(state, below_since_s=None, window_max=0), cause
         if state.below_since_s is None:
-            state = LoadDrivenState(now, budget)
+            state = replace(state, below_since_s=now, window_max=budget)
         else:
-            state = LoadDrivenState(state.below_since_s, max(state.window_max, budget))
+            state = replace(state, window_max=max(state.window_max, budget))
         if now - state.below_since_s >= self.downscale_delay_s:
-            return state.window_max, LoadDrivenState(), cause
+            return state.window_max, replace(state, below_since_s=None, window_max=0), cause
         return current, state, cause

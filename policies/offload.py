@@ -61,7 +61,9 @@ class IdleTimeout(_OffloadPolicy):
     """Offload sessions idle for longer than ``idle_s``; prefetch those about to return.
 
     - An IDLE session idle (``now - since_s``) for more than ``idle_s`` is offloaded to
-      ``tier``, unless it is expected back within ``prefetch_s`` (``next_active_s``).
+      ``tier``, unless it is expected back within ``prefetch_s`` (``next_active_s``),
+      or its worker's booked memory is at most ``low_water`` of the device: state
+      that no one else needs the room of stays, so that its return costs no copy.
     - On a worker whose booked memory exceeds ``high_water`` of its device, idle
       sessions are offloaded earlier, longest idle first, until it is back under.
     - A SUSPENDED session whose ``next_active_s`` is known and at most ``prefetch_s``
@@ -77,26 +79,45 @@ class IdleTimeout(_OffloadPolicy):
         How far ahead a known return triggers a prefetch (10).
     high_water
         Share of device memory above which idle sessions are offloaded early (0.9).
+    low_water
+        Share of device memory at or below which timed-out idle sessions stay on the
+        device (0: offload on the timeout alone, the default). Between ``low_water``
+        and ``high_water`` the timeout applies, longest idle first, until the worker
+        is back at ``low_water``.
     tier
         Where offloaded state goes: ``"host"`` (pinned memory) or ``"disk"`` (zarr).
     """
 
     name = "idle-timeout"
 
-    def __init__(self, *, idle_s: float = 30.0, prefetch_s: float = 10.0, high_water: float = 0.9, tier: str = "host") -> None:
+    def __init__(
+        self,
+        *,
+        idle_s: float = 30.0,
+        prefetch_s: float = 10.0,
+        high_water: float = 0.9,
+        low_water: float = 0.0,
+        tier: str = "host",
+    ) -> None:
         if idle_s < 0 or prefetch_s < 0:
             raise ValueError(f"idle_s and prefetch_s must be >= 0, got {idle_s!r} and {prefetch_s!r}")
         if not 0 < high_water <= 1:
             raise ValueError(f"high_water must be in (0, 1], got {high_water!r}")
+        if not 0 <= low_water <= high_water:
+            raise ValueError(f"low_water must be in [0, high_water={high_water!r}], got {low_water!r}")
         if tier not in TIERS:
             raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
         self.idle_s = float(idle_s)
         self.prefetch_s = float(prefetch_s)
         self.high_water = float(high_water)
+        self.low_water = float(low_water)
         self.tier = tier
 
     def __repr__(self) -> str:
-        return f"IdleTimeout(idle_s={self.idle_s}, prefetch_s={self.prefetch_s}, high_water={self.high_water}, tier={self.tier!r})"
+        return (
+            f"IdleTimeout(idle_s={self.idle_s}, prefetch_s={self.prefetch_s}, high_water={self.high_water}, "
+            f"low_water={self.low_water}, tier={self.tier!r})"
+        )
 
     def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
         """Offload timed-out and over-high-water idle sessions, then prefetch returning ones."""
@@ -107,18 +128,23 @@ class IdleTimeout(_OffloadPolicy):
         timeout_cause = f"idle for more than {self.idle_s:g}s"
         tier = self.tier
         actions: list[Action] = []
+        low = self.low_water
         for load in ledger.loads.values():
             if not load.idle:
                 continue
-            excess = load.mem_used - self.high_water * load.view.memory_bytes
+            memory = load.view.memory_bytes
+            excess = load.mem_used - self.high_water * memory
+            above_low = load.mem_used - low * memory  # > 0: timed-out sessions may go
+            if low > 0 and above_low <= 0:
+                continue
             candidates = load.idle
-            if excess > 0:
+            if excess > 0 or low > 0:
                 candidates = sorted(candidates, key=lambda s: (s.since_s, s.session_id))  # longest idle first
                 high_cause = f"memory above {self.high_water:.0%} on {load.address}"
             for s in candidates:
                 if s.session_id in acted or (s.next_active_s is not None and s.next_active_s <= horizon):
                     continue
-                if s.since_s < idle_since:
+                if s.since_s < idle_since and (low == 0 or above_low > 0):
                     cause = timeout_cause
                 elif excess > 0:
                     cause = high_cause
@@ -126,6 +152,7 @@ class IdleTimeout(_OffloadPolicy):
                     continue
                 acted.add(s.session_id)
                 excess -= s.state_bytes
+                above_low -= s.state_bytes
                 actions.append(Offload(s.session_id, tier=tier, cause=cause))
         returning = [
             s

@@ -291,9 +291,10 @@ class MigrationAware(_PlacementPolicy):
 
     Then it plans migrations greedily: take the worker with the highest predicted
     latency, its cheapest-to-move active session and the best target, and move it if
-    the worse of the two workers' latencies drops below the current worst by more
-    than the migration cost (``state_bytes / snap.migrate_bytes_per_s``, paid once
-    as a delayed chunk); repeat until no move pays (or ``plan_limit`` moves). With
+    the drop of the worse of the two workers' latencies below the current worst,
+    counted over the next ``horizon_chunks`` chunks, exceeds the migration cost
+    (``state_bytes / snap.migrate_bytes_per_s``, paid once as a delayed chunk); repeat
+    until no move pays (or ``plan_limit`` moves). With
     several workers tied at the worst, each is lowered in turn. The plan is taken
     only if it lowers the cluster's maximum predicted latency by more than
     ``min_gain`` of it; then its first ``max_migrations`` moves are proposed (the
@@ -303,6 +304,9 @@ class MigrationAware(_PlacementPolicy):
     ----------
     min_gain
         Relative threshold (``turboserve.control.migration-gain``, default 0.1).
+    horizon_chunks
+        Chunks over which a move's per-chunk gain is counted against its one-off copy
+        (4: a session that stays active a few more chunks repays the copy).
     max_migrations
         Bound on rebalancing migrations per decision (drain moves not included).
     plan_limit
@@ -314,8 +318,19 @@ class MigrationAware(_PlacementPolicy):
 
     name = "migration-aware"
 
-    def __init__(self, *, min_gain: float = 0.1, max_migrations: int = 8, plan_limit: int = 1024, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        min_gain: float = 0.1,
+        max_migrations: int = 8,
+        plan_limit: int = 1024,
+        horizon_chunks: float = 4.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        if not horizon_chunks >= 1:
+            raise ValueError(f"horizon_chunks must be >= 1, got {horizon_chunks!r}")
+        self.horizon_chunks = float(horizon_chunks)
         if plan_limit < max_migrations:
             raise ValueError(f"plan_limit must be >= max_migrations={max_migrations}, got {plan_limit!r}")
         self.plan_limit = plan_limit
@@ -327,7 +342,10 @@ class MigrationAware(_PlacementPolicy):
         self.max_migrations = max_migrations
 
     def __repr__(self) -> str:
-        return f"MigrationAware(min_gain={self.min_gain}, max_migrations={self.max_migrations}, on_full={self.on_full!r})"
+        return (
+            f"MigrationAware(min_gain={self.min_gain}, max_migrations={self.max_migrations}, "
+            f"horizon_chunks={self.horizon_chunks}, on_full={self.on_full!r})"
+        )
 
     def _chooser(self, ledger: CapacityLedger, state: Any) -> _Chooser:
         step = ledger.step_s  # the key is latency_plus(ld), inlined: it runs on every re-rank
@@ -355,6 +373,7 @@ class MigrationAware(_PlacementPolicy):
         Returns the moves and the maximum predicted latency before and after them.
         """
         snap = ledger.snap
+        horizon = self.horizon_chunks
         # Max-heap of the workers that compute (running or draining) by predicted latency.
         worst_heap = [
             (-ledger.latency(ld), ld.address, ld.version, ld)
@@ -388,8 +407,8 @@ class MigrationAware(_PlacementPolicy):
             if target is None:
                 break
             pair_max = max(ledger.latency_minus(worst, s), ledger.latency_plus(target, s.context_frames))
-            if l_max - pair_max <= s.state_bytes / snap.migrate_bytes_per_s:
-                break  # the worst worker cannot be lowered by more than the copy costs
+            if horizon * (l_max - pair_max) <= s.state_bytes / snap.migrate_bytes_per_s:
+                break  # over the horizon the worst worker gains less than the copy costs
             ledger.move(s, worst, target)
             queue.pop()
             plan.append((s, worst, target, l_max, pair_max))

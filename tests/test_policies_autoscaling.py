@@ -157,7 +157,7 @@ def test_load_driven_counts_the_memory_of_on_device_sessions():
 
 
 def test_load_driven_scales_in_only_after_the_budget_stayed_low():
-    policy = make("autoscaling", "load-driven", downscale_delay_s=60)
+    policy = make("autoscaling", "load-driven", downscale_delay_s=60, headroom_quantile=0)
     state = policy.initial_state()
     results = []
     for t, n_active in ((0.0, 8), (30.0, 16), (50.0, 8), (70.0, 8), (90.0, 8)):
@@ -166,17 +166,93 @@ def test_load_driven_scales_in_only_after_the_budget_stayed_low():
     # Below from t=0; at t=60+ it scales in to the highest budget seen meanwhile (2).
     assert results == [None, None, None, 2, None]
     # The snapshot still shows 4 workers at t=90: a new period below starts.
-    assert state == LoadDrivenState(below_since_s=90.0, window_max=1)
+    assert (state.below_since_s, state.window_max) == (90.0, 1)
 
 
 def test_load_driven_resets_its_patience_when_the_load_returns():
-    policy = make("autoscaling", "load-driven", downscale_delay_s=60)
+    policy = make("autoscaling", "load-driven", downscale_delay_s=60, headroom_quantile=0)
     state = policy.initial_state()
     results = []
     for t, n_active in ((0.0, 8), (40.0, 32), (70.0, 8), (120.0, 8), (131.0, 8)):
         actions, state = policy.decide(cluster(4, n_active, now_s=t), state)
         results.append(scale_target(actions))
     assert results == [None, None, None, None, 1]
+
+
+def one_per_gpu(n_running, n_active, now_s, **kw):
+    """A cluster where the SLO admits one active session per GPU (b* = 1)."""
+    return cluster(n_running, n_active, now_s=now_s, slo_s=0.15, **kw)
+
+
+def feed(policy, demands, *, start_workers, dt=1.0, **kw):
+    """Decide once per ``dt`` on the given active counts; return the targets and the last state."""
+    state, targets, n = policy.initial_state(), [], start_workers
+    for k, d in enumerate(demands):
+        actions, state = policy.decide(one_per_gpu(n, d, k * dt, **kw), state)
+        target = scale_target(actions)
+        n = target if target is not None else n
+        targets.append(n)
+    return targets, state
+
+
+def test_load_driven_without_churn_keeps_no_headroom():
+    policy = make("autoscaling", "load-driven", headroom_quantile=0.9)
+    targets, state = feed(policy, [10] * 30, start_workers=10)
+    assert targets[-1] == 10
+    assert state.variance_per_s == 0.0
+
+
+def test_load_driven_keeps_headroom_for_the_demand_swing_over_the_startup_time():
+    # The demand alternates 10, 12, 10, 12: (+-2)^2 per second, a variance rate of 4/s.
+    policy = make("autoscaling", "load-driven", headroom_quantile=0.9, downscale_delay_s=1e9)
+    demands = [10, 12] * 20
+    targets, state = feed(policy, demands, start_workers=12, worker_startup_s=60.0, max_workers=200)
+    assert state.variance_per_s == pytest.approx(4.0)
+    # headroom = floor(z_0.9 * sqrt(4/s * 60 s)) = floor(1.2816 * 15.49) = 19 sessions on top of the demand
+    assert targets[-1] == 12 + 19
+    # a shorter start-up needs less headroom: floor(1.2816 * sqrt(4 * 15)) = 9
+    short, _ = feed(policy, demands, start_workers=12, worker_startup_s=15.0, max_workers=200)
+    assert short[-1] == 12 + 9
+
+
+def test_load_driven_headroom_grows_with_the_quantile_and_is_off_at_zero():
+    demands = [10, 12] * 20
+    sizes = []
+    for q in (0.0, 0.5, 0.75, 0.9, 0.99):
+        policy = make("autoscaling", "load-driven", headroom_quantile=q, downscale_delay_s=1e9)
+        targets, _ = feed(policy, demands, start_workers=12, max_workers=200)
+        sizes.append(targets[-1])
+    assert sizes[0] == sizes[1] == 12  # no headroom at or below the median
+    assert sizes == sorted(sizes) and sizes[2] < sizes[3] < sizes[4]
+
+
+def test_load_driven_headroom_decays_when_the_churn_stops():
+    policy = make("autoscaling", "load-driven", headroom_quantile=0.9, rate_window_s=30.0, downscale_delay_s=0.0)
+    busy, state = feed(policy, [10, 14] * 30 + [10] * 300, start_workers=14, max_workers=200)
+    assert max(busy[:60]) > 20  # churn: headroom on top of the 14 sessions
+    assert busy[-1] == 10  # quiet for 10 time constants: back to the demand
+
+
+def test_load_driven_headroom_is_a_smaller_share_of_a_larger_cluster():
+    # Four times the churn variance (a four times larger independent population) needs
+    # only twice the headroom.
+    small = make("autoscaling", "load-driven", headroom_quantile=0.9, downscale_delay_s=1e9)
+    t_small, _ = feed(small, [100, 102] * 20, start_workers=102, max_workers=1000)
+    t_large, _ = feed(small, [400, 404] * 20, start_workers=404, max_workers=1000)
+    spare_small, spare_large = t_small[-1] - 102, t_large[-1] - 404
+    assert spare_large == pytest.approx(2 * spare_small, abs=1)
+    assert spare_large / 404 < spare_small / 102
+
+
+def test_load_driven_keeps_no_headroom_without_demand():
+    policy = make("autoscaling", "load-driven", headroom_quantile=0.9)
+    state = policy.initial_state()
+    for t, d in ((0.0, 5), (1.0, 0), (2.0, 5), (3.0, 0)):
+        _, state = policy.decide(one_per_gpu(2, d, t, min_workers=0), state)
+    actions, _ = policy.decide(one_per_gpu(2, 0, 4.0, min_workers=0), state.__class__(
+        below_since_s=-1e9, window_max=0, last_s=state.last_s, last_demand=0,
+        var_rate=state.var_rate, weight=state.weight))
+    assert scale_target(actions) == 0
 
 
 @pytest.mark.parametrize(
@@ -186,6 +262,9 @@ def test_load_driven_resets_its_patience_when_the_load_returns():
         ("hpa", {"tolerance": 1.5}, "tolerance must be in"),
         ("hpa", {"target_utilisation": 0}, "target_utilisation must be > 0"),
         ("load-driven", {"downscale_delay_s": -1}, "downscale_delay_s must be >= 0"),
+        ("load-driven", {"headroom_quantile": 1.0}, "headroom_quantile must be in"),
+        ("load-driven", {"headroom_horizon_s": -5}, "headroom_horizon_s must be >= 0"),
+        ("load-driven", {"rate_window_s": 0}, "rate_window_s must be > 0"),
     ],
 )
 def test_bad_parameters_are_named(name, params, match):

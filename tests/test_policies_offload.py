@@ -70,6 +70,36 @@ def test_idle_timeout_offloads_early_above_the_high_water_mark_longest_idle_firs
     assert "memory above 50%" in actions[0].cause
 
 
+def test_idle_timeout_with_a_low_water_mark_keeps_timed_out_sessions_while_memory_is_plentiful():
+    policy = make("offload", "idle-timeout", idle_s=30, low_water=0.5)
+    worker = WorkerView("w1", memory_bytes=10 * GiB)
+    # 3 GiB of 10 booked, all idle for long: at or below 50%, every state stays.
+    roomy = [idle(f"i{k}", since_s=float(k), nbytes=GiB) for k in range(3)]
+    assert decide(policy, snapshot(roomy, workers=[worker])) == []
+    # 7 GiB booked: timed-out sessions go, longest idle first, until back at 5 GiB;
+    # the fresh one is never a timeout candidate.
+    busy = [SessionView("a", ACTIVE, "w1", state_bytes=2 * GiB)]
+    busy += [idle(f"i{k}", since_s=float(k), nbytes=GiB) for k in (3, 1, 2, 0)]
+    busy.append(idle("fresh", since_s=95.0, nbytes=GiB))
+    actions = decide(policy, snapshot(busy, workers=[worker]))
+    assert [a.session_id for a in actions] == ["i0", "i1"]
+    assert all(a.cause == "idle for more than 30s" for a in actions)
+
+
+def test_idle_timeout_without_a_low_water_mark_offloads_on_the_timeout_alone():
+    worker = WorkerView("w1", memory_bytes=100 * GiB)
+    sessions = [idle("old", since_s=0.0, nbytes=GiB)]
+    assert [a.session_id for a in decide(make("offload", "idle-timeout", idle_s=30), snapshot(sessions, workers=[worker]))] == ["old"]
+
+
+def test_idle_timeout_high_water_still_applies_below_the_timeout_with_a_low_water_mark():
+    policy = make("offload", "idle-timeout", idle_s=1000, high_water=0.5, low_water=0.2)
+    worker = WorkerView("w1", memory_bytes=10 * GiB)
+    sessions = [SessionView("a", ACTIVE, "w1", state_bytes=3 * GiB), idle("n", since_s=90.0), idle("o", since_s=10.0),
+                idle("m", since_s=20.0)]
+    assert [a.session_id for a in decide(policy, snapshot(sessions, workers=[worker]))] == ["o"]
+
+
 def test_idle_timeout_prefetches_returning_sessions_onto_a_worker_with_room():
     policy = make("offload", "idle-timeout", prefetch_s=10, high_water=0.9)
     workers = [
@@ -91,7 +121,15 @@ def test_idle_timeout_prefetches_returning_sessions_onto_a_worker_with_room():
     assert decide(policy, snapshot(sessions, workers=crowded)) == []
 
 
-@pytest.mark.parametrize("params, match", [({"tier": "tape"}, "tier must be one of"), ({"high_water": 0}, "high_water")])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"tier": "tape"}, "tier must be one of"),
+        ({"high_water": 0}, "high_water"),
+        ({"low_water": 0.95}, "low_water must be in"),
+        ({"low_water": -0.1}, "low_water must be in"),
+    ],
+)
 def test_bad_parameters_are_named(params, match):
     with pytest.raises(ValueError, match=match):
         make("offload", "idle-timeout", **params)

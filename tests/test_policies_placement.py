@@ -162,6 +162,26 @@ def test_migration_aware_does_not_migrate_when_the_copy_costs_more_than_the_gain
     assert decide(make("placement", "migration-aware"), slow)[0] == []
 
 
+def test_migration_aware_counts_the_gain_over_its_horizon_of_chunks_against_the_copy():
+    workers = [WorkerView("w1"), WorkerView("w2")]
+    sessions = [active("a0", "w1")] + [active(f"b{i}", "w2") for i in range(4)]
+    # 1 GiB at 4.3 GB/s costs 0.25 s once; the move gains 0.1 s on every chunk.
+    snap = snapshot(workers, sessions, migrate_bytes_per_s=4.3e9)
+    assert decide(make("placement", "migration-aware", horizon_chunks=1), snap)[0] == []  # 0.1 s < 0.25 s
+    assert decide(make("placement", "migration-aware", horizon_chunks=2), snap)[0] == []  # 0.2 s < 0.25 s
+    actions, _ = decide(make("placement", "migration-aware", horizon_chunks=3), snap)  # 0.3 s > 0.25 s
+    assert [(a.session_id, a.source, a.target) for a in actions] == [("b0", "w2", "w1")]
+
+
+def test_a_session_back_from_idle_beside_an_active_one_moves_to_a_free_slot():
+    # One session per GPU (max_batch=1): "back" returned from idle on w1, where "a" is
+    # active, so both would take turns at half speed; w2 has a free slot.
+    workers = [WorkerView("w1", max_batch=1), WorkerView("w2", max_batch=1), WorkerView("w3", max_batch=1)]
+    sessions = [active("a", "w1"), active("back", "w1", context_frames=0.0), active("c", "w3")]
+    actions, _ = decide(make("placement", "migration-aware"), snapshot(workers, sessions))
+    assert [(type(a), a.source, a.target) for a in actions] == [(Migrate, "w1", "w2")]
+
+
 def test_migration_aware_respects_the_relative_gain_threshold():
     workers = [WorkerView("w1"), WorkerView("w2")]
     sessions = [active("a0", "w1")] + [active(f"b{i}", "w2") for i in range(4)]
@@ -232,6 +252,7 @@ def test_pending_sessions_are_served_resumed_first_then_in_arrival_order():
         ({"on_full": "drop"}, "on_full must be one of"),
         ({"min_gain": -0.5}, "min_gain must be >= 0"),
         ({"max_migrations": -1}, "max_migrations must be >= 0"),
+        ({"horizon_chunks": 0.5}, "horizon_chunks must be >= 1"),
     ],
 )
 def test_bad_parameters_are_named(params, match):

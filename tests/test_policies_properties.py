@@ -316,3 +316,36 @@ def test_migration_aware_rebalancing_converges_and_never_raises_the_max(counts, 
         assert max_latency(snap) <= before + 1e-12
     else:
         raise AssertionError(f"still migrating after 30 decisions: {sorted(where.items())}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    demands=st.lists(st.integers(0, 40), min_size=2, max_size=40),
+    quantile=st.sampled_from([0.0, 0.5, 0.8, 0.99]),
+    startup=st.sampled_from([0.0, 10.0, 60.0]),
+    bounds=st.tuples(st.integers(0, 5), st.integers(5, 60)),
+)
+def test_load_driven_headroom_never_undercuts_the_demand_and_decays_when_the_load_is_still(
+    demands, quantile, startup, bounds
+):
+    # One active session per GPU (0.1 s per session, SLO 0.12 s): the budget is the demand.
+    latency = BatchLatencyModel((1, 8), (0.1, 0.8))
+    policy = make("autoscaling", "load-driven", headroom_quantile=quantile, downscale_delay_s=0.0)
+    low, high = bounds
+    state, n = policy.initial_state(), low
+    spares = []
+    for k, d in enumerate(demands + [demands[-1]] * 20):
+        workers = tuple(WorkerView(f"w{i}", max_batch=4) for i in range(max(n, 1)))
+        sessions = tuple(SessionView(f"s{i}", SessionStatus.PENDING) for i in range(d))
+        snap = Snapshot(now_s=float(k), workers=workers, sessions=sessions, slo_s=0.12, latency=latency,
+                        min_workers=low, max_workers=high, worker_startup_s=startup)
+        actions, state = policy.decide(snap, state)
+        targets = [a.n for a in actions if isinstance(a, ScaleTo)]
+        n = targets[0] if targets else len(workers)
+        assert low <= n <= high
+        assert n >= min(d, high), f"target {n} below the demand {d}"
+        spares.append(policy.headroom(snap, state))
+    still = spares[len(demands):]
+    assert all(b <= a for a, b in zip(still, still[1:])), f"headroom grew under a still load: {still}"
+    if quantile <= 0.5 or startup == 0.0:
+        assert max(spares) == 0
