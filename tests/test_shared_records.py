@@ -1,4 +1,4 @@
-"""The shared policy records: latency model and registry behave as documented."""
+"""The shared records: policy latency model, registry, snapshot lookups, SessionState equality."""
 
 import pytest
 
