@@ -64,7 +64,7 @@ class ReplayResult:
         The summary row (contract columns first).
     profile
         ``((batch_size, step_s), ...)`` in wall seconds: the step times the run used
-        (sim) or measured (live).
+        (sim) or the median step times its workers showed (live, calibration included).
     stats
         Backend details: controller counters, errors, worker start-up times.
     """
@@ -336,6 +336,9 @@ def replay_live(
         server.close()
     t0, x = driver.t0, time_scale
     rows = pd.DataFrame(driver.rows, columns=[*CHUNK_COLUMNS]) if driver.rows else empty_chunks()
+    # The step times the workers showed (calibration and run together): what a
+    # simulation of this run should execute with. The curve the controller decided on
+    # is kept in the stats.
     both = pd.concat([rows, pd.DataFrame(calibration, columns=list(CHUNK_COLUMNS))]) if calibration else rows
     measured = profile_from_chunks(both) if len(both) else settings.latency_points
     chunks = _to_trace_time(rows, t0, x)
@@ -346,7 +349,7 @@ def replay_live(
     lifetimes = pd.DataFrame(log["workers"], columns=["worker", "started_s", "released_s"])
     lifetimes["started_s"] = (lifetimes["started_s"] - t0) * x
     lifetimes["released_s"] = (lifetimes["released_s"].astype(float) - t0) * x
-    stats.update(errors=driver.errors, workers=lifetimes, startup_trace_s=[s * x for s in stats.get("startup_s", [])])
+    stats.update(errors=driver.errors, workers=lifetimes, decision_profile=settings.latency_points, startup_trace_s=[s * x for s in stats.get("startup_s", [])])
     gpus = int(max(intervals["n_workers"].max() if len(intervals) else n0, n0))
     extra = _extra(decisions, stats, intervals, lifetimes, t0, x, end_wall)
     startup = stats.get("startup_s") or []

@@ -15,7 +15,11 @@ from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS
 
 pytestmark = pytest.mark.slow
 
-TRACE = burst_trace(base=1, burst=3, burst_at_s=10, burst_len_s=80, tail_s=60)
+# min_gain 0.01: any predicted improvement is worth a move, so whether the controller
+# migrates does not hinge on how noisy the measured step times of a shared CPU are.
+CONTROL = {"maximum": 3, "autoscaling_params": {"downscale_delay_s": 20}, "placement_params": {"min_gain": 0.01}}
+
+TRACE = burst_trace(base=1, burst=3, burst_at_s=10, burst_len_s=100, tail_s=60)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +29,7 @@ def run(tmp_path_factory):
     # budget whatever this machine's speed, so the scale decisions are deterministic.
     with dask.config.set({"turboserve.slo-s": 0.5, "turboserve.state.store": store}):
         return replay_live(TRACE, time_scale=5, workers=1, progress=False,
-                           control={"maximum": 3, "autoscaling_params": {"downscale_delay_s": 20}})
+                           control=CONTROL)
 
 
 def test_outputs_have_the_contract_columns(run):
@@ -37,7 +41,7 @@ def test_outputs_have_the_contract_columns(run):
 def test_workers_go_up_under_the_burst_and_back_down_after_it(run):
     n = run.intervals.set_index("time_s")["n_workers"]
     assert n.iloc[0] == 1
-    assert n.loc[10:100].max() == 3  # the burst of 3 sessions next to the base one, capped at maximum=3
+    assert n.loc[10:120].max() == 3  # the burst of 3 sessions next to the base one, capped at maximum=3
     assert n.iloc[-1] < 3
     retired = run.decisions[(run.decisions["action"] == "Retire") & run.decisions["accepted"]
                             & ~run.decisions["worker"].str.startswith("starting-")]
@@ -65,7 +69,8 @@ def test_no_session_is_lost_and_every_chunk_arrives_in_order(run):
 
 def test_the_control_loop_refused_nothing_it_should_not(run):
     refused = run.decisions[~run.decisions["accepted"]]
-    allowed = ("being admitted by the runtime", "being drained by the runtime", "in flight")
+    # the first tick may come before the Adaptive's first poll of the target
+    allowed = ("being admitted by the runtime", "being drained by the runtime", "in flight", "no autoscaler attached")
     assert all(any(a in r for a in allowed) for r in refused["reason"]), refused.to_string()
 
 
