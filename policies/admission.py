@@ -128,27 +128,37 @@ class CapacityLedger:
         pending: list[SessionView] = []
         suspended: list[SessionView] = []
         seen: set[str] = set()
+        get = loads.get
+        # The hot loop of every decision: one branch per status, most frequent first.
         for s in snap.sessions:
             status = s.status
-            if status is _ACTIVE or status is _IDLE or status is _MIGRATING:
-                load = loads.get(s.worker)  # type: ignore[arg-type]
-                if load is None:
-                    continue
-                load.mem_used += s.state_bytes
-                load.n_sessions += 1
-                if status is _IDLE:
-                    load.idle.append(s)
-                else:
+            if status is _ACTIVE:
+                load = get(s.worker)  # type: ignore[arg-type]
+                if load is not None:
+                    load.mem_used += s.state_bytes
+                    load.n_sessions += 1
                     load.n_active += 1
                     load.ctx_sum += s.context_frames
-                    if status is _ACTIVE:
-                        load.active.append(s)
+                    load.active.append(s)
+            elif status is _IDLE:
+                load = get(s.worker)  # type: ignore[arg-type]
+                if load is not None:
+                    load.mem_used += s.state_bytes
+                    load.n_sessions += 1
+                    load.idle.append(s)
+            elif status is _SUSPENDED:
+                suspended.append(s)
             elif status is _PENDING:
                 if s.session_id not in seen:  # a duplicated id is placed once only
                     seen.add(s.session_id)
                     pending.append(s)
-            elif status is _SUSPENDED:
-                suspended.append(s)
+            elif status is _MIGRATING:
+                load = get(s.worker)  # type: ignore[arg-type]
+                if load is not None:
+                    load.mem_used += s.state_bytes
+                    load.n_sessions += 1
+                    load.n_active += 1
+                    load.ctx_sum += s.context_frames
         # Sessions that already have state (resumed ones) go first, then first come
         # first served; the id breaks ties so that decisions are deterministic.
         pending.sort(key=lambda s: (s.state_bytes == 0, s.since_s, s.session_id))
@@ -197,7 +207,10 @@ class CapacityLedger:
 
     def latency(self, load: WorkerLoad) -> float:
         """Predicted per-chunk step time of ``load``'s worker as it stands."""
-        return self.step_s(load.n_active, load.ctx_sum)
+        n = load.n_active
+        if 0 < n < len(self._base):  # cached: what step_s returns, without the call
+            return self._base[n] + self._ctx_slope * load.ctx_sum
+        return self.step_s(n, load.ctx_sum)
 
     def latency_plus(self, load: WorkerLoad, context_frames: float = 0.0) -> float:
         """Predicted step time once one more active session (of ``context_frames``) joins."""

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.sim import PolicySet, SimConfig, simulate
-from policies.types import BatchLatencyModel, Migrate, Offload, Place, Resume, Retire, ScaleTo, SessionStatus
+from experiments.sim import PolicySet, SimConfig, Simulator, prepare, simulate
+from policies.types import (
+    BatchLatencyModel, Migrate, Offload, Place, Resume, Retire, ScaleTo, SessionStatus, WorkerView,
+)
 
 COLUMNS = ["time_s", "session_id", "event", "client_id", "model", "chunk_frames", "height", "width", "fps"]
 LATENCY = BatchLatencyModel((1, 2, 4), (0.3, 0.5, 0.9), context_slope_s=0.002)
@@ -145,3 +148,40 @@ def run_digest(oracle_hints: bool) -> str:
 @pytest.mark.parametrize("oracle_hints", [False, True])
 def test_a_busy_run_hashes_the_same_as_before_the_speed_work(oracle_hints):
     assert run_digest(oracle_hints) == PINNED[oracle_hints]
+
+
+class FromScratch(Simulator):
+    """A simulator that checks, at every control tick, its cached snapshot against a full rebuild."""
+
+    checked = 0
+
+    def snapshot(self, now):
+        snap = super().snapshot(now)
+        model = self.wl.model
+
+        def hint(s):
+            if not (self.cfg.oracle_hints and s.status is SessionStatus.SUSPENDED):
+                return None
+            later = self._activations[s.idx][self._activations[s.idx] > now]
+            return float(later[0]) if len(later) else None
+
+        assert snap.sessions == tuple(self._session_view(s, model, hint(s)) for s in self.open.values())
+        assert snap.workers == tuple(
+            WorkerView(w.address, w.status, w.memory, w.max_batch, w.started) for w in self.workers if w.released is None
+        )
+        counts = Counter(s.status for s in self.open.values())
+        assert {k: v for k, v in self._status_counts.items() if v} == dict(counts)
+        FromScratch.checked += 1
+        return snap
+
+
+@pytest.mark.parametrize("oracle_hints", [False, True])
+def test_the_cached_snapshot_equals_a_full_rebuild_at_every_tick(oracle_hints):
+    cfg = SimConfig(
+        initial_workers=2, max_workers=12, max_batch=4, worker_startup_s=20.0, oracle_hints=oracle_hints,
+        migrate_bytes_per_s=2e9, offload_bytes_per_s=1e9, gpu_memory_bytes=2e9,
+    )
+    FromScratch.checked = 0
+    policies = PolicySet(SpreadAndBalance(), DemandScaler(), IdleOffload())
+    FromScratch(prepare(busy_trace()), policies, cfg, latency=LATENCY).run()
+    assert FromScratch.checked > 200

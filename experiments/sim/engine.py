@@ -307,10 +307,11 @@ class Simulator:
             self._release(w, now)
 
     def _set_status(self, s: _Session, status: SessionStatus, now: float) -> None:
-        if s.opened:
+        if s.opened:  # counts of the open sessions: a closing one leaves them
             counts = self._counts
             counts[s.status] -= 1
-            counts[status] += 1
+            if status is not CLOSED:
+                counts[status] += 1
         s.status = status
         s.since = now
         if not s.dirty:
