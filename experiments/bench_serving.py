@@ -88,10 +88,7 @@ def main() -> None:
     from framework import Server
 
     med = statistics.median
-    with (
-        Server.local(n_workers=1, model=args.model, dashboard_address=":0") as on_server,
-        Server.local(n_workers=1, model=args.model, batching=False, dashboard_address=":0") as off_server,
-    ):
+    with Server.local(n_workers=1, model=args.model, dashboard_address=":0") as on_server:
         bare = BareModel(args.model)
         session = on_server.open_session(PROMPT, seed=0)
         session.submit().result()  # warm-up
@@ -112,19 +109,29 @@ def main() -> None:
             f"  = {med(overhead) / med(bare_s):.1%} of a bare step"
         )
 
-        on, off = Streams(on_server, args.sessions), Streams(off_server, args.sessions)
-        totals = {"on": [0, 0.0, []], "off": [0, 0.0, []]}
-        for _ in range(args.rounds):  # alternate the two clusters
-            for name, streams in (("on", on), ("off", off)):
-                n, secs, sizes = streams.run(args.chunks)
-                totals[name][0] += n
-                totals[name][1] += secs
-                totals[name][2] += sizes
-        rate = {k: v[0] / v[1] for k, v in totals.items()}
-        print(f"throughput, {args.sessions} sessions on one worker, {args.rounds} x {args.chunks} chunks each:")
-        for name in ("on", "off"):
-            print(f"  batching {name:4s} {rate[name]:6.2f} chunks/s  (mean batch {statistics.mean(totals[name][2]):.2f})")
-        print(f"  ratio on/off  {rate['on'] / rate['off']:6.2f}x")
+        # The baseline cluster starts only now, so that it does not load the machine above.
+        off_server = Server.local(n_workers=1, model=args.model, batching=False, dashboard_address=":0")
+        try:
+            on, off = Streams(on_server, args.sessions), Streams(off_server, args.sessions)
+            _compare(on, off, args)
+        finally:
+            off_server.close()
+
+
+def _compare(on: Streams, off: Streams, args: argparse.Namespace) -> None:
+    """Alternate rounds of the two clusters and print their throughputs."""
+    totals = {"on": [0, 0.0, []], "off": [0, 0.0, []]}
+    for _ in range(args.rounds):
+        for name, streams in (("on", on), ("off", off)):
+            n, secs, sizes = streams.run(args.chunks)
+            totals[name][0] += n
+            totals[name][1] += secs
+            totals[name][2] += sizes
+    rate = {k: v[0] / v[1] for k, v in totals.items()}
+    print(f"throughput, {args.sessions} sessions on one worker, {args.rounds} x {args.chunks} chunks each:")
+    for name in ("on", "off"):
+        print(f"  batching {name:4s} {rate[name]:6.2f} chunks/s  (mean batch {statistics.mean(totals[name][2]):.2f})")
+    print(f"  ratio on/off  {rate['on'] / rate['off']:6.2f}x")
 
 
 if __name__ == "__main__":
