@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from kernels.model import StreamingVideoModel
-from workers.chunk import Chunk
 from workers.engine import Engine, EngineSettings, StepPlan
 from workers.errors import SessionNotFound
 

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import pytest
+from distributed import Client
 from distributed.core import Status
 
 from framework import Chunk, Server, SessionStatus
@@ -213,14 +214,17 @@ def test_sessions_on_one_worker_share_batched_steps(server):
 def test_a_second_server_attaches_and_sees_the_same_sessions(server, reference):
     s = server.open_session(PROMPT, seed=6, session_id="shared")
     first = list(s.stream(1))
-    other = Server(server.client.scheduler.address)
+    other = Server(server.client.scheduler.address)  # its own direct-to-workers client
     try:
         assert "shared" in [r["id"] for r in other.sessions()]
-        again = other.session("shared")
-        more = list(again.stream(1))
-        _assert_same(first + more, reference(PROMPT, 6, 2))
+        more = list(other.session("shared").stream(1))
     finally:
         other.close()
+    # A plain client (not direct to workers): actor calls go through the scheduler's proxy.
+    with Client(server.client.scheduler.address) as plain:
+        assert not plain.direct_to_workers
+        more += list(Server(plain).session("shared").stream(1))
+    _assert_same(first + more, reference(PROMPT, 6, 3))
     s.close()
 
 
