@@ -268,3 +268,16 @@ def test_draining_workers_count_against_the_cluster_size():
     assert result.intervals["n_workers"].max() == 2
     assert result.counters["refused_by_reason"].get("cluster-full", 0) >= 1
     assert list(result.chunks["index"]) == list(range(10))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_run_leaves_the_garbage_collector_as_it_found_it(enabled):
+    import gc
+
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        run(random_trace(1, n_sessions=5, horizon=30.0))
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()

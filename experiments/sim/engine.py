@@ -253,6 +253,7 @@ class Simulator:
         self.seq = 0
         self._step_cache: dict[int, float] = {}
         self._ctx_slope = self.latency.context_slope_s
+        self._step1 = self._step_time(1, 0.0)
         # chunk columns (plain lists of numbers: cheap appends, converted once at the end)
         self.c_sess: list[int] = []
         self.c_index: list[int] = []
@@ -342,8 +343,7 @@ class Simulator:
                     return
                 r = s.next_req if s.next_req >= s.copy_until else s.copy_until
                 if r <= now:
-                    ctx = s.ctx if self._ctx_slope else 0.0
-                    end = now + self._step_time(1, ctx)
+                    end = now + (self._step_time(1, s.ctx) if self._ctx_slope else self._step1)
                     batch = [(s, s.next_req, s.migrated_next)]
                     s.in_flight = True
                     s.migrated_next = False
