@@ -81,9 +81,17 @@ class ModelHost(WorkerPlugin):
         self.worker = worker
         self.device = pick_device()
         worker.extensions[EXTENSION] = self
+        from workers.session_actor import CALL_OP
+
+        worker.handlers[CALL_OP] = self._handle_call
         logger.info("turboserve host on %s: device %s (CUDA_VISIBLE_DEVICES=%s)",
                     worker.address, self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
         await asyncio.to_thread(self.engine, self.model)
+
+    async def _handle_call(self, key: str, method: str, args: Any = (), kwargs: Any = None) -> dict[str, Any]:
+        from workers.session_actor import handle_call
+
+        return await handle_call(self.worker, key, method, args, kwargs)
 
     def teardown(self, worker: Any) -> None:
         """Stop every engine (their threads end after the current step)."""

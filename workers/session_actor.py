@@ -35,22 +35,49 @@ SOURCES = ("new", "peer", "store")
 TIERS = ("host", "disk")
 
 
+#: Worker RPC op that runs a session actor's method (see :func:`handle_call`).
+CALL_OP = "turboserve_call"
+
+
 async def call_actor(rpc: Any, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call ``method`` of the actor ``key`` through ``rpc`` (a worker's RPC handle).
+    """Call ``method`` of the session actor ``key`` through ``rpc`` (a worker's RPC handle).
 
     Used instead of :class:`distributed.Actor` handles because those take a reference on
     the actor's key in the calling client, which would keep a migrated-away actor
-    (and therefore its worker) alive.
+    (and therefore its worker) alive. Raises :class:`SessionMoved` when the worker no
+    longer has that actor.
     """
-    resp = await rpc.actor_execute(
-        actor=key,
-        function=method,
+    resp = await getattr(rpc, CALL_OP)(
+        key=key,
+        method=method,
         args=[to_serialize(a) for a in args],
         kwargs={k: to_serialize(v) for k, v in kwargs.items()},
     )
-    if resp["status"] != "OK":
-        raise _unwrap(resp["exception"])
-    return _unwrap(resp["result"])
+    status = resp["status"]
+    if status == "OK":
+        return _unwrap(resp["result"])
+    if status == "missing":
+        raise SessionMoved(f"no session actor {key!r} on {resp['worker']}: it moved, was suspended or closed")
+    raise _unwrap(resp["exception"])
+
+
+async def handle_call(worker: Any, key: str, method: str, args: Any = (), kwargs: Any = None) -> dict[str, Any]:
+    """Worker handler of :data:`CALL_OP`: ``await actor.method(*args, **kwargs)``.
+
+    Like Dask's ``actor_execute`` for async methods, but a missing actor (the normal
+    aftermath of a move) is an answer, not an error logged on the worker.
+    """
+    actor = worker.state.actors.get(key)
+    if not isinstance(actor, SessionActor):
+        return {"status": "missing", "worker": worker.address}
+    if method.startswith("_") or not callable(getattr(SessionActor, method, None)):
+        exc = InvalidRequest(f"{method!r} is not a method of a session actor")
+        return {"status": "error", "exception": to_serialize(exc)}
+    try:
+        result = await getattr(actor, method)(*args, **(kwargs or {}))
+    except Exception as exc:
+        return {"status": "error", "exception": to_serialize(exc)}
+    return {"status": "OK", "result": to_serialize(result)}
 
 
 def _unwrap(value: Any) -> Any:
