@@ -9,7 +9,8 @@ over the workers, 5% pending) and ``scale-out`` (the same, plus 10% new empty
 workers and a fast GPU-GPU link, so migration-aware placement has a large
 rebalancing plan to find). For each
 policy it prints the median and the minimum wall time of ``decide`` over
-``--repeats`` runs (on a shared machine the minimum is the cleaner number), the
+``--repeats`` runs (on a shared machine the minimum is the cleaner number), the median
+process CPU time (``cpu ms``: what other jobs on the machine do not stretch), the
 number of actions, the median as a multiple of one pass over the snapshot (building
 the :class:`~policies.admission.CapacityLedger`, the floor every policy pays), and the
 median as a share of the 10 ms target for "placement of the pending sessions +
@@ -76,15 +77,16 @@ def build_snapshot(
     )
 
 
-def time_call(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    """(median ms, min ms, last result) of ``fn()`` over ``repeats`` calls."""
-    times = []
+def time_call(fn: Callable[[], Any], repeats: int) -> tuple[float, float, float, Any]:
+    """(median wall ms, min wall ms, median CPU ms, last result) of ``fn()`` over ``repeats`` calls."""
+    times, cpu = [], []
     result = None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), min(times), result
+        cpu.append((time.process_time() - c0) * 1e3)
+    return statistics.median(times), min(times), statistics.median(cpu), result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,11 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     }
     policies = [(kind, name) for kind in ("placement", "autoscaling", "offload") for name in names(kind)]
     print(f"decide() wall time, {args.sessions} sessions x {args.workers} workers, median of {args.repeats}")
-    print(f"{'scenario':<10} {'kind':<12} {'policy':<40} {'median ms':>10} {'min ms':>8} {'actions':>8} {'migr':>5} {'x ledger':>9} {'/10ms':>6}")
+    print(f"{'scenario':<10} {'kind':<12} {'policy':<40} {'median ms':>10} {'min ms':>8} {'cpu ms':>8} {'actions':>8} {'migr':>5} {'x ledger':>9} {'/10ms':>6}")
     for label, snap in scenarios.items():
         n_pending = sum(s.status is SessionStatus.PENDING for s in snap.sessions)
-        floor, floor_min, _ = time_call(lambda: CapacityLedger(snap), args.repeats)
-        print(f"{label:<10} {'-':<12} {'(ledger: one pass over the snapshot)':<40} {floor:>10.2f} {floor_min:>8.2f} {'':>14} {1:>9.2f} {floor / TARGET_MS:>6.2f}")
+        floor, floor_min, floor_cpu, _ = time_call(lambda: CapacityLedger(snap), args.repeats)
+        print(
+            f"{label:<10} {'-':<12} {'(ledger: one pass over the snapshot)':<40} {floor:>10.2f} {floor_min:>8.2f} "
+            f"{floor_cpu:>8.2f} {'':>14} {1:>9.2f} {floor / TARGET_MS:>6.2f}"
+        )
         n_running = len(snap.workers)
         rows = [(kind, name, make(kind, name, **({"n": n_running} if name == "fixed" else {}))) for kind, name in policies]
         for offload in ("never", "idle-timeout"):
@@ -114,15 +119,15 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(("combined", combined.name, combined))
         medians = {}
         for kind, name, policy in rows:
-            med, fastest, (actions, _) = time_call(lambda: policy.decide(snap, policy.initial_state()), args.repeats)
-            medians[name] = (med, fastest)
+            med, fastest, cpu, (actions, _) = time_call(lambda: policy.decide(snap, policy.initial_state()), args.repeats)
+            medians[name] = (med, fastest, cpu)
             print(
-                f"{label:<10} {kind:<12} {name:<40} {med:>10.2f} {fastest:>8.2f} {len(actions):>8} {sum(isinstance(a, Migrate) for a in actions):>5} "
+                f"{label:<10} {kind:<12} {name:<40} {med:>10.2f} {fastest:>8.2f} {cpu:>8.2f} {len(actions):>8} {sum(isinstance(a, Migrate) for a in actions):>5} "
                 f"{med / floor:>9.2f} {med / TARGET_MS:>6.2f}"
             )
         pair = [a + b for a, b in zip(medians["migration-aware"], medians["load-driven"])]
         print(
-            f"{label:<10} {'sum':<12} {'migration-aware, load-driven apart':<40} {pair[0]:>10.2f} {pair[1]:>8.2f} {'':>14} "
+            f"{label:<10} {'sum':<12} {'migration-aware, load-driven apart':<40} {pair[0]:>10.2f} {pair[1]:>8.2f} {pair[2]:>8.2f} {'':>14} "
             f"{pair[0] / floor:>9.2f} {pair[0] / TARGET_MS:>6.2f}   ({n_pending} pending, {len(snap.workers)} workers)"
         )
 
