@@ -45,11 +45,13 @@ _bytes_of = attrgetter("state_bytes")
 _model_of = attrgetter("model")
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, init=False)
 class WorkerLoad:
     """Mutable per-decision load of one worker (compute slots and device memory).
 
     ``version`` increases on every change, so heaps of loads can drop stale entries.
+    ``address`` is the worker's address (``view.address``, kept as a plain attribute:
+    policies read it in their inner loops).
     """
 
     view: WorkerView
@@ -62,11 +64,29 @@ class WorkerLoad:
     active: list[SessionView] = field(default_factory=list)
     idle: list[SessionView] = field(default_factory=list)
     version: int = 0
+    address: str = field(default="", repr=False)
 
-    @property
-    def address(self) -> str:
-        """The worker's address."""
-        return self.view.address
+    # Written out (not generated) because one is built per worker per decision.
+    def __init__(
+        self,
+        view: WorkerView,
+        n_active: int = 0,
+        ctx_sum: float = 0.0,
+        mem_used: int = 0,
+        n_sessions: int = 0,
+        active: list[SessionView] | None = None,
+        idle: list[SessionView] | None = None,
+        version: int = 0,
+    ) -> None:
+        self.view = view
+        self.address = view.address
+        self.n_active = n_active
+        self.ctx_sum = ctx_sum
+        self.mem_used = mem_used
+        self.n_sessions = n_sessions
+        self.active = [] if active is None else active
+        self.idle = [] if idle is None else idle
+        self.version = version
 
     @property
     def running(self) -> bool:
@@ -214,11 +234,17 @@ class CapacityLedger:
 
     def latency_plus(self, load: WorkerLoad, context_frames: float = 0.0) -> float:
         """Predicted step time once one more active session (of ``context_frames``) joins."""
-        return self.step_s(load.n_active + 1, load.ctx_sum + context_frames)
+        n = load.n_active + 1
+        if 0 < n < len(self._base):  # cached: what step_s returns, without the call
+            return self._base[n] + self._ctx_slope * (load.ctx_sum + context_frames)
+        return self.step_s(n, load.ctx_sum + context_frames)
 
     def latency_minus(self, load: WorkerLoad, session: SessionView) -> float:
         """Predicted step time once the active ``session`` has left."""
-        return self.step_s(load.n_active - 1, load.ctx_sum - session.context_frames)
+        n = load.n_active - 1
+        if 0 < n < len(self._base):  # cached: what step_s returns, without the call
+            return self._base[n] + self._ctx_slope * (load.ctx_sum - session.context_frames)
+        return self.step_s(n, load.ctx_sum - session.context_frames)
 
     # ------------------------------------------------------------ booking actions
 
