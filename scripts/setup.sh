@@ -24,5 +24,8 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     pip_q "torch==2.13.0" || pip_q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-pip_q -e ".${extras}"
+# compat mode puts the checkout on sys.path through a .pth entry: with the default
+# finder, the spill folder "storage/" in a Dask worker's directory (first on sys.path)
+# would shadow our `storage` package as a namespace package.
+pip_q -e ".${extras}" --config-settings editable_mode=compat
 .venv/bin/python -c "import torch, distributed, diffusers; print(f'turboserve ready: torch {torch.__version__}, distributed {distributed.__version__}, diffusers {diffusers.__version__}, cuda={torch.cuda.is_available()}')"
