@@ -36,29 +36,19 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from policies.combined import Combined
-from policies.registry import make
-from policies.types import (
-    Action,
-    BatchLatencyModel,
-    Migrate,
-    Offload,
-    Place,
-    Reject,
-    Resume,
-    Retire,
-    ScaleTo,
-    SessionStatus,
-    SessionView,
-    Snapshot,
-    WorkerStatus,
-    WorkerView,
-)
+from framework.control_settings import ControlSettings, default_policy_params, profile_points
+from framework.control_snapshot import LatencyEstimator, SnapshotBuilder
+from policies.types import Action, Migrate, Offload, Place, Reject, Resume, Retire, ScaleTo, SessionStatus
+
+__all__ = [
+    "DECISION_COLUMNS", "INTERVAL_COLUMNS", "ControlSettings", "Controller", "Decision", "LatencyEstimator",
+    "Refused", "default_policy_params", "profile_points",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,188 +63,6 @@ _ACTIVE, _IDLE, _PENDING = SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStat
 _SUSPENDED, _MIGRATING = SessionStatus.SUSPENDED, SessionStatus.MIGRATING
 DECISION_COLUMNS = ("time_s", "action", "session_id", "worker", "accepted", "reason")
 INTERVAL_COLUMNS = ("time_s", "n_workers", "n_active", "n_idle", "n_suspended", "migrations", "cost_gpu_s")
-
-
-def _seconds(value: Any) -> float:
-    from dask.utils import parse_timedelta
-
-    return float(parse_timedelta(value, default="s"))
-
-
-@dataclass(frozen=True, slots=True)
-class ControlSettings:
-    """The resolved configuration of the control loop (build with :meth:`from_config`).
-
-    Parameters
-    ----------
-    interval_s
-        Control tick in (trace) seconds (``turboserve.control.interval``).
-    placement, autoscaling, offload
-        Registry names of the three policies (``turboserve.policies.*``).
-    placement_params, autoscaling_params, offload_params
-        Keyword parameters of each policy (defaults from ``turboserve.control.*`` and
-        ``turboserve.autoscale.*`` for the built-in names).
-    minimum, maximum
-        Bounds on the number of workers (``turboserve.autoscale.minimum/maximum``).
-    slo_s
-        Per-chunk latency target in (trace) seconds; None: the median playback period
-        of the open sessions (``turboserve.slo-s``).
-    max_batch
-        Most sessions in one coalesced step (``turboserve.engine.max-batch``).
-    worker_memory_bytes
-        Device memory a policy may hand out per worker.
-    latency_points
-        ``((batch_size, step_s), ...)`` in wall seconds: the latency model used until
-        (or, with ``measure=False``, instead of) live measurements. Default: the
-        preset's measured CPU profile (``kernels/profiles/<model>-cpu.csv``) when it
-        exists, else one step of 0.1 s.
-    measure
-        Learn the latency model from the workers' recent chunks.
-    worker_startup_s
-        Expected wall seconds from a scale-up to a usable worker (for the policies).
-    time_scale
-        Trace seconds per wall second (1: real time).
-    """
-
-    interval_s: float = 1.0
-    placement: str = "migration-aware"
-    autoscaling: str = "load-driven"
-    offload: str = "idle-timeout"
-    placement_params: dict[str, Any] = field(default_factory=dict)
-    autoscaling_params: dict[str, Any] = field(default_factory=dict)
-    offload_params: dict[str, Any] = field(default_factory=dict)
-    minimum: int = 1
-    maximum: int = 8
-    slo_s: float | None = None
-    max_batch: int = 8
-    worker_memory_bytes: int = 80 * 1024**3
-    latency_points: tuple[tuple[int, float], ...] = ((1, 0.1),)
-    measure: bool = True
-    worker_startup_s: float = 5.0
-    time_scale: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.interval_s > 0:
-            raise ValueError(f"control.interval must be > 0 seconds, got {self.interval_s!r}")
-        if not 0 <= self.minimum <= self.maximum:
-            raise ValueError(f"need 0 <= autoscale.minimum <= autoscale.maximum, got {self.minimum}, {self.maximum}")
-        if not self.time_scale > 0:
-            raise ValueError(f"time_scale must be > 0 (trace seconds per wall second), got {self.time_scale!r}")
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch!r}")
-        BatchLatencyModel(*zip(*self.latency_points))  # validates the points
-
-    @classmethod
-    def from_config(cls, **overrides: Any) -> "ControlSettings":
-        """Read ``turboserve.*`` (``framework.config``); non-None ``overrides`` win.
-
-        Policy parameters given in ``overrides`` are merged over the configured ones.
-        """
-        from framework import config
-
-        placement = overrides.pop("placement", None) or config.get("policies.placement")
-        autoscaling = overrides.pop("autoscaling", None) or config.get("policies.autoscaling")
-        offload = overrides.pop("offload", None) or config.get("policies.offload")
-        slo = config.get("slo-s")
-        max_batch = int(overrides.get("max_batch") or config.get("engine.max-batch"))
-        memory = int(float(config.get("simulator.gpu-memory-bytes")))
-        params = default_policy_params(placement, autoscaling, offload, max_batch=max_batch, worker_memory=memory)
-        for kind in ("placement", "autoscaling", "offload"):
-            params[kind].update(overrides.pop(f"{kind}_params", None) or {})
-        values: dict[str, Any] = {
-            "interval_s": _seconds(config.get("control.interval")),
-            "placement": placement,
-            "autoscaling": autoscaling,
-            "offload": offload,
-            "placement_params": params["placement"],
-            "autoscaling_params": params["autoscaling"],
-            "offload_params": params["offload"],
-            "minimum": int(config.get("autoscale.minimum")),
-            "maximum": int(config.get("autoscale.maximum")),
-            "slo_s": None if slo is None else float(slo),
-            "max_batch": max_batch,
-            "worker_memory_bytes": memory,
-        }
-        points = profile_points(str(config.get("model")))
-        if points:
-            values["latency_points"] = points
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if "interval_s" in overrides and overrides["interval_s"] is not None:
-            values["interval_s"] = _seconds(overrides["interval_s"])
-        return cls(**values)
-
-    def build(self) -> Combined:
-        """The three policies, deciding together on one capacity ledger."""
-        return Combined(
-            make("placement", self.placement, **self.placement_params),
-            make("autoscaling", self.autoscaling, **self.autoscaling_params),
-            make("offload", self.offload, **self.offload_params),
-        )
-
-    @property
-    def label(self) -> str:
-        """``placement+autoscaling+offload``, the policy label of results."""
-        return f"{self.placement}+{self.autoscaling}+{self.offload}"
-
-
-def profile_points(model: str, folder: Any = None) -> tuple[tuple[int, float], ...]:
-    """``(batch_size, step_s)`` of ``kernels/profiles/<model>-cpu.csv`` (median per batch), or ``()``.
-
-    The measured CPU profile of a preset, used as the latency model until live
-    chunks have been measured. Rows at the smallest ``context_frames`` only;
-    ``folder`` replaces ``kernels/profiles``.
-    """
-    import csv
-    import pathlib
-    import statistics
-
-    root = pathlib.Path(__file__).resolve().parents[1] / "kernels" / "profiles" if folder is None else folder
-    path = pathlib.Path(root) / f"{model}-cpu.csv"
-    if not path.is_file():
-        return ()
-    with path.open() as f:
-        rows = [r for r in csv.DictReader(line for line in f if not line.lstrip().startswith("#"))]
-    if not rows or not {"batch_size", "step_s"} <= set(rows[0]):
-        logger.warning("latency profile %s lacks batch_size,step_s columns; ignored", path)
-        return ()
-    ctx = [float(r.get("context_frames") or 0) for r in rows]
-    by_batch: dict[int, list[float]] = {}
-    for r, c in zip(rows, ctx):
-        if c == min(ctx):
-            by_batch.setdefault(int(r["batch_size"]), []).append(float(r["step_s"]))
-    return tuple((b, statistics.median(v)) for b, v in sorted(by_batch.items()))
-
-
-def default_policy_params(
-    placement: str, autoscaling: str, offload: str, *, max_batch: int, worker_memory: int
-) -> dict[str, dict[str, Any]]:
-    """Parameters of the built-in policies from ``turboserve.control.*`` / ``autoscale.*``.
-
-    The same mapping the simulator's paper sets use, so that a live run and a simulated
-    one with the same configuration run the same policies.
-    """
-    from framework import config
-
-    out: dict[str, dict[str, Any]] = {"placement": {}, "autoscaling": {}, "offload": {}}
-    if placement == "migration-aware":
-        out["placement"]["min_gain"] = float(config.get("control.migration-gain"))
-    if autoscaling == "hpa":
-        out["autoscaling"] = {
-            "target_utilisation": float(config.get("autoscale.target-utilisation")),
-            "tolerance": float(config.get("autoscale.tolerance")),
-            "downscale_stabilisation_s": float(config.get("autoscale.downscale-stabilisation-s")),
-            "upscale_delay_s": float(config.get("autoscale.upscale-delay-s")),
-        }
-    elif autoscaling == "load-driven":
-        out["autoscaling"] = {
-            "target_utilisation": float(config.get("autoscale.target-utilisation")),
-            "downscale_delay_s": float(config.get("autoscale.downscale-stabilisation-s")),
-            "worker_max_batch": int(max_batch),
-            "worker_memory_bytes": int(worker_memory),
-        }
-    if offload == "idle-timeout":
-        out["offload"]["idle_s"] = float(config.get("control.idle-offload-s"))
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,55 +85,7 @@ class Refused(Exception):
         self.reason, self.category = reason, category
 
 
-class LatencyEstimator:
-    """A :class:`BatchLatencyModel` learnt from recent chunk latencies per batch size.
-
-    A chunk's latency is its step time plus any wait for the step before it, so the
-    smallest recent latency at a batch size estimates that size's step time. Batch
-    sizes never seen come from the fallback points; the curve is kept non-decreasing.
-
-    Examples
-    --------
-    >>> est = LatencyEstimator(((1, 0.1), (4, 0.3)))
-    >>> est.add(1, 0.05); est.add(1, 0.07)
-    >>> est.model().predict(1)
-    0.05
-    """
-
-    def __init__(self, fallback: tuple[tuple[int, float], ...], window: int = 32) -> None:
-        self.fallback = tuple(sorted((int(b), float(s)) for b, s in fallback))
-        self._window = window
-        self._seen: dict[int, deque[float]] = {}
-        self._cached: BatchLatencyModel | None = None
-
-    def add(self, batch_size: int, latency_s: float) -> None:
-        """Fold one chunk's latency in."""
-        q = self._seen.get(batch_size)
-        if q is None:
-            q = self._seen[batch_size] = deque(maxlen=self._window)
-        q.append(float(latency_s))
-        self._cached = None
-
-    def model(self, scale: float = 1.0) -> BatchLatencyModel:
-        """The current model, times multiplied by ``scale``."""
-        if self._cached is None:
-            points = {b: min(q) for b, q in self._seen.items() if q}
-            top = max(points, default=0)
-            for b, s in self.fallback:
-                if b > top:
-                    points[b] = s
-            xs = sorted(points)
-            ys, best = [], 0.0
-            for b in xs:
-                best = max(best, points[b])
-                ys.append(best)
-            self._cached = BatchLatencyModel(tuple(xs), tuple(ys))
-        if scale == 1.0:
-            return self._cached
-        return BatchLatencyModel(self._cached.batch_sizes, tuple(s * scale for s in self._cached.step_s))
-
-
-class Controller(SchedulerPlugin):
+class Controller(SnapshotBuilder, SchedulerPlugin):
     """The closed control loop (see the module docstring).
 
     Parameters
@@ -539,111 +299,6 @@ class Controller(SchedulerPlugin):
         self.decisions.append(decision)
         return decision
 
-    # ------------------------------------------------------------ snapshot
-
-    def snapshot(self, now: float | None = None) -> Snapshot:
-        """The policies' view of the live cluster, in (scaled) trace seconds.
-
-        Workers being retired are DRAINING; workers asked for but not yet arrived are
-        STARTING placeholders (``starting-<i>``). A session with an action in flight is
-        shown as that action leaves it: MIGRATING to its target, SUSPENDED, or IDLE on
-        the worker it is resumed to.
-        """
-        now = time.time() if now is None else now
-        runtime = self._runtime()
-        s = self.settings
-        scale = s.time_scale
-        live = self._live_workers()
-        workers = [
-            WorkerView(addr, WorkerStatus.DRAINING if addr in self.retiring else WorkerStatus.RUNNING,
-                       memory_bytes=s.worker_memory_bytes, max_batch=s.max_batch,
-                       started_s=self._clock(self.worker_log.get(addr, [now])[0]))
-            for addr in live
-        ]
-        if self.target is not None and self._autoscaler_attached():
-            running = sum(1 for addr in live if addr not in self.retiring)
-            for i in range(max(0, self.target - running)):
-                workers.append(WorkerView(f"starting-{i}", WorkerStatus.STARTING, s.worker_memory_bytes, s.max_batch,
-                                          self._clock(now)))
-        known = set(live)
-        sessions: list[SessionView] = []
-        periods: list[float] = []
-        for rec in runtime.registry.records() if runtime is not None else ():
-            view = rec.view()
-            periods.append(rec.chunk_period_s)
-            if view.status is _PENDING and self._admitting(runtime, rec.session_id):
-                # The runtime's admission is placing it (open or recovery): demand only.
-                view = replace(view, state_bytes=0)
-            view = replace(
-                view,
-                since_s=self._clock(view.since_s),
-                recent_latency_s=None if view.recent_latency_s is None else view.recent_latency_s * scale,
-            )
-            if view.worker is not None and view.worker not in known:
-                continue
-            sessions.append(self._projected(view))
-        slo = s.slo_s
-        if slo is None:
-            periods.sort()
-            slo = periods[len(periods) // 2] if periods else 1.0
-        return Snapshot(
-            now_s=self._clock(now),
-            workers=tuple(workers),
-            sessions=tuple(sessions),
-            slo_s=slo,
-            latency=self._latency_model(),
-            min_workers=s.minimum,
-            max_workers=s.maximum,
-            worker_startup_s=s.worker_startup_s * scale,
-        )
-
-    def _projected(self, view: SessionView) -> SessionView:
-        entry = self._inflight.get(view.session_id)
-        if entry is None:
-            return view
-        action, _ = entry
-        if isinstance(action, Migrate) and view.status in (_ACTIVE, _MIGRATING):
-            return replace(view, status=_MIGRATING, worker=action.target)
-        if isinstance(action, Offload):
-            return replace(view, status=_SUSPENDED, worker=None)
-        if isinstance(action, Resume):
-            return replace(view, status=_IDLE, worker=action.worker)
-        if isinstance(action, Place):
-            return replace(view, status=_ACTIVE, worker=action.worker)
-        return view
-
-    def _clock(self, wall: float) -> float:
-        return (wall - self._origin) * self.settings.time_scale
-
-    def _latency_model(self) -> BatchLatencyModel:
-        if self.settings.measure:
-            return self.latency.model(self.settings.time_scale)
-        est = LatencyEstimator(self.settings.latency_points)
-        return est.model(self.settings.time_scale)
-
-    def _read_metrics(self, runtime: Any) -> None:
-        feed = getattr(runtime, "dashboard", None)
-        log = getattr(feed, "chunk_log", None)
-        if log is None:
-            return
-        for point in log.since(self._chunk_seq):
-            self._chunk_seq = point.seq
-            self.latency.add(point.batch_size, point.latency_s)
-
-    def _record_interval(self, now: float, snap: Snapshot, runtime: Any) -> None:
-        counts = Counter(v.status for v in snap.sessions)
-        n_workers = sum(1 for w in snap.workers)  # running, draining and asked-for (paid from the request)
-        dt = 0.0 if self._last_tick is None else now - self._last_tick
-        prev_workers = self.intervals[-1][1] if self.intervals else n_workers
-        migrations = sum(r.migrations for r in runtime.registry.records(include_closed=True))
-        self.intervals.append(
-            (now, n_workers, counts[_ACTIVE] + counts[_MIGRATING], counts[_IDLE], counts[_SUSPENDED],
-             migrations - self._last_migrations, prev_workers * dt)
-        )
-        self._last_migrations = migrations
-        self._last_tick = now
-
-    # ------------------------------------------------------------ actions
 
     def _apply(self, action: Action) -> str | None:
         runtime = self._runtime()
@@ -665,7 +320,7 @@ class Controller(SchedulerPlugin):
             self._check_target(action.worker)
             if status is not _PENDING:
                 raise Refused(f"session {sid!r} is {status.value}, not pending", "place-not-pending")
-            if self._admitting(runtime, sid):
+            if runtime.admitting(sid):
                 raise Refused(f"session {sid!r} is being admitted by the runtime", "admission-in-progress")
             coro = runtime.place(sid, action.worker)
         elif isinstance(action, Migrate):
@@ -744,7 +399,7 @@ class Controller(SchedulerPlugin):
                 break
             self.drained.discard(addr)
             self.retiring.discard(addr)
-            getattr(runtime, "_draining", set()).discard(addr)
+            runtime.undrain(addr)
             kept.append(addr)
             serving += 1
         return kept
@@ -783,7 +438,7 @@ class Controller(SchedulerPlugin):
             logger.warning("draining %s failed; it stays in service: %r", addr, exc, exc_info=True)
             self.retiring.discard(addr)
             # The runtime marked it draining when the drain began; give it back.
-            getattr(runtime, "_draining", set()).discard(addr)
+            runtime.undrain(addr)
         finally:
             self._drains.pop(addr, None)
             self.kick()
@@ -799,12 +454,6 @@ class Controller(SchedulerPlugin):
     def _autoscaler_attached(self) -> bool:
         # Sticky: an Adaptive busy starting workers stops polling for a while.
         return self.adaptive_seen is not None
-
-    @staticmethod
-    def _admitting(runtime: Any, session_id: str) -> bool:
-        # A PENDING session whose lock is held is inside the runtime's open/recovery path.
-        lock = getattr(runtime, "_locks", {}).get(session_id)
-        return lock is not None and lock.locked()
 
     @staticmethod
     def _record(runtime: Any, session_id: str) -> Any:

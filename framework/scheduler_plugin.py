@@ -374,6 +374,15 @@ class TurboserveScheduler(SchedulerPlugin):
         return {**self.registry.stats(), "workers": load, "draining": sorted(self._draining),
                 "settings": asdict(self.settings)}
 
+    def admitting(self, session_id: str) -> bool:
+        """Whether the open or recovery path holds the session's lock (it is being placed)."""
+        lock = self._locks.get(session_id)
+        return lock is not None and lock.locked()
+
+    def undrain(self, worker: str) -> None:
+        """Put a worker marked draining back in service (no-op if it is not draining)."""
+        self._draining.discard(worker)
+
     def snapshot(self) -> Snapshot:
         """The policies' view of the cluster now (every worker, draining ones as DRAINING)."""
         views = [

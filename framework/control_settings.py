@@ -1,0 +1,201 @@
+"""The control loop's configuration: :class:`ControlSettings` and where its defaults come from.
+
+The settings resolve ``turboserve.*`` (``framework.config``) once; the built-in
+policies' parameters come from :func:`default_policy_params` (the same mapping the
+simulator's paper sets use) and the default latency model from a preset's measured CPU
+profile (:func:`profile_points`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.combined import Combined
+from policies.registry import make
+from policies.types import BatchLatencyModel
+
+logger = logging.getLogger(__name__)
+
+
+def _seconds(value: Any) -> float:
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(value, default="s"))
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """The resolved configuration of the control loop (build with :meth:`from_config`).
+
+    Parameters
+    ----------
+    interval_s
+        Control tick in (trace) seconds (``turboserve.control.interval``).
+    placement, autoscaling, offload
+        Registry names of the three policies (``turboserve.policies.*``).
+    placement_params, autoscaling_params, offload_params
+        Keyword parameters of each policy (defaults from ``turboserve.control.*`` and
+        ``turboserve.autoscale.*`` for the built-in names).
+    minimum, maximum
+        Bounds on the number of workers (``turboserve.autoscale.minimum/maximum``).
+    slo_s
+        Per-chunk latency target in (trace) seconds; None: the median playback period
+        of the open sessions (``turboserve.slo-s``).
+    max_batch
+        Most sessions in one coalesced step (``turboserve.engine.max-batch``).
+    worker_memory_bytes
+        Device memory a policy may hand out per worker.
+    latency_points
+        ``((batch_size, step_s), ...)`` in wall seconds: the latency model used until
+        (or, with ``measure=False``, instead of) live measurements. Default: the
+        preset's measured CPU profile (``kernels/profiles/<model>-cpu.csv``) when it
+        exists, else one step of 0.1 s.
+    measure
+        Learn the latency model from the workers' recent chunks.
+    worker_startup_s
+        Expected wall seconds from a scale-up to a usable worker (for the policies).
+    time_scale
+        Trace seconds per wall second (1: real time).
+    """
+
+    interval_s: float = 1.0
+    placement: str = "migration-aware"
+    autoscaling: str = "load-driven"
+    offload: str = "idle-timeout"
+    placement_params: dict[str, Any] = field(default_factory=dict)
+    autoscaling_params: dict[str, Any] = field(default_factory=dict)
+    offload_params: dict[str, Any] = field(default_factory=dict)
+    minimum: int = 1
+    maximum: int = 8
+    slo_s: float | None = None
+    max_batch: int = 8
+    worker_memory_bytes: int = 80 * 1024**3
+    latency_points: tuple[tuple[int, float], ...] = ((1, 0.1),)
+    measure: bool = True
+    worker_startup_s: float = 5.0
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise ValueError(f"control.interval must be > 0 seconds, got {self.interval_s!r}")
+        if not 0 <= self.minimum <= self.maximum:
+            raise ValueError(f"need 0 <= autoscale.minimum <= autoscale.maximum, got {self.minimum}, {self.maximum}")
+        if not self.time_scale > 0:
+            raise ValueError(f"time_scale must be > 0 (trace seconds per wall second), got {self.time_scale!r}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch!r}")
+        BatchLatencyModel(*zip(*self.latency_points))  # validates the points
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> "ControlSettings":
+        """Read ``turboserve.*`` (``framework.config``); non-None ``overrides`` win.
+
+        Policy parameters given in ``overrides`` are merged over the configured ones.
+        """
+        from framework import config
+
+        placement = overrides.pop("placement", None) or config.get("policies.placement")
+        autoscaling = overrides.pop("autoscaling", None) or config.get("policies.autoscaling")
+        offload = overrides.pop("offload", None) or config.get("policies.offload")
+        slo = config.get("slo-s")
+        max_batch = int(overrides.get("max_batch") or config.get("engine.max-batch"))
+        memory = int(float(config.get("simulator.gpu-memory-bytes")))
+        params = default_policy_params(placement, autoscaling, offload, max_batch=max_batch, worker_memory=memory)
+        for kind in ("placement", "autoscaling", "offload"):
+            params[kind].update(overrides.pop(f"{kind}_params", None) or {})
+        values: dict[str, Any] = {
+            "interval_s": _seconds(config.get("control.interval")),
+            "placement": placement,
+            "autoscaling": autoscaling,
+            "offload": offload,
+            "placement_params": params["placement"],
+            "autoscaling_params": params["autoscaling"],
+            "offload_params": params["offload"],
+            "minimum": int(config.get("autoscale.minimum")),
+            "maximum": int(config.get("autoscale.maximum")),
+            "slo_s": None if slo is None else float(slo),
+            "max_batch": max_batch,
+            "worker_memory_bytes": memory,
+        }
+        points = profile_points(str(config.get("model")))
+        if points:
+            values["latency_points"] = points
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "interval_s" in overrides and overrides["interval_s"] is not None:
+            values["interval_s"] = _seconds(overrides["interval_s"])
+        return cls(**values)
+
+    def build(self) -> Combined:
+        """The three policies, deciding together on one capacity ledger."""
+        return Combined(
+            make("placement", self.placement, **self.placement_params),
+            make("autoscaling", self.autoscaling, **self.autoscaling_params),
+            make("offload", self.offload, **self.offload_params),
+        )
+
+    @property
+    def label(self) -> str:
+        """``placement+autoscaling+offload``, the policy label of results."""
+        return f"{self.placement}+{self.autoscaling}+{self.offload}"
+
+
+def profile_points(model: str, folder: Any = None) -> tuple[tuple[int, float], ...]:
+    """``(batch_size, step_s)`` of ``kernels/profiles/<model>-cpu.csv`` (median per batch), or ``()``.
+
+    The measured CPU profile of a preset, used as the latency model until live
+    chunks have been measured. Rows at the smallest ``context_frames`` only;
+    ``folder`` replaces ``kernels/profiles``.
+    """
+    import csv
+    import pathlib
+    import statistics
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "kernels" / "profiles" if folder is None else folder
+    path = pathlib.Path(root) / f"{model}-cpu.csv"
+    if not path.is_file():
+        return ()
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(line for line in f if not line.lstrip().startswith("#"))]
+    if not rows or not {"batch_size", "step_s"} <= set(rows[0]):
+        logger.warning("latency profile %s lacks batch_size,step_s columns; ignored", path)
+        return ()
+    ctx = [float(r.get("context_frames") or 0) for r in rows]
+    by_batch: dict[int, list[float]] = {}
+    for r, c in zip(rows, ctx):
+        if c == min(ctx):
+            by_batch.setdefault(int(r["batch_size"]), []).append(float(r["step_s"]))
+    return tuple((b, statistics.median(v)) for b, v in sorted(by_batch.items()))
+
+
+def default_policy_params(
+    placement: str, autoscaling: str, offload: str, *, max_batch: int, worker_memory: int
+) -> dict[str, dict[str, Any]]:
+    """Parameters of the built-in policies from ``turboserve.control.*`` / ``autoscale.*``.
+
+    The same mapping the simulator's paper sets use, so that a live run and a simulated
+    one with the same configuration run the same policies.
+    """
+    from framework import config
+
+    out: dict[str, dict[str, Any]] = {"placement": {}, "autoscaling": {}, "offload": {}}
+    if placement == "migration-aware":
+        out["placement"]["min_gain"] = float(config.get("control.migration-gain"))
+    if autoscaling == "hpa":
+        out["autoscaling"] = {
+            "target_utilisation": float(config.get("autoscale.target-utilisation")),
+            "tolerance": float(config.get("autoscale.tolerance")),
+            "downscale_stabilisation_s": float(config.get("autoscale.downscale-stabilisation-s")),
+            "upscale_delay_s": float(config.get("autoscale.upscale-delay-s")),
+        }
+    elif autoscaling == "load-driven":
+        out["autoscaling"] = {
+            "target_utilisation": float(config.get("autoscale.target-utilisation")),
+            "downscale_delay_s": float(config.get("autoscale.downscale-stabilisation-s")),
+            "worker_max_batch": int(max_batch),
+            "worker_memory_bytes": int(worker_memory),
+        }
+    if offload == "idle-timeout":
+        out["offload"]["idle_s"] = float(config.get("control.idle-offload-s"))
+    return out
