@@ -282,8 +282,10 @@ class LoadDriven(_Autoscaler):
     Poisson arrivals and departures of rates ``a`` and ``d``, ``v = a + d``). The
     policy estimates ``v`` from successive snapshots (an exponentially weighted mean of
     ``(demand change)^2 / dt`` over ``rate_window_s``, kept in
-    :class:`LoadDrivenState`) and keeps ``headroom = floor(z_q * sqrt(v T))`` spare
-    sessions, ``z_q`` the ``headroom_quantile`` of the standard normal. The headroom
+    :class:`LoadDrivenState`; until ``warmup_s`` of history is seen, the missing part
+    counts as no churn, so one early change does not buy a burst of headroom) and keeps
+    ``headroom = floor(z_q * sqrt(v T))`` spare sessions, ``z_q`` the
+    ``headroom_quantile`` of the standard normal. The headroom
     grows with the square root of the churn, so it is a smaller share of a larger
     cluster, and it decays once the load is quiet.
 
@@ -300,7 +302,11 @@ class LoadDriven(_Autoscaler):
     headroom_horizon_s
         The horizon ``T``; ``None`` (default) uses ``snap.worker_startup_s``.
     rate_window_s
-        Time constant of the variance-rate estimate.
+        Time constant of the variance-rate estimate (300 s).
+    warmup_s
+        History the estimate needs before it is taken at face value (0 s: the first
+        changes count in full, so a cluster that knows nothing of its load yet keeps
+        generous headroom early; 60 s makes it calmer, and slower, at the start).
     worker_max_batch, worker_memory_bytes
         Size of a new worker when the snapshot has none to copy it from.
     """
@@ -315,6 +321,7 @@ class LoadDriven(_Autoscaler):
         headroom_quantile: float = 0.8,
         headroom_horizon_s: float | None = None,
         rate_window_s: float = 300.0,
+        warmup_s: float = 0.0,
         worker_max_batch: int = 32,
         worker_memory_bytes: int = 80 * 1024**3,
     ) -> None:
@@ -328,6 +335,8 @@ class LoadDriven(_Autoscaler):
             raise ValueError(f"headroom_horizon_s must be >= 0 or None, got {headroom_horizon_s!r}")
         if not rate_window_s > 0:
             raise ValueError(f"rate_window_s must be > 0, got {rate_window_s!r}")
+        if not warmup_s >= 0:
+            raise ValueError(f"warmup_s must be >= 0, got {warmup_s!r}")
         if worker_max_batch < 1 or worker_memory_bytes <= 0:
             raise ValueError(
                 f"worker_max_batch must be >= 1 and worker_memory_bytes > 0, got "
@@ -340,6 +349,9 @@ class LoadDriven(_Autoscaler):
         self._z = max(NormalDist().inv_cdf(headroom_quantile), 0.0) if headroom_quantile > 0 else 0.0
         self.headroom_horizon_s = None if headroom_horizon_s is None else float(headroom_horizon_s)
         self.rate_window_s = float(rate_window_s)
+        self.warmup_s = float(warmup_s)
+        # the weight an estimate has gathered after warmup_s of history
+        self._min_weight = -math.expm1(-self.warmup_s / self.rate_window_s)
         self.worker_max_batch = worker_max_batch
         self.worker_memory_bytes = worker_memory_bytes
 
@@ -373,7 +385,9 @@ class LoadDriven(_Autoscaler):
     def headroom(self, snap: Snapshot, state: LoadDrivenState) -> int:
         """Spare sessions to provision for: the ``headroom_quantile`` of the demand swing."""
         horizon = snap.worker_startup_s if self.headroom_horizon_s is None else self.headroom_horizon_s
-        return int(self._z * math.sqrt(state.variance_per_s * horizon) + _EPS)
+        weight = max(state.weight, self._min_weight)
+        variance = state.var_rate / weight if weight > 0 else 0.0
+        return int(self._z * math.sqrt(variance * horizon) + _EPS)
 
     def budget(self, ledger: CapacityLedger, census: Census | None = None, headroom: int = 0) -> tuple[int, int]:
         """``(gpu budget, b*)`` for the load in ``ledger`` plus ``headroom`` spare sessions."""

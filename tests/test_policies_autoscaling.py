@@ -244,6 +244,19 @@ def test_load_driven_headroom_is_a_smaller_share_of_a_larger_cluster():
     assert spare_large / 404 < spare_small / 102
 
 
+def test_load_driven_warmup_discounts_the_first_changes():
+    # One early jump of 4 sessions: taken at face value it buys a large headroom; with a
+    # warm-up of 60 s of assumed calm history it buys little.
+    demands = [10, 14, 14]
+    eager = make("autoscaling", "load-driven", headroom_quantile=0.9, downscale_delay_s=1e9)
+    calm = make("autoscaling", "load-driven", headroom_quantile=0.9, downscale_delay_s=1e9, warmup_s=60.0)
+    eager_sizes, _ = feed(eager, demands, start_workers=10, max_workers=200)
+    calm_sizes, _ = feed(calm, demands, start_workers=10, max_workers=200)
+    # face value: v = 16/s, headroom = floor(1.2816 * sqrt(16 * 60)) = 39
+    assert eager_sizes[1] == 14 + 39
+    assert 14 <= calm_sizes[1] < 14 + 10
+
+
 def test_load_driven_keeps_no_headroom_without_demand():
     policy = make("autoscaling", "load-driven", headroom_quantile=0.9)
     state = policy.initial_state()
@@ -265,6 +278,7 @@ def test_load_driven_keeps_no_headroom_without_demand():
         ("load-driven", {"headroom_quantile": 1.0}, "headroom_quantile must be in"),
         ("load-driven", {"headroom_horizon_s": -5}, "headroom_horizon_s must be >= 0"),
         ("load-driven", {"rate_window_s": 0}, "rate_window_s must be > 0"),
+        ("load-driven", {"warmup_s": -1}, "warmup_s must be >= 0"),
     ],
 )
 def test_bad_parameters_are_named(name, params, match):
