@@ -14,6 +14,9 @@
   :meth:`migrate`, :meth:`suspend`, :meth:`resume`, :meth:`drain`;
 - brings the sessions of a dead worker back on a survivor from their last checkpoint;
 - vetoes downscaling of workers that hold sessions (``valid_workers_downscaling``).
+
+Its configuration is :class:`~framework.serving_settings.ServingSettings` (re-exported
+here); the actor mechanisms live in :class:`~framework.session_mechanisms.SessionMechanisms`.
 """
 
 from __future__ import annotations
@@ -23,88 +26,37 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any
 
-from distributed.client import _wait
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from framework import config
 from kernels.presets import get_preset
 from policies.registry import make
 from policies.types import Migrate, Place, Reject, SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
 from framework.dashboard.source import DashboardFeed
 from framework.registry import SessionRecord, SessionRegistry
+from framework.serving_settings import TRANSPORTS, ServingSettings
+from framework.session_mechanisms import SessionMechanisms
 from workers.errors import (
     CapacityExceeded,
     InvalidRequest,
     SessionClosed,
-    TransferError,
     UnknownModel,
     UnknownWorker,
 )
 from workers.plugin import METRICS_OP
-from workers.session_actor import TIERS, SessionActor, call_actor
+from workers.session_actor import TIERS
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["TRANSPORTS", "ServingSettings", "TurboserveScheduler"]
+
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ON_DEVICE = (SessionStatus.ACTIVE, SessionStatus.IDLE)
-TRANSPORTS = ("auto", "host", "p2p")
 
 
-@dataclass(frozen=True, slots=True)
-class ServingSettings:
-    """The resolved serving configuration the scheduler plugin works with.
-
-    Build it with :meth:`from_config` (``turboserve.*`` with explicit overrides).
-    """
-
-    model: str = "tiny"
-    height: int = 64
-    width: int = 64
-    fps: int = 16
-    store: str | None = None
-    placement: str = "least-loaded"
-    max_sessions_per_worker: int = 32
-    on_full: str = "refuse"
-    queue_timeout_s: float = 60.0
-    offload_tier: str = "host"
-    transport: str = "auto"  # auto (p2p between CUDA devices, else host), host, p2p
-
-    def __post_init__(self) -> None:
-        if self.on_full not in ("refuse", "queue"):
-            raise ValueError(f"admission.on-full must be 'refuse' or 'queue', got {self.on_full!r}")
-        if self.offload_tier not in TIERS:
-            raise ValueError(f"state.offload-tier must be one of {TIERS}, got {self.offload_tier!r}")
-        if self.transport not in TRANSPORTS:
-            raise ValueError(f"transport must be 'auto', 'host' or 'p2p', got {self.transport!r}")
-        if self.max_sessions_per_worker < 1:
-            raise ValueError(f"admission.max-sessions-per-worker must be >= 1, got {self.max_sessions_per_worker}")
-
-    @classmethod
-    def from_config(cls, **overrides: Any) -> "ServingSettings":
-        """Read ``turboserve.*`` (``framework.config``); non-None ``overrides`` win."""
-        values = {
-            "model": config.get("model"),
-            "height": config.get("chunk.height"),
-            "width": config.get("chunk.width"),
-            "fps": config.get("chunk.fps"),
-            "store": config.get("state.store"),
-            "placement": config.get("policies.placement"),
-            "max_sessions_per_worker": config.get("admission.max-sessions-per-worker"),
-            "on_full": config.get("admission.on-full"),
-            "queue_timeout_s": config.get("admission.queue-timeout-s"),
-            "offload_tier": config.get("state.offload-tier"),
-            "transport": config.get("state.transport"),
-        }
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if values["store"] is not None:
-            values["store"] = str(values["store"])
-        return cls(**values)
-
-
-class TurboserveScheduler(SchedulerPlugin):
+class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
     """Session registry and mechanisms on the scheduler (see the module docstring).
 
     Parameters
@@ -402,102 +354,6 @@ class TurboserveScheduler(SchedulerPlugin):
             for rec in self.registry.records():
                 self._release(rec)
 
-    # ------------------------------------------------------------ mechanisms
-
-    async def place(self, session_id: str, worker: str | None = None) -> dict[str, Any]:
-        """Start a pending session's actor on ``worker`` or where placement puts it.
-
-        A no-op for a session that is not pending any more, or whose admission or
-        recovery is under way (that one places it as soon as capacity changes).
-        """
-        if worker is not None:
-            self._check_worker(worker)
-        rec = self.registry.get(session_id)
-        if rec.status is not SessionStatus.PENDING or self._lock(session_id).locked():
-            return self._location(rec)
-        async with self._lock(session_id):
-            if rec.status is not SessionStatus.PENDING:
-                return self._location(rec)
-            target = worker or await self._admit(rec)
-            await self._start_actor(rec, target, {"kind": "store" if self.settings.store else "new"})
-            self._set(rec, SessionStatus.ACTIVE)
-            return self._location(rec)
-
-    async def _migrate_locked(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
-        prior = rec.status
-        old_worker, old_key = rec.worker, rec.actor_key
-        self._set(rec, SessionStatus.MIGRATING)
-        try:
-            await self._call(rec, "freeze")
-            source = {"kind": "peer", "address": old_worker, "key": old_key, "transport": transport or self.settings.transport}
-            await self._start_actor(rec, target, source)
-        except Exception as exc:
-            if old_worker in self.scheduler.workers:
-                rec.worker, rec.actor_key = old_worker, old_key
-                try:
-                    await self._call(rec, "thaw")
-                except Exception:
-                    logger.warning("could not thaw session %s on %s", rec.session_id, old_worker, exc_info=True)
-                self._set(rec, prior)
-            # else: the source died on the way; remove_worker queued its recovery.
-            raise TransferError(f"migrating session {rec.session_id!r} from {old_worker} to {target} failed: {exc!r}") from exc
-        rec.migrations += 1
-        self._set(rec, prior)
-
-    async def _suspend_locked(self, rec: SessionRecord, tier: str) -> None:
-        if rec.status is SessionStatus.SUSPENDED and (rec.tier == tier or tier == "host"):
-            return
-        info = await self._call(rec, "offload", tier)
-        if info.get("unread"):
-            self._unread[rec.session_id] = list(info["unread"])
-        rec.state_bytes = info["state_bytes"] or rec.state_bytes
-        rec.chunks = max(rec.chunks, info["chunk_index"])
-        rec.tier = tier
-        if tier == "disk":
-            self._release(rec)
-            rec.worker = None
-        self._set(rec, SessionStatus.SUSPENDED)
-        self.dashboard.count_offload()
-        self._kick()
-
-    async def _resume_locked(self, rec: SessionRecord, worker: str | None) -> None:
-        if rec.tier == "host" and rec.worker is not None and worker in (None, rec.worker):
-            await self._call(rec, "restore")
-        elif rec.tier == "host" and rec.worker is not None:
-            source = {"kind": "peer", "address": rec.worker, "key": rec.actor_key, "transport": "host"}
-            await self._start_actor(rec, worker, source)
-        else:
-            target = worker or await self._admit(rec)
-            await self._start_actor(rec, target, {"kind": "store", "unread": self._unread.get(rec.session_id, [])})
-            self._unread.pop(rec.session_id, None)
-        rec.tier = None
-        self._set(rec, SessionStatus.IDLE)
-
-    async def _recover(self, session_id: str, prior: SessionStatus) -> None:
-        async with self._lock(session_id):
-            rec = self.registry.get(session_id)
-            if rec.status is SessionStatus.CLOSED or (rec.actor_key and rec.worker in self.scheduler.workers):
-                return  # closed meanwhile, or a move that held the lock landed it somewhere alive
-            self._set(rec, SessionStatus.PENDING)
-            failed: set[str] = set()
-            while not self._closing:
-                target = self._choose(rec, exclude=failed)
-                if target is None:
-                    await self._wait_change(1.0)
-                    failed.clear()
-                    continue
-                try:
-                    await self._start_actor(rec, target, {"kind": "store"})
-                    break
-                except Exception:
-                    logger.warning("recovering session %s on %s failed", session_id, target, exc_info=True)
-                    failed.add(target)
-            else:
-                return
-            rec.recoveries += 1
-            rec.tier = None
-            self._set(rec, SessionStatus.ACTIVE if prior is SessionStatus.ACTIVE else SessionStatus.IDLE)
-
     # ------------------------------------------------------------ internals
 
     def _new_record(self, prompt, seed, model, height, width, session_id) -> SessionRecord:
@@ -614,69 +470,6 @@ class TurboserveScheduler(SchedulerPlugin):
             if time.monotonic() >= deadline or self._closing:
                 raise CapacityExceeded(f"{full}; waited {self.settings.queue_timeout_s} s in the admission queue")
             await self._wait_change(max(0.0, min(1.0, deadline - time.monotonic())))
-
-    async def _actors_gone(self, worker: str, timeout: float = 10.0) -> None:
-        """Wait until the scheduler has forgotten the released actors on ``worker``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ws = self.scheduler.workers.get(worker)
-            if ws is None or not ws.actors:
-                return
-            await asyncio.sleep(0.05)
-
-    async def _control_client(self) -> Any:
-        async with self._client_lock:
-            if self._client is None:
-                from distributed import Client
-
-                self._client = await Client(self.scheduler.address, asynchronous=True, set_as_default=False)
-            return self._client
-
-    async def _start_actor(self, rec: SessionRecord, worker: str, source: dict[str, Any]) -> None:
-        """A new actor for ``rec`` on ``worker`` that takes its state from ``source``.
-
-        On success the record points at the new actor and the old one is released.
-        """
-        client = await self._control_client()
-        generation = rec.generation + 1
-        key = f"turboserve-session-{rec.session_id}-{generation}"
-        fut = client.submit(
-            SessionActor, rec.session_id, rec.model, rec.prompt, rec.seed, rec.height, rec.width,
-            actor=True, workers=[worker], allow_other_workers=False, key=key, pure=False,
-        )
-        try:
-            await _wait([fut])
-            if fut.status == "error":
-                raise await fut.exception()
-            info = await call_actor(self.scheduler.rpc(worker), key, "start", source)
-        except BaseException:
-            fut.release()
-            raise
-        old = self._actors.get(rec.session_id)
-        self._actors[rec.session_id] = fut
-        if old is not None:
-            old.release()
-        rec.generation, rec.worker, rec.actor_key = generation, worker, key
-        rec.state_bytes = info["state_bytes"]
-        rec.chunks = max(rec.chunks, info["chunk_index"])
-        self._kick()
-
-    async def _call(self, rec: SessionRecord, method: str, *args: Any) -> Any:
-        return await call_actor(self.scheduler.rpc(rec.worker), rec.actor_key, method, *args)
-
-    def _release(self, rec: SessionRecord) -> None:
-        fut = self._actors.pop(rec.session_id, None)
-        if fut is not None:
-            fut.release()
-        rec.actor_key = None
-
-    def _forget_checkpoint(self, session_id: str) -> None:
-        try:
-            from storage import CheckpointStore
-
-            CheckpointStore(self.settings.store).delete(session_id)
-        except Exception:
-            logger.warning("could not delete the checkpoint of session %s", session_id, exc_info=True)
 
     def _on_metrics(self, worker: str | None = None, rows: list | None = None, **kw: Any) -> None:
         self.registry.record_chunks(rows or (), time.time())

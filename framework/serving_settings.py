@@ -1,0 +1,63 @@
+"""The serving configuration of the scheduler plugin: :class:`ServingSettings`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from framework import config
+from workers.session_actor import TIERS
+
+#: Ways to move a session's state between workers (``turboserve.state.transport``).
+TRANSPORTS = ("auto", "host", "p2p")
+
+
+@dataclass(frozen=True, slots=True)
+class ServingSettings:
+    """The resolved serving configuration the scheduler plugin works with.
+
+    Build it with :meth:`from_config` (``turboserve.*`` with explicit overrides).
+    """
+
+    model: str = "tiny"
+    height: int = 64
+    width: int = 64
+    fps: int = 16
+    store: str | None = None
+    placement: str = "least-loaded"
+    max_sessions_per_worker: int = 32
+    on_full: str = "refuse"
+    queue_timeout_s: float = 60.0
+    offload_tier: str = "host"
+    transport: str = "auto"  # auto (p2p between CUDA devices, else host), host, p2p
+
+    def __post_init__(self) -> None:
+        if self.on_full not in ("refuse", "queue"):
+            raise ValueError(f"admission.on-full must be 'refuse' or 'queue', got {self.on_full!r}")
+        if self.offload_tier not in TIERS:
+            raise ValueError(f"state.offload-tier must be one of {TIERS}, got {self.offload_tier!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be 'auto', 'host' or 'p2p', got {self.transport!r}")
+        if self.max_sessions_per_worker < 1:
+            raise ValueError(f"admission.max-sessions-per-worker must be >= 1, got {self.max_sessions_per_worker}")
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> "ServingSettings":
+        """Read ``turboserve.*`` (``framework.config``); non-None ``overrides`` win."""
+        values = {
+            "model": config.get("model"),
+            "height": config.get("chunk.height"),
+            "width": config.get("chunk.width"),
+            "fps": config.get("chunk.fps"),
+            "store": config.get("state.store"),
+            "placement": config.get("policies.placement"),
+            "max_sessions_per_worker": config.get("admission.max-sessions-per-worker"),
+            "on_full": config.get("admission.on-full"),
+            "queue_timeout_s": config.get("admission.queue-timeout-s"),
+            "offload_tier": config.get("state.offload-tier"),
+            "transport": config.get("state.transport"),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["store"] is not None:
+            values["store"] = str(values["store"])
+        return cls(**values)
