@@ -249,6 +249,7 @@ class Simulator:
             float(np.median(periods)) if len(periods) else 1.0
         )
         self.workers: list[_Worker] = []
+        self.alive: dict[int, _Worker] = {}  # the unreleased workers, in creation order
         self.by_addr: dict[str, _Worker] = {}
         self.open: dict[int, _Session] = {}
         # The policies' view of the open sessions, in ``open`` order; only the sessions
@@ -298,6 +299,7 @@ class Simulator:
         self._advance_cost(now)
         w = _Worker(len(self.workers), now, status, self.worker_memory, self.cfg.max_batch)
         self.workers.append(w)
+        self.alive[w.idx] = w
         self.by_addr[w.address] = w
         self._wviews = None
         self.n_alive += 1
@@ -308,6 +310,7 @@ class Simulator:
     def _release(self, w: _Worker, now: float) -> None:
         self._advance_cost(now)
         w.released = now
+        del self.alive[w.idx]
         self._wviews = None
         self.n_alive -= 1
         del self.by_addr[w.address]
@@ -654,7 +657,7 @@ class Simulator:
         if clipped != n:
             self._refuse(now, action, "", "", f"target {n} outside [{self.cfg.min_workers}, {self.cfg.max_workers}]; clipped to {clipped}", "scale-out-of-bounds")
             n = clipped
-        live = [w for w in self.workers if w.released is None and w.status in (STARTING, RUNNING)]
+        live = [w for w in self.alive.values() if w.status is not DRAINING]
         if n > len(live):
             # Draining workers still occupy their GPUs: the cluster never holds more than
             # max_workers in all; the rest of the scale-up waits for them to leave.
@@ -690,7 +693,7 @@ class Simulator:
             why = "does not exist" if w is None else "is already draining"
             self._refuse(now, action, "", action.worker, f"worker {action.worker!r} {why}", "retire-bad-worker")
             return
-        live = sum(1 for x in self.workers if x.released is None and x.status is not DRAINING)
+        live = sum(1 for x in self.alive.values() if x.status is not DRAINING)
         if live - 1 < self.cfg.min_workers:
             self._refuse(now, action, "", action.worker, f"retiring would go below min_workers={self.cfg.min_workers}", "retire-below-minimum")
             return
@@ -715,9 +718,7 @@ class Simulator:
         wviews = self._wviews
         if wviews is None:
             built = []
-            for w in self.workers:
-                if w.released is not None:
-                    continue
+            for w in self.alive.values():
                 v = w.view
                 if v is None or v.status is not w.status:
                     v = w.view = WorkerView(w.address, w.status, w.memory, w.max_batch, w.started)
