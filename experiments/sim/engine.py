@@ -266,7 +266,7 @@ class Simulator:
         self._ctx_slope = self.latency.context_slope_s
         self._step1 = self._step_time(1, 0.0)
         # chunk columns: typed arrays of machine numbers (cheap appends, 8 bytes a value
-        # where a list of Python numbers costs ~40: a day at 1024 GPUs is ~10^8 chunks),
+        # where a list of Python numbers costs 32-36: a day at 1024 GPUs is ~10^8 chunks),
         # converted once at the end
         self.c_sess = array("q")
         self.c_index = array("q")
