@@ -1,0 +1,69 @@
+"""Live-versus-simulated parity: replay a trace both ways and compare decisions and figures."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.live_replay import replay_live
+from experiments.replay_common import ReplayResult
+from experiments.sim_replay import replay_sim
+
+
+def decision_counts(result: ReplayResult) -> dict[str, int]:
+    """Accepted control decisions by kind: placements, scale-ups/downs, migrations, offloads."""
+    d = result.decisions
+    acc = d[d["accepted"].astype(bool)] if len(d) else d
+    targets = [int(w) for w in acc.loc[acc["action"] == "ScaleTo", "worker"]] if len(acc) else []
+    n0 = int(result.intervals["n_workers"].iloc[0]) if len(result.intervals) else 0
+    ups, last = 0, n0
+    for n in targets:
+        ups += n > last
+        last = n
+    # The simulator covers a scale-in by its Retire actions (no ScaleTo row): count those.
+    retired = acc
+    if len(acc):
+        retired = acc[(acc["action"] == "Retire") & ~acc["worker"].astype(str).str.startswith("starting-")]
+    downs = len(retired)
+    opened = int(result.chunks.loc[result.chunks["index"] == 0, "session_id"].nunique()) if len(result.chunks) else 0
+    return {
+        "sessions served": opened,
+        "scale-ups": ups,
+        "workers retired": downs,
+        "peak workers": int(result.intervals["n_workers"].max()) if len(result.intervals) else 0,
+        "final workers": int(result.intervals["n_workers"].iloc[-1]) if len(result.intervals) else 0,
+        "migrations": int((acc["action"] == "Migrate").sum()) if len(acc) else 0,
+        "offloads": int((acc["action"] == "Offload").sum()) if len(acc) else 0,
+    }
+
+
+def compare(live: ReplayResult, sim: ReplayResult) -> pd.DataFrame:
+    """Side by side: decision counts and latency/cost figures of a live and a simulated replay.
+
+    Columns ``metric, live, sim, diff`` (``diff``: sim minus live for counts, the
+    relative difference ``(sim - live) / live`` for figures).
+    """
+    rows = []
+    dl, ds = decision_counts(live), decision_counts(sim)
+    for key in dl:
+        rows.append((key, dl[key], ds[key], ds[key] - dl[key]))
+    for key in ("chunks", "p50_latency_s", "p99_latency_s", "max_latency_s", "slo_attainment", "gpu_hours"):
+        a, b = float(live.summary[key]), float(sim.summary[key])
+        rows.append((key, a, b, (b - a) / a if a else math.nan))
+    return pd.DataFrame(rows, columns=["metric", "live", "sim", "diff"])
+
+
+def parity(
+    trace: pd.DataFrame, *, time_scale: float, workers: int | None = None, seed: int = 0,
+    control: dict[str, Any] | None = None, progress: bool = False,
+) -> tuple[ReplayResult, ReplayResult, pd.DataFrame]:
+    """Replay ``trace`` live, then simulate it with the step times and worker start-up
+    measured live (both scaled by ``time_scale``); returns both results and :func:`compare`."""
+    live = replay_live(trace, time_scale=time_scale, workers=workers, seed=seed, control=control, progress=progress)
+    startup = live.stats.get("startup_s") or []
+    sim = replay_sim(trace, time_scale=time_scale, workers=workers, seed=seed, control=control,
+                     profile=live.profile, startup_s=float(np.median(startup)) if startup else None)
+    return live, sim, compare(live, sim)
