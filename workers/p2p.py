@@ -55,6 +55,16 @@ from workers.p2p_group import (
     BACKENDS,
     DEFAULT_TIMEOUT_S,
     LISTEN_POLL_S,  # noqa: F401  (re-exported)
+    Backend,  # noqa: F401
+    P2PGroup,
+    Rendezvous,
+    Role,  # noqa: F401
+    TransferError,
+    TransferStats,
+    choose_backend,
+    device_key,
+    free_port,
+)
 from workers.transfer import (
     BufferPlan,
     PackError,
@@ -66,16 +76,6 @@ from workers.transfer import (
     plan_segments,
     segment_bytes,
     unpack,
-)
-    Backend,  # noqa: F401
-    P2PGroup,
-    Rendezvous,
-    Role,  # noqa: F401
-    TransferError,
-    TransferStats,
-    choose_backend,
-    device_key,
-    free_port,
 )
 
 __all__ = [
