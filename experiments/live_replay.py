@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.replay_common import DECISION_COLUMNS, ReplayResult, control_settings, summary_slo, trace_sessions
+from experiments.replay_common import (
+    DECISION_COLUMNS,
+    ReplayResult,
+    control_settings,
+    initial_workers,
+    summary_slo,
+    trace_sessions,
+)
 from experiments.replay_profiles import calibrate_live, profile_from_chunks
 from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS, empty_chunks, summarize
 
@@ -71,10 +78,8 @@ def replay_live(
     from framework.controller import Controller
     from framework.server import Server
 
-    if not time_scale > 0:
-        raise ValueError(f"--time-scale must be > 0 (trace seconds per wall second), got {time_scale!r}")
     settings = control_settings(trace, time_scale=time_scale, profile=profile, **(control or {}))
-    n0 = int(workers if workers is not None else max(settings.minimum, 1))
+    n0 = initial_workers(settings, workers)
     if not settings.minimum <= n0 <= settings.maximum:
         raise ValueError(f"--workers {n0} outside the autoscale bounds [{settings.minimum}, {settings.maximum}]")
     specs = trace_sessions(trace)

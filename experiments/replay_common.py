@@ -116,6 +116,8 @@ def control_settings(trace: pd.DataFrame, *, time_scale: float, profile: tuple[t
     from framework import config
     from framework.controller import ControlSettings
 
+    if not time_scale > 0:
+        raise ValueError(f"--time-scale must be > 0 (trace seconds per wall second), got {time_scale!r}")
     periods = sorted(session_slo(trace).values())
     slo = config.get("slo-s")
     kw: dict[str, Any] = {
@@ -126,6 +128,11 @@ def control_settings(trace: pd.DataFrame, *, time_scale: float, profile: tuple[t
         kw.update(latency_points=profile, measure=False)
     kw.update(overrides)
     return ControlSettings.from_config(**kw)
+
+
+def initial_workers(settings: Any, workers: int | None) -> int:
+    """Workers at the start of a replay: ``workers``, else the autoscaling minimum (at least 1)."""
+    return int(workers if workers is not None else max(settings.minimum, 1))
 
 
 def summary_slo(trace: pd.DataFrame, slo: float | None = None) -> float | dict[str, float]:

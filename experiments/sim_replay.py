@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.replay_common import DECISION_COLUMNS, ReplayResult, control_settings
+from experiments.replay_common import DECISION_COLUMNS, ReplayResult, control_settings, initial_workers
 from experiments.replay_profiles import default_profile, scaled_model
 
 
@@ -33,12 +33,10 @@ def replay_sim(
     from experiments.sim.run import summary_of
     from experiments.sim.workload import prepare
 
-    if not time_scale > 0:
-        raise ValueError(f"--time-scale must be > 0 (trace seconds per wall second), got {time_scale!r}")
     settings = control_settings(trace, time_scale=time_scale, profile=None, **(control or {}))
     if profile is None:
         profile = default_profile(prepare(trace).model, settings.max_batch)
-    n0 = int(workers if workers is not None else max(settings.minimum, 1))
+    n0 = initial_workers(settings, workers)
     startup = settings.worker_startup_s if startup_s is None else startup_s
     policies = PolicySet.of(settings.placement, settings.autoscaling, settings.offload,
                             placement_params=settings.placement_params,
