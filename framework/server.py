@@ -119,7 +119,12 @@ class Server:
             )
             self._plugins = (
                 TurboserveScheduler(self.settings),
-                ModelHost(self.settings.model, self.engine_settings, self.settings.store),
+                ModelHost(
+                    self.settings.model,
+                    self.engine_settings,
+                    self.settings.store,
+                    weights=dict(config.get("weights") or {}),
+                ),
             )
             if not self.client.asynchronous:
                 for plugin in self._plugins:

@@ -58,8 +58,16 @@ class ModelHost(WorkerPlugin):
     name = "turboserve-model-host"
     idempotent = True
 
-    def __init__(self, model: str, engine: EngineSettings, store: str | None, weights_seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: str,
+        engine: EngineSettings,
+        store: str | None,
+        weights_seed: int = 0,
+        weights: dict[str, str] | None = None,
+    ) -> None:
         self.model = model
+        self.weights = dict(weights or {})  # preset name -> diffusers-layout checkpoint
         self.engine_settings = engine
         self.store = store
         self.weights_seed = weights_seed
@@ -70,7 +78,7 @@ class ModelHost(WorkerPlugin):
         self.device = "cpu"
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: self.__dict__[k] for k in ("model", "engine_settings", "store", "weights_seed")}
+        return {k: self.__dict__[k] for k in ("model", "engine_settings", "store", "weights_seed", "weights")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**{"engine" if k == "engine_settings" else k: v for k, v in state.items()})
@@ -112,7 +120,11 @@ class ModelHost(WorkerPlugin):
         from kernels.model import StreamingVideoModel
 
         try:
-            net = StreamingVideoModel.from_preset(model, device=self.device, weights_seed=self.weights_seed)
+            path = self.weights.get(model)
+            if path:
+                net = StreamingVideoModel.from_pretrained(path, preset=model, device=self.device)
+            else:
+                net = StreamingVideoModel.from_preset(model, device=self.device, weights_seed=self.weights_seed)
         except (KeyError, ValueError) as exc:
             raise UnknownModel(f"cannot load model preset {model!r} on {self.worker.address}: {exc}") from exc
         import torch
