@@ -9,13 +9,14 @@ from __future__ import annotations
 import dask
 import pytest
 
+from experiments.parity import PARITY_CONTROL
 from experiments.replay import burst_trace, parity
 
 pytestmark = pytest.mark.slow
 
 # min_gain 0.01: any predicted improvement is worth a move, so whether the controller
 # migrates does not hinge on how noisy the measured step times of a shared CPU are.
-CONTROL = {"maximum": 3, "autoscaling_params": {"downscale_delay_s": 20, "headroom_quantile": 0}, "placement_params": {"min_gain": 0.01}}
+CONTROL = PARITY_CONTROL
 
 TRACE = burst_trace(base=1, burst=3, burst_at_s=10, burst_len_s=100, tail_s=60)
 
