@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from policies.admission import CapacityLedger, WorkerLoad
+from policies.base import LedgerPolicy
 from policies.registry import register
 from policies.types import Action, Retire, ScaleTo, Snapshot, WorkerStatus
 
@@ -111,22 +112,13 @@ def _clamp(n: int, snap: Snapshot) -> int:
     return min(max(n, snap.min_workers), snap.max_workers)
 
 
-class _Autoscaler:
+class _Autoscaler(LedgerPolicy):
     """Shared decision: count, ask the subclass for a target, clamp, emit actions."""
 
     kind = "autoscaling"
-    name = ""
-
-    def initial_state(self) -> Any:
-        """No state by default."""
-        return None
-
-    def decide(self, snap: Snapshot, state: Any) -> tuple[list[Action], Any]:
-        """At most one ``ScaleTo`` (plus ``Retire`` actions on scale-in), and the next state."""
-        return self.decide_on(CapacityLedger(snap), state)
 
     def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
-        """:meth:`decide` on a ledger that earlier policies of this decision may have booked into."""
+        """At most one ``ScaleTo`` (plus ``Retire`` actions on scale-in), and the next state."""
         census = Census.of(ledger)
         desired, state, cause = self._desired(ledger, census, state)
         desired = _clamp(desired, ledger.snap)

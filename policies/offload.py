@@ -18,28 +18,18 @@ from __future__ import annotations
 from typing import Any
 
 from policies.admission import CapacityLedger
+from policies.base import LedgerPolicy
 from policies.placement import HeapChooser
 from policies.registry import register
-from policies.types import Action, Offload, Resume, Snapshot
+from policies.types import Action, Offload, Resume
 
 TIERS = ("host", "disk")
 
 
-class _OffloadPolicy:
+class _OffloadPolicy(LedgerPolicy):
+    """``Offload`` and ``Resume`` actions; offload policies keep no state."""
+
     kind = "offload"
-    name = ""
-
-    def initial_state(self) -> Any:
-        """Offload policies keep no state."""
-        return None
-
-    def decide(self, snap: Snapshot, state: Any) -> tuple[list[Action], Any]:
-        """``Offload`` and ``Resume`` actions for this snapshot."""
-        return self.decide_on(CapacityLedger(snap), state)
-
-    def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
-        """:meth:`decide` on a ledger that earlier policies of this decision may have booked into."""
-        raise NotImplementedError
 
 
 @register("offload", "never")

@@ -38,6 +38,7 @@ import heapq
 from typing import Any, Callable, Protocol
 
 from policies.admission import CapacityLedger, WorkerLoad
+from policies.base import LedgerPolicy
 from policies.registry import register
 from policies.types import Action, Migrate, Offload, Place, Reject, SessionView, Snapshot, WorkerStatus
 
@@ -146,7 +147,7 @@ class RingChooser:
         return self._ring[self._pos - 1].address if self._ring else None
 
 
-class _PlacementPolicy:
+class _PlacementPolicy(LedgerPolicy):
     """Shared decision loop: place pending sessions, drain DRAINING workers, rebalance."""
 
     kind = "placement"
@@ -170,10 +171,6 @@ class _PlacementPolicy:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(on_full={self.on_full!r})"
 
-    def initial_state(self) -> Any:
-        """No state by default."""
-        return None
-
     def _chooser(self, ledger: CapacityLedger, state: Any) -> _Chooser:
         raise NotImplementedError
 
@@ -183,12 +180,12 @@ class _PlacementPolicy:
     def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
         """Optional extra moves after placement and draining (none by default)."""
 
-    def decide(self, snap: Snapshot, state: Any) -> tuple[list[Action], Any]:
-        """Place the pending sessions, drain DRAINING workers, then (maybe) rebalance."""
-        return self.decide_on(CapacityLedger(snap, self.new_session_bytes), state)
+    def ledger(self, snap: Snapshot) -> CapacityLedger:
+        """A fresh ledger reserving ``new_session_bytes`` for each new session."""
+        return CapacityLedger(snap, self.new_session_bytes)
 
     def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
-        """:meth:`decide` on a ledger that earlier policies of this decision may have booked into."""
+        """Place the pending sessions, drain DRAINING workers, then (maybe) rebalance."""
         chooser = self._chooser(ledger, state)
         actions: list[Action] = []
         refuse = self.on_full == "refuse"

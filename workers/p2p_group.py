@@ -222,7 +222,7 @@ class P2PGroup:
         """Whether the group is up."""
         return self._pg is not None
 
-    def connect(self) -> "P2PEndpoint":
+    def connect(self) -> "P2PGroup":
         """Join the 2-rank group; blocks until the peer joins or the timeout passes.
 
         Raises
@@ -303,7 +303,7 @@ class P2PGroup:
         except RuntimeError:
             logger.warning("%s: tearing down the process group failed", self._where(), exc_info=True)
 
-    def __enter__(self) -> "P2PEndpoint":
+    def __enter__(self) -> "P2PGroup":
         return self.connect()
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
