@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from experiments.results import run_label, summary_row, write_outputs
 from experiments.sim.config import PolicySet, PolicySpec, SimConfig
@@ -340,11 +341,14 @@ def paper_table(
     rows: list[dict[str, Any]] = []
     chunks: dict[str, pd.DataFrame] = {}
     intervals: dict[str, pd.DataFrame] = {}
-    for trace in inputs:
-        r, c, i = run_trace(trace, gpus, policies=policies, config=config, max_batch=max_batch)
-        rows += r
-        chunks.update(c)
-        intervals.update(i)
+    with tqdm(total=len(inputs), desc="paper table", unit="trace", disable=not echo) as bar:
+        for trace in inputs:
+            bar.set_postfix_str(trace.name)
+            r, c, i = run_trace(trace, gpus, policies=policies, config=config, max_batch=max_batch)
+            rows += r
+            chunks.update(c)
+            intervals.update(i)
+            bar.update()
     summary = pd.DataFrame(rows)
     if echo:
         print(format_table(summary))
