@@ -1,0 +1,121 @@
+"""What a simulated run produced: :class:`SimResult`, and its assembly from the
+simulator's typed chunk columns, interval rows, decision log and counters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiments.sim.config import SimConfig
+
+
+@dataclass(slots=True)
+class SimResult:
+    """What one simulated run produced.
+
+    Attributes
+    ----------
+    chunks
+        One row per chunk, the contract columns (empty when ``record_chunks=False``).
+    intervals
+        One row per control interval, the contract columns; ``cost_gpu_s`` sums to the
+        total GPU-seconds.
+    latency_s, slo_s, chunk_index
+        Per-chunk latency, target and index (kept even when chunk rows are not).
+    decisions
+        The decision log: ``time_s, action, session_id, worker, accepted, reason``.
+    counters
+        Migrations, offloads, resumes, rejections, bytes moved, refusals by reason,
+        policy decision time.
+    gpu_seconds
+        Sum of worker lifetimes (start request to release, or the end of the run).
+    workers
+        One row per worker: ``worker, started_s, released_s`` (the end of the run if never
+        released).
+    """
+
+    chunks: pd.DataFrame
+    intervals: pd.DataFrame
+    latency_s: np.ndarray
+    slo_s: np.ndarray
+    chunk_index: np.ndarray
+    decisions: pd.DataFrame
+    counters: dict[str, Any]
+    gpu_seconds: float
+    end_s: float
+    config: SimConfig
+    policy: str
+    session_slo_s: dict[str, float] = field(default_factory=dict)
+    workers: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+
+class _Results:
+    """Result assembly at the end of a run (mixed into :class:`~experiments.sim.engine.Simulator`)."""
+
+    def _finish(self, end: float) -> SimResult:
+        self._advance_cost(end)
+        if not self.intervals or self.intervals[-1][0] < end:
+            self._record_interval(end, self.snapshot(end))
+        gpu_seconds = sum((w.released if w.released is not None else end) - w.started for w in self.workers)
+        sids = np.asarray(self.wl.session_ids, dtype=object)
+        sess = np.asarray(self.c_sess, dtype=np.int64)
+        lat = np.asarray(self.lat, dtype=float)
+        slo = np.asarray(self.slo_of, dtype=float)[sess] if len(sess) else np.zeros(0)
+        if self.cfg.record_chunks:
+            chunks = pd.DataFrame(
+                {
+                    "session_id": sids[sess] if len(sess) else np.array([], dtype=object),
+                    "index": np.asarray(self.c_index, dtype=np.int64),
+                    "t_request_s": np.asarray(self.c_req, dtype=float),
+                    "t_start_s": np.asarray(self.c_start, dtype=float),
+                    "t_done_s": np.asarray(self.c_done, dtype=float),
+                    "latency_s": lat,
+                    "worker": np.asarray([w.address for w in self.workers], dtype=object)[
+                        np.asarray(self.c_worker, dtype=np.int64)
+                    ],
+                    "batch_size": np.asarray(self.c_batch, dtype=np.int64),
+                    "migrated": np.asarray(self.c_mig, dtype=bool),
+                }
+            )
+        else:
+            from experiments.results import empty_chunks
+
+            chunks = empty_chunks()
+        intervals = pd.DataFrame(
+            self.intervals,
+            columns=["time_s", "n_workers", "n_active", "n_idle", "n_suspended", "migrations", "cost_gpu_s"],
+        )
+        decisions = pd.DataFrame(
+            self.decisions, columns=["time_s", "action", "session_id", "worker", "accepted", "reason"]
+        )
+        counters: dict[str, Any] = dict(self.counters)
+        counters["refused"] = int(sum(self.refused.values()))
+        counters["refused_by_reason"] = dict(sorted(self.refused.items()))
+        counters["decide_s"] = self.decide_s
+        counters["ticks"] = len(self.intervals)
+        counters["sessions"] = len(self.sessions)
+        counters["never_served"] = int(sum(1 for s in self.sessions if s.opened and s.next_index == 0))
+        counters["max_abandoned_wait_s"] = self.max_abandoned_wait
+        return SimResult(
+            chunks=chunks,
+            intervals=intervals,
+            latency_s=lat,
+            slo_s=slo,
+            chunk_index=np.asarray(self.c_index, dtype=np.int64),
+            decisions=decisions,
+            counters=counters,
+            gpu_seconds=float(gpu_seconds),
+            end_s=float(end),
+            config=self.cfg,
+            policy=self.policy_set.label,
+            session_slo_s={s.sid: float(v) for s, v in zip(self.sessions, self.slo_of)},
+            workers=pd.DataFrame(
+                [(w.address, w.started, w.released if w.released is not None else end) for w in self.workers],
+                columns=["worker", "started_s", "released_s"],
+            ),
+        )
