@@ -13,6 +13,7 @@ def test_demo_writes_a_video_per_session(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--sessions", "3", "--chunks", "2", "--workers", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
+    assert "mean batch size" in printed
     gifs = sorted(out.glob("*.gif"))
     assert len(gifs) == 3
     for gif in gifs:
