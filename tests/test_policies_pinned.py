@@ -1,0 +1,47 @@
+"""The TurboServe policy set decides exactly as pinned on large random snapshots.
+
+The hashes were computed before the decision-time optimisations of the placement
+chooser, migration planner and idle-timeout offload; any change to a decision (an
+action, its order, its cause, or the next state) changes a hash. A deliberate change of
+behaviour must recompute them (and say why in its commit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from experiments.bench_policies import build_snapshot
+from policies.combined import Combined
+from policies.registry import make
+
+# (sessions, workers, new workers, migrate bytes/s, seed), offload kwargs -> (actions, next state, n actions)
+PINNED = {
+    ((10_000, 1024, 0, 25e9, 0), ()): ("e4b85923e04e5ec8", "51bd4dac8c62e1a5", 2452),
+    ((10_000, 1024, 102, 200e9, 0), ()): ("6303236c5df7f1c9", "51bd4dac8c62e1a5", 2452),
+    ((3000, 300, 30, 200e9, 1), ()): ("3714b713ab41c64c", "6675b1d3447c66c6", 693),
+    ((5000, 256, 64, 200e9, 3), ()): ("0809485c2ad41530", "629bf8d679e5cadc", 1187),
+    ((5000, 256, 64, 200e9, 3), (("low_water", 0.3), ("high_water", 0.5))): ("eaa1123de6c51135", "629bf8d679e5cadc", 538),
+    ((2000, 100, 0, 25e9, 2), (("idle_s", 300.0), ("high_water", 0.2))): ("4bc0c48e2a6b9ccf", "a15b5b213e7765fc", 363),
+}
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+
+
+def decide_once(sizes: tuple, offload_kwargs: tuple) -> tuple[str, str, int]:
+    """Hashes of the actions and next state of one migration-aware + load-driven + idle-timeout decision."""
+    n_sessions, n_workers, new_workers, bandwidth, seed = sizes
+    snap = build_snapshot(n_sessions, n_workers, new_workers=new_workers, migrate_bytes_per_s=bandwidth, seed=seed)
+    combined = Combined(
+        make("placement", "migration-aware"), make("autoscaling", "load-driven"), make("offload", "idle-timeout", **dict(offload_kwargs))
+    )
+    actions, state = combined.decide(snap, combined.initial_state())
+    return _digest(actions), _digest(state), len(actions)
+
+
+@pytest.mark.parametrize(("case", "expected"), list(PINNED.items()), ids=[f"{k[0][0]}x{k[0][1]}-{dict(k[1])}" for k in PINNED])
+def test_combined_decisions_are_unchanged(case: tuple, expected: tuple[str, str, int]) -> None:
+    assert decide_once(*case) == expected
