@@ -156,6 +156,33 @@ def test_migration_delays_exactly_one_chunk_by_bytes_over_bandwidth():
     assert result.counters["migrations"] == 1
 
 
+def test_migration_delays_exactly_one_chunk_by_fixed_cost_plus_bytes_over_bandwidth():
+    copy_s, fixed_s = 0.5, 0.3
+    placement = Scripted({4.0: [Migrate("a", "sim-w0", "sim-w1")]})
+    df = trace((0, "a", "open"), (10, "a", "close"))
+    result = run(df, placement, n_workers=2, migrate_bytes_per_s=TINY_BYTES / copy_s, migration_fixed_s=fixed_s)
+    chunks = result.chunks.set_index("index")
+    # the copy starts at 4.0 (no chunk in flight); chunk 4, requested at 4.0, starts after both costs
+    assert chunks.loc[4, "migrated"]
+    assert chunks.loc[4, "t_start_s"] == pytest.approx(4.0 + fixed_s + copy_s)
+    assert chunks.loc[4, "latency_s"] == pytest.approx(LATENCY.predict(1) + fixed_s + copy_s)
+    np.testing.assert_allclose(chunks.drop(index=4)["latency_s"], LATENCY.predict(1))
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("inf"), float("nan")])
+def test_a_negative_or_infinite_migration_fixed_cost_is_rejected(bad):
+    with pytest.raises(ValueError, match="migration_fixed_s"):
+        SimConfig(migration_fixed_s=bad)
+
+
+def test_migration_fixed_cost_is_read_from_the_turboserve_config():
+    import dask.config
+
+    assert SimConfig.from_config().migration_fixed_s == 0.0
+    with dask.config.set({"turboserve.simulator.migration-fixed-s": "1500ms"}):
+        assert SimConfig.from_config().migration_fixed_s == pytest.approx(1.5)
+
+
 def test_impossible_actions_are_refused_and_counted():
     placement = Scripted({2.0: [Migrate("a", "sim-w0", "sim-w9"), Place("a", "sim-w0"), Migrate("a", "sim-w5", "sim-w0")]})
     result = run(trace((0, "a", "open"), (5, "a", "close")), placement)

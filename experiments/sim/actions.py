@@ -141,7 +141,7 @@ class _Actions:
             self._refuse(now, action, sid, action.target, f"worker {action.target!r} has {t.memory - t.used} bytes free, session needs {s.nbytes}", "no-memory")
             return
         start = s.worker.step_end if s.in_flight else now
-        s.copy_until = start + s.nbytes / self.cfg.migrate_bytes_per_s
+        s.copy_until = start + self.cfg.migration_fixed_s + s.nbytes / self.cfg.migrate_bytes_per_s
         s.worker.active.pop(s.idx, None)
         t.used += s.nbytes
         s.target = t

@@ -34,6 +34,10 @@ class SimConfig:
         (``chunk_frames / fps``).
     worker_startup_s, migrate_bytes_per_s, offload_bytes_per_s, gpu_memory_bytes
         Mechanism costs (``turboserve.simulator.*``).
+    migration_fixed_s
+        Fixed cost of every migration, on top of ``state_bytes / migrate_bytes_per_s``
+        (new actor, state hand-over, restart): the session's next chunk cannot start
+        before the copy start plus both. 0 (the default) charges the bandwidth only.
     max_batch
         Most sessions in one coalesced step (``turboserve.engine.max-batch``).
     oracle_hints
@@ -52,6 +56,7 @@ class SimConfig:
     slo_s: float | None = None
     worker_startup_s: float = 60.0
     migrate_bytes_per_s: float = 25e9
+    migration_fixed_s: float = 0.0
     offload_bytes_per_s: float = 20e9
     gpu_memory_bytes: float = 80e9
     max_batch: int = 8
@@ -68,6 +73,8 @@ class SimConfig:
             raise ValueError(f"need 0 <= min_workers <= max_workers, got {self.min_workers}, {self.max_workers}")
         if self.migrate_bytes_per_s <= 0 or self.offload_bytes_per_s <= 0:
             raise ValueError("migrate_bytes_per_s and offload_bytes_per_s must be > 0")
+        if not 0 <= self.migration_fixed_s < float("inf"):
+            raise ValueError(f"migration_fixed_s must be finite and >= 0 seconds, got {self.migration_fixed_s}")
 
     @classmethod
     def from_config(cls, **overrides: Any) -> "SimConfig":
@@ -78,6 +85,7 @@ class SimConfig:
             slo_s=None if slo is None else float(slo),
             worker_startup_s=_seconds(tconfig.get("simulator.worker-startup-s")),
             migrate_bytes_per_s=float(tconfig.get("simulator.migrate-bytes-per-s")),
+            migration_fixed_s=_seconds(tconfig.get("simulator.migration-fixed-s")),
             offload_bytes_per_s=float(tconfig.get("simulator.offload-bytes-per-s")),
             gpu_memory_bytes=float(tconfig.get("simulator.gpu-memory-bytes")),
             max_batch=int(tconfig.get("engine.max-batch")),
