@@ -28,7 +28,7 @@ from experiments.replay_common import (
     summary_slo,
     trace_sessions,
 )
-from experiments.replay_profiles import calibrate_live, profile_from_chunks
+from experiments.replay_profiles import calibrate_live, migration_stall_from_chunks, profile_from_chunks
 from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS, empty_chunks, summarize
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ def replay_live(
     extra = _extra(decisions, stats, intervals, lifetimes, t0, x, end_wall)
     startup = stats.get("startup_s") or []
     extra.update(backend="live", time_scale=x, sessions=len(specs), session_errors=len(driver.errors),
-                 startup_s=float(np.median(startup)) if startup else float("nan"))
+                 startup_s=float(np.median(startup)) if startup else float("nan"),
+                 migration_s=migration_stall_from_chunks(rows))  # wall seconds, like startup_s
     summary = summarize(chunks, intervals, trace=trace_name, policy=settings.label, gpus=gpus,
                         slo_s=summary_slo(trace, (control or {}).get("slo_s")), extra=extra)
     return ReplayResult("live", chunks, intervals, decisions, summary, measured, stats)

@@ -60,12 +60,14 @@ def parity(
     trace: pd.DataFrame, *, time_scale: float, workers: int | None = None, seed: int = 0,
     control: dict[str, Any] | None = None, progress: bool = False,
 ) -> tuple[ReplayResult, ReplayResult, pd.DataFrame]:
-    """Replay ``trace`` live, then simulate it with the step times and worker start-up
-    measured live (both scaled by ``time_scale``); returns both results and :func:`compare`."""
+    """Replay ``trace`` live, then simulate it with the step times, worker start-up and
+    per-migration stall measured live (all scaled by ``time_scale``); returns both
+    results and :func:`compare`."""
     live = replay_live(trace, time_scale=time_scale, workers=workers, seed=seed, control=control, progress=progress)
     startup = live.stats.get("startup_s") or []
     sim = replay_sim(trace, time_scale=time_scale, workers=workers, seed=seed, control=control,
-                     profile=live.profile, startup_s=float(np.median(startup)) if startup else None)
+                     profile=live.profile, startup_s=float(np.median(startup)) if startup else None,
+                     migration_s=live.summary.get("migration_s"))
     return live, sim, compare(live, sim)
 
 

@@ -72,6 +72,28 @@ def profile_from_chunks(chunks_wall: pd.DataFrame) -> tuple[tuple[int, float], .
     return _monotone([(int(b), float(s)) for b, s in step.items()])
 
 
+def migration_stall_from_chunks(chunks: pd.DataFrame) -> float:
+    """Median stall a migration added to its session's next chunk (seconds, in the chunks' clock).
+
+    For every ``migrated`` chunk: its latency minus the median latency of the same
+    session's ordinary chunks (not migrated, not the first); the median of those stalls,
+    clipped at 0. ``nan`` when no chunk was migrated or no ordinary chunk exists to
+    compare with. Used as the simulator's ``migration_fixed_s`` (which adds the
+    bandwidth term itself; it is negligible for the tiny state).
+    """
+    if chunks.empty or not chunks["migrated"].astype(bool).any():
+        return math.nan
+    migrated = chunks["migrated"].astype(bool)
+    ordinary = chunks[~migrated & (chunks["index"] > 0)]
+    if ordinary.empty:
+        return math.nan
+    normal = ordinary.groupby("session_id")["latency_s"].median()
+    fallback = float(ordinary["latency_s"].median())
+    moved = chunks[migrated]
+    stalls = moved["latency_s"].astype(float) - moved["session_id"].map(normal).fillna(fallback).astype(float)
+    return max(0.0, float(stalls.median()))
+
+
 def default_profile(model: str = "tiny", max_batch: int = 4) -> tuple[tuple[int, float], ...]:
     """``kernels/profiles/<model>-cpu.csv`` when present, else :func:`measure_profile`."""
     from experiments.sim.latency import profile_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -19,6 +20,7 @@ def replay_sim(
     trace_name: str = "trace",
     profile: tuple[tuple[int, float], ...] | None = None,
     startup_s: float | None = None,
+    migration_s: float | None = None,
     control: dict[str, Any] | None = None,
 ) -> ReplayResult:
     """Simulate ``trace`` with the live replay's policies, bounds and (scaled) step times.
@@ -26,7 +28,10 @@ def replay_sim(
     ``profile`` (wall seconds per batch size) defaults to :func:`default_profile`;
     step times and ``startup_s`` (wall seconds a new worker takes; default the
     controller's ``worker_startup_s``) are multiplied by ``time_scale`` into trace
-    seconds, as the live run experiences them.
+    seconds, as the live run experiences them. So is ``migration_s`` (wall seconds a
+    migration stalls its session, e.g. a live replay's ``summary["migration_s"]``; None
+    or nan: ``turboserve.simulator.migration-fixed-s``), the simulator's fixed cost per
+    migration.
     """
     from experiments.sim.config import PolicySet, SimConfig
     from experiments.sim.engine import Simulator
@@ -47,12 +52,13 @@ def replay_sim(
         interval_s=settings.interval_s, max_batch=settings.max_batch, worker_startup_s=startup * time_scale,
         gpu_memory_bytes=float(settings.worker_memory_bytes) + 64 * 1024**2,
         slo_s=(control or {}).get("slo_s"),
+        migration_fixed_s=None if migration_s is None or math.isnan(migration_s) else migration_s * time_scale,
     )
     result = Simulator(prepare(trace), policies, cfg, latency=scaled_model(profile, time_scale)).run()
     summary = summary_of(result, trace=trace_name, gpus=max(n0, int(result.intervals["n_workers"].max())))
     summary["policy"] = settings.label
     acc = result.decisions[result.decisions["accepted"]]
-    summary.update(backend="sim", time_scale=time_scale, sessions=len(result.session_slo_s),
+    summary.update(backend="sim", time_scale=time_scale, migration_s=cfg.migration_fixed_s / time_scale, sessions=len(result.session_slo_s),
                    scale_events=int((acc["action"] == "ScaleTo").sum()))
     decisions = result.decisions.loc[:, list(DECISION_COLUMNS)]
     return ReplayResult("sim", result.chunks, result.intervals, decisions, summary, tuple(profile),

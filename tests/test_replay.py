@@ -3,11 +3,14 @@ same output folder and columns as every replay, trace seconds throughout."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
 import framework.config  # noqa: F401  (turboserve defaults before any dask.config.set)
 from experiments.replay import burst_trace, compare, decision_counts, replay_sim
+from experiments.replay_profiles import migration_stall_from_chunks
 from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS, SUMMARY_COLUMNS
 from framework.cli import main
 from traces.io import validate, write_trace
@@ -71,3 +74,43 @@ def test_cli_replay_of_a_missing_trace_is_an_error(tmp_path, capsys):
 def test_time_scale_must_be_positive():
     with pytest.raises(ValueError, match="time-scale"):
         replay_sim(burst_trace(), time_scale=0, profile=PROFILE)
+
+
+def _chunk(sid, index, latency, migrated=False):
+    return (sid, index, 0.0, 0.0, latency, latency, "w", 1, migrated)
+
+
+def test_migration_stall_is_the_migrated_chunks_excess_over_their_sessions_usual_latency():
+    rows = [_chunk("a", 0, 9.0)] + [_chunk("a", i, 1.0) for i in range(1, 5)] + [_chunk("a", 5, 4.0, True)]
+    rows += [_chunk("b", i, 2.0) for i in range(1, 4)] + [_chunk("b", 4, 7.0, True)]
+    rows += [_chunk("c", 1, 3.0)] + [_chunk("c", 2, 5.5, True)]
+    chunks = pd.DataFrame(rows, columns=list(CHUNK_COLUMNS))
+    # stalls 4-1=3, 7-2=5, 5.5-3=2.5 (the slow first chunk of "a" is not its usual latency)
+    assert migration_stall_from_chunks(chunks) == pytest.approx(3.0)
+
+
+def test_migration_stall_is_nan_without_migrations_and_never_negative():
+    still = pd.DataFrame([_chunk("a", i, 1.0) for i in range(4)], columns=list(CHUNK_COLUMNS))
+    assert math.isnan(migration_stall_from_chunks(still))
+    faster = pd.DataFrame([_chunk("a", 1, 1.0), _chunk("a", 2, 0.5, True)], columns=list(CHUNK_COLUMNS))
+    assert migration_stall_from_chunks(faster) == 0.0
+
+
+def test_sim_replay_charges_the_measured_migration_stall_in_trace_seconds():
+    trace = burst_trace(base=1, burst=3, burst_at_s=10, burst_len_s=80, tail_s=120)
+    kwargs = dict(time_scale=5, workers=1, profile=PROFILE, startup_s=2,
+                  control={"maximum": 3, "slo_s": 0.5, "autoscaling_params": {"downscale_delay_s": 20},
+                           "placement_params": {"min_gain": 0.01}})
+    free = replay_sim(trace, **kwargs)
+    stalled = replay_sim(trace, migration_s=1.5, **kwargs)
+    assert stalled.summary["migration_s"] == pytest.approx(1.5) and free.summary["migration_s"] == 0.0
+    moved = stalled.chunks[stalled.chunks["migrated"]]
+    assert len(moved) >= 1
+    d = stalled.decisions
+    moves = d[(d["action"] == "Migrate") & d["accepted"].astype(bool)]
+    for _, chunk in moved.iterrows():
+        moved_at = moves.loc[(moves["session_id"] == chunk["session_id"])
+                             & (moves["time_s"] <= chunk["t_request_s"]), "time_s"].max()
+        # the copy starts at the move (or when its chunk in flight ends), then 1.5 wall s = 7.5 trace s
+        assert chunk["t_start_s"] >= moved_at + 7.5 - 1e-9
+    assert stalled.summary["max_latency_s"] > free.summary["max_latency_s"]
