@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import Callable
 
 from policies.types import SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
 
@@ -238,6 +239,22 @@ class CapacityLedger:
         if 0 < n < len(self._base):  # cached: what step_s returns, without the call
             return self._base[n] + self._ctx_slope * (load.ctx_sum + context_frames)
         return self.step_s(n, load.ctx_sum + context_frames)
+
+    def latency_plus_key(self) -> Callable[[WorkerLoad], tuple[float, int]]:
+        """A function of a load giving ``(latency_plus(load), load.mem_used)``, for heap ranking.
+
+        The same floats as :meth:`latency_plus`, without its method call: a chooser
+        calls it on every re-rank.
+        """
+        base, slope, step = self._base, self._ctx_slope, self.step_s
+
+        def key(load: WorkerLoad) -> tuple[float, int]:
+            n = load.n_active + 1
+            if n < len(base):
+                return base[n] + slope * load.ctx_sum, load.mem_used
+            return step(n, load.ctx_sum), load.mem_used
+
+        return key
 
     def latency_minus(self, load: WorkerLoad, session: SessionView) -> float:
         """Predicted step time once the active ``session`` has left."""

@@ -119,11 +119,23 @@ class IdleTimeout(_OffloadPolicy):
         tier = self.tier
         actions: list[Action] = []
         low = self.low_water
+        high = self.high_water
         for load in ledger.loads.values():
-            if not load.idle:
+            idle = load.idle
+            if not idle:
                 continue
             memory = load.view.memory_bytes
-            excess = load.mem_used - self.high_water * memory
+            excess = load.mem_used - high * memory
+            if excess <= 0 and low == 0:
+                # The common case: only the timeout applies, in snapshot order.
+                for s in idle:
+                    if s.since_s < idle_since:
+                        sid = s.session_id
+                        back = s.next_active_s
+                        if sid not in acted and (back is None or back > horizon):
+                            acted.add(sid)
+                            actions.append(Offload(sid, tier=tier, cause=timeout_cause))
+                continue
             above_low = load.mem_used - low * memory  # > 0: timed-out sessions may go
             if low > 0 and above_low <= 0:
                 continue

@@ -35,6 +35,7 @@ Examples
 from __future__ import annotations
 
 import heapq
+from heapq import heappop, heappush
 from typing import Any, Callable, Protocol
 
 from policies.admission import CapacityLedger, WorkerLoad
@@ -77,8 +78,9 @@ class HeapChooser:
 
     def refresh(self, load: WorkerLoad) -> None:
         """Re-rank ``load`` after its counts changed."""
-        if self._open(load):
-            heapq.heappush(self._heap, (*self._key(load), load.address, load.version, load))
+        view = load.view  # _open(load), inlined: this runs after every booking
+        if view.status is _RUNNING and load.n_active < view.max_batch:
+            heappush(self._heap, (*self._key(load), load.address, load.version, load))
             self._min_failed = None
 
     def pick(self, nbytes: int, exclude: WorkerLoad | None = None) -> WorkerLoad | None:
@@ -86,19 +88,24 @@ class HeapChooser:
         if self._min_failed is not None and nbytes >= self._min_failed and exclude is None:
             return None
         heap, stash, found = self._heap, [], None
+        share = self._share
         while heap:
             entry = heap[0]
             load = entry[-1]
-            if entry[-2] != load.version or not self._open(load):
-                heapq.heappop(heap)  # stale, or no batch slot left
+            view = load.view
+            # Stale, or no batch slot left (``_open`` inlined: the top is usually taken).
+            if entry[-2] != load.version or view.status is not _RUNNING or load.n_active >= view.max_batch:
+                heappop(heap)
                 continue
-            if load is exclude or not load.fits(nbytes, active=True, memory_share=self._share):
-                stash.append(heapq.heappop(heap))
+            # load.fits(nbytes, active=True, memory_share=share), inlined: status and slot checked above.
+            limit = view.memory_bytes if share >= 1.0 else share * view.memory_bytes
+            if load is exclude or load.mem_used + nbytes > limit:
+                stash.append(heappop(heap))
                 continue
             found = load
             break
         for entry in stash:
-            heapq.heappush(heap, entry)
+            heappush(heap, entry)
         if found is None and exclude is None:
             self._min_failed = nbytes
         return found
@@ -345,8 +352,7 @@ class MigrationAware(_PlacementPolicy):
         )
 
     def _chooser(self, ledger: CapacityLedger, state: Any) -> _Chooser:
-        step = ledger.step_s  # the key is latency_plus(ld), inlined: it runs on every re-rank
-        return HeapChooser(ledger.loads.values(), lambda ld: (step(ld.n_active + 1, ld.ctx_sum), ld.mem_used))
+        return HeapChooser(ledger.loads.values(), ledger.latency_plus_key())
 
     def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
         if self.max_migrations == 0:
