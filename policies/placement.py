@@ -45,6 +45,7 @@ from policies.types import Action, Migrate, Offload, Place, Reject, SessionView,
 
 ON_FULL = ("queue", "refuse")
 _DRAINING = WorkerStatus.DRAINING
+_STARTING = WorkerStatus.STARTING
 _RUNNING = WorkerStatus.RUNNING
 
 
@@ -68,7 +69,11 @@ class HeapChooser:
     def __init__(self, loads: Any, key: Callable[[WorkerLoad], tuple], memory_share: float = 1.0) -> None:
         self._key = key
         self._share = memory_share
-        self._heap = [(*key(ld), ld.address, ld.version, ld) for ld in loads if self._open(ld)]
+        self._heap = [
+            (*key(ld), ld.address, ld.version, ld)
+            for ld in loads
+            if ld.view.status is _RUNNING and ld.n_active < ld.view.max_batch  # _open(ld), inlined
+        ]
         heapq.heapify(self._heap)
         self._min_failed: int | None = None
 
@@ -204,7 +209,9 @@ class _PlacementPolicy(LedgerPolicy):
             sid = s.session_id
             if sid in acted:
                 continue
-            nbytes = reserve(s)
+            nbytes = s.state_bytes
+            if nbytes <= 0:  # a new session: reserve() knows what to set aside
+                nbytes = reserve(s)
             load = pick(nbytes)
             if load is None:
                 if refuse and s.state_bytes == 0:
@@ -359,10 +366,9 @@ class MigrationAware(_PlacementPolicy):
             return
         plan, before, after = self._plan(ledger, chooser, moved)
         keep = min(len(plan), self.max_migrations) if before - after > self.min_gain * before else 0
+        # The chooser is not re-ranked after the undo: rebalancing is its last use.
         for s, source, target, _, _ in reversed(plan[keep:]):
             ledger.undo_move(s, source, target)
-            chooser.refresh(source)
-            chooser.refresh(target)
         for s, source, target, l_max, pair_max in plan[:keep]:
             cause = f"rebalance: worst latency {l_max:.3g}s -> {pair_max:.3g}s"
             actions.append(Migrate(s.session_id, source.address, target.address, cause=cause))
@@ -378,10 +384,11 @@ class MigrationAware(_PlacementPolicy):
         snap = ledger.snap
         horizon = self.horizon_chunks
         # Max-heap of the workers that compute (running or draining) by predicted latency.
+        latency = ledger.latency
         worst_heap = [
-            (-ledger.latency(ld), ld.address, ld.version, ld)
+            (-latency(ld), ld.address, ld.version, ld)
             for ld in ledger.loads.values()
-            if ld.n_active and ld.view.status is not WorkerStatus.STARTING
+            if ld.n_active and ld.view.status is not _STARTING
         ]
         heapq.heapify(worst_heap)
         before = -worst_heap[0][0] if worst_heap else 0.0
@@ -389,6 +396,10 @@ class MigrationAware(_PlacementPolicy):
         plan: list[tuple] = []
         queues: dict[str, list[SessionView]] = {}  # per source: its sessions, cheapest to move last
         l_max = before
+        # Bound methods hoisted: this loop runs once per planned move (hundreds).
+        pick, refresh, move = chooser.pick, chooser.refresh, ledger.move
+        latency_minus, latency_plus = ledger.latency_minus, ledger.latency_plus
+        copy_rate = snap.migrate_bytes_per_s
         while worst_heap:
             entry = worst_heap[0]
             worst: WorkerLoad = entry[3]
@@ -406,18 +417,19 @@ class MigrationAware(_PlacementPolicy):
             if not queue:
                 break
             s = queue[-1]
-            target = chooser.pick(s.state_bytes, exclude=worst)
+            target = pick(s.state_bytes, exclude=worst)
             if target is None:
                 break
-            pair_max = max(ledger.latency_minus(worst, s), ledger.latency_plus(target, s.context_frames))
-            if horizon * (l_max - pair_max) <= s.state_bytes / snap.migrate_bytes_per_s:
+            pair_max = max(latency_minus(worst, s), latency_plus(target, s.context_frames))
+            if horizon * (l_max - pair_max) <= s.state_bytes / copy_rate:
                 break  # over the horizon the worst worker gains less than the copy costs
-            ledger.move(s, worst, target)
+            move(s, worst, target)
             queue.pop()
             plan.append((s, worst, target, l_max, pair_max))
-            for ld in (worst, target):
-                chooser.refresh(ld)
-                heapq.heappush(worst_heap, (-ledger.latency(ld), ld.address, ld.version, ld))
+            refresh(worst)
+            heappush(worst_heap, (-latency(worst), worst.address, worst.version, worst))
+            refresh(target)
+            heappush(worst_heap, (-latency(target), target.address, target.version, target))
         else:
             l_max = 0.0  # no computing worker left
         return plan, before, l_max
