@@ -155,17 +155,14 @@ class CapacityLedger:
             status = s.status
             if status is _ACTIVE:
                 load = get(s.worker)  # type: ignore[arg-type]
-                if load is not None:
+                if load is not None:  # counted below, from the list
                     load.mem_used += s.state_bytes
-                    load.n_sessions += 1
-                    load.n_active += 1
                     load.ctx_sum += s.context_frames
                     load.active.append(s)
             elif status is _IDLE:
                 load = get(s.worker)  # type: ignore[arg-type]
-                if load is not None:
+                if load is not None:  # counted below, from the list
                     load.mem_used += s.state_bytes
-                    load.n_sessions += 1
                     load.idle.append(s)
             elif status is _SUSPENDED:
                 suspended.append(s)
@@ -180,6 +177,10 @@ class CapacityLedger:
                     load.n_sessions += 1
                     load.n_active += 1
                     load.ctx_sum += s.context_frames
+        for load in loads.values():
+            n = len(load.active)
+            load.n_active += n
+            load.n_sessions += n + len(load.idle)
         # Sessions that already have state (resumed ones) go first, then first come
         # first served; the id breaks ties so that decisions are deterministic.
         pending.sort(key=lambda s: (s.state_bytes == 0, s.since_s, s.session_id))
