@@ -19,7 +19,7 @@ from typing import Any
 
 from policies.admission import CapacityLedger
 from policies.base import LedgerPolicy
-from policies.placement import HeapChooser
+from policies.placement import HeapChooser, fewest_active
 from policies.registry import register
 from policies.types import Action, Offload, Resume
 
@@ -163,9 +163,7 @@ class IdleTimeout(_OffloadPolicy):
         ]
         if returning:
             returning.sort(key=lambda s: (s.next_active_s, s.session_id))
-            chooser = HeapChooser(
-                ledger.loads.values(), lambda ld: (ld.n_active, ld.mem_used), memory_share=self.high_water
-            )
+            chooser = HeapChooser(ledger.loads.values(), fewest_active, memory_share=self.high_water)
             for s in returning:
                 load = chooser.pick(s.state_bytes)
                 if load is None:
