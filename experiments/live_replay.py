@@ -125,7 +125,7 @@ def replay_live(
     startup = stats.get("startup_s") or []
     extra.update(backend="live", time_scale=x, sessions=len(specs), session_errors=len(driver.errors),
                  startup_s=float(np.median(startup)) if startup else float("nan"),
-                 migration_s=migration_stall_from_chunks(rows))  # wall seconds, like startup_s
+                 migration_s=migration_stall_from_chunks(chunks, decisions) / x)  # wall seconds, like startup_s
     summary = summarize(chunks, intervals, trace=trace_name, policy=settings.label, gpus=gpus,
                         slo_s=summary_slo(trace, (control or {}).get("slo_s")), extra=extra)
     return ReplayResult("live", chunks, intervals, decisions, summary, measured, stats)

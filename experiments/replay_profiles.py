@@ -72,26 +72,49 @@ def profile_from_chunks(chunks_wall: pd.DataFrame) -> tuple[tuple[int, float], .
     return _monotone([(int(b), float(s)) for b, s in step.items()])
 
 
-def migration_stall_from_chunks(chunks: pd.DataFrame) -> float:
+def migration_stall_from_chunks(chunks: pd.DataFrame, decisions: pd.DataFrame | None = None) -> float:
     """Median stall a migration added to its session's next chunk (seconds, in the chunks' clock).
 
-    For every ``migrated`` chunk: its latency minus the median latency of the same
-    session's ordinary chunks (not migrated, not the first); the median of those stalls,
-    clipped at 0. ``nan`` when no chunk was migrated or no ordinary chunk exists to
-    compare with. Used as the simulator's ``migration_fixed_s`` (which adds the
-    bandwidth term itself; it is negligible for the tiny state).
+    The simulator's model: the copy starts at the move (or when the chunk in flight
+    ends) and the session's next chunk cannot start before the fixed cost has passed.
+    So for a ``migrated`` chunk that waited longer than its session usually waits, with
+    an accepted ``Migrate`` of its session in ``decisions`` (same clock) since the
+    previous chunk was requested, the stall is its ``t_start_s`` minus that copy start.
+    Otherwise (no decision known: a runtime drain, or no ``decisions``) it is its latency
+    minus the median latency of the session's ordinary chunks (not migrated, not the
+    first). Returns the median stall, clipped at 0; ``nan`` when no chunk was migrated
+    or no ordinary chunk exists to compare with.
     """
     if chunks.empty or not chunks["migrated"].astype(bool).any():
         return math.nan
+    chunks = chunks.sort_values(["session_id", "index"], kind="stable")
     migrated = chunks["migrated"].astype(bool)
     ordinary = chunks[~migrated & (chunks["index"] > 0)]
     if ordinary.empty:
         return math.nan
-    normal = ordinary.groupby("session_id")["latency_s"].median()
-    fallback = float(ordinary["latency_s"].median())
-    moved = chunks[migrated]
-    stalls = moved["latency_s"].astype(float) - moved["session_id"].map(normal).fillna(fallback).astype(float)
-    return max(0.0, float(stalls.median()))
+    latency = ordinary.groupby("session_id")["latency_s"].median()
+    wait = (ordinary["t_start_s"] - ordinary["t_request_s"]).groupby(ordinary["session_id"]).median()
+    moves = pd.DataFrame(columns=["time_s", "session_id"])
+    if decisions is not None and len(decisions):
+        moves = decisions[(decisions["action"] == "Migrate") & decisions["accepted"].astype(bool)]
+    previous = chunks.groupby("session_id")[["t_request_s", "t_done_s"]].shift()
+    stalls = []
+    for i in chunks.index[migrated]:
+        row, sid = chunks.loc[i], chunks.at[i, "session_id"]
+        normal = float(latency.get(sid, ordinary["latency_s"].median()))
+        usual_wait = float(wait.get(sid, 0.0))
+        since = previous.at[i, "t_request_s"]
+        mine = moves[(moves["session_id"] == sid) & (moves["time_s"] <= row["t_start_s"])]
+        if not math.isnan(since):
+            mine = mine[mine["time_s"] >= since]
+        if len(mine) and row["t_start_s"] - row["t_request_s"] > usual_wait:
+            copy_start = float(mine["time_s"].max())
+            if not math.isnan(previous.at[i, "t_done_s"]):
+                copy_start = max(copy_start, float(previous.at[i, "t_done_s"]))
+            stalls.append(float(row["t_start_s"]) - copy_start)
+        else:
+            stalls.append(float(row["latency_s"]) - normal)
+    return max(0.0, float(np.median(stalls)))
 
 
 def default_profile(model: str = "tiny", max_batch: int = 4) -> tuple[tuple[int, float], ...]:

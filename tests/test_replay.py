@@ -114,3 +114,16 @@ def test_sim_replay_charges_the_measured_migration_stall_in_trace_seconds():
         # the copy starts at the move (or when its chunk in flight ends), then 1.5 wall s = 7.5 trace s
         assert chunk["t_start_s"] >= moved_at + 7.5 - 1e-9
     assert stalled.summary["max_latency_s"] > free.summary["max_latency_s"]
+
+
+def test_migration_stall_with_decisions_runs_from_the_copy_start_to_the_chunk_start():
+    #               sid  index request start  done  latency worker batch migrated
+    rows = [("a", 0, 0.0, 0.0, 1.0, 1.0, "w0", 1, False), ("a", 1, 3.0, 3.0, 4.0, 1.0, "w0", 1, False),
+            ("a", 2, 6.0, 6.0, 7.0, 1.0, "w0", 1, False),
+            # moved at 7.5, asked at 9.0, started only at 12.0: the copy took 12.0 - 7.5
+            ("a", 3, 9.0, 12.0, 13.0, 4.0, "w1", 1, True)]
+    chunks = pd.DataFrame(rows, columns=list(CHUNK_COLUMNS))
+    decisions = pd.DataFrame([(7.5, "Migrate", "a", "w1", True, "rebalance"), (8.0, "Migrate", "a", "w2", False, "no")],
+                             columns=["time_s", "action", "session_id", "worker", "accepted", "reason"])
+    assert migration_stall_from_chunks(chunks, decisions) == pytest.approx(4.5)
+    assert migration_stall_from_chunks(chunks) == pytest.approx(3.0)  # latency 4 - usual 1
