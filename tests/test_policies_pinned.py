@@ -45,3 +45,26 @@ def decide_once(sizes: tuple, offload_kwargs: tuple) -> tuple[str, str, int]:
 @pytest.mark.parametrize(("case", "expected"), list(PINNED.items()), ids=[f"{k[0][0]}x{k[0][1]}-{dict(k[1])}" for k in PINNED])
 def test_combined_decisions_are_unchanged(case: tuple, expected: tuple[str, str, int]) -> None:
     assert decide_once(*case) == expected
+
+
+def test_ledger_counts_every_on_device_session_once() -> None:
+    from policies.admission import CapacityLedger
+    from policies.types import SessionStatus, SessionView, Snapshot, WorkerView
+
+    A, I, M, S = SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStatus.MIGRATING, SessionStatus.SUSPENDED
+    sessions = (
+        SessionView("a1", A, "w1", state_bytes=1, context_frames=0.1),
+        SessionView("m1", M, "w1", state_bytes=2, context_frames=0.2),
+        SessionView("i1", I, "w1", state_bytes=4, context_frames=9.0),
+        SessionView("a2", A, "w1", state_bytes=8, context_frames=0.3),
+        SessionView("i2", I, "w2", state_bytes=16),
+        SessionView("gone", A, "w-unknown", state_bytes=32),
+        SessionView("s1", S, None, state_bytes=64),
+    )
+    ledger = CapacityLedger(Snapshot(now_s=0.0, workers=(WorkerView("w1"), WorkerView("w2")), sessions=sessions))
+    w1, w2 = ledger.loads["w1"], ledger.loads["w2"]
+    assert (w1.n_active, w1.n_sessions, w1.mem_used) == (3, 4, 15)
+    assert w1.ctx_sum == 0.1 + 0.2 + 0.3  # the running total, in snapshot order
+    assert [s.session_id for s in w1.active] == ["a1", "a2"] and [s.session_id for s in w1.idle] == ["i1"]
+    assert (w2.n_active, w2.n_sessions, w2.mem_used, w2.ctx_sum) == (0, 1, 16, 0.0)
+    assert [s.session_id for s in ledger.suspended] == ["s1"]
