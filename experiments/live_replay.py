@@ -28,7 +28,11 @@ from experiments.replay_common import (
     summary_slo,
     trace_sessions,
 )
-from experiments.replay_profiles import calibrate_live, migration_stall_from_chunks, profile_from_chunks
+from experiments.replay_profiles import (
+    calibrate_live,
+    migration_stall_from_chunks,
+    profile_from_chunks,
+)
 from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS, empty_chunks, summarize
 
 logger = logging.getLogger(__name__)

@@ -98,9 +98,9 @@ def test_migration_stall_is_nan_without_migrations_and_never_negative():
 
 def test_sim_replay_charges_the_measured_migration_stall_in_trace_seconds():
     trace = burst_trace(base=1, burst=3, burst_at_s=10, burst_len_s=80, tail_s=120)
-    kwargs = dict(time_scale=5, workers=1, profile=PROFILE, startup_s=2,
-                  control={"maximum": 3, "slo_s": 0.5, "autoscaling_params": {"downscale_delay_s": 20},
-                           "placement_params": {"min_gain": 0.01}})
+    kwargs = {"time_scale": 5, "workers": 1, "profile": PROFILE, "startup_s": 2,
+              "control": {"maximum": 3, "slo_s": 0.5, "autoscaling_params": {"downscale_delay_s": 20},
+                          "placement_params": {"min_gain": 0.01}}}
     free = replay_sim(trace, **kwargs)
     stalled = replay_sim(trace, migration_s=1.5, **kwargs)
     assert stalled.summary["migration_s"] == pytest.approx(1.5) and free.summary["migration_s"] == 0.0
