@@ -379,11 +379,46 @@ class StreamingVideoModel:
         finally:
             torch.set_num_threads(before)
 
-    def step(self, states: Sequence[SessionState]) -> list[np.ndarray]:
+    def schedule_for(self, denoise_steps: int | None = None) -> FlowSchedule:
+        """The flow schedule of a chunk run with ``denoise_steps`` steps.
+
+        ``None`` is the preset's schedule (:attr:`schedule`); ``k`` is ``k`` evenly
+        spaced timesteps from 1000 down with the preset's shift (the quality valve
+        lowers ``k`` to make a chunk cheaper: 2 steps are 1000/500).
+
+        Raises
+        ------
+        ValueError
+            If ``denoise_steps`` is not a positive integer.
+        """
+        if denoise_steps is None:
+            return self.schedule
+        try:
+            k = operator.index(denoise_steps)
+        except TypeError:
+            k = 0
+        if k < 1 or isinstance(denoise_steps, bool):
+            raise ValueError(f"denoise_steps must be a positive integer or None, got {denoise_steps!r}")
+        if k == self.preset.denoise_steps:
+            return self.schedule
+        return FlowSchedule.evenly(k, shift=self.preset.timestep_shift)
+
+    def step(self, states: Sequence[SessionState], *, denoise_steps: int | None = None) -> list[np.ndarray]:
         """Advance every session by one chunk in one batched pass.
 
         Each state gets new tensors (its KV cache grows by the chunk, rolled to the
         window; its VAE cache and generator advance) and ``chunk_index + 1``.
+
+        Parameters
+        ----------
+        states
+            The sessions to advance (same model and resolution, each once).
+        denoise_steps
+            Denoising steps for this chunk of every session in the batch; ``None``:
+            the preset's ``denoise_steps``. Fewer steps are cheaper and blurrier (the
+            quality valve). The session state is updated as for a normal chunk (the
+            generator advances by the ``k`` noise draws of a ``k``-step chunk), so
+            the stream goes on; the result is deterministic for a given ``k``.
 
         Returns
         -------
@@ -394,8 +429,10 @@ class StreamingVideoModel:
         Raises
         ------
         ValueError
-            If the states are for another model, differ in resolution, or repeat.
+            If the states are for another model, differ in resolution, or repeat, or
+            ``denoise_steps`` is not a positive integer.
         """
+        schedule = self.schedule_for(denoise_steps)
         if not states:
             return []
         self._check_batch(states)
@@ -403,13 +440,13 @@ class StreamingVideoModel:
         order = sorted(range(len(states)), key=lambda i: int(states[i].tensors["kv.0.k"].shape[1]))
         ordered = [states[i] for i in order]
         with torch.no_grad(), self._threads():
-            frames = self._step_ordered(ordered)
+            frames = self._step_ordered(ordered, schedule)
         out: list[np.ndarray] = [np.empty(0)] * len(states)
         for pos, i in enumerate(order):
             out[i] = frames[pos]
         return out
 
-    def _step_ordered(self, states: Sequence[SessionState]) -> list[np.ndarray]:
+    def _step_ordered(self, states: Sequence[SessionState], schedule: FlowSchedule) -> list[np.ndarray]:
         """The step for states sorted by cache length; commits each state as it is done."""
         p, dev, dt = self.preset, self.device, self.dtype
         batch = len(states)
@@ -442,7 +479,7 @@ class StreamingVideoModel:
 
         tr = self.transformer
         text = tr.embed_text(torch.stack([t["prompt_embeds"] for t in tensors]).to(dt))
-        sigmas = self.schedule.sigmas
+        sigmas = schedule.sigmas
         x = noise()  # float32 sampler state; the model runs in `dt`
         x0 = x
         for i, sigma in enumerate(sigmas):

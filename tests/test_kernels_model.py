@@ -199,3 +199,26 @@ def test_cuda_step_and_state_round_trip_through_host():
     for x, y in zip(_advance(model, s, 2), _advance(model, back, 2)):
         assert np.array_equal(x, y)
     assert back.equal(s)
+
+
+def test_denoise_steps_override(model):
+    """The quality valve: k steps per chunk, deterministic for a given k; the stream goes on."""
+    steps = model.preset.denoise_steps
+    runs = {}
+    for k in (None, steps, 2, 2, 1):
+        s = model.new_session("a red fox", seed=3, height=SMALL, width=SMALL)
+        model.step([s])
+        frames = model.step([s], denoise_steps=k)[0]
+        assert s.chunk_index == 2 and s.scalars["kv.frames"] == 6
+        after = model.step([s])[0]  # the stream goes on with the default schedule
+        runs.setdefault(k, []).append((frames, after, s.tensors["kv.0.k"].clone()))
+    assert np.array_equal(runs[None][0][0], runs[steps][0][0])
+    assert np.array_equal(runs[None][0][1], runs[steps][0][1])
+    (a, a_next, a_kv), (b, b_next, b_kv) = runs[2]
+    assert np.array_equal(a, b) and np.array_equal(a_next, b_next) and torch.equal(a_kv, b_kv)
+    assert not np.array_equal(a, runs[steps][0][0])
+    assert not np.array_equal(a, runs[1][0][0])
+    assert model.schedule_for(2).timesteps == (1000.0, 500.0)
+    for bad in (0, -1, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="denoise_steps must be a positive integer"):
+            model.step([model.new_session("x", seed=0, height=SMALL, width=SMALL)], denoise_steps=bad)
