@@ -17,17 +17,9 @@ import pytest
 import torch
 
 from kernels.state import SessionState
-from workers.p2p import (
-    P2PEndpoint,
-    Rendezvous,
-    TransferError,
-    TransferStats,
-    choose_backend,
-    device_key,
-    free_port,
-    recv_state,
-    send_state,
-)
+from workers.errors import TransferError
+from workers.p2p import P2PEndpoint, TransferStats, recv_state, send_state
+from workers.p2p_group import Rendezvous, choose_backend, device_key, free_port
 
 JOIN_TIMEOUT_S = 20.0  # generous: the two ends share 2 loaded cores in CI
 

@@ -11,7 +11,8 @@ import torch
 from distributed import Client, LocalCluster
 
 from kernels.state import SessionState
-from workers.p2p import Rendezvous, recv_state, send_state
+from workers.p2p import recv_state, send_state
+from workers.p2p_group import Rendezvous
 
 
 def build_state(seed: int) -> SessionState:

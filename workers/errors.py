@@ -44,4 +44,9 @@ class UnknownWorker(TurboserveError, ValueError):
 
 
 class TransferError(TurboserveError):
-    """Moving a session's state between workers or tiers failed."""
+    """Moving a session's state between workers or tiers failed.
+
+    The one transfer error of the project: the runtime raises it when a migration
+    fails, and the point-to-point transport (:mod:`workers.p2p`) when the peer never
+    joined, timed out, or spoke another protocol.
+    """

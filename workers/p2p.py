@@ -33,11 +33,13 @@ in the header, so only the sender's settings matter.
 The sender returns only after the ack, so the source may drop its copy when
 :func:`send_state` returns.
 
-The rendezvous and the group setup live in :mod:`workers.p2p_group` (re-exported
-here); this module is the protocol.
+The rendezvous, the backend choice and the group setup live in
+:mod:`workers.p2p_group` (import them from there); this module is the protocol, and
+:class:`P2PEndpoint` holds a :class:`~workers.p2p_group.P2PGroup` rather than being one.
 
 Examples
 --------
+>>> from workers.p2p_group import Rendezvous
 >>> rdv = Rendezvous.new("gloo")                       # on the sender's host
 >>> # worker A: stats = send_state(state, rendezvous=rdv, timeout=30)
 >>> # worker B: state = recv_state(rendezvous=rdv, device="cpu", timeout=30)
@@ -46,25 +48,14 @@ Examples
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from kernels.state import SessionState
-from workers.p2p_group import (
-    BACKENDS,
-    DEFAULT_TIMEOUT_S,
-    LISTEN_POLL_S,  # noqa: F401  (re-exported)
-    Backend,  # noqa: F401
-    P2PGroup,
-    Rendezvous,
-    Role,  # noqa: F401
-    TransferError,
-    TransferStats,
-    choose_backend,
-    device_key,
-    free_port,
-)
+from workers.errors import TransferError
+from workers.p2p_group import P2PGroup, Rendezvous
 from workers.transfer import (
     BufferPlan,
     PackError,
@@ -79,17 +70,10 @@ from workers.transfer import (
 )
 
 __all__ = [
-    "BACKENDS",
-    "DEFAULT_TIMEOUT_S",
     "DIRECT_MIN_BYTES",
     "MAX_MESSAGE_BYTES",
     "P2PEndpoint",
-    "Rendezvous",
-    "TransferError",
     "TransferStats",
-    "choose_backend",
-    "device_key",
-    "free_port",
     "recv_state",
     "send_state",
 ]
@@ -105,7 +89,32 @@ PROTOCOL_VERSION = 1
 _HEADER_WORDS = 6
 
 
-class P2PEndpoint(P2PGroup):
+@dataclass(frozen=True, slots=True)
+class TransferStats:
+    """What one send or receive moved and how long it took (for metrics: bytes moved).
+
+    ``staged_bytes``: bytes copied into staging memory on this end (the sender stages
+    runs of small tensors, and CUDA tensors for gloo; the receiver only for gloo into a
+    CUDA target). ``connect_s``: joining the group; ``transfer_s``: the data phase.
+    """
+
+    transfer_id: str
+    role: str
+    backend: str
+    nbytes: int
+    n_tensors: int
+    n_messages: int
+    staged_bytes: int
+    connect_s: float
+    transfer_s: float
+
+    @property
+    def bytes_per_s(self) -> float:
+        """Payload bytes per second of the data phase (excluding joining the group)."""
+        return self.nbytes / self.transfer_s if self.transfer_s > 0 else float("inf")
+
+
+class P2PEndpoint:
     """One end of a private 2-rank process group; sends or receives whole session states.
 
     Parameters
@@ -129,6 +138,43 @@ class P2PEndpoint(P2PGroup):
     ...     ep.send(state_b)
     """
 
+    def __init__(
+        self,
+        rendezvous: Rendezvous,
+        *,
+        role: str,
+        device: str | torch.device | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.group = P2PGroup(rendezvous, role=role, device=device, timeout=timeout)  # type: ignore[arg-type]
+        #: Stats of the last :meth:`send` or :meth:`recv`.
+        self.last_stats: TransferStats | None = None
+
+    @property
+    def rendezvous(self) -> Rendezvous:
+        """Where the two ends meet."""
+        return self.group.rendezvous
+
+    @property
+    def device(self) -> torch.device:
+        """The device messages live on (the CUDA device with NCCL, else cpu)."""
+        return self.group.device
+
+    def connect(self) -> "P2PEndpoint":
+        """Join the group (see :meth:`workers.p2p_group.P2PGroup.connect`)."""
+        self.group.connect()
+        return self
+
+    def close(self, *, abort: bool = False) -> None:
+        """Tear the group down (idempotent); ``abort`` after an error."""
+        self.group.close(abort=abort)
+
+    def __enter__(self) -> "P2PEndpoint":
+        return self.connect()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close(abort=exc_type is not None)
+
     # ------------------------------------------------------------ public transfer
 
     def send(self, state: SessionState) -> TransferStats:
@@ -139,7 +185,7 @@ class P2PEndpoint(P2PGroup):
         TransferError
             On a timeout, a broken connection or a wrong acknowledgement.
         """
-        self._require_connected()
+        self.group.require_connected()
         t0 = time.perf_counter()
         state_meta = state.meta()
         plan = plan_buffers(state_meta["tensors"])
@@ -154,18 +200,18 @@ class P2PEndpoint(P2PGroup):
         ack = torch.zeros(2, dtype=torch.int64, device=self.device)
         staged = 0
         with _on_device(self.device):
-            inflight = [(self._send(m), m) for m in (header.to(self.device), meta.to(self.device))]
+            inflight = [(self.group.post_send(m), m) for m in (header.to(self.device), meta.to(self.device))]
             for seg in segments:  # each message is posted as soon as it is ready
                 data, copied = segment_bytes(seg, plan, state.tensors, device=self.device, pin_memory=pin)
                 staged += copied
-                inflight.append((self._send(data), data))
-            ack_work = self._recv(ack)
+                inflight.append((self.group.post_send(data), data))
+            ack_work = self.group.post_recv(ack)
             for i, (work, _) in enumerate(inflight):
-                self._wait(work, f"send of message {i + 1}/{len(inflight)}")
-            self._wait(ack_work, "waiting for the receiver's acknowledgement")
+                self.group.wait(work, f"send of message {i + 1}/{len(inflight)}")
+            self.group.wait(ack_work, "waiting for the receiver's acknowledgement")
         got = ack.cpu().tolist()
         if got != [PROTOCOL_MAGIC, plan.nbytes]:
-            raise TransferError(f"{self._where()}: receiver acknowledged {got}, expected [{PROTOCOL_MAGIC}, {plan.nbytes}]")
+            raise TransferError(f"{self.group.where()}: receiver acknowledged {got}, expected [{PROTOCOL_MAGIC}, {plan.nbytes}]")
         self.last_stats = TransferStats(
             transfer_id=self.rendezvous.transfer_id,
             role="send",
@@ -174,7 +220,7 @@ class P2PEndpoint(P2PGroup):
             n_tensors=len(state.tensors),
             n_messages=len(inflight),
             staged_bytes=staged,
-            connect_s=self.connect_s,
+            connect_s=self.group.connect_s,
             transfer_s=time.perf_counter() - t0,
         )
         return self.last_stats
@@ -193,34 +239,34 @@ class P2PEndpoint(P2PGroup):
         TransferError
             On a timeout, a broken connection, or a peer speaking another protocol.
         """
-        self._require_connected()
+        self.group.require_connected()
         target = self.device if device is None else torch.device(device)
         t0 = time.perf_counter()
         with _on_device(self.device):
             header = torch.zeros(_HEADER_WORDS, dtype=torch.int64, device=self.device)
-            self._wait(self._recv(header), "receiving the header")
+            self.group.wait(self.group.post_recv(header), "receiving the header")
             magic, version, meta_len, total, direct_min, max_bytes = header.cpu().tolist()
             if magic != PROTOCOL_MAGIC or version != PROTOCOL_VERSION:
                 raise TransferError(
-                    f"{self._where()}: header {[magic, version]} is not turboserve p2p protocol "
+                    f"{self.group.where()}: header {[magic, version]} is not turboserve p2p protocol "
                     f"[{PROTOCOL_MAGIC}, {PROTOCOL_VERSION}]; both ends must run the same turboserve version"
                 )
             meta_t = torch.empty(meta_len, dtype=torch.uint8, device=self.device)
-            self._wait(self._recv(meta_t), "receiving the meta")
+            self.group.wait(self.group.post_recv(meta_t), "receiving the meta")
             meta, plan = self._check_meta(meta_t, total)
             stage_pinned = self.device.type == "cpu" and target.type == "cuda"
             buffers = empty_buffers(plan, device=self.device, pin_memory=stage_pinned)
             try:
                 segments = plan_segments(plan, direct_min_bytes=direct_min, max_bytes=max_bytes)
             except PackError as exc:
-                raise TransferError(f"{self._where()}: bad message sizes in the header: {exc}") from exc
-            works = [self._recv(as_bytes(buffers[g.buffer])[g.start : g.stop]) for g in segments]
+                raise TransferError(f"{self.group.where()}: bad message sizes in the header: {exc}") from exc
+            works = [self.group.post_recv(as_bytes(buffers[g.buffer])[g.start : g.stop]) for g in segments]
             for i, w in enumerate(works):
-                self._wait(w, f"receiving payload message {i + 1}/{len(works)}")
+                self.group.wait(w, f"receiving payload message {i + 1}/{len(works)}")
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             ack = torch.tensor([PROTOCOL_MAGIC, plan.nbytes], dtype=torch.int64, device=self.device)
-            self._wait(self._send(ack), "sending the acknowledgement")
+            self.group.wait(self.group.post_send(ack), "sending the acknowledgement")
         if target != self.device:
             buffers = [b.to(target, non_blocking=stage_pinned) for b in buffers]
             if target.type == "cuda":
@@ -235,7 +281,7 @@ class P2PEndpoint(P2PGroup):
             n_tensors=len(tensors),
             n_messages=2 + len(works),
             staged_bytes=plan.nbytes if stage_pinned else 0,
-            connect_s=self.connect_s,
+            connect_s=self.group.connect_s,
             transfer_s=time.perf_counter() - t0,
         )
         return state
@@ -246,14 +292,14 @@ class P2PEndpoint(P2PGroup):
             meta = payload["state"]
             plan = plan_buffers(meta["tensors"])
         except (PackError, KeyError, TypeError) as exc:
-            raise TransferError(f"{self._where()}: the sender's meta is malformed: {exc}") from exc
+            raise TransferError(f"{self.group.where()}: the sender's meta is malformed: {exc}") from exc
         if payload.get("transfer_id") != self.rendezvous.transfer_id:
             raise TransferError(
-                f"{self._where()}: the sender is on transfer {payload.get('transfer_id')!r}; "
+                f"{self.group.where()}: the sender is on transfer {payload.get('transfer_id')!r}; "
                 "both ends must get the same Rendezvous"
             )
         if plan.nbytes != total:
-            raise TransferError(f"{self._where()}: header announces {total} bytes, the meta describes {plan.nbytes}")
+            raise TransferError(f"{self.group.where()}: header announces {total} bytes, the meta describes {plan.nbytes}")
         return meta, plan
 
 

@@ -4,7 +4,8 @@
 :func:`choose_backend` picks NCCL or gloo for a pair of devices; :class:`P2PGroup`
 joins (and tears down) the private 2-rank ``torch.distributed`` group of one transfer
 and posts tagged messages on it. The wire protocol on top is
-:class:`workers.p2p.P2PEndpoint`.
+:class:`workers.p2p.P2PEndpoint`, which holds a :class:`P2PGroup` (composition: the
+group knows nothing of session states, the endpoint nothing of stores and backends).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
+from workers.errors import TransferError
+
 logger = logging.getLogger("workers.p2p")  # the transport's one logger, as before the split
 
 Backend = Literal["nccl", "gloo"]
@@ -33,10 +36,6 @@ DEFAULT_TIMEOUT_S = 60.0
 LISTEN_POLL_S = 0.01
 
 _SENDER, _RECEIVER = 0, 1
-
-
-class TransferError(RuntimeError):
-    """A point-to-point transfer failed: the peer never joined, timed out, or spoke nonsense."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,31 +74,6 @@ class Rendezvous:
     def new(cls, backend: str = "gloo", *, host: str = "127.0.0.1", transfer_id: str | None = None) -> "Rendezvous":
         """A rendezvous on a free port of ``host`` (call it on the sender's machine)."""
         return cls(host=host, port=free_port(host), backend=backend, transfer_id=transfer_id or uuid.uuid4().hex)
-
-
-@dataclass(frozen=True, slots=True)
-class TransferStats:
-    """What one send or receive moved and how long it took (for metrics: bytes moved).
-
-    ``staged_bytes``: bytes copied into staging memory on this end (the sender stages
-    runs of small tensors, and CUDA tensors for gloo; the receiver only for gloo into a
-    CUDA target). ``connect_s``: joining the group; ``transfer_s``: the data phase.
-    """
-
-    transfer_id: str
-    role: str
-    backend: str
-    nbytes: int
-    n_tensors: int
-    n_messages: int
-    staged_bytes: int
-    connect_s: float
-    transfer_s: float
-
-    @property
-    def bytes_per_s(self) -> float:
-        """Payload bytes per second of the data phase (excluding joining the group)."""
-        return self.nbytes / self.transfer_s if self.transfer_s > 0 else float("inf")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -164,9 +138,21 @@ def choose_backend(
 class P2PGroup:
     """One end of a private 2-rank process group (rank 0 sends and hosts the store).
 
-    The setup half of :class:`workers.p2p.P2PEndpoint` (see there for the parameters):
-    join with :meth:`connect`, tear down with :meth:`close`, or use it as a context
-    manager.
+    Join with :meth:`connect`, tear down with :meth:`close` (or use it as a context
+    manager); post tagged messages with :meth:`post_send` / :meth:`post_recv` and wait
+    for them with :meth:`wait`. Messages match by order: both ends post the same
+    sequence.
+
+    Parameters
+    ----------
+    rendezvous
+        The same :class:`Rendezvous` on both ends.
+    role
+        ``"send"`` (rank 0, hosts the store) or ``"recv"`` (rank 1).
+    device
+        The CUDA device this end uses with NCCL (default: the current one); ignored by gloo.
+    timeout
+        Seconds to wait for the peer at each stage; ``None``: :data:`DEFAULT_TIMEOUT_S`.
     """
 
     def __init__(
@@ -192,9 +178,8 @@ class P2PGroup:
         self._store: Any = None
         self._pg: Any = None
         self._tag = 0
+        #: Seconds :meth:`connect` took to join the group.
         self.connect_s = 0.0
-        #: Stats of the last :meth:`send` or :meth:`recv`.
-        self.last_stats: TransferStats | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -213,7 +198,8 @@ class P2PGroup:
             device = torch.device("cuda", torch.cuda.current_device())
         return device
 
-    def _where(self) -> str:
+    def where(self) -> str:
+        """This end, for error messages: transfer id, role, backend and address."""
         r = self.rendezvous
         return f"transfer {r.transfer_id!r} ({self.role}, {r.backend} via {r.host}:{r.port})"
 
@@ -249,13 +235,13 @@ class P2PGroup:
                 else f"the sender did not open {r.host}:{r.port} within {self.timeout_s:g}s; "
                 "both ends must run concurrently with the same Rendezvous"
             )
-            raise TransferError(f"{self._where()}: could not open the rendezvous store: {exc}; {hint}") from exc
+            raise TransferError(f"{self.where()}: could not open the rendezvous store: {exc}; {hint}") from exc
         try:
             self._pg = self._make_group(dist.PrefixStore(f"turboserve/p2p/{r.transfer_id}", self._store))
         except (RuntimeError, OSError) as exc:
             self._store = None
             raise TransferError(
-                f"{self._where()}: the peer did not join within {self.timeout_s:g}s: {exc}; "
+                f"{self.where()}: the peer did not join within {self.timeout_s:g}s: {exc}; "
                 "both ends must run concurrently with the same Rendezvous"
             ) from exc
         self.connect_s = time.perf_counter() - t0
@@ -272,7 +258,7 @@ class P2PGroup:
             except OSError as exc:
                 if time.monotonic() >= deadline:
                     raise TransferError(
-                        f"{self._where()}: the sender did not open {r.host}:{r.port} within {self.timeout_s:g}s "
+                        f"{self.where()}: the sender did not open {r.host}:{r.port} within {self.timeout_s:g}s "
                         f"({exc}); both ends must run concurrently with the same Rendezvous"
                     ) from exc
                 time.sleep(LISTEN_POLL_S)
@@ -301,7 +287,7 @@ class P2PGroup:
         try:
             pg.abort() if abort else pg.shutdown()
         except RuntimeError:
-            logger.warning("%s: tearing down the process group failed", self._where(), exc_info=True)
+            logger.warning("%s: tearing down the process group failed", self.where(), exc_info=True)
 
     def __enter__(self) -> "P2PGroup":
         return self.connect()
@@ -311,20 +297,24 @@ class P2PGroup:
 
     # ------------------------------------------------------------ messages
 
-    def _send(self, t: torch.Tensor) -> Any:
+    def post_send(self, t: torch.Tensor) -> Any:
+        """Post ``t`` (contiguous, on :attr:`device`) as the next message; returns the work handle."""
         self._tag += 1
         return self._pg.send([t], self.peer, self._tag)
 
-    def _recv(self, t: torch.Tensor) -> Any:
+    def post_recv(self, t: torch.Tensor) -> Any:
+        """Post a receive of the next message into ``t``; returns the work handle."""
         self._tag += 1
         return self._pg.recv([t], self.peer, self._tag)
 
-    def _wait(self, work: Any, what: str) -> None:
+    def wait(self, work: Any, what: str) -> None:
+        """Wait for a posted message; ``what`` names it in the :class:`TransferError` on failure."""
         try:
             work.wait(self._timeout)
         except RuntimeError as exc:
-            raise TransferError(f"{self._where()}: {what} failed or timed out after {self.timeout_s:g}s: {exc}") from exc
+            raise TransferError(f"{self.where()}: {what} failed or timed out after {self.timeout_s:g}s: {exc}") from exc
 
-    def _require_connected(self) -> None:
+    def require_connected(self) -> None:
+        """Raise :class:`TransferError` unless :meth:`connect` succeeded."""
         if self._pg is None:
-            raise TransferError(f"{self._where()}: not connected; call connect() or use the endpoint in a with block")
+            raise TransferError(f"{self.where()}: not connected; call connect() or use the endpoint in a with block")

@@ -401,7 +401,8 @@ class SessionActor:
         is collective and blocks until the receiver joins); NCCL when both ends are
         CUDA devices, gloo otherwise.
         """
-        from workers.p2p import Rendezvous, send_state
+        from workers.p2p import send_state
+        from workers.p2p_group import Rendezvous
 
         self._check_open()
         if self._attached:
