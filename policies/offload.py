@@ -21,9 +21,7 @@ from policies.admission import CapacityLedger
 from policies.base import LedgerPolicy
 from policies.placement import HeapChooser, fewest_active
 from policies.registry import register
-from policies.types import Action, Offload, Resume
-
-TIERS = ("host", "disk")
+from policies.types import TIERS, Action, Offload, Resume
 
 
 class _OffloadPolicy(LedgerPolicy):

@@ -246,12 +246,12 @@ class _PlacementPolicy(LedgerPolicy):
                 ledger.move(s, load, target)
                 chooser.refresh(target)
                 budget -= 1
-                actions.append(Migrate(s.session_id, load.address, target.address, cause="drain"))
+                actions.append(Migrate(s.session_id, load.address, target.address, cause="drain", drain=True))
             for s in load.idle:
                 if s.session_id in moved:
                     continue
                 moved.add(s.session_id)
-                actions.append(Offload(s.session_id, tier="host", cause="drain"))
+                actions.append(Offload(s.session_id, tier="host", cause="drain", drain=True))
 
 
 def _move_rank(s: SessionView) -> tuple:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 GiB = 1024**3
+#: Where a suspended session's state can go (``Offload.tier``): pinned host memory or disk (zarr).
+TIERS: tuple[str, ...] = ("host", "disk")
 
 
 class SessionStatus(enum.Enum):
@@ -177,6 +179,9 @@ class Migrate(Action):
     session_id: str
     source: str
     target: str
+    #: Part of emptying a DRAINING worker (an executor that drains it itself refuses it).
+    #: Out of the repr, so decision digests pinned before the field existed still hold.
+    drain: bool = field(default=False, kw_only=True, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,8 @@ class Offload(Action):
 
     session_id: str
     tier: str = "host"
+    #: Part of emptying a DRAINING worker (see :class:`Migrate`).
+    drain: bool = field(default=False, kw_only=True, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
