@@ -6,6 +6,7 @@ Sits on the ``kernels`` floor (it only knows :class:`SessionState`) and below
 
 from kernels.state import STATE_FORMAT_VERSION, SessionState
 from storage.checkpoint import CHECKPOINT_LAYOUT_VERSION, CheckpointInfo, CheckpointStore
+from storage.identity import CheckpointIdentity, prompt_digest
 from storage.errors import (
     CheckpointCorrupt,
     CheckpointError,
@@ -23,6 +24,7 @@ __all__ = [
     "STATE_FORMAT_VERSION",
     "CheckpointCorrupt",
     "CheckpointError",
+    "CheckpointIdentity",
     "CheckpointInfo",
     "CheckpointMismatch",
     "CheckpointNotFound",
@@ -35,6 +37,7 @@ __all__ = [
     "VideoStoreError",
     "is_pinned",
     "offload_to_host",
+    "prompt_digest",
     "open_video",
     "restore_to_device",
     "tier_of",

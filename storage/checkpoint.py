@@ -6,20 +6,30 @@ Layout under the store root, one group per session::
                                   model, chunk_index, nbytes (written last: the switch)
       c000008-1a2b3c4d/           one generation = one saved state
         kv.0.k, kv.0.v, ...       one uncompressed zarr array per tensor
-                                  attrs (written after all arrays): the state's meta,
-                                  a CRC-32C per tensor, complete=true
+                                  attrs (written after all arrays): the session's
+                                  identity (id, model, prompt digest, seed), the state's
+                                  meta (chunk index, scalars, shapes), a CRC-32C per
+                                  tensor, and "digest": a SHA-256 seal over all of them
+                                  and the generation's name; complete=true
 
 A save writes a *new* generation, then its attributes (meta and checksums), then moves
 the session's ``current`` pointer, then deletes older generations. A crash at any point
 leaves either the previous checkpoint (still complete and pointed to) or a pointer to a
-complete new one; a load verifies shape, dtype and checksum of every tensor, so damage
-after the fact is reported, never loaded.
+complete new one.
+
+A load trusts nothing it has not verified: the metadata against its seal (a flipped
+bit of the stored chunk index is caught), the pointer against the sealed metadata, the
+identity against the session that asks (another session's checkpoint copied into this
+session's folder is a :class:`CheckpointMismatch`), and shape, dtype and checksum of
+every tensor, so damage after the fact is reported, never loaded.
 
 Example
 -------
 >>> store = CheckpointStore("/tmp/turboserve-state")            # doctest: +SKIP
 >>> info = store.save("s1", state)                              # doctest: +SKIP
 >>> state2 = store.load("s1", model="tiny", device="cuda:0")    # doctest: +SKIP
+>>> ident = CheckpointIdentity.of("s1", "tiny", "a red fox", 0)  # doctest: +SKIP
+>>> state3 = store.load("s1", expect=ident)                     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -38,11 +48,13 @@ from zarr.abc.store import Store
 
 from kernels.state import STATE_FORMAT_VERSION, SessionState
 from storage.errors import CheckpointCorrupt, CheckpointMismatch, CheckpointNotFound, CheckpointVersionError
+from storage.identity import CheckpointIdentity, prompt_digest, seal
 from storage.tensors import CHECKSUM, available_checksums, checksum, from_numpy, storage_dtype, to_numpy, torch_dtype
 from storage.zarr_store import DEFAULT_CHUNK_BYTES, chunk_shape, open_root, open_store, read_array, write_arrays
 
-#: Version of the on-disk layout described in the module docstring.
-CHECKPOINT_LAYOUT_VERSION = 1
+#: Version of the on-disk layout described in the module docstring (2: sealed metadata
+#: and the session's identity; version 1 checkpoints are refused, then regenerated).
+CHECKPOINT_LAYOUT_VERSION = 2
 _LAYOUT_KEY = "turboserve_checkpoint"
 
 Compression = Literal["zstd", "blosc"] | None
@@ -178,18 +190,17 @@ class CheckpointStore:
         # The checksums are computed in threads while the chunks are written.
         sums = write_arrays(pairs, [functools.partial(checksum, data, CHECKSUM) for _, data in pairs])
         checksums = {name: crc for name, crc in zip(state.tensors, sums)}
-        meta = state.meta()
+        sealed = {
+            _LAYOUT_KEY: CHECKPOINT_LAYOUT_VERSION,
+            "generation": generation,
+            "session_id": session_id,
+            "identity": CheckpointIdentity.of(session_id, state.model, state.prompt, state.seed).to_dict(),
+            "state": state.meta(),
+            "checksum": CHECKSUM,
+            "checksums": checksums,
+        }
         # The generation's attributes are its "complete" marker: written after all data.
-        group.attrs.update(
-            {
-                _LAYOUT_KEY: CHECKPOINT_LAYOUT_VERSION,
-                "session_id": session_id,
-                "state": meta,
-                "checksum": CHECKSUM,
-                "checksums": checksums,
-                "complete": True,
-            }
-        )
+        group.attrs.update({**sealed, "digest": seal(sealed), "complete": True})
         # The switch: one metadata document, replaced atomically on a local store.
         session.attrs.update(
             {
@@ -229,6 +240,9 @@ class CheckpointStore:
     def info(self, session_id: str) -> CheckpointInfo:
         """Describe the session's checkpoint without reading its tensors.
 
+        This reads the session's pointer only, which :meth:`load` verifies against the
+        sealed metadata of the generation: a damaged pointer is caught there, not here.
+
         Raises
         ------
         CheckpointNotFound, CheckpointVersionError
@@ -239,15 +253,29 @@ class CheckpointStore:
                 f"session {session_id!r} has no complete checkpoint in {self.url} (a first save was interrupted)"
             )
         self._check_layout(session_id, attrs)
-        return CheckpointInfo(
-            session_id, attrs["model"], int(attrs["chunk_index"]), int(attrs["nbytes"]), attrs["current"], self.url
-        )
+        try:
+            current = attrs["current"]
+            _check_name("generation", current)
+            return CheckpointInfo(
+                session_id, str(attrs["model"]), int(attrs["chunk_index"]), int(attrs["nbytes"]), current, self.url
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointCorrupt(
+                f"checkpoint of session {session_id!r} in {self.url} has a damaged pointer ({exc!r})"
+            ) from None
 
     def latest_chunk(self, session_id: str) -> int:
         """Chunk index the session's checkpoint resumes at (raises :class:`CheckpointNotFound`)."""
         return self.info(session_id).chunk_index
 
-    def load(self, session_id: str, *, model: object = None, device: str | torch.device = "cpu") -> SessionState:
+    def load(
+        self,
+        session_id: str,
+        *,
+        model: object = None,
+        device: str | torch.device = "cpu",
+        expect: CheckpointIdentity | None = None,
+    ) -> SessionState:
         """Read, verify and return the session's checkpointed state.
 
         Parameters
@@ -259,49 +287,65 @@ class CheckpointStore:
             ``name``); when given, a checkpoint of another model is refused.
         device
             Where the returned tensors live.
+        expect
+            The identity of the session that asks (:meth:`CheckpointIdentity.of` its
+            id, model, prompt and seed); when given, a checkpoint of any other session,
+            model, prompt or seed is refused. Without it, the stored identity must
+            still name ``session_id``.
 
         Raises
         ------
         CheckpointNotFound
             No checkpoint for the session.
         CheckpointMismatch
-            It was made by another model.
+            It holds another session's state, or was made by another model, prompt or seed.
         CheckpointVersionError
             Its layout or state format is not the one this code reads.
         CheckpointCorrupt
-            An array is missing, truncated, of the wrong shape or dtype, or fails its checksum.
+            Its metadata fails its seal or disagrees with the pointer; an array is
+            missing, truncated, of the wrong shape or dtype, or fails its checksum.
         """
         info = self.info(session_id)
         where = f"checkpoint of session {session_id!r} in {self.url}"
         session = self._root[session_id]
         try:
             group = session[info.generation]
+            if not isinstance(group, zarr.Group):
+                raise TypeError(f"{info.generation!r} is an array, not a generation group")
+            attrs = group.attrs.asdict()
         except KeyError:
             raise CheckpointCorrupt(f"{where} points to generation {info.generation!r}, which is missing") from None
-        except (ValueError, OSError) as exc:
+        except Exception as exc:  # zarr raises various types for a garbled metadata document
             raise CheckpointCorrupt(
-                f"{where}: metadata of generation {info.generation!r} cannot be read: {exc}"
+                f"{where}: metadata of generation {info.generation!r} cannot be read: {exc!r}"
             ) from exc
-        attrs = group.attrs.asdict()
         if not attrs.get("complete"):
             raise CheckpointCorrupt(f"{where}: generation {info.generation!r} was never completed")
         self._check_layout(session_id, attrs)
-        meta = attrs["state"]
-        if int(meta.get("format_version", -1)) != STATE_FORMAT_VERSION:
+        meta = attrs.get("state")
+        if not isinstance(meta, dict):
+            raise CheckpointCorrupt(f"{where}: generation {info.generation!r} has no state metadata")
+        if meta.get("format_version") != STATE_FORMAT_VERSION:
             raise CheckpointVersionError(
                 f"{where} has state format version {meta.get('format_version')}, this code reads "
                 f"version {STATE_FORMAT_VERSION}; regenerate the session from (model, prompt, seed)"
-            )
-        wanted = _model_name(model)
-        if wanted is not None and meta["model"] != wanted:
-            raise CheckpointMismatch(
-                f"checkpoint of session {session_id!r} was made by model {meta['model']!r}, this worker runs {wanted!r}"
             )
         algorithm = attrs.get("checksum", "crc32")
         if algorithm not in available_checksums():
             raise CheckpointVersionError(
                 f"{where} uses checksum {algorithm!r}; this installation computes {available_checksums()} "
                 "(pip install google-crc32c for 'crc32c')"
+            )
+        stored = self._verify_metadata(session_id, info, attrs, where)
+        wanted = _model_name(model)
+        if wanted is not None and meta["model"] != wanted:
+            raise CheckpointMismatch(
+                f"checkpoint of session {session_id!r} was made by model {meta['model']!r}, this worker runs {wanted!r}"
+            )
+        if expect is not None and (diff := stored.differences(expect)):
+            raise CheckpointMismatch(
+                f"{where} belongs to another session: {'; '.join(diff)}; refusing it "
+                "(the session regenerates from its prompt and seed instead)"
             )
         tensors = {
             name: self._read_tensor(group, name, spec, attrs["checksums"], algorithm, where)
@@ -311,6 +355,45 @@ class CheckpointStore:
         return state if torch.device(device).type == "cpu" else state.to(device)
 
     # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _verify_metadata(
+        session_id: str, info: CheckpointInfo, attrs: dict[str, Any], where: str
+    ) -> CheckpointIdentity:
+        """Check the generation's seal, then the pointer and identity against it."""
+        sealed = {k: v for k, v in attrs.items() if k not in ("digest", "complete")}
+        if attrs.get("digest") != seal(sealed):
+            raise CheckpointCorrupt(
+                f"{where}: the metadata of generation {info.generation!r} fails its digest "
+                "(changed on disk after the save: chunk index, seed, identity or checksums)"
+            )
+        meta = attrs["state"]
+        try:
+            stored = CheckpointIdentity.from_dict(attrs.get("identity"))
+        except ValueError as exc:
+            raise CheckpointCorrupt(f"{where}: {exc}") from None
+        own = (meta.get("model"), prompt_digest(str(meta.get("prompt"))), meta.get("seed"))
+        if (stored.model, stored.prompt_digest, stored.seed) != own:
+            raise CheckpointCorrupt(f"{where}: the stored identity {stored} disagrees with the state it seals")
+        if stored.session_id != session_id or attrs.get("session_id") != session_id:
+            raise CheckpointMismatch(
+                f"{where} holds the state of session {stored.session_id!r} (copied or moved into this "
+                "session's folder); refusing it"
+            )
+        if attrs.get("generation") != info.generation:
+            raise CheckpointCorrupt(
+                f"{where}: the pointer names generation {info.generation!r}, whose sealed name is "
+                f"{attrs.get('generation')!r} (copied from elsewhere)"
+            )
+        chunk = meta.get("chunk_index")
+        if chunk != info.chunk_index or info.model != meta.get("model") or not info.generation.startswith(
+            f"c{chunk:06d}-" if isinstance(chunk, int) else "\0"
+        ):
+            raise CheckpointCorrupt(
+                f"{where}: the pointer says chunk {info.chunk_index} of model {info.model!r}, the sealed "
+                f"generation {info.generation!r} holds chunk {chunk} of model {meta.get('model')!r}"
+            )
+        return stored
 
     def _compressors(self) -> Any:
         if self.compression == "zstd":
@@ -325,13 +408,16 @@ class CheckpointStore:
             session = self._root[session_id]
         except KeyError:
             raise CheckpointNotFound(f"no checkpoint of session {session_id!r} in {self.url}") from None
-        except (ValueError, OSError) as exc:  # unreadable metadata document
+        except Exception as exc:  # zarr raises various types for a garbled metadata document
             raise CheckpointCorrupt(
-                f"checkpoint of session {session_id!r} in {self.url} cannot be read: {exc}"
+                f"checkpoint of session {session_id!r} in {self.url} cannot be read: {exc!r}"
             ) from exc
         if not isinstance(session, zarr.Group):
             raise CheckpointCorrupt(f"{session_id!r} in {self.url} is an array, not a checkpoint group")
-        return session.attrs.asdict()
+        attrs = session.attrs.asdict()
+        if not isinstance(attrs, dict):
+            raise CheckpointCorrupt(f"checkpoint of session {session_id!r} in {self.url} has no attribute map")
+        return attrs
 
     def _check_layout(self, session_id: str, attrs: dict[str, Any]) -> None:
         version = attrs.get(_LAYOUT_KEY)
@@ -351,8 +437,8 @@ class CheckpointStore:
             array = group[name]
         except KeyError:
             raise CheckpointCorrupt(f"{where}: array {name!r} is missing") from None
-        except (ValueError, OSError) as exc:
-            raise CheckpointCorrupt(f"{where}: metadata of array {name!r} cannot be read: {exc}") from exc
+        except Exception as exc:  # zarr raises various types for a garbled metadata document
+            raise CheckpointCorrupt(f"{where}: metadata of array {name!r} cannot be read: {exc!r}") from exc
         expected_dtype = storage_dtype(dtype)
         if tuple(array.shape) != shape or np.dtype(array.dtype) != expected_dtype:
             raise CheckpointCorrupt(
@@ -374,4 +460,4 @@ def _rebuild_store(
     return CheckpointStore(url, compression=compression, chunk_bytes=chunk_bytes, storage_options=storage_options)
 
 
-__all__ = ["CHECKPOINT_LAYOUT_VERSION", "CheckpointInfo", "CheckpointStore"]
+__all__ = ["CHECKPOINT_LAYOUT_VERSION", "CheckpointIdentity", "CheckpointInfo", "CheckpointStore"]
