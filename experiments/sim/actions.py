@@ -1,5 +1,11 @@
-"""Applying the policies' actions in the simulator: place, resume, migrate, offload,
-scale and retire, each refused (logged with the reason, and counted) when impossible.
+"""Applying the policies' actions in the simulator: the mechanisms only.
+
+Whether an action may be applied is decided by the shared rules of
+:mod:`policies.semantics` (the live control loop uses the same ones): :class:`_SimFacts`
+shows them the simulator's state, a refusal is logged with its reason and counted, and
+an accepted action runs its mechanism here (book memory, copy bytes in virtual time,
+start or release workers). ``ScaleTo`` also has outcomes only the simulator knows
+(``cluster-full``, ``scale-down-busy``).
 
 A mixin of :class:`experiments.sim.engine.Simulator`.
 """
@@ -7,6 +13,7 @@ A mixin of :class:`experiments.sim.engine.Simulator`.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from experiments.sim.state import (
     _COPY,
@@ -15,92 +22,88 @@ from experiments.sim.state import (
     DRAINING,
     IDLE,
     MIGRATING,
-    PENDING,
     RUNNING,
     STARTING,
     SUSPENDED,
-    _Worker,
 )
-from policies.types import (
-    Action,
-    Migrate,
-    Offload,
-    Place,
-    Reject,
-    Resume,
-    Retire,
-    ScaleTo,
+from policies.semantics import (
+    ActionRefused,
+    Refusal,
+    SessionFacts,
+    WorkerFacts,
+    check,
+    clip_scale,
+    decided,
 )
+from policies.types import TIERS, Action, Migrate, Offload, Place, Reject, Resume, Retire, ScaleTo
 
 # the logger keeps the engine's name: refusals were always logged there
 logger = logging.getLogger("experiments.sim.engine")
 
 
+class _SimFacts:
+    """The simulator's state at ``now`` as :func:`policies.semantics.check` reads it."""
+
+    __slots__ = ("sim", "now", "min_workers")
+
+    def __init__(self, sim: Any, now: float) -> None:
+        self.sim, self.now, self.min_workers = sim, now, sim.cfg.min_workers
+
+    def session(self, session_id: str) -> SessionFacts | None:
+        s = self.sim.by_sid.get(session_id)
+        if s is None:
+            return None
+        return SessionFacts(
+            s.status, worker=None if s.worker is None else s.worker.address, state_bytes=s.nbytes, opened=s.opened,
+            offloaded=s.on_host, copying=s.copy_until > self.now, computing=s.in_flight,
+        )
+
+    def worker(self, address: str) -> WorkerFacts | None:
+        w = self.sim.by_addr.get(address)
+        return None if w is None else WorkerFacts(w.status, used_bytes=w.used, memory_bytes=w.memory)
+
+    def serving(self) -> int:
+        return sum(1 for w in self.sim.alive.values() if w.status is not DRAINING)
+
+    def tiers(self) -> tuple[str, ...]:
+        return TIERS  # every tier is a host copy at offload_bytes_per_s
+
+
 class _Actions:
-    """The action handlers (mixed into :class:`~experiments.sim.engine.Simulator`)."""
+    """The action mechanisms (mixed into :class:`~experiments.sim.engine.Simulator`)."""
 
-    def _refuse(self, now: float, action: Action, sid: str, worker: str, reason: str, category: str) -> None:
-        self.refused[category] += 1
-        self.decisions.append((now, type(action).__name__, sid, worker, False, reason))
-        logger.debug("t=%.3f refused %r: %s", now, action, reason)
+    def _refuse(self, now: float, action: Action, exc: ActionRefused, worker: str | None = None) -> None:
+        self.refused[exc.refusal.value] += 1
+        self.decisions.append(decided(now, action, False, exc.reason, worker))
+        logger.debug("t=%.3f refused %r: %s", now, action, exc.reason)
 
-    def _accept(self, now: float, action: Action, sid: str, worker: str) -> None:
-        self.decisions.append((now, type(action).__name__, sid, worker, True, action.cause))
+    def _accept(self, now: float, action: Action, worker: str | None = None) -> None:
+        self.decisions.append(decided(now, action, True, None, worker))
 
     def _apply(self, action: Action, now: float) -> None:
-        if isinstance(action, Place):
-            self._place(action, now, action.session_id, action.worker, resume=False)
-        elif isinstance(action, Resume):
-            self._place(action, now, action.session_id, action.worker, resume=True)
+        if isinstance(action, ScaleTo):
+            self._scale_to(action, now)
+            return
+        try:
+            check(action, _SimFacts(self, now))
+        except ActionRefused as exc:
+            self._refuse(now, action, exc)
+            return
+        if isinstance(action, (Place, Resume)):
+            self._place(action, now)
         elif isinstance(action, Migrate):
             self._migrate(action, now)
         elif isinstance(action, Offload):
             self._offload(action, now)
-        elif isinstance(action, ScaleTo):
-            self._scale_to(action, now)
         elif isinstance(action, Retire):
             self._retire(action, now)
         elif isinstance(action, Reject):
-            s = self.by_sid.get(action.session_id)
-            if s is None or s.status is not PENDING:
-                status = "unknown" if s is None else s.status.value
-                self._refuse(now, action, action.session_id, "", f"session is {status}, not pending", "reject-not-pending")
-                return
             self.counters["rejected"] += 1
-            self._accept(now, action, s.sid, "")
-            self._close(s, now)
-        else:
-            self._refuse(now, action, "", "", f"unknown action type {type(action).__name__}", "unknown-action")
+            self._accept(now, action)
+            self._close(self.by_sid[action.session_id], now)
 
-    def _usable_worker(self, now: float, action: Action, sid: str, address: str, allow_draining: bool = False) -> _Worker | None:
-        w = self.by_addr.get(address)
-        if w is None:
-            self._refuse(now, action, sid, address, f"worker {address!r} does not exist", "no-such-worker")
-            return None
-        if w.status is not RUNNING and not (allow_draining and w.status is DRAINING):
-            self._refuse(now, action, sid, address, f"worker {address!r} is {w.status.value}", f"worker-{w.status.value}")
-            return None
-        return w
-
-    def _place(self, action: Action, now: float, sid: str, address: str, *, resume: bool) -> None:
-        s = self.by_sid.get(sid)
-        allowed = (PENDING, SUSPENDED) if resume else (PENDING,)
-        if s is None or s.status not in allowed or not s.opened:
-            status = "unknown" if s is None else s.status.value
-            self._refuse(now, action, sid, address, f"session {sid!r} is {status}", "session-not-placeable")
-            return
-        if resume and not s.on_host:
-            self._refuse(now, action, sid, address, f"session {sid!r} has no offloaded state", "session-not-placeable")
-            return
-        w = self._usable_worker(now, action, sid, address)
-        if w is None:
-            return
-        if w.used + s.nbytes > w.memory:
-            self._refuse(
-                now, action, sid, address,
-                f"worker {address!r} has {w.memory - w.used} bytes free, session needs {s.nbytes}", "no-memory",
-            )
-            return
+    def _place(self, action: Place | Resume, now: float) -> None:
+        s, w = self.by_sid[action.session_id], self.by_addr[action.worker]
         if s.on_host:
             start = max(now, s.host_ready)
             s.copy_until = start + s.nbytes / self.cfg.offload_bytes_per_s
@@ -112,7 +115,7 @@ class _Actions:
         w.sessions[s.idx] = s
         w.used += s.nbytes
         s.worker = w
-        self._accept(now, action, sid, address)
+        self._accept(now, action)
         if s.wants:
             self._set_status(s, ACTIVE, now)
             w.active[s.idx] = s
@@ -121,25 +124,7 @@ class _Actions:
             self._set_status(s, IDLE, now)
 
     def _migrate(self, action: Migrate, now: float) -> None:
-        sid = action.session_id
-        s = self.by_sid.get(sid)
-        if s is None or s.status not in (ACTIVE, IDLE) or s.worker is None or s.worker.address != action.source:
-            where = None if s is None or s.worker is None else s.worker.address
-            status = "unknown" if s is None else s.status.value
-            self._refuse(now, action, sid, action.target, f"session {sid!r} is {status} on {where}, not on {action.source!r}", "migrate-bad-source")
-            return
-        if s.copy_until > now:
-            self._refuse(now, action, sid, action.target, f"session {sid!r} is still being copied", "copy-in-progress")
-            return
-        if action.target == action.source:
-            self._refuse(now, action, sid, action.target, "source and target are the same worker", "migrate-same-worker")
-            return
-        t = self._usable_worker(now, action, sid, action.target)
-        if t is None:
-            return
-        if t.used + s.nbytes > t.memory:
-            self._refuse(now, action, sid, action.target, f"worker {action.target!r} has {t.memory - t.used} bytes free, session needs {s.nbytes}", "no-memory")
-            return
+        s, t = self.by_sid[action.session_id], self.by_addr[action.target]
         start = s.worker.step_end if s.in_flight else now
         s.copy_until = start + self.cfg.migration_fixed_s + s.nbytes / self.cfg.migrate_bytes_per_s
         s.worker.active.pop(s.idx, None)
@@ -148,17 +133,11 @@ class _Actions:
         self._set_status(s, MIGRATING, now)
         self.counters["migrations"] += 1
         self.counters["bytes_moved"] += s.nbytes
-        self._accept(now, action, sid, action.target)
+        self._accept(now, action)
         self._push(s.copy_until, _COPY, (s, t))
 
     def _offload(self, action: Offload, now: float) -> None:
-        sid = action.session_id
-        s = self.by_sid.get(sid)
-        if s is None or s.status is not IDLE or s.in_flight or s.copy_until > now:
-            status = "unknown" if s is None else s.status.value
-            why = "a chunk or a copy is in flight" if s is not None and s.status is IDLE else f"it is {status}, not idle"
-            self._refuse(now, action, sid, "", f"cannot offload session {sid!r}: {why}", "offload-not-idle")
-            return
+        s = self.by_sid[action.session_id]
         w = s.worker
         w.sessions.pop(s.idx, None)
         s.worker = None
@@ -167,15 +146,13 @@ class _Actions:
         self._set_status(s, SUSPENDED, now)
         self.counters["offloads"] += 1
         self.counters["bytes_moved"] += s.nbytes
-        self._accept(now, action, sid, w.address)
+        self._accept(now, action, w.address)
         self._push(s.host_ready, _RELEASE, (w, s.nbytes))
 
     def _scale_to(self, action: ScaleTo, now: float) -> None:
-        n = action.n
-        clipped = min(max(n, self.cfg.min_workers), self.cfg.max_workers)
-        if clipped != n:
-            self._refuse(now, action, "", "", f"target {n} outside [{self.cfg.min_workers}, {self.cfg.max_workers}]; clipped to {clipped}", "scale-out-of-bounds")
-            n = clipped
+        n, clipped = clip_scale(action, self.cfg.min_workers, self.cfg.max_workers)
+        if clipped is not None:
+            self._refuse(now, action, clipped, worker="")
         live = [w for w in self.alive.values() if w.status is not DRAINING]
         if n > len(live):
             # Draining workers still occupy their GPUs: the cluster never holds more than
@@ -185,10 +162,11 @@ class _Actions:
             for _ in range(start):
                 self._new_worker(now, STARTING)
             if start < n - len(live):
-                self._refuse(now, action, "", str(n), f"only {max(room, 0)} of {n - len(live)} new workers fit: "
-                             f"{self.n_alive - len(live)} draining workers still hold GPUs", "cluster-full")
+                self._refuse(now, action, ActionRefused(
+                    Refusal.CLUSTER_FULL, f"only {max(room, 0)} of {n - len(live)} new workers fit: "
+                    f"{self.n_alive - len(live)} draining workers still hold GPUs"), str(n))
             else:
-                self._accept(now, action, "", str(n))
+                self._accept(now, action, str(n))
             return
         excess = len(live) - n
         if excess == 0:
@@ -202,21 +180,15 @@ class _Actions:
                 self._release(w, now)
                 excess -= 1
         if excess:
-            self._refuse(now, action, "", str(n), f"{excess} workers above the target still hold sessions; send Retire to drain them", "scale-down-busy")
+            self._refuse(now, action, ActionRefused(
+                Refusal.SCALE_DOWN_BUSY, f"{excess} workers above the target still hold sessions; send Retire to drain them"),
+                str(n))
         else:
-            self._accept(now, action, "", str(n))
+            self._accept(now, action, str(n))
 
     def _retire(self, action: Retire, now: float) -> None:
-        w = self.by_addr.get(action.worker)
-        if w is None or w.status is DRAINING:
-            why = "does not exist" if w is None else "is already draining"
-            self._refuse(now, action, "", action.worker, f"worker {action.worker!r} {why}", "retire-bad-worker")
-            return
-        live = sum(1 for x in self.alive.values() if x.status is not DRAINING)
-        if live - 1 < self.cfg.min_workers:
-            self._refuse(now, action, "", action.worker, f"retiring would go below min_workers={self.cfg.min_workers}", "retire-below-minimum")
-            return
-        self._accept(now, action, "", action.worker)
+        w = self.by_addr[action.worker]
+        self._accept(now, action)
         self._wviews = None
         if w.status is STARTING:  # holds nothing yet: cancel it
             w.status = DRAINING

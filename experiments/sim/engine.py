@@ -92,6 +92,7 @@ from experiments.sim.state import (  # noqa: F401  (all re-exported)
 )
 from experiments.sim.workload import Workload
 from policies.combined import Combined
+from policies.semantics import apply_order
 from policies.types import (
     BatchLatencyModel,
     ScaleTo,
@@ -313,12 +314,8 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
         self.decide_s += _time.perf_counter() - t0
         # ScaleTo last: the Retire actions that come with a scale-in are applied first, so
         # the target then only starts workers or releases what the Retires did not cover.
-        for action in actions:
-            if not isinstance(action, ScaleTo):
-                self._apply(action, now)
-        for action in actions:
-            if isinstance(action, ScaleTo):
-                self._apply(action, now)
+        for action in apply_order(actions):  # ScaleTo last (policies.semantics)
+            self._apply(action, now)
         deferred, self._deferred = self._deferred, None
         for w in deferred.values():
             self._kick(w, now)
