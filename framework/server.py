@@ -17,6 +17,7 @@ from distributed import Client, LocalCluster
 from framework import config, notebook
 from framework.scheduler_plugin import ServingSettings, TurboserveScheduler
 from framework.session import Session
+from framework.worker_env import ServingNanny
 from workers.engine import EngineSettings
 from workers.errors import InvalidRequest, UnknownWorker
 from workers.plugin import ModelHost
@@ -112,10 +113,8 @@ class Server:
             self.client = address_or_client
         try:
             self.settings = ServingSettings.from_config(model=model, store=store, **settings)
-            self.engine_settings = EngineSettings(
-                max_batch=int(config.get("engine.max-batch", max_batch)),
-                batching=bool(config.get("engine.batching", batching)),
-                checkpoint_every=int(config.get("state.checkpoint-every", checkpoint_every)),
+            self.engine_settings = EngineSettings.from_config(
+                max_batch=max_batch, batching=batching, checkpoint_every=checkpoint_every,
             )
             self._plugins = (
                 TurboserveScheduler(self.settings),
@@ -207,6 +206,8 @@ class Server:
             "dashboard_address": config.get("cluster.dashboard-address"),
         }
         kwargs.update(cluster_kwargs)
+        if kwargs["processes"]:  # workers without the nanny's allocator setting (framework.worker_env)
+            kwargs.setdefault("worker_class", ServingNanny)
         if gpus:
             if n_workers > len(gpus):
                 raise InvalidRequest(f"n_workers={n_workers} but only {len(gpus)} GPUs are visible")

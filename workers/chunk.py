@@ -45,6 +45,11 @@ class Chunk:
     migrated : bool
         True for the first chunk produced after the session moved (migration or
         recovery on another worker).
+    degraded : bool
+        True when the quality valve made it with fewer denoising steps than the
+        model's own (its worker had more due sessions than its batch ``b*``).
+    denoise_steps : int or None
+        Denoising steps that made it (None when the engine did not know them).
 
     Examples
     --------
@@ -64,6 +69,8 @@ class Chunk:
     t_start_s: float
     t_done_s: float
     migrated: bool = False
+    degraded: bool = False
+    denoise_steps: int | None = None
 
     def to_row(self) -> dict[str, Any]:
         """The chunk's result-column row (everything but the frames)."""

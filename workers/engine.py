@@ -11,21 +11,32 @@ serialise every session actor behind the model). Everything that touches the dev
 (creating a session's state, moving it on or off the device) runs on that thread too,
 through :meth:`Engine.call`, between two steps: so a call is also a chunk boundary,
 which is what migration and suspension need.
+
+When a step starts is :func:`workers.batching.decide_batch`'s call: a small batching
+window, bounded by the deadlines of the chunks already due, lets requests that are about
+to arrive (the sessions served by the last step, whose clients ask again at once) join
+the step, which also keeps the sessions of a worker in phase. Flow control: a session
+whose reader is ``max_unread`` chunks behind gets no more chunks until it reads. The
+quality valve: with more due sessions than ``valve_batch``, a step runs with
+``valve_steps`` denoising steps and its chunks are marked degraded.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import dask.config
 import numpy as np
 
 from kernels.state import SessionState
+from workers.batching import BatchDecision, decide_batch, step_bound
 from workers.chunk import Chunk
 from workers.errors import SessionNotFound
 
@@ -37,7 +48,7 @@ Deliver = Callable[["Chunk | BaseException"], None]
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    """Knobs of one engine (resolved from ``turboserve.engine.*`` by the caller).
+    """Knobs of one engine (``turboserve.engine.*``; :meth:`from_config` resolves them).
 
     Attributes
     ----------
@@ -50,24 +61,88 @@ class EngineSettings:
         checkpoint is written only once the client has acknowledged every chunk
         before it (:meth:`Engine.ack`), so a recovery from it never leaves a gap in
         the client's stream; until then its host copy waits in memory.
+    batch_window_s : float
+        Longest wait for sessions about to become due before a step starts (0: never
+        wait); always bounded by the deadline of the chunks already due.
+    deadline_s : float
+        Per-chunk latency target: a chunk's deadline is its request time plus this.
+    max_unread : int
+        Most chunks of one session produced but not yet acknowledged by its reader
+        (0: unbounded); a session that far ahead of its reader waits.
+    valve_batch : int
+        Quality valve: with more due sessions than this, a step runs with
+        ``valve_steps`` denoising steps (0: off).
+    valve_steps : int
+        Denoising steps of a step under the quality valve.
     """
 
     max_batch: int = 8
     batching: bool = True
     checkpoint_every: int = 0
+    batch_window_s: float = 0.02
+    deadline_s: float = 0.75
+    max_unread: int = 8
+    valve_batch: int = 0
+    valve_steps: int = 2
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if not self.batch_window_s >= 0:
+            raise ValueError(f"batch_window_s must be >= 0 seconds, got {self.batch_window_s}")
+        if not self.deadline_s > 0:
+            raise ValueError(f"deadline_s must be > 0 seconds, got {self.deadline_s}")
+        if self.max_unread < 0:
+            raise ValueError(f"max_unread must be >= 0 (0: unbounded), got {self.max_unread}")
+        if self.valve_batch < 0:
+            raise ValueError(f"valve_batch must be >= 0 (0: valve off), got {self.valve_batch}")
+        if self.valve_steps < 1:
+            raise ValueError(f"valve_steps must be >= 1 denoising step, got {self.valve_steps}")
+
+    @classmethod
+    def from_config(cls, **given: Any) -> "EngineSettings":
+        """Settings from ``dask.config`` (``turboserve.engine.*``); given fields win.
+
+        Needs turboserve's defaults loaded (``framework`` loads them). ``None`` values
+        count as not given. The deadline is ``turboserve.slo-s``, or by default the
+        playback time of one chunk (``chunk.frames / chunk.fps``).
+
+        Examples
+        --------
+        >>> import framework.config
+        >>> EngineSettings.from_config(max_batch=4).max_batch
+        4
+        """
+        get = dask.config.get
+        slo = get("turboserve.slo-s", None)
+        if slo is None:
+            slo = get("turboserve.chunk.frames") / get("turboserve.chunk.fps")
+        values = {
+            "max_batch": int(get("turboserve.engine.max-batch")),
+            "batching": bool(get("turboserve.engine.batching")),
+            "checkpoint_every": int(get("turboserve.state.checkpoint-every")),
+            "batch_window_s": float(get("turboserve.engine.batch-window-s")),
+            "deadline_s": float(slo),
+            "max_unread": int(get("turboserve.engine.max-unread-chunks")),
+            "valve_batch": int(get("turboserve.engine.quality-valve.batch")),
+            "valve_steps": int(get("turboserve.engine.quality-valve.steps")),
+        }
+        values.update({k: v for k, v in given.items() if v is not None})
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
 class StepPlan:
-    """What the next step does: the sessions in it, oldest request first."""
+    """What the next step does: the sessions in it, oldest request first.
+
+    ``denoise_steps`` is None for the model's own count, or the reduced count of a step
+    under the quality valve (its chunks are marked degraded).
+    """
 
     session_ids: tuple[str, ...]
+    denoise_steps: int | None = None
 
     @classmethod
     def make_empty(cls) -> "StepPlan":
@@ -78,6 +153,36 @@ class StepPlan:
     def batch_size(self) -> int:
         """Sessions in the step."""
         return len(self.session_ids)
+
+    @property
+    def degraded(self) -> bool:
+        """True when the quality valve cut the step's denoising steps."""
+        return self.denoise_steps is not None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineMetrics:
+    """Counters of one engine since it started.
+
+    Attributes
+    ----------
+    steps, chunks : int
+        Steps run and chunks made (their ratio is the mean batch size formed).
+    degraded_chunks : int
+        Chunks made under the quality valve.
+    waits : int
+        Times a due step waited in the batching window.
+    """
+
+    steps: int
+    chunks: int
+    degraded_chunks: int
+    waits: int
+
+    @property
+    def mean_batch(self) -> float:
+        """Mean sessions per step (0 before the first step)."""
+        return self.chunks / self.steps if self.steps else 0.0
 
 
 @dataclass(slots=True)
@@ -91,9 +196,13 @@ class _Entry:
     migrated: bool = False  # mark the next chunk as the first after a move
     acked: int = 0  # the client has every chunk before this index
     pending: list[SessionState] = field(default_factory=list)  # host copies waiting for acks
+    t_ready: float = 0.0  # when the reader's acknowledgement last let a blocked session through
+    expect: bool = True  # its next request may come any moment (see Engine.decide)
 
-    def due(self) -> bool:
-        return self.state.chunk_index < self.want
+    def due(self, max_unread: int = 0) -> bool:
+        if self.state.chunk_index >= self.want:
+            return False
+        return not max_unread or self.state.chunk_index - self.acked < max_unread
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +262,12 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._saver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="turboserve-ckpt")
         self._per_session_peak: float | None = None
+        self._step_s: dict[int, float] = {}  # batch size -> recent step seconds (EWMA)
+        self._free_s = -math.inf  # when the last step ended
         self.steps = 0
         self.chunks = 0
+        self.degraded_chunks = 0
+        self.waits = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -198,11 +311,13 @@ class Engine:
         want: int | None = None,
         t_request: dict[int, float] | None = None,
         migrated: bool = False,
+        acked: int | None = None,
     ) -> None:
         """Add a session whose state is on this engine's device.
 
         ``want`` is the exclusive index up to which chunks are wanted (default: none
-        beyond the state's next chunk).
+        beyond the state's next chunk). ``acked``: the reader has every chunk before
+        this index (default: the state's next chunk, so the unread window starts there).
         """
         entry = _Entry(
             state=state,
@@ -210,6 +325,7 @@ class Engine:
             want=state.chunk_index if want is None else want,
             t_request=dict(t_request or {}),
             migrated=migrated,
+            acked=state.chunk_index if acked is None else acked,
         )
         with self._cond:
             if session_id in self._entries:
@@ -232,6 +348,7 @@ class Engine:
                 entry.t_request.setdefault(i, now)
             if until > entry.want:
                 entry.want = until
+                entry.expect = True
                 self._cond.notify()
             return entry.state.chunk_index
 
@@ -241,7 +358,11 @@ class Engine:
             entry = self._entries.get(session_id)
             if entry is None or index <= entry.acked:
                 return
+            blocked = entry.state.chunk_index < entry.want and not entry.due(self.settings.max_unread)
             entry.acked = index
+            if blocked and entry.due(self.settings.max_unread):  # the reader caught up: go on
+                entry.t_ready = time.time()
+                self._cond.notify()
             ready = [st for st in entry.pending if st.chunk_index <= index]
             entry.pending = [st for st in entry.pending if st.chunk_index > index]
         if ready:  # the newest acknowledged one makes the older ones moot
@@ -255,6 +376,7 @@ class Engine:
                 raise SessionNotFound(f"session {session_id!r} is not attached to the engine on {self.worker}")
             entry.want = entry.state.chunk_index
             entry.t_request.clear()
+            entry.expect = False
             return entry.state.chunk_index
 
     def detach(self, session_id: str) -> concurrent.futures.Future:
@@ -276,40 +398,94 @@ class Engine:
         with self._cond:
             return list(self._entries)
 
+    def metrics(self) -> EngineMetrics:
+        """Counters since the engine started (steps, chunks, degraded chunks, waits)."""
+        return EngineMetrics(self.steps, self.chunks, self.degraded_chunks, self.waits)
+
     # ------------------------------------------------------------ the three stages
+
+    def decide(self, now: float | None = None) -> BatchDecision:
+        """Start the next step now, or wait (:func:`workers.batching.decide_batch`).
+
+        Due chunks are ready from their request (or from the acknowledgement that let a
+        session ahead of its reader go on) and due at that request plus
+        ``deadline_s``. Another session is expected any moment from its attachment,
+        its last request or its last chunk (a closed-loop client asks again as soon as
+        it has the chunk; sessions submitted back to back come within milliseconds)
+        until a step starts without it: so a session that went quiet costs at most one
+        window, and a paused one none.
+        """
+        now = time.time() if now is None else now
+        cfg = self.settings
+        if not cfg.batching:
+            due = self._has_due()
+            return BatchDecision(due, None, "alone" if due else "idle")
+        ready, deadlines, expected = [], [], []
+        with self._cond:
+            for e in self._entries.values():
+                if e.due(cfg.max_unread):
+                    t_req = e.t_request.get(e.state.chunk_index, now)
+                    ready.append(max(t_req, e.t_ready))
+                    deadlines.append(t_req + cfg.deadline_s)
+                elif e.expect:
+                    expected.append(now)
+                else:
+                    expected.append(math.inf)
+            free_s = self._free_s
+            measured = dict(self._step_s)
+        return decide_batch(
+            now,
+            ready_s=ready,
+            deadlines_s=deadlines,
+            expected_s=expected,
+            step_s=step_bound(measured),
+            window_s=cfg.batch_window_s,
+            max_batch=min(cfg.max_batch, self._memory_cap()),
+            free_s=free_s,
+        )
 
     def schedule(self) -> StepPlan:
         """Pick the due sessions for the next step, oldest outstanding request first.
 
         At most ``max_batch`` (1 without batching, fewer if device memory is short),
-        all of the oldest request's resolution (a step runs one resolution).
+        all of the oldest request's resolution (a step runs one resolution). With more
+        due sessions than ``valve_batch`` (when set) the step runs ``valve_steps``
+        denoising steps.
         """
-        cap = self.settings.max_batch if self.settings.batching else 1
+        cfg = self.settings
+        cap = cfg.max_batch if cfg.batching else 1
         cap = min(cap, self._memory_cap())
         with self._cond:
             due = [
                 (min(e.t_request.values(), default=0.0), sid, (e.state.height, e.state.width))
                 for sid, e in self._entries.items()
-                if e.due()
+                if e.due(cfg.max_unread)
             ]
         if not due:
             return StepPlan.make_empty()
         due.sort()
         # One step runs one resolution: the oldest request's, filled up with its peers.
         shape = due[0][2]
-        return StepPlan(tuple(sid for _, sid, hw in due if hw == shape)[:cap])
+        ids = tuple(sid for _, sid, hw in due if hw == shape)[:cap]
+        valve = cfg.valve_batch and len(due) > cfg.valve_batch
+        return StepPlan(ids, cfg.valve_steps if valve else None)
 
     def execute(self, plan: StepPlan) -> list[np.ndarray]:
         """One batched model step over the plan's states (advances each by one chunk)."""
         with self._cond:
             states = [self._entries[sid].state for sid in plan.session_ids]
-        return self.model.step(states)
+        if plan.denoise_steps is None:
+            return self.model.step(states)
+        return self.model.step(states, denoise_steps=plan.denoise_steps)
 
     def update(self, plan: StepPlan, frames: list[np.ndarray], t_start: float, t_done: float) -> list[Chunk]:
         """Build the chunk records of a finished step and deliver them."""
         chunks = []
         ckpt: list[tuple[str, _Entry]] = []
         every = self.settings.checkpoint_every
+        steps_used = plan.denoise_steps
+        if steps_used is None:
+            steps_used = getattr(getattr(self.model, "preset", None), "denoise_steps", None)
         with self._cond:
             for sid, out in zip(plan.session_ids, frames, strict=True):
                 entry = self._entries[sid]
@@ -326,8 +502,11 @@ class Engine:
                     t_start_s=t_start,
                     t_done_s=t_done,
                     migrated=entry.migrated,
+                    degraded=plan.degraded,
+                    denoise_steps=steps_used,
                 )
                 entry.migrated = False
+                entry.expect = True
                 chunks.append((entry, chunk))
                 if every and self._checkpoint is not None and entry.state.chunk_index % every == 0:
                     ckpt.append((sid, entry))
@@ -344,6 +523,8 @@ class Engine:
                 self._saver.submit(self._save, sid, copy)
         self.steps += 1
         self.chunks += len(chunks)
+        if plan.degraded:
+            self.degraded_chunks += len(chunks)
         done = [c for _, c in chunks]
         if self._on_step is not None:
             self._on_step(plan, done)
@@ -376,18 +557,27 @@ class Engine:
     def _on_cuda(self) -> bool:
         return self.device is not None and getattr(self.device, "type", str(self.device)).startswith("cuda")
 
+    def _has_due(self) -> bool:
+        with self._cond:
+            return any(e.due(self.settings.max_unread) for e in self._entries.values())
+
     def _has_work(self) -> bool:
-        return bool(self._commands) or any(e.due() for e in self._entries.values())
+        return bool(self._commands) or any(e.due(self.settings.max_unread) for e in self._entries.values())
 
     def _run(self) -> None:
+        wake: float | None = None  # waiting in the batching window until then
         while True:
             with self._cond:
                 while not self._stopping and not self._has_work():
                     self._cond.wait()
+                if wake is not None and not self._stopping and not self._commands:
+                    # A request, an acknowledgement or a call ends the wait early.
+                    self._cond.wait(max(0.0, wake - time.time()))
                 if self._stopping:
                     return
                 commands = list(self._commands)
                 self._commands.clear()
+            wake = None
             for fn, args, fut in commands:
                 if not fut.set_running_or_notify_cancel():
                     continue
@@ -395,8 +585,18 @@ class Engine:
                     fut.set_result(fn(*args))
                 except BaseException as exc:  # handed to the caller, not swallowed
                     fut.set_exception(exc)
+            decision = self.decide()
+            if not decision.start:
+                if decision.wake_s is not None:
+                    wake = decision.wake_s
+                    self.waits += 1
+                continue
             plan = self.schedule()
             if plan.batch_size:
+                with self._cond:  # sessions left out of a step are not waited for again
+                    for sid, e in self._entries.items():  # until they ask (or are served)
+                        if sid not in plan.session_ids:
+                            e.expect = False
                 self._step(plan)
 
     def _step(self, plan: StepPlan) -> None:
@@ -417,6 +617,12 @@ class Engine:
                 entry.deliver(exc)
             return
         t_done = time.time()
+        with self._cond:
+            self._free_s = t_done
+            if not plan.degraded:
+                last = self._step_s.get(plan.batch_size)
+                took = t_done - t_start
+                self._step_s[plan.batch_size] = took if last is None else 0.7 * last + 0.3 * took
         if measure:
             peak = (torch.cuda.max_memory_allocated(self.device) - base) / plan.batch_size
             self._per_session_peak = max(peak, self._per_session_peak or 0.0, 1.0)

@@ -19,7 +19,7 @@ from typing import Any
 from distributed import WorkerPlugin
 
 from workers.chunk import Chunk
-from workers.engine import Engine, EngineSettings, StepPlan
+from workers.engine import Engine, EngineMetrics, EngineSettings, StepPlan
 from workers.errors import UnknownModel
 
 logger = logging.getLogger(__name__)
@@ -138,6 +138,15 @@ class ModelHost(WorkerPlugin):
             on_step=self._report,
         ).start()
 
+    def metrics(self) -> dict[str, EngineMetrics]:
+        """Per model: the counters of this worker's engine (steps, chunks, degraded chunks).
+
+        >>> client.run(lambda dask_worker: get_host(dask_worker).metrics())  # doctest: +SKIP
+        """
+        with self._lock:
+            engines = dict(self._engines)
+        return {model: engine.metrics() for model, engine in engines.items()}
+
     def checkpoints(self) -> Any:
         """This worker's :class:`storage.CheckpointStore` (None without a store URL)."""
         if self.store is None:
@@ -156,8 +165,11 @@ class ModelHost(WorkerPlugin):
         # Fire-and-forget metrics to the scheduler plugin over the worker's batched
         # stream; batched_send must run on the event loop.
         rows = [(c.session_id, c.index, c.latency_s, c.batch_size, c.t_done_s) for c in chunks]
+        msg: dict[str, Any] = {"op": METRICS_OP, "rows": rows}
+        if plan.degraded:  # the quality valve ran this step with fewer denoising steps
+            msg["degraded"] = len(chunks)
         worker = self.worker
-        worker.loop.add_callback(worker.batched_send, {"op": METRICS_OP, "rows": rows})
+        worker.loop.add_callback(worker.batched_send, msg)
 
 
 def _shadow_guard() -> None:
