@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import socket
 import statistics
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,8 +39,9 @@ import torch
 from distributed import Client, LocalCluster, wait
 
 from kernels.state import SessionState
-from workers.p2p import P2PEndpoint, Rendezvous, TransferStats, choose_backend, send_state
-from workers.transfer import as_bytes, pack, plan_buffers, unpack
+from workers.p2p import P2PEndpoint, TransferStats, send_state
+from workers.p2p_group import Rendezvous, choose_backend, free_port
+from workers.transfer import WireState
 
 MiB = 1 << 20
 
@@ -74,6 +77,45 @@ def p2p_recv(rdv: Rendezvous, device: str, timeout: float) -> TransferStats:
         return ep.last_stats
 
 
+def tcp_send(state: SessionState, host: str, port: int, timeout: float) -> float:
+    """Baseline sender: a plain TCP socket; listens, sends every tensor's bytes, waits for a 1-byte ack."""
+    with socket.create_server((host, port)) as server:
+        server.settimeout(timeout)
+        conn, _ = server.accept()
+        with conn:
+            t0 = time.perf_counter()
+            conn.sendall(struct.pack("!Q", state.nbytes))
+            for t in state.tensors.values():
+                conn.sendall(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            conn.recv(1)
+            return time.perf_counter() - t0
+
+
+def tcp_recv(host: str, port: int, timeout: float) -> float:
+    """Baseline receiver: connects, receives into one fresh buffer with ``recv_into``; the data phase's seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+    with sock:
+        t0 = time.perf_counter()
+        head = b""
+        while len(head) < 8:
+            head += sock.recv(8 - len(head))
+        (n,) = struct.unpack("!Q", head)
+        buf = torch.empty(n, dtype=torch.uint8)
+        view, got = memoryview(buf.numpy()), 0
+        while got < n:
+            got += sock.recv_into(view[got:])
+        sock.sendall(b"\x01")
+        return time.perf_counter() - t0
+
+
 def new_rendezvous(backend: str, host: str) -> Rendezvous:
     """Made on the source worker, so the port is free there."""
     return Rendezvous.new(backend, host=host)
@@ -84,23 +126,14 @@ def stage_to_host(state: SessionState) -> SessionState:
     return state.to("cpu", pin_memory=True) if state.device.type == "cuda" else state
 
 
-def packed(state: SessionState) -> tuple[dict, list[torch.Tensor]]:
-    """Source side of the packed host-staged variant: raw ``uint8`` views of the buffers
-    (Dask's torch serializer goes through ``.numpy()``, which refuses bfloat16)."""
-    meta = state.meta()
-    host = stage_to_host(state)
-    return meta, [as_bytes(b) for b in pack(host.tensors, plan_buffers(meta["tensors"]))]
+def framed(state: SessionState) -> WireState:
+    """Source side of the runtime's host-staged path: the host state as raw frames."""
+    return WireState.of(stage_to_host(state))
 
 
-def arrive(payload: SessionState | tuple[dict, list[torch.Tensor]], device: str) -> int:
+def arrive(payload: SessionState | WireState, device: str) -> int:
     """Target side of host staging: rebuild and move onto ``device``; returns the bytes."""
-    if isinstance(payload, SessionState):
-        state = payload
-    else:
-        meta, raw = payload
-        plan = plan_buffers(meta["tensors"])
-        buffers = [r.view(spec.torch_dtype) for r, spec in zip(raw, plan.buffers)]
-        state = SessionState.from_meta(meta, unpack(buffers, plan))
+    state = payload.to_state() if isinstance(payload, WireState) else payload
     if device != "cpu":
         state = state.to(device)
         torch.cuda.synchronize(device)
@@ -154,7 +187,7 @@ def bench_size(client: Client, a: str, b: str, nbytes: int, device: str, repeats
     if backend == "nccl" and dev_a == dev_b:
         backend = "gloo"  # NCCL refuses two ranks on one GPU
     host = a.split("://")[1].rsplit(":", 1)[0]
-    p2p, p2p_data, obj, pkd = [], [], [], []
+    p2p, p2p_data, obj, frm, tcp, tcp_data = [], [], [], [], [], []
     actual = 0
     for _ in range(repeats + 1):  # the first round warms up every path
         state = client.submit(make_state, nbytes, dev_a, workers=[a], pure=False)
@@ -174,35 +207,50 @@ def bench_size(client: Client, a: str, b: str, nbytes: int, device: str, repeats
         p2p.append(time.perf_counter() - t0)
         p2p_data.append(stats.transfer_s)
 
+        port = client.submit(free_port, host, workers=[a], pure=False).result()
+        t0 = time.perf_counter()
+        recv = client.submit(tcp_recv, host, port, timeout, workers=[b], pure=False)
+        sent = client.submit(tcp_send, state, host, port, timeout, workers=[a], pure=False)
+        sent.result()
+        tcp_data.append(recv.result())
+        tcp.append(time.perf_counter() - t0)
+
         obj.append(timed(lambda: client.submit(
             arrive, client.submit(stage_to_host, state, workers=[a], pure=False), dev_b, workers=[b], pure=False
         ).result()))
-        pkd.append(timed(lambda: client.submit(
-            arrive, client.submit(packed, state, workers=[a], pure=False), dev_b, workers=[b], pure=False
+        frm.append(timed(lambda: client.submit(
+            arrive, client.submit(framed, state, workers=[a], pure=False), dev_b, workers=[b], pure=False
         ).result()))
         del state
     med = lambda xs: statistics.median(xs[1:])  # noqa: E731
     staged = " (staged via pinned host)" if device == "cuda" and backend == "gloo" else ""
     return [
         Row("copy", actual, time_raw_copy(actual, dev_a, repeats), "Tensor.copy_ in one process"),
+        Row("tcp", actual, med(tcp), "plain TCP socket between the two workers, end to end"),
+        Row("tcp-data", actual, med(tcp_data), "data phase only (connected)"),
         Row(f"p2p-{backend}", actual, med(p2p), f"end to end{staged}"),
         Row(f"p2p-{backend}-data", actual, med(p2p_data), "data phase only (group already joined)"),
         Row("dask-obj", actual, med(obj), "task dependency, SessionState pickled"),
-        Row("dask-packed", actual, med(pkd), "task dependency, (meta, packed buffers) as frames"),
+        Row("dask-frames", actual, med(frm), "task dependency, WireState: one out-of-band frame per tensor"),
     ]
 
 
 def print_table(rows: list[Row]) -> None:
-    """Side-by-side table: GB/s and the share of the raw copy limit."""
-    print(f"{'size':>8}  {'path':<18} {'ms':>9} {'GB/s':>7} {'x copy':>7} {'x dask-obj':>10}  note")
+    """Side-by-side table: GB/s, the share of the memcpy limit and of the plain TCP copy.
+
+    ``x tcp`` compares like with like: an end-to-end row against ``tcp`` end to end, a
+    data-phase row (``-data``) against ``tcp-data``.
+    """
+    print(f"{'size':>8}  {'path':<18} {'ms':>9} {'GB/s':>7} {'x copy':>7} {'x tcp':>7}  note")
     for size in sorted({r.nbytes for r in rows}):
         group = [r for r in rows if r.nbytes == size]
         copy = next(r for r in group if r.path == "copy")
-        dask = next(r for r in group if r.path == "dask-obj")
+        tcp = {False: next(r for r in group if r.path == "tcp"), True: next(r for r in group if r.path == "tcp-data")}
         for r in group:
+            ref = tcp[r.path.endswith("-data")]
             print(
                 f"{size / MiB:>6.0f}Mi  {r.path:<18} {r.seconds * 1e3:>9.1f} {r.gbps:>7.2f} "
-                f"{r.gbps / copy.gbps:>7.3f} {r.gbps / dask.gbps:>10.2f}  {r.note}"
+                f"{r.gbps / copy.gbps:>7.3f} {r.gbps / ref.gbps:>7.3f}  {r.note}"
             )
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from distributed.protocol import dumps, loads, to_serialize
 
+from kernels.state import SessionState
 from workers.transfer import (
+    WireState,
     PackError,
     as_bytes,
     decode_meta,
@@ -158,3 +161,44 @@ def test_segment_sizes_must_be_positive():
     plan = plan_buffers({"a": {"shape": [3], "dtype": "float32"}})
     with pytest.raises(PackError, match="max_bytes=0"):
         plan_segments(plan, direct_min_bytes=1, max_bytes=0)
+
+
+# ------------------------------------------------------------------ WireState (host-staged over Dask comms)
+
+
+def wire_state() -> SessionState:
+    return SessionState("tiny", "a fox", 3, 64, 64, 2, mixed_tensors(), {"cache_len": 3})
+
+
+def test_wire_state_round_trips_every_tensor_through_dask_serialization_bit_exact():
+    state = wire_state()
+    frames = dumps({"result": to_serialize(WireState.of(state))})
+    out = loads(frames)["result"].to_state()
+    assert out.equal(state)
+    assert list(out.tensors) == list(state.tensors)  # the meta's order, not the frames'
+    for name, t in state.tensors.items():
+        assert (out.tensors[name].dtype, out.tensors[name].shape) == (t.dtype, t.shape), name
+        assert out.tensors[name].data_ptr() % t.element_size() == 0, name
+
+
+def test_wire_state_sends_each_tensor_as_its_own_frame_without_copying_it():
+    big = torch.randn(256, 1024)
+    state = SessionState("tiny", "a fox", 0, 64, 64, 0, {"kv.0.k": big, "rng": torch.zeros(8, dtype=torch.uint8)})
+    wire = WireState.of(state)
+    assert wire.frames[wire.names.index("kv.0.k")].ctypes.data == big.data_ptr()  # a view, no copy
+    frames = dumps({"result": to_serialize(wire)})
+    assert any(memoryview(f).nbytes == big.numel() * 4 for f in frames)  # out of band, not pickled in
+
+
+def test_wire_state_refuses_device_tensors_and_frames_that_do_not_match():
+    state = wire_state()
+    wire = WireState.of(state)
+    cut = tuple(f[:0] if n == "prompt_embeds" else f for n, f in zip(wire.names, wire.frames))
+    bad = WireState(wire.meta, wire.names, cut)
+    with pytest.raises(PackError, match="'prompt_embeds' has 0 bytes"):
+        bad.to_state()
+    with pytest.raises(PackError, match="do not match"):
+        WireState(wire.meta, wire.names[1:], wire.frames[1:]).to_state()
+    meta_state = SessionState("tiny", "x", 0, 64, 64, 0, {"a": torch.empty(3, device="meta")})
+    with pytest.raises(PackError, match=r"\['a'\] are not in host memory"):
+        WireState.of(meta_state)

@@ -17,6 +17,11 @@ receiver's buffers, so it still ends with one contiguous buffer per dtype, while
 sender copies only the small tensors (packing everything cost 2-3x a plain memcpy of
 the same bytes here, a pure overhead on a transport that can send from any address).
 
+For the host-staged path over Dask's comms, :class:`WireState` carries a host state as
+its meta plus one raw byte array per tensor: Dask pickles it with protocol 5, so every
+array travels as its own out-of-band frame (no pickling copy on the sender, and the
+receiver's tensors are views of the frames Dask read from the socket).
+
 Examples
 --------
 >>> import torch
@@ -37,7 +42,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+
+from kernels.state import SessionState
 
 __all__ = [
     "BufferPlan",
@@ -56,6 +64,7 @@ __all__ = [
     "segment_bytes",
     "tensor_specs",
     "unpack",
+    "WireState",
 ]
 
 
@@ -349,3 +358,80 @@ def decode_meta(data: torch.Tensor) -> dict[str, Any]:
         return json.loads(bytes(data.cpu().numpy().tobytes()).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackError(f"received meta is not valid JSON ({exc}); the peer speaks another protocol") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class WireState:
+    """A host session state as Dask moves it best: JSON meta plus raw byte frames.
+
+    ``frames[i]`` holds the bytes of tensor ``names[i]`` as a 1-D ``uint8`` numpy array
+    that shares memory with the tensor. Pickled with protocol 5 (Dask does, with a
+    buffer callback) each array becomes an out-of-band frame: the sender copies
+    nothing, and the receiver's tensors are views of the buffers Dask received into.
+    Frames go smallest first, so the one frame Dask may read into its header buffer
+    (at an arbitrary offset) is small; a frame that arrives misaligned for its dtype is
+    copied once (:meth:`to_state`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from kernels.state import SessionState
+    >>> s = SessionState("tiny", "fox", 0, 64, 64, tensors={"kv": torch.ones(2, 3).bfloat16()})
+    >>> WireState.of(s).to_state().equal(s)
+    True
+    """
+
+    meta: dict[str, Any]
+    names: tuple[str, ...]
+    frames: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(cls, state: SessionState) -> "WireState":
+        """The frames of ``state`` (its tensors must be on the host; contiguous ones are not copied).
+
+        Raises
+        ------
+        PackError
+            If a tensor is not in host memory (stage it first: ``storage.offload_to_host``).
+        """
+        off_host = sorted(name for name, t in state.tensors.items() if t.device.type != "cpu")
+        if off_host:
+            raise PackError(f"tensors {off_host} are not in host memory; stage the state to the host first")
+        names = tuple(sorted(state.tensors, key=lambda n: state.tensors[n].numel() * state.tensors[n].element_size()))
+        frames = tuple(_host_bytes(state.tensors[n]).numpy() for n in names)
+        return cls(meta=state.meta(), names=names, frames=frames)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor frames."""
+        return sum(f.nbytes for f in self.frames)
+
+    def to_state(self) -> SessionState:
+        """The state, with tensors that are views of the received frames (in the meta's order).
+
+        Raises
+        ------
+        PackError
+            If a frame's size does not match the meta.
+        """
+        specs = self.meta["tensors"]
+        if set(specs) != set(self.names) or len(self.names) != len(self.frames):
+            raise PackError(f"frames of {sorted(self.names)} do not match the meta's tensors {sorted(specs)}")
+        tensors: dict[str, torch.Tensor] = {}
+        for name, frame in zip(self.names, self.frames):
+            dtype = dtype_from_name(specs[name]["dtype"])
+            shape = tuple(int(d) for d in specs[name]["shape"])
+            if frame.nbytes != math.prod(shape) * dtype.itemsize:
+                raise PackError(
+                    f"frame of tensor {name!r} has {frame.nbytes} bytes, the meta describes {dtype} {shape}"
+                )
+            raw = frame.reshape(-1).view(np.uint8)
+            if not raw.flags.writeable or raw.ctypes.data % dtype.itemsize:
+                raw = raw.copy()  # read-only or misaligned for its dtype: one copy of this frame
+            tensors[name] = torch.from_numpy(raw).view(dtype).view(shape)
+        return SessionState.from_meta(self.meta, {name: tensors[name] for name in specs})
+
+
+def _host_bytes(t: torch.Tensor) -> torch.Tensor:
+    """The bytes of a host tensor as a flat ``uint8`` tensor (a view when it is contiguous)."""
+    return t.contiguous().reshape(-1).view(torch.uint8)
