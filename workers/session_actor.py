@@ -27,6 +27,7 @@ from workers.chunk import Chunk
 from workers.engine import Detached
 from workers.errors import InvalidRequest, SessionClosed, SessionMoved, TransferError
 from workers.plugin import get_host
+from workers.transfer import WireState
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ class SessionActor:
                     state = await asyncio.to_thread(self._recv_p2p, payload["rendezvous"])
                 else:
                     payload = await call_actor(peer, source["key"], "export")
-                    state = await self._on_engine(self._to_device, payload["state"])
+                    state = await self._on_engine(self._to_device, payload["state"].to_state())
             except Exception as exc:
                 raise TransferError(
                     f"could not pull session {self.session_id!r} from {source['address']}: {exc!r}"
@@ -385,7 +386,7 @@ class SessionActor:
 
         host = await self._on_engine(offload_to_host, self._parked)
         payload = {
-            "state": host,
+            "state": WireState.of(host),  # one out-of-band frame per tensor, no pickling copy
             "outbox": [self._outbox[i] for i in sorted(self._outbox)],
             "want": self._want,
             "t_request": dict(self._parked_req),
