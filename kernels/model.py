@@ -161,6 +161,15 @@ class StreamingVideoModel:
     num_threads
         If given, ``torch.set_num_threads`` for the duration of each call (restored
         afterwards); ``None`` leaves torch's setting alone.
+    batch_invariant
+        ``True`` (default): a session's chunk is bit-identical whatever it is batched
+        with. The transformer runs once per session and the VAE decode once per
+        :attr:`vae_tile` sessions, so every kernel sees the same shapes at any batch
+        size (BLAS and oneDNN choose their blocking, and so the rounding, by shape).
+        ``False``: one transformer pass and one decode over the whole batch (faster at
+        large batches; a row's rounding may then depend on the batch size, on some
+        CPUs and GPUs by up to tens of uint8 levels after a few chunks). Serving reads
+        it from ``turboserve.engine.batch-invariant``.
 
     Examples
     --------
@@ -182,6 +191,7 @@ class StreamingVideoModel:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         num_threads: int | None = None,
+        batch_invariant: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
@@ -193,6 +203,7 @@ class StreamingVideoModel:
         self.text_encoder = text_encoder or HashTextEncoder(preset.text_dim, preset.text_tokens)
         self.schedule = FlowSchedule.evenly(preset.denoise_steps, shift=preset.timestep_shift)
         self.num_threads = num_threads
+        self.batch_invariant = bool(batch_invariant)
 
     # ------------------------------------------------------------------ construction
 
@@ -205,6 +216,7 @@ class StreamingVideoModel:
         dtype: torch.dtype = torch.float32,
         weights_seed: int = 0,
         num_threads: int | None = None,
+        batch_invariant: bool = True,
     ) -> "StreamingVideoModel":
         """A model of a preset's geometry with seeded random weights.
 
@@ -219,7 +231,15 @@ class StreamingVideoModel:
             torch.manual_seed(weights_seed)
             transformer = build_transformer(preset)
             vae = build_vae(preset)
-        return cls(transformer, vae, preset, device=device, dtype=dtype, num_threads=num_threads)
+        return cls(
+            transformer,
+            vae,
+            preset,
+            device=device,
+            dtype=dtype,
+            num_threads=num_threads,
+            batch_invariant=batch_invariant,
+        )
 
     @classmethod
     def from_pretrained(
@@ -231,6 +251,7 @@ class StreamingVideoModel:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         num_threads: int | None = None,
+        batch_invariant: bool = True,
         **hub_kwargs: Any,
     ) -> "StreamingVideoModel":
         """Load weights saved in diffusers layout (``transformer/`` and ``vae/`` folders).
@@ -263,7 +284,14 @@ class StreamingVideoModel:
         if text_encoder is None and spec.get("kind") == "hash":
             text_encoder = HashTextEncoder(resolved.text_dim, resolved.text_tokens, seed=int(spec.get("seed", 0)))
         return cls(
-            transformer, vae, resolved, text_encoder=text_encoder, device=device, dtype=dtype, num_threads=num_threads
+            transformer,
+            vae,
+            resolved,
+            text_encoder=text_encoder,
+            device=device,
+            dtype=dtype,
+            num_threads=num_threads,
+            batch_invariant=batch_invariant,
         )
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
@@ -287,13 +315,28 @@ class StreamingVideoModel:
         return self.preset.name
 
     @property
+    def vae_tile(self) -> int:
+        """Sessions per VAE decode call when batch-invariant.
+
+        2 on CPU: PyTorch sends batch-of-one 3-D convolutions to a slow native kernel,
+        so a lone session is decoded as a pair anyway (itself twice), and two sessions
+        share one call at the same shapes; oneDNN computes each image of a call alone,
+        so a row's numbers do not depend on its partner or slot (``tests/
+        test_batch_invariance.py`` checks it). 1 elsewhere.
+        """
+        return 2 if self.device.type == "cpu" else 1
+
+    @property
     def weights_bytes(self) -> int:
         """Bytes of the transformer and VAE weights (what every worker holds once)."""
         modules = (self.transformer, self.vae)
         return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
 
     def __repr__(self) -> str:
-        return f"StreamingVideoModel(preset={self.name!r}, device={str(self.device)!r}, dtype={self.dtype})"
+        return (
+            f"StreamingVideoModel(preset={self.name!r}, device={str(self.device)!r}, dtype={self.dtype}, "
+            f"batch_invariant={self.batch_invariant})"
+        )
 
     def state_bytes(self, height: int | None = None, width: int | None = None) -> int:
         """Bytes of a session's state once its KV window is full."""
@@ -447,30 +490,106 @@ class StreamingVideoModel:
         return out
 
     def _step_ordered(self, states: Sequence[SessionState], schedule: FlowSchedule) -> list[np.ndarray]:
-        """The step for states sorted by cache length; commits each state as it is done."""
+        """The step for states sorted by cache length; commits each state as it is done.
+
+        Batch-invariant (:attr:`batch_invariant`), the transformer runs once per
+        session and the VAE once per :attr:`vae_tile` sessions, so every call has the
+        same shapes whatever the batch; otherwise each runs once over the whole batch.
+        """
         p, dev, dt = self.preset, self.device, self.dtype
         batch = len(states)
-        height, width = states[0].height, states[0].width
-        lh, lw = p.latent_size(height, width)
         frames = p.chunk_latent_frames
+        lh, lw = p.latent_size(states[0].height, states[0].width)
         grid = (frames // p.patch_size[0], lh // p.patch_size[1], lw // p.patch_size[2])
         tensors = [{k: v.to(dev) for k, v in s.tensors.items()} for s in states]
-
         gens = [torch.Generator().set_state(t["rng"].cpu()) for t in tensors]
+        tr = self.transformer
+        # Every row is at the same timestep: one embedding row per step, broadcast over the
+        # rows (cheaper, and a row's numbers do not depend on the batch size).
+        tembs = [tr.embed_timestep(torch.full((1,), sigma * 1000.0, device=dev), dt) for sigma in schedule.sigmas]
+        temb_clean = tr.embed_timestep(torch.zeros(1, device=dev), dt)
+
+        tiles = [[b] for b in range(batch)] if self.batch_invariant else [list(range(batch))]
+        x0_rows: list[torch.Tensor] = [torch.empty(0)] * batch
+        new_kv: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [([], [])] * batch
+        for rows in tiles:
+            x0, writes = self._denoise([states[b] for b in rows], [tensors[b] for b in rows], [gens[b] for b in rows],
+                                       grid, schedule, tembs, temb_clean)
+            for j, b in enumerate(rows):
+                x0_rows[b] = x0[j : j + 1]
+                new_kv[b] = ([ctx.new_keys[j] for ctx in writes], [ctx.new_values[j] for ctx in writes])
+            del writes
+
+        tpf = grid[1] * grid[2]
+        keep, sink = p.window_latent_frames * tpf, p.sink_latent_frames * tpf
+        vae_tile = self.vae_tile if self.batch_invariant else batch
+        frames_np: list[np.ndarray] = []
+        vae_caches: list[list[torch.Tensor] | None] = []
+        for start in range(0, batch, vae_tile):
+            rows = range(start, min(start + vae_tile, batch))
+            latents = x0_rows[start] if len(rows) == 1 else torch.cat([x0_rows[b] for b in rows])
+            vae_in = [[tensors[b][f"vae.{i}"] for i in range(int(states[b].scalars["vae.count"]))] for b in rows]
+            pixels, caches = self.decoder.decode(latents, vae_in)
+            del vae_in, latents
+            # One array per session (on CPU a slice would keep the whole batch's buffer alive).
+            tile_np = [pixels[j].cpu().numpy() for j in range(len(rows))]
+            if dev.type == "cpu":
+                tile_np = [f.copy() for f in tile_np]
+            frames_np += tile_np
+            vae_caches += caches
+        del x0_rows
+
+        # Commit session by session, dropping this step's references to the old tensors,
+        # so the peak is the old states plus one session's new KV (not twice the batch's).
+        # Each state is swapped whole: it is either before or after this chunk, never mixed.
+        for b, state in enumerate(states):
+            t = tensors[b]
+            nt: dict[str, torch.Tensor] = {"prompt_embeds": t["prompt_embeds"]}
+            keys, values = new_kv[b]
+            for layer in range(p.num_layers):
+                nt[f"kv.{layer}.k"] = _roll_window(t[f"kv.{layer}.k"], keys[layer], keep, sink)
+                nt[f"kv.{layer}.v"] = _roll_window(t[f"kv.{layer}.v"], values[layer], keep, sink)
+            for i, c in enumerate(vae_caches[b]):  # type: ignore[arg-type]
+                nt[f"vae.{i}"] = c
+            nt["rng"] = gens[b].get_state().to(dev)
+            state.tensors = nt
+            state.chunk_index += 1
+            state.scalars["kv.frames"] = int(nt["kv.0.k"].shape[1]) // tpf
+            tensors[b] = vae_caches[b] = None  # type: ignore[call-overload]
+            new_kv[b] = ([], [])
+        return frames_np
+
+    def _denoise(
+        self,
+        states: Sequence[SessionState],
+        tensors: Sequence[dict[str, torch.Tensor]],
+        gens: Sequence[torch.Generator],
+        grid: tuple[int, int, int],
+        schedule: FlowSchedule,
+        tembs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        temb_clean: tuple[torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, list[LayerKV]]:
+        """Denoise one chunk of ``states`` (sorted by cache length) and write its K/V.
+
+        Returns the clean latents ``[n, C, F, h, w]`` (float32) and the cache-writing
+        pass's :class:`LayerKV` per layer (``new_keys``/``new_values`` per row).
+        """
+        p, dev, dt = self.preset, self.device, self.dtype
+        n = len(states)
+        frames = p.chunk_latent_frames
+        shape = (p.latent_channels, frames, grid[1] * p.patch_size[1], grid[2] * p.patch_size[2])
 
         def noise() -> torch.Tensor:
-            shape = (p.latent_channels, frames, lh, lw)
             return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(dev)
 
         lengths = [int(t["kv.0.k"].shape[1]) for t in tensors]
         groups: list[CacheGroup] = []
         start = 0
-        for i in range(1, batch + 1):
-            if i == batch or lengths[i] != lengths[start]:
+        for i in range(1, n + 1):
+            if i == n or lengths[i] != lengths[start]:
                 groups.append(CacheGroup(start, i, lengths[start]))
                 start = i
-        start_frames = [s.chunk_index * frames for s in states]
-        cos, sin = chunk_rotary(p.head_dim, start_frames, *grid, device=dev)
+        cos, sin = chunk_rotary(p.head_dim, [s.chunk_index * frames for s in states], *grid, device=dev)
         keys = [[t[f"kv.{layer}.k"] for t in tensors] for layer in range(p.num_layers)]
         values = [[t[f"kv.{layer}.v"] for t in tensors] for layer in range(p.num_layers)]
 
@@ -483,43 +602,12 @@ class StreamingVideoModel:
         x = noise()  # float32 sampler state; the model runs in `dt`
         x0 = x
         for i, sigma in enumerate(sigmas):
-            # Every row is at the same timestep: one embedding row, broadcast over the batch
-            # (cheaper, and a row's numbers do not depend on the batch size).
-            temb = tr.embed_timestep(torch.full((1,), sigma * 1000.0, device=dev), dt)
-            flow = tr.forward_chunk(x.to(dt), temb, text, contexts(False)).float()
+            flow = tr.forward_chunk(x.to(dt), tembs[i], text, contexts(False)).float()
             x0 = x - sigma * flow
             if i + 1 < len(sigmas):
                 x = (1.0 - sigmas[i + 1]) * x0 + sigmas[i + 1] * noise()
 
         # One pass on the clean chunk at t=0 writes its K/V into the caches.
         writes = contexts(True)
-        tr.forward_chunk(x0.to(dt), tr.embed_timestep(torch.zeros(1, device=dev), dt), text, writes, output=False)
-        tpf = grid[1] * grid[2]
-        keep, sink = p.window_latent_frames * tpf, p.sink_latent_frames * tpf
-
-        vae_in = [[t[f"vae.{i}"] for i in range(int(s.scalars["vae.count"]))] for s, t in zip(states, tensors)]
-        pixels, vae_caches = self.decoder.decode(x0, vae_in)
-        del vae_in
-        # One array per session (on CPU a slice would keep the whole batch's buffer alive).
-        frames_np = [pixels[b].cpu().numpy() for b in range(batch)]
-        if dev.type == "cpu":
-            frames_np = [f.copy() for f in frames_np]
-
-        # Commit session by session, dropping this step's references to the old tensors,
-        # so the peak is the old states plus one session's new KV (not twice the batch's).
-        # Each state is swapped whole: it is either before or after this chunk, never mixed.
-        for b, state in enumerate(states):
-            t = tensors[b]
-            nt: dict[str, torch.Tensor] = {"prompt_embeds": t["prompt_embeds"]}
-            for layer, ctx in enumerate(writes):
-                nt[f"kv.{layer}.k"] = _roll_window(keys[layer][b], ctx.new_keys[b], keep, sink)
-                nt[f"kv.{layer}.v"] = _roll_window(values[layer][b], ctx.new_values[b], keep, sink)
-                keys[layer][b] = values[layer][b] = None  # type: ignore[call-overload]
-            for i, c in enumerate(vae_caches[b]):
-                nt[f"vae.{i}"] = c
-            nt["rng"] = gens[b].get_state().to(dev)
-            state.tensors = nt
-            state.chunk_index += 1
-            state.scalars["kv.frames"] = int(nt["kv.0.k"].shape[1]) // tpf
-            tensors[b] = vae_caches[b] = None  # type: ignore[call-overload]
-        return frames_np
+        tr.forward_chunk(x0.to(dt), temb_clean, text, writes, output=False)
+        return x0, writes

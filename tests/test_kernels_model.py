@@ -140,7 +140,7 @@ def test_kv_cache_stays_bounded_with_sink_over_100_chunks(model):
 def test_weights_bytes_and_repr(model):
     params = sum(p.numel() for p in model.transformer.parameters()) + sum(p.numel() for p in model.vae.parameters())
     assert params * 4 <= model.weights_bytes < params * 4 + 2**20  # fp32 weights (+ small buffers)
-    assert repr(model) == "StreamingVideoModel(preset='tiny', device='cpu', dtype=torch.float32)"
+    assert repr(model) == "StreamingVideoModel(preset='tiny', device='cpu', dtype=torch.float32, batch_invariant=True)"
 
 
 def test_state_bytes_follow_the_model_dtype():
