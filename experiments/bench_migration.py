@@ -101,7 +101,7 @@ def tcp_recv(host: str, port: int, timeout: float) -> float:
         except OSError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.005)
+            time.sleep(0.001)
     with sock:
         t0 = time.perf_counter()
         head = b""

@@ -18,13 +18,17 @@ of their own, never from a worker's shared event loop or actor thread.
 
 Wire protocol (rank 0 is the sender and hosts the store at ``host:port``)::
 
-    sender -> receiver   header  int64[6]  (magic, protocol version, meta bytes, payload bytes,
-                                           direct-min bytes, max message bytes)
-    sender -> receiver   meta    uint8[]   JSON {"transfer_id": ..., "state": state.meta()}
+    sender -> receiver   head    uint8[HEAD_BYTES]  int64[6] (magic, protocol version, meta bytes,
+                                           payload bytes, direct-min bytes, max message bytes),
+                                           then the meta JSON {"transfer_id": ..., "state": state.meta()}
+    sender -> receiver   meta    uint8[]   only the part of the meta that did not fit in the head
     sender -> receiver   payload raw bytes of one buffer per dtype (workers.transfer), cut
                                  into messages by plan_segments: a large tensor goes from
                                  its own memory, runs of small ones are coalesced
     receiver -> sender   ack     int64[2]  (magic, payload bytes received)
+
+The head has a fixed size, so the receiver posts its receive as soon as the group is up
+and learns the layout of the payload in one message (one round trip instead of two).
 
 The receiver lands every message in its slice of one contiguous buffer per dtype, and
 the tensors it returns are views into those buffers. The segmentation parameters ride
@@ -85,8 +89,11 @@ MAX_MESSAGE_BYTES = 1 << 30
 DIRECT_MIN_BYTES = 256 << 10
 #: First word of the header and the ack, so a stray peer is detected.
 PROTOCOL_MAGIC = 0x74627032  # "tbp2"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: Size of the first message: the header words and, when it fits, the whole meta.
+HEAD_BYTES = 64 << 10
 _HEADER_WORDS = 6
+_INLINE_META = HEAD_BYTES - 8 * _HEADER_WORDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,13 +201,16 @@ class P2PEndpoint:
         direct_min, max_bytes = DIRECT_MIN_BYTES, MAX_MESSAGE_BYTES
         segments = plan_segments(plan, direct_min_bytes=direct_min, max_bytes=max_bytes)
         meta = encode_meta({"transfer_id": self.rendezvous.transfer_id, "state": state_meta})
-        header = torch.tensor(
-            [PROTOCOL_MAGIC, PROTOCOL_VERSION, meta.numel(), plan.nbytes, direct_min, max_bytes], dtype=torch.int64
+        head = torch.zeros(HEAD_BYTES, dtype=torch.uint8)
+        head[: 8 * _HEADER_WORDS].view(torch.int64).copy_(
+            torch.tensor([PROTOCOL_MAGIC, PROTOCOL_VERSION, meta.numel(), plan.nbytes, direct_min, max_bytes])
         )
+        head[8 * _HEADER_WORDS : 8 * _HEADER_WORDS + min(meta.numel(), _INLINE_META)] = meta[:_INLINE_META]
+        first = [head] if meta.numel() <= _INLINE_META else [head, meta[_INLINE_META:]]
         ack = torch.zeros(2, dtype=torch.int64, device=self.device)
         staged = 0
         with _on_device(self.device):
-            inflight = [(self.group.post_send(m), m) for m in (header.to(self.device), meta.to(self.device))]
+            inflight = [(self.group.post_send(m), m) for m in (m.to(self.device) for m in first)]
             for seg in segments:  # each message is posted as soon as it is ready
                 data, copied = segment_bytes(seg, plan, state.tensors, device=self.device, pin_memory=pin)
                 staged += copied
@@ -243,16 +253,21 @@ class P2PEndpoint:
         target = self.device if device is None else torch.device(device)
         t0 = time.perf_counter()
         with _on_device(self.device):
-            header = torch.zeros(_HEADER_WORDS, dtype=torch.int64, device=self.device)
-            self.group.wait(self.group.post_recv(header), "receiving the header")
-            magic, version, meta_len, total, direct_min, max_bytes = header.cpu().tolist()
+            head = torch.empty(HEAD_BYTES, dtype=torch.uint8, device=self.device)
+            self.group.wait(self.group.post_recv(head), "receiving the head")
+            head = head.cpu()
+            magic, version, meta_len, total, direct_min, max_bytes = head[: 8 * _HEADER_WORDS].view(torch.int64).tolist()
             if magic != PROTOCOL_MAGIC or version != PROTOCOL_VERSION:
                 raise TransferError(
                     f"{self.group.where()}: header {[magic, version]} is not turboserve p2p protocol "
                     f"[{PROTOCOL_MAGIC}, {PROTOCOL_VERSION}]; both ends must run the same turboserve version"
                 )
-            meta_t = torch.empty(meta_len, dtype=torch.uint8, device=self.device)
-            self.group.wait(self.group.post_recv(meta_t), "receiving the meta")
+            meta_t = head[8 * _HEADER_WORDS : 8 * _HEADER_WORDS + min(meta_len, _INLINE_META)]
+            n_first = 1
+            if meta_len > _INLINE_META:
+                rest = torch.empty(meta_len - _INLINE_META, dtype=torch.uint8, device=self.device)
+                self.group.wait(self.group.post_recv(rest), "receiving the rest of the meta")
+                meta_t, n_first = torch.cat([meta_t, rest.cpu()]), 2
             meta, plan = self._check_meta(meta_t, total)
             stage_pinned = self.device.type == "cpu" and target.type == "cuda"
             buffers = empty_buffers(plan, device=self.device, pin_memory=stage_pinned)
@@ -279,7 +294,7 @@ class P2PEndpoint:
             backend=self.rendezvous.backend,
             nbytes=plan.nbytes,
             n_tensors=len(tensors),
-            n_messages=2 + len(works),
+            n_messages=n_first + len(works),
             staged_bytes=plan.nbytes if stage_pinned else 0,
             connect_s=self.group.connect_s,
             transfer_s=time.perf_counter() - t0,

@@ -33,7 +33,7 @@ BACKENDS: tuple[str, ...] = ("nccl", "gloo")
 #: Seconds to wait for the peer at each stage (joining, each message) when none is given.
 DEFAULT_TIMEOUT_S = 60.0
 #: How often a receiver that started first checks whether the sender's store is up.
-LISTEN_POLL_S = 0.01
+LISTEN_POLL_S = 0.001
 
 _SENDER, _RECEIVER = 0, 1
 
@@ -275,7 +275,8 @@ class P2PGroup:
             opts._timeout = self._timeout
             opts.is_high_priority_stream = False
             backend = ProcessGroupNCCL(store, self.rank, 2, opts)
-        backend._set_sequence_number_for_group()  # as init_process_group does (a store exchange)
+        # init_process_group also calls _set_sequence_number_for_group(), a blocking store
+        # exchange that only feeds collective desync debugging: a point-to-point group skips it.
         return backend
 
     def close(self, *, abort: bool = False) -> None:
