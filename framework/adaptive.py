@@ -3,7 +3,7 @@
 Dask's default :class:`distributed.deploy.Adaptive` sizes a cluster from task
 occupancy, which counts session actors for nothing, and would close a worker that holds
 sessions (actors die with their worker). :class:`SessionAdaptive` asks the control loop
-(:class:`framework.controller.Controller`) instead:
+(:class:`framework.controller.ControlLoop`, run by the scheduler plugin) instead:
 
 - :meth:`SessionAdaptive.target` is the autoscaling policy's latest ``ScaleTo``;
 - :meth:`SessionAdaptive.workers_to_close` offers only workers the policy chose with
@@ -31,8 +31,8 @@ from framework import config
 class SessionAdaptive(Adaptive):
     """An ``Adaptive`` whose target and retirements come from the control loop.
 
-    Needs the :class:`~framework.controller.Controller` plugin on the scheduler (it
-    serves ``turboserve_control_target`` and ``turboserve_control_to_close``). The
+    Needs the turboserve scheduler plugin with its control loop started (it serves
+    ``turboserve_control_target`` and ``turboserve_control_to_close``). The
     first poll of the target tells the controller an autoscaler is attached, after
     which its ``ScaleTo``/``Retire`` decisions take effect.
     """

@@ -1,16 +1,16 @@
 """What the control loop observes: the latency estimate and the policies' snapshot.
 
-:class:`LatencyEstimator` learns the batch latency curve from the workers' chunk
-metrics; :class:`SnapshotBuilder` is the part of
-:class:`~framework.controller.Controller` that turns the session registry, the
-scheduler's workers and the actions in flight into a :class:`~policies.types.Snapshot`
-in (scaled) trace seconds, and records one interval row per tick.
+:class:`LatencyEstimator` learns the batch latency curve from the chunk metrics the
+scheduler plugin receives; :func:`build_snapshot` turns the session records, the
+workers and the actions in flight into a :class:`~policies.types.Snapshot` in (scaled)
+trace seconds, and :func:`interval_row` makes one row of the interval table. Plain
+functions of their arguments: no Dask, no clock.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -95,98 +95,82 @@ def projected(view: SessionView, action: Action | None) -> SessionView:
     return view
 
 
-class SnapshotBuilder:
-    """The snapshot half of :class:`~framework.controller.Controller` (a mixin).
+def build_snapshot(
+    *,
+    now_s: float,
+    workers: Iterable[tuple[str, float]],
+    retiring: set[str],
+    starting: int,
+    records: Iterable[Any],
+    admitting: Callable[[str], bool],
+    in_flight: Mapping[str, Action],
+    clock: Callable[[float], float],
+    time_scale: float,
+    slo_s: float | None,
+    latency: BatchLatencyModel,
+    max_batch: int,
+    memory_bytes: int,
+    min_workers: int,
+    max_workers: int,
+    worker_startup_s: float,
+) -> Snapshot:
+    """The policies' view of the live cluster, in (scaled) trace seconds.
 
-    Reads the controller's ``settings``, ``latency``, ``worker_log``, ``retiring``,
-    ``target``, ``intervals`` and in-flight actions, and its ``_runtime()``,
-    ``_live_workers()`` and ``_autoscaler_attached()``.
+    ``workers`` are ``(address, joined wall time)``; those in ``retiring`` are DRAINING,
+    and ``starting`` STARTING placeholders (``starting-<i>``) stand for workers asked for
+    but not yet arrived. ``records`` are the open sessions'
+    :class:`~framework.registry.SessionRecord`; a pending one that ``admitting`` says the
+    runtime is placing counts as demand only (no state bytes), and a session with an
+    action in ``in_flight`` is shown as that action leaves it (:func:`projected`).
+    ``clock`` maps a wall time to trace seconds. ``slo_s`` None: the median playback
+    period of the open sessions.
     """
-
-    def snapshot(self, now: float | None = None) -> Snapshot:
-        """The policies' view of the live cluster, in (scaled) trace seconds.
-
-        Workers being retired are DRAINING; workers asked for but not yet arrived are
-        STARTING placeholders (``starting-<i>``). A session with an action in flight is
-        shown as that action leaves it: MIGRATING to its target, SUSPENDED, or IDLE on
-        the worker it is resumed to.
-        """
-        now = time.time() if now is None else now
-        runtime = self._runtime()
-        s = self.settings
-        scale = s.time_scale
-        live = self._live_workers()
-        workers = [
-            WorkerView(addr, WorkerStatus.DRAINING if addr in self.retiring else WorkerStatus.RUNNING,
-                       memory_bytes=s.worker_memory_bytes, max_batch=s.max_batch,
-                       started_s=self._clock(self.worker_log.get(addr, [now])[0]))
-            for addr in live
-        ]
-        if self.target is not None and self._autoscaler_attached():
-            running = sum(1 for addr in live if addr not in self.retiring)
-            for i in range(max(0, self.target - running)):
-                workers.append(WorkerView(f"starting-{i}", WorkerStatus.STARTING, s.worker_memory_bytes, s.max_batch,
-                                          self._clock(now)))
-        known = set(live)
-        sessions: list[SessionView] = []
-        periods: list[float] = []
-        for rec in runtime.registry.records() if runtime is not None else ():
-            view = rec.view()
-            periods.append(rec.chunk_period_s)
-            if view.status is _PENDING and runtime.admitting(rec.session_id):
-                # The runtime's admission is placing it (open or recovery): demand only.
-                view = replace(view, state_bytes=0)
-            view = replace(
-                view,
-                since_s=self._clock(view.since_s),
-                recent_latency_s=None if view.recent_latency_s is None else view.recent_latency_s * scale,
-            )
-            if view.worker is not None and view.worker not in known:
-                continue
-            entry = self._inflight.get(view.session_id)
-            sessions.append(projected(view, None if entry is None else entry[0]))
-        slo = s.slo_s
-        if slo is None:
-            periods.sort()
-            slo = periods[len(periods) // 2] if periods else 1.0
-        return Snapshot(
-            now_s=self._clock(now),
-            workers=tuple(workers),
-            sessions=tuple(sessions),
-            slo_s=slo,
-            latency=self._latency_model(),
-            min_workers=s.minimum,
-            max_workers=s.maximum,
-            worker_startup_s=s.worker_startup_s * scale,
+    views = []
+    known = set()
+    for addr, joined in workers:
+        known.add(addr)
+        status = WorkerStatus.DRAINING if addr in retiring else WorkerStatus.RUNNING
+        views.append(WorkerView(addr, status, memory_bytes=memory_bytes, max_batch=max_batch, started_s=clock(joined)))
+    for i in range(starting):
+        views.append(WorkerView(f"starting-{i}", WorkerStatus.STARTING, memory_bytes, max_batch, now_s))
+    sessions: list[SessionView] = []
+    periods: list[float] = []
+    for rec in records:
+        view = rec.view()
+        periods.append(rec.chunk_period_s)
+        if view.status is _PENDING and admitting(rec.session_id):
+            view = replace(view, state_bytes=0)
+        view = replace(
+            view,
+            since_s=clock(view.since_s),
+            recent_latency_s=None if view.recent_latency_s is None else view.recent_latency_s * time_scale,
         )
+        if view.worker is not None and view.worker not in known:
+            continue
+        sessions.append(projected(view, in_flight.get(view.session_id)))
+    if slo_s is None:
+        periods.sort()
+        slo_s = periods[len(periods) // 2] if periods else 1.0
+    return Snapshot(
+        now_s=now_s,
+        workers=tuple(views),
+        sessions=tuple(sessions),
+        slo_s=slo_s,
+        latency=latency,
+        min_workers=min_workers,
+        max_workers=max_workers,
+        worker_startup_s=worker_startup_s * time_scale,
+    )
 
-    def _clock(self, wall: float) -> float:
-        return (wall - self._origin) * self.settings.time_scale
 
-    def _latency_model(self) -> BatchLatencyModel:
-        if self.settings.measure:
-            return self.latency.model(self.settings.time_scale)
-        est = LatencyEstimator(self.settings.latency_points)
-        return est.model(self.settings.time_scale)
+def interval_row(now: float, snap: Snapshot, dt: float, prev_workers: int | None, migrations: int) -> tuple:
+    """One row of the interval table (``INTERVAL_COLUMNS``) for the tick at wall time ``now``.
 
-    def _read_metrics(self, runtime: Any) -> None:
-        feed = getattr(runtime, "dashboard", None)
-        log = getattr(feed, "chunk_log", None)
-        if log is None:
-            return
-        for point in log.since(self._chunk_seq):
-            self._chunk_seq = point.seq
-            self.latency.add(point.batch_size, point.latency_s)
-
-    def _record_interval(self, now: float, snap: Snapshot, runtime: Any) -> None:
-        counts = Counter(v.status for v in snap.sessions)
-        n_workers = sum(1 for w in snap.workers)  # running, draining and asked-for (paid from the request)
-        dt = 0.0 if self._last_tick is None else now - self._last_tick
-        prev_workers = self.intervals[-1][1] if self.intervals else n_workers
-        migrations = sum(r.migrations for r in runtime.registry.records(include_closed=True))
-        self.intervals.append(
-            (now, n_workers, counts[_ACTIVE] + counts[_MIGRATING], counts[_IDLE], counts[_SUSPENDED],
-             migrations - self._last_migrations, prev_workers * dt)
-        )
-        self._last_migrations = migrations
-        self._last_tick = now
+    ``dt`` is the wall time since the previous tick, ``prev_workers`` that tick's worker
+    count (its cost runs until now), ``migrations`` those completed since.
+    """
+    counts = Counter(v.status for v in snap.sessions)
+    n_workers = len(snap.workers)  # running, draining and asked-for (paid from the request)
+    prev = n_workers if prev_workers is None else prev_workers
+    return (now, n_workers, counts[_ACTIVE] + counts[_MIGRATING], counts[_IDLE], counts[_SUSPENDED],
+            migrations, prev * dt)

@@ -1,29 +1,33 @@
-"""The closed control loop on the scheduler: snapshot -> shared policies -> mechanisms.
+"""The closed control loop: snapshot -> shared policies -> mechanisms, with none of the cluster details.
 
-:class:`Controller` is a Dask ``SchedulerPlugin`` that sits beside the serving plugin
-(:class:`~framework.scheduler_plugin.TurboserveScheduler`, found by name on the
-scheduler). Every tick (``turboserve.control.interval``), and early on events (a worker
-joins or leaves, a session opens, closes, pauses, suspends or resumes), it
+:class:`ControlLoop` is to turboserve what dask's ``AdaptiveCore`` is to Dask's
+autoscaling: the decision logic, behind a small interface. Every tick
+(``turboserve.control.interval``), and early on events (:meth:`ControlLoop.kick`: a
+worker joins or leaves, a session opens, closes, pauses, suspends or resumes), it
 
-1. builds the :class:`~policies.types.Snapshot` from the session registry, the workers
-   the scheduler knows and a :class:`LatencyEstimator` fed by the workers' chunk
-   metrics (or the configured profile points);
+1. builds the :class:`~policies.types.Snapshot` from the cluster's session records and
+   workers, the actions still in flight and a :class:`LatencyEstimator` fed with the
+   chunk metrics (:meth:`ControlLoop.observe`);
 2. calls the placement, offload and autoscaling policies together
-   (:class:`policies.combined.Combined`, built with :func:`policies.registry.make`);
-3. applies every action with the runtime's mechanisms (``place``, ``migrate``,
-   ``suspend``, ``resume``, ``drain``), each session action as its own task so that a
-   slow migration never blocks the next tick.
+   (:class:`policies.combined.Combined`, built from :class:`ControlSettings`);
+3. checks every action with the shared rules of :mod:`policies.semantics` (the
+   simulator uses the same ones) and applies it through the :class:`Mechanisms`
+   protocol, each session action as its own task so that a slow migration never blocks
+   the next tick.
 
-An action that cannot be applied (unknown or closed session, a worker that left, a
-scale-in below the minimum, ...) is refused with a logged reason and counted; a failing
-tick is logged with ``exc_info`` and the loop goes on. Every decision lands in a
-bounded log with the simulator's columns (``time_s, action, session_id, worker,
-accepted, reason``), so a live run and a simulated one compare row by row.
+A refused action is logged with its reason and counted by category; a failing tick is
+logged with ``exc_info`` and the loop goes on. Every decision lands in a bounded log
+with the simulator's columns (:data:`~policies.semantics.DECISION_COLUMNS`).
 
-Autoscaling is advisory until a :class:`framework.adaptive.SessionAdaptive` polls the
-target (``turboserve_control_target``): ``ScaleTo`` then sets the number of workers the
-cluster manager should run, and ``Retire`` drains a worker (its sessions migrate or are
-suspended away) before :meth:`Controller.workers_to_close` offers it for closing.
+Live, :class:`~framework.scheduler_plugin.TurboserveScheduler` implements
+:class:`Mechanisms` and owns the loop: admission at ``open`` asks
+:meth:`ControlLoop.choose` (the same policy, snapshot and ledger). Tests drive the loop
+against an in-memory fake (``tests/test_control_loop.py``).
+
+Autoscaling is advisory until a cluster manager follows it (``Mechanisms.scalable``:
+a :class:`framework.adaptive.SessionAdaptive` polled the target): ``ScaleTo`` then sets
+the number of workers it should run, and ``Retire`` drains a worker (its sessions
+migrate or are suspended away) before :meth:`ControlLoop.workers_to_close` offers it.
 
 Time can run faster than the wall clock (``time_scale``, for compressed trace replays):
 the policies then see trace seconds (``now``, ``since``, latencies, the SLO) while the
@@ -36,214 +40,247 @@ import asyncio
 import logging
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import asdict
+from typing import Any, Protocol
 
-from distributed.diagnostics.plugin import SchedulerPlugin
+from framework.control_settings import ControlSettings
+from framework.control_snapshot import LatencyEstimator, build_snapshot, interval_row
+from framework.registry import SessionRecord
+from policies.semantics import (
+    ActionRefused,
+    Decision,
+    Refusal,
+    SessionFacts,
+    WorkerFacts,
+    apply_order,
+    check,
+    clip_scale,
+    decided,
+)
+from policies.types import (
+    Action,
+    BatchLatencyModel,
+    Migrate,
+    Offload,
+    Place,
+    Reject,
+    Resume,
+    Retire,
+    ScaleTo,
+    SessionStatus,
+    Snapshot,
+    WorkerStatus,
+)
 
-from framework.control_settings import ControlSettings, default_policy_params, profile_points
-from framework.control_snapshot import LatencyEstimator, SnapshotBuilder
-from policies.types import Action, Migrate, Offload, Place, Reject, Resume, Retire, ScaleTo, SessionStatus
-
-__all__ = [
-    "DECISION_COLUMNS", "INTERVAL_COLUMNS", "ControlSettings", "Controller", "Decision", "LatencyEstimator",
-    "Refused", "default_policy_params", "profile_points",
-]
+__all__ = ["INTERVAL_COLUMNS", "ControlLoop", "Mechanisms"]
 
 logger = logging.getLogger(__name__)
 
-#: Name of the serving plugin on the scheduler (``TurboserveScheduler.name``).
-RUNTIME_PLUGIN = "turboserve"
 #: Decisions and interval rows kept for ``turboserve_control_log``.
 LOG_LIMIT = 100_000
-#: Handlers of the serving plugin after which the controller ticks early.
-_EVENT_HANDLERS = ("turboserve_open", "turboserve_close", "turboserve_pause", "turboserve_suspend",
-                   "turboserve_resume", "turboserve_locate")
-_ACTIVE, _IDLE, _PENDING = SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStatus.PENDING
-_SUSPENDED, _MIGRATING = SessionStatus.SUSPENDED, SessionStatus.MIGRATING
-DECISION_COLUMNS = ("time_s", "action", "session_id", "worker", "accepted", "reason")
 INTERVAL_COLUMNS = ("time_s", "n_workers", "n_active", "n_idle", "n_suspended", "migrations", "cost_gpu_s")
+#: Seconds a drain waits for the actions in flight into the worker it empties.
+DRAIN_WAIT_S = 30.0
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One applied or refused action (the simulator's decision-log columns)."""
+class Mechanisms(Protocol):
+    """What the control loop needs of the cluster it steers.
 
-    time_s: float  # wall clock (time.time())
-    action: str
-    session_id: str
-    worker: str
-    accepted: bool
-    reason: str
+    Live: :class:`~framework.scheduler_plugin.TurboserveScheduler`; in tests, an
+    in-memory fake. The ``async`` methods raise on failure (the loop logs and counts
+    it; the next tick sees the real state).
+    """
+
+    def workers(self) -> list[str]:
+        """Addresses of the workers in the cluster now."""
+
+    def records(self) -> Iterable[SessionRecord]:
+        """The open sessions' records."""
+
+    def admitting(self, session_id: str) -> bool:
+        """Whether the runtime itself is placing the session (open or recovery in progress)."""
+
+    def tiers(self) -> Collection[str]:
+        """Offload tiers available (``disk`` needs a checkpoint store)."""
+
+    def scalable(self) -> bool:
+        """Whether a cluster manager follows :meth:`scale` and closes drained workers."""
+
+    def scale(self, n: int) -> None:
+        """Ask the cluster manager for ``n`` workers."""
+
+    async def place(self, session_id: str, worker: str) -> Any:
+        """Start a pending session on ``worker``."""
+
+    async def migrate(self, session_id: str, target: str) -> Any:
+        """Move a session to ``target`` at a chunk boundary."""
+
+    async def suspend(self, session_id: str, tier: str) -> Any:
+        """Offload an idle session's state to ``tier``."""
+
+    async def resume(self, session_id: str, worker: str) -> Any:
+        """Bring a suspended session back on ``worker``."""
+
+    async def drain(self, worker: str) -> Any:
+        """Move every session off ``worker``; it stays in the cluster, marked draining."""
+
+    def undrain(self, worker: str) -> None:
+        """Put a drained worker back in service."""
 
 
-class Refused(Exception):
-    """An action the controller will not apply; ``category`` counts it in the stats."""
+class _LiveFacts:
+    """The cluster as :func:`policies.semantics.check` reads it, for one tick (or one action)."""
 
-    def __init__(self, reason: str, category: str) -> None:
-        super().__init__(reason)
-        self.reason, self.category = reason, category
+    def __init__(self, loop: "ControlLoop") -> None:
+        m = loop.mechanisms
+        self._loop = loop
+        self._records = {r.session_id: r for r in m.records()}
+        self._workers = set(m.workers())
+        self._starting = loop.starting(self._workers)
+        self.min_workers = loop.settings.minimum
+
+    def session(self, session_id: str) -> SessionFacts | None:
+        rec = self._records.get(session_id)
+        if rec is None:
+            return None
+        entry = self._loop._inflight.get(session_id)
+        busy = f"a {type(entry[0]).__name__}" if entry is not None else None
+        if busy is None and rec.status is SessionStatus.PENDING and self._loop.mechanisms.admitting(session_id):
+            busy = "its admission by the runtime"
+        return SessionFacts(
+            rec.status, worker=rec.worker if rec.status.on_device else None, state_bytes=rec.state_bytes,
+            offloaded=rec.status is SessionStatus.SUSPENDED, in_flight=busy,
+        )
+
+    def worker(self, address: str) -> WorkerFacts | None:
+        if address in self._workers:
+            retiring = address in self._loop.retiring
+            return WorkerFacts(WorkerStatus.DRAINING if retiring else WorkerStatus.RUNNING, drains_itself=retiring)
+        if address.startswith("starting-") and address[len("starting-"):].isdigit():
+            if int(address[len("starting-"):]) < self._starting:
+                return WorkerFacts(WorkerStatus.STARTING)
+        return None
+
+    def serving(self) -> int:
+        return sum(1 for a in self._workers if a not in self._loop.retiring) + self._starting
+
+    def tiers(self) -> Collection[str]:
+        return self._loop.mechanisms.tiers()
 
 
-class Controller(SnapshotBuilder, SchedulerPlugin):
+class ControlLoop:
     """The closed control loop (see the module docstring).
 
     Parameters
     ----------
     settings : ControlSettings
+    mechanisms : Mechanisms
+        The cluster it steers.
+    clock : callable, optional
+        Wall time in seconds (default :func:`time.time`).
 
     Examples
     --------
-    >>> client.register_plugin(Controller(ControlSettings.from_config()))     # doctest: +SKIP
-    >>> client.sync(client.scheduler.turboserve_control_stats)["ticks"]        # doctest: +SKIP
-    3
+    >>> loop = ControlLoop(ControlSettings.from_config(), plugin)   # doctest: +SKIP
+    >>> loop.start()                                               # doctest: +SKIP
+    >>> await loop.tick()                                          # doctest: +SKIP
+    [Decision(time_s=..., action='Place', session_id='a', worker='tcp://...', accepted=True, reason='pending: ...')]
     """
 
-    name = "turboserve-control"
-    idempotent = True
-
-    def __init__(self, settings: ControlSettings) -> None:
+    def __init__(self, settings: ControlSettings, mechanisms: Mechanisms, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
-        self.scheduler: Any = None
+        self.mechanisms = mechanisms
+        self.clock = clock
         self.policy = settings.build()
         self.state = self.policy.initial_state()
         self.latency = LatencyEstimator(settings.latency_points)
-        self.target: int | None = None  # workers the cluster manager should run
-        self.retiring: set[str] = set()  # Retire accepted: draining, then closed by the Adaptive
+        self.target: int | None = None  # workers asked of the cluster manager
+        self.retiring: set[str] = set()  # Retire accepted: draining, then closed by the cluster manager
         self.drained: set[str] = set()  # drain finished: ready to close
         self.decisions: deque[Decision] = deque(maxlen=LOG_LIMIT)
         self.intervals: deque[tuple] = deque(maxlen=LOG_LIMIT)
-        self.worker_log: dict[str, list[float | None]] = {}  # address -> [added, removed]
         self.counters: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.decide_s = 0.0
         self.decide_max_s = 0.0
-        self.adaptive_seen: float | None = None  # wall time of the last target poll
+        self.startup_s: list[float] = []
+        self._origin = clock()
+        self.worker_log: dict[str, list[float | None]] = {a: [self._origin, None] for a in mechanisms.workers()}
         self._inflight: dict[str, tuple[Action, asyncio.Task]] = {}
         self._drains: dict[str, asyncio.Task] = {}
         self._wake: asyncio.Event | None = None
-        self._loop_task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None
         self._closing = False
-        self._origin = time.time()
         self._last_tick: float | None = None
-        self._last_migrations = 0
-        self._chunk_seq = -1
+        self._last_migrations = sum(r.migrations for r in mechanisms.records())
         self._scaled_at: float | None = None
-        self.startup_s: list[float] = []
 
-    # ------------------------------------------------------------ plugin hooks
+    # ------------------------------------------------------------ events
 
-    async def start(self, scheduler: Any) -> None:
-        """Install the handlers, watch the serving plugin's events, start the loop."""
-        self.scheduler = scheduler
-        self._wake = asyncio.Event()
-        self._origin = time.time()
-        now = time.time()
-        for addr in scheduler.workers:
-            self.worker_log.setdefault(addr, [now, None])
-        scheduler.handlers.update(
-            {
-                "turboserve_control_target": self.adaptive_target,
-                "turboserve_control_to_close": self.workers_to_close,
-                "turboserve_control_stats": self.stats,
-                "turboserve_control_log": self.log,
-                "turboserve_control_kick": self.kick,
-            }
-        )
-        self._watch_events()
-        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+    def kick(self) -> None:
+        """Run the next tick now (sessions or workers changed)."""
+        if self._wake is not None:
+            self._wake.set()
 
-    async def before_close(self) -> None:
-        """Stop deciding: the cluster is going away."""
-        await self._stop()
+    def observe(self, batch_size: int, latency_s: float) -> None:
+        """Fold one chunk's latency (from the workers' metrics stream) into the estimate."""
+        self.latency.add(batch_size, latency_s)
 
-    async def close(self) -> None:
-        """Stop the loop and cancel actions in flight."""
-        await self._stop()
-
-    def add_worker(self, scheduler: Any, worker: str) -> None:
-        """Record the worker's start (cost) and tick early."""
-        now = time.time()
-        self.worker_log[worker] = [now, None]
+    def worker_added(self, address: str) -> None:
+        """Record the worker's start (cost, start-up time) and tick early."""
+        now = self.clock()
+        self.worker_log[address] = [now, None]
         if self._scaled_at is not None:
             self.startup_s.append(now - self._scaled_at)
-            if self.target is None or len(self._live_workers()) >= self.target:
+            if self.target is None or len(self.mechanisms.workers()) >= self.target:
                 self._scaled_at = None
         self.kick()
 
-    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
-        """Record the worker's end (cost) and tick early."""
-        entry = self.worker_log.get(worker)
+    def worker_removed(self, address: str) -> None:
+        """Record the worker's end (cost), forget its drain, tick early."""
+        entry = self.worker_log.get(address)
         if entry is not None and entry[1] is None:
-            entry[1] = time.time()
-        self.retiring.discard(worker)
-        self.drained.discard(worker)
-        task = self._drains.pop(worker, None)
+            entry[1] = self.clock()
+        self.retiring.discard(address)
+        self.drained.discard(address)
+        task = self._drains.pop(address, None)
         if task is not None:
             task.cancel()
         self.kick()
 
-    # ------------------------------------------------------------ handlers
+    # ------------------------------------------------------------ running
 
-    def kick(self) -> None:
-        """Run the next tick now (events: sessions and workers changed)."""
-        if self._wake is not None:
-            self._wake.set()
+    def start(self) -> None:
+        """Tick in the background on the running event loop (stop with :meth:`stop`)."""
+        if self._task is None:
+            self._wake = asyncio.Event()
+            self._closing = False
+            self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def adaptive_target(self) -> int:
-        """The workers the autoscaling policy wants (the current count before it decided).
+    @property
+    def running(self) -> bool:
+        """Whether the loop ticks in the background."""
+        return self._task is not None
 
-        Called by :class:`framework.adaptive.SessionAdaptive`; a poll marks the
-        autoscaler as attached, which lets ``ScaleTo`` and ``Retire`` take effect.
-        """
-        first = self.adaptive_seen is None
-        self.adaptive_seen = time.time()
-        if first:
-            self.kick()
-        live = len(self._live_workers())
-        return live if self.target is None else self.target
+    async def stop(self) -> None:
+        """Stop ticking and cancel the actions and drains in flight."""
+        self._closing = True
+        tasks = [t for _, t in self._inflight.values()] + list(self._drains.values())
+        if self._task is not None:
+            tasks.append(self._task)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except BaseException:
+                pass
+        self._inflight.clear()
+        self._drains.clear()
+        self._task = None
 
-    def workers_to_close(self, target: int | None = None) -> list[Any]:
-        """Names of drained workers that hold no session any more (for the Adaptive)."""
-        runtime = self._runtime()
-        busy = {r.worker for r in runtime.registry.records()} if runtime is not None else set()
-        names = []
-        for addr in sorted(self.drained):
-            ws = self.scheduler.workers.get(addr)
-            if ws is not None and addr not in busy and not ws.actors:
-                names.append(ws.name)
-        return names
-
-    def stats(self) -> dict[str, Any]:
-        """Counters: ticks, decision time, accepted actions by type, refusals by reason."""
-        ticks = self.counters["ticks"]
-        return {
-            "ticks": ticks,
-            "failed_ticks": self.counters["failed_ticks"],
-            "decide_ms_mean": 1e3 * self.decide_s / ticks if ticks else None,
-            "decide_ms_max": 1e3 * self.decide_max_s,
-            "accepted": {k[len("accepted:"):]: v for k, v in self.counters.items() if k.startswith("accepted:")},
-            "failed_actions": self.counters["failed_actions"],
-            "refused": dict(sorted(self.refused.items())),
-            "target": self.target,
-            "retiring": sorted(self.retiring),
-            "autoscaler_attached": self._autoscaler_attached(),
-            "latency": asdict(self._latency_model()),
-            "startup_s": list(self.startup_s),
-            "settings": asdict(self.settings),
-        }
-
-    def log(self) -> dict[str, Any]:
-        """The decision log, the interval rows and the worker lifetimes, as plain lists."""
-        return {
-            "decisions": [asdict(d) for d in self.decisions],
-            "intervals": [dict(zip(INTERVAL_COLUMNS, row)) for row in self.intervals],
-            "workers": [{"worker": w, "started_s": a, "released_s": b} for w, (a, b) in self.worker_log.items()],
-        }
-
-    # ------------------------------------------------------------ the loop
-
-    async def _loop(self) -> None:
+    async def _run(self) -> None:
         period = self.settings.interval_s / self.settings.time_scale
         while not self._closing:
             try:
@@ -263,97 +300,82 @@ class Controller(SnapshotBuilder, SchedulerPlugin):
 
     async def tick(self) -> list[Decision]:
         """One control step: snapshot, decide, apply. Returns this tick's decisions."""
-        runtime = self._runtime()
-        if runtime is None:
-            return []
-        now = time.time()
-        self._read_metrics(runtime)
+        now = self.clock()
         snap = self.snapshot(now)
-        self._record_interval(now, snap, runtime)
+        migrations = sum(r.migrations for r in self.mechanisms.records())
+        dt = 0.0 if self._last_tick is None else now - self._last_tick
+        prev = self.intervals[-1][1] if self.intervals else None
+        self.intervals.append(interval_row(now, snap, dt, prev, migrations - self._last_migrations))
+        self._last_migrations, self._last_tick = migrations, now
         t0 = time.perf_counter()
         actions, self.state = self.policy.decide(snap, self.state)
         spent = time.perf_counter() - t0
         self.decide_s += spent
         self.decide_max_s = max(self.decide_max_s, spent)
         self.counters["ticks"] += 1
-        # Retire before ScaleTo: the target then only counts what the retirements leave.
-        ordered = [a for a in actions if not isinstance(a, ScaleTo)] + [a for a in actions if isinstance(a, ScaleTo)]
-        return [self.apply(a, now) for a in ordered]
+        out: list[Decision] = []
+        for action in apply_order(actions):
+            out.extend(self.apply(action, now))
+        return out
 
-    def apply(self, action: Action, now: float | None = None) -> Decision:
-        """Apply one action with the runtime's mechanisms, or refuse it with a reason."""
-        now = time.time() if now is None else now
-        sid = getattr(action, "session_id", "")
-        where = getattr(action, "worker", None) or getattr(action, "target", None) or ""
-        if isinstance(action, ScaleTo):
-            where = str(action.n)
+    def apply(self, action: Action, now: float | None = None) -> list[Decision]:
+        """Check ``action`` with :func:`policies.semantics.check` and apply it, or refuse it.
+
+        Returns its decisions (two for a clipped ``ScaleTo``: the refusal, then the clipped target).
+        """
+        now = self.clock() if now is None else now
+        out: list[Decision] = []
         try:
-            reason = self._apply(action)
-        except Refused as exc:
-            self.refused[exc.category] += 1
-            logger.info("refused %r: %s", action, exc.reason)
-            decision = Decision(now, type(action).__name__, sid, where, False, exc.reason)
+            if isinstance(action, ScaleTo):
+                n, clipped = clip_scale(action, self.settings.minimum, self.settings.maximum)
+                if clipped is not None:
+                    out.append(self._refuse(now, action, clipped, worker=""))
+                reason = self._scale_to(n, action)
+                where = str(n)
+            else:
+                check(action, _LiveFacts(self))
+                reason, where = self._start(action), None
+        except ActionRefused as exc:
+            out.append(self._refuse(now, action, exc, worker=str(n) if isinstance(action, ScaleTo) else None))
         else:
             self.counters[f"accepted:{type(action).__name__}"] += 1
-            decision = Decision(now, type(action).__name__, sid, where, True, reason or action.cause)
+            out.append(decided(now, action, True, reason, where))
+            self.decisions.append(out[-1])
+        return out
+
+    def _refuse(self, now: float, action: Action, exc: ActionRefused, worker: str | None = None) -> Decision:
+        self.refused[exc.refusal.value] += 1
+        logger.info("refused %r: %s", action, exc.reason)
+        decision = decided(now, action, False, exc.reason, worker)
         self.decisions.append(decision)
         return decision
 
+    # ------------------------------------------------------------ mechanisms
 
-    def _apply(self, action: Action) -> str | None:
-        runtime = self._runtime()
-        if runtime is None:
-            raise Refused("the serving plugin is not installed on this scheduler", "no-runtime")
-        if isinstance(action, ScaleTo):
-            return self._scale_to(action)
+    def _start(self, action: Action) -> str | None:
+        """Hand an accepted action to the mechanisms; returns the decision's reason (None: its cause)."""
+        m = self.mechanisms
         if isinstance(action, Retire):
-            return self._retire(action, runtime)
+            return self._retire(action)
         if isinstance(action, Reject):
-            raise Refused("live admission follows turboserve.admission.on-full; the runtime refuses or queues",
-                          "reject-by-runtime")
-        sid = action.session_id
-        rec = self._record(runtime, sid)
-        if sid in self._inflight:
-            raise Refused(f"session {sid!r} has a {type(self._inflight[sid][0]).__name__} in flight", "in-flight")
-        status = rec.status
+            raise ActionRefused(Refusal.REJECT_BY_EXECUTOR,
+                                "live admission follows turboserve.admission.on-full; the runtime refuses or queues")
         if isinstance(action, Place):
-            self._check_target(action.worker)
-            if status is not _PENDING:
-                raise Refused(f"session {sid!r} is {status.value}, not pending", "place-not-pending")
-            if runtime.admitting(sid):
-                raise Refused(f"session {sid!r} is being admitted by the runtime", "admission-in-progress")
-            coro = runtime.place(sid, action.worker)
+            coro = m.place(action.session_id, action.worker)
         elif isinstance(action, Migrate):
-            if rec.worker in self.retiring and "drain" in action.cause:
-                raise Refused(f"worker {rec.worker} is being drained by the runtime", "drained-by-runtime")
-            if status not in (_ACTIVE, _IDLE) or rec.worker != action.source:
-                raise Refused(f"session {sid!r} is {status.value} on {rec.worker}, not on {action.source}",
-                              "migrate-bad-source")
-            if action.target == action.source:
-                raise Refused("source and target are the same worker", "migrate-same-worker")
-            self._check_target(action.target)
-            coro = runtime.migrate(sid, action.target)
+            coro = m.migrate(action.session_id, action.target)
         elif isinstance(action, Offload):
-            if rec.worker in self.retiring and "drain" in action.cause:
-                raise Refused(f"worker {rec.worker} is being drained by the runtime", "drained-by-runtime")
-            if status is not _IDLE:
-                raise Refused(f"cannot offload session {sid!r}: it is {status.value}, not idle", "offload-not-idle")
-            if action.tier == "disk" and not runtime.settings.store:
-                raise Refused("offload to disk needs turboserve.state.store", "offload-no-store")
-            coro = runtime.suspend(sid, action.tier)
+            coro = m.suspend(action.session_id, action.tier)
         elif isinstance(action, Resume):
-            if status is not _SUSPENDED:
-                raise Refused(f"session {sid!r} is {status.value}, not suspended", "resume-not-suspended")
-            self._check_target(action.worker)
-            coro = runtime.resume(sid, action.worker)
-        else:
-            raise Refused(f"unknown action type {type(action).__name__}", "unknown-action")
+            coro = m.resume(action.session_id, action.worker)
+        else:  # pragma: no cover - check() refuses unknown types first
+            raise ActionRefused(Refusal.UNKNOWN_ACTION, f"unknown action type {type(action).__name__}")
         task = asyncio.get_running_loop().create_task(self._run_action(action, coro))
-        self._inflight[sid] = (action, task)
+        self._inflight[action.session_id] = (action, task)
         return None
 
     async def _run_action(self, action: Action, coro: Any) -> None:
-        sid = getattr(action, "session_id", "")
+        sid = action.session_id
         try:
             await coro
         except asyncio.CancelledError:
@@ -369,19 +391,14 @@ class Controller(SnapshotBuilder, SchedulerPlugin):
                 del self._inflight[sid]
             self.kick()
 
-    def _scale_to(self, action: ScaleTo) -> str:
-        if not self._autoscaler_attached():
-            raise Refused("no autoscaler attached (start one with server.adapt() or Server.local(adaptive=True))",
-                          "no-autoscaler")
-        s = self.settings
-        n = min(max(action.n, s.minimum), s.maximum)
-        if n != action.n:
-            self.target = n
-            raise Refused(f"target {action.n} outside [{s.minimum}, {s.maximum}]; clipped to {n}",
-                          "scale-out-of-bounds")
+    def _scale_to(self, n: int, action: ScaleTo) -> str:
+        if not self.mechanisms.scalable():
+            raise ActionRefused(Refusal.NO_AUTOSCALER,
+                                "no autoscaler attached (start one with server.adapt() or Server.local(adaptive=True))")
         if self.target is None or n > self.target:
-            self._scaled_at = time.time()
+            self._scaled_at = self.clock()
         self.target = n
+        self.mechanisms.scale(n)
         kept = self._keep_drained(n)
         return f"{action.cause} (target {n})" + (f"; kept drained {kept} in service" if kept else "")
 
@@ -391,45 +408,36 @@ class Controller(SnapshotBuilder, SchedulerPlugin):
         They would otherwise sit empty (the runtime keeps them draining) while the
         cluster manager starts new workers next to them.
         """
-        serving = sum(1 for a in self._live_workers() if a not in self.retiring)
+        serving = sum(1 for a in self.mechanisms.workers() if a not in self.retiring)
         kept = []
-        runtime = self._runtime()
         for addr in sorted(self.drained):
             if serving >= n:
                 break
             self.drained.discard(addr)
             self.retiring.discard(addr)
-            runtime.undrain(addr)
+            self.mechanisms.undrain(addr)
             kept.append(addr)
             serving += 1
         return kept
 
-    def _retire(self, action: Retire, runtime: Any) -> str | None:
-        if not self._autoscaler_attached():
-            raise Refused("no autoscaler attached to close the worker", "no-autoscaler")
+    def _retire(self, action: Retire) -> str | None:
+        if not self.mechanisms.scalable():
+            raise ActionRefused(Refusal.NO_AUTOSCALER, "no autoscaler attached to close the worker")
         addr = action.worker
-        if addr.startswith("starting-"):
+        if addr not in self.mechanisms.workers():  # a STARTING placeholder
             return "cancel a requested worker (the target covers it)"
-        if addr not in self.scheduler.workers:
-            raise Refused(f"worker {addr!r} is not in the cluster (it left)", "retire-no-such-worker")
-        if addr in self.retiring:
-            raise Refused(f"worker {addr!r} is already draining", "retire-already-draining")
-        remaining = sum(1 for a in self._live_workers() if a not in self.retiring) - 1
-        if remaining < self.settings.minimum:
-            raise Refused(f"retiring {addr} would leave {remaining} workers, below the minimum "
-                          f"{self.settings.minimum}", "retire-below-minimum")
         self.retiring.add(addr)
-        self._drains[addr] = asyncio.get_running_loop().create_task(self._drain(addr, runtime))
+        self._drains[addr] = asyncio.get_running_loop().create_task(self._drain(addr))
         return None
 
-    async def _drain(self, addr: str, runtime: Any) -> None:
+    async def _drain(self, addr: str) -> None:
         try:
             # Wait for actions in flight that touch this worker (a migration into it).
-            pending = [t for a, t in self._inflight.values() if getattr(a, "target", None) == addr
-                       or getattr(a, "worker", None) == addr]
+            pending = [t for a, t in self._inflight.values()
+                       if getattr(a, "target", None) == addr or getattr(a, "worker", None) == addr]
             if pending:
-                await asyncio.wait(pending, timeout=30)
-            await runtime.drain(addr, retire=False)
+                await asyncio.wait(pending, timeout=DRAIN_WAIT_S)
+            await self.mechanisms.drain(addr)
             self.drained.add(addr)
         except asyncio.CancelledError:
             raise
@@ -437,83 +445,107 @@ class Controller(SnapshotBuilder, SchedulerPlugin):
             self.counters["failed_actions"] += 1
             logger.warning("draining %s failed; it stays in service: %r", addr, exc, exc_info=True)
             self.retiring.discard(addr)
-            # The runtime marked it draining when the drain began; give it back.
-            runtime.undrain(addr)
+            self.mechanisms.undrain(addr)  # the runtime marked it draining when the drain began
         finally:
             self._drains.pop(addr, None)
             self.kick()
 
-    # ------------------------------------------------------------ helpers
+    # ------------------------------------------------------------ views
 
-    def _runtime(self) -> Any:
-        return self.scheduler.plugins.get(RUNTIME_PLUGIN) if self.scheduler is not None else None
+    def starting(self, workers: Collection[str] | None = None) -> int:
+        """Workers asked for and not arrived yet (the target beyond those serving)."""
+        if self.target is None or not self.mechanisms.scalable():
+            return 0
+        workers = self.mechanisms.workers() if workers is None else workers
+        return max(0, self.target - sum(1 for a in workers if a not in self.retiring))
 
-    def _live_workers(self) -> list[str]:
-        return sorted(self.scheduler.workers) if self.scheduler is not None else []
+    def snapshot(self, now: float | None = None, exclude: Collection[str] = (), max_batch: int | None = None) -> Snapshot:
+        """The policies' view of the cluster now (see :func:`~framework.control_snapshot.build_snapshot`).
 
-    def _autoscaler_attached(self) -> bool:
-        # Sticky: an Adaptive busy starting workers stops polling for a while.
-        return self.adaptive_seen is not None
+        ``exclude``: workers left out (sessions on them are ignored); ``max_batch``
+        replaces the settings' (admission's per-worker session cap).
+        """
+        now = self.clock() if now is None else now
+        s = self.settings
+        live = [a for a in sorted(self.mechanisms.workers()) if a not in exclude]
+        return build_snapshot(
+            now_s=self._trace_s(now),
+            workers=[(a, self.worker_log.get(a, [now])[0]) for a in live],
+            retiring=self.retiring,
+            starting=self.starting(live),
+            records=self.mechanisms.records(),
+            admitting=self.mechanisms.admitting,
+            in_flight={sid: a for sid, (a, _) in self._inflight.items()},
+            clock=self._trace_s,
+            time_scale=s.time_scale,
+            slo_s=s.slo_s,
+            latency=self.latency_model(),
+            max_batch=s.max_batch if max_batch is None else max_batch,
+            memory_bytes=s.worker_memory_bytes,
+            min_workers=s.minimum,
+            max_workers=s.maximum,
+            worker_startup_s=s.worker_startup_s,
+        )
 
-    @staticmethod
-    def _record(runtime: Any, session_id: str) -> Any:
-        try:
-            rec = runtime.registry.get(session_id)
-        except Exception:
-            raise Refused(f"no session {session_id!r}", "unknown-session") from None
-        if rec.status is SessionStatus.CLOSED:
-            raise Refused(f"session {session_id!r} is closed", "session-closed")
-        return rec
+    def choose(self, session_id: str, exclude: Collection[str] = (), max_sessions: int | None = None) -> str | None:
+        """Admission: the worker the placement policy gives ``session_id`` now, or None.
 
-    def _check_target(self, addr: str) -> None:
-        if addr not in self.scheduler.workers:
-            raise Refused(f"worker {addr!r} is not in the cluster (it left or never joined)", "no-such-worker")
-        if addr in self.retiring:
-            raise Refused(f"worker {addr!r} is draining", "worker-draining")
+        The session is shown as pending; ``exclude`` workers are left out (full, draining,
+        failed); ``max_sessions`` caps the active sessions a worker takes at open (the
+        ticks then balance the batches). The placement policy's state moves on as in a tick.
+        """
+        snap = self.snapshot(exclude=exclude, max_batch=max_sessions)
+        view = snap.session(session_id)
+        if view is None:
+            return None
+        from dataclasses import replace
 
-    def _watch_events(self) -> None:
-        """Tick early after the serving plugin's session handlers (open, close, ...)."""
-        for op in _EVENT_HANDLERS:
-            handler = self.scheduler.handlers.get(op)
-            if handler is None or getattr(handler, "_turboserve_watched", False):
-                continue
-            self.scheduler.handlers[op] = _kicking(handler, self.kick)
+        pending = replace(view, status=SessionStatus.PENDING, worker=None)
+        snap = replace(snap, sessions=tuple(pending if v.session_id == session_id else v for v in snap.sessions))
+        p_state, a_state, o_state = self.state
+        actions, p_state = self.policy.placement.decide(snap, p_state)
+        self.state = (p_state, a_state, o_state)
+        for action in actions:
+            if isinstance(action, Place) and action.session_id == session_id:
+                return action.worker
+        return None
 
-    async def _stop(self) -> None:
-        self._closing = True
-        tasks = [t for _, t in self._inflight.values()] + list(self._drains.values())
-        if self._loop_task is not None:
-            tasks.append(self._loop_task)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except BaseException:
-                pass
-        self._inflight.clear()
-        self._drains.clear()
-        self._loop_task = None
+    def latency_model(self) -> BatchLatencyModel:
+        """The batch latency model the policies see (trace seconds)."""
+        if self.settings.measure:
+            return self.latency.model(self.settings.time_scale)
+        return LatencyEstimator(self.settings.latency_points).model(self.settings.time_scale)
 
+    def workers_to_close(self, busy: Collection[str]) -> list[str]:
+        """Drained workers that hold nothing (``busy``: workers that still do)."""
+        return [a for a in sorted(self.drained) if a not in busy]
 
-def _kicking(handler: Any, kick: Any) -> Any:
-    """``handler`` wrapped to call ``kick()`` after it returns (sync or async)."""
-    import functools
-    import inspect
+    def stats(self) -> dict[str, Any]:
+        """Counters: ticks, decision time, accepted actions by type, refusals by category."""
+        ticks = self.counters["ticks"]
+        return {
+            "ticks": ticks,
+            "failed_ticks": self.counters["failed_ticks"],
+            "decide_ms_mean": 1e3 * self.decide_s / ticks if ticks else None,
+            "decide_ms_max": 1e3 * self.decide_max_s,
+            "accepted": {k[len("accepted:"):]: v for k, v in self.counters.items() if k.startswith("accepted:")},
+            "failed_actions": self.counters["failed_actions"],
+            "refused": dict(sorted(self.refused.items())),
+            "target": self.target,
+            "retiring": sorted(self.retiring),
+            "autoscaler_attached": self.mechanisms.scalable(),
+            "latency": asdict(self.latency_model()),
+            "startup_s": list(self.startup_s),
+            "settings": asdict(self.settings),
+        }
 
-    if inspect.iscoroutinefunction(handler):
-        @functools.wraps(handler)
-        async def wrapped(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await handler(*args, **kwargs)
-            finally:
-                kick()
-    else:
-        @functools.wraps(handler)
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return handler(*args, **kwargs)
-            finally:
-                kick()
-    wrapped._turboserve_watched = True  # type: ignore[attr-defined]
-    return wrapped
+    def log(self) -> dict[str, Any]:
+        """The decision log, the interval rows and the worker lifetimes, as plain lists."""
+        return {
+            "decisions": [d._asdict() for d in self.decisions],
+            "intervals": [dict(zip(INTERVAL_COLUMNS, row)) for row in self.intervals],
+            "workers": [{"worker": w, "started_s": a, "released_s": b} for w, (a, b) in self.worker_log.items()],
+        }
+
+    def _trace_s(self, wall: float) -> float:
+        return (wall - self._origin) * self.settings.time_scale

@@ -17,6 +17,9 @@ from workers.errors import SessionNotFound
 
 #: Latencies kept per session for ``recent_latency_s`` and the stats.
 RECENT = 32
+#: Name of the scheduler plugin that keeps the registry
+#: (:class:`~framework.scheduler_plugin.TurboserveScheduler`, ``scheduler.plugins[PLUGIN_NAME]``).
+PLUGIN_NAME = "turboserve"
 
 
 @dataclass(slots=True, eq=False)
@@ -47,6 +50,10 @@ class SessionRecord:
     created_s: float = 0.0
     chunk_period_s: float = 1.0
     latencies: deque = field(default_factory=lambda: deque(maxlen=RECENT))
+
+    def set_status(self, status: SessionStatus, now_s: float) -> None:
+        """Change the status; ``since_s`` becomes ``now_s``."""
+        self.status, self.since_s = status, now_s
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type view for clients (``server.sessions()``)."""

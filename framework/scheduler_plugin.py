@@ -1,67 +1,66 @@
-"""The control plane on the scheduler: session registry, placement, and the mechanisms.
+"""The control plane on the scheduler: one plugin with the session registry, the control loop and the mechanisms.
 
 :class:`TurboserveScheduler` is a Dask ``SchedulerPlugin``. It
 
 - keeps the :class:`~framework.registry.SessionRegistry` (session -> worker, status,
   chunk counters, recent latencies, state bytes), fed by the workers' per-step metrics
-  over their batched stream (op ``turboserve-chunks``);
-- owns every session actor: it creates them through a control client that lives in the
-  scheduler process, so actors outlive the user's client and can be moved by the
-  control loop; users reach an actor directly by ``(worker, key)``;
-- places new sessions with the placement policy from ``policies.registry``;
-- exposes RPC handlers (``turboserve_*`` in ``scheduler.handlers``) for the client
-  and the mechanism methods the controller calls on the scheduler side: :meth:`place`,
-  :meth:`migrate`, :meth:`suspend`, :meth:`resume`, :meth:`drain`;
+  over their batched stream (op ``turboserve-chunks``), which also feed the control
+  loop's latency estimate;
+- owns the :class:`~framework.controller.ControlLoop` and implements its
+  :class:`~framework.controller.Mechanisms` (place, migrate, suspend, resume, drain,
+  scale, records, workers); admission at ``open`` (and recovery, and the targets of a
+  drain) asks the same loop (:meth:`ControlLoop.choose`); the loop ticks once
+  ``turboserve_control_start`` is called (``server.start_control()``);
+- owns every session actor through :class:`~framework.session_mechanisms.SessionActors`,
+  which starts them with a control client that lives in the scheduler process, so that
+  actors outlive the user's client; users reach an actor directly by ``(worker, key)``;
+- exposes RPC handlers (``turboserve_*`` in ``scheduler.handlers``) for clients and for
+  :class:`framework.adaptive.SessionAdaptive`;
 - brings the sessions of a dead worker back on a survivor from their last checkpoint;
 - vetoes downscaling of workers that hold sessions (``valid_workers_downscaling``).
 
-Its configuration is :class:`~framework.serving_settings.ServingSettings` (re-exported
-here); the actor mechanisms live in :class:`~framework.session_mechanisms.SessionMechanisms`.
+Its configuration is :class:`~framework.serving_settings.ServingSettings` and
+:class:`~framework.control_settings.ControlSettings`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from kernels.presets import get_preset
-from policies.registry import make
-from policies.types import Migrate, Place, Reject, SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
+from framework.control_settings import ControlSettings
+from framework.controller import ControlLoop
 from framework.dashboard.source import DashboardFeed
-from framework.registry import SessionRecord, SessionRegistry
+from framework.limits import OpenLimits, validate_open
+from framework.registry import PLUGIN_NAME, SessionRecord, SessionRegistry
 from framework.serving_settings import TRANSPORTS, ServingSettings
-from framework.session_mechanisms import SessionMechanisms
-from workers.errors import (
-    CapacityExceeded,
-    InvalidRequest,
-    SessionClosed,
-    UnknownModel,
-    UnknownWorker,
-)
+from framework.session_mechanisms import SessionActors
+from kernels.presets import get_preset
+from policies.types import TIERS, SessionStatus
+from workers.errors import CapacityExceeded, InvalidRequest, SessionClosed, UnknownWorker
 from workers.plugin import METRICS_OP
-from workers.session_actor import TIERS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TRANSPORTS", "ServingSettings", "TurboserveScheduler"]
-
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+__all__ = ["TurboserveScheduler"]
 _ON_DEVICE = (SessionStatus.ACTIVE, SessionStatus.IDLE)
 
 
-class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
-    """Session registry and mechanisms on the scheduler (see the module docstring).
+class TurboserveScheduler(SchedulerPlugin):
+    """Session registry, control loop and mechanisms on the scheduler (see the module docstring).
 
     Parameters
     ----------
     settings : ServingSettings
+    control : ControlSettings, optional
+        The control loop's settings; default :meth:`ControlSettings.from_config` (read
+        where the plugin is built, i.e. in the client process).
 
     Examples
     --------
@@ -70,33 +69,34 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
     []
     """
 
-    name = "turboserve"
+    name = PLUGIN_NAME
     idempotent = True  # attaching a second Server keeps the registry
 
-    def __init__(self, settings: ServingSettings) -> None:
+    def __init__(self, settings: ServingSettings, control: ControlSettings | None = None) -> None:
         self.settings = settings
+        self.control_settings = ControlSettings.from_config() if control is None else control
+        self.limits = OpenLimits.from_config()
         self.registry = SessionRegistry()
         self.scheduler: Any = None
-        self._client: Any = None
-        self._client_lock: asyncio.Lock | None = None
-        self._actors: dict[str, Any] = {}  # session id -> Future of its actor
-        self._unread: dict[str, list] = {}  # session id -> unread chunks of a disk-suspended session
+        self.actors: SessionActors | None = None
+        self.loop: ControlLoop | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._draining: set[str] = set()
         self._changed: asyncio.Event | None = None  # capacity or membership changed
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
-        self._placement = make("placement", settings.placement, on_full=settings.on_full)
-        self._placement_state = self._placement.initial_state()
+        self._adaptive_seen: float | None = None  # wall time of the autoscaler's last poll
+        self._adaptive_target: int | None = None
         self.dashboard = DashboardFeed()  # chunk points and counters for the dashboard page
 
     # ------------------------------------------------------------ plugin hooks
 
     async def start(self, scheduler: Any) -> None:
-        """Install the RPC handlers and the metrics stream handler."""
+        """Install the RPC handlers and the metrics stream handler; build the control loop."""
         self.scheduler = scheduler
         self._changed = asyncio.Event()
-        self._client_lock = asyncio.Lock()
+        self.actors = SessionActors(scheduler, self.settings, self._kick)
+        self.loop = ControlLoop(self.control_settings, self)
         scheduler.handlers.update(
             {
                 "turboserve_open": self.open,
@@ -111,38 +111,45 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
                 "turboserve_info": self.info,
                 "turboserve_stats": self.stats,
                 "turboserve_shutdown": self.shutdown,
+                "turboserve_control_start": self.start_control,
+                "turboserve_control_target": self.adaptive_target,
+                "turboserve_control_to_close": self.workers_to_close,
+                "turboserve_control_stats": self.control_stats,
+                "turboserve_control_log": self.control_log,
+                "turboserve_control_kick": self._kick,
             }
         )
         scheduler.stream_handlers[METRICS_OP] = self._on_metrics
         self.dashboard.install(scheduler)
 
     async def before_close(self) -> None:
-        """Stop recovering sessions: the cluster is going away."""
+        """Stop deciding and recovering sessions: the cluster is going away."""
         await self.shutdown()
 
     async def close(self) -> None:
-        """Close the control client."""
+        """Stop the loop and close the control client."""
         await self.shutdown()
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
+        if self.actors is not None:
+            await self.actors.close()
 
     def add_worker(self, scheduler: Any, worker: str) -> None:
-        """Wake sessions waiting for a worker (admission queue, recovery)."""
+        """Wake sessions waiting for a worker (admission queue, recovery); tell the loop."""
+        if self.loop is not None:
+            self.loop.worker_added(worker)
         self._kick()
 
     def remove_worker(self, scheduler: Any, worker: str, *, stimulus_id: str | None = None, **kw: Any) -> None:
         """Bring the sessions held by a lost worker back on a survivor."""
         self._draining.discard(worker)
+        if self.loop is not None:
+            self.loop.worker_removed(worker)
         if self._closing:
             return
         for rec in self.registry.on_worker(worker):
-            fut = self._actors.pop(rec.session_id, None)
-            if fut is not None:
-                fut.release()
+            self.actors.release(rec)
             logger.warning("worker %s left holding session %s; recovering it from its checkpoint", worker, rec.session_id)
             prior = rec.status
-            rec.worker, rec.actor_key = None, None
+            rec.worker = None
             self._set(rec, SessionStatus.PENDING)
             self._spawn_task(self._recover(rec.session_id, prior))
         self._kick()
@@ -172,7 +179,7 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
         async with self._lock(rec.session_id):
             try:
                 target = worker or await self._admit(rec)
-                await self._start_actor(rec, target, {"kind": "new"})
+                await self.actors.start(rec, target, {"kind": "new"})
             except BaseException:
                 self._set(rec, SessionStatus.CLOSED)
                 raise
@@ -204,8 +211,9 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
             rec = self.registry.get(session_id)
             self._check_open(rec)
             if rec.status in _ON_DEVICE:
-                await self._call(rec, "pause")
+                await self.actors.call(rec, "pause")
                 self._set(rec, SessionStatus.IDLE)
+                self._kick()
             return self._location(rec)
 
     async def suspend(self, session_id: str, tier: str | None = None) -> dict[str, Any]:
@@ -231,7 +239,7 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
             if rec.status is SessionStatus.SUSPENDED:
                 await self._resume_locked(rec, worker)
             elif worker is not None and worker != rec.worker:
-                await self._migrate_locked(rec, worker)
+                await self.actors.migrate(rec, worker)
             return self._location(rec)
 
     async def migrate(self, session_id: str, target: str, transport: str | None = None) -> dict[str, Any]:
@@ -252,7 +260,26 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
             if rec.status is SessionStatus.SUSPENDED:
                 await self._resume_locked(rec, target)
             elif rec.worker != target:
-                await self._migrate_locked(rec, target, transport)
+                await self.actors.migrate(rec, target, transport)
+            return self._location(rec)
+
+    async def place(self, session_id: str, worker: str | None = None) -> dict[str, Any]:
+        """Start a pending session's actor on ``worker`` or where placement puts it.
+
+        A no-op for a session that is not pending any more, or whose admission or
+        recovery is under way (that one places it as soon as capacity changes).
+        """
+        if worker is not None:
+            self._check_worker(worker)
+        rec = self.registry.get(session_id)
+        if rec.status is not SessionStatus.PENDING or self._lock(session_id).locked():
+            return self._location(rec)
+        async with self._lock(session_id):
+            if rec.status is not SessionStatus.PENDING:
+                return self._location(rec)
+            target = worker or await self._admit(rec)
+            await self.actors.start(rec, target, {"kind": "store" if self.settings.store else "new"})
+            self._set(rec, SessionStatus.ACTIVE)
             return self._location(rec)
 
     async def close_session(self, session_id: str) -> dict[str, Any]:
@@ -263,22 +290,24 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
                 return self._location(rec)
             if rec.actor_key is not None:
                 try:
-                    await self._call(rec, "close")
+                    await self.actors.call(rec, "close")
                 except Exception:
                     logger.warning("closing the actor of session %s failed", session_id, exc_info=True)
-            self._release(rec)
-            self._unread.pop(session_id, None)
+            self.actors.release(rec)
+            self.actors.forget(session_id)
             if self.settings.store:
-                await asyncio.to_thread(self._forget_checkpoint, session_id)
+                await asyncio.to_thread(self.actors.forget_checkpoint, session_id)
             rec.worker, rec.tier = None, None
             self._set(rec, SessionStatus.CLOSED)
             self._kick()
             return self._location(rec)
 
-    async def drain(self, worker: str, retire: bool = True) -> dict[str, Any]:
-        """Move every session off ``worker`` (migrate, else suspend to disk), then retire it.
+    async def drain(self, worker: str, retire: bool = False) -> dict[str, Any]:
+        """Move every session off ``worker`` (migrate, else suspend to disk); with ``retire``, then retire it.
 
-        Returns ``{"moved": [...], "suspended": [...], "retired": bool}``.
+        Returns ``{"moved": [...], "suspended": [...], "retired": bool}``. Without
+        ``retire`` the worker stays marked draining (no session is placed on it) until
+        it leaves or :meth:`undrain` puts it back in service.
         """
         self._check_worker(worker)
         self._draining.add(worker)
@@ -292,7 +321,7 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
                     if rec.status in _ON_DEVICE:
                         target = self._choose(rec, exclude={worker})
                     if target is not None:
-                        await self._migrate_locked(rec, target)
+                        await self.actors.migrate(rec, target)
                         moved.append(rec.session_id)
                     elif self.settings.store:
                         await self._suspend_locked(rec, "disk")
@@ -304,7 +333,7 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
                         )
             retired = False
             if retire:
-                await self._actors_gone(worker)
+                await self.actors.gone_from(worker)
                 result = await self.scheduler.retire_workers(workers=[worker], close_workers=True)
                 retired = worker in result
         finally:
@@ -326,64 +355,106 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
         return {**self.registry.stats(), "workers": load, "draining": sorted(self._draining),
                 "settings": asdict(self.settings)}
 
-    def admitting(self, session_id: str) -> bool:
-        """Whether the open or recovery path holds the session's lock (it is being placed)."""
-        lock = self._locks.get(session_id)
-        return lock is not None and lock.locked()
-
-    def undrain(self, worker: str) -> None:
-        """Put a worker marked draining back in service (no-op if it is not draining)."""
-        self._draining.discard(worker)
-
-    def snapshot(self) -> Snapshot:
-        """The policies' view of the cluster now (every worker, draining ones as DRAINING)."""
-        views = [
-            WorkerView(addr, status=WorkerStatus.DRAINING if addr in self._draining else WorkerStatus.RUNNING,
-                       max_batch=self.settings.max_sessions_per_worker)
-            for addr in self.scheduler.workers
-        ]
-        return self.registry.snapshot(time.time(), views)
-
     async def shutdown(self, release: bool = False) -> None:
-        """Stop background recovery (the cluster is closing); ``release`` drops every actor."""
+        """Stop the control loop and background recovery (the cluster is closing); ``release`` drops every actor."""
         self._closing = True
+        if self.loop is not None:
+            await self.loop.stop()
         for task in list(self._tasks):
             task.cancel()
         self._kick()
         if release:
             for rec in self.registry.records():
-                self._release(rec)
+                self.actors.release(rec)
+
+    # ------------------------------------------------------------ control handlers
+
+    def start_control(self, settings: ControlSettings | None = None) -> None:
+        """Start the control loop's ticks, with new ``settings`` if given (a fresh loop)."""
+        if settings is not None and (self.loop is None or not self.loop.running or settings != self.loop.settings):
+            if self.loop is not None and self.loop.running:
+                raise InvalidRequest("the control loop already runs with other settings; restart the cluster to change them")
+            self.control_settings = settings
+            self.loop = ControlLoop(settings, self)
+        self.loop.start()
+
+    def adaptive_target(self) -> int:
+        """The workers the autoscaling policy wants (the current count before it decided).
+
+        Called by :class:`framework.adaptive.SessionAdaptive`; a poll marks the
+        autoscaler as attached, which lets ``ScaleTo`` and ``Retire`` take effect.
+        """
+        first = self._adaptive_seen is None
+        self._adaptive_seen = time.time()
+        if first:
+            self._kick()
+        return len(self.scheduler.workers) if self._adaptive_target is None else self._adaptive_target
+
+    def workers_to_close(self, target: int | None = None) -> list[Any]:
+        """Names of workers the loop retired and drained that hold no session (for the Adaptive)."""
+        busy = {r.worker for r in self.registry.records()}
+        names = []
+        for addr in self.loop.workers_to_close(busy):
+            ws = self.scheduler.workers.get(addr)
+            if ws is not None and not ws.actors:
+                names.append(ws.name)
+        return names
+
+    def control_stats(self) -> dict[str, Any]:
+        """The control loop's counters (:meth:`ControlLoop.stats`)."""
+        return self.loop.stats()
+
+    def control_log(self) -> dict[str, Any]:
+        """The control loop's decision log, interval rows and worker lifetimes."""
+        return self.loop.log()
+
+    # ------------------------------------------------------------ Mechanisms (for the control loop)
+
+    def workers(self) -> list[str]:
+        """Addresses of the workers in the cluster."""
+        return list(self.scheduler.workers)
+
+    def records(self) -> list[SessionRecord]:
+        """The open sessions' records."""
+        return self.registry.records()
+
+    def admitting(self, session_id: str) -> bool:
+        """Whether the open or recovery path holds the session's lock (it is being placed)."""
+        lock = self._locks.get(session_id)
+        return lock is not None and lock.locked()
+
+    def tiers(self) -> tuple[str, ...]:
+        """Offload tiers: ``disk`` only with a checkpoint store."""
+        return TIERS if self.settings.store else tuple(t for t in TIERS if t != "disk")
+
+    def scalable(self) -> bool:
+        """Whether a :class:`~framework.adaptive.SessionAdaptive` polled the target (sticky)."""
+        return self._adaptive_seen is not None
+
+    def scale(self, n: int) -> None:
+        """The target the next poll of the Adaptive returns."""
+        self._adaptive_target = n
+
+    def undrain(self, worker: str) -> None:
+        """Put a worker marked draining back in service (no-op if it is not draining)."""
+        self._draining.discard(worker)
 
     # ------------------------------------------------------------ internals
 
     def _new_record(self, prompt, seed, model, height, width, session_id) -> SessionRecord:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidRequest(f"prompt must be a non-empty string, got {prompt!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-            raise InvalidRequest(f"seed must be an int in [0, 2**63), got {seed!r}")
-        model = model or self.settings.model
-        try:
-            preset = get_preset(model)
-        except ValueError as exc:
-            raise UnknownModel(str(exc)) from None
-        height = self.settings.height if height is None else height
-        width = self.settings.width if width is None else width
-        try:
-            preset.check_resolution(height, width)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
+        req = validate_open(prompt, seed, model or self.settings.model,
+                            self.settings.height if height is None else height,
+                            self.settings.width if width is None else width, session_id, limits=self.limits)
+        session_id = req.session_id
         if session_id is None:
             session_id = uuid.uuid4().hex[:12]
-        elif not isinstance(session_id, str) or not _ID.match(session_id):
-            raise InvalidRequest(
-                f"session id {session_id!r} is not allowed: use 1-64 letters, digits, '_', '.' or '-'"
-            )
         if session_id in self.registry:
             raise InvalidRequest(f"session id {session_id!r} is taken; pick another or leave it None")
+        preset = get_preset(req.model)
         now = time.time()
         return SessionRecord(
-            session_id=session_id, model=preset.name, prompt=prompt, seed=seed, height=height, width=width,
-            since_s=now, created_s=now, chunk_period_s=preset.frames_per_chunk / self.settings.fps,
+            session_id=session_id, model=preset.name, prompt=req.prompt, seed=req.seed, height=req.height,
+            width=req.width, since_s=now, created_s=now, chunk_period_s=preset.frames_per_chunk / self.settings.fps,
         )
 
     def _workers(self) -> list[str]:
@@ -404,12 +475,16 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
             lock = self._locks[session_id] = asyncio.Lock()
         return lock
 
-    def _set(self, rec: SessionRecord, status: SessionStatus) -> None:
-        rec.status, rec.since_s = status, time.time()
+    @staticmethod
+    def _set(rec: SessionRecord, status: SessionStatus) -> None:
+        rec.set_status(status, time.time())
 
     def _kick(self) -> None:
+        """Capacity, membership or a session changed: wake waiters and the control loop."""
         if self._changed is not None:
             self._changed.set()
+        if self.loop is not None:
+            self.loop.kick()
 
     async def _wait_change(self, timeout: float) -> None:
         self._changed.clear()
@@ -427,32 +502,14 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
         return {**rec.to_dict(), "actor_key": rec.actor_key, "fps": self.settings.fps,
                 "frames": get_preset(rec.model).frames_per_chunk}
 
-    def _worker_views(self, exclude: set[str]) -> list[WorkerView]:
-        load = self.registry.load(self.scheduler.workers)
-        views = []
-        for addr in self.scheduler.workers:
-            if addr in exclude or load[addr] >= self.settings.max_sessions_per_worker:
-                continue
-            status = WorkerStatus.DRAINING if addr in self._draining else WorkerStatus.RUNNING
-            views.append(WorkerView(addr, status=status, max_batch=self.settings.max_sessions_per_worker))
-        return views
-
     def _choose(self, rec: SessionRecord, exclude: set[str] = frozenset()) -> str | None:
-        """The placement policy's worker for ``rec`` (placed as if pending), or None."""
-        snap = self.registry.snapshot(time.time(), self._worker_views(set(exclude) | self._draining))
-        pending = [s if s.session_id != rec.session_id else _as_pending(s) for s in snap.sessions]
-        snap = type(snap)(now_s=snap.now_s, workers=snap.workers, sessions=tuple(pending))
-        actions, self._placement_state = self._placement.decide(snap, self._placement_state)
-        for action in actions:
-            if getattr(action, "session_id", None) != rec.session_id:
-                continue
-            if isinstance(action, Place):
-                return action.worker
-            if isinstance(action, Migrate):
-                return action.target
-            if isinstance(action, Reject):
-                return None
-        return None
+        """The control loop's worker for ``rec`` (placed as if pending), or None.
+
+        Workers draining, left out by ``exclude`` or at ``max-sessions-per-worker`` are not offered.
+        """
+        cap = self.settings.max_sessions_per_worker
+        full = {a for a, n in self.registry.load(self.scheduler.workers).items() if n >= cap and a != rec.worker}
+        return self.loop.choose(rec.session_id, set(exclude) | self._draining | full, max_sessions=cap)
 
     async def _admit(self, rec: SessionRecord) -> str:
         """A worker for a new or resumed session, per ``admission.on-full``."""
@@ -471,10 +528,44 @@ class TurboserveScheduler(SessionMechanisms, SchedulerPlugin):
                 raise CapacityExceeded(f"{full}; waited {self.settings.queue_timeout_s} s in the admission queue")
             await self._wait_change(max(0.0, min(1.0, deadline - time.monotonic())))
 
+    async def _suspend_locked(self, rec: SessionRecord, tier: str) -> None:
+        if await self.actors.suspend(rec, tier):
+            self.dashboard.count_offload()
+
+    async def _resume_locked(self, rec: SessionRecord, worker: str | None) -> None:
+        if worker is None and not (rec.tier == "host" and rec.worker is not None):
+            worker = await self._admit(rec)
+        await self.actors.resume(rec, worker)
+
+    async def _recover(self, session_id: str, prior: SessionStatus) -> None:
+        async with self._lock(session_id):
+            rec = self.registry.get(session_id)
+            if rec.status is SessionStatus.CLOSED or (rec.actor_key and rec.worker in self.scheduler.workers):
+                return  # closed meanwhile, or a move that held the lock landed it somewhere alive
+            self._set(rec, SessionStatus.PENDING)
+            failed: set[str] = set()
+            while not self._closing:
+                target = self._choose(rec, exclude=failed)
+                if target is None:
+                    await self._wait_change(1.0)
+                    failed.clear()
+                    continue
+                try:
+                    await self.actors.start(rec, target, {"kind": "store"})
+                    break
+                except Exception:
+                    logger.warning("recovering session %s on %s failed", session_id, target, exc_info=True)
+                    failed.add(target)
+            else:
+                return
+            rec.recoveries += 1
+            rec.tier = None
+            self._set(rec, SessionStatus.ACTIVE if prior is SessionStatus.ACTIVE else SessionStatus.IDLE)
+
     def _on_metrics(self, worker: str | None = None, rows: list | None = None, **kw: Any) -> None:
-        self.registry.record_chunks(rows or (), time.time())
-        self.dashboard.on_chunks(rows or ())
-
-
-def _as_pending(view: SessionView) -> SessionView:
-    return replace(view, status=SessionStatus.PENDING, worker=None)
+        rows = rows or ()
+        self.registry.record_chunks(rows, time.time())
+        self.dashboard.on_chunks(rows)
+        if self.loop is not None:
+            for _sid, _index, latency, batch, _t_done in rows:
+                self.loop.observe(batch, latency)

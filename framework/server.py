@@ -15,7 +15,8 @@ from typing import Any
 from distributed import Client, LocalCluster
 
 from framework import config, notebook
-from framework.scheduler_plugin import ServingSettings, TurboserveScheduler
+from framework.scheduler_plugin import TurboserveScheduler
+from framework.serving_settings import ServingSettings
 from framework.session import Session
 from framework.worker_env import ServingNanny
 from workers.engine import EngineSettings
@@ -348,21 +349,24 @@ class Server:
         return result
 
     def start_control(self, **overrides: Any) -> None:
-        """Run the closed control loop (:class:`framework.controller.Controller`) on the scheduler.
+        """Run the closed control loop (:class:`framework.controller.ControlLoop`) on the scheduler.
 
-        ``overrides`` are :class:`~framework.controller.ControlSettings` fields; the rest
+        ``overrides`` are :class:`~framework.control_settings.ControlSettings` fields; the rest
         comes from ``turboserve.policies.*``, ``control.*`` and ``autoscale.*``.
         """
-        from framework.controller import Controller, ControlSettings
+        from distributed.protocol.serialize import ToPickle
 
-        self.client.register_plugin(Controller(ControlSettings.from_config(**overrides)))
+        from framework.control_settings import ControlSettings
+
+        settings = ControlSettings.from_config(**overrides)
+        self.client.sync(self.client.scheduler.turboserve_control_start, settings=ToPickle(settings))
 
     def adapt(self, minimum: int | None = None, maximum: int | None = None, interval: Any = None,
               wait_count: int | None = None, **control: Any) -> Any:
         """Autoscale this server's cluster with the autoscaling policy (starts the control loop).
 
         Bounds and delays default to ``turboserve.autoscale.*``; ``control`` are
-        :class:`~framework.controller.ControlSettings` overrides. Returns the
+        :class:`~framework.control_settings.ControlSettings` overrides. Returns the
         :class:`~framework.adaptive.SessionAdaptive`. Needs the cluster manager: for a
         server attached to a running cluster, call ``framework.adaptive.adapt(cluster)``
         where the cluster object lives.

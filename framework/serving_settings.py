@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from framework import config
-from workers.session_actor import TIERS
+from policies.types import TIERS
 
 #: Ways to move a session's state between workers (``turboserve.state.transport``).
 TRANSPORTS = ("auto", "host", "p2p")
@@ -16,7 +16,9 @@ TRANSPORTS = ("auto", "host", "p2p")
 class ServingSettings:
     """The resolved serving configuration the scheduler plugin works with.
 
-    Build it with :meth:`from_config` (``turboserve.*`` with explicit overrides).
+    Build it with :meth:`from_config` (``turboserve.*`` with explicit overrides); the
+    field defaults are those of ``framework/turboserve.yaml``. Where sessions go is the
+    control loop's placement policy (:class:`~framework.control_settings.ControlSettings`).
     """
 
     model: str = "tiny"
@@ -24,7 +26,6 @@ class ServingSettings:
     width: int = 64
     fps: int = 16
     store: str | None = None
-    placement: str = "least-loaded"
     max_sessions_per_worker: int = 32
     on_full: str = "refuse"
     queue_timeout_s: float = 60.0
@@ -50,7 +51,6 @@ class ServingSettings:
             "width": config.get("chunk.width"),
             "fps": config.get("chunk.fps"),
             "store": config.get("state.store"),
-            "placement": config.get("policies.placement"),
             "max_sessions_per_worker": config.get("admission.max-sessions-per-worker"),
             "on_full": config.get("admission.on-full"),
             "queue_timeout_s": config.get("admission.queue-timeout-s"),

@@ -1,11 +1,11 @@
-"""The session mechanisms of the scheduler plugin: start, move, offload, bring back.
+"""The session actors of the scheduler plugin: start, move, offload, bring back, release.
 
-:class:`SessionMechanisms` is the half of
-:class:`~framework.scheduler_plugin.TurboserveScheduler` that acts on session actors:
-:meth:`~SessionMechanisms.place` for the controller, and the ``*_locked`` steps
-(migrate, suspend, resume, recover) that the client handlers and ``drain`` call with
-the session's lock held. Every new actor is started through the plugin's own control
-client, so that it outlives the user's client.
+:class:`SessionActors` is a collaborator of
+:class:`~framework.scheduler_plugin.TurboserveScheduler` (which holds one): it keeps the
+actor futures and the chunks a disk-suspended session had not delivered, and performs
+the steps the plugin calls with the session's lock held. Every new actor is started
+through a control client that lives in the scheduler process, so that it outlives the
+user's client. The plugin decides *where* (its control loop); this class only acts.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from distributed.client import _wait
 
 from framework.registry import SessionRecord
+from framework.serving_settings import ServingSettings
 from policies.types import SessionStatus
 from workers.errors import TransferError
 from workers.session_actor import SessionActor, call_actor
@@ -25,127 +27,34 @@ from workers.session_actor import SessionActor, call_actor
 logger = logging.getLogger(__name__)
 
 
-class SessionMechanisms:
-    """Actor mechanisms of :class:`~framework.scheduler_plugin.TurboserveScheduler` (a mixin).
+class SessionActors:
+    """Session actors on the workers of ``scheduler``.
 
-    Uses the plugin's ``settings``, ``registry``, ``scheduler``, ``dashboard`` and its
-    bookkeeping (``_actors``, ``_unread``, ``_client``, ``_lock()``, ``_set()``,
-    ``_kick()``, ``_admit()``, ``_choose()``, ``_wait_change()``).
+    Parameters
+    ----------
+    scheduler
+        The Dask scheduler (its ``rpc``, ``workers`` and ``address``).
+    settings : ServingSettings
+    changed : callable
+        Called when capacity or placement changed (an actor started, state left a device).
     """
 
+    def __init__(self, scheduler: Any, settings: ServingSettings, changed: Callable[[], None]) -> None:
+        self.scheduler = scheduler
+        self.settings = settings
+        self._changed = changed
+        self._futures: dict[str, Any] = {}  # session id -> Future of its actor
+        self._unread: dict[str, list] = {}  # session id -> unread chunks of a disk-suspended session
+        self._client: Any = None
+        self._client_lock = asyncio.Lock()
 
-    async def place(self, session_id: str, worker: str | None = None) -> dict[str, Any]:
-        """Start a pending session's actor on ``worker`` or where placement puts it.
+    async def close(self) -> None:
+        """Close the control client."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
 
-        A no-op for a session that is not pending any more, or whose admission or
-        recovery is under way (that one places it as soon as capacity changes).
-        """
-        if worker is not None:
-            self._check_worker(worker)
-        rec = self.registry.get(session_id)
-        if rec.status is not SessionStatus.PENDING or self._lock(session_id).locked():
-            return self._location(rec)
-        async with self._lock(session_id):
-            if rec.status is not SessionStatus.PENDING:
-                return self._location(rec)
-            target = worker or await self._admit(rec)
-            await self._start_actor(rec, target, {"kind": "store" if self.settings.store else "new"})
-            self._set(rec, SessionStatus.ACTIVE)
-            return self._location(rec)
-
-    async def _migrate_locked(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
-        prior = rec.status
-        old_worker, old_key = rec.worker, rec.actor_key
-        self._set(rec, SessionStatus.MIGRATING)
-        try:
-            await self._call(rec, "freeze")
-            source = {"kind": "peer", "address": old_worker, "key": old_key, "transport": transport or self.settings.transport}
-            await self._start_actor(rec, target, source)
-        except Exception as exc:
-            if old_worker in self.scheduler.workers:
-                rec.worker, rec.actor_key = old_worker, old_key
-                try:
-                    await self._call(rec, "thaw")
-                except Exception:
-                    logger.warning("could not thaw session %s on %s", rec.session_id, old_worker, exc_info=True)
-                self._set(rec, prior)
-            # else: the source died on the way; remove_worker queued its recovery.
-            raise TransferError(f"migrating session {rec.session_id!r} from {old_worker} to {target} failed: {exc!r}") from exc
-        rec.migrations += 1
-        self._set(rec, prior)
-
-    async def _suspend_locked(self, rec: SessionRecord, tier: str) -> None:
-        if rec.status is SessionStatus.SUSPENDED and (rec.tier == tier or tier == "host"):
-            return
-        info = await self._call(rec, "offload", tier)
-        if info.get("unread"):
-            self._unread[rec.session_id] = list(info["unread"])
-        rec.state_bytes = info["state_bytes"] or rec.state_bytes
-        rec.chunks = max(rec.chunks, info["chunk_index"])
-        rec.tier = tier
-        if tier == "disk":
-            self._release(rec)
-            rec.worker = None
-        self._set(rec, SessionStatus.SUSPENDED)
-        self.dashboard.count_offload()
-        self._kick()
-
-    async def _resume_locked(self, rec: SessionRecord, worker: str | None) -> None:
-        if rec.tier == "host" and rec.worker is not None and worker in (None, rec.worker):
-            await self._call(rec, "restore")
-        elif rec.tier == "host" and rec.worker is not None:
-            source = {"kind": "peer", "address": rec.worker, "key": rec.actor_key, "transport": "host"}
-            await self._start_actor(rec, worker, source)
-        else:
-            target = worker or await self._admit(rec)
-            await self._start_actor(rec, target, {"kind": "store", "unread": self._unread.get(rec.session_id, [])})
-            self._unread.pop(rec.session_id, None)
-        rec.tier = None
-        self._set(rec, SessionStatus.IDLE)
-
-    async def _recover(self, session_id: str, prior: SessionStatus) -> None:
-        async with self._lock(session_id):
-            rec = self.registry.get(session_id)
-            if rec.status is SessionStatus.CLOSED or (rec.actor_key and rec.worker in self.scheduler.workers):
-                return  # closed meanwhile, or a move that held the lock landed it somewhere alive
-            self._set(rec, SessionStatus.PENDING)
-            failed: set[str] = set()
-            while not self._closing:
-                target = self._choose(rec, exclude=failed)
-                if target is None:
-                    await self._wait_change(1.0)
-                    failed.clear()
-                    continue
-                try:
-                    await self._start_actor(rec, target, {"kind": "store"})
-                    break
-                except Exception:
-                    logger.warning("recovering session %s on %s failed", session_id, target, exc_info=True)
-                    failed.add(target)
-            else:
-                return
-            rec.recoveries += 1
-            rec.tier = None
-            self._set(rec, SessionStatus.ACTIVE if prior is SessionStatus.ACTIVE else SessionStatus.IDLE)
-
-    async def _actors_gone(self, worker: str, timeout: float = 10.0) -> None:
-        """Wait until the scheduler has forgotten the released actors on ``worker``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ws = self.scheduler.workers.get(worker)
-            if ws is None or not ws.actors:
-                return
-            await asyncio.sleep(0.05)
-
-    async def _control_client(self) -> Any:
-        async with self._client_lock:
-            if self._client is None:
-                from distributed import Client
-
-                self._client = await Client(self.scheduler.address, asynchronous=True, set_as_default=False)
-            return self._client
-
-    async def _start_actor(self, rec: SessionRecord, worker: str, source: dict[str, Any]) -> None:
+    async def start(self, rec: SessionRecord, worker: str, source: dict[str, Any]) -> None:
         """A new actor for ``rec`` on ``worker`` that takes its state from ``source``.
 
         On success the record points at the new actor and the old one is released.
@@ -165,28 +74,114 @@ class SessionMechanisms:
         except BaseException:
             fut.release()
             raise
-        old = self._actors.get(rec.session_id)
-        self._actors[rec.session_id] = fut
+        old = self._futures.get(rec.session_id)
+        self._futures[rec.session_id] = fut
         if old is not None:
             old.release()
         rec.generation, rec.worker, rec.actor_key = generation, worker, key
         rec.state_bytes = info["state_bytes"]
         rec.chunks = max(rec.chunks, info["chunk_index"])
-        self._kick()
+        self._changed()
 
-    async def _call(self, rec: SessionRecord, method: str, *args: Any) -> Any:
+    async def call(self, rec: SessionRecord, method: str, *args: Any) -> Any:
+        """Call ``method`` on the session's actor."""
         return await call_actor(self.scheduler.rpc(rec.worker), rec.actor_key, method, *args)
 
-    def _release(self, rec: SessionRecord) -> None:
-        fut = self._actors.pop(rec.session_id, None)
+    def release(self, rec: SessionRecord) -> None:
+        """Drop the session's actor (its worker frees it)."""
+        fut = self._futures.pop(rec.session_id, None)
         if fut is not None:
             fut.release()
         rec.actor_key = None
 
-    def _forget_checkpoint(self, session_id: str) -> None:
+    def forget(self, session_id: str) -> None:
+        """Forget a closed session's undelivered chunks."""
+        self._unread.pop(session_id, None)
+
+    async def migrate(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
+        """Move the session's state to a new actor on ``target`` at a chunk boundary.
+
+        On failure the session goes on at the source when the source is still there;
+        raises :class:`~workers.errors.TransferError`.
+        """
+        prior = rec.status
+        old_worker, old_key = rec.worker, rec.actor_key
+        rec.set_status(SessionStatus.MIGRATING, time.time())
+        try:
+            await self.call(rec, "freeze")
+            source = {"kind": "peer", "address": old_worker, "key": old_key,
+                      "transport": transport or self.settings.transport}
+            await self.start(rec, target, source)
+        except Exception as exc:
+            if old_worker in self.scheduler.workers:
+                rec.worker, rec.actor_key = old_worker, old_key
+                try:
+                    await self.call(rec, "thaw")
+                except Exception:
+                    logger.warning("could not thaw session %s on %s", rec.session_id, old_worker, exc_info=True)
+                rec.set_status(prior, time.time())
+            # else: the source died on the way; the plugin's remove_worker queued its recovery.
+            raise TransferError(
+                f"migrating session {rec.session_id!r} from {old_worker} to {target} failed: {exc!r}"
+            ) from exc
+        rec.migrations += 1
+        rec.set_status(prior, time.time())
+
+    async def suspend(self, rec: SessionRecord, tier: str) -> bool:
+        """Offload the session's state to ``tier``; False when it already was there."""
+        if rec.status is SessionStatus.SUSPENDED and (rec.tier == tier or tier == "host"):
+            return False
+        info = await self.call(rec, "offload", tier)
+        if info.get("unread"):
+            self._unread[rec.session_id] = list(info["unread"])
+        rec.state_bytes = info["state_bytes"] or rec.state_bytes
+        rec.chunks = max(rec.chunks, info["chunk_index"])
+        rec.tier = tier
+        if tier == "disk":
+            self.release(rec)
+            rec.worker = None
+        rec.set_status(SessionStatus.SUSPENDED, time.time())
+        self._changed()
+        return True
+
+    async def resume(self, rec: SessionRecord, worker: str | None) -> None:
+        """Bring a suspended session back: in place, to ``worker`` from the host, or from the store.
+
+        ``worker`` may be None only for a host-parked session resumed where it is.
+        """
+        if rec.tier == "host" and rec.worker is not None and worker in (None, rec.worker):
+            await self.call(rec, "restore")
+        elif rec.tier == "host" and rec.worker is not None:
+            source = {"kind": "peer", "address": rec.worker, "key": rec.actor_key, "transport": "host"}
+            await self.start(rec, worker, source)
+        else:
+            await self.start(rec, worker, {"kind": "store", "unread": self._unread.get(rec.session_id, [])})
+            self._unread.pop(rec.session_id, None)
+        rec.tier = None
+        rec.set_status(SessionStatus.IDLE, time.time())
+
+    async def gone_from(self, worker: str, timeout: float = 10.0) -> None:
+        """Wait until the scheduler has forgotten the released actors on ``worker``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ws = self.scheduler.workers.get(worker)
+            if ws is None or not ws.actors:
+                return
+            await asyncio.sleep(0.05)
+
+    def forget_checkpoint(self, session_id: str) -> None:
+        """Delete the session's checkpoint from the store (logged on failure)."""
         try:
             from storage import CheckpointStore
 
             CheckpointStore(self.settings.store).delete(session_id)
         except Exception:
             logger.warning("could not delete the checkpoint of session %s", session_id, exc_info=True)
+
+    async def _control_client(self) -> Any:
+        async with self._client_lock:
+            if self._client is None:
+                from distributed import Client
+
+                self._client = await Client(self.scheduler.address, asynchronous=True, set_as_default=False)
+            return self._client

@@ -1,6 +1,7 @@
-"""The control loop on a real LocalCluster (tiny model on CPU): it applies the policies'
-actions with the runtime's mechanisms, refuses impossible ones with a reason, and keeps
-ticking when a tick fails."""
+"""The control loop on a real LocalCluster (tiny model on CPU): the scheduler plugin's loop
+applies the policies' actions with the plugin's mechanisms, refuses impossible ones with a
+reason (the shared rules of ``policies.semantics``), and keeps ticking when a tick fails.
+The same loop against an in-memory fake, without a cluster: ``tests/test_control_loop.py``."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import dask
 import pytest
 
 from framework import Server
-from framework.controller import ControlSettings, Decision, LatencyEstimator
+from framework.control_settings import ControlSettings
+from framework.control_snapshot import LatencyEstimator
+from framework.registry import PLUGIN_NAME
+from policies.semantics import Decision
 from policies.types import Migrate, Offload, Reject, Retire, ScaleTo
-
-CONTROL = "turboserve-control"
 
 
 def wait_for(predicate, timeout=60.0, every=0.1):
@@ -27,12 +29,13 @@ def wait_for(predicate, timeout=60.0, every=0.1):
 
 
 def on_controller(server, fn):
-    """Run ``fn(controller)`` on the scheduler's event loop and return its result."""
-    return server.client.run_on_scheduler(lambda dask_scheduler: fn(dask_scheduler.plugins[CONTROL]))
+    """Run ``fn(loop)`` with the plugin's control loop on the scheduler's event loop; return its result."""
+    return server.client.run_on_scheduler(lambda dask_scheduler: fn(dask_scheduler.plugins[PLUGIN_NAME].loop))
 
 
 def apply(server, action) -> Decision:
-    return on_controller(server, lambda c: c.apply(action))
+    """The (last) decision the loop takes on ``action``."""
+    return on_controller(server, lambda c: c.apply(action))[-1]
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +94,20 @@ def test_migration_to_a_worker_that_just_left_is_refused(server):
     (gone,) = before - set(server.workers())
     decision = apply(server, Migrate("stays", s.worker, gone, cause="test"))
     assert not decision.accepted
-    assert "not in the cluster" in decision.reason
+    assert "does not exist" in decision.reason
     assert on_controller(server, lambda c: c.refused["no-such-worker"]) >= 1
     assert [c.index for c in s.stream(1)] == [1]  # the session was left alone
     s.close()
 
 
 def test_scale_in_below_the_minimum_is_refused(server):
-    on_controller(server, lambda c: c.adaptive_target())  # as an attached Adaptive would poll
+    on_controller(server, lambda c: c.mechanisms.adaptive_target())  # as an attached Adaptive would poll
     workers = server.workers()
     retire = apply(server, Retire(workers[0], cause="test"))
-    assert not retire.accepted and "below the minimum 2" in retire.reason
-    scale = apply(server, ScaleTo(1, cause="test"))
-    assert not scale.accepted and "clipped to 2" in scale.reason
+    assert not retire.accepted and "below min_workers=2" in retire.reason
+    clipped, scaled = on_controller(server, lambda c: c.apply(ScaleTo(1, cause="test")))
+    assert not clipped.accepted and "clipped to 2" in clipped.reason
+    assert scaled.accepted and scaled.worker == "2"  # the clipped target applies
     assert on_controller(server, lambda c: c.target) == 2
     assert server.workers() == workers
 
@@ -111,11 +115,12 @@ def test_scale_in_below_the_minimum_is_refused(server):
 def test_actions_on_unknown_or_closed_sessions_are_refused(server):
     s = server.open_session("a paper boat", seed=3, session_id="closed-one")
     s.close()
-    assert "no session" in apply(server, Offload("nope", cause="test")).reason
-    assert "closed" in apply(server, Offload("closed-one", cause="test")).reason
+    # a closed session is no longer among the loop's records: unknown, like one never opened
+    assert "it is unknown, not idle" in apply(server, Offload("nope", cause="test")).reason
+    assert "it is unknown, not idle" in apply(server, Offload("closed-one", cause="test")).reason
     assert not apply(server, Reject("closed-one", cause="test")).accepted
     stats = server.client.sync(server.client.scheduler.turboserve_control_stats)
-    assert stats["refused"]["unknown-session"] >= 1 and stats["refused"]["session-closed"] >= 1
+    assert stats["refused"]["offload-not-idle"] >= 2 and stats["refused"]["reject-not-pending"] >= 1
 
 
 class Exploding:
@@ -161,7 +166,7 @@ def test_an_accepted_migration_moves_the_session_and_shows_as_migrating_meanwhil
     (target,) = [w for w in server.workers() if w != source]
 
     def migrate_and_look(c):
-        decision = c.apply(Migrate("mover", source, target, cause="test"))
+        (decision,) = c.apply(Migrate("mover", source, target, cause="test"))
         view = c.snapshot().session("mover")
         return decision, view.status.value, view.worker
 
@@ -175,7 +180,7 @@ def test_an_accepted_migration_moves_the_session_and_shows_as_migrating_meanwhil
 
 
 def test_profile_points_take_the_median_step_per_batch_at_the_shortest_context(tmp_path):
-    from framework.controller import profile_points
+    from framework.control_settings import profile_points
 
     (tmp_path / "tiny-cpu.csv").write_text(
         "# measured on a test machine\n"
@@ -187,15 +192,15 @@ def test_profile_points_take_the_median_step_per_batch_at_the_shortest_context(t
 
 
 def test_a_scale_out_puts_a_drained_worker_back_in_service_before_asking_for_new_ones(server):
-    on_controller(server, lambda c: c.adaptive_target())
+    on_controller(server, lambda c: c.mechanisms.adaptive_target())
     worker = server.workers()[-1]
 
     def drained_then_scale_out(c):
         c.retiring.add(worker)
         c.drained.add(worker)
-        c._runtime()._draining.add(worker)  # as the runtime's drain(retire=False) leaves it
-        decision = c.apply(ScaleTo(3, cause="test"))
-        return decision, worker in c.retiring, worker in c._runtime()._draining
+        c.mechanisms._draining.add(worker)  # as the runtime's drain(retire=False) leaves it
+        (decision,) = c.apply(ScaleTo(3, cause="test"))
+        return decision, worker in c.retiring, worker in c.mechanisms._draining
 
     decision, retiring, draining = on_controller(server, drained_then_scale_out)
     assert decision.accepted and f"kept drained ['{worker}'] in service" in decision.reason

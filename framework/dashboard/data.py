@@ -16,12 +16,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from policies.types import TIERS as OFFLOAD_TIERS
 from policies.types import SessionStatus
 
 #: Status columns of the "sessions per worker" bars, in stacking order.
 STATUSES: tuple[str, ...] = ("active", "idle", "migrating", "suspended", "pending")
-#: State tiers shown in the "state bytes" bars.
-TIERS: tuple[str, ...] = ("device", "host", "disk")
+#: State tiers shown in the "state bytes" bars: the device, then the offload tiers.
+TIERS: tuple[str, ...] = ("device", *OFFLOAD_TIERS)
 #: Bar label for sessions whose state sits on no worker (pending, or suspended to disk).
 UNPLACED = "(none)"
 

@@ -17,12 +17,11 @@ import dask.config
 from dask.utils import parse_timedelta
 
 from framework.dashboard.data import ChunkLog, DashboardFrame, build_frame
+from framework.registry import PLUGIN_NAME
 from policies.types import SessionStatus
 
 logger = logging.getLogger(__name__)
 
-#: Name of the turboserve scheduler plugin (``TurboserveScheduler.name``).
-PLUGIN_NAME = "turboserve"
 _DEFAULT_INTERVAL = "500ms"
 _DEFAULT_HISTORY = 2000
 
