@@ -6,6 +6,11 @@ times, side by side in one run and on the same disk:
 
 - ``host copy``: :func:`storage.offload_to_host` from the GPU when one is present
   (into pinned memory), else a CPU clone of every tensor (fresh memory: page faults);
+- ``host copy (reused buffer)``: the same copy into a buffer of a
+  :class:`workers.host_buffers.HostBufferPool`, given back after each copy (what the
+  engine's short-lived copies can use: checkpoint copies, host staging);
+- ``memcpy (warm)``: one ``Tensor.copy_`` of the same number of bytes between two
+  buffers whose pages are already mapped (device to device with a GPU): the limit;
 - ``zarr save`` / ``zarr load``: :class:`storage.CheckpointStore` (uncompressed,
   checksummed, verified on load);
 - ``numpy save`` / ``numpy load``: ``numpy.save``/``numpy.load`` of the same tensors,
@@ -40,6 +45,7 @@ import torch
 
 from storage import CheckpointStore, SessionState, offload_to_host
 from storage.tensors import from_numpy, to_numpy
+from workers.host_buffers import HostBufferPool
 
 MiB = 2**20
 
@@ -113,12 +119,24 @@ def bench_size(size_mib: int, repeat: int, root: pathlib.Path) -> list[tuple[str
     gib = state.nbytes / 2**30
     rows: list[tuple[str, float, float]] = []
 
+    pool = HostBufferPool()
     if torch.cuda.is_available():
         on_device = state.to("cuda")
         torch.cuda.synchronize()
         copy, copy_name = (lambda: offload_to_host(on_device, release=False)), "host copy (GPU -> pinned)"
+        reuse = lambda: pool.copy(on_device, non_blocking=True).release()  # noqa: E731
+        src = torch.empty(state.nbytes, dtype=torch.uint8, device="cuda")
     else:
         copy, copy_name = (lambda: state.to("cpu")), "host copy (CPU clone)"
+        reuse = lambda: pool.copy(state).release()  # noqa: E731
+        src = torch.empty(state.nbytes, dtype=torch.uint8)
+    dst = torch.empty_like(src).fill_(0)
+    src.fill_(1)
+
+    def memcpy() -> None:
+        dst.copy_(src)
+        if src.is_cuda:
+            torch.cuda.synchronize()
 
     zdir, ndir = root / f"zarr-{size_mib}", root / f"npy-{size_mib}"
     store = CheckpointStore(zdir)  # one store per worker; each save goes to a fresh session
@@ -127,6 +145,8 @@ def bench_size(size_mib: int, repeat: int, root: pathlib.Path) -> list[tuple[str
     t = interleaved_medians(
         {
             copy_name: copy,
+            "host copy (reused buffer)": reuse,
+            "memcpy (warm)": memcpy,
             "zarr save": lambda: store.save("s", state),
             "numpy save": lambda: numpy_save(state, ndir),
         },
@@ -148,6 +168,11 @@ def bench_size(size_mib: int, repeat: int, root: pathlib.Path) -> list[tuple[str
     for name, seconds, rate in rows:
         print(f"  {name:<28}{seconds:>10.3f}{rate:>9.2f}")
     print(f"  ratio zarr/numpy: save {t_zs / t_ns:.2f}x, load {t_zl / t_nl:.2f}x (below 1: zarr faster)")
+    t_copy, t_reuse, t_mem = t[copy_name], t["host copy (reused buffer)"], t["memcpy (warm)"]
+    print(
+        f"  host copy vs warm memcpy: fresh memory {t_mem / t_copy:.2f}x, reused buffer {t_mem / t_reuse:.2f}x "
+        f"(reused is {t_copy / t_reuse:.2f}x faster than fresh)"
+    )
     return rows
 
 

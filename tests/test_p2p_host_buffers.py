@@ -1,0 +1,114 @@
+"""Reused host buffers for state copies (workers.host_buffers), in one process."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from kernels.state import SessionState
+from workers.host_buffers import ALIGN_BYTES, HostBufferPool, flat_layout
+from workers.transfer import PackError, tensor_specs
+
+
+def mixed_state(seed: int = 0, scale: int = 1) -> SessionState:
+    g = torch.Generator().manual_seed(seed)
+    tensors = {
+        "prompt_embeds": torch.randn(4, 8 * scale, generator=g),
+        "kv.0.k": torch.randn(2, 3 * scale, 4, generator=g).bfloat16(),
+        "vae.0": torch.randn(3, 5, generator=g).half(),
+        "rng": torch.randint(0, 256, (13,), dtype=torch.uint8, generator=g),
+        "positions": torch.arange(12, dtype=torch.int64).reshape(3, 4).t(),  # not contiguous
+        "scale": torch.tensor(0.5),  # 0-d
+        "empty": torch.empty(0, 4),
+        "mask": torch.rand(6, generator=g) > 0.5,
+        "nan": torch.tensor([float("nan"), -0.0]),
+    }
+    return SessionState("tiny", "a fox", seed, 64, 64, 2, tensors, {"cache_len": 3})
+
+
+def test_flat_layout_round_trips_every_tensor_at_aligned_offsets():
+    state = mixed_state()
+    layout = flat_layout(tensor_specs(state.tensors))
+    assert [s[0] for s in layout.slots] == list(state.tensors)
+    assert all(offset % ALIGN_BYTES == 0 for *_, offset in layout.slots)
+    buffer = torch.empty(layout.nbytes, dtype=torch.uint8)
+    views = layout.views(buffer)
+    for name, t in state.tensors.items():
+        views[name].copy_(t)
+    for name, t in state.tensors.items():
+        v = layout.views(buffer.clone())[name]
+        assert (v.dtype, v.shape) == (t.dtype, t.shape), name
+        assert torch.equal(v.reshape(-1).view(torch.uint8), t.contiguous().reshape(-1).view(torch.uint8)), name
+
+
+def test_flat_layout_refuses_bad_input_naming_it():
+    with pytest.raises(PackError, match="'float33'"):
+        flat_layout({"a": {"shape": [1], "dtype": "float33"}})
+    with pytest.raises(PackError, match="multiple of 8"):
+        flat_layout({}, align=12)
+    layout = flat_layout({"a": {"shape": [4], "dtype": "float32"}})
+    with pytest.raises(PackError, match="needs 1-D uint8 of 16 bytes"):
+        layout.views(torch.empty(8, dtype=torch.uint8))
+
+
+def test_pool_copies_bit_exact_and_reuses_the_buffer_after_release():
+    pool = HostBufferPool(pin_memory=False)
+    first = pool.copy(mixed_state(1))
+    assert first.state.equal(mixed_state(1))
+    ptr = next(iter(first.state.tensors.values())).data_ptr()
+    first.release()
+    assert first.released and first.state.tensors == {}  # a late use fails loudly
+    with pool.copy(mixed_state(2)) as second:
+        assert second.state.equal(mixed_state(2))
+        assert next(iter(second.state.tensors.values())).data_ptr() == ptr  # the same, warm buffer
+    assert (pool.allocated, pool.reused) == (1, 1)
+
+
+def test_pool_never_hands_one_buffer_to_two_live_copies():
+    pool = HostBufferPool(pin_memory=False)
+    a, b = pool.copy(mixed_state(3)), pool.copy(mixed_state(4))
+    assert a.state.equal(mixed_state(3)) and b.state.equal(mixed_state(4))
+    assert pool.allocated == 2
+    a.release()
+    b.release()
+    a.release()  # idempotent
+    assert pool.idle_bytes >= 2 * flat_layout(tensor_specs(mixed_state().tensors)).nbytes
+
+
+def test_pool_takes_the_smallest_buffer_that_fits_and_frees_beyond_its_cap():
+    pool = HostBufferPool(pin_memory=False, max_idle_bytes=6 << 20)
+    small, big = pool.take(1), pool.take(5 << 20)
+    pool.give(big)
+    pool.give(small)  # 2 MiB + 6 MiB > the cap: freed
+    assert pool.idle_bytes == 6 << 20
+    assert pool.take(10).numel() == 6 << 20
+    with pytest.raises(ValueError, match="-1"):
+        HostBufferPool(max_idle_bytes=-1)
+
+
+def test_pool_is_safe_across_threads():
+    pool = HostBufferPool(pin_memory=False)
+    errors = []
+
+    def worker(seed: int) -> None:
+        for i in range(20):
+            with pool.copy(mixed_state(seed, scale=1 + i % 3)) as copy:
+                if not copy.state.equal(mixed_state(seed, scale=1 + i % 3)):
+                    errors.append(seed)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and pool.allocated <= 4
+
+
+@pytest.mark.gpu
+def test_pool_copies_a_cuda_state_into_pinned_buffers():
+    pool = HostBufferPool()
+    with pool.copy(mixed_state(5).to("cuda"), non_blocking=True) as copy:
+        assert all(t.is_pinned() for t in copy.state.tensors.values() if t.numel())
+        assert copy.state.equal(mixed_state(5))

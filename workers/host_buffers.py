@@ -1,0 +1,192 @@
+"""Reused host buffers for copies of session states (pinned where CUDA is).
+
+A copy of a state into fresh host memory pays for the memory first: every page of a
+new large allocation faults on first touch (and pinning fresh memory costs more than
+the copy). Copies that live only for a while -- the engine's checkpoint copies waiting
+for the client's acks, host staging on the way to another worker -- can land in
+buffers that are kept and reused instead, whose pages are already mapped.
+
+:class:`HostBufferPool` hands out one flat ``uint8`` buffer per copy (the tensors at
+64-byte aligned offsets, laid out by :func:`flat_layout`) and takes it back when the
+copy is released; :class:`HostCopy` is the copied state plus its lease.
+
+Examples
+--------
+>>> import torch
+>>> from kernels.state import SessionState
+>>> pool = HostBufferPool()
+>>> state = SessionState("tiny", "fox", 0, 64, 64, tensors={"kv": torch.ones(4, 8)})
+>>> with pool.copy(state) as copy:
+...     copy.state.equal(state)
+True
+>>> pool.idle_bytes > 0   # the buffer went back to the pool
+True
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kernels.state import SessionState
+from workers.transfer import PackError, dtype_from_name
+
+__all__ = ["ALIGN_BYTES", "DEFAULT_MAX_IDLE_BYTES", "FlatLayout", "HostBufferPool", "HostCopy", "flat_layout"]
+
+#: Every tensor starts at a multiple of this many bytes inside a flat buffer.
+ALIGN_BYTES = 64
+#: Buffers are allocated in multiples of this, so states that grow a little reuse them.
+ROUND_BYTES = 2 << 20
+#: Idle bytes a pool keeps by default; buffers given back beyond it are freed.
+DEFAULT_MAX_IDLE_BYTES = 2 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class FlatLayout:
+    """Where each tensor of a state lies in one flat byte buffer.
+
+    ``slots[i] = (name, dtype, shape, byte offset)``, in the state's order; ``nbytes``
+    is the size of the buffer needed (the last tensor's end).
+    """
+
+    slots: tuple[tuple[str, torch.dtype, tuple[int, ...], int], ...]
+    nbytes: int
+
+    def views(self, buffer: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors as views into ``buffer`` (a 1-D ``uint8`` tensor of at least :attr:`nbytes`)."""
+        if buffer.dtype != torch.uint8 or buffer.dim() != 1 or buffer.numel() < self.nbytes:
+            raise PackError(
+                f"buffer is {buffer.dtype} {tuple(buffer.shape)}, the layout needs 1-D uint8 of {self.nbytes} bytes"
+            )
+        out = {}
+        for name, dtype, shape, offset in self.slots:
+            n = math.prod(shape) * dtype.itemsize
+            out[name] = buffer[offset : offset + n].view(dtype).view(shape)
+        return out
+
+
+def flat_layout(specs: Mapping[str, Mapping[str, Any]], *, align: int = ALIGN_BYTES) -> FlatLayout:
+    """Lay tensors out one after the other in one buffer, each at an ``align``-byte offset.
+
+    Parameters
+    ----------
+    specs
+        ``{name: {"shape": [...], "dtype": "float32"}}``, e.g. ``state.meta()["tensors"]``.
+    """
+    if align <= 0 or align % 8:
+        raise PackError(f"alignment must be a positive multiple of 8 bytes, got {align}")
+    slots, end = [], 0
+    for name, spec in specs.items():
+        dtype = dtype_from_name(spec["dtype"])
+        shape = tuple(int(d) for d in spec["shape"])
+        if any(d < 0 for d in shape):
+            raise PackError(f"tensor {name!r} has a negative dimension in shape {shape}")
+        offset = -(-end // align) * align
+        slots.append((name, dtype, shape, offset))
+        end = offset + math.prod(shape) * dtype.itemsize
+    return FlatLayout(tuple(slots), end)
+
+
+class HostCopy:
+    """A host copy of a state held in a pooled buffer; :meth:`release` gives the buffer back.
+
+    Use ``copy.state`` until the release and never after it (its tensors are views of
+    the buffer, which the next copy overwrites). A context manager releases on exit.
+    """
+
+    def __init__(self, state: SessionState, buffer: torch.Tensor, pool: "HostBufferPool") -> None:
+        self.state = state
+        self._buffer: torch.Tensor | None = buffer
+        self._pool = pool
+
+    @property
+    def released(self) -> bool:
+        """Whether the buffer went back to the pool."""
+        return self._buffer is None
+
+    def release(self) -> None:
+        """Give the buffer back (idempotent) and empty ``state.tensors``, so a late use fails loudly."""
+        buffer, self._buffer = self._buffer, None
+        if buffer is not None:
+            self.state.tensors.clear()
+            self._pool.give(buffer)
+
+    def __enter__(self) -> "HostCopy":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class HostBufferPool:
+    """Flat host buffers reused across copies of session states (thread-safe).
+
+    Parameters
+    ----------
+    pin_memory
+        Page-locked buffers (for fast, asynchronous copies from and to a GPU); ``None``:
+        pinned exactly when CUDA is available.
+    max_idle_bytes
+        Idle buffers kept for reuse at most; ``None``: :data:`DEFAULT_MAX_IDLE_BYTES`.
+
+    A request takes the smallest idle buffer that fits, or allocates a new one (rounded
+    up to :data:`ROUND_BYTES`).
+    """
+
+    def __init__(self, *, pin_memory: bool | None = None, max_idle_bytes: int | None = None) -> None:
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory and torch.cuda.is_available())
+        self.max_idle_bytes = DEFAULT_MAX_IDLE_BYTES if max_idle_bytes is None else int(max_idle_bytes)
+        if self.max_idle_bytes < 0:
+            raise ValueError(f"max_idle_bytes must be >= 0, got {max_idle_bytes!r}")
+        self._idle: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+        #: Buffers allocated and requests served from an idle buffer (for metrics and tests).
+        self.allocated = 0
+        self.reused = 0
+
+    @property
+    def idle_bytes(self) -> int:
+        """Bytes held in idle buffers."""
+        with self._lock:
+            return sum(b.numel() for b in self._idle)
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """A 1-D ``uint8`` host buffer of at least ``nbytes`` bytes (contents undefined)."""
+        with self._lock:
+            fits = [b for b in self._idle if b.numel() >= nbytes]
+            if fits:
+                best = min(fits, key=lambda b: b.numel())
+                self._idle.remove(best)
+                self.reused += 1
+                return best
+            self.allocated += 1
+        size = max(ROUND_BYTES, -(-nbytes // ROUND_BYTES) * ROUND_BYTES)
+        return torch.empty(size, dtype=torch.uint8, pin_memory=self.pin_memory)
+
+    def give(self, buffer: torch.Tensor) -> None:
+        """Return a buffer from :meth:`take`; it is freed instead when the pool is full."""
+        with self._lock:
+            if sum(b.numel() for b in self._idle) + buffer.numel() <= self.max_idle_bytes:
+                self._idle.append(buffer)
+
+    def copy(self, state: SessionState, *, non_blocking: bool = False) -> HostCopy:
+        """Copy ``state`` (any device) into one pooled host buffer.
+
+        ``non_blocking`` lets copies from a GPU into pinned buffers run asynchronously;
+        the call still waits for them before it returns, so the copy is complete.
+        """
+        layout = flat_layout(state.meta()["tensors"])
+        buffer = self.take(layout.nbytes)
+        views = layout.views(buffer)
+        blocking_cuda = False
+        for name, t in state.tensors.items():
+            views[name].copy_(t, non_blocking=non_blocking and self.pin_memory)
+            blocking_cuda |= t.is_cuda
+        if blocking_cuda and non_blocking and self.pin_memory:
+            torch.cuda.synchronize()
+        return HostCopy(state.with_tensors(views), buffer, self)
