@@ -13,7 +13,13 @@ error                  raised when
 ``CapacityExceeded``   admission refused a new session (``on-full: refuse``)
 ``UnknownWorker``      the worker address is not part of the cluster
 ``TransferError``      moving a session's state failed (the session stays put)
+``SessionLost``        the session cannot be served any more (a ``SessionClosed``
+                       the client did not ask for); ``cause`` says why
 =====================  ==========================================================
+
+``SessionLost`` is defined here, not on the ``workers`` floor: the client's
+:class:`~framework.session.Session` raises it (and the scheduler plugin may), never a
+worker. Its arguments are plain strings, so it pickles across Dask's RPC as is.
 """
 
 from workers.errors import (
@@ -28,10 +34,44 @@ from workers.errors import (
     UnknownWorker,
 )
 
+
+class SessionLost(SessionClosed):
+    """The session cannot be served any more, and its client did not close it.
+
+    Raised by a stream, a chunk future or a control call of a
+    :class:`~framework.session.Session` when the session was closed by the server or
+    another client, when the engine could not run it, or when it could not be found
+    again within ``RELOCATE_TIMEOUT_S`` (its worker and the scheduler unreachable). A
+    subclass of :class:`SessionClosed`: the session is closed for good; open a new one.
+
+    Parameters
+    ----------
+    message : str
+        What happened, naming the session.
+    session_id : str, optional
+    cause : str, optional
+        The underlying failure, e.g. ``"CommClosedError('...')"`` or the registry's reason.
+
+    Examples
+    --------
+    >>> err = SessionLost("session 's1' is lost", session_id="s1", cause="worker died")
+    >>> str(err), err.cause
+    ("session 's1' is lost", 'worker died')
+    """
+
+    def __init__(self, message: str, session_id: str | None = None, cause: str | None = None) -> None:
+        super().__init__(message, session_id, cause)
+        self.session_id, self.cause = session_id, cause
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 __all__ = [
     "CapacityExceeded",
     "InvalidRequest",
     "SessionClosed",
+    "SessionLost",
     "SessionMoved",
     "SessionNotFound",
     "TransferError",

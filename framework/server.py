@@ -10,15 +10,19 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from dataclasses import replace
 from typing import Any
 
 from distributed import Client, LocalCluster
 
 from framework import config, notebook
+from framework.limits import OpenLimits, validate_open
 from framework.scheduler_plugin import TurboserveScheduler
 from framework.serving_settings import ServingSettings
 from framework.session import Session
 from framework.worker_env import ServingNanny
+from storage.location import is_auto, resolve_store
 from workers.engine import EngineSettings
 from workers.errors import InvalidRequest, UnknownWorker
 from workers.plugin import ModelHost
@@ -117,22 +121,29 @@ class Server:
             self.engine_settings = EngineSettings.from_config(
                 max_batch=max_batch, batching=batching, checkpoint_every=checkpoint_every,
             )
-            self._plugins = (
-                TurboserveScheduler(self.settings),
-                ModelHost(
-                    self.settings.model,
-                    self.engine_settings,
-                    self.settings.store,
-                    weights=dict(config.get("weights") or {}),
-                ),
-            )
+            self._auto_store = is_auto(self.settings.store)
+            self._plugins: tuple[Any, ...] = ()
             if not self.client.asynchronous:
+                self._make_plugins(self.client.scheduler_info(n_workers=0)["id"])
                 for plugin in self._plugins:
                     self.client.register_plugin(plugin)
         except BaseException:
             if self._own_client and not self.client.asynchronous:
                 self.client.close()
             raise
+
+    def _make_plugins(self, cluster_id: str) -> None:
+        """Resolve the store for this cluster (``auto``: a folder of its own) and build the plugins."""
+        self.settings = replace(self.settings, store=resolve_store(self.settings.store, cluster_id))
+        self._plugins = (
+            TurboserveScheduler(self.settings),
+            ModelHost(
+                self.settings.model,
+                self.engine_settings,
+                self.settings.store,
+                weights=dict(config.get("weights") or {}),
+            ),
+        )
 
     # ------------------------------------------------------------ asynchronous use
 
@@ -142,6 +153,8 @@ class Server:
     async def _astart(self) -> "Server":
         if self._own_client:
             await self.client
+        if not self._plugins:
+            self._make_plugins((await self.client.scheduler.identity(n_workers=0))["id"])
         for plugin in self._plugins:
             await self.client.register_plugin(plugin)
         return self
@@ -264,6 +277,8 @@ class Server:
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
+            if self._auto_store and self.settings.store:  # the cluster's own folder: nobody can adopt it
+                shutil.rmtree(self.settings.store, ignore_errors=True)
 
     # ------------------------------------------------------------ public API
 
@@ -288,7 +303,14 @@ class Server:
         session_id: str | None = None,
         worker: str | None = None,
     ) -> Session:
-        """Open a session: admitted, placed by the placement policy (or on ``worker``), started."""
+        """Open a session: admitted, placed by the placement policy (or on ``worker``), started.
+
+        The arguments are checked here first (:func:`framework.limits.validate_open`:
+        seed in ``[0, 2**63)``, prompt size, resolution, model, session id), so a bad
+        value is an :class:`~framework.errors.InvalidRequest` (or ``UnknownModel``)
+        that names it, before anything reaches the scheduler or a worker.
+        """
+        validate_open(prompt, seed, model, height, width, session_id, limits=OpenLimits.from_config())
         info = self.client.sync(
             self.client.scheduler.turboserve_open,
             prompt=prompt, seed=seed, model=model, height=height, width=width, session_id=session_id, worker=worker,
@@ -315,6 +337,8 @@ class Server:
 
     async def aopen_session(self, prompt: str, seed: int = 0, **kw: Any) -> Session:
         """Async twin of :meth:`open_session` (run it on the client's event loop)."""
+        validate_open(prompt, seed, kw.get("model"), kw.get("height"), kw.get("width"), kw.get("session_id"),
+                      limits=OpenLimits.from_config())
         info = await self.client.scheduler.turboserve_open(prompt=prompt, seed=seed, **kw)
         return Session(self, info)
 

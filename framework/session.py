@@ -10,6 +10,12 @@ a move or a recovery to finish and wakes a suspended session), repeats its reque
 goes on polling. Chunk indices are the stream's identity: an index already received is
 never handed out again, so a recovery that regenerates chunks from an older checkpoint
 shows no repeat, and the ack-based outbox shows no gap.
+
+A session that cannot be served any more raises :class:`~framework.errors.SessionLost`
+(with its ``cause``) from its stream, its futures and its control calls, never a bare
+``CommClosedError``: closed by the server or another client, the engine unable to run
+it, or not found again within :data:`RELOCATE_TIMEOUT_S`. :meth:`Session.close` always
+returns within :data:`CLOSE_TIMEOUT_S`. :meth:`Session.events` says what happened.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from distributed.actor import ProxyRPC
 from distributed.core import send_recv
 
 from framework import notebook
+from framework.errors import SessionLost
 from workers.chunk import Chunk
-from workers.errors import InvalidRequest, SessionClosed, SessionMoved, TransferError
+from workers.errors import CapacityExceeded, InvalidRequest, SessionClosed, SessionMoved, SessionNotFound, TurboserveError
 from workers.session_actor import call_actor
 
 logger = logging.getLogger(__name__)
@@ -36,8 +43,12 @@ MAX_CHUNKS_PER_CALL = 100_000
 POLL_TIMEOUT_S = 5.0
 #: Seconds to wait for a connection to the session's worker before asking where it went.
 CONNECT_TIMEOUT_S = 1.0
-#: Seconds to keep looking for a session that moved or whose worker died.
+#: Seconds to keep looking for a session that moved or whose worker died (then SessionLost).
 RELOCATE_TIMEOUT_S = 120.0
+#: Seconds close() waits for the scheduler to confirm (then it returns anyway, logging why).
+CLOSE_TIMEOUT_S = 30.0
+#: Seconds events() waits for the session's actor or the scheduler.
+EVENTS_TIMEOUT_S = 10.0
 
 
 class _FastFailRPC:
@@ -101,6 +112,9 @@ class Session:
         self._buffer: dict[int, Chunk] = {}
         self._poll_lock: asyncio.Lock | None = None
         self._closed = False
+        self._closing = False  # this handle asked to close (a SessionClosed is then expected)
+        self._lost: SessionLost | None = None
+        self._events: list[dict[str, Any]] = []  # read from actors, plus this client's own
         #: What this client received: recent frames (``turboserve.notebook.keep-frames``), latencies.
         self.history = notebook.StreamHistory()
 
@@ -139,29 +153,166 @@ class Session:
 
     # ------------------------------------------------------------ async core
 
+    # ------------------------------------------------------------ events and failures
+
+    def _note(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Record an event seen by this client (``source: "client"``)."""
+        event = {"kind": kind, "t": time.time(), "worker": None, "source": "client", **fields}
+        self._events.append(event)
+        return event
+
+    def _merge_events(self, events: list[dict[str, Any]]) -> None:
+        seen = {e.get("id") for e in self._events if e.get("id")}
+        self._events.extend(e for e in events if e.get("id") not in seen)
+
+    def _session_lost(self, what: str, cause: BaseException | str | None) -> SessionLost:
+        """Mark the session lost (every later call raises the same error) and return the error."""
+        if self._lost is None:
+            why = cause if isinstance(cause, str) or cause is None else f"{type(cause).__name__}: {cause}"
+            self._lost = SessionLost(f"session {self.id!r} is lost: {what}" + (f" ({why})" if why else ""),
+                                     self.id, why)
+            self._note("lost", why=str(self._lost))
+            logger.warning("%s", self._lost)
+        return self._lost
+
+    def _actor_failure(self, exc: BaseException) -> BaseException | None:
+        """What an error from the session's actor means: None (relocate) or the error to raise."""
+        if isinstance(exc, (SessionMoved, KeyError, OSError)):
+            return None
+        if isinstance(exc, SessionClosed):
+            if self._closing or self._closed:
+                return exc
+            return self._session_lost("it was closed by the server or another client", exc)
+        if isinstance(exc, TurboserveError):
+            return exc  # a refusal of this request (InvalidRequest, ...): the session is fine
+        return self._session_lost("its worker could not run it", exc)
+
+    def _check_usable(self) -> None:
+        if self._lost is not None:
+            raise self._lost
+        if self._closed:
+            raise SessionClosed(f"session {self.id!r} is closed; open a new one")
+
+    async def aevents(self) -> list[dict[str, Any]]:
+        """Async twin of :meth:`events`."""
+        if not self._closed:
+            try:
+                key, worker = self._key, self._worker
+                if key is None:
+                    raise SessionMoved("no actor yet")
+                try:
+                    fetched = await asyncio.wait_for(call_actor(self._rpc_to(worker), key, "events"), EVENTS_TIMEOUT_S)
+                except (SessionMoved, KeyError, OSError):
+                    # Moved on: read the current actor's list (without touching the stream's own).
+                    loc = await asyncio.wait_for(
+                        self._server.client.scheduler.turboserve_info(session_id=self.id), EVENTS_TIMEOUT_S
+                    )
+                    if loc.get("actor_key") is None:
+                        raise SessionMoved("no actor now") from None
+                    fetched = await asyncio.wait_for(
+                        call_actor(self._rpc_to(loc["worker"]), loc["actor_key"], "events"), EVENTS_TIMEOUT_S
+                    )
+                self._merge_events(list(fetched))
+            except (TurboserveError, OSError, KeyError, asyncio.TimeoutError):
+                pass  # no actor to ask (suspended to disk, lost, closed): what was seen stays
+        return sorted((dict(e) for e in self._events), key=lambda e: e.get("t") or 0.0)
+
+    def events(self) -> list[dict[str, Any]]:
+        """What happened to the session, oldest first: a list of plain dicts.
+
+        Every event has ``kind``, ``t`` (Unix time) and ``worker`` (None for events this
+        client saw itself, which also carry ``source: "client"``). Kinds:
+
+        ``started``
+            a state from chunk 0 (``why``: a new session, no checkpoint yet, no store);
+        ``restored``
+            from the session's verified checkpoint at ``from_chunk``;
+        ``regenerated``
+            the checkpoint was refused (``why`` names the check it failed, ``error`` its
+            type: damaged, foreign, another version), so the session starts over from
+            ``from_chunk`` 0 and regenerates the same chunks (generation is
+            deterministic; chunks the client already has are not handed out again);
+        ``migrated``
+            moved at ``chunk`` from ``from_worker`` (``transport``);
+        ``suspended`` / ``resumed``
+            offloaded to ``tier`` at ``chunk`` / back on a device;
+        ``failed``
+            the engine could not run it (``why``);
+        ``relocated``
+            this client found the session on another worker (``from_worker``, ``to_worker``);
+        ``lost``
+            the session cannot be served (``why``, the :class:`SessionLost` message);
+        ``close-unconfirmed``
+            :meth:`close` returned without the scheduler's answer (``why``).
+
+        The actor's list travels with the state between workers; events of an actor
+        that died with its worker are only here if this client read them before (the
+        recovered actor starts a list of its own). Waits at most ``EVENTS_TIMEOUT_S``.
+
+        Examples
+        --------
+        >>> [e["kind"] for e in s.events()]                          # doctest: +SKIP
+        ['started', 'relocated', 'regenerated']
+        """
+        return self._sync(self.aevents)
+
+    def _rpc_to(self, worker: str) -> Any:
+        client = self._server.client
+        if client.direct_to_workers:
+            return _FastFailRPC(client.rpc, worker)
+        return ProxyRPC(client.scheduler, worker)
+
     def _rpc(self) -> Any:
         client = self._server.client
         if client.direct_to_workers:
             return _FastFailRPC(client.rpc, self._worker)
         return ProxyRPC(client.scheduler, self._worker)
 
-    async def _relocate(self) -> None:
-        """Find the session's actor again and repeat the outstanding request."""
+    async def _relocate(self, cause: BaseException | None = None) -> None:
+        """Find the session's actor again and repeat the outstanding request.
+
+        Raises :class:`SessionLost` when the registry says the session is closed or
+        gone, or when no actor answers within ``RELOCATE_TIMEOUT_S`` (the scheduler
+        unreachable included).
+        """
         deadline = time.monotonic() + RELOCATE_TIMEOUT_S
         delay = 0.02
+        last: BaseException | None = cause
+        scheduler = self._server.client.scheduler
         while True:
-            loc = await self._server.client.scheduler.turboserve_locate(session_id=self.id, wake=True)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._session_lost(f"no worker or scheduler answered for {RELOCATE_TIMEOUT_S:g} s", last)
+            try:
+                loc = await asyncio.wait_for(
+                    scheduler.turboserve_locate(session_id=self.id, wake=True, timeout=remaining), remaining + 5.0
+                )
+            except SessionClosed as exc:
+                if self._closing:
+                    raise
+                raise self._session_lost("it was closed by the server or another client", exc) from exc
+            except SessionNotFound as exc:
+                raise self._session_lost("the scheduler no longer knows it", exc) from exc
+            except (CapacityExceeded, OSError, asyncio.TimeoutError) as exc:
+                last = exc  # no worker for it yet, or the scheduler unreachable: try again
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            if loc.get("status") == "lost":
+                raise self._session_lost("the scheduler gave it up", loc.get("cause") or loc.get("why") or "lost")
+            if None not in (loc["worker"], self._worker) and loc["worker"] != self._worker:
+                self._note("relocated", from_worker=self._worker, to_worker=loc["worker"])
             self._worker, self._key = loc["worker"], loc["actor_key"]
             try:
                 if self._key is None:
                     raise SessionMoved(f"session {self.id!r} has no actor yet")
                 await call_actor(self._rpc(), self._key, "request", self._issued)
                 return
-            except SessionClosed:
-                raise
-            except (SessionMoved, KeyError, OSError) as exc:
-                if time.monotonic() > deadline:
-                    raise TransferError(f"lost track of session {self.id!r} for {RELOCATE_TIMEOUT_S} s: {exc!r}") from exc
+            except Exception as exc:
+                failure = self._actor_failure(exc)
+                if failure is not None:
+                    raise failure from exc
+                last = exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
@@ -169,8 +320,7 @@ class Session:
         """Ask for ``n`` more chunks; returns the index of the first one."""
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CHUNKS_PER_CALL:
             raise InvalidRequest(f"chunk count {n!r} is not an int in [0, {MAX_CHUNKS_PER_CALL}]")
-        if self._closed:
-            raise SessionClosed(f"session {self.id!r} is closed; open a new one")
+        self._check_usable()
         first = self._issued
         self._issued += n
         if n and self._key is None:
@@ -178,22 +328,26 @@ class Session:
         elif n:
             try:
                 await call_actor(self._rpc(), self._key, "request", self._issued)
-            except SessionClosed:
-                raise
-            except (SessionMoved, KeyError, OSError):
-                await self._relocate()
+            except Exception as exc:
+                failure = self._actor_failure(exc)
+                if failure is not None:
+                    raise failure from exc
+                await self._relocate(exc)
         return first
 
     async def _poll_once(self) -> None:
+        self._check_usable()
         if self._key is None:
             await self._relocate()
         try:
             chunks = await call_actor(self._rpc(), self._key, "poll", self._recv_next, POLL_TIMEOUT_S)
-        except SessionClosed:
-            self._closed = True
-            raise
-        except (SessionMoved, KeyError, OSError):
-            await self._relocate()
+        except Exception as exc:
+            failure = self._actor_failure(exc)
+            if failure is not None:
+                if isinstance(failure, SessionClosed) and not isinstance(failure, SessionLost):
+                    self._closed = True
+                raise failure from exc
+            await self._relocate(exc)
             return
         for chunk in chunks:
             if chunk.index >= self._recv_next:
@@ -242,15 +396,33 @@ class Session:
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""
-        if not self._closed:
-            await self._server.client.scheduler.turboserve_close(session_id=self.id)
+        if self._closed:
+            return
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._server.client.scheduler.turboserve_close(session_id=self.id), CLOSE_TIMEOUT_S)
+        except (SessionClosed, SessionNotFound):
+            pass  # closed already (by the server, or another handle)
+        except (asyncio.TimeoutError, OSError, TurboserveError) as exc:
+            self._note("close-unconfirmed", why=f"{type(exc).__name__}: {exc}")
+            logger.warning("closing session %s: no answer from the scheduler within %s s (%r); "
+                           "this handle is closed, the server may still hold the session", self.id, CLOSE_TIMEOUT_S, exc)
+        finally:
             self._closed = True
             self._buffer.clear()
 
     async def _control(self, op: str, **kw: Any) -> dict[str, Any]:
-        if self._closed:
-            raise SessionClosed(f"session {self.id!r} is closed; open a new one")
-        loc = await getattr(self._server.client.scheduler, op)(session_id=self.id, **kw)
+        self._check_usable()
+        try:
+            loc = await getattr(self._server.client.scheduler, op)(session_id=self.id, **kw)
+        except SessionClosed as exc:
+            if self._closing:
+                raise
+            raise self._session_lost("it was closed by the server or another client", exc) from exc
+        except SessionNotFound as exc:
+            raise self._session_lost("the scheduler no longer knows it", exc) from exc
+        except OSError as exc:  # CommClosedError: the scheduler went away mid-call
+            raise self._session_lost("the scheduler could not be reached", exc) from exc
         self._worker, self._key = loc["worker"], loc["actor_key"]
         return loc
 
@@ -305,5 +477,10 @@ class Session:
         self._sync(self.amigrate, worker, transport)
 
     def close(self) -> None:
-        """Drop the session's state and actor; further calls raise :class:`SessionClosed`."""
+        """Drop the session's state and actor; further calls raise :class:`SessionClosed`.
+
+        Always returns, within ``CLOSE_TIMEOUT_S``: when the scheduler does not confirm
+        in time (or cannot be reached) the handle is closed anyway, the event
+        ``close-unconfirmed`` says so and a warning is logged.
+        """
         self._sync(self.aclose)

@@ -200,3 +200,92 @@ def test_a_layout_1_checkpoint_is_refused_as_a_version(store: CheckpointStore, r
         path.write_text(json.dumps(doc))
     with pytest.raises(CheckpointVersionError, match="layout version 1"):
         store.load("s1")
+
+
+# ---------------------------------------------------------------------- on a live cluster
+
+PROMPT = "a red fox running through snow"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """One CPU worker, checkpoints every 2 chunks into a store the test can damage."""
+    from framework import Server
+
+    root = tmp_path_factory.mktemp("live-state")
+    with Server.local(n_workers=1, model="tiny", store=str(root), checkpoint_every=2, dashboard_address=None) as server:
+        yield server, root
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Frames of the model's own uninterrupted run of ``(prompt, seed)``, chunk by chunk."""
+    from kernels.model import StreamingVideoModel
+
+    # One torch thread, as in a Dask worker: the rounded frames then match bit for bit.
+    model = StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
+
+    def frames(prompt: str, seed: int, n: int) -> list:
+        state = model.new_session(prompt, seed)
+        return [model.step([state])[0] for _ in range(n)]
+
+    return frames
+
+
+def assert_frames(chunks, expected) -> None:
+    import numpy as np
+
+    assert [c.index for c in chunks] == list(range(len(expected)))
+    for c, e in zip(chunks, expected):
+        assert np.array_equal(c.frames, e), f"chunk {c.index} is not this session's frame"
+
+
+def test_a_foreign_checkpoint_is_never_streamed_and_the_client_is_told(live, reference) -> None:
+    server, root = live
+    victim = server.open_session(PROMPT, seed=1, session_id="victim")
+    other = server.open_session("a blue whale singing", seed=2, session_id="other")
+    got = list(victim.stream(4))
+    list(other.stream(4))
+    victim.suspend(to="disk")
+    other.suspend(to="disk")
+    shutil.rmtree(root / "victim")
+    shutil.copytree(root / "other", root / "victim")  # another session's checkpoint, copied in
+    got += list(victim.stream(3))  # resumes from the store: the copy is refused, 0.. regenerated
+    assert_frames(got, reference(PROMPT, 1, 7))
+    regenerated = [e for e in victim.events() if e["kind"] == "regenerated"]
+    assert len(regenerated) == 1, victim.events()
+    assert regenerated[0]["from_chunk"] == 0 and regenerated[0]["error"] == "CheckpointMismatch"
+    assert "holds the state of session 'other'" in regenerated[0]["why"]
+    victim.close()
+    other.close()
+
+
+@pytest.mark.parametrize(("where", "bit"), [("pointer", 0), ("generation", 1)], ids=["pointer-4->5", "sealed-4->6"])
+def test_a_flipped_bit_of_the_chunk_index_regenerates_the_same_frames(live, reference, where: str, bit: int) -> None:
+    server, root = live
+    sid = f"flip-{where}"
+    s = server.open_session(PROMPT, seed=3, session_id=sid)
+    got = list(s.stream(4))
+    s.suspend(to="disk")  # the checkpoint now resumes at chunk 4
+    folder = root / sid
+    doc = folder / "zarr.json" if where == "pointer" else next(p for p in folder.iterdir() if p.is_dir()) / "zarr.json"
+    flip_bit_in(doc, b'"chunk_index": 4', bit)
+    got += list(s.stream(2))
+    assert_frames(got, reference(PROMPT, 3, 6))
+    events = s.events()
+    regenerated = [e for e in events if e["kind"] == "regenerated"]
+    assert len(regenerated) == 1 and regenerated[0]["error"] == "CheckpointCorrupt", events
+    assert ("pointer says chunk" if where == "pointer" else "fails its digest") in regenerated[0]["why"]
+    s.close()
+
+
+def test_a_good_checkpoint_is_restored_and_says_so(live, reference) -> None:
+    server, _ = live
+    s = server.open_session(PROMPT, seed=4, session_id="good")
+    got = list(s.stream(4))
+    s.suspend(to="disk")
+    got += list(s.stream(2))
+    assert_frames(got, reference(PROMPT, 4, 6))
+    kinds = [(e["kind"], e.get("from_chunk")) for e in s.events()]
+    assert ("restored", 4) in kinds and not any(k == "regenerated" for k, _ in kinds), kinds
+    s.close()

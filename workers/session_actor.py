@@ -9,13 +9,22 @@ worker's single shared actor thread; device work goes to the worker's engine thr
 Delivery is acknowledged: a chunk stays in the outbox until a poll asks for chunks after
 it. When the state moves (migration, resume elsewhere), the new actor takes the
 unacknowledged chunks with it, so the stream continues without a gap or a repeat.
+
+Every actor keeps a short list of **events** (:meth:`SessionActor.events`): where its
+state came from (``started``, ``restored`` at chunk k, ``regenerated`` from chunk 0 and
+why, ``migrated`` from a worker), ``suspended``/``resumed``, and ``failed`` when the
+engine could not run the session. Events are plain dicts (``kind``, ``t``, ``worker``,
+``id`` and the fields of the kind) and travel with the state on a move between
+workers; the client reads them with :meth:`framework.Session.events`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
+import uuid
 from typing import Any
 
 from distributed import get_worker
@@ -34,6 +43,8 @@ logger = logging.getLogger(__name__)
 #: Where a new actor's state comes from (argument ``source["kind"]`` of ``start``).
 SOURCES = ("new", "peer", "store")
 TIERS = ("host", "disk")
+#: Events one actor keeps (the oldest are dropped first).
+MAX_EVENTS = 256
 
 
 #: Worker RPC op that runs a session actor's method (see :func:`handle_call`).
@@ -130,6 +141,7 @@ class SessionActor:
         self._error: BaseException | None = None
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_EVENTS)
 
     # ------------------------------------------------------------ internals
 
@@ -151,6 +163,7 @@ class SessionActor:
         if isinstance(item, BaseException):
             self._error = item
             self._attached = False
+            self._record("failed", chunk=self._next, why=f"the engine could not run it: {item!r}")
         else:
             self._outbox[item.index] = item
             self._next = max(self._next, item.index + 1)
@@ -172,6 +185,12 @@ class SessionActor:
         self._want = max(self._want, detached.want)
         self._event().set()  # waiting pollers re-check: the state is off the engine now
         return detached
+
+    def _record(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Append an event (plain data) to the session's event list."""
+        event = {"kind": kind, "t": time.time(), "worker": self._worker.address, "id": uuid.uuid4().hex[:12], **fields}
+        self._events.append(event)
+        return event
 
     def _check_open(self) -> None:
         if self._closed:
@@ -202,11 +221,14 @@ class SessionActor:
         if kind not in SOURCES:
             raise InvalidRequest(f"unknown state source {kind!r}; expected one of {SOURCES}")
         self._event()
+        self._events.extend(source.get("events", ()))  # carried by the control plane, if any
         want, t_request, migrated = int(source.get("want", 0)), {}, kind != "new"
         if kind == "new":
             state = await self._on_engine(self._new_state)
+            self._record("started", from_chunk=0, why="new session")
         elif kind == "store":
-            state = await self._on_engine(self._load_state)
+            state, event = await self._on_engine(self._load_state)
+            self._record(**event)
             self._outbox.update({c.index: c for c in source.get("unread", ())})
         else:
             peer = self._worker.rpc(source["address"])
@@ -225,6 +247,8 @@ class SessionActor:
             self._outbox.update({c.index: c for c in payload["outbox"]})
             want, t_request = payload["want"], payload["t_request"]
             migrated = source.get("migrated", True)
+            self._events.extend(e for e in payload.get("events", ()) if e not in self._events)
+            self._record("migrated", from_worker=source["address"], chunk=state.chunk_index, transport=transport)
         self._attach(state, want, t_request, migrated)
         return self._info(state)
 
@@ -247,18 +271,31 @@ class SessionActor:
         engine = self._engine
         return engine.model.new_session(self.prompt, self.seed, height=self.height, width=self.width)
 
-    def _load_state(self) -> SessionState:
-        store = self._host.checkpoints()
-        if store is not None and store.exists(self.session_id):
-            from storage import CheckpointError
+    def _load_state(self) -> tuple[SessionState, dict[str, Any]]:
+        """The session's checkpoint, verified to be this session's; else a new state, and why.
 
-            try:
-                return store.load(self.session_id, model=self.model, device=self._host.device)
-            except CheckpointError:
-                # Generation is deterministic: starting over regenerates the same chunks.
-                logger.warning("checkpoint of session %s unusable; starting it over from chunk 0",
-                               self.session_id, exc_info=True)
-        return self._new_state()
+        Returns the state and the event that says where it came from. A refused
+        checkpoint (damaged, foreign, of another version) is never used: generation is
+        deterministic, so starting over from chunk 0 regenerates the same chunks, and
+        the event (``regenerated``) says so and why.
+        """
+        from storage import CheckpointError, CheckpointIdentity, CheckpointNotFound
+
+        store = self._host.checkpoints()
+        if store is None:
+            return self._new_state(), {"kind": "started", "from_chunk": 0,
+                                       "why": "no checkpoint store (turboserve.state.store is null)"}
+        expect = CheckpointIdentity.of(self.session_id, self.model, self.prompt, self.seed)
+        try:
+            state = store.load(self.session_id, model=self.model, device=self._host.device, expect=expect)
+        except CheckpointNotFound:
+            return self._new_state(), {"kind": "started", "from_chunk": 0,
+                                       "why": f"no checkpoint of the session in {store.url}"}
+        except CheckpointError as exc:
+            logger.warning("session %s: %s; regenerating it from chunk 0", self.session_id, exc)
+            return self._new_state(), {"kind": "regenerated", "from_chunk": 0, "why": str(exc),
+                                       "error": type(exc).__name__}
+        return state, {"kind": "restored", "from_chunk": state.chunk_index, "why": f"checkpoint in {store.url}"}
 
     def _to_device(self, state: SessionState) -> SessionState:
         from storage import restore_to_device
@@ -332,6 +369,7 @@ class SessionActor:
             from storage import offload_to_host
 
             self._parked = await self._on_engine(offload_to_host, state)
+            self._record("suspended", tier="host", chunk=state.chunk_index)
             if self._host.checkpoints() is not None and self._acked >= state.chunk_index:
                 # A checkpoint too, not waited for: if this worker dies while the session
                 # sleeps in its memory, recovery starts from here instead of further back.
@@ -339,13 +377,15 @@ class SessionActor:
                 self._engine.save(self.session_id, self._parked)
             return self._info(state)
         await asyncio.wrap_future(self._engine.save(self.session_id, state))
+        self._record("suspended", tier="disk", chunk=state.chunk_index)
         unread = [self._outbox[i] for i in sorted(self._outbox)]
         self._parked, self._outbox = None, {}
         self._moved = True  # the actor is released next; readers go to the registry
         self._event().set()
         # The unread chunks travel with the record (rare: a reader that lags behind a
         # suspension), so the actor that resumes from the checkpoint can hand them out.
-        return {**self._info(state), "unread": unread}
+        # So do the events, for a control plane that passes them on (``source["events"]``).
+        return {**self._info(state), "unread": unread, "events": list(self._events)}
 
     async def restore(self) -> dict[str, Any]:
         """Bring a host-parked state back onto this worker's device."""
@@ -355,6 +395,7 @@ class SessionActor:
         state = await self._on_engine(self._to_device, self._parked)
         self._parked = None
         self._attach(state, self._want, self._parked_req, migrated=False)
+        self._record("resumed", chunk=state.chunk_index)
         return self._info(state)
 
     async def freeze(self) -> dict[str, Any]:
@@ -390,6 +431,7 @@ class SessionActor:
             "outbox": [self._outbox[i] for i in sorted(self._outbox)],
             "want": self._want,
             "t_request": dict(self._parked_req),
+            "events": list(self._events),
         }
         self._parked, self._outbox, self._moved = None, {}, True
         self._event().set()
@@ -419,6 +461,7 @@ class SessionActor:
             "outbox": [self._outbox[i] for i in sorted(self._outbox)],
             "want": self._want,
             "t_request": dict(self._parked_req),
+            "events": list(self._events),
         }
         self._outbox, self._moved = {}, True
         self._event().set()
@@ -435,6 +478,14 @@ class SessionActor:
         self._parked, self._outbox, self._closed, self._attached = None, {}, True, False
         self._event().set()
         return self._info(None)
+
+    async def events(self) -> list[dict[str, Any]]:
+        """What happened to the session, oldest first (see the module docstring).
+
+        Answers after a close or a move too (the list stays with this actor until it is
+        released), so a client can read why its stream ended.
+        """
+        return list(self._events)
 
     async def info(self) -> dict[str, Any]:
         """Where the session is and how far it got."""
