@@ -12,17 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from traces.distributions import Dist, Family, weibull_shape
-from traces.generator import (
-    ClientSpec,
-    RateWindows,
-    Variant,
-    WorkloadSpec,
-    arrivals,
-    generate,
-    load_spec,
-    spec_from_dict,
-    spec_to_dict,
-)
+from traces.arrivals import arrivals
+from traces.generator import generate
+from traces.spec import ClientSpec, RateWindows, Variant, WorkloadSpec
+from traces.spec_io import load_spec, spec_from_dict, spec_to_dict
 from traces.io import session_table, validate
 from traces.rates import Constant, Diurnal, FlashCrowd, Product, rate_from_dict
 from traces.stats import trace_stats

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from traces.generator import ClientSpec, WorkloadSpec, arrivals, generate
+from traces.arrivals import arrivals
+from traces.generator import generate
+from traces.spec import ClientSpec, WorkloadSpec
 from traces.importers import (
     DataNotFoundError,
     azure_requests,

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from traces.generator import ClientSpec, WorkloadSpec, generate
+from traces.generator import generate
+from traces.spec import ClientSpec, WorkloadSpec
 from traces.io import (
     iter_events,
     normalize,

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from traces.distributions import Dist
-from traces.generator import ClientSpec, WorkloadSpec, generate
+from traces.generator import generate
+from traces.spec import ClientSpec, WorkloadSpec
 from traces.io import normalize, validate
 from traces.schema import COLUMNS
 from traces.stats import concurrency, format_stats, plot_trace, session_lifetimes, trace_stats

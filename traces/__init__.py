@@ -10,9 +10,9 @@ True
 """
 
 from traces.distributions import Dist, Family
-from traces.generator import (
-    ClientSpec, RateWindows, Variant, WorkloadSpec, generate, load_spec, spec_from_dict, spec_to_dict,
-)
+from traces.generator import generate
+from traces.spec import ClientSpec, RateWindows, Variant, WorkloadSpec
+from traces.spec_io import load_spec, spec_from_dict, spec_to_dict
 from traces.io import iter_events, read_trace, session_table, sessions, validate, write_trace
 from traces.rates import Constant, Diurnal, FlashCrowd, Product
 from traces.scenarios import SCENARIOS, scenario

@@ -15,7 +15,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from traces.generator import ClientSpec, WorkloadSpec, generate
+from traces.generator import generate
+from traces.spec import ClientSpec, WorkloadSpec
 from traces.io import validate
 from traces.schema import COLUMNS
 

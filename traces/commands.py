@@ -29,7 +29,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """``trace generate``: write a scenario's or a YAML spec's trace to ``--out``."""
     from dataclasses import replace
 
-    from traces.generator import generate, load_spec
+    from traces.generator import generate
+    from traces.spec_io import load_spec
     from traces.io import write_trace
     from traces.scenarios import scenario
 

@@ -29,6 +29,7 @@ adding a client does not change the others): the same spec gives the same frame.
 
 Examples
 --------
+>>> from traces.spec import ClientSpec, WorkloadSpec
 >>> spec = WorkloadSpec(clients=(ClientSpec("c0", rate=0.5, cv=2.0),), duration_s=600.0)
 >>> df = generate(spec)
 >>> list(df.columns[:4])
@@ -38,7 +39,7 @@ True
 
 The spec records live in :mod:`traces.spec` (YAML form in :mod:`traces.spec_io`), the
 arrival process in :mod:`traces.arrivals`, the lifecycle in :mod:`traces.lifecycle`;
-this module assembles the trace and re-exports them all.
+this module assembles the trace (import those names from their own modules).
 """
 
 from __future__ import annotations
@@ -47,16 +48,11 @@ import numpy as np
 import pandas as pd
 
 from traces.arrivals import arrivals
-from traces.lifecycle import ACTIVE, CLOSE, IDLE, OPEN, EventArrays, lifecycle
+from traces.lifecycle import OPEN, EventArrays, lifecycle
 from traces.schema import COLUMNS, EVENT_NAMES, SHAPE_COLUMNS
-from traces.spec import ARRIVAL_FAMILIES, ClientSpec, RateWindows, Variant, WorkloadSpec
-from traces.spec_io import client_from_dict, client_to_dict, load_spec, spec_from_dict, spec_to_dict
+from traces.spec import Variant, WorkloadSpec
 
-__all__ = [
-    "ACTIVE", "ARRIVAL_FAMILIES", "CLOSE", "IDLE", "OPEN", "ClientSpec", "EventArrays", "RateWindows",
-    "Variant", "WorkloadSpec", "arrivals", "assemble", "client_from_dict", "client_to_dict", "generate",
-    "lifecycle", "load_spec", "spec_from_dict", "spec_to_dict",
-]
+__all__ = ["assemble", "generate"]
 
 
 def assemble(parts: list[tuple[str, EventArrays, list[Variant]]]) -> pd.DataFrame:

@@ -48,7 +48,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from traces.generator import ClientSpec, RateWindows, EventArrays, assemble, lifecycle
+from traces.generator import assemble
+from traces.lifecycle import EventArrays, lifecycle
+from traces.spec import ClientSpec, RateWindows
 
 ENV_VAR = "TURBOSERVE_DATA_DIR"
 SERVEGEN_WINDOW_S = 600.0

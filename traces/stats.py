@@ -2,7 +2,8 @@
 
 Examples
 --------
->>> from traces.generator import ClientSpec, WorkloadSpec, generate
+>>> from traces.generator import generate
+>>> from traces.spec import ClientSpec, WorkloadSpec
 >>> df = generate(WorkloadSpec(clients=(ClientSpec("c0", rate=0.2),), duration_s=900.0))
 >>> s = trace_stats(df)
 >>> s.sessions == df["session_id"].nunique()

@@ -4,7 +4,8 @@ Both keep a valid trace valid.
 
 Examples
 --------
->>> from traces.generator import ClientSpec, WorkloadSpec, generate
+>>> from traces.generator import generate
+>>> from traces.spec import ClientSpec, WorkloadSpec
 >>> df = generate(WorkloadSpec(clients=(ClientSpec("c0", rate=0.5),), duration_s=600.0))
 >>> short = truncate(df, 300.0)
 >>> float(short["time_s"].max()) <= 300.0

@@ -40,7 +40,9 @@ from dataclasses import replace
 import pandas as pd
 
 from traces.distributions import Dist, Family
-from traces.generator import ClientSpec, Variant, WorkloadSpec, generate, load_spec
+from traces.generator import generate
+from traces.spec import ClientSpec, Variant, WorkloadSpec
+from traces.spec_io import load_spec
 from traces.importers import azure_trace, mooncake_trace, servegen_clients
 from traces.transform import scale_sessions, tile, truncate
 
