@@ -386,6 +386,17 @@ class CheckpointStore:
                 f"{attrs.get('generation')!r} (copied from elsewhere)"
             )
         chunk = meta.get("chunk_index")
+        try:
+            nbytes = sum(
+                int(np.prod(spec["shape"], dtype=np.int64)) * storage_dtype(torch_dtype(spec["dtype"])).itemsize
+                for spec in meta["tensors"].values()
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointCorrupt(f"{where}: the sealed tensor list cannot be read ({exc!r})") from None
+        if nbytes != info.nbytes:
+            raise CheckpointCorrupt(
+                f"{where}: the pointer says {info.nbytes} bytes, the sealed generation holds {nbytes}"
+            )
         if chunk != info.chunk_index or info.model != meta.get("model") or not info.generation.startswith(
             f"c{chunk:06d}-" if isinstance(chunk, int) else "\0"
         ):
