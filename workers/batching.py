@@ -15,10 +15,13 @@ there is no prediction):
    the oldest due chunk became ready or the device became free (``free_s``, the end of
    the last step), whichever is later, and lasts ``window_s`` (a prediction up to
    ``window_s`` overdue still counts); none: start;
-4. never past the latest start of the earliest deadline: ``min(deadline) - step_s(n)``,
-   with ``n`` the largest batch the step can grow to (every session of the worker, capped
-   at ``max_batch``), so a chunk is never delayed past its deadline by the wait, whatever
-   joins; that time already passed: start.
+4. never past the latest start of the earliest deadline that can still be met:
+   ``min(deadline) - step_s(n)``, with ``n`` the largest batch the step can grow to
+   (every session of the worker, capped at ``max_batch``), so a chunk is never delayed
+   past its deadline by the wait, whatever joins; that time already passed: start. A
+   chunk that misses its deadline even if the step starts now (``now + step_s(ready)``
+   is later) does not bound the wait: waiting cannot cost it its deadline, and a fuller
+   step serves everyone sooner under overload.
 
 Waiting for the session that was just served is also what aligns phases: sessions whose
 requests follow their deliveries (a closed loop) come out of one step together and so
@@ -135,7 +138,9 @@ def decide_batch(
     if window_s <= 0 or not joinable:
         return BatchDecision(True, None, "alone")
     largest = min(max_batch, n_ready + len(expected_s))
-    latest = min(deadlines_s) - step_s(largest)
+    earliest_done = now + step_s(n_ready)
+    meetable = [d for d in deadlines_s if d >= earliest_done]
+    latest = min(meetable) - step_s(largest) if meetable else math.inf
     if latest <= now:
         return BatchDecision(True, None, "deadline")
     if window_end <= now:
