@@ -5,6 +5,10 @@
     turboserve experiment paper-table (--trace FILE | --scenario NAME)... --gpus 64 --out DIR [--seed N]
     turboserve experiment sweep (--trace FILE | --scenario NAME)... [--policy P]... [--gpus N]...
                                 [--seed N]... [--workers N] [--out DIR]
+    turboserve experiment frontier (--trace FILE | --scenario NAME)... --gpus N --seeds 0,1,2 --out DIR
+
+Every one takes the latency and start-up flags ``--profile NAME``, ``--batch-cost A``
+(``step(b) = t1 (1 + A (b - 1))``), ``--t1-s T``, ``--startup-s S`` and ``--quality-valve``.
 
 Errors are raised as ``ValueError``/``FileNotFoundError`` with a one-line message; the
 CLI's ``main`` prints them.
@@ -60,6 +64,49 @@ def _add_trace_options(p: argparse.ArgumentParser) -> None:
                    help="run every scenario session on this preset (default wan-1.3b; 'mix' keeps the scenario's mix)")
     p.add_argument("--max-batch", type=_batch, default="slo",
                    help="per-worker batch cap: 'slo' (default: largest batch meeting the SLO) or an integer")
+    _add_latency_options(p)
+
+
+def _positive(what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        if not value >= 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number >= 0, got {text!r}")
+        return value
+    return parse
+
+
+def _add_latency_options(p: argparse.ArgumentParser) -> None:
+    """The latency space shared by every experiment command (``LatencySpec`` + start-up)."""
+    g = p.add_argument_group("latency and start-up model")
+    g.add_argument("--profile", default=None, metavar="NAME",
+                   help="latency profile name or CSV (default: the model's own profile)")
+    g.add_argument("--batch-cost", type=_positive("--batch-cost"), default=None, metavar="A",
+                   help="use the parametric profile step(b) = t1 * (1 + A (b - 1)) (A: 0.1 batch-friendly .. 1 compute-bound)")
+    g.add_argument("--t1-s", type=_positive("--t1-s"), default=None, metavar="T",
+                   help="batch-1 step seconds of the parametric profile (default: the published figure for --gpu-class)")
+    g.add_argument("--gpu-class", default="h100", help="GPU class of the published t1 (h100, gb200, gb300; default h100)")
+    g.add_argument("--startup-s", type=_positive("--startup-s"), default=None, metavar="S",
+                   help="worker start-up seconds (default turboserve.simulator.worker-startup-s)")
+    g.add_argument("--quality-valve", action="store_true",
+                   help="degrade (fewer denoising steps) a step that would miss the SLO; counted as degraded chunks")
+
+
+def sim_config(args: argparse.Namespace):
+    """The :class:`~experiments.sim.config.SimConfig` the latency/start-up flags describe."""
+    from experiments.sim.config import SimConfig
+    from experiments.sim.latency import LatencySpec
+
+    if args.t1_s is not None and args.t1_s <= 0:
+        raise ValueError(f"--t1-s must be > 0 seconds, got {args.t1_s}")
+    spec = LatencySpec(profile=args.profile, t1_s=args.t1_s, batch_cost=args.batch_cost, gpu=args.gpu_class)
+    overrides = {"latency": spec, "worker_startup_s": args.startup_s}
+    if args.quality_valve:
+        overrides["quality_valve"] = True
+    return SimConfig.from_config(**overrides)
 
 
 def _paper_table(args: argparse.Namespace) -> int:
@@ -69,6 +116,7 @@ def _paper_table(args: argparse.Namespace) -> int:
         _traces(args), gpus=args.gpus, out_dir=args.out, seed=args.seed, duration_s=args.duration_s,
         scale=args.scale, model=None if args.model == "mix" else args.model,
         policies=args.policy or POLICY_LABELS, max_batch=args.max_batch, plots=not args.no_plots,
+        config=sim_config(args),
     )
     print(f"wrote {args.out}/summary.csv, runs/, results.zarr and plots")
     return 0
@@ -81,13 +129,41 @@ def _sweep(args: argparse.Namespace) -> int:
     jobs = sweep_jobs(
         _traces(args), args.policy or [*POLICY_LABELS, "oracle"], args.gpus or [64], args.seed or [0],
         duration_s=args.duration_s, scale=args.scale, model=None if args.model == "mix" else args.model,
-        max_batch=args.max_batch,
+        max_batch=args.max_batch, config=sim_config(args),
     )
     table = sweep(jobs, n_workers=args.workers, out_dir=args.out, progress=not args.no_progress)
     cols = [c for c in ("trace", "policy", "gpus", "seed", "max_latency_s", "p99_latency_s", "slo_attainment",
                         "gpu_hours", "migrations") if c in table.columns]
     with pd.option_context("display.width", 200):
         print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("--seeds needs at least one seed")
+    return seeds
+
+
+def _frontier(args: argparse.Namespace) -> int:
+    from experiments.frontier import DEFAULT_FAMILIES, format_headline, frontier
+
+    if args.gpus < 1:
+        raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    table, head = frontier(
+        _traces(args), gpus=args.gpus, seeds=args.seeds, out_dir=args.out, config=sim_config(args),
+        families=args.family or DEFAULT_FAMILIES, duration_s=args.duration_s, scale=args.scale,
+        model=None if args.model == "mix" else args.model, baseline_offload=args.baseline_offload,
+        n_workers=args.workers, progress=not args.no_progress,
+    )
+    print(format_headline(head))
+    print(f"wrote {args.out}/frontier.csv, headline.csv, frontier.png, config.yaml ({len(table)} runs)")
     return 0
 
 
@@ -107,6 +183,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "turboserve, or placement+autoscaling+offload")
     pt.add_argument("--no-plots", action="store_true", help="skip the PNG/HTML plots")
     pt.set_defaults(func=_paper_table)
+
+    fr = sub.add_parser("frontier", help="cost-tail frontiers: each policy family over its knob, and the headline table")
+    _add_trace_options(fr)
+    fr.add_argument("--gpus", type=int, default=64, help="cluster size (default 64)")
+    fr.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    fr.add_argument("--family", action="append", metavar="NAME",
+                    help="only these policy families (repeatable; see experiments.frontier.FAMILIES)")
+    fr.add_argument("--baseline-offload", choices=("idle-timeout", "never"), default="idle-timeout",
+                    help="idle offload of the baselines (default idle-timeout, as TurboServe)")
+    fr.add_argument("--workers", type=int, default=None, help="local Dask worker processes (default: the cores; 0: none)")
+    fr.add_argument("--out", required=True, help="output folder")
+    fr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fr.set_defaults(func=_frontier)
 
     sw = sub.add_parser("sweep", help="policy x trace x GPUs x seed as Dask batch jobs on a LocalCluster")
     _add_trace_options(sw)

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from experiments.results import run_label, summary_row, write_outputs
 from experiments.sim.config import PolicySet, PolicySpec, SimConfig
-from experiments.sim.latency import load_profile
 from experiments.sim.models import model_cost
 from experiments.sim.oracle import best_batch, oracle_bound
 from experiments.sim.pools import prepare_pools, run_pools, share_gpus
@@ -59,14 +58,19 @@ def load_traces(
     model: str | None = None,
     gpus: int | None = None,
     config: SimConfig | None = None,
+    max_batch: int | str = "slo",
 ) -> list[TraceInput]:
-    """Resolve trace files, scenario names and DataFrames into :class:`TraceInput` s.
+    """Resolve trace files, scenario names and DataFrames into :class:`TraceInput` s, scaled.
 
     A string naming an existing file is read with :func:`traces.io.read_trace`; any other
     string is a scenario name for :func:`traces.scenarios.scenario` (with ``duration_s``,
-    ``scale``, ``seed``, ``model``). ``scale="fit"`` generates a scenario at the scale
-    whose peak demand (the oracle's peak GPU count) is about ``gpus``. Raises
-    FileNotFoundError / ValueError with the name.
+    ``seed``, ``model``). ``scale`` applies to both: a scenario is generated at that
+    load scale; a trace file (or DataFrame) is scaled by whole sessions with
+    :func:`traces.transform.scale_sessions` (seeded: ``scale < 1`` keeps each session
+    with that probability, so the arrival, idle and close pattern of the kept sessions
+    is the trace's own). ``scale="fit"`` picks the scale whose peak demand (the
+    oracle's peak GPU count under ``config``'s latency model) is about ``gpus``, as
+    ServeGen scales rates to a cluster. Raises FileNotFoundError / ValueError with the name.
     """
     if scale == "fit" and gpus is None:
         raise ValueError("scale='fit' needs gpus (the cluster size to fit the peak to)")
@@ -74,16 +78,17 @@ def load_traces(
     for k, item in enumerate(traces):
         if isinstance(item, TraceInput):
             out.append(item)
-        elif isinstance(item, tuple):
-            out.append(TraceInput(str(item[0]), item[1]))
+            continue
+        if isinstance(item, tuple):
+            name, make = str(item[0]), _scaler(item[1], seed)
         elif isinstance(item, pd.DataFrame):
-            out.append(TraceInput(f"trace{k}", item))
+            name, make = f"trace{k}", _scaler(item, seed)
         else:
             path = pathlib.Path(item)
             if path.is_file():
                 from traces.io import read_trace
 
-                out.append(TraceInput(path.stem, read_trace(path)))
+                name, make = path.stem, _scaler(read_trace(path), seed)
             elif path.suffix in (".parquet", ".csv") or path.parent != pathlib.Path("."):
                 raise FileNotFoundError(f"trace file {str(path)!r} does not exist")
             else:
@@ -91,23 +96,44 @@ def load_traces(
 
                 if str(item) not in SCENARIOS:
                     raise ValueError(f"{str(item)!r} is neither a trace file nor a scenario; scenarios: {SCENARIOS}")
-                def make(x: float) -> pd.DataFrame:
-                    return scenario(str(item), duration_s=duration_s, scale=x, seed=seed, model=model)
 
-                if scale == "fit":
-                    # Peak demand grows about linearly with the scale (not exactly: sampling
-                    # noise, per-client windows): a few secant steps until within 5%.
-                    x, df = 1.0, make(1.0)
-                    for _ in range(4):
-                        peak = max(peak_gpus(df, config), 1)
-                        if abs(peak - gpus) <= 0.05 * gpus:
-                            break
-                        x *= gpus / peak
-                        df = make(x)
-                    out.append(TraceInput(str(item), df, round(x, 4)))
-                else:
-                    out.append(TraceInput(str(item), make(float(scale)), float(scale)))
+                def make(x: float, _name: str = str(item)) -> pd.DataFrame:
+                    return scenario(_name, duration_s=duration_s, scale=x, seed=seed, model=model)
+
+                name = str(item)
+        if scale == "fit":
+            x, df = fit_scale(make, gpus, config, max_batch)
+            out.append(TraceInput(name, df, x))
+        else:
+            out.append(TraceInput(name, make(float(scale)), float(scale)))
     return out
+
+
+def _scaler(frame: pd.DataFrame, seed: int):
+    from traces.transform import scale_sessions
+
+    return lambda x: scale_sessions(frame, x, seed=seed)
+
+
+def fit_scale(make, gpus: int, config: SimConfig | None, max_batch: int | str = "slo") -> tuple[float, pd.DataFrame]:
+    """``(scale, trace)`` with the trace's peak demand within 5% of ``gpus`` (a few secant steps).
+
+    Peak demand grows about linearly with the scale (not exactly: sampling noise,
+    per-client windows); after four steps the closest trace is kept.
+    """
+    x, df = 1.0, make(1.0)
+    best = None
+    for _ in range(5):
+        peak = max(peak_gpus(df, config, max_batch), 1)
+        err = abs(peak - gpus)
+        if best is None or err < best[0]:
+            best = (err, x, df)
+        if err <= 0.05 * gpus:
+            break
+        x *= gpus / peak
+        df = make(x)
+    _, x, df = best
+    return round(x, 4), df
 
 
 def peak_gpus(trace: pd.DataFrame, config: SimConfig | None = None, max_batch: int | str = "slo") -> int:
@@ -124,7 +150,7 @@ def _oracles(pools: dict, base: SimConfig, max_batch: int | str, end: float | No
         caps[model] = cap
         slo = base.slo_s if base.slo_s is not None else float(pd.Series(wl.period_s).median())
         oracles[model] = oracle_bound(
-            wl, load_profile(cost.profile), slo_s=slo, max_batch=cap, state_bytes=_state_bytes(model, wl),
+            wl, base.latency.model_for(model), slo_s=slo, max_batch=cap, state_bytes=_state_bytes(model, wl),
             memory_bytes=base.gpu_memory_bytes - cost.weights_bytes, end_s=end,
             gpus=None if gpus_of is None else gpus_of[model],
         )
@@ -139,7 +165,7 @@ def _state_bytes(model: str, wl) -> int:
 def slo_batch_cap(model: str, config: SimConfig) -> int:
     """The largest batch whose predicted step meets the SLO (at the model's reference size)."""
     cost = model_cost(model)
-    latency = load_profile(cost.profile)
+    latency = config.latency.model_for(model)
     slo = config.slo_s if config.slo_s is not None else 0.75
     return best_batch(latency, slo, config.max_batch, cost.state_bytes(), config.gpu_memory_bytes - cost.weights_bytes)
 
@@ -172,12 +198,15 @@ def policy_sets(gpus: int, *, new_session_bytes: int, worker_memory: int, max_ba
     }
 
 
-def resolve_policy(label: str | PolicySet, sets: dict[str, PolicySet], gpus: int) -> PolicySet:
+def resolve_policy(label: Any, sets: dict[str, PolicySet], gpus: int) -> PolicySet:
     """A paper label (:data:`POLICY_LABELS`) or a ``"placement+autoscaling+offload"`` triple
     of registry names (built with the same parameters as the paper sets); a
-    :class:`PolicySet` is returned as is."""
+    :class:`PolicySet` is returned as is; a callable is a builder called with
+    ``(sets, gpus)`` (the pool's paper sets and GPU count)."""
     if isinstance(label, PolicySet):
         return label
+    if callable(label):  # a builder: (the pool's paper sets, its GPUs) -> PolicySet
+        return label(sets, gpus)
     if label in sets:
         return sets[label]
     parts = label.split("+")
@@ -222,7 +251,9 @@ def run_trace(
     Returns summary rows, chunk tables and interval tables (keyed by run label).
     """
     for label in policies:  # fail before simulating anything
-        if not isinstance(label, PolicySet) and label not in POLICY_LABELS and len(label.split("+")) != 3:
+        if isinstance(label, PolicySet) or callable(label):
+            continue
+        if label not in POLICY_LABELS and len(label.split("+")) != 3:
             raise ValueError(f"unknown policy {label!r}; use one of {list(POLICY_LABELS)} or 'placement+autoscaling+offload'")
     base = config if config is not None else SimConfig.from_config()
     pools = prepare_pools(trace.frame)
@@ -337,7 +368,8 @@ def paper_table(
     """
     if gpus < 1:
         raise ValueError(f"gpus must be >= 1, got {gpus}")
-    inputs = load_traces(traces, duration_s=duration_s, scale=scale, seed=seed, model=model, gpus=gpus, config=config)
+    inputs = load_traces(traces, duration_s=duration_s, scale=scale, seed=seed, model=model, gpus=gpus, config=config,
+                         max_batch=max_batch)
     rows: list[dict[str, Any]] = []
     chunks: dict[str, pd.DataFrame] = {}
     intervals: dict[str, pd.DataFrame] = {}

@@ -151,3 +151,35 @@ def _save_png(fig, path: pathlib.Path, plt) -> pathlib.Path:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def write_frontier_plot(path: str | pathlib.Path, frontier: pd.DataFrame) -> pathlib.Path:
+    """GPU-hours against the in-stream worst chunk and p99, one line per policy family.
+
+    One row of panels per trace (worst case left, p99 right); a family's points are its
+    runs ordered by knob, averaged over seeds (the frontier table has every seed).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traces = list(dict.fromkeys(frontier["trace"]))
+    fig, axes = plt.subplots(len(traces), 2, figsize=(12, 4 * len(traces)), squeeze=False)
+    mean = frontier.groupby(["trace", "policy", "knob"], sort=False)[
+        ["gpu_hours", "instream_max_s", "instream_p99_s"]].mean().reset_index()
+    for row, trace in enumerate(traces):
+        part = mean[mean["trace"] == trace]
+        for col, tail in enumerate(("instream_max_s", "instream_p99_s")):
+            ax = axes[row][col]
+            for policy, g in part.groupby("policy", sort=False):
+                g = g.sort_values("knob")
+                bold = policy.startswith("turboserve") and "ref" not in policy
+                ax.plot(g["gpu_hours"], g[tail], marker="o", linewidth=2.5 if bold else 1.2, label=policy)
+            ax.set_xlabel("GPU-hours")
+            ax.set_ylabel(f"{tail} (s)")
+            ax.set_title(f"{trace}: {'in-stream worst chunk' if col == 0 else 'in-stream p99'}")
+            ax.grid(alpha=0.3)
+        axes[row][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save_png(fig, pathlib.Path(path), plt)

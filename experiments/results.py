@@ -56,18 +56,34 @@ def check_columns(df: pd.DataFrame, expected: tuple[str, ...], what: str) -> pd.
     return df.loc[:, list(expected)]
 
 
-def latency_stats(latency_s: np.ndarray, slo_s: np.ndarray | float, index: np.ndarray | None = None) -> dict[str, float]:
-    """p50/p99/max latency, SLO attainment, stalls and time to first chunk from per-chunk arrays.
+def latency_stats(
+    latency_s: np.ndarray,
+    slo_s: np.ndarray | float,
+    index: np.ndarray | None = None,
+    burst_first: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Latency statistics that separate what a viewer feels, from per-chunk arrays.
 
-    ``slo_s`` is one target or one per chunk. A stall is a chunk after the first of its
-    session that misses its target (the viewer sees the previous chunk run out);
-    ``ttfc`` statistics use the chunks of index 0.
+    ``slo_s`` is one target or one per chunk. ``index`` (chunk index in its session) and
+    ``burst_first`` (True for the first chunk of each active burst: index 0, or the first
+    after a resume from idle) split the chunks in two:
+
+    - **admission** chunks (``burst_first``): time to first chunk (``ttfc_*``, index 0)
+      and the wait of a session coming back from idle (``resume_wait_*``);
+    - **in-stream** chunks (all the others): ``instream_max_s``, ``instream_p99_s`` and
+      ``stalls`` (in-stream chunks later than their target: the viewer sees the
+      previous chunk run out).
+
+    Without ``burst_first`` only index-0 chunks count as admission chunks.
+    ``max_latency_after_first_s`` (every chunk but index 0) is kept for older tables.
     """
     lat = np.asarray(latency_s, dtype=float)
+    nan = float("nan")
     if lat.size == 0:
-        nan = float("nan")
         return dict(max_latency_s=nan, p99_latency_s=nan, p50_latency_s=nan, slo_attainment=nan,
-                    stalls=0, chunks=0, ttfc_p50_s=nan, ttfc_p99_s=nan, max_latency_after_first_s=nan)
+                    stalls=0, chunks=0, ttfc_p50_s=nan, ttfc_p99_s=nan, max_latency_after_first_s=nan,
+                    instream_max_s=nan, instream_p99_s=nan, resume_wait_p99_s=nan, resume_wait_max_s=nan,
+                    ttfc_max_s=nan)
     slo = np.broadcast_to(np.asarray(slo_s, dtype=float), lat.shape)
     late = lat > slo + 1e-9
     out = dict(
@@ -77,15 +93,56 @@ def latency_stats(latency_s: np.ndarray, slo_s: np.ndarray | float, index: np.nd
         slo_attainment=float(1.0 - late.mean()),
         chunks=int(lat.size),
     )
-    if index is not None:
-        idx = np.asarray(index)
-        first = lat[idx == 0]
-        later = lat[idx > 0]
-        out["stalls"] = int(late[idx > 0].sum())
-        out["ttfc_p50_s"] = float(np.quantile(first, 0.5)) if first.size else float("nan")
-        out["ttfc_p99_s"] = float(np.quantile(first, 0.99)) if first.size else float("nan")
-        out["max_latency_after_first_s"] = float(later.max()) if later.size else float("nan")
+    if index is None:
+        return out
+
+    def q(values: np.ndarray, p: float) -> float:
+        return float(np.quantile(values, p)) if values.size else nan
+
+    idx = np.asarray(index)
+    first = idx == 0
+    burst = first if burst_first is None else (np.asarray(burst_first, dtype=bool) | first)
+    instream = ~burst
+    resumed = burst & ~first
+    out["stalls"] = int(late[instream].sum())
+    out["instream_max_s"] = float(lat[instream].max()) if instream.any() else nan
+    out["instream_p99_s"] = q(lat[instream], 0.99)
+    out["ttfc_p50_s"] = q(lat[first], 0.5)
+    out["ttfc_p99_s"] = q(lat[first], 0.99)
+    out["ttfc_max_s"] = float(lat[first].max()) if first.any() else nan
+    out["resume_wait_p99_s"] = q(lat[resumed], 0.99)
+    out["resume_wait_max_s"] = float(lat[resumed].max()) if resumed.any() else nan
+    later = lat[~first]
+    out["max_latency_after_first_s"] = float(later.max()) if later.size else nan
     return out
+
+
+def burst_first_mask(chunks: pd.DataFrame, period_s: float | Mapping[str, float]) -> np.ndarray:
+    """Which rows of a chunk table are the first of an active burst, from the contract columns.
+
+    A session asks for chunk ``i+1`` at ``max(t_request_i + period, t_done_i)`` while it
+    is active, so a request later than that by more than half a period follows an idle
+    spell: that chunk waited for a resume, not in-stream. Index-0 chunks are first too.
+    Returns a boolean array aligned with ``chunks``' rows.
+    """
+    if chunks.empty:
+        return np.zeros(0, dtype=bool)
+    if isinstance(period_s, Mapping):
+        period = chunks["session_id"].map(period_s).to_numpy(float)
+    else:
+        period = np.full(len(chunks), float(period_s))
+    order = np.lexsort((chunks["index"].to_numpy(), chunks["session_id"].astype(str).to_numpy()))
+    sid = chunks["session_id"].astype(str).to_numpy()[order]
+    req = chunks["t_request_s"].to_numpy(float)[order]
+    done = chunks["t_done_s"].to_numpy(float)[order]
+    per = period[order]
+    first_sorted = np.ones(len(order), dtype=bool)
+    same = sid[1:] == sid[:-1]
+    expected = np.maximum(req[:-1] + per[:-1], done[:-1])
+    first_sorted[1:] = ~same | (req[1:] > expected + 0.5 * per[1:])
+    mask = np.empty(len(order), dtype=bool)
+    mask[order] = first_sorted
+    return mask | (chunks["index"].to_numpy() == 0)
 
 
 def summarize(
@@ -119,7 +176,8 @@ def summarize(
             raise ValueError("slo_s mapping lacks some session ids of the chunk table")
     else:
         slo = float(slo_s)
-    stats = latency_stats(chunks["latency_s"].to_numpy(float), slo, chunks["index"].to_numpy())
+    stats = latency_stats(chunks["latency_s"].to_numpy(float), slo, chunks["index"].to_numpy(),
+                          burst_first_mask(chunks, slo_s))
     return summary_row(
         trace=trace, policy=policy, gpus=gpus, stats=stats,
         gpu_seconds=float(intervals["cost_gpu_s"].sum()),
@@ -143,7 +201,8 @@ def summary_row(
         "gpu_hours": gpu_seconds / 3600.0,
         "migrations": int(migrations),
     }
-    for key in ("p50_latency_s", "ttfc_p50_s", "ttfc_p99_s", "max_latency_after_first_s", "stalls", "chunks"):
+    for key in ("instream_max_s", "instream_p99_s", "stalls", "ttfc_p99_s", "resume_wait_p99_s", "p50_latency_s",
+                "ttfc_p50_s", "ttfc_max_s", "resume_wait_max_s", "max_latency_after_first_s", "chunks"):
         if key in stats:
             row[key] = stats[key]
     row.update(extra or {})

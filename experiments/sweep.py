@@ -44,6 +44,7 @@ class SweepJob:
     scale: float | str = 1.0
     model: str | None = None
     max_batch: int | str = "slo"
+    config: Any = None  # a SimConfig (latency model, start-up, ...); None: from the dask config
 
 
 def sweep_jobs(
@@ -66,10 +67,10 @@ def run_job(job: SweepJob) -> list[dict[str, Any]]:
     from experiments.paper_table import load_traces, run_trace
 
     (trace,) = load_traces([job.trace], duration_s=job.duration_s, scale=job.scale, seed=job.seed,
-                           model=job.model, gpus=job.gpus)
+                           model=job.model, gpus=job.gpus, config=job.config, max_batch=job.max_batch)
     oracle = job.policy == "oracle"
     rows, _, _ = run_trace(trace, job.gpus, policies=[] if oracle else [job.policy], max_batch=job.max_batch,
-                           record_chunks=False, with_oracle=oracle)
+                           record_chunks=False, with_oracle=oracle, config=job.config)
     return [{**row, "seed": job.seed, "job_trace": job.trace} for row in rows]
 
 

@@ -14,6 +14,9 @@ placement  round-robin,          :mod:`policies.placement`
            migration-aware
 autoscaling fixed, hpa,          :mod:`policies.autoscaling`
            load-driven
+autoscaling ray-serve,           :mod:`policies.reference_autoscalers`
+           predictive,           (other systems' documented rules, as baselines)
+           turboserve-ref
 offload    never, idle-timeout   :mod:`policies.offload`
 ========== ===================== ==============================================
 
@@ -71,6 +74,7 @@ from policies.autoscaling import Fixed, Hpa, HpaState, LoadDriven, LoadDrivenSta
 from policies.combined import Combined
 from policies.offload import IdleTimeout, Never
 from policies.placement import LeastLoaded, MigrationAware, RoundRobin
+from policies.reference_autoscalers import Predictive, RayServe, TurboServeRef
 
 __all__ = [
     "CapacityLedger",
@@ -84,6 +88,9 @@ __all__ = [
     "LoadDrivenState",
     "MigrationAware",
     "Never",
+    "Predictive",
+    "RayServe",
     "RoundRobin",
+    "TurboServeRef",
     "WorkerLoad",
 ]

@@ -136,6 +136,35 @@ def _reference_worker(ledger: CapacityLedger) -> WorkerLoad | None:
     return None
 
 
+def sessions_per_gpu(ledger: CapacityLedger, share: float = 1.0, *, max_batch: int = 32,
+                     memory_bytes: int | None = None) -> int:
+    """Active sessions one GPU serves within ``share`` of the SLO, and whose state fits (>= 1).
+
+    The largest ``b`` (up to the reference worker's ``max_batch``) whose predicted
+    step, at the snapshot's mean context, is at most ``share * slo``; and at most as
+    many as the device memory of a worker holds states of the typical session
+    (``ledger.reserve``), since an active session's state must be on its device.
+    ``max_batch`` and ``memory_bytes`` describe a new worker when the snapshot has none.
+    """
+    snap = ledger.snap
+    ref = _reference_worker(ledger)
+    cap = ref.view.max_batch if ref else max_batch
+    memory = ref.view.memory_bytes if ref else memory_bytes
+    active = [ld for ld in ledger.loads.values() if ld.n_active]
+    n_active = sum(ld.n_active for ld in active)
+    mean_ctx = sum(ld.ctx_sum for ld in active) / n_active if n_active else 0.0
+    limit = share * snap.slo_s
+    b_star = 1
+    for b in range(2, cap + 1):
+        if ledger.step_s(b, mean_ctx * b) > limit:
+            break
+        b_star = b
+    typical = max((ledger.reserve(x) for x in snap.sessions[:64]), default=0)
+    if memory and typical > 0:
+        b_star = min(b_star, max(int(memory // typical), 1))
+    return b_star
+
+
 @register("autoscaling", "fixed")
 class Fixed(_Autoscaler):
     """Static provisioning: always ``n`` workers (clamped to the snapshot's bounds)."""
@@ -160,6 +189,7 @@ class HpaState:
 
     history: tuple[tuple[float, int], ...] = ()
     up_since_s: float | None = None
+    synced_s: float | None = None  # time of the last evaluation (every sync_period_s)
 
 
 @register("autoscaling", "hpa")
@@ -175,8 +205,12 @@ class Hpa(_Autoscaler):
     :class:`HpaState`); scale-up waits until it has been wanted for
     ``upscale_delay_s``. With no running worker and some demand it asks for one.
 
+    The metric is evaluated every ``sync_period_s`` (Kubernetes'
+    ``--horizontal-pod-autoscaler-sync-period``, 15 s); between syncs the size stays.
+
     Parameters mirror ``turboserve.autoscale.*``: ``target_utilisation`` (0.8),
-    ``tolerance`` (0.1), ``downscale_stabilisation_s`` (300), ``upscale_delay_s`` (0).
+    ``tolerance`` (0.1), ``downscale_stabilisation_s`` (300), ``upscale_delay_s`` (0),
+    ``sync_period_s`` (0: every decision; Kubernetes' default is 15).
     """
 
     name = "hpa"
@@ -188,9 +222,13 @@ class Hpa(_Autoscaler):
         tolerance: float = 0.1,
         downscale_stabilisation_s: float = 300.0,
         upscale_delay_s: float = 0.0,
+        sync_period_s: float = 0.0,
     ) -> None:
         if not 0 < target_utilisation:
             raise ValueError(f"target_utilisation must be > 0, got {target_utilisation!r}")
+        if not sync_period_s >= 0:
+            raise ValueError(f"sync_period_s must be >= 0, got {sync_period_s!r}")
+        self.sync_period_s = float(sync_period_s)
         if not 0 <= tolerance < 1:
             raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
         if downscale_stabilisation_s < 0 or upscale_delay_s < 0:
@@ -213,6 +251,10 @@ class Hpa(_Autoscaler):
     def _desired(self, ledger: CapacityLedger, census: Census, state: HpaState) -> tuple[int, HpaState, str]:
         now = ledger.snap.now_s
         current = census.current
+        if self.sync_period_s and state.synced_s is not None and now - state.synced_s < self.sync_period_s:
+            return current, state, "hpa: between syncs"
+        if self.sync_period_s:
+            state = replace(state, synced_s=now)
         capacity = sum(ld.view.max_batch for ld in ledger.loads.values() if ld.view.status is _RUNNING)
         if capacity == 0:
             raw = max(current, 1) if census.demand else current

@@ -59,7 +59,9 @@ def test_every_autoscaler_stays_within_the_snapshot_bounds(name, n_running, n_ac
 
 @pytest.mark.parametrize("name", names("autoscaling"))
 def test_every_autoscaler_counts_starting_workers_as_capacity_on_the_way(name):
-    policy = make("autoscaling", name, **({"n": 4} if name == "fixed" else {}))
+    # Ray Serve waits 30 s before a scale-up by design: here it acts at once.
+    params = {"fixed": {"n": 4}, "ray-serve": {"upscale_delay_s": 0.0}}.get(name, {})
+    policy = make("autoscaling", name, **params)
     state = policy.initial_state()
     first, state = policy.decide(cluster(1, 30, now_s=0.0), state)
     target = scale_target(first)
@@ -289,3 +291,60 @@ def test_bad_parameters_are_named(name, params, match):
 def test_inverted_bounds_in_a_snapshot_are_reported():
     with pytest.raises(ValueError, match="min_workers=5 > max_workers=2"):
         make("autoscaling", "fixed").decide(cluster(1, 0, min_workers=5, max_workers=2), None)
+
+
+def test_ray_serve_scales_up_only_after_the_upscale_delay_and_down_after_the_downscale_delay():
+    policy = make("autoscaling", "ray-serve", upscale_delay_s=30.0, downscale_delay_s=600.0, look_back_period_s=1.0)
+    state = policy.initial_state()
+    for t in (0.0, 10.0, 29.0):
+        actions, state = policy.decide(cluster(1, 30, now_s=t), state)
+        assert scale_target(actions) is None
+    actions, state = policy.decide(cluster(1, 30, now_s=30.0), state)
+    assert scale_target(actions) > 1
+    # the load is gone: nothing for 600 s, then the scale-in
+    state = policy.initial_state()
+    for t in (0.0, 300.0, 599.0):
+        actions, state = policy.decide(cluster(4, 0, now_s=t), state)
+        assert scale_target(actions) is None
+    actions, _ = policy.decide(cluster(4, 0, now_s=600.0), state)
+    assert scale_target(actions) == 0
+
+
+def test_predictive_adjusts_once_per_interval_for_the_forecast_peak():
+    policy = make("autoscaling", "predictive", adjustment_interval_s=180.0, target_utilisation=1.0)
+    state = policy.initial_state()
+    actions, state = policy.decide(cluster(1, 30, now_s=0.0), state)
+    first = scale_target(actions)
+    assert first is not None and first > 1
+    # a burst in between changes nothing until the next adjustment...
+    actions, state = policy.decide(cluster(first, 120, now_s=60.0), state)
+    assert scale_target(actions) is None
+    # ...which sizes for a forecast that has seen the burst's peak
+    actions, state = policy.decide(cluster(first, 30, now_s=180.0), state)
+    assert scale_target(actions) > first
+
+
+def test_turboserve_ref_budget_and_hold():
+    policy = make("autoscaling", "turboserve-ref", rho=0.8, hold_s=5.0, tick_s=5.0)
+    state = policy.initial_state()
+    snap = cluster(1, 30, now_s=0.0)
+    actions, state = policy.decide(snap, state)
+    target = scale_target(actions)
+    assert target is not None and target > 1
+    # below the size: held 5 s before the scale-in
+    actions, state = policy.decide(cluster(target, 0, now_s=5.0), state)
+    assert scale_target(actions) is None
+    actions, state = policy.decide(cluster(target, 0, now_s=10.0), state)
+    assert scale_target(actions) == 0
+
+
+def test_hpa_evaluates_only_every_sync_period():
+    policy = make("autoscaling", "hpa", sync_period_s=15.0)
+    state = policy.initial_state()
+    actions, state = policy.decide(cluster(1, 30, now_s=0.0), state)
+    target = scale_target(actions)
+    assert target is not None
+    actions, state = policy.decide(cluster(target, 90, now_s=10.0), state)
+    assert scale_target(actions) is None  # between syncs
+    actions, state = policy.decide(cluster(target, 90, now_s=15.0), state)
+    assert scale_target(actions) > target

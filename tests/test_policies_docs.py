@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["policies.admission", "policies.placement", "policies.autoscaling", "policies.offload", "policies.combined"]
+MODULES = ["policies.admission", "policies.placement", "policies.autoscaling", "policies.offload", "policies.combined",
+           "policies.reference_autoscalers"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -268,8 +268,9 @@ def test_same_trace_and_seed_give_the_same_event_log():
     list(itertools.product(names("placement"), names("autoscaling"), names("offload"))),
 )
 def test_every_chunk_of_every_session_arrives_once_and_in_order(placement, autoscaling, offload):
-    params = {"fixed": {"n": 6}, "hpa": {"downscale_stabilisation_s": 20}, "load-driven": {"downscale_delay_s": 10}}
-    policies = PolicySet.of(placement, autoscaling, offload, autoscaling_params=params[autoscaling],
+    params = {"fixed": {"n": 6}, "hpa": {"downscale_stabilisation_s": 20}, "load-driven": {"downscale_delay_s": 10},
+              "ray-serve": {"downscale_delay_s": 20}, "predictive": {"adjustment_interval_s": 20}}
+    policies = PolicySet.of(placement, autoscaling, offload, autoscaling_params=params.get(autoscaling, {}),
                             offload_params={"idle_s": 5} if offload == "idle-timeout" else {})
     config = SimConfig(initial_workers=2, max_workers=8, worker_startup_s=10, max_batch=3)
     result = simulate(random_trace(3, n_sessions=20), policies, config, latency=LATENCY)

@@ -96,6 +96,8 @@ class _Bookkeeping:
                 self._views[i] = None
                 self._counts[s.status] += 1
                 self._set_status(s, PENDING, now)
+            if not s.wants:
+                s.fresh = True  # a new burst: its first chunk waits for admission, not in-stream
             s.wants = True
             if not s.in_flight:
                 s.next_req = now

@@ -7,6 +7,7 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
+from experiments.sim.latency import LatencySpec
 from framework import config as tconfig
 from policies.registry import make
 from policies.types import Policy
@@ -47,6 +48,20 @@ class SimConfig:
         very long runs).
     end_s
         Stop at this virtual time (default: the last trace event).
+    latency
+        The step-time model (:class:`~experiments.sim.latency.LatencySpec`: the model
+        preset's profile, a named profile, or the parametric ``t1 * (1 + a (b - 1))``).
+    align_phases
+        Phase alignment of coalesced steps (``turboserve.simulator.align-phases``): a
+        step that starts for due sessions also makes the next chunk of sessions due
+        within one period, while batching pays and no due chunk misses its deadline.
+        Off: a step takes only the sessions due at its start.
+    quality_valve
+        Run a step whose predicted time misses the SLO with fewer denoising steps
+        (``turboserve.simulator.quality-valve``); its chunks are counted as degraded.
+    valve_step_ratio
+        Time of a degraded step as a share of the full one
+        (``turboserve.simulator.valve-step-ratio``; see the YAML for the derivation).
     """
 
     initial_workers: int = 1
@@ -63,8 +78,14 @@ class SimConfig:
     oracle_hints: bool = False
     record_chunks: bool = True
     end_s: float | None = None
+    latency: LatencySpec = LatencySpec()
+    align_phases: bool = False
+    quality_valve: bool = False
+    valve_step_ratio: float = 0.7
 
     def __post_init__(self) -> None:
+        if not 0 < self.valve_step_ratio <= 1:
+            raise ValueError(f"valve_step_ratio must be in (0, 1], got {self.valve_step_ratio}")
         if self.interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
         if self.max_batch < 1:
@@ -89,6 +110,9 @@ class SimConfig:
             offload_bytes_per_s=float(tconfig.get("simulator.offload-bytes-per-s")),
             gpu_memory_bytes=float(tconfig.get("simulator.gpu-memory-bytes")),
             max_batch=int(tconfig.get("engine.max-batch")),
+            align_phases=bool(tconfig.get("simulator.align-phases")),
+            quality_valve=bool(tconfig.get("simulator.quality-valve")),
+            valve_step_ratio=float(tconfig.get("simulator.valve-step-ratio")),
         )
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known

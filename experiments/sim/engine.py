@@ -68,7 +68,6 @@ from experiments.sim.models import model_cost
 from experiments.sim.result import SimResult, _Results
 from experiments.sim.snapshot import _Snapshots
 from experiments.sim.state import (  # noqa: F401  (all re-exported)
-    _CONTEXT_WINDOW_FRAMES,
     _COPY,
     _GC_EVERY_TICKS,
     _INF,
@@ -130,14 +129,13 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
         config: SimConfig,
         latency: BatchLatencyModel | None = None,
     ) -> None:
-        from experiments.sim.latency import load_profile
-
         self.wl = workload
         self.cfg = config
         self.policy_set = policies
         self.cost_model = model_cost(workload.model)
-        self.latency = latency if latency is not None else load_profile(self.cost_model.profile)
+        self.latency = latency if latency is not None else config.latency.model_for(workload.model)
         self.worker_memory = int(config.gpu_memory_bytes - self.cost_model.weights_bytes)
+        self._ctx_window = self.cost_model.context_window_frames()  # context_frames: pixel frames
         if self.worker_memory <= 0:
             raise ValueError(
                 f"gpu_memory_bytes={config.gpu_memory_bytes:.3g} does not fit the weights of "
@@ -182,6 +180,9 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
         self.seq = 0
         self._step_cache: dict[int, float] = {}
         self._ctx_slope = self.latency.context_slope_s
+        # Quality valve: a step predicted to miss this target runs degraded (fewer steps).
+        self._valve_s = self.snapshot_slo if config.quality_valve else _INF
+        self._align = config.align_phases
         self._step1 = self._step_time(1, 0.0)
         # chunk columns: typed arrays of machine numbers (cheap appends, 8 bytes a value
         # where a list of Python numbers costs 32-36: a day at 1024 GPUs is ~10^8 chunks),
@@ -195,6 +196,9 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
         self.c_batch = array("q")
         self.c_mig = array("B")
         self.lat = array("d")
+        # per chunk, always kept: first of a burst (index 0 or first after a resume), degraded
+        self.c_first = array("B")
+        self.c_degraded = array("B")
         self.decisions: list[tuple] = []
         self.refused: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -222,20 +226,24 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
                     return
                 r = s.next_req if s.next_req >= s.copy_until else s.copy_until
                 if r <= now:
-                    end = now + (self._step_time(1, s.ctx) if self._ctx_slope else self._step1)
+                    step = self._step_time(1, s.ctx) if self._ctx_slope else self._step1
+                    degraded = step > self._valve_s
+                    end = now + (step * self.cfg.valve_step_ratio if degraded else step)
                     batch = [(s, s.next_req, s.migrated_next)]
                     s.in_flight = True
                     s.migrated_next = False
                     w.busy = True
                     w.step_end = end
                     self.seq += 1
-                    heapq.heappush(self.heap, (end, _STEP, self.seq, (w, batch, now)))
+                    heapq.heappush(self.heap, (end, _STEP, self.seq, (w, batch, now, degraded)))
                 elif w.wake_at is None or r < w.wake_at:
                     w.wake_at = r
                     self.seq += 1
                     heapq.heappush(self.heap, (r, _WAKE, self.seq, w))
             return
         due = []
+        early = []  # not due yet, but within one period: may be produced ahead (alignment)
+        align = self._align
         earliest = _INF
         for s in w.active.values():
             if s.in_flight:
@@ -243,15 +251,22 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
             r = s.next_req if s.next_req >= s.copy_until else s.copy_until
             if r <= now:
                 due.append(s)
-            elif r < earliest:
-                earliest = r
+            else:
+                if r < earliest:
+                    earliest = r
+                if align and s.copy_until <= now and r - s.period <= now:
+                    early.append(s)
         if due:
             if len(due) > w.max_batch:
                 due.sort(key=lambda s: (s.next_req, s.idx))
                 due = due[: w.max_batch]
+            elif early:
+                self._join_early(due, early, w.max_batch, now)
             n = len(due)
             ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
-            end = now + self._step_time(n, ctx)
+            step = self._step_time(n, ctx)
+            degraded = step > self._valve_s
+            end = now + (step * self.cfg.valve_step_ratio if degraded else step)
             batch = []
             for s in due:
                 batch.append((s, s.next_req, s.migrated_next))
@@ -260,21 +275,55 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
             w.busy = True
             w.step_end = end
             self.seq += 1
-            heapq.heappush(self.heap, (end, _STEP, self.seq, (w, batch, now)))
+            heapq.heappush(self.heap, (end, _STEP, self.seq, (w, batch, now, degraded)))
         elif earliest < _INF and (w.wake_at is None or earliest < w.wake_at):
             w.wake_at = earliest
             self.seq += 1
             heapq.heappush(self.heap, (earliest, _WAKE, self.seq, w))
 
-    def _step_done(self, now: float, w: _Worker, batch: list, started: float) -> None:
+    def _join_early(self, due: list, early: list, max_batch: int, now: float) -> None:
+        """Phase alignment: add sessions due within a period to a step that starts now.
+
+        A session whose next chunk is not asked for yet may have it made ahead (the
+        viewer still plays the previous one), so sessions of one worker fall into one
+        cadence and share steps instead of each waiting for the others' steps. One joins
+        only while batching pays (one more session costs at most half a batch-1 step) and
+        the step still ends by the deadline of every due chunk that would meet it
+        without them, so no due chunk misses its deadline because of it (a chunk already
+        late, such as a first chunk that waited for its placement, constrains nothing).
+        Soonest first.
+        """
+        n = len(due)
+        slo = self.snapshot_slo
+        end = now + self._step_time(n, 0.0)
+        limit = min((s.next_req + slo for s in due if s.next_req + slo >= end), default=_INF)
+        pays = 0.5 * self._step1
+        early.sort(key=lambda s: (s.next_req, s.idx))
+        for s in early:
+            if n >= max_batch:
+                break
+            t_next = self._step_time(n + 1, 0.0)
+            if t_next - self._step_time(n, 0.0) > pays or now + t_next > limit:
+                break
+            due.append(s)
+            n += 1
+
+    def _step_done(self, now: float, w: _Worker, batch: list, started: float, degraded: bool) -> None:
         w.busy = False
         n = len(batch)
         record = self.cfg.record_chunks
         c_sess, c_index, lat_list = self.c_sess.append, self.c_index.append, self.lat.append
+        c_first, c_degraded = self.c_first.append, self.c_degraded.append
+        window = self._ctx_window
+        if degraded:
+            self.counters["degraded_chunks"] += n
         dirty = self._dirty.append
         for s, treq, mig in batch:
             c_sess(s.idx)
             c_index(s.next_index)
+            c_first(s.fresh)
+            c_degraded(degraded)
+            s.fresh = False
             if record:
                 self.c_req.append(treq)
                 self.c_start.append(started)
@@ -283,6 +332,8 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
                 self.c_batch.append(n)
                 self.c_mig.append(mig)
             lat = now - treq
+            if lat < 0.0:  # made ahead (phase alignment): ready before it was asked for
+                lat = 0.0
             lat_list(lat)
             s.in_flight = False
             s.next_index += 1
@@ -292,8 +343,8 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
                 if not s.dirty:
                     s.dirty = True
                     dirty(s)
-            if s.ctx < _CONTEXT_WINDOW_FRAMES:
-                s.ctx = min(s.ctx + s.frames, _CONTEXT_WINDOW_FRAMES)
+            if s.ctx < window:
+                s.ctx = min(s.ctx + s.frames, window)
                 if not s.dirty:
                     s.dirty = True
                     dirty(s)
@@ -312,8 +363,6 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
         self._deferred = {}
         actions, state[0] = policy.decide(snap, state[0])
         self.decide_s += _time.perf_counter() - t0
-        # ScaleTo last: the Retire actions that come with a scale-in are applied first, so
-        # the target then only starts workers or releases what the Retires did not cover.
         for action in apply_order(actions):  # ScaleTo last (policies.semantics)
             self._apply(action, now)
         deferred, self._deferred = self._deferred, None

@@ -10,6 +10,7 @@ then in ``experiments/profiles/`` (derived from published figures); a path is re
 from __future__ import annotations
 
 import pathlib
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -88,3 +89,95 @@ def load_profile(name_or_path: str | pathlib.Path) -> BatchLatencyModel:
     y = extra["step_s"].to_numpy(float) - base
     slope = float(max((x @ y) / (x @ x), 0.0)) if (x @ x) > 0 else 0.0
     return BatchLatencyModel(model.batch_sizes, model.step_s, context_slope_s=slope)
+
+
+# ---------------------------------------------------------------- the latency space
+
+PUBLISHED_T1 = _ROOT / "experiments" / "profiles" / "published-t1.csv"
+
+
+def linear_profile(t1_s: float, batch_cost: float) -> BatchLatencyModel:
+    """The parametric profile ``step(b) = t1 * (1 + a * (b - 1))``.
+
+    ``a`` (``batch_cost``) is the share of a batch-1 step that each further session
+    adds: 0 means batching is free, 1 means fully compute-bound (``b`` sessions cost
+    ``b`` steps). Published DiT measurements put a 480p chunk between about 0.1 and 1
+    (``MODEL_NOTES``); only a GPU measurement settles it.
+
+    Examples
+    --------
+    >>> m = linear_profile(0.344, 0.1)
+    >>> round(m.predict(1), 4), round(m.predict(9), 4)
+    (0.344, 0.6192)
+    """
+    if not t1_s > 0:
+        raise ValueError(f"t1_s (seconds of a batch-1 step) must be > 0, got {t1_s!r}")
+    if not 0 <= batch_cost <= 10:
+        raise ValueError(f"batch_cost a must be in [0, 10] (0: free batching, 1: compute-bound), got {batch_cost!r}")
+    return BatchLatencyModel(batch_sizes=(1, 2), step_s=(float(t1_s), float(t1_s) * (1.0 + float(batch_cost))))
+
+
+def published_t1(model: str, gpu: str = "h100") -> float:
+    """The published batch-1 chunk time of ``model`` on ``gpu`` (``experiments/profiles/published-t1.csv``).
+
+    Raises ValueError naming the rows the file has.
+    """
+    table = pd.read_csv(PUBLISHED_T1, comment="#", skipinitialspace=True)
+    rows = table[(table["model"] == model) & (table["gpu"] == gpu.lower())]
+    if rows.empty:
+        known = sorted(f"{m}@{g}" for m, g in zip(table["model"], table["gpu"]))
+        raise ValueError(f"no published t1 for model {model!r} on gpu {gpu!r}; known: {known}")
+    return float(rows["t1_s"].iloc[0])
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySpec:
+    """Which step-time model a run uses, as plain data (the experiment flags).
+
+    Parameters
+    ----------
+    profile
+        A profile name or CSV path (:func:`load_profile`); ``None``: the model
+        preset's own profile (``experiments.sim.models``).
+    t1_s, batch_cost
+        With ``batch_cost`` set, the parametric :func:`linear_profile` is used instead,
+        with ``t1_s`` (default: the published figure of the model on ``gpu``).
+    gpu
+        GPU class for the published ``t1`` (``h100``, ``gb200``, ``gb300``).
+
+    Examples
+    --------
+    >>> LatencySpec(batch_cost=1.0).model_for("wan-1.3b").predict(2)
+    0.688
+    """
+
+    profile: str | None = None
+    t1_s: float | None = None
+    batch_cost: float | None = None
+    gpu: str = "h100"
+
+    def __post_init__(self) -> None:
+        if self.profile is not None and self.batch_cost is not None:
+            raise ValueError("give either a latency profile or a batch cost (--batch-cost), not both")
+        if self.t1_s is not None and self.batch_cost is None:
+            raise ValueError("--t1-s needs --batch-cost A: the parametric profile t1 * (1 + A (b - 1))")
+        if self.batch_cost is not None:
+            linear_profile(self.t1_s if self.t1_s is not None else 1.0, self.batch_cost)  # validate
+
+    def model_for(self, model: str) -> BatchLatencyModel:
+        """The :class:`BatchLatencyModel` for sessions of preset ``model``."""
+        if self.batch_cost is not None:
+            t1 = self.t1_s if self.t1_s is not None else published_t1(model, self.gpu)
+            return linear_profile(t1, self.batch_cost)
+        if self.profile is not None:
+            return load_profile(self.profile)
+        from experiments.sim.models import model_cost
+
+        return load_profile(model_cost(model).profile)
+
+    def label(self) -> str:
+        """A short description for summaries (``profile NAME`` or ``t1=... a=...``)."""
+        if self.batch_cost is not None:
+            t1 = f"{self.t1_s:g}" if self.t1_s is not None else f"published-{self.gpu}"
+            return f"linear t1={t1} a={self.batch_cost:g}"
+        return f"profile {self.profile}" if self.profile is not None else "model profile"

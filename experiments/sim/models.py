@@ -1,19 +1,23 @@
 """What the simulator needs to know of each model preset: latency profile and memory.
 
-The numbers for the real presets come from public sources (see ``MODEL_NOTES`` in the
-project notes and the profile headers); the state size scales with the frame area.
+State sizes come from ``kernels.presets`` (one source for the geometry); weights and
+reserves and the latency profiles from public sources (``MODEL_NOTES`` in the project
+notes and the profile headers).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policies.types import GiB
+from kernels.presets import get_preset
 
 
 @dataclass(frozen=True, slots=True)
 class ModelCost:
     """Memory and latency facts of one model preset, as the simulator uses them.
+
+    The per-session state comes from the preset's geometry (``kernels.presets``: KV
+    window + VAE cache + prompt + RNG), so the simulator and the workers agree on it.
 
     Parameters
     ----------
@@ -21,37 +25,36 @@ class ModelCost:
         The preset name used in traces (``model`` column).
     profile
         Latency profile name for :func:`experiments.sim.latency.load_profile`.
-    state_bytes_ref
-        Per-session state (KV cache + VAE cache + prompt) at ``ref_height x ref_width``.
-    ref_height, ref_width
-        The frame size of ``state_bytes_ref``; state scales with the area.
     weights_bytes
         Device memory taken by the weights (and the activation reserve) on every worker.
     """
 
     name: str
     profile: str
-    state_bytes_ref: int
-    ref_height: int
-    ref_width: int
     weights_bytes: int
 
     def state_bytes(self, height: int | None = None, width: int | None = None) -> int:
-        """Bytes of one session's state at ``height x width`` (the reference size if None)."""
-        h = self.ref_height if height is None or height != height else int(height)
-        w = self.ref_width if width is None or width != width else int(width)
-        return int(self.state_bytes_ref * (h * w) / (self.ref_height * self.ref_width))
+        """Bytes of one session's state at ``height x width`` (the preset's default size if None)."""
+        preset = get_preset(self.name)
+        h = preset.default_height if height is None or height != height else int(height)
+        w = preset.default_width if width is None or width != width else int(width)
+        return int(preset.state_bytes(h, w))
+
+    def context_window_frames(self) -> int:
+        """Pixel frames the KV window holds (``window_latent_frames x vae_temporal_ratio``)."""
+        preset = get_preset(self.name)
+        return preset.window_latent_frames * preset.vae_temporal_ratio
 
 
 MODELS: dict[str, ModelCost] = {
-    # Tiny random-weight model (kernels preset "tiny"): a few MiB of KV and VAE cache at 64x64.
-    "tiny": ModelCost("tiny", "tiny-cpu", 4 * 1024**2, 64, 64, 64 * 1024**2),
-    # Self-Forcing geometry: 5.62 GiB KV (21 latent frames x 30 layers) + 1.76 GiB VAE cache
-    # + 90 MiB cross-attention cache at 480x832; weights 2.6 GB bf16 + ~8 GB activation reserve.
-    "wan-1.3b": ModelCost("wan-1.3b", "wan-1.3b-h100-published", int(7.47 * GiB), 480, 832, int(10.6e9)),
-    # Krea-realtime-style 14B (no persistent KV: latents, VAE cache, prompt embeddings);
+    # Tiny random-weight model (kernels preset "tiny"), measured on a CPU.
+    "tiny": ModelCost("tiny", "tiny-cpu", 64 * 1024**2),
+    # Wan2.1-1.3B (Self-Forcing geometry: 5.62 GiB KV + 1.76 GiB VAE cache at 480x832);
+    # weights 2.6 GB bf16 + ~8 GB activation reserve.
+    "wan-1.3b": ModelCost("wan-1.3b", "wan-1.3b-h100-published", int(10.6e9)),
+    # Wan2.1-14B with the same causal recipe (26.8 GiB of state at 480x832, kernels.presets);
     # weights 28 GB bf16 + ~12 GB activation reserve.
-    "wan-14b": ModelCost("wan-14b", "wan-14b-h100-published", int(1.9 * GiB), 480, 832, int(40e9)),
+    "wan-14b": ModelCost("wan-14b", "wan-14b-h100-published", int(40e9)),
 }
 
 

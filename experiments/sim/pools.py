@@ -123,4 +123,6 @@ def merge(results: dict[str, SimResult]) -> SimResult:
         policy=first.policy,
         session_slo_s={k: v for m in models for k, v in results[m].session_slo_s.items()},
         workers=workers,
+        burst_first=np.concatenate([results[m].burst_first for m in models]),
+        degraded=np.concatenate([results[m].degraded for m in models]),
     )

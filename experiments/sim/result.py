@@ -26,6 +26,9 @@ class SimResult:
         total GPU-seconds.
     latency_s, slo_s, chunk_index
         Per-chunk latency, target and index (kept even when chunk rows are not).
+    burst_first, degraded
+        Per chunk: the first of a burst (index 0, or the first after a resume from
+        idle; not in-stream) and made by a degraded (quality-valve) step.
     decisions
         The decision log: ``time_s, action, session_id, worker, accepted, reason``.
     counters
@@ -51,6 +54,8 @@ class SimResult:
     policy: str
     session_slo_s: dict[str, float] = field(default_factory=dict)
     workers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    burst_first: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    degraded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 
@@ -118,4 +123,6 @@ class _Results:
                 [(w.address, w.started, w.released if w.released is not None else end) for w in self.workers],
                 columns=["worker", "started_s", "released_s"],
             ),
+            burst_first=np.asarray(self.c_first, dtype=bool),
+            degraded=np.asarray(self.c_degraded, dtype=bool),
         )

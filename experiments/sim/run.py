@@ -32,9 +32,10 @@ def simulate(
 
 def summary_of(result: SimResult, *, trace: str, gpus: int) -> dict[str, Any]:
     """The summary row of a simulated run (contract columns, then the simulator's extras)."""
-    stats = latency_stats(result.latency_s, result.slo_s, result.chunk_index)
+    stats = latency_stats(result.latency_s, result.slo_s, result.chunk_index, result.burst_first)
     c = result.counters
     extra = {
+        "degraded_chunks": int(c.get("degraded_chunks", 0)),
         "offloads": int(c.get("offloads", 0)),
         "resumes": int(c.get("resumes", 0)),
         "rejected": int(c.get("rejected", 0)),

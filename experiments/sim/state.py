@@ -14,7 +14,6 @@ from policies.types import SessionStatus, SessionView, WorkerStatus, WorkerView
 # event kinds, in priority order at equal times
 _TRACE, _COPY, _RELEASE, _STEP, _READY, _TICK, _WAKE = range(7)
 _INF = math.inf
-_CONTEXT_WINDOW_FRAMES = 84  # 21 latent frames x 4: Self-Forcing's rolling KV window
 # The automatic cyclic GC is off during a run: with millions of live objects its full
 # passes cost a third of the wall time, and the loop makes no reference cycles. Young
 # cyclic garbage (from policies, say) is still collected every this many ticks.
@@ -29,7 +28,7 @@ class _Session:
     __slots__ = (
         "idx", "sid", "status", "worker", "target", "nbytes", "period", "frames", "since",
         "next_index", "next_req", "in_flight", "copy_until", "migrated_next", "wants", "ctx",
-        "recent", "on_host", "host_ready", "view", "dirty", "opened",
+        "recent", "on_host", "host_ready", "view", "dirty", "opened", "fresh",
     )
 
     def __init__(self, idx: int, sid: str, nbytes: int, period: float, frames: int) -> None:
@@ -51,6 +50,7 @@ class _Session:
         self.view: SessionView | None = None
         self.dirty = False  # queued in Simulator._dirty for a new view
         self.opened = False
+        self.fresh = True  # its next chunk is the first of a burst (index 0 or after a resume)
 
 
 class _Worker:

@@ -1,0 +1,335 @@
+"""Cost-tail frontiers: each policy family swept over its main knob, on the same traces.
+
+``turboserve experiment frontier (--trace FILE | --scenario NAME)... --gpus N --seeds 0,1,2
+--out DIR`` runs, for every trace and seed, every family at every value of its knob in
+the simulator, and writes:
+
+- ``DIR/frontier.csv``: one row per run (``trace, policy, knob, seed, gpu_hours,
+  instream_max_s, instream_p99_s, ttfc_p99_s, slo_attainment, chunks,
+  degraded_chunks`` and more columns of the summary);
+- ``DIR/headline.csv``: TurboServe against each baseline family
+  (:func:`experiments.headline.headline`), for the in-stream worst case and p99;
+- ``DIR/frontier.png``: GPU-hours against the in-stream worst case and p99, one line per
+  family (its points ordered by knob), per trace;
+- ``DIR/config.yaml``: the resolved configuration and the experiment's settings.
+
+The families (:data:`FAMILIES`) are the standard configurations of real systems, all
+batching (coalesced steps are part of every baseline, as in the paper), with their
+documented defaults as the standard knob value, plus ``static-iso-cost`` (a fixed
+cluster of TurboServe's mean GPU count) and TurboServe itself. Baselines use the same
+idle offload as TurboServe unless ``baseline_offload="never"`` (a config that keeps
+idle state on its GPU: memory then binds much earlier). Each trace is loaded and scaled
+once (``--scale fit``: its peak demand is about ``--gpus``), then the runs go out as
+Dask tasks over a local cluster (one process per core) with a progress bar.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import pathlib
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from experiments.headline import headline
+from experiments.paper_table import TraceInput, load_traces, run_trace
+from experiments.sim.config import PolicySet, PolicySpec, SimConfig
+
+REFERENCE = "turboserve"
+FRONTIER_COLUMNS = (
+    "trace", "policy", "knob", "seed", "gpu_hours", "instream_max_s", "instream_p99_s", "ttfc_p99_s",
+    "slo_attainment", "chunks", "degraded_chunks",
+)
+_EXTRA_COLUMNS = ("resume_wait_p99_s", "stalls", "max_latency_s", "p99_latency_s", "migrations", "offloads",
+                  "never_served", "peak_workers", "scale", "valve")
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One policy family: placement + autoscaling (+ offload), swept over one knob.
+
+    ``param`` names the swept parameter of the autoscaler (``share_of_peak`` for static
+    provisioning: ``n = round(share * gpus)``); ``default`` is its documented standard
+    value, the configuration the headline table compares against.
+    """
+
+    name: str
+    placement: str
+    autoscaling: str
+    param: str
+    values: tuple[float, ...]
+    default: float
+    extra: tuple[tuple[str, Any], ...] = ()  # fixed autoscaler parameters (documented defaults)
+    placement_extra: tuple[tuple[str, Any], ...] = ()
+
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("static", "least-loaded", "fixed", "share_of_peak", (0.7, 0.85, 1.0), 1.0),
+    # Kubernetes HPA: sync 15 s, tolerance 0.1, 300 s scale-down stabilisation.
+    Family("hpa+least-loaded", "least-loaded", "hpa", "target_utilisation", (0.6, 0.8, 1.0), 0.8,
+           (("sync_period_s", 15.0), ("tolerance", 0.1), ("downscale_stabilisation_s", 300.0))),
+    Family("hpa+migration-aware", "migration-aware", "hpa", "target_utilisation", (0.6, 0.8, 1.0), 0.8,
+           (("sync_period_s", 15.0), ("tolerance", 0.1), ("downscale_stabilisation_s", 300.0))),
+    # Ray Serve: upscale delay 30 s, downscale delay 600 s, look-back 30 s.
+    Family("ray-serve+least-loaded", "least-loaded", "ray-serve", "target_utilisation", (0.6, 0.8, 1.0), 0.8),
+    Family("ray-serve+migration-aware", "migration-aware", "ray-serve", "target_utilisation", (0.6, 0.8, 1.0), 0.8),
+    # Dynamo planner-like: 180 s adjustment interval, forecast of the next interval's peak.
+    Family("predictive+migration-aware", "migration-aware", "predictive", "target_utilisation", (0.6, 0.8, 1.0), 0.8),
+    # TurboServe's reference rules (TeleFuser): rho 0.75-0.9, 5 s ticks, at most 3 moves per 5 s.
+    Family("turboserve-ref", "migration-aware", "turboserve-ref", "rho", (0.75, 0.85, 0.95), 0.85,
+           placement_extra=(("max_migrations", 1),)),
+    Family(REFERENCE, "migration-aware", "load-driven", "target_utilisation", (0.8, 0.9, 1.0), 1.0),
+)}
+#: The families a frontier runs by default (``static-iso-cost`` is added after TurboServe).
+DEFAULT_FAMILIES = tuple(FAMILIES)
+ISO_COST = "static-iso-cost"
+
+
+def _policy_set(family: Family, knob: float, offload: str, sets: dict[str, PolicySet], gpus: int) -> PolicySet:
+    """The :class:`PolicySet` of ``family`` at ``knob``, with the pool's base parameters."""
+    base = sets["turboserve"]
+    placement = dict(base.placement.params if family.placement == "migration-aware" else sets["static-peak"].placement.params)
+    placement.update(family.placement_extra)
+    sizes = {k: base.autoscaling.params[k] for k in ("worker_max_batch", "worker_memory_bytes")}
+    if family.autoscaling == "fixed":
+        autoscaling = {"n": max(1, int(round(knob * gpus)))}
+    elif family.autoscaling == "hpa":
+        autoscaling = {**sets["hpa+least-loaded"].autoscaling.params, family.param: knob}
+    elif family.autoscaling == "load-driven":
+        autoscaling = {**base.autoscaling.params, family.param: knob}
+    else:
+        autoscaling = {**sizes, family.param: knob}
+    autoscaling.update(family.extra)
+    if offload == "never" and family.name != REFERENCE:
+        off = PolicySpec("offload", "never", {})
+    else:
+        off = base.offload
+    return PolicySet(PolicySpec("placement", family.placement, placement),
+                     PolicySpec("autoscaling", family.autoscaling, autoscaling), off, name=family.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One run of a frontier: a family at one knob value on one (trace, seed)."""
+
+    trace: str
+    seed: int
+    family: str
+    knob: float
+    valve: bool = False
+
+
+def run_point(point: Point, trace: TraceInput, gpus: int, config: SimConfig, offload: str) -> dict[str, Any]:
+    """Simulate one :class:`Point`; its frontier row (``FRONTIER_COLUMNS`` first)."""
+    import framework.config  # noqa: F401  (registers the turboserve config defaults on a Dask worker)
+
+    family = FAMILIES.get(point.family) or replace(FAMILIES["static"], name=ISO_COST)
+    builder = functools.partial(_policy_set, family, point.knob, offload)
+    cfg = config.with_(quality_valve=point.valve)
+    rows, _, _ = run_trace(trace, gpus, policies=[builder], config=cfg, record_chunks=False, with_oracle=False)
+    row = rows[0]
+    out = {"trace": point.trace, "policy": point.family, "knob": point.knob, "seed": point.seed,
+           "valve": point.valve}
+    for col in FRONTIER_COLUMNS[4:] + _EXTRA_COLUMNS:
+        out.setdefault(col, row.get(col, float("nan")))
+    out["degraded_chunks"] = int(row.get("degraded_chunks", 0))
+    out["sim_wall_s"] = row.get("sim_wall_s")
+    return out
+
+
+def frontier(
+    traces: Sequence[str | pathlib.Path | pd.DataFrame | TraceInput],
+    gpus: int = 64,
+    seeds: Sequence[int] = (0, 1, 2),
+    out_dir: str | pathlib.Path | None = None,
+    *,
+    config: SimConfig | None = None,
+    families: Sequence[str] = DEFAULT_FAMILIES,
+    duration_s: float | None = 3600.0,
+    scale: float | str = "fit",
+    model: str | None = "wan-1.3b",
+    baseline_offload: str = "idle-timeout",
+    valve: bool | None = None,
+    n_workers: int | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run the frontier experiment; return ``(frontier rows, headline table)``.
+
+    Parameters
+    ----------
+    traces
+        Scenario names or trace files (scaled with ``scale``, per seed).
+    gpus
+        Cluster size; ``scale="fit"`` fits each trace's peak demand to it.
+    seeds
+        Seeds: of the scenario generator, and of the thinning of trace files.
+    config
+        Simulator knobs and latency model (:class:`SimConfig`; default from the config).
+    families
+        Names in :data:`FAMILIES`.
+    baseline_offload
+        ``"idle-timeout"`` (baselines offload idle state as TurboServe does) or ``"never"``.
+    valve
+        Run TurboServe with the quality valve (its rows have ``valve=True``); ``None``:
+        as ``config.quality_valve`` says. With the valve on, TurboServe also runs
+        without it, under the policy name ``turboserve (no valve)``.
+    n_workers
+        Local Dask worker processes (default: the cores); ``0`` runs in this process.
+    """
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown policy families {unknown}; known: {sorted(FAMILIES)}")
+    if baseline_offload not in ("idle-timeout", "never"):
+        raise ValueError(f"baseline_offload must be 'idle-timeout' or 'never', got {baseline_offload!r}")
+    if not seeds:
+        raise ValueError("give at least one seed")
+    base = config if config is not None else SimConfig.from_config()
+    use_valve = base.quality_valve if valve is None else bool(valve)
+    base = base.with_(quality_valve=False)
+    t0 = time.perf_counter()
+    loaded: dict[tuple[str, int], TraceInput] = {}
+    for seed in seeds:
+        for trace in load_traces(list(traces), duration_s=duration_s, scale=scale, seed=seed, model=model,
+                                 gpus=gpus, config=base):
+            loaded[(trace.name, seed)] = trace
+    points = []
+    for (name, seed) in loaded:
+        for fam in families:
+            for knob in FAMILIES[fam].values:
+                if fam == REFERENCE:
+                    points.append(Point(name, seed, fam, knob, valve=use_valve))
+                    if use_valve:
+                        points.append(Point(name, seed, f"{REFERENCE} (no valve)", knob))
+                else:
+                    points.append(Point(name, seed, fam, knob))
+    with _Runner(loaded, gpus, base, baseline_offload, n_workers, progress) as runner:
+        table = pd.DataFrame(runner.run(points, "frontier"))
+        if REFERENCE in families:
+            table = _with_iso_cost(table, loaded, gpus, runner)
+    table = table.loc[:, list(FRONTIER_COLUMNS) + [c for c in table.columns if c not in FRONTIER_COLUMNS]]
+    defaults: dict[str, float | None] = {name: f.default for name, f in FAMILIES.items()}
+    defaults[ISO_COST] = None  # one point per (trace, seed): compared as it is
+    defaults[f"{REFERENCE} (no valve)"] = FAMILIES[REFERENCE].default
+    head = pd.concat([headline(table, REFERENCE, defaults, tail=tail) for tail in ("instream_max_s", "instream_p99_s")],
+                     ignore_index=True)
+    wall = time.perf_counter() - t0
+    if out_dir is not None:
+        write_frontier(out_dir, table, head, settings={
+            "kind": "frontier", "gpus": gpus, "seeds": list(seeds), "traces": [str(t) for t in traces],
+            "families": list(families), "baseline_offload": baseline_offload, "valve": use_valve,
+            "scale": scale, "duration_s": duration_s, "model": model, "wall_s": round(wall, 1),
+            "scales": {f"{n}@{s}": t.scale for (n, s), t in loaded.items()},
+            "sim_config": {f: getattr(base, f) for f in base.__dataclass_fields__},
+        })
+    return table, head
+
+
+def _with_iso_cost(table: pd.DataFrame, loaded: dict, gpus: int, runner: "_Runner") -> pd.DataFrame:
+    """``table`` plus a static run per (trace, seed) at TurboServe's mean GPU count (its default knob)."""
+    iso = []
+    for (name, seed), trace in loaded.items():
+        ref = table[(table["policy"] == REFERENCE) & (table["trace"] == name) & (table["seed"] == seed)]
+        std = ref[ref["knob"] == FAMILIES[REFERENCE].default]
+        if std.empty:
+            continue
+        hours = float(trace.frame["time_s"].max()) / 3600.0
+        mean_gpus = float(std["gpu_hours"].iloc[0]) / hours if hours > 0 else float(gpus)
+        iso.append(Point(name, seed, ISO_COST, round(max(1, round(mean_gpus)) / gpus, 4)))
+    return pd.concat([table, pd.DataFrame(runner.run(iso, "iso-cost"))], ignore_index=True)
+
+
+class _Runner:
+    """Runs points here (``n_workers=0``) or as tasks on one local Dask cluster kept for the experiment."""
+
+    def __init__(self, loaded: dict, gpus: int, config: SimConfig, offload: str, n_workers: int | None,
+                 progress: bool) -> None:
+        self.loaded, self.gpus, self.config, self.offload, self.progress = loaded, gpus, config, offload, progress
+        self.n_workers = n_workers if n_workers is not None else max(1, _cores())
+        self.cluster = self.client = None
+        self.traces: dict = {}
+
+    def __enter__(self) -> "_Runner":
+        if self.n_workers:
+            from distributed import Client, LocalCluster
+
+            self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=":0")
+            self.client = Client(self.cluster)
+            self.traces = {key: self.client.scatter(t, broadcast=True) for key, t in self.loaded.items()}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.cluster.close()
+
+    def run(self, points: list[Point], label: str) -> list[dict[str, Any]]:
+        """The rows of ``points`` (in completion order), with a progress bar."""
+        rows: list[dict[str, Any]] = []
+        with tqdm(total=len(points), desc=label, unit="run", disable=not self.progress or not points) as bar:
+            if self.client is None:
+                for p in points:
+                    rows.append(run_point(p, self.loaded[(p.trace, p.seed)], self.gpus, self.config, self.offload))
+                    bar.update()
+                return rows
+            from distributed import as_completed
+
+            futures = [self.client.submit(run_point, p, self.traces[(p.trace, p.seed)], self.gpus, self.config,
+                                          self.offload, pure=False) for p in points]
+            for fut in as_completed(futures):
+                rows.append(fut.result())
+                bar.update()
+        return rows
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def write_frontier(out_dir: str | pathlib.Path, table: pd.DataFrame, head: pd.DataFrame, *,
+                   settings: dict[str, Any], plots: bool = True) -> pathlib.Path:
+    """Write ``frontier.csv``, ``headline.csv``, ``config.yaml`` and ``frontier.png`` into ``out_dir``."""
+    import yaml
+
+    from experiments.results import _plain
+    from framework import config as tconfig
+
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "frontier.csv", index=False)
+    head.to_csv(out / "headline.csv", index=False)
+    with (out / "config.yaml").open("w") as f:
+        yaml.safe_dump(_plain({**tconfig.resolved(), "experiment": settings}), f, sort_keys=False)
+    if plots:
+        from experiments.plots import write_frontier_plot
+
+        write_frontier_plot(out / "frontier.png", table)
+    return out
+
+
+def format_headline(head: pd.DataFrame) -> str:
+    """The headline table as text (percentages)."""
+    if head.empty:
+        return "(no baseline to compare)"
+    lines = [f"{'baseline':30s} {'tail':15s} {'tail reduction at equal cost':>34s} "
+             f"{'cost reduction at equal tail':>34s} {'uncovered':>10s}"]
+    for r in head.to_dict("records"):
+        def pct(m, lo, hi, n):
+            if not math.isfinite(m):
+                return "n/a"
+            ci = f" [{100 * lo:+.1f}, {100 * hi:+.1f}]" if math.isfinite(lo) else ""
+            return f"{100 * m:+.1f}%{ci} (n={n})"
+        lines.append(
+            f"{r['baseline']:30s} {r['tail']:15s} "
+            f"{pct(r['tail_reduction'], r['tail_reduction_ci_low'], r['tail_reduction_ci_high'], r['n_tail']):>34s} "
+            f"{pct(r['cost_reduction'], r['cost_reduction_ci_low'], r['cost_reduction_ci_high'], r['n_cost']):>34s} "
+            f"{r['uncovered_points']:>4d}/{r['points']:<4d}")
+    return "\n".join(lines)
