@@ -1,4 +1,4 @@
-"""Migration bandwidth: point-to-point (gloo/NCCL) vs host-staged Dask comms vs a raw copy.
+"""Migration bandwidth: point-to-point (gloo/NCCL) and host-staged Dask comms against TCP and memcpy.
 
 Moves a session state of a given size between the two workers of a real LocalCluster
 and prints, side by side for each size, the bytes/s of
@@ -8,15 +8,20 @@ and prints, side by side for each size, the bytes/s of
     memory), one task on each worker running at the same time;
 (b) ``dask``: the host-staged path -- a task on the target worker that depends on the
     state held by the source worker, so Dask moves it with worker-to-worker comms
-    (``gather_dep``); ``dask-obj`` moves the ``SessionState`` object as is (pickled
-    whole: Dask's own torch serializer would refuse bfloat16), ``dask-packed`` moves ``(meta, buffers)`` packed by :mod:`workers.transfer`, which
-    Dask sends as raw frames;
-(c) ``copy``: the raw copy limit, one ``Tensor.copy_`` of the same bytes in one process
+    (``gather_dep``): ``dask-frames`` moves a :class:`workers.transfer.WireState` (one
+    out-of-band frame per tensor; what the runtime sends), ``dask-obj`` the
+    ``SessionState`` object pickled whole (what the runtime sent before);
+(c) ``tcp``: the baseline -- a plain TCP socket between the same two worker processes:
+    the sender ``sendall``s every tensor's bytes, the receiver ``recv_into``s one fresh
+    buffer of the total size and answers with one byte;
+(d) ``copy``: the memcpy limit, one ``Tensor.copy_`` of the same bytes in one process
     (host memcpy; device-to-device with ``--device cuda``).
 
 Every path is timed the same way, from the client: submit the moving task(s), wait for
 the result. That includes a task round trip (a few ms), which is what a migration pays.
-The p2p row also reports the data phase alone (joining the group excluded).
+``p2p`` and ``tcp`` also report the data phase alone (``-data``: from connected to the
+last byte acknowledged), compared with each other in the ``x tcp`` column. The paths
+alternate within every repeat, so load from other processes hits them alike.
 
 Run::
 
@@ -35,9 +40,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import dask
 import torch
 from distributed import Client, LocalCluster, wait
 
+from framework.worker_env import ServingNanny
 from kernels.state import SessionState
 from workers.p2p import P2PEndpoint, TransferStats, send_state
 from workers.p2p_group import Rendezvous, choose_backend, free_port
@@ -78,7 +85,10 @@ def p2p_recv(rdv: Rendezvous, device: str, timeout: float) -> TransferStats:
 
 
 def tcp_send(state: SessionState, host: str, port: int, timeout: float) -> float:
-    """Baseline sender: a plain TCP socket; listens, sends every tensor's bytes, waits for a 1-byte ack."""
+    """Baseline sender: a plain TCP socket; listens, sends every tensor's bytes, waits for a 1-byte ack.
+
+    CUDA tensors are copied to the host first (inside the timed data phase).
+    """
     with socket.create_server((host, port)) as server:
         server.settimeout(timeout)
         conn, _ = server.accept()
@@ -86,7 +96,7 @@ def tcp_send(state: SessionState, host: str, port: int, timeout: float) -> float
             t0 = time.perf_counter()
             conn.sendall(struct.pack("!Q", state.nbytes))
             for t in state.tensors.values():
-                conn.sendall(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+                conn.sendall(memoryview(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
             conn.recv(1)
             return time.perf_counter() - t0
 
@@ -189,31 +199,32 @@ def bench_size(client: Client, a: str, b: str, nbytes: int, device: str, repeats
     host = a.split("://")[1].rsplit(":", 1)[0]
     p2p, p2p_data, obj, frm, tcp, tcp_data = [], [], [], [], [], []
     actual = 0
-    for _ in range(repeats + 1):  # the first round warms up every path
+    for i in range(repeats + 1):  # the first round warms up every path
         state = client.submit(make_state, nbytes, dev_a, workers=[a], pure=False)
         wait(state)
         actual = client.submit(lambda s: s.nbytes, state, workers=[a], pure=False).result()
 
         rdv = client.submit(new_rendezvous, backend, host, workers=[a], pure=False).result()
 
-        def run_p2p() -> TransferStats:
+        def run_p2p() -> None:
+            t0 = time.perf_counter()
             recv = client.submit(p2p_recv, rdv, dev_b, timeout, workers=[b], pure=False)
             sent = client.submit(p2p_send, state, rdv, timeout, workers=[a], pure=False)
             sent.result()
-            return recv.result()
+            p2p_data.append(recv.result().transfer_s)
+            p2p.append(time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
-        stats = run_p2p()
-        p2p.append(time.perf_counter() - t0)
-        p2p_data.append(stats.transfer_s)
+        def run_tcp() -> None:
+            port = client.submit(free_port, host, workers=[a], pure=False).result()
+            t0 = time.perf_counter()
+            recv = client.submit(tcp_recv, host, port, timeout, workers=[b], pure=False)
+            sent = client.submit(tcp_send, state, host, port, timeout, workers=[a], pure=False)
+            sent.result()
+            tcp_data.append(recv.result())
+            tcp.append(time.perf_counter() - t0)
 
-        port = client.submit(free_port, host, workers=[a], pure=False).result()
-        t0 = time.perf_counter()
-        recv = client.submit(tcp_recv, host, port, timeout, workers=[b], pure=False)
-        sent = client.submit(tcp_send, state, host, port, timeout, workers=[a], pure=False)
-        sent.result()
-        tcp_data.append(recv.result())
-        tcp.append(time.perf_counter() - t0)
+        for run in (run_p2p, run_tcp) if i % 2 else (run_tcp, run_p2p):  # alternate who goes first
+            run()
 
         obj.append(timed(lambda: client.submit(
             arrive, client.submit(stage_to_host, state, workers=[a], pure=False), dev_b, workers=[b], pure=False
@@ -269,10 +280,18 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"torch {torch.__version__}, device {args.device}"
         + (f" ({torch.cuda.get_device_name(0)} x{torch.cuda.device_count()})" if args.device == "cuda" else "")
-        + f", {args.repeats} repeats (median), LocalCluster 2 workers x 1 thread"
+        + f", {args.repeats} repeats (median), LocalCluster 2 workers x 1 thread (ServingNanny)"
     )
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit=memory
+    # The runtime's workers (ServingNanny: without the nanny's MALLOC_TRIM_THRESHOLD_);
+    # no spilling, so no path is timed while the worker writes to disk.
+    no_spill = {f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause")}
+    with dask.config.set(no_spill), LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        memory_limit=memory,
+        worker_class=ServingNanny,
     ) as cluster, Client(cluster) as client:
         a, b = sorted(client.scheduler_info()["workers"])
         rows: list[Row] = []

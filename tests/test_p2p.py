@@ -18,6 +18,7 @@ import torch
 
 from kernels.state import SessionState
 from workers.errors import TransferError
+from workers.host_buffers import receive_pool
 from workers.p2p import P2PEndpoint, TransferStats, recv_state, send_state
 from workers.p2p_group import Rendezvous, choose_backend, device_key, free_port
 
@@ -191,6 +192,29 @@ def test_a_meta_larger_than_the_head_follows_in_a_second_message(peer):
     stats = send_state(long_prompt_state(), rendezvous=rdv, timeout=JOIN_TIMEOUT_S)
     assert received.result(timeout=60) is True
     assert stats.n_messages == 2 + 5
+
+
+def peer_recv_twice_dropping_the_first(rdv: Rendezvous) -> tuple[bool, int, int]:
+    pool = receive_pool()
+    with P2PEndpoint(rdv, role="recv", timeout=JOIN_TIMEOUT_S) as ep:
+        loans = pool.allocated + pool.reused
+        first = ep.recv()
+        loans = pool.allocated + pool.reused - loans
+        ok = first.equal(make_state(9, scale=64))
+        del first  # the session left: its buffers go back to the pool
+        allocated = pool.allocated
+        second = ep.recv()
+        return ok and second.equal(make_state(10, scale=64)), loans, pool.allocated - allocated
+
+
+def test_a_received_state_lands_in_buffers_the_previous_one_gave_back(peer):
+    rdv = Rendezvous.new("gloo")
+    received = peer.submit(peer_recv_twice_dropping_the_first, rdv)
+    with P2PEndpoint(rdv, role="send", timeout=JOIN_TIMEOUT_S) as ep:
+        ep.send(make_state(9, scale=64))
+        ep.send(make_state(10, scale=64))
+    # bit-exact; one loan per dtype (5); no new buffer for the second state
+    assert received.result(timeout=60) == (True, 5, 0)
 
 
 def test_large_tensors_go_without_staging_and_messages_stay_bounded(peer, monkeypatch):

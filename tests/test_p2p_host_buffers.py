@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
 import torch
 
 from kernels.state import SessionState
-from workers.host_buffers import ALIGN_BYTES, HostBufferPool, flat_layout
+from workers.host_buffers import ALIGN_BYTES, HostBufferPool, ReceivePool, flat_layout, receive_pool
 from workers.transfer import PackError, tensor_specs
 
 
@@ -112,3 +113,39 @@ def test_pool_copies_a_cuda_state_into_pinned_buffers():
     with pool.copy(mixed_state(5).to("cuda"), non_blocking=True) as copy:
         assert all(t.is_pinned() for t in copy.state.tensors.values() if t.numel())
         assert copy.state.equal(mixed_state(5))
+
+
+# ------------------------------------------------------------------ ReceivePool (buffers lent to received states)
+
+
+def test_a_lent_buffer_comes_back_only_when_every_view_of_it_is_gone():
+    pool = ReceivePool(max_idle_bytes=64 << 20)
+    buf = pool.lend(4096)
+    ptr = buf.data_ptr()
+    kv = buf[1024:].view(torch.bfloat16).view(2, -1)  # what unpacking a received state makes
+    del buf
+    second = pool.lend(4096)
+    assert second.data_ptr() != ptr  # kv still uses the first: a second buffer
+    assert pool.lent_bytes == 2 * (2 << 20)
+    del kv
+    gc.collect()
+    again = pool.lend(4000)
+    assert again.data_ptr() == ptr and again.numel() == 4000
+    assert (pool.allocated, pool.reused) == (2, 1)
+
+
+def test_lent_buffers_hold_the_received_bytes_and_the_pool_keeps_at_most_its_cap():
+    pool = ReceivePool(max_idle_bytes=2 << 20)
+    a, b = pool.lend(3 << 20), pool.lend(10)
+    a.fill_(7)
+    b.fill_(9)
+    assert int(a.sum()) == 7 * (3 << 20) and int(b.sum()) == 90
+    del a, b
+    gc.collect()
+    assert pool.idle_bytes == 2 << 20 and pool.lent_bytes == 0  # the 4 MiB one was freed
+    with pytest.raises(ValueError, match="-5"):
+        pool.lend(-5)
+
+
+def test_receive_pool_is_one_per_process():
+    assert receive_pool() is receive_pool()

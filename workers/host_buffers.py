@@ -10,6 +10,11 @@ buffers that are kept and reused instead, whose pages are already mapped.
 64-byte aligned offsets, laid out by :func:`flat_layout`) and takes it back when the
 copy is released; :class:`HostCopy` is the copied state plus its lease.
 
+:class:`ReceivePool` serves the other direction, memory that a transport receives a
+state into: the received tensors are views of the lent buffer and live as long as the
+session stays, so there is no release call; a buffer comes back by itself once no
+tensor uses it any more, and the next transfer lands in pages that are already mapped.
+
 Examples
 --------
 >>> import torch
@@ -27,16 +32,27 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from kernels.state import SessionState
 from workers.transfer import PackError, dtype_from_name
 
-__all__ = ["ALIGN_BYTES", "DEFAULT_MAX_IDLE_BYTES", "FlatLayout", "HostBufferPool", "HostCopy", "flat_layout"]
+__all__ = [
+    "ALIGN_BYTES",
+    "DEFAULT_MAX_IDLE_BYTES",
+    "FlatLayout",
+    "HostBufferPool",
+    "HostCopy",
+    "ReceivePool",
+    "flat_layout",
+    "receive_pool",
+]
 
 #: Every tensor starts at a multiple of this many bytes inside a flat buffer.
 ALIGN_BYTES = 64
@@ -139,7 +155,8 @@ class HostBufferPool:
     """
 
     def __init__(self, *, pin_memory: bool | None = None, max_idle_bytes: int | None = None) -> None:
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory and torch.cuda.is_available())
+        cuda = torch.cuda.is_available()
+        self.pin_memory = cuda if pin_memory is None else bool(pin_memory and cuda)
         self.max_idle_bytes = DEFAULT_MAX_IDLE_BYTES if max_idle_bytes is None else int(max_idle_bytes)
         if self.max_idle_bytes < 0:
             raise ValueError(f"max_idle_bytes must be >= 0, got {max_idle_bytes!r}")
@@ -190,3 +207,85 @@ class HostBufferPool:
         if blocking_cuda and non_blocking and self.pin_memory:
             torch.cuda.synchronize()
         return HostCopy(state.with_tensors(views), buffer, self)
+
+
+class ReceivePool:
+    """Host buffers lent to received states; each comes back by itself when unused (thread-safe).
+
+    Parameters
+    ----------
+    max_idle_bytes
+        Idle buffers kept for reuse at most; ``None``: :data:`DEFAULT_MAX_IDLE_BYTES`.
+
+    :meth:`lend` returns a ``uint8`` tensor over a numpy view of a buffer the pool owns.
+    Every tensor made from it (slices, dtype views, the unpacked state's tensors) holds
+    that view through its storage; when the last of them is gone the view dies, a
+    ``weakref.finalize`` hands the buffer back, and the next loan lands in pages that are
+    already mapped. Buffers are not pinned: a transport that stages into pinned memory
+    copies out and frees it right away, which torch's caching host allocator already
+    serves from warm memory.
+
+    Examples
+    --------
+    >>> pool = ReceivePool()
+    >>> buf = pool.lend(1000)
+    >>> ptr = buf.data_ptr()
+    >>> del buf                       # the received state went away
+    >>> pool.lend(1000).data_ptr() == ptr
+    True
+    """
+
+    def __init__(self, *, max_idle_bytes: int | None = None) -> None:
+        self.max_idle_bytes = DEFAULT_MAX_IDLE_BYTES if max_idle_bytes is None else int(max_idle_bytes)
+        if self.max_idle_bytes < 0:
+            raise ValueError(f"max_idle_bytes must be >= 0, got {max_idle_bytes!r}")
+        self._idle: list[np.ndarray] = []
+        self._lock = threading.RLock()  # a loan may come back on any thread, also inside lend()
+        #: Bytes of buffers some tensor still uses.
+        self.lent_bytes = 0
+        #: Buffers allocated and loans served from an idle buffer (for metrics and tests).
+        self.allocated = 0
+        self.reused = 0
+
+    @property
+    def idle_bytes(self) -> int:
+        """Bytes held in idle buffers."""
+        with self._lock:
+            return sum(a.nbytes for a in self._idle)
+
+    def lend(self, nbytes: int) -> torch.Tensor:
+        """A 1-D ``uint8`` host tensor of exactly ``nbytes`` bytes (contents undefined)."""
+        if nbytes < 0:
+            raise ValueError(f"cannot lend a buffer of {nbytes} bytes")
+        with self._lock:
+            fits = [a for a in self._idle if a.nbytes >= nbytes]
+            if fits:
+                base = min(fits, key=lambda a: a.nbytes)
+                self._idle.remove(base)
+                self.reused += 1
+            else:
+                base = np.empty(max(ROUND_BYTES, -(-nbytes // ROUND_BYTES) * ROUND_BYTES), dtype=np.uint8)
+                self.allocated += 1
+            self.lent_bytes += base.nbytes
+        view = base[:nbytes]
+        weakref.finalize(view, self._give_back, base)
+        return torch.from_numpy(view)
+
+    def _give_back(self, base: np.ndarray) -> None:
+        with self._lock:
+            self.lent_bytes -= base.nbytes
+            if sum(a.nbytes for a in self._idle) + base.nbytes <= self.max_idle_bytes:
+                self._idle.append(base)
+
+
+_RECEIVE_POOL: ReceivePool | None = None
+_RECEIVE_POOL_LOCK = threading.Lock()
+
+
+def receive_pool() -> ReceivePool:
+    """This process's :class:`ReceivePool` (one per worker process, made on first use)."""
+    global _RECEIVE_POOL
+    with _RECEIVE_POOL_LOCK:
+        if _RECEIVE_POOL is None:
+            _RECEIVE_POOL = ReceivePool()
+        return _RECEIVE_POOL

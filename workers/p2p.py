@@ -31,7 +31,9 @@ The head has a fixed size, so the receiver posts its receive as soon as the grou
 and learns the layout of the payload in one message (one round trip instead of two).
 
 The receiver lands every message in its slice of one contiguous buffer per dtype, and
-the tensors it returns are views into those buffers. The segmentation parameters ride
+the tensors it returns are views into those buffers. For a host target the buffers are
+lent by the process's :func:`workers.host_buffers.receive_pool`: they go back to it when
+the state's tensors are gone, so the next transfer lands in pages already mapped. The segmentation parameters ride
 in the header, so only the sender's settings matter.
 
 The sender returns only after the ack, so the source may drop its copy when
@@ -59,6 +61,7 @@ import torch
 
 from kernels.state import SessionState
 from workers.errors import TransferError
+from workers.host_buffers import receive_pool
 from workers.p2p_group import P2PGroup, Rendezvous
 from workers.transfer import (
     BufferPlan,
@@ -221,7 +224,9 @@ class P2PEndpoint:
             self.group.wait(ack_work, "waiting for the receiver's acknowledgement")
         got = ack.cpu().tolist()
         if got != [PROTOCOL_MAGIC, plan.nbytes]:
-            raise TransferError(f"{self.group.where()}: receiver acknowledged {got}, expected [{PROTOCOL_MAGIC}, {plan.nbytes}]")
+            raise TransferError(
+                f"{self.group.where()}: receiver acknowledged {got}, expected [{PROTOCOL_MAGIC}, {plan.nbytes}]"
+            )
         self.last_stats = TransferStats(
             transfer_id=self.rendezvous.transfer_id,
             role="send",
@@ -256,7 +261,8 @@ class P2PEndpoint:
             head = torch.empty(HEAD_BYTES, dtype=torch.uint8, device=self.device)
             self.group.wait(self.group.post_recv(head), "receiving the head")
             head = head.cpu()
-            magic, version, meta_len, total, direct_min, max_bytes = head[: 8 * _HEADER_WORDS].view(torch.int64).tolist()
+            words = head[: 8 * _HEADER_WORDS].view(torch.int64).tolist()
+            magic, version, meta_len, total, direct_min, max_bytes = words
             if magic != PROTOCOL_MAGIC or version != PROTOCOL_VERSION:
                 raise TransferError(
                     f"{self.group.where()}: header {[magic, version]} is not turboserve p2p protocol "
@@ -270,7 +276,10 @@ class P2PEndpoint:
                 meta_t, n_first = torch.cat([meta_t, rest.cpu()]), 2
             meta, plan = self._check_meta(meta_t, total)
             stage_pinned = self.device.type == "cpu" and target.type == "cuda"
-            buffers = empty_buffers(plan, device=self.device, pin_memory=stage_pinned)
+            if self.device.type == target.type == "cpu":  # the state keeps them: lent, they come back warm
+                buffers = [receive_pool().lend(spec.nbytes).view(spec.torch_dtype) for spec in plan.buffers]
+            else:
+                buffers = empty_buffers(plan, device=self.device, pin_memory=stage_pinned)
             try:
                 segments = plan_segments(plan, direct_min_bytes=direct_min, max_bytes=max_bytes)
             except PackError as exc:
