@@ -13,14 +13,15 @@ and prints, side by side for each size, the bytes/s of
     ``SessionState`` object pickled whole (what the runtime sent before);
 (c) ``tcp``: the baseline -- a plain TCP socket between the same two worker processes:
     the sender ``sendall``s every tensor's bytes, the receiver ``recv_into``s one fresh
-    buffer of the total size and answers with one byte;
+    buffer of the total size and answers with one byte; ``tcp-warm`` the same into a
+    buffer kept from the previous repeat (pages already mapped: the wire alone);
 (d) ``copy``: the memcpy limit, one ``Tensor.copy_`` of the same bytes in one process
     (host memcpy; device-to-device with ``--device cuda``).
 
 Every path is timed the same way, from the client: submit the moving task(s), wait for
 the result. That includes a task round trip (a few ms), which is what a migration pays.
 ``p2p`` and ``tcp`` also report the data phase alone (``-data``: from connected to the
-last byte acknowledged), compared with each other in the ``x tcp`` column. The paths
+last byte acknowledged), compared with each other in the ``x tcp`` and ``x warm`` columns. The paths
 alternate within every repeat, so load from other processes hits them alike.
 
 Run::
@@ -101,8 +102,15 @@ def tcp_send(state: SessionState, host: str, port: int, timeout: float) -> float
             return time.perf_counter() - t0
 
 
-def tcp_recv(host: str, port: int, timeout: float) -> float:
-    """Baseline receiver: connects, receives into one fresh buffer with ``recv_into``; the data phase's seconds."""
+_WARM: dict[int, torch.Tensor] = {}  # tcp-warm's receive buffer per size, kept in the worker between repeats
+
+
+def tcp_recv(host: str, port: int, timeout: float, warm: bool = False) -> float:
+    """Baseline receiver: connects, receives with ``recv_into``; the data phase's seconds.
+
+    Into one fresh buffer of the total size (``tcp``: what a migrated state needs), or
+    with ``warm`` into a buffer kept from the previous repeat (``tcp-warm``: the wire alone).
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -118,7 +126,7 @@ def tcp_recv(host: str, port: int, timeout: float) -> float:
         while len(head) < 8:
             head += sock.recv(8 - len(head))
         (n,) = struct.unpack("!Q", head)
-        buf = torch.empty(n, dtype=torch.uint8)
+        buf = _WARM.setdefault(n, torch.empty(n, dtype=torch.uint8)) if warm else torch.empty(n, dtype=torch.uint8)
         view, got = memoryview(buf.numpy()), 0
         while got < n:
             got += sock.recv_into(view[got:])
@@ -197,7 +205,7 @@ def bench_size(client: Client, a: str, b: str, nbytes: int, device: str, repeats
     if backend == "nccl" and dev_a == dev_b:
         backend = "gloo"  # NCCL refuses two ranks on one GPU
     host = a.split("://")[1].rsplit(":", 1)[0]
-    p2p, p2p_data, obj, frm, tcp, tcp_data = [], [], [], [], [], []
+    p2p, p2p_data, obj, frm, tcp, tcp_data, tcp_warm, warm_data = [], [], [], [], [], [], [], []
     actual = 0
     for i in range(repeats + 1):  # the first round warms up every path
         state = client.submit(make_state, nbytes, dev_a, workers=[a], pure=False)
@@ -214,16 +222,17 @@ def bench_size(client: Client, a: str, b: str, nbytes: int, device: str, repeats
             p2p_data.append(recv.result().transfer_s)
             p2p.append(time.perf_counter() - t0)
 
-        def run_tcp() -> None:
+        def run_tcp(warm: bool) -> None:
             port = client.submit(free_port, host, workers=[a], pure=False).result()
             t0 = time.perf_counter()
-            recv = client.submit(tcp_recv, host, port, timeout, workers=[b], pure=False)
+            recv = client.submit(tcp_recv, host, port, timeout, warm, workers=[b], pure=False)
             sent = client.submit(tcp_send, state, host, port, timeout, workers=[a], pure=False)
             sent.result()
-            tcp_data.append(recv.result())
-            tcp.append(time.perf_counter() - t0)
+            (warm_data if warm else tcp_data).append(recv.result())
+            (tcp_warm if warm else tcp).append(time.perf_counter() - t0)
 
-        for run in (run_p2p, run_tcp) if i % 2 else (run_tcp, run_p2p):  # alternate who goes first
+        runs = [run_p2p, lambda: run_tcp(False), lambda: run_tcp(True)]
+        for run in runs[i % 3 :] + runs[: i % 3]:  # rotate who goes first
             run()
 
         obj.append(timed(lambda: client.submit(
@@ -239,6 +248,8 @@ def bench_size(client: Client, a: str, b: str, nbytes: int, device: str, repeats
         Row("copy", actual, time_raw_copy(actual, dev_a, repeats), "Tensor.copy_ in one process"),
         Row("tcp", actual, med(tcp), "plain TCP socket between the two workers, end to end"),
         Row("tcp-data", actual, med(tcp_data), "data phase only (connected)"),
+        Row("tcp-warm", actual, med(tcp_warm), "plain TCP into a receive buffer kept between repeats"),
+        Row("tcp-warm-data", actual, med(warm_data), "data phase only (connected)"),
         Row(f"p2p-{backend}", actual, med(p2p), f"end to end{staged}"),
         Row(f"p2p-{backend}-data", actual, med(p2p_data), "data phase only (group already joined)"),
         Row("dask-obj", actual, med(obj), "task dependency, SessionState pickled"),
@@ -247,21 +258,21 @@ def bench_size(client: Client, a: str, b: str, nbytes: int, device: str, repeats
 
 
 def print_table(rows: list[Row]) -> None:
-    """Side-by-side table: GB/s, the share of the memcpy limit and of the plain TCP copy.
+    """Side-by-side table: GB/s, the share of the memcpy limit and of the plain TCP copies.
 
-    ``x tcp`` compares like with like: an end-to-end row against ``tcp`` end to end, a
-    data-phase row (``-data``) against ``tcp-data``.
+    ``x tcp`` and ``x warm`` compare like with like: an end-to-end row against ``tcp``
+    (``tcp-warm``) end to end, a data-phase row (``-data``) against ``tcp-data``
+    (``tcp-warm-data``).
     """
-    print(f"{'size':>8}  {'path':<18} {'ms':>9} {'GB/s':>7} {'x copy':>7} {'x tcp':>7}  note")
+    print(f"{'size':>8}  {'path':<18} {'ms':>9} {'GB/s':>7} {'x copy':>7} {'x tcp':>7} {'x warm':>7}  note")
     for size in sorted({r.nbytes for r in rows}):
-        group = [r for r in rows if r.nbytes == size]
-        copy = next(r for r in group if r.path == "copy")
-        tcp = {False: next(r for r in group if r.path == "tcp"), True: next(r for r in group if r.path == "tcp-data")}
-        for r in group:
-            ref = tcp[r.path.endswith("-data")]
+        group = {r.path: r for r in rows if r.nbytes == size}
+        for r in group.values():
+            data = "-data" if r.path.endswith("-data") else ""
+            tcp, warm = group["tcp" + data], group["tcp-warm" + data]
             print(
                 f"{size / MiB:>6.0f}Mi  {r.path:<18} {r.seconds * 1e3:>9.1f} {r.gbps:>7.2f} "
-                f"{r.gbps / copy.gbps:>7.3f} {r.gbps / ref.gbps:>7.3f}  {r.note}"
+                f"{r.gbps / group['copy'].gbps:>7.3f} {r.gbps / tcp.gbps:>7.3f} {r.gbps / warm.gbps:>7.3f}  {r.note}"
             )
 
 
