@@ -32,7 +32,15 @@ from distributed.core import send_recv
 from framework import notebook
 from framework.errors import SessionLost
 from workers.chunk import Chunk
-from workers.errors import CapacityExceeded, InvalidRequest, SessionClosed, SessionMoved, SessionNotFound, TurboserveError
+from workers.errors import (
+    CapacityExceeded,
+    InvalidRequest,
+    SessionClosed,
+    SessionMoved,
+    SessionNotFound,
+    TransferError,
+    TurboserveError,
+)
 from workers.session_actor import call_actor
 
 logger = logging.getLogger(__name__)
@@ -421,10 +429,29 @@ class Session:
             raise self._session_lost("it was closed by the server or another client", exc) from exc
         except SessionNotFound as exc:
             raise self._session_lost("the scheduler no longer knows it", exc) from exc
-        except OSError as exc:  # CommClosedError: the scheduler went away mid-call
-            raise self._session_lost("the scheduler could not be reached", exc) from exc
+        except OSError as exc:  # CommClosedError: the scheduler, or the session's worker, went away mid-call
+            raise await self._control_failure(op, exc) from exc
         self._worker, self._key = loc["worker"], loc["actor_key"]
         return loc
+
+    async def _control_failure(self, op: str, exc: BaseException) -> BaseException:
+        """The typed error of a control call that failed on a connection: lost, or a failed move."""
+        try:
+            rec = await asyncio.wait_for(
+                self._server.client.scheduler.turboserve_info(session_id=self.id), EVENTS_TIMEOUT_S
+            )
+        except (OSError, asyncio.TimeoutError) as again:
+            return self._session_lost("the scheduler could not be reached", again)
+        except TurboserveError as gone:
+            return self._session_lost("the scheduler no longer knows it", gone)
+        if rec.get("status") in ("closed", "lost"):
+            return self._session_lost(f"{op} found it {rec['status']}", exc)
+        # The scheduler answers: the session's worker died under the call; recovery brings it back.
+        return TransferError(
+            f"{op.removeprefix('turboserve_')} of session {self.id!r} failed ({type(exc).__name__}: {exc}); "
+            f"the session is {rec.get('status')} now (a lost worker's sessions are recovered from their "
+            "checkpoints); try again"
+        )
 
     # ------------------------------------------------------------ sync API
 

@@ -35,6 +35,7 @@ Example
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ from storage.errors import CheckpointCorrupt, CheckpointMismatch, CheckpointNotF
 from storage.identity import CheckpointIdentity, prompt_digest, seal
 from storage.tensors import CHECKSUM, available_checksums, checksum, from_numpy, storage_dtype, to_numpy, torch_dtype
 from storage.zarr_store import DEFAULT_CHUNK_BYTES, chunk_shape, open_root, open_store, read_array, write_arrays
+
+logger = logging.getLogger(__name__)
 
 #: Version of the on-disk layout described in the module docstring (2: sealed metadata
 #: and the session's identity; version 1 checkpoints are refused, then regenerated).
@@ -212,7 +215,11 @@ class CheckpointStore:
             }
         )
         for old in [g for g in session.group_keys() if g != generation]:
-            del session[old]
+            try:
+                del session[old]
+            except OSError as exc:  # e.g. a writer that died mid-save still had files there
+                logger.warning("checkpoint of session %s: could not delete old generation %s (%r); "
+                               "the next save retries", session_id, old, exc)
         return CheckpointInfo(session_id, state.model, state.chunk_index, state.nbytes, generation, self.url)
 
     def delete(self, session_id: str) -> bool:
