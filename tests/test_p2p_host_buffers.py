@@ -147,5 +147,19 @@ def test_lent_buffers_hold_the_received_bytes_and_the_pool_keeps_at_most_its_cap
         pool.lend(-5)
 
 
+def test_both_pools_pick_the_best_fit_among_several_idle_buffers():
+    pool = HostBufferPool(pin_memory=False)
+    taken = [pool.take(n) for n in (5 << 20, 1, 3 << 20)]
+    for b in taken:
+        pool.give(b)
+    assert pool.take(3 << 20).data_ptr() == taken[2].data_ptr()  # not the first idle one
+    recv = ReceivePool()
+    lent = [recv.lend(n) for n in (5 << 20, 1, 3 << 20)]
+    ptrs = [t.data_ptr() for t in lent]
+    del lent
+    gc.collect()
+    assert recv.lend(3 << 20).data_ptr() == ptrs[2] and recv.lend(1).data_ptr() == ptrs[1]
+
+
 def test_receive_pool_is_one_per_process():
     assert receive_pool() is receive_pool()

@@ -108,6 +108,15 @@ def flat_layout(specs: Mapping[str, Mapping[str, Any]], *, align: int = ALIGN_BY
     return FlatLayout(tuple(slots), end)
 
 
+def _best_fit(sizes: list[int], nbytes: int) -> int | None:
+    """Index of the smallest size that holds ``nbytes``, or ``None``.
+
+    (By index: ``list.remove`` would compare arrays and tensors element-wise.)
+    """
+    fits = [i for i, size in enumerate(sizes) if size >= nbytes]
+    return min(fits, key=lambda i: sizes[i]) if fits else None
+
+
 class HostCopy:
     """A host copy of a state held in a pooled buffer; :meth:`release` gives the buffer back.
 
@@ -175,12 +184,10 @@ class HostBufferPool:
     def take(self, nbytes: int) -> torch.Tensor:
         """A 1-D ``uint8`` host buffer of at least ``nbytes`` bytes (contents undefined)."""
         with self._lock:
-            fits = [b for b in self._idle if b.numel() >= nbytes]
-            if fits:
-                best = min(fits, key=lambda b: b.numel())
-                self._idle.remove(best)
+            best = _best_fit([b.numel() for b in self._idle], nbytes)
+            if best is not None:
                 self.reused += 1
-                return best
+                return self._idle.pop(best)
             self.allocated += 1
         size = max(ROUND_BYTES, -(-nbytes // ROUND_BYTES) * ROUND_BYTES)
         return torch.empty(size, dtype=torch.uint8, pin_memory=self.pin_memory)
@@ -258,10 +265,9 @@ class ReceivePool:
         if nbytes < 0:
             raise ValueError(f"cannot lend a buffer of {nbytes} bytes")
         with self._lock:
-            fits = [a for a in self._idle if a.nbytes >= nbytes]
-            if fits:
-                base = min(fits, key=lambda a: a.nbytes)
-                self._idle.remove(base)
+            best = _best_fit([a.nbytes for a in self._idle], nbytes)
+            if best is not None:
+                base = self._idle.pop(best)
                 self.reused += 1
             else:
                 base = np.empty(max(ROUND_BYTES, -(-nbytes // ROUND_BYTES) * ROUND_BYTES), dtype=np.uint8)
