@@ -1,8 +1,12 @@
 """Benchmark of the batched chunk step: latency at batch 1 and the gain of coalescing.
 
 For each batch size B it times, side by side in the same loop, one batched step of B
-sessions and B separate steps of the same sessions, and prints the per-session
-throughput ratio (``B separate steps / one batched step``). Sessions are measured at
+sessions in each mode of the model (batch-invariant: the transformer per session and
+the VAE per fixed tile, every kernel at the same shapes whatever the batch; and
+one pass over the whole batch, whose rounding may depend on the batch size), and B
+separate steps of the same sessions. It prints the per-session throughput ratio
+(``B separate steps / one batched step``, of the mode the profile is for) and the cost
+of invariance (``invariant step / whole-batch step``). Sessions are measured at
 an empty KV cache (their first chunk) and at a full KV window (steady state), so the
 written profile carries the context cost too (``context_frames`` column, read by
 ``experiments.sim.latency.load_profile``).
@@ -44,8 +48,20 @@ class Row:
 
     batch_size: int
     context_frames: int
-    step_s: float  # median time of one batched step of `batch_size` sessions
+    invariant_s: float  # median time of one batch-invariant step of `batch_size` sessions
+    variant_s: float  # median time of one whole-batch step (batch_invariant=False)
     separate_s: float  # median time of `batch_size` separate single-session steps
+    batch_invariant: bool = True  # the mode `step_s` (the profile's) is for
+
+    @property
+    def step_s(self) -> float:
+        """Median time of one batched step in the profile's mode."""
+        return self.invariant_s if self.batch_invariant else self.variant_s
+
+    @property
+    def invariance_cost(self) -> float:
+        """Time of the batch-invariant step over the whole-batch step (1.0: free)."""
+        return self.invariant_s / self.variant_s
 
     @property
     def per_chunk_s(self) -> float:
@@ -103,17 +119,24 @@ def _timed(model: StreamingVideoModel, batches: Sequence[Sequence[SessionState]]
 
 def _sample(
     model: StreamingVideoModel, batch_size: int, context_frames: int, height: int, width: int
-) -> tuple[float, float]:
-    """One timing of a batched step and of the same number of separate steps."""
+) -> tuple[float, float, float]:
+    """One timing of a batch-invariant step, a whole-batch step and separate steps."""
     # Fresh sessions per sample: first-chunk rows stay first chunks, and a full window
     # stays full (the step rolls it). One set of sessions alive at a time: big presets
     # fill a GPU with a few states.
-    batch = _sessions(model, batch_size, context_frames, height, width)
-    batched = _timed(model, [batch])
-    del batch
+    mode = model.batch_invariant
+    timed = []
+    try:
+        for invariant in (True, False):
+            model.batch_invariant = invariant
+            batch = _sessions(model, batch_size, context_frames, height, width)
+            timed.append(_timed(model, [batch]))
+            del batch
+    finally:
+        model.batch_invariant = mode
     batch = _sessions(model, batch_size, context_frames, height, width)
     separate = _timed(model, [[s] for s in batch])
-    return batched, separate
+    return timed[0], timed[1], separate
 
 
 def measure(
@@ -126,28 +149,28 @@ def measure(
     repeats: int,
     warmup: int,
 ) -> list[Row]:
-    """Median batched-step and separate-steps times per batch size, at one context.
+    """Median batched-step (both modes) and separate-steps times per batch size, at one context.
 
     Repeats go round-robin over the batch sizes, so a change in machine load during the
     run shifts every batch size alike instead of skewing the curve. A batch size that
     runs out of device memory is dropped with every larger one.
     """
     sizes = sorted(batch_sizes)
-    times: dict[int, tuple[list[float], list[float]]] = {b: ([], []) for b in sizes}
+    times: dict[int, tuple[list[float], list[float], list[float]]] = {b: ([], [], []) for b in sizes}
     for rep in range(warmup + repeats):
         for b in list(sizes):
             try:
-                batched, separate = _sample(model, b, context_frames, height, width)
+                sample = _sample(model, b, context_frames, height, width)
             except torch.cuda.OutOfMemoryError:
                 print(f"B={b}: out of device memory; batch sizes >= {b} skipped")
                 sizes = [x for x in sizes if x < b]
                 torch.cuda.empty_cache()
                 break
             if rep >= warmup:
-                times[b][0].append(batched)
-                times[b][1].append(separate)
+                for series, value in zip(times[b], sample):
+                    series.append(value)
     return [
-        Row(b, context_frames, statistics.median(times[b][0]), statistics.median(times[b][1]))
+        Row(b, context_frames, *(statistics.median(t) for t in times[b]), batch_invariant=model.batch_invariant)
         for b in sizes
         if times[b][0]
     ]
@@ -191,6 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
     ap.add_argument("--contexts", default="0,window", help="context frames to measure: integers or 'window'")
+    ap.add_argument(
+        "--batch-invariant",
+        choices=("on", "off"),
+        default="on",
+        help="the mode whose step times the profile's step_s holds (both are measured; on: the default)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="write the profile CSV here")
     args = ap.parse_args(argv)
 
@@ -198,7 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     dtype = getattr(torch, dtype_name)
     threads = args.threads if device.type == "cpu" else None
-    model = StreamingVideoModel.from_preset(args.preset, device=device, dtype=dtype, num_threads=threads)
+    invariant = args.batch_invariant == "on"
+    model = StreamingVideoModel.from_preset(
+        args.preset, device=device, dtype=dtype, num_threads=threads, batch_invariant=invariant
+    )
     p = model.preset
     height, width = args.height or p.default_height, args.width or p.default_width
     p.check_resolution(height, width)
@@ -214,13 +246,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     for ctx in contexts:
         print(f"\ncontext {ctx} latent frames (KV {p.kv_bytes(height, width, ctx) / 2**20:.1f} MiB per session)")
-        print(f"{'B':>4} {'batched step s':>15} {'B separate s':>13} {'s/chunk':>9} {'speedup':>8}")
+        print(
+            f"{'B':>4} {'invariant s':>12} {'whole-batch s':>14} {'B separate s':>13} {'s/chunk':>9} "
+            f"{'speedup':>8} {'invariance cost':>16}"
+        )
         for row in measure(
             model, args.batches, ctx, height=height, width=width, repeats=args.repeats, warmup=args.warmup
         ):
             rows.append(row)
-            print(f"{row.batch_size:>4} {row.step_s:>15.4f} {row.separate_s:>13.4f} {row.per_chunk_s:>9.4f} "
-                  f"{row.speedup:>7.2f}x")
+            print(
+                f"{row.batch_size:>4} {row.invariant_s:>12.4f} {row.variant_s:>14.4f} {row.separate_s:>13.4f} "
+                f"{row.per_chunk_s:>9.4f} {row.speedup:>7.2f}x {row.invariance_cost:>15.2f}x"
+            )
+    print(
+        "speedup: B separate steps / one step in the profile's mode "
+        f"(batch-invariant {args.batch_invariant}); invariance cost: invariant step / whole-batch step"
+    )
     ones = [r for r in rows if r.batch_size == 1]
     for r in ones:
         print(f"batch-1 chunk latency at context {r.context_frames}: {r.step_s:.4f} s (median of {args.repeats})")
@@ -233,11 +274,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (f", {threads} torch thread(s)" if threads else ""),
             f"# torch {torch.__version__}, python {platform.python_version()}; median of {args.repeats} repeats; "
             f"{os.cpu_count()} CPUs, load average {load_before:.1f} before / {_load():.1f} after",
-            "# step_s: one batched step of batch_size sessions; separate_s: batch_size single-session steps",
+            f"# step_s: one batched step of batch_size sessions, batch-invariant {args.batch_invariant} "
+            "(= invariant_s or variant_s); separate_s: batch_size single-session steps",
+            "# invariant_s: one batch-invariant step; variant_s: one whole-batch step (batch_invariant=False)",
         ]
-        lines = ["batch_size,step_s,per_chunk_s,context_frames,separate_s"]
+        lines = ["batch_size,step_s,per_chunk_s,context_frames,separate_s,invariant_s,variant_s"]
         lines += [
-            f"{r.batch_size},{r.step_s:.6f},{r.per_chunk_s:.6f},{r.context_frames},{r.separate_s:.6f}" for r in rows
+            f"{r.batch_size},{r.step_s:.6f},{r.per_chunk_s:.6f},{r.context_frames},{r.separate_s:.6f},"
+            f"{r.invariant_s:.6f},{r.variant_s:.6f}"
+            for r in rows
         ]
         args.out.write_text("\n".join(header + lines) + "\n")
         print(f"\nwrote {args.out}")

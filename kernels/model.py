@@ -30,6 +30,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from .presets import PRESETS, ModelPreset, VaeGeometry, get_preset
+from .invariance import row_wise
 from .schedule import FlowSchedule
 from .state import SessionState
 from .text import HashTextEncoder, TextEncoder
@@ -163,9 +164,10 @@ class StreamingVideoModel:
         afterwards); ``None`` leaves torch's setting alone.
     batch_invariant
         ``True`` (default): a session's chunk is bit-identical whatever it is batched
-        with. The transformer runs once per session and the VAE decode once per
-        :attr:`vae_tile` sessions, so every kernel sees the same shapes at any batch
-        size (BLAS and oneDNN choose their blocking, and so the rounding, by shape).
+        with. The transformer's matrix products and attention run once per session
+        (:mod:`kernels.invariance`) and the VAE decode once per :attr:`vae_tile`
+        sessions, so those kernels see the same shapes at any batch size (BLAS, oneDNN
+        and cuBLAS choose their blocking, and so the rounding, by shape).
         ``False``: one transformer pass and one decode over the whole batch (faster at
         large batches; a row's rounding may then depend on the batch size, on some
         CPUs and GPUs by up to tens of uint8 levels after a few chunks). Serving reads
@@ -492,9 +494,10 @@ class StreamingVideoModel:
     def _step_ordered(self, states: Sequence[SessionState], schedule: FlowSchedule) -> list[np.ndarray]:
         """The step for states sorted by cache length; commits each state as it is done.
 
-        Batch-invariant (:attr:`batch_invariant`), the transformer runs once per
-        session and the VAE once per :attr:`vae_tile` sessions, so every call has the
-        same shapes whatever the batch; otherwise each runs once over the whole batch.
+        Batch-invariant (:attr:`batch_invariant`), the transformer's matrix products and
+        attention run once per session (:func:`~kernels.invariance.row_wise`) and the
+        VAE once per :attr:`vae_tile` sessions, so those calls have the same shapes
+        whatever the batch; otherwise each runs once over the whole batch.
         """
         p, dev, dt = self.preset, self.device, self.dtype
         batch = len(states)
@@ -509,16 +512,11 @@ class StreamingVideoModel:
         tembs = [tr.embed_timestep(torch.full((1,), sigma * 1000.0, device=dev), dt) for sigma in schedule.sigmas]
         temb_clean = tr.embed_timestep(torch.zeros(1, device=dev), dt)
 
-        tiles = [[b] for b in range(batch)] if self.batch_invariant else [list(range(batch))]
-        x0_rows: list[torch.Tensor] = [torch.empty(0)] * batch
-        new_kv: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [([], [])] * batch
-        for rows in tiles:
-            x0, writes = self._denoise([states[b] for b in rows], [tensors[b] for b in rows], [gens[b] for b in rows],
-                                       grid, schedule, tembs, temb_clean)
-            for j, b in enumerate(rows):
-                x0_rows[b] = x0[j : j + 1]
-                new_kv[b] = ([ctx.new_keys[j] for ctx in writes], [ctx.new_values[j] for ctx in writes])
-            del writes
+        with row_wise(self.batch_invariant):
+            x0, writes = self._denoise(states, tensors, gens, grid, schedule, tembs, temb_clean)
+        x0_rows = [x0[b : b + 1] for b in range(batch)]
+        new_kv = [([ctx.new_keys[b] for ctx in writes], [ctx.new_values[b] for ctx in writes]) for b in range(batch)]
+        del writes, x0
 
         tpf = grid[1] * grid[2]
         keep, sink = p.window_latent_frames * tpf, p.sink_latent_frames * tpf

@@ -13,8 +13,11 @@ rotary tables of the chunk *and* the cache of that layer, and
 
 Sessions in one batch may have different cache lengths. The batch is ordered so that
 sessions with equal cache length are contiguous (:class:`CacheGroup`); each group gets
-one attention call over ``[its cache; the chunk]`` without padding or masks, so a
-session's result does not depend on what it is batched with.
+one attention call over ``[its cache; the chunk]`` without padding or masks, so no
+session attends to another's tokens. Inside :func:`kernels.invariance.row_wise` the
+matrix products and every attention call (self and cross) run one session at a time,
+with the shapes that session has alone, so its numbers are bit-identical whatever it
+is batched with.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+from .invariance import aligned, install_row_wise_linears, is_row_wise, linear, rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +107,9 @@ class CausalKVAttnProcessor:
             ctx.new_keys, ctx.new_values = k, v
 
         batch, heads, n, head_dim = q.shape
-        if len(ctx.groups) == 1 and ctx.groups[0].length == 0:
+        if is_row_wise():
+            out = self._row_wise(q, k, v, ctx)
+        elif len(ctx.groups) == 1 and ctx.groups[0].length == 0:
             out = F.scaled_dot_product_attention(q, k, v)
         else:
             out = q.new_empty(q.shape)
@@ -123,6 +130,47 @@ class CausalKVAttnProcessor:
                 out[g.start : g.stop] = F.scaled_dot_product_attention(q[g.start : g.stop], kk, vv)
         out = out.transpose(1, 2).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
+
+    @staticmethod
+    def _row_wise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: LayerKV) -> torch.Tensor:
+        """One attention call per row, at the shapes that row has alone."""
+        outs = []
+        n = q.shape[2]
+        for g in ctx.groups:
+            for row in range(g.start, g.stop):
+                qr, kr, vr = aligned(q[row : row + 1]), k[row : row + 1], v[row : row + 1]
+                if g.length == 0:
+                    outs.append(F.scaled_dot_product_attention(qr, aligned(kr), aligned(vr)))
+                    continue
+                size = (1, kr.shape[1], g.length + n, kr.shape[3])
+                kk, vv = k.new_empty(size), v.new_empty(size)
+                kk[0, :, : g.length] = ctx.keys[row]
+                vv[0, :, : g.length] = ctx.values[row]
+                kk[:, :, g.length :] = kr
+                vv[:, :, g.length :] = vr
+                outs.append(F.scaled_dot_product_attention(qr, kk, vv))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+class RowWiseAttnProcessor:
+    """Wraps an attention processor: inside ``row_wise``, one call per batch row.
+
+    Used for the cross-attention (diffusers' ``WanAttnProcessor``), whose matrix
+    products and attention then see a lone session's shapes.
+    """
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        """The inner processor's output, computed row by row inside ``row_wise``."""
+        if not is_row_wise() or hidden_states.shape[0] == 1:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+        if attention_mask is not None or rotary_emb is not None:
+            raise ValueError("row-wise cross-attention takes no attention mask or rotary embedding")
+        hs = rows(hidden_states)
+        enc = rows(encoder_hidden_states) if encoder_hidden_states is not None else [None] * len(hs)
+        return torch.cat([self.inner(attn, h, e) for h, e in zip(hs, enc)])
 
 
 def _axis_angles(head_dim_axis: int, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -183,12 +231,17 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
     """
 
     def _install_causal_processors(self) -> None:
+        """Chunk-causal self-attention, row-wise-capable cross-attention and linears (idempotent)."""
         for block in self.blocks:
             if not isinstance(block.attn1.processor, CausalKVAttnProcessor):
                 block.attn1.set_processor(CausalKVAttnProcessor())
+            if not isinstance(block.attn2.processor, RowWiseAttnProcessor):
+                block.attn2.set_processor(RowWiseAttnProcessor(block.attn2.processor))
+        install_row_wise_linears(self)
 
     def embed_text(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
         """Project encoder outputs ``[B, T, text_dim]`` to the model width (once per step)."""
+        self._install_causal_processors()
         return self.condition_embedder.text_embedder(prompt_embeds)
 
     def embed_timestep(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,7 +264,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         b, c, f, h, w = latents.shape
         patches = latents.reshape(b, c, f // p_t, p_t, h // p_h, p_h, w // p_w, p_w)
         patches = patches.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * p_t * p_h * p_w)
-        return F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+        return linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
 
     def forward_chunk(
         self,
@@ -265,6 +318,7 @@ __all__ = [
     "CausalKVAttnProcessor",
     "CausalWanTransformer3DModel",
     "LayerKV",
+    "RowWiseAttnProcessor",
     "apply_rotary",
     "chunk_rotary",
     "tokens_grid",
