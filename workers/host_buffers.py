@@ -59,7 +59,7 @@ ALIGN_BYTES = 64
 #: Buffers are allocated in multiples of this, so states that grow a little reuse them.
 ROUND_BYTES = 2 << 20
 #: Idle bytes a pool keeps by default; buffers given back beyond it are freed.
-DEFAULT_MAX_IDLE_BYTES = 2 << 30
+DEFAULT_MAX_IDLE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
