@@ -1,7 +1,8 @@
 """Live trace replay: a local :class:`framework.Server` with control and autoscaling plays a trace.
 
 :func:`replay_live` starts the server, optionally calibrates the step time on its
-first worker, installs the :class:`~framework.controller.Controller` and the
+first worker, starts the scheduler plugin's control loop
+(:class:`~framework.controller.ControlLoop`) with the replay's settings and the
 session-aware ``Adaptive``, and lets a driver play every session of the trace at
 playback cadence on the client's event loop; the rows come back in trace seconds.
 """
@@ -71,15 +72,16 @@ def replay_live(
     progress
         Show a tqdm bar over the trace events.
     control
-        :class:`~framework.controller.ControlSettings` overrides (policy names/params,
+        :class:`~framework.control_settings.ControlSettings` overrides (policy names/params,
         ``minimum``, ``maximum``, ...).
     cluster_kwargs
         Passed to ``Server.local`` (``LocalCluster`` options).
     calibrate
         Measure the step time at batch 1 and ``max_batch`` on the first worker first.
     """
+    from distributed.protocol.serialize import ToPickle
+
     from framework.adaptive import adaptive_kwargs
-    from framework.controller import Controller
     from framework.server import Server
 
     settings = control_settings(trace, time_scale=time_scale, profile=profile, **(control or {}))
@@ -96,7 +98,7 @@ def replay_live(
             calibration = calibrate_live(server, settings.max_batch, model=models[0])
             settings = replace(settings, latency_points=profile_from_chunks(
                 pd.DataFrame(calibration, columns=list(CHUNK_COLUMNS))), measure=False)
-        server.client.register_plugin(Controller(settings))
+        server.client.sync(server.client.scheduler.turboserve_control_start, settings=ToPickle(settings))
         adapt = adaptive_kwargs(minimum=settings.minimum, maximum=settings.maximum,
                                 interval=settings.interval_s / time_scale)
         server.cluster.adapt(**adapt)

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import dask.config
 
-    from experiments.replay import burst_trace, write_replay
+    from experiments.replay_common import burst_trace, write_replay
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--out", default=None, help="also write both replays' outputs here (live/, sim/)")

@@ -3,7 +3,7 @@
 ``turboserve replay TRACE --backend live|sim --out DIR --time-scale X --workers N --seed S``
 
 ``live`` starts a :class:`framework.Server` on a LocalCluster (tiny model on CPU unless
-configured otherwise) with the closed control loop (:class:`framework.controller.Controller`)
+configured otherwise) with the closed control loop (:class:`framework.controller.ControlLoop`)
 and session-aware autoscaling (:class:`framework.adaptive.SessionAdaptive`), and plays
 the trace's sessions against it: ``open`` opens a session, ``active`` streams chunks at
 playback cadence (chunk ``i+1`` is requested at ``max(t_request_i + period, t_done_i)``,
@@ -23,10 +23,10 @@ take a live run's measurements), multiplied by ``X``. Both write the output fold
 :func:`experiments.results.write_outputs` (same columns), plus ``decisions.parquet``
 (the control decisions, accepted or refused, with reasons) and ``profile.csv``.
 
-The pieces live in :mod:`experiments.replay_common` (result record, trace sessions,
-settings), :mod:`experiments.replay_profiles`, :mod:`experiments.live_replay`,
-:mod:`experiments.sim_replay` and :mod:`experiments.parity`; every public name stays
-importable from here.
+This module is the command only; the pieces live in :mod:`experiments.replay_common`
+(result record, output folder, trace sessions, settings), :mod:`experiments.replay_profiles`,
+:mod:`experiments.live_replay`, :mod:`experiments.sim_replay` and :mod:`experiments.parity`:
+import them from there.
 """
 
 from __future__ import annotations
@@ -34,51 +34,13 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-import pandas as pd
-
 import framework.config  # noqa: F401  (registers the turboserve defaults before any dask.config.set)
 from experiments.live_replay import replay_live
-from experiments.parity import compare, decision_counts, parity
-from experiments.replay_common import (
-    DECISION_COLUMNS,
-    ReplayResult,
-    burst_trace,
-    control_settings,
-    session_slo,
-)
-from experiments.replay_profiles import (
-    calibrate_live,
-    default_profile,
-    measure_profile,
-    profile_from_chunks,
-    read_profile,
-)
-from experiments.results import write_outputs
+from experiments.replay_common import write_replay
+from experiments.replay_profiles import read_profile
 from experiments.sim_replay import replay_sim
 
-__all__ = [
-    "DECISION_COLUMNS", "ReplayResult", "burst_trace", "calibrate_live", "compare", "control_settings",
-    "decision_counts", "default_profile", "measure_profile", "parity", "profile_from_chunks", "read_profile",
-    "replay_command", "replay_live", "replay_sim", "session_slo", "write_replay",
-]
-
-
-def write_replay(result: ReplayResult, out_dir: str | pathlib.Path, *, seed: int, trace_name: str,
-                 plots: bool = True) -> pathlib.Path:
-    """Write the output folder, ``decisions.parquet`` and ``profile.csv`` of a replay."""
-    from framework import config
-
-    resolved = {**config.resolved(), "experiment": {
-        "kind": "replay", "backend": result.backend, "seed": seed, "trace": trace_name,
-        "policy": result.summary["policy"], "time_scale": result.summary.get("time_scale"),
-        "profile": [list(p) for p in result.profile],
-    }}
-    out = write_outputs(out_dir, result.chunks, result.intervals, result.summary, resolved, plots=plots)
-    decisions = result.decisions.copy()
-    decisions["reason"] = decisions["reason"].astype(str)
-    decisions.to_parquet(out / "decisions.parquet", index=False)
-    pd.DataFrame(result.profile, columns=["batch_size", "step_s"]).to_csv(out / "profile.csv", index=False)
-    return out
+__all__ = ["replay_command"]
 
 
 def replay_command(args: argparse.Namespace) -> int:

@@ -1,13 +1,14 @@
-"""What the live and the simulated replay share: the result record, the trace's sessions, the settings.
+"""What the live and the simulated replay share: the result record and its output folder, the trace's sessions, the settings.
 
-:class:`ReplayResult` is what either backend returns; :func:`trace_sessions` reads a
-trace into per-session event lists; :func:`control_settings` resolves the controller's
-:class:`~framework.controller.ControlSettings` for a replay, so both backends decide
-with the same policies, bounds and SLO.
+:class:`ReplayResult` is what either backend returns and :func:`write_replay` writes;
+:func:`trace_sessions` reads a trace into per-session event lists; :func:`control_settings`
+resolves the control loop's :class:`~framework.control_settings.ControlSettings` for a
+replay, so both backends decide with the same policies, bounds and SLO.
 """
 
 from __future__ import annotations
 
+import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 import framework.config  # noqa: F401  (registers the turboserve defaults before any dask.config.set)
-
-DECISION_COLUMNS = ("time_s", "action", "session_id", "worker", "accepted", "reason")
+from policies.semantics import DECISION_COLUMNS
 
 
 @dataclass(slots=True)
@@ -107,14 +107,14 @@ def session_slo(trace: pd.DataFrame) -> dict[str, float]:
 
 def control_settings(trace: pd.DataFrame, *, time_scale: float, profile: tuple[tuple[int, float], ...] | None,
                      **overrides: Any):
-    """The :class:`~framework.controller.ControlSettings` of a replay (config + overrides).
+    """The :class:`~framework.control_settings.ControlSettings` of a replay (config + overrides).
 
     The SLO defaults to the trace's median chunk period (trace seconds); with a
     ``profile`` the controller uses it instead of learning one (the simulator does
     the same, so both decide on the same latency model).
     """
     from framework import config
-    from framework.controller import ControlSettings
+    from framework.control_settings import ControlSettings
 
     if not time_scale > 0:
         raise ValueError(f"--time-scale must be > 0 (trace seconds per wall second), got {time_scale!r}")
@@ -141,3 +141,22 @@ def summary_slo(trace: pd.DataFrame, slo: float | None = None) -> float | dict[s
 
     slo = config.get("slo-s", slo)
     return float(slo) if slo is not None else session_slo(trace)
+
+
+def write_replay(result: ReplayResult, out_dir: str | pathlib.Path, *, seed: int, trace_name: str,
+                 plots: bool = True) -> pathlib.Path:
+    """Write the output folder, ``decisions.parquet`` and ``profile.csv`` of a replay."""
+    from experiments.results import write_outputs
+    from framework import config
+
+    resolved = {**config.resolved(), "experiment": {
+        "kind": "replay", "backend": result.backend, "seed": seed, "trace": trace_name,
+        "policy": result.summary["policy"], "time_scale": result.summary.get("time_scale"),
+        "profile": [list(p) for p in result.profile],
+    }}
+    out = write_outputs(out_dir, result.chunks, result.intervals, result.summary, resolved, plots=plots)
+    decisions = result.decisions.copy()
+    decisions["reason"] = decisions["reason"].astype(str)
+    decisions.to_parquet(out / "decisions.parquet", index=False)
+    pd.DataFrame(result.profile, columns=["batch_size", "step_s"]).to_csv(out / "profile.csv", index=False)
+    return out

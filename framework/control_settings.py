@@ -25,9 +25,23 @@ def _seconds(value: Any) -> float:
     return float(parse_timedelta(value, default="s"))
 
 
+def _config(key: str) -> Any:
+    from framework import config
+
+    return config.get(key)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 @dataclass(frozen=True, slots=True)
 class ControlSettings:
     """The resolved configuration of the control loop (build with :meth:`from_config`).
+
+    Every field not given is read from ``turboserve.*`` (defaults and their documentation
+    in ``framework/turboserve.yaml``); :meth:`from_config` also fills the built-in
+    policies' parameters and the preset's latency profile.
 
     Parameters
     ----------
@@ -55,26 +69,27 @@ class ControlSettings:
     measure
         Learn the latency model from the workers' recent chunks.
     worker_startup_s
-        Expected wall seconds from a scale-up to a usable worker (for the policies).
+        Expected wall seconds from a scale-up to a usable worker, for the policies
+        (``turboserve.autoscale.worker-startup-s``).
     time_scale
         Trace seconds per wall second (1: real time).
     """
 
-    interval_s: float = 1.0
-    placement: str = "migration-aware"
-    autoscaling: str = "load-driven"
-    offload: str = "idle-timeout"
+    interval_s: float = field(default_factory=lambda: _seconds(_config("control.interval")))
+    placement: str = field(default_factory=lambda: _config("policies.placement"))
+    autoscaling: str = field(default_factory=lambda: _config("policies.autoscaling"))
+    offload: str = field(default_factory=lambda: _config("policies.offload"))
     placement_params: dict[str, Any] = field(default_factory=dict)
     autoscaling_params: dict[str, Any] = field(default_factory=dict)
     offload_params: dict[str, Any] = field(default_factory=dict)
-    minimum: int = 1
-    maximum: int = 8
-    slo_s: float | None = None
-    max_batch: int = 8
-    worker_memory_bytes: int = 80 * 1024**3
+    minimum: int = field(default_factory=lambda: int(_config("autoscale.minimum")))
+    maximum: int = field(default_factory=lambda: int(_config("autoscale.maximum")))
+    slo_s: float | None = field(default_factory=lambda: _optional_float(_config("slo-s")))
+    max_batch: int = field(default_factory=lambda: int(_config("engine.max-batch")))
+    worker_memory_bytes: int = field(default_factory=lambda: int(float(_config("simulator.gpu-memory-bytes"))))
     latency_points: tuple[tuple[int, float], ...] = ((1, 0.1),)
     measure: bool = True
-    worker_startup_s: float = 5.0
+    worker_startup_s: float = field(default_factory=lambda: _seconds(_config("autoscale.worker-startup-s")))
     time_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -118,6 +133,7 @@ class ControlSettings:
             "slo_s": None if slo is None else float(slo),
             "max_batch": max_batch,
             "worker_memory_bytes": memory,
+            "worker_startup_s": _seconds(config.get("autoscale.worker-startup-s")),
         }
         points = profile_points(str(config.get("model")))
         if points:

@@ -41,7 +41,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Protocol
 
 from framework.control_settings import ControlSettings
@@ -459,15 +459,14 @@ class ControlLoop:
         workers = self.mechanisms.workers() if workers is None else workers
         return max(0, self.target - sum(1 for a in workers if a not in self.retiring))
 
-    def snapshot(self, now: float | None = None, exclude: Collection[str] = (), max_batch: int | None = None) -> Snapshot:
+    def snapshot(self, now: float | None = None, max_batch: int | None = None) -> Snapshot:
         """The policies' view of the cluster now (see :func:`~framework.control_snapshot.build_snapshot`).
 
-        ``exclude``: workers left out (sessions on them are ignored); ``max_batch``
-        replaces the settings' (admission's per-worker session cap).
+        ``max_batch`` replaces the settings' (admission's per-worker session cap).
         """
         now = self.clock() if now is None else now
         s = self.settings
-        live = [a for a in sorted(self.mechanisms.workers()) if a not in exclude]
+        live = sorted(self.mechanisms.workers())
         return build_snapshot(
             now_s=self._trace_s(now),
             workers=[(a, self.worker_log.get(a, [now])[0]) for a in live],
@@ -494,14 +493,13 @@ class ControlLoop:
         failed); ``max_sessions`` caps the active sessions a worker takes at open (the
         ticks then balance the batches). The placement policy's state moves on as in a tick.
         """
-        snap = self.snapshot(exclude=exclude, max_batch=max_sessions)
+        snap = self.snapshot(max_batch=max_sessions)
         view = snap.session(session_id)
         if view is None:
             return None
-        from dataclasses import replace
-
         pending = replace(view, status=SessionStatus.PENDING, worker=None)
-        snap = replace(snap, sessions=tuple(pending if v.session_id == session_id else v for v in snap.sessions))
+        snap = replace(snap, workers=tuple(w for w in snap.workers if w.address not in exclude),
+                       sessions=tuple(pending if v.session_id == session_id else v for v in snap.sessions))
         p_state, a_state, o_state = self.state
         actions, p_state = self.policy.placement.decide(snap, p_state)
         self.state = (p_state, a_state, o_state)

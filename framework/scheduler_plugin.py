@@ -59,8 +59,9 @@ class TurboserveScheduler(SchedulerPlugin):
     ----------
     settings : ServingSettings
     control : ControlSettings, optional
-        The control loop's settings; default :meth:`ControlSettings.from_config` (read
-        where the plugin is built, i.e. in the client process).
+        The control loop's settings (placement, for admission too); default
+        :meth:`ControlSettings.from_config` with ``settings.placement``, read where the
+        plugin is built (the client process).
 
     Examples
     --------
@@ -74,7 +75,9 @@ class TurboserveScheduler(SchedulerPlugin):
 
     def __init__(self, settings: ServingSettings, control: ControlSettings | None = None) -> None:
         self.settings = settings
-        self.control_settings = ControlSettings.from_config() if control is None else control
+        if control is None:
+            control = ControlSettings.from_config(placement=settings.placement)
+        self.control_settings = control
         self.limits = OpenLimits.from_config()
         self.registry = SessionRegistry()
         self.scheduler: Any = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from framework import config
@@ -17,20 +17,21 @@ class ServingSettings:
     """The resolved serving configuration the scheduler plugin works with.
 
     Build it with :meth:`from_config` (``turboserve.*`` with explicit overrides); the
-    field defaults are those of ``framework/turboserve.yaml``. Where sessions go is the
+    fields not given are read from ``turboserve.*`` (``framework/turboserve.yaml``). Where sessions go is the
     control loop's placement policy (:class:`~framework.control_settings.ControlSettings`).
     """
 
-    model: str = "tiny"
-    height: int = 64
-    width: int = 64
-    fps: int = 16
-    store: str | None = None
-    max_sessions_per_worker: int = 32
-    on_full: str = "refuse"
-    queue_timeout_s: float = 60.0
-    offload_tier: str = "host"
-    transport: str = "auto"  # auto (p2p between CUDA devices, else host), host, p2p
+    model: str = field(default_factory=lambda: config.get("model"))
+    height: int = field(default_factory=lambda: config.get("chunk.height"))
+    width: int = field(default_factory=lambda: config.get("chunk.width"))
+    fps: int = field(default_factory=lambda: config.get("chunk.fps"))
+    store: str | None = None  # no checkpoint store unless given (from_config: turboserve.state.store)
+    placement: str | None = None  # the control loop's placement policy; None: turboserve.policies.placement
+    max_sessions_per_worker: int = field(default_factory=lambda: config.get("admission.max-sessions-per-worker"))
+    on_full: str = field(default_factory=lambda: config.get("admission.on-full"))
+    queue_timeout_s: float = field(default_factory=lambda: config.get("admission.queue-timeout-s"))
+    offload_tier: str = field(default_factory=lambda: config.get("state.offload-tier"))
+    transport: str = field(default_factory=lambda: config.get("state.transport"))  # auto, host, p2p
 
     def __post_init__(self) -> None:
         if self.on_full not in ("refuse", "queue"):

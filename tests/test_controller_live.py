@@ -10,7 +10,8 @@ import time
 import dask
 import pytest
 
-from experiments.replay import burst_trace, replay_live
+from experiments.live_replay import replay_live
+from experiments.replay_common import burst_trace
 from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,8 @@ import dask
 import pytest
 
 from experiments.parity import PARITY_CONTROL
-from experiments.replay import burst_trace, parity
+from experiments.parity import parity
+from experiments.replay_common import burst_trace
 
 pytestmark = pytest.mark.slow
 

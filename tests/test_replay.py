@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 import framework.config  # noqa: F401  (turboserve defaults before any dask.config.set)
-from experiments.replay import burst_trace, compare, decision_counts, replay_sim
+from experiments.parity import compare, decision_counts
+from experiments.replay_common import burst_trace
+from experiments.sim_replay import replay_sim
 from experiments.replay_profiles import migration_stall_from_chunks
 from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS, SUMMARY_COLUMNS
 from framework.cli import main
