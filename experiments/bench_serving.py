@@ -1,137 +1,223 @@
-"""Serving benchmark: what the Dask path costs per chunk, and what coalescing buys.
+"""Serving benchmark: the live server against the bare batched model, side by side in one run.
 
-Two measurements, each side by side in one run (interleaved, so the load of a shared
-machine hits both sides alike):
+Everything is measured in one run, each live measurement next to the bare one it is
+compared with (the machine is shared and noisy: compare within a run, not across runs):
 
-1. **Per-chunk overhead.** The bare engine step (``model.step`` on one session, in this
-   process, one torch thread like a Dask worker) against the whole path of one chunk
-   (``Session.submit().result()``: client -> worker actor -> engine thread -> batched
-   step -> outbox -> long-poll -> client) on a one-worker LocalCluster. The overhead of
-   a chunk is its client-side wall time minus its own step time (``t_done_s -
-   t_start_s``, measured on the worker).
-2. **Coalescing.** Chunk throughput of ``--sessions`` sessions on one worker, each asking
-   for its next chunk as soon as it got the last, with ``turboserve.engine.batching``
-   on and off (two one-worker clusters, rounds alternating between them).
+1. **Worker environment.** The model step inside a worker started the way turboserve
+   starts them (:class:`framework.worker_env.ServingNanny`) against one started by
+   Dask's plain nanny (``MALLOC_TRIM_THRESHOLD_=65536``), and the bare step in this
+   process: step time measured on the worker (``t_done_s - t_start_s``) and the whole
+   path of a chunk (``submit().result()``), one session, interleaved.
+2. **Chunk rate against the bare batched model.** ``S`` sessions (1, 4, 8) on ``W``
+   workers (1, 2), placed evenly. *Closed loop*: each session asks for its next chunk as
+   soon as it has the last one. *Back to back*: rounds of ``S`` ``submit()`` calls made
+   one after the other, then all results. The bare reference is ``model.step`` over
+   ``S / W`` sessions in this process, with one torch thread like a worker, timed just
+   before and after the live run; for ``W = 2`` it is doubled (two workers run in
+   parallel on two cores, which assumes a quiet machine). Printed per row: live and
+   bare chunks/s and their ratio, the mean batch the engines formed (steps and chunks
+   from their counters) against the batch the simulator assumes (every due session of a
+   worker in one step: ``S / W``), client-side chunk latency, and the overhead per chunk
+   (``1/live rate - 1/bare rate``).
 
-Run: ``.venv/bin/python experiments/bench_serving.py [--chunks 8] [--sessions 4]``.
+Run: ``.venv/bin/python -m experiments.bench_serving [--chunks 6] [--sessions 1,4,8]
+[--workers 1,2]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
+from dataclasses import dataclass
 
 PROMPT = "a red fox running through snow"
 
 
 class BareModel:
-    """The bare model in this process, one torch thread like a Dask worker."""
+    """The bare batched model in this process, one torch thread like a Dask worker."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, n: int) -> None:
         from kernels.model import StreamingVideoModel
 
         self.model = StreamingVideoModel.from_preset(model_name, device="cpu", weights_seed=0, num_threads=1)
-        self.state = self.model.new_session(PROMPT, 0)
-        self.model.step([self.state])  # warm-up
+        self.states = [self.model.new_session(PROMPT, i) for i in range(n)]
+        self.model.step(self.states[:1])  # warm-up
 
-    def step_s(self) -> float:
+    def step_s(self, batch: int) -> float:
+        """Seconds of one batched step over ``batch`` sessions (advances them)."""
         t0 = time.perf_counter()
-        self.model.step([self.state])
+        self.model.step(self.states[:batch])
         return time.perf_counter() - t0
 
-
-def chunk_s(session) -> tuple[float, float]:
-    """Client wall time and worker step time of one chunk fetched alone."""
-    t0 = time.perf_counter()
-    chunk = session.submit().result()
-    return time.perf_counter() - t0, chunk.t_done_s - chunk.t_start_s
+    def rate(self, batch: int, repeats: int = 2) -> float:
+        """Chunks per second of back-to-back batched steps of ``batch`` sessions (median)."""
+        return batch / statistics.median(self.step_s(batch) for _ in range(repeats))
 
 
-class Streams:
-    """``n`` sessions on one worker, each asking for its next chunk as soon as it has the last."""
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One live measurement against its bare reference."""
 
-    def __init__(self, server, n: int) -> None:
-        worker = server.workers()[0]
-        self.sessions = [server.open_session(PROMPT, seed=i, worker=worker) for i in range(n)]
-        for s in self.sessions:  # warm-up
-            s.submit().result()
+    workers: int
+    sessions: int
+    mode: str
+    live_rate: float
+    bare_rate: float
+    mean_batch: float
+    assumed_batch: float
+    p50_ms: float
+    max_ms: float
+    steps_per_round: float | None = None
 
-    def run(self, chunks_each: int) -> tuple[int, float, list[int]]:
-        """Chunks made, seconds taken and batch sizes seen for ``chunks_each`` per session."""
-        t0 = time.perf_counter()
-        left = {s.id: chunks_each for s in self.sessions}
-        futures = {s.id: (s, s.submit()) for s in self.sessions}
-        sizes: list[int] = []
-        while futures:
-            for sid, (s, fut) in list(futures.items()):
-                if not fut.done():
-                    continue
-                sizes.append(fut.result().batch_size)
-                left[sid] -= 1
-                if left[sid]:
-                    futures[sid] = (s, s.submit())
-                else:
-                    del futures[sid]
-            time.sleep(0.001)
-        return len(sizes), time.perf_counter() - t0, sizes
+    def line(self) -> str:
+        overhead = 1e3 * (1 / self.live_rate - 1 / self.bare_rate)
+        rounds = "" if self.steps_per_round is None else f"  steps/round/worker {self.steps_per_round:4.2f}"
+        return (
+            f"  W={self.workers} S={self.sessions} {self.mode:12s} live {self.live_rate:6.2f}  bare {self.bare_rate:6.2f}"
+            f"  ratio {self.live_rate / self.bare_rate:5.2f}x  mean batch {self.mean_batch:4.2f} / {self.assumed_batch:4.2f}"
+            f" ({self.mean_batch / self.assumed_batch:4.2f}x)  latency p50 {self.p50_ms:6.0f} max {self.max_ms:6.0f} ms"
+            f"  overhead {overhead:+6.1f} ms/chunk{rounds}"
+        )
+
+
+def _engine_counts(server) -> dict[str, tuple[int, int]]:
+    from workers.plugin import get_host
+
+    def counts(dask_worker):
+        m = get_host(dask_worker).metrics().get("tiny")
+        return (0, 0) if m is None else (m.steps, m.chunks)
+
+    return server.client.run(counts)
+
+
+def _mean_batch(before: dict, after: dict, workers: list[str]) -> float:
+    steps = sum(after[w][0] - before[w][0] for w in workers)
+    chunks = sum(after[w][1] - before[w][1] for w in workers)
+    return chunks / steps if steps else 0.0
+
+
+async def _closed_loop(sessions, n: int) -> list[tuple[float, object]]:
+    async def one(s):
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            chunk = await s.asubmit()
+            out.append((time.perf_counter() - t0, chunk))
+        return out
+
+    return [x for xs in await asyncio.gather(*(one(s) for s in sessions)) for x in xs]
+
+
+def run_config(server, bare: BareModel, workers: list[str], n_sessions: int, chunks: int, seed0: int) -> list[Row]:
+    """Closed-loop and back-to-back rows for ``n_sessions`` on ``workers``."""
+    sessions = [server.open_session(PROMPT, seed=seed0 + i, worker=workers[i % len(workers)])
+                for i in range(n_sessions)]
+    per_worker = max(1, n_sessions // len(workers))
+    assumed = n_sessions / len(workers)
+    rows = []
+    try:
+        server.client.sync(_closed_loop, sessions, 1)  # warm-up: every session made a chunk
+        for mode in ("closed-loop", "back-to-back"):
+            bare_before = bare.rate(per_worker)
+            before = _engine_counts(server)
+            t0 = time.perf_counter()
+            if mode == "closed-loop":
+                got = server.client.sync(_closed_loop, sessions, chunks)
+                steps_per_round = None
+            else:
+                got, starts = [], []
+                for _ in range(chunks):
+                    t_round = time.perf_counter()
+                    futures = [s.submit() for s in sessions]
+                    done = [f.result() for f in futures]
+                    wall = time.perf_counter() - t_round
+                    got += [(wall, c) for c in done]
+                    starts.append(len({(c.worker, c.t_start_s) for c in done}) / len(workers))
+                steps_per_round = statistics.mean(starts)
+            wall = time.perf_counter() - t0
+            after = _engine_counts(server)
+            bare_rate = statistics.mean([bare_before, bare.rate(per_worker)]) * len(workers)
+            latencies = [1e3 * w for w, _ in got]
+            rows.append(Row(len(workers), n_sessions, mode, len(got) / wall, bare_rate,
+                            _mean_batch(before, after, workers), assumed,
+                            statistics.median(latencies), max(latencies), steps_per_round))
+            print(rows[-1].line(), flush=True)
+    finally:
+        for s in sessions:
+            s.close()
+    return rows
+
+
+def environment(ours, plain, bare: BareModel, chunks: int) -> None:
+    """Step and whole-path time of one session: our workers, Dask's plain nanny, bare."""
+    import os
+
+    env = {name: srv.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+           for name, srv in (("ours", ours), ("plain", plain))}
+    sessions = {"ours": ours.open_session(PROMPT, seed=900, worker=ours.workers()[0]),
+                "plain": plain.open_session(PROMPT, seed=900)}
+    step = {k: [] for k in sessions}
+    path = {k: [] for k in sessions}
+    bare_s = []
+    try:
+        for s in sessions.values():
+            s.submit().result()  # warm-up
+        for _ in range(chunks):  # interleaved, so load on the machine hits all alike
+            bare_s.append(bare.step_s(1))
+            for name, s in sessions.items():
+                t0 = time.perf_counter()
+                chunk = s.submit().result()
+                path[name].append(time.perf_counter() - t0)
+                step[name].append(chunk.t_done_s - chunk.t_start_s)
+    finally:
+        for s in sessions.values():
+            s.close()
+    med = statistics.median
+    print(f"worker environment, one session, {chunks} chunks interleaved (median ms):")
+    print(f"  bare model.step in this process              {1e3 * med(bare_s):7.1f}")
+    for name, label in (("ours", "turboserve worker (ServingNanny)"), ("plain", "Dask's plain nanny")):
+        var = sorted(set(env[name].values()))
+        print(f"  {label:33s} step {1e3 * med(step[name]):7.1f}  whole path {1e3 * med(path[name]):7.1f}"
+              f"   MALLOC_TRIM_THRESHOLD_={var}")
+    print(f"  step plain/ours {med(step['plain']) / med(step['ours']):5.2f}x   "
+          f"whole path plain/ours {med(path['plain']) / med(path['ours']):5.2f}x", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--chunks", type=int, default=8, help="chunks per measurement (default 8)")
-    parser.add_argument("--sessions", type=int, default=4, help="sessions for the coalescing test (default 4)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the coalescing test")
+    parser.add_argument("--chunks", type=int, default=6, help="chunks per session per measurement (default 6)")
+    parser.add_argument("--sessions", default="1,4,8", help="session counts (default 1,4,8)")
+    parser.add_argument("--workers", default="1,2", help="worker counts (default 1,2)")
+    parser.add_argument("--skip-env", action="store_true", help="skip the worker-environment comparison")
     args = parser.parse_args()
+    counts = [int(x) for x in args.sessions.split(",")]
+    worker_counts = [int(x) for x in args.workers.split(",")]
+
+    import dask.config
+    from distributed import Nanny
 
     from framework import Server
 
-    med = statistics.median
-    with Server.local(n_workers=1, model=args.model, dashboard_address=":0") as on_server:
-        bare = BareModel(args.model)
-        session = on_server.open_session(PROMPT, seed=0)
-        session.submit().result()  # warm-up
-        bare_s, wall_s, step_s = [], [], []
-        for _ in range(args.chunks):  # interleaved, so load on the machine hits both alike
-            bare_s.append(bare.step_s())
-            wall, step = chunk_s(session)
-            wall_s.append(wall)
-            step_s.append(step)
-        session.close()
-        overhead = [w - s for w, s in zip(wall_s, step_s)]
-        print(f"per-chunk, one session, model {args.model!r}, {args.chunks} chunks, interleaved (median):")
-        print(f"  bare model.step            {1e3 * med(bare_s):8.1f} ms")
-        print(f"  step inside the engine     {1e3 * med(step_s):8.1f} ms")
-        print(f"  whole path submit->chunk   {1e3 * med(wall_s):8.1f} ms")
-        print(
-            f"  overhead (path - step)     {1e3 * med(overhead):8.1f} ms"
-            f"  = {med(overhead) / med(bare_s):.1%} of a bare step"
-        )
-
-        # The baseline cluster starts only now, so that it does not load the machine above.
-        off_server = Server.local(n_workers=1, model=args.model, batching=False, dashboard_address=":0")
-        try:
-            on, off = Streams(on_server, args.sessions), Streams(off_server, args.sessions)
-            _compare(on, off, args)
-        finally:
-            off_server.close()
-
-
-def _compare(on: Streams, off: Streams, args: argparse.Namespace) -> None:
-    """Alternate rounds of the two clusters and print their throughputs."""
-    totals = {"on": [0, 0.0, []], "off": [0, 0.0, []]}
-    for _ in range(args.rounds):
-        for name, streams in (("on", on), ("off", off)):
-            n, secs, sizes = streams.run(args.chunks)
-            totals[name][0] += n
-            totals[name][1] += secs
-            totals[name][2] += sizes
-    rate = {k: v[0] / v[1] for k, v in totals.items()}
-    print(f"throughput, {args.sessions} sessions on one worker, {args.rounds} x {args.chunks} chunks each:")
-    for name in ("on", "off"):
-        print(f"  batching {name:4s} {rate[name]:6.2f} chunks/s  (mean batch {statistics.mean(totals[name][2]):.2f})")
-    print(f"  ratio on/off  {rate['on'] / rate['off']:6.2f}x")
+    print(f"model {args.model!r}, engine: batch-window-s {dask.config.get('turboserve.engine.batch-window-s')}, "
+          f"max-batch {dask.config.get('turboserve.engine.max-batch')}, "
+          f"slo {dask.config.get('turboserve.slo-s')} (null: chunk playback time)", flush=True)
+    bare = BareModel(args.model, max(counts))
+    with Server.local(n_workers=max(worker_counts), model=args.model, dashboard_address=":0") as server:
+        if not args.skip_env:
+            with Server.local(n_workers=1, model=args.model, dashboard_address=":0", worker_class=Nanny) as plain:
+                environment(server, plain, bare, args.chunks)
+        print(f"chunk rate against the bare batched model (chunks/s; {args.chunks} chunks per session):", flush=True)
+        all_workers = server.workers()
+        seed = 0
+        for w in worker_counts:
+            for s in counts:
+                if s < w:  # fewer sessions than workers: the W=1 row says it
+                    continue
+                run_config(server, bare, all_workers[:w], s, args.chunks, seed)
+                seed += s
 
 
 if __name__ == "__main__":

@@ -64,6 +64,10 @@ class EngineSettings:
     batch_window_s : float
         Longest wait for sessions about to become due before a step starts (0: never
         wait); always bounded by the deadline of the chunks already due.
+    batch_window_share : float
+        The window is at least this share of the predicted step time (its clients'
+        round trip grows with the machine's load, as the step does); 0: the fixed
+        ``batch_window_s`` only.
     deadline_s : float
         Per-chunk latency target: a chunk's deadline is its request time plus this.
     max_unread : int
@@ -80,6 +84,7 @@ class EngineSettings:
     batching: bool = True
     checkpoint_every: int = 0
     batch_window_s: float = 0.02
+    batch_window_share: float = 0.25
     deadline_s: float = 0.75
     max_unread: int = 8
     valve_batch: int = 0
@@ -92,6 +97,8 @@ class EngineSettings:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if not self.batch_window_s >= 0:
             raise ValueError(f"batch_window_s must be >= 0 seconds, got {self.batch_window_s}")
+        if not self.batch_window_share >= 0:
+            raise ValueError(f"batch_window_share must be >= 0, got {self.batch_window_share}")
         if not self.deadline_s > 0:
             raise ValueError(f"deadline_s must be > 0 seconds, got {self.deadline_s}")
         if self.max_unread < 0:
@@ -124,6 +131,7 @@ class EngineSettings:
             "batching": bool(get("turboserve.engine.batching")),
             "checkpoint_every": int(get("turboserve.state.checkpoint-every")),
             "batch_window_s": float(get("turboserve.engine.batch-window-s")),
+            "batch_window_share": float(get("turboserve.engine.batch-window-share")),
             "deadline_s": float(slo),
             "max_unread": int(get("turboserve.engine.max-unread-chunks")),
             "valve_batch": int(get("turboserve.engine.quality-valve.batch")),
@@ -433,14 +441,19 @@ class Engine:
                     expected.append(math.inf)
             free_s = self._free_s
             measured = dict(self._step_s)
+        step_s = step_bound(measured)
+        max_batch = min(cfg.max_batch, self._memory_cap())
+        window = cfg.batch_window_s
+        if cfg.batch_window_share and measured and window:
+            window = max(window, cfg.batch_window_share * step_s(min(max_batch, len(ready) + len(expected))))
         return decide_batch(
             now,
             ready_s=ready,
             deadlines_s=deadlines,
             expected_s=expected,
-            step_s=step_bound(measured),
-            window_s=cfg.batch_window_s,
-            max_batch=min(cfg.max_batch, self._memory_cap()),
+            step_s=step_s,
+            window_s=window,
+            max_batch=max_batch,
             free_s=free_s,
         )
 
