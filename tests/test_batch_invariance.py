@@ -117,6 +117,42 @@ def test_whole_batch_step_differs_under_avx2():
     assert all("differ" in line for line in bad)
 
 
+def test_row_wise_linears_are_plain_linears_outside_the_mode():
+    import threading
+
+    import torch
+
+    from kernels.invariance import RowWiseLinear, install_row_wise_linears, is_row_wise, row_wise
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    x = torch.randn(5, 7, 8)
+    before, keys = net(x), list(net.state_dict())
+    assert install_row_wise_linears(net) == 2 and install_row_wise_linears(net) == 0
+    assert isinstance(net[0], RowWiseLinear) and list(net.state_dict()) == keys
+    assert torch.equal(net(x), before)
+    with row_wise():
+        assert is_row_wise()
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(is_row_wise()))
+        t.start()
+        t.join()
+        assert seen == [False]  # scoped to the thread that entered it
+        rows = net(x)
+        assert all(torch.equal(rows[b], net(x[b : b + 1])[0]) for b in range(5))
+    assert not is_row_wise()
+
+
+def test_save_and_load_keep_weights_after_row_wise_install(tmp_path):
+    from kernels import StreamingVideoModel
+
+    model = StreamingVideoModel.from_preset("tiny", num_threads=1)
+    s = model.new_session("x", seed=0, height=SIZE, width=SIZE)
+    frames = model.step([_clone(s)])[0]  # installs the row-wise linears
+    loaded = StreamingVideoModel.from_pretrained(model.save_pretrained(tmp_path / "m"), num_threads=1)
+    assert np.array_equal(loaded.step([s])[0], frames)
+
+
 if __name__ == "__main__":  # run by the AVX2 subprocess above
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     for line in mismatches(batch_invariant=sys.argv[1] == "on"):
