@@ -9,9 +9,10 @@ copies of its state.
 
 One :meth:`StreamingVideoModel.step` advances a whole batch of sessions by one chunk
 each (coalesced chunk processing). What a session gets does not depend on its batch:
-its noise comes from its own generator, attention never mixes rows, and the
-transformer side is bit-identical alone or batched (the batched VAE decode rounds
-differently at different batch sizes, by about 1e-5).
+its noise comes from its own generator, attention never mixes rows, and (with
+``batch_invariant=True``, the default) the calls whose rounding depends on their shapes
+run per session or per fixed tile, so its frames and state are bit-identical alone or
+in any batch (:mod:`kernels.invariance`).
 """
 
 from __future__ import annotations
