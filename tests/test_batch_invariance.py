@@ -46,11 +46,13 @@ def _warm_sessions(model):
     return sessions
 
 
-def mismatches(batch_invariant: bool, num_threads: int = 1) -> list[str]:
+def mismatches(batch_invariant: bool, num_threads: int = 1, device: str = "cpu") -> list[str]:
     """Every (batch, session) whose chunk or new state differs from its solo step."""
     from kernels import StreamingVideoModel
 
-    model = StreamingVideoModel.from_preset("tiny", num_threads=num_threads, batch_invariant=batch_invariant)
+    model = StreamingVideoModel.from_preset(
+        "tiny", num_threads=num_threads, batch_invariant=batch_invariant, device=device
+    )
     sessions = _warm_sessions(model)
     solo = []
     for s in sessions:
@@ -79,6 +81,11 @@ def test_chunks_bit_identical_at_batch_1_to_8():
 @pytest.mark.slow  # two threads on a shared 2-core machine: minutes
 def test_chunks_bit_identical_at_batch_1_to_8_with_two_threads():
     assert mismatches(batch_invariant=True, num_threads=2) == []
+
+
+@pytest.mark.gpu
+def test_chunks_bit_identical_at_batch_1_to_8_on_cuda():
+    assert mismatches(batch_invariant=True, device="cuda") == []
 
 
 def test_whole_batch_step_is_what_invariance_guards_against():
