@@ -14,7 +14,8 @@ and prints, side by side for each size, the bytes/s of
 (c) ``tcp``: the baseline -- a plain TCP socket between the same two worker processes:
     the sender ``sendall``s every tensor's bytes, the receiver ``recv_into``s one fresh
     buffer of the total size and answers with one byte; ``tcp-warm`` the same into a
-    buffer kept from the previous repeat (pages already mapped: the wire alone);
+    buffer lent by the worker's receive pool, as p2p's receiver does (after the warm-up
+    round its pages are mapped: the wire alone);
 (d) ``copy``: the memcpy limit, one ``Tensor.copy_`` of the same bytes in one process
     (host memcpy; device-to-device with ``--device cuda``).
 
@@ -47,6 +48,7 @@ from distributed import Client, LocalCluster, wait
 
 from framework.worker_env import ServingNanny
 from kernels.state import SessionState
+from workers.host_buffers import receive_pool
 from workers.p2p import P2PEndpoint, TransferStats, send_state
 from workers.p2p_group import Rendezvous, choose_backend, free_port
 from workers.transfer import WireState
@@ -102,14 +104,12 @@ def tcp_send(state: SessionState, host: str, port: int, timeout: float) -> float
             return time.perf_counter() - t0
 
 
-_WARM: dict[int, torch.Tensor] = {}  # tcp-warm's receive buffer per size, kept in the worker between repeats
-
-
 def tcp_recv(host: str, port: int, timeout: float, warm: bool = False) -> float:
     """Baseline receiver: connects, receives with ``recv_into``; the data phase's seconds.
 
     Into one fresh buffer of the total size (``tcp``: what a migrated state needs), or
-    with ``warm`` into a buffer kept from the previous repeat (``tcp-warm``: the wire alone).
+    with ``warm`` into a buffer lent by the worker's :func:`workers.host_buffers.receive_pool`,
+    the pool p2p receives into (``tcp-warm``: after the warm-up round, pages already mapped).
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -126,7 +126,7 @@ def tcp_recv(host: str, port: int, timeout: float, warm: bool = False) -> float:
         while len(head) < 8:
             head += sock.recv(8 - len(head))
         (n,) = struct.unpack("!Q", head)
-        buf = _WARM.setdefault(n, torch.empty(n, dtype=torch.uint8)) if warm else torch.empty(n, dtype=torch.uint8)
+        buf = receive_pool().lend(n) if warm else torch.empty(n, dtype=torch.uint8)
         view, got = memoryview(buf.numpy()), 0
         while got < n:
             got += sock.recv_into(view[got:])
@@ -248,7 +248,7 @@ def bench_size(client: Client, a: str, b: str, nbytes: int, device: str, repeats
         Row("copy", actual, time_raw_copy(actual, dev_a, repeats), "Tensor.copy_ in one process"),
         Row("tcp", actual, med(tcp), "plain TCP socket between the two workers, end to end"),
         Row("tcp-data", actual, med(tcp_data), "data phase only (connected)"),
-        Row("tcp-warm", actual, med(tcp_warm), "plain TCP into a receive buffer kept between repeats"),
+        Row("tcp-warm", actual, med(tcp_warm), "plain TCP into a buffer lent by the receive pool p2p uses"),
         Row("tcp-warm-data", actual, med(warm_data), "data phase only (connected)"),
         Row(f"p2p-{backend}", actual, med(p2p), f"end to end{staged}"),
         Row(f"p2p-{backend}-data", actual, med(p2p_data), "data phase only (group already joined)"),
