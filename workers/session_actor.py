@@ -32,6 +32,7 @@ from distributed.protocol import deserialize, to_serialize
 from distributed.protocol.serialize import Serialized
 
 from kernels.state import SessionState
+from policies.types import TIERS
 from workers.chunk import Chunk
 from workers.engine import Detached
 from workers.errors import InvalidRequest, SessionClosed, SessionMoved, TransferError
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 #: Where a new actor's state comes from (argument ``source["kind"]`` of ``start``).
 SOURCES = ("new", "peer", "store")
-TIERS = ("host", "disk")
 #: Events one actor keeps (the oldest are dropped first).
 MAX_EVENTS = 256
 

@@ -13,22 +13,20 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import dask.config
 from dask.utils import parse_timedelta
 
+from framework import config
 from framework.dashboard.data import ChunkLog, DashboardFrame, build_frame
 from framework.registry import PLUGIN_NAME
 from policies.types import SessionStatus
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_INTERVAL = "500ms"
-_DEFAULT_HISTORY = 2000
 
 
 def update_interval_ms() -> int:
-    """Page refresh period: ``turboserve.dashboard.interval`` (default 500 ms)."""
-    value = dask.config.get("turboserve.dashboard.interval", default=_DEFAULT_INTERVAL)
+    """Page refresh period: ``turboserve.dashboard.interval`` (framework/turboserve.yaml)."""
+    value = config.get("dashboard.interval")
     ms = int(parse_timedelta(value, default="ms") * 1000)
     if ms < 50:
         raise ValueError(f"turboserve.dashboard.interval must be at least 50ms, got {value!r}")
@@ -41,7 +39,7 @@ class DashboardFeed:
     Parameters
     ----------
     history : int, optional
-        Chunk points kept (``turboserve.dashboard.chunk-history``, default 2000).
+        Chunk points kept (default ``turboserve.dashboard.chunk-history``).
 
     Examples
     --------
@@ -53,7 +51,7 @@ class DashboardFeed:
 
     def __init__(self, history: int | None = None) -> None:
         if history is None:
-            history = int(dask.config.get("turboserve.dashboard.chunk-history", default=_DEFAULT_HISTORY))
+            history = int(config.get("dashboard.chunk-history"))
         self.chunk_log = ChunkLog(history)
         self.offloads = 0
 
@@ -80,7 +78,7 @@ class DashboardFeed:
 
 
 def _slo_s(records: list[Any]) -> float | None:
-    slo = dask.config.get("turboserve.slo-s", default=None)
+    slo = config.get("slo-s")
     if slo is not None:
         return float(slo)
     # The natural deadline: the playback time of one chunk.
