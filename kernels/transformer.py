@@ -232,12 +232,17 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
 
     def _install_causal_processors(self) -> None:
         """Chunk-causal self-attention, row-wise-capable cross-attention and linears (idempotent)."""
+        if self.__dict__.get("_chunk_ready") and all(
+            isinstance(b.attn1.processor, CausalKVAttnProcessor) for b in self.blocks
+        ):
+            return
         for block in self.blocks:
             if not isinstance(block.attn1.processor, CausalKVAttnProcessor):
                 block.attn1.set_processor(CausalKVAttnProcessor())
             if not isinstance(block.attn2.processor, RowWiseAttnProcessor):
                 block.attn2.set_processor(RowWiseAttnProcessor(block.attn2.processor))
         install_row_wise_linears(self)
+        self.__dict__["_chunk_ready"] = True
 
     def embed_text(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
         """Project encoder outputs ``[B, T, text_dim]`` to the model width (once per step)."""
