@@ -12,9 +12,10 @@ compared with (the machine is shared and noisy: compare within a run, not across
    workers (1, 2), placed evenly. *Closed loop*: each session asks for its next chunk as
    soon as it has the last one. *Back to back*: rounds of ``S`` ``submit()`` calls made
    one after the other, then all results. The bare reference is ``model.step`` over
-   ``S / W`` sessions in this process, with one torch thread like a worker, timed just
-   before and after the live run; for ``W = 2`` it is doubled (two workers run in
-   parallel on two cores, which assumes a quiet machine). Printed per row: live and
+   ``S / W`` sessions in this process, with one torch thread like a worker; live and
+   bare alternate in blocks (two chunks per session, two bare steps) and the rates are
+   totals over the blocks. For ``W = 2`` the bare rate is doubled (two workers run in
+   parallel on two cores, which assumes nothing else runs). Printed per row: live and
    bare chunks/s and their ratio, the mean batch the engines formed (steps and chunks
    from their counters) against the batch the simulator assumes (every due session of a
    worker in one step: ``S / W``), client-side chunk latency, and the overhead per chunk
@@ -36,24 +37,25 @@ PROMPT = "a red fox running through snow"
 
 
 class BareModel:
-    """The bare batched model in this process, one torch thread like a Dask worker."""
+    """The bare batched model in this process, one torch thread like a Dask worker.
 
-    def __init__(self, model_name: str, n: int) -> None:
+    Each batch size has its own sessions, stepped together, so that (like the live
+    sessions of one step) they are at the same chunk and their caches have one length.
+    """
+
+    def __init__(self, model_name: str, sizes: list[int]) -> None:
         from kernels.model import StreamingVideoModel
 
         self.model = StreamingVideoModel.from_preset(model_name, device="cpu", weights_seed=0, num_threads=1)
-        self.states = [self.model.new_session(PROMPT, i) for i in range(n)]
-        self.model.step(self.states[:1])  # warm-up
+        self.states = {b: [self.model.new_session(PROMPT, i) for i in range(b)] for b in sorted(set(sizes))}
+        for states in self.states.values():
+            self.model.step(states)  # warm-up, as every live session made a chunk first
 
     def step_s(self, batch: int) -> float:
         """Seconds of one batched step over ``batch`` sessions (advances them)."""
         t0 = time.perf_counter()
-        self.model.step(self.states[:batch])
+        self.model.step(self.states[batch])
         return time.perf_counter() - t0
-
-    def rate(self, batch: int, repeats: int = 2) -> float:
-        """Chunks per second of back-to-back batched steps of ``batch`` sessions (median)."""
-        return batch / statistics.median(self.step_s(batch) for _ in range(repeats))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,38 +113,47 @@ async def _closed_loop(sessions, n: int) -> list[tuple[float, object]]:
 
 
 def run_config(server, bare: BareModel, workers: list[str], n_sessions: int, chunks: int, seed0: int) -> list[Row]:
-    """Closed-loop and back-to-back rows for ``n_sessions`` on ``workers``."""
+    """Closed-loop and back-to-back rows for ``n_sessions`` on ``workers``.
+
+    Live and bare alternate in blocks of two chunks per session and two bare steps, so
+    that a change in the machine's load hits both sides alike; the rates are totals
+    over the blocks.
+    """
     sessions = [server.open_session(PROMPT, seed=seed0 + i, worker=workers[i % len(workers)])
                 for i in range(n_sessions)]
     per_worker = max(1, n_sessions // len(workers))
     assumed = n_sessions / len(workers)
+    block = 2
     rows = []
     try:
         server.client.sync(_closed_loop, sessions, 1)  # warm-up: every session made a chunk
         for mode in ("closed-loop", "back-to-back"):
-            bare_before = bare.rate(per_worker)
             before = _engine_counts(server)
-            t0 = time.perf_counter()
-            if mode == "closed-loop":
-                got = server.client.sync(_closed_loop, sessions, chunks)
-                steps_per_round = None
-            else:
-                got, starts = [], []
-                for _ in range(chunks):
-                    t_round = time.perf_counter()
-                    futures = [s.submit() for s in sessions]
-                    done = [f.result() for f in futures]
-                    wall = time.perf_counter() - t_round
-                    got += [(wall, c) for c in done]
-                    starts.append(len({(c.worker, c.t_start_s) for c in done}) / len(workers))
-                steps_per_round = statistics.mean(starts)
-            wall = time.perf_counter() - t0
+            live_s, bare_s, bare_chunks = 0.0, 0.0, 0
+            got, starts = [], []
+            for _ in range(max(1, chunks // block)):
+                for _ in range(block):
+                    bare_s += bare.step_s(per_worker)
+                    bare_chunks += per_worker
+                t0 = time.perf_counter()
+                if mode == "closed-loop":
+                    got += server.client.sync(_closed_loop, sessions, block)
+                else:
+                    for _ in range(block):
+                        t_round = time.perf_counter()
+                        futures = [s.submit() for s in sessions]
+                        done = [f.result() for f in futures]
+                        wall = time.perf_counter() - t_round
+                        got += [(wall, c) for c in done]
+                        starts.append(len({(c.worker, c.t_start_s) for c in done}) / len(workers))
+                live_s += time.perf_counter() - t0
             after = _engine_counts(server)
-            bare_rate = statistics.mean([bare_before, bare.rate(per_worker)]) * len(workers)
+            bare_rate = bare_chunks / bare_s * len(workers)
             latencies = [1e3 * w for w, _ in got]
-            rows.append(Row(len(workers), n_sessions, mode, len(got) / wall, bare_rate,
+            rows.append(Row(len(workers), n_sessions, mode, len(got) / live_s, bare_rate,
                             _mean_batch(before, after, workers), assumed,
-                            statistics.median(latencies), max(latencies), steps_per_round))
+                            statistics.median(latencies), max(latencies),
+                            statistics.mean(starts) if starts else None))
             print(rows[-1].line(), flush=True)
     finally:
         for s in sessions:
@@ -204,7 +215,7 @@ def main() -> None:
     print(f"model {args.model!r}, engine: batch-window-s {dask.config.get('turboserve.engine.batch-window-s')}, "
           f"max-batch {dask.config.get('turboserve.engine.max-batch')}, "
           f"slo {dask.config.get('turboserve.slo-s')} (null: chunk playback time)", flush=True)
-    bare = BareModel(args.model, max(counts))
+    bare = BareModel(args.model, [1] + [max(1, s // w) for s in counts for w in worker_counts if s >= w])
     with Server.local(n_workers=max(worker_counts), model=args.model, dashboard_address=":0") as server:
         if not args.skip_env:
             with Server.local(n_workers=1, model=args.model, dashboard_address=":0", worker_class=Nanny) as plain:
