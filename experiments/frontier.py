@@ -92,7 +92,12 @@ ISO_COST = "static-iso-cost"
 def _policy_set(family: Family, knob: float, offload: str, sets: dict[str, PolicySet], gpus: int) -> PolicySet:
     """The :class:`PolicySet` of ``family`` at ``knob``, with the pool's base parameters."""
     base = sets["turboserve"]
-    placement = dict(base.placement.params if family.placement == "migration-aware" else sets["static-peak"].placement.params)
+    if family.name == REFERENCE:
+        placement = dict(base.placement.params)
+    elif family.placement == "migration-aware":
+        placement = dict(sets["hpa+migration-aware"].placement.params)
+    else:
+        placement = dict(sets["static-peak"].placement.params)
     placement.update(family.placement_extra)
     sizes = {k: base.autoscaling.params[k] for k in ("worker_max_batch", "worker_memory_bytes")}
     if family.autoscaling == "fixed":

@@ -170,6 +170,14 @@ def slo_batch_cap(model: str, config: SimConfig) -> int:
     return best_batch(latency, slo, config.max_batch, cost.state_bytes(), config.gpu_memory_bytes - cost.weights_bytes)
 
 
+def valve_batch_cap(model: str, config: SimConfig) -> int:
+    """The largest batch whose *degraded* step (``valve_step_ratio`` of the full one) meets the SLO."""
+    cost = model_cost(model)
+    slo = config.slo_s if config.slo_s is not None else 0.75
+    return best_batch(config.latency.model_for(model), slo / config.valve_step_ratio, config.max_batch,
+                      cost.state_bytes(), config.gpu_memory_bytes - cost.weights_bytes)
+
+
 def policy_sets(gpus: int, *, new_session_bytes: int, worker_memory: int, max_batch: int) -> dict[str, PolicySet]:
     """The four simulated policy sets for a pool of ``gpus`` workers, parameters from the config."""
     placement = {"new_session_bytes": int(new_session_bytes)}
@@ -180,11 +188,11 @@ def policy_sets(gpus: int, *, new_session_bytes: int, worker_memory: int, max_ba
         "downscale_stabilisation_s": float(tconfig.get("autoscale.downscale-stabilisation-s")),
         "upscale_delay_s": float(tconfig.get("autoscale.upscale-delay-s")),
     }
-    load_driven = {
-        "target_utilisation": float(tconfig.get("autoscale.target-utilisation")),
-        "worker_max_batch": int(max_batch),
-        "worker_memory_bytes": int(worker_memory),
-    }
+    load_driven = {"worker_max_batch": int(max_batch), "worker_memory_bytes": int(worker_memory)}
+    # TurboServe keeps the in-stream worst case low: it moves an active session only to
+    # fix a worker that misses the SLO, and a drained worker waits for its active
+    # sessions' bursts to end (their idle state is offloaded) instead of moving them.
+    turboserve_placement = {**migration, "rebalance_above_slo": True, "max_drain_migrations": 0}
     offload = {"idle_s": float(tconfig.get("control.idle-offload-s"))}
     return {
         "static-peak": PolicySet.of("least-loaded", "fixed", "never", placement_params=placement,
@@ -193,7 +201,7 @@ def policy_sets(gpus: int, *, new_session_bytes: int, worker_memory: int, max_ba
                                          autoscaling_params=hpa, name="hpa+least-loaded"),
         "hpa+migration-aware": PolicySet.of("migration-aware", "hpa", "never", placement_params=migration,
                                             autoscaling_params=hpa, name="hpa+migration-aware"),
-        "turboserve": PolicySet.of("migration-aware", "load-driven", "idle-timeout", placement_params=migration,
+        "turboserve": PolicySet.of("migration-aware", "load-driven", "idle-timeout", placement_params=turboserve_placement,
                                    autoscaling_params=load_driven, offload_params=offload, name="turboserve"),
     }
 
@@ -276,8 +284,11 @@ def run_trace(
             policy = resolve_policy(label, sets, pool_gpus)
             static = policy.autoscaling.name == "fixed"
             warm = pool_gpus if static else min(max(minimum, at_start, 1), pool_gpus)
+            # With the quality valve a worker may take sessions up to the batch whose
+            # degraded step meets the SLO; policies still size the cluster for b*.
+            cap = valve_batch_cap(model, base) if base.quality_valve and max_batch == "slo" else caps[model]
             cfg = base.with_(initial_workers=warm, min_workers=min(minimum, pool_gpus), max_workers=pool_gpus,
-                             max_batch=caps[model], end_s=end, record_chunks=record_chunks)
+                             max_batch=cap, end_s=end, record_chunks=record_chunks)
             return policy, cfg
         return setup
 

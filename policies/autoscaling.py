@@ -85,23 +85,32 @@ class Census:
         return cls(running, starting, active + len(waiting), nbytes, ctx)
 
 
-def scale_actions(ledger: CapacityLedger, current: int, desired: int, cause: str) -> list[Action]:
+def scale_actions(ledger: CapacityLedger, current: int, desired: int, cause: str,
+                  rank: Any = None) -> list[Action]:
     """``ScaleTo(desired)`` plus, when shrinking, the ``Retire`` of the cheapest workers.
 
-    Bounds are applied by the caller. Returns ``[]`` when ``desired == current``.
+    ``rank`` orders the candidates (default :func:`retire_rank`: STARTING first, then
+    the fewest sessions). Bounds are applied by the caller. Returns ``[]`` when
+    ``desired == current``.
     """
     if desired == current:
         return []
     actions: list[Action] = [ScaleTo(desired, cause=cause)]
     if desired < current:
         candidates = (ld for ld in ledger.loads.values() if ld.view.status is not _DRAINING)
-        for ld in heapq.nsmallest(current - desired, candidates, key=_retire_rank):
+        for ld in heapq.nsmallest(current - desired, candidates, key=rank or retire_rank):
             actions.append(Retire(ld.address, cause=cause))
     return actions
 
 
-def _retire_rank(ld: WorkerLoad) -> tuple:
+def retire_rank(ld: WorkerLoad) -> tuple:
+    """STARTING workers first (they hold nothing), then the fewest sessions, the least state."""
     return (ld.view.status is not _STARTING, ld.n_sessions, ld.mem_used, ld.address)
+
+
+def fewest_active_rank(ld: WorkerLoad) -> tuple:
+    """STARTING first, then the fewest active sessions (a drain that waits ends soonest)."""
+    return (ld.view.status is not _STARTING, ld.n_active, ld.n_sessions, ld.mem_used, ld.address)
 
 
 def _clamp(n: int, snap: Snapshot) -> int:
@@ -117,12 +126,14 @@ class _Autoscaler(LedgerPolicy):
 
     kind = "autoscaling"
 
+    retire_rank = staticmethod(retire_rank)
+
     def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
         """At most one ``ScaleTo`` (plus ``Retire`` actions on scale-in), and the next state."""
         census = Census.of(ledger)
         desired, state, cause = self._desired(ledger, census, state)
         desired = _clamp(desired, ledger.snap)
-        return scale_actions(ledger, census.current, desired, cause), state
+        return scale_actions(ledger, census.current, desired, cause, self.retire_rank), state
 
     def _desired(self, ledger: CapacityLedger, census: Census, state: Any) -> tuple[int, Any, str]:
         raise NotImplementedError
@@ -156,7 +167,7 @@ def sessions_per_gpu(ledger: CapacityLedger, share: float = 1.0, *, max_batch: i
     limit = share * snap.slo_s
     b_star = 1
     for b in range(2, cap + 1):
-        if ledger.step_s(b, mean_ctx * b) > limit:
+        if ledger.step_s(b, mean_ctx * b) > limit + _EPS:
             break
         b_star = b
     typical = max((ledger.reserve(x) for x in snap.sessions[:64]), default=0)
@@ -291,6 +302,11 @@ class LoadDrivenState:
     last_demand: int = 0
     var_rate: float = 0.0
     weight: float = 0.0
+    # headroom_model="horizon": demand samples of the last horizon (and one older, the
+    # anchor), and the weighted mean of (demand - demand one horizon ago)^2
+    recent: tuple[tuple[float, int], ...] = ()
+    var_horizon: float = 0.0
+    weight_horizon: float = 0.0
 
     @property
     def variance_per_s(self) -> float:
@@ -303,11 +319,14 @@ class LoadDriven(_Autoscaler):
     """TurboServe autoscaling: the GPUs the active load needs, plus headroom for its swings.
 
     Per-GPU capacity ``b*`` is the largest batch (up to the worker's ``max_batch``)
-    with ``latency.predict(b, mean context) <= target_utilisation * slo`` (at least 1).
-    The budget is ``max(ceil((demand + headroom) / b*), ceil(device bytes / memory per
-    GPU))``. Scale out at once when the budget exceeds the size; scale in only after
-    the budget has stayed at least one below the size for ``downscale_delay_s``, to the
-    highest budget seen in that time, by draining (``Retire``) the cheapest workers.
+    whose predicted step, at the mean context, meets the SLO, and whose states fit the
+    device (:func:`sessions_per_gpu`; at least 1). The budget is ``max(ceil((demand +
+    headroom) / (target_utilisation * b*)), ceil(device bytes / memory per GPU))``.
+    Scale out at once when the budget exceeds the size; scale in only after the budget
+    has stayed at least one below the size for ``downscale_delay_s``, to the highest
+    budget seen in that time, by draining (``Retire``) the workers with the fewest
+    active sessions (idle state leaves by offload; active sessions finish their burst
+    there unless the placement policy moves them).
 
     Headroom: a session that arrives or returns from idle while every slot is taken
     waits for another session to leave or for a new worker, which takes
@@ -326,10 +345,13 @@ class LoadDriven(_Autoscaler):
     Parameters
     ----------
     target_utilisation
-        Share of the SLO a step may take (``turboserve.autoscale.target-utilisation``).
+        Share of a GPU's ``b*`` sessions to fill (1.0: the headroom below is the slack
+        kept for the load's swings; lower keeps a proportional margin too).
     downscale_delay_s
-        How long the budget must stay below the size before scaling in (180 s: three
-        start-up times, so a burst that returns soon finds its workers still there).
+        How long the budget must stay below the size before scaling in. ``None``
+        (default): the worker start-up time of the snapshot. A GPU is paid from its
+        request, so releasing one that is needed again within a start-up time costs
+        more than keeping it (the ski-rental break-even).
     headroom_quantile
         Quantile of the demand swing over the horizon to provision for (0 disables
         the headroom; 0.8 by default).
@@ -341,28 +363,40 @@ class LoadDriven(_Autoscaler):
         History the estimate needs before it is taken at face value (0 s: the first
         changes count in full, so a cluster that knows nothing of its load yet keeps
         generous headroom early; 60 s makes it calmer, and slower, at the start).
+    headroom_model
+        How the swing over the horizon is estimated. ``"horizon"`` (default) measures
+        it: the weighted mean of ``(demand now - demand one horizon ago)^2``, which
+        holds for loads that swing back (sessions that go idle and return) as for loads
+        that drift. ``"random-walk"`` extrapolates the one-tick variance rate ``v`` to
+        ``v T``, which is exact for Poisson arrivals and departures but overstates the
+        swing of a mean-reverting load by a wide margin.
     worker_max_batch, worker_memory_bytes
         Size of a new worker when the snapshot has none to copy it from.
     """
 
     name = "load-driven"
+    retire_rank = staticmethod(fewest_active_rank)
 
     def __init__(
         self,
         *,
-        target_utilisation: float = 0.8,
-        downscale_delay_s: float = 180.0,
+        target_utilisation: float = 1.0,
+        downscale_delay_s: float | None = None,
         headroom_quantile: float = 0.8,
         headroom_horizon_s: float | None = None,
         rate_window_s: float = 300.0,
         warmup_s: float = 0.0,
+        headroom_model: str = "horizon",
         worker_max_batch: int = 32,
         worker_memory_bytes: int = 80 * 1024**3,
     ) -> None:
+        if headroom_model not in ("horizon", "random-walk"):
+            raise ValueError(f"headroom_model must be 'horizon' or 'random-walk', got {headroom_model!r}")
+        self.headroom_model = headroom_model
         if not 0 < target_utilisation:
             raise ValueError(f"target_utilisation must be > 0, got {target_utilisation!r}")
-        if downscale_delay_s < 0:
-            raise ValueError(f"downscale_delay_s must be >= 0, got {downscale_delay_s!r}")
+        if downscale_delay_s is not None and downscale_delay_s < 0:
+            raise ValueError(f"downscale_delay_s must be >= 0 or None, got {downscale_delay_s!r}")
         if not 0 <= headroom_quantile < 1:
             raise ValueError(f"headroom_quantile must be in [0, 1), got {headroom_quantile!r}")
         if headroom_horizon_s is not None and headroom_horizon_s < 0:
@@ -377,7 +411,7 @@ class LoadDriven(_Autoscaler):
                 f"{worker_max_batch!r} and {worker_memory_bytes!r}"
             )
         self.target = float(target_utilisation)
-        self.downscale_delay_s = float(downscale_delay_s)
+        self.downscale_delay_s = None if downscale_delay_s is None else float(downscale_delay_s)
         self.headroom_quantile = float(headroom_quantile)
         # z of the quantile; below the median there is no headroom to keep
         self._z = max(NormalDist().inv_cdf(headroom_quantile), 0.0) if headroom_quantile > 0 else 0.0
@@ -416,34 +450,57 @@ class LoadDriven(_Autoscaler):
             weight=state.weight + alpha * (1.0 - state.weight),
         )
 
+    def observe_horizon(self, state: LoadDrivenState, now_s: float, demand: int, horizon_s: float) -> LoadDrivenState:
+        """``state`` with the change of demand over one horizon folded into its estimate.
+
+        Keeps the samples of the last ``horizon_s`` plus the newest older one (the
+        anchor); once the anchor is a horizon old, ``(demand - anchor)^2`` is one sample of
+        the swing the headroom must cover, weighted like :meth:`observe`'s.
+        """
+        recent = state.recent + ((now_s, demand),)
+        cut = 0
+        while cut + 1 < len(recent) and recent[cut + 1][0] <= now_s - horizon_s:
+            cut += 1
+        recent = recent[cut:]
+        anchor_s, anchor = recent[0]
+        var, weight = state.var_horizon, state.weight_horizon
+        if state.last_s is not None and now_s - anchor_s >= horizon_s and now_s > state.last_s:
+            alpha = -math.expm1(-(now_s - state.last_s) / self.rate_window_s)
+            var += alpha * ((demand - anchor) ** 2 - var)
+            weight += alpha * (1.0 - weight)
+        return replace(state, recent=recent, var_horizon=var, weight_horizon=weight)
+
     def headroom(self, snap: Snapshot, state: LoadDrivenState) -> int:
         """Spare sessions to provision for: the ``headroom_quantile`` of the demand swing."""
         horizon = snap.worker_startup_s if self.headroom_horizon_s is None else self.headroom_horizon_s
+        if self.headroom_model == "horizon":
+            weight = max(state.weight_horizon, self._min_weight)
+            variance = state.var_horizon / weight if weight > 0 else 0.0
+            return int(self._z * math.sqrt(variance) + _EPS)
         weight = max(state.weight, self._min_weight)
         variance = state.var_rate / weight if weight > 0 else 0.0
         return int(self._z * math.sqrt(variance * horizon) + _EPS)
 
     def budget(self, ledger: CapacityLedger, census: Census | None = None, headroom: int = 0) -> tuple[int, int]:
-        """``(gpu budget, b*)`` for the load in ``ledger`` plus ``headroom`` spare sessions."""
+        """``(gpu budget, b*)`` for the load in ``ledger`` plus ``headroom`` spare sessions.
+
+        ``b*`` is :func:`sessions_per_gpu` (the batch whose step meets the SLO, and whose
+        states fit); the budget fills ``target_utilisation`` of it, and never holds less
+        than the device bytes of the on-device sessions.
+        """
         census = census if census is not None else Census.of(ledger)
-        snap = ledger.snap
         ref = _reference_worker(ledger)
-        max_batch = ref.view.max_batch if ref else self.worker_max_batch
         memory = ref.view.memory_bytes if ref else self.worker_memory_bytes
-        n_active = sum(ld.n_active for ld in ledger.loads.values())
-        mean_ctx = census.context_sum / n_active if n_active else 0.0
-        limit = self.target * snap.slo_s
-        b_star = 1
-        for b in range(2, max_batch + 1):
-            if ledger.step_s(b, mean_ctx * b) > limit:
-                break
-            b_star = b
-        gpus = max(_ceil((census.demand + headroom) / b_star), _ceil(census.device_bytes / memory))
+        b_star = sessions_per_gpu(ledger, max_batch=self.worker_max_batch, memory_bytes=self.worker_memory_bytes)
+        gpus = max(_ceil((census.demand + headroom) / (self.target * b_star)), _ceil(census.device_bytes / memory))
         return gpus, b_star
 
     def _desired(self, ledger: CapacityLedger, census: Census, state: LoadDrivenState) -> tuple[int, LoadDrivenState, str]:
         now = ledger.snap.now_s
         current = census.current
+        if self.headroom_model == "horizon":
+            horizon = ledger.snap.worker_startup_s if self.headroom_horizon_s is None else self.headroom_horizon_s
+            state = self.observe_horizon(state, now, census.demand, horizon)
         state = self.observe(state, now, census.demand)
         spare = self.headroom(ledger.snap, state) if census.demand else 0
         budget, b_star = self.budget(ledger, census, spare)
@@ -454,6 +511,7 @@ class LoadDriven(_Autoscaler):
             state = replace(state, below_since_s=now, window_max=budget)
         else:
             state = replace(state, window_max=max(state.window_max, budget))
-        if now - state.below_since_s >= self.downscale_delay_s:
+        delay = ledger.snap.worker_startup_s if self.downscale_delay_s is None else self.downscale_delay_s
+        if now - state.below_since_s >= delay:
             return state.window_max, replace(state, below_since_s=None, window_max=0), cause
         return current, state, cause

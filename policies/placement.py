@@ -325,6 +325,10 @@ class MigrationAware(_PlacementPolicy):
         Bound on rebalancing migrations per decision (drain moves not included).
     plan_limit
         How many moves the plan may look ahead to find out whether rebalancing pays.
+    rebalance_above_slo
+        Rebalance only while some worker's predicted step misses the SLO (``False``:
+        whenever it pays). A move stalls the moved session's next chunk by its copy, so
+        moves that only shave latency below the SLO cost the in-stream worst case.
     **kwargs
         ``on_full``, ``new_session_bytes``, ``max_drain_migrations`` as for every
         placement policy.
@@ -339,9 +343,11 @@ class MigrationAware(_PlacementPolicy):
         max_migrations: int = 8,
         plan_limit: int = 1024,
         horizon_chunks: float = 4.0,
+        rebalance_above_slo: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.rebalance_above_slo = bool(rebalance_above_slo)
         if not horizon_chunks >= 1:
             raise ValueError(f"horizon_chunks must be >= 1, got {horizon_chunks!r}")
         self.horizon_chunks = float(horizon_chunks)
@@ -366,6 +372,10 @@ class MigrationAware(_PlacementPolicy):
 
     def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
         if self.max_migrations == 0:
+            return
+        if self.rebalance_above_slo and all(
+            ledger.latency(ld) <= ledger.snap.slo_s for ld in ledger.loads.values() if ld.n_active
+        ):
             return
         plan, before, after = self._plan(ledger, chooser, moved)
         keep = min(len(plan), self.max_migrations) if before - after > self.min_gain * before else 0

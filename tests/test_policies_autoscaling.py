@@ -143,12 +143,12 @@ def test_hpa_asks_for_a_first_worker_when_sessions_wait_and_none_runs():
 def test_load_driven_sizes_by_the_largest_batch_within_the_slo():
     policy = make("autoscaling", "load-driven", target_utilisation=0.8)
     snap = cluster(1, 20, slo_s=1.0)
-    # predict(b) = 0.1 b <= 0.8 s -> b* = 8; 20 sessions -> 3 GPUs.
-    assert policy.budget(CapacityLedger(snap)) == (3, 8)
+    # predict(b) = 0.1 b <= 1.0 s -> b* = 10; filled to 0.8: 20 sessions / 8 -> 3 GPUs.
+    assert policy.budget(CapacityLedger(snap)) == (3, 10)
     assert scale_target(policy.decide(snap, policy.initial_state())[0]) == 3
-    # b* is also capped by the worker's batch slots.
+    # b* is also capped by the worker's batch slots: 20 / (0.8 * 4) -> 7 GPUs.
     small = cluster(1, 20, slo_s=1.0, max_batch=4)
-    assert scale_target(policy.decide(small, policy.initial_state())[0]) == 5
+    assert scale_target(policy.decide(small, policy.initial_state())[0]) == 7
 
 
 def test_load_driven_counts_the_memory_of_on_device_sessions():
@@ -198,7 +198,7 @@ def feed(policy, demands, *, start_workers, dt=1.0, **kw):
 
 
 def test_load_driven_without_churn_keeps_no_headroom():
-    policy = make("autoscaling", "load-driven", headroom_quantile=0.9)
+    policy = make("autoscaling", "load-driven", headroom_model="random-walk", headroom_quantile=0.9)
     targets, state = feed(policy, [10] * 30, start_workers=10)
     assert targets[-1] == 10
     assert state.variance_per_s == 0.0
@@ -206,7 +206,7 @@ def test_load_driven_without_churn_keeps_no_headroom():
 
 def test_load_driven_keeps_headroom_for_the_demand_swing_over_the_startup_time():
     # The demand alternates 10, 12, 10, 12: (+-2)^2 per second, a variance rate of 4/s.
-    policy = make("autoscaling", "load-driven", headroom_quantile=0.9, downscale_delay_s=1e9)
+    policy = make("autoscaling", "load-driven", headroom_model="random-walk", headroom_quantile=0.9, downscale_delay_s=1e9)
     demands = [10, 12] * 20
     targets, state = feed(policy, demands, start_workers=12, worker_startup_s=60.0, max_workers=200)
     assert state.variance_per_s == pytest.approx(4.0)
@@ -221,7 +221,7 @@ def test_load_driven_headroom_grows_with_the_quantile_and_is_off_at_zero():
     demands = [10, 12] * 20
     sizes = []
     for q in (0.0, 0.5, 0.75, 0.9, 0.99):
-        policy = make("autoscaling", "load-driven", headroom_quantile=q, downscale_delay_s=1e9)
+        policy = make("autoscaling", "load-driven", headroom_model="random-walk", headroom_quantile=q, downscale_delay_s=1e9)
         targets, _ = feed(policy, demands, start_workers=12, max_workers=200)
         sizes.append(targets[-1])
     assert sizes[0] == sizes[1] == 12  # no headroom at or below the median
@@ -229,7 +229,7 @@ def test_load_driven_headroom_grows_with_the_quantile_and_is_off_at_zero():
 
 
 def test_load_driven_headroom_decays_when_the_churn_stops():
-    policy = make("autoscaling", "load-driven", headroom_quantile=0.9, rate_window_s=30.0, downscale_delay_s=0.0)
+    policy = make("autoscaling", "load-driven", headroom_model="random-walk", headroom_quantile=0.9, rate_window_s=30.0, downscale_delay_s=0.0)
     busy, state = feed(policy, [10, 14] * 30 + [10] * 300, start_workers=14, max_workers=200)
     assert max(busy[:60]) > 20  # churn: headroom on top of the 14 sessions
     assert busy[-1] == 10  # quiet for 10 time constants: back to the demand
@@ -238,7 +238,7 @@ def test_load_driven_headroom_decays_when_the_churn_stops():
 def test_load_driven_headroom_is_a_smaller_share_of_a_larger_cluster():
     # Four times the churn variance (a four times larger independent population) needs
     # only twice the headroom.
-    small = make("autoscaling", "load-driven", headroom_quantile=0.9, downscale_delay_s=1e9)
+    small = make("autoscaling", "load-driven", headroom_model="random-walk", headroom_quantile=0.9, downscale_delay_s=1e9)
     t_small, _ = feed(small, [100, 102] * 20, start_workers=102, max_workers=1000)
     t_large, _ = feed(small, [400, 404] * 20, start_workers=404, max_workers=1000)
     spare_small, spare_large = t_small[-1] - 102, t_large[-1] - 404
@@ -250,8 +250,8 @@ def test_load_driven_warmup_discounts_the_first_changes():
     # One early jump of 4 sessions: taken at face value it buys a large headroom; with a
     # warm-up of 60 s of assumed calm history it buys little.
     demands = [10, 14, 14]
-    eager = make("autoscaling", "load-driven", headroom_quantile=0.9, downscale_delay_s=1e9)
-    calm = make("autoscaling", "load-driven", headroom_quantile=0.9, downscale_delay_s=1e9, warmup_s=60.0)
+    eager = make("autoscaling", "load-driven", headroom_model="random-walk", headroom_quantile=0.9, downscale_delay_s=1e9)
+    calm = make("autoscaling", "load-driven", headroom_model="random-walk", headroom_quantile=0.9, downscale_delay_s=1e9, warmup_s=60.0)
     eager_sizes, _ = feed(eager, demands, start_workers=10, max_workers=200)
     calm_sizes, _ = feed(calm, demands, start_workers=10, max_workers=200)
     # face value: v = 16/s, headroom = floor(1.2816 * sqrt(16 * 60)) = 39
@@ -260,7 +260,7 @@ def test_load_driven_warmup_discounts_the_first_changes():
 
 
 def test_load_driven_keeps_no_headroom_without_demand():
-    policy = make("autoscaling", "load-driven", headroom_quantile=0.9)
+    policy = make("autoscaling", "load-driven", headroom_model="random-walk", headroom_quantile=0.9)
     state = policy.initial_state()
     for t, d in ((0.0, 5), (1.0, 0), (2.0, 5), (3.0, 0)):
         _, state = policy.decide(one_per_gpu(2, d, t, min_workers=0), state)
@@ -348,3 +348,26 @@ def test_hpa_evaluates_only_every_sync_period():
     assert scale_target(actions) is None  # between syncs
     actions, state = policy.decide(cluster(target, 90, now_s=15.0), state)
     assert scale_target(actions) > target
+
+
+def test_load_driven_horizon_headroom_measures_the_swing_over_the_startup_time():
+    """A load that swings back and forth every tick has a large one-tick variance but no
+    swing over a minute: the horizon estimate keeps no headroom for it, the random-walk
+    extrapolation keeps a lot."""
+    sizes = {}
+    for model in ("horizon", "random-walk"):
+        policy = make("autoscaling", "load-driven", headroom_quantile=0.9, downscale_delay_s=1e9,
+                      headroom_model=model)
+        state = policy.initial_state()
+        for t in range(200):
+            n = 20 + (4 if t % 2 else 0)
+            actions, state = policy.decide(cluster(30, n, now_s=float(t), max_batch=1), state)
+        sizes[model] = policy.budget(CapacityLedger(cluster(30, 20, max_batch=1)), headroom=policy.headroom(
+            cluster(30, 20, max_batch=1), state))[0]
+    assert sizes["horizon"] <= 25 < sizes["random-walk"]
+    # a steady climb is a swing over the horizon: the horizon estimate sees it
+    policy = make("autoscaling", "load-driven", headroom_quantile=0.9, downscale_delay_s=1e9)
+    state = policy.initial_state()
+    for t in range(200):
+        _, state = policy.decide(cluster(60, 10 + t // 4, now_s=float(t), max_batch=1), state)
+    assert policy.headroom(cluster(60, 60, max_batch=1), state) >= 10

@@ -4,6 +4,11 @@ The hashes were computed before the decision-time optimisations of the placement
 chooser, migration planner and idle-timeout offload; any change to a decision (an
 action, its order, its cause, or the next state) changes a hash. A deliberate change of
 behaviour must recompute them (and say why in its commit).
+
+Recomputed once, on purpose: the load-driven autoscaler now sizes a GPU by the batch
+that meets the SLO (and the memory), fills ``target_utilisation`` of it, measures its
+headroom over the start-up horizon, scales in after a start-up time, and retires the
+workers with the fewest active sessions (issue 9).
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ from policies.registry import make
 
 # (sessions, workers, new workers, migrate bytes/s, seed), offload kwargs -> (actions, next state, n actions)
 PINNED = {
-    ((10_000, 1024, 0, 25e9, 0), ()): ("e4b85923e04e5ec8", "51bd4dac8c62e1a5", 2452),
-    ((10_000, 1024, 102, 200e9, 0), ()): ("6303236c5df7f1c9", "51bd4dac8c62e1a5", 2452),
-    ((3000, 300, 30, 200e9, 1), ()): ("3714b713ab41c64c", "6675b1d3447c66c6", 693),
-    ((5000, 256, 64, 200e9, 3), ()): ("0809485c2ad41530", "629bf8d679e5cadc", 1187),
-    ((5000, 256, 64, 200e9, 3), (("low_water", 0.3), ("high_water", 0.5))): ("eaa1123de6c51135", "629bf8d679e5cadc", 538),
-    ((2000, 100, 0, 25e9, 2), (("idle_s", 300.0), ("high_water", 0.2))): ("4bc0c48e2a6b9ccf", "a15b5b213e7765fc", 363),
+    ((10_000, 1024, 0, 25e9, 0), ()): ("e4b85923e04e5ec8", "2c70b7476965f7fc", 2452),
+    ((10_000, 1024, 102, 200e9, 0), ()): ("6303236c5df7f1c9", "2c70b7476965f7fc", 2452),
+    ((3000, 300, 30, 200e9, 1), ()): ("3714b713ab41c64c", "a0ea8fd9c378b9c8", 693),
+    ((5000, 256, 64, 200e9, 3), ()): ("f13d9305d0ebf9d8", "bfb63b1ccc494fce", 1186),
+    ((5000, 256, 64, 200e9, 3), (("low_water", 0.3), ("high_water", 0.5))): ("c168aa9fdc558f07", "bfb63b1ccc494fce", 537),
+    ((2000, 100, 0, 25e9, 2), (("idle_s", 300.0), ("high_water", 0.2))): ("259409ba0c4285b4", "0ef787f7e82e8b12", 363),
 }
 
 

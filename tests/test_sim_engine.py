@@ -286,15 +286,18 @@ def test_every_chunk_of_every_session_arrives_once_and_in_order(placement, autos
     assert (chunks["batch_size"] <= 3).all()
 
 
-def test_draining_workers_count_against_the_cluster_size():
-    # w0 holds a session and is retired at t=2 while the target stays 2: its replacement
-    # cannot start before it has drained, because the cluster has only 2 GPUs.
+def test_a_scale_up_takes_a_draining_worker_back_before_starting_a_new_one():
+    # w0 is retired at t=2 while the target stays 2: as live (Controller._keep_drained),
+    # the next ScaleTo(2) puts the draining w0 back in service instead of starting a
+    # third worker (which a 2-GPU cluster could not hold anyway).
     from policies.types import Retire
 
     placement = Scripted({2.0: [Retire("sim-w0"), Migrate("a", "sim-w0", "sim-w1")]})
     result = run(trace((0, "a", "open"), (10, "a", "close")), placement, n_workers=2, max_workers=2)
     assert result.intervals["n_workers"].max() == 2
-    assert result.counters["refused_by_reason"].get("cluster-full", 0) >= 1
+    assert result.counters["refused_by_reason"].get("cluster-full", 0) == 0
+    assert len(result.workers) == 2  # no third worker was ever started
+    assert (result.workers["released_s"] == result.end_s).all()  # w0 is serving again, not released
     assert list(result.chunks["index"]) == list(range(10))
 
 

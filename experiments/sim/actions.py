@@ -155,6 +155,19 @@ class _Actions:
             self._refuse(now, action, clipped, worker="")
         live = [w for w in self.alive.values() if w.status is not DRAINING]
         if n > len(live):
+            # As live (Controller._keep_drained): draining workers not yet released go
+            # back in service first, newest first; they hold a warm GPU already.
+            for w in sorted(self.alive.values(), key=lambda w: -w.idx):
+                if len(live) >= n:
+                    break
+                if w.status is DRAINING:
+                    w.status = RUNNING
+                    self._wviews = None
+                    live.append(w)
+                    self._kick(w, now)
+            if n == len(live):
+                self._accept(now, action, str(n))
+                return
             # Draining workers still occupy their GPUs: the cluster never holds more than
             # max_workers in all; the rest of the scale-up waits for them to leave.
             room = self.cfg.max_workers - self.n_alive

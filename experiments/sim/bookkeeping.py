@@ -113,7 +113,9 @@ class _Bookkeeping:
             if s.status is ACTIVE:
                 self._set_status(s, IDLE, now)
                 s.worker.active.pop(i, None)
-            elif s.status is PENDING and s.on_host:
+            elif s.status is PENDING:
+                # off the queue until it is active again: state on the host, or none yet
+                # (a new session that went idle before its placement wants no device)
                 self._set_status(s, SUSPENDED, now)
         else:
             self._close(s, now)

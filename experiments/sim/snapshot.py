@@ -63,9 +63,9 @@ class _Snapshots:
     @staticmethod
     def _session_view(s: _Session, model: str, next_active: float | None) -> SessionView:
         # policy contract: a MIGRATING session names its target; a new pending one (no
-        # state yet) has state_bytes 0
+        # state yet, also while it waits idle as SUSPENDED) has state_bytes 0
         where = s.target if s.status is MIGRATING else s.worker
-        nbytes = 0 if s.status is PENDING and not s.on_host else s.nbytes
+        nbytes = 0 if where is None and not s.on_host else s.nbytes
         return SessionView(
             s.sid, s.status, where.address if where is not None else None, nbytes, model,
             s.since, s.period, s.ctx, s.recent, next_active,

@@ -1,0 +1,100 @@
+"""Cost-tail frontiers: the dominance and headline computations on hand-made points,
+and a small frontier run end to end (in this process: no cluster)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments.headline import (
+    cost_at_tail, covers, headline, mean_ci, pareto, tail_at_cost, uncovered,
+)
+
+# ---------------------------------------------------------------- pure computations
+
+T = [(10.0, 1.0), (8.0, 2.0), (12.0, 0.9), (9.0, 2.5)]  # (gpu_hours, tail)
+
+
+def test_the_pareto_front_keeps_the_points_no_other_beats_on_both_axes():
+    assert pareto(T) == [(8.0, 2.0), (10.0, 1.0), (12.0, 0.9)]
+    assert pareto([(1.0, float("nan")), (2.0, 1.0)]) == [(2.0, 1.0)]
+
+
+def test_equal_cost_and_equal_tail_read_the_frontier_as_a_step_function():
+    assert tail_at_cost(T, 10.0) == 1.0
+    assert tail_at_cost(T, 9.99) == 2.0  # no interpolation towards (10, 1.0)
+    assert math.isnan(tail_at_cost(T, 7.0))  # nothing that cheap
+    assert cost_at_tail(T, 1.0) == 10.0
+    assert cost_at_tail(T, 0.95) == 12.0
+    assert math.isnan(cost_at_tail(T, 0.5))  # nothing that good
+
+
+def test_a_point_is_covered_only_by_one_at_most_as_costly_and_at_most_as_slow():
+    assert covers(T, (10.0, 1.0))
+    assert covers(T, (11.0, 1.5))
+    assert not covers(T, (7.5, 5.0))  # cheaper than all of T
+    assert not covers(T, (20.0, 0.5))  # better tail than all of T
+    assert uncovered(T, [(11.0, 1.5), (7.5, 5.0), (20.0, 0.5)]) == [(7.5, 5.0), (20.0, 0.5)]
+
+
+def test_mean_ci_is_a_student_t_interval():
+    mean, lo, hi, n = mean_ci([0.1, 0.2, 0.3])
+    assert n == 3 and mean == pytest.approx(0.2)
+    half = 4.303 * np.std([0.1, 0.2, 0.3], ddof=1) / math.sqrt(3)
+    assert (lo, hi) == (pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+    assert mean_ci([float("nan")])[3] == 0
+    assert math.isnan(mean_ci([0.5])[1])
+
+
+def _rows(policy, points, trace="t", seed=0):
+    return [{"trace": trace, "seed": seed, "policy": policy, "knob": k, "gpu_hours": c, "instream_max_s": m}
+            for k, (c, m) in points]
+
+
+def test_headline_compares_each_baseline_at_its_standard_knob_over_traces_and_seeds():
+    rows = []
+    for seed in (0, 1):
+        rows += _rows("turboserve", [(0.8, (8.0, 1.0)), (1.0, (10.0, 0.5))], seed=seed)
+        # HPA's standard point (knob 0.8) costs 10 for a worst case of 1.0
+        rows += _rows("hpa", [(0.8, (10.0, 1.0)), (1.0, (7.0, 3.0))], seed=seed)
+    frame = pd.DataFrame(rows)
+    head = headline(frame, "turboserve", {"hpa": 0.8})
+    (row,) = head.to_dict("records")
+    # at HPA's cost (10) TurboServe's worst case is 0.5: a 50% reduction; at HPA's worst
+    # case (1.0) TurboServe costs 8: 20% cheaper
+    assert row["tail_reduction"] == pytest.approx(0.5)
+    assert row["cost_reduction"] == pytest.approx(0.2)
+    assert row["n_tail"] == row["n_cost"] == 2
+    # HPA at knob 1.0 (7 GPU-h) is cheaper than any TurboServe point: not covered
+    assert (row["uncovered_points"], row["points"]) == (2, 4)
+
+
+def test_headline_leaves_out_pairs_where_turboserve_has_no_comparable_point():
+    frame = pd.DataFrame(_rows("turboserve", [(1.0, (10.0, 2.0))]) + _rows("static", [(1.0, (9.0, 1.0))]))
+    (row,) = headline(frame, "turboserve", {"static": 1.0}).to_dict("records")
+    assert math.isnan(row["tail_reduction"]) and row["tail_undefined"] == 1
+    assert math.isnan(row["cost_reduction"]) and row["cost_undefined"] == 1
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_a_small_frontier_writes_its_tables_and_plot(tmp_path):
+    from experiments.frontier import FRONTIER_COLUMNS, frontier
+    from experiments.sim.config import SimConfig
+    from experiments.sim.latency import LatencySpec
+
+    cfg = SimConfig.from_config(latency=LatencySpec(batch_cost=0.5), worker_startup_s=10.0)
+    table, head = frontier(["steady"], gpus=3, seeds=[0], out_dir=tmp_path, config=cfg, duration_s=120.0, scale=0.05,
+                           families=["static", "turboserve"], n_workers=0, progress=False)
+    assert list(table.columns[: len(FRONTIER_COLUMNS)]) == list(FRONTIER_COLUMNS)
+    assert set(table["policy"]) == {"static", "turboserve", "static-iso-cost"}
+    assert (table["gpu_hours"] > 0).all() and (table["chunks"] > 0).all()
+    assert set(head["baseline"]) == {"static", "static-iso-cost"}
+    for name in ("frontier.csv", "headline.csv", "frontier.png", "config.yaml"):
+        assert (tmp_path / name).stat().st_size > 0
+    again = pd.read_csv(tmp_path / "frontier.csv")
+    assert len(again) == len(table)
