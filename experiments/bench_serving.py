@@ -19,7 +19,7 @@ compared with (the machine is shared and noisy: compare within a run, not across
    bare chunks/s and their ratio, the mean batch the engines formed (steps and chunks
    from their counters) against the batch the simulator assumes (every due session of a
    worker in one step: ``S / W``), client-side chunk latency, and the overhead per chunk
-   (``1/live rate - 1/bare rate``).
+   (``1/live rate - 1/bare rate``). No periodic checkpoints (``checkpoint_every=0``).
 
 Run: ``.venv/bin/python -m experiments.bench_serving [--chunks 6] [--sessions 1,4,8]
 [--workers 1,2]``.
@@ -95,8 +95,9 @@ def _engine_counts(server) -> dict[str, tuple[int, int]]:
 
 
 def _mean_batch(before: dict, after: dict, workers: list[str]) -> float:
-    steps = sum(after[w][0] - before[w][0] for w in workers)
-    chunks = sum(after[w][1] - before[w][1] for w in workers)
+    # A worker that restarted in between (it lost its counters) counts for nothing.
+    steps = sum(after.get(w, (0, 0))[0] - before.get(w, (0, 0))[0] for w in workers if w in after and w in before)
+    chunks = sum(after.get(w, (0, 0))[1] - before.get(w, (0, 0))[1] for w in workers if w in after and w in before)
     return chunks / steps if steps else 0.0
 
 
@@ -216,9 +217,12 @@ def main() -> None:
           f"max-batch {dask.config.get('turboserve.engine.max-batch')}, "
           f"slo {dask.config.get('turboserve.slo-s')} (null: chunk playback time)", flush=True)
     bare = BareModel(args.model, [1] + [max(1, s // w) for s in counts for w in worker_counts if s >= w])
-    with Server.local(n_workers=max(worker_counts), model=args.model, dashboard_address=":0") as server:
+    # No periodic checkpoints (checkpoint_every=0): the rows compare the engine with the model.
+    with Server.local(n_workers=max(worker_counts), model=args.model, dashboard_address=":0",
+                      checkpoint_every=0) as server:
         if not args.skip_env:
-            with Server.local(n_workers=1, model=args.model, dashboard_address=":0", worker_class=Nanny) as plain:
+            with Server.local(n_workers=1, model=args.model, dashboard_address=":0", checkpoint_every=0,
+                              worker_class=Nanny) as plain:
                 environment(server, plain, bare, args.chunks)
         print(f"chunk rate against the bare batched model (chunks/s; {args.chunks} chunks per session):", flush=True)
         all_workers = server.workers()
