@@ -271,10 +271,7 @@ class Session:
         return ProxyRPC(client.scheduler, worker)
 
     def _rpc(self) -> Any:
-        client = self._server.client
-        if client.direct_to_workers:
-            return _FastFailRPC(client.rpc, self._worker)
-        return ProxyRPC(client.scheduler, self._worker)
+        return self._rpc_to(self._worker)
 
     async def _relocate(self, cause: BaseException | None = None) -> None:
         """Find the session's actor again and repeat the outstanding request.

@@ -18,8 +18,16 @@ PROMPT = "a red fox running through snow"
 
 @pytest.fixture(scope="module")
 def server():
+    import os
+
+    from storage.location import auto_store_path
+
     with Server.local(n_workers=1, model="tiny", store=None, dashboard_address=None) as server:
+        # The default store (state.store: auto) is this cluster's own folder...
+        store = server.settings.store
+        assert store == auto_store_path(server.client.scheduler_info(n_workers=0)["id"])
         yield server
+    assert not os.path.exists(store)  # ...removed when the cluster closes
 
 
 def test_a_session_closed_elsewhere_is_lost_for_its_stream_futures_and_controls(server) -> None:
