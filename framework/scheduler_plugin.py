@@ -43,7 +43,7 @@ from framework.serving_settings import TRANSPORTS, ServingSettings
 from framework.session_mechanisms import SessionActors
 from kernels.presets import get_preset
 from policies.types import TIERS, SessionStatus
-from workers.errors import CapacityExceeded, InvalidRequest, SessionClosed, UnknownWorker
+from workers.errors import CapacityExceeded, InvalidRequest, SessionClosed, TransferError, UnknownWorker
 from workers.plugin import METRICS_OP
 
 logger = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class TurboserveScheduler(SchedulerPlugin):
             if rec.status is SessionStatus.SUSPENDED:
                 await self._resume_locked(rec, worker)
             elif worker is not None and worker != rec.worker:
-                await self.actors.migrate(rec, worker)
+                await self._migrate_locked(rec, worker)
             return self._location(rec)
 
     async def migrate(self, session_id: str, target: str, transport: str | None = None) -> dict[str, Any]:
@@ -263,7 +263,7 @@ class TurboserveScheduler(SchedulerPlugin):
             if rec.status is SessionStatus.SUSPENDED:
                 await self._resume_locked(rec, target)
             elif rec.worker != target:
-                await self.actors.migrate(rec, target, transport)
+                await self._migrate_locked(rec, target, transport)
             return self._location(rec)
 
     async def place(self, session_id: str, worker: str | None = None) -> dict[str, Any]:
@@ -324,7 +324,7 @@ class TurboserveScheduler(SchedulerPlugin):
                     if rec.status in _ON_DEVICE:
                         target = self._choose(rec, exclude={worker})
                     if target is not None:
-                        await self.actors.migrate(rec, target)
+                        await self._migrate_locked(rec, target)
                         moved.append(rec.session_id)
                     elif self.settings.store:
                         await self._suspend_locked(rec, "disk")
@@ -530,6 +530,21 @@ class TurboserveScheduler(SchedulerPlugin):
             if time.monotonic() >= deadline or self._closing:
                 raise CapacityExceeded(f"{full}; waited {self.settings.queue_timeout_s} s in the admission queue")
             await self._wait_change(max(0.0, min(1.0, deadline - time.monotonic())))
+
+    async def _migrate_locked(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
+        try:
+            await self.actors.migrate(rec, target, transport)
+        except TransferError as exc:
+            if getattr(exc, "state_lost", False):
+                # The source handed its state over and the target never took it: bring the
+                # session back from its checkpoint (generation is deterministic).
+                logger.warning("%s; recovering session %s from its checkpoint", exc, rec.session_id)
+                prior = rec.status
+                self.actors.release(rec)
+                rec.worker = None
+                self._set(rec, SessionStatus.PENDING)
+                self._spawn_task(self._recover(rec.session_id, prior))
+            raise
 
     async def _suspend_locked(self, rec: SessionRecord, tier: str) -> None:
         if await self.actors.suspend(rec, tier):

@@ -8,6 +8,12 @@ from typing import Any
 from framework import config
 from policies.types import TIERS
 
+def _seconds(value: Any) -> float:
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(value, default="s"))
+
+
 #: Ways to move a session's state between workers (``turboserve.state.transport``).
 TRANSPORTS = ("auto", "host", "p2p")
 
@@ -32,6 +38,7 @@ class ServingSettings:
     queue_timeout_s: float = field(default_factory=lambda: config.get("admission.queue-timeout-s"))
     offload_tier: str = field(default_factory=lambda: config.get("state.offload-tier"))
     transport: str = field(default_factory=lambda: config.get("state.transport"))  # auto, host, p2p
+    transfer_timeout_s: float = field(default_factory=lambda: _seconds(config.get("control.transfer-timeout")))
 
     def __post_init__(self) -> None:
         if self.on_full not in ("refuse", "queue"):
@@ -40,6 +47,8 @@ class ServingSettings:
             raise ValueError(f"state.offload-tier must be one of {TIERS}, got {self.offload_tier!r}")
         if self.transport not in TRANSPORTS:
             raise ValueError(f"transport must be 'auto', 'host' or 'p2p', got {self.transport!r}")
+        if not self.transfer_timeout_s > 0:
+            raise ValueError(f"control.transfer-timeout must be > 0 seconds, got {self.transfer_timeout_s!r}")
         if self.max_sessions_per_worker < 1:
             raise ValueError(f"admission.max-sessions-per-worker must be >= 1, got {self.max_sessions_per_worker}")
 
@@ -57,6 +66,7 @@ class ServingSettings:
             "queue_timeout_s": config.get("admission.queue-timeout-s"),
             "offload_tier": config.get("state.offload-tier"),
             "transport": config.get("state.transport"),
+            "transfer_timeout_s": _seconds(config.get("control.transfer-timeout")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["store"] is not None:

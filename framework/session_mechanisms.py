@@ -67,10 +67,11 @@ class SessionActors:
             actor=True, workers=[worker], allow_other_workers=False, key=key, pure=False,
         )
         try:
-            await _wait([fut])
+            await self._started(fut, worker)
             if fut.status == "error":
                 raise await fut.exception()
-            info = await call_actor(self.scheduler.rpc(worker), key, "start", source)
+            info = await self._bounded(call_actor(self.scheduler.rpc(worker), key, "start", source),
+                                       f"starting session {rec.session_id!r} on {worker}")
         except BaseException:
             fut.release()
             raise
@@ -87,6 +88,30 @@ class SessionActors:
         """Call ``method`` on the session's actor."""
         return await call_actor(self.scheduler.rpc(rec.worker), rec.actor_key, method, *args)
 
+    async def _started(self, fut: Any, worker: str) -> None:
+        """Wait for the actor task on ``worker``; fail at once when the worker leaves, or after the timeout.
+
+        A task pinned to a worker that died would otherwise wait for it forever.
+        """
+        deadline = time.monotonic() + self.settings.transfer_timeout_s
+        while fut.status == "pending":
+            if worker not in self.scheduler.workers:
+                raise TransferError(f"worker {worker} left before the session actor started there")
+            if time.monotonic() > deadline:
+                raise TransferError(f"the session actor did not start on {worker} within "
+                                    f"{self.settings.transfer_timeout_s} s (turboserve.control.transfer-timeout)")
+            try:
+                await asyncio.wait_for(_wait([fut]), 0.25)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _bounded(self, aw: Any, what: str) -> Any:
+        try:
+            return await asyncio.wait_for(aw, self.settings.transfer_timeout_s)
+        except asyncio.TimeoutError:
+            raise TransferError(f"{what} took more than {self.settings.transfer_timeout_s} s "
+                                "(turboserve.control.transfer-timeout)") from None
+
     def release(self, rec: SessionRecord) -> None:
         """Drop the session's actor (its worker frees it)."""
         fut = self._futures.pop(rec.session_id, None)
@@ -101,29 +126,39 @@ class SessionActors:
     async def migrate(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
         """Move the session's state to a new actor on ``target`` at a chunk boundary.
 
-        On failure the session goes on at the source when the source is still there;
-        raises :class:`~workers.errors.TransferError`.
+        Every step is bounded (``turboserve.control.transfer-timeout``) and a target that
+        leaves fails the move at once. On failure the record points at the source again
+        and the source actor is thawed: the session goes on there when the source still
+        holds the state (the failure came before the target took it). Raises
+        :class:`~workers.errors.TransferError`; its ``state_lost`` is True when the source
+        no longer holds the state (it had been handed over; recover from the checkpoint).
         """
         prior = rec.status
         old_worker, old_key = rec.worker, rec.actor_key
         rec.set_status(SessionStatus.MIGRATING, time.time())
         try:
-            await self.call(rec, "freeze")
+            await self._bounded(self.call(rec, "freeze"), f"freezing session {rec.session_id!r}")
             source = {"kind": "peer", "address": old_worker, "key": old_key,
                       "transport": transport or self.settings.transport}
             await self.start(rec, target, source)
         except Exception as exc:
+            lost = True
             if old_worker in self.scheduler.workers:
                 rec.worker, rec.actor_key = old_worker, old_key
                 try:
-                    await self.call(rec, "thaw")
+                    info = await self._bounded(self.call(rec, "thaw"), f"thawing session {rec.session_id!r}")
+                    lost = not info["state_bytes"]
                 except Exception:
                     logger.warning("could not thaw session %s on %s", rec.session_id, old_worker, exc_info=True)
                 rec.set_status(prior, time.time())
             # else: the source died on the way; the plugin's remove_worker queued its recovery.
-            raise TransferError(
+            error = TransferError(
                 f"migrating session {rec.session_id!r} from {old_worker} to {target} failed: {exc!r}"
-            ) from exc
+                + ("; the source no longer holds its state" if lost and old_worker in self.scheduler.workers
+                   else "; it goes on at the source" if not lost else "")
+            )
+            error.state_lost = lost and old_worker in self.scheduler.workers
+            raise error from exc
         rec.migrations += 1
         rec.set_status(prior, time.time())
 
