@@ -2,12 +2,13 @@
 # The frontier grid of docs/RESULTS.md: a = {0.1, 1.0} x start-up = {10, 60} s at t1 = 344 ms
 # (the published H100 figure), 64 GPUs, traces fitted to the cluster (--scale fit).
 #   scripts/frontier_grid.sh OUT_DIR [SEEDS] [SCENARIO ...]
-# Defaults: seeds 0; the ServeGen-, Mooncake- and Azure-derived scenarios. Each regime
+# Defaults: seeds 0; the ServeGen-, Mooncake- and Azure-derived scenarios; DURATION_S=3600. Each regime
 # writes OUT_DIR/a<A>-s<S>/{frontier.csv,headline.csv,frontier.png,config.yaml}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: scripts/frontier_grid.sh OUT_DIR [SEEDS] [SCENARIO ...]}
 seeds=${2:-0}
+duration=${DURATION_S:-3600}
 shift $(( $# >= 2 ? 2 : 1 ))
 scenarios=("$@")
 [[ ${#scenarios[@]} -gt 0 ]] || scenarios=(mooncake-conversation azure-code servegen-language)
@@ -20,7 +21,7 @@ py=${PYTHON:-.venv/bin/python}
 for a in 0.1 1.0; do
   for s in 10 60; do
     echo "== a=$a start-up=${s}s"
-    "$py" -m framework.cli experiment frontier "${args[@]}" "${fams[@]}" --gpus 64 --seeds "$seeds" \
+    "$py" -m framework.cli experiment frontier "${args[@]}" "${fams[@]}" --gpus 64 --seeds "$seeds" --duration-s "$duration" \
       --batch-cost "$a" --t1-s 0.344 --startup-s "$s" --quality-valve --no-progress --out "$out/a$a-s$s"
   done
 done
