@@ -74,8 +74,8 @@ def _scheduler_closed(relocate_s: float) -> None:
     finally:
         try:
             server.close()
-        except Exception:  # noqa: BLE001 - the scheduler is gone already
-            pass
+        except Exception as exc:  # noqa: BLE001 - the scheduler is gone already
+            print(f"server.close(): {type(exc).__name__} (the scheduler is gone)")
 
 
 def main(argv: list[str] | None = None) -> int:

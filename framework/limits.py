@@ -67,7 +67,7 @@ class OpenLimits:
                 raise ValueError(f"limits.{name.replace('_', '-')} must be an int >= 1, got {value!r}")
 
     @classmethod
-    def from_config(cls, **overrides: Any) -> "OpenLimits":
+    def from_config(cls, **overrides: Any) -> OpenLimits:
         """Read ``turboserve.limits.*``; non-None ``overrides`` win."""
         from framework import config
 
@@ -185,4 +185,4 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({type(value).__name__} of {len(text)} chars)"
 
 
-__all__ = ["OpenLimits", "OpenRequest", "SEED_LIMIT", "validate_open"]
+__all__ = ["SEED_LIMIT", "OpenLimits", "OpenRequest", "validate_open"]

@@ -24,7 +24,8 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from distributed.actor import ProxyRPC
 from distributed.core import send_recv
@@ -67,7 +68,7 @@ class _FastFailRPC:
     instead of waiting that long.
     """
 
-    __slots__ = ("pool", "addr")
+    __slots__ = ("addr", "pool")
 
     def __init__(self, pool: Any, addr: str) -> None:
         self.pool, self.addr = pool, addr
@@ -221,7 +222,7 @@ class Session:
                         call_actor(self._rpc_to(loc["worker"]), loc["actor_key"], "events"), EVENTS_TIMEOUT_S
                     )
                 self._merge_events(list(fetched))
-            except (TurboserveError, OSError, KeyError, asyncio.TimeoutError):
+            except (TimeoutError, TurboserveError, OSError, KeyError):
                 pass  # no actor to ask (suspended to disk, lost, closed): what was seen stays
         return sorted((dict(e) for e in self._events), key=lambda e: e.get("t") or 0.0)
 
@@ -298,7 +299,7 @@ class Session:
                 raise self._session_lost("it was closed by the server or another client", exc) from exc
             except SessionNotFound as exc:
                 raise self._session_lost("the scheduler no longer knows it", exc) from exc
-            except (CapacityExceeded, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, CapacityExceeded, OSError) as exc:
                 last = exc  # no worker for it yet, or the scheduler unreachable: try again
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
@@ -408,7 +409,7 @@ class Session:
             await asyncio.wait_for(self._server.client.scheduler.turboserve_close(session_id=self.id), CLOSE_TIMEOUT_S)
         except (SessionClosed, SessionNotFound):
             pass  # closed already (by the server, or another handle)
-        except (asyncio.TimeoutError, OSError, TurboserveError) as exc:
+        except (TimeoutError, OSError, TurboserveError) as exc:
             self._note("close-unconfirmed", why=f"{type(exc).__name__}: {exc}")
             logger.warning("closing session %s: no answer from the scheduler within %s s (%r); "
                            "this handle is closed, the server may still hold the session", self.id, CLOSE_TIMEOUT_S, exc)
@@ -437,7 +438,7 @@ class Session:
             rec = await asyncio.wait_for(
                 self._server.client.scheduler.turboserve_info(session_id=self.id), EVENTS_TIMEOUT_S
             )
-        except (OSError, asyncio.TimeoutError) as again:
+        except (TimeoutError, OSError) as again:
             return self._session_lost("the scheduler could not be reached", again)
         except TurboserveError as gone:
             return self._session_lost("the scheduler no longer knows it", gone)

@@ -5,8 +5,11 @@ Sits on the ``kernels`` floor (it only knows :class:`SessionState`) and below
 """
 
 from kernels.state import STATE_FORMAT_VERSION, SessionState
-from storage.checkpoint import CHECKPOINT_LAYOUT_VERSION, CheckpointInfo, CheckpointStore
-from storage.identity import CheckpointIdentity, prompt_digest
+from storage.checkpoint import (
+    CHECKPOINT_LAYOUT_VERSION,
+    CheckpointInfo,
+    CheckpointStore,
+)
 from storage.errors import (
     CheckpointCorrupt,
     CheckpointError,
@@ -16,6 +19,7 @@ from storage.errors import (
     StorageError,
     VideoStoreError,
 )
+from storage.identity import CheckpointIdentity, prompt_digest
 from storage.tiers import Tier, is_pinned, offload_to_host, restore_to_device, tier_of
 from storage.video import VideoStore, open_video
 
@@ -37,8 +41,8 @@ __all__ = [
     "VideoStoreError",
     "is_pinned",
     "offload_to_host",
-    "prompt_digest",
     "open_video",
+    "prompt_digest",
     "restore_to_device",
     "tier_of",
 ]

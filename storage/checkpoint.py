@@ -48,10 +48,30 @@ import zarr.codecs
 from zarr.abc.store import Store
 
 from kernels.state import STATE_FORMAT_VERSION, SessionState
-from storage.errors import CheckpointCorrupt, CheckpointMismatch, CheckpointNotFound, CheckpointVersionError
+from storage.errors import (
+    CheckpointCorrupt,
+    CheckpointMismatch,
+    CheckpointNotFound,
+    CheckpointVersionError,
+)
 from storage.identity import CheckpointIdentity, prompt_digest, seal
-from storage.tensors import CHECKSUM, available_checksums, checksum, from_numpy, storage_dtype, to_numpy, torch_dtype
-from storage.zarr_store import DEFAULT_CHUNK_BYTES, chunk_shape, open_root, open_store, read_array, write_arrays
+from storage.tensors import (
+    CHECKSUM,
+    available_checksums,
+    checksum,
+    from_numpy,
+    storage_dtype,
+    to_numpy,
+    torch_dtype,
+)
+from storage.zarr_store import (
+    DEFAULT_CHUNK_BYTES,
+    chunk_shape,
+    open_root,
+    open_store,
+    read_array,
+    write_arrays,
+)
 
 logger = logging.getLogger(__name__)
 

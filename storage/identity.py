@@ -77,12 +77,12 @@ class CheckpointIdentity:
     seed: int
 
     @classmethod
-    def of(cls, session_id: str, model: str, prompt: str, seed: int) -> "CheckpointIdentity":
+    def of(cls, session_id: str, model: str, prompt: str, seed: int) -> CheckpointIdentity:
         """The identity of the session opened with ``(model, prompt, seed)``."""
         return cls(session_id, model, prompt_digest(prompt), int(seed))
 
     @classmethod
-    def from_dict(cls, doc: Any) -> "CheckpointIdentity":
+    def from_dict(cls, doc: Any) -> CheckpointIdentity:
         """Rebuild from :meth:`to_dict` (raises ``ValueError`` for a malformed document)."""
         try:
             return cls(str(doc["session_id"]), str(doc["model"]), str(doc["prompt_digest"]), int(doc["seed"]))
@@ -93,7 +93,7 @@ class CheckpointIdentity:
         """Plain JSON-able form (stored in the checkpoint's metadata)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def differences(self, expected: "CheckpointIdentity") -> list[str]:
+    def differences(self, expected: CheckpointIdentity) -> list[str]:
         """What in this identity differs from ``expected``, one phrase per field."""
         out = []
         for f in fields(self):
