@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from experiments.sim import PolicySet, SimConfig, Simulator, prepare, simulate
+from experiments.sim.snapshot import session_view
 from policies.types import (
     BatchLatencyModel, Migrate, Offload, Place, Resume, Retire, ScaleTo, SessionStatus, WorkerView,
 )
@@ -211,7 +212,7 @@ class FromScratch(Simulator):
             later = self._activations[s.idx][self._activations[s.idx] > now]
             return float(later[0]) if len(later) else None
 
-        assert snap.sessions == tuple(self._session_view(s, model, hint(s)) for s in self.open.values())
+        assert snap.sessions == tuple(session_view(s, model, hint(s)) for s in self.open.values())
         assert snap.workers == tuple(
             WorkerView(w.address, w.status, w.memory, w.max_batch, w.started) for w in self.workers if w.released is None
         )

@@ -7,7 +7,9 @@ an accepted action runs its mechanism here (book memory, copy bytes in virtual t
 start or release workers). ``ScaleTo`` also has outcomes only the simulator knows
 (``cluster-full``, ``scale-down-busy``).
 
-A mixin of :class:`experiments.sim.engine.Simulator`.
+:class:`ActionApplier` is a collaborator of :class:`experiments.sim.engine.Simulator`:
+it works on the simulator's state through the ``sim`` it is given, and the simulator
+calls :meth:`ActionApplier.apply` for each action of a tick.
 """
 
 from __future__ import annotations
@@ -35,7 +37,17 @@ from policies.semantics import (
     clip_scale,
     decided,
 )
-from policies.types import TIERS, Action, Migrate, Offload, Place, Reject, Resume, Retire, ScaleTo
+from policies.types import (
+    TIERS,
+    Action,
+    Migrate,
+    Offload,
+    Place,
+    Reject,
+    Resume,
+    Retire,
+    ScaleTo,
+)
 
 # the logger keeps the engine's name: refusals were always logged there
 logger = logging.getLogger("experiments.sim.engine")
@@ -69,23 +81,28 @@ class _SimFacts:
         return TIERS  # every tier is a host copy at offload_bytes_per_s
 
 
-class _Actions:
-    """The action mechanisms (mixed into :class:`~experiments.sim.engine.Simulator`)."""
+class ActionApplier:
+    """Applies policy actions to a :class:`~experiments.sim.engine.Simulator`'s state."""
+
+    __slots__ = ("sim",)
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
 
     def _refuse(self, now: float, action: Action, exc: ActionRefused, worker: str | None = None) -> None:
-        self.refused[exc.refusal.value] += 1
-        self.decisions.append(decided(now, action, False, exc.reason, worker))
+        self.sim.refused[exc.refusal.value] += 1
+        self.sim.decisions.append(decided(now, action, False, exc.reason, worker))
         logger.debug("t=%.3f refused %r: %s", now, action, exc.reason)
 
     def _accept(self, now: float, action: Action, worker: str | None = None) -> None:
-        self.decisions.append(decided(now, action, True, None, worker))
+        self.sim.decisions.append(decided(now, action, True, None, worker))
 
-    def _apply(self, action: Action, now: float) -> None:
+    def apply(self, action: Action, now: float) -> None:
         if isinstance(action, ScaleTo):
             self._scale_to(action, now)
             return
         try:
-            check(action, _SimFacts(self, now))
+            check(action, _SimFacts(self.sim, now))
         except ActionRefused as exc:
             self._refuse(now, action, exc)
             return
@@ -98,18 +115,18 @@ class _Actions:
         elif isinstance(action, Retire):
             self._retire(action, now)
         elif isinstance(action, Reject):
-            self.counters["rejected"] += 1
+            self.sim.counters["rejected"] += 1
             self._accept(now, action)
-            self._close(self.by_sid[action.session_id], now)
+            self.sim._close(self.sim.by_sid[action.session_id], now)
 
     def _place(self, action: Place | Resume, now: float) -> None:
-        s, w = self.by_sid[action.session_id], self.by_addr[action.worker]
+        s, w = self.sim.by_sid[action.session_id], self.sim.by_addr[action.worker]
         if s.on_host:
             start = max(now, s.host_ready)
-            s.copy_until = start + s.nbytes / self.cfg.offload_bytes_per_s
+            s.copy_until = start + s.nbytes / self.sim.cfg.offload_bytes_per_s
             s.on_host = False
-            self.counters["resumes"] += 1
-            self.counters["bytes_moved"] += s.nbytes
+            self.sim.counters["resumes"] += 1
+            self.sim.counters["bytes_moved"] += s.nbytes
         else:
             s.copy_until = now
         w.sessions[s.idx] = s
@@ -117,67 +134,67 @@ class _Actions:
         s.worker = w
         self._accept(now, action)
         if s.wants:
-            self._set_status(s, ACTIVE, now)
+            self.sim._set_status(s, ACTIVE, now)
             w.active[s.idx] = s
-            self._kick(w, now)
+            self.sim._kick(w, now)
         else:
-            self._set_status(s, IDLE, now)
+            self.sim._set_status(s, IDLE, now)
 
     def _migrate(self, action: Migrate, now: float) -> None:
-        s, t = self.by_sid[action.session_id], self.by_addr[action.target]
+        s, t = self.sim.by_sid[action.session_id], self.sim.by_addr[action.target]
         start = s.worker.step_end if s.in_flight else now
-        s.copy_until = start + self.cfg.migration_fixed_s + s.nbytes / self.cfg.migrate_bytes_per_s
+        s.copy_until = start + self.sim.cfg.migration_fixed_s + s.nbytes / self.sim.cfg.migrate_bytes_per_s
         s.worker.active.pop(s.idx, None)
         t.used += s.nbytes
         s.target = t
-        self._set_status(s, MIGRATING, now)
-        self.counters["migrations"] += 1
-        self.counters["bytes_moved"] += s.nbytes
+        self.sim._set_status(s, MIGRATING, now)
+        self.sim.counters["migrations"] += 1
+        self.sim.counters["bytes_moved"] += s.nbytes
         self._accept(now, action)
-        self._push(s.copy_until, _COPY, (s, t))
+        self.sim._push(s.copy_until, _COPY, (s, t))
 
     def _offload(self, action: Offload, now: float) -> None:
-        s = self.by_sid[action.session_id]
+        s = self.sim.by_sid[action.session_id]
         w = s.worker
         w.sessions.pop(s.idx, None)
         s.worker = None
         s.on_host = True
-        s.host_ready = now + s.nbytes / self.cfg.offload_bytes_per_s
-        self._set_status(s, SUSPENDED, now)
-        self.counters["offloads"] += 1
-        self.counters["bytes_moved"] += s.nbytes
+        s.host_ready = now + s.nbytes / self.sim.cfg.offload_bytes_per_s
+        self.sim._set_status(s, SUSPENDED, now)
+        self.sim.counters["offloads"] += 1
+        self.sim.counters["bytes_moved"] += s.nbytes
         self._accept(now, action, w.address)
-        self._push(s.host_ready, _RELEASE, (w, s.nbytes))
+        self.sim._push(s.host_ready, _RELEASE, (w, s.nbytes))
 
     def _scale_to(self, action: ScaleTo, now: float) -> None:
-        n, clipped = clip_scale(action, self.cfg.min_workers, self.cfg.max_workers)
+        n, clipped = clip_scale(action, self.sim.cfg.min_workers, self.sim.cfg.max_workers)
         if clipped is not None:
             self._refuse(now, action, clipped, worker="")
-        live = [w for w in self.alive.values() if w.status is not DRAINING]
+        live = [w for w in self.sim.alive.values() if w.status is not DRAINING]
         if n > len(live):
             # As live (Controller._keep_drained): draining workers not yet released go
             # back in service first, newest first; they hold a warm GPU already.
-            for w in sorted(self.alive.values(), key=lambda w: -w.idx):
+            for w in sorted(self.sim.alive.values(), key=lambda w: -w.idx):
                 if len(live) >= n:
                     break
                 if w.status is DRAINING:
                     w.status = RUNNING
-                    self._wviews = None
+                    self.sim._wviews = None
                     live.append(w)
-                    self._kick(w, now)
+                    self.sim._kick(w, now)
             if n == len(live):
                 self._accept(now, action, str(n))
                 return
             # Draining workers still occupy their GPUs: the cluster never holds more than
             # max_workers in all; the rest of the scale-up waits for them to leave.
-            room = self.cfg.max_workers - self.n_alive
+            room = self.sim.cfg.max_workers - self.sim.n_alive
             start = min(n - len(live), room)
             for _ in range(start):
-                self._new_worker(now, STARTING)
+                self.sim._new_worker(now, STARTING)
             if start < n - len(live):
                 self._refuse(now, action, ActionRefused(
                     Refusal.CLUSTER_FULL, f"only {max(room, 0)} of {n - len(live)} new workers fit: "
-                    f"{self.n_alive - len(live)} draining workers still hold GPUs"), str(n))
+                    f"{self.sim.n_alive - len(live)} draining workers still hold GPUs"), str(n))
             else:
                 self._accept(now, action, str(n))
             return
@@ -189,8 +206,8 @@ class _Actions:
                 break
             if w.status is STARTING or (not w.sessions and w.used == 0 and not w.busy):
                 w.status = DRAINING
-                self._wviews = None
-                self._release(w, now)
+                self.sim._wviews = None
+                self.sim._release(w, now)
                 excess -= 1
         if excess:
             self._refuse(now, action, ActionRefused(
@@ -200,12 +217,12 @@ class _Actions:
             self._accept(now, action, str(n))
 
     def _retire(self, action: Retire, now: float) -> None:
-        w = self.by_addr[action.worker]
+        w = self.sim.by_addr[action.worker]
         self._accept(now, action)
-        self._wviews = None
+        self.sim._wviews = None
         if w.status is STARTING:  # holds nothing yet: cancel it
             w.status = DRAINING
-            self._release(w, now)
+            self.sim._release(w, now)
             return
         w.status = DRAINING
-        self._maybe_release(w, now)
+        self.sim._maybe_release(w, now)

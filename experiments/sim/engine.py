@@ -43,12 +43,13 @@ Model of the mechanisms (each choice is the simplest that keeps the contract):
   row; it is counted as abandoned, with the longest such wait, so that a policy cannot
   look good on chunk latency by never serving some sessions.
 
-Layout: this module holds :class:`Simulator` with the event loop, the worker steps and
-the control tick; the rest is mixed in from :mod:`~experiments.sim.bookkeeping` (heap,
-cost, status changes, trace events, copies), :mod:`~experiments.sim.actions` (applying
-actions, refusals), :mod:`~experiments.sim.snapshot` (the cached policy view) and
-:mod:`~experiments.sim.result` (:class:`SimResult` and its assembly); the state records
-and event kinds are in :mod:`~experiments.sim.state`. All are re-exported here.
+Layout: this module holds :class:`Simulator`: the event loop (a handler per event kind),
+the bookkeeping of workers and sessions (heap, cost, status changes, trace events,
+copies), the worker steps and the control tick. Its collaborators work on its state and
+are called, not mixed in: :class:`~experiments.sim.actions.ActionApplier` (the action
+mechanisms), :mod:`~experiments.sim.snapshot` (the cached policy view and the interval
+rows) and :func:`~experiments.sim.result.assemble` (the :class:`SimResult`); the state
+records and event kinds are in :mod:`~experiments.sim.state`.
 """
 
 from __future__ import annotations
@@ -58,16 +59,16 @@ import heapq
 import time as _time
 from array import array
 from collections import Counter
+from typing import Any
 
 import numpy as np
 
-from experiments.sim.actions import _Actions, logger  # noqa: F401  (re-exported)
-from experiments.sim.bookkeeping import _Bookkeeping
+from experiments.sim.actions import ActionApplier
 from experiments.sim.config import PolicySet, SimConfig
 from experiments.sim.models import model_cost
-from experiments.sim.result import SimResult, _Results
-from experiments.sim.snapshot import _Snapshots
-from experiments.sim.state import (  # noqa: F401  (all re-exported)
+from experiments.sim.result import SimResult, assemble
+from experiments.sim.snapshot import build_snapshot, record_interval
+from experiments.sim.state import (
     _COPY,
     _GC_EVERY_TICKS,
     _INF,
@@ -75,7 +76,6 @@ from experiments.sim.state import (  # noqa: F401  (all re-exported)
     _RELEASE,
     _STEP,
     _TICK,
-    _TRACE,
     _WAKE,
     ACTIVE,
     CLOSED,
@@ -94,14 +94,15 @@ from policies.combined import Combined
 from policies.semantics import apply_order
 from policies.types import (
     BatchLatencyModel,
-    ScaleTo,
     SessionStatus,
     SessionView,
+    Snapshot,
+    WorkerStatus,
     WorkerView,
 )
 
 
-class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
+class Simulator:
     """Replay a :class:`~experiments.sim.workload.Workload` through a :class:`PolicySet`.
 
     Parameters
@@ -209,6 +210,146 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
         self.decide_s = 0.0
         self._deferred: dict[int, _Worker] | None = None
         self.max_abandoned_wait = 0.0
+        self.actions = ActionApplier(self)  # applies the policies' actions to this state
+
+    # ------------------------------------------------------------ plumbing
+
+    def _push(self, t: float, kind: int, payload: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, kind, self.seq, payload))
+
+    def _advance_cost(self, now: float) -> None:
+        self.cost += self.n_alive * (now - self.cost_t)
+        self.cost_t = now
+
+    def _new_worker(self, now: float, status: WorkerStatus) -> _Worker:
+        self._advance_cost(now)
+        w = _Worker(len(self.workers), now, status, self.worker_memory, self.cfg.max_batch)
+        self.workers.append(w)
+        self.alive[w.idx] = w
+        self.by_addr[w.address] = w
+        self._wviews = None
+        self.n_alive += 1
+        if status is STARTING:
+            self._push(now + self.cfg.worker_startup_s, _READY, w)
+        return w
+
+    def _release(self, w: _Worker, now: float) -> None:
+        self._advance_cost(now)
+        w.released = now
+        del self.alive[w.idx]
+        self._wviews = None
+        self.n_alive -= 1
+        del self.by_addr[w.address]
+
+    def _maybe_release(self, w: _Worker, now: float) -> None:
+        if w.status is DRAINING and w.released is None and not w.sessions and w.used == 0 and not w.busy:
+            self._release(w, now)
+
+    def _set_status(self, s: _Session, status: SessionStatus, now: float) -> None:
+        if s.opened:  # counts of the open sessions: a closing one leaves them
+            counts = self._counts
+            counts[s.status] -= 1
+            if status is not CLOSED:
+                counts[status] += 1
+        s.status = status
+        s.since = now
+        if not s.dirty:
+            s.dirty = True
+            self._dirty.append(s)
+
+    def _step_time(self, n: int, ctx: float) -> float:
+        if ctx:
+            return self.latency.predict(n, ctx)
+        t = self._step_cache.get(n)
+        if t is None:
+            t = self._step_cache[n] = self.latency.predict(n, 0.0)
+        return t
+
+    # ------------------------------------------------------------ trace events
+
+    def _trace_event(self, now: float, i: int, code: int) -> None:
+        s = self.sessions[i]
+        if code <= 1:  # open / active
+            if s.status is CLOSED:
+                return
+            if code == 0 and not s.opened:
+                s.opened = True
+                self.open[i] = s
+                self._views[i] = None
+                self._counts[s.status] += 1
+                self._set_status(s, PENDING, now)
+            if not s.wants:
+                s.fresh = True  # a new burst: its first chunk waits for admission, not in-stream
+            s.wants = True
+            if not s.in_flight:
+                s.next_req = now
+            if s.status is IDLE:
+                self._set_status(s, ACTIVE, now)
+                s.worker.active[i] = s
+                self._kick(s.worker, now)
+            elif s.status is SUSPENDED:
+                self._set_status(s, PENDING, now)
+        elif code == 2:  # idle
+            self._abandon(s, now)
+            s.wants = False
+            if s.status is ACTIVE:
+                self._set_status(s, IDLE, now)
+                s.worker.active.pop(i, None)
+            elif s.status is PENDING:
+                # off the queue until it is active again: state on the host, or none yet
+                # (a new session that went idle before its placement wants no device)
+                self._set_status(s, SUSPENDED, now)
+        else:
+            self._close(s, now)
+
+    def _abandon(self, s: _Session, now: float) -> None:
+        """Count a chunk request the user stops waiting for (idle or close before it started)."""
+        if s.wants and not s.in_flight and s.status is not CLOSED and now > s.next_req:
+            self.counters["abandoned_requests"] += 1
+            wait = now - s.next_req
+            if wait > self.max_abandoned_wait:
+                self.max_abandoned_wait = wait
+
+    def _close(self, s: _Session, now: float) -> None:
+        if s.status is CLOSED:
+            return
+        self._abandon(s, now)
+        s.wants = False
+        w = s.worker
+        if w is not None:
+            w.sessions.pop(s.idx, None)
+            w.active.pop(s.idx, None)
+            w.used -= s.nbytes
+        if s.status is MIGRATING and s.target is not None:
+            s.target.used -= s.nbytes
+        t = s.target
+        s.worker = s.target = None
+        self._set_status(s, CLOSED, now)
+        self.open.pop(s.idx, None)
+        self._views.pop(s.idx, None)
+        for x in (w, t):
+            if x is not None:
+                self._maybe_release(x, now)
+
+    # ------------------------------------------------------------ copies
+
+    def _copy_done(self, now: float, s: _Session, target: _Worker) -> None:
+        if s.status is not MIGRATING or s.target is not target:
+            return
+        src = s.worker
+        src.sessions.pop(s.idx, None)
+        src.used -= s.nbytes
+        s.worker, s.target = target, None
+        target.sessions[s.idx] = s
+        s.migrated_next = True
+        if s.wants:
+            self._set_status(s, ACTIVE, now)
+            target.active[s.idx] = s
+        else:
+            self._set_status(s, IDLE, now)
+        self._maybe_release(src, now)
+        self._kick(target, now)
 
     # ------------------------------------------------------------ workers
 
@@ -356,15 +497,19 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
         self._kick(w, now)
     # ------------------------------------------------------------ control tick
 
+    def snapshot(self, now: float) -> Snapshot:
+        """The policies' view at ``now`` (:func:`~experiments.sim.snapshot.build_snapshot`)."""
+        return build_snapshot(self, now)
+
     def _tick(self, now: float, policy: Combined, state: list) -> None:
         snap = self.snapshot(now)
-        self._record_interval(now, snap)
+        record_interval(self, now, snap)
         t0 = _time.perf_counter()
         self._deferred = {}
         actions, state[0] = policy.decide(snap, state[0])
         self.decide_s += _time.perf_counter() - t0
         for action in apply_order(actions):  # ScaleTo last (policies.semantics)
-            self._apply(action, now)
+            self.actions.apply(action, now)
         deferred, self._deferred = self._deferred, None
         for w in deferred.values():
             self._kick(w, now)
@@ -383,8 +528,10 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
     def _run(self) -> SimResult:
         cfg, wl = self.cfg, self.wl
         end = cfg.end_s if cfg.end_s is not None else wl.end_s
-        policy = Combined(*self.policy_set.build())
-        state = [policy.initial_state()]
+        self._end = end
+        self._policy = Combined(*self.policy_set.build())
+        self._policy_state = [self._policy.initial_state()]
+        self._k_tick = 0
         self._cost_recorded = 0.0
         self._mig_recorded = 0
         for _ in range(cfg.initial_workers):
@@ -393,8 +540,10 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
         times, sidx, codes = wl.times.tolist(), wl.session_index.tolist(), wl.event_code.tolist()
         times.append(_INF)  # sentinel: no bounds check per event
         ti = 0
-        step_done, kick = self._step_done, self._kick
-        k_tick = 0
+        handlers = {  # event kind -> handler(time, payload)
+            _STEP: self._on_step, _WAKE: self._on_wake, _TICK: self._on_tick,
+            _COPY: self._on_copy, _RELEASE: self._on_release, _READY: self._on_ready,
+        }
         self._push(0.0, _TICK, None)
         heap = self.heap
         pop = heapq.heappop
@@ -405,36 +554,45 @@ class Simulator(_Bookkeeping, _Actions, _Snapshots, _Results):
                 if t > end:
                     break
                 pop(heap)
-                if kind == _STEP:
-                    step_done(t, *payload)
-                elif kind == _WAKE:
-                    if payload.wake_at == t:
-                        payload.wake_at = None
-                    kick(payload, t)
-                elif kind == _TICK:
-                    self._tick(t, policy, state)
-                    k_tick += 1
-                    if k_tick % _GC_EVERY_TICKS == 0:
-                        gc.collect(1)
-                    nxt = k_tick * cfg.interval_s
-                    if nxt <= end:
-                        self._push(nxt, _TICK, None)
-                elif kind == _COPY:
-                    self._copy_done(t, *payload)
-                elif kind == _RELEASE:
-                    w, nbytes = payload
-                    w.used -= nbytes
-                    self._maybe_release(w, t)
-                    self._kick(w, t)
-                elif kind == _READY:
-                    if payload.status is STARTING and payload.released is None:
-                        payload.status = RUNNING
-                        payload.view = None
-                        self._wviews = None
-                        self._kick(payload, t)
+                handlers[kind](t, payload)
             elif t_trace <= end:
                 self._trace_event(t_trace, sidx[ti], codes[ti])
                 ti += 1
             else:
                 break
-        return self._finish(end)
+        return assemble(self, end)
+
+    # ------------------------------------------------------------ event handlers
+
+    def _on_step(self, t: float, payload: tuple) -> None:
+        self._step_done(t, *payload)
+
+    def _on_wake(self, t: float, w: _Worker) -> None:
+        if w.wake_at == t:
+            w.wake_at = None
+        self._kick(w, t)
+
+    def _on_tick(self, t: float, _: Any) -> None:
+        self._tick(t, self._policy, self._policy_state)
+        self._k_tick += 1
+        if self._k_tick % _GC_EVERY_TICKS == 0:
+            gc.collect(1)
+        nxt = self._k_tick * self.cfg.interval_s
+        if nxt <= self._end:
+            self._push(nxt, _TICK, None)
+
+    def _on_copy(self, t: float, payload: tuple) -> None:
+        self._copy_done(t, *payload)
+
+    def _on_release(self, t: float, payload: tuple) -> None:
+        w, nbytes = payload
+        w.used -= nbytes
+        self._maybe_release(w, t)
+        self._kick(w, t)
+
+    def _on_ready(self, t: float, w: _Worker) -> None:
+        if w.status is STARTING and w.released is None:
+            w.status = RUNNING
+            w.view = None
+            self._wviews = None
+            self._kick(w, t)

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.types import BatchLatencyModel
-
 from experiments.sim.workload import Workload
+from policies.types import BatchLatencyModel
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.sim.config import SimConfig
+from experiments.sim.snapshot import build_snapshot, record_interval
 
 
 @dataclass(slots=True)
@@ -59,70 +60,68 @@ class SimResult:
 
 
 
-class _Results:
-    """Result assembly at the end of a run (mixed into :class:`~experiments.sim.engine.Simulator`)."""
+def assemble(sim: Any, end: float) -> SimResult:
+    """The :class:`SimResult` of a finished run of ``sim`` (a :class:`~experiments.sim.engine.Simulator`)."""
+    sim._advance_cost(end)
+    if not sim.intervals or sim.intervals[-1][0] < end:
+        record_interval(sim, end, build_snapshot(sim, end))
+    gpu_seconds = sum((w.released if w.released is not None else end) - w.started for w in sim.workers)
+    sids = np.asarray(sim.wl.session_ids, dtype=object)
+    sess = np.asarray(sim.c_sess, dtype=np.int64)
+    lat = np.asarray(sim.lat, dtype=float)
+    slo = np.asarray(sim.slo_of, dtype=float)[sess] if len(sess) else np.zeros(0)
+    if sim.cfg.record_chunks:
+        chunks = pd.DataFrame(
+            {
+                "session_id": sids[sess] if len(sess) else np.array([], dtype=object),
+                "index": np.asarray(sim.c_index, dtype=np.int64),
+                "t_request_s": np.asarray(sim.c_req, dtype=float),
+                "t_start_s": np.asarray(sim.c_start, dtype=float),
+                "t_done_s": np.asarray(sim.c_done, dtype=float),
+                "latency_s": lat,
+                "worker": np.asarray([w.address for w in sim.workers], dtype=object)[
+                    np.asarray(sim.c_worker, dtype=np.int64)
+                ],
+                "batch_size": np.asarray(sim.c_batch, dtype=np.int64),
+                "migrated": np.asarray(sim.c_mig, dtype=bool),
+            }
+        )
+    else:
+        from experiments.results import empty_chunks
 
-    def _finish(self, end: float) -> SimResult:
-        self._advance_cost(end)
-        if not self.intervals or self.intervals[-1][0] < end:
-            self._record_interval(end, self.snapshot(end))
-        gpu_seconds = sum((w.released if w.released is not None else end) - w.started for w in self.workers)
-        sids = np.asarray(self.wl.session_ids, dtype=object)
-        sess = np.asarray(self.c_sess, dtype=np.int64)
-        lat = np.asarray(self.lat, dtype=float)
-        slo = np.asarray(self.slo_of, dtype=float)[sess] if len(sess) else np.zeros(0)
-        if self.cfg.record_chunks:
-            chunks = pd.DataFrame(
-                {
-                    "session_id": sids[sess] if len(sess) else np.array([], dtype=object),
-                    "index": np.asarray(self.c_index, dtype=np.int64),
-                    "t_request_s": np.asarray(self.c_req, dtype=float),
-                    "t_start_s": np.asarray(self.c_start, dtype=float),
-                    "t_done_s": np.asarray(self.c_done, dtype=float),
-                    "latency_s": lat,
-                    "worker": np.asarray([w.address for w in self.workers], dtype=object)[
-                        np.asarray(self.c_worker, dtype=np.int64)
-                    ],
-                    "batch_size": np.asarray(self.c_batch, dtype=np.int64),
-                    "migrated": np.asarray(self.c_mig, dtype=bool),
-                }
-            )
-        else:
-            from experiments.results import empty_chunks
-
-            chunks = empty_chunks()
-        intervals = pd.DataFrame(
-            self.intervals,
-            columns=["time_s", "n_workers", "n_active", "n_idle", "n_suspended", "migrations", "cost_gpu_s"],
-        )
-        decisions = pd.DataFrame(
-            self.decisions, columns=["time_s", "action", "session_id", "worker", "accepted", "reason"]
-        )
-        counters: dict[str, Any] = dict(self.counters)
-        counters["refused"] = int(sum(self.refused.values()))
-        counters["refused_by_reason"] = dict(sorted(self.refused.items()))
-        counters["decide_s"] = self.decide_s
-        counters["ticks"] = len(self.intervals)
-        counters["sessions"] = len(self.sessions)
-        counters["never_served"] = int(sum(1 for s in self.sessions if s.opened and s.next_index == 0))
-        counters["max_abandoned_wait_s"] = self.max_abandoned_wait
-        return SimResult(
-            chunks=chunks,
-            intervals=intervals,
-            latency_s=lat,
-            slo_s=slo,
-            chunk_index=np.asarray(self.c_index, dtype=np.int64),
-            decisions=decisions,
-            counters=counters,
-            gpu_seconds=float(gpu_seconds),
-            end_s=float(end),
-            config=self.cfg,
-            policy=self.policy_set.label,
-            session_slo_s={s.sid: float(v) for s, v in zip(self.sessions, self.slo_of)},
-            workers=pd.DataFrame(
-                [(w.address, w.started, w.released if w.released is not None else end) for w in self.workers],
-                columns=["worker", "started_s", "released_s"],
-            ),
-            burst_first=np.asarray(self.c_first, dtype=bool),
-            degraded=np.asarray(self.c_degraded, dtype=bool),
-        )
+        chunks = empty_chunks()
+    intervals = pd.DataFrame(
+        sim.intervals,
+        columns=["time_s", "n_workers", "n_active", "n_idle", "n_suspended", "migrations", "cost_gpu_s"],
+    )
+    decisions = pd.DataFrame(
+        sim.decisions, columns=["time_s", "action", "session_id", "worker", "accepted", "reason"]
+    )
+    counters: dict[str, Any] = dict(sim.counters)
+    counters["refused"] = int(sum(sim.refused.values()))
+    counters["refused_by_reason"] = dict(sorted(sim.refused.items()))
+    counters["decide_s"] = sim.decide_s
+    counters["ticks"] = len(sim.intervals)
+    counters["sessions"] = len(sim.sessions)
+    counters["never_served"] = int(sum(1 for s in sim.sessions if s.opened and s.next_index == 0))
+    counters["max_abandoned_wait_s"] = sim.max_abandoned_wait
+    return SimResult(
+        chunks=chunks,
+        intervals=intervals,
+        latency_s=lat,
+        slo_s=slo,
+        chunk_index=np.asarray(sim.c_index, dtype=np.int64),
+        decisions=decisions,
+        counters=counters,
+        gpu_seconds=float(gpu_seconds),
+        end_s=float(end),
+        config=sim.cfg,
+        policy=sim.policy_set.label,
+        session_slo_s={s.sid: float(v) for s, v in zip(sim.sessions, sim.slo_of)},
+        workers=pd.DataFrame(
+            [(w.address, w.started, w.released if w.released is not None else end) for w in sim.workers],
+            columns=["worker", "started_s", "released_s"],
+        ),
+        burst_first=np.asarray(sim.c_first, dtype=bool),
+        degraded=np.asarray(sim.c_degraded, dtype=bool),
+    )
