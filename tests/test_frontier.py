@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 
 from experiments.headline import (
-    cost_at_tail, covers, headline, mean_ci, pareto, tail_at_cost, uncovered,
+    cost_at_tail,
+    covers,
+    headline,
+    mean_ci,
+    pareto,
+    tail_at_cost,
+    uncovered,
 )
 
 # ---------------------------------------------------------------- pure computations
