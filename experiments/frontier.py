@@ -338,3 +338,13 @@ def format_headline(head: pd.DataFrame) -> str:
             f"{pct(r['cost_reduction'], r['cost_reduction_ci_low'], r['cost_reduction_ci_high'], r['n_cost']):>34s} "
             f"{r['uncovered_points']:>4d}/{r['points']:<4d}")
     return "\n".join(lines)
+
+
+def format_frontier(table: pd.DataFrame) -> str:
+    """Each family's points, averaged over seeds per (trace, knob), with the oracle-free columns users read."""
+    cols = ["gpu_hours", "instream_max_s", "instream_p99_s", "ttfc_p99_s", "resume_wait_p99_s", "slo_attainment",
+            "degraded_chunks", "migrations"]
+    cols = [c for c in cols if c in table.columns]
+    mean = table.groupby(["trace", "policy", "knob"], sort=False)[cols].mean().reset_index()
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 1000):
+        return mean.to_string(index=False, float_format=lambda v: f"{v:.3f}")
