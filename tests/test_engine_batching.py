@@ -57,6 +57,14 @@ def test_the_window_waits_for_expected_sessions_and_ends():
     assert decide_batch(0.1, ready_s=[0.0], **kw).start  # window over (and the prediction stale)
 
 
+def test_each_arrival_moves_the_end_of_the_window_on():
+    # Submits 80 ms apart with a 100 ms window: the third is still waited for at 150 ms.
+    kw = dict(expected_s=[0.15], step_s=_linear(0.1, 0.0), window_s=0.1, max_batch=8)
+    d = decide_batch(0.15, ready_s=[0.0, 0.08], deadlines_s=[9.0, 9.0], **kw)
+    assert not d.start and d.wake_s == pytest.approx(0.18)
+    assert decide_batch(0.19, ready_s=[0.0, 0.08], deadlines_s=[9.0, 9.0], **kw).start
+
+
 def test_a_chunk_that_misses_its_deadline_anyway_does_not_stop_the_window():
     # Alone it would be done at 1.2, after its deadline 1.1: waiting costs it nothing.
     d = decide_batch(1.0, ready_s=[0.5], deadlines_s=[1.1], expected_s=[1.0],

@@ -11,10 +11,13 @@ there is no prediction):
 
 1. nothing due: stay idle;
 2. a full batch (``max_batch``) is due: start;
-3. wait only for sessions predicted to become due inside the window, which opens when
-   the oldest due chunk became ready or the device became free (``free_s``, the end of
-   the last step), whichever is later, and lasts ``window_s`` (a prediction up to
-   ``window_s`` overdue still counts); none: start;
+3. wait only for sessions predicted to become due inside the window, which ends
+   ``window_s`` after the newest due chunk became ready or the device became free
+   (``free_s``, the end of the last step), whichever is later (a prediction up to
+   ``window_s`` overdue still counts); none: start. Each arrival moves the end on, so
+   requests that come one after the other a little apart (``submit()`` calls made back
+   to back) all join; the wait stays bounded, since only expected sessions are waited
+   for and each one's arrival removes it from them;
 4. never past the latest start of the earliest deadline that can still be met:
    ``min(deadline) - step_s(n)``, with ``n`` the largest batch the step can grow to
    (every session of the worker, capped at ``max_batch``), so a chunk is never delayed
@@ -125,15 +128,15 @@ def decide_batch(
     max_batch : int
         Most sessions in one step.
     free_s : float
-        When the device became free (the end of the last step); the window opens no
-        earlier.
+        When the device became free (the end of the last step); the window ends no
+        earlier than ``window_s`` after it.
     """
     if not ready_s:
         return BatchDecision(False, None, "idle")
     n_ready = len(ready_s)
     if n_ready >= max_batch:
         return BatchDecision(True, None, "full")
-    window_end = max(min(ready_s), free_s) + window_s
+    window_end = max(max(ready_s), free_s) + window_s
     joinable = [t for t in expected_s if now - window_s <= t <= window_end]
     if window_s <= 0 or not joinable:
         return BatchDecision(True, None, "alone")
