@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from experiments.replay_common import (
-    DECISION_COLUMNS,
     ReplayResult,
     control_settings,
     initial_workers,
@@ -35,6 +34,7 @@ from experiments.replay_profiles import (
     profile_from_chunks,
 )
 from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS, empty_chunks, summarize
+from policies.semantics import DECISION_COLUMNS
 
 logger = logging.getLogger(__name__)
 

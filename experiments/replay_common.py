@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 import framework.config  # noqa: F401  (registers the turboserve defaults before any dask.config.set)
-from policies.semantics import DECISION_COLUMNS
 
 
 @dataclass(slots=True)

@@ -7,8 +7,9 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.replay_common import DECISION_COLUMNS, ReplayResult, control_settings, initial_workers
+from experiments.replay_common import ReplayResult, control_settings, initial_workers
 from experiments.replay_profiles import default_profile, scaled_model
+from policies.semantics import DECISION_COLUMNS
 
 
 def replay_sim(
