@@ -92,7 +92,7 @@ ISO_COST = "static-iso-cost"
 def _policy_set(family: Family, knob: float, offload: str, sets: dict[str, PolicySet], gpus: int) -> PolicySet:
     """The :class:`PolicySet` of ``family`` at ``knob``, with the pool's base parameters."""
     base = sets["turboserve"]
-    if family.name == REFERENCE:
+    if family.name in (REFERENCE, NO_VALVE):
         placement = dict(base.placement.params)
     elif family.placement == "migration-aware":
         placement = dict(sets["hpa+migration-aware"].placement.params)
@@ -109,7 +109,7 @@ def _policy_set(family: Family, knob: float, offload: str, sets: dict[str, Polic
     else:
         autoscaling = {**sizes, family.param: knob}
     autoscaling.update(family.extra)
-    if offload == "never" and family.name != REFERENCE:
+    if offload == "never" and family.name not in (REFERENCE, NO_VALVE):
         off = PolicySpec("offload", "never", {})
     else:
         off = base.offload
@@ -128,11 +128,25 @@ class Point:
     valve: bool = False
 
 
+NO_VALVE = f"{REFERENCE} (no valve)"
+
+
+def _family_of(name: str) -> Family:
+    """The :class:`Family` a point's policy name stands for (iso-cost and no-valve rows included)."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    if name == NO_VALVE:
+        return replace(FAMILIES[REFERENCE], name=NO_VALVE)
+    if name == ISO_COST:
+        return replace(FAMILIES["static"], name=ISO_COST)
+    raise ValueError(f"unknown policy family {name!r}; known: {sorted(FAMILIES)}, {ISO_COST!r}, {NO_VALVE!r}")
+
+
 def run_point(point: Point, trace: TraceInput, gpus: int, config: SimConfig, offload: str) -> dict[str, Any]:
     """Simulate one :class:`Point`; its frontier row (``FRONTIER_COLUMNS`` first)."""
     import framework.config  # noqa: F401  (registers the turboserve config defaults on a Dask worker)
 
-    family = FAMILIES.get(point.family) or replace(FAMILIES["static"], name=ISO_COST)
+    family = _family_of(point.family)
     builder = functools.partial(_policy_set, family, point.knob, offload)
     cfg = config.with_(quality_valve=point.valve)
     rows, _, _ = run_trace(trace, gpus, policies=[builder], config=cfg, record_chunks=False, with_oracle=False)
@@ -210,7 +224,7 @@ def frontier(
                 if fam == REFERENCE:
                     points.append(Point(name, seed, fam, knob, valve=use_valve))
                     if use_valve:
-                        points.append(Point(name, seed, f"{REFERENCE} (no valve)", knob))
+                        points.append(Point(name, seed, NO_VALVE, knob))
                 else:
                     points.append(Point(name, seed, fam, knob))
     with _Runner(loaded, gpus, base, baseline_offload, n_workers, progress) as runner:
@@ -220,7 +234,7 @@ def frontier(
     table = table.loc[:, list(FRONTIER_COLUMNS) + [c for c in table.columns if c not in FRONTIER_COLUMNS]]
     defaults: dict[str, float | None] = {name: f.default for name, f in FAMILIES.items()}
     defaults[ISO_COST] = None  # one point per (trace, seed): compared as it is
-    defaults[f"{REFERENCE} (no valve)"] = FAMILIES[REFERENCE].default
+    defaults[NO_VALVE] = FAMILIES[REFERENCE].default
     head = pd.concat([headline(table, REFERENCE, defaults, tail=tail) for tail in ("instream_max_s", "instream_p99_s")],
                      ignore_index=True)
     wall = time.perf_counter() - t0

@@ -104,3 +104,17 @@ def test_a_small_frontier_writes_its_tables_and_plot(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     again = pd.read_csv(tmp_path / "frontier.csv")
     assert len(again) == len(table)
+
+
+def test_turboserve_without_the_valve_is_turboserve_with_the_valve_off():
+    from experiments.frontier import NO_VALVE, REFERENCE, _family_of, _policy_set
+    from experiments.paper_table import policy_sets
+
+    sets = policy_sets(8, new_session_bytes=1, worker_memory=10, max_batch=4)
+    with_valve = _policy_set(_family_of(REFERENCE), 0.9, "idle-timeout", sets, 8)
+    without = _policy_set(_family_of(NO_VALVE), 0.9, "idle-timeout", sets, 8)
+    assert without.name == NO_VALVE
+    assert (without.placement, without.autoscaling, without.offload) == (
+        with_valve.placement, with_valve.autoscaling, with_valve.offload)
+    with pytest.raises(ValueError, match="unknown policy family"):
+        _family_of("nope")
