@@ -2,7 +2,8 @@
 # The frontier grid of docs/RESULTS.md: a = {0.1, 1.0} x start-up = {10, 60} s at t1 = 344 ms
 # (the published H100 figure), 64 GPUs, traces fitted to the cluster (--scale fit).
 #   scripts/frontier_grid.sh OUT_DIR [SEEDS] [SCENARIO ...]
-# Defaults: seeds 0; the ServeGen-, Mooncake- and Azure-derived scenarios; DURATION_S=3600. Each regime
+# Defaults: seeds 0; the ServeGen-, Mooncake- and Azure-derived scenarios; DURATION_S=3600;
+# BATCH_COSTS="1.0 0.1". Each regime
 # writes OUT_DIR/a<A>-s<S>/{frontier.csv,headline.csv,frontier.png,config.yaml}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ families=(static hpa+migration-aware ray-serve+migration-aware predictive+migrat
 fams=()
 for f in "${families[@]}"; do fams+=(--family "$f"); done
 py=${PYTHON:-.venv/bin/python}
-for a in 0.1 1.0; do
+for a in ${BATCH_COSTS:-1.0 0.1}; do
   for s in 10 60; do
     echo "== a=$a start-up=${s}s"
     "$py" -m framework.cli experiment frontier "${args[@]}" "${fams[@]}" --gpus 64 --seeds "$seeds" --duration-s "$duration" \
