@@ -204,6 +204,9 @@ def main() -> None:
     parser.add_argument("--sessions", default="1,4,8", help="session counts (default 1,4,8)")
     parser.add_argument("--workers", default="1,2", help="worker counts (default 1,2)")
     parser.add_argument("--skip-env", action="store_true", help="skip the worker-environment comparison")
+    parser.add_argument("--slo-s", type=float, default=None,
+                        help="per-chunk deadline (turboserve.slo-s); default: the configured one. The engine "
+                             "does not wait for a batch that would make a chunk miss a deadline it can meet")
     args = parser.parse_args()
     counts = [int(x) for x in args.sessions.split(",")]
     worker_counts = [int(x) for x in args.workers.split(",")]
@@ -212,6 +215,9 @@ def main() -> None:
     from distributed import Nanny
 
     from framework import Server
+
+    if args.slo_s is not None:
+        dask.config.set({"turboserve.slo-s": args.slo_s})
 
     print(f"model {args.model!r}, engine: batch-window-s {dask.config.get('turboserve.engine.batch-window-s')}, "
           f"max-batch {dask.config.get('turboserve.engine.max-batch')}, "
