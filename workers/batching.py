@@ -141,8 +141,8 @@ def decide_batch(
     if window_s <= 0 or not joinable:
         return BatchDecision(True, None, "alone")
     largest = min(max_batch, n_ready + len(expected_s))
-    earliest_done = now + step_s(n_ready)
-    meetable = [d for d in deadlines_s if d >= earliest_done]
+    alone = step_s(n_ready)  # (d - step >= now, not now + step <= d: the same rounding as `latest`)
+    meetable = [d for d in deadlines_s if d - alone >= now]
     latest = min(meetable) - step_s(largest) if meetable else math.inf
     if latest <= now:
         return BatchDecision(True, None, "deadline")
