@@ -36,7 +36,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from experiments.headline import headline
-from experiments.paper_table import TraceInput, load_traces, run_trace
+from experiments.paper_table import ORACLE, TraceInput, load_traces, run_trace
 from experiments.sim.config import PolicySet, PolicySpec, SimConfig
 
 REFERENCE = "turboserve"
@@ -189,7 +189,8 @@ def frontier(
     config
         Simulator knobs and latency model (:class:`SimConfig`; default from the config).
     families
-        Names in :data:`FAMILIES`.
+        Names in :data:`FAMILIES` (``"oracle"`` alone runs only the oracle rows, which
+        every frontier has: one per trace and seed, ``policy="oracle"``).
     baseline_offload
         ``"idle-timeout"`` (baselines offload idle state as TurboServe does) or ``"never"``.
     valve
@@ -201,7 +202,7 @@ def frontier(
     """
     if gpus < 1:
         raise ValueError(f"gpus must be >= 1, got {gpus}")
-    unknown = [f for f in families if f not in FAMILIES]
+    unknown = [f for f in families if f not in FAMILIES and f != ORACLE]
     if unknown:
         raise ValueError(f"unknown policy families {unknown}; known: {sorted(FAMILIES)}")
     if baseline_offload not in ("idle-timeout", "never"):
@@ -219,7 +220,7 @@ def frontier(
             loaded[(trace.name, seed)] = trace
     points = []
     for (name, seed) in loaded:
-        for fam in families:
+        for fam in (f for f in families if f != ORACLE):
             for knob in FAMILIES[fam].values:
                 if fam == REFERENCE:
                     points.append(Point(name, seed, fam, knob, valve=use_valve))
@@ -231,6 +232,8 @@ def frontier(
         table = pd.DataFrame(runner.run(points, "frontier"))
         if REFERENCE in families:
             table = _with_iso_cost(table, loaded, gpus, runner)
+    table = pd.concat([table, pd.DataFrame([_oracle_row(name, seed, trace, gpus, base)
+                                            for (name, seed), trace in loaded.items()])], ignore_index=True)
     table = table.loc[:, list(FRONTIER_COLUMNS) + [c for c in table.columns if c not in FRONTIER_COLUMNS]]
     defaults: dict[str, float | None] = {name: f.default for name, f in FAMILIES.items()}
     defaults[ISO_COST] = None  # one point per (trace, seed): compared as it is
@@ -247,6 +250,14 @@ def frontier(
             "sim_config": {f: getattr(base, f) for f in base.__dataclass_fields__},
         })
     return table, head
+
+
+def _oracle_row(name: str, seed: int, trace: TraceInput, gpus: int, config: SimConfig) -> dict[str, Any]:
+    """The offline oracle of one (trace, seed): its GPU-hours bound the cost of any policy."""
+    rows, _, _ = run_trace(trace, gpus, policies=[], config=config, record_chunks=False, with_oracle=True)
+    row = rows[0]
+    return {"trace": name, "policy": ORACLE, "knob": float("nan"), "seed": seed, "gpu_hours": row["gpu_hours"],
+            "slo_attainment": row["slo_attainment"], "peak_workers": row.get("peak_workers"), "scale": trace.scale}
 
 
 def _with_iso_cost(table: pd.DataFrame, loaded: dict, gpus: int, runner: "_Runner") -> pd.DataFrame:

@@ -109,7 +109,8 @@ def headline(
 
     Returns
     -------
-    One row per baseline family: ``tail_reduction`` (``1 - T's tail at B's cost / B's
+    One row per baseline family (``oracle`` rows, a bound rather than a policy, are
+    left out): ``tail_reduction`` (``1 - T's tail at B's cost / B's
     tail``) and ``cost_reduction`` (``1 - T's cost at B's tail / B's cost``), each as
     mean and 95% CI over the (trace, seed) pairs where it is defined (``n_*``: how
     many; where ``T`` has no point as cheap, or none as good, the pair is left out and
@@ -117,7 +118,8 @@ def headline(
     that ``T``'s frontier does not cover, out of ``points``.
     """
     rows = []
-    for family, group in frontier[frontier["policy"] != reference].groupby("policy", sort=False):
+    others = frontier[(frontier["policy"] != reference) & (frontier["policy"] != "oracle")]
+    for family, group in others.groupby("policy", sort=False):
         tail_red, cost_red, undefined_t, undefined_c, missing, total = [], [], 0, 0, 0, 0
         for (trace, seed), g in group.groupby(["trace", "seed"], sort=False):
             ref = frontier[(frontier["policy"] == reference) & (frontier["trace"] == trace) & (frontier["seed"] == seed)]

@@ -188,7 +188,11 @@ def policy_sets(gpus: int, *, new_session_bytes: int, worker_memory: int, max_ba
         "downscale_stabilisation_s": float(tconfig.get("autoscale.downscale-stabilisation-s")),
         "upscale_delay_s": float(tconfig.get("autoscale.upscale-delay-s")),
     }
-    load_driven = {"worker_max_batch": int(max_batch), "worker_memory_bytes": int(worker_memory)}
+    load_driven = {
+        "target_utilisation": float(tconfig.get("autoscale.load-driven-utilisation")),
+        "worker_max_batch": int(max_batch),
+        "worker_memory_bytes": int(worker_memory),
+    }
     # TurboServe keeps the in-stream worst case low: it moves an active session only to
     # fix a worker that misses the SLO, and a drained worker waits for its active
     # sessions' bursts to end (their idle state is offloaded) instead of moving them.

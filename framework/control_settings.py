@@ -207,7 +207,7 @@ def default_policy_params(
         }
     elif autoscaling == "load-driven":
         out["autoscaling"] = {
-            "target_utilisation": float(config.get("autoscale.target-utilisation")),
+            "target_utilisation": float(config.get("autoscale.load-driven-utilisation")),
             "downscale_delay_s": float(config.get("autoscale.downscale-stabilisation-s")),
             "worker_max_batch": int(max_batch),
             "worker_memory_bytes": int(worker_memory),

@@ -97,8 +97,12 @@ def test_a_small_frontier_writes_its_tables_and_plot(tmp_path):
     table, head = frontier(["steady"], gpus=3, seeds=[0], out_dir=tmp_path, config=cfg, duration_s=120.0, scale=0.05,
                            families=["static", "turboserve"], n_workers=0, progress=False)
     assert list(table.columns[: len(FRONTIER_COLUMNS)]) == list(FRONTIER_COLUMNS)
-    assert set(table["policy"]) == {"static", "turboserve", "static-iso-cost"}
-    assert (table["gpu_hours"] > 0).all() and (table["chunks"] > 0).all()
+    assert set(table["policy"]) == {"static", "turboserve", "static-iso-cost", "oracle"}
+    assert (table["gpu_hours"] > 0).all()
+    runs = table[table["policy"] != "oracle"]
+    assert (runs["chunks"] > 0).all()
+    oracle = table[table["policy"] == "oracle"]
+    assert len(oracle) == 1 and oracle["gpu_hours"].iloc[0] > 0  # the cost bound (of SLO-meeting policies)
     assert set(head["baseline"]) == {"static", "static-iso-cost"}
     for name in ("frontier.csv", "headline.csv", "frontier.png", "config.yaml"):
         assert (tmp_path / name).stat().st_size > 0
