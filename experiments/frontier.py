@@ -234,7 +234,7 @@ def frontier(
             table = _with_iso_cost(table, loaded, gpus, runner)
     table = pd.concat([table, pd.DataFrame([_oracle_row(name, seed, trace, gpus, base)
                                             for (name, seed), trace in loaded.items()])], ignore_index=True)
-    table = table.loc[:, list(FRONTIER_COLUMNS) + [c for c in table.columns if c not in FRONTIER_COLUMNS]]
+    table = table.reindex(columns=list(FRONTIER_COLUMNS) + [c for c in table.columns if c not in FRONTIER_COLUMNS])
     defaults: dict[str, float | None] = {name: f.default for name, f in FAMILIES.items()}
     defaults[ISO_COST] = None  # one point per (trace, seed): compared as it is
     defaults[NO_VALVE] = FAMILIES[REFERENCE].default

@@ -122,3 +122,16 @@ def test_turboserve_without_the_valve_is_turboserve_with_the_valve_off():
         with_valve.placement, with_valve.autoscaling, with_valve.offload)
     with pytest.raises(ValueError, match="unknown policy family"):
         _family_of("nope")
+
+
+def test_an_oracle_only_frontier_has_one_oracle_row_per_trace_and_seed(tmp_path):
+    from experiments.frontier import FRONTIER_COLUMNS, frontier
+    from experiments.sim.config import SimConfig
+    from experiments.sim.latency import LatencySpec
+
+    cfg = SimConfig.from_config(latency=LatencySpec(batch_cost=1.0))
+    table, head = frontier(["steady"], gpus=3, seeds=[0, 1], config=cfg, duration_s=120.0, scale=0.05,
+                           families=["oracle"], n_workers=0, progress=False)
+    assert list(table.columns[: len(FRONTIER_COLUMNS)]) == list(FRONTIER_COLUMNS)
+    assert list(table["policy"]) == ["oracle", "oracle"] and sorted(table["seed"]) == [0, 1]
+    assert head.empty
