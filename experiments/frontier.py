@@ -370,6 +370,6 @@ def format_frontier(table: pd.DataFrame) -> str:
     cols = ["gpu_hours", "instream_max_s", "instream_p99_s", "ttfc_p99_s", "resume_wait_p99_s", "slo_attainment",
             "degraded_chunks", "migrations"]
     cols = [c for c in cols if c in table.columns]
-    mean = table.groupby(["trace", "policy", "knob"], sort=False)[cols].mean().reset_index()
+    mean = table.groupby(["trace", "policy", "knob"], sort=False, dropna=False)[cols].mean().reset_index()
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 1000):
         return mean.to_string(index=False, float_format=lambda v: f"{v:.3f}")
