@@ -150,7 +150,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _frontier(args: argparse.Namespace) -> int:
-    from experiments.frontier import DEFAULT_FAMILIES, format_frontier, format_headline, frontier
+    from experiments.frontier import DEFAULT_FAMILIES, format_frontier, format_headline, format_standard, frontier
 
     if args.gpus < 1:
         raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
@@ -163,6 +163,8 @@ def _frontier(args: argparse.Namespace) -> int:
         n_workers=args.workers, progress=not args.no_progress,
     )
     print(format_frontier(table))
+    print()
+    print(format_standard(table))
     print()
     print(format_headline(head))
     print(f"wrote {args.out}/frontier.csv, headline.csv, frontier.png, config.yaml ({len(table)} runs)")

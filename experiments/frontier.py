@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -373,3 +374,50 @@ def format_frontier(table: pd.DataFrame) -> str:
     mean = table.groupby(["trace", "policy", "knob"], sort=False, dropna=False)[cols].mean().reset_index()
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 1000):
         return mean.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+
+
+def standard_points(table: pd.DataFrame) -> pd.DataFrame:
+    """Each family at its standard knob (iso-cost at its one), per trace, seed means,
+    with GPU-hours as a multiple of the oracle's (``x_oracle``) and the degraded share."""
+    defaults = {name: f.default for name, f in FAMILIES.items()}
+    defaults[NO_VALVE] = FAMILIES[REFERENCE].default
+    keep = np.array([
+        p in (ISO_COST, ORACLE) or (p in defaults and bool(np.isclose(k, defaults[p])))
+        for p, k in zip(table["policy"], table["knob"].astype(float))
+    ], dtype=bool)
+    part = table[keep]
+    cols = ["gpu_hours", "instream_max_s", "instream_p99_s", "ttfc_p99_s", "resume_wait_p99_s", "slo_attainment",
+            "degraded_chunks", "chunks"]
+    out = part.groupby(["trace", "policy"], sort=False)[cols].mean().reset_index()
+    oracle = out[out["policy"] == ORACLE].set_index("trace")["gpu_hours"]
+    out.insert(3, "x_oracle", out["gpu_hours"] / out["trace"].map(oracle))
+    out["degraded_%"] = 100 * out["degraded_chunks"] / out["chunks"]
+    return out.drop(columns=["degraded_chunks", "chunks"])
+
+
+def format_standard(table: pd.DataFrame) -> str:
+    """:func:`standard_points` as text."""
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 1000):
+        return standard_points(table).to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m experiments.frontier DIR...``: print the tables of frontier output folders."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("dirs", nargs="+", help="output folders of `turboserve experiment frontier`")
+    args = parser.parse_args(argv)
+    for folder in args.dirs:
+        table = pd.read_csv(pathlib.Path(folder) / "frontier.csv")
+        head = pd.read_csv(pathlib.Path(folder) / "headline.csv")
+        print(f"== {folder}")
+        print(format_standard(table))
+        print()
+        print(format_headline(head))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
