@@ -176,3 +176,20 @@ def test_a_failed_step_is_delivered_to_its_sessions(model):
         assert engine.call(lambda: 42).result(timeout=30) == 42  # and the engine still runs
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("invariant", [True, False])
+def test_the_worker_builds_its_model_as_the_engine_settings_say(invariant):
+    """``turboserve.engine.batch-invariant``, resolved once by the client, reaches the model."""
+    import types
+
+    import framework.config  # noqa: F401  (turboserve defaults)
+    from workers.engine import EngineSettings
+    from workers.plugin import ModelHost
+
+    settings = EngineSettings.from_config(batch_invariant=invariant)
+    assert settings.batch_invariant is invariant
+    host = ModelHost("tiny", settings, store=None)
+    host.worker = types.SimpleNamespace(address="tcp://test:1")
+    engine = host._build("tiny")
+    assert engine.model.batch_invariant is invariant

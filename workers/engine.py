@@ -78,6 +78,9 @@ class EngineSettings:
         ``valve_steps`` denoising steps (0: off).
     valve_steps : int
         Denoising steps of a step under the quality valve.
+    batch_invariant : bool
+        The model computes each session's chunk bit-identically whatever it is batched
+        with (``kernels.model``; the worker builds its models with it).
     """
 
     max_batch: int = 8
@@ -89,6 +92,7 @@ class EngineSettings:
     max_unread: int = 8
     valve_batch: int = 0
     valve_steps: int = 2
+    batch_invariant: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -136,6 +140,7 @@ class EngineSettings:
             "max_unread": int(get("turboserve.engine.max-unread-chunks")),
             "valve_batch": int(get("turboserve.engine.quality-valve.batch")),
             "valve_steps": int(get("turboserve.engine.quality-valve.steps")),
+            "batch_invariant": bool(get("turboserve.engine.batch-invariant")),
         }
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)

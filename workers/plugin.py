@@ -121,10 +121,13 @@ class ModelHost(WorkerPlugin):
 
         try:
             path = self.weights.get(model)
+            invariant = self.engine_settings.batch_invariant  # resolved by the client: every worker agrees
             if path:
-                net = StreamingVideoModel.from_pretrained(path, preset=model, device=self.device)
+                net = StreamingVideoModel.from_pretrained(path, preset=model, device=self.device,
+                                                          batch_invariant=invariant)
             else:
-                net = StreamingVideoModel.from_preset(model, device=self.device, weights_seed=self.weights_seed)
+                net = StreamingVideoModel.from_preset(model, device=self.device, weights_seed=self.weights_seed,
+                                                      batch_invariant=invariant)
         except (KeyError, ValueError) as exc:
             raise UnknownModel(f"cannot load model preset {model!r} on {self.worker.address}: {exc}") from exc
         import torch
