@@ -28,12 +28,9 @@ import pandas as pd
 import xarray as xr
 import yaml
 
-CHUNK_COLUMNS: tuple[str, ...] = (
-    "session_id", "index", "t_request_s", "t_start_s", "t_done_s", "latency_s", "worker", "batch_size", "migrated",
-)
-INTERVAL_COLUMNS: tuple[str, ...] = (
-    "time_s", "n_workers", "n_active", "n_idle", "n_suspended", "migrations", "cost_gpu_s",
-)
+from framework.controller import INTERVAL_COLUMNS  # declared where the live loop writes them
+from workers.chunk import CHUNK_COLUMNS  # declared with the chunk record
+
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "trace", "policy", "gpus", "max_latency_s", "p99_latency_s", "slo_attainment", "gpu_hours", "migrations",
 )

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from experiments.sim.config import SimConfig
+from framework.controller import INTERVAL_COLUMNS
 from experiments.sim.snapshot import build_snapshot, record_interval
 
 
@@ -92,7 +93,7 @@ def assemble(sim: Any, end: float) -> SimResult:
         chunks = empty_chunks()
     intervals = pd.DataFrame(
         sim.intervals,
-        columns=["time_s", "n_workers", "n_active", "n_idle", "n_suspended", "migrations", "cost_gpu_s"],
+        columns=list(INTERVAL_COLUMNS),
     )
     decisions = pd.DataFrame(
         sim.decisions, columns=["time_s", "action", "session_id", "worker", "accepted", "reason"]
