@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from experiments.sim.actions import ActionApplier
+from experiments.sim.alignment import join_early
 from experiments.sim.config import PolicySet, SimConfig
 from experiments.sim.models import model_cost
 from experiments.sim.result import SimResult, assemble
@@ -402,7 +403,8 @@ class Simulator:
                 due.sort(key=lambda s: (s.next_req, s.idx))
                 due = due[: w.max_batch]
             elif early:
-                self._join_early(due, early, w.max_batch, len(w.active), now)
+                join_early(due, early, max_batch=w.max_batch, n_active=len(w.active), now=now,
+                           slo_s=self.snapshot_slo, step_s=self._step_time)
             n = len(due)
             ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
             step = self._step_time(n, ctx)
@@ -421,42 +423,6 @@ class Simulator:
             w.wake_at = earliest
             self.seq += 1
             heapq.heappush(self.heap, (earliest, _WAKE, self.seq, w))
-
-    def _join_early(self, due: list, early: list, max_batch: int, n_active: int, now: float) -> None:
-        """Phase alignment: add sessions due within a period to a step that starts now.
-
-        A session whose next chunk is not asked for yet may have it made ahead (the
-        viewer still plays the previous one), so sessions of one worker fall into one
-        cadence and share steps instead of each waiting for the others' steps. One joins
-        only while batching pays (one more session costs at most half a batch-1 step) and
-        the step still ends by the deadline of every due chunk that would meet it
-        without them (a chunk already late, such as a first chunk that waited for its
-        placement, constrains nothing), unless waiting for the next step would make the
-        joining session's chunk later than the join makes theirs: the rule keeps the
-        worst lateness of the two lower. Soonest first.
-        """
-        n = len(due)
-        slo = self.snapshot_slo
-        end = now + self._step_time(n, 0.0)
-        limit = min((s.next_req + slo for s in due if s.next_req + slo >= end), default=_INF)
-        pays = 0.5 * self._step1
-        next_step = self._step_time(min(n_active, max_batch), 0.0)
-        early.sort(key=lambda s: (s.next_req, s.idx))
-        for s in early:
-            if n >= max_batch:
-                break
-            t_next = self._step_time(n + 1, 0.0)
-            if t_next - self._step_time(n, 0.0) > pays:
-                break
-            # Lateness the join puts on a due chunk, against the lateness this session
-            # gets if it waits for the next step (of the worker's other sessions, as
-            # they come due meanwhile): join when that keeps the worst of the two lower.
-            imposed = now + t_next - limit
-            if imposed > 0 and imposed > end + next_step - (s.next_req + slo):
-                break
-            due.append(s)
-            n += 1
-            end = now + t_next
 
     def _step_done(self, now: float, w: _Worker, batch: list, started: float, degraded: bool) -> None:
         w.busy = False

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from experiments.sim.config import SimConfig
-from framework.controller import INTERVAL_COLUMNS
 from experiments.sim.snapshot import build_snapshot, record_interval
+from framework.controller import INTERVAL_COLUMNS
 
 
 @dataclass(slots=True)
