@@ -213,7 +213,9 @@ class ControlLoop:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._last_tick: float | None = None
-        self._last_migrations = sum(r.migrations for r in mechanisms.records())
+        # migrations counted so far, per session: a record the registry forgets (a closed
+        # session) must not take its migrations back out of the interval rows
+        self._migrations_seen: dict[str, int] = {r.session_id: r.migrations for r in mechanisms.records()}
         self._scaled_at: float | None = None
 
     # ------------------------------------------------------------ events
@@ -302,11 +304,14 @@ class ControlLoop:
         """One control step: snapshot, decide, apply. Returns this tick's decisions."""
         now = self.clock()
         snap = self.snapshot(now)
-        migrations = sum(r.migrations for r in self.mechanisms.records())
+        seen, migrations = self._migrations_seen, 0
+        for r in self.mechanisms.records():
+            migrations += max(r.migrations - seen.get(r.session_id, 0), 0)
+            seen[r.session_id] = max(r.migrations, seen.get(r.session_id, 0))
         dt = 0.0 if self._last_tick is None else now - self._last_tick
         prev = self.intervals[-1][1] if self.intervals else None
-        self.intervals.append(interval_row(now, snap, dt, prev, migrations - self._last_migrations))
-        self._last_migrations, self._last_tick = migrations, now
+        self.intervals.append(interval_row(now, snap, dt, prev, migrations))
+        self._last_tick = now
         t0 = time.perf_counter()
         actions, self.state = self.policy.decide(snap, self.state)
         spent = time.perf_counter() - t0

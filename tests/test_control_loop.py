@@ -176,6 +176,24 @@ def test_a_crowded_worker_sheds_a_session_by_migration():
     asyncio.run(main())
 
 
+def test_interval_rows_keep_the_migrations_of_sessions_that_closed_since():
+    async def main():
+        cluster = FakeCluster(["w1", "w2"])
+        for i in range(4):
+            cluster.add(f"s{i}", ACTIVE, "w1")
+        loop = ControlLoop(settings(placement="migration-aware", placement_params={"min_gain": 0.01}), cluster, Clock())
+        moves = accepted(await loop.tick(), "Migrate")
+        await settle(loop)
+        await loop.tick()  # counts the completed moves
+        for r in cluster.records():  # every session closes; the registry forgets them
+            r.status = SessionStatus.CLOSED
+        await loop.tick()
+        column = [row[5] for row in loop.intervals]
+        assert min(column) >= 0 and sum(column) == len(moves) >= 1
+
+    asyncio.run(main())
+
+
 def test_scale_out_asks_the_cluster_manager_and_shows_the_worker_as_starting():
     async def main():
         clock = Clock()
