@@ -189,6 +189,19 @@ class ModelPreset:
         """Bytes of the stored prompt embedding."""
         return self.text_tokens * self.text_dim * self.dtype_bytes
 
+    def alltoall_bytes_per_chunk(self, height: int, width: int) -> int:
+        """Bytes the sequence-parallel all-to-alls of one chunk move for one session, at full size.
+
+        Ulysses by heads: per layer and forward, q, k, v go from tokens to heads and the
+        attention output back (4 tensors of ``tokens x dim``); a chunk takes
+        ``denoise_steps`` forwards plus one clean forward that writes the KV cache. At
+        degree ``k`` each rank sends ``(k - 1)/k**2`` of this
+        (``policies.types.ParallelStepModel``).
+        """
+        tokens = self.chunk_latent_frames * self.tokens_per_latent_frame(height, width)
+        forwards = self.denoise_steps + 1
+        return 4 * forwards * self.num_layers * tokens * self.dim * self.dtype_bytes
+
     def state_bytes(self, height: int, width: int) -> int:
         """Bytes of a session's state with a full KV window (what offload moves)."""
         return (
@@ -201,6 +214,7 @@ class ModelPreset:
 
 _WAN21_VAE = VaeGeometry()
 _TINY_VAE = VaeGeometry(base_dim=3, z_dim=16, dim_mult=(1, 1, 1, 1), num_res_blocks=1)
+_TINY_TRAINED_VAE = VaeGeometry(base_dim=8, z_dim=16, dim_mult=(1, 1, 1, 1), num_res_blocks=1)
 
 PRESETS: MappingProxyType[str, ModelPreset] = MappingProxyType(
     {
@@ -218,6 +232,26 @@ PRESETS: MappingProxyType[str, ModelPreset] = MappingProxyType(
             default_width=64,
             dtype_bytes=4,
             vae=_TINY_VAE,
+        ),
+        # The tiny transformer trained on CPU by `python -m kernels.train` on squares of the
+        # prompt's colour moving in the prompt's direction (kernels/synthetic.py); its weights
+        # ship in the package (PACKAGED_WEIGHTS). A wider VAE decoder than `tiny` (8 channels:
+        # 3 leave a 1-channel bottleneck that cannot carry colour) and an unshifted schedule
+        # (1000/750/500/250 are sigmas 1/.75/.5/.25), so the last step sees a clearer chunk.
+        "tiny-trained": ModelPreset(
+            name="tiny-trained",
+            num_layers=2,
+            num_heads=2,
+            head_dim=12,
+            ffn_dim=32,
+            text_dim=16,
+            text_tokens=16,
+            freq_dim=256,
+            default_height=64,
+            default_width=64,
+            dtype_bytes=4,
+            timestep_shift=1.0,
+            vae=_TINY_TRAINED_VAE,
         ),
         # Wan2.1-T2V-1.3B (the backbone of Self-Forcing, CausVid, LongLive).
         "wan-1.3b": ModelPreset(
@@ -255,3 +289,21 @@ def get_preset(name: str | ModelPreset) -> ModelPreset:
         return PRESETS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+#: Presets whose weights ship in the package: name -> folder under ``kernels/`` (diffusers layout).
+PACKAGED_WEIGHTS: MappingProxyType[str, str] = MappingProxyType({"tiny-trained": "weights/tiny-trained"})
+
+
+def packaged_weights(name: str) -> str | None:
+    """The checkpoint folder shipped for preset ``name`` (for ``from_pretrained``), else ``None``.
+
+    >>> packaged_weights("tiny") is None
+    True
+    """
+    rel = PACKAGED_WEIGHTS.get(name)
+    if rel is None:
+        return None
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parent / rel)
