@@ -449,7 +449,9 @@ class StreamingVideoModel:
             return self.schedule
         return FlowSchedule.evenly(k, shift=self.preset.timestep_shift)
 
-    def step(self, states: Sequence[SessionState], *, denoise_steps: int | None = None) -> list[np.ndarray]:
+    def step(
+        self, states: Sequence[SessionState], *, denoise_steps: int | None = None, decode: bool = True
+    ) -> list[np.ndarray]:
         """Advance every session by one chunk in one batched pass.
 
         Each state gets new tensors (its KV cache grows by the chunk, rolled to the
@@ -465,6 +467,10 @@ class StreamingVideoModel:
             quality valve). The session state is updated as for a normal chunk (the
             generator advances by the ``k`` noise draws of a ``k``-step chunk), so
             the stream goes on; the result is deterministic for a given ``k``.
+        decode
+            ``False`` skips the VAE decode: no frames (empty arrays) and the ``vae.*``
+            tensors are kept as they are. The followers of a sequence-parallel group
+            (:mod:`kernels.parallel`) run the transformer only; the leader decodes.
 
         Returns
         -------
@@ -486,13 +492,15 @@ class StreamingVideoModel:
         order = sorted(range(len(states)), key=lambda i: int(states[i].tensors["kv.0.k"].shape[1]))
         ordered = [states[i] for i in order]
         with torch.no_grad(), self._threads():
-            frames = self._step_ordered(ordered, schedule)
+            frames = self._step_ordered(ordered, schedule, decode)
         out: list[np.ndarray] = [np.empty(0)] * len(states)
         for pos, i in enumerate(order):
             out[i] = frames[pos]
         return out
 
-    def _step_ordered(self, states: Sequence[SessionState], schedule: FlowSchedule) -> list[np.ndarray]:
+    def _step_ordered(
+        self, states: Sequence[SessionState], schedule: FlowSchedule, decode: bool = True
+    ) -> list[np.ndarray]:
         """The step for states sorted by cache length; commits each state as it is done.
 
         Batch-invariant (:attr:`batch_invariant`), the transformer's matrix products and
@@ -524,7 +532,7 @@ class StreamingVideoModel:
         vae_tile = self.vae_tile if self.batch_invariant else batch
         frames_np: list[np.ndarray] = []
         vae_caches: list[list[torch.Tensor] | None] = []
-        for start in range(0, batch, vae_tile):
+        for start in range(0, batch if decode else 0, vae_tile):
             rows = range(start, min(start + vae_tile, batch))
             latents = x0_rows[start] if len(rows) == 1 else torch.cat([x0_rows[b] for b in rows])
             vae_in = [[tensors[b][f"vae.{i}"] for i in range(int(states[b].scalars["vae.count"]))] for b in rows]
@@ -548,13 +556,19 @@ class StreamingVideoModel:
             for layer in range(p.num_layers):
                 nt[f"kv.{layer}.k"] = _roll_window(t[f"kv.{layer}.k"], keys[layer], keep, sink)
                 nt[f"kv.{layer}.v"] = _roll_window(t[f"kv.{layer}.v"], values[layer], keep, sink)
-            for i, c in enumerate(vae_caches[b]):  # type: ignore[arg-type]
-                nt[f"vae.{i}"] = c
+            if decode:
+                for i, c in enumerate(vae_caches[b]):  # type: ignore[arg-type]
+                    nt[f"vae.{i}"] = c
+            else:
+                nt.update((k, v) for k, v in t.items() if k.startswith("vae."))
+                frames_np.append(np.empty(0, dtype=np.uint8))
             nt["rng"] = gens[b].get_state().to(dev)
             state.tensors = nt
             state.chunk_index += 1
             state.scalars["kv.frames"] = int(nt["kv.0.k"].shape[1]) // tpf
-            tensors[b] = vae_caches[b] = None  # type: ignore[call-overload]
+            tensors[b] = None  # type: ignore[call-overload]
+            if decode:
+                vae_caches[b] = None
             new_kv[b] = ([], [])
         return frames_np
 

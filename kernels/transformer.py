@@ -31,6 +31,7 @@ from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 from .invariance import aligned, install_row_wise_linears, is_row_wise, linear, rows
+from .ulysses import current_exchange
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +101,15 @@ class CausalKVAttnProcessor:
         else:
             q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         q, k = attn.norm_q(q), attn.norm_k(k)
-        q = apply_rotary(q.unflatten(2, (attn.heads, -1)), ctx.cos, ctx.sin).transpose(1, 2)
-        k = apply_rotary(k.unflatten(2, (attn.heads, -1)), ctx.cos, ctx.sin).transpose(1, 2)
-        v = v.unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        # Sequence parallel (kernels.ulysses): this rank's tokens, then all tokens of its heads.
+        ex = current_exchange()
+        cos, sin = (ctx.cos, ctx.sin) if ex is None else (ex.local_tokens(ctx.cos), ex.local_tokens(ctx.sin))
+        q = apply_rotary(q.unflatten(2, (attn.heads, -1)), cos, sin)
+        k = apply_rotary(k.unflatten(2, (attn.heads, -1)), cos, sin)
+        v = v.unflatten(2, (attn.heads, -1))
+        if ex is not None:
+            q, k, v = ex.to_heads(q, k, v)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if ctx.write:
             ctx.new_keys, ctx.new_values = k, v
 
@@ -128,6 +135,8 @@ class CausalKVAttnProcessor:
                 kk[:, :, g.length :] = k[g.start : g.stop]
                 vv[:, :, g.length :] = v[g.start : g.stop]
                 out[g.start : g.stop] = F.scaled_dot_product_attention(q[g.start : g.stop], kk, vv)
+        if ex is not None:
+            out = ex.to_tokens(out)
         out = out.transpose(1, 2).flatten(2, 3).type_as(q)
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -301,6 +310,10 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         batch, _, frames, height, width = latents.shape
         p_t, p_h, p_w = self.config.patch_size
         hidden = self.embed_patches(latents)
+        ex = current_exchange()  # sequence parallel: this rank runs its slice of the tokens
+        if ex is not None:
+            ex.tokens = hidden.shape[1]
+            hidden = ex.local_tokens(hidden)
         temb_vec, modulation = temb
         for block, ctx in zip(self.blocks, layers):
             hidden = block(hidden, text, modulation, ctx)
@@ -309,6 +322,8 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         shift, scale = (self.scale_shift_table + temb_vec.unsqueeze(1)).chunk(2, dim=1)
         hidden = (self.norm_out(hidden.float()) * (1 + scale) + shift).type_as(hidden)
         hidden = self.proj_out(hidden)
+        if ex is not None:
+            hidden = ex.all_tokens(hidden)
         hidden = hidden.reshape(batch, frames // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
         return hidden.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
