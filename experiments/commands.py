@@ -6,6 +6,7 @@
     turboserve experiment sweep (--trace FILE | --scenario NAME)... [--policy P]... [--gpus N]...
                                 [--seed N]... [--workers N] [--out DIR]
     turboserve experiment frontier (--trace FILE | --scenario NAME)... --gpus N --seeds 0,1,2 --out DIR
+    turboserve experiment parallelism (--trace FILE | --scenario NAME)... --gpus N --scales 0.5,1 --out DIR
 
 Every one takes the latency and start-up flags ``--profile NAME``, ``--batch-cost A``
 (``step(b) = t1 (1 + A (b - 1))``), ``--t1-s T``, ``--startup-s S`` and ``--quality-valve``.
@@ -171,6 +172,36 @@ def _frontier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parallelism(args: argparse.Namespace) -> int:
+    from experiments.parallelism import POLICIES, format_capacity, parallelism_experiment
+
+    if args.gpus < 1:
+        raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
+    config = sim_config(args)
+    summary, capacity = parallelism_experiment(
+        _traces(args), gpus=args.gpus, scales=args.scales, policies=args.policy or list(POLICIES),
+        target=args.target, admission_s=args.admission_s, config=config, duration_s=args.duration_s,
+        seed=args.seed, out_dir=args.out, plots=not args.no_plots,
+    )
+    cols = ["policy", "scale", "instream_attainment", "instream_attainment_13b", "instream_attainment_14b",
+            "ttfc_p99_s", "sessions_served", "sessions_per_gpu_hour", "degrees", "pool_gpus", "transformations"]
+    print(summary.loc[:, cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    print()
+    print(format_capacity(capacity))
+    print(f"wrote {args.out}/summary.csv, capacity.csv, oracle.csv, runs/, results.zarr, config.yaml")
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected numbers > 0, got {text!r}")
+    return values
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``experiment`` command group to the ``turboserve`` parser."""
     exp = subparsers.add_parser("experiment", help="simulated experiments: the paper table and sweeps")
@@ -200,6 +231,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fr.add_argument("--out", required=True, help="output folder")
     fr.add_argument("--no-progress", action="store_true", help="no progress bar")
     fr.set_defaults(func=_frontier)
+
+    pa = sub.add_parser("parallelism", help="fixed parallel degrees 1, 2, 4 vs the adaptive policy on a model mix")
+    pa.add_argument("--trace", action="append", metavar="FILE", help="trace file (Parquet/CSV; repeatable)")
+    pa.add_argument("--scenario", action="append", metavar="NAME", help="named scenario (repeatable), e.g. mixed-14b-share")
+    pa.add_argument("--duration-s", type=float, default=None, help="scenario length in seconds (default: its own)")
+    pa.add_argument("--scales", type=_floats, default=[0.5, 1.0], help="comma-separated load scales (default 0.5,1)")
+    pa.add_argument("--gpus", type=int, default=64, help="fleet size (default 64)")
+    pa.add_argument("--policy", action="append", metavar="LABEL",
+                    help="only these (repeatable): fixed-1, fixed-2, fixed-4, adaptive")
+    pa.add_argument("--target", type=float, default=0.99, help="in-stream SLO attainment to meet (default 0.99)")
+    pa.add_argument("--admission-s", type=float, default=10.0, help="p99 time to first chunk to meet (default 10 s)")
+    pa.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
+    pa.add_argument("--out", required=True, help="output folder")
+    pa.add_argument("--no-plots", action="store_true", help="skip the PNG/HTML plots")
+    _add_latency_options(pa)
+    pa.set_defaults(func=_parallelism)
 
     sw = sub.add_parser("sweep", help="policy x trace x GPUs x seed as Dask batch jobs on a LocalCluster")
     _add_trace_options(sw)

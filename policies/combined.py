@@ -1,4 +1,4 @@
-"""One decision of all three policies, booked into one shared ledger.
+"""One decision of all the policies, booked into one shared ledger.
 
 Called separately on the same snapshot, a placement and an offload policy could both
 hand out the same free device memory (a ``Place`` and a prefetch ``Resume`` onto one
@@ -25,11 +25,12 @@ from __future__ import annotations
 from typing import Any
 
 from policies.admission import CapacityLedger
-from policies.types import Action, Snapshot
+from policies.parallelism import unit_view
+from policies.types import Action, FormGroup, Snapshot, SplitGroup
 
 
 class Combined:
-    """Placement, offload and autoscaling policies deciding together.
+    """Placement, offload and autoscaling (and optionally parallelism) policies deciding together.
 
     Parameters
     ----------
@@ -37,34 +38,59 @@ class Combined:
         Policies of those kinds (from :func:`policies.registry.make`). A policy without
         a ``decide_on(ledger, state)`` method is called with ``decide(snap, state)``
         and then does not see what the others booked.
+    parallelism
+        A policy of kind ``parallelism`` (:mod:`policies.parallelism`), or None. It
+        decides first, on the snapshot; the others then decide on one ledger of
+        :func:`policies.parallelism.unit_view`: a group is one unit with the memory and
+        batch slots of all its workers, and followers, workers transformed by this
+        decision and units below the policy's ``min_degree`` take no session.
 
-    The state is the tuple of the three policies' states, in that order.
+    The state is the tuple of the three policies' states, in that order (and the
+    parallelism policy's fourth, when there is one).
     """
 
     kind = "combined"
 
-    def __init__(self, placement: Any, autoscaling: Any, offload: Any) -> None:
-        for policy, kind in ((placement, "placement"), (autoscaling, "autoscaling"), (offload, "offload")):
+    def __init__(self, placement: Any, autoscaling: Any, offload: Any, parallelism: Any = None) -> None:
+        pairs = [(placement, "placement"), (autoscaling, "autoscaling"), (offload, "offload")]
+        if parallelism is not None:
+            pairs.append((parallelism, "parallelism"))
+        for policy, kind in pairs:
             if getattr(policy, "kind", None) != kind:
                 raise ValueError(f"expected a {kind} policy, got {policy!r} of kind {getattr(policy, 'kind', None)!r}")
         self.placement, self.autoscaling, self.offload = placement, autoscaling, offload
+        self.parallelism = parallelism
         self.name = f"{placement.name}+{autoscaling.name}+{offload.name}"
+        if parallelism is not None:
+            self.name += f"+{parallelism.name}"
 
     def __repr__(self) -> str:
-        return f"Combined({self.placement!r}, {self.autoscaling!r}, {self.offload!r})"
+        extra = "" if self.parallelism is None else f", {self.parallelism!r}"
+        return f"Combined({self.placement!r}, {self.autoscaling!r}, {self.offload!r}{extra})"
 
-    def initial_state(self) -> tuple[Any, Any, Any]:
-        """The three policies' initial states."""
-        return (self.placement.initial_state(), self.autoscaling.initial_state(), self.offload.initial_state())
+    def initial_state(self) -> tuple[Any, ...]:
+        """The policies' initial states."""
+        states = (self.placement.initial_state(), self.autoscaling.initial_state(), self.offload.initial_state())
+        return states if self.parallelism is None else (*states, self.parallelism.initial_state())
 
-    def decide(self, snap: Snapshot, state: tuple[Any, Any, Any]) -> tuple[list[Action], tuple[Any, Any, Any]]:
+    def decide(self, snap: Snapshot, state: tuple[Any, ...]) -> tuple[list[Action], tuple[Any, ...]]:
         """All actions of one control tick, and the next combined state."""
+        g_actions: list[Action] = []
+        if self.parallelism is not None:
+            p_state, a_state, o_state, g_state = state
+            g_actions, g_state = self.parallelism.decide(snap, g_state)
+            busy = frozenset(a for x in g_actions if isinstance(x, (FormGroup, SplitGroup)) for a in x.workers)
+            snap = unit_view(snap, self.parallelism.min_degree(snap), busy)
+        else:
+            p_state, a_state, o_state = state
         ledger = CapacityLedger(snap, getattr(self.placement, "new_session_bytes", None))
-        p_state, a_state, o_state = state
         p_actions, p_state = _decide(self.placement, ledger, p_state)
         o_actions, o_state = _decide(self.offload, ledger, o_state)
         a_actions, a_state = _decide(self.autoscaling, ledger, a_state)
-        return p_actions + o_actions + a_actions, (p_state, a_state, o_state)
+        actions = g_actions + p_actions + o_actions + a_actions
+        if self.parallelism is None:
+            return actions, (p_state, a_state, o_state)
+        return actions, (p_state, a_state, o_state, g_state)
 
 
 def _decide(policy: Any, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:

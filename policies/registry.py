@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-KINDS = ("placement", "autoscaling", "offload")
+KINDS = ("placement", "autoscaling", "offload", "parallelism")
 
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
 
@@ -68,7 +68,7 @@ def make(kind: str, name: str, **params: Any) -> Any:
 def _load_builtins() -> None:
     # Importing the policy modules registers them; done lazily so that importing the
     # registry alone stays cheap and free of import cycles.
-    for module in ("policies.placement", "policies.autoscaling", "policies.offload"):
+    for module in ("policies.placement", "policies.autoscaling", "policies.offload", "policies.parallelism"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

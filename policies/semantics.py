@@ -41,6 +41,7 @@ from typing import NamedTuple, Protocol
 from policies.types import (
     TIERS,
     Action,
+    FormGroup,
     Migrate,
     Offload,
     Place,
@@ -49,6 +50,7 @@ from policies.types import (
     Retire,
     ScaleTo,
     SessionStatus,
+    SplitGroup,
     WorkerStatus,
 )
 
@@ -85,6 +87,9 @@ class Refusal(enum.Enum):
     SCALE_DOWN_BUSY = "scale-down-busy"
     RETIRE_BAD_WORKER = "retire-bad-worker"
     RETIRE_BELOW_MINIMUM = "retire-below-minimum"
+    GROUP_MEMBER = "group-member"  # a follower of a parallel group takes no session and is not retired alone
+    GROUP_BAD_WORKERS = "group-bad-workers"  # a FormGroup of unknown, busy, repeated or too few workers
+    GROUP_NOT_FOUND = "group-not-found"  # a SplitGroup naming workers that are not one group
 
 
 class ActionRefused(Exception):
@@ -160,6 +165,8 @@ class WorkerFacts:
     used_bytes: float = 0
     memory_bytes: float | None = None
     drains_itself: bool = False
+    #: The workers of its parallel group, leader first (empty: it serves alone).
+    group: tuple[str, ...] = ()
 
 
 class Facts(Protocol):
@@ -205,6 +212,8 @@ def subject(action: Action) -> tuple[str, str]:
         return "", action.worker
     if isinstance(action, ScaleTo):
         return "", str(action.n)
+    if isinstance(action, (FormGroup, SplitGroup)):
+        return "", "+".join(action.workers)
     return "", ""
 
 
@@ -244,8 +253,11 @@ def check(action: Action, facts: Facts) -> None:
       ``target`` differs from ``source``, is running, and has the memory;
     - ``Offload``: the session is idle with no chunk or copy in flight; the tier is available;
     - ``Reject``: the session is pending;
-    - ``Retire``: the worker exists and is not draining already; the workers left serving
-      stay at or above the minimum.
+    - ``Retire``: the worker exists, is not draining already and is in no group; the
+      workers left serving stay at or above the minimum;
+    - ``FormGroup``: at least two distinct running workers, none in a group;
+      ``SplitGroup``: the workers are exactly one group, leader first;
+    - a session never goes to a follower of a group (only its leader takes sessions).
     """
     if isinstance(action, (Place, Resume, Migrate, Offload, Reject)):
         s = facts.session(action.session_id)
@@ -263,6 +275,10 @@ def check(action: Action, facts: Facts) -> None:
             raise ActionRefused(Refusal.REJECT_NOT_PENDING, f"session is {_status(s)}, not pending")
     elif isinstance(action, Retire):
         _check_retire(action, facts)
+    elif isinstance(action, FormGroup):
+        _check_form(action, facts)
+    elif isinstance(action, SplitGroup):
+        _check_split(action, facts)
     elif not isinstance(action, ScaleTo):
         raise ActionRefused(Refusal.UNKNOWN_ACTION, f"unknown action type {type(action).__name__}")
 
@@ -284,6 +300,8 @@ def _usable(address: str, facts: Facts) -> WorkerFacts:
         raise ActionRefused(Refusal.NO_SUCH_WORKER, f"worker {address!r} does not exist")
     if w.status is not _RUNNING:
         raise ActionRefused(Refusal(f"worker-{w.status.value}"), f"worker {address!r} is {w.status.value}")
+    if w.group and w.group[0] != address:
+        raise ActionRefused(Refusal.GROUP_MEMBER, f"worker {address!r} follows group {w.group}; place on {w.group[0]!r}")
     return w
 
 
@@ -335,5 +353,28 @@ def _check_retire(action: Retire, facts: Facts) -> None:
     if w is None or w.status is _DRAINING:
         why = "does not exist" if w is None else "is already draining"
         raise ActionRefused(Refusal.RETIRE_BAD_WORKER, f"worker {action.worker!r} {why}")
+    if w.group:
+        raise ActionRefused(Refusal.GROUP_MEMBER, f"worker {action.worker!r} is in group {w.group}; split it first")
     if facts.serving() - 1 < facts.min_workers:
         raise ActionRefused(Refusal.RETIRE_BELOW_MINIMUM, f"retiring would go below min_workers={facts.min_workers}")
+
+
+def _check_form(action: FormGroup, facts: Facts) -> None:
+    workers = action.workers
+    if len(workers) < 2 or len(set(workers)) != len(workers):
+        raise ActionRefused(Refusal.GROUP_BAD_WORKERS, f"a group needs >= 2 distinct workers, got {workers}")
+    for address in workers:
+        w = facts.worker(address)
+        if w is None:
+            raise ActionRefused(Refusal.GROUP_BAD_WORKERS, f"worker {address!r} does not exist")
+        if w.status is not _RUNNING:
+            raise ActionRefused(Refusal.GROUP_BAD_WORKERS, f"worker {address!r} is {w.status.value}, not running")
+        if w.group:
+            raise ActionRefused(Refusal.GROUP_BAD_WORKERS, f"worker {address!r} is in group {w.group} already")
+
+
+def _check_split(action: SplitGroup, facts: Facts) -> None:
+    w = facts.worker(action.workers[0]) if action.workers else None
+    if w is None or tuple(w.group) != tuple(action.workers):
+        found = None if w is None else w.group
+        raise ActionRefused(Refusal.GROUP_NOT_FOUND, f"workers {action.workers} are not one group (leader's group: {found})")

@@ -121,6 +121,96 @@ class SessionView:
 
 
 @dataclass(frozen=True, slots=True)
+class ParallelGroup:
+    """``degree`` workers (one GPU each) that serve their sessions together, one step at a time.
+
+    ``workers[0]`` leads: sessions on the group name it as their ``worker``. A worker in no
+    group serves alone (degree 1) and has no record. ``model`` is the preset the group
+    serves, when known.
+    """
+
+    group_id: str
+    workers: tuple[str, ...]
+    degree: int
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.degree < 2 or self.degree != len(self.workers) or len(set(self.workers)) != self.degree:
+            raise ValueError(
+                f"group {self.group_id!r}: degree {self.degree} needs that many distinct workers (>= 2), "
+                f"got {self.workers}"
+            )
+
+    @property
+    def leader(self) -> str:
+        """The worker whose engine leads the group's steps."""
+        return self.workers[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ParallelStepModel:
+    """Time of a chunk step at parallel degree ``k`` from the degree-1 time (sequence parallel).
+
+    ``step(b, k) = step(b, 1) / (k * efficiency) + comm(b, k)`` for ``k > 1``, with
+    ``comm(b, k) = comm_latency_s + b * comm_bytes_per_session * (k - 1) / k**2 / link_bytes_per_s``:
+    in an all-to-all each rank holds ``1/k`` of a tensor and sends ``(k - 1)/k`` of that.
+    ``comm_bytes_per_session`` is what the collectives of one chunk step move for one
+    session at full size (``kernels.presets.ModelPreset.alltoall_bytes_per_chunk``);
+    ``comm_latency_s`` the fixed cost of those collectives (count x per-call latency).
+    ``efficiency`` is the share of linear speed-up the split compute keeps (<= 1).
+
+    Examples
+    --------
+    >>> m = ParallelStepModel(efficiency=1.0)
+    >>> base = BatchLatencyModel((1,), (2.0,))
+    >>> m.predict(base, 1, 4)
+    0.5
+    """
+
+    efficiency: float = 1.0
+    comm_latency_s: float = 0.0
+    comm_bytes_per_session: float = 0.0
+    link_bytes_per_s: float = 450e9
+    #: A group's step takes ``max_batch * degree`` sessions (True) or the leader engine's
+    #: ``max_batch`` (False, the default: one engine leads with its own cap).
+    batch_scales_with_degree: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.efficiency <= 1:
+            raise ValueError(f"efficiency must be in (0, 1], got {self.efficiency!r}")
+        if self.comm_latency_s < 0 or self.comm_bytes_per_session < 0 or self.link_bytes_per_s <= 0:
+            raise ValueError("comm_latency_s and comm_bytes_per_session must be >= 0 and link_bytes_per_s > 0")
+
+    def group_max_batch(self, max_batch: int, degree: int) -> int:
+        """Sessions a step of a group of ``degree`` takes, from the per-worker ``max_batch``."""
+        return max_batch * degree if self.batch_scales_with_degree else max_batch
+
+    def comm_s(self, batch_size: int, degree: int) -> float:
+        """Seconds of communication in one step of ``batch_size`` sessions at ``degree``."""
+        if degree <= 1 or batch_size <= 0:
+            return 0.0
+        per_rank = self.comm_bytes_per_session * (degree - 1) / degree**2
+        return self.comm_latency_s + batch_size * per_rank / self.link_bytes_per_s
+
+    def predict(self, base: BatchLatencyModel, batch_size: int, degree: int, context_frames: float = 0.0) -> float:
+        """Seconds of one step of ``batch_size`` sessions at ``degree`` (``base``: degree 1)."""
+        t1 = base.predict(batch_size, context_frames)
+        if degree <= 1:
+            return t1
+        return t1 / (degree * self.efficiency) + self.comm_s(batch_size, degree)
+
+    def curve(self, base: BatchLatencyModel, degree: int, max_batch: int) -> BatchLatencyModel:
+        """``base`` at ``degree`` tabulated for batches ``1..max_batch`` (context term scaled too)."""
+        if degree <= 1:
+            return base
+        sizes = tuple(range(1, max(max_batch, 2) + 1))
+        return BatchLatencyModel(
+            sizes, tuple(self.predict(base, b, degree) for b in sizes),
+            context_slope_s=base.context_slope_s / (degree * self.efficiency),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """An immutable view of the cluster at time ``now_s`` (seconds, virtual or real)."""
 
@@ -134,6 +224,10 @@ class Snapshot:
     min_workers: int = 0
     max_workers: int = 1_000_000
     worker_startup_s: float = 60.0
+    #: Parallel groups of degree > 1 (a worker in none serves alone).
+    groups: tuple[ParallelGroup, ...] = ()
+    #: How a step's time changes with the degree (None: no parallel groups here).
+    parallel: ParallelStepModel | None = None
 
     def worker(self, address: str) -> WorkerView | None:
         for w in self.workers:
@@ -223,6 +317,27 @@ class Retire(Action):
     worker: str
 
 
+@dataclass(frozen=True, slots=True)
+class FormGroup(Action):
+    """Merge these degree-1 workers into one group of degree ``len(workers)``; ``workers[0]`` leads.
+
+    Their sessions go on streaming on the group (their state is re-sharded at a chunk boundary).
+    """
+
+    workers: tuple[str, ...]
+
+    @property
+    def degree(self) -> int:
+        return len(self.workers)
+
+
+@dataclass(frozen=True, slots=True)
+class SplitGroup(Action):
+    """Split the group of exactly these workers back to degree 1; its sessions stay on ``workers[0]``."""
+
+    workers: tuple[str, ...]
+
+
 # ---------------------------------------------------------------- policy protocol
 
 
@@ -235,7 +350,7 @@ class Policy(Protocol):
     state (``initial_state()`` gives the first one).
     """
 
-    kind: str  # "placement", "autoscaling" or "offload"
+    kind: str  # "placement", "autoscaling", "offload" or "parallelism"
     name: str
 
     def initial_state(self) -> Any: ...

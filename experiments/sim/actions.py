@@ -37,16 +37,20 @@ from policies.semantics import (
     clip_scale,
     decided,
 )
+from experiments.sim.models import kv_share
 from policies.types import (
     TIERS,
     Action,
+    FormGroup,
     Migrate,
     Offload,
+    ParallelGroup,
     Place,
     Reject,
     Resume,
     Retire,
     ScaleTo,
+    SplitGroup,
 )
 
 # the logger keeps the engine's name: refusals were always logged there
@@ -72,7 +76,9 @@ class _SimFacts:
 
     def worker(self, address: str) -> WorkerFacts | None:
         w = self.sim.by_addr.get(address)
-        return None if w is None else WorkerFacts(w.status, used_bytes=w.used, memory_bytes=w.memory)
+        if w is None:
+            return None
+        return WorkerFacts(w.status, used_bytes=w.used, memory_bytes=w.memory * w.degree, group=w.group)
 
     def serving(self) -> int:
         return sum(1 for w in self.sim.alive.values() if w.status is not DRAINING)
@@ -84,10 +90,18 @@ class _SimFacts:
 class ActionApplier:
     """Applies policy actions to a :class:`~experiments.sim.engine.Simulator`'s state."""
 
-    __slots__ = ("sim",)
+    __slots__ = ("sim", "groups", "_records")
 
     def __init__(self, sim: Any) -> None:
         self.sim = sim
+        self.groups: dict[str, ParallelGroup] = {}  # parallel groups by leader address
+        self._records: tuple[ParallelGroup, ...] | None = ()
+
+    def group_records(self) -> tuple[ParallelGroup, ...]:
+        """The parallel groups as the snapshot shows them."""
+        if self._records is None:
+            self._records = tuple(self.groups.values())
+        return self._records
 
     def _refuse(self, now: float, action: Action, exc: ActionRefused, worker: str | None = None) -> None:
         self.sim.refused[exc.refusal.value] += 1
@@ -114,6 +128,10 @@ class ActionApplier:
             self._offload(action, now)
         elif isinstance(action, Retire):
             self._retire(action, now)
+        elif isinstance(action, FormGroup):
+            self._form(action, now)
+        elif isinstance(action, SplitGroup):
+            self._split(action, now)
         elif isinstance(action, Reject):
             self.sim.counters["rejected"] += 1
             self._accept(now, action)
@@ -204,7 +222,7 @@ class ActionApplier:
         for w in sorted(live, key=lambda w: (w.status is RUNNING, -w.idx)):
             if excess == 0:
                 break
-            if w.status is STARTING or (not w.sessions and w.used == 0 and not w.busy):
+            if w.status is STARTING or (not w.sessions and w.used == 0 and not w.busy and not w.group):
                 w.status = DRAINING
                 self.sim._wviews = None
                 self.sim._release(w, now)
@@ -226,3 +244,83 @@ class ActionApplier:
             return
         w.status = DRAINING
         self.sim._maybe_release(w, now)
+
+    # ------------------------------------------------------------ parallel groups
+
+    def _transform(self, now: float, workers: list, k_from: int, k_to: int) -> float:
+        """Pause the sessions of ``workers`` while their KV is re-sharded; returns the end.
+
+        It starts once the steps in flight on those workers end, takes
+        ``transform_fixed_s`` plus the KV bytes that change rank over one link
+        (``(k - 1)/k`` of each session's KV for the larger degree ``k``; serialised,
+        an upper bound), and every session's next chunk waits for it (``copy_until``).
+        """
+        sim = self.sim
+        cfg, par = sim.cfg, sim.cfg.parallel
+        k = max(k_from, k_to)
+        share = kv_share(sim.wl.model) * (k - 1) / k
+        sessions = [s for w in workers for s in w.sessions.values()]
+        moved = sum(s.nbytes for s in sessions) * share
+        start = max([now] + [w.step_end for w in workers if w.busy])
+        end = start + cfg.transform_fixed_s + moved / par.link_bytes_per_s
+        for s in sessions:
+            if s.copy_until < end:
+                s.copy_until = end
+        sim.counters["transformations"] += 1
+        sim.counters["transform_bytes"] += int(moved)
+        sim.counters["transform_session_pause_s"] += (end - now) * len(sessions)
+        return end
+
+    def _form(self, action: FormGroup, now: float) -> None:
+        sim = self.sim
+        if sim.cfg.parallel is None:
+            self._refuse(now, action, ActionRefused(Refusal.GROUP_BAD_WORKERS, "this run has no parallel step model"))
+            return
+        ws = [sim.by_addr[a] for a in action.workers]
+        for w in ws:  # a copy into or out of a member would land on a worker that no longer steps alone
+            if w.used != sum(s.nbytes for s in w.sessions.values()) or any(
+                    s.status is MIGRATING for s in w.sessions.values()):
+                self._refuse(now, action, ActionRefused(
+                    Refusal.GROUP_BAD_WORKERS, f"worker {w.address!r} has a copy in flight"))
+                return
+        leader, k = ws[0], len(ws)
+        self._transform(now, ws, 1, k)
+        for m in ws[1:]:
+            for i, s in m.sessions.items():
+                leader.sessions[i] = s
+                if i in m.active:
+                    leader.active[i] = s
+                s.worker = leader
+                if not s.dirty:
+                    s.dirty = True
+                    sim._dirty.append(s)
+            leader.used += m.used
+            m.used = 0
+            m.sessions.clear()
+            m.active.clear()
+        leader.degree = k
+        leader.max_batch = sim.cfg.parallel.group_max_batch(sim.cfg.max_batch, k)
+        for w in ws:
+            w.group = tuple(action.workers)
+        self.groups[leader.address] = ParallelGroup(f"g-{leader.address}", tuple(action.workers), k, sim.wl.model)
+        self._records = None
+        self._accept(now, action)
+        sim._kick(leader, now)
+
+    def _split(self, action: SplitGroup, now: float) -> None:
+        sim = self.sim
+        leader = sim.by_addr[action.workers[0]]
+        if leader.used > leader.memory:
+            self._refuse(now, action, ActionRefused(
+                Refusal.NO_MEMORY, f"the group's sessions take {leader.used} bytes, one GPU has {leader.memory}"))
+            return
+        self._transform(now, [leader], leader.degree, 1)
+        leader.degree = 1
+        leader.max_batch = sim.cfg.max_batch
+        for a in action.workers:
+            sim.by_addr[a].group = ()
+        del self.groups[leader.address]
+        self._records = None
+        self._accept(now, action)
+        for a in action.workers:
+            sim._kick(sim.by_addr[a], now)

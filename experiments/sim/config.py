@@ -10,7 +10,7 @@ from dask.utils import parse_timedelta
 from experiments.sim.latency import LatencySpec
 from framework import config as tconfig
 from policies.registry import make
-from policies.types import Policy
+from policies.types import ParallelStepModel, Policy
 
 
 def _seconds(value: Any) -> float:
@@ -62,6 +62,18 @@ class SimConfig:
     valve_step_ratio
         Time of a degraded step as a share of the full one
         (``turboserve.simulator.valve-step-ratio``; see the YAML for the derivation).
+    placement_batch
+        Batch slots per worker that the policies see (``WorkerView.max_batch``), when
+        fewer than the engine's ``max_batch``: with the quality valve, the engine may run
+        a degraded step of more sessions than the policies place on a worker (the valve
+        absorbs a transient overflow; it is not capacity to fill). None: ``max_batch``.
+    parallel
+        How a step's time changes at parallel degree ``k``
+        (:class:`~policies.types.ParallelStepModel`, built per model by
+        :func:`experiments.sim.models.parallel_model`); None: no parallel groups.
+    transform_fixed_s
+        Fixed pause of a group transformation (form or split) on top of re-sharding the
+        sessions' KV over the link (``turboserve.simulator.parallel.transform-fixed-s``).
     """
 
     initial_workers: int = 1
@@ -82,6 +94,9 @@ class SimConfig:
     align_phases: bool = False
     quality_valve: bool = False
     valve_step_ratio: float = 0.7
+    placement_batch: int | None = None
+    parallel: ParallelStepModel | None = None
+    transform_fixed_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.valve_step_ratio <= 1:
@@ -90,10 +105,14 @@ class SimConfig:
             raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.placement_batch is not None and not 1 <= self.placement_batch <= self.max_batch:
+            raise ValueError(f"placement_batch must be in [1, max_batch={self.max_batch}] or None, got {self.placement_batch}")
         if not 0 <= self.min_workers <= self.max_workers:
             raise ValueError(f"need 0 <= min_workers <= max_workers, got {self.min_workers}, {self.max_workers}")
         if self.migrate_bytes_per_s <= 0 or self.offload_bytes_per_s <= 0:
             raise ValueError("migrate_bytes_per_s and offload_bytes_per_s must be > 0")
+        if not 0 <= self.transform_fixed_s < float("inf"):
+            raise ValueError(f"transform_fixed_s must be finite and >= 0 seconds, got {self.transform_fixed_s}")
         if not 0 <= self.migration_fixed_s < float("inf"):
             raise ValueError(f"migration_fixed_s must be finite and >= 0 seconds, got {self.migration_fixed_s}")
 
@@ -113,6 +132,7 @@ class SimConfig:
             align_phases=bool(tconfig.get("simulator.align-phases")),
             quality_valve=bool(tconfig.get("simulator.quality-valve")),
             valve_step_ratio=float(tconfig.get("simulator.valve-step-ratio")),
+            transform_fixed_s=_seconds(tconfig.get("simulator.parallel.transform-fixed-s")),
         )
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
@@ -160,6 +180,8 @@ class PolicySet:
     autoscaling: PolicySpec | Policy
     offload: PolicySpec | Policy
     name: str | None = None
+    #: A ``parallelism`` policy (:mod:`policies.parallelism`), or None: every worker alone.
+    parallelism: PolicySpec | Policy | None = None
 
     @classmethod
     def of(
@@ -186,18 +208,20 @@ class PolicySet:
         """The run's policy label: ``name`` if given, else the three specs joined by ``+``."""
         if self.name:
             return self.name
+        specs = (self.placement, self.autoscaling, self.offload)
+        if self.parallelism is not None:
+            specs += (self.parallelism,)
         return "+".join(
-            s.label() if isinstance(s, PolicySpec) else str(getattr(s, "name", type(s).__name__))
-            for s in (self.placement, self.autoscaling, self.offload)
+            s.label() if isinstance(s, PolicySpec) else str(getattr(s, "name", type(s).__name__)) for s in specs
         )
 
-    def build(self) -> tuple[Policy, Policy, Policy]:
-        """(placement, autoscaling, offload) policy objects.
+    def build(self) -> tuple[Policy, ...]:
+        """(placement, autoscaling, offload[, parallelism]) policy objects.
 
         Specs are built afresh; a policy object given directly is used as is (policies
         keep their state explicit, so one object can serve several runs).
         """
-        return tuple(  # type: ignore[return-value]
-            p.build() if isinstance(p, PolicySpec) else p
-            for p in (self.placement, self.autoscaling, self.offload)
-        )
+        specs = (self.placement, self.autoscaling, self.offload)
+        if self.parallelism is not None:
+            specs += (self.parallelism,)
+        return tuple(p.build() if isinstance(p, PolicySpec) else p for p in specs)

@@ -259,7 +259,9 @@ class Simulator:
             s.dirty = True
             self._dirty.append(s)
 
-    def _step_time(self, n: int, ctx: float) -> float:
+    def _step_time(self, n: int, ctx: float, degree: int = 1) -> float:
+        if degree > 1:  # a parallel group's step (SimConfig.parallel: step(b, k))
+            return self.cfg.parallel.predict(self.latency, n, degree, ctx)
         if ctx:
             return self.latency.predict(n, ctx)
         t = self._step_cache.get(n)
@@ -368,7 +370,7 @@ class Simulator:
                     return
                 r = s.next_req if s.next_req >= s.copy_until else s.copy_until
                 if r <= now:
-                    step = self._step_time(1, s.ctx) if self._ctx_slope else self._step1
+                    step = self._step_time(1, s.ctx, w.degree) if self._ctx_slope or w.degree > 1 else self._step1
                     degraded = step > self._valve_s
                     end = now + (step * self.cfg.valve_step_ratio if degraded else step)
                     batch = [(s, s.next_req, s.migrated_next)]
@@ -404,10 +406,11 @@ class Simulator:
                 due = due[: w.max_batch]
             elif early:
                 join_early(due, early, max_batch=w.max_batch, n_active=len(w.active), now=now,
-                           slo_s=self.snapshot_slo, step_s=self._step_time)
+                           slo_s=self.snapshot_slo,
+                           step_s=self._step_time if w.degree == 1 else lambda n, c: self._step_time(n, c, w.degree))
             n = len(due)
             ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
-            step = self._step_time(n, ctx)
+            step = self._step_time(n, ctx, w.degree)
             degraded = step > self._valve_s
             end = now + (step * self.cfg.valve_step_ratio if degraded else step)
             batch = []

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from framework import config as tconfig
 from kernels.presets import get_preset
+from policies.types import ParallelStepModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +66,44 @@ def model_cost(name: str) -> ModelCost:
         return MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model preset {name!r}; known: {sorted(MODELS)}") from None
+
+
+def parallel_model(
+    name: str,
+    *,
+    efficiency: float | None = None,
+    link_bytes_per_s: float | None = None,
+    collective_latency_s: float | None = None,
+    batch_scales_with_degree: bool | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> ParallelStepModel:
+    """The :class:`~policies.types.ParallelStepModel` of preset ``name`` (Ulysses by heads).
+
+    The bytes come from the preset's geometry (``alltoall_bytes_per_chunk``), the fixed
+    part from its collectives (2 all-to-alls per layer and forward, ``denoise_steps + 1``
+    forwards a chunk); the link, latency and efficiency default to
+    ``turboserve.simulator.parallel.*``.
+    """
+    preset = get_preset(model_cost(name).name)
+    h = preset.default_height if height is None else int(height)
+    w = preset.default_width if width is None else int(width)
+
+    def pick(value, key):
+        return tconfig.get(f"simulator.parallel.{key}") if value is None else value
+
+    collectives = 2 * preset.num_layers * (preset.denoise_steps + 1)
+    return ParallelStepModel(
+        efficiency=float(pick(efficiency, "efficiency")),
+        comm_latency_s=collectives * float(pick(collective_latency_s, "collective-latency-s")),
+        comm_bytes_per_session=float(preset.alltoall_bytes_per_chunk(h, w)),
+        link_bytes_per_s=float(pick(link_bytes_per_s, "link-bytes-per-s")),
+        batch_scales_with_degree=bool(pick(batch_scales_with_degree, "batch-scales-with-degree")),
+    )
+
+
+def kv_share(name: str) -> float:
+    """Share of a session's state that is KV cache (what a degree change re-shards)."""
+    preset = get_preset(model_cost(name).name)
+    h, w = preset.default_height, preset.default_width
+    return preset.kv_bytes(h, w) / preset.state_bytes(h, w)

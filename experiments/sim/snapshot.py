@@ -29,7 +29,9 @@ def build_snapshot(sim: Any, now: float) -> Snapshot:
         for w in sim.alive.values():
             v = w.view
             if v is None or v.status is not w.status:
-                v = w.view = WorkerView(w.address, w.status, w.memory, w.max_batch, w.started)
+                # per GPU: a group leader's own cap and memory (policies.parallelism.unit_view sums a group)
+                v = w.view = WorkerView(w.address, w.status, w.memory, sim.cfg.placement_batch or sim.cfg.max_batch,
+                                        w.started)
             built.append(v)
         wviews = sim._wviews = tuple(built)
     views = sim._views
@@ -57,6 +59,8 @@ def build_snapshot(sim: Any, now: float) -> Snapshot:
         min_workers=sim.cfg.min_workers,
         max_workers=sim.cfg.max_workers,
         worker_startup_s=sim.cfg.worker_startup_s,
+        groups=sim.actions.group_records(),
+        parallel=sim.cfg.parallel,
     )
 
 

@@ -56,7 +56,7 @@ class _Session:
 class _Worker:
     __slots__ = (
         "idx", "address", "status", "started", "memory", "max_batch", "used", "sessions",
-        "active", "busy", "step_end", "wake_at", "released", "view",
+        "active", "busy", "step_end", "wake_at", "released", "view", "degree", "group",
     )
 
     def __init__(self, idx: int, started: float, status: WorkerStatus, memory: int, max_batch: int) -> None:
@@ -70,4 +70,6 @@ class _Worker:
         self.wake_at: float | None = None
         self.released: float | None = None
         self.view: WorkerView | None = None
+        self.degree = 1  # a group's leader steps at its group's degree
+        self.group: tuple[str, ...] = ()  # the workers of its parallel group, leader first
 

@@ -10,6 +10,7 @@ name                       what                                            defau
 ``servegen-multimodal``    ServeGen ``multimodal/mm-image`` (35 clients)   24 h
 ``servegen-reason``        ServeGen ``reason/deepseek-r1`` (73 clients)    24 h
 ``servegen-language-lite``  m-large day 1 summarised in a YAML (no data)    24 h
+``mixed-14b-share``        wan-1.3b + wan-14b, 14B share 10-40% over a day  24 h
 ``mooncake-conversation``  Mooncake multi-turn conversations as sessions   1 h
 ``azure-conv``             Azure LLM 2023 conversation arrivals            ~1 h
 ``azure-code``             Azure LLM 2023 code arrivals (CV about 13)      ~1 h
@@ -75,11 +76,11 @@ _SERVEGEN = {
 }
 # Share of Azure requests that open a session at scale=1 (about 250 active sessions).
 _AZURE_SHARE = {"azure-conv": 0.18, "azure-code": 0.37}
-_SPEC_FILES = ("steady", "diurnal", "flash-crowd", "servegen-language-lite")
+_SPEC_FILES = ("steady", "diurnal", "flash-crowd", "servegen-language-lite", "mixed-14b-share")
 
 SCENARIOS: list[str] = [
     "steady", "diurnal", "flash-crowd", *_SERVEGEN, "servegen-language-lite",
-    "mooncake-conversation", *_AZURE_SHARE,
+    "mooncake-conversation", *_AZURE_SHARE, "mixed-14b-share",
 ]
 """Names accepted by :func:`scenario`."""
 
@@ -94,6 +95,7 @@ DESCRIPTIONS: dict[str, str] = {
     "mooncake-conversation": "Mooncake chat: conversations -> sessions, turns -> active bursts, 1 h",
     "azure-conv": "Azure LLM 2023 conversation requests -> session opens (CV ~1.1), ~1 h",
     "azure-code": "Azure LLM 2023 code requests -> session opens (CV ~13), ~1 h",
+    "mixed-14b-share": "wan-1.3b and wan-14b sessions, the 14B share moving 10-40% over a day (issue 10), 24 h",
 }
 
 

@@ -1,0 +1,300 @@
+"""``turboserve experiment parallelism``: fixed parallel degrees against the adaptive policy.
+
+Each policy runs on the same mixed trace (wan-1.3b and wan-14b sessions) on a fixed
+fleet of ``--gpus`` GPUs, at several load scales:
+
+- ``fixed-1``, ``fixed-2``, ``fixed-4``: every GPU in groups of that degree
+  (``policies.parallelism.FixedDegree``);
+- ``adaptive``: each model at the degree it needs (``policies.parallelism.Adaptive``:
+  by deadline, load and transformation cost).
+
+A GPU holds one model's weights, so the fleet is split into one pool per model
+(:mod:`experiments.sim.pools`); each policy splits it by the GPUs its degrees need at the
+peak of each model's demand (peak active sessions x GPUs per session, a pool a multiple
+of its degree). Placement ``least-loaded``, offload ``idle-timeout`` and a fixed fleet
+are the same for all; only the parallelism policy differs.
+
+The summary has the usual result columns per (scale, policy) run, plus the SLO
+attainment of each model, the sessions served and **sessions per GPU-hour**. The
+capacity table then reads the runs at equal SLO attainment: for each policy, the
+largest load scale at which both the whole run and the 14B chunks meet
+``--target`` attainment, and its sessions per GPU-hour; the ratio is against the best
+fixed degree that reaches the target at all. The oracle rows are the bound with the
+same step-time model: GPU-hours of ``ceil(active / slots(k)) * k`` GPUs per model at
+every instant, so the best ratio any adaptive policy could reach on this mix is the
+ratio of the oracles' GPU-hours.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from experiments.paper_table import TraceInput, load_traces
+from experiments.results import run_label, write_outputs
+from experiments.sim.config import PolicySet, PolicySpec, SimConfig
+from experiments.sim.engine import Simulator
+from experiments.sim.models import model_cost, parallel_model
+from experiments.sim.oracle import active_series
+from experiments.sim.pools import merge, prepare_pools, share_gpus
+from experiments.sim.run import summary_of
+from policies.parallelism import Adaptive, slots
+from policies.types import Snapshot, WorkerView
+
+POLICIES: dict[str, PolicySpec] = {
+    "fixed-1": PolicySpec("parallelism", "fixed", {"degree": 1}),
+    "fixed-2": PolicySpec("parallelism", "fixed", {"degree": 2}),
+    "fixed-4": PolicySpec("parallelism", "fixed", {"degree": 4}),
+    "adaptive": PolicySpec("parallelism", "adaptive", {}),
+}
+"""The compared parallelism policies by label."""
+
+CAPACITY_COLUMNS = ("trace", "policy", "capacity_scale", "sessions_per_gpu_hour", "instream_attainment",
+                    "instream_attainment_14b", "ttfc_p99_s", "vs_best_fixed", "oracle_sessions_per_gpu_hour", "oracle_vs_best_fixed")
+
+
+# ---------------------------------------------------------------- per-model facts
+
+
+def model_config(model: str, config: SimConfig) -> SimConfig:
+    """``config`` with the parallel step model of ``model``."""
+    return config.with_(parallel=parallel_model(model))
+
+
+def model_snapshot(model: str, config: SimConfig) -> Snapshot:
+    """A one-worker snapshot of ``model`` under ``config``, for the pure capacity rules."""
+    cost = model_cost(model)
+    memory = int(config.gpu_memory_bytes - cost.weights_bytes)
+    return Snapshot(
+        now_s=0.0, workers=(WorkerView("ref", memory_bytes=memory, max_batch=config.max_batch),), sessions=(),
+        slo_s=config.slo_s if config.slo_s is not None else _period(model),
+        latency=config.latency.model_for(model), parallel=parallel_model(model),
+    )
+
+
+def _period(model: str) -> float:
+    from kernels.presets import get_preset
+
+    preset = get_preset(model)
+    return preset.frames_per_chunk / preset.default_fps
+
+
+def degree_for(label: str, model: str, config: SimConfig) -> int:
+    """The degree ``label`` runs ``model`` at."""
+    spec = POLICIES[label]
+    if spec.name == "fixed":
+        return int(spec.params["degree"])
+    snap = model_snapshot(model, config)
+    return Adaptive(new_session_bytes=model_cost(model).state_bytes(), **spec.params).target(snap)
+
+
+def unit_slots(model: str, degree: int, config: SimConfig) -> int:
+    """Sessions a unit of ``degree`` GPUs serves within the SLO (0: not even one)."""
+    snap = model_snapshot(model, config)
+    return slots(snap, degree, max_batch=config.max_batch, memory_bytes=snap.workers[0].memory_bytes,
+                 state_bytes=model_cost(model).state_bytes())
+
+
+def gpus_per_session(model: str, degree: int, config: SimConfig) -> float:
+    """GPUs one session takes at ``degree`` (a unit that meets no SLO still serves one)."""
+    return degree / max(unit_slots(model, degree, config), 1)
+
+
+def split_fleet(gpus: int, peaks: dict[str, int], degrees: dict[str, int], config: SimConfig) -> dict[str, int]:
+    """GPUs per model pool: by peak demand in GPUs, each pool a multiple of its degree (>= one unit)."""
+    demand = {m: max(int(round(1000 * peaks[m] * gpus_per_session(m, degrees[m], config))), 1) for m in peaks}
+    shares = share_gpus(gpus, demand)
+    out = {m: max(degrees[m], shares[m] // degrees[m] * degrees[m]) for m in shares}
+    if sum(out.values()) > gpus:
+        raise ValueError(f"{gpus} GPUs cannot hold one unit of every pool at degrees {degrees}; give more GPUs")
+    return out
+
+
+# ---------------------------------------------------------------- one run
+
+
+def run_policy(trace: TraceInput, label: str, gpus: int, config: SimConfig, *,
+               record_chunks: bool = True) -> tuple[dict[str, Any], pd.DataFrame | None, pd.DataFrame]:
+    """Simulate ``label`` on ``trace``: the summary row, the chunk table, the interval table."""
+    pools = prepare_pools(trace.frame)
+    end = float(trace.frame["time_s"].max())
+    peaks = {m: int(active_series(wl)[1].max(initial=0)) for m, wl in pools.items()}
+    degrees = {m: degree_for(label, m, config) for m in pools}
+    fleet = split_fleet(gpus, peaks, degrees, config)
+    results, per_model = {}, {}
+    t0 = time.perf_counter()
+    for model, wl in pools.items():
+        n = fleet[model]
+        cfg = model_config(model, config).with_(initial_workers=n, min_workers=n, max_workers=n, end_s=end,
+                                                record_chunks=record_chunks)
+        policies = PolicySet(PolicySpec("placement", "least-loaded"), PolicySpec("autoscaling", "fixed", {"n": n}),
+                             PolicySpec("offload", "idle-timeout"), name=label, parallelism=POLICIES[label])
+        result = Simulator(wl, policies, cfg).run()
+        results[model] = result
+        per_model[model] = (instream_attainment(result), _served(result), int(len(wl.session_ids)))
+    merged = merge(results)
+    row = summary_of(merged, trace=trace.name, gpus=gpus)
+    served = sum(v[1] for v in per_model.values())
+    c = merged.counters
+    nan = (math.nan,)
+    row.update({
+        "scale": trace.scale,
+        "sessions": sum(v[2] for v in per_model.values()),
+        "sessions_served": served,
+        "sessions_per_gpu_hour": served / row["gpu_hours"] if row["gpu_hours"] > 0 else math.nan,
+        "instream_attainment": instream_attainment(merged),
+        "instream_attainment_13b": per_model.get("wan-1.3b", nan)[0],
+        "instream_attainment_14b": per_model.get("wan-14b", nan)[0],
+        "degrees": ",".join(f"{m}:{degrees[m]}" for m in sorted(degrees)),
+        "pool_gpus": ",".join(f"{m}:{fleet[m]}" for m in sorted(fleet)),
+        "transformations": int(c.get("transformations", 0)),
+        "transform_gb": float(c.get("transform_bytes", 0)) / 1e9,
+        "transform_session_pause_s": float(c.get("transform_session_pause_s", 0.0)),
+        "sim_wall_s": round(time.perf_counter() - t0, 2),
+    })
+    return row, (merged.chunks if record_chunks else None), merged.intervals
+
+
+def instream_attainment(result: Any) -> float:
+    """Share of in-stream chunks (not the first of a burst) within their SLO: the deadline a viewer sees."""
+    instream = ~(result.burst_first.astype(bool) | (result.chunk_index == 0))
+    if not instream.any():
+        return math.nan
+    return float((result.latency_s[instream] <= result.slo_s[instream] + 1e-9).mean())
+
+
+def _served(result: Any) -> int:
+    """Sessions that got at least one chunk (the trace's sessions less those never served)."""
+    return int(result.counters["sessions"] - result.counters["never_served"])
+
+
+def oracle_row(trace: TraceInput, label: str, gpus: int, config: SimConfig) -> dict[str, Any]:
+    """The bound of ``label``'s degrees: ``ceil(active / slots(k)) * k`` GPUs per model at every instant."""
+    pools = prepare_pools(trace.frame)
+    end = float(trace.frame["time_s"].max())
+    gpu_s = 0.0
+    meets = True
+    for model, wl in pools.items():
+        k = degree_for(label, model, config)
+        per_unit = unit_slots(model, k, config)
+        meets &= per_unit > 0
+        per_unit = max(per_unit, 1)
+        times, active = active_series(wl)
+        durations = np.diff(np.append(times, end))
+        gpu_s += float((np.ceil(active / per_unit) * k * np.clip(durations, 0, None)).sum())
+    sessions = int(sum(len(wl.session_ids) for wl in pools.values()))
+    hours = gpu_s / 3600.0
+    return {"trace": trace.name, "policy": f"oracle:{label}", "gpus": gpus, "scale": trace.scale,
+            "gpu_hours": hours, "sessions": sessions, "meets_deadline": bool(meets),
+            "sessions_per_gpu_hour": sessions / hours if hours > 0 else math.nan}
+
+
+# ---------------------------------------------------------------- the experiment
+
+
+def capacity_table(summary: pd.DataFrame, oracles: pd.DataFrame, target: float, admission_s: float) -> pd.DataFrame:
+    """Per (trace, policy): the largest scale that meets the SLO.
+
+    Meeting it: in-stream attainment at least ``target`` over all chunks and over the
+    14B chunks, and a p99 time to first chunk of at most ``admission_s`` (a full fleet
+    shows as sessions waiting for admission, not as late in-stream chunks).
+
+    ``vs_best_fixed``: sessions per GPU-hour at that point over the best fixed degree's
+    (NaN when no fixed degree reaches the target). The oracle columns are the bound of
+    each policy's degrees at the largest scale run (the same demand for all), against
+    the best fixed degree whose units meet every model's deadline.
+    """
+    rows = []
+    for (trace, policy), runs in summary.groupby(["trace", "policy"], sort=False):
+        att14 = runs["instream_attainment_14b"].fillna(1.0)
+        ok = runs[(runs["instream_attainment"] >= target) & (att14 >= target) & (runs["ttfc_p99_s"] <= admission_s)]
+        row = {"trace": trace, "policy": policy, "capacity_scale": math.nan, "sessions_per_gpu_hour": math.nan,
+               "instream_attainment": runs["instream_attainment"].max(),
+               "instream_attainment_14b": runs["instream_attainment_14b"].max(), "ttfc_p99_s": math.nan}
+        if not ok.empty:
+            best = ok.sort_values(["scale", "sessions_per_gpu_hour"]).iloc[-1]
+            row.update({"capacity_scale": best["scale"], "sessions_per_gpu_hour": best["sessions_per_gpu_hour"],
+                        "instream_attainment": best["instream_attainment"],
+                        "instream_attainment_14b": best["instream_attainment_14b"], "ttfc_p99_s": best["ttfc_p99_s"]})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for trace, part in table.groupby("trace", sort=False):
+        fixed = part[part["policy"].str.startswith("fixed-")]
+        table.loc[part.index, "vs_best_fixed"] = part["sessions_per_gpu_hour"] / fixed["sessions_per_gpu_hour"].max()
+        # the bound at the largest scale run: the same demand for every policy
+        o = oracles[(oracles["trace"] == trace) & (oracles["scale"] == oracles.loc[oracles["trace"] == trace, "scale"].max())]
+        bound = dict(zip(o["policy"].str.removeprefix("oracle:"), o["sessions_per_gpu_hour"]))
+        meets = dict(zip(o["policy"].str.removeprefix("oracle:"), o.get("meets_deadline", pd.Series(True, index=o.index))))
+        best_fixed = max((v for k, v in bound.items() if k.startswith("fixed-") and meets.get(k, True)), default=math.nan)
+        table.loc[part.index, "oracle_sessions_per_gpu_hour"] = [bound.get(p, math.nan) for p in part["policy"]]
+        table.loc[part.index, "oracle_vs_best_fixed"] = table.loc[part.index, "oracle_sessions_per_gpu_hour"] / best_fixed
+    return table.loc[:, list(CAPACITY_COLUMNS)]
+
+
+def parallelism_experiment(
+    traces: Sequence[str | pathlib.Path | pd.DataFrame | TraceInput],
+    *,
+    gpus: int = 64,
+    scales: Sequence[float] = (0.5, 1.0, 1.5),
+    policies: Sequence[str] = tuple(POLICIES),
+    target: float = 0.99,
+    admission_s: float = 10.0,
+    config: SimConfig | None = None,
+    duration_s: float | None = None,
+    seed: int = 0,
+    out_dir: str | pathlib.Path | None = None,
+    plots: bool = False,
+    record_chunks: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every policy at every scale on every trace; returns (summary, capacity table).
+
+    With ``out_dir`` it writes ``summary.csv`` (one row per run, the usual columns and
+    the parallelism ones), ``capacity.csv``, ``oracle.csv``, ``runs/``, ``results.zarr``
+    and ``config.yaml``.
+    """
+    unknown = sorted(set(policies) - set(POLICIES))
+    if unknown:
+        raise ValueError(f"unknown parallelism policies {unknown}; known: {list(POLICIES)}")
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    if not 0 < target <= 1:
+        raise ValueError(f"target attainment must be in (0, 1], got {target}")
+    config = config if config is not None else SimConfig.from_config()
+    rows, oracle_rows, chunks, intervals = [], [], {}, {}
+    for scale in scales:
+        for trace in load_traces(list(traces), duration_s=duration_s, scale=float(scale), seed=seed):
+            name = trace.name
+            for label in policies:
+                row, ch, iv = run_policy(trace, label, gpus, config, record_chunks=record_chunks)
+                rows.append(row)
+                key = run_label(name, f"{label}@{scale:g}")
+                if ch is not None:
+                    chunks[key] = ch
+                intervals[key] = iv
+                oracle_rows.append(oracle_row(trace, label, gpus, config))
+    summary = pd.DataFrame(rows)
+    oracles = pd.DataFrame(oracle_rows)
+    capacity = capacity_table(summary, oracles, target, admission_s)
+    if out_dir is not None:
+        out = pathlib.Path(out_dir)
+        table = summary.assign(policy=[f"{p}@{s:g}" for p, s in zip(summary["policy"], summary["scale"])],
+                               parallelism=summary["policy"])
+        write_outputs(out, chunks, intervals, table, {
+            "gpus": gpus, "scales": list(scales), "target": target, "admission_s": admission_s,
+            "policies": list(policies),
+            "latency": config.latency.label(), "max_batch": config.max_batch, "seed": seed,
+            "transform_fixed_s": config.transform_fixed_s, "duration_s": duration_s,
+        }, plots=plots)
+        capacity.to_csv(out / "capacity.csv", index=False)
+        oracles.to_csv(out / "oracle.csv", index=False)
+    return summary, capacity
+
+
+def format_capacity(capacity: pd.DataFrame) -> str:
+    """The capacity table as aligned text."""
+    return capacity.to_string(index=False, float_format=lambda x: f"{x:.3g}")
