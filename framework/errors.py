@@ -15,6 +15,10 @@ error                  raised when
 ``TransferError``      moving a session's state failed (the session stays put)
 ``SessionLost``        the session cannot be served any more (a ``SessionClosed``
                        the client did not ask for); ``cause`` says why
+``ParallelismError``   ``set_parallelism`` refused: a degree that does not divide
+                       the workers or the model's heads (``BadDegree``), a worker
+                       in another group (``WorkerInGroup``), a worker holding
+                       sessions that would have to follow (``WorkerBusy``)
 =====================  ==========================================================
 
 ``SessionLost`` is defined here, not on the ``workers`` floor: the client's
@@ -67,9 +71,27 @@ class SessionLost(SessionClosed):
         return str(self.args[0])
 
 
+class ParallelismError(InvalidRequest):
+    """``server.set_parallelism`` refused the request; nothing changed (see the subclasses)."""
+
+
+class BadDegree(ParallelismError):
+    """The degree does not divide the named workers, or the model's attention heads."""
+
+
+class WorkerInGroup(ParallelismError):
+    """A named worker belongs to a parallel group the request does not take whole: split it first."""
+
+
+class WorkerBusy(ParallelismError):
+    """A worker that would follow in a group holds sessions: drain it first (followers serve none alone)."""
+
+
 __all__ = [
+    "BadDegree",
     "CapacityExceeded",
     "InvalidRequest",
+    "ParallelismError",
     "SessionClosed",
     "SessionLost",
     "SessionMoved",
@@ -78,4 +100,6 @@ __all__ = [
     "TurboserveError",
     "UnknownModel",
     "UnknownWorker",
+    "WorkerBusy",
+    "WorkerInGroup",
 ]

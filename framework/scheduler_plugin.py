@@ -38,6 +38,7 @@ from framework.control_settings import ControlSettings
 from framework.controller import ControlLoop
 from framework.dashboard.source import DashboardFeed
 from framework.limits import OpenLimits, validate_open
+from framework.parallelism import ParallelGroups
 from framework.registry import PLUGIN_NAME, SessionRecord, SessionRegistry
 from framework.serving_settings import TRANSPORTS, ServingSettings
 from framework.session_mechanisms import SessionActors
@@ -83,6 +84,7 @@ class TurboserveScheduler(SchedulerPlugin):
         self.scheduler: Any = None
         self.actors: SessionActors | None = None
         self.loop: ControlLoop | None = None
+        self.groups: ParallelGroups | None = None  # parallel groups of workers (issue 10)
         self._locks: dict[str, asyncio.Lock] = {}
         self._draining: set[str] = set()
         self._changed: asyncio.Event | None = None  # capacity or membership changed
@@ -100,6 +102,12 @@ class TurboserveScheduler(SchedulerPlugin):
         self._changed = asyncio.Event()
         self.actors = SessionActors(scheduler, self.settings, self._kick)
         self.loop = ControlLoop(self.control_settings, self)
+        self.groups = ParallelGroups(
+            scheduler,
+            sessions_on=lambda w: [r.session_id for r in self.registry.on_worker(w)],
+            model_of=lambda ids: self.registry.get(ids[0]).model if ids else self.settings.model,
+            changed=self._kick,
+        )
         scheduler.handlers.update(
             {
                 "turboserve_open": self.open,
@@ -120,6 +128,8 @@ class TurboserveScheduler(SchedulerPlugin):
                 "turboserve_control_stats": self.control_stats,
                 "turboserve_control_log": self.control_log,
                 "turboserve_control_kick": self._kick,
+                "turboserve_parallelism": self.parallelism,
+                "turboserve_set_parallelism": self.change_parallelism,
             }
         )
         scheduler.stream_handlers[METRICS_OP] = self._on_metrics
@@ -144,6 +154,8 @@ class TurboserveScheduler(SchedulerPlugin):
     def remove_worker(self, scheduler: Any, worker: str, *, stimulus_id: str | None = None, **kw: Any) -> None:
         """Bring the sessions held by a lost worker back on a survivor."""
         self._draining.discard(worker)
+        if self.groups is not None:
+            self.groups.forget_worker(worker)
         if self.loop is not None:
             self.loop.worker_removed(worker)
         if self._closing:
@@ -370,6 +382,14 @@ class TurboserveScheduler(SchedulerPlugin):
             for rec in self.registry.records():
                 self.actors.release(rec)
 
+    def parallelism(self) -> list[dict[str, Any]]:
+        """Parallel groups and lone workers, one row each (:meth:`ParallelGroups.listing`)."""
+        return self.groups.listing()
+
+    async def change_parallelism(self, degree: int, workers: list[str] | None = None) -> dict[str, Any]:
+        """Merge workers into groups of ``degree`` or split them (:meth:`ParallelGroups.set_parallelism`)."""
+        return await self.groups.set_parallelism(degree, workers)
+
     # ------------------------------------------------------------ control handlers
 
     def start_control(self, settings: ControlSettings | None = None) -> None:
@@ -437,6 +457,10 @@ class TurboserveScheduler(SchedulerPlugin):
     def scale(self, n: int) -> None:
         """The target the next poll of the Adaptive returns."""
         self._adaptive_target = n
+
+    async def set_parallelism(self, workers: tuple[str, ...], degree: int) -> None:
+        """Form a group of ``workers`` (``degree == len(workers)``) or split theirs (``degree == 1``)."""
+        await self.groups.set_parallelism(degree, list(workers))
 
     def undrain(self, worker: str) -> None:
         """Put a worker marked draining back in service (no-op if it is not draining)."""
@@ -512,7 +536,8 @@ class TurboserveScheduler(SchedulerPlugin):
         """
         cap = self.settings.max_sessions_per_worker
         full = {a for a, n in self.registry.load(self.scheduler.workers).items() if n >= cap and a != rec.worker}
-        return self.loop.choose(rec.session_id, set(exclude) | self._draining | full, max_sessions=cap)
+        followers = self.groups.followers() if self.groups is not None else set()
+        return self.loop.choose(rec.session_id, set(exclude) | self._draining | full | followers, max_sessions=cap)
 
     async def _admit(self, rec: SessionRecord) -> str:
         """A worker for a new or resumed session, per ``admission.on-full``."""

@@ -372,6 +372,22 @@ class Server:
             del self._cluster.worker_spec[name]
         return result
 
+    def parallelism(self) -> list[dict[str, Any]]:
+        """Parallel groups: one row per group (``group_id``, ``degree``, ``workers``, ``leader``,
+        ``model``, ``sessions``) and one per worker serving alone (degree 1)."""
+        return list(self.client.sync(self.client.scheduler.turboserve_parallelism))
+
+    def set_parallelism(self, degree: int, workers: list[str] | None = None) -> dict[str, Any]:
+        """Merge ``workers`` (default: all) into groups of ``degree``, or split them back (``degree=1``).
+
+        Sessions stream on through the change (it takes effect at a chunk boundary, with
+        the same frames). Raises :class:`~framework.errors.ParallelismError` subclasses
+        for a bad request, :class:`~framework.errors.UnknownWorker`, or
+        :class:`~framework.errors.TransferError` when the change failed (nothing moved).
+        """
+        return dict(self.client.sync(self.client.scheduler.turboserve_set_parallelism, degree=degree,
+                                     workers=None if workers is None else list(workers)))
+
     def start_control(self, **overrides: Any) -> None:
         """Run the closed control loop (:class:`framework.controller.ControlLoop`) on the scheduler.
 

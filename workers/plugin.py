@@ -92,6 +92,7 @@ class ModelHost(WorkerPlugin):
         from workers.session_actor import CALL_OP
 
         worker.handlers[CALL_OP] = self._handle_call
+        worker.handlers["turboserve_group"] = self._handle_group  # workers.parallel_group.GROUP_OP
         logger.info("turboserve host on %s: device %s (CUDA_VISIBLE_DEVICES=%s)",
                     worker.address, self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
         await asyncio.to_thread(self.engine, self.model)
@@ -100,6 +101,11 @@ class ModelHost(WorkerPlugin):
         from workers.session_actor import handle_call
 
         return await handle_call(self.worker, key, method, args, kwargs)
+
+    async def _handle_group(self, action: str, group_id: str, **kw: Any) -> dict[str, Any]:
+        from workers.parallel_group import handle_group
+
+        return await handle_group(self.worker, action, group_id, **kw)
 
     def teardown(self, worker: Any) -> None:
         """Stop every engine (their threads end after the current step)."""
