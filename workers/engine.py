@@ -532,7 +532,7 @@ class Engine:
             entry.deliver(chunk)
         for sid, entry in ckpt:
             # The copy is taken now: the next step replaces the state.
-            copy = entry.state.to("cpu")
+            copy = self._host_copy(entry.state)
             with self._cond:
                 ready = copy.chunk_index <= entry.acked
                 if not ready:
@@ -555,7 +555,13 @@ class Engine:
             entry = self._entries.pop(session_id, None)
         if entry is None:
             raise SessionNotFound(f"session {session_id!r} is not attached to the engine on {self.worker}")
-        return Detached(entry.state, entry.want, entry.t_request)
+        # A model serving a parallel group hands a session's state back whole (workers.parallel_group).
+        export = getattr(self.model, "export_state", None)
+        return Detached(entry.state if export is None else export(entry.state), entry.want, entry.t_request)
+
+    def _host_copy(self, state: SessionState) -> SessionState:
+        copy = getattr(self.model, "host_copy", None)
+        return state.to("cpu") if copy is None else copy(state)
 
     def _save(self, session_id: str, state: SessionState) -> None:
         try:
