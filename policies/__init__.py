@@ -18,6 +18,8 @@ autoscaling ray-serve,           :mod:`policies.reference_autoscalers`
            predictive,           (other systems' documented rules, as baselines)
            turboserve-ref
 offload    never, idle-timeout   :mod:`policies.offload`
+parallelism fixed, adaptive      :mod:`policies.parallelism`
+           (groups of k workers)
 ========== ===================== ==============================================
 
 :class:`policies.combined.Combined` runs one of each on a shared ledger so that their
