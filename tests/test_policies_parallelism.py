@@ -349,3 +349,14 @@ def test_the_shared_ledger_never_over_commits_a_group_nor_uses_a_follower(case, 
         active[target] += 1
         assert used[target] <= unit_memory[target]
         assert active[target] <= cap[target]
+
+
+def test_the_module_examples_run():
+    import doctest
+
+    import policies.parallelism
+    import policies.types
+
+    for module in (policies.parallelism, policies.types):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0
