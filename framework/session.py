@@ -21,12 +21,14 @@ returns within :data:`CLOSE_TIMEOUT_S`. :meth:`Session.events` says what happene
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
+import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from distributed import Future
 from distributed.actor import ProxyRPC
 from distributed.core import send_recv
 
@@ -42,6 +44,7 @@ from workers.errors import (
     TransferError,
     TurboserveError,
 )
+from workers.chunk_futures import chunk_key, fetch_chunk
 from workers.session_actor import call_actor
 
 logger = logging.getLogger(__name__)
@@ -119,6 +122,10 @@ class Session:
         self._issued = 0  # chunks asked for so far (request high-water mark)
         self._recv_next = 0  # every index below this has been received
         self._buffer: dict[int, Chunk] = {}
+        self._token = uuid.uuid4().hex[:8]  # this handle's part of its chunk futures' keys
+        self._owned: set[int] = set()  # indices handed to chunk futures (the stream skips them)
+        self._pending: set[int] = set()  # ...whose task has not finished: their chunks must stay
+        self._pending_lock = threading.Lock()
         self._poll_lock: asyncio.Lock | None = None
         self._closed = False
         self._closing = False  # this handle asked to close (a SessionClosed is then expected)
@@ -247,6 +254,10 @@ class Session:
             offloaded to ``tier`` at ``chunk`` / back on a device;
         ``failed``
             the engine could not run it (``why``);
+        ``replayed``
+            a chunk future's data died with its worker after the checkpoint had passed
+            the chunk; Dask recomputed the future and the actor made ``chunk`` again
+            from a fresh state (deterministic: the same frames);
         ``relocated``
             this client found the session on another worker (``from_worker``, ``to_worker``);
         ``lost``
@@ -345,8 +356,12 @@ class Session:
         self._check_usable()
         if self._key is None:
             await self._relocate()
+        with self._pending_lock:
+            # Never acknowledge a chunk a future's task has not taken yet (the actor drops
+            # what a poll acknowledges).
+            after = min(self._recv_next, min(self._pending, default=self._recv_next))
         try:
-            chunks = await call_actor(self._rpc(), self._key, "poll", self._recv_next, POLL_TIMEOUT_S)
+            chunks = await call_actor(self._rpc(), self._key, "poll", after, POLL_TIMEOUT_S)
         except Exception as exc:
             failure = self._actor_failure(exc)
             if failure is not None:
@@ -356,9 +371,13 @@ class Session:
             await self._relocate(exc)
             return
         for chunk in chunks:
-            if chunk.index >= self._recv_next:
+            if chunk.index >= self._recv_next and chunk.index not in self._owned:
                 self._buffer[chunk.index] = chunk
-        while self._recv_next in self._buffer:
+        self._skip_owned()
+
+    def _skip_owned(self) -> None:
+        while self._recv_next in self._buffer or self._recv_next in self._owned:
+            self._owned.discard(self._recv_next)
             self._recv_next += 1
 
     async def _chunk(self, index: int) -> Chunk:
@@ -380,9 +399,38 @@ class Session:
             yield await self._chunk(index)
 
     async def asubmit(self) -> Chunk:
-        """Async twin of :meth:`submit`: the next chunk."""
-        first = await self._request(1)
-        return await self._chunk(first)
+        """Async twin of :meth:`submit`: the next chunk (awaited through its Dask future)."""
+        future = await self.asubmit_future()
+        try:
+            chunk = await future
+        except SessionClosed as exc:
+            if self._closing or self._closed or isinstance(exc, SessionLost):
+                raise
+            raise self._session_lost("its chunk future found it closed or lost", exc) from exc
+        self.history.record(chunk)
+        return chunk
+
+    async def asubmit_future(self) -> Future:
+        """Async twin of :meth:`submit` that returns the :class:`distributed.Future` itself."""
+        index = await self._request(1)
+        return self._chunk_future(index)
+
+    def _chunk_future(self, index: int) -> Future:
+        """Submit the task of chunk ``index`` (:func:`workers.chunk_futures.fetch_chunk`)."""
+        key = chunk_key(self.id, self._token, index)
+        with self._pending_lock:
+            self._owned.add(index)
+            self._pending.add(index)
+        future = self._server.client.submit(
+            fetch_chunk, self.id, index, self._worker, self._key, key[0],
+            key=key, workers=[self._worker], allow_other_workers=True, pure=False,
+        )
+        future.add_done_callback(lambda _f, i=index: self._future_done(i))
+        return future
+
+    def _future_done(self, index: int) -> None:
+        with self._pending_lock:
+            self._pending.discard(index)
 
     async def apause(self) -> None:
         """Async twin of :meth:`pause`."""
@@ -467,15 +515,25 @@ class Session:
         for index in range(first, first + n):
             yield self._sync(self._chunk, index)
 
-    def submit(self) -> concurrent.futures.Future:
-        """The next chunk as a future (``.result(timeout)``, ``.done()``, callbacks).
+    def submit(self) -> Future:
+        """The next chunk as a :class:`distributed.Future` whose result is the :class:`Chunk`.
 
-        The request leaves before this returns, so several sessions' submits made
-        back to back are batched together by their workers' engines.
+        A real Dask future (key ``("turboserve-chunk-<session>-<handle>", index)``):
+        ``.result(timeout)``, ``distributed.wait``, ``as_completed``, ``client.gather``
+        and passing it to ``client.submit`` all work, and the chunk shows in the task
+        stream. Its bytes stay on the session's worker until gathered (worker -> client,
+        never through the scheduler). The request leaves before this returns, so
+        several sessions' submits made back to back are batched together by their
+        workers' engines. Chunk indices are handed out once, in order, whichever way
+        they are read (futures and :meth:`stream` may be mixed); a future whose worker
+        dies is recomputed by Dask, and the chunk is the same (the session is recovered
+        and generation is deterministic).
+
+        A future's chunk is not added to :attr:`history` (it never reaches this client
+        unless gathered); :meth:`asubmit` and :meth:`stream` add theirs.
         """
-        first = self._sync(self._request, 1)
-        loop = self._server.client.loop.asyncio_loop
-        return asyncio.run_coroutine_threadsafe(self._chunk(first), loop)
+        index = self._sync(self._request, 1)
+        return self._chunk_future(index)
 
     def pause(self) -> None:
         """Stop producing (after the chunk in flight); the state stays on the device."""

@@ -345,6 +345,58 @@ class SessionActor:
                 return []
         return [self._outbox[i] for i in sorted(self._outbox)]
 
+    async def take(self, index: int, timeout: float = 5.0) -> Chunk | None:
+        """Hand chunk ``index`` to the task of its Dask future (:mod:`workers.chunk_futures`).
+
+        Waits up to ``timeout`` s for it (None when it is not made yet). Taking a chunk
+        takes it out of the outbox: from then on the task's result holds it, in this
+        worker's memory, and the acknowledged prefix (checkpoints, flow control) is
+        everything before the oldest chunk still in the outbox.
+
+        A chunk handed out before (its future's data died with its worker after the
+        session's checkpoint passed it, and Dask recomputes the future) is made again
+        from the session's identity: a fresh state stepped ``index + 1`` times on the
+        engine thread (generation is deterministic, so it is the same chunk).
+        """
+        event = self._event()
+        deadline = time.monotonic() + timeout
+        while index not in self._outbox:
+            if self._error is not None:
+                raise self._error
+            self._check_open()
+            if index < self._next:
+                logger.warning("session %s: chunk %d was handed out before and its future's data is gone; "
+                               "regenerating it from chunk 0 (%d steps)", self.session_id, index, index + 1)
+                t0 = time.time()
+                frames = await self._on_engine(self._replay, index)
+                self._record("replayed", chunk=index, why="its future's data was lost with a worker")
+                return Chunk(self.session_id, index, frames, time.time() - t0, self._worker.address, 1,
+                             t0, t0, time.time())
+            if not self._attached:
+                raise SessionMoved(f"session {self.session_id!r} is not on the device of {self._worker.address}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            event.clear()
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None
+        chunk = self._outbox.pop(index)
+        after = min(self._outbox, default=self._next)
+        if self._attached and after > self._acked:
+            self._acked = after
+            self._engine.ack(self.session_id, after)
+        return chunk
+
+    def _replay(self, index: int) -> Any:
+        """Frames of chunk ``index`` from a fresh state (engine thread; batch of one)."""
+        model = self._engine.model
+        state = self._new_state()
+        for _ in range(index + 1):
+            frames = model.step([state])[0]
+        return frames
+
     # ------------------------------------------------------------ control (scheduler side)
 
     async def pause(self) -> dict[str, Any]:

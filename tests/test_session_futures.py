@@ -1,0 +1,180 @@
+"""Chunks as Dask futures (issue 12): ``Session.submit()`` on a real LocalCluster.
+
+A chunk future is a :class:`distributed.Future` like any other: ``wait``,
+``as_completed``, ``client.gather`` and ``client.submit`` take it, its data lives on the
+session's worker until gathered, and its frames are the frames of the model's own
+uninterrupted run (the same as :meth:`Session.stream` gives). Chunk indices are handed
+out once and in order whichever way they are read, across a migration, and across the
+death of the worker that holds the session and the futures' data.
+
+One module-scoped cluster of three workers; the test that kills a worker runs last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from distributed import Future, as_completed, futures_of, wait
+from distributed.core import Status
+
+from framework import Chunk, Server, SessionClosed
+from kernels.model import StreamingVideoModel
+from storage import CheckpointStore
+from workers.chunk_futures import CHUNK_KEY_PREFIX
+
+PROMPT = "a red fox running through snow"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("state")
+    with Server.local(
+        n_workers=3, model="tiny", store=str(store), checkpoint_every=2, dashboard_address=":0",
+        settings={"max_sessions_per_worker": 6, "placement": "least-loaded"},
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Frames of the model's uninterrupted run of ``(prompt, seed)``, chunk by chunk."""
+    model = StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
+    cache: dict[tuple[str, int], list] = {}
+
+    def frames(prompt: str, seed: int, n: int) -> list[np.ndarray]:
+        state, done = cache.setdefault((prompt, seed), [model.new_session(prompt, seed), []])
+        while len(done) < n:
+            done.append(model.step([state])[0])
+        return done[:n]
+
+    return frames
+
+
+def _assert_same(chunks: list[Chunk], expected: list[np.ndarray]) -> None:
+    assert [c.index for c in chunks] == list(range(len(expected)))
+    for c, e in zip(chunks, expected):
+        assert np.array_equal(c.frames, e), f"chunk {c.index} differs from the uninterrupted run"
+
+
+def test_submit_returns_a_dask_future_whose_data_stays_on_the_session_s_worker(server, reference):
+    s = server.open_session(PROMPT, seed=0)
+    fut = s.submit()
+    assert isinstance(fut, Future) and futures_of([fut]) == [fut]
+    assert fut.key[0].startswith(CHUNK_KEY_PREFIX) and fut.key[1] == 0
+    wait([fut], timeout=60)
+    assert server.client.who_has([fut])[fut.key] == (s.worker,)  # not the scheduler, not the client
+    _assert_same([fut.result(timeout=60)], reference(PROMPT, 0, 1))
+    s.close()
+
+
+def test_wait_as_completed_and_gather_take_chunk_futures(server, reference):
+    s = server.open_session(PROMPT, seed=1)
+    futures = [s.submit() for _ in range(4)]
+    done, not_done = wait(futures, timeout=120)
+    assert len(done) == 4 and not not_done
+    completed = sorted((f.result() for f in as_completed(futures)), key=lambda c: c.index)
+    gathered = server.client.gather(futures)
+    _assert_same(gathered, reference(PROMPT, 1, 4))
+    _assert_same(completed, reference(PROMPT, 1, 4))
+    s.close()
+
+
+def test_a_chunk_future_is_the_input_of_further_dask_work(server, reference):
+    s = server.open_session(PROMPT, seed=2)
+    fut = s.submit()
+    brightness = server.client.submit(lambda chunk: float(chunk.frames.mean()), fut)
+    assert brightness.result(timeout=60) == pytest.approx(float(reference(PROMPT, 2, 1)[0].mean()))
+    s.close()
+
+
+def test_futures_and_stream_share_one_gapless_sequence(server, reference):
+    s = server.open_session(PROMPT, seed=3)
+    first = s.submit()
+    streamed = list(s.stream(2))  # chunks 1 and 2, while chunk 0 waits in its future
+    later = [s.submit(), s.submit()]
+    streamed += list(s.stream(1))
+    chunks = sorted([first.result(60), *streamed, *server.client.gather(later)], key=lambda c: c.index)
+    _assert_same(chunks, reference(PROMPT, 3, 6))
+    assert [c.index for c in streamed] == [1, 2, 5]
+    s.close()
+
+
+def test_futures_resolve_across_a_migration(server, reference):
+    s = server.open_session(PROMPT, seed=4)
+    before = [s.submit() for _ in range(2)]
+    wait(before, timeout=120)
+    source = s.worker
+    target = next(w for w in server.workers() if w != source)
+    s.migrate(target)
+    after = [s.submit() for _ in range(2)]
+    chunks = server.client.gather(before + after)
+    _assert_same(chunks, reference(PROMPT, 4, 4))
+    assert chunks[2].migrated and chunks[2].worker == target
+    assert server.client.who_has(after)[after[0].key] == (target,)
+    s.close()
+
+
+def test_a_future_of_a_session_closed_meanwhile_raises_session_closed(server):
+    s = server.open_session(PROMPT, seed=5)
+    s.submit().result(timeout=60)
+    server.session(s.id).close()
+    with pytest.raises(SessionClosed):
+        s.submit().result(timeout=60)
+
+
+def test_async_twins_give_the_chunk_and_the_future(server, reference):
+    async def main():
+        async with await Server(server.client.scheduler.address, asynchronous=True) as aserver:
+            s = await aserver.aopen_session(PROMPT, seed=6)
+            chunks = [await s.asubmit()]
+            fut = await s.asubmit_future()
+            assert isinstance(fut, Future)
+            chunks.append(await fut)
+            chunks += [c async for c in s.astream(1)]
+            await s.aclose()
+            return chunks
+
+    _assert_same(asyncio.run(main()), reference(PROMPT, 6, 3))
+
+
+# ------------------------------------------------------------------ losing a worker (last)
+
+
+def _kill(server, worker: str) -> None:
+    name = server.client.scheduler_info(n_workers=-1)["workers"][worker]["name"]
+    # The nanny would restart the worker; this one stays dead (a crash, not a restart).
+    server.cluster.workers[name].status = Status.closing_gracefully
+    os.kill(server.client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_no_chunk_lost_or_repeated_when_the_worker_with_the_futures_dies(server, reference):
+    s = server.open_session(PROMPT, seed=7)
+    victim = s.worker
+    futures = [s.submit() for _ in range(6)]
+    wait(futures, timeout=120)  # every chunk taken: its data on the victim...
+    store = CheckpointStore(server.settings.store)
+    deadline = time.monotonic() + 60
+    while not (store.exists(s.id) and store.latest_chunk(s.id) == 6):  # ...and the checkpoint past it
+        assert time.monotonic() < deadline, "no checkpoint at chunk 6"
+        time.sleep(0.05)
+    chunks = server.client.gather(futures[:2])
+    _kill(server, victim)
+    # Dask recomputes the lost futures; the session is recovered elsewhere and the
+    # chunks the checkpoint had passed are made again from the session's identity.
+    chunks += server.client.gather(futures[2:])
+    more = [s.submit() for _ in range(2)]
+    chunks += server.client.gather(more)
+    _assert_same(chunks, reference(PROMPT, 7, 8))
+    assert victim not in server.workers()
+    assert all(c.worker != victim for c in chunks[2:])
+    # Every future still held whose data died with the victim (0 and 1 too: gathering
+    # copies, the future keeps its data on the worker) was recomputed; the checkpoint was
+    # at 6, so each of them was made again from the session's identity.
+    assert sorted(e["chunk"] for e in s.events() if e["kind"] == "replayed") == [0, 1, 2, 3, 4, 5]
+    s.close()

@@ -1,0 +1,107 @@
+"""Chunks as Dask futures: the task that puts one chunk of a session into Dask's memory.
+
+:meth:`framework.Session.submit` submits :func:`fetch_chunk` with the key
+:func:`chunk_key` ``(session, index)`` on the session's worker. The task is a coroutine:
+it runs on the worker's event loop, leaves the worker's task slots at once (Dask's
+long-running state, as :func:`distributed.secede` does for a thread) so a chunk that
+takes a while never blocks other work, and returns the chunk the session's actor hands it
+(:meth:`workers.session_actor.SessionActor.take`). The chunk then stays in that worker's
+memory until it is gathered: its bytes go worker -> client (or worker -> worker, as the
+input of further tasks), never through the scheduler, and the future works with
+``wait``, ``as_completed``, ``gather`` and ``client.submit`` like any other.
+
+When the session is not on the task's worker (it moved, or the task was rescheduled
+after its worker died), the task asks the scheduler where it is now
+(``turboserve_locate``, which also wakes a suspended session and waits for a recovery),
+repeats the request there and takes the chunk over worker-to-worker comms. Generation is
+deterministic, so a chunk regenerated after a recovery is the same chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from dask.sizeof import sizeof
+from distributed import get_worker
+from distributed.worker_state_machine import SecedeEvent
+
+from workers.chunk import Chunk
+from workers.errors import CapacityExceeded, SessionClosed, SessionMoved, SessionNotFound
+from workers.session_actor import SessionActor, call_actor
+
+#: Prefix of every chunk future's key (its group in the dashboard's task stream).
+CHUNK_KEY_PREFIX = "turboserve-chunk"
+#: Seconds one wait on the session's actor lasts before the task checks again.
+TAKE_TIMEOUT_S = 5.0
+#: Seconds the task keeps looking for a session that moved or whose worker died.
+LOCATE_TIMEOUT_S = 120.0
+
+
+@sizeof.register(Chunk)
+def _sizeof_chunk(chunk: Chunk) -> int:
+    # The scheduler's memory accounting sees the frames, not only the record.
+    return int(chunk.frames.nbytes) + 256
+
+
+def chunk_key(session_id: str, token: str, index: int) -> tuple[str, int]:
+    """The Dask key of chunk ``index`` of a session, as submitted by the handle ``token``."""
+    return (f"{CHUNK_KEY_PREFIX}-{session_id}-{token}", int(index))
+
+
+def _secede(worker: Any, key: Any) -> None:
+    """Leave the worker's task slots (the task only waits from now on)."""
+    ts = worker.state.tasks.get(key)
+    if ts is not None and ts.state == "executing":
+        worker.handle_stimulus(SecedeEvent(key=key, compute_duration=0.0, stimulus_id=f"turboserve-secede-{time.time()}"))
+
+
+async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, actor_key: str | None,
+                      key_name: str) -> Chunk:
+    """The task of one chunk future: request chunk ``index`` and return it.
+
+    ``worker_addr``/``actor_key`` say where the client last saw the session's actor.
+    Raises :class:`SessionClosed` (the session was closed or is lost) or the actor's
+    typed refusal; a move on the way is followed.
+    """
+    worker = get_worker()
+    _secede(worker, (key_name, index))
+    addr, key = worker_addr or worker.address, actor_key
+    deadline = time.monotonic() + LOCATE_TIMEOUT_S
+    delay = 0.02
+    while True:
+        try:
+            if key is None:
+                raise SessionMoved(f"session {session_id!r} has no actor yet")
+            actor = worker.state.actors.get(key) if addr == worker.address else None
+            if isinstance(actor, SessionActor):
+                await actor.request(index + 1)
+                chunk = await actor.take(index, TAKE_TIMEOUT_S)
+            else:
+                rpc = worker.rpc(addr)
+                await call_actor(rpc, key, "request", index + 1)
+                chunk = await call_actor(rpc, key, "take", index, TAKE_TIMEOUT_S)
+            if chunk is not None:
+                return chunk
+            continue  # not made yet: ask again (the actor may have moved meanwhile)
+        except (SessionMoved, KeyError, OSError) as exc:
+            last: BaseException = exc
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise SessionClosed(f"session {session_id!r} is lost: no worker had it for "
+                                f"{LOCATE_TIMEOUT_S:g} s (last: {last!r})")
+        try:
+            loc = await worker.scheduler.turboserve_locate(session_id=session_id, wake=True, timeout=remaining)
+        except (SessionClosed, SessionNotFound):
+            raise
+        except (TimeoutError, CapacityExceeded, OSError):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            continue
+        if loc.get("status") == "lost":
+            raise SessionClosed(f"session {session_id!r} is lost: {loc.get('cause') or loc.get('why') or 'lost'}")
+        addr, key = loc["worker"], loc["actor_key"]
+        if key is None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
