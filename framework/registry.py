@@ -40,7 +40,7 @@ class SessionRecord:
     status: SessionStatus = SessionStatus.PENDING
     worker: str | None = None
     actor_key: str | None = None
-    generation: int = 0  # bumped for every new actor (migration, resume, recovery)
+    generation: int = 0  # the ownership epoch: raised at every committed move (migration, resume, recovery)
     tier: str | None = None  # "host" or "disk" while suspended
     chunks: int = 0  # chunks produced (highest index + 1 reported)
     state_bytes: int = 0
@@ -71,6 +71,7 @@ class SessionRecord:
             "width": self.width,
             "migrations": self.migrations,
             "recoveries": self.recoveries,
+            "epoch": self.generation,
             "recent_latency_s": self.latencies[-1] if self.latencies else None,
         }
 

@@ -26,6 +26,9 @@ from workers.session_actor import SessionActor, call_actor
 
 logger = logging.getLogger(__name__)
 
+#: How long a committed move waits for its source to confirm it dropped its state.
+RELEASE_TIMEOUT_S = 10.0
+
 
 class SessionActors:
     """Session actors on the workers of ``scheduler``.
@@ -55,31 +58,62 @@ class SessionActors:
             await client.close()
 
     async def start(self, rec: SessionRecord, worker: str, source: dict[str, Any]) -> None:
-        """A new actor for ``rec`` on ``worker`` that takes its state from ``source``.
+        """A new actor for ``rec`` on ``worker`` that takes its state from ``source``: one ownership transaction.
 
-        On success the record points at the new actor and the old one is released.
+        1. *prepare*: the actor is started and loads the state (fresh, from the store,
+           or a copy pulled from the source actor, which stays frozen with its own);
+        2. *commit*: the registry names the new owner and a new ownership epoch, higher
+           than any the record or the checkpoint store has seen;
+        3. the new actor claims the epoch in the store and starts serving; a peer
+           source then releases its state.
+
+        Every step is bounded (``turboserve.control.transfer-timeout``). A failure in
+        1 aborts (the new actor is dropped, the record is unchanged). A failure in 3
+        puts the record back where it was, keeping the epoch high-water mark in
+        ``rec.generation``, so the caller can hand the session back to its source at a
+        new epoch; the half-started actor, if it lives, is fenced by that epoch.
         """
         client = await self._control_client()
-        generation = rec.generation + 1
-        key = f"turboserve-session-{rec.session_id}-{generation}"
+        key = f"turboserve-session-{rec.session_id}-{rec.generation + 1}"
         fut = client.submit(
             SessionActor, rec.session_id, rec.model, rec.prompt, rec.seed, rec.height, rec.width,
             actor=True, workers=[worker], allow_other_workers=False, key=key, pure=False,
         )
+        rpc = self.scheduler.rpc(worker)
         try:
             await self._started(fut, worker)
             if fut.status == "error":
                 raise await fut.exception()
-            info = await self._bounded(call_actor(self.scheduler.rpc(worker), key, "start", source),
-                                       f"starting session {rec.session_id!r} on {worker}")
+            info = await self._bounded(call_actor(rpc, key, "prepare", source),
+                                       f"preparing session {rec.session_id!r} on {worker}")
         except BaseException:
+            fut.release()  # abort: the prepared copy goes with the actor; the source still owns the session
+            raise
+        # The commit point.
+        epoch = max(rec.generation, int(info.get("owner_epoch") or 0)) + 1
+        before = (rec.worker, rec.actor_key, self._futures.get(rec.session_id))
+        rec.generation, rec.worker, rec.actor_key = epoch, worker, key
+        self._futures[rec.session_id] = fut
+        try:
+            info = await self._bounded(call_actor(rpc, key, "commit", epoch),
+                                       f"committing session {rec.session_id!r} on {worker} at epoch {epoch}")
+        except BaseException:
+            rec.worker, rec.actor_key = before[0], before[1]
+            if before[2] is None:
+                self._futures.pop(rec.session_id, None)
+            else:
+                self._futures[rec.session_id] = before[2]
             fut.release()
             raise
-        old = self._futures.get(rec.session_id)
-        self._futures[rec.session_id] = fut
-        if old is not None:
-            old.release()
-        rec.generation, rec.worker, rec.actor_key = generation, worker, key
+        if source.get("kind") == "peer":
+            try:
+                await asyncio.wait_for(call_actor(self.scheduler.rpc(source["address"]), source["key"], "release"),
+                                       RELEASE_TIMEOUT_S)
+            except Exception as exc:  # it died, or answers late: its epoch is stale either way
+                logger.info("the source of session %s on %s did not confirm its release: %r",
+                            rec.session_id, source["address"], exc)
+        if before[2] is not None:
+            before[2].release()
         rec.state_bytes = info["state_bytes"]
         rec.chunks = max(rec.chunks, info["chunk_index"])
         self._changed()
@@ -124,14 +158,14 @@ class SessionActors:
         self._unread.pop(session_id, None)
 
     async def migrate(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
-        """Move the session's state to a new actor on ``target`` at a chunk boundary.
+        """Move the session's state to a new actor on ``target`` at a chunk boundary (see :meth:`start`).
 
-        Every step is bounded (``turboserve.control.transfer-timeout``) and a target that
-        leaves fails the move at once. On failure the record points at the source again
-        and the source actor is thawed: the session goes on there when the source still
-        holds the state (the failure came before the target took it). Raises
-        :class:`~workers.errors.TransferError`; its ``state_lost`` is True when the source
-        no longer holds the state (it had been handed over; recover from the checkpoint).
+        The source freezes at a chunk boundary and keeps its state until the target
+        has committed. On failure the source takes the session back at a new
+        ownership epoch and serves on, and :class:`~workers.errors.TransferError` is
+        raised; its ``state_lost`` is True only when the source lives but could not
+        take the session back (recover from the checkpoint). A source that died on
+        the way is the plugin's worker-loss recovery.
         """
         prior = rec.status
         old_worker, old_key = rec.worker, rec.actor_key
@@ -145,11 +179,14 @@ class SessionActors:
             lost = True
             if old_worker in self.scheduler.workers:
                 rec.worker, rec.actor_key = old_worker, old_key
+                epoch = rec.generation + 1
                 try:
-                    info = await self._bounded(self.call(rec, "thaw"), f"thawing session {rec.session_id!r}")
+                    info = await self._bounded(self.call(rec, "commit", epoch),
+                                               f"handing session {rec.session_id!r} back to {old_worker}")
+                    rec.generation = epoch
                     lost = not info["state_bytes"]
                 except Exception:
-                    logger.warning("could not thaw session %s on %s", rec.session_id, old_worker, exc_info=True)
+                    logger.warning("could not hand session %s back to %s", rec.session_id, old_worker, exc_info=True)
                 rec.set_status(prior, time.time())
             # else: the source died on the way; the plugin's remove_worker queued its recovery.
             error = TransferError(

@@ -13,6 +13,7 @@ from storage.checkpoint import (
 from storage.errors import (
     CheckpointCorrupt,
     CheckpointError,
+    CheckpointFenced,
     CheckpointMismatch,
     CheckpointNotFound,
     CheckpointVersionError,
@@ -28,6 +29,7 @@ __all__ = [
     "STATE_FORMAT_VERSION",
     "CheckpointCorrupt",
     "CheckpointError",
+    "CheckpointFenced",
     "CheckpointIdentity",
     "CheckpointInfo",
     "CheckpointMismatch",

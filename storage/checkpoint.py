@@ -50,6 +50,7 @@ from zarr.abc.store import Store
 from kernels.state import STATE_FORMAT_VERSION, SessionState
 from storage.errors import (
     CheckpointCorrupt,
+    CheckpointFenced,
     CheckpointMismatch,
     CheckpointNotFound,
     CheckpointVersionError,
@@ -79,6 +80,8 @@ logger = logging.getLogger(__name__)
 #: and the session's identity; version 1 checkpoints are refused, then regenerated).
 CHECKPOINT_LAYOUT_VERSION = 2
 _LAYOUT_KEY = "turboserve_checkpoint"
+#: Key of the session's pointer document that holds its owner's epoch (see ``claim``).
+_EPOCH_KEY = "owner_epoch"
 
 Compression = Literal["zstd", "blosc"] | None
 
@@ -143,7 +146,8 @@ class CheckpointStore:
 
     Notes
     -----
-    One writer per session at a time (the session's worker); readers may run anywhere.
+    One writer per session at a time: the session's owner, fenced by its ownership epoch
+    (:meth:`claim`); readers may run anywhere.
     Calls block (zarr's synchronous API): from async code, run them in a thread
     (``await asyncio.to_thread(store.save, sid, state)``). A store pickles as its
     arguments, so it can be shipped to Dask workers.
@@ -175,6 +179,7 @@ class CheckpointStore:
         self.storage_options = storage_options
         self._store: Store = open_store(self.url, storage_options=storage_options)
         self._root = open_root(self._store)
+        self._epochs: dict[str, int] = {}  # session id -> the epoch this process writes with
 
     def __repr__(self) -> str:
         return f"CheckpointStore({self.url!r}, compression={self.compression!r})"
@@ -193,7 +198,9 @@ class CheckpointStore:
         _check_name("session id", session_id)
         for name in state.tensors:
             _check_name("tensor name", name)
+        epoch = self._epochs.get(session_id)
         session = self._root.require_group(session_id)
+        self._check_owner(session_id, epoch)
         generation = f"c{state.chunk_index:06d}-{uuid.uuid4().hex[:8]}"
         group = session.create_group(generation)
         pairs = []
@@ -224,16 +231,19 @@ class CheckpointStore:
         }
         # The generation's attributes are its "complete" marker: written after all data.
         group.attrs.update({**sealed, "digest": seal(sealed), "complete": True})
+        # A new owner may have claimed the session while the arrays were written.
+        self._check_owner(session_id, epoch, drop=generation)
         # The switch: one metadata document, replaced atomically on a local store.
-        session.attrs.update(
-            {
-                _LAYOUT_KEY: CHECKPOINT_LAYOUT_VERSION,
-                "current": generation,
-                "model": state.model,
-                "chunk_index": state.chunk_index,
-                "nbytes": state.nbytes,
-            }
-        )
+        pointer = {
+            _LAYOUT_KEY: CHECKPOINT_LAYOUT_VERSION,
+            "current": generation,
+            "model": state.model,
+            "chunk_index": state.chunk_index,
+            "nbytes": state.nbytes,
+        }
+        if epoch is not None:
+            pointer[_EPOCH_KEY] = epoch
+        session.attrs.update(pointer)
         for old in [g for g in session.group_keys() if g != generation]:
             try:
                 del session[old]
@@ -241,6 +251,61 @@ class CheckpointStore:
                 logger.warning("checkpoint of session %s: could not delete old generation %s (%r); "
                                "the next save retries", session_id, old, exc)
         return CheckpointInfo(session_id, state.model, state.chunk_index, state.nbytes, generation, self.url)
+
+    # ------------------------------------------------------------------ ownership
+
+    def claim(self, session_id: str, epoch: int) -> None:
+        """Make this process the session's writer at ownership ``epoch`` (a fencing token).
+
+        The epoch is recorded in the session's pointer document; from then on a save by
+        any process that claimed a lower epoch is refused with :class:`CheckpointFenced`
+        (checked before the arrays are written and again right before the pointer
+        switch), so an owner that lost the session (its worker was declared dead, or
+        it was migrated away) cannot overwrite its successor's checkpoint. Claiming an
+        epoch lower than the recorded one raises :class:`CheckpointFenced`.
+
+        The check and the switch are two operations on the store, not an atomic
+        compare-and-swap: a claim that lands between them (microseconds on a local
+        disk) is not seen by that one save, whose generation is then the checkpoint
+        of an equal or earlier chunk of the same session, and the next save by the
+        new owner replaces it.
+        """
+        _check_name("session id", session_id)
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise ValueError(f"an ownership epoch is an int >= 1, got {epoch!r}")
+        stored = self.owner_epoch(session_id)
+        if stored is not None and stored > epoch:
+            raise CheckpointFenced(
+                f"session {session_id!r} in {self.url} is owned at epoch {stored}; "
+                f"epoch {epoch} is stale (the session moved on; stop serving it here)"
+            )
+        self._root.require_group(session_id).attrs.update({_EPOCH_KEY: epoch})
+        self._epochs[session_id] = epoch
+
+    def owner_epoch(self, session_id: str) -> int | None:
+        """The epoch of the session's owner recorded in the store (None: none recorded, or unreadable)."""
+        _check_name("session id", session_id)
+        try:
+            value = self._root[session_id].attrs.get(_EPOCH_KEY)
+        except Exception:  # no group, or a garbled pointer: no fence to read
+            return None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def _check_owner(self, session_id: str, epoch: int | None, drop: str | None = None) -> None:
+        """Refuse a save by a writer whose epoch is older than the recorded one."""
+        if epoch is None:
+            return
+        stored = self.owner_epoch(session_id)
+        if stored is not None and stored > epoch:
+            if drop is not None:
+                try:
+                    del self._root[session_id][drop]
+                except Exception:
+                    pass  # the new owner's next save deletes it
+            raise CheckpointFenced(
+                f"checkpoint of session {session_id!r} in {self.url}: this writer's epoch {epoch} is "
+                f"older than the owner's {stored}; the session is served elsewhere now, not saved"
+            )
 
     def delete(self, session_id: str) -> bool:
         """Remove the session's checkpoint; ``False`` if there was none."""

@@ -31,5 +31,13 @@ class CheckpointCorrupt(CheckpointError):
     """The checkpoint is incomplete or damaged: missing array, wrong shape, bad checksum."""
 
 
+class CheckpointFenced(CheckpointError):
+    """A writer whose ownership epoch is older than the session's: another worker owns it now.
+
+    The session moved (migration, resume, recovery) and its new owner claimed a higher
+    epoch (:meth:`storage.CheckpointStore.claim`); the old owner must stop serving it.
+    """
+
+
 class VideoStoreError(StorageError):
     """A video store rejected an append, or cannot be read or exported."""

@@ -16,6 +16,16 @@ why, ``migrated`` from a worker), ``suspended``/``resumed``, and ``failed`` when
 engine could not run the session. Events are plain dicts (``kind``, ``t``, ``worker``,
 ``id`` and the fields of the kind) and travel with the state on a move between
 workers; the client reads them with :meth:`framework.Session.events`.
+
+Every move of the state is a two-phase transaction driven by the scheduler plugin
+(:class:`framework.session_mechanisms.SessionActors`): the new actor
+:meth:`~SessionActor.prepare`-s a copy (the source stays frozen and keeps its state),
+the registry commits the new **ownership epoch**, the new actor
+:meth:`~SessionActor.commit`-s (claims the epoch in the checkpoint store and starts
+serving) and only then does the source :meth:`~SessionActor.release` its state. A failure
+before the commit aborts the move and the source serves on at a fresh epoch. An actor
+whose epoch is older than the one in the store is stale: its checkpoint saves are
+refused (:class:`storage.CheckpointFenced`) and its polls hand out no chunk.
 """
 
 from __future__ import annotations
@@ -138,6 +148,8 @@ class SessionActor:
         self._parked_req: dict[int, float] = {}
         self._moved = False
         self._closed = False
+        self._prepared: tuple | None = None  # (state, want, t_request, migrated) until commit
+        self._epoch: int | None = None  # ownership epoch, set by commit
         self._error: BaseException | None = None
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,18 +220,23 @@ class SessionActor:
 
     # ------------------------------------------------------------ lifecycle (scheduler side)
 
-    async def start(self, source: dict[str, Any]) -> dict[str, Any]:
-        """Create or fetch the state and attach it to the engine.
+    async def prepare(self, source: dict[str, Any]) -> dict[str, Any]:
+        """Phase one of a state move: create or fetch the state and hold it, not yet serving.
 
         ``source["kind"]``: ``"new"`` (fresh from the prompt and seed), ``"store"`` (the
         last checkpoint, or fresh if there is none: generation is deterministic, so the
-        chunks after it are regenerated identically) or ``"peer"`` (pull the state and
-        the unacknowledged chunks from the actor ``source["key"]`` on
-        ``source["address"]`` over worker-to-worker comms).
+        chunks after it are regenerated identically) or ``"peer"`` (a copy of the state
+        and the unacknowledged chunks of the actor ``source["key"]`` on
+        ``source["address"]``, over worker-to-worker comms; the source keeps its state
+        until it is told to :meth:`release` it). Nothing is produced or handed out
+        until :meth:`commit`. The answer carries ``owner_epoch``, the epoch the
+        checkpoint store records for the session (0: none), so the registry can commit
+        a higher one.
         """
         kind = source.get("kind")
         if kind not in SOURCES:
             raise InvalidRequest(f"unknown state source {kind!r}; expected one of {SOURCES}")
+        self._check_open()
         self._event()
         self._events.extend(source.get("events", ()))  # carried by the control plane, if any
         want, t_request, migrated = int(source.get("want", 0)), {}, kind != "new"
@@ -249,8 +266,53 @@ class SessionActor:
             migrated = source.get("migrated", True)
             self._events.extend(e for e in payload.get("events", ()) if e not in self._events)
             self._record("migrated", from_worker=source["address"], chunk=state.chunk_index, transport=transport)
-        self._attach(state, want, t_request, migrated)
-        return self._info(state)
+        self._prepared = (state, want, t_request, migrated)
+        self._next = state.chunk_index
+        store = self._host.checkpoints()
+        stored = None if store is None else await asyncio.to_thread(store.owner_epoch, self.session_id)
+        return {**self._info(state), "owner_epoch": stored or 0}
+
+    async def commit(self, epoch: int) -> dict[str, Any]:
+        """Phase two: this actor owns the session at ownership ``epoch`` and serves it.
+
+        Claims the epoch in the checkpoint store (so the saves of any older owner are
+        refused from now on, :meth:`storage.CheckpointStore.claim`), then attaches the
+        prepared state to the engine. On a source whose move failed (it still holds
+        its frozen state), it takes the session back at the new epoch; a host-parked
+        state stays parked. Raises :class:`storage.CheckpointFenced` when the store
+        records a higher epoch (a newer owner exists).
+        """
+        self._check_open()
+        store = self._host.checkpoints()
+        if store is not None:
+            from storage import CheckpointFenced
+
+            try:
+                await asyncio.to_thread(store.claim, self.session_id, epoch)
+            except CheckpointFenced:
+                raise
+            except Exception as exc:  # a damaged pointer document: serve unfenced, and say so
+                logger.warning("session %s: could not record ownership epoch %d in %s: %r",
+                               self.session_id, epoch, store.url, exc)
+                self._record("unfenced", epoch=epoch, why=f"the store refused the epoch: {exc!r}")
+        self._epoch = epoch
+        if self._prepared is not None:
+            (state, want, t_request, migrated), self._prepared = self._prepared, None
+            self._attach(state, want, t_request, migrated)
+            return {**self._info(state), "epoch": epoch}
+        return {**(await self.thaw()), "epoch": epoch}
+
+    async def abort(self) -> dict[str, Any]:
+        """Drop a prepared state that was never committed (the move failed; the source serves on)."""
+        self._prepared, self._outbox, self._moved = None, {}, True
+        self._event().set()
+        return self._info(None)
+
+    async def release(self) -> dict[str, Any]:
+        """The move committed elsewhere: drop the frozen state; readers go to the registry."""
+        self._parked, self._outbox, self._moved = None, {}, True
+        self._event().set()
+        return self._info(None)
 
     async def _choose_transport(self, peer: Any, source: dict[str, Any]) -> str:
         """``p2p`` (NCCL/gloo group of two) when asked, or when both ends are CUDA devices."""
@@ -343,7 +405,34 @@ class SessionActor:
                 await asyncio.wait_for(event.wait(), remaining)
             except asyncio.TimeoutError:
                 return []
-        return [self._outbox[i] for i in sorted(self._outbox)]
+        chunks = [self._outbox[i] for i in sorted(self._outbox)]
+        if await self._fenced():
+            raise SessionMoved(f"session {self.session_id!r} has a newer owner than {self._worker.address} "
+                               f"(epoch {self._epoch} is stale); ask the registry where it is")
+        return chunks
+
+    async def _fenced(self) -> bool:
+        """Whether a newer owner claimed the session in the checkpoint store: this actor is stale.
+
+        A stale owner hands out no chunk; one that still produces (its worker was
+        declared dead but lives on) is taken off the engine and drops its state.
+        """
+        store = self._host.checkpoints()
+        if self._epoch is None or store is None:
+            return False
+        stored = await asyncio.to_thread(store.owner_epoch, self.session_id)
+        if stored is None or stored <= self._epoch:
+            return False
+        if self._attached:
+            try:
+                await self._detach()
+            except Exception:
+                pass  # the engine already dropped it
+            self._parked, self._outbox, self._moved = None, {}, True
+        if not any(e["kind"] == "fenced" for e in self._events):
+            self._record("fenced", epoch=self._epoch, owner_epoch=stored,
+                         why="a newer owner claimed the session in the checkpoint store")
+        return True
 
     async def take(self, index: int, timeout: float = 5.0) -> Chunk | None:
         """Hand chunk ``index`` to the task of its Dask future (:mod:`workers.chunk_futures`).
@@ -382,6 +471,8 @@ class SessionActor:
                 await asyncio.wait_for(event.wait(), remaining)
             except asyncio.TimeoutError:
                 return None
+        if await self._fenced():
+            raise SessionMoved(f"session {self.session_id!r} has a newer owner than {self._worker.address}")
         chunk = self._outbox.pop(index)
         after = min(self._outbox, default=self._next)
         if self._attached and after > self._acked:
@@ -459,7 +550,7 @@ class SessionActor:
         return self._info(self._parked)
 
     async def thaw(self) -> dict[str, Any]:
-        """Undo :meth:`freeze` (a migration failed before the export)."""
+        """Undo :meth:`freeze`: attach the frozen state again (a move failed before its commit)."""
         if self._moved or self._attached or self._parked is None:
             return self._info(None)
         if self._parked.device.type == "cpu" and self._host.device != "cpu":
@@ -469,7 +560,11 @@ class SessionActor:
         return self._info(state)
 
     async def export(self) -> dict[str, Any]:
-        """Hand the frozen state and the unread chunks to the actor that replaces this one."""
+        """A copy of the frozen state and the unread chunks, for the actor that replaces this one.
+
+        The state stays here until :meth:`release` (the move committed) or
+        :meth:`commit` (it failed: this actor serves on).
+        """
         self._check_open()
         if self._attached:
             await self.freeze()
@@ -485,8 +580,8 @@ class SessionActor:
             "t_request": dict(self._parked_req),
             "events": list(self._events),
         }
-        self._parked, self._outbox, self._moved = None, {}, True
-        self._event().set()
+        # The source keeps its frozen state and outbox until the move commits (``release``)
+        # or fails (``commit`` here again, at a new epoch).
         return payload
 
     async def export_p2p(self, peer_device: str) -> dict[str, Any]:
@@ -507,7 +602,7 @@ class SessionActor:
         both_cuda = peer_device.startswith("cuda") and self._parked.device.type == "cuda"
         host = self._worker.address.split("://")[-1].rsplit(":", 1)[0]
         rendezvous = Rendezvous.new("nccl" if both_cuda else "gloo", host=host)
-        state, self._parked = self._parked, None
+        state = self._parked  # kept until the move commits (``release``) or fails (``commit``)
         payload = {
             "rendezvous": rendezvous,
             "outbox": [self._outbox[i] for i in sorted(self._outbox)],
@@ -515,8 +610,6 @@ class SessionActor:
             "t_request": dict(self._parked_req),
             "events": list(self._events),
         }
-        self._outbox, self._moved = {}, True
-        self._event().set()
         self._sending = asyncio.ensure_future(asyncio.to_thread(send_state, state, rendezvous=rendezvous, timeout=60))
         return payload
 
