@@ -4,7 +4,8 @@ The renderers work on plain cards (:class:`SessionCard`, :class:`ServerCard`) so
 pure functions of data; ``Session``/``Server`` build a card from their own state and
 delegate their ``_repr_html_``/``_repr_mimebundle_`` here. The video of a session is the
 last frames its client received, kept in a bounded :class:`FrameBuffer` and shown as an
-animated GIF embedded as base64 (no file, no server round trip, works in any frontend).
+HTML5 ``<video>`` (H.264 mp4 embedded as base64; an animated GIF where PyAV is missing):
+no file, no server round trip.
 
 Examples
 --------
@@ -172,6 +173,71 @@ class AnimatedGif:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class InlineVideo:
+    """An H.264 mp4 that plays inline in Jupyter as an HTML5 ``<video>`` (GIF inside as fallback).
+
+    The mime bundle carries ``text/html`` (the ``<video>``) and ``image/gif`` (for
+    frontends that render no HTML, e.g. a notebook viewer without scripts).
+
+    Attributes
+    ----------
+    data : bytes
+        The encoded mp4 (:func:`storage.video_files.encode_video`).
+    gif : AnimatedGif
+    """
+
+    data: bytes
+    gif: AnimatedGif
+
+    @classmethod
+    def from_frames(cls, frames: np.ndarray, fps: float = 16.0) -> "InlineVideo":
+        """Encode ``uint8`` frames ``(T, H, W, 3)``; ``VideoStoreError`` when PyAV is missing."""
+        from storage.video_files import encode_video
+
+        return cls(encode_video(frames, fps), AnimatedGif.from_frames(frames, fps))
+
+    def video_tag(self, scale: int = 2) -> str:
+        """A looping, muted, autoplaying ``<video>`` with the mp4 inline as base64."""
+        b64 = base64.b64encode(self.data).decode("ascii")
+        g = self.gif
+        return (
+            f'<video autoplay loop muted playsinline controls width="{g.width * scale}" '
+            f'height="{g.height * scale}" style="image-rendering: pixelated" title="{g.n_frames} frames">'
+            f'<source type="video/mp4" src="data:video/mp4;base64,{b64}"/></video>'
+        )
+
+    def save(self, path: str) -> None:
+        """Write the mp4 to ``path``."""
+        with open(path, "wb") as f:
+            f.write(self.data)
+
+    def __repr__(self) -> str:
+        g = self.gif
+        return f"<InlineVideo mp4 {g.n_frames} frames {g.height}x{g.width} @ {g.fps:g} fps>"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return {
+            "text/html": self.video_tag(),
+            "image/gif": base64.b64encode(self.gif.data).decode("ascii"),
+            "text/plain": repr(self),
+        }
+
+
+def inline_video(frames: np.ndarray, fps: float = 16.0) -> "InlineVideo | AnimatedGif":
+    """An :class:`InlineVideo` (mp4) of the frames, or an :class:`AnimatedGif` without PyAV."""
+    from storage.errors import VideoStoreError
+
+    try:
+        return InlineVideo.from_frames(frames, fps)
+    except VideoStoreError:
+        return AnimatedGif.from_frames(frames, fps)
+
+
+def _video_tag(video: "InlineVideo | AnimatedGif", scale: int) -> str:
+    return video.video_tag(scale) if isinstance(video, InlineVideo) else video.img_tag(scale)
+
+
 class StreamHistory:
     """What one client received of a session's stream: recent frames, counts, latencies.
 
@@ -311,7 +377,7 @@ def session_html(card: SessionCard, scale: int = 2) -> str:
         for k, v in rows
     )
     if card.frames is not None and len(card.frames):
-        video = AnimatedGif.from_frames(card.frames, card.fps).img_tag(scale)
+        video = _video_tag(inline_video(card.frames, card.fps), scale)
         caption = f"last {len(card.frames)} frames"
     else:
         video, caption = "<em>no frames yet</em>", ""
@@ -460,13 +526,13 @@ def session_card(session: Any) -> SessionCard:
     )
 
 
-def session_video(session: Any, fps: float | None = None) -> AnimatedGif | None:
-    """The frames a session's client kept, as an :class:`AnimatedGif` (None before any)."""
+def session_video(session: Any, fps: float | None = None) -> InlineVideo | AnimatedGif | None:
+    """The frames a session's client kept, as an :class:`InlineVideo` (GIF without PyAV; None before any)."""
     history: StreamHistory | None = getattr(session, "history", None)
     frames = history.buffer.frames() if history else None
     if frames is None:
         return None
-    return AnimatedGif.from_frames(frames, fps or float(session.fps))
+    return inline_video(frames, fps or float(session.fps))
 
 
 def server_card(server: Any) -> ServerCard:

@@ -185,30 +185,21 @@ class VideoStore:
         return ds["frames"].values[mask]
 
     def to_video(self, path: str | os.PathLike[str], *, fps: int | None = None) -> pathlib.Path:
-        """Write the stored frames to ``path``: ``.gif`` always works; ``.mp4`` needs PyAV.
+        """Write the stored frames to ``path``: ``.mp4`` (H.264), ``.webm`` (VP9) or ``.gif``.
+
+        mp4 and WebM go through PyAV (:mod:`storage.video_files`); GIF always works.
 
         Raises
         ------
         VideoStoreError
-            No frames yet, or no imageio plugin can write that format here.
+            No frames yet, or no encoder for that format here.
         """
-        import imageio.v3 as iio
+        from storage.video_files import write_video
 
-        path = pathlib.Path(path)
         frames = self.open()["frames"].values
-        fps = int(fps or self.attrs["fps"])
-        try:
-            if path.suffix.lower() == ".gif":
-                iio.imwrite(path, frames, extension=".gif", duration=1000 / fps, loop=0)
-            else:
-                codec = {"codec": "libx264"} if path.suffix.lower() == ".mp4" else {}
-                iio.imwrite(path, frames, plugin="pyav", fps=fps, **codec)
-        except (ImportError, OSError, ValueError, RuntimeError) as exc:
-            raise VideoStoreError(
-                f"cannot write {path.name!r} ({type(exc).__name__}: {exc}); write a .gif instead, "
-                f"or install PyAV (pip install av) for {path.suffix or 'that format'}"
-            ) from exc
-        return path
+        if len(frames) == 0:
+            raise VideoStoreError(f"session {self.session_id!r} has no frames yet in {self.url}")
+        return write_video(path, frames, int(fps or self.attrs["fps"]))
 
     # ------------------------------------------------------------------ helpers
 

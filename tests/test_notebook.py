@@ -160,11 +160,25 @@ class TestCards:
         assert 'title="over the 750 ms target">250 ms' not in html
 
     def test_session_with_frames_embeds_its_video(self):
+        from storage.video_files import decode_video
+
         frames = solid([RED, BLUE, GREEN])
         html = session_html(self.card(frames=frames, fps=8))
-        b64 = html.split("data:image/gif;base64,")[1].split('"')[0]
-        assert len(decode_gif(base64.b64decode(b64))) == 3
+        assert "<video autoplay loop muted" in html
+        b64 = html.split("data:video/mp4;base64,")[1].split('"')[0]
+        assert len(decode_video(base64.b64decode(b64))) == 3
         assert "last 3 frames" in html
+
+    def test_inline_video_is_an_mp4_with_a_gif_fallback(self):
+        from framework.notebook import InlineVideo, inline_video
+        from storage.video_files import decode_video
+
+        video = inline_video(solid([RED, BLUE], h=8, w=8), fps=4)
+        assert isinstance(video, InlineVideo)
+        bundle = video._repr_mimebundle_()
+        assert f'src="data:video/mp4;base64,{base64.b64encode(video.data).decode()}"' in bundle["text/html"]
+        assert len(decode_video(video.data)) == 2
+        assert len(decode_gif(base64.b64decode(bundle["image/gif"]))) == 2
 
     def test_session_mimebundle_has_html_and_text(self):
         bundle = session_mimebundle(self.card(worker=None, status="suspended"))

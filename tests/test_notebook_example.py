@@ -49,7 +49,7 @@ def test_quickstart_notebook_runs_and_shows_frames(tmp_path, monkeypatch):
     html = [out.data["text/html"] for _, out in _outputs(nb)
             if out.output_type in ("execute_result", "display_data") and "text/html" in out.get("data", {})]
     session_cards = [h for h in html if "turboserve-session" in h]
-    assert any("data:image/gif;base64," in h for h in session_cards), "no session card with its video"
+    assert any("data:video/mp4;base64," in h for h in session_cards), "no session card with its video"
     assert any("turboserve-sessions" in h and "individual-turboserve" in h for h in html), "no server table"
 
     text = "".join(out.get("text", "") for _, out in _outputs(nb) if out.output_type == "stream")
