@@ -192,11 +192,18 @@ def policy_sets(gpus: int, *, new_session_bytes: int, worker_memory: int, max_ba
         "target_utilisation": float(tconfig.get("autoscale.load-driven-utilisation")),
         "worker_max_batch": int(max_batch),
         "worker_memory_bytes": int(worker_memory),
+        "provision_idle": bool(tconfig.get("control.keep-idle-slots")),
     }
     # TurboServe keeps the in-stream worst case low: it moves an active session only to
-    # fix a worker that misses the SLO, and a drained worker waits for its active
-    # sessions' bursts to end (their idle state is offloaded) instead of moving them.
-    turboserve_placement = {**migration, "rebalance_above_slo": True, "max_drain_migrations": 0}
+    # fix a worker that misses the SLO, an idle resident session keeps its batch slot
+    # (``control.rebalance-above-slo``, ``control.keep-idle-slots``: the live loop's
+    # migration-aware placement reads the same keys), and a drained worker waits for its
+    # active sessions' bursts to end (their idle state is offloaded) instead of moving them.
+    turboserve_placement = {
+        **migration, "max_drain_migrations": 0,
+        "rebalance_above_slo": bool(tconfig.get("control.rebalance-above-slo")),
+        "keep_idle_slots": bool(tconfig.get("control.keep-idle-slots")),
+    }
     offload = {"idle_s": float(tconfig.get("control.idle-offload-s"))}
     return {
         "static-peak": PolicySet.of("least-loaded", "fixed", "never", placement_params=placement,
@@ -288,11 +295,13 @@ def run_trace(
             policy = resolve_policy(label, sets, pool_gpus)
             static = policy.autoscaling.name == "fixed"
             warm = pool_gpus if static else min(max(minimum, at_start, 1), pool_gpus)
-            # With the quality valve a worker may take sessions up to the batch whose
-            # degraded step meets the SLO; policies still size the cluster for b*.
+            # With the quality valve a worker's engine may run a degraded step up to the
+            # batch whose degraded step meets the SLO; the policies still place and size
+            # the cluster for b* (the valve absorbs overflows, it is not capacity to fill).
             cap = valve_batch_cap(model, base) if base.quality_valve and max_batch == "slo" else caps[model]
             cfg = base.with_(initial_workers=warm, min_workers=min(minimum, pool_gpus), max_workers=pool_gpus,
-                             max_batch=cap, end_s=end, record_chunks=record_chunks)
+                             max_batch=cap, placement_batch=min(caps[model], cap), end_s=end,
+                             record_chunks=record_chunks)
             return policy, cfg
         return setup
 

@@ -197,7 +197,11 @@ def default_policy_params(
 
     out: dict[str, dict[str, Any]] = {"placement": {}, "autoscaling": {}, "offload": {}}
     if placement == "migration-aware":
-        out["placement"]["min_gain"] = float(config.get("control.migration-gain"))
+        out["placement"] = {
+            "min_gain": float(config.get("control.migration-gain")),
+            "rebalance_above_slo": bool(config.get("control.rebalance-above-slo")),
+            "keep_idle_slots": bool(config.get("control.keep-idle-slots")),
+        }
     if autoscaling == "hpa":
         out["autoscaling"] = {
             "target_utilisation": float(config.get("autoscale.target-utilisation")),
@@ -211,6 +215,7 @@ def default_policy_params(
             "downscale_delay_s": float(config.get("autoscale.downscale-stabilisation-s")),
             "worker_max_batch": int(max_batch),
             "worker_memory_bytes": int(worker_memory),
+            "provision_idle": bool(config.get("control.keep-idle-slots")),
         }
     if offload == "idle-timeout":
         out["offload"]["idle_s"] = float(config.get("control.idle-offload-s"))

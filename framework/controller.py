@@ -508,10 +508,17 @@ class ControlLoop:
         p_state, a_state, o_state = self.state
         actions, p_state = self.policy.placement.decide(snap, p_state)
         self.state = (p_state, a_state, o_state)
+        chosen = None
         for action in actions:
             if isinstance(action, Place) and action.session_id == session_id:
-                return action.worker
-        return None
+                chosen = action.worker
+        if chosen is not None:
+            # An idle session that gave its kept slot up for this one (placement's
+            # keep_idle_slots) leaves the device now, as in a tick.
+            for action in actions:
+                if isinstance(action, Offload):
+                    self.apply(action)
+        return chosen
 
     def latency_model(self) -> BatchLatencyModel:
         """The batch latency model the policies see (trace seconds)."""

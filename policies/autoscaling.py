@@ -59,6 +59,7 @@ class Census:
     demand: int  # active (ACTIVE + MIGRATING + placed) + pending sessions not placed (refused ones too)
     device_bytes: int  # memory of on-device sessions + reserve of the still-pending ones
     context_sum: float  # context frames summed over the active sessions
+    idle_resident: int = 0  # IDLE sessions still on a device (no action of this decision moves them)
 
     @property
     def current(self) -> int:
@@ -68,21 +69,23 @@ class Census:
     @classmethod
     def of(cls, ledger: CapacityLedger) -> Census:
         """Count one ledger (which earlier policies of the decision may have booked into)."""
-        running = starting = active = nbytes = 0
+        running = starting = active = nbytes = idle = 0
         ctx = 0.0
+        acted, refused = ledger.acted, ledger.refused
         for ld in ledger.loads.values():
             status = ld.view.status
             if status is _RUNNING:
                 running += 1
+                if ld.idle:
+                    idle += sum(1 for s in ld.idle if s.session_id not in acted)
             elif status is _STARTING:
                 starting += 1
             active += ld.n_active
             nbytes += ld.mem_used
             ctx += ld.ctx_sum
-        acted, refused = ledger.acted, ledger.refused
         waiting = [s for s in ledger.pending if s.session_id not in acted or s.session_id in refused]
         nbytes += sum(ledger.reserve(s) for s in waiting) - ledger.in_flight_bytes
-        return cls(running, starting, active + len(waiting), nbytes, ctx)
+        return cls(running, starting, active + len(waiting), nbytes, ctx, idle)
 
 
 def scale_actions(ledger: CapacityLedger, current: int, desired: int, cause: str,
@@ -363,6 +366,12 @@ class LoadDriven(_Autoscaler):
         History the estimate needs before it is taken at face value (0 s: the first
         changes count in full, so a cluster that knows nothing of its load yet keeps
         generous headroom early; 60 s makes it calmer, and slower, at the start).
+    provision_idle
+        Count the idle sessions still resident on a worker as demand (default False).
+        Pair it with the placement's ``keep_idle_slots``: the slots placement keeps for
+        idle sessions are then provisioned, so a newcomer takes a free slot instead of
+        evicting an idle session that is about to come back (whose resume would wait
+        for the copy back from host memory).
     headroom_model
         How the swing over the horizon is estimated. ``"horizon"`` (default) measures
         it: the weighted mean of ``(demand now - demand one horizon ago)^2``, which
@@ -389,7 +398,9 @@ class LoadDriven(_Autoscaler):
         headroom_model: str = "horizon",
         worker_max_batch: int = 32,
         worker_memory_bytes: int = 80 * 1024**3,
+        provision_idle: bool = False,
     ) -> None:
+        self.provision_idle = bool(provision_idle)
         if headroom_model not in ("horizon", "random-walk"):
             raise ValueError(f"headroom_model must be 'horizon' or 'random-walk', got {headroom_model!r}")
         self.headroom_model = headroom_model
@@ -498,6 +509,8 @@ class LoadDriven(_Autoscaler):
     def _desired(self, ledger: CapacityLedger, census: Census, state: LoadDrivenState) -> tuple[int, LoadDrivenState, str]:
         now = ledger.snap.now_s
         current = census.current
+        if self.provision_idle and census.idle_resident:
+            census = replace(census, demand=census.demand + census.idle_resident)
         if self.headroom_model == "horizon":
             horizon = ledger.snap.worker_startup_s if self.headroom_horizon_s is None else self.headroom_horizon_s
             state = self.observe_horizon(state, now, census.demand, horizon)

@@ -93,6 +93,19 @@ class Combined:
         return actions, (p_state, a_state, o_state, g_state)
 
 
+    def admit(self, snap: Snapshot, state: tuple[Any, ...]) -> tuple[list[Action], tuple[Any, ...]]:
+        """Admission between ticks: the placement policy alone, on the view a tick would give it.
+
+        What live admission does when a session opens or comes back (``ControlLoop.choose``)
+        and the simulator between ticks; the other policies' states are unchanged.
+        """
+        if self.parallelism is not None:
+            snap = unit_view(snap, self.parallelism.min_degree(snap), frozenset())
+        ledger = CapacityLedger(snap, getattr(self.placement, "new_session_bytes", None))
+        actions, p_state = _decide(self.placement, ledger, state[0])
+        return actions, (p_state, *state[1:])
+
+
 def _decide(policy: Any, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
     decide_on = getattr(policy, "decide_on", None)
     if decide_on is not None:

@@ -65,29 +65,38 @@ class HeapChooser:
     :meth:`refresh` after booking into a load. Workers without a free batch slot
     leave the heap until refreshed; memory misses are remembered (a session at least
     as large as one that found no room finds none either, until a refresh).
+
+    ``held`` maps a worker's address to batch slots that are not free although no
+    session computes in them (slots kept for idle sessions resident there, see
+    :class:`MigrationAware`); a worker has room while ``n_active + held < max_batch``.
+    The caller changes ``held`` in place and then calls :meth:`refresh`.
     """
 
-    __slots__ = ("_key", "_heap", "_min_failed", "_share")
+    __slots__ = ("_key", "_heap", "_min_failed", "_share", "held")
 
-    def __init__(self, loads: Any, key: Callable[[WorkerLoad], tuple], memory_share: float = 1.0) -> None:
+    def __init__(
+        self, loads: Any, key: Callable[[WorkerLoad], tuple], memory_share: float = 1.0,
+        held: dict[str, int] | None = None,
+    ) -> None:
         self._key = key
         self._share = memory_share
+        self.held: dict[str, int] = {} if held is None else held
+        hold = self.held.get
         self._heap = [
             (*key(ld), ld.address, ld.version, ld)
             for ld in loads
-            if ld.view.status is _RUNNING and ld.n_active < ld.view.max_batch  # _open(ld), inlined
+            if ld.view.status is _RUNNING and ld.n_active + hold(ld.address, 0) < ld.view.max_batch  # _open, inlined
         ]
         heapq.heapify(self._heap)
         self._min_failed: int | None = None
 
-    @staticmethod
-    def _open(load: WorkerLoad) -> bool:
-        return load.view.status is _RUNNING and load.n_active < load.view.max_batch
+    def _open(self, load: WorkerLoad) -> bool:
+        return load.view.status is _RUNNING and load.n_active + self.held.get(load.address, 0) < load.view.max_batch
 
     def refresh(self, load: WorkerLoad) -> None:
-        """Re-rank ``load`` after its counts changed."""
+        """Re-rank ``load`` after its counts (or its ``held`` slots) changed."""
         view = load.view  # _open(load), inlined: this runs after every booking
-        if view.status is _RUNNING and load.n_active < view.max_batch:
+        if view.status is _RUNNING and load.n_active + self.held.get(load.address, 0) < view.max_batch:
             heappush(self._heap, (*self._key(load), load.address, load.version, load))
             self._min_failed = None
 
@@ -96,13 +105,14 @@ class HeapChooser:
         if self._min_failed is not None and nbytes >= self._min_failed and exclude is None:
             return None
         heap, stash, found = self._heap, [], None
-        share = self._share
+        share, hold = self._share, self.held.get
         while heap:
             entry = heap[0]
             load = entry[-1]
             view = load.view
             # Stale, or no batch slot left (``_open`` inlined: the top is usually taken).
-            if entry[-2] != load.version or view.status is not _RUNNING or load.n_active >= view.max_batch:
+            if (entry[-2] != load.version or view.status is not _RUNNING
+                    or load.n_active + hold(load.address, 0) >= view.max_batch):
                 heappop(heap)
                 continue
             # load.fits(nbytes, active=True, memory_share=share), inlined: status and slot checked above.
@@ -195,6 +205,10 @@ class _PlacementPolicy(LedgerPolicy):
     def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
         """Optional extra moves after placement and draining (none by default)."""
 
+    def _make_room(self, ledger: CapacityLedger, chooser: _Chooser, nbytes: int, actions: list[Action]) -> WorkerLoad | None:
+        """A worker for a pending session none has room for, after freeing a slot (none by default)."""
+        return None
+
     def ledger(self, snap: Snapshot) -> CapacityLedger:
         """A fresh ledger reserving ``new_session_bytes`` for each new session."""
         return CapacityLedger(snap, self.new_session_bytes)
@@ -216,6 +230,8 @@ class _PlacementPolicy(LedgerPolicy):
             if nbytes <= 0:  # a new session: reserve() knows what to set aside
                 nbytes = reserve(s)
             load = pick(nbytes)
+            if load is None:
+                load = self._make_room(ledger, chooser, nbytes, actions)
             if load is None:
                 if refuse and s.state_bytes == 0:
                     acted.add(sid)
@@ -252,6 +268,11 @@ class _PlacementPolicy(LedgerPolicy):
                     continue
                 moved.add(s.session_id)
                 actions.append(Offload(s.session_id, tier="host", cause="drain", drain=True))
+
+
+def _idle_rank(s: SessionView) -> tuple:
+    # Longest idle first (its owner is the least likely to come back soon).
+    return (s.since_s, s.session_id)
 
 
 def _move_rank(s: SessionView) -> tuple:
@@ -329,6 +350,15 @@ class MigrationAware(_PlacementPolicy):
         Rebalance only while some worker's predicted step misses the SLO (``False``:
         whenever it pays). A move stalls the moved session's next chunk by its copy, so
         moves that only shave latency below the SLO cost the in-stream worst case.
+    keep_idle_slots
+        An idle session still resident on its worker keeps its batch slot: no other
+        session is placed or migrated into it (``False``: only active sessions hold
+        slots). Without this, a session that pauses for a few seconds comes back to a
+        worker that took a newcomer in the meantime and shares it with more sessions
+        than it can serve at the SLO, until a rebalance moves one away: a stalled
+        in-stream chunk. When no worker has a free slot, a pending session takes a kept
+        one and the idle session holding it is offloaded to host memory in the same
+        decision (the longest idle first), so it comes back through placement.
     **kwargs
         ``on_full``, ``new_session_bytes``, ``max_drain_migrations`` as for every
         placement policy.
@@ -344,10 +374,12 @@ class MigrationAware(_PlacementPolicy):
         plan_limit: int = 1024,
         horizon_chunks: float = 4.0,
         rebalance_above_slo: bool = False,
+        keep_idle_slots: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.rebalance_above_slo = bool(rebalance_above_slo)
+        self.keep_idle_slots = bool(keep_idle_slots)
         if not horizon_chunks >= 1:
             raise ValueError(f"horizon_chunks must be >= 1, got {horizon_chunks!r}")
         self.horizon_chunks = float(horizon_chunks)
@@ -364,11 +396,45 @@ class MigrationAware(_PlacementPolicy):
     def __repr__(self) -> str:
         return (
             f"MigrationAware(min_gain={self.min_gain}, max_migrations={self.max_migrations}, "
-            f"horizon_chunks={self.horizon_chunks}, on_full={self.on_full!r})"
+            f"horizon_chunks={self.horizon_chunks}, keep_idle_slots={self.keep_idle_slots}, on_full={self.on_full!r})"
         )
 
     def _chooser(self, ledger: CapacityLedger, state: Any) -> _Chooser:
-        return HeapChooser(ledger.loads.values(), ledger.latency_plus_key())
+        held = None
+        if self.keep_idle_slots:
+            held = {ld.address: len(ld.idle) for ld in ledger.loads.values() if ld.idle and ld.view.status is _RUNNING}
+        return HeapChooser(ledger.loads.values(), ledger.latency_plus_key(), held=held)
+
+    def _make_room(self, ledger: CapacityLedger, chooser: _Chooser, nbytes: int, actions: list[Action]) -> WorkerLoad | None:
+        """Free a kept slot (``keep_idle_slots``): offload the longest-idle session of the best worker."""
+        if not self.keep_idle_slots or not isinstance(chooser, HeapChooser) or not chooser.held:
+            return None
+        held, acted, now = chooser.held, ledger.acted, ledger.snap.now_s
+        best, best_key, victim = None, None, None
+        key = ledger.latency_plus_key()
+        for address, n in held.items():
+            if n <= 0:
+                continue
+            load = ledger.loads[address]
+            view = load.view
+            if view.status is not _RUNNING or load.n_active >= view.max_batch or load.mem_used + nbytes > view.memory_bytes:
+                continue
+            # A session idle for less than two chunk periods may still have its last
+            # chunk in flight (an offload would be refused): it keeps its slot.
+            idle = [s for s in load.idle if s.session_id not in acted and now - s.since_s >= 2.0 * s.chunk_period_s]
+            if not idle:
+                continue
+            oldest = min(idle, key=_idle_rank)
+            k = (key(load)[0], _idle_rank(oldest))  # the best step after placing, then the longest idle
+            if best_key is None or k < best_key:
+                best, best_key, victim = load, k, oldest
+        if best is None or victim is None:
+            return None
+        acted.add(victim.session_id)
+        held[best.address] -= 1
+        best.version += 1
+        actions.append(Offload(victim.session_id, tier="host", cause="evict: its kept batch slot goes to a pending session"))
+        return best
 
     def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
         if self.max_migrations == 0:

@@ -371,3 +371,15 @@ def test_load_driven_horizon_headroom_measures_the_swing_over_the_startup_time()
     for t in range(200):
         _, state = policy.decide(cluster(60, 10 + t // 4, now_s=float(t), max_batch=1), state)
     assert policy.headroom(cluster(60, 60, max_batch=1), state) >= 10
+
+
+def test_load_driven_with_provision_idle_counts_idle_resident_sessions_as_demand():
+    # 20 active + 10 idle sessions resident on the workers; b* = 10 (0.1 s a session, SLO 1 s).
+    workers = tuple(WorkerView(f"w{i}", max_batch=10) for i in range(2))
+    sessions = tuple(SessionView(f"a{i}", SessionStatus.ACTIVE, f"w{i % 2}", state_bytes=GiB) for i in range(20))
+    sessions += tuple(SessionView(f"i{i}", SessionStatus.IDLE, f"w{i % 2}", state_bytes=GiB) for i in range(10))
+    snap = Snapshot(now_s=0.0, workers=workers, sessions=sessions, slo_s=1.0, latency=LINEAR, max_workers=100)
+    plain = make("autoscaling", "load-driven", headroom_quantile=0)
+    kept = make("autoscaling", "load-driven", headroom_quantile=0, provision_idle=True)
+    assert scale_target(plain.decide(snap, plain.initial_state())[0]) is None  # 20 / 10 = 2 GPUs: as is
+    assert scale_target(kept.decide(snap, kept.initial_state())[0]) == 3  # (20 + 10) / 10

@@ -335,3 +335,77 @@ def test_drain_migrations_per_decision_are_bounded(name):
     assert sum(a.cause == "drain" for a in actions) == 4
     # migration-aware may also relieve the draining worker as the slowest one (a rebalance move).
     assert len(actions) == 4 or name == "migration-aware"
+
+
+# --- keep_idle_slots: an idle session resident on its worker keeps its batch slot ---------
+
+
+def idle(sid: str, worker: str, since_s: float, nbytes: int = GiB) -> SessionView:
+    return SessionView(sid, IDLE, worker, state_bytes=nbytes, since_s=since_s, chunk_period_s=1.0)
+
+
+def test_a_kept_slot_is_not_given_to_a_newcomer_while_another_worker_has_a_free_one():
+    # w1 holds one active and one idle session (batch 2): its second slot is kept for
+    # the idle one; the newcomer goes to w2, although w1 alone predicts the same step.
+    workers = [WorkerView("w1", max_batch=2), WorkerView("w2", max_batch=2)]
+    sessions = [active("a", "w1"), idle("i", "w1", since_s=90.0), active("b", "w2"), pending("new")]
+    plain, keeping = make("placement", "migration-aware"), make("placement", "migration-aware", keep_idle_slots=True)
+    snap = snapshot(workers, [s for s in sessions if s.session_id != "b"] + [active("b", "w2", context_frames=0.0)])
+    assert [(a.session_id, a.worker) for a in decide(keeping, snap)[0]] == [("new", "w2")]
+    # Without kept slots w1 is as good as w2 by predicted latency; the tie goes by memory, so
+    # give w2 more memory used to show that only the kept slot sends the newcomer there.
+    heavier = snapshot(workers, [active("a", "w1"), idle("i", "w1", since_s=90.0), active("b", "w2", nbytes=4 * GiB),
+                                 pending("new")])
+    assert [(a.session_id, a.worker) for a in decide(plain, heavier)[0]] == [("new", "w1")]
+    assert [(a.session_id, a.worker) for a in decide(keeping, heavier)[0]] == [("new", "w2")]
+
+
+def test_when_every_free_slot_is_kept_the_longest_idle_holder_is_offloaded_for_the_newcomer():
+    workers = [WorkerView("w1", max_batch=1), WorkerView("w2", max_batch=1)]
+    snap = snapshot(workers, [idle("old", "w1", since_s=50.0), idle("older", "w2", since_s=40.0), pending("new")])
+    actions, _ = decide(make("placement", "migration-aware", keep_idle_slots=True), snap)
+    assert len(actions) == 2
+    evict, place = actions
+    assert isinstance(evict, Offload) and evict.session_id == "older" and evict.tier == "host"
+    assert "evict" in evict.cause
+    assert isinstance(place, Place) and (place.session_id, place.worker) == ("new", "w2")
+
+
+def test_a_session_idle_for_less_than_two_chunk_periods_is_not_evicted():
+    # Its last chunk may still be in flight: an offload would be refused, and the
+    # newcomer would share the worker with it. The newcomer waits instead.
+    workers = [WorkerView("w1", max_batch=1)]
+    snap = snapshot(workers, [idle("recent", "w1", since_s=99.0), pending("new")], now_s=100.0)
+    actions, _ = decide(make("placement", "migration-aware", keep_idle_slots=True), snap)
+    assert actions == []
+
+
+def test_kept_slots_never_leave_a_worker_with_more_resident_sessions_than_batch_slots():
+    # After one decision, no worker has more active + kept-idle sessions than max_batch,
+    # whatever mix of idle, active and pending sessions it started from (when it started within it).
+    import random
+
+    rng = random.Random(7)
+    policy = make("placement", "migration-aware", keep_idle_slots=True)
+    for trial in range(200):
+        n_workers = rng.randint(1, 4)
+        workers = [WorkerView(f"w{k}", max_batch=rng.randint(1, 3)) for k in range(n_workers)]
+        sessions, n = [], 0
+        for w in workers:
+            for _ in range(rng.randint(0, w.max_batch)):
+                n += 1
+                if rng.random() < 0.5:
+                    sessions.append(active(f"s{n}", w.address))
+                else:
+                    sessions.append(idle(f"s{n}", w.address, since_s=rng.choice([10.0, 99.5])))
+        sessions += [pending(f"p{k}", since_s=float(k)) for k in range(rng.randint(0, 4))]
+        snap = snapshot(workers, sessions, now_s=100.0)
+        actions, _ = decide(policy, snap)
+        resident = Counter(s.worker for s in sessions if s.worker is not None)
+        for a in actions:
+            if isinstance(a, Offload):
+                resident[next(s.worker for s in sessions if s.session_id == a.session_id)] -= 1
+            elif isinstance(a, Place):
+                resident[a.worker] += 1
+        for w in workers:
+            assert resident[w.address] <= w.max_batch, (trial, snap, actions)

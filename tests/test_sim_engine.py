@@ -312,3 +312,12 @@ def test_a_run_leaves_the_garbage_collector_as_it_found_it(enabled):
         assert gc.isenabled() is enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+@pytest.mark.parametrize("on_arrival", [True, False])
+def test_a_session_arriving_between_ticks_is_placed_at_once_as_live_admission_does(on_arrival):
+    result = run(trace((0.4, "a", "open"), (5, "a", "close")), place_on_arrival=on_arrival)
+    first = result.chunks.sort_values("index").iloc[0]
+    # With admission on arrival its first chunk starts at 0.4 s; otherwise at the next tick (1 s).
+    assert first["t_start_s"] == pytest.approx(0.4 if on_arrival else 1.0)
+    assert first["latency_s"] == pytest.approx(LATENCY.predict(1) + (0.0 if on_arrival else 0.6))

@@ -181,7 +181,9 @@ def test_a_busy_run_takes_the_decisions_of_the_golden_log(oracle_hints):
 
     History: the digest pinned before the simulator's speed work held until the tiny
     preset's state size came from ``kernels.presets`` (0.64 MiB a session instead of an
-    assumed 4 MiB), which shortens every copy; the log was written then.
+    assumed 4 MiB), which shortens every copy; the log was written then. Rewritten
+    when admission between ticks came in (``SimConfig.place_on_arrival``, as live): a
+    session that arrives or comes back is placed at that instant, not at the next tick.
     """
     log = run_log(oracle_hints)
     key = "oracle_hints" if oracle_hints else "plain"

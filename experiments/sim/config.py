@@ -62,6 +62,9 @@ class SimConfig:
     valve_step_ratio
         Time of a degraded step as a share of the full one
         (``turboserve.simulator.valve-step-ratio``; see the YAML for the derivation).
+    place_on_arrival
+        Place a session when it arrives or comes back from suspension, as live admission
+        does (``turboserve.simulator.place-on-arrival``); False: at the next control tick.
     placement_batch
         Batch slots per worker that the policies see (``WorkerView.max_batch``), when
         fewer than the engine's ``max_batch``: with the quality valve, the engine may run
@@ -95,6 +98,7 @@ class SimConfig:
     quality_valve: bool = False
     valve_step_ratio: float = 0.7
     placement_batch: int | None = None
+    place_on_arrival: bool = True
     parallel: ParallelStepModel | None = None
     transform_fixed_s: float = 0.0
 
@@ -132,6 +136,7 @@ class SimConfig:
             align_phases=bool(tconfig.get("simulator.align-phases")),
             quality_valve=bool(tconfig.get("simulator.quality-valve")),
             valve_step_ratio=float(tconfig.get("simulator.valve-step-ratio")),
+            place_on_arrival=bool(tconfig.get("simulator.place-on-arrival")),
             transform_fixed_s=_seconds(tconfig.get("simulator.parallel.transform-fixed-s")),
         )
         known = {f.name for f in fields(cls)}

@@ -23,10 +23,13 @@ Model of the mechanisms (each choice is the simplest that keeps the contract):
   for a placement (and for a worker to start) is part of the first chunk's latency.
 * A worker that is free and has due requests runs one coalesced step for up to
   ``max_batch`` of them (oldest request first), taking ``latency.predict(batch, ctx)``.
-* Policies run on the control tick only (every ``interval_s``, the first at time 0, after
-  the trace events of that instant): a new session waits at most one tick for a placement.
-  The three policies decide together through :class:`policies.combined.Combined`
-  (placement, then offload, then autoscaling on one capacity ledger), as live.
+* Policies run on the control tick (every ``interval_s``, the first at time 0, after
+  the trace events of that instant). The three policies decide together through
+  :class:`policies.combined.Combined` (placement, then offload, then autoscaling on one
+  capacity ledger), as live. With ``place_on_arrival`` (the default, as live admission:
+  ``ControlLoop.choose``) a session that arrives or comes back from suspension is placed
+  at that instant by the placement policy alone (its ``Place`` and the ``Offload`` s it
+  needs, after the other events of the instant); otherwise it waits for the next tick.
 * ``Migrate`` copies ``state_bytes`` at ``migrate_bytes_per_s`` starting at once, or when
   the session's chunk in flight finishes; both workers hold the memory meanwhile and the
   session's next chunk cannot start before the copy ends (that delay is in its latency,
@@ -78,6 +81,7 @@ from experiments.sim.state import (
     _STEP,
     _TICK,
     _WAKE,
+    _ADMIT,
     ACTIVE,
     CLOSED,
     DRAINING,
@@ -95,6 +99,8 @@ from policies.combined import Combined
 from policies.semantics import apply_order
 from policies.types import (
     BatchLatencyModel,
+    Offload,
+    Place,
     SessionStatus,
     SessionView,
     Snapshot,
@@ -282,6 +288,7 @@ class Simulator:
                 self._views[i] = None
                 self._counts[s.status] += 1
                 self._set_status(s, PENDING, now)
+                self._wants_admission(now)
             if not s.wants:
                 s.fresh = True  # a new burst: its first chunk waits for admission, not in-stream
             s.wants = True
@@ -293,6 +300,7 @@ class Simulator:
                 self._kick(s.worker, now)
             elif s.status is SUSPENDED:
                 self._set_status(s, PENDING, now)
+                self._wants_admission(now)
         elif code == 2:  # idle
             self._abandon(s, now)
             s.wants = False
@@ -521,7 +529,9 @@ class Simulator:
         handlers = {  # event kind -> handler(time, payload)
             _STEP: self._on_step, _WAKE: self._on_wake, _TICK: self._on_tick,
             _COPY: self._on_copy, _RELEASE: self._on_release, _READY: self._on_ready,
+            _ADMIT: self._on_admit,
         }
+        self._admit_at = None  # time of the scheduled admission decision, if any
         self._push(0.0, _TICK, None)
         heap = self.heap
         pop = heapq.heappop
@@ -550,7 +560,33 @@ class Simulator:
             w.wake_at = None
         self._kick(w, t)
 
+    def _wants_admission(self, now: float) -> None:
+        """A session became PENDING: place it at this instant (``place_on_arrival``), once per instant."""
+        if self.cfg.place_on_arrival and self._admit_at != now:
+            self._admit_at = now
+            self._push(now, _ADMIT, None)
+
+    def _on_admit(self, t: float, _: Any) -> None:
+        """Admission between ticks: the placement policy alone, its Place and Offload actions."""
+        if self._admit_at != t:
+            return  # a tick at this instant decided for it
+        self._admit_at = None
+        policy, state = self._policy, self._policy_state
+        snap = self.snapshot(t)
+        t0 = _time.perf_counter()
+        actions, state[0] = policy.admit(snap, state[0])
+        self.decide_s += _time.perf_counter() - t0
+        self._deferred = {}
+        for action in apply_order(actions):
+            if isinstance(action, (Place, Offload)):
+                self.actions.apply(action, t)
+        deferred, self._deferred = self._deferred, None
+        for w in deferred.values():
+            self._kick(w, t)
+
     def _on_tick(self, t: float, _: Any) -> None:
+        if self._admit_at == t:
+            self._admit_at = None  # this tick places what arrived at its instant
         self._tick(t, self._policy, self._policy_state)
         self._k_tick += 1
         if self._k_tick % _GC_EVERY_TICKS == 0:
