@@ -86,6 +86,11 @@ class Server:
         Further :class:`~framework.scheduler_plugin.ServingSettings` fields
         (``placement``, ``on_full``, ``max_sessions_per_worker``, ``offload_tier``, ...).
 
+    control : bool, optional
+        Start the closed control loop on the scheduler (placement, offload, and the
+        autoscaling policy's decisions, which need an autoscaler attached: see
+        :meth:`adapt`). Default ``turboserve.control.auto-start`` (true). A loop that
+        already runs (another server started it) is kept as it is.
     asynchronous : bool
         With a scheduler address: make an asynchronous client. On an asynchronous
         client, ``await Server(...)`` registers the plugins, and the ``a*`` methods
@@ -107,6 +112,7 @@ class Server:
         max_batch: int | None = None,
         batching: bool | None = None,
         checkpoint_every: int | None = None,
+        control: bool | None = None,
         asynchronous: bool = False,
         **settings: Any,
     ) -> None:
@@ -123,10 +129,13 @@ class Server:
             )
             self._auto_store = is_auto(self.settings.store)
             self._plugins: tuple[Any, ...] = ()
+            self._control = bool(config.get("control.auto-start", control))
             if not self.client.asynchronous:
                 self._make_plugins(self.client.scheduler_info(n_workers=0)["id"])
                 for plugin in self._plugins:
                     self.client.register_plugin(plugin)
+                if self._control:
+                    self.client.sync(self._astart_control)
         except BaseException:
             if self._own_client and not self.client.asynchronous:
                 self.client.close()
@@ -157,7 +166,20 @@ class Server:
             self._make_plugins((await self.client.scheduler.identity(n_workers=0))["id"])
         for plugin in self._plugins:
             await self.client.register_plugin(plugin)
+        if self._control:
+            await self._astart_control()
         return self
+
+    async def _astart_control(self, **overrides: Any) -> None:
+        """Start the control loop unless it runs already (``control=True``, the default)."""
+        from distributed.protocol.serialize import ToPickle
+
+        from framework.control_settings import ControlSettings
+
+        try:
+            await self.client.scheduler.turboserve_control_start(settings=ToPickle(ControlSettings.from_config(**overrides)))
+        except InvalidRequest as exc:  # another server started it with its own settings: keep that one
+            logger.info("the control loop already runs on %s; kept as it is (%s)", self.client.scheduler.address, exc)
 
     async def __aenter__(self) -> "Server":
         return self
@@ -189,7 +211,7 @@ class Server:
         batching: bool | None = None,
         checkpoint_every: int | None = None,
         settings: dict[str, Any] | None = None,
-        adaptive: bool = False,
+        adaptive: bool | None = None,
         **cluster_kwargs: Any,
     ) -> "Server":
         """A server on a new LocalCluster: one worker process per GPU, else CPU workers.
@@ -202,8 +224,11 @@ class Server:
             As for :class:`Server`.
         settings : dict, optional
             Further :class:`~framework.scheduler_plugin.ServingSettings` fields.
-        adaptive : bool
-            Run the control loop and session-aware autoscaling (:meth:`adapt`).
+        adaptive : bool, optional
+            Run the closed control loop and session-aware autoscaling (:meth:`adapt`,
+            bounds ``turboserve.autoscale.minimum``/``maximum``; with GPUs at most one
+            worker per GPU). Default ``turboserve.control.auto-start`` (true); False: a
+            fixed cluster of ``n_workers`` with no control loop.
         **cluster_kwargs
             Passed to ``LocalCluster`` (e.g. ``dashboard_address``, ``memory_limit``).
         """
@@ -236,16 +261,17 @@ class Server:
             raise
         try:
             server = cls(client, model=model, store=store, max_batch=max_batch, batching=batching,
-                         checkpoint_every=checkpoint_every, **(settings or {}))
+                         checkpoint_every=checkpoint_every, control=False, **(settings or {}))
         except BaseException:
             client.close()
             cluster.close()
             raise
         server._cluster = cluster
         server._own_client = True
-        if adaptive:
+        if config.get("control.auto-start", adaptive):
             try:
-                server.adapt()
+                maximum = min(int(config.get("autoscale.maximum")), len(gpus)) if gpus else None
+                server.adapt(minimum=min(int(config.get("autoscale.minimum")), max(n_workers, 1)), maximum=maximum)
             except BaseException:
                 server.close()
                 raise

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dask.config
 import pytest
+
+# The closed control loop is on by default (turboserve.control.auto-start); tests run
+# their servers without it (a policy's migrations and offloads would move sessions under
+# the tests' feet) and start it where they test it.
+dask.config.set({"turboserve.control.auto-start": False})
 
 
 def pytest_collection_modifyitems(config, items):

@@ -320,3 +320,39 @@ def test_drain_moves_every_session_away_and_retires_the_worker(server, reference
         got[s.id] += list(s.stream(1))
         _assert_same(got[s.id], reference(PROMPT, seed, 2))
         s.close()
+
+
+# ------------------------------------------------------------------ the closed loop on by default
+
+
+@pytest.mark.slow
+def test_the_closed_loop_runs_by_default_and_one_setting_turns_it_off():
+    import dask.config
+
+    from framework import config
+
+    assert config.DEFAULTS["turboserve"]["control"]["auto-start"] is True  # tests/conftest.py turns it off
+    with Server.local(n_workers=1, model="tiny", dashboard_address=":0") as fixed:
+        time.sleep(2.5)  # over two control intervals
+        assert fixed.client.sync(fixed.client.scheduler.turboserve_control_stats)["ticks"] == 0  # off
+        with dask.config.set({"turboserve.control.auto-start": True}):
+            attached = Server(fixed.client.scheduler.address)  # attaching starts the loop
+            try:
+                stats = _control_ticked(attached)
+                assert not stats["autoscaler_attached"]  # no cluster manager here to scale with
+                Server(fixed.client.scheduler.address).close()  # a second one keeps the running loop
+            finally:
+                attached.close()
+    with dask.config.set({"turboserve.control.auto-start": True}):
+        with Server.local(n_workers=1, model="tiny", dashboard_address=":0") as local:
+            assert _control_ticked(local, attached=True)["settings"]["minimum"] == 1
+
+
+def _control_ticked(server, attached: bool = False) -> dict:
+    deadline = time.monotonic() + 60
+    while True:
+        stats = server.client.sync(server.client.scheduler.turboserve_control_stats)
+        if stats["ticks"] > 0 and (stats["autoscaler_attached"] or not attached):
+            return stats
+        assert time.monotonic() < deadline, f"the control loop did not tick: {stats}"
+        time.sleep(0.2)
