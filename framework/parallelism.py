@@ -150,11 +150,28 @@ class ParallelGroups:
         return rows
 
     def forget_worker(self, worker: str) -> ParallelGroup | None:
-        """A worker left: its group is gone (its sessions are recovered as any lost worker's)."""
+        """A worker left: its group is gone; returns the group it was in, if any.
+
+        The caller recovers the sessions: a lost leader's as any lost worker's, a lost
+        follower's leader's after :meth:`abandon` (their shards cannot be merged any more).
+        """
         g = self.group_of(worker)
         if g is not None:
             self._groups.pop(g.group_id, None)
+            self._changed()
         return g
+
+    async def abandon(self, g: ParallelGroup, gone: str) -> None:
+        """After ``gone`` left group ``g``: the survivors drop the group (the leader its sessions too)."""
+        for w in g.workers:
+            if w == gone or w not in self.scheduler.workers:
+                continue
+            action = "abandon" if w == g.leader else "leave"
+            try:
+                await self._call(w, action, g.group_id, model=g.model, why=f"{gone} left the group")
+            except Exception as exc:  # the worker may be going too; recovery goes on regardless
+                self._log(action, g.workers, time.perf_counter(), f"failed: {exc!r}")
+        self._log("abandon", g.workers, time.perf_counter(), f"{gone} left")
 
     # ------------------------------------------------------------ the request
 

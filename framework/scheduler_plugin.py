@@ -154,20 +154,32 @@ class TurboserveScheduler(SchedulerPlugin):
     def remove_worker(self, scheduler: Any, worker: str, *, stimulus_id: str | None = None, **kw: Any) -> None:
         """Bring the sessions held by a lost worker back on a survivor."""
         self._draining.discard(worker)
-        if self.groups is not None:
-            self.groups.forget_worker(worker)
+        group = self.groups.forget_worker(worker) if self.groups is not None else None
         if self.loop is not None:
             self.loop.worker_removed(worker)
         if self._closing:
             return
+        if group is not None:
+            self._spawn_task(self._group_lost(group, worker))
+        self._recover_all(worker, f"worker {worker} left")
+
+    def _recover_all(self, worker: str, why: str) -> None:
+        """Bring every session ``worker`` holds back from its checkpoint (on a chosen worker)."""
         for rec in self.registry.on_worker(worker):
             self.actors.release(rec)
-            logger.warning("worker %s left holding session %s; recovering it from its checkpoint", worker, rec.session_id)
+            logger.warning("%s holding session %s; recovering it from its checkpoint", why, rec.session_id)
             prior = rec.status
             rec.worker = None
             self._set(rec, SessionStatus.PENDING)
             self._spawn_task(self._recover(rec.session_id, prior))
         self._kick()
+
+    async def _group_lost(self, group: Any, gone: str) -> None:
+        """A member of a parallel group left: the survivors drop the group; a lost follower's
+        leader's sessions restart from their checkpoints (their shards cannot be merged)."""
+        await self.groups.abandon(group, gone)
+        if gone != group.leader and group.leader in self.scheduler.workers:
+            self._recover_all(group.leader, f"group {group.group_id} lost {gone}")
 
     def valid_workers_downscaling(self, scheduler: Any, workers: list[Any]) -> list[Any]:
         """Never let Dask close a worker that holds a session (its actor would die)."""

@@ -4,13 +4,18 @@ The acceptance run of issue 10: a session streams 3 chunks at degree 1, the two
 workers become one degree-2 group while it streams, 3 more chunks, back to degree 1,
 3 more; every chunk is within one uint8 level of the model's uninterrupted degree-1
 run, the indices are contiguous, none lost or repeated. Then the refusals of
-``set_parallelism``, and the pure grouping rule.
+``set_parallelism``, the pure grouping rule, and (on a cluster of its own) a follower
+that dies while its group serves: the session goes on from its checkpoint.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
+from distributed.core import Status
 
 from framework import Server
 from framework.errors import BadDegree, InvalidRequest, UnknownWorker, WorkerBusy, WorkerInGroup
@@ -103,3 +108,27 @@ def test_plan_groups_lets_busy_workers_lead_and_refuses_what_cannot_be():
         plan_groups(2, ["a", "b", "c"], on, 12)
     with pytest.raises(BadDegree, match="12 attention heads"):
         plan_groups(5, ["a", "b", "c", "d", "e"], lambda w: [], 12)
+
+
+@pytest.mark.slow
+def test_a_follower_dying_loses_no_session_it_restarts_from_its_checkpoint(tmp_path):
+    with Server.local(n_workers=2, model="tiny", store=str(tmp_path), checkpoint_every=2,
+                      dashboard_address=":0") as server:
+        workers = server.workers()
+        s = server.open_session(PROMPT, seed=8)
+        chunks = list(s.stream(2))
+        server.set_parallelism(2, workers)
+        (follower,) = [w for w in workers if w != s.worker]
+        for chunk in s.stream(6):
+            chunks.append(chunk)
+            if chunk.index == 4:  # two chunks at degree 2 done; a checkpoint at chunk 4 written
+                name = server.client.scheduler_info(n_workers=-1)["workers"][follower]["name"]
+                server.cluster.workers[name].status = Status.closing_gracefully  # a crash, no restart
+                os.kill(server.client.run(os.getpid, workers=[follower])[follower], signal.SIGKILL)
+        assert_within_one_level(chunks, reference(8, 8))
+        assert [row["degree"] for row in server.parallelism()] == [1]
+        rec = next(r for r in server.sessions() if r["id"] == s.id)
+        assert rec["recoveries"] == 1
+        kinds = [e["kind"] for e in s.events()]
+        assert "restored" in kinds or "regenerated" in kinds, kinds
+        s.close()

@@ -37,7 +37,7 @@ from distributed.protocol import to_serialize
 
 from kernels.parallel import ParallelModel, RankGroup, connect_group, layout, merge_shards, shard_state
 from kernels.state import SessionState
-from workers.errors import InvalidRequest, TransferError
+from workers.errors import InvalidRequest, SessionMoved, TransferError
 from workers.transfer import WireState
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,8 @@ class GroupModel:
         self._states: dict[str, SessionState] = {}  # sharded sessions by key
         #: Set when a step failed before any state depended on the group: it serves at degree 1 since.
         self.broken: str | None = None
+        #: Set when a follower is gone: the shards cannot be merged any more (see :meth:`abandon`).
+        self.lost: str | None = None
         self.steps = 0
         #: Seconds the first steps spent cutting states and sending shards (the re-shard cost).
         self.reshard_s = 0.0
@@ -179,15 +181,21 @@ class GroupModel:
                 self.broken = f"the group's first step failed: {exc!r}"
                 logger.warning("group %s: %s; serving at degree 1", self.group_id, self.broken)
                 return self.plain.step(states, denoise_steps=denoise_steps)
-            raise
+            # The followers' shards are gone or out of step: the sessions restart from their
+            # checkpoints (the scheduler does it when it sees the worker leave); the clients
+            # ask the registry where the sessions went instead of giving up on them.
+            self.lost = self.lost or f"a group step failed: {exc!r}"
+            raise SessionMoved(
+                f"parallel group {self.group_id!r} lost a rank ({exc!r}); its sessions restart from their checkpoints"
+            ) from exc
         self.steps += 1
         return frames
 
     # ------------------------------------------------------------ states leaving the group
 
     def _merged(self, state: SessionState, release: bool) -> SessionState:
-        if layout(state) == (0, 1):
-            return state
+        if layout(state) == (0, 1) or self.lost is not None:
+            return state  # whole already, or (lost) a shard the caller drops: recovery uses the checkpoint
         key = str(state.scalars[SHARD_KEY])
         futures = [
             self._send(addr, {"action": "take", "group_id": self.group_id, "key": key, "release": release})
@@ -209,6 +217,11 @@ class GroupModel:
         """A degree-1 host copy of a session's state (a checkpoint); the shards stay."""
         merged = self._merged(state, release=False)
         return merged.to("cpu") if merged is state else merged
+
+    def abandon(self, why: str) -> None:
+        """A follower is gone: stop stepping at degree ``k``; the sessions' shards are now useless."""
+        self.lost = why
+        self._states.clear()
 
     def dissolve(self) -> int:
         """Merge every session back into its degree-1 state, in place; returns how many."""
@@ -260,6 +273,28 @@ async def _dispatch(worker: Any, action: str, group_id: str, **kw: Any) -> Any:
         return {"host": host, "port": free_port(host)}
     if action == "join":
         return await _join(worker, get_host(worker), roles, group_id, **kw)
+    if action == "abandon":  # a follower died: drop every session (the scheduler recovers them)
+        engine = get_host(worker).engine(kw["model"])
+        gm = roles.get(group_id)
+        if isinstance(gm, GroupModel):
+            gm.abandon(kw.get("why", "a follower left"))
+        dropped = []
+        for sid in engine.sessions():
+            try:
+                await asyncio.wrap_future(engine.detach(sid))
+            except Exception:
+                pass
+            dropped.append(sid)
+
+        def plain() -> None:
+            if isinstance(engine.model, GroupModel):
+                engine.model = engine.model.plain
+
+        await asyncio.wrap_future(engine.call(plain))
+        roles.pop(group_id, None)
+        if isinstance(gm, GroupModel):
+            gm.group.close(abort=True)
+        return {"dropped": dropped}
     role = roles.get(group_id)
     if role is None:
         raise InvalidRequest(f"worker {worker.address} is not in group {group_id!r}")
