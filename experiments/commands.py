@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas loads in the commands that use it: `turboserve --help` stays fast
+    import pandas as pd
 
 
 def _scale(text: str) -> float | str:
@@ -135,6 +136,8 @@ def _sweep(args: argparse.Namespace) -> int:
     table = sweep(jobs, n_workers=args.workers, out_dir=args.out, progress=not args.no_progress)
     cols = [c for c in ("trace", "policy", "gpus", "seed", "max_latency_s", "p99_latency_s", "slo_attainment",
                         "gpu_hours", "migrations") if c in table.columns]
+    import pandas as pd
+
     with pd.option_context("display.width", 200):
         print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
@@ -298,6 +301,8 @@ def run_sim_replay(
     import framework.config as tconfig
     from experiments.paper_table import TraceInput, run_trace
     from experiments.results import write_outputs
+
+    import pandas as pd
 
     if not isinstance(trace_df, pd.DataFrame) or trace_df.empty:
         raise ValueError("run_sim_replay needs a non-empty trace DataFrame (trace schema)")

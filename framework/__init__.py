@@ -7,20 +7,57 @@
 ...         chunk.frames.shape, chunk.index, chunk.latency_s, chunk.worker
 """
 
-from framework.errors import (
-    CapacityExceeded,
-    InvalidRequest,
-    SessionClosed,
-    SessionNotFound,
-    TransferError,
-    TurboserveError,
-    UnknownModel,
-    UnknownWorker,
-)
-from framework.server import Server
-from framework.session import Session
-from policies.types import SessionStatus
-from workers.chunk import Chunk
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use (PEP 562): `framework.config` and the CLI load in milliseconds,
+# without torch, diffusers and distributed, which `framework.server` brings in.
+_EXPORTS = {
+    "CapacityExceeded": "framework.errors",
+    "InvalidRequest": "framework.errors",
+    "SessionClosed": "framework.errors",
+    "SessionNotFound": "framework.errors",
+    "TransferError": "framework.errors",
+    "TurboserveError": "framework.errors",
+    "UnknownModel": "framework.errors",
+    "UnknownWorker": "framework.errors",
+    "Server": "framework.server",
+    "Session": "framework.session",
+    "SessionStatus": "policies.types",
+    "Chunk": "workers.chunk",
+}
+
+if TYPE_CHECKING:
+    from framework.errors import (
+        CapacityExceeded,
+        InvalidRequest,
+        SessionClosed,
+        SessionNotFound,
+        TransferError,
+        TurboserveError,
+        UnknownModel,
+        UnknownWorker,
+    )
+    from framework.server import Server
+    from framework.session import Session
+    from policies.types import SessionStatus
+    from workers.chunk import Chunk
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'framework' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "CapacityExceeded",

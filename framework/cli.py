@@ -6,19 +6,17 @@ paper table; ``turboserve replay TRACE --backend live|sim`` replays a trace. Eve
 reads the same ``dask.config`` keys (``--config key=value`` overrides any of them).
 
 The ``experiments`` package sits above ``framework``; it is imported inside functions
-only, so no import loop forms between the two.
+only, so no import loop forms between the two. Everything heavy (dask, torch, diffusers,
+pandas) is imported by the command that needs it, after the arguments are parsed, so
+``turboserve --help``, ``turboserve config`` and the trace parsers answer at once
+(``tests/test_cli_speed.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Callable, Sequence
-
-import dask.config
-
-from framework import config
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -42,6 +40,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> int:
     import yaml
+
+    from framework import config
 
     print(yaml.safe_dump(config.resolved(), sort_keys=False), end="")
     return 0
@@ -106,6 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``turboserve`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    import logging
+
+    import dask.config
+
+    from framework import config
+
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

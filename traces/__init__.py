@@ -9,15 +9,38 @@ The package imports nothing of the rest of the project (it is on the lowest floo
 True
 """
 
-from traces.distributions import Dist, Family
-from traces.generator import generate
-from traces.spec import ClientSpec, RateWindows, Variant, WorkloadSpec
-from traces.spec_io import load_spec, spec_from_dict, spec_to_dict
-from traces.io import iter_events, read_trace, session_table, sessions, validate, write_trace
-from traces.rates import Constant, Diurnal, FlashCrowd, Product
-from traces.scenarios import SCENARIOS, scenario
-from traces.schema import COLUMNS, ChunkShape, EventKind, SessionSummary, TraceError, TraceEvent
-from traces.stats import TraceStats, concurrency, plot_trace, trace_stats
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562): `turboserve --help` and the trace commands' parsers
+# load without pandas and numpy.
+_EXPORTS = {
+    **dict.fromkeys(("Dist", "Family"), "traces.distributions"),
+    "generate": "traces.generator",
+    **dict.fromkeys(("ClientSpec", "RateWindows", "Variant", "WorkloadSpec"), "traces.spec"),
+    **dict.fromkeys(("load_spec", "spec_from_dict", "spec_to_dict"), "traces.spec_io"),
+    **dict.fromkeys(("iter_events", "read_trace", "session_table", "sessions", "validate", "write_trace"), "traces.io"),
+    **dict.fromkeys(("Constant", "Diurnal", "FlashCrowd", "Product"), "traces.rates"),
+    **dict.fromkeys(("SCENARIOS", "scenario"), "traces.scenarios"),
+    **dict.fromkeys(("COLUMNS", "ChunkShape", "EventKind", "SessionSummary", "TraceError", "TraceEvent"), "traces.schema"),
+    **dict.fromkeys(("TraceStats", "concurrency", "plot_trace", "trace_stats"), "traces.stats"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'traces' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "COLUMNS", "SCENARIOS", "ChunkShape", "ClientSpec", "Constant", "Diurnal", "Dist",
