@@ -61,6 +61,7 @@ from policies.semantics import (
 from policies.types import (
     Action,
     BatchLatencyModel,
+    FormGroup,
     Migrate,
     Offload,
     Place,
@@ -70,6 +71,7 @@ from policies.types import (
     ScaleTo,
     SessionStatus,
     Snapshot,
+    SplitGroup,
     WorkerStatus,
 )
 
@@ -128,6 +130,10 @@ class Mechanisms(Protocol):
     def undrain(self, worker: str) -> None:
         """Put a drained worker back in service."""
 
+    # Optional (parallel groups; a runtime without them leaves both out):
+    #   parallel_groups() -> list[policies.types.ParallelGroup]   the groups of degree > 1
+    #   async set_parallelism(workers, degree)                     FormGroup (len(workers)) / SplitGroup (1)
+
 
 class _LiveFacts:
     """The cluster as :func:`policies.semantics.check` reads it, for one tick (or one action)."""
@@ -139,6 +145,7 @@ class _LiveFacts:
         self._workers = set(m.workers())
         self._starting = loop.starting(self._workers)
         self.min_workers = loop.settings.minimum
+        self._group = {w: g.workers for g in loop.groups() for w in g.workers}
 
     def session(self, session_id: str) -> SessionFacts | None:
         rec = self._records.get(session_id)
@@ -156,7 +163,8 @@ class _LiveFacts:
     def worker(self, address: str) -> WorkerFacts | None:
         if address in self._workers:
             retiring = address in self._loop.retiring
-            return WorkerFacts(WorkerStatus.DRAINING if retiring else WorkerStatus.RUNNING, drains_itself=retiring)
+            return WorkerFacts(WorkerStatus.DRAINING if retiring else WorkerStatus.RUNNING, drains_itself=retiring,
+                               group=self._group.get(address, ()))
         if address.startswith("starting-") and address[len("starting-"):].isdigit():
             if int(address[len("starting-"):]) < self._starting:
                 return WorkerFacts(WorkerStatus.STARTING)
@@ -198,6 +206,7 @@ class ControlLoop:
         self.target: int | None = None  # workers asked of the cluster manager
         self.retiring: set[str] = set()  # Retire accepted: draining, then closed by the cluster manager
         self.drained: set[str] = set()  # drain finished: ready to close
+        self._regroups: set[asyncio.Task] = set()  # FormGroup / SplitGroup being applied
         self.decisions: deque[Decision] = deque(maxlen=LOG_LIMIT)
         self.intervals: deque[tuple] = deque(maxlen=LOG_LIMIT)
         self.counters: Counter[str] = Counter()
@@ -362,6 +371,8 @@ class ControlLoop:
         m = self.mechanisms
         if isinstance(action, Retire):
             return self._retire(action)
+        if isinstance(action, (FormGroup, SplitGroup)):
+            return self._regroup(action)
         if isinstance(action, Reject):
             raise ActionRefused(Refusal.REJECT_BY_EXECUTOR,
                                 "live admission follows turboserve.admission.on-full; the runtime refuses or queues")
@@ -435,6 +446,32 @@ class ControlLoop:
         self._drains[addr] = asyncio.get_running_loop().create_task(self._drain(addr))
         return None
 
+    def _regroup(self, action: FormGroup | SplitGroup) -> str | None:
+        set_parallelism = getattr(self.mechanisms, "set_parallelism", None)
+        if set_parallelism is None:
+            raise ActionRefused(Refusal.UNKNOWN_ACTION, "this runtime has no parallel groups")
+        degree = len(action.workers) if isinstance(action, FormGroup) else 1
+        task = asyncio.get_running_loop().create_task(self._run_regroup(action, set_parallelism(action.workers, degree)))
+        self._regroups.add(task)
+        task.add_done_callback(self._regroups.discard)
+        return None
+
+    async def _run_regroup(self, action: FormGroup | SplitGroup, coro: Any) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the runtime kept the old layout; the next tick sees it
+            self.counters["failed_actions"] += 1
+            logger.warning("applying %r failed: %r", action, exc, exc_info=True)
+        finally:
+            self.kick()
+
+    def groups(self) -> list[Any]:
+        """The runtime's parallel groups now (none when it has no such mechanism)."""
+        groups = getattr(self.mechanisms, "parallel_groups", None)
+        return [] if groups is None else list(groups())
+
     async def _drain(self, addr: str) -> None:
         try:
             # Wait for actions in flight that touch this worker (a migration into it).
@@ -472,7 +509,7 @@ class ControlLoop:
         now = self.clock() if now is None else now
         s = self.settings
         live = sorted(self.mechanisms.workers())
-        return build_snapshot(
+        snap = build_snapshot(
             now_s=self._trace_s(now),
             workers=[(a, self.worker_log.get(a, [now])[0]) for a in live],
             retiring=self.retiring,
@@ -490,6 +527,8 @@ class ControlLoop:
             max_workers=s.maximum,
             worker_startup_s=s.worker_startup_s,
         )
+        groups = tuple(self.groups())
+        return replace(snap, groups=groups) if groups else snap
 
     def choose(self, session_id: str, exclude: Collection[str] = (), max_sessions: int | None = None) -> str | None:
         """Admission: the worker the placement policy gives ``session_id`` now, or None.

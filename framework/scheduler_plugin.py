@@ -470,6 +470,10 @@ class TurboserveScheduler(SchedulerPlugin):
         """The target the next poll of the Adaptive returns."""
         self._adaptive_target = n
 
+    def parallel_groups(self) -> list[Any]:
+        """The parallel groups of degree > 1 (:class:`policies.types.ParallelGroup`)."""
+        return self.groups.groups() if self.groups is not None else []
+
     async def set_parallelism(self, workers: tuple[str, ...], degree: int) -> None:
         """Form a group of ``workers`` (``degree == len(workers)``) or split theirs (``degree == 1``)."""
         await self.groups.set_parallelism(degree, list(workers))
