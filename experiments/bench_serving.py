@@ -13,8 +13,11 @@ compared with (the machine is shared and noisy: compare within a run, not across
    soon as it has the last one. *Back to back*: rounds of ``S`` ``submit()`` calls made
    one after the other, then all results. The bare reference is ``model.step`` over
    ``S / W`` sessions in this process, with one torch thread like a worker; live and
-   bare alternate in blocks (two chunks per session, two bare steps) and the rates are
-   totals over the blocks. For ``W = 2`` the bare rate is doubled (two workers run in
+   bare alternate in blocks (``--block`` chunks per session, as many bare steps) and the
+   rates are totals over the blocks. A live block starts with the engines idle and
+   counts the chunks the engines made within it: a step still running when a block
+   ends (a chunk made ahead of its request) counts for no block, so short blocks
+   understate the live rate. For ``W = 2`` the bare rate is doubled (two workers run in
    parallel on two cores, which assumes nothing else runs). Printed per row: live and
    bare chunks/s and their ratio, the mean batch the engines formed (steps and chunks
    from their counters) against the batch the simulator assumes (every due session of a
@@ -72,6 +75,7 @@ class Row:
     p50_ms: float
     max_ms: float
     steps_per_round: float | None = None
+    busy: float = float("nan")
 
     def line(self) -> str:
         overhead = 1e3 * (1 / self.live_rate - 1 / self.bare_rate)
@@ -80,25 +84,39 @@ class Row:
             f"  W={self.workers} S={self.sessions} {self.mode:12s} live {self.live_rate:6.2f}  bare {self.bare_rate:6.2f}"
             f"  ratio {self.live_rate / self.bare_rate:5.2f}x  mean batch {self.mean_batch:4.2f} / {self.assumed_batch:4.2f}"
             f" ({self.mean_batch / self.assumed_batch:4.2f}x)  latency p50 {self.p50_ms:6.0f} max {self.max_ms:6.0f} ms"
-            f"  overhead {overhead:+6.1f} ms/chunk{rounds}"
+            f"  overhead {overhead:+6.1f} ms/chunk  engine busy {100 * self.busy:3.0f}%{rounds}"
         )
 
 
-def _engine_counts(server) -> dict[str, tuple[int, int]]:
+def _engine_counts(server) -> dict[str, tuple[int, int, float]]:
     from workers.plugin import get_host
 
     def counts(dask_worker):
         m = get_host(dask_worker).metrics().get("tiny")
-        return (0, 0) if m is None else (m.steps, m.chunks)
+        return (0, 0, 0.0) if m is None else (m.steps, m.chunks, m.busy_s)
 
     return server.client.run(counts)
 
 
-def _mean_batch(before: dict, after: dict, workers: list[str]) -> float:
+def _deltas(before: dict, after: dict, workers: list[str]) -> tuple[int, int, float]:
     # A worker that restarted in between (it lost its counters) counts for nothing.
-    steps = sum(after.get(w, (0, 0))[0] - before.get(w, (0, 0))[0] for w in workers if w in after and w in before)
-    chunks = sum(after.get(w, (0, 0))[1] - before.get(w, (0, 0))[1] for w in workers if w in after and w in before)
-    return chunks / steps if steps else 0.0
+    both = [w for w in workers if w in after and w in before]
+    return tuple(sum(after[w][i] - before[w][i] for w in both) for i in range(3))
+
+
+def _wait_idle(server, workers: list[str], timeout: float = 120.0) -> None:
+    """Until the engines of ``workers`` have nothing left to make (chunks made ahead included)."""
+    from workers.plugin import get_host
+
+    def idle(dask_worker):
+        engine = get_host(dask_worker)._engines.get("tiny")
+        return engine is None or engine.idle()
+
+    deadline = time.monotonic() + timeout
+    while not all(server.client.run(idle, workers=workers).values()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the engines of {workers} did not go idle in {timeout} s")
+        time.sleep(0.02)
 
 
 async def _closed_loop(sessions, n: int) -> list[tuple[float, object]]:
@@ -113,29 +131,33 @@ async def _closed_loop(sessions, n: int) -> list[tuple[float, object]]:
     return [x for xs in await asyncio.gather(*(one(s) for s in sessions)) for x in xs]
 
 
-def run_config(server, bare: BareModel, workers: list[str], n_sessions: int, chunks: int, seed0: int) -> list[Row]:
+def run_config(server, bare: BareModel, workers: list[str], n_sessions: int, chunks: int, seed0: int,
+               block: int = 4) -> list[Row]:
     """Closed-loop and back-to-back rows for ``n_sessions`` on ``workers``.
 
-    Live and bare alternate in blocks of two chunks per session and two bare steps, so
+    Live and bare alternate in blocks of ``block`` chunks per session and as many bare steps, so
     that a change in the machine's load hits both sides alike; the rates are totals
-    over the blocks.
+    over the blocks. A live block starts with the engines idle and its rate counts the
+    chunks the engines made within it (so chunks made ahead of their request after a
+    block ends count for no block, and no engine works while the bare model runs).
     """
     sessions = [server.open_session(PROMPT, seed=seed0 + i, worker=workers[i % len(workers)])
                 for i in range(n_sessions)]
     per_worker = max(1, n_sessions // len(workers))
     assumed = n_sessions / len(workers)
-    block = 2
     rows = []
     try:
         server.client.sync(_closed_loop, sessions, 1)  # warm-up: every session made a chunk
         for mode in ("closed-loop", "back-to-back"):
-            before = _engine_counts(server)
             live_s, bare_s, bare_chunks = 0.0, 0.0, 0
+            made, steps, busy_s = 0, 0, 0.0
             got, starts = [], []
             for _ in range(max(1, chunks // block)):
+                _wait_idle(server, workers)
                 for _ in range(block):
                     bare_s += bare.step_s(per_worker)
                     bare_chunks += per_worker
+                before = _engine_counts(server)
                 t0 = time.perf_counter()
                 if mode == "closed-loop":
                     got += server.client.sync(_closed_loop, sessions, block)
@@ -147,14 +169,17 @@ def run_config(server, bare: BareModel, workers: list[str], n_sessions: int, chu
                         wall = time.perf_counter() - t_round
                         got += [(wall, c) for c in done]
                         starts.append(len({(c.worker, c.t_start_s) for c in done}) / len(workers))
+                after = _engine_counts(server)
                 live_s += time.perf_counter() - t0
-            after = _engine_counts(server)
+                d_steps, d_chunks, d_busy = _deltas(before, after, workers)
+                steps, made, busy_s = steps + d_steps, made + d_chunks, busy_s + d_busy
             bare_rate = bare_chunks / bare_s * len(workers)
             latencies = [1e3 * w for w, _ in got]
-            rows.append(Row(len(workers), n_sessions, mode, len(got) / live_s, bare_rate,
-                            _mean_batch(before, after, workers), assumed,
+            busy = busy_s / (live_s * len(workers))
+            rows.append(Row(len(workers), n_sessions, mode, made / live_s, bare_rate,
+                            made / steps if steps else 0.0, assumed,
                             statistics.median(latencies), max(latencies),
-                            statistics.mean(starts) if starts else None))
+                            statistics.mean(starts) if starts else None, busy))
             print(rows[-1].line(), flush=True)
     finally:
         for s in sessions:
@@ -207,7 +232,32 @@ def main() -> None:
     parser.add_argument("--slo-s", type=float, default=None,
                         help="per-chunk deadline (turboserve.slo-s); default: the configured one. The engine "
                              "does not wait for a batch that would make a chunk miss a deadline it can meet")
+    parser.add_argument("--block", type=int, default=4,
+                        help="chunks per session in one live block, between bare blocks (default 4)")
+    parser.add_argument("--prearm", default=None,
+                        help="engine.prearm-chunks values, one cluster each, e.g. 0,1 (default: the configured one)")
+    parser.add_argument("--load", type=int, default=0,
+                        help="start this many busy-loop processes for the whole run, to measure the path on a "
+                             "loaded machine reproducibly (default 0)")
     args = parser.parse_args()
+    hogs = _start_load(args.load)
+    try:
+        _run(args)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def _start_load(n: int) -> list:
+    """``n`` processes that spin a core each (the benchmark's own, ended with it)."""
+    import subprocess
+    import sys
+
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def _run(args: argparse.Namespace) -> None:
     counts = [int(x) for x in args.sessions.split(",")]
     worker_counts = [int(x) for x in args.workers.split(",")]
 
@@ -218,27 +268,34 @@ def main() -> None:
 
     if args.slo_s is not None:
         dask.config.set({"turboserve.slo-s": args.slo_s})
+    if args.prearm is None:
+        args.prearm = str(dask.config.get("turboserve.engine.prearm-chunks"))
 
-    print(f"model {args.model!r}, engine: batch-window-s {dask.config.get('turboserve.engine.batch-window-s')}, "
+    print(f"busy-loop processes: {args.load}; model {args.model!r}, engine: batch-window-s {dask.config.get('turboserve.engine.batch-window-s')}, "
           f"max-batch {dask.config.get('turboserve.engine.max-batch')}, "
           f"slo {dask.config.get('turboserve.slo-s')} (null: chunk playback time)", flush=True)
     bare = BareModel(args.model, [1] + [max(1, s // w) for s in counts for w in worker_counts if s >= w])
-    # No periodic checkpoints (checkpoint_every=0): the rows compare the engine with the model.
-    with Server.local(n_workers=max(worker_counts), model=args.model, dashboard_address=":0",
-                      checkpoint_every=0) as server:
-        if not args.skip_env:
-            with Server.local(n_workers=1, model=args.model, dashboard_address=":0", checkpoint_every=0,
-                              worker_class=Nanny) as plain:
-                environment(server, plain, bare, args.chunks)
-        print(f"chunk rate against the bare batched model (chunks/s; {args.chunks} chunks per session):", flush=True)
-        all_workers = server.workers()
-        seed = 0
-        for w in worker_counts:
-            for s in counts:
-                if s < w:  # fewer sessions than workers: the W=1 row says it
-                    continue
-                run_config(server, bare, all_workers[:w], s, args.chunks, seed)
-                seed += s
+    env_done = args.skip_env
+    for prearm in [int(x) for x in args.prearm.split(",")]:
+        # No periodic checkpoints (checkpoint_every=0): the rows compare the engine with the model.
+        with dask.config.set({"turboserve.engine.prearm-chunks": prearm}), Server.local(
+            n_workers=max(worker_counts), model=args.model, dashboard_address=":0", checkpoint_every=0, adaptive=False
+        ) as server:
+            if not env_done:
+                env_done = True
+                with Server.local(n_workers=1, model=args.model, dashboard_address=":0", checkpoint_every=0, adaptive=False,
+                                  worker_class=Nanny) as plain:
+                    environment(server, plain, bare, args.chunks)
+            print(f"chunk rate against the bare batched model (chunks/s; {args.chunks} chunks per session; "
+                  f"engine.prearm-chunks {prearm}):", flush=True)
+            all_workers = server.workers()
+            seed = 0
+            for w in worker_counts:
+                for s in counts:
+                    if s < w:  # fewer sessions than workers: the W=1 row says it
+                        continue
+                    run_config(server, bare, all_workers[:w], s, args.chunks, seed, args.block)
+                    seed += s
 
 
 if __name__ == "__main__":

@@ -30,6 +30,15 @@ Waiting for the session that was just served is also what aligns phases: session
 requests follow their deliveries (a closed loop) come out of one step together and so
 ask again together.
 
+**Made ahead.** A session whose next chunk is not asked for yet but may be made ahead
+(the viewer still plays the previous one; the engine's ``prearm-chunks``) is *ahead*:
+nobody waits for it while chunks are due. ``decide_batch`` counts such sessions
+(``ahead``) towards a full batch, and :func:`join_ahead` says how many of them join a
+step of due chunks. With nothing due, the caller passes them as ready chunks with no
+deadline (``inf``): a step of chunks made ahead waits in the window for the worker's
+other sessions like any step, so made-ahead steps keep sessions in phase too. The simulator's phase alignment (``experiments.sim.alignment``) is the same
+:func:`join_ahead`, over its sessions' predicted requests.
+
 Examples
 --------
 >>> step = lambda b: 0.1 * b
@@ -108,6 +117,7 @@ def decide_batch(
     window_s: float,
     max_batch: int,
     free_s: float = -math.inf,
+    ahead: int = 0,
 ) -> BatchDecision:
     """Start the next step now or wait (see the module docstring for the rule).
 
@@ -130,17 +140,21 @@ def decide_batch(
     free_s : float
         When the device became free (the end of the last step); the window ends no
         earlier than ``window_s`` after it.
+    ahead : int
+        Sessions whose next chunk may be made ahead of its request, not waited for:
+        they count towards a full batch and the largest one (how many join:
+        :func:`join_ahead`).
     """
     if not ready_s:
         return BatchDecision(False, None, "idle")
     n_ready = len(ready_s)
-    if n_ready >= max_batch:
+    if n_ready + ahead >= max_batch:
         return BatchDecision(True, None, "full")
     window_end = max(max(ready_s), free_s) + window_s
     joinable = [t for t in expected_s if now - window_s <= t <= window_end]
     if window_s <= 0 or not joinable:
         return BatchDecision(True, None, "alone")
-    largest = min(max_batch, n_ready + len(expected_s))
+    largest = min(max_batch, n_ready + ahead + len(expected_s))
     alone = step_s(n_ready)  # (d - step >= now, not now + step <= d: the same rounding as `latest`)
     meetable = [d for d in deadlines_s if d - alone >= now]
     latest = min(meetable) - step_s(largest) if meetable else math.inf
@@ -151,3 +165,93 @@ def decide_batch(
     if latest < window_end:
         return BatchDecision(False, latest, "deadline")
     return BatchDecision(False, window_end, "window")
+
+
+def join_ahead(
+    now: float,
+    *,
+    deadlines_s: Sequence[float],
+    candidates_s: Sequence[float],
+    slo_s: float,
+    n_active: int,
+    max_batch: int,
+    step_s: Callable[[int], float],
+) -> int:
+    """How many sessions whose chunk may be made ahead join a step that starts at ``now``.
+
+    ``deadlines_s``: the due chunks' deadlines; ``candidates_s``: the sessions that may
+    join, as their predicted next request, soonest first (they join in that order, so
+    the answer ``k`` means the first ``k``). A candidate joins only while
+
+    - the step has room (``max_batch``);
+    - batching pays: one more session costs at most half a batch-1 step (the first
+      joiner of a step with nothing due always does: that step is its own);
+    - the step still ends by the deadline of every due chunk that would meet it without
+      the joins (a chunk late anyway constrains nothing), unless waiting for the next
+      step (of the worker's ``n_active`` sessions) would make the candidate's chunk
+      (due at its request plus ``slo_s``) later than the join makes theirs: the worst
+      lateness of the two stays the lower.
+
+    ``step_s(n)`` is the predicted step time of ``n`` sessions. The live engine and the
+    simulator's phase alignment both call this.
+
+    >>> step = lambda n: 0.1 + 0.02 * n
+    >>> join_ahead(0.0, deadlines_s=[1.0], candidates_s=[0.3, 0.4], slo_s=0.75,
+    ...            n_active=3, max_batch=8, step_s=step)
+    2
+    >>> join_ahead(0.0, deadlines_s=[0.13], candidates_s=[0.3], slo_s=0.75,
+    ...            n_active=2, max_batch=8, step_s=step)
+    0
+    """
+    n = len(deadlines_s)
+    end = now + step_s(n) if n else now
+    limit = min((d for d in deadlines_s if d >= end), default=math.inf)
+    pays = 0.5 * step_s(1)
+    next_step = step_s(min(n_active, max_batch))
+    joined = 0
+    for t_req in candidates_s:
+        if n >= max_batch:
+            break
+        t_next = step_s(n + 1)
+        if n and t_next - step_s(n) > pays:
+            break
+        imposed = now + t_next - limit  # lateness the join puts on a due chunk
+        if imposed > 0 and imposed > end + next_step - (t_req + slo_s):
+            break
+        joined += 1
+        n += 1
+        end = now + t_next
+    return joined
+
+
+def step_estimate(measured: dict[int, float]) -> Callable[[int], float]:
+    """A central estimate of the step time of batch ``b`` from measured ``{batch: seconds}``.
+
+    Linear between measured batches, the smallest one's below it, and beyond the largest
+    along the slope of the last two (flat with one measurement: until a larger batch is
+    measured, joining looks free, and the next step measures it). Nothing measured:
+    ``inf``. For :func:`join_ahead`'s marginal costs, where :func:`step_bound`'s steps
+    between measured sizes would make every join look dear or free.
+
+    >>> f = step_estimate({1: 0.1, 4: 0.4})
+    >>> round(f(2), 3), round(f(8), 3), f(1)
+    (0.2, 0.8, 0.1)
+    >>> step_estimate({2: 0.3})(8)
+    0.3
+    """
+    sizes = sorted(measured)
+
+    def estimate(b: int) -> float:
+        if not sizes:
+            return math.inf
+        if b <= sizes[0]:
+            return measured[sizes[0]]
+        for lo, hi in zip(sizes, sizes[1:]):
+            if b <= hi:
+                return measured[lo] + (measured[hi] - measured[lo]) * (b - lo) / (hi - lo)
+        if len(sizes) == 1:
+            return measured[sizes[0]]
+        lo, hi = sizes[-2], sizes[-1]
+        return measured[hi] + max(0.0, measured[hi] - measured[lo]) * (b - hi) / (hi - lo)
+
+    return estimate

@@ -15,7 +15,13 @@ which is what migration and suspension need.
 When a step starts is :func:`workers.batching.decide_batch`'s call: a small batching
 window, bounded by the deadlines of the chunks already due, lets requests that are about
 to arrive (the sessions served by the last step, whose clients ask again at once) join
-the step, which also keeps the sessions of a worker in phase. Flow control: a session
+the step, which also keeps the sessions of a worker in phase. **Made ahead**: a session
+that asked for its chunks may have the next ``prearm_chunks`` made before it asks (a
+viewer plays one chunk while the next is made; a closed-loop client finds its next chunk
+in the making instead of leaving the device idle for its round trip); such chunks join a
+step of due chunks by :func:`workers.batching.join_ahead` (the simulator's phase
+alignment, same rule) and run as a step of their own only when nothing is due. Flow
+control: a session
 whose reader is ``max_unread`` chunks behind gets no more chunks until it reads. The
 quality valve: with more due sessions than ``valve_batch``, a step runs with
 ``valve_steps`` denoising steps and its chunks are marked degraded.
@@ -36,7 +42,7 @@ import dask.config
 import numpy as np
 
 from kernels.state import SessionState
-from workers.batching import BatchDecision, decide_batch, step_bound
+from workers.batching import BatchDecision, decide_batch, join_ahead, step_bound, step_estimate
 from workers.chunk import Chunk
 from workers.errors import SessionNotFound
 
@@ -81,6 +87,11 @@ class EngineSettings:
     batch_invariant : bool
         The model computes each session's chunk bit-identically whatever it is batched
         with (``kernels.model``; the worker builds its models with it).
+    prearm_chunks : int
+        Chunks of a session made ahead of its requests (0: none): while its client is
+        reading (it asked, and did not pause), the next ones are made when the device
+        has room, within ``max_unread``. At most this many chunks are made that nobody
+        asks for when a session stops.
     """
 
     max_batch: int = 8
@@ -93,6 +104,7 @@ class EngineSettings:
     valve_batch: int = 0
     valve_steps: int = 2
     batch_invariant: bool = True
+    prearm_chunks: int = 1
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -109,6 +121,8 @@ class EngineSettings:
             raise ValueError(f"max_unread must be >= 0 (0: unbounded), got {self.max_unread}")
         if self.valve_batch < 0:
             raise ValueError(f"valve_batch must be >= 0 (0: valve off), got {self.valve_batch}")
+        if self.prearm_chunks < 0:
+            raise ValueError(f"prearm_chunks must be >= 0 (0: nothing made ahead), got {self.prearm_chunks}")
         if self.valve_steps < 1:
             raise ValueError(f"valve_steps must be >= 1 denoising step, got {self.valve_steps}")
 
@@ -141,6 +155,7 @@ class EngineSettings:
             "valve_batch": int(get("turboserve.engine.quality-valve.batch")),
             "valve_steps": int(get("turboserve.engine.quality-valve.steps")),
             "batch_invariant": bool(get("turboserve.engine.batch-invariant")),
+            "prearm_chunks": int(get("turboserve.engine.prearm-chunks")),
         }
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)
@@ -185,12 +200,15 @@ class EngineMetrics:
         Chunks made under the quality valve.
     waits : int
         Times a due step waited in the batching window.
+    busy_s : float
+        Seconds spent in model steps (against wall time: how busy the device was).
     """
 
     steps: int
     chunks: int
     degraded_chunks: int
     waits: int
+    busy_s: float = 0.0
 
     @property
     def mean_batch(self) -> float:
@@ -211,9 +229,17 @@ class _Entry:
     pending: list[SessionState] = field(default_factory=list)  # host copies waiting for acks
     t_ready: float = 0.0  # when the reader's acknowledgement last let a blocked session through
     expect: bool = True  # its next request may come any moment (see Engine.decide)
+    reading: bool = False  # its client asked and did not pause: chunks may be made ahead
+    t_ahead: float = 0.0  # when its next chunk last became one that may be made ahead
 
     def due(self, max_unread: int = 0) -> bool:
         if self.state.chunk_index >= self.want:
+            return False
+        return not max_unread or self.state.chunk_index - self.acked < max_unread
+
+    def ahead(self, prearm: int, max_unread: int = 0) -> bool:
+        """Its next chunk is not asked for yet but may be made ahead (``prearm`` beyond ``want``)."""
+        if not self.reading or not self.want <= self.state.chunk_index < self.want + prearm:
             return False
         return not max_unread or self.state.chunk_index - self.acked < max_unread
 
@@ -281,6 +307,8 @@ class Engine:
         self.chunks = 0
         self.degraded_chunks = 0
         self.waits = 0
+        self.busy_s = 0.0
+        self._stepping = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -359,6 +387,8 @@ class Engine:
                 raise SessionNotFound(f"session {session_id!r} is not attached to the engine on {self.worker}")
             for i in range(max(entry.want, entry.state.chunk_index), until):
                 entry.t_request.setdefault(i, now)
+            entry.reading = True
+            entry.t_ahead = now
             if until > entry.want:
                 entry.want = until
                 entry.expect = True
@@ -390,6 +420,7 @@ class Engine:
             entry.want = entry.state.chunk_index
             entry.t_request.clear()
             entry.expect = False
+            entry.reading = False
             return entry.state.chunk_index
 
     def detach(self, session_id: str) -> concurrent.futures.Future:
@@ -412,8 +443,13 @@ class Engine:
             return list(self._entries)
 
     def metrics(self) -> EngineMetrics:
-        """Counters since the engine started (steps, chunks, degraded chunks, waits)."""
-        return EngineMetrics(self.steps, self.chunks, self.degraded_chunks, self.waits)
+        """Counters since the engine started (steps, chunks, degraded chunks, waits, busy seconds)."""
+        return EngineMetrics(self.steps, self.chunks, self.degraded_chunks, self.waits, self.busy_s)
+
+    def idle(self) -> bool:
+        """True when no step runs and none is due or may be made ahead (benchmarks wait for it)."""
+        with self._cond:
+            return not self._stepping and not self._has_work()
 
     # ------------------------------------------------------------ the three stages
 
@@ -426,20 +462,25 @@ class Engine:
         its last request or its last chunk (a closed-loop client asks again as soon as
         it has the chunk; sessions submitted back to back come within milliseconds)
         until a step starts without it: so a session that went quiet costs at most one
-        window, and a paused one none.
+        window, and a paused one none. Sessions whose next chunk may be made ahead are
+        not waited for while chunks are due (they join by :func:`join_ahead` in
+        :meth:`schedule`); with nothing due they are the step's chunks, ready since
+        they became so, with no deadline.
         """
         now = time.time() if now is None else now
         cfg = self.settings
         if not cfg.batching:
             due = self._has_due()
             return BatchDecision(due, None, "alone" if due else "idle")
-        ready, deadlines, expected = [], [], []
+        ready, deadlines, expected, ahead = [], [], [], []
         with self._cond:
             for e in self._entries.values():
                 if e.due(cfg.max_unread):
                     t_req = e.t_request.get(e.state.chunk_index, now)
                     ready.append(max(t_req, e.t_ready))
                     deadlines.append(t_req + cfg.deadline_s)
+                elif e.ahead(cfg.prearm_chunks, cfg.max_unread):
+                    ahead.append(max(e.t_ahead, e.t_ready))
                 elif e.expect:
                     expected.append(now)
                 else:
@@ -450,7 +491,9 @@ class Engine:
         max_batch = min(cfg.max_batch, self._memory_cap())
         window = cfg.batch_window_s
         if cfg.batch_window_share and measured and window:
-            window = max(window, cfg.batch_window_share * step_s(min(max_batch, len(ready) + len(expected))))
+            window = max(window, cfg.batch_window_share * step_s(min(max_batch, len(ready) + len(ahead) + len(expected))))
+        if not ready:  # nothing due: a step of chunks made ahead, waited for like any step, no deadline
+            ready, deadlines, ahead = ahead, [math.inf] * len(ahead), []
         return decide_batch(
             now,
             ready_s=ready,
@@ -460,31 +503,47 @@ class Engine:
             window_s=window,
             max_batch=max_batch,
             free_s=free_s,
+            ahead=len(ahead),
         )
 
     def schedule(self) -> StepPlan:
         """Pick the due sessions for the next step, oldest outstanding request first.
 
         At most ``max_batch`` (1 without batching, fewer if device memory is short),
-        all of the oldest request's resolution (a step runs one resolution). With more
-        due sessions than ``valve_batch`` (when set) the step runs ``valve_steps``
-        denoising steps.
+        all of the oldest request's resolution (a step runs one resolution). Sessions
+        whose next chunk may be made ahead fill the step up as far as
+        :func:`workers.batching.join_ahead` allows (least ahead first), or are the
+        step when nothing is due (with batching only). With more due sessions than
+        ``valve_batch`` (when set) the step runs ``valve_steps`` denoising steps.
         """
         cfg = self.settings
         cap = cfg.max_batch if cfg.batching else 1
         cap = min(cap, self._memory_cap())
+        prearm = cfg.prearm_chunks if cfg.batching else 0
+        now = time.time()
         with self._cond:
-            due = [
-                (min(e.t_request.values(), default=0.0), sid, (e.state.height, e.state.width))
-                for sid, e in self._entries.items()
-                if e.due(cfg.max_unread)
-            ]
-        if not due:
+            due, ahead, deadline = [], [], {}
+            for sid, e in self._entries.items():
+                shape = (e.state.height, e.state.width)
+                if e.due(cfg.max_unread):
+                    due.append((min(e.t_request.values(), default=0.0), sid, shape))
+                    deadline[sid] = e.t_request.get(e.state.chunk_index, now) + cfg.deadline_s
+                elif prearm and e.ahead(prearm, cfg.max_unread):
+                    ahead.append((e.state.chunk_index - e.want, sid, shape))
+            measured = dict(self._step_s)
+            n_active = len(self._entries)
+        if not due and not ahead:
             return StepPlan.make_empty()
         due.sort()
+        ahead.sort()
         # One step runs one resolution: the oldest request's, filled up with its peers.
-        shape = due[0][2]
+        shape = due[0][2] if due else ahead[0][2]
         ids = tuple(sid for _, sid, hw in due if hw == shape)[:cap]
+        candidates = [sid for _, sid, hw in ahead if hw == shape]
+        if candidates and len(ids) < cap:
+            k = join_ahead(now, deadlines_s=[deadline[sid] for sid in ids], candidates_s=[now] * len(candidates),
+                           slo_s=cfg.deadline_s, n_active=n_active, max_batch=cap, step_s=step_estimate(measured))
+            ids += tuple(candidates[:k])
         valve = cfg.valve_batch and len(due) > cfg.valve_batch
         return StepPlan(ids, cfg.valve_steps if valve else None)
 
@@ -525,6 +584,7 @@ class Engine:
                 )
                 entry.migrated = False
                 entry.expect = True
+                entry.t_ahead = t_done
                 chunks.append((entry, chunk))
                 if every and self._checkpoint is not None and entry.state.chunk_index % every == 0:
                     ckpt.append((sid, entry))
@@ -586,7 +646,11 @@ class Engine:
             return any(e.due(self.settings.max_unread) for e in self._entries.values())
 
     def _has_work(self) -> bool:
-        return bool(self._commands) or any(e.due(self.settings.max_unread) for e in self._entries.values())
+        cfg = self.settings
+        prearm = cfg.prearm_chunks if cfg.batching else 0
+        return bool(self._commands) or any(
+            e.due(cfg.max_unread) or (prearm and e.ahead(prearm, cfg.max_unread)) for e in self._entries.values()
+        )
 
     def _run(self) -> None:
         wake: float | None = None  # waiting in the batching window until then
@@ -621,7 +685,12 @@ class Engine:
                     for sid, e in self._entries.items():  # until they ask (or are served)
                         if sid not in plan.session_ids:
                             e.expect = False
-                self._step(plan)
+                    self._stepping = True
+                try:
+                    self._step(plan)
+                finally:
+                    with self._cond:
+                        self._stepping = False
 
     def _step(self, plan: StepPlan) -> None:
         measure = self._on_cuda()
@@ -643,6 +712,7 @@ class Engine:
         t_done = time.time()
         with self._cond:
             self._free_s = t_done
+            self.busy_s += t_done - t_start
             if not plan.degraded:
                 last = self._step_s.get(plan.batch_size)
                 took = t_done - t_start

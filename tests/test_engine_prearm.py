@@ -1,0 +1,140 @@
+"""Chunks made ahead of their request (``turboserve.engine.prearm-chunks``).
+
+A session whose client reads has its next chunk made before it asks, when the device
+has room: alone when nothing is due, or joining a step of due chunks as far as
+:func:`workers.batching.join_ahead` (the simulator's phase-alignment rule) allows. The
+engine is driven without its thread (``decide``/``schedule`` called directly), with the
+real ``tiny`` model's states and step times set by the test, so the machine's speed does
+not matter; one test runs the thread.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import time
+
+import pytest
+
+from kernels.model import StreamingVideoModel
+from workers.batching import join_ahead, step_estimate
+from workers.engine import Engine, EngineSettings
+
+
+@pytest.fixture(scope="module")
+def model():
+    return StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
+
+
+def _engine(model, n, **settings):
+    """An engine (thread not started) with ``n`` sessions that each made chunk 0 on request."""
+    engine = Engine(model, "tcp://test", EngineSettings(**settings))
+    for i in range(n):
+        state = model.new_session(f"prompt {i}", i)
+        engine.attach(f"s{i}", state, lambda c: None)
+        engine.request(f"s{i}", 1)
+    model.step([engine._entries[f"s{i}"].state for i in range(n)])  # chunk 0 made: want reached
+    return engine
+
+
+# ------------------------------------------------------------------ the pure rules
+
+
+def test_step_estimate_interpolates_between_measured_batches():
+    f = step_estimate({1: 0.1, 4: 0.4, 8: 0.6})
+    assert f(1) == 0.1 and f(2) == pytest.approx(0.2) and f(6) == pytest.approx(0.5)
+    assert f(10) == pytest.approx(0.7)  # the slope of the last two beyond the largest
+    assert math.isinf(step_estimate({})(1))
+
+
+def test_made_ahead_chunks_join_while_the_due_chunks_keep_their_deadlines():
+    step = lambda n: 1.0 * n  # noqa: E731 - batching does not pay at all ...
+    assert join_ahead(0.0, deadlines_s=[30.0], candidates_s=[0.0], slo_s=30.0, n_active=2, max_batch=8,
+                      step_s=step) == 0
+    step = lambda n: 0.5 + 0.1 * n  # noqa: E731 - ... here it does
+    assert join_ahead(0.0, deadlines_s=[30.0], candidates_s=[0.0] * 3, slo_s=30.0, n_active=4, max_batch=8,
+                      step_s=step) == 3
+    assert join_ahead(0.0, deadlines_s=[30.0], candidates_s=[0.0] * 3, slo_s=30.0, n_active=4, max_batch=2,
+                      step_s=step) == 1  # room
+    # A due chunk that has waited 0.6 s meets its deadline (0.7 s from now) alone (0.6 s)
+    # but not with a join (0.7 s and more): nobody joins it.
+    assert join_ahead(0.0, deadlines_s=[0.65], candidates_s=[0.0], slo_s=1.25, n_active=2, max_batch=8,
+                      step_s=step) == 0
+    # With nothing due the first one is a step of its own, the others join while it pays.
+    assert join_ahead(0.0, deadlines_s=[], candidates_s=[0.0] * 3, slo_s=1.0, n_active=3, max_batch=8,
+                      step_s=lambda n: 1.0 * n) == 1
+
+
+# ------------------------------------------------------------------ the engine's decisions
+
+
+def test_a_reading_session_has_its_next_chunk_made_before_it_asks(model):
+    engine = _engine(model, 1, prearm_chunks=1)
+    assert engine.decide().start
+    assert engine.schedule().session_ids == ("s0",)
+
+
+def test_no_more_than_prearm_chunks_are_made_ahead(model):
+    engine = _engine(model, 1, prearm_chunks=1)
+    model.step([engine._entries["s0"].state])  # chunk 1 made ahead
+    assert not engine.decide().start and engine.schedule().batch_size == 0
+    engine.request("s0", 2)  # the client asks for chunk 1 (already made): chunk 2 may be made ahead
+    assert engine.schedule().session_ids == ("s0",)
+
+
+def test_nothing_is_made_ahead_with_prearm_off_or_after_a_pause(model):
+    engine = _engine(model, 1, prearm_chunks=0)
+    assert not engine.decide().start and engine.schedule().batch_size == 0
+    engine = _engine(model, 1, prearm_chunks=1)
+    engine.hold("s0")
+    assert not engine.decide().start and engine.schedule().batch_size == 0
+
+
+def test_a_made_ahead_step_waits_in_the_window_for_the_others(model):
+    # s0 may be made ahead, s1 was just served and is expected to ask: the step waits
+    # for it (so made-ahead steps keep sessions in phase), with no deadline to bound it.
+    engine = _engine(model, 2, prearm_chunks=1, batch_window_s=0.5)
+    engine.hold("s1")
+    with engine._cond:
+        engine._entries["s1"].expect = True
+        engine._step_s = {1: 0.1, 2: 0.15}
+    decision = engine.decide()
+    assert not decision.start and decision.reason == "window"
+
+
+def test_made_ahead_chunks_join_a_due_step_only_within_the_deadlines(model):
+    for slo, joined in ((30.0, ("s0", "s1")), (3.0, ("s0",))):
+        engine = _engine(model, 2, prearm_chunks=1, deadline_s=slo)
+        with engine._cond:
+            engine._step_s = {1: 1.2, 2: 1.7}
+        # s0 asked for chunk 1 1.5 s ago: alone it is done in 1.2 s (deadline 3 s: 1.5 s
+        # from now), with s1 in 1.7 s, too late; with the generous deadline s1 joins.
+        engine.request("s0", 2, now=time.time() - 1.5)
+        assert engine.decide().start
+        assert engine.schedule().session_ids == joined
+
+
+def test_closed_loop_clients_find_their_next_chunk_made_ahead(model):
+    q: queue.Queue = queue.Queue()
+    engine = Engine(model, "tcp://test", EngineSettings(prearm_chunks=1, deadline_s=30.0)).start()
+    try:
+        for i in range(2):
+            engine.attach(f"s{i}", engine.call(model.new_session, f"p{i}", i).result(), q.put)
+        for i in range(2):
+            engine.request(f"s{i}", 1)
+        got = [q.get(timeout=60) for _ in range(2)]
+        for k in range(1, 4):  # each client asks for chunk k once it has chunk k - 1
+            made = [q.get(timeout=60) for _ in range(2)]  # chunk k arrives unasked
+            assert sorted(c.index for c in made) == [k, k]
+            for c in made:
+                engine.request(c.session_id, k + 1)
+                engine.ack(c.session_id, k)
+            got += made
+        assert all(c.batch_size == 2 for c in got[2:])  # in phase: one step for both
+        time.sleep(0.3)
+        more = []
+        while not q.empty():
+            more.append(q.get())
+        assert sorted(c.index for c in more) == [4, 4]  # one ahead of the last request, no more
+    finally:
+        engine.stop()
