@@ -39,6 +39,7 @@ class ServingSettings:
     offload_tier: str = field(default_factory=lambda: config.get("state.offload-tier"))
     transport: str = field(default_factory=lambda: config.get("state.transport"))  # auto, host, p2p
     transfer_timeout_s: float = field(default_factory=lambda: _seconds(config.get("control.transfer-timeout")))
+    group_timeout_s: float = field(default_factory=lambda: _seconds(config.get("control.group-timeout")))
 
     def __post_init__(self) -> None:
         if self.on_full not in ("refuse", "queue"):
@@ -49,6 +50,8 @@ class ServingSettings:
             raise ValueError(f"transport must be 'auto', 'host' or 'p2p', got {self.transport!r}")
         if not self.transfer_timeout_s > 0:
             raise ValueError(f"control.transfer-timeout must be > 0 seconds, got {self.transfer_timeout_s!r}")
+        if not self.group_timeout_s > 0:
+            raise ValueError(f"control.group-timeout must be > 0 seconds, got {self.group_timeout_s!r}")
         if self.max_sessions_per_worker < 1:
             raise ValueError(f"admission.max-sessions-per-worker must be >= 1, got {self.max_sessions_per_worker}")
 
@@ -67,6 +70,7 @@ class ServingSettings:
             "offload_tier": config.get("state.offload-tier"),
             "transport": config.get("state.transport"),
             "transfer_timeout_s": _seconds(config.get("control.transfer-timeout")),
+            "group_timeout_s": _seconds(config.get("control.group-timeout")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["store"] is not None:
