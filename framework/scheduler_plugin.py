@@ -338,6 +338,12 @@ class TurboserveScheduler(SchedulerPlugin):
         it leaves or :meth:`undrain` puts it back in service.
         """
         self._check_worker(worker)
+        group = self.groups.group_of(worker) if self.groups is not None else None
+        if group is not None:
+            from framework.errors import WorkerInGroup
+
+            raise WorkerInGroup(f"worker {worker} is in parallel group {group.group_id!r} ({list(group.workers)}); "
+                                f"split it first: server.set_parallelism(1, {list(group.workers)})")
         self._draining.add(worker)
         moved, suspended = [], []
         try:

@@ -91,6 +91,8 @@ def test_bad_requests_are_refused_with_typed_errors_and_change_nothing(server):
     try:
         with pytest.raises(WorkerInGroup, match="split a group whole"):
             server.set_parallelism(1, [workers[1]])
+        with pytest.raises(WorkerInGroup, match="split it first"):
+            server.drain(workers[1])  # a follower: retiring it would end the group under its sessions
         assert not server.set_parallelism(2, workers)["formed"]  # already so: nothing to do
     finally:
         server.set_parallelism(1, workers)
