@@ -47,6 +47,24 @@ def _unwrap(value: Any) -> Any:
     return value
 
 
+def choose_backend(devices: Sequence[dict[str, Any]]) -> str:
+    """``nccl`` when every member is a distinct CUDA device with NCCL, else ``gloo``.
+
+    ``devices`` are the members' answers (``device``, ``key``: the physical device,
+    ``nccl``: available). Several ranks on one GPU, or any CPU member, use gloo (CUDA
+    tensors then go through host memory).
+
+    >>> choose_backend([{"device": "cuda:0", "key": "h/cuda/A", "nccl": True},
+    ...                 {"device": "cuda:0", "key": "h/cuda/B", "nccl": True}])
+    'nccl'
+    >>> choose_backend([{"device": "cpu", "key": "h/cpu", "nccl": False}] * 2)
+    'gloo'
+    """
+    cuda = all(str(d["device"]).startswith("cuda") and d["nccl"] for d in devices)
+    distinct = len({d["key"] for d in devices}) == len(devices)
+    return "nccl" if cuda and distinct else "gloo"
+
+
 def plan_groups(
     degree: int,
     workers: Sequence[str],
@@ -242,9 +260,10 @@ class ParallelGroups:
         t0 = time.perf_counter()
         lead = members[0]
         where = await self._call(lead, "port", group_id)
+        backend = choose_backend(await asyncio.gather(*(self._call(w, "device", group_id) for w in members)))
         joins = [
             self._call(w, "join", group_id, rank=r, degree=len(members), address=where["host"], port=where["port"],
-                       model=model, followers=list(members[1:]) if r == 0 else [], backend="gloo",
+                       model=model, followers=list(members[1:]) if r == 0 else [], backend=backend,
                        timeout_s=self.timeout_s)
             for r, w in enumerate(members)
         ]
@@ -302,4 +321,4 @@ class ParallelGroups:
         return row
 
 
-__all__ = ["ParallelGroups", "plan_groups"]
+__all__ = ["ParallelGroups", "choose_backend", "plan_groups"]

@@ -134,3 +134,13 @@ def test_a_follower_dying_loses_no_session_it_restarts_from_its_checkpoint(tmp_p
         kinds = [e["kind"] for e in s.events()]
         assert "restored" in kinds or "regenerated" in kinds, kinds
         s.close()
+
+
+def test_a_group_uses_nccl_only_between_distinct_cuda_devices():
+    from framework.parallelism import choose_backend
+
+    gpu = lambda key: {"device": "cuda:0", "key": f"host/cuda/{key}", "nccl": True}  # noqa: E731
+    assert choose_backend([gpu("A"), gpu("B"), gpu("C"), gpu("D")]) == "nccl"
+    assert choose_backend([gpu("A"), gpu("A")]) == "gloo"  # two ranks on one GPU: NCCL refuses
+    assert choose_backend([gpu("A"), {"device": "cpu", "key": "host/cpu", "nccl": True}]) == "gloo"
+    assert choose_backend([{**gpu("A"), "nccl": False}, gpu("B")]) == "gloo"

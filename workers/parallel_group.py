@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from distributed.protocol import to_serialize
 
 from kernels.parallel import ParallelModel, RankGroup, connect_group, layout, merge_shards, shard_state
@@ -271,6 +272,13 @@ async def _dispatch(worker: Any, action: str, group_id: str, **kw: Any) -> Any:
 
         host = worker.address.split("://")[-1].rsplit(":", 1)[0]
         return {"host": host, "port": free_port(host)}
+    if action == "device":  # what the backend choice needs to know of each member
+        import torch.distributed as dist
+
+        from workers.p2p_group import device_key
+
+        device = get_host(worker).device
+        return {"device": device, "key": device_key(device), "nccl": dist.is_nccl_available()}
     if action == "join":
         return await _join(worker, get_host(worker), roles, group_id, **kw)
     if action == "abandon":  # a follower died: drop every session (the scheduler recovers them)
@@ -332,8 +340,9 @@ async def _join(
         raise InvalidRequest(f"worker {worker.address} is already in group {group_id!r}")
     engine = host.engine(model)
     t0 = time.perf_counter()
+    device = torch.device(host.device) if backend == "nccl" else None
     group = await asyncio.to_thread(connect_group, address, port, rank, degree, backend=backend,
-                                    group_id=group_id, timeout_s=timeout_s)
+                                    group_id=group_id, timeout_s=timeout_s, device=device)
     joined_s = time.perf_counter() - t0
     if rank:
         roles[group_id] = FollowerRank(group_id, engine.model, group, timeout_s)
