@@ -176,9 +176,10 @@ def test_degree_1_is_the_plain_model_bit_for_bit():
 # ------------------------------------------------------------------ across processes
 
 
-def test_degree_2_over_two_gloo_processes_matches_degree_1():
-    results = run_ranks(2)
-    check_against_degree1(results, "tiny", "cpu", None, atol=1e-4)
+@pytest.mark.parametrize("size", [None, 80], ids=["64px-48-tokens", "80px-75-tokens-uneven"])
+def test_degree_2_over_two_gloo_processes_matches_degree_1(size):
+    results = run_ranks(2, size=size)
+    check_against_degree1(results, "tiny", "cpu", size, atol=1e-4)
 
 
 @pytest.mark.gpu
