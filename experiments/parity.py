@@ -53,7 +53,21 @@ def compare(live: ReplayResult, sim: ReplayResult) -> pd.DataFrame:
     for key in ("chunks", "p50_latency_s", "p99_latency_s", "max_latency_s", "slo_attainment", "gpu_hours"):
         a, b = float(live.summary[key]), float(sim.summary[key])
         rows.append((key, a, b, (b - a) / a if a else math.nan))
+    a, b = mean_batch(live.chunks), mean_batch(sim.chunks)
+    rows.append(("mean_batch", a, b, (b - a) / a if a else math.nan))
     return pd.DataFrame(rows, columns=["metric", "live", "sim", "diff"])
+
+
+def mean_batch(chunks: pd.DataFrame) -> float:
+    """Mean sessions per step: chunks over steps, a step of ``b`` being ``b`` chunks of batch ``b``.
+
+    >>> mean_batch(pd.DataFrame({"batch_size": [1, 2, 2, 4, 4, 4, 4]}))
+    2.3333333333333335
+    """
+    if not len(chunks):
+        return math.nan
+    b = chunks["batch_size"].astype(float)
+    return float(len(b) / (1.0 / b).sum())
 
 
 def parity(

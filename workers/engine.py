@@ -38,127 +38,20 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import dask.config
 import numpy as np
 
 from kernels.state import SessionState
 from workers.batching import BatchDecision, decide_batch, join_ahead, step_bound, step_estimate
 from workers.chunk import Chunk
+from workers.engine_settings import EngineSettings
 from workers.errors import SessionNotFound
+from workers.host_buffers import HostBufferPool, HostCopy
 
 logger = logging.getLogger(__name__)
 
 #: Called by the engine thread with each new chunk, or with the exception that stopped it.
 Deliver = Callable[["Chunk | BaseException"], None]
 
-
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    """Knobs of one engine (``turboserve.engine.*``; :meth:`from_config` resolves them).
-
-    Attributes
-    ----------
-    max_batch : int
-        Most sessions in one coalesced step (also capped by free device memory).
-    batching : bool
-        ``False`` runs one session per step: the baseline of the serving benchmark.
-    checkpoint_every : int
-        Hand the state to ``checkpoint`` every this many chunks (0: never). A
-        checkpoint is written only once the client has acknowledged every chunk
-        before it (:meth:`Engine.ack`), so a recovery from it never leaves a gap in
-        the client's stream; until then its host copy waits in memory.
-    batch_window_s : float
-        Longest wait for sessions about to become due before a step starts (0: never
-        wait); always bounded by the deadline of the chunks already due.
-    batch_window_share : float
-        The window is at least this share of the predicted step time (its clients'
-        round trip grows with the machine's load, as the step does); 0: the fixed
-        ``batch_window_s`` only.
-    deadline_s : float
-        Per-chunk latency target: a chunk's deadline is its request time plus this.
-    max_unread : int
-        Most chunks of one session produced but not yet acknowledged by its reader
-        (0: unbounded); a session that far ahead of its reader waits.
-    valve_batch : int
-        Quality valve: with more due sessions than this, a step runs with
-        ``valve_steps`` denoising steps (0: off).
-    valve_steps : int
-        Denoising steps of a step under the quality valve.
-    batch_invariant : bool
-        The model computes each session's chunk bit-identically whatever it is batched
-        with (``kernels.model``; the worker builds its models with it).
-    prearm_chunks : int
-        Chunks of a session made ahead of its requests (0: none): while its client is
-        reading (it asked, and did not pause), the next ones are made when the device
-        has room, within ``max_unread``. At most this many chunks are made that nobody
-        asks for when a session stops.
-    """
-
-    max_batch: int = 8
-    batching: bool = True
-    checkpoint_every: int = 0
-    batch_window_s: float = 0.02
-    batch_window_share: float = 0.25
-    deadline_s: float = 0.75
-    max_unread: int = 8
-    valve_batch: int = 0
-    valve_steps: int = 2
-    batch_invariant: bool = True
-    prearm_chunks: int = 1
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        if not self.batch_window_s >= 0:
-            raise ValueError(f"batch_window_s must be >= 0 seconds, got {self.batch_window_s}")
-        if not self.batch_window_share >= 0:
-            raise ValueError(f"batch_window_share must be >= 0, got {self.batch_window_share}")
-        if not self.deadline_s > 0:
-            raise ValueError(f"deadline_s must be > 0 seconds, got {self.deadline_s}")
-        if self.max_unread < 0:
-            raise ValueError(f"max_unread must be >= 0 (0: unbounded), got {self.max_unread}")
-        if self.valve_batch < 0:
-            raise ValueError(f"valve_batch must be >= 0 (0: valve off), got {self.valve_batch}")
-        if self.prearm_chunks < 0:
-            raise ValueError(f"prearm_chunks must be >= 0 (0: nothing made ahead), got {self.prearm_chunks}")
-        if self.valve_steps < 1:
-            raise ValueError(f"valve_steps must be >= 1 denoising step, got {self.valve_steps}")
-
-    @classmethod
-    def from_config(cls, **given: Any) -> "EngineSettings":
-        """Settings from ``dask.config`` (``turboserve.engine.*``); given fields win.
-
-        Needs turboserve's defaults loaded (``framework`` loads them). ``None`` values
-        count as not given. The deadline is ``turboserve.slo-s``, or by default the
-        playback time of one chunk (``chunk.frames / chunk.fps``).
-
-        Examples
-        --------
-        >>> import framework.config
-        >>> EngineSettings.from_config(max_batch=4).max_batch
-        4
-        """
-        get = dask.config.get
-        slo = get("turboserve.slo-s", None)
-        if slo is None:
-            slo = get("turboserve.chunk.frames") / get("turboserve.chunk.fps")
-        values = {
-            "max_batch": int(get("turboserve.engine.max-batch")),
-            "batching": bool(get("turboserve.engine.batching")),
-            "checkpoint_every": int(get("turboserve.state.checkpoint-every")),
-            "batch_window_s": float(get("turboserve.engine.batch-window-s")),
-            "batch_window_share": float(get("turboserve.engine.batch-window-share")),
-            "deadline_s": float(slo),
-            "max_unread": int(get("turboserve.engine.max-unread-chunks")),
-            "valve_batch": int(get("turboserve.engine.quality-valve.batch")),
-            "valve_steps": int(get("turboserve.engine.quality-valve.steps")),
-            "batch_invariant": bool(get("turboserve.engine.batch-invariant")),
-            "prearm_chunks": int(get("turboserve.engine.prearm-chunks")),
-        }
-        values.update({k: v for k, v in given.items() if v is not None})
-        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +119,7 @@ class _Entry:
     t_request: dict[int, float] = field(default_factory=dict)
     migrated: bool = False  # mark the next chunk as the first after a move
     acked: int = 0  # the client has every chunk before this index
-    pending: list[SessionState] = field(default_factory=list)  # host copies waiting for acks
+    pending: list["HostCopy | SessionState"] = field(default_factory=list)  # host copies waiting for acks
     t_ready: float = 0.0  # when the reader's acknowledgement last let a blocked session through
     expect: bool = True  # its next request may come any moment (see Engine.decide)
     reading: bool = False  # its client asked and did not pause: chunks may be made ahead
@@ -300,6 +193,8 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._saver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="turboserve-ckpt")
+        #: Reused (pinned where CUDA is) host buffers of the periodic checkpoint copies.
+        self.host_copies = HostBufferPool()
         self._per_session_peak: float | None = None
         self._step_s: dict[int, float] = {}  # batch size -> recent step seconds (EWMA)
         self._free_s = -math.inf  # when the last step ended
@@ -406,9 +301,11 @@ class Engine:
             if blocked and entry.due(self.settings.max_unread):  # the reader caught up: go on
                 entry.t_ready = time.time()
                 self._cond.notify()
-            ready = [st for st in entry.pending if st.chunk_index <= index]
-            entry.pending = [st for st in entry.pending if st.chunk_index > index]
-        if ready:  # the newest acknowledged one makes the older ones moot
+            ready = [c for c in entry.pending if _copied(c).chunk_index <= index]
+            entry.pending = [c for c in entry.pending if _copied(c).chunk_index > index]
+        for moot in ready[:-1]:  # the newest acknowledged one makes the older ones moot
+            _release(moot)
+        if ready:
             self._saver.submit(self._save, session_id, ready[-1])
 
     def hold(self, session_id: str) -> int:
@@ -594,7 +491,7 @@ class Engine:
             # The copy is taken now: the next step replaces the state.
             copy = self._host_copy(entry.state)
             with self._cond:
-                ready = copy.chunk_index <= entry.acked
+                ready = _copied(copy).chunk_index <= entry.acked
                 if not ready:
                     entry.pending.append(copy)
             if ready:
@@ -615,19 +512,26 @@ class Engine:
             entry = self._entries.pop(session_id, None)
         if entry is None:
             raise SessionNotFound(f"session {session_id!r} is not attached to the engine on {self.worker}")
+        for copy in entry.pending:  # never acknowledged here: the state itself goes on
+            _release(copy)
         # A model serving a parallel group hands a session's state back whole (workers.parallel_group).
         export = getattr(self.model, "export_state", None)
         return Detached(entry.state if export is None else export(entry.state), entry.want, entry.t_request)
 
-    def _host_copy(self, state: SessionState) -> SessionState:
+    def _host_copy(self, state: SessionState) -> "HostCopy | SessionState":
+        """A host copy of ``state``: the model's own (a group's model merges its shards) or a pooled one."""
         copy = getattr(self.model, "host_copy", None)
-        return state.to("cpu") if copy is None else copy(state)
+        return self.host_copies.copy(state) if copy is None else copy(state)
 
-    def _save(self, session_id: str, state: SessionState) -> None:
+    def _save(self, session_id: str, copy: "HostCopy | SessionState") -> None:
+        state = _copied(copy)
+        index = state.chunk_index
         try:
             self._checkpoint(session_id, state)
         except Exception:
-            logger.warning("checkpoint of session %s at chunk %d failed", session_id, state.chunk_index, exc_info=True)
+            logger.warning("checkpoint of session %s at chunk %d failed", session_id, index, exc_info=True)
+        finally:
+            _release(copy)
 
     def _memory_cap(self) -> int:
         """Sessions that fit in free device memory, from the peak of earlier steps."""
@@ -721,3 +625,14 @@ class Engine:
             peak = (torch.cuda.max_memory_allocated(self.device) - base) / plan.batch_size
             self._per_session_peak = max(peak, self._per_session_peak or 0.0, 1.0)
         self.update(plan, frames, t_start, t_done)
+
+
+def _copied(copy: "HostCopy | SessionState") -> SessionState:
+    """The state of a checkpoint copy (pooled or the model's own)."""
+    return copy.state if isinstance(copy, HostCopy) else copy
+
+
+def _release(copy: "HostCopy | SessionState") -> None:
+    """Give a pooled copy's buffer back (a model's own copy is left to the garbage collector)."""
+    if isinstance(copy, HostCopy):
+        copy.release()
