@@ -131,6 +131,8 @@ class Session:
         self._closing = False  # this handle asked to close (a SessionClosed is then expected)
         self._lost: SessionLost | None = None
         self._events: list[dict[str, Any]] = []  # read from actors, plus this client's own
+        #: ``(chunk, prompt)`` of every switch made through this handle (:meth:`set_prompt`).
+        self.prompts: list[tuple[int, str]] = [(0, self.prompt)]
         #: What this client received: recent frames (``turboserve.notebook.keep-frames``), latencies.
         self.history = notebook.StreamHistory()
 
@@ -432,6 +434,23 @@ class Session:
         with self._pending_lock:
             self._pending.discard(index)
 
+    async def aset_prompt(self, prompt: str) -> int:
+        """Async twin of :meth:`set_prompt`."""
+        self._check_usable()
+        for attempt in range(3):
+            try:
+                if self._key is None:
+                    raise SessionMoved(f"session {self.id!r} has no actor yet")
+                index = await call_actor(self._rpc(), self._key, "set_prompt", prompt)
+                break
+            except Exception as exc:
+                failure = self._actor_failure(exc)
+                if failure is not None or attempt == 2:
+                    raise (failure or exc) from exc
+                await self._relocate(exc)
+        self.prompts.append((int(index), prompt))
+        return int(index)
+
     async def apause(self) -> None:
         """Async twin of :meth:`pause`."""
         await self._control("turboserve_pause")
@@ -534,6 +553,25 @@ class Session:
         """
         index = self._sync(self._request, 1)
         return self._chunk_future(index)
+
+    def set_prompt(self, prompt: str) -> int:
+        """Steer the stream with ``prompt`` from the next chunk boundary; returns that chunk's index.
+
+        The switch happens at the first chunk the worker has not started (chunks already
+        made, also one made ahead of a request, keep the old prompt): the session's
+        prompt embedding changes, its KV cache of recent frames stays
+        (:meth:`kernels.model.StreamingVideoModel.set_prompt`). The switch is part of the
+        session's state, so it survives a suspension, a migration and a checkpoint, and
+        generation stays deterministic: the same prompts at the same chunk indices give
+        the same frames. :attr:`prompts` lists the switches made through this handle.
+
+        Examples
+        --------
+        >>> k = s.set_prompt("the fox turns into a bird")         # doctest: +SKIP
+        >>> [c.index for c in s.stream(2)][-1] >= k               # doctest: +SKIP
+        True
+        """
+        return self._sync(self.aset_prompt, prompt)
 
     def pause(self) -> None:
         """Stop producing (after the chunk in flight); the state stays on the device."""

@@ -396,6 +396,43 @@ class StreamingVideoModel:
             scalars={"kv.frames": 0, "vae.count": len(vae_cache)},
         )
 
+    def set_prompt(self, state: SessionState, prompt: str) -> SessionState:
+        """The state with ``prompt`` steering its chunks from ``state.chunk_index`` on.
+
+        A prompt switch at a chunk boundary, the cross-attention way: the session's
+        ``prompt_embeds`` become the new prompt's, its self-attention KV cache (the
+        recent frames, computed under the old prompt) is kept, so the motion goes on and
+        the content turns toward the new prompt over the next chunks. (LongLive instead
+        re-caches the KV of the recent window under the new prompt, which needs the
+        window's clean latents; the state does not keep them.) The switch is recorded in
+        ``scalars["prompt.schedule"]`` (JSON ``[[chunk, prompt], ...]``), so it travels
+        with the state (offload, checkpoints, migration) and :meth:`replay` repeats it:
+        the same prompts at the same chunk indices give the same frames.
+        """
+        schedule = prompt_schedule(state)
+        schedule = [e for e in schedule if e[0] < state.chunk_index] + [[state.chunk_index, prompt]]
+        old = state.tensors["prompt_embeds"]
+        tensors = {**state.tensors, "prompt_embeds": self.encode_prompt(prompt).to(old.device, old.dtype)}
+        out = state.with_tensors(tensors)
+        out.scalars["prompt.schedule"] = json.dumps(schedule)
+        return out
+
+    def replay(self, state: SessionState, index: int) -> np.ndarray:
+        """Frames of chunk ``index`` of ``state``'s session, made again from a fresh state.
+
+        Steps a new session (its opening prompt and seed) ``index + 1`` times, alone,
+        switching prompts where ``state``'s prompt schedule says; generation is
+        deterministic, so these are the frames the session made at ``index``.
+        """
+        switches = {k: p for k, p in prompt_schedule(state) if k > 0}
+        fresh = self.new_session(state.prompt, state.seed, height=state.height, width=state.width)
+        frames = None
+        for k in range(index + 1):
+            if k in switches:
+                fresh = self.set_prompt(fresh, switches[k])
+            frames = self.step([fresh])[0]
+        return frames
+
     # ------------------------------------------------------------------ the batched step
 
     def _check_batch(self, states: Sequence[SessionState]) -> None:
@@ -624,3 +661,9 @@ class StreamingVideoModel:
         writes = contexts(True)
         tr.forward_chunk(x0.to(dt), temb_clean, text, writes, output=False)
         return x0, writes
+
+
+def prompt_schedule(state: SessionState) -> list[list[Any]]:
+    """``[[chunk, prompt], ...]``: the prompts of a session and the chunks they start at."""
+    raw = state.scalars.get("prompt.schedule")
+    return [[0, state.prompt]] if raw is None else [[int(k), str(p)] for k, p in json.loads(str(raw))]

@@ -154,6 +154,7 @@ class SessionActor:
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_EVENTS)
+        self._schedule: str | None = None  # scalars["prompt.schedule"] of the state (set_prompt)
 
     # ------------------------------------------------------------ internals
 
@@ -186,6 +187,7 @@ class SessionActor:
 
     def _attach(self, state: SessionState, want: int, t_request: dict[int, float], migrated: bool) -> None:
         self._event()
+        self._schedule = state.scalars.get("prompt.schedule")  # the prompt switches so far (for _replay)
         self._next = state.chunk_index
         self._want = max(self._want, want, state.chunk_index)
         self._engine.attach(self.session_id, state, self._deliver, want=self._want, t_request=t_request, migrated=migrated)
@@ -481,12 +483,35 @@ class SessionActor:
         return chunk
 
     def _replay(self, index: int) -> Any:
-        """Frames of chunk ``index`` from a fresh state (engine thread; batch of one)."""
+        """Frames of chunk ``index`` from a fresh state, with the session's prompt switches (engine thread)."""
+        fresh = self._new_state()
+        if self._schedule is not None:
+            fresh.scalars["prompt.schedule"] = self._schedule
+        return self._engine.model.replay(fresh, index)
+
+    async def set_prompt(self, prompt: str) -> int:
+        """Steer the session with ``prompt`` from the next chunk not started yet; returns its index.
+
+        The state is taken off the engine at the chunk boundary, switched
+        (:meth:`kernels.model.StreamingVideoModel.set_prompt`, which records the switch in
+        the state) and attached again; a suspended (host-parked) state is switched where
+        it is. Chunks made before the boundary (also one made ahead) keep the old prompt.
+        """
+        self._check_open()
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidRequest(f"a prompt is a non-empty string, got {prompt!r}")
         model = self._engine.model
-        state = self._new_state()
-        for _ in range(index + 1):
-            frames = model.step([state])[0]
-        return frames
+        if self._attached:
+            detached = await self._detach()
+            state = await self._on_engine(model.set_prompt, detached.state, prompt)
+            self._attach(state, detached.want, detached.t_request, migrated=False)
+        elif self._parked is not None:
+            state = self._parked = await self._on_engine(model.set_prompt, self._parked, prompt)
+            self._schedule = state.scalars.get("prompt.schedule")
+        else:
+            raise SessionMoved(f"session {self.session_id!r} has no state on {self._worker.address}")
+        self._record("prompt", chunk=state.chunk_index, prompt=prompt)
+        return state.chunk_index
 
     # ------------------------------------------------------------ control (scheduler side)
 

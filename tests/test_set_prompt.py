@@ -1,0 +1,97 @@
+"""Steering a live session (issue 12): ``Session.set_prompt`` on a real LocalCluster.
+
+A switch takes effect at the next chunk boundary and is part of the session's state, so
+the frames are a function of the prompt schedule: the same prompts at the same chunk
+indices give the frames of the model's own run with those switches, whatever happened
+to the session in between (a suspension to host or to disk, a resume on another worker,
+a migration).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from framework import InvalidRequest, Server
+from kernels.model import StreamingVideoModel, prompt_schedule
+
+PROMPT = "a red fox running through snow"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("state")
+    with Server.local(n_workers=2, model="tiny", store=str(store), adaptive=False, dashboard_address=":0") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def model():
+    return StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
+
+
+def reference(model, seed: int, switches: dict[int, str], n: int) -> list[np.ndarray]:
+    """Frames of the model's uninterrupted run with ``switches`` ``{chunk: prompt}``."""
+    state, frames = model.new_session(PROMPT, seed), []
+    for k in range(n):
+        if k in switches:
+            state = model.set_prompt(state, switches[k])
+        frames.append(model.step([state])[0])
+    return frames
+
+
+def _assert_same(chunks, expected) -> None:
+    assert [c.index for c in chunks] == list(range(len(expected)))
+    for c, e in zip(chunks, expected):
+        assert np.array_equal(c.frames, e), f"chunk {c.index} differs from the run with the same prompt schedule"
+
+
+def test_a_switch_takes_effect_at_the_next_chunk_boundary(server, model):
+    s = server.open_session(PROMPT, seed=0)
+    chunks = list(s.stream(2))
+    k = s.set_prompt("a blue bird over the sea")
+    assert k >= 2  # never a chunk already made (one may have been made ahead)
+    chunks += list(s.stream(k + 2 - len(chunks)))
+    _assert_same(chunks, reference(model, 0, {k: "a blue bird over the sea"}, k + 2))
+    unswitched = reference(model, 0, {}, k + 2)
+    assert not np.array_equal(chunks[k + 1].frames, unswitched[k + 1])  # the prompt did steer
+    assert s.prompts == [(0, PROMPT), (k, "a blue bird over the sea")]
+    assert [e["chunk"] for e in s.events() if e["kind"] == "prompt"] == [k]
+    s.close()
+
+
+@pytest.mark.parametrize("tier", ["host", "disk"])
+def test_switches_survive_suspend_resume_elsewhere_and_migration(server, model, tier):
+    s = server.open_session(PROMPT, seed=1 if tier == "host" else 2)
+    switches = {}
+    chunks = list(s.stream(1))
+    switches[s.set_prompt("a green kite")] = "a green kite"
+    chunks += list(s.stream(2))
+    s.suspend(to=tier)
+    if tier == "host":  # a suspended session is switched where it sleeps
+        switches[s.set_prompt("a yellow submarine")] = "a yellow submarine"
+    s.resume(worker=next(w for w in server.workers() if w != s.worker))
+    chunks += list(s.stream(2))
+    s.migrate(next(w for w in server.workers() if w != s.worker))
+    switches[s.set_prompt("a purple storm")] = "a purple storm"
+    n = max(switches) + 2
+    chunks += list(s.stream(n - len(chunks)))
+    _assert_same(chunks, reference(model, s.seed, switches, n))
+    s.close()
+
+
+def test_replay_repeats_the_schedule(model):
+    state = model.new_session(PROMPT, 3)
+    made = [model.step([state])[0]]
+    state = model.set_prompt(state, "a white cat")
+    made += [model.step([state])[0] for _ in range(2)]
+    assert prompt_schedule(state) == [[0, PROMPT], [1, "a white cat"]]
+    assert all(np.array_equal(model.replay(state, i), made[i]) for i in range(3))
+
+
+def test_an_empty_prompt_is_refused_and_the_session_goes_on(server):
+    s = server.open_session(PROMPT, seed=4)
+    with pytest.raises(InvalidRequest):
+        s.set_prompt("")
+    assert [c.index for c in s.stream(1)] == [0]
+    s.close()
