@@ -130,3 +130,17 @@ def test_page_is_in_the_dashboards_more_menu(browser, served):
         "return Array.from(document.querySelectorAll('.dropdown-content a')).map(a => [a.textContent, a.href])"
     )
     assert ["turboserve", base + "/individual-turboserve"] in links
+
+
+def test_page_is_listed_in_individual_plots_json_and_opens_from_there(browser, served):
+    """JupyterLab's Dask extension builds its list of panes from /individual-plots.json."""
+    import json
+
+    _, base = served
+    browser.get(base + "/individual-plots.json")
+    listing = json.loads(browser.find_element("tag name", "body").text)
+    assert listing.get("Individual Turboserve") == "/individual-turboserve"
+    assert "Individual Task Stream" in listing  # Dask's own panes are still there
+    browser.get(base + listing["Individual Turboserve"])
+    state = _wait_for(browser, lambda s: s["summary"] and "sessions" in s["summary"])
+    assert "<b>3</b> sessions" in state["summary"]

@@ -7,6 +7,13 @@ added at plugin start instead: a second bokeh application on the scheduler's HTT
 router, with the same prefix and template variables as Dask's own pages, and an entry
 appended to the "More..." menu those pages share (the menu list is one object, shared
 by every page's template variables, so the entry shows on pages rendered afterwards).
+
+JupyterLab's Dask extension lists the panes it can open from ``/individual-plots.json``,
+which Dask builds from the ``individual-*`` paths of its *first* bokeh application only
+(``distributed.http.scheduler.info.IndividualPlots``). The page is a second
+application, so the listing is served by a subclass of Dask's handler that adds the
+``individual-*`` pages of every bokeh application; it takes precedence because tornado
+matches handlers added later (``add_handlers``) before those the application began with.
 """
 
 from __future__ import annotations
@@ -22,6 +29,25 @@ logger = logging.getLogger(__name__)
 def _bokeh_apps(scheduler: Any) -> list[Any]:
     http = getattr(scheduler, "http_application", None)
     return [a for a in getattr(http, "applications", ()) if hasattr(a, "app_paths")]
+
+
+def _list_in_individual_plots(scheduler: Any, prefix: str) -> None:
+    from distributed.http.scheduler.info import IndividualPlots
+
+    class _AllIndividualPlots(IndividualPlots):
+        """Dask's listing plus the ``individual-*`` pages of every bokeh application."""
+
+        def write(self, chunk: Any) -> None:
+            if isinstance(chunk, dict):
+                for app in _bokeh_apps(self.server):
+                    for uri in app.app_paths:
+                        name = uri.strip("/").split("/")[-1]
+                        if name.startswith("individual-") and not uri.endswith(".json"):
+                            chunk.setdefault(name.replace("-", " ").title(), uri)
+            super().write(chunk)
+
+    route = prefix.rstrip("/") + "/individual-plots.json"
+    scheduler.http_application.add_handlers(r".*$", [(route, _AllIndividualPlots, {"dask_server": scheduler})])
 
 
 def page_installed(scheduler: Any) -> bool:
@@ -58,6 +84,7 @@ def install_page(scheduler: Any) -> bool:
     scheduler.http_application.add_application(app)
     app.initialize(IOLoop.current())
     app.start()
+    _list_in_individual_plots(scheduler, prefix)
     entry = {"url": PAGE_PATH.strip("/"), "name": PAGE_TITLE}
     plots = variables.get("plots")
     if isinstance(plots, list) and entry not in plots:

@@ -17,6 +17,8 @@ from dask.utils import parse_timedelta
 
 from framework import config
 from framework.dashboard.data import ChunkLog, DashboardFrame, build_frame
+from framework.dashboard.metrics import ChunkMetrics
+from framework.errors import SessionNotFound
 from framework.registry import PLUGIN_NAME
 from policies.types import SessionStatus
 
@@ -54,20 +56,53 @@ class DashboardFeed:
             history = int(config.get("dashboard.chunk-history"))
         self.chunk_log = ChunkLog(history)
         self.offloads = 0
+        self._scheduler: Any = None
+        self.metrics = ChunkMetrics(self._deadline_of)  # exported on /metrics (dashboard.metrics)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The plugin travels to the scheduler pickled: the scheduler reference stays behind.
+        return {"chunk_log": self.chunk_log, "offloads": self.offloads}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._scheduler = None
+        self.metrics = ChunkMetrics(self._deadline_of)
+
+    def _deadline_of(self, session_id: str) -> tuple[float, float] | None:
+        plugin = self._scheduler.plugins.get(PLUGIN_NAME) if self._scheduler is not None else None
+        if plugin is None or not hasattr(plugin, "registry"):
+            return None
+        try:
+            rec = plugin.registry.get(session_id)
+        except SessionNotFound:
+            return None
+        slo = config.get("slo-s")
+        return rec.chunk_period_s, float(slo) if slo is not None else rec.chunk_period_s
 
     def on_chunks(self, rows: Iterable[tuple]) -> None:
         """Record per-step chunk metrics ``(session_id, index, latency_s, batch, t_done_s)``."""
+        rows = list(rows)
         self.chunk_log.extend(rows)
+        self.metrics.observe(rows)
 
     def count_offload(self) -> None:
         """Count one session's state leaving the device (suspend)."""
         self.offloads += 1
 
     def install(self, scheduler: Any) -> bool:
-        """Serve the page on ``scheduler``'s dashboard; logs and returns False on failure.
+        """Serve the page on ``scheduler``'s dashboard and the metrics on its ``/metrics``.
+
+        Returns whether the page is served; logs and returns False on failure.
 
         A dashboard problem must never stop the serving plugin from starting.
         """
+        self._scheduler = scheduler
+        try:
+            from framework.dashboard.metrics import install_metrics
+
+            install_metrics(scheduler)
+        except Exception:
+            logger.warning("could not export the turboserve metrics on /metrics", exc_info=True)
         try:
             from framework.dashboard.install import install_page
 
