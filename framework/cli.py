@@ -22,14 +22,18 @@ from typing import Callable, Sequence
 def _demo(args: argparse.Namespace) -> int:
     from framework.demo import run_demo
 
-    run_demo(
-        n_sessions=args.sessions,
-        n_chunks=args.chunks,
-        n_workers=args.workers,
-        out_dir=args.out,
-        prompts=args.prompt or None,
-    )
-    return 0
+    try:
+        result = run_demo(
+            n_sessions=args.sessions,
+            length_s=args.seconds,
+            max_workers=args.workers,
+            out_dir=args.out,
+            prompts=args.prompt or None,
+        )
+    except ValueError as exc:
+        print(f"turboserve demo: {exc}", file=sys.stderr)
+        return 2
+    return 1 if result["errors"] else 0
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -64,10 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="stream a few sessions on a local cluster and write their videos")
-    demo.add_argument("--sessions", type=int, default=4, help="number of sessions (default 4: two per worker, so steps batch)")
-    demo.add_argument("--chunks", type=int, default=4, help="chunks per session (default 4)")
-    demo.add_argument("--workers", type=int, default=None, help="local workers (default: config cluster.n-workers)")
+    demo = sub.add_parser("demo", help="a short burst on a local cluster with the closed loop: what it did, plotted, and the videos")
+    demo.add_argument("--sessions", type=int, default=3, help="sessions of the burst (default 3)")
+    demo.add_argument("--seconds", type=float, default=30.0, help="length of the burst in seconds (default 30)")
+    demo.add_argument("--workers", type=int, default=3, help="most workers the autoscaler may start (default 3)")
     demo.add_argument("--prompt", action="append", help="a prompt (repeatable; default: built-in prompts)")
     demo.add_argument("--out", default="turboserve-demo", help="output folder (default ./turboserve-demo)")
     demo.set_defaults(func=_demo)

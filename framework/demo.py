@@ -1,13 +1,28 @@
-"""``turboserve demo``: a local cluster streams a few sessions and writes their videos."""
+"""``turboserve demo``: a short burst on a local cluster, and what the closed loop did about it.
+
+The demo starts a one-worker LocalCluster with the closed control loop and session-aware
+autoscaling (:meth:`framework.Server.adapt`) and plays a scripted burst (:func:`burst`):
+sessions arrive and stream at their playback pace, one goes idle and comes back, all
+leave. The loop places the newcomers, asks for more workers when one worker cannot keep
+every chunk under the SLO, migrates sessions onto the new workers, offloads the idle
+session to host memory, resumes it when it streams again, and retires workers after the
+burst. The demo prints what it did (from the loop's decision log and interval rows and
+the chunks' own metrics), draws it (``loop.png``: workers and sessions over time, chunk
+latency per session, the loop's actions) and writes each session's video.
+
+The demo's knobs make the loop act within a minute on any machine: the SLO is set below
+any step time (``slo-s``), so the load-driven autoscaler budgets one active session per
+worker; idle sessions are offloaded after a few seconds; any predicted gain is worth a
+move. They are set with ``dask.config`` for the demo only.
+"""
 
 from __future__ import annotations
 
-import concurrent.futures
 import pathlib
 import threading
 import time
-
-from tqdm.auto import tqdm
+from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_PROMPTS = (
     "a red fox running through snow",
@@ -16,69 +31,240 @@ DEFAULT_PROMPTS = (
     "a hot air balloon rising over green hills",
 )
 
+#: Settings of the demo (``turboserve.*`` keys), applied unless ``keep_config``.
+DEMO_CONFIG = {
+    "turboserve.slo-s": 0.05,                # below any CPU step: one active session per worker
+    "turboserve.control.interval": "500ms",
+    "turboserve.control.idle-offload-s": 3,
+    "turboserve.autoscale.wait-count": 1,
+}
+#: Control-loop overrides of the demo (:class:`framework.control_settings.ControlSettings`).
+DEMO_CONTROL = {
+    "autoscaling_params": {"downscale_delay_s": 8, "headroom_quantile": 0},
+    "placement_params": {"min_gain": 0.01},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """One session of the burst: when it opens, when it pauses and for how long, when it leaves.
+
+    Times are seconds from the start of the burst; ``idle_at_s`` None: never idle.
+    """
+
+    arrive_s: float
+    leave_s: float
+    idle_at_s: float | None = None
+    idle_for_s: float = 0.0
+
+
+def burst(n_sessions: int, length_s: float) -> list[Visit]:
+    """The demo's burst: session 0 first, the others a few seconds later, session 1 idle a while.
+
+    Every session leaves by ``length_s``; session 1 (when there is one) goes idle at half
+    time for a third of the burst, long enough for the idle-timeout offload.
+    """
+    visits = []
+    for i in range(n_sessions):
+        arrive = 0.0 if i == 0 else 2.0 + 0.5 * i
+        leave = length_s - 2.0 * (n_sessions - 1 - i) / max(n_sessions, 1)
+        if i == 1:
+            visits.append(Visit(arrive, leave, idle_at_s=0.45 * length_s, idle_for_s=length_s / 3))
+        else:
+            visits.append(Visit(arrive, leave))
+    return visits
+
+
+def _play(server: Any, visit: Visit, prompt: str, seed: int, t0: float, out: dict[str, Any]) -> None:
+    """Stream one session along its visit, at playback pace; fill ``out`` (session, chunks)."""
+    time.sleep(max(0.0, t0 + visit.arrive_s - time.time()))
+    session = server.open_session(prompt, seed=seed)
+    out["session"], out["chunks"] = session, []
+    period = session.frames / session.fps
+    idle_done = visit.idle_at_s is None
+    try:
+        while time.time() - t0 < visit.leave_s:
+            if not idle_done and time.time() - t0 >= visit.idle_at_s:
+                idle_done = True
+                session.pause()  # the viewer looks away: idle, its state still on the device
+                time.sleep(1.0)
+                session.pause()  # again: a chunk the engine had in flight counts as a new request
+                time.sleep(visit.idle_for_s)
+                continue  # streaming again resumes it, wherever the loop put it
+            asked = time.time()
+            for chunk in session.stream(1):
+                out["chunks"].append(chunk)
+            time.sleep(max(0.0, period - (time.time() - asked)))
+    except Exception as exc:  # shown in the summary, never hidden
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        out["events"] = session.events()
+        session.close()
+
+
+def _relative(log: dict[str, Any], t0: float) -> dict[str, Any]:
+    """The loop's log with its times in seconds since ``t0`` (the live loop stamps wall time)."""
+    def rel(t: float) -> float:
+        return t - t0 if t > 1e8 else t
+
+    return {
+        "decisions": [{**d, "time_s": rel(d["time_s"])} for d in log["decisions"]],
+        "intervals": [{**r, "time_s": rel(r["time_s"])} for r in log["intervals"]],
+    }
+
+
+def summarize(log: dict[str, Any], chunks: list[Any], t0: float,
+              events: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """What the loop did, from its log (``turboserve_control_log``) and the chunks received."""
+    import numpy as np
+
+    log = _relative(log, t0)
+    accepted = [d for d in log["decisions"] if d["accepted"]]
+    n_workers = [row["n_workers"] for row in log["intervals"]]
+    ups = sum(1 for a, b in zip(n_workers, n_workers[1:]) if b > a)
+    downs = sum(1 for a, b in zip(n_workers, n_workers[1:]) if b < a)
+    latency = np.array([c.latency_s for c in chunks]) if chunks else np.zeros(0)
+
+    def count(action: str) -> int:
+        return sum(1 for d in accepted if d["action"] == action)
+
+    return {
+        "workers": n_workers,
+        "max_workers": max(n_workers, default=0),
+        "scale_outs": ups,
+        "scale_ins": downs,
+        "placements": count("Place"),
+        "migrations": count("Migrate"),
+        "offloads": count("Offload"),
+        # the loop's Resume actions, and the resumes a session's own request woke
+        "resumes": max(count("Resume"), sum(1 for ev in (events or {}).values() for e in ev if e["kind"] == "resumed")),
+        "chunks": len(chunks),
+        "migrated_chunks": sum(1 for c in chunks if c.migrated),
+        "latency_p50_s": float(np.percentile(latency, 50)) if len(latency) else None,
+        "latency_p95_s": float(np.percentile(latency, 95)) if len(latency) else None,
+        "moves": [(round(d["time_s"], 1), d["action"], d["session_id"], d["worker"]) for d in accepted
+                  if d["action"] in ("Migrate", "Offload", "Resume")],
+    }
+
+
+def plot(path: pathlib.Path, log: dict[str, Any], per_session: dict[str, list[Any]], t0: float) -> pathlib.Path:
+    """``loop.png``: workers and sessions over time, chunk latency per session, the loop's actions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = _relative(log, t0)
+    fig, (top, mid, low) = plt.subplots(3, 1, figsize=(9, 8), sharex=True,
+                                        gridspec_kw={"height_ratios": [2, 3, 2]})
+    rows = log["intervals"]
+    t = [r["time_s"] for r in rows]
+    top.step(t, [r["n_workers"] for r in rows], where="post", lw=2, label="workers")
+    top.step(t, [r["n_active"] for r in rows], where="post", label="active sessions")
+    top.step(t, [r["n_idle"] for r in rows], where="post", ls="--", label="idle")
+    top.step(t, [r["n_suspended"] for r in rows], where="post", ls=":", label="offloaded")
+    top.set_ylabel("count")
+    top.legend(loc="upper right", fontsize=8, ncol=4)
+    ids = sorted(per_session)
+    for i, sid in enumerate(ids):
+        cs = per_session[sid]
+        mid.plot([c.t_done_s - t0 for c in cs], [c.latency_s for c in cs], ".-", ms=4, lw=0.6, label=sid, color=f"C{i}")
+        moved = [c for c in cs if c.migrated]
+        mid.plot([c.t_done_s - t0 for c in moved], [c.latency_s for c in moved], "kx", ms=8)
+    mid.set_ylabel("chunk latency (s)\n(x: first after a move)")
+    mid.legend(loc="upper right", fontsize=7)
+    marks = {"Place": "o", "Migrate": ">", "Offload": "v", "Resume": "^", "Retire": "s"}
+    lanes = {sid: i for i, sid in enumerate(ids)}
+    for d in log["decisions"]:
+        if d["accepted"] and d["action"] in marks:
+            y = lanes.get(d["session_id"], len(ids))
+            low.plot(d["time_s"], y, marks[d["action"]], color="C%d" % y if y < len(ids) else "k", ms=7)
+    low.set_yticks(range(len(ids) + 1), [*ids, "workers"], fontsize=7)
+    low.set_xlabel("seconds since the burst started")
+    low.set_title("actions: o place  > migrate  v offload  ^ resume  s retire", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
 
 def run_demo(
-    n_sessions: int = 2,
-    n_chunks: int = 4,
-    n_workers: int | None = None,
+    n_sessions: int = 3,
+    length_s: float = 30.0,
     out_dir: str | pathlib.Path = "turboserve-demo",
     prompts: list[str] | None = None,
-) -> dict[str, pathlib.Path]:
-    """Stream ``n_chunks`` chunks of ``n_sessions`` sessions; write a zarr video and a GIF each.
+    max_workers: int = 3,
+    video_format: str = "gif",
+    keep_config: bool = False,
+) -> dict[str, Any]:
+    """Play :func:`burst` on a local cluster with the closed loop; print, plot and write videos.
 
-    All sessions stream at once, so each worker's engine batches its sessions into one
-    step (the mean batch size is printed). Returns ``{session_id: gif_path}``.
+    Returns ``{"videos": {session_id: path}, "plot": path, "summary": summarize(...)}``.
     """
     import dask.config
+    from dask.utils import parse_timedelta
 
     from framework import Server, config
     from storage import VideoStore
 
-    if n_sessions < 1 or n_chunks < 1:
-        raise ValueError(f"demo needs at least one session and one chunk, got {n_sessions=} {n_chunks=}")
+    if n_sessions < 1 or length_s <= 0:
+        raise ValueError(f"demo needs at least one session and a positive length, got {n_sessions=} {length_s=}")
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = list(prompts or DEFAULT_PROMPTS)
-    written: dict[str, pathlib.Path] = {}
-    t0 = time.perf_counter()
-    settings = {}
+    settings = {} if keep_config else dict(DEMO_CONFIG)
     if config.get("state.store") == config.DEFAULTS["turboserve"]["state"]["store"]:
         # Keep the demo's checkpoints beside its videos rather than in the working directory.
         settings["turboserve.state.store"] = str(out / "state")
-    with dask.config.set(settings), Server.local(n_workers=n_workers) as server:
-        print(f"cluster up: {len(server.workers())} workers, dashboard {server.dashboard_link}")
-        sessions = [
-            server.open_session(prompts[i % len(prompts)], seed=i) for i in range(n_sessions)
-        ]
-        stores = {}
-        for s in sessions:
-            stores[s.id] = VideoStore(
-                out / "videos.zarr", s.id, model=s.model, fps=s.fps, height=s.height, width=s.width
-            )
-        lock = threading.Lock()
-        batches: list[int] = []
-
-        def consume(s) -> None:
-            # stream(n) asks for all n chunks at once, so every session stays due and the
-            # engine of each worker advances its sessions together in one batched step.
-            for chunk in s.stream(n_chunks):
-                with lock:
-                    stores[s.id].append(chunk.frames, chunk_index=chunk.index)
-                    batches.append(chunk.batch_size)
-                    bar.set_postfix(latency=f"{chunk.latency_s:.2f}s", batch=chunk.batch_size)
-                    bar.update()
-
-        with tqdm(total=n_sessions * n_chunks, desc="chunks", unit="chunk") as bar:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=n_sessions) as pool:
-                for done in [pool.submit(consume, s) for s in sessions]:
-                    done.result()
-        print(f"mean batch size of the steps that made these chunks: {sum(batches) / len(batches):.2f}")
-        for s in sessions:
-            path = out / f"{s.id}.gif"
-            stores[s.id].to_video(path)
-            written[s.id] = path
-            print(f"session {s.id} ({s.prompt!r}) on {s.worker}: {n_chunks} chunks -> {path}")
-            s.close()
-        print(f"frames as xarray/zarr: {out / 'videos.zarr'}")
-    print(f"done in {time.perf_counter() - t0:.1f}s")
-    return written
+    started = time.perf_counter()
+    with dask.config.set(settings), Server.local(n_workers=1, adaptive=False) as server:
+        server.adapt(minimum=1, maximum=max_workers, **({} if keep_config else DEMO_CONTROL))
+        print(f"cluster up: 1 worker, closed loop on (autoscaling 1..{max_workers}), dashboard {server.dashboard_link}")
+        t0 = time.time()
+        visits = burst(n_sessions, length_s)
+        results = [{} for _ in visits]
+        threads = [threading.Thread(target=_play, args=(server, v, prompts[i % len(prompts)], i, t0, results[i]),
+                                    daemon=True) for i, v in enumerate(visits)]
+        for th in threads:
+            th.start()
+        while any(th.is_alive() for th in threads):
+            time.sleep(5.0)
+            status = [r["session"].status if "session" in r else "-" for r in results]
+            print(f"  t={time.time() - t0:5.1f}s  workers {len(server.workers())}  "
+                  f"chunks {sum(len(r.get('chunks', ())) for r in results)}  sessions {' '.join(status)}", flush=True)
+        for th in threads:
+            th.join()
+        time.sleep(3 * float(parse_timedelta(config.get("control.interval"))))  # a last tick or two
+        log = server.client.sync(server.client.scheduler.turboserve_control_log)
+        per_session = {r["session"].id: r["chunks"] for r in results if "session" in r}
+        chunks = [c for cs in per_session.values() for c in cs]
+        events = {r["session"].id: r.get("events", []) for r in results if "session" in r}
+        summary = summarize(log, chunks, t0, events)
+        videos = {}
+        for r in results:
+            if "session" not in r or not r["chunks"]:
+                continue
+            s = r["session"]
+            store = VideoStore(out / "videos.zarr", s.id, model=s.model, fps=s.fps, height=s.height, width=s.width)
+            for c in r["chunks"]:
+                store.append(c.frames, chunk_index=c.index)
+            videos[s.id] = store.to_video(out / f"{s.id}.{video_format}")
+        figure = plot(out / "loop.png", log, per_session, t0)
+    errors = [r["error"] for r in results if "error" in r]
+    print("what the closed loop did:")
+    print(f"  workers over time: {' -> '.join(str(n) for i, n in enumerate(summary['workers']) if i == 0 or n != summary['workers'][i - 1])}"
+          f"  (scale-outs {summary['scale_outs']}, scale-ins {summary['scale_ins']})")
+    print(f"  placements {summary['placements']}, migrations {summary['migrations']}, "
+          f"offloads {summary['offloads']}, resumes {summary['resumes']}")
+    for t, action, sid, worker in summary["moves"]:
+        print(f"    t={t:5.1f}s  {action:8s} {sid} -> {worker}")
+    if summary["chunks"]:
+        print(f"  chunk latency p50 {summary['latency_p50_s']:.2f}s, p95 {summary['latency_p95_s']:.2f}s over "
+              f"{summary['chunks']} chunks ({summary['migrated_chunks']} first after a move)")
+    for sid, path in videos.items():
+        print(f"  video {sid} ({len(per_session[sid])} chunks): {path}")
+    print(f"  plot: {figure}")
+    for e in errors:
+        print(f"  error: {e}")
+    print(f"done in {time.perf_counter() - started:.1f}s")
+    return {"videos": videos, "plot": figure, "summary": summary, "errors": errors, "events": events}

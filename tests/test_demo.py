@@ -1,4 +1,8 @@
-"""`turboserve demo` streams real frames from several sessions and writes their videos."""
+"""`turboserve demo`: a short burst on a local cluster, with the closed loop on.
+
+On a fresh checkout the demo must show the loop at work: at least one scale-out, one
+migration, one offload and its resume, next to the videos and a plot of it all.
+"""
 
 import numpy as np
 import pytest
@@ -6,27 +10,40 @@ import xarray as xr
 from PIL import Image
 
 from framework.cli import main
+from framework.demo import burst
 
 
 @pytest.mark.slow
-def test_demo_writes_a_video_per_session(tmp_path, capsys):
+def test_demo_shows_the_loop_scale_out_migrate_offload_and_resume(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--sessions", "3", "--chunks", "2", "--workers", "2", "--out", str(out)]) == 0
+    assert main(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "mean batch size" in printed
-    gifs = sorted(out.glob("*.gif"))
-    assert len(gifs) == 3
-    for gif in gifs:
-        assert gif.stem in printed
-        with Image.open(gif) as im:
-            assert im.n_frames == 2 * 12  # two 12-frame chunks
-            assert im.size == (64, 64)
-    ds = xr.open_zarr(out / "videos.zarr", group=gifs[0].stem, consolidated=False)
-    assert ds.attrs["session"] == gifs[0].stem and ds.attrs["model"] == "tiny"
+    assert "what the closed loop did" in printed
+    line = next(ln for ln in printed.splitlines() if "workers over time" in ln)
+    assert "scale-outs 0" not in line
+    actions = next(ln for ln in printed.splitlines() if "placements" in ln and "migrations" in ln)
+    for none in ("migrations 0", "offloads 0", "resumes 0"):
+        assert none not in actions, actions
+    assert (out / "loop.png").stat().st_size > 10_000
+    videos = sorted(out.glob("*.gif"))
+    assert len(videos) == 3
+    for video in videos:
+        assert video.stem in printed
+        with Image.open(video) as im:
+            assert im.n_frames % 12 == 0 and im.size == (64, 64)
+    ds = xr.open_zarr(out / "videos.zarr", group=videos[0].stem, consolidated=False)
     frames = ds["frames"].values
-    assert frames.shape == (24, 64, 64, 3) and frames.dtype == np.uint8
-    assert frames.std() > 0  # real pixels, not a blank image
+    assert frames.dtype == np.uint8 and frames.std() > 0  # real pixels, not a blank image
     assert (out / "state").exists() and not (tmp_path / "turboserve-state").exists()
+
+
+def test_the_burst_has_arrivals_an_idle_spell_and_departures():
+    visits = burst(3, 30.0)
+    assert visits[0].arrive_s == 0 and all(v.arrive_s > 0 for v in visits[1:])
+    assert [v.idle_at_s is not None for v in visits] == [False, True, False]
+    assert all(v.arrive_s < v.leave_s <= 30.0 for v in visits)
+    idle = visits[1]
+    assert idle.arrive_s < idle.idle_at_s < idle.idle_at_s + idle.idle_for_s < idle.leave_s
 
 
 def test_demo_rejects_empty_work(tmp_path, capsys):
