@@ -179,17 +179,43 @@ class ParallelGroups:
             self._changed()
         return g
 
-    async def abandon(self, g: ParallelGroup, gone: str) -> None:
-        """After ``gone`` left group ``g``: the survivors drop the group (the leader its sessions too)."""
+    def forget_group(self, group_id: str) -> ParallelGroup | None:
+        """Drop the record of group ``group_id`` (its leader reported a failed step); returns it."""
+        g = self._groups.pop(group_id, None)
+        if g is not None:
+            self._changed()
+        return g
+
+    async def fell_back(self, g: ParallelGroup) -> None:
+        """The group's first step failed and its leader serves at degree 1: the ranks leave."""
         for w in g.workers:
-            if w == gone or w not in self.scheduler.workers:
-                continue
-            action = "abandon" if w == g.leader else "leave"
             try:
-                await self._call(w, action, g.group_id, model=g.model, why=f"{gone} left the group")
-            except Exception as exc:  # the worker may be going too; recovery goes on regardless
-                self._log(action, g.workers, time.perf_counter(), f"failed: {exc!r}")
-        self._log("abandon", g.workers, time.perf_counter(), f"{gone} left")
+                if w == g.leader:
+                    await self._call(w, "dissolve", g.group_id, model=g.model)
+                await self._call(w, "leave", g.group_id)
+            except Exception as exc:
+                self._log("leave", g.workers, time.perf_counter(), f"failed: {exc!r}")
+        self._log("fell-back", g.workers, time.perf_counter(), "serving at degree 1")
+
+    async def abandon(self, g: ParallelGroup, gone: str | None) -> None:
+        """After ``gone`` left group ``g`` (None: a step failed): the leader drops the group and
+        its sessions (the caller recovers them from their checkpoints). See :meth:`release_followers`."""
+        if g.leader != gone and g.leader in self.scheduler.workers:
+            try:
+                await self._call(g.leader, "abandon", g.group_id, model=g.model, why=f"{gone or 'a rank'} failed")
+            except Exception as exc:  # the leader may be going too; recovery goes on regardless
+                self._log("abandon", g.workers, time.perf_counter(), f"failed: {exc!r}")
+        self._log("abandon", g.workers, time.perf_counter(), f"{gone or 'a rank'} failed")
+
+    async def release_followers(self, g: ParallelGroup, gone: str | None) -> None:
+        """The surviving followers of an abandoned group leave it (all at once: one may hang)."""
+        async def leave(w: str) -> None:
+            try:
+                await self._call(w, "leave", g.group_id)
+            except Exception as exc:
+                self._log("leave", [w], time.perf_counter(), f"failed: {exc!r}")
+
+        await asyncio.gather(*(leave(w) for w in g.workers[1:] if w != gone and w in self.scheduler.workers))
 
     # ------------------------------------------------------------ the request
 

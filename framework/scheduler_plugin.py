@@ -134,6 +134,7 @@ class TurboserveScheduler(SchedulerPlugin):
             }
         )
         scheduler.stream_handlers[METRICS_OP] = self._on_metrics
+        scheduler.stream_handlers["turboserve-group-failed"] = self._on_group_failed  # parallel_group.GROUP_FAILED_OP
         self.dashboard.install(scheduler)
 
     async def before_close(self) -> None:
@@ -175,12 +176,28 @@ class TurboserveScheduler(SchedulerPlugin):
             self._spawn_task(self._recover(rec.session_id, prior))
         self._kick()
 
-    async def _group_lost(self, group: Any, gone: str) -> None:
+    def _on_group_failed(self, worker: str | None = None, group_id: str = "", why: str = "",
+                         sessions_lost: bool = True, **kw: Any) -> None:
+        """A group's leader reports a failed step: the group is dropped. If its sessions depended
+        on it, its followers (one stopped answering) leave service and the sessions restart
+        from their checkpoints; else (the first step) the leader serves them at degree 1."""
+        group = self.groups.forget_group(group_id) if self.groups is not None else None
+        if group is None:
+            return
+        logger.warning("parallel group %s (%s) failed: %s", group_id, list(group.workers), why)
+        if not sessions_lost:
+            self._spawn_task(self.groups.fell_back(group))
+            return
+        self._draining.update(w for w in group.workers[1:] if w in self.scheduler.workers)
+        self._spawn_task(self._group_lost(group, None))
+
+    async def _group_lost(self, group: Any, gone: str | None) -> None:
         """A member of a parallel group left: the survivors drop the group; a lost follower's
         leader's sessions restart from their checkpoints (their shards cannot be merged)."""
         await self.groups.abandon(group, gone)
         if gone != group.leader and group.leader in self.scheduler.workers:
-            self._recover_all(group.leader, f"group {group.group_id} lost {gone}")
+            self._recover_all(group.leader, f"group {group.group_id} lost {gone or 'a rank'}")
+        await self.groups.release_followers(group, gone)
 
     def valid_workers_downscaling(self, scheduler: Any, workers: list[Any]) -> list[Any]:
         """Never let Dask close a worker that holds a session (its actor would die)."""

@@ -93,10 +93,12 @@ def test_a_first_group_step_that_fails_serves_the_session_at_degree_1(reference)
         return fut
 
     leader = _model()
-    gm = GroupModel(leader, g0, "t", ["follower"], dead, timeout_s=5.0)
+    reports = []
+    gm = GroupModel(leader, g0, "t", ["follower"], dead, timeout_s=5.0, on_failure=lambda *a: reports.append(a))
     s = leader.new_session(PROMPT, 4)
     got = [gm.step([s])[0] for _ in range(2)]
     assert gm.broken is not None and "first step failed" in gm.broken
+    assert reports == [(gm.broken, False)], "the scheduler hears of it once: the sessions are fine"
     assert layout(s) == (0, 1) and s.tensors["kv.0.k"].shape[0] == 2
     assert all(np.array_equal(g, w) for g, w in zip(got, frames)), "degree 1 again: the plain frames exactly"
     g0.close()
@@ -106,12 +108,14 @@ def test_a_group_step_that_fails_later_sends_the_session_to_its_checkpoint():
     g0, g1 = _pair(timeout_s=5.0)
     follower = Follower(g1, timeout_s=5.0)
     leader = _model()
-    gm = GroupModel(leader, g0, "t", ["follower"], follower.send, timeout_s=5.0)
+    reports = []
+    gm = GroupModel(leader, g0, "t", ["follower"], follower.send, timeout_s=5.0,
+                    on_failure=lambda *a: reports.append(a))
     s = leader.new_session(PROMPT, 4)
     gm.step([s])
     g1.close(abort=True)  # the follower dies after the session depends on the group
     with pytest.raises(SessionMoved, match="restart from their checkpoints"):
         gm.step([s])
-    assert gm.lost is not None
+    assert gm.lost is not None and reports == [(gm.lost, True)], "the scheduler recovers the sessions"
     assert gm.export_state(s) is s  # nothing to merge with any more: recovery uses the checkpoint
     g0.close()

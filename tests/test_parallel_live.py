@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 
+import dask
 import numpy as np
 import pytest
 from distributed.core import Status
@@ -144,3 +145,29 @@ def test_a_group_uses_nccl_only_between_distinct_cuda_devices():
     assert choose_backend([gpu("A"), gpu("A")]) == "gloo"  # two ranks on one GPU: NCCL refuses
     assert choose_backend([gpu("A"), {"device": "cpu", "key": "host/cpu", "nccl": True}]) == "gloo"
     assert choose_backend([{**gpu("A"), "nccl": False}, gpu("B")]) == "gloo"
+
+
+@pytest.mark.slow
+def test_a_follower_that_stops_answering_loses_no_session(tmp_path):
+    with dask.config.set({"turboserve.control.group-timeout": "5s"}), Server.local(
+        n_workers=2, model="tiny", store=str(tmp_path), checkpoint_every=2, dashboard_address=":0",
+    ) as server:
+        workers = server.workers()
+        s = server.open_session(PROMPT, seed=6)
+        chunks = list(s.stream(2))
+        server.set_parallelism(2, workers)
+        (follower,) = [w for w in workers if w != s.worker]
+        pid = server.client.run(os.getpid, workers=[follower])[follower]
+        try:
+            for chunk in s.stream(6):
+                chunks.append(chunk)
+                if chunk.index == 4:
+                    os.kill(pid, signal.SIGSTOP)  # hangs: alive to the scheduler, silent to its group
+            assert_within_one_level(chunks, reference(6, 8))
+            assert [row["degree"] for row in server.parallelism()] == [1, 1]
+            assert follower in server.stats()["draining"], "the silent follower is taken out of service"
+            rec = next(r for r in server.sessions() if r["id"] == s.id)
+            assert rec["recoveries"] == 1
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        s.close()

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 #: Worker RPC op of every group message (join, step, take, dissolve, leave).
 GROUP_OP = "turboserve_group"
+#: Scheduler stream op a leader sends when a group step failed (``group_id``, ``why``, ``sessions_lost``).
+GROUP_FAILED_OP = "turboserve-group-failed"
 #: Where a worker keeps its group roles (``worker.extensions``).
 EXTENSION = "turboserve-groups"
 #: Scalar naming a session's shards across the ranks of a group.
@@ -120,8 +122,11 @@ class GroupModel:
         send: Callable[[str, dict[str, Any]], concurrent.futures.Future],
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        on_failure: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.plain = model
+        #: ``on_failure(why, sessions_lost)``, once, when a group step fails (tells the scheduler).
+        self._on_failure = on_failure
         self.group = group
         self.group_id = group_id
         self.followers = tuple(followers)
@@ -181,16 +186,26 @@ class GroupModel:
                 self._states.clear()
                 self.broken = f"the group's first step failed: {exc!r}"
                 logger.warning("group %s: %s; serving at degree 1", self.group_id, self.broken)
+                self._report(self.broken, False)
                 return self.plain.step(states, denoise_steps=denoise_steps)
             # The followers' shards are gone or out of step: the sessions restart from their
             # checkpoints (the scheduler does it when it sees the worker leave); the clients
             # ask the registry where the sessions went instead of giving up on them.
-            self.lost = self.lost or f"a group step failed: {exc!r}"
+            if self.lost is None:
+                self.lost = f"a group step failed: {exc!r}"
+                self._report(self.lost, True)
             raise SessionMoved(
                 f"parallel group {self.group_id!r} lost a rank ({exc!r}); its sessions restart from their checkpoints"
             ) from exc
         self.steps += 1
         return frames
+
+    def _report(self, why: str, sessions_lost: bool) -> None:
+        if self._on_failure is not None:
+            try:
+                self._on_failure(why, sessions_lost)
+            except Exception:
+                logger.warning("group %s: could not report its failure", self.group_id, exc_info=True)
 
     # ------------------------------------------------------------ states leaving the group
 
@@ -347,7 +362,12 @@ async def _join(
     if rank:
         roles[group_id] = FollowerRank(group_id, engine.model, group, timeout_s)
         return {"rank": rank, "join_s": joined_s}
-    gm = GroupModel(engine.model, group, group_id, followers, _sender(worker), timeout_s=timeout_s)
+    def report(why: str, sessions_lost: bool) -> None:  # engine thread -> the scheduler, over the batched stream
+        msg = {"op": GROUP_FAILED_OP, "group_id": group_id, "why": why, "sessions_lost": sessions_lost}
+        worker.loop.add_callback(worker.batched_send, msg)
+
+    gm = GroupModel(engine.model, group, group_id, followers, _sender(worker), timeout_s=timeout_s,
+                    on_failure=report)
 
     def install() -> int:
         engine.model = gm
@@ -358,4 +378,4 @@ async def _join(
     return {"rank": 0, "join_s": joined_s, "sessions": sessions}
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "EXTENSION", "FollowerRank", "GROUP_OP", "GroupModel", "handle_group"]
+__all__ = ["DEFAULT_TIMEOUT_S", "EXTENSION", "FollowerRank", "GROUP_FAILED_OP", "GROUP_OP", "GroupModel", "handle_group"]
