@@ -181,6 +181,17 @@ def _parallelism(args: argparse.Namespace) -> int:
     if args.gpus < 1:
         raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
     config = sim_config(args)
+    if args.oracle_only:
+        from experiments.parallelism import oracle_table
+
+        table = oracle_table(_traces(args), gpus=args.gpus, scales=args.scales, policies=args.policy or list(POLICIES),
+                             config=config, duration_s=args.duration_s, seed=args.seed)
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "oracle.csv", index=False)
+        print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+        print(f"wrote {args.out}/oracle.csv")
+        return 0
     summary, capacity = parallelism_experiment(
         _traces(args), gpus=args.gpus, scales=args.scales, policies=args.policy or list(POLICIES),
         target=args.target, admission_s=args.admission_s, config=config, duration_s=args.duration_s,
@@ -248,6 +259,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pa.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
     pa.add_argument("--out", required=True, help="output folder")
     pa.add_argument("--no-plots", action="store_true", help="skip the PNG/HTML plots")
+    pa.add_argument("--oracle-only", action="store_true",
+                    help="only the oracle bound of each policy's degrees (no simulation; seconds)")
     _add_latency_options(pa)
     pa.set_defaults(func=_parallelism)
 

@@ -272,6 +272,9 @@ def parallelism_experiment(
             for label in policies:
                 row, ch, iv = run_policy(trace, label, gpus, config, record_chunks=record_chunks)
                 rows.append(row)
+                if out_dir is not None:  # each finished run at once: a long sweep cut short keeps its rows
+                    pathlib.Path(out_dir).mkdir(parents=True, exist_ok=True)
+                    pd.DataFrame(rows).to_csv(pathlib.Path(out_dir) / "summary.partial.csv", index=False)
                 key = run_label(name, f"{label}@{scale:g}")
                 if ch is not None:
                     chunks[key] = ch
@@ -293,6 +296,30 @@ def parallelism_experiment(
         capacity.to_csv(out / "capacity.csv", index=False)
         oracles.to_csv(out / "oracle.csv", index=False)
     return summary, capacity
+
+
+def oracle_table(
+    traces: Sequence[str | pathlib.Path | pd.DataFrame | TraceInput],
+    *,
+    gpus: int = 64,
+    scales: Sequence[float] = (1.0,),
+    policies: Sequence[str] = tuple(POLICIES),
+    config: SimConfig | None = None,
+    duration_s: float | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Only the oracle rows (no simulation), with each policy's bound over the best fixed degree
+    whose units meet every model's deadline (``vs_best_fixed``)."""
+    config = config if config is not None else SimConfig.from_config()
+    rows = []
+    for scale in scales:
+        for trace in load_traces(list(traces), duration_s=duration_s, scale=float(scale), seed=seed):
+            rows += [oracle_row(trace, label, gpus, config) for label in policies]
+    table = pd.DataFrame(rows)
+    for _, part in table.groupby(["trace", "scale"], sort=False):
+        fixed = part[part["policy"].str.startswith("oracle:fixed-") & part["meets_deadline"]]
+        table.loc[part.index, "vs_best_fixed"] = part["sessions_per_gpu_hour"] / fixed["sessions_per_gpu_hour"].max()
+    return table
 
 
 def format_capacity(capacity: pd.DataFrame) -> str:

@@ -184,3 +184,13 @@ def test_the_experiment_writes_one_summary_row_per_policy_and_scale(tmp_path):
     assert by.loc["fixed-1", "instream_attainment_14b"] == 0.0  # 2.5 s a chunk against 0.75 s
     assert by.loc["adaptive", "instream_attainment_14b"] > by.loc["fixed-2", "instream_attainment_14b"]
     assert by.loc["adaptive", "degrees"] == "wan-1.3b:1,wan-14b:4"
+
+
+def test_the_oracle_bound_never_counts_a_degree_that_misses_the_14b_deadline_as_best_fixed():
+    from experiments.parallelism import oracle_table
+
+    table = oracle_table(["mixed-14b-share"], gpus=64, scales=(0.1,), duration_s=900.0).set_index("policy")
+    assert not table.loc["oracle:fixed-1", "meets_deadline"] and not table.loc["oracle:fixed-2", "meets_deadline"]
+    assert table.loc["oracle:fixed-4", "vs_best_fixed"] == 1.0
+    # the adaptive degrees need at most the GPU-hours of fixed 4 (the same 14B degree, 1.3B at its best)
+    assert table.loc["oracle:adaptive", "gpu_hours"] <= table.loc["oracle:fixed-4", "gpu_hours"]
