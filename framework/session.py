@@ -165,6 +165,12 @@ class Session:
         """The frames received lately as an inline animated GIF (None before the first chunk)."""
         return notebook.session_video(self, fps)
 
+    def panel(self, scale: int = 3) -> Any:
+        """A Jupyter panel that drives this session: prompt box, play/pause, live video (:mod:`framework.panel`)."""
+        from framework.panel import SessionPanel
+
+        return SessionPanel(self, scale)
+
     def display_stream(self, n: int) -> list[Chunk]:
         """Like :meth:`stream`, updating one Jupyter display as each chunk arrives; returns the chunks."""
         return notebook.display_stream(self, n)
