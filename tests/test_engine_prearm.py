@@ -1,8 +1,9 @@
 """Chunks made ahead of their request (``turboserve.engine.prearm-chunks``).
 
-A session whose client reads has its next chunk made before it asks, when the device
-has room: alone when nothing is due, or joining a step of due chunks as far as
-:func:`workers.batching.join_ahead` (the simulator's phase-alignment rule) allows. The
+A session whose client reads has its next chunk made before it asks when it can join a
+step that runs for another session's due chunk, as far as
+:func:`workers.batching.join_ahead` (the simulator's phase-alignment rule) allows; it
+never starts a step of its own. The
 engine is driven without its thread (``decide``/``schedule`` called directly), with the
 real ``tiny`` model's states and step times set by the test, so the machine's speed does
 not matter; one test runs the thread.
@@ -60,46 +61,38 @@ def test_made_ahead_chunks_join_while_the_due_chunks_keep_their_deadlines():
     # but not with a join (0.7 s and more): nobody joins it.
     assert join_ahead(0.0, deadlines_s=[0.65], candidates_s=[0.0], slo_s=1.25, n_active=2, max_batch=8,
                       step_s=step) == 0
-    # With nothing due the first one is a step of its own, the others join while it pays.
-    assert join_ahead(0.0, deadlines_s=[], candidates_s=[0.0] * 3, slo_s=1.0, n_active=3, max_batch=8,
-                      step_s=lambda n: 1.0 * n) == 1
 
 
 # ------------------------------------------------------------------ the engine's decisions
 
 
-def test_a_reading_session_has_its_next_chunk_made_before_it_asks(model):
-    engine = _engine(model, 1, prearm_chunks=1)
-    assert engine.decide().start
-    assert engine.schedule().session_ids == ("s0",)
+def test_a_reading_session_joins_a_step_for_another_sessions_chunk(model):
+    engine = _engine(model, 2, prearm_chunks=1, deadline_s=30.0)
+    assert not engine.decide().start and engine.schedule().batch_size == 0  # never a step of its own
+    engine.request("s1", 2)  # s1 asks for chunk 1; s0 (reading) may have its chunk 1 made ahead
+    assert engine.decide().start  # 1 due + 1 ahead fill the batch of the two: no window
+    assert engine.schedule().session_ids == ("s1", "s0")
 
 
 def test_no_more_than_prearm_chunks_are_made_ahead(model):
-    engine = _engine(model, 1, prearm_chunks=1)
-    model.step([engine._entries["s0"].state])  # chunk 1 made ahead
-    assert not engine.decide().start and engine.schedule().batch_size == 0
-    engine.request("s0", 2)  # the client asks for chunk 1 (already made): chunk 2 may be made ahead
-    assert engine.schedule().session_ids == ("s0",)
+    engine = _engine(model, 2, prearm_chunks=1, deadline_s=30.0)
+    model.step([engine._entries["s0"].state])  # s0's chunk 1 made ahead
+    engine.request("s1", 2)
+    assert engine.schedule().session_ids == ("s1",)
+    engine.request("s0", 2)  # s0 asks for chunk 1 (already made): chunk 2 may be made ahead
+    model.step([engine._entries["s1"].state])
+    engine.request("s1", 3)
+    assert engine.schedule().session_ids == ("s1", "s0")
 
 
 def test_nothing_is_made_ahead_with_prearm_off_or_after_a_pause(model):
-    engine = _engine(model, 1, prearm_chunks=0)
-    assert not engine.decide().start and engine.schedule().batch_size == 0
-    engine = _engine(model, 1, prearm_chunks=1)
+    engine = _engine(model, 2, prearm_chunks=0, deadline_s=30.0)
+    engine.request("s1", 2)
+    assert engine.schedule().session_ids == ("s1",)
+    engine = _engine(model, 2, prearm_chunks=1, deadline_s=30.0)
     engine.hold("s0")
-    assert not engine.decide().start and engine.schedule().batch_size == 0
-
-
-def test_a_made_ahead_step_waits_in_the_window_for_the_others(model):
-    # s0 may be made ahead, s1 was just served and is expected to ask: the step waits
-    # for it (so made-ahead steps keep sessions in phase), with no deadline to bound it.
-    engine = _engine(model, 2, prearm_chunks=1, batch_window_s=0.5)
-    engine.hold("s1")
-    with engine._cond:
-        engine._entries["s1"].expect = True
-        engine._step_s = {1: 0.1, 2: 0.15}
-    decision = engine.decide()
-    assert not decision.start and decision.reason == "window"
+    engine.request("s1", 2)
+    assert engine.schedule().session_ids == ("s1",)
 
 
 def test_made_ahead_chunks_join_a_due_step_only_within_the_deadlines(model):
@@ -110,11 +103,12 @@ def test_made_ahead_chunks_join_a_due_step_only_within_the_deadlines(model):
         # s0 asked for chunk 1 1.5 s ago: alone it is done in 1.2 s (deadline 3 s: 1.5 s
         # from now), with s1 in 1.7 s, too late; with the generous deadline s1 joins.
         engine.request("s0", 2, now=time.time() - 1.5)
-        assert engine.decide().start
         assert engine.schedule().session_ids == joined
 
 
-def test_closed_loop_clients_find_their_next_chunk_made_ahead(model):
+def test_a_late_client_finds_its_chunk_made_in_the_others_step(model):
+    # Two readers; each round s0 asks first and s1 only 0.3 s later: s1's chunk was
+    # made in the step s0's request started, so every step holds both sessions.
     q: queue.Queue = queue.Queue()
     engine = Engine(model, "tcp://test", EngineSettings(prearm_chunks=1, deadline_s=30.0)).start()
     try:
@@ -123,18 +117,12 @@ def test_closed_loop_clients_find_their_next_chunk_made_ahead(model):
         for i in range(2):
             engine.request(f"s{i}", 1)
         got = [q.get(timeout=60) for _ in range(2)]
-        for k in range(1, 4):  # each client asks for chunk k once it has chunk k - 1
-            made = [q.get(timeout=60) for _ in range(2)]  # chunk k arrives unasked
-            assert sorted(c.index for c in made) == [k, k]
-            for c in made:
-                engine.request(c.session_id, k + 1)
-                engine.ack(c.session_id, k)
-            got += made
-        assert all(c.batch_size == 2 for c in got[2:])  # in phase: one step for both
-        time.sleep(0.3)
-        more = []
-        while not q.empty():
-            more.append(q.get())
-        assert sorted(c.index for c in more) == [4, 4]  # one ahead of the last request, no more
+        for k in range(1, 4):
+            engine.request("s0", k + 1)
+            time.sleep(0.3)
+            engine.request("s1", k + 1)
+            got += [q.get(timeout=60) for _ in range(2)]
+        later = [c for c in got if c.index >= 2]  # after chunk 0 (asked together) and 1 (the first join)
+        assert len(later) == 4 and all(c.batch_size == 2 for c in later)
     finally:
         engine.stop()

@@ -32,11 +32,9 @@ ask again together.
 
 **Made ahead.** A session whose next chunk is not asked for yet but may be made ahead
 (the viewer still plays the previous one; the engine's ``prearm-chunks``) is *ahead*:
-nobody waits for it while chunks are due. ``decide_batch`` counts such sessions
+nobody waits for it, and it never starts a step. ``decide_batch`` counts such sessions
 (``ahead``) towards a full batch, and :func:`join_ahead` says how many of them join a
-step of due chunks. With nothing due, the caller passes them as ready chunks with no
-deadline (``inf``): a step of chunks made ahead waits in the window for the worker's
-other sessions like any step, so made-ahead steps keep sessions in phase too. The simulator's phase alignment (``experiments.sim.alignment``) is the same
+step of due chunks. The simulator's phase alignment (``experiments.sim.alignment``) is the same
 :func:`join_ahead`, over its sessions' predicted requests.
 
 Examples
@@ -184,8 +182,7 @@ def join_ahead(
     the answer ``k`` means the first ``k``). A candidate joins only while
 
     - the step has room (``max_batch``);
-    - batching pays: one more session costs at most half a batch-1 step (the first
-      joiner of a step with nothing due always does: that step is its own);
+    - batching pays: one more session costs at most half a batch-1 step;
     - the step still ends by the deadline of every due chunk that would meet it without
       the joins (a chunk late anyway constrains nothing), unless waiting for the next
       step (of the worker's ``n_active`` sessions) would make the candidate's chunk
@@ -213,7 +210,7 @@ def join_ahead(
         if n >= max_batch:
             break
         t_next = step_s(n + 1)
-        if n and t_next - step_s(n) > pays:
+        if t_next - step_s(n) > pays:
             break
         imposed = now + t_next - limit  # lateness the join puts on a due chunk
         if imposed > 0 and imposed > end + next_step - (t_req + slo_s):
@@ -222,6 +219,44 @@ def join_ahead(
         n += 1
         end = now + t_next
     return joined
+
+
+def split_due(now: float, deadlines_s: Sequence[float], step_s: Callable[[int], float]) -> int:
+    """How many of the due chunks (earliest deadline first) the step starting at ``now`` takes.
+
+    All of them when the full step meets every deadline. When it would miss one, the
+    step takes the first ``n`` whose split lowers the worst lateness over the due chunks:
+    the first ``n`` end at ``now + step_s(n)``, the rest in the step right after, at
+    ``now + step_s(n) + step_s(m - n)``; the ``n`` whose worst ``end - deadline`` is
+    lowest wins, the largest on a tie. Where batching pays little (a step of two costs
+    about two steps of one) a chunk that already waited is then served alone first
+    instead of sharing a longer step with a chunk that just became due; where it pays,
+    the full batch ends everyone's chunk sooner and is kept. The live engine and the
+    simulator both call this.
+
+    >>> linear = lambda n: 0.344 * n                   # batching gains nothing
+    >>> split_due(0.0, [0.41, 0.75], linear)           # the first chunk waited 0.34 s already
+    1
+    >>> split_due(0.0, [0.75, 0.75], linear)           # both just due: one step of two
+    2
+    >>> split_due(0.0, [0.41, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)))  # batching pays
+    2
+    >>> split_due(0.0, [0.30, 0.75, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)))
+    1
+    """
+    m = len(deadlines_s)
+    if m <= 1 or now + step_s(m) <= min(deadlines_s):
+        return m
+    best_n, best = m, math.inf
+    for n in range(m, 0, -1):  # largest first: a tie keeps the larger step
+        first = now + step_s(n)
+        worst = max(first - d for d in deadlines_s[:n])
+        if n < m:
+            second = first + step_s(m - n)
+            worst = max(worst, max(second - d for d in deadlines_s[n:]))
+        if worst < best - 1e-12:
+            best_n, best = n, worst
+    return best_n
 
 
 def step_estimate(measured: dict[int, float]) -> Callable[[int], float]:

@@ -18,10 +18,10 @@ to arrive (the sessions served by the last step, whose clients ask again at once
 the step, which also keeps the sessions of a worker in phase. **Made ahead**: a session
 that asked for its chunks may have the next ``prearm_chunks`` made before it asks (a
 viewer plays one chunk while the next is made; a closed-loop client finds its next chunk
-in the making instead of leaving the device idle for its round trip); such chunks join a
-step of due chunks by :func:`workers.batching.join_ahead` (the simulator's phase
-alignment, same rule) and run as a step of their own only when nothing is due. Flow
-control: a session
+in the step another session's request started, instead of the device waiting for its
+round trip); such chunks only join a step of due chunks, by
+:func:`workers.batching.join_ahead` (the simulator's phase alignment, same rule), and
+never start a step of their own. Flow control: a session
 whose reader is ``max_unread`` chunks behind gets no more chunks until it reads. The
 quality valve: with more due sessions than ``valve_batch``, a step runs with
 ``valve_steps`` denoising steps and its chunks are marked degraded.
@@ -344,7 +344,7 @@ class Engine:
         return EngineMetrics(self.steps, self.chunks, self.degraded_chunks, self.waits, self.busy_s)
 
     def idle(self) -> bool:
-        """True when no step runs and none is due or may be made ahead (benchmarks wait for it)."""
+        """True when no step runs and none is due (benchmarks wait for it)."""
         with self._cond:
             return not self._stepping and not self._has_work()
 
@@ -360,9 +360,8 @@ class Engine:
         it has the chunk; sessions submitted back to back come within milliseconds)
         until a step starts without it: so a session that went quiet costs at most one
         window, and a paused one none. Sessions whose next chunk may be made ahead are
-        not waited for while chunks are due (they join by :func:`join_ahead` in
-        :meth:`schedule`); with nothing due they are the step's chunks, ready since
-        they became so, with no deadline.
+        not waited for (they join by :func:`join_ahead` in :meth:`schedule`) but count
+        towards a full batch.
         """
         now = time.time() if now is None else now
         cfg = self.settings
@@ -389,8 +388,6 @@ class Engine:
         window = cfg.batch_window_s
         if cfg.batch_window_share and measured and window:
             window = max(window, cfg.batch_window_share * step_s(min(max_batch, len(ready) + len(ahead) + len(expected))))
-        if not ready:  # nothing due: a step of chunks made ahead, waited for like any step, no deadline
-            ready, deadlines, ahead = ahead, [math.inf] * len(ahead), []
         return decide_batch(
             now,
             ready_s=ready,
@@ -409,8 +406,8 @@ class Engine:
         At most ``max_batch`` (1 without batching, fewer if device memory is short),
         all of the oldest request's resolution (a step runs one resolution). Sessions
         whose next chunk may be made ahead fill the step up as far as
-        :func:`workers.batching.join_ahead` allows (least ahead first), or are the
-        step when nothing is due (with batching only). With more due sessions than
+        :func:`workers.batching.join_ahead` allows (least ahead first; with batching
+        only). With more due sessions than
         ``valve_batch`` (when set) the step runs ``valve_steps`` denoising steps.
         """
         cfg = self.settings
@@ -429,12 +426,12 @@ class Engine:
                     ahead.append((e.state.chunk_index - e.want, sid, shape))
             measured = dict(self._step_s)
             n_active = len(self._entries)
-        if not due and not ahead:
+        if not due:
             return StepPlan.make_empty()
         due.sort()
         ahead.sort()
         # One step runs one resolution: the oldest request's, filled up with its peers.
-        shape = due[0][2] if due else ahead[0][2]
+        shape = due[0][2]
         ids = tuple(sid for _, sid, hw in due if hw == shape)[:cap]
         candidates = [sid for _, sid, hw in ahead if hw == shape]
         if candidates and len(ids) < cap:
@@ -550,11 +547,7 @@ class Engine:
             return any(e.due(self.settings.max_unread) for e in self._entries.values())
 
     def _has_work(self) -> bool:
-        cfg = self.settings
-        prearm = cfg.prearm_chunks if cfg.batching else 0
-        return bool(self._commands) or any(
-            e.due(cfg.max_unread) or (prearm and e.ahead(prearm, cfg.max_unread)) for e in self._entries.values()
-        )
+        return bool(self._commands) or any(e.due(self.settings.max_unread) for e in self._entries.values())
 
     def _run(self) -> None:
         wake: float | None = None  # waiting in the batching window until then

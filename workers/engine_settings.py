@@ -50,9 +50,10 @@ class EngineSettings:
         with (``kernels.model``; the worker builds its models with it).
     prearm_chunks : int
         Chunks of a session made ahead of its requests (0: none): while its client is
-        reading (it asked, and did not pause), the next ones are made when the device
-        has room, within ``max_unread``. At most this many chunks are made that nobody
-        asks for when a session stops.
+        reading (it asked, and did not pause), the next ones join steps that run for
+        other sessions' due chunks, within ``max_unread`` and the due chunks'
+        deadlines. At most this many chunks are made that nobody asks for when a
+        session stops.
     """
 
     max_batch: int = 8
