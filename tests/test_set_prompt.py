@@ -9,8 +9,12 @@ a migration).
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
+from distributed.core import Status
 
 from framework import InvalidRequest, Server
 from kernels.model import StreamingVideoModel, prompt_schedule
@@ -21,7 +25,9 @@ PROMPT = "a red fox running through snow"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     store = tmp_path_factory.mktemp("state")
-    with Server.local(n_workers=2, model="tiny", store=str(store), adaptive=False, dashboard_address=":0") as server:
+    # No periodic checkpoints: a recovery restarts from the checkpoint a switch writes, or from chunk 0.
+    with Server.local(n_workers=2, model="tiny", store=str(store), checkpoint_every=0, adaptive=False,
+                      dashboard_address=":0") as server:
         yield server
 
 
@@ -94,4 +100,21 @@ def test_an_empty_prompt_is_refused_and_the_session_goes_on(server):
     with pytest.raises(InvalidRequest):
         s.set_prompt("")
     assert [c.index for c in s.stream(1)] == [0]
+    s.close()
+
+
+@pytest.mark.slow
+def test_a_switch_survives_the_death_of_the_session_s_worker(server, model):
+    s = server.open_session(PROMPT, seed=5)
+    chunks = list(s.stream(2))
+    k = s.set_prompt("an orange lantern")
+    chunks += list(s.stream(k + 2 - len(chunks)))  # reading past k acknowledges every chunk before it
+    victim = s.worker
+    name = server.client.scheduler_info(n_workers=-1)["workers"][victim]["name"]
+    server.cluster.workers[name].status = Status.closing_gracefully  # a crash, not a restart
+    os.kill(server.client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+    chunks += list(s.stream(3))
+    _assert_same(chunks, reference(model, 5, {k: "an orange lantern"}, k + 5))
+    assert chunks[-1].worker != victim
+    assert [e["from_chunk"] for e in s.events() if e["kind"] == "restored"] == [k]  # the switch's checkpoint
     s.close()

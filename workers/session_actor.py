@@ -155,6 +155,7 @@ class SessionActor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_EVENTS)
         self._schedule: str | None = None  # scalars["prompt.schedule"] of the state (set_prompt)
+        self._switch_save: SessionState | None = None  # host copy at the last switch, until acknowledged
 
     # ------------------------------------------------------------ internals
 
@@ -391,6 +392,7 @@ class SessionActor:
         if self._attached and after > self._acked:
             self._acked = after
             self._engine.ack(self.session_id, after)
+            self._save_switch()
         event = self._event()
         deadline = time.monotonic() + timeout
         while not self._outbox:
@@ -480,6 +482,7 @@ class SessionActor:
         if self._attached and after > self._acked:
             self._acked = after
             self._engine.ack(self.session_id, after)
+            self._save_switch()
         return chunk
 
     def _replay(self, index: int) -> Any:
@@ -504,14 +507,28 @@ class SessionActor:
         if self._attached:
             detached = await self._detach()
             state = await self._on_engine(model.set_prompt, detached.state, prompt)
+            copy = await self._on_engine(state.to, "cpu")
             self._attach(state, detached.want, detached.t_request, migrated=False)
         elif self._parked is not None:
             state = self._parked = await self._on_engine(model.set_prompt, self._parked, prompt)
+            copy = await self._on_engine(state.to, "cpu")
             self._schedule = state.scalars.get("prompt.schedule")
         else:
             raise SessionMoved(f"session {self.session_id!r} has no state on {self._worker.address}")
         self._record("prompt", chunk=state.chunk_index, prompt=prompt)
+        if self._host.checkpoints() is not None:
+            # A recovery must not lose the switch: checkpoint the switched state as soon as
+            # the client holds every chunk before it (at once when it does already).
+            self._switch_save = copy
+            self._save_switch()
         return state.chunk_index
+
+    def _save_switch(self) -> None:
+        """Checkpoint the state of the last prompt switch once every chunk before it is acknowledged."""
+        copy = self._switch_save
+        if copy is not None and self._acked >= copy.chunk_index and not self._moved:
+            self._switch_save = None
+            self._engine.save(self.session_id, copy)
 
     # ------------------------------------------------------------ control (scheduler side)
 
