@@ -401,7 +401,8 @@ class Server:
     def parallelism(self) -> list[dict[str, Any]]:
         """Parallel groups: one row per group (``group_id``, ``degree``, ``workers``, ``leader``,
         ``model``, ``sessions``) and one per worker serving alone (degree 1)."""
-        return list(self.client.sync(self.client.scheduler.turboserve_parallelism))
+        rows = self.client.sync(self.client.scheduler.turboserve_parallelism)
+        return [{**r, "workers": list(r["workers"]), "sessions": list(r["sessions"])} for r in rows]
 
     def set_parallelism(self, degree: int, workers: list[str] | None = None) -> dict[str, Any]:
         """Merge ``workers`` (default: all) into groups of ``degree``, or split them back (``degree=1``).

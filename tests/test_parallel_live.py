@@ -60,7 +60,7 @@ def test_a_streaming_session_goes_to_degree_2_and_back_with_the_same_frames(serv
     merged = server.set_parallelism(2, workers)
     (group,) = [row for row in server.parallelism() if row["degree"] == 2]
     assert group["leader"] == home and sorted(group["workers"]) == workers
-    assert list(group["sessions"]) == [s.id]
+    assert group["sessions"] == [s.id]
     assert [f["workers"][0] for f in merged["formed"]] == [home]
     chunks.append(pending.result(timeout=120))
     chunks += list(s.stream(2))
