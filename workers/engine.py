@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kernels.state import SessionState
-from workers.batching import BatchDecision, decide_batch, join_ahead, step_bound, step_estimate
+from workers.batching import BatchDecision, decide_batch, join_ahead, split_due, step_bound, step_estimate
 from workers.chunk import Chunk
 from workers.engine_settings import EngineSettings
 from workers.errors import SessionNotFound
@@ -404,7 +404,10 @@ class Engine:
         """Pick the due sessions for the next step, oldest outstanding request first.
 
         At most ``max_batch`` (1 without batching, fewer if device memory is short),
-        all of the oldest request's resolution (a step runs one resolution). Sessions
+        all of the oldest request's resolution (a step runs one resolution), and fewer
+        when the full step would miss a deadline that a smaller step followed by the
+        rest meets better (:func:`workers.batching.split_due`; no made-ahead chunk joins
+        such a step). Sessions
         whose next chunk may be made ahead fill the step up as far as
         :func:`workers.batching.join_ahead` allows (least ahead first; with batching
         only). With more due sessions than
@@ -433,8 +436,12 @@ class Engine:
         # One step runs one resolution: the oldest request's, filled up with its peers.
         shape = due[0][2]
         ids = tuple(sid for _, sid, hw in due if hw == shape)[:cap]
+        split = False
+        if len(ids) > 1:  # fewer when the full step would miss a deadline a split meets better
+            k = split_due(now, [deadline[sid] for sid in ids], step_estimate(measured))
+            split, ids = k < len(ids), ids[:k]
         candidates = [sid for _, sid, hw in ahead if hw == shape]
-        if candidates and len(ids) < cap:
+        if candidates and len(ids) < cap and not split:
             k = join_ahead(now, deadlines_s=[deadline[sid] for sid in ids], candidates_s=[now] * len(candidates),
                            slo_s=cfg.deadline_s, n_active=n_active, max_batch=cap, step_s=step_estimate(measured))
             ids += tuple(candidates[:k])

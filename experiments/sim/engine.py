@@ -22,7 +22,9 @@ Model of the mechanisms (each choice is the simplest that keeps the contract):
   state the previous one left). The first request is at the activation time, so the wait
   for a placement (and for a worker to start) is part of the first chunk's latency.
 * A worker that is free and has due requests runs one coalesced step for up to
-  ``max_batch`` of them (oldest request first), taking ``latency.predict(batch, ctx)``.
+  ``max_batch`` of them (oldest request first), taking ``latency.predict(batch, ctx)``;
+  fewer when the full step would miss a deadline that a smaller one followed by the
+  rest meets better (:func:`workers.batching.split_due`, the live engine's rule).
 * Policies run on the control tick (every ``interval_s``, the first at time 0, after
   the trace events of that instant). The three policies decide together through
   :class:`policies.combined.Combined` (placement, then offload, then autoscaling on one
@@ -68,6 +70,7 @@ import numpy as np
 
 from experiments.sim.actions import ActionApplier
 from experiments.sim.alignment import join_early
+from workers.batching import split_due
 from experiments.sim.config import PolicySet, SimConfig
 from experiments.sim.models import model_cost
 from experiments.sim.result import SimResult, assemble
@@ -409,13 +412,19 @@ class Simulator:
                 if align and s.copy_until <= now and r - s.period <= now:
                     early.append(s)
         if due:
-            if len(due) > w.max_batch:
-                due.sort(key=lambda s: (s.next_req, s.idx))
-                due = due[: w.max_batch]
-            elif early:
+            step_of = self._step_time if w.degree == 1 else lambda n, c: self._step_time(n, c, w.degree)
+            if len(due) > 1:
+                due.sort(key=lambda s: (s.next_req, s.idx))  # earliest deadline first
+                if len(due) > w.max_batch:
+                    due = due[: w.max_batch]
+                slo = self.snapshot_slo
+                k = split_due(now, [s.next_req + slo for s in due], lambda n: step_of(n, 0.0))
+                split, due = k < len(due), due[:k]
+            else:
+                split = False
+            if early and not split and len(due) < w.max_batch:
                 join_early(due, early, max_batch=w.max_batch, n_active=len(w.active), now=now,
-                           slo_s=self.snapshot_slo,
-                           step_s=self._step_time if w.degree == 1 else lambda n, c: self._step_time(n, c, w.degree))
+                           slo_s=self.snapshot_slo, step_s=step_of)
             n = len(due)
             ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
             step = self._step_time(n, ctx, w.degree)

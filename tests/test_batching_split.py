@@ -1,0 +1,52 @@
+"""Deadline-aware splitting of a step's due chunks (workers.batching.split_due), pure."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workers.batching import split_due
+
+
+def linear(a: float, t1: float = 0.344):
+    return lambda n: t1 * (1 + a * (n - 1))
+
+
+def worst_lateness(now, deadlines, step, n):
+    first = now + step(n)
+    late = [first - d for d in deadlines[:n]]
+    if n < len(deadlines):
+        late += [first + step(len(deadlines) - n) - d for d in deadlines[n:]]
+    return max(late)
+
+
+def test_a_full_step_that_meets_every_deadline_is_kept():
+    assert split_due(0.0, [0.75] * 4, linear(1.0, 0.1)) == 4
+    assert split_due(0.0, [0.5, 0.75], linear(0.1)) == 2
+
+
+def test_without_batching_gain_a_chunk_that_waited_goes_alone_before_a_fresh_one():
+    # The in-stream stall this removes: a chunk that waited a batch-1 step for the
+    # worker, then shared a step of two with a chunk that just became due (0.34 + 0.69 s).
+    assert split_due(0.0, [0.41, 0.75], linear(1.0)) == 1
+
+
+def test_with_batching_gain_the_full_step_serves_everyone_sooner():
+    assert split_due(0.0, [0.41, 0.75], linear(0.1)) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    now=st.floats(0, 10),
+    slack=st.lists(st.floats(-1.0, 2.0), min_size=1, max_size=8),
+    a=st.floats(0.0, 1.5),
+    t1=st.floats(0.01, 1.0),
+)
+def test_the_split_never_makes_the_worst_lateness_of_the_due_chunks_worse(now, slack, a, t1):
+    deadlines = sorted(now + x for x in slack)
+    step = linear(a, t1)
+    n = split_due(now, deadlines, step)
+    assert 1 <= n <= len(deadlines)
+    if now + step(len(deadlines)) <= deadlines[0]:
+        assert n == len(deadlines)  # every deadline met: no split
+    assert worst_lateness(now, deadlines, step, n) <= worst_lateness(now, deadlines, step, len(deadlines)) + 1e-9
