@@ -530,6 +530,13 @@ class TurboserveScheduler(SchedulerPlugin):
     def _check_worker(self, worker: str) -> None:
         if worker not in self.scheduler.workers:
             raise UnknownWorker(f"no worker {worker!r} in the cluster; known: {self._workers()}")
+        if self.groups is not None and worker in self.groups.followers():
+            from framework.errors import WorkerInGroup
+
+            group = self.groups.group_of(worker)
+            raise WorkerInGroup(f"worker {worker} follows in parallel group {group.group_id!r}: it takes no session "
+                                f"of its own; use its leader {group.leader}, or split it first: "
+                                f"server.set_parallelism(1, {list(group.workers)})")
 
     @staticmethod
     def _check_open(rec: SessionRecord) -> None:

@@ -93,7 +93,9 @@ def test_bad_requests_are_refused_with_typed_errors_and_change_nothing(server):
         with pytest.raises(WorkerInGroup, match="split a group whole"):
             server.set_parallelism(1, [workers[1]])
         with pytest.raises(WorkerInGroup, match="split it first"):
-            server.drain(workers[1])  # a follower: retiring it would end the group under its sessions
+            server.drain(workers[1])  # retiring a member would end the group under its sessions
+        with pytest.raises(WorkerInGroup, match="takes no session of its own"):
+            server.open_session(PROMPT, seed=1, worker=workers[1])  # a follower
         assert not server.set_parallelism(2, workers)["formed"]  # already so: nothing to do
     finally:
         server.set_parallelism(1, workers)
