@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TurboserveScheduler"]
 _ON_DEVICE = (SessionStatus.ACTIVE, SessionStatus.IDLE)
+#: Workers an ``open`` tries when the one it placed the session on dies meanwhile.
+OPEN_ATTEMPTS = 3
 
 
 class TurboserveScheduler(SchedulerPlugin):
@@ -223,8 +225,18 @@ class TurboserveScheduler(SchedulerPlugin):
         self.registry.add(rec)
         async with self._lock(rec.session_id):
             try:
-                target = worker or await self._admit(rec)
-                await self.actors.start(rec, target, {"kind": "new"})
+                for attempt in range(OPEN_ATTEMPTS):
+                    target = worker or await self._admit(rec)
+                    try:
+                        await self.actors.start(rec, target, {"kind": "new"})
+                        break
+                    except TransferError:
+                        # The worker died while the session started there: place it again
+                        # (unless the caller named that worker, or nothing is left to try).
+                        if worker is not None or target in self.scheduler.workers or attempt == OPEN_ATTEMPTS - 1:
+                            raise
+                        logger.warning("worker %s left while session %s started there; placing it again",
+                                       target, rec.session_id)
             except BaseException:
                 self._set(rec, SessionStatus.CLOSED)
                 raise
@@ -341,7 +353,7 @@ class TurboserveScheduler(SchedulerPlugin):
             self.actors.release(rec)
             self.actors.forget(session_id)
             if self.settings.store:
-                await asyncio.to_thread(self.actors.forget_checkpoint, session_id)
+                await asyncio.to_thread(self.actors.forget_checkpoint, rec)
             rec.worker, rec.tier = None, None
             self._set(rec, SessionStatus.CLOSED)
             self._kick()

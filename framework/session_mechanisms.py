@@ -119,8 +119,12 @@ class SessionActors:
         self._changed()
 
     async def call(self, rec: SessionRecord, method: str, *args: Any) -> Any:
-        """Call ``method`` on the session's actor."""
-        return await call_actor(self.scheduler.rpc(rec.worker), rec.actor_key, method, *args)
+        """Call ``method`` on the session's actor; a worker that went away is a :class:`TransferError`."""
+        try:
+            return await call_actor(self.scheduler.rpc(rec.worker), rec.actor_key, method, *args)
+        except OSError as exc:  # see _bounded
+            raise TransferError(f"session {rec.session_id!r}: {method} on {rec.worker} failed: "
+                                f"the worker did not answer ({exc!r})") from exc
 
     async def _started(self, fut: Any, worker: str) -> None:
         """Wait for the actor task on ``worker``; fail at once when the worker leaves, or after the timeout.
@@ -140,11 +144,18 @@ class SessionActors:
                 pass
 
     async def _bounded(self, aw: Any, what: str) -> Any:
+        """Await a call to a worker within the transfer timeout; a worker that went away is a TransferError.
+
+        A bare ``CommClosedError`` must not leave a scheduler handler: Dask's server
+        takes it for the *caller's* connection closing and drops that connection.
+        """
         try:
             return await asyncio.wait_for(aw, self.settings.transfer_timeout_s)
         except asyncio.TimeoutError:
             raise TransferError(f"{what} took more than {self.settings.transfer_timeout_s} s "
                                 "(turboserve.control.transfer-timeout)") from None
+        except OSError as exc:  # CommClosedError and other connection failures
+            raise TransferError(f"{what} failed: the worker did not answer ({exc!r})") from exc
 
     def release(self, rec: SessionRecord) -> None:
         """Drop the session's actor (its worker frees it)."""
@@ -241,14 +252,14 @@ class SessionActors:
                 return
             await asyncio.sleep(0.05)
 
-    def forget_checkpoint(self, session_id: str) -> None:
-        """Delete the session's checkpoint from the store (logged on failure)."""
+    def forget_checkpoint(self, rec: SessionRecord) -> None:
+        """Delete the session's checkpoint from the store, fenced above its last owner (logged on failure)."""
         try:
             from storage import CheckpointStore
 
-            CheckpointStore(self.settings.store).delete(session_id)
+            CheckpointStore(self.settings.store).delete(rec.session_id, fence=rec.generation + 1)
         except Exception:
-            logger.warning("could not delete the checkpoint of session %s", session_id, exc_info=True)
+            logger.warning("could not delete the checkpoint of session %s", rec.session_id, exc_info=True)
 
     async def _control_client(self) -> Any:
         async with self._client_lock:

@@ -230,7 +230,8 @@ class CheckpointStore:
             "checksums": checksums,
         }
         # The generation's attributes are its "complete" marker: written after all data.
-        group.attrs.update({**sealed, "digest": seal(sealed), "complete": True})
+        # One document write (zarr's ``attrs.update`` writes the document once per key).
+        group.update_attributes({**sealed, "digest": seal(sealed), "complete": True})
         # A new owner may have claimed the session while the arrays were written.
         self._check_owner(session_id, epoch, drop=generation)
         # The switch: one metadata document, replaced atomically on a local store.
@@ -243,7 +244,7 @@ class CheckpointStore:
         }
         if epoch is not None:
             pointer[_EPOCH_KEY] = epoch
-        session.attrs.update(pointer)
+        session.update_attributes(pointer)  # one document, one atomic write
         for old in [g for g in session.group_keys() if g != generation]:
             try:
                 del session[old]
@@ -279,7 +280,7 @@ class CheckpointStore:
                 f"session {session_id!r} in {self.url} is owned at epoch {stored}; "
                 f"epoch {epoch} is stale (the session moved on; stop serving it here)"
             )
-        self._root.require_group(session_id).attrs.update({_EPOCH_KEY: epoch})
+        self._root.require_group(session_id).update_attributes({_EPOCH_KEY: epoch})
         self._epochs[session_id] = epoch
 
     def owner_epoch(self, session_id: str) -> int | None:
@@ -307,13 +308,39 @@ class CheckpointStore:
                 f"older than the owner's {stored}; the session is served elsewhere now, not saved"
             )
 
-    def delete(self, session_id: str) -> bool:
-        """Remove the session's checkpoint; ``False`` if there was none."""
+    def delete(self, session_id: str, *, fence: int | None = None) -> bool:
+        """Remove the session's checkpoint; ``False`` if there was none.
+
+        With ``fence`` (an epoch above any owner's), the session's folder stays as a
+        tombstone holding only that epoch, so a save still queued by its last owner
+        is refused instead of bringing the closed session's checkpoint back.
+        """
         _check_name("session id", session_id)
         if session_id not in self._root.group_keys():
             return False
-        del self._root[session_id]
+        if fence is None:
+            del self._root[session_id]
+            return True
+        self.claim(session_id, fence)
+        session = self._root[session_id]
+        for generation in list(session.group_keys()):
+            try:
+                del session[generation]
+            except OSError:  # a fenced writer's files vanish under it, or it removes its own
+                pass
+        session.attrs.put({_EPOCH_KEY: fence})
         return True
+
+    def discard(self, session_id: str) -> None:
+        """Remove whatever is stored under the session's folder, readable or not (a refused checkpoint).
+
+        Keeps the recorded ownership epoch when it can still be read, so the fence stays.
+        """
+        _check_name("session id", session_id)
+        epoch = self.owner_epoch(session_id)
+        zarr.core.sync.sync(self._store.delete_dir(session_id))
+        if epoch is not None:
+            self._root.require_group(session_id).update_attributes({_EPOCH_KEY: epoch})
 
     # ------------------------------------------------------------------ reading
 

@@ -103,6 +103,35 @@ def test_saves_without_a_claim_are_not_fenced(tmp_path, model):
     assert store.owner_epoch("s") is None and store.load("s").equal(state)
 
 
+def test_the_pointer_switch_is_one_document_write(tmp_path, model, monkeypatch):
+    """A worker killed mid-switch leaves the old pointer or the new one, never a mix of both."""
+    first, second = _states(model, 6, [1, 2])
+    store = CheckpointStore(tmp_path)
+    store.save("s", first)
+    written = []
+    real_set = type(store._store).set
+
+    async def counting_set(self, key, value):
+        written.append(key)
+        return await real_set(self, key, value)
+
+    monkeypatch.setattr(type(store._store), "set", counting_set)
+    store.save("s", second)
+    assert written.count("s/zarr.json") == 1
+    assert store.load("s").equal(second)
+
+
+def test_a_closed_session_s_tombstone_refuses_its_last_owner_s_queued_save(tmp_path, model):
+    (state,) = _states(model, 8, [1])
+    owner = CheckpointStore(tmp_path)
+    owner.claim("s", 3)
+    owner.save("s", state)
+    assert CheckpointStore(tmp_path).delete("s", fence=4)
+    with pytest.raises(CheckpointFenced):
+        owner.save("s", state)  # queued before the close, run after it
+    assert not owner.exists("s") and owner.list() == [] and owner.owner_epoch("s") == 4
+
+
 # ------------------------------------------------------------------ live
 
 

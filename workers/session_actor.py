@@ -358,6 +358,10 @@ class SessionActor:
                                        "why": f"no checkpoint of the session in {store.url}"}
         except CheckpointError as exc:
             logger.warning("session %s: %s; regenerating it from chunk 0", self.session_id, exc)
+            try:  # the refused checkpoint goes, so the next saves start on a clean folder
+                store.discard(self.session_id)
+            except Exception:
+                logger.warning("session %s: could not remove the refused checkpoint", self.session_id, exc_info=True)
             return self._new_state(), {"kind": "regenerated", "from_chunk": 0, "why": str(exc),
                                        "error": type(exc).__name__}
         return state, {"kind": "restored", "from_chunk": state.chunk_index, "why": f"checkpoint in {store.url}"}
