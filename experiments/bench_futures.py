@@ -11,7 +11,9 @@ cluster, interleaved chunk by chunk, so the machine's load hits both alike:
   (``_request(1)`` then ``_chunk(i)``, the body of the old ``submit``), and the model's
   step on the worker (``t_done_s - t_start_s``) as the scale;
 * **S sessions, back to back**: ``S`` submits, then all results (``client.gather``)
-  against ``S`` long-poll requests and polls run concurrently; wall time per round.
+  against the old ``submit`` made ``S`` times (its request sent and answered before it
+  returned a ``concurrent.futures.Future`` of the long-poll), then all results; wall time
+  per round.
 
 Printed: medians in ms, the difference (the overhead of a future per chunk) and that
 difference as a share of the step (target of issue 12: at most 2 ms or 5 % of a tiny
@@ -41,6 +43,12 @@ def _round_longpoll(server, sessions) -> list:
         return await asyncio.gather(*(_longpoll(s) for s in sessions))
 
     return server.client.sync(both)
+
+
+def _old_submit(session):
+    """The body of ``Session.submit`` before issue 12 (a ``concurrent.futures.Future``)."""
+    index = session._sync(session._request, 1)
+    return asyncio.run_coroutine_threadsafe(session._chunk(index), session._server.client.loop.asyncio_loop)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             server.client.gather([s.submit() for s in many])
             fut_r.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            _round_longpoll(server, many)
+            [f.result() for f in [_old_submit(s) for s in many]]
             poll_r.append(time.perf_counter() - t0)
         for s in many:
             s.close()
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  one session   future {1e3 * med(fut_s):8.2f}   long-poll {1e3 * med(poll_s):8.2f}   "
           f"overhead {1e3 * d:+7.2f} ms = {100 * d / step:+5.1f}% of a step   ({args.chunks} chunks each)")
     d = (med(fut_r) - med(poll_r)) / args.sessions
-    print(f"  {args.sessions} sessions    future {1e3 * med(fut_r):8.2f}   long-poll {1e3 * med(poll_r):8.2f}   "
+    print(f"  {args.sessions} sessions    future {1e3 * med(fut_r):8.2f}   old submit {1e3 * med(poll_r):7.2f}   "
           f"overhead per chunk {1e3 * d:+7.2f} ms   (per round of {args.sessions}, {len(fut_r)} rounds each)")
 
 
