@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     from framework import Server
 
     med = statistics.median
-    with Server.local(n_workers=1, model=args.model, checkpoint_every=0, dashboard_address=":0") as server:
+    with Server.local(n_workers=1, model=args.model, checkpoint_every=0, dashboard_address=":0",
+                      adaptive=False) as server:
         one = server.open_session(PROMPT, seed=0)
         one.submit().result()  # warm-up, both paths
         _round_longpoll(server, [one])

@@ -107,7 +107,7 @@ def live(chunks: int, size: int) -> None:
     from framework import Server
 
     print(f"live: Server.local, 2 CPU workers, tiny {size}x{size}, {chunks} chunks per phase")
-    with Server.local(n_workers=2, model="tiny", dashboard_address=":0") as server:
+    with Server.local(n_workers=2, model="tiny", dashboard_address=":0", adaptive=False) as server:
         workers = server.workers()
         s = server.open_session(PROMPT, seed=3, height=size, width=size)
         list(s.stream(2))  # warm-up

@@ -91,7 +91,8 @@ def replay_live(
     specs = trace_sessions(trace)
     models = sorted({s["model"] for s in specs.values()})
     kwargs = {"dashboard_address": None, **(cluster_kwargs or {})}
-    server = Server.local(n_workers=n0, model=models[0], settings={"on_full": "queue"}, **kwargs)
+    server = Server.local(n_workers=n0, model=models[0], settings={"on_full": "queue"}, adaptive=False,
+                          **kwargs)  # its own loop and Adaptive, started below
     calibration: list[tuple] = []
     try:
         if profile is None and calibrate:

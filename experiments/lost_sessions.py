@@ -28,7 +28,8 @@ def _suspend_under_a_kill(delays: list[float]) -> None:
 
     from framework import Server
 
-    with Server.local(n_workers=len(delays) + 1, model="tiny", dashboard_address=None, checkpoint_every=2) as server:
+    with Server.local(n_workers=len(delays) + 1, model="tiny", dashboard_address=None, checkpoint_every=2,
+                      adaptive=False) as server:
         for trial, delay in enumerate(delays):
             s = server.open_session(PROMPT, seed=trial)
             list(s.stream(3))
@@ -55,7 +56,7 @@ def _scheduler_closed(relocate_s: float) -> None:
     from framework import Server
 
     session_module.RELOCATE_TIMEOUT_S = relocate_s
-    server = Server.local(n_workers=1, model="tiny", dashboard_address=None)
+    server = Server.local(n_workers=1, model="tiny", dashboard_address=None, adaptive=False)
     try:
         s = server.open_session(PROMPT, seed=0)
         list(s.stream(2))
