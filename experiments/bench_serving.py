@@ -21,11 +21,15 @@ compared with (the machine is shared and noisy: compare within a run, not across
    parallel on two cores, which assumes nothing else runs). Printed per row: live and
    bare chunks/s and their ratio, the mean batch the engines formed (steps and chunks
    from their counters) against the batch the simulator assumes (every due session of a
-   worker in one step: ``S / W``), client-side chunk latency, and the overhead per chunk
-   (``1/live rate - 1/bare rate``). No periodic checkpoints (``checkpoint_every=0``).
+   worker in one step: ``S / W``), client-side chunk latency, the overhead per chunk
+   (``1/live rate - 1/bare rate``) and how busy the engines were (model-step seconds
+   over wall seconds). No periodic checkpoints (``checkpoint_every=0``), no control loop.
 
-Run: ``.venv/bin/python -m experiments.bench_serving [--chunks 6] [--sessions 1,4,8]
-[--workers 1,2]``.
+``--prearm 0,1`` runs the rows once per ``turboserve.engine.prearm-chunks`` value (one
+cluster each), ``--load N`` with N busy-loop processes of its own for the whole run.
+
+Run: ``.venv/bin/python -m experiments.bench_serving [--chunks 6] [--block 4]
+[--sessions 1,4,8] [--workers 1,2] [--prearm 0,1] [--load 0]``.
 """
 
 from __future__ import annotations
