@@ -179,6 +179,7 @@ def oracle_row(trace: TraceInput, label: str, gpus: int, config: SimConfig) -> d
     end = float(trace.frame["time_s"].max())
     gpu_s = 0.0
     meets = True
+    series = []
     for model, wl in pools.items():
         k = degree_for(label, model, config)
         per_unit = unit_slots(model, k, config)
@@ -186,11 +187,21 @@ def oracle_row(trace: TraceInput, label: str, gpus: int, config: SimConfig) -> d
         per_unit = max(per_unit, 1)
         times, active = active_series(wl)
         durations = np.diff(np.append(times, end))
-        gpu_s += float((np.ceil(active / per_unit) * k * np.clip(durations, 0, None)).sum())
+        need = np.ceil(active / per_unit) * k
+        gpu_s += float((need * np.clip(durations, 0, None)).sum())
+        series.append((times, need))
+    # GPUs provisioned for the peak: one pool per model (the sum of the pools' peaks) or
+    # one fleet whose GPUs change model and degree as the mix moves (the peak of the sum)
+    pooled_peak = int(sum(need.max(initial=0) for _, need in series))
+    grid = np.unique(np.concatenate([t for t, _ in series])) if series else np.zeros(0)
+    shared = sum(need[np.clip(np.searchsorted(t, grid, side="right") - 1, 0, None)] * (grid >= t[0])
+                 for t, need in series if len(t))
+    shared_peak = int(np.max(shared, initial=0)) if len(grid) else 0
     sessions = int(sum(len(wl.session_ids) for wl in pools.values()))
     hours = gpu_s / 3600.0
     return {"trace": trace.name, "policy": f"oracle:{label}", "gpus": gpus, "scale": trace.scale,
             "gpu_hours": hours, "sessions": sessions, "meets_deadline": bool(meets),
+            "peak_gpus_pooled": pooled_peak, "peak_gpus_shared": shared_peak,
             "sessions_per_gpu_hour": sessions / hours if hours > 0 else math.nan}
 
 

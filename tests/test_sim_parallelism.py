@@ -194,3 +194,5 @@ def test_the_oracle_bound_never_counts_a_degree_that_misses_the_14b_deadline_as_
     assert table.loc["oracle:fixed-4", "vs_best_fixed"] == 1.0
     # the adaptive degrees need at most the GPU-hours of fixed 4 (the same 14B degree, 1.3B at its best)
     assert table.loc["oracle:adaptive", "gpu_hours"] <= table.loc["oracle:fixed-4", "gpu_hours"]
+    # one pool per model provisions the sum of the pools' peaks, a shared fleet the peak of the sum
+    assert (table["peak_gpus_pooled"] >= table["peak_gpus_shared"]).all()
