@@ -164,6 +164,23 @@ def test_adaptive_does_not_reshard_streaming_sessions_that_meet_the_deadline_whe
     assert Adaptive().decide(s, None)[0] == []
 
 
+#: A model that meets the deadline alone but batches far more per GPU in a group whose batch scales.
+MID = BatchLatencyModel((1, 2), (0.7, 0.75))
+SCALING = ParallelStepModel(efficiency=0.9, batch_scales_with_degree=True)
+
+
+def test_by_transformation_cost_streaming_sessions_are_resharded_for_waiting_ones_only_if_the_pause_is_short():
+    s = snap(MID, n=4, parallel=SCALING, sessions=[session("streams", ACTIVE, "w0"), session("waits")])
+    assert Adaptive().target(s) == 2 and needed_degree(s) == 1  # pairs double the sessions per GPU
+    actions, _ = Adaptive().decide(s, None)
+    assert [a.workers for a in actions] == [("w0", "w1"), ("w2", "w3")]
+    assert "wait" in actions[0].cause
+    # no pause allowed, or nobody waiting: the streaming worker stays alone, the free ones pair up
+    assert [a.workers for a in Adaptive(max_pause_s=0.0).decide(s, None)[0]] == [("w1", "w2")]
+    nobody_waits = snap(MID, n=4, parallel=SCALING, sessions=[session("streams", ACTIVE, "w0")])
+    assert [a.workers for a in Adaptive().decide(nobody_waits, None)[0]] == [("w1", "w2")]
+
+
 def test_fixed_degree_forms_groups_of_its_degree_out_of_free_workers_only():
     s = snap(FAST, n=5, sessions=[session("a", ACTIVE, "w0")])
     actions, _ = FixedDegree(degree=2).decide(s, None)
