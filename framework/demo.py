@@ -13,7 +13,9 @@ latency per session, the loop's actions) and writes each session's video.
 The demo's knobs make the loop act within a minute on any machine: the SLO is set below
 any step time (``slo-s``), so the load-driven autoscaler budgets one active session per
 worker; idle sessions are offloaded after a few seconds; any predicted gain is worth a
-move. They are set with ``dask.config`` for the demo only.
+move. They are set with ``dask.config`` for the demo only. How soon a new worker is
+usable depends on the machine, so the sessions stay past the burst (up to twice its
+length) until the loop has migrated one.
 """
 
 from __future__ import annotations
@@ -75,15 +77,19 @@ def burst(n_sessions: int, length_s: float) -> list[Visit]:
     return visits
 
 
-def _play(server: Any, visit: Visit, prompt: str, seed: int, t0: float, out: dict[str, Any]) -> None:
-    """Stream one session along its visit, at playback pace; fill ``out`` (session, chunks)."""
+def _play(server: Any, visit: Visit, prompt: str, seed: int, t0: float, out: dict[str, Any],
+          stay: threading.Event | None = None, cap_s: float = 0.0) -> None:
+    """Stream one session along its visit, at playback pace; fill ``out`` (session, chunks).
+
+    While ``stay`` is set the session stays past its ``leave_s`` (up to ``cap_s``).
+    """
     time.sleep(max(0.0, t0 + visit.arrive_s - time.time()))
     session = server.open_session(prompt, seed=seed)
     out["session"], out["chunks"] = session, []
     period = session.frames / session.fps
     idle_done = visit.idle_at_s is None
     try:
-        while time.time() - t0 < visit.leave_s:
+        while time.time() - t0 < visit.leave_s or (stay is not None and stay.is_set() and time.time() - t0 < cap_s):
             if not idle_done and time.time() - t0 >= visit.idle_at_s:
                 idle_done = True
                 session.pause()  # the viewer looks away: idle, its state still on the device
@@ -111,6 +117,12 @@ def _relative(log: dict[str, Any], t0: float) -> dict[str, Any]:
         "decisions": [{**d, "time_s": rel(d["time_s"])} for d in log["decisions"]],
         "intervals": [{**r, "time_s": rel(r["time_s"])} for r in log["intervals"]],
     }
+
+
+def _migrated(server: Any) -> bool:
+    """Whether the loop has migrated a session yet."""
+    log = server.client.sync(server.client.scheduler.turboserve_control_log)
+    return any(d["accepted"] and d["action"] == "Migrate" for d in log["decisions"])
 
 
 def summarize(log: dict[str, Any], chunks: list[Any], t0: float,
@@ -223,12 +235,18 @@ def run_demo(
         t0 = time.time()
         visits = burst(n_sessions, length_s)
         results = [{} for _ in visits]
-        threads = [threading.Thread(target=_play, args=(server, v, prompts[i % len(prompts)], i, t0, results[i]),
-                                    daemon=True) for i, v in enumerate(visits)]
+        # The sessions stay past their leave time (up to twice the burst) until the loop
+        # has migrated one: how soon new workers are usable depends on the machine.
+        stay, cap_s = threading.Event(), 2 * length_s
+        stay.set()
+        threads = [threading.Thread(target=_play, args=(server, v, prompts[i % len(prompts)], i, t0, results[i],
+                                                        stay, cap_s), daemon=True) for i, v in enumerate(visits)]
         for th in threads:
             th.start()
         while any(th.is_alive() for th in threads):
             time.sleep(5.0)
+            if stay.is_set() and _migrated(server):
+                stay.clear()
             status = [r["session"].status if "session" in r else "-" for r in results]
             print(f"  t={time.time() - t0:5.1f}s  workers {len(server.workers())}  "
                   f"chunks {sum(len(r.get('chunks', ())) for r in results)}  sessions {' '.join(status)}", flush=True)
