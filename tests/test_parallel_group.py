@@ -10,6 +10,7 @@ with the full states, and a later one tells the session to look for its checkpoi
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 
 import numpy as np
 import pytest
@@ -119,3 +120,56 @@ def test_a_group_step_that_fails_later_sends_the_session_to_its_checkpoint():
     assert gm.lost is not None and reports == [(gm.lost, True)], "the scheduler recovers the sessions"
     assert gm.export_state(s) is s  # nothing to merge with any more: recovery uses the checkpoint
     g0.close()
+
+
+def test_a_checkpoint_copy_that_cannot_merge_reports_the_group_lost():
+    g0, g1 = _pair(timeout_s=5.0)
+    follower = Follower(g1, timeout_s=5.0)
+
+    def send(address, msg):  # steps go through; the follower is gone when the shards are asked for
+        if msg["action"] == "take":
+            fut = cf.Future()
+            fut.set_exception(ConnectionError(f"{address} is gone"))
+            return fut
+        return follower.send(address, msg)
+
+    leader = _model()
+    reports = []
+    gm = GroupModel(leader, g0, "t", ["follower"], send, timeout_s=5.0, on_failure=lambda *a: reports.append(a))
+    s = leader.new_session(PROMPT, 4)
+    gm.step([s])
+    with pytest.raises(ConnectionError):
+        gm.host_copy(s)
+    assert gm.lost is not None and reports == [(gm.lost, True)]
+    g0.close(), g1.close()
+
+
+def test_an_engine_whose_checkpoint_copy_fails_skips_the_checkpoint_and_serves_on():
+    from workers.engine import Engine
+    from workers.engine_settings import EngineSettings
+
+    class Failing:
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def host_copy(self, state):
+            raise ConnectionError("a follower is gone")
+
+    saved, got = [], []
+    model = _model()
+    engine = Engine(Failing(model), "w", EngineSettings(checkpoint_every=1, batch_window_s=0.0),
+                    checkpoint=lambda sid, st: saved.append(sid)).start()
+    try:
+        state = engine.call(model.new_session, PROMPT, 4).result(timeout=60)
+        engine.attach("s", state, got.append, want=2)
+        deadline = time.monotonic() + 120
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [c.index for c in got] == [0, 1], got
+        assert not saved, "no checkpoint without a copy"
+        assert engine.call(lambda: "alive").result(timeout=30) == "alive"
+    finally:
+        engine.stop()

@@ -213,11 +213,19 @@ class GroupModel:
         if layout(state) == (0, 1) or self.lost is not None:
             return state  # whole already, or (lost) a shard the caller drops: recovery uses the checkpoint
         key = str(state.scalars[SHARD_KEY])
-        futures = [
-            self._send(addr, {"action": "take", "group_id": self.group_id, "key": key, "release": release})
-            for addr in self.followers
-        ]
-        shards = [state.to("cpu")] + [f.result(self._timeout_s).to_state() for f in futures]
+        try:
+            futures = [
+                self._send(addr, {"action": "take", "group_id": self.group_id, "key": key, "release": release})
+                for addr in self.followers
+            ]
+            shards = [state.to("cpu")] + [f.result(self._timeout_s).to_state() for f in futures]
+        except Exception as exc:
+            # A follower is gone: the shards cannot be merged; the scheduler restarts the
+            # sessions from their checkpoints (the caller's copy or move fails).
+            if self.lost is None:
+                self.lost = f"merging a session's shards failed: {exc!r}"
+                self._report(self.lost, True)
+            raise
         merged = merge_shards(shards)
         merged.scalars.pop(SHARD_KEY, None)
         if release:
