@@ -15,7 +15,7 @@ from traces.io import read_trace, validate, write_trace
 from traces.scenarios import DESCRIPTIONS, SCENARIOS, scenario, scenario_spec, spec_path
 from traces.stats import concurrency, trace_stats
 
-SYNTHETIC = ["steady", "diurnal", "flash-crowd", "servegen-language-lite"]
+SYNTHETIC = ["steady", "diurnal", "flash-crowd", "servegen-language-lite", "mixed-14b-share"]
 FROM_DATA = [name for name in SCENARIOS if name not in SYNTHETIC]
 
 
