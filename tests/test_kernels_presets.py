@@ -15,9 +15,9 @@ GIB = 2**30
 
 
 def test_known_presets_and_unknown_name_error():
-    assert set(PRESETS) == {"tiny", "wan-1.3b", "wan-14b"}
+    assert set(PRESETS) == {"tiny", "tiny-trained", "wan-1.3b", "wan-14b"}
     assert get_preset("wan-14b") is PRESETS["wan-14b"]
-    with pytest.raises(ValueError, match=r"unknown model preset 'wan-2b'; known: \['tiny', 'wan-1.3b', 'wan-14b'\]"):
+    with pytest.raises(ValueError, match=r"unknown model preset 'wan-2b'; known: \['tiny', 'tiny-trained', 'wan-1.3b', 'wan-14b'\]"):
         get_preset("wan-2b")
 
 

@@ -124,9 +124,11 @@ class ModelHost(WorkerPlugin):
 
     def _build(self, model: str) -> Engine:
         from kernels.model import StreamingVideoModel
+        from kernels.presets import packaged_weights
 
         try:
-            path = self.weights.get(model)
+            # A configured checkpoint, else the one the package ships for the preset (tiny-trained).
+            path = self.weights.get(model) or packaged_weights(model)
             invariant = self.engine_settings.batch_invariant  # resolved by the client: every worker agrees
             if path:
                 net = StreamingVideoModel.from_pretrained(path, preset=model, device=self.device,

@@ -51,6 +51,8 @@ class ModelCost:
 MODELS: dict[str, ModelCost] = {
     # Tiny random-weight model (kernels preset "tiny"), measured on a CPU.
     "tiny": ModelCost("tiny", "tiny-cpu", 64 * 1024**2),
+    # The shipped CPU-trained tiny model (kernels preset "tiny-trained"), measured on a CPU.
+    "tiny-trained": ModelCost("tiny-trained", "tiny-trained-cpu", 64 * 1024**2),
     # Wan2.1-1.3B (Self-Forcing geometry: 5.62 GiB KV + 1.76 GiB VAE cache at 480x832);
     # weights 2.6 GB bf16 + ~8 GB activation reserve.
     "wan-1.3b": ModelCost("wan-1.3b", "wan-1.3b-h100-published", int(10.6e9)),
