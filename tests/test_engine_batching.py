@@ -345,3 +345,14 @@ def test_a_worker_over_its_batch_makes_degraded_deterministic_chunks(model):
         engine.request(f"s{i}", 2)
     plan = engine.schedule()
     assert plan.batch_size == 2 and not plan.degraded
+
+
+def test_a_deadline_met_to_the_rounding_is_still_protected():
+    # Found by the property above: a chunk first seen exactly one step before its
+    # deadline (0.911 + 0.2525 = 1.164, equal up to float rounding) was taken for one
+    # that cannot be met, so the window waited past it for another session.
+    step = _linear(0.252537225268206, 0.0)
+    sessions = [("paced", 0.0, 1.0), ("paced", 0.0, 0.252537225268206)]
+    for r in _simulate(sessions, step, 1.0, 0.6588355876297863, ["now"] * 6):
+        if r["could_make_it"]:
+            assert r["done"] <= r["deadline"] + 1e-9, r

@@ -54,6 +54,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+#: Times closer than this (seconds) are the same time to the rule (float rounding).
+_EPS_S = 1e-9
+
 #: Reasons a decision gives (plain strings, for logs and tests).
 REASONS = ("idle", "full", "alone", "window", "deadline", "window-over")
 
@@ -154,9 +157,11 @@ def decide_batch(
         return BatchDecision(True, None, "alone")
     largest = min(max_batch, n_ready + ahead + len(expected_s))
     alone = step_s(n_ready)  # (d - step >= now, not now + step <= d: the same rounding as `latest`)
-    meetable = [d for d in deadlines_s if d - alone >= now]
+    # A deadline met exactly (to rounding, _EPS_S) counts as meetable, and a latest start
+    # that rounding puts a hair after now is now: a wait can never land past it.
+    meetable = [d for d in deadlines_s if d - alone >= now - _EPS_S]
     latest = min(meetable) - step_s(largest) if meetable else math.inf
-    if latest <= now:
+    if latest <= now + _EPS_S:
         return BatchDecision(True, None, "deadline")
     if window_end <= now:
         return BatchDecision(True, None, "window-over")

@@ -123,7 +123,6 @@ class _Entry:
     t_ready: float = 0.0  # when the reader's acknowledgement last let a blocked session through
     expect: bool = True  # its next request may come any moment (see Engine.decide)
     reading: bool = False  # its client asked and did not pause: chunks may be made ahead
-    t_ahead: float = 0.0  # when its next chunk last became one that may be made ahead
 
     def due(self, max_unread: int = 0) -> bool:
         if self.state.chunk_index >= self.want:
@@ -283,7 +282,6 @@ class Engine:
             for i in range(max(entry.want, entry.state.chunk_index), until):
                 entry.t_request.setdefault(i, now)
             entry.reading = True
-            entry.t_ahead = now
             if until > entry.want:
                 entry.want = until
                 entry.expect = True
@@ -359,24 +357,22 @@ class Engine:
         its last request or its last chunk (a closed-loop client asks again as soon as
         it has the chunk; sessions submitted back to back come within milliseconds)
         until a step starts without it: so a session that went quiet costs at most one
-        window, and a paused one none. Sessions whose next chunk may be made ahead are
-        not waited for (they join by :func:`join_ahead` in :meth:`schedule`) but count
-        towards a full batch.
+        window, and a paused one none. A session whose next chunk may be made ahead is
+        waited for like any other (its request makes it due); whether it joins a step
+        without asking is :meth:`schedule`'s call.
         """
         now = time.time() if now is None else now
         cfg = self.settings
         if not cfg.batching:
             due = self._has_due()
             return BatchDecision(due, None, "alone" if due else "idle")
-        ready, deadlines, expected, ahead = [], [], [], []
+        ready, deadlines, expected = [], [], []
         with self._cond:
             for e in self._entries.values():
                 if e.due(cfg.max_unread):
                     t_req = e.t_request.get(e.state.chunk_index, now)
                     ready.append(max(t_req, e.t_ready))
                     deadlines.append(t_req + cfg.deadline_s)
-                elif e.ahead(cfg.prearm_chunks, cfg.max_unread):
-                    ahead.append(max(e.t_ahead, e.t_ready))
                 elif e.expect:
                     expected.append(now)
                 else:
@@ -387,7 +383,7 @@ class Engine:
         max_batch = min(cfg.max_batch, self._memory_cap())
         window = cfg.batch_window_s
         if cfg.batch_window_share and measured and window:
-            window = max(window, cfg.batch_window_share * step_s(min(max_batch, len(ready) + len(ahead) + len(expected))))
+            window = max(window, cfg.batch_window_share * step_s(min(max_batch, len(ready) + len(expected))))
         return decide_batch(
             now,
             ready_s=ready,
@@ -397,7 +393,6 @@ class Engine:
             window_s=window,
             max_batch=max_batch,
             free_s=free_s,
-            ahead=len(ahead),
         )
 
     def schedule(self) -> StepPlan:
@@ -485,7 +480,6 @@ class Engine:
                 )
                 entry.migrated = False
                 entry.expect = True
-                entry.t_ahead = t_done
                 chunks.append((entry, chunk))
                 if every and self._checkpoint is not None and entry.state.chunk_index % every == 0:
                     ckpt.append((sid, entry))
