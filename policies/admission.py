@@ -10,7 +10,9 @@ earlier ones. The ledger is the single place where the admission rules live:
   ``WorkerView.memory_bytes``;
 - compute: at most ``WorkerView.max_batch`` active sessions (ACTIVE, MIGRATING into
   the worker, placed this decision) share one coalesced step;
-- only RUNNING workers take sessions.
+- only RUNNING workers take sessions;
+- a worker takes only sessions of a model it serves (``WorkerView.serves``: its
+  ``models``, None for any).
 
 A session that leaves a worker in this decision (migrated away, offloaded) gives its
 batch slot back at once but keeps its memory booked on the source until the copy has
@@ -99,16 +101,20 @@ class WorkerLoad:
         """Device memory not booked by any session."""
         return self.view.memory_bytes - self.mem_used
 
-    def fits(self, nbytes: int, *, active: bool, memory_share: float = 1.0) -> bool:
-        """Whether a session of ``nbytes`` (active or not) may still go here.
+    def fits(self, nbytes: int, *, active: bool, memory_share: float = 1.0, model: str | None = None) -> bool:
+        """Whether a session of ``nbytes`` (active or not, of ``model``) may still go here.
 
         ``memory_share`` < 1 keeps that share of the device as the ceiling instead of
         all of it (the offload policy resumes only below its high-water mark).
+        ``model`` None: any worker's pool will do (the check is skipped).
         """
-        limit = self.view.memory_bytes if memory_share >= 1.0 else memory_share * self.view.memory_bytes
-        if self.view.status is not _RUNNING or self.mem_used + nbytes > limit:
+        view = self.view
+        limit = view.memory_bytes if memory_share >= 1.0 else memory_share * view.memory_bytes
+        if view.status is not _RUNNING or self.mem_used + nbytes > limit:
             return False
-        return not active or self.n_active < self.view.max_batch
+        if model is not None and view.models is not None and model not in view.models:
+            return False
+        return not active or self.n_active < view.max_batch
 
 
 class CapacityLedger:

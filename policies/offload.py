@@ -163,7 +163,7 @@ class IdleTimeout(_OffloadPolicy):
             returning.sort(key=lambda s: (s.next_active_s, s.session_id))
             chooser = HeapChooser(ledger.loads.values(), fewest_active, memory_share=self.high_water)
             for s in returning:
-                load = chooser.pick(s.state_bytes)
+                load = chooser.pick(s.state_bytes, model=s.model)
                 if load is None:
                     continue
                 # Booked as active: it needs a batch slot as soon as it returns.

@@ -53,7 +53,7 @@ fewest_active: Callable[[WorkerLoad], tuple[int, int]] = attrgetter("n_active", 
 
 
 class _Chooser(Protocol):
-    def pick(self, nbytes: int, exclude: WorkerLoad | None = None) -> WorkerLoad | None: ...
+    def pick(self, nbytes: int, exclude: WorkerLoad | None = None, model: str | None = None) -> WorkerLoad | None: ...
 
     def refresh(self, load: WorkerLoad) -> None: ...
 
@@ -70,9 +70,13 @@ class HeapChooser:
     session computes in them (slots kept for idle sessions resident there, see
     :class:`MigrationAware`); a worker has room while ``n_active + held < max_batch``.
     The caller changes ``held`` in place and then calls :meth:`refresh`.
+
+    ``pick(..., model=m)`` skips workers that do not serve ``m`` (``WorkerView.serves``);
+    when no worker names its models (the common case) the check costs nothing, and
+    otherwise misses are remembered per model.
     """
 
-    __slots__ = ("_key", "_heap", "_min_failed", "_share", "held")
+    __slots__ = ("_key", "_heap", "_min_failed", "_share", "held", "_pooled", "_failed_by_model")
 
     def __init__(
         self, loads: Any, key: Callable[[WorkerLoad], tuple], memory_share: float = 1.0,
@@ -89,6 +93,8 @@ class HeapChooser:
         ]
         heapq.heapify(self._heap)
         self._min_failed: int | None = None
+        self._pooled = any(entry[-1].view.models is not None for entry in self._heap)
+        self._failed_by_model: dict[str, int] = {}
 
     def _open(self, load: WorkerLoad) -> bool:
         return load.view.status is _RUNNING and load.n_active + self.held.get(load.address, 0) < load.view.max_batch
@@ -99,10 +105,14 @@ class HeapChooser:
         if view.status is _RUNNING and load.n_active + self.held.get(load.address, 0) < view.max_batch:
             heappush(self._heap, (*self._key(load), load.address, load.version, load))
             self._min_failed = None
+            if self._pooled:
+                self._failed_by_model.clear()
 
-    def pick(self, nbytes: int, exclude: WorkerLoad | None = None) -> WorkerLoad | None:
-        """The best-ranked running worker that fits an active session of ``nbytes``."""
-        if self._min_failed is not None and nbytes >= self._min_failed and exclude is None:
+    def pick(self, nbytes: int, exclude: WorkerLoad | None = None, model: str | None = None) -> WorkerLoad | None:
+        """The best-ranked running worker that fits an active session of ``nbytes`` (of ``model``)."""
+        pooled = self._pooled and model is not None
+        failed = self._failed_by_model.get(model) if pooled else self._min_failed  # type: ignore[arg-type]
+        if failed is not None and nbytes >= failed and exclude is None:
             return None
         heap, stash, found = self._heap, [], None
         share, hold = self._share, self.held.get
@@ -115,9 +125,11 @@ class HeapChooser:
                     or load.n_active + hold(load.address, 0) >= view.max_batch):
                 heappop(heap)
                 continue
-            # load.fits(nbytes, active=True, memory_share=share), inlined: status and slot checked above.
+            # load.fits(nbytes, active=True, memory_share=share, model=model), inlined: status
+            # and slot checked above; the pool check (WorkerView.serves) only where pools exist.
             limit = view.memory_bytes if share >= 1.0 else share * view.memory_bytes
-            if load is exclude or load.mem_used + nbytes > limit:
+            if (load is exclude or load.mem_used + nbytes > limit
+                    or (pooled and view.models is not None and model not in view.models)):
                 stash.append(heappop(heap))
                 continue
             found = load
@@ -125,45 +137,55 @@ class HeapChooser:
         for entry in stash:
             heappush(heap, entry)
         if found is None and exclude is None:
-            self._min_failed = nbytes
+            if pooled:
+                self._failed_by_model[model] = nbytes  # type: ignore[index]
+            else:
+                self._min_failed = nbytes
         return found
 
 
 class RingChooser:
     """Running workers in snapshot order; picks the next one with room after ``last``.
 
-    Like :class:`HeapChooser` it remembers the smallest session that found no room,
-    so a full cluster costs one scan per decision, not one per pending session.
+    Like :class:`HeapChooser` it remembers the smallest session that found no room
+    (per model where workers serve given models), so a full cluster costs one scan per
+    decision, not one per pending session.
     """
 
-    __slots__ = ("_ring", "_pos", "_min_failed")
+    __slots__ = ("_ring", "_pos", "_min_failed", "_key_model")
 
     def __init__(self, loads: Any, last: str | None) -> None:
         self._ring = [ld for ld in loads if ld.view.status is _RUNNING]
         self._pos = 0
-        self._min_failed: int | None = None
+        # Keyed by model (None: any) only where some worker serves given models.
+        self._min_failed: dict[str | None, int] = {}
+        pooled = any(ld.view.models is not None for ld in self._ring)
+        self._key_model = pooled
         for i, ld in enumerate(self._ring):
             if ld.address == last:
                 self._pos = i + 1
                 break
 
     def refresh(self, load: WorkerLoad) -> None:
-        """The ring order is fixed; only forget the remembered miss (a slot may have freed)."""
-        self._min_failed = None
+        """The ring order is fixed; only forget the remembered misses (a slot may have freed)."""
+        if self._min_failed:
+            self._min_failed.clear()
 
-    def pick(self, nbytes: int, exclude: WorkerLoad | None = None) -> WorkerLoad | None:
-        """The next worker in the ring that fits an active session of ``nbytes``."""
-        if self._min_failed is not None and nbytes >= self._min_failed and exclude is None:
+    def pick(self, nbytes: int, exclude: WorkerLoad | None = None, model: str | None = None) -> WorkerLoad | None:
+        """The next worker in the ring that fits an active session of ``nbytes`` (of ``model``)."""
+        key = model if self._key_model else None
+        failed = self._min_failed.get(key)
+        if failed is not None and nbytes >= failed and exclude is None:
             return None
         ring = self._ring
         n = len(ring)
         for i in range(n):
             load = ring[(self._pos + i) % n]
-            if load is not exclude and load.fits(nbytes, active=True):
+            if load is not exclude and load.fits(nbytes, active=True, model=model):
                 self._pos = (self._pos + i + 1) % n
                 return load
         if exclude is None:
-            self._min_failed = nbytes
+            self._min_failed[key] = nbytes
         return None
 
     @property
@@ -205,8 +227,10 @@ class _PlacementPolicy(LedgerPolicy):
     def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
         """Optional extra moves after placement and draining (none by default)."""
 
-    def _make_room(self, ledger: CapacityLedger, chooser: _Chooser, nbytes: int, actions: list[Action]) -> WorkerLoad | None:
-        """A worker for a pending session none has room for, after freeing a slot (none by default)."""
+    def _make_room(
+        self, ledger: CapacityLedger, chooser: _Chooser, nbytes: int, actions: list[Action], model: str,
+    ) -> WorkerLoad | None:
+        """A worker for a pending ``model`` session none has room for, after freeing a slot (none by default)."""
         return None
 
     def ledger(self, snap: Snapshot) -> CapacityLedger:
@@ -229,14 +253,15 @@ class _PlacementPolicy(LedgerPolicy):
             nbytes = s.state_bytes
             if nbytes <= 0:  # a new session: reserve() knows what to set aside
                 nbytes = reserve(s)
-            load = pick(nbytes)
+            load = pick(nbytes, None, s.model)
             if load is None:
-                load = self._make_room(ledger, chooser, nbytes, actions)
+                load = self._make_room(ledger, chooser, nbytes, actions, s.model)
             if load is None:
                 if refuse and s.state_bytes == 0:
                     acted.add(sid)
                     ledger.refused.add(sid)
-                    actions.append(Reject(sid, cause=f"full: no running worker has {nbytes} bytes and a batch slot free"))
+                    actions.append(Reject(sid, cause=f"full: no running worker of model {s.model!r} has {nbytes} bytes "
+                                                     "and a batch slot free"))
                 continue
             book(s, load, active=True, nbytes=nbytes)
             refresh(load)
@@ -256,7 +281,7 @@ class _PlacementPolicy(LedgerPolicy):
                     break
                 if s.session_id in moved:
                     continue
-                target = chooser.pick(s.state_bytes)
+                target = chooser.pick(s.state_bytes, model=s.model)
                 if target is None:
                     continue
                 ledger.move(s, load, target)
@@ -405,7 +430,9 @@ class MigrationAware(_PlacementPolicy):
             held = {ld.address: len(ld.idle) for ld in ledger.loads.values() if ld.idle and ld.view.status is _RUNNING}
         return HeapChooser(ledger.loads.values(), ledger.latency_plus_key(), held=held)
 
-    def _make_room(self, ledger: CapacityLedger, chooser: _Chooser, nbytes: int, actions: list[Action]) -> WorkerLoad | None:
+    def _make_room(
+        self, ledger: CapacityLedger, chooser: _Chooser, nbytes: int, actions: list[Action], model: str,
+    ) -> WorkerLoad | None:
         """Free a kept slot (``keep_idle_slots``): offload the longest-idle session of the best worker."""
         if not self.keep_idle_slots or not isinstance(chooser, HeapChooser) or not chooser.held:
             return None
@@ -417,7 +444,8 @@ class MigrationAware(_PlacementPolicy):
                 continue
             load = ledger.loads[address]
             view = load.view
-            if view.status is not _RUNNING or load.n_active >= view.max_batch or load.mem_used + nbytes > view.memory_bytes:
+            if (view.status is not _RUNNING or load.n_active >= view.max_batch
+                    or load.mem_used + nbytes > view.memory_bytes or not view.serves(model)):
                 continue
             # A session idle for less than two chunk periods may still have its last
             # chunk in flight (an offload would be refused): it keeps its slot.
@@ -496,7 +524,7 @@ class MigrationAware(_PlacementPolicy):
             if not queue:
                 break
             s = queue[-1]
-            target = pick(s.state_bytes, exclude=worst)
+            target = pick(s.state_bytes, worst, s.model)
             if target is None:
                 break
             pair_max = max(latency_minus(worst, s), latency_plus(target, s.context_frames))

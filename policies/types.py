@@ -102,6 +102,16 @@ class WorkerView:
     memory_bytes: int = 80 * GiB  # device memory available for session state
     max_batch: int = 32
     started_s: float = 0.0
+    #: The model presets this worker serves (its pool); None: any model (loaded on demand).
+    models: frozenset[str] | None = None
+
+    def serves(self, model: str) -> bool:
+        """Whether a session of ``model`` may be placed here (the one model-pool rule).
+
+        >>> WorkerView("w1", models=frozenset({"tiny"})).serves("wan-1.3b"), WorkerView("w2").serves("wan-1.3b")
+        (False, True)
+        """
+        return self.models is None or model in self.models
 
 
 @dataclass(frozen=True, slots=True)
