@@ -42,7 +42,11 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key.startswith("turboserve."):
         key = "turboserve." + key
-    return key, yaml.safe_load(raw)
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"config override {item!r}: the value is not valid YAML ({reason})") from None
 
 
 def resolved() -> dict[str, Any]:

@@ -38,6 +38,7 @@ from framework.control_settings import ControlSettings
 from framework.controller import ControlLoop
 from framework.dashboard.source import DashboardFeed
 from framework.limits import OpenLimits, validate_open
+from framework.model_pools import check_served, models_of
 from framework.parallelism import ParallelGroups
 from framework.registry import PLUGIN_NAME, SessionRecord, SessionRegistry
 from framework.serving_settings import TRANSPORTS, ServingSettings
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TurboserveScheduler"]
 _ON_DEVICE = (SessionStatus.ACTIVE, SessionStatus.IDLE)
-#: Workers an ``open`` tries when the one it placed the session on dies meanwhile.
+#: Workers an ``open`` tries when the one it placed the session on fails meanwhile.
 OPEN_ATTEMPTS = 3
 
 
@@ -222,21 +223,24 @@ class TurboserveScheduler(SchedulerPlugin):
         rec = self._new_record(prompt, seed, model, height, width, session_id)
         if worker is not None:
             self._check_worker(worker)
+        check_served(rec.model, self.worker_models(), worker)  # ModelNotServed, whatever on-full says
         self.registry.add(rec)
         async with self._lock(rec.session_id):
             try:
+                failed: set[str] = set()
                 for attempt in range(OPEN_ATTEMPTS):
-                    target = worker or await self._admit(rec)
+                    target = worker or await self._admit(rec, exclude=failed)
                     try:
                         await self.actors.start(rec, target, {"kind": "new"})
                         break
-                    except TransferError:
-                        # The worker died while the session started there: place it again
-                        # (unless the caller named that worker, or nothing is left to try).
-                        if worker is not None or target in self.scheduler.workers or attempt == OPEN_ATTEMPTS - 1:
+                    except TransferError as exc:
+                        # The worker died (or lost the actor) while the session started there:
+                        # place it again, elsewhere if possible (not when the caller named it).
+                        if worker is not None or attempt == OPEN_ATTEMPTS - 1:
                             raise
-                        logger.warning("worker %s left while session %s started there; placing it again",
-                                       target, rec.session_id)
+                        failed.add(target)
+                        logger.warning("session %s could not start on %s (%s); placing it again",
+                                       rec.session_id, target, exc)
             except BaseException:
                 self._set(rec, SessionStatus.CLOSED)
                 raise
@@ -485,6 +489,10 @@ class TurboserveScheduler(SchedulerPlugin):
         """Addresses of the workers in the cluster."""
         return list(self.scheduler.workers)
 
+    def worker_models(self) -> dict[str, frozenset[str] | None]:
+        """The models each worker serves, from its ``model-*`` resources (None: any)."""
+        return {a: models_of(ws.resources) for a, ws in self.scheduler.workers.items()}
+
     def records(self) -> list[SessionRecord]:
         """The open sessions' records."""
         return self.registry.records()
@@ -598,11 +606,11 @@ class TurboserveScheduler(SchedulerPlugin):
         followers = self.groups.followers() if self.groups is not None else set()
         return self.loop.choose(rec.session_id, set(exclude) | self._draining | full | followers, max_sessions=cap)
 
-    async def _admit(self, rec: SessionRecord) -> str:
-        """A worker for a new or resumed session, per ``admission.on-full``."""
+    async def _admit(self, rec: SessionRecord, exclude: set[str] = frozenset()) -> str:
+        """A worker for a new or resumed session, per ``admission.on-full`` (``exclude``: not these, if others fit)."""
         deadline = time.monotonic() + self.settings.queue_timeout_s
         while True:
-            target = self._choose(rec)
+            target = self._choose(rec, exclude=set(exclude)) or (self._choose(rec) if exclude else None)
             if target is not None:
                 return target
             full = (

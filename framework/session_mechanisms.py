@@ -21,7 +21,7 @@ from distributed.client import _wait
 from framework.registry import SessionRecord
 from framework.serving_settings import ServingSettings
 from policies.types import SessionStatus
-from workers.errors import TransferError
+from workers.errors import SessionMoved, TransferError
 from workers.session_actor import SessionActor, call_actor
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ class SessionActors:
             await self._started(fut, worker)
             if fut.status == "error":
                 raise await fut.exception()
+            if fut.status != "finished":
+                raise TransferError(f"the session actor on {worker} is {fut.status}, not started")
             info = await self._bounded(call_actor(rpc, key, "prepare", source),
                                        f"preparing session {rec.session_id!r} on {worker}")
         except BaseException:
@@ -156,6 +158,8 @@ class SessionActors:
                                 "(turboserve.control.transfer-timeout)") from None
         except OSError as exc:  # CommClosedError and other connection failures
             raise TransferError(f"{what} failed: the worker did not answer ({exc!r})") from exc
+        except SessionMoved as exc:  # the worker does not hold the actor (restarted, or released it)
+            raise TransferError(f"{what} failed: {exc}") from exc
 
     def release(self, rec: SessionRecord) -> None:
         """Drop the session's actor (its worker frees it)."""

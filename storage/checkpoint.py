@@ -296,6 +296,9 @@ class CheckpointStore:
         """Refuse a save by a writer whose epoch is older than the recorded one."""
         if epoch is None:
             return
+        # A save queued before this process claimed a newer epoch (a source taking its
+        # session back after a failed move) is still the owner's.
+        epoch = max(epoch, self._epochs.get(session_id, epoch))
         stored = self.owner_epoch(session_id)
         if stored is not None and stored > epoch:
             if drop is not None:

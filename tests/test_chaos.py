@@ -4,7 +4,7 @@ The slow test runs the suite itself: three live faults of every live class (24, 
 target killed 0, 150 and 400 ms into ``migrate()`` among them) and every bad API and
 CLI input, on a LocalCluster of three CPU workers. No session may be lost, no chunk
 lost or repeated, no frame differ from an uninterrupted run; every bad input must be a
-typed error (API) or exit status 2 with an ``error:`` line (CLI); every wait is bounded
+typed error (API) or exit status 2 without a traceback (CLI); every wait is bounded
 by the suite's bound; and the server serves a new session bit-identically at the end.
 """
 
