@@ -28,8 +28,12 @@ latents light exactly the prompt's RGB channels, ``tests/test_tiny_trained.py``)
 decoder has not learnt hue in 700 steps (MSE ~0.2: it renders brightness, so red, green
 and blue come out dark and two-channel colours white), and a further 300 steps with the
 square's pixels weighted 5x (``decoder_square_weight``) did not change that. So the
-frames do not follow the prompt yet; the next thing to look at is the decoder (its
-4-channel upsampler outputs, its RMS norms, longer training).
+frames do not follow the prompt yet; the next thing to look at is the decoder. A clue:
+fitted to *solid* colour frames alone (16x16 crops, 200 steps, Adam at 1e-3 or 3e-4),
+it decodes red and blue to the same magenta and green and yellow to the same colour,
+i.e. it separates green from not-green but not red from blue, even for that trivial
+map; the loss falls slowly and noisily (0.35 after 150 steps). Suspects: the per-pixel
+RMS norms over 8/4 channels, the 4-channel upsampler outputs, the learning rate.
 """
 
 from __future__ import annotations
