@@ -113,6 +113,7 @@ def build_snapshot(
     min_workers: int,
     max_workers: int,
     worker_startup_s: float,
+    worker_models: Mapping[str, frozenset[str] | None] | None = None,
 ) -> Snapshot:
     """The policies' view of the live cluster, in (scaled) trace seconds.
 
@@ -123,14 +124,17 @@ def build_snapshot(
     runtime is placing counts as demand only (no state bytes), and a session with an
     action in ``in_flight`` is shown as that action leaves it (:func:`projected`).
     ``clock`` maps a wall time to trace seconds. ``slo_s`` None: the median playback
-    period of the open sessions.
+    period of the open sessions. ``worker_models`` maps an address to the models the
+    worker serves (``WorkerView.models``; missing or None: any model).
     """
+    models_of = (worker_models or {}).get
     views = []
     known = set()
     for addr, joined in workers:
         known.add(addr)
         status = WorkerStatus.DRAINING if addr in retiring else WorkerStatus.RUNNING
-        views.append(WorkerView(addr, status, memory_bytes=memory_bytes, max_batch=max_batch, started_s=clock(joined)))
+        views.append(WorkerView(addr, status, memory_bytes=memory_bytes, max_batch=max_batch, started_s=clock(joined),
+                                models=models_of(addr)))
     for i in range(starting):
         views.append(WorkerView(f"starting-{i}", WorkerStatus.STARTING, memory_bytes, max_batch, now_s))
     sessions: list[SessionView] = []

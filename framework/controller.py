@@ -132,6 +132,7 @@ class Mechanisms(Protocol):
 
     # Optional (parallel groups; a runtime without them leaves both out):
     #   parallel_groups() -> list[policies.types.ParallelGroup]   the groups of degree > 1
+    #   worker_models() -> {address: frozenset | None}            model pools (None or absent: any model)
     #   async set_parallelism(workers, degree)                     FormGroup (len(workers)) / SplitGroup (1)
 
 
@@ -472,6 +473,11 @@ class ControlLoop:
         groups = getattr(self.mechanisms, "parallel_groups", None)
         return [] if groups is None else list(groups())
 
+    def worker_models(self) -> dict[str, Any]:
+        """The models each worker serves (none named when the runtime has no model pools)."""
+        models = getattr(self.mechanisms, "worker_models", None)
+        return {} if models is None else dict(models())
+
     async def _drain(self, addr: str) -> None:
         try:
             # Wait for actions in flight that touch this worker (a migration into it).
@@ -526,6 +532,7 @@ class ControlLoop:
             min_workers=s.minimum,
             max_workers=s.maximum,
             worker_startup_s=s.worker_startup_s,
+            worker_models=self.worker_models(),
         )
         groups = tuple(self.groups())
         return replace(snap, groups=groups) if groups else snap

@@ -11,6 +11,8 @@ error                  raised when
 ``SessionNotFound``    no session has that id
 ``SessionClosed``      the session was closed
 ``CapacityExceeded``   admission refused a new session (``on-full: refuse``)
+``ModelNotServed``     no worker serves the session's model (a ``CapacityExceeded``;
+                       see :mod:`framework.model_pools`)
 ``UnknownWorker``      the worker address is not part of the cluster
 ``TransferError``      moving a session's state failed (the session stays put)
 ``SessionLost``        the session cannot be served any more (a ``SessionClosed``
@@ -71,6 +73,15 @@ class SessionLost(SessionClosed):
         return str(self.args[0])
 
 
+class ModelNotServed(CapacityExceeded):
+    """No worker of the cluster serves the session's model (or the named worker does not).
+
+    Raised at ``open`` by the scheduler plugin, whatever ``admission.on-full`` says; the
+    message names the models served and the worker resource that would serve this one
+    (:mod:`framework.model_pools`). A plain message, so it pickles across Dask's RPC.
+    """
+
+
 class ParallelismError(InvalidRequest):
     """``server.set_parallelism`` refused the request; nothing changed (see the subclasses)."""
 
@@ -91,6 +102,7 @@ __all__ = [
     "BadDegree",
     "CapacityExceeded",
     "InvalidRequest",
+    "ModelNotServed",
     "ParallelismError",
     "SessionClosed",
     "SessionLost",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +19,7 @@ from distributed import Client, LocalCluster
 
 from framework import config, notebook
 from framework.limits import OpenLimits, validate_open
+from framework.model_pools import models_of, pool_plan, worker_resources
 from framework.scheduler_plugin import TurboserveScheduler
 from framework.serving_settings import ServingSettings
 from framework.session import Session
@@ -57,6 +59,17 @@ class GpuLocalCluster(LocalCluster):
         spec["options"] = options
         name = f"gpu-{free[0]}"
         return {name: spec}
+
+
+def _start_pools(cluster: LocalCluster, plan: list[frozenset[str]]) -> None:
+    """Start one worker per entry of ``plan``, advertising the resources of its models."""
+    for pool in plan:
+        ((name, spec),) = cluster.new_worker_spec().items()
+        options = dict(spec.get("options", {}))
+        kept = {k: v for k, v in (options.get("resources") or {}).items() if models_of({k: v}) is None}
+        options["resources"] = {**kept, **worker_resources(sorted(pool))}
+        cluster.worker_spec[name] = {**spec, "options": options}
+    cluster.sync(cluster._correct_state)
 
 
 def _visible_gpus() -> list[int]:
@@ -212,6 +225,7 @@ class Server:
         checkpoint_every: int | None = None,
         settings: dict[str, Any] | None = None,
         adaptive: bool | None = None,
+        models: Sequence[str] | Mapping[str, int] | None = None,
         **cluster_kwargs: Any,
     ) -> "Server":
         """A server on a new LocalCluster: one worker process per GPU, else CPU workers.
@@ -229,10 +243,26 @@ class Server:
             bounds ``turboserve.autoscale.minimum``/``maximum``; with GPUs at most one
             worker per GPU). Default ``turboserve.control.auto-start`` (true); False: a
             fixed cluster of ``n_workers`` with no control loop.
+        models : list or dict, optional
+            Model pools (:mod:`framework.model_pools`): a list of presets every worker
+            serves, or ``{preset: workers}`` (one pool per preset; ``n_workers`` then
+            defaults to the sum). Each worker advertises ``model-<preset>`` resources;
+            sessions go only to workers serving their model, and a model no worker
+            serves is refused at open (``ModelNotServed``). Workers the autoscaler adds
+            serve every listed model. None (default): every worker serves any model.
         **cluster_kwargs
             Passed to ``LocalCluster`` (e.g. ``dashboard_address``, ``memory_limit``).
         """
         gpus = _visible_gpus()
+        plan = None
+        if models is not None:
+            if n_workers is None and not isinstance(models, Mapping):
+                n_workers = len(gpus) or int(config.get("cluster.n-workers"))
+            plan = pool_plan(models, n_workers)
+            n_workers = len(plan)
+            served = [m for pool in plan for m in sorted(pool)]
+            if model is None and config.get("model") not in served:
+                model = served[0]  # the default preset is not served: the first pool's model is
         if n_workers is None:
             n_workers = len(gpus) or int(config.get("cluster.n-workers"))
         if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0:
@@ -251,11 +281,16 @@ class Server:
             if n_workers > len(gpus):
                 raise InvalidRequest(f"n_workers={n_workers} but only {len(gpus)} GPUs are visible")
             kwargs.setdefault("resources", {"GPU": 1})
-            cluster: LocalCluster = GpuLocalCluster(gpus, **kwargs)
-        else:
-            cluster = LocalCluster(**kwargs)
+        if plan is not None:  # every pool's workers added below, each with its own resources
+            kwargs["n_workers"] = 0
+            kwargs["resources"] = {**kwargs.get("resources", {}), **worker_resources(sorted(set().union(*plan)))}
+        cluster: LocalCluster = GpuLocalCluster(gpus, **kwargs) if gpus else LocalCluster(**kwargs)
         try:
+            if plan is not None:
+                _start_pools(cluster, plan)
             client = Client(cluster, direct_to_workers=True)
+            if plan is not None:
+                client.wait_for_workers(len(plan))
         except BaseException:
             cluster.close()
             raise
