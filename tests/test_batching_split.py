@@ -49,4 +49,11 @@ def test_the_split_never_makes_the_worst_lateness_of_the_due_chunks_worse(now, s
     assert 1 <= n <= len(deadlines)
     if now + step(len(deadlines)) <= deadlines[0]:
         assert n == len(deadlines)  # every deadline met: no split
+    if n < len(deadlines):  # a split is taken only when it meets every deadline
+        assert worst_lateness(now, deadlines, step, n) <= 1e-9
     assert worst_lateness(now, deadlines, step, n) <= worst_lateness(now, deadlines, step, len(deadlines)) + 1e-9
+
+
+def test_an_overloaded_worker_keeps_its_full_batch():
+    # Every chunk is late whatever the order: a smaller step would only lower throughput.
+    assert split_due(0.0, [0.1, 0.2, 0.3, 0.4], linear(1.0, 0.344)) == 4

@@ -230,14 +230,15 @@ def split_due(now: float, deadlines_s: Sequence[float], step_s: Callable[[int], 
     """How many of the due chunks (earliest deadline first) the step starting at ``now`` takes.
 
     All of them when the full step meets every deadline. When it would miss one, the
-    step takes the first ``n`` whose split lowers the worst lateness over the due chunks:
-    the first ``n`` end at ``now + step_s(n)``, the rest in the step right after, at
-    ``now + step_s(n) + step_s(m - n)``; the ``n`` whose worst ``end - deadline`` is
-    lowest wins, the largest on a tie. Where batching pays little (a step of two costs
+    step takes the first ``n`` if that split meets *every* deadline: the first ``n`` end
+    at ``now + step_s(n)``, the rest in the step right after, at ``now + step_s(n) +
+    step_s(m - n)``; among the splits that do, the one with the lowest worst ``end -
+    deadline``, the largest on a tie. Where batching pays little (a step of two costs
     about two steps of one) a chunk that already waited is then served alone first
-    instead of sharing a longer step with a chunk that just became due; where it pays,
-    the full batch ends everyone's chunk sooner and is kept. The live engine and the
-    simulator both call this.
+    instead of sharing a longer step with a chunk that just became due, and both are on
+    time; where it pays, or when no split saves every deadline (an overloaded worker,
+    where a smaller step only lowers throughput), the full batch is kept. The live
+    engine and the simulator both call this.
 
     >>> linear = lambda n: 0.344 * n                   # batching gains nothing
     >>> split_due(0.0, [0.41, 0.75], linear)           # the first chunk waited 0.34 s already
@@ -246,20 +247,21 @@ def split_due(now: float, deadlines_s: Sequence[float], step_s: Callable[[int], 
     2
     >>> split_due(0.0, [0.41, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)))  # batching pays
     2
-    >>> split_due(0.0, [0.30, 0.75, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)))
+    >>> split_due(0.0, [0.35, 0.75, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)))
     1
+    >>> split_due(0.0, [0.30, 0.75, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)))  # no split saves all
+    3
     """
     m = len(deadlines_s)
     if m <= 1 or now + step_s(m) <= min(deadlines_s):
         return m
-    best_n, best = m, math.inf
-    for n in range(m, 0, -1):  # largest first: a tie keeps the larger step
+    best_n, best = m, 0.0  # a split must meet every deadline (worst lateness <= 0)
+    for n in range(m - 1, 0, -1):  # largest first: a tie keeps the larger step
         first = now + step_s(n)
         worst = max(first - d for d in deadlines_s[:n])
-        if n < m:
-            second = first + step_s(m - n)
-            worst = max(worst, max(second - d for d in deadlines_s[n:]))
-        if worst < best - 1e-12:
+        second = first + step_s(m - n)
+        worst = max(worst, max(second - d for d in deadlines_s[n:]))
+        if worst <= best - 1e-12 or (best_n == m and worst <= 1e-12):
             best_n, best = n, worst
     return best_n
 
