@@ -216,7 +216,8 @@ class FromScratch(Simulator):
 
         assert snap.sessions == tuple(session_view(s, model, hint(s)) for s in self.open.values())
         assert snap.workers == tuple(
-            WorkerView(w.address, w.status, w.memory, w.max_batch, w.started) for w in self.workers if w.released is None
+            WorkerView(w.address, w.status, w.memory, w.max_batch, w.started, self.pool_models)
+            for w in self.workers if w.released is None
         )
         counts = Counter(s.status for s in self.open.values())
         assert {k: v for k, v in self._status_counts.items() if v} == dict(counts)

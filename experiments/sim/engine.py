@@ -141,6 +141,8 @@ class Simulator:
         latency: BatchLatencyModel | None = None,
     ) -> None:
         self.wl = workload
+        # Its workers serve the trace's one model (a mixed trace runs one pool per model: sim.pools).
+        self.pool_models = frozenset({workload.model})
         self.cfg = config
         self.policy_set = policies
         self.cost_model = model_cost(workload.model)

@@ -29,9 +29,10 @@ def build_snapshot(sim: Any, now: float) -> Snapshot:
         for w in sim.alive.values():
             v = w.view
             if v is None or v.status is not w.status:
-                # per GPU: a group leader's own cap and memory (policies.parallelism.unit_view sums a group)
+                # per GPU: a group leader's own cap and memory (policies.parallelism.unit_view sums a group);
+                # a simulated worker serves its pool's model (experiments.sim.pools: one pool per model)
                 v = w.view = WorkerView(w.address, w.status, w.memory, sim.cfg.placement_batch or sim.cfg.max_batch,
-                                        w.started)
+                                        w.started, sim.pool_models)
             built.append(v)
         wviews = sim._wviews = tuple(built)
     views = sim._views
