@@ -24,7 +24,6 @@ the model's pool exists but is full, ``admission.on-full`` applies (queue or ref
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Optional
 
 from framework.errors import InvalidRequest, ModelNotServed, UnknownModel
 from kernels.presets import PRESETS
@@ -32,7 +31,7 @@ from kernels.presets import PRESETS
 #: Resource-name prefix of a served model (``model-tiny``).
 RESOURCE_PREFIX = "model-"
 
-Models = Optional[frozenset]  # frozenset[str] | None: None serves any model
+Models = frozenset[str] | None  # None: serves any model
 
 
 def resource_name(model: str) -> str:

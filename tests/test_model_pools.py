@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from framework.errors import CapacityExceeded, InvalidRequest, ModelNotServed, UnknownModel
+from framework.errors import (
+    CapacityExceeded,
+    InvalidRequest,
+    ModelNotServed,
+    UnknownModel,
+)
 from framework.model_pools import check_served, models_of, pool_plan, worker_resources
 
 

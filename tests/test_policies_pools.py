@@ -17,8 +17,8 @@ from policies.admission import CapacityLedger
 from policies.combined import Combined
 from policies.registry import make
 from policies.types import (
-    GiB,
     BatchLatencyModel,
+    GiB,
     Migrate,
     Place,
     Reject,
