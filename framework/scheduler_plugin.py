@@ -297,6 +297,7 @@ class TurboserveScheduler(SchedulerPlugin):
         async with self._lock(session_id):
             rec = self.registry.get(session_id)
             self._check_open(rec)
+            self._check_serves(rec, worker)
             if rec.status is SessionStatus.SUSPENDED:
                 await self._resume_locked(rec, worker)
             elif worker is not None and worker != rec.worker:
@@ -318,6 +319,7 @@ class TurboserveScheduler(SchedulerPlugin):
         async with self._lock(session_id):
             rec = self.registry.get(session_id)
             self._check_open(rec)
+            self._check_serves(rec, target)
             if rec.status is SessionStatus.SUSPENDED:
                 await self._resume_locked(rec, target)
             elif rec.worker != target:
@@ -333,6 +335,7 @@ class TurboserveScheduler(SchedulerPlugin):
         if worker is not None:
             self._check_worker(worker)
         rec = self.registry.get(session_id)
+        self._check_serves(rec, worker)
         if rec.status is not SessionStatus.PENDING or self._lock(session_id).locked():
             return self._location(rec)
         async with self._lock(session_id):
@@ -557,6 +560,11 @@ class TurboserveScheduler(SchedulerPlugin):
             raise WorkerInGroup(f"worker {worker} follows in parallel group {group.group_id!r}: it takes no session "
                                 f"of its own; use its leader {group.leader}, or split it first: "
                                 f"server.set_parallelism(1, {list(group.workers)})")
+
+    def _check_serves(self, rec: SessionRecord, worker: str | None) -> None:
+        """``ModelNotServed`` when the named ``worker`` is outside the pool of ``rec``'s model."""
+        if worker is not None:
+            check_served(rec.model, self.worker_models(), worker)
 
     @staticmethod
     def _check_open(rec: SessionRecord) -> None:

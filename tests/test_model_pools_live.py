@@ -63,3 +63,15 @@ def test_naming_a_worker_outside_the_models_pool_is_refused(server):
     wrong = next(a for a, m in pools(server).items() if m == frozenset({B}))
     with pytest.raises(ModelNotServed, match=f"does not serve model '{A}'"):
         server.open_session("a fox", model=A, worker=wrong)
+
+
+def test_moving_a_session_to_a_worker_outside_its_pool_is_refused_and_it_streams_on(server):
+    session = server.open_session("a fox", model=A)
+    try:
+        next(iter(session.stream(1)))
+        other = next(a for a, m in pools(server).items() if m == frozenset({B}))
+        with pytest.raises(ModelNotServed, match=f"does not serve model '{A}'"):
+            session.migrate(other)
+        assert next(iter(session.stream(1))).index == 1
+    finally:
+        session.close()
