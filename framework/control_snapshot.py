@@ -10,7 +10,7 @@ functions of their arguments: no Dask, no clock.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -113,26 +113,33 @@ def build_snapshot(
     min_workers: int,
     max_workers: int,
     worker_startup_s: float,
+    warming: Collection[str] = (),
     worker_models: Mapping[str, frozenset[str] | None] | None = None,
 ) -> Snapshot:
     """The policies' view of the live cluster, in (scaled) trace seconds.
 
     ``workers`` are ``(address, joined wall time)``; those in ``retiring`` are DRAINING,
-    and ``starting`` STARTING placeholders (``starting-<i>``) stand for workers asked for
-    but not yet arrived. ``records`` are the open sessions'
-    :class:`~framework.registry.SessionRecord`; a pending one that ``admitting`` says the
-    runtime is placing counts as demand only (no state bytes), and a session with an
-    action in ``in_flight`` is shown as that action leaves it (:func:`projected`).
+    those ``warming`` (joined, model not loaded yet: :class:`~framework.warmup.Warmup`)
+    STARTING unless a session is already on them, and ``starting`` STARTING placeholders
+    (``starting-<i>``) stand for workers asked for but not yet arrived. ``records`` are
+    the open sessions' :class:`~framework.registry.SessionRecord`; a pending one that
+    ``admitting`` says the runtime is placing counts as demand only (no state bytes), and
+    a session with an action in ``in_flight`` is shown as that action leaves it
+    (:func:`projected`).
     ``clock`` maps a wall time to trace seconds. ``slo_s`` None: the median playback
     period of the open sessions. ``worker_models`` maps an address to the models the
     worker serves (``WorkerView.models``; missing or None: any model).
     """
     models_of = (worker_models or {}).get
+    records = list(records)
+    holding = {rec.worker for rec in records if rec.worker is not None}
     views = []
     known = set()
     for addr, joined in workers:
         known.add(addr)
         status = WorkerStatus.DRAINING if addr in retiring else WorkerStatus.RUNNING
+        if status is WorkerStatus.RUNNING and addr in warming and addr not in holding:
+            status = WorkerStatus.STARTING
         views.append(WorkerView(addr, status, memory_bytes=memory_bytes, max_batch=max_batch, started_s=clock(joined),
                                 models=models_of(addr)))
     for i in range(starting):

@@ -133,6 +133,7 @@ class Mechanisms(Protocol):
     # Optional (parallel groups; a runtime without them leaves both out):
     #   parallel_groups() -> list[policies.types.ParallelGroup]   the groups of degree > 1
     #   worker_models() -> {address: frozenset | None}            model pools (None or absent: any model)
+    #   warming() -> Collection[str]                               joined, model not loaded yet (shown STARTING)
     #   async set_parallelism(workers, degree)                     FormGroup (len(workers)) / SplitGroup (1)
 
 
@@ -145,6 +146,7 @@ class _LiveFacts:
         self._records = {r.session_id: r for r in m.records()}
         self._workers = set(m.workers())
         self._starting = loop.starting(self._workers)
+        self._warming = loop.warming()
         self.min_workers = loop.settings.minimum
         self._group = {w: g.workers for g in loop.groups() for w in g.workers}
 
@@ -164,6 +166,8 @@ class _LiveFacts:
     def worker(self, address: str) -> WorkerFacts | None:
         if address in self._workers:
             retiring = address in self._loop.retiring
+            if address in self._warming and not retiring:
+                return WorkerFacts(WorkerStatus.STARTING)
             return WorkerFacts(WorkerStatus.DRAINING if retiring else WorkerStatus.RUNNING, drains_itself=retiring,
                                group=self._group.get(address, ()))
         if address.startswith("starting-") and address[len("starting-"):].isdigit():
@@ -239,13 +243,25 @@ class ControlLoop:
         """Fold one chunk's latency (from the workers' metrics stream) into the estimate."""
         self.latency.add(batch_size, latency_s)
 
-    def worker_added(self, address: str) -> None:
-        """Record the worker's start (cost, start-up time) and tick early."""
-        now = self.clock()
-        self.worker_log[address] = [now, None]
+    def worker_added(self, address: str, ready: bool = True) -> None:
+        """Record the worker's start (cost from now) and tick early.
+
+        ``ready`` False: its model is still loading; the start-up time is recorded at
+        :meth:`worker_ready`, so that it includes the load.
+        """
+        self.worker_log[address] = [self.clock(), None]
+        if ready:
+            self.worker_ready(address)
+        else:
+            self.kick()
+
+    def worker_ready(self, address: str) -> None:
+        """The worker's model is loaded (it now takes sessions): record the start-up time, tick early."""
         if self._scaled_at is not None:
-            self.startup_s.append(now - self._scaled_at)
-            if self.target is None or len(self.mechanisms.workers()) >= self.target:
+            self.startup_s.append(self.clock() - self._scaled_at)
+            warming = self.warming()
+            warm = sum(1 for a in self.mechanisms.workers() if a not in warming)
+            if self.target is None or warm >= self.target:
                 self._scaled_at = None
         self.kick()
 
@@ -473,6 +489,11 @@ class ControlLoop:
         groups = getattr(self.mechanisms, "parallel_groups", None)
         return [] if groups is None else list(groups())
 
+    def warming(self) -> frozenset[str]:
+        """Workers that joined and still load their model (none when the runtime does not say)."""
+        warming = getattr(self.mechanisms, "warming", None)
+        return frozenset() if warming is None else frozenset(warming())
+
     def worker_models(self) -> dict[str, Any]:
         """The models each worker serves (none named when the runtime has no model pools)."""
         models = getattr(self.mechanisms, "worker_models", None)
@@ -532,6 +553,7 @@ class ControlLoop:
             min_workers=s.minimum,
             max_workers=s.maximum,
             worker_startup_s=s.worker_startup_s,
+            warming=self.warming(),
             worker_models=self.worker_models(),
         )
         groups = tuple(self.groups())

@@ -17,6 +17,8 @@
 - exposes RPC handlers (``turboserve_*`` in ``scheduler.handlers``) for clients and for
   :class:`framework.adaptive.SessionAdaptive`;
 - brings the sessions of a dead worker back on a survivor from their last checkpoint;
+- offers a worker that joined to placement, migration and admission only once its model
+  is loaded (:class:`~framework.warmup.Warmup`, fed by the workers' ready events);
 - vetoes downscaling of workers that hold sessions (``valid_workers_downscaling``).
 
 Its configuration is :class:`~framework.serving_settings.ServingSettings` and
@@ -32,8 +34,10 @@ import uuid
 from dataclasses import asdict
 from typing import Any
 
+from dask.utils import parse_timedelta
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from framework import config
 from framework.control_settings import ControlSettings
 from framework.controller import ControlLoop
 from framework.dashboard.source import DashboardFeed
@@ -43,10 +47,11 @@ from framework.parallelism import ParallelGroups
 from framework.registry import PLUGIN_NAME, SessionRecord, SessionRegistry
 from framework.serving_settings import TRANSPORTS, ServingSettings
 from framework.session_mechanisms import SessionActors
+from framework.warmup import Warmup
 from kernels.presets import get_preset
 from policies.types import TIERS, SessionStatus
 from workers.errors import CapacityExceeded, InvalidRequest, SessionClosed, TransferError, UnknownWorker
-from workers.plugin import METRICS_OP
+from workers.plugin import METRICS_OP, READY_TOPIC
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +101,8 @@ class TurboserveScheduler(SchedulerPlugin):
         self._adaptive_seen: float | None = None  # wall time of the autoscaler's last poll
         self._adaptive_target: int | None = None
         self.dashboard = DashboardFeed()  # chunk points and counters for the dashboard page
+        # workers that joined and still load their model (turboserve.control.worker-ready-timeout)
+        self.warmup = Warmup(parse_timedelta(config.get("control.worker-ready-timeout"), default="s"))
 
     # ------------------------------------------------------------ plugin hooks
 
@@ -139,6 +146,10 @@ class TurboserveScheduler(SchedulerPlugin):
         scheduler.stream_handlers[METRICS_OP] = self._on_metrics
         scheduler.stream_handlers["turboserve-group-failed"] = self._on_group_failed  # parallel_group.GROUP_FAILED_OP
         self.dashboard.install(scheduler)
+        for worker in scheduler.workers:  # cold until their ModelHost reports (it is registered next)
+            self._worker_joined(worker)
+        for _, msg in scheduler.get_events(READY_TOPIC):  # reported before this plugin came
+            self.warmup.ready(msg.get("worker"))
 
     async def before_close(self) -> None:
         """Stop deciding and recovering sessions: the cluster is going away."""
@@ -151,14 +162,45 @@ class TurboserveScheduler(SchedulerPlugin):
             await self.actors.close()
 
     def add_worker(self, scheduler: Any, worker: str) -> None:
-        """Wake sessions waiting for a worker (admission queue, recovery); tell the loop."""
+        """Wake sessions waiting for a worker (admission queue, recovery); tell the loop (it is cold)."""
+        self._worker_joined(worker)
         if self.loop is not None:
-            self.loop.worker_added(worker)
+            self.loop.worker_added(worker, ready=worker not in self.warmup.cold())
+        self._kick()
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        """A worker's model host reports its model loaded (:data:`~workers.plugin.READY_TOPIC`)."""
+        if topic == READY_TOPIC and isinstance(msg, dict):
+            if msg.get("error"):
+                logger.warning("worker %s failed to load its model (%s); it takes sessions, which load on first use",
+                               msg.get("worker"), msg["error"])
+            self._worker_ready(msg.get("worker"))
+
+    def _worker_joined(self, worker: str) -> None:
+        self.warmup.joined(worker)
+        if worker in self.warmup.cold():
+            asyncio.get_running_loop().call_later(self.warmup.timeout_s, self._ready_overdue)
+
+    def _ready_overdue(self) -> None:
+        for worker in self.warmup.overdue():
+            logger.warning("worker %s did not report its model loaded within %s s "
+                           "(turboserve.control.worker-ready-timeout); offering it anyway", worker, self.warmup.timeout_s)
+            self._offer(worker)
+
+    def _worker_ready(self, worker: str | None) -> None:
+        if self.warmup.ready(worker):
+            self._offer(worker)
+
+    def _offer(self, worker: str) -> None:
+        """``worker`` takes sessions from now on (its start-up time ends here)."""
+        if self.loop is not None:
+            self.loop.worker_ready(worker)
         self._kick()
 
     def remove_worker(self, scheduler: Any, worker: str, *, stimulus_id: str | None = None, **kw: Any) -> None:
         """Bring the sessions held by a lost worker back on a survivor."""
         self._draining.discard(worker)
+        self.warmup.left(worker)
         group = self.groups.forget_worker(worker) if self.groups is not None else None
         if self.loop is not None:
             self.loop.worker_removed(worker)
@@ -525,6 +567,10 @@ class TurboserveScheduler(SchedulerPlugin):
         """Form a group of ``workers`` (``degree == len(workers)``) or split theirs (``degree == 1``)."""
         await self.groups.set_parallelism(degree, list(workers))
 
+    def warming(self) -> frozenset[str]:
+        """Workers that joined and still load their model (the loop shows them STARTING)."""
+        return self.warmup.cold()
+
     def undrain(self, worker: str) -> None:
         """Put a worker marked draining back in service (no-op if it is not draining)."""
         self._draining.discard(worker)
@@ -625,9 +671,11 @@ class TurboserveScheduler(SchedulerPlugin):
                 f"no worker can take session {rec.session_id!r}: {len(self.scheduler.workers)} workers, "
                 f"{self.settings.max_sessions_per_worker} sessions each at most"
             )
-            if self.settings.on_full == "refuse":
+            # A worker still loading its model will take it: wait (the warm-up timeout bounds it).
+            warming = bool(self.warmup.cold())
+            if self.settings.on_full == "refuse" and not warming:
                 raise CapacityExceeded(f"{full}; close or suspend sessions, or add workers")
-            if time.monotonic() >= deadline or self._closing:
+            if (time.monotonic() >= deadline and not warming) or self._closing:
                 raise CapacityExceeded(f"{full}; waited {self.settings.queue_timeout_s} s in the admission queue")
             await self._wait_change(max(0.0, min(1.0, deadline - time.monotonic())))
 

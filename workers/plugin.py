@@ -3,6 +3,11 @@
 Registered by the :class:`framework.Server` with ``client.register_plugin``; Dask runs
 :meth:`ModelHost.setup` on every current and future worker. Session actors find the
 host of their worker with :func:`get_host`.
+
+Dask counts a worker as running as soon as it registers, before this plugin has loaded
+its model. Once the default model is loaded, :meth:`ModelHost.setup` logs an event on
+the topic :data:`READY_TOPIC`; the scheduler plugin offers a worker to placement and
+migration only after that event (``turboserve.control.worker-ready-timeout``).
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ import os
 import pathlib
 import sys
 import threading
+import time
 from typing import Any
 
+import dask.config
+from dask.utils import parse_timedelta
 from distributed import WorkerPlugin
 
 from workers.chunk import Chunk
@@ -28,6 +36,9 @@ logger = logging.getLogger(__name__)
 EXTENSION = "turboserve"
 #: Stream-handler op on the scheduler that receives per-step chunk metrics.
 METRICS_OP = "turboserve-chunks"
+#: Event topic (``worker.log_event``) of a worker whose default model is loaded.
+#: An event, not a stream op: the scheduler accepts it even without the turboserve plugin.
+READY_TOPIC = "turboserve-ready"
 
 
 def pick_device() -> str:
@@ -84,7 +95,11 @@ class ModelHost(WorkerPlugin):
         self.__init__(**{"engine" if k == "engine_settings" else k: v for k, v in state.items()})
 
     async def setup(self, worker: Any) -> None:
-        """Pin the device, load the default model off the event loop, start its engine."""
+        """Pin the device, load the default model off the event loop, start its engine, report ready.
+
+        The report (an event on :data:`READY_TOPIC`: the models loaded, and the error if
+        the load failed) goes out either way, so that the scheduler stops waiting for it.
+        """
         _shadow_guard()
         self.worker = worker
         self.device = pick_device()
@@ -95,7 +110,19 @@ class ModelHost(WorkerPlugin):
         worker.handlers["turboserve_group"] = self._handle_group  # workers.parallel_group.GROUP_OP
         logger.info("turboserve host on %s: device %s (CUDA_VISIBLE_DEVICES=%s)",
                     worker.address, self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        await asyncio.to_thread(self.engine, self.model)
+        try:
+            await asyncio.to_thread(self._load_default)
+        except Exception as exc:
+            worker.log_event(READY_TOPIC, {"models": [], "error": f"{type(exc).__name__}: {exc}"})
+            raise
+        worker.log_event(READY_TOPIC, {"models": sorted(self._engines), "error": None})
+
+    def _load_default(self) -> None:
+        # turboserve.engine.model-load-delay: stands for a GPU-sized load in tests and demos.
+        delay = parse_timedelta(dask.config.get("turboserve.engine.model-load-delay", 0) or 0, default="s")
+        if delay:
+            time.sleep(delay)
+        self.engine(self.model)
 
     async def _handle_call(self, key: str, method: str, args: Any = (), kwargs: Any = None) -> dict[str, Any]:
         from workers.session_actor import handle_call
