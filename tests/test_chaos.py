@@ -36,6 +36,7 @@ def test_the_summary_adds_up_each_class_and_keeps_the_longest_gap():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # about 6 to 10 minutes on a loaded 2-core machine
 def test_the_chaos_suite_loses_nothing():
     lines: list[str] = []
     outcomes = chaos.run(faults=3 * len(chaos.LIVE_CLASSES), seed=1, out=lines.append)

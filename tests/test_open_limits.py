@@ -10,6 +10,8 @@ from __future__ import annotations
 import dask.config
 import pytest
 
+import framework.config  # noqa: F401 - registers the turboserve defaults before any dask.config.set below
+
 from framework.errors import InvalidRequest, TurboserveError, UnknownModel
 from framework.limits import SEED_LIMIT, OpenLimits, validate_open
 
@@ -93,6 +95,17 @@ def test_the_server_refuses_them_before_any_worker_and_keeps_serving() -> None:
             with pytest.raises(error) as err:
                 server.open_session(args.pop("prompt"), **args)
             assert phrase in str(err.value)
+        # A client that is not ours (the scheduler's RPC, no client-side check) meets the same limits.
+        for kwargs, error, phrase in BAD:
+            args = {"prompt": "a red fox", "seed": 0, **kwargs}
+            try:
+                server.client.sync(server.client.scheduler.turboserve_open, **args)
+            except (OverflowError, UnicodeEncodeError):
+                continue  # msgpack cannot even carry it to the scheduler
+            except error as exc:
+                assert phrase in str(exc)
+                continue
+            pytest.fail(f"the scheduler accepted {kwargs}")
         assert server.sessions(include_closed=True) == []  # none reached the scheduler's registry
         assert server.workers() == [worker]  # and the worker is the same one, alive
         s = server.open_session("a red fox", seed=SEED_LIMIT - 1)
