@@ -22,18 +22,19 @@ What is learnt, and why it is learnable quickly:
 Everything is seeded: the same command writes the same weights on the same machine
 (the two phases run side by side, one thread each; ~10 minutes on a busy 2-core machine).
 
-Where it stands (the shipped ``kernels/weights/tiny-trained``, made by the default
-command): the transformer has learnt the prompt's colour (flow MSE 0.08; its clean
-latents light exactly the prompt's RGB channels, ``tests/test_tiny_trained.py``). The
-decoder has not learnt hue in 700 steps (MSE ~0.2: it renders brightness, so red, green
-and blue come out dark and two-channel colours white), and a further 300 steps with the
-square's pixels weighted 5x (``decoder_square_weight``) did not change that. So the
-frames do not follow the prompt yet; the next thing to look at is the decoder. A clue:
-fitted to *solid* colour frames alone (16x16 crops, 200 steps, Adam at 1e-3 or 3e-4),
-it decodes red and blue to the same magenta and green and yellow to the same colour,
-i.e. it separates green from not-green but not red from blue, even for that trivial
-map; the loss falls slowly and noisily (0.35 after 150 steps). Suspects: the per-pixel
-RMS norms over 8/4 channels, the 4-channel upsampler outputs, the learning rate.
+Where it stands (the shipped ``kernels/weights/tiny-trained``; ``training.json`` there
+lists the three commands that made it: the default run, then twice 2000 more decoder
+steps with ``--init``, ``--decoder-square-weight 3`` and a lower ``--decoder-lr``): the
+transformer has learnt the prompt's colour (flow MSE 0.08; its clean latents light
+exactly the prompt's RGB channels, ``tests/test_tiny_trained.py``). The decoder learns
+hue slowly: after the default 700 steps it rendered brightness only (red, green, blue
+dark, two-channel colours white); after 4000 more it decodes red, green, yellow, cyan
+and white codes right but blue as green and magenta as yellow, and the streamed frames
+have the prompt's dominant colour for 10 of 28 prompts. So the frames do not follow the
+prompt yet; the decoder needs more steps or a better-conditioned setup. A clue: fitted
+to *solid* colour frames alone (200 steps) it first separates green from not-green and
+only later red from blue. Suspects: the per-pixel RMS norms over 8/4 channels, the
+4-channel upsampler outputs, the learning rate.
 """
 
 from __future__ import annotations
@@ -308,13 +309,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--decoder-steps", type=int, default=defaults.decoder_steps)
     ap.add_argument("--transformer-steps", type=int, default=defaults.transformer_steps)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decoder-lr", type=float, default=defaults.decoder_lr)
+    ap.add_argument("--decoder-square-weight", type=float, default=defaults.decoder_square_weight)
     ap.add_argument("--init", default=None, help="start from this checkpoint instead of random weights")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: these thin layers gain little from more, and on a "
                          "busy machine OpenMP's spinning threads make a step 20x slower)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = TrainSettings(decoder_steps=args.decoder_steps, transformer_steps=args.transformer_steps, seed=args.seed)
+    settings = TrainSettings(decoder_steps=args.decoder_steps, transformer_steps=args.transformer_steps, seed=args.seed,
+                             decoder_lr=args.decoder_lr, decoder_square_weight=args.decoder_square_weight)
     train(args.out, settings=settings, init=args.init)
 
 
