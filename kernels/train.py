@@ -30,7 +30,8 @@ exactly the prompt's RGB channels, ``tests/test_tiny_trained.py``). The decoder 
 hue slowly: after the default 700 steps it rendered brightness only (red, green, blue
 dark, two-channel colours white); after 4000 more it decodes red, green, yellow, cyan
 and white codes right but blue as green and magenta as yellow, and the streamed frames
-have the prompt's dominant colour for 10 of 28 prompts. So the frames do not follow the
+have the prompt's dominant colour for 10 of 28 prompts
+(``python -m kernels.train --evaluate kernels/weights/tiny-trained``). So the frames do not follow the
 prompt yet; the decoder needs more steps or a better-conditioned setup. A clue: fitted
 to *solid* colour frames alone (200 steps) it first separates green from not-green and
 only later red from blue. Suspects: the per-pixel RMS norms over 8/4 channels, the
@@ -302,6 +303,27 @@ def train(
     return root
 
 
+def evaluate(path: str | Path, chunks: int = 4, log: Callable[[str], None] = print) -> tuple[int, int, int]:
+    """Stream every training prompt ``chunks`` chunks; ``(colour hits, direction hits, prompts)``.
+
+    The colour is :func:`kernels.synthetic.dominant_colour` of all frames; the direction
+    :func:`kernels.synthetic.motion_direction` after the first chunk.
+    """
+    from .synthetic import dominant_colour, motion_direction
+
+    model = StreamingVideoModel.from_pretrained(path, num_threads=1)
+    hits_c = hits_d = n = 0
+    for colour in COLOURS:
+        for direction in DIRECTIONS:
+            state = model.new_session(prompt_for(colour, direction), seed=n)
+            frames = np.concatenate([model.step([state])[0] for _ in range(chunks)])
+            got_c, got_d = dominant_colour(frames), motion_direction(frames[model.preset.frames_per_chunk:])
+            hits_c, hits_d, n = hits_c + (got_c == colour), hits_d + (got_d == direction), n + 1
+            log(f"{prompt_for(colour, direction):32s} -> {got_c:8s} {got_d}")
+    log(f"colour right for {hits_c} of {n} prompts, direction for {hits_d} of {n}")
+    return hits_c, hits_d, n
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     defaults = TrainSettings()
     ap = argparse.ArgumentParser(prog="python -m kernels.train", description=__doc__.split("\n\n")[0])
@@ -315,8 +337,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: these thin layers gain little from more, and on a "
                          "busy machine OpenMP's spinning threads make a step 20x slower)")
+    ap.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
+                    help="do not train: stream every training prompt from CHECKPOINT and score its frames")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.evaluate:
+        evaluate(args.evaluate)
+        return
     settings = TrainSettings(decoder_steps=args.decoder_steps, transformer_steps=args.transformer_steps, seed=args.seed,
                              decoder_lr=args.decoder_lr, decoder_square_weight=args.decoder_square_weight)
     train(args.out, settings=settings, init=args.init)
