@@ -206,7 +206,7 @@ def run_demo(
     out_dir: str | pathlib.Path = "turboserve-demo",
     prompts: list[str] | None = None,
     max_workers: int = 3,
-    video_format: str = "gif",
+    video_format: str = "mp4",
     keep_config: bool = False,
 ) -> dict[str, Any]:
     """Play :func:`burst` on a local cluster with the closed loop; print, plot and write videos.
@@ -218,6 +218,7 @@ def run_demo(
 
     from framework import Server, config
     from storage import VideoStore
+    from storage.errors import VideoStoreError
 
     if n_sessions < 1 or length_s <= 0:
         raise ValueError(f"demo needs at least one session and a positive length, got {n_sessions=} {length_s=}")
@@ -266,7 +267,11 @@ def run_demo(
             store = VideoStore(out / "videos.zarr", s.id, model=s.model, fps=s.fps, height=s.height, width=s.width)
             for c in r["chunks"]:
                 store.append(c.frames, chunk_index=c.index)
-            videos[s.id] = store.to_video(out / f"{s.id}.{video_format}")
+            try:
+                videos[s.id] = store.to_video(out / f"{s.id}.{video_format}")
+            except VideoStoreError as exc:  # no encoder for that format here: GIF always works
+                print(f"  {video_format} not written ({exc}); writing GIF instead")
+                videos[s.id] = store.to_video(out / f"{s.id}.gif")
         figure = plot(out / "loop.png", log, per_session, t0)
     errors = [r["error"] for r in results if "error" in r]
     print("what the closed loop did:")
