@@ -188,3 +188,34 @@ def test_a_joining_worker_takes_a_migration_only_when_warm_and_the_moved_session
     assert r["first_migrate_s"] >= r["ready_s"]  # never before it was warm
     # the moved session waited for a move, not for the model load
     assert r["worst_gap_s"] < 0.5 * r["ready_s"], r
+
+
+@pytest.mark.slow
+def test_an_open_that_only_a_loading_worker_can_take_waits_for_it_instead_of_refusing(tmp_path):
+    import time
+
+    import dask
+
+    from framework import Server
+    from workers.plugin import READY_TOPIC
+
+    delay = 6.0
+    with dask.config.set({"turboserve.admission.max-sessions-per-worker": 1, "turboserve.admission.on-full": "refuse"}):
+        with Server.local(n_workers=1, model="tiny", store=str(tmp_path), adaptive=False,
+                          dashboard_address=None) as server:
+            (first,) = server.workers()
+            server.open_session("a kite over the dunes", seed=1)  # the first worker is full now
+            with dask.config.set({"turboserve.engine.model-load-delay": delay}):
+                server.cluster.scale(2)
+                while len(server.workers()) < 2:
+                    time.sleep(0.05)
+            (new,) = [w for w in server.workers() if w != first]
+            # only the loading worker has room, and placement does not see it yet: the open
+            # waits for it (bounded by worker-ready-timeout) instead of refusing (on-full: refuse)
+            s = server.open_session("a lighthouse at night", seed=2)
+            opened = time.time()
+            (ready,) = [t for t, msg in server.client.get_events(READY_TOPIC) if msg.get("worker") == new]
+            assert s.worker == new and ready <= opened
+            t0 = time.monotonic()
+            (chunk,) = s.stream(1)
+            assert time.monotonic() - t0 < delay / 2  # its model was already there
