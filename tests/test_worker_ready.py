@@ -14,14 +14,18 @@ only after it reported ready, and the moved session does not stall for the load.
 from __future__ import annotations
 
 import asyncio
+import time
 
+import dask
 import pytest
 
+from framework import Server
 from framework.control_snapshot import build_snapshot
 from framework.controller import ControlLoop
 from framework.warmup import Warmup
 from policies.semantics import Refusal
 from policies.types import BatchLatencyModel, Migrate, SessionStatus, WorkerStatus
+from workers.plugin import READY_TOPIC
 from test_control_loop import ACTIVE, Clock, FakeCluster, accepted, settings, settle
 
 STARTING, RUNNING, DRAINING = WorkerStatus.STARTING, WorkerStatus.RUNNING, WorkerStatus.DRAINING
@@ -192,30 +196,23 @@ def test_a_joining_worker_takes_a_migration_only_when_warm_and_the_moved_session
 
 @pytest.mark.slow
 def test_an_open_that_only_a_loading_worker_can_take_waits_for_it_instead_of_refusing(tmp_path):
-    import time
-
-    import dask
-
-    from framework import Server
-    from workers.plugin import READY_TOPIC
-
     delay = 6.0
-    with dask.config.set({"turboserve.admission.max-sessions-per-worker": 1, "turboserve.admission.on-full": "refuse"}):
-        with Server.local(n_workers=1, model="tiny", store=str(tmp_path), adaptive=False,
-                          dashboard_address=None) as server:
-            (first,) = server.workers()
-            server.open_session("a kite over the dunes", seed=1)  # the first worker is full now
-            with dask.config.set({"turboserve.engine.model-load-delay": delay}):
-                server.cluster.scale(2)
-                while len(server.workers()) < 2:
-                    time.sleep(0.05)
-            (new,) = [w for w in server.workers() if w != first]
-            # only the loading worker has room, and placement does not see it yet: the open
-            # waits for it (bounded by worker-ready-timeout) instead of refusing (on-full: refuse)
-            s = server.open_session("a lighthouse at night", seed=2)
-            opened = time.time()
-            (ready,) = [t for t, msg in server.client.get_events(READY_TOPIC) if msg.get("worker") == new]
-            assert s.worker == new and ready <= opened
-            t0 = time.monotonic()
-            (chunk,) = s.stream(1)
-            assert time.monotonic() - t0 < delay / 2  # its model was already there
+    admission = {"turboserve.admission.max-sessions-per-worker": 1, "turboserve.admission.on-full": "refuse"}
+    with dask.config.set(admission), Server.local(n_workers=1, model="tiny", store=str(tmp_path), adaptive=False,
+                                                  dashboard_address=None) as server:
+        (first,) = server.workers()
+        server.open_session("a kite over the dunes", seed=1)  # the first worker is full now
+        with dask.config.set({"turboserve.engine.model-load-delay": delay}):
+            server.cluster.scale(2)
+            while len(server.workers()) < 2:
+                time.sleep(0.05)
+        (new,) = [w for w in server.workers() if w != first]
+        # only the loading worker has room, and placement does not see it yet: the open
+        # waits for it (bounded by worker-ready-timeout) instead of refusing (on-full: refuse)
+        s = server.open_session("a lighthouse at night", seed=2)
+        opened = time.time()
+        (ready,) = [t for t, msg in server.client.get_events(READY_TOPIC) if msg.get("worker") == new]
+        assert s.worker == new and ready <= opened
+        t0 = time.monotonic()
+        assert [c.index for c in s.stream(1)] == [0]
+        assert time.monotonic() - t0 < delay / 2  # its model was already there
