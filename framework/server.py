@@ -306,7 +306,7 @@ class Server:
         if config.get("control.auto-start", adaptive):
             try:
                 maximum = min(int(config.get("autoscale.maximum")), len(gpus)) if gpus else None
-                server.adapt(minimum=min(int(config.get("autoscale.minimum")), max(n_workers, 1)), maximum=maximum)
+                server.adapt(maximum=maximum)  # minimum: turboserve.autoscale.minimum, as configured
             except BaseException:
                 server.close()
                 raise
