@@ -63,7 +63,8 @@ def test_no_session_is_lost_and_every_chunk_arrives_in_order(run):
     for sid, rows in run.chunks.groupby("session_id"):
         rows = rows.sort_values("t_done_s")
         assert list(rows["index"]) == list(range(len(rows))), sid
-        assert (rows["latency_s"] > 0).all()
+        assert (rows["latency_s"] >= 0).all()  # 0: made ahead of its request (engine.prearm-chunks)
+        assert (rows["latency_s"] > 0).any()
     # the base session streams through the whole trace, over every scale event
     assert run.chunks["session_id"].value_counts()["base0"] >= 10
 
