@@ -59,7 +59,6 @@ class Census:
     demand: int  # active (ACTIVE + MIGRATING + placed) + pending sessions not placed (refused ones too)
     device_bytes: int  # memory of on-device sessions + reserve of the still-pending ones
     context_sum: float  # context frames summed over the active sessions
-    idle_resident: int = 0  # IDLE sessions still on a device (no action of this decision moves them)
 
     @property
     def current(self) -> int:
@@ -69,15 +68,13 @@ class Census:
     @classmethod
     def of(cls, ledger: CapacityLedger) -> Census:
         """Count one ledger (which earlier policies of the decision may have booked into)."""
-        running = starting = active = nbytes = idle = 0
+        running = starting = active = nbytes = 0
         ctx = 0.0
         acted, refused = ledger.acted, ledger.refused
         for ld in ledger.loads.values():
             status = ld.view.status
             if status is _RUNNING:
                 running += 1
-                if ld.idle:
-                    idle += sum(1 for s in ld.idle if s.session_id not in acted)
             elif status is _STARTING:
                 starting += 1
             active += ld.n_active
@@ -85,7 +82,7 @@ class Census:
             ctx += ld.ctx_sum
         waiting = [s for s in ledger.pending if s.session_id not in acted or s.session_id in refused]
         nbytes += sum(ledger.reserve(s) for s in waiting) - ledger.in_flight_bytes
-        return cls(running, starting, active + len(waiting), nbytes, ctx, idle)
+        return cls(running, starting, active + len(waiting), nbytes, ctx)
 
 
 def scale_actions(ledger: CapacityLedger, current: int, desired: int, cause: str,
@@ -509,8 +506,12 @@ class LoadDriven(_Autoscaler):
     def _desired(self, ledger: CapacityLedger, census: Census, state: LoadDrivenState) -> tuple[int, LoadDrivenState, str]:
         now = ledger.snap.now_s
         current = census.current
-        if self.provision_idle and census.idle_resident:
-            census = replace(census, demand=census.demand + census.idle_resident)
+        if self.provision_idle:  # counted here only: no other autoscaler pays for the pass
+            acted = ledger.acted
+            idle = sum(1 for ld in ledger.loads.values() if ld.view.status is _RUNNING
+                       for s in ld.idle if s.session_id not in acted)
+            if idle:
+                census = replace(census, demand=census.demand + idle)
         if self.headroom_model == "horizon":
             horizon = ledger.snap.worker_startup_s if self.headroom_horizon_s is None else self.headroom_horizon_s
             state = self.observe_horizon(state, now, census.demand, horizon)
