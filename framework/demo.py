@@ -35,7 +35,7 @@ DEFAULT_PROMPTS = (
 
 #: Settings of the demo (``turboserve.*`` keys), applied unless ``keep_config``.
 DEMO_CONFIG = {
-    "turboserve.slo-s": 0.05,                # below any CPU step: one active session per worker
+    "turboserve.slo-s": 0.01,                # below any step (a quiet CPU steps in ~40 ms): one active session per worker
     "turboserve.control.interval": "500ms",
     "turboserve.control.idle-offload-s": 3,
     "turboserve.autoscale.wait-count": 1,
