@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from traces.lazy import lazy_exports
 
 # Imported on first use (PEP 562): `framework.config` and the CLI load in milliseconds,
 # without torch, diffusers and distributed, which `framework.server` brings in.
@@ -46,17 +47,7 @@ if TYPE_CHECKING:
     from workers.chunk import Chunk
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'framework' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

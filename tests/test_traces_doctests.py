@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = [
-    "traces", "traces.commands", "traces.distributions", "traces.generator", "traces.io",
+    "traces", "traces.commands", "traces.distributions", "traces.generator", "traces.io", "traces.lazy",
     "traces.rates", "traces.scenarios", "traces.schema", "traces.stats", "traces.transform",
 ]
 

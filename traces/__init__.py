@@ -11,8 +11,7 @@ True
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from traces.lazy import lazy_exports
 
 # Imported on first use (PEP 562): `turboserve --help` and the trace commands' parsers
 # load without pandas and numpy.
@@ -29,17 +28,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'traces' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [
