@@ -27,6 +27,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -150,24 +151,22 @@ class AnimatedGif:
 
     def img_tag(self, scale: int = 2) -> str:
         """An ``<img>`` tag with the GIF inline as base64, shown ``scale`` times its size."""
-        b64 = base64.b64encode(self.data).decode("ascii")
-        return (
-            f'<img src="data:image/gif;base64,{b64}" width="{self.width * scale}" '
-            f'height="{self.height * scale}" style="image-rendering: pixelated" '
-            f'alt="{self.n_frames} frames"/>'
-        )
+        return f'<img src="data:image/gif;base64,{_b64(self.data)}" {self.size_attrs(scale)} alt="{self.n_frames} frames"/>'
+
+    def size_attrs(self, scale: int) -> str:
+        """The ``width``, ``height`` and ``style`` attributes of ``scale`` times the frame size, pixelated."""
+        return f'width="{self.width * scale}" height="{self.height * scale}" style="image-rendering: pixelated"'
 
     def save(self, path: str) -> None:
         """Write the GIF to ``path``."""
-        with open(path, "wb") as f:
-            f.write(self.data)
+        Path(path).write_bytes(self.data)
 
     def __repr__(self) -> str:
         return f"<AnimatedGif {self.n_frames} frames {self.height}x{self.width} @ {self.fps:g} fps>"
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return {
-            "image/gif": base64.b64encode(self.data).decode("ascii"),
+            "image/gif": _b64(self.data),
             "text/html": self.img_tag(),
             "text/plain": repr(self),
         }
@@ -199,18 +198,15 @@ class InlineVideo:
 
     def video_tag(self, scale: int = 2) -> str:
         """A looping, muted, autoplaying ``<video>`` with the mp4 inline as base64."""
-        b64 = base64.b64encode(self.data).decode("ascii")
-        g = self.gif
         return (
-            f'<video autoplay loop muted playsinline controls width="{g.width * scale}" '
-            f'height="{g.height * scale}" style="image-rendering: pixelated" title="{g.n_frames} frames">'
-            f'<source type="video/mp4" src="data:video/mp4;base64,{b64}"/></video>'
+            f'<video autoplay loop muted playsinline controls {self.gif.size_attrs(scale)} '
+            f'title="{self.gif.n_frames} frames">'
+            f'<source type="video/mp4" src="data:video/mp4;base64,{_b64(self.data)}"/></video>'
         )
 
     def save(self, path: str) -> None:
         """Write the mp4 to ``path``."""
-        with open(path, "wb") as f:
-            f.write(self.data)
+        Path(path).write_bytes(self.data)
 
     def __repr__(self) -> str:
         g = self.gif
@@ -219,7 +215,7 @@ class InlineVideo:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return {
             "text/html": self.video_tag(),
-            "image/gif": base64.b64encode(self.gif.data).decode("ascii"),
+            "image/gif": _b64(self.gif.data),
             "text/plain": repr(self),
         }
 
@@ -234,8 +230,13 @@ def inline_video(frames: np.ndarray, fps: float = 16.0) -> "InlineVideo | Animat
         return AnimatedGif.from_frames(frames, fps)
 
 
-def _video_tag(video: "InlineVideo | AnimatedGif", scale: int) -> str:
+def media_tag(video: "InlineVideo | AnimatedGif", scale: int) -> str:
+    """The HTML tag of :func:`inline_video`'s result: a ``<video>``, or an ``<img>`` for a GIF."""
     return video.video_tag(scale) if isinstance(video, InlineVideo) else video.img_tag(scale)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 class StreamHistory:
@@ -377,7 +378,7 @@ def session_html(card: SessionCard, scale: int = 2) -> str:
         for k, v in rows
     )
     if card.frames is not None and len(card.frames):
-        video = _video_tag(inline_video(card.frames, card.fps), scale)
+        video = media_tag(inline_video(card.frames, card.fps), scale)
         caption = f"last {len(card.frames)} frames"
     else:
         video, caption = "<em>no frames yet</em>", ""

@@ -88,7 +88,7 @@ class SessionPanel:
 
         frames = np.concatenate([c.frames for c in self.chunks[-VIDEO_CHUNKS:]])
         video = notebook.inline_video(frames, self.session.fps)
-        self.video.value = video.video_tag(self.scale) if isinstance(video, notebook.InlineVideo) else video.img_tag(self.scale)
+        self.video.value = notebook.media_tag(video, self.scale)
         self.info.value = (f"chunk {chunk.index}  latency {chunk.latency_s:.2f}s  worker {chunk.worker}"
                            f"{'  (first after a move)' if chunk.migrated else ''}")
 
