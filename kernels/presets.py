@@ -14,7 +14,7 @@ of ``wan-14b`` without building it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 #: Bytes of a CPU ``torch.Generator`` state (the ``rng`` tensor of a session).
@@ -212,27 +212,25 @@ class ModelPreset:
         )
 
 
-_WAN21_VAE = VaeGeometry()
-_TINY_VAE = VaeGeometry(base_dim=3, z_dim=16, dim_mult=(1, 1, 1, 1), num_res_blocks=1)
-_TINY_TRAINED_VAE = VaeGeometry(base_dim=8, z_dim=16, dim_mult=(1, 1, 1, 1), num_res_blocks=1)
+# Random weights, fp32, runs on a laptop CPU; the shape of diffusers' test models.
+_TINY = ModelPreset(
+    name="tiny",
+    num_layers=2,
+    num_heads=2,
+    head_dim=12,
+    ffn_dim=32,
+    text_dim=16,
+    text_tokens=16,
+    default_height=64,
+    default_width=64,
+    dtype_bytes=4,
+    vae=VaeGeometry(base_dim=3, dim_mult=(1, 1, 1, 1), num_res_blocks=1),
+)
 
-PRESETS: MappingProxyType[str, ModelPreset] = MappingProxyType(
-    {
-        # Random weights, fp32, runs on a laptop CPU; the shape of diffusers' test models.
-        "tiny": ModelPreset(
-            name="tiny",
-            num_layers=2,
-            num_heads=2,
-            head_dim=12,
-            ffn_dim=32,
-            text_dim=16,
-            text_tokens=16,
-            freq_dim=256,
-            default_height=64,
-            default_width=64,
-            dtype_bytes=4,
-            vae=_TINY_VAE,
-        ),
+PRESETS: MappingProxyType[str, ModelPreset] = MappingProxyType({
+    preset.name: preset
+    for preset in (
+        _TINY,
         # A tiny model trained on CPU by `python -m kernels.train` on squares of the prompt's
         # colour moving in the prompt's direction (kernels/synthetic.py); its weights ship in
         # the package (PACKAGED_WEIGHTS). Wider than `tiny` where `tiny` cannot learn: the
@@ -241,41 +239,21 @@ PRESETS: MappingProxyType[str, ModelPreset] = MappingProxyType(
         # that cannot carry colour). Unshifted schedule: sigmas 1/.75/.5/.25. State of the
         # shipped weights: the transformer follows the prompt's colour (in latent space);
         # the decoder does not render hue yet (tests/test_tiny_trained.py says what holds).
-        "tiny-trained": ModelPreset(
+        replace(
+            _TINY,
             name="tiny-trained",
-            num_layers=2,
             num_heads=4,
             head_dim=24,
             ffn_dim=192,
-            text_dim=16,
-            text_tokens=16,
-            freq_dim=256,
-            default_height=64,
-            default_width=64,
-            dtype_bytes=4,
             timestep_shift=1.0,
-            vae=_TINY_TRAINED_VAE,
+            vae=replace(_TINY.vae, base_dim=8),
         ),
-        # Wan2.1-T2V-1.3B (the backbone of Self-Forcing, CausVid, LongLive).
-        "wan-1.3b": ModelPreset(
-            name="wan-1.3b",
-            num_layers=30,
-            num_heads=12,
-            head_dim=128,
-            ffn_dim=8960,
-            vae=_WAN21_VAE,
-        ),
-        # Wan2.1-T2V-14B (the backbone of Krea realtime 14B).
-        "wan-14b": ModelPreset(
-            name="wan-14b",
-            num_layers=40,
-            num_heads=40,
-            head_dim=128,
-            ffn_dim=13824,
-            vae=_WAN21_VAE,
-        ),
-    }
-)
+        # Wan2.1-T2V-1.3B (the backbone of Self-Forcing, CausVid, LongLive); Wan2.1 VAE.
+        ModelPreset(name="wan-1.3b", num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960),
+        # Wan2.1-T2V-14B (the backbone of Krea realtime 14B); Wan2.1 VAE.
+        ModelPreset(name="wan-14b", num_layers=40, num_heads=40, head_dim=128, ffn_dim=13824),
+    )
+})
 
 
 def get_preset(name: str | ModelPreset) -> ModelPreset:
