@@ -30,110 +30,15 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 
-from .presets import PRESETS, ModelPreset, VaeGeometry, get_preset
+from . import networks
 from .invariance import row_wise
+from .networks import cast_like_diffusers
+from .presets import ModelPreset, get_preset
 from .schedule import FlowSchedule
 from .state import SessionState
 from .text import HashTextEncoder, TextEncoder
 from .transformer import CacheGroup, CausalWanTransformer3DModel, LayerKV, chunk_rotary
 from .vae import StreamingVaeDecoder
-
-
-#: File that :meth:`StreamingVideoModel.save_pretrained` writes next to the diffusers folders.
-MODEL_CONFIG_NAME = "turboserve_model.json"
-
-
-def build_transformer(preset: ModelPreset) -> CausalWanTransformer3DModel:
-    """A randomly initialised transformer of the preset's geometry (current device)."""
-    return CausalWanTransformer3DModel(
-        patch_size=tuple(preset.patch_size),
-        num_attention_heads=preset.num_heads,
-        attention_head_dim=preset.head_dim,
-        in_channels=preset.latent_channels,
-        out_channels=preset.latent_channels,
-        text_dim=preset.text_dim,
-        freq_dim=preset.freq_dim,
-        ffn_dim=preset.ffn_dim,
-        num_layers=preset.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-    )
-
-
-def build_vae(preset: ModelPreset) -> AutoencoderKLWan:
-    """A randomly initialised Wan2.1 VAE of the preset's geometry (current device)."""
-    g = preset.vae
-    return AutoencoderKLWan(
-        base_dim=g.base_dim,
-        z_dim=g.z_dim,
-        dim_mult=list(g.dim_mult),
-        num_res_blocks=g.num_res_blocks,
-        temperal_downsample=list(g.temperal_downsample),
-    )
-
-
-def _preset_to_json(preset: ModelPreset) -> dict[str, Any]:
-    return dataclasses.asdict(preset)
-
-
-def _preset_from_json(data: dict[str, Any]) -> ModelPreset:
-    data = dict(data)
-    vae = dict(data.pop("vae"))
-    vae["dim_mult"] = tuple(vae["dim_mult"])
-    vae["temperal_downsample"] = tuple(bool(x) for x in vae["temperal_downsample"])
-    data["patch_size"] = tuple(data["patch_size"])
-    return ModelPreset(vae=VaeGeometry(**vae), **data)
-
-
-def _infer_preset(transformer: CausalWanTransformer3DModel, vae: AutoencoderKLWan) -> ModelPreset:
-    """The known preset with this geometry, else a ``custom`` one built from the configs."""
-    c = transformer.config
-    for preset in PRESETS.values():
-        if (
-            preset.num_layers == c.num_layers
-            and preset.num_heads == c.num_attention_heads
-            and preset.head_dim == c.attention_head_dim
-            and preset.ffn_dim == c.ffn_dim
-            and preset.text_dim == c.text_dim
-            and preset.vae.base_dim == vae.config.base_dim
-        ):
-            return preset
-    return ModelPreset(
-        name="custom",
-        num_layers=c.num_layers,
-        num_heads=c.num_attention_heads,
-        head_dim=c.attention_head_dim,
-        ffn_dim=c.ffn_dim,
-        latent_channels=c.in_channels,
-        text_dim=c.text_dim,
-        freq_dim=c.freq_dim,
-        patch_size=tuple(c.patch_size),
-        vae=VaeGeometry(
-            base_dim=vae.config.base_dim,
-            z_dim=vae.config.z_dim,
-            dim_mult=tuple(vae.config.dim_mult),
-            num_res_blocks=vae.config.num_res_blocks,
-            temperal_downsample=tuple(vae.config.temperal_downsample),
-        ),
-    )
-
-
-def _to(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Move to ``device`` and cast to ``dtype`` as diffusers' ``from_pretrained`` would.
-
-    Submodules named in ``_keep_in_fp32_modules`` (Wan: norms, time embedder, modulation
-    tables) stay in fp32. A module already holding ``dtype`` parameters (loaded with
-    ``torch_dtype``) is only moved.
-    """
-    module = module.to(device)
-    if any(p.dtype == dtype for p in module.parameters()):
-        return module
-    keep = getattr(module, "_keep_in_fp32_modules", None) or []
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        if tensor.is_floating_point() and not any(k in name.split(".") for k in keep):
-            tensor.data = tensor.data.to(dtype)
-    return module
 
 
 def _roll_window(old: torch.Tensor, new: torch.Tensor, keep: int, sink: int) -> torch.Tensor:
@@ -200,8 +105,8 @@ class StreamingVideoModel:
         self.dtype = dtype
         elem = torch.empty((), dtype=dtype).element_size()
         self.preset = dataclasses.replace(preset, dtype_bytes=elem)
-        self.transformer = _to(transformer, self.device, dtype).eval()
-        self.vae = _to(vae, self.device, dtype).eval()
+        self.transformer = cast_like_diffusers(transformer, self.device, dtype).eval()
+        self.vae = cast_like_diffusers(vae, self.device, dtype).eval()
         self.decoder = StreamingVaeDecoder(self.vae, self.preset)
         self.text_encoder = text_encoder or HashTextEncoder(preset.text_dim, preset.text_tokens)
         self.schedule = FlowSchedule.evenly(preset.denoise_steps, shift=preset.timestep_shift)
@@ -227,13 +132,7 @@ class StreamingVideoModel:
         device type), which is what lets a session move between workers. The global
         torch random state is left as it was.
         """
-        preset = get_preset(name)
-        device = torch.device(device)
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.device(device):
-            torch.manual_seed(weights_seed)
-            transformer = build_transformer(preset)
-            vae = build_vae(preset)
+        transformer, vae, preset, _ = networks.seeded(get_preset(name), device, weights_seed)
         return cls(
             transformer,
             vae,
@@ -264,33 +163,22 @@ class StreamingVideoModel:
         ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``; causal fine-tunes such as Self-Forcing
         must first be converted to the diffusers layout). The preset is, in order:
         ``preset``, the folder's ``turboserve_model.json``, the known preset with the
-        checkpoint's geometry, or a ``custom`` one. Real checkpoints need their real
-        text encoder (UMT5-XXL) passed as ``text_encoder``; otherwise prompts go
-        through the hash encoder, which such weights were not trained with.
+        checkpoint's geometry, or a ``custom`` one (:func:`kernels.networks.load`).
+        Real checkpoints need their real text encoder (UMT5-XXL) passed as
+        ``text_encoder``; otherwise prompts go through the hash encoder, which such
+        weights were not trained with.
         ``hub_kwargs`` go to diffusers' ``from_pretrained`` (``revision``, ``cache_dir``...).
         """
         # diffusers then keeps Wan's precision-sensitive modules in fp32 (needs `accelerate`).
         hub_kwargs.setdefault("torch_dtype", dtype)
-        transformer = CausalWanTransformer3DModel.from_pretrained(path_or_repo, subfolder="transformer", **hub_kwargs)
-        vae = AutoencoderKLWan.from_pretrained(path_or_repo, subfolder="vae", **hub_kwargs)
-        saved: dict[str, Any] = {}
-        config_file = Path(path_or_repo) / MODEL_CONFIG_NAME
-        if config_file.is_file():
-            saved = json.loads(config_file.read_text())
-        if preset is not None:
-            resolved = get_preset(preset)
-        elif "preset" in saved:
-            resolved = _preset_from_json(saved["preset"])
-        else:
-            resolved = _infer_preset(transformer, vae)
-        spec = saved.get("text_encoder") or {}
-        if text_encoder is None and spec.get("kind") == "hash":
-            text_encoder = HashTextEncoder(resolved.text_dim, resolved.text_tokens, seed=int(spec.get("seed", 0)))
+        transformer, vae, resolved, encoder = networks.load(
+            path_or_repo, preset=preset, text_encoder=text_encoder, **hub_kwargs
+        )
         return cls(
             transformer,
             vae,
             resolved,
-            text_encoder=text_encoder,
+            text_encoder=encoder,
             device=device,
             dtype=dtype,
             num_threads=num_threads,
@@ -298,17 +186,12 @@ class StreamingVideoModel:
         )
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
-        """Write the weights (diffusers layout) and the preset to the folder ``path``."""
-        root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
-        self.transformer.save_pretrained(root / "transformer")
-        self.vae.save_pretrained(root / "vae")
-        # A hash encoder is rebuilt from its seed; any other encoder must be passed to from_pretrained.
-        enc = self.text_encoder
-        spec = {"kind": "hash", "seed": enc.seed} if isinstance(enc, HashTextEncoder) else None
-        meta = {"format": 1, "preset": _preset_to_json(self.preset), "text_encoder": spec}
-        (root / MODEL_CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        return root
+        """Write the weights (diffusers layout) and the preset to the folder ``path``.
+
+        A hash text encoder is recorded by its seed; any other must be passed to
+        :meth:`from_pretrained` again.
+        """
+        return networks.save(path, networks.Networks(self.transformer, self.vae, self.preset, self.text_encoder))
 
     # ------------------------------------------------------------------ sessions
 

@@ -55,7 +55,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 
-from .model import StreamingVideoModel, build_transformer
+from .model import StreamingVideoModel
+from .networks import build_transformer, build_vae
 from .presets import ModelPreset, get_preset
 from .synthetic import COLOURS, DIRECTIONS, prompt_for, render_clip, start_of
 from .text import HashTextEncoder
@@ -260,11 +261,7 @@ def build_untrained(preset: ModelPreset, seed: int) -> StreamingVideoModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = build_transformer(preset)
-        vae = AutoencoderKLWan(
-            base_dim=g.base_dim, z_dim=g.z_dim, dim_mult=list(g.dim_mult), num_res_blocks=g.num_res_blocks,
-            temperal_downsample=list(g.temperal_downsample),
-            latents_mean=[0.0] * g.z_dim, latents_std=[1.0] * g.z_dim,
-        )
+        vae = build_vae(preset, latents_mean=[0.0] * g.z_dim, latents_std=[1.0] * g.z_dim)
     encoder = HashTextEncoder(preset.text_dim, preset.text_tokens)
     return StreamingVideoModel(transformer, vae, preset, text_encoder=encoder)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, WanRotaryPosEmbed
 
-from kernels.model import build_transformer
+from kernels.networks import build_transformer
 from kernels.presets import get_preset
 from kernels.transformer import CacheGroup, CausalKVAttnProcessor, LayerKV, apply_rotary, chunk_rotary
 
