@@ -1,4 +1,12 @@
-"""Shared pytest setup: the `gpu` marker skips cleanly (with the reason) without CUDA."""
+"""Shared pytest setup: the `gpu` marker skips cleanly (with the reason) without CUDA;
+the serving cluster and reference frames of the determinism tests.
+
+``server`` is the module-scoped cluster of three CPU workers (tiny model, zarr checkpoints
+every 2 chunks) that ``test_runtime_server.py`` and ``test_session_futures.py`` share the
+shape of; a module that needs another cluster defines its own ``server`` fixture, which
+pytest prefers to this one. ``reference`` gives the frames of the model's own
+uninterrupted run.
+"""
 
 from __future__ import annotations
 
@@ -24,3 +32,35 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One LocalCluster of three tiny-model workers for the whole module (torch loads here)."""
+    from framework import Server
+
+    store = tmp_path_factory.mktemp("state")
+    with Server.local(
+        n_workers=3, model="tiny", store=str(store), checkpoint_every=2, dashboard_address=":0",
+        settings={"max_sessions_per_worker": 6, "placement": "least-loaded"},
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """``frames(prompt, seed, n)``: chunks 0..n-1 of the model's uninterrupted run of ``(prompt, seed)``."""
+    from kernels.model import StreamingVideoModel
+
+    # One torch thread, as in a Dask worker (OMP_NUM_THREADS=1): the float reductions,
+    # and therefore the rounded frames, then match bit for bit.
+    model = StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
+    cache: dict[tuple[str, int], list] = {}
+
+    def frames(prompt: str, seed: int, n: int) -> list:
+        state, done = cache.setdefault((prompt, seed), [model.new_session(prompt, seed), []])
+        while len(done) < n:
+            done.append(model.step([state])[0])
+        return done[:n]
+
+    return frames

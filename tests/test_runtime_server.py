@@ -6,8 +6,8 @@ worker), the frames of chunks 0..N are bit-identical to the model's own uninterr
 run. One session streams at a time, so every step has batch size 1 like the reference
 (a batched step is not bit-identical to a single one).
 
-One module-scoped cluster of three workers serves every test; the two tests that take a
-worker away (kill, then drain) run last.
+One module-scoped cluster of three workers (``server`` in ``conftest.py``) serves every
+test; the two tests that take a worker away (kill, then drain) run last.
 """
 
 from __future__ import annotations
@@ -23,39 +23,8 @@ from distributed import Client
 from distributed.core import Status
 
 from framework import Chunk, Server, SessionStatus
-from kernels.model import StreamingVideoModel
 
 PROMPT = "a red fox running through snow"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    store = tmp_path_factory.mktemp("state")
-    with Server.local(
-        n_workers=3, model="tiny", store=str(store), checkpoint_every=2, dashboard_address=":0",
-        settings={"max_sessions_per_worker": 6, "placement": "least-loaded"},
-    ) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def reference():
-    """Frames of the model's uninterrupted run of ``(prompt, seed)``, chunk by chunk."""
-    # One torch thread, as in a Dask worker (OMP_NUM_THREADS=1): the float reductions,
-    # and therefore the rounded frames, then match bit for bit.
-    model = StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
-    cache: dict[tuple[str, int], list[np.ndarray]] = {}
-
-    def frames(prompt: str, seed: int, n: int) -> list[np.ndarray]:
-        key = (prompt, seed)
-        if key not in cache:
-            cache[key] = [model.new_session(prompt, seed), []]
-        state, done = cache[key]
-        while len(done) < n:
-            done.append(model.step([state])[0])
-        return done[:n]
-
-    return frames
 
 
 def _other(server, worker):

@@ -7,7 +7,8 @@ uninterrupted run (the same as :meth:`Session.stream` gives). Chunk indices are 
 out once and in order whichever way they are read, across a migration, and across the
 death of the worker that holds the session and the futures' data.
 
-One module-scoped cluster of three workers; the test that kills a worker runs last.
+One module-scoped cluster of three workers (``server`` in ``conftest.py``); the test that
+kills a worker runs last.
 """
 
 from __future__ import annotations
@@ -23,36 +24,10 @@ from distributed import Future, as_completed, futures_of, wait
 from distributed.core import Status
 
 from framework import Chunk, Server, SessionClosed
-from kernels.model import StreamingVideoModel
 from storage import CheckpointStore
 from workers.chunk_futures import CHUNK_KEY_PREFIX
 
 PROMPT = "a red fox running through snow"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    store = tmp_path_factory.mktemp("state")
-    with Server.local(
-        n_workers=3, model="tiny", store=str(store), checkpoint_every=2, dashboard_address=":0",
-        settings={"max_sessions_per_worker": 6, "placement": "least-loaded"},
-    ) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def reference():
-    """Frames of the model's uninterrupted run of ``(prompt, seed)``, chunk by chunk."""
-    model = StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
-    cache: dict[tuple[str, int], list] = {}
-
-    def frames(prompt: str, seed: int, n: int) -> list[np.ndarray]:
-        state, done = cache.setdefault((prompt, seed), [model.new_session(prompt, seed), []])
-        while len(done) < n:
-            done.append(model.step([state])[0])
-        return done[:n]
-
-    return frames
 
 
 def _assert_same(chunks: list[Chunk], expected: list[np.ndarray]) -> None:
