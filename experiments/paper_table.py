@@ -193,6 +193,8 @@ def policy_sets(gpus: int, *, new_session_bytes: int, worker_memory: int, max_ba
         "worker_max_batch": int(max_batch),
         "worker_memory_bytes": int(worker_memory),
         "provision_idle": bool(tconfig.get("control.keep-idle-slots")),
+        "provision_idle_s": (None if tconfig.get("autoscale.provision-idle-s") is None
+                             else float(tconfig.get("autoscale.provision-idle-s"))),
     }
     # TurboServe keeps the in-stream worst case low: it moves an active session only to
     # fix a worker that misses the SLO, an idle resident session keeps its batch slot

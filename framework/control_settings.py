@@ -216,6 +216,7 @@ def default_policy_params(
             "worker_max_batch": int(max_batch),
             "worker_memory_bytes": int(worker_memory),
             "provision_idle": bool(config.get("control.keep-idle-slots")),
+            "provision_idle_s": (None if config.get("autoscale.provision-idle-s") is None else _seconds(config.get("autoscale.provision-idle-s"))),
         }
     if offload == "idle-timeout":
         out["offload"]["idle_s"] = float(config.get("control.idle-offload-s"))

@@ -364,11 +364,18 @@ class LoadDriven(_Autoscaler):
         changes count in full, so a cluster that knows nothing of its load yet keeps
         generous headroom early; 60 s makes it calmer, and slower, at the start).
     provision_idle
-        Count the idle sessions still resident on a worker as demand (default False).
-        Pair it with the placement's ``keep_idle_slots``: the slots placement keeps for
-        idle sessions are then provisioned, so a newcomer takes a free slot instead of
-        evicting an idle session that is about to come back (whose resume would wait
-        for the copy back from host memory).
+        Count the idle sessions still resident on a worker as demand (default False),
+        for at most ``provision_idle_s`` of their idle spell. Pair it with the
+        placement's ``keep_idle_slots``: the slots placement keeps for idle sessions are
+        then provisioned, so a newcomer takes a free slot instead of evicting an idle
+        session that is about to come back (whose resume would wait for the copy back
+        from host memory).
+    provision_idle_s
+        How long into its idle spell an idle session's slot is paid for. ``None``
+        (default): the worker start-up time of the snapshot, the ski-rental break-even:
+        a slot released after that long and needed again costs at most one start-up of
+        waiting, while keeping every idle session's slot for its whole spell paid
+        1.2-1.3x the oracle's GPU-hours on the built-in traces (docs/RESULTS.md).
     headroom_model
         How the swing over the horizon is estimated. ``"horizon"`` (default) measures
         it: the weighted mean of ``(demand now - demand one horizon ago)^2``, which
@@ -396,8 +403,12 @@ class LoadDriven(_Autoscaler):
         worker_max_batch: int = 32,
         worker_memory_bytes: int = 80 * 1024**3,
         provision_idle: bool = False,
+        provision_idle_s: float | None = None,
     ) -> None:
         self.provision_idle = bool(provision_idle)
+        if provision_idle_s is not None and not provision_idle_s >= 0:
+            raise ValueError(f"provision_idle_s must be >= 0 or None, got {provision_idle_s!r}")
+        self.provision_idle_s = None if provision_idle_s is None else float(provision_idle_s)
         if headroom_model not in ("horizon", "random-walk"):
             raise ValueError(f"headroom_model must be 'horizon' or 'random-walk', got {headroom_model!r}")
         self.headroom_model = headroom_model
@@ -508,8 +519,10 @@ class LoadDriven(_Autoscaler):
         current = census.current
         if self.provision_idle:  # counted here only: no other autoscaler pays for the pass
             acted = ledger.acted
+            keep = ledger.snap.worker_startup_s if self.provision_idle_s is None else self.provision_idle_s
+            since = now - keep  # idle since then or later: its slot is still paid for
             idle = sum(1 for ld in ledger.loads.values() if ld.view.status is _RUNNING
-                       for s in ld.idle if s.session_id not in acted)
+                       for s in ld.idle if s.session_id not in acted and s.since_s >= since)
             if idle:
                 census = replace(census, demand=census.demand + idle)
         if self.headroom_model == "horizon":

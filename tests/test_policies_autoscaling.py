@@ -383,3 +383,23 @@ def test_load_driven_with_provision_idle_counts_idle_resident_sessions_as_demand
     kept = make("autoscaling", "load-driven", headroom_quantile=0, provision_idle=True)
     assert scale_target(plain.decide(snap, plain.initial_state())[0]) is None  # 20 / 10 = 2 GPUs: as is
     assert scale_target(kept.decide(snap, kept.initial_state())[0]) == 3  # (20 + 10) / 10
+
+
+def test_load_driven_pays_for_an_idle_slot_only_for_the_first_start_up_time_of_the_idle_spell():
+    # 20 active sessions; 15 idle ones, 5 idle for 4 s and 10 for 30 s; worker start-up 10 s.
+    workers = tuple(WorkerView(f"w{i}", max_batch=10) for i in range(2))
+    sessions = tuple(SessionView(f"a{i}", SessionStatus.ACTIVE, f"w{i % 2}", state_bytes=GiB) for i in range(20))
+    sessions += tuple(SessionView(f"i{i}", SessionStatus.IDLE, f"w{i % 2}", state_bytes=GiB,
+                                  since_s=100.0 - (4.0 if i < 5 else 30.0)) for i in range(15))
+    snap = Snapshot(now_s=100.0, workers=workers, sessions=sessions, slo_s=1.0, latency=LINEAR, max_workers=100,
+                    worker_startup_s=10.0)
+
+    def target(**params):
+        policy = make("autoscaling", "load-driven", headroom_quantile=0, provision_idle=True, **params)
+        return scale_target(policy.decide(snap, policy.initial_state())[0])
+
+    assert target() == 3  # (20 + 5 recent) / 10: the default keeps a slot paid for one start-up time
+    assert target(provision_idle_s=60.0) == 4  # (20 + 15) / 10
+    assert target(provision_idle_s=0.0) is None  # 20 / 10 = 2 GPUs: as is
+    with pytest.raises(ValueError, match="provision_idle_s"):
+        make("autoscaling", "load-driven", provision_idle_s=-1.0)
