@@ -9,6 +9,7 @@ the device tensors: the returned record holds the only copy.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import torch
 
@@ -38,7 +39,12 @@ def is_pinned(state: SessionState) -> bool:
     return bool(state.tensors) and all(t.device.type == "cpu" and t.is_pinned() for t in state.tensors.values())
 
 
-def offload_to_host(state: SessionState, *, release: bool = True) -> SessionState:
+def offload_to_host(
+    state: SessionState,
+    *,
+    release: bool = True,
+    copy: Callable[[SessionState], SessionState] | None = None,
+) -> SessionState:
     """Move the state to host memory, pinned when CUDA is available.
 
     Parameters
@@ -49,6 +55,10 @@ def offload_to_host(state: SessionState, *, release: bool = True) -> SessionStat
         Empty ``state.tensors`` after the copy, so the device memory is returned to
         the allocator even if the caller still holds the old record (any later use
         of it fails loudly instead of reading stale tensors).
+    copy
+        Makes the host copy of a device state, e.g. into a reused buffer (a worker's
+        engine parks suspended states in buffers of its
+        :class:`workers.host_buffers.ReceivePool`); default: fresh host memory.
 
     Returns
     -------
@@ -57,7 +67,10 @@ def offload_to_host(state: SessionState, *, release: bool = True) -> SessionStat
     """
     if tier_of(state) is Tier.HOST:
         return state
-    host = state.to("cpu", pin_memory=torch.cuda.is_available(), non_blocking=True)
+    if copy is None:
+        host = state.to("cpu", pin_memory=torch.cuda.is_available(), non_blocking=True)
+    else:
+        host = copy(state)
     if release:
         state.tensors.clear()
     return host

@@ -1,7 +1,8 @@
-"""The engine's periodic checkpoint copies land in reused host buffers (workers.host_buffers)."""
+"""The engine's host copies land in reused host buffers: checkpoint copies and suspended states."""
 
 from __future__ import annotations
 
+import gc
 import queue
 
 import pytest
@@ -45,3 +46,31 @@ def test_checkpoint_copies_reuse_pooled_buffers_and_hold_the_state_of_their_chun
         assert reference.chunk_index == index
         assert tensors.keys() == reference.tensors.keys()
         assert all(torch.equal(tensors[k], reference.tensors[k].cpu()) for k in tensors)
+
+
+def test_suspending_a_host_state_copies_nothing(model):
+    engine = Engine(model, "tcp://test", EngineSettings())
+    state = model.new_session("p", 0)
+    assert engine.offload(state) is state  # a CPU worker's state already is on the host
+    assert engine.parked_copies.allocated == 0
+
+
+@pytest.mark.gpu
+def test_suspended_states_are_parked_in_reused_pinned_buffers():
+    gpu_model = StreamingVideoModel.from_preset("tiny", device="cuda", weights_seed=0)
+    engine = Engine(gpu_model, "tcp://test", EngineSettings(), device=gpu_model.device)
+    big = {"kv.0.k": torch.randn(1 << 20, device="cuda")}  # over LEND_MIN_BYTES: a lent buffer
+    ptrs = []
+    for _ in range(3):  # suspend, resume, suspend again ...
+        state = gpu_model.new_session("p", 0)
+        state.tensors.update({k: v.clone() for k, v in big.items()})
+        reference = {k: v.cpu() for k, v in state.tensors.items()}
+        parked = engine.offload(state)
+        assert state.tensors == {}  # the device memory went back
+        assert all(t.is_pinned() for t in parked.tensors.values() if t.numel())
+        assert all(torch.equal(parked.tensors[k], reference[k]) for k in reference)
+        ptrs.append(parked.tensors["kv.0.k"].data_ptr())
+        del parked  # resumed onto the device: the buffer comes back
+        gc.collect()
+    pool = engine.parked_copies
+    assert len(set(ptrs)) == 1 and (pool.allocated, pool.reused) == (1, 2)

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from kernels.state import SessionState
-from workers.host_buffers import ALIGN_BYTES, HostBufferPool, ReceivePool, flat_layout, receive_pool
+from workers.host_buffers import (
+    ALIGN_BYTES,
+    LEND_MIN_BYTES,
+    HostBufferPool,
+    ReceivePool,
+    flat_layout,
+    receive_pool,
+)
 from workers.transfer import PackError, tensor_specs
 
 
@@ -163,3 +170,63 @@ def test_both_pools_pick_the_best_fit_among_several_idle_buffers():
 
 def test_receive_pool_is_one_per_process():
     assert receive_pool() is receive_pool()
+
+
+# ------------------------------------------------------------------ ReceivePool.copy (where suspended states are parked)
+
+
+def big_state(seed: int = 0, mib: int = 3) -> SessionState:
+    """A state over LEND_MIN_BYTES, with a non-contiguous and a 0-d tensor among the big ones."""
+    g = torch.Generator().manual_seed(seed)
+    n = mib * (1 << 20) // 4
+    tensors = {
+        "kv.0.k": torch.randn(n // 2, generator=g).bfloat16().view(-1, 64),
+        "kv.0.v": torch.randn(64, n // 128, generator=g).t(),  # not contiguous
+        "scale": torch.tensor(0.5),
+        "rng": torch.randint(0, 256, (13,), dtype=torch.uint8, generator=g),
+    }
+    return SessionState("tiny", "a fox", seed, 64, 64, 2, tensors, {"cache_len": 3})
+
+
+def test_a_parked_copy_is_exact_and_lives_in_one_lent_buffer_that_comes_back_when_it_is_gone():
+    pool = ReceivePool()
+    parked = pool.copy(big_state(1))
+    assert big_state(1).nbytes >= LEND_MIN_BYTES
+    assert parked.equal(big_state(1)) and parked.scalars == {"cache_len": 3}
+    assert pool.lent_bytes >= big_state(1).nbytes
+    ptr = parked.tensors["kv.0.k"].data_ptr()
+    del parked  # the session was resumed onto its device
+    gc.collect()
+    assert pool.lent_bytes == 0
+    again = pool.copy(big_state(2))
+    assert again.tensors["kv.0.k"].data_ptr() == ptr  # the next suspension lands in warm pages
+    assert again.equal(big_state(2))
+    assert (pool.allocated, pool.reused) == (1, 1)
+
+
+def test_a_small_state_is_parked_in_memory_of_its_own():
+    pool = ReceivePool()
+    small = mixed_state(3)
+    assert small.nbytes < LEND_MIN_BYTES
+    parked = pool.copy(small)
+    assert parked.equal(mixed_state(3)) and parked.tensors["kv.0.k"].data_ptr() != small.tensors["kv.0.k"].data_ptr()
+    assert (pool.allocated, pool.lent_bytes) == (0, 0)
+
+
+def test_a_loan_does_not_take_an_idle_buffer_more_than_twice_its_size():
+    pool = ReceivePool()
+    big = pool.lend(64 << 20)
+    ptr = big.data_ptr()
+    del big
+    gc.collect()
+    small = pool.lend(1 << 20)  # would hold 64 MiB for as long as its session lives
+    assert small.data_ptr() != ptr and pool.allocated == 2
+    assert pool.lend(40 << 20).data_ptr() == ptr  # within twice the 40 MiB it would allocate
+
+
+@pytest.mark.gpu
+def test_a_cuda_state_is_parked_in_pinned_lent_memory():
+    pool = ReceivePool(pin_memory=None)
+    parked = pool.copy(big_state(4).to("cuda"), non_blocking=True)
+    assert parked.device.type == "cpu" and all(t.is_pinned() for t in parked.tensors.values() if t.numel())
+    assert parked.equal(big_state(4))

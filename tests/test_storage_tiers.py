@@ -69,3 +69,18 @@ def test_offload_can_keep_the_device_record() -> None:
     on_gpu = make_state().to("cuda")
     host = offload_to_host(on_gpu, release=False)
     assert on_gpu.tensors and host.equal(on_gpu)
+
+
+def test_a_host_state_is_not_copied_even_with_a_copy_function() -> None:
+    state = make_state()
+    calls = []
+    assert offload_to_host(state, copy=calls.append) is state
+    assert calls == [] and state.equal(make_state())
+
+
+@pytest.mark.gpu
+def test_offload_makes_the_host_copy_with_the_given_function_and_releases_the_device_record() -> None:
+    on_gpu = make_state().to("cuda")
+    host = offload_to_host(on_gpu, copy=lambda s: s.to("cpu"))
+    assert tier_of(host) is Tier.HOST and host.equal(make_state())
+    assert on_gpu.tensors == {}

@@ -41,11 +41,12 @@ from typing import Any, Callable
 import numpy as np
 
 from kernels.state import SessionState
+from storage.tiers import offload_to_host
 from workers.batching import BatchDecision, decide_batch, join_ahead, split_due, step_bound, step_estimate
 from workers.chunk import Chunk
 from workers.engine_settings import EngineSettings
 from workers.errors import SessionNotFound
-from workers.host_buffers import HostBufferPool, HostCopy
+from workers.host_buffers import HostBufferPool, HostCopy, ReceivePool
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +195,8 @@ class Engine:
         self._saver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="turboserve-ckpt")
         #: Reused (pinned where CUDA is) host buffers of the periodic checkpoint copies.
         self.host_copies = HostBufferPool()
+        #: Reused host buffers (pinned where CUDA is) that suspended states are parked in.
+        self.parked_copies = ReceivePool(pin_memory=None)
         self._per_session_peak: float | None = None
         self._step_s: dict[int, float] = {}  # batch size -> recent step seconds (EWMA)
         self._free_s = -math.inf  # when the last step ended
@@ -331,6 +334,16 @@ class Engine:
         if self._checkpoint is None:
             raise RuntimeError("this engine has no checkpoint store (turboserve.state.store)")
         return self._saver.submit(self._checkpoint, session_id, state)
+
+    def offload(self, state: SessionState, release: bool = True) -> SessionState:
+        """``state`` in host memory: a device state copied into a buffer of :attr:`parked_copies`.
+
+        The suspend path (and host staging before a move) calls it through :meth:`call`,
+        between two steps. The buffer comes back to the pool by itself when the host copy
+        is gone (restored to the device, saved and dropped, sent); a state already on the
+        host is returned as is (:func:`storage.tiers.offload_to_host`).
+        """
+        return offload_to_host(state, release=release, copy=lambda s: self.parked_copies.copy(s, non_blocking=True))
 
     def sessions(self) -> list[str]:
         """Ids of the attached sessions."""

@@ -10,10 +10,12 @@ buffers that are kept and reused instead, whose pages are already mapped.
 64-byte aligned offsets, laid out by :func:`flat_layout`) and takes it back when the
 copy is released; :class:`HostCopy` is the copied state plus its lease.
 
-:class:`ReceivePool` serves the other direction, memory that a transport receives a
-state into: the received tensors are views of the lent buffer and live as long as the
-session stays, so there is no release call; a buffer comes back by itself once no
-tensor uses it any more, and the next transfer lands in pages that are already mapped.
+:class:`ReceivePool` serves copies that live as long as a session stays: memory that a
+transport receives a state into, and (:meth:`ReceivePool.copy`) the host copy a
+suspended session is parked in. The tensors are views of the lent buffer, so there is
+no release call; a buffer comes back by itself once no tensor uses it any more (the
+session resumed onto its device, or left), and the next transfer or suspension lands in
+pages that are already mapped.
 
 Examples
 --------
@@ -46,6 +48,7 @@ from workers.transfer import PackError, dtype_from_name
 __all__ = [
     "ALIGN_BYTES",
     "DEFAULT_MAX_IDLE_BYTES",
+    "LEND_MIN_BYTES",
     "FlatLayout",
     "HostBufferPool",
     "HostCopy",
@@ -60,6 +63,9 @@ ALIGN_BYTES = 64
 ROUND_BYTES = 2 << 20
 #: Idle bytes a pool keeps by default; buffers given back beyond it are freed.
 DEFAULT_MAX_IDLE_BYTES = 1 << 30
+#: :meth:`ReceivePool.copy` copies a smaller state into memory of its own: a lent buffer
+#: is at least :data:`ROUND_BYTES`, and small allocations come from warm heap pages anyway.
+LEND_MIN_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,13 +114,34 @@ def flat_layout(specs: Mapping[str, Mapping[str, Any]], *, align: int = ALIGN_BY
     return FlatLayout(tuple(slots), end)
 
 
-def _best_fit(sizes: list[int], nbytes: int) -> int | None:
-    """Index of the smallest size that holds ``nbytes``, or ``None``.
+def _best_fit(sizes: list[int], nbytes: int, most: int | None = None) -> int | None:
+    """Index of the smallest size that holds ``nbytes`` (and is at most ``most``), or ``None``.
 
     (By index: ``list.remove`` would compare arrays and tensors element-wise.)
     """
-    fits = [i for i, size in enumerate(sizes) if size >= nbytes]
+    fits = [i for i, size in enumerate(sizes) if size >= nbytes and (most is None or size <= most)]
     return min(fits, key=lambda i: sizes[i]) if fits else None
+
+
+def _rounded(nbytes: int) -> int:
+    """The size a pool allocates for ``nbytes``: a multiple of :data:`ROUND_BYTES`."""
+    return max(ROUND_BYTES, -(-nbytes // ROUND_BYTES) * ROUND_BYTES)
+
+
+def _copy_into(state: SessionState, buffer: torch.Tensor, *, non_blocking: bool) -> dict[str, torch.Tensor]:
+    """Copy every tensor of ``state`` into ``buffer`` (laid out by :func:`flat_layout`); the views.
+
+    ``non_blocking`` (for a pinned ``buffer``) lets copies from a GPU run asynchronously;
+    this still waits for them before it returns.
+    """
+    views = flat_layout(state.meta()["tensors"]).views(buffer)
+    cuda = False
+    for name, t in state.tensors.items():
+        views[name].copy_(t, non_blocking=non_blocking)
+        cuda |= t.is_cuda
+    if cuda and non_blocking:
+        torch.cuda.synchronize()
+    return views
 
 
 class HostCopy:
@@ -189,8 +216,7 @@ class HostBufferPool:
                 self.reused += 1
                 return self._idle.pop(best)
             self.allocated += 1
-        size = max(ROUND_BYTES, -(-nbytes // ROUND_BYTES) * ROUND_BYTES)
-        return torch.empty(size, dtype=torch.uint8, pin_memory=self.pin_memory)
+        return torch.empty(_rounded(nbytes), dtype=torch.uint8, pin_memory=self.pin_memory)
 
     def give(self, buffer: torch.Tensor) -> None:
         """Return a buffer from :meth:`take`; it is freed instead when the pool is full."""
@@ -204,33 +230,30 @@ class HostBufferPool:
         ``non_blocking`` lets copies from a GPU into pinned buffers run asynchronously;
         the call still waits for them before it returns, so the copy is complete.
         """
-        layout = flat_layout(state.meta()["tensors"])
-        buffer = self.take(layout.nbytes)
-        views = layout.views(buffer)
-        blocking_cuda = False
-        for name, t in state.tensors.items():
-            views[name].copy_(t, non_blocking=non_blocking and self.pin_memory)
-            blocking_cuda |= t.is_cuda
-        if blocking_cuda and non_blocking and self.pin_memory:
-            torch.cuda.synchronize()
+        buffer = self.take(flat_layout(state.meta()["tensors"]).nbytes)
+        views = _copy_into(state, buffer, non_blocking=non_blocking and self.pin_memory)
         return HostCopy(state.with_tensors(views), buffer, self)
 
 
 class ReceivePool:
-    """Host buffers lent to received states; each comes back by itself when unused (thread-safe).
+    """Host buffers lent to received or parked states; each comes back by itself when unused (thread-safe).
 
     Parameters
     ----------
     max_idle_bytes
         Idle buffers kept for reuse at most; ``None``: :data:`DEFAULT_MAX_IDLE_BYTES`.
+    pin_memory
+        Page-locked buffers (a suspended state goes back to the GPU fast and
+        asynchronously); ``None``: pinned exactly when CUDA is available. Default
+        ``False``: a transport that stages into pinned memory copies out and frees it
+        right away, which torch's caching host allocator already serves from warm memory.
 
     :meth:`lend` returns a ``uint8`` tensor over a numpy view of a buffer the pool owns.
     Every tensor made from it (slices, dtype views, the unpacked state's tensors) holds
     that view through its storage; when the last of them is gone the view dies, a
     ``weakref.finalize`` hands the buffer back, and the next loan lands in pages that are
-    already mapped. Buffers are not pinned: a transport that stages into pinned memory
-    copies out and frees it right away, which torch's caching host allocator already
-    serves from warm memory.
+    already mapped. A loan never takes an idle buffer more than twice the size it would
+    allocate, so a small state does not keep a large buffer for as long as it lives.
 
     Examples
     --------
@@ -242,10 +265,12 @@ class ReceivePool:
     True
     """
 
-    def __init__(self, *, max_idle_bytes: int | None = None) -> None:
+    def __init__(self, *, max_idle_bytes: int | None = None, pin_memory: bool | None = False) -> None:
         self.max_idle_bytes = DEFAULT_MAX_IDLE_BYTES if max_idle_bytes is None else int(max_idle_bytes)
         if self.max_idle_bytes < 0:
             raise ValueError(f"max_idle_bytes must be >= 0, got {max_idle_bytes!r}")
+        cuda = torch.cuda.is_available()
+        self.pin_memory = cuda if pin_memory is None else bool(pin_memory and cuda)
         self._idle: list[np.ndarray] = []
         self._lock = threading.RLock()  # a loan may come back on any thread, also inside lend()
         #: Bytes of buffers some tensor still uses.
@@ -265,17 +290,37 @@ class ReceivePool:
         if nbytes < 0:
             raise ValueError(f"cannot lend a buffer of {nbytes} bytes")
         with self._lock:
-            best = _best_fit([a.nbytes for a in self._idle], nbytes)
+            best = _best_fit([a.nbytes for a in self._idle], nbytes, most=2 * _rounded(nbytes))
             if best is not None:
                 base = self._idle.pop(best)
                 self.reused += 1
             else:
-                base = np.empty(max(ROUND_BYTES, -(-nbytes // ROUND_BYTES) * ROUND_BYTES), dtype=np.uint8)
+                base = None
                 self.allocated += 1
+        if base is None:  # allocated outside the lock (pinning is slow)
+            if self.pin_memory:  # the array keeps the pinned tensor (and its memory) alive
+                base = torch.empty(_rounded(nbytes), dtype=torch.uint8, pin_memory=True).numpy()
+            else:
+                base = np.empty(_rounded(nbytes), dtype=np.uint8)
+        with self._lock:
             self.lent_bytes += base.nbytes
         view = base[:nbytes]
         weakref.finalize(view, self._give_back, base)
         return torch.from_numpy(view)
+
+    def copy(self, state: SessionState, *, non_blocking: bool = False) -> SessionState:
+        """A host copy of ``state`` (any device) in one lent buffer: where a suspended state is parked.
+
+        The copy's tensors are views of the buffer, which comes back by itself when they
+        are gone (the session was restored to its device, or left). A state under
+        :data:`LEND_MIN_BYTES` is copied into memory of its own (pinned like the pool's).
+        ``non_blocking`` lets copies from a GPU into pinned buffers run asynchronously;
+        the call still waits for them, so the copy is complete when it returns.
+        """
+        if state.nbytes < LEND_MIN_BYTES:
+            return state.to("cpu", pin_memory=self.pin_memory, non_blocking=non_blocking)
+        buffer = self.lend(flat_layout(state.meta()["tensors"]).nbytes)
+        return state.with_tensors(_copy_into(state, buffer, non_blocking=non_blocking and self.pin_memory))
 
     def _give_back(self, base: np.ndarray) -> None:
         with self._lock:

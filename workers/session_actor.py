@@ -555,9 +555,8 @@ class SessionActor:
             self._parked, self._parked_req = detached.state, detached.t_request
         state = self._parked
         if tier == "host":
-            from storage import offload_to_host
-
-            self._parked = await self._on_engine(offload_to_host, state)
+            # Into a reused (pinned where CUDA is) buffer of the engine's, back when resumed.
+            self._parked = await self._on_engine(self._engine.offload, state)
             self._record("suspended", tier="host", chunk=state.chunk_index)
             if self._host.checkpoints() is not None and self._acked >= state.chunk_index:
                 # A checkpoint too, not waited for: if this worker dies while the session
@@ -616,9 +615,7 @@ class SessionActor:
             await self.freeze()
         if self._parked is None:
             raise TransferError(f"session {self.session_id!r} has no state on {self._worker.address} to export")
-        from storage import offload_to_host
-
-        host = await self._on_engine(offload_to_host, self._parked)
+        host = await self._on_engine(self._engine.offload, self._parked)
         payload = {
             "state": WireState.of(host),  # one out-of-band frame per tensor, no pickling copy
             "outbox": [self._outbox[i] for i in sorted(self._outbox)],
