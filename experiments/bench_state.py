@@ -6,9 +6,14 @@ times, side by side in one run and on the same disk:
 
 - ``host copy``: :func:`storage.offload_to_host` from the GPU when one is present
   (into pinned memory), else a CPU clone of every tensor (fresh memory: page faults);
-- ``host copy (reused buffer)``: the same copy into a buffer of a
-  :class:`workers.host_buffers.HostBufferPool`, given back after each copy (what the
-  engine's short-lived copies can use: checkpoint copies, host staging);
+- ``host copy (checkpoint pool)``: the same copy into a buffer of a
+  :class:`workers.host_buffers.HostBufferPool`, given back after each copy (the
+  engine's periodic checkpoint copies);
+- ``host copy (suspend pool)``: the suspend path, :meth:`workers.engine.Engine.offload`'s
+  copy into a buffer lent by a :class:`workers.host_buffers.ReceivePool` (pinned where
+  CUDA is), which comes back when the parked copy is dropped (the session resumed);
+  without a GPU a worker's state is already on the host and a suspension copies nothing,
+  so this times the same copy of the CPU state into the lent buffer;
 - ``memcpy (warm)``: one ``Tensor.copy_`` of the same number of bytes between two
   buffers whose pages are already mapped (device to device with a GPU): the limit;
 - ``zarr save`` / ``zarr load``: :class:`storage.CheckpointStore` (uncompressed,
@@ -16,16 +21,20 @@ times, side by side in one run and on the same disk:
 - ``numpy save`` / ``numpy load``: ``numpy.save``/``numpy.load`` of the same tensors,
   one ``.npy`` file each (no checksum, no atomic switch): the baseline.
 
-Ratios are zarr time over numpy time (below 1: zarr faster). The operations alternate
+Each host copy is printed against the warm memcpy (memcpy time over copy time: 1.00x is
+memcpy speed); the zarr rows against numpy (zarr time over numpy time, below 1: zarr
+faster). The operations alternate
 within every repeat and each starts after an untimed ``os.sync()``, so load from other
 processes and dirty pages from the previous write hit both sides alike; the median is
-reported and every run goes to stderr. Neither side calls fsync, so writes measure the
+reported and every run goes to stderr. Torch runs with one thread by default, as inside a
+Dask worker (``--threads``): on a shared machine a copy split over two threads waits for
+the second core at every tensor, which one large memcpy pays once. Neither side calls fsync, so writes measure the
 page cache as much as the disk.
 
 Usage::
 
-    python experiments/bench_state.py                 # 64 and 512 MiB, median of 3
-    python experiments/bench_state.py --sizes-mib 64 --repeat 5 --dir /mnt/fast
+    python experiments/bench_state.py                 # 64, 256 and 512 MiB, median of 3
+    python experiments/bench_state.py --sizes-mib 256 --repeat 5 --dir /mnt/fast
 """
 
 from __future__ import annotations
@@ -45,7 +54,7 @@ import torch
 
 from storage import CheckpointStore, SessionState, offload_to_host
 from storage.tensors import from_numpy, to_numpy
-from workers.host_buffers import HostBufferPool
+from workers.host_buffers import HostBufferPool, ReceivePool
 
 MiB = 2**20
 
@@ -120,15 +129,21 @@ def bench_size(size_mib: int, repeat: int, root: pathlib.Path) -> list[tuple[str
     rows: list[tuple[str, float, float]] = []
 
     pool = HostBufferPool()
+    parked = ReceivePool(pin_memory=None)  # what Engine.parked_copies is
     if torch.cuda.is_available():
         on_device = state.to("cuda")
         torch.cuda.synchronize()
         copy, copy_name = (lambda: offload_to_host(on_device, release=False)), "host copy (GPU -> pinned)"
         reuse = lambda: pool.copy(on_device, non_blocking=True).release()  # noqa: E731
+        # Engine.offload, without releasing the device record (it is copied again next time)
+        park = lambda: offload_to_host(  # noqa: E731
+            on_device, release=False, copy=lambda s: parked.copy(s, non_blocking=True)
+        )
         src = torch.empty(state.nbytes, dtype=torch.uint8, device="cuda")
     else:
         copy, copy_name = (lambda: state.to("cpu")), "host copy (CPU clone)"
         reuse = lambda: pool.copy(state).release()  # noqa: E731
+        park = lambda: parked.copy(state)  # noqa: E731
         src = torch.empty(state.nbytes, dtype=torch.uint8)
     dst = torch.empty_like(src).fill_(0)
     src.fill_(1)
@@ -145,7 +160,8 @@ def bench_size(size_mib: int, repeat: int, root: pathlib.Path) -> list[tuple[str
     t = interleaved_medians(
         {
             copy_name: copy,
-            "host copy (reused buffer)": reuse,
+            "host copy (checkpoint pool)": reuse,
+            "host copy (suspend pool)": park,
             "memcpy (warm)": memcpy,
             "zarr save": lambda: store.save("s", state),
             "numpy save": lambda: numpy_save(state, ndir),
@@ -168,23 +184,31 @@ def bench_size(size_mib: int, repeat: int, root: pathlib.Path) -> list[tuple[str
     for name, seconds, rate in rows:
         print(f"  {name:<28}{seconds:>10.3f}{rate:>9.2f}")
     print(f"  ratio zarr/numpy: save {t_zs / t_ns:.2f}x, load {t_zl / t_nl:.2f}x (below 1: zarr faster)")
-    t_copy, t_reuse, t_mem = t[copy_name], t["host copy (reused buffer)"], t["memcpy (warm)"]
+    t_copy, t_mem = t[copy_name], t["memcpy (warm)"]
+    t_ckpt, t_park = t["host copy (checkpoint pool)"], t["host copy (suspend pool)"]
     print(
-        f"  host copy vs warm memcpy: fresh memory {t_mem / t_copy:.2f}x, reused buffer {t_mem / t_reuse:.2f}x "
-        f"(reused is {t_copy / t_reuse:.2f}x faster than fresh)"
+        f"  host copy vs warm memcpy (memcpy time / copy time): fresh memory {t_mem / t_copy:.2f}x, "
+        f"checkpoint pool {t_mem / t_ckpt:.2f}x, suspend pool {t_mem / t_park:.2f}x"
     )
+    print(f"  suspend pool vs fresh memory: {t_copy / t_park:.2f}x faster; checkpoint pool: {t_copy / t_ckpt:.2f}x faster")
+    assert parked.allocated == 1, f"the suspend pool allocated {parked.allocated} buffers: the loans did not come back"
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print one table per state size."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes-mib", type=int, nargs="+", default=[64, 512])
+    parser.add_argument("--sizes-mib", type=int, nargs="+", default=[64, 256, 512])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", type=pathlib.Path, default=None, help="where to write (default: a temp dir)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: a Dask worker runs with OMP_NUM_THREADS=1, and the engine's "
+                             "copies and saves run inside it)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    print(f"bench_state: torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"bench_state: torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, load average {load}")
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-state-") as tmp:
         for size in args.sizes_mib:
             bench_size(size, args.repeat, pathlib.Path(tmp))
