@@ -580,6 +580,9 @@ class ControlLoop:
         for action in actions:
             if isinstance(action, Place) and action.session_id == session_id:
                 chosen = action.worker
+                # logged like a tick's decision (the runtime does the placing itself)
+                self.counters["accepted:Place"] += 1
+                self.decisions.append(decided(self.clock(), action, True, f"admission: {action.cause}", None))
         if chosen is not None:
             # An idle session that gave its kept slot up for this one (placement's
             # keep_idle_slots) leaves the device now, as in a tick.
