@@ -90,6 +90,7 @@ def headline(
     defaults: dict[str, float | None],
     *,
     tail: str = "instream_max_s",
+    admission: Sequence[str] = (),
 ) -> pd.DataFrame:
     """The headline table: ``reference`` against every other family, over traces and seeds.
 
@@ -106,6 +107,12 @@ def headline(
         Families not named get no reduction figures, only the coverage count.
     tail
         The tail column (``instream_max_s`` or ``instream_p99_s``).
+    admission
+        Admission-wait columns (e.g. ``ttfc_p99_s``, ``resume_wait_p99_s``). A policy
+        can buy GPU-hours with admission waits (sessions wait for a slot rather than
+        slow a stream), which the tail does not see; ``cost_reduction_same_admission``
+        is the cost reduction at equal tail among ``reference``'s points whose every
+        admission column is no worse than the baseline point's.
 
     Returns
     -------
@@ -118,12 +125,15 @@ def headline(
     that ``T``'s frontier does not cover, out of ``points``.
     """
     rows = []
+    admission = [c for c in admission if c in frontier.columns]
     others = frontier[(frontier["policy"] != reference) & (frontier["policy"] != "oracle")]
     for family, group in others.groupby("policy", sort=False):
         tail_red, cost_red, undefined_t, undefined_c, missing, total = [], [], 0, 0, 0, 0
+        adm_red, undefined_a = [], 0
         for (trace, seed), g in group.groupby(["trace", "seed"], sort=False):
             ref = frontier[(frontier["policy"] == reference) & (frontier["trace"] == trace) & (frontier["seed"] == seed)]
             t_points = list(zip(ref["gpu_hours"], ref[tail]))
+            t_waits = ref[admission].astype(float).to_numpy() if admission else None
             b_points = list(zip(g["gpu_hours"], g[tail]))
             total += len(b_points)
             missing += len(uncovered(t_points, b_points))
@@ -131,9 +141,18 @@ def headline(
                 continue
             default = defaults[str(family)]
             std = g if default is None else g[np.isclose(g["knob"].astype(float), default)]
-            for c_b, m_b in zip(std["gpu_hours"].astype(float), std[tail].astype(float)):
+            b_waits = std[admission].astype(float).to_numpy() if admission else None
+            for i, (c_b, m_b) in enumerate(zip(std["gpu_hours"].astype(float), std[tail].astype(float))):
                 m_t = tail_at_cost(t_points, c_b)
                 c_t = cost_at_tail(t_points, m_b)
+                if admission:
+                    # NaN waits (nothing resumed) count as no wait on either side
+                    ok = np.all(np.nan_to_num(t_waits, nan=0.0) <= np.nan_to_num(b_waits[i], nan=0.0) + 1e-9, axis=1)
+                    c_a = cost_at_tail([p for p, keep in zip(t_points, ok) if keep], m_b)
+                    if math.isfinite(c_a) and c_b > 0:
+                        adm_red.append(1.0 - c_a / c_b)
+                    else:
+                        undefined_a += 1
                 if math.isfinite(m_t) and m_b > 0:
                     tail_red.append(1.0 - m_t / m_b)
                 else:
@@ -144,12 +163,18 @@ def headline(
                     undefined_c += 1
         tm, tl, th, tn = mean_ci(tail_red)
         cm, cl, ch, cn = mean_ci(cost_red)
+        extra = {}
+        if admission:
+            am, al, ah, an = mean_ci(adm_red)
+            extra = {"cost_reduction_same_admission": am, "cost_reduction_same_admission_ci_low": al,
+                     "cost_reduction_same_admission_ci_high": ah, "n_same_admission": an,
+                     "same_admission_undefined": undefined_a}
         rows.append({
             "baseline": family, "tail": tail,
             "tail_reduction": tm, "tail_reduction_ci_low": tl, "tail_reduction_ci_high": th, "n_tail": tn,
             "tail_undefined": undefined_t,
             "cost_reduction": cm, "cost_reduction_ci_low": cl, "cost_reduction_ci_high": ch, "n_cost": cn,
             "cost_undefined": undefined_c,
-            "uncovered_points": missing, "points": total,
+            "uncovered_points": missing, "points": total, **extra,
         })
     return pd.DataFrame(rows)

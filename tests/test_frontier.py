@@ -78,6 +78,28 @@ def test_headline_compares_each_baseline_at_its_standard_knob_over_traces_and_se
     assert (row["uncovered_points"], row["points"]) == (2, 4)
 
 
+def test_a_cost_reduction_bought_with_admission_waits_is_reported_apart():
+    # TurboServe's cheap point (7 GPU-h) makes new sessions wait 40 s for a slot; its
+    # 9 GPU-h point admits as fast as HPA's standard point (TTFC p99 5 s).
+    rows = [
+        {"trace": "t", "seed": 0, "policy": "turboserve", "knob": 1.25, "gpu_hours": 7.0, "instream_max_s": 0.8,
+         "ttfc_p99_s": 40.0, "resume_wait_p99_s": 1.0},
+        {"trace": "t", "seed": 0, "policy": "turboserve", "knob": 1.0, "gpu_hours": 9.0, "instream_max_s": 0.8,
+         "ttfc_p99_s": 4.0, "resume_wait_p99_s": float("nan")},  # nothing resumed: no wait
+        {"trace": "t", "seed": 0, "policy": "hpa", "knob": 0.8, "gpu_hours": 10.0, "instream_max_s": 1.0,
+         "ttfc_p99_s": 5.0, "resume_wait_p99_s": 1.0},
+    ]
+    (row,) = headline(pd.DataFrame(rows), "turboserve", {"hpa": 0.8},
+                      admission=("ttfc_p99_s", "resume_wait_p99_s")).to_dict("records")
+    assert row["cost_reduction"] == pytest.approx(0.3)  # 7 vs 10: the tail alone
+    assert row["cost_reduction_same_admission"] == pytest.approx(0.1)  # 9 vs 10
+    # and without any point that admits as fast, the pair is undefined, not flattering
+    rows[1]["ttfc_p99_s"] = 6.0
+    (row,) = headline(pd.DataFrame(rows), "turboserve", {"hpa": 0.8},
+                      admission=("ttfc_p99_s", "resume_wait_p99_s")).to_dict("records")
+    assert math.isnan(row["cost_reduction_same_admission"]) and row["same_admission_undefined"] == 1
+
+
 def test_headline_leaves_out_pairs_where_turboserve_has_no_comparable_point():
     frame = pd.DataFrame(_rows("turboserve", [(1.0, (10.0, 2.0))]) + _rows("static", [(1.0, (9.0, 1.0))]))
     (row,) = headline(frame, "turboserve", {"static": 1.0}).to_dict("records")
