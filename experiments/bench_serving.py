@@ -27,15 +27,17 @@ compared with (the machine is shared and noisy: compare within a run, not across
 
 ``--prearm 0,1`` runs the rows once per ``turboserve.engine.prearm-chunks`` value (one
 cluster each), ``--load N`` with N busy-loop processes of its own for the whole run.
+``--timeline`` adds a line per row saying where the time went (:func:`timeline_line`).
 
 Run: ``.venv/bin/python -m experiments.bench_serving [--chunks 6] [--block 4]
-[--sessions 1,4,8] [--workers 1,2] [--prearm 0,1] [--load 0]``.
+[--sessions 1,4,8] [--workers 1,2] [--prearm 0,1] [--load 0] [--timeline]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -123,20 +125,64 @@ def _wait_idle(server, workers: list[str], timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
-async def _closed_loop(sessions, n: int) -> list[tuple[float, object]]:
+async def _closed_loop(sessions, n: int, block: int = 0) -> list[tuple[float, object, float, int]]:
     async def one(s):
         out = []
         for _ in range(n):
             t0 = time.perf_counter()
             chunk = await s.asubmit()
-            out.append((time.perf_counter() - t0, chunk))
+            out.append((time.perf_counter() - t0, chunk, time.time(), block))
         return out
 
     return [x for xs in await asyncio.gather(*(one(s) for s in sessions)) for x in xs]
 
 
+def timeline_line(got: list[tuple], bare_step_s: float) -> str:
+    """Where a row's wall time went, from the chunk records' clocks (one machine, one clock).
+
+    ``got`` holds ``(latency, chunk, time the client had it, block)``. Per worker and
+    block, consecutive steps (chunks with one ``t_start_s``) give the step time (against
+    the bare step of the same batch) and the idle time between two steps, split along
+    the path of each session whose chunks were in both: the step's end to the client
+    having the chunk (engine -> actor -> Dask task -> scheduler -> client gather), the
+    client to its next request reaching the engine, and that request to the next step's
+    start (the batching window). Means in ms, so that step + idle is the cycle the rate
+    comes from.
+    """
+    steps: dict[tuple[str, int, float], list] = {}
+    received: dict[tuple[str, int], tuple[float, object]] = {}
+    for _, chunk, t_recv, block in got:
+        steps.setdefault((chunk.worker, block, chunk.t_start_s), []).append(chunk)
+        received[(chunk.session_id, chunk.index)] = (t_recv, chunk)
+    step_s, idle, to_client, to_request, to_start = [], [], [], [], []
+    runs: dict[tuple[str, int], list[float]] = {}
+    for worker, block, start in steps:
+        runs.setdefault((worker, block), []).append(start)
+    for (worker, block), starts in runs.items():
+        starts.sort()
+        for a, b in itertools.pairwise(starts):
+            first = steps[(worker, block, a)][0]
+            step_s.append(first.t_done_s - first.t_start_s)
+            idle.append(b - first.t_done_s)
+            for chunk in steps[(worker, block, b)]:
+                prev = received.get((chunk.session_id, chunk.index - 1))
+                if prev is None or prev[1].t_start_s != a:  # not served by step a (made ahead, ...)
+                    continue
+                to_client.append(prev[0] - first.t_done_s)
+                to_request.append(chunk.t_request_s - prev[0])
+                to_start.append(b - chunk.t_request_s)
+
+    def ms(xs: list[float]) -> str:
+        return f"{1e3 * statistics.mean(xs):6.1f}" if xs else "     -"
+
+    ratio = statistics.mean(step_s) / bare_step_s if step_s else float("nan")
+    return (f"      timeline (mean ms): step {ms(step_s)} (bare {1e3 * bare_step_s:6.1f}, {ratio:4.2f}x)  idle between "
+            f"steps {ms(idle)}: step end -> client has chunk {ms(to_client)}, -> its next request at the engine "
+            f"{ms(to_request)}, -> step start {ms(to_start)}")
+
+
 def run_config(server, bare: BareModel, workers: list[str], n_sessions: int, chunks: int, seed0: int,
-               block: int = 4) -> list[Row]:
+               block: int = 4, timeline: bool = False) -> list[Row]:
     """Closed-loop and back-to-back rows for ``n_sessions`` on ``workers``.
 
     Live and bare alternate in blocks of ``block`` chunks per session and as many bare steps, so
@@ -156,7 +202,7 @@ def run_config(server, bare: BareModel, workers: list[str], n_sessions: int, chu
             live_s, bare_s, bare_chunks = 0.0, 0.0, 0
             made, steps, busy_s = 0, 0, 0.0
             got, starts = [], []
-            for _ in range(max(1, chunks // block)):
+            for i_block in range(max(1, chunks // block)):
                 _wait_idle(server, workers)
                 for _ in range(block):
                     bare_s += bare.step_s(per_worker)
@@ -164,27 +210,30 @@ def run_config(server, bare: BareModel, workers: list[str], n_sessions: int, chu
                 before = _engine_counts(server)
                 t0 = time.perf_counter()
                 if mode == "closed-loop":
-                    got += server.client.sync(_closed_loop, sessions, block)
+                    got += server.client.sync(_closed_loop, sessions, block, i_block)
                 else:
                     for _ in range(block):
                         t_round = time.perf_counter()
                         futures = [s.submit() for s in sessions]
-                        done = [f.result() for f in futures]
+                        done = [(f.result(), time.time()) for f in futures]
                         wall = time.perf_counter() - t_round
-                        got += [(wall, c) for c in done]
+                        got += [(wall, c, t_recv, i_block) for c, t_recv in done]
+                        done = [c for c, _ in done]
                         starts.append(len({(c.worker, c.t_start_s) for c in done}) / len(workers))
                 after = _engine_counts(server)
                 live_s += time.perf_counter() - t0
                 d_steps, d_chunks, d_busy = _deltas(before, after, workers)
                 steps, made, busy_s = steps + d_steps, made + d_chunks, busy_s + d_busy
             bare_rate = bare_chunks / bare_s * len(workers)
-            latencies = [1e3 * w for w, _ in got]
+            latencies = [1e3 * w for w, *_ in got]
             busy = busy_s / (live_s * len(workers))
             rows.append(Row(len(workers), n_sessions, mode, made / live_s, bare_rate,
                             made / steps if steps else 0.0, assumed,
                             statistics.median(latencies), max(latencies),
                             statistics.mean(starts) if starts else None, busy))
             print(rows[-1].line(), flush=True)
+            if timeline:
+                print(timeline_line(got, bare_s / (bare_chunks / per_worker)), flush=True)
     finally:
         for s in sessions:
             s.close()
@@ -240,6 +289,9 @@ def main() -> None:
                         help="chunks per session in one live block, between bare blocks (default 4)")
     parser.add_argument("--prearm", default=None,
                         help="engine.prearm-chunks values, one cluster each, e.g. 0,1 (default: the configured one)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="after each row, where its time went: step time against the bare step, and the idle "
+                             "time between steps split along the chunk's path (median ms)")
     parser.add_argument("--load", type=int, default=0,
                         help="start this many busy-loop processes for the whole run, to measure the path on a "
                              "loaded machine reproducibly (default 0)")
@@ -298,7 +350,7 @@ def _run(args: argparse.Namespace) -> None:
                 for s in counts:
                     if s < w:  # fewer sessions than workers: the W=1 row says it
                         continue
-                    run_config(server, bare, all_workers[:w], s, args.chunks, seed, args.block)
+                    run_config(server, bare, all_workers[:w], s, args.chunks, seed, args.block, args.timeline)
                     seed += s
 
 
