@@ -3,9 +3,10 @@
 :class:`StreamingVideoModel` ties the chunk-causal transformer
 (:mod:`kernels.transformer`), the few-step schedule (:mod:`kernels.schedule`), the
 streaming VAE decode (:mod:`kernels.vae`) and a text encoder (:mod:`kernels.text`)
-together. All per-session data lives in a :class:`~kernels.state.SessionState`, so a
-session can be stepped on any worker that holds the same weights, after any number of
-copies of its state.
+together (:mod:`kernels.networks` builds, loads and saves the networks). All
+per-session data lives in a :class:`~kernels.state.SessionState`, so a session can be
+stepped on any worker that holds the same weights, after any number of copies of its
+state.
 
 One :meth:`StreamingVideoModel.step` advances a whole batch of sessions by one chunk
 each (coalesced chunk processing). What a session gets does not depend on its batch:
