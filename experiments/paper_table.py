@@ -180,33 +180,20 @@ def valve_batch_cap(model: str, config: SimConfig) -> int:
 
 def policy_sets(gpus: int, *, new_session_bytes: int, worker_memory: int, max_batch: int) -> dict[str, PolicySet]:
     """The four simulated policy sets for a pool of ``gpus`` workers, parameters from the config."""
+    from framework.control_settings import default_policy_params
+
     placement = {"new_session_bytes": int(new_session_bytes)}
     migration = {**placement, "min_gain": float(tconfig.get("control.migration-gain"))}
-    hpa = {
-        "target_utilisation": float(tconfig.get("autoscale.target-utilisation")),
-        "tolerance": float(tconfig.get("autoscale.tolerance")),
-        "downscale_stabilisation_s": float(tconfig.get("autoscale.downscale-stabilisation-s")),
-        "upscale_delay_s": float(tconfig.get("autoscale.upscale-delay-s")),
-    }
-    load_driven = {
-        "target_utilisation": float(tconfig.get("autoscale.load-driven-utilisation")),
-        "worker_max_batch": int(max_batch),
-        "worker_memory_bytes": int(worker_memory),
-        "provision_idle": bool(tconfig.get("control.keep-idle-slots")),
-        "provision_idle_s": (None if tconfig.get("autoscale.provision-idle-s") is None
-                             else float(tconfig.get("autoscale.provision-idle-s"))),
-    }
-    # TurboServe keeps the in-stream worst case low: it moves an active session only to
-    # fix a worker that misses the SLO, an idle resident session keeps its batch slot
-    # (``control.rebalance-above-slo``, ``control.keep-idle-slots``: the live loop's
-    # migration-aware placement reads the same keys), and a drained worker waits for its
-    # active sessions' bursts to end (their idle state is offloaded) instead of moving them.
-    turboserve_placement = {
-        **migration, "max_drain_migrations": 0,
-        "rebalance_above_slo": bool(tconfig.get("control.rebalance-above-slo")),
-        "keep_idle_slots": bool(tconfig.get("control.keep-idle-slots")),
-    }
-    offload = {"idle_s": float(tconfig.get("control.idle-offload-s"))}
+    sizes = {"max_batch": max_batch, "worker_memory": worker_memory}
+    hpa = default_policy_params("least-loaded", "hpa", "never", **sizes)["autoscaling"]
+    # TurboServe: the live loop's parameters (one mapping from the config). It keeps the
+    # in-stream worst case low: it moves an active session only to fix a worker that
+    # misses the SLO, an idle resident session keeps its batch slot, and a drained worker
+    # waits for its active sessions' bursts to end (their idle state is offloaded)
+    # instead of moving them. The baselines' migration-aware placement keeps its own rules.
+    turbo = default_policy_params("migration-aware", "load-driven", "idle-timeout", **sizes)
+    turboserve_placement = {**placement, **turbo["placement"]}
+    load_driven, offload = turbo["autoscaling"], turbo["offload"]
     return {
         "static-peak": PolicySet.of("least-loaded", "fixed", "never", placement_params=placement,
                                     autoscaling_params={"n": gpus}, name="static-peak"),

@@ -35,6 +35,10 @@ def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _optional_seconds(value: Any) -> float | None:
+    return None if value is None else _seconds(value)
+
+
 @dataclass(frozen=True, slots=True)
 class ControlSettings:
     """The resolved configuration of the control loop (build with :meth:`from_config`).
@@ -201,6 +205,7 @@ def default_policy_params(
             "min_gain": float(config.get("control.migration-gain")),
             "rebalance_above_slo": bool(config.get("control.rebalance-above-slo")),
             "keep_idle_slots": bool(config.get("control.keep-idle-slots")),
+            "max_drain_migrations": int(config.get("control.max-drain-migrations")),
         }
     if autoscaling == "hpa":
         out["autoscaling"] = {
@@ -212,11 +217,11 @@ def default_policy_params(
     elif autoscaling == "load-driven":
         out["autoscaling"] = {
             "target_utilisation": float(config.get("autoscale.load-driven-utilisation")),
-            "downscale_delay_s": float(config.get("autoscale.downscale-stabilisation-s")),
+            "downscale_delay_s": _optional_seconds(config.get("autoscale.load-driven-downscale-delay-s")),
             "worker_max_batch": int(max_batch),
             "worker_memory_bytes": int(worker_memory),
             "provision_idle": bool(config.get("control.keep-idle-slots")),
-            "provision_idle_s": (None if config.get("autoscale.provision-idle-s") is None else _seconds(config.get("autoscale.provision-idle-s"))),
+            "provision_idle_s": _optional_seconds(config.get("autoscale.provision-idle-s")),
         }
     if offload == "idle-timeout":
         out["offload"]["idle_s"] = float(config.get("control.idle-offload-s"))
