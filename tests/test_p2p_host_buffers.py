@@ -230,3 +230,11 @@ def test_a_cuda_state_is_parked_in_pinned_lent_memory():
     parked = pool.copy(big_state(4).to("cuda"), non_blocking=True)
     assert parked.device.type == "cpu" and all(t.is_pinned() for t in parked.tensors.values() if t.numel())
     assert parked.equal(big_state(4))
+
+
+def test_lent_buffers_start_aligned_so_every_tensor_of_a_layout_is_aligned_in_memory():
+    pool = ReceivePool()
+    loans = [pool.lend(n) for n in (10, 3 << 20, 40 << 20)]
+    assert all(buf.data_ptr() % ALIGN_BYTES == 0 for buf in loans)
+    parked = pool.copy(big_state(6))
+    assert all(t.data_ptr() % ALIGN_BYTES == 0 for t in parked.tensors.values())

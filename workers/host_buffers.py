@@ -298,10 +298,9 @@ class ReceivePool:
                 base = None
                 self.allocated += 1
         if base is None:  # allocated outside the lock (pinning is slow)
-            if self.pin_memory:  # the array keeps the pinned tensor (and its memory) alive
-                base = torch.empty(_rounded(nbytes), dtype=torch.uint8, pin_memory=True).numpy()
-            else:
-                base = np.empty(_rounded(nbytes), dtype=np.uint8)
+            # torch's allocator aligns to 64 bytes (numpy's large arrays start 16 bytes into
+            # a page, which made copies into them 1.4x slower); the array keeps the tensor alive.
+            base = torch.empty(_rounded(nbytes), dtype=torch.uint8, pin_memory=self.pin_memory).numpy()
         with self._lock:
             self.lent_bytes += base.nbytes
         view = base[:nbytes]
