@@ -38,7 +38,7 @@ from typing import Any
 from policies.admission import CapacityLedger, WorkerLoad
 from policies.base import LedgerPolicy
 from policies.registry import register
-from policies.types import Action, Retire, ScaleTo, Snapshot, WorkerStatus
+from policies.types import DEFAULT_WORKER_MEMORY_BYTES, Action, Retire, ScaleTo, Snapshot, WorkerStatus
 
 _STARTING = WorkerStatus.STARTING
 _DRAINING = WorkerStatus.DRAINING
@@ -401,7 +401,7 @@ class LoadDriven(_Autoscaler):
         warmup_s: float = 0.0,
         headroom_model: str = "horizon",
         worker_max_batch: int = 32,
-        worker_memory_bytes: int = 80 * 1024**3,
+        worker_memory_bytes: int = DEFAULT_WORKER_MEMORY_BYTES,
         provision_idle: bool = False,
         provision_idle_s: float | None = None,
     ) -> None:

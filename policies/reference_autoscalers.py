@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from policies.admission import CapacityLedger
 from policies.autoscaling import Census, _Autoscaler, _ceil, sessions_per_gpu
 from policies.registry import register
+from policies.types import DEFAULT_WORKER_MEMORY_BYTES
 
 
 def _check_positive(**values: float) -> None:
@@ -87,7 +88,7 @@ class RayServe(_Autoscaler):
 
     def __init__(self, *, target_utilisation: float = 0.8, upscale_delay_s: float = 30.0,
                  downscale_delay_s: float = 600.0, look_back_period_s: float = 30.0,
-                 worker_max_batch: int = 32, worker_memory_bytes: int = 80 * 1024**3) -> None:
+                 worker_max_batch: int = 32, worker_memory_bytes: int = DEFAULT_WORKER_MEMORY_BYTES) -> None:
         _check_positive(target_utilisation=target_utilisation, look_back_period_s=look_back_period_s)
         _check_nonnegative(upscale_delay_s=upscale_delay_s, downscale_delay_s=downscale_delay_s)
         self.target = float(target_utilisation)
@@ -160,7 +161,7 @@ class Predictive(_Autoscaler):
 
     def __init__(self, *, target_utilisation: float = 0.8, adjustment_interval_s: float = 180.0,
                  alpha: float = 0.5, beta: float = 0.3, worker_max_batch: int = 32,
-                 worker_memory_bytes: int = 80 * 1024**3) -> None:
+                 worker_memory_bytes: int = DEFAULT_WORKER_MEMORY_BYTES) -> None:
         _check_positive(target_utilisation=target_utilisation, adjustment_interval_s=adjustment_interval_s)
         if not (0 < alpha <= 1 and 0 <= beta <= 1):
             raise ValueError(f"need 0 < alpha <= 1 and 0 <= beta <= 1, got alpha={alpha!r}, beta={beta!r}")
@@ -230,7 +231,7 @@ class TurboServeRef(_Autoscaler):
     name = "turboserve-ref"
 
     def __init__(self, *, rho: float = 0.85, hold_s: float = 5.0, tick_s: float = 5.0,
-                 worker_max_batch: int = 32, worker_memory_bytes: int = 80 * 1024**3) -> None:
+                 worker_max_batch: int = 32, worker_memory_bytes: int = DEFAULT_WORKER_MEMORY_BYTES) -> None:
         if not 0 < rho <= 1:
             raise ValueError(f"rho must be in (0, 1], got {rho!r}")
         _check_nonnegative(hold_s=hold_s, tick_s=tick_s)

@@ -14,6 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 GiB = 1024**3
+#: The policies' size of a GPU worker when the snapshot has none to copy it from (an
+#: 80 GiB H100); the configured value is ``turboserve.simulator.gpu-memory-bytes``.
+DEFAULT_WORKER_MEMORY_BYTES = 80 * GiB
+#: Time from a scale-up to a usable worker when nobody says (a GPU node with its model);
+#: the configured values are ``turboserve.simulator.worker-startup-s`` and ``autoscale.worker-startup-s``.
+DEFAULT_WORKER_STARTUP_S = 60.0
 #: Where a suspended session's state can go (``Offload.tier``): pinned host memory or disk (zarr).
 TIERS: tuple[str, ...] = ("host", "disk")
 
@@ -99,7 +105,7 @@ class WorkerView:
 
     address: str
     status: WorkerStatus = WorkerStatus.RUNNING
-    memory_bytes: int = 80 * GiB  # device memory available for session state
+    memory_bytes: int = DEFAULT_WORKER_MEMORY_BYTES  # device memory available for session state
     max_batch: int = 32
     started_s: float = 0.0
     #: The model presets this worker serves (its pool); None: any model (loaded on demand).
@@ -233,7 +239,7 @@ class Snapshot:
     offload_bytes_per_s: float = 20e9  # GPU-host (pinned) link
     min_workers: int = 0
     max_workers: int = 1_000_000
-    worker_startup_s: float = 60.0
+    worker_startup_s: float = DEFAULT_WORKER_STARTUP_S
     #: Parallel groups of degree > 1 (a worker in none serves alone).
     groups: tuple[ParallelGroup, ...] = ()
     #: How a step's time changes with the degree (None: no parallel groups here).

@@ -10,7 +10,7 @@ from dask.utils import parse_timedelta
 from experiments.sim.latency import LatencySpec
 from framework import config as tconfig
 from policies.registry import make
-from policies.types import ParallelStepModel, Policy
+from policies.types import DEFAULT_WORKER_MEMORY_BYTES, DEFAULT_WORKER_STARTUP_S, ParallelStepModel, Policy
 
 
 def _seconds(value: Any) -> float:
@@ -84,11 +84,11 @@ class SimConfig:
     max_workers: int = 1_000_000
     interval_s: float = 1.0
     slo_s: float | None = None
-    worker_startup_s: float = 60.0
+    worker_startup_s: float = DEFAULT_WORKER_STARTUP_S
     migrate_bytes_per_s: float = 25e9
     migration_fixed_s: float = 0.0
     offload_bytes_per_s: float = 20e9
-    gpu_memory_bytes: float = 80e9
+    gpu_memory_bytes: float = DEFAULT_WORKER_MEMORY_BYTES
     max_batch: int = 8
     oracle_hints: bool = False
     record_chunks: bool = True
