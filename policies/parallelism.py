@@ -41,12 +41,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
 from policies.registry import register
 from policies.types import (
     Action,
+    BatchLatencyModel,
     FormGroup,
+    ParallelGroup,
     ParallelStepModel,
     SessionStatus,
     SessionView,
@@ -91,12 +94,19 @@ def slots(snap: Snapshot, degree: int, *, max_batch: int, memory_bytes: float, s
     the per-GPU ``max_batch``) whose step meets the SLO and whose states fit in
     ``degree * memory_bytes``.
     """
-    cap = _par(snap).group_max_batch(max_batch, degree)
+    return _slots(snap.latency, _par(snap), snap.slo_s, degree, max_batch, memory_bytes, state_bytes)
+
+
+@lru_cache(maxsize=256)
+def _slots(base: BatchLatencyModel, par: ParallelStepModel, slo_s: float, degree: int, max_batch: int,
+           memory_bytes: float, state_bytes: float) -> int:
+    """:func:`slots` of immutable inputs, memoized (the adaptive policy asks it every tick)."""
+    cap = par.group_max_batch(max_batch, degree)
     if state_bytes > 0:
         cap = min(cap, int(degree * memory_bytes // state_bytes))
     best = 0
     for b in range(1, cap + 1):
-        if step_s(snap, b, degree) > snap.slo_s + _EPS:
+        if par.predict(base, b, degree) > slo_s + _EPS:
             break
         best = b
     return best
@@ -147,14 +157,27 @@ def unit_view(snap: Snapshot, min_degree: int = 1, busy: frozenset[str] = frozen
     """
     if not snap.groups and min_degree <= 1 and not busy:
         return snap
-    par = _par(snap)
-    groups = {g.leader: g for g in snap.groups}
-    followers = {a for g in snap.groups for a in g.workers[1:]}
-    members = {a: g for g in snap.groups for a in g.workers}
+    workers, latency = _units(snap.workers, snap.groups, min_degree, frozenset(busy), _par(snap), snap.latency)
+    return replace(snap, workers=workers, latency=latency)
+
+
+@lru_cache(maxsize=32)
+def _units(snap_workers: tuple[WorkerView, ...], groups: tuple[ParallelGroup, ...], min_degree: int,
+           busy: frozenset[str], par: ParallelStepModel,
+           base: BatchLatencyModel) -> tuple[tuple[WorkerView, ...], BatchLatencyModel]:
+    """The unit view's workers and latency curve: a function of immutable inputs, memoized.
+
+    A control loop asks for the same view tick after tick (its workers and groups change
+    only when a worker starts, leaves or is regrouped); at 64 workers rebuilding it took
+    most of a simulated tick.
+    """
+    leaders = {g.leader: g for g in groups}
+    followers = {a for g in groups for a in g.workers[1:]}
+    members = {a for g in groups for a in g.workers}
     workers: list[WorkerView] = []
     serving: Counter[int] = Counter()
-    for w in snap.workers:
-        g = groups.get(w.address)
+    for w in snap_workers:
+        g = leaders.get(w.address)
         degree = g.degree if g is not None else 1
         shut = (
             w.address in followers
@@ -167,7 +190,7 @@ def unit_view(snap: Snapshot, min_degree: int = 1, busy: frozenset[str] = frozen
             workers.append(replace(w, memory_bytes=0, max_batch=0))
             continue
         if g is not None:
-            mem = sum(v.memory_bytes for v in snap.workers if v.address in g.workers)
+            mem = sum(v.memory_bytes for v in snap_workers if v.address in g.workers)
             workers.append(replace(w, memory_bytes=mem, max_batch=par.group_max_batch(w.max_batch, degree)))
         else:
             workers.append(w)
@@ -175,8 +198,8 @@ def unit_view(snap: Snapshot, min_degree: int = 1, busy: frozenset[str] = frozen
             serving[degree] += 1
     degree = max(serving, key=lambda k: (serving[k], -k)) if serving else max(min_degree, 1)
     cap = max((w.max_batch for w in workers), default=1)
-    latency = par.curve(snap.latency, degree, cap) if degree > 1 else snap.latency
-    return replace(snap, workers=tuple(workers), latency=latency)
+    latency = par.curve(base, degree, cap) if degree > 1 else base
+    return tuple(workers), latency
 
 
 # ---------------------------------------------------------------- the policies
