@@ -2,8 +2,9 @@
 
 The settings resolve ``turboserve.*`` (``framework.config``) once; the built-in
 policies' parameters come from :func:`default_policy_params` (the same mapping the
-simulator's paper sets use) and the default latency model from a preset's measured CPU
-profile (:func:`profile_points`).
+simulator's paper sets use), the default latency model from a preset's measured CPU
+profile (:func:`profile_points`) and the step model of parallel groups from the preset's
+geometry (:func:`parallel_step_model`, which the simulator uses too).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from policies.combined import Combined
 from policies.registry import make
-from policies.types import BatchLatencyModel
+from policies.types import BatchLatencyModel, ParallelStepModel
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ class ControlSettings:
     placement_params, autoscaling_params, offload_params
         Keyword parameters of each policy (defaults from ``turboserve.control.*`` and
         ``turboserve.autoscale.*`` for the built-in names).
+    parallelism, parallelism_params
+        Registry name and parameters of the parallelism policy (``fixed``, ``adaptive``;
+        ``turboserve.policies.parallelism``); None: the loop forms and splits no groups
+        (``server.set_parallelism`` still does).
+    parallel
+        How a step's time changes with a group's degree (:func:`parallel_step_model` of
+        the served preset), in wall seconds like ``latency_points``; the snapshot's
+        ``parallel``. None: the policies' ideal default (no communication, efficiency 1).
     minimum, maximum
         Bounds on the number of workers (``turboserve.autoscale.minimum/maximum``).
     slo_s
@@ -95,6 +104,9 @@ class ControlSettings:
     measure: bool = True
     worker_startup_s: float = field(default_factory=lambda: _seconds(_config("autoscale.worker-startup-s")))
     time_scale: float = 1.0
+    parallelism: str | None = None
+    parallelism_params: dict[str, Any] = field(default_factory=dict)
+    parallel: ParallelStepModel | None = None
 
     def __post_init__(self) -> None:
         if not self.interval_s > 0:
@@ -142,17 +154,21 @@ class ControlSettings:
         points = profile_points(str(config.get("model")))
         if points:
             values["latency_points"] = points
+        values["parallelism"] = overrides.pop("parallelism", None) or config.get("policies.parallelism")
+        values["parallelism_params"] = dict(overrides.pop("parallelism_params", None) or {})
+        values["parallel"] = parallel_step_model(str(config.get("model")))
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "interval_s" in overrides and overrides["interval_s"] is not None:
             values["interval_s"] = _seconds(overrides["interval_s"])
         return cls(**values)
 
     def build(self) -> Combined:
-        """The three policies, deciding together on one capacity ledger."""
+        """The three policies (and the parallelism one, if named), deciding together on one capacity ledger."""
         return Combined(
             make("placement", self.placement, **self.placement_params),
             make("autoscaling", self.autoscaling, **self.autoscaling_params),
             make("offload", self.offload, **self.offload_params),
+            make("parallelism", self.parallelism, **self.parallelism_params) if self.parallelism else None,
         )
 
     @property
@@ -187,6 +203,45 @@ def profile_points(model: str, folder: Any = None) -> tuple[tuple[int, float], .
         if c == min(ctx):
             by_batch.setdefault(int(r["batch_size"]), []).append(float(r["step_s"]))
     return tuple((b, statistics.median(v)) for b, v in sorted(by_batch.items()))
+
+
+def parallel_step_model(
+    model: str,
+    *,
+    efficiency: float | None = None,
+    link_bytes_per_s: float | None = None,
+    collective_latency_s: float | None = None,
+    batch_scales_with_degree: bool | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> ParallelStepModel:
+    """The :class:`~policies.types.ParallelStepModel` of preset ``model`` (Ulysses by heads).
+
+    The bytes come from the preset's geometry (``alltoall_bytes_per_chunk``), the fixed
+    part from its collectives (2 all-to-alls per layer and forward, ``denoise_steps + 1``
+    forwards a chunk); the link, latency and efficiency default to
+    ``turboserve.simulator.parallel.*``. The one source of the step model: the live
+    control loop's snapshot (:meth:`ControlSettings.from_config`) and the simulator
+    (``experiments.sim.models.parallel_model``).
+    """
+    from framework import config
+    from kernels.presets import get_preset
+
+    preset = get_preset(model)
+    h = preset.default_height if height is None else int(height)
+    w = preset.default_width if width is None else int(width)
+
+    def pick(value: Any, key: str) -> Any:
+        return config.get(f"simulator.parallel.{key}") if value is None else value
+
+    collectives = 2 * preset.num_layers * (preset.denoise_steps + 1)
+    return ParallelStepModel(
+        efficiency=float(pick(efficiency, "efficiency")),
+        comm_latency_s=collectives * float(pick(collective_latency_s, "collective-latency-s")),
+        comm_bytes_per_session=float(preset.alltoall_bytes_per_chunk(h, w)),
+        link_bytes_per_s=float(pick(link_bytes_per_s, "link-bytes-per-s")),
+        batch_scales_with_degree=bool(pick(batch_scales_with_degree, "batch-scales-with-degree")),
+    )
 
 
 def default_policy_params(

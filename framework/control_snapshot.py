@@ -19,6 +19,7 @@ from policies.types import (
     BatchLatencyModel,
     Migrate,
     Offload,
+    ParallelStepModel,
     Place,
     Resume,
     SessionStatus,
@@ -115,6 +116,7 @@ def build_snapshot(
     worker_startup_s: float,
     warming: Collection[str] = (),
     worker_models: Mapping[str, frozenset[str] | None] | None = None,
+    parallel: ParallelStepModel | None = None,
 ) -> Snapshot:
     """The policies' view of the live cluster, in (scaled) trace seconds.
 
@@ -128,7 +130,8 @@ def build_snapshot(
     (:func:`projected`).
     ``clock`` maps a wall time to trace seconds. ``slo_s`` None: the median playback
     period of the open sessions. ``worker_models`` maps an address to the models the
-    worker serves (``WorkerView.models``; missing or None: any model).
+    worker serves (``WorkerView.models``; missing or None: any model). ``parallel`` is
+    the step model of parallel groups in wall seconds (:func:`scaled_parallel`).
     """
     models_of = (worker_models or {}).get
     records = list(records)
@@ -171,7 +174,23 @@ def build_snapshot(
         min_workers=min_workers,
         max_workers=max_workers,
         worker_startup_s=worker_startup_s * time_scale,
+        parallel=scaled_parallel(parallel, time_scale),
     )
+
+
+def scaled_parallel(parallel: ParallelStepModel | None, time_scale: float) -> ParallelStepModel | None:
+    """``parallel`` (wall seconds) in trace seconds: its communication ``time_scale`` times as long.
+
+    The compute part scales with the latency curve it divides (already in trace seconds).
+
+    >>> m = scaled_parallel(ParallelStepModel(comm_latency_s=0.01, link_bytes_per_s=1e9), 2.0)
+    >>> m.comm_latency_s, m.link_bytes_per_s
+    (0.02, 500000000.0)
+    """
+    if parallel is None or time_scale == 1.0:
+        return parallel
+    return replace(parallel, comm_latency_s=parallel.comm_latency_s * time_scale,
+                   link_bytes_per_s=parallel.link_bytes_per_s / time_scale)
 
 
 def interval_row(now: float, snap: Snapshot, dt: float, prev_workers: int | None, migrations: int) -> tuple:

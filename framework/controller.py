@@ -555,6 +555,7 @@ class ControlLoop:
             worker_startup_s=s.worker_startup_s,
             warming=self.warming(),
             worker_models=self.worker_models(),
+            parallel=s.parallel,
         )
         groups = tuple(self.groups())
         return replace(snap, groups=groups) if groups else snap

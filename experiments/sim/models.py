@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from framework import config as tconfig
+from framework.control_settings import parallel_step_model
 from kernels.presets import get_preset
 from policies.types import ParallelStepModel
 
@@ -82,25 +82,14 @@ def parallel_model(
 ) -> ParallelStepModel:
     """The :class:`~policies.types.ParallelStepModel` of preset ``name`` (Ulysses by heads).
 
-    The bytes come from the preset's geometry (``alltoall_bytes_per_chunk``), the fixed
-    part from its collectives (2 all-to-alls per layer and forward, ``denoise_steps + 1``
-    forwards a chunk); the link, latency and efficiency default to
-    ``turboserve.simulator.parallel.*``.
+    :func:`framework.control_settings.parallel_step_model` of the model's preset, the one
+    the live control loop's snapshot carries: the bytes from the preset's geometry, the
+    link, latency and efficiency from ``turboserve.simulator.parallel.*``.
     """
-    preset = get_preset(model_cost(name).name)
-    h = preset.default_height if height is None else int(height)
-    w = preset.default_width if width is None else int(width)
-
-    def pick(value, key):
-        return tconfig.get(f"simulator.parallel.{key}") if value is None else value
-
-    collectives = 2 * preset.num_layers * (preset.denoise_steps + 1)
-    return ParallelStepModel(
-        efficiency=float(pick(efficiency, "efficiency")),
-        comm_latency_s=collectives * float(pick(collective_latency_s, "collective-latency-s")),
-        comm_bytes_per_session=float(preset.alltoall_bytes_per_chunk(h, w)),
-        link_bytes_per_s=float(pick(link_bytes_per_s, "link-bytes-per-s")),
-        batch_scales_with_degree=bool(pick(batch_scales_with_degree, "batch-scales-with-degree")),
+    return parallel_step_model(
+        model_cost(name).name, efficiency=efficiency, link_bytes_per_s=link_bytes_per_s,
+        collective_latency_s=collective_latency_s, batch_scales_with_degree=batch_scales_with_degree,
+        height=height, width=width,
     )
 
 
