@@ -12,7 +12,8 @@ class                       fault
                             ``migrate()``, the reader still streaming
 ``kill-migrate-source``     SIGKILL of the source at a random point of ``migrate()``
 ``kill-suspend-resume``     SIGKILL of the worker at a random point of
-                            ``suspend(to="disk")``, or of the target of ``resume()``
+                            ``suspend(to="disk")``, or of the target of ``resume()``,
+                            its reader three chunks behind
 ``kill-drain``              SIGKILL of the drained worker, or of another one, at a random
                             point of ``server.drain()`` (two sessions on it)
 ``corrupt-checkpoint``      one random bit flipped in a random file of a suspended
@@ -196,6 +197,32 @@ class Chaos:
             return reader.chunks, reader.waits, TimeoutError(f"stream({n}) still waiting after {JOIN_S} s")
         return reader.chunks, reader.waits, reader.error
 
+    def read(self, stream: Any, k: int) -> tuple[list[Any], list[float], BaseException | None]:
+        """The next ``k`` chunks of an open ``stream()`` iterator, within the suite's bound."""
+        box: dict[str, Any] = {"chunks": [], "waits": []}
+
+        def run() -> None:
+            try:
+                for _ in range(k):
+                    t0 = time.monotonic()
+                    box["chunks"].append(next(stream))
+                    box["waits"].append(time.monotonic() - t0)
+            except BaseException as exc:  # noqa: BLE001 - what the client saw is the measurement
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(JOIN_S)
+        if thread.is_alive():
+            return box["chunks"], box["waits"], TimeoutError(f"the stream still waits after {JOIN_S} s")
+        return box["chunks"], box["waits"], box.get("error")
+
+    def made(self, session: Any, n: int) -> None:
+        """Wait (within the suite's bound) until the session's worker has made its first ``n`` chunks."""
+        deadline = time.monotonic() + JOIN_S
+        while session.record()["chunks"] < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def call(self, fn: Callable[[], Any]) -> tuple[BaseException | None, float, bool]:
         """Run ``fn`` in a thread with the suite's bound: (its error, seconds, whether it hung)."""
         box: dict[str, Any] = {}
@@ -264,7 +291,11 @@ class Chaos:
     def kill_suspend_resume(self, i: int) -> Outcome:
         out = Outcome("kill-suspend-resume")
         s, seed = self.open()
-        chunks, waits, error = self.streamed(s, 2)
+        # The reader is behind: it asked for five chunks and read two, so the worker holds
+        # chunks nobody read when the fault hits (the disk checkpoint is past them).
+        stream = s.stream(5)
+        chunks, waits, error = self.read(stream, 2)
+        self.made(s, 5)
         delay = self.rng.uniform(0.0, 0.3)
         if i % 2 == 0:  # the worker dies while the state goes to disk
             victim = self.where(s)
@@ -279,7 +310,7 @@ class Chaos:
             step_error, took, hung = self.call(lambda: s.resume(worker=victim))
             timer.join()
             what = "resume"
-        more, more_waits, error = self.streamed(s, 3) if not hung else ([], [], TimeoutError(f"{what} hung"))
+        more, more_waits, error = self.read(stream, 3) if not hung else ([], [], TimeoutError(f"{what} hung"))
         self.score(out, seed, chunks + more, 5, error, waits + more_waits)
         out.note += (f"killed {victim} {delay * 1e3:.0f} ms into {what}(): "
                      f"{'returned' if step_error is None else type(step_error).__name__} after {took:.2f} s")

@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TurboserveScheduler"]
 _ON_DEVICE = (SessionStatus.ACTIVE, SessionStatus.IDLE)
-#: Workers an ``open`` tries when the one it placed the session on fails meanwhile.
+#: Workers an ``open`` (or a resume placement chose) tries when the one it placed the session on fails meanwhile.
 OPEN_ATTEMPTS = 3
 
 
@@ -699,9 +699,37 @@ class TurboserveScheduler(SchedulerPlugin):
             self.dashboard.count_offload()
 
     async def _resume_locked(self, rec: SessionRecord, worker: str | None) -> None:
-        if worker is None and not (rec.tier == "host" and rec.worker is not None):
-            worker = await self._admit(rec)
-        await self.actors.resume(rec, worker)
+        """Bring a suspended session back: on ``worker``, in place (host tier), or where admission places it.
+
+        A failed start leaves the session suspended as it was (its checkpoint, or its
+        host-parked state, and its unread chunks are untouched), so a resume that
+        placement chose is placed again, on another worker if one fits, up to
+        :data:`OPEN_ATTEMPTS` times: the worker it went to may die as the actor starts
+        there (a stream's wake-up resume then used to end the stream with that
+        ``TransferError``, issue 13). A resume on a named worker is not moved elsewhere:
+        its ``TransferError`` says the session is still suspended.
+        """
+        if worker is not None or (rec.tier == "host" and rec.worker is not None):
+            try:
+                await self.actors.resume(rec, worker)
+            except TransferError as exc:
+                raise TransferError(
+                    f"resuming session {rec.session_id!r} on {worker or rec.worker} failed ({exc}); nothing is lost: "
+                    f"the session is {rec.status.value} and comes back when it is streamed, or resumed on "
+                    "another worker or without one (placement picks)"
+                ) from exc
+            return
+        failed: set[str] = set()
+        for attempt in range(OPEN_ATTEMPTS):
+            target = await self._admit(rec, exclude=failed)
+            try:
+                await self.actors.resume(rec, target)
+                return
+            except TransferError as exc:
+                if attempt == OPEN_ATTEMPTS - 1 or self._closing:
+                    raise
+                failed.add(target)
+                logger.warning("resuming session %s on %s failed (%s); placing it again", rec.session_id, target, exc)
 
     async def _recover(self, session_id: str, prior: SessionStatus) -> None:
         async with self._lock(session_id):

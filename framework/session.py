@@ -318,8 +318,10 @@ class Session:
                 raise self._session_lost("it was closed by the server or another client", exc) from exc
             except SessionNotFound as exc:
                 raise self._session_lost("the scheduler no longer knows it", exc) from exc
-            except (TimeoutError, CapacityExceeded, OSError) as exc:
-                last = exc  # no worker for it yet, or the scheduler unreachable: try again
+            except (TimeoutError, CapacityExceeded, TransferError, OSError) as exc:
+                # No worker for it yet, the scheduler unreachable, or the worker its wake-up
+                # resume went to died meanwhile (the session stays suspended): try again.
+                last = exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -72,9 +73,13 @@ class SessionActors:
         puts the record back where it was, keeping the epoch high-water mark in
         ``rec.generation``, so the caller can hand the session back to its source at a
         new epoch; the half-started actor, if it lives, is fenced by that epoch.
+
+        Every attempt has a key of its own: an aborted attempt leaves the epoch as it
+        was, and a retry under the same key (elsewhere) would join the aborted task,
+        pinned to the worker that died, and wait for it until the timeout (issue 13).
         """
         client = await self._control_client()
-        key = f"turboserve-session-{rec.session_id}-{rec.generation + 1}"
+        key = f"turboserve-session-{rec.session_id}-{rec.generation + 1}-{uuid.uuid4().hex[:8]}"
         fut = client.submit(
             SessionActor, rec.session_id, rec.model, rec.prompt, rec.seed, rec.height, rec.width,
             actor=True, workers=[worker], allow_other_workers=False, key=key, pure=False,

@@ -156,6 +156,9 @@ class SessionActor:
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_EVENTS)
         self._schedule: str | None = None  # scalars["prompt.schedule"] of the state (set_prompt)
         self._switch_save: SessionState | None = None  # host copy at the last switch, until acknowledged
+        #: Index of the first chunk a state loaded from the store makes; chunks before it that the
+        #: client still lacks exist only if they were carried along (see :meth:`_regenerate_gap`).
+        self._restored_at = 0
 
     # ------------------------------------------------------------ internals
 
@@ -250,6 +253,7 @@ class SessionActor:
             state, event = await self._on_engine(self._load_state)
             self._record(**event)
             self._outbox.update({c.index: c for c in source.get("unread", ())})
+            self._restored_at = state.chunk_index
         else:
             peer = self._worker.rpc(source["address"])
             try:
@@ -266,6 +270,7 @@ class SessionActor:
                 ) from exc
             self._outbox.update({c.index: c for c in payload["outbox"]})
             want, t_request = payload["want"], payload["t_request"]
+            self._restored_at = int(payload.get("restored_at", 0))  # a gap not regenerated yet moves along
             migrated = source.get("migrated", True)
             self._events.extend(e for e in payload.get("events", ()) if e not in self._events)
             self._record("migrated", from_worker=source["address"], chunk=state.chunk_index, transport=transport)
@@ -397,6 +402,8 @@ class SessionActor:
             self._acked = after
             self._engine.ack(self.session_id, after)
             self._save_switch()
+        if after < self._restored_at and self._attached:
+            await self._regenerate_gap(after)
         event = self._event()
         deadline = time.monotonic() + timeout
         while not self._outbox:
@@ -488,6 +495,56 @@ class SessionActor:
             self._engine.ack(self.session_id, after)
             self._save_switch()
         return chunk
+
+    async def _regenerate_gap(self, after: int) -> None:
+        """Make again the chunks from ``after`` on that the restored state starts past and nobody carried.
+
+        A disk checkpoint can be ahead of what the client has read: ``offload("disk")``
+        saves the state with its unread chunks, which travel in memory (the actor's
+        answer, the registry, the actor that resumes the session). When the worker that
+        holds them dies first (while the state is written, or after the resume
+        committed) the session is recovered from that checkpoint without them, and its
+        stream would wait for them for ever (issue 13). They are made again here, in one
+        pass from a fresh state, when the client asks for them: generation is
+        deterministic, so they are the same frames (not for chunks the quality valve had
+        made with fewer denoising steps).
+        """
+        missing = [i for i in range(after, self._restored_at) if i not in self._outbox]
+        if not missing:
+            return
+        logger.warning("session %s: chunks %d..%d were lost with a worker before the client read them; "
+                       "regenerating them from chunk 0 (%d steps)", self.session_id, missing[0], missing[-1],
+                       missing[-1] + 1)
+        t0 = time.time()
+        frames = await self._on_engine(self._replay_range, missing[0], missing[-1] + 1)
+        t_done = time.time()
+        for i in missing:
+            if i not in self._outbox and not self._moved and not self._closed:
+                self._outbox[i] = Chunk(self.session_id, i, frames[i - missing[0]], t_done - t0, self._worker.address,
+                                        1, t0, t0, t_done)
+        self._record("replayed", chunk=missing[0], chunks=len(missing),
+                     why="unread chunks were lost with a worker; the checkpoint was past them")
+
+    def _replay_range(self, first: int, stop: int) -> list[Any]:
+        """Frames of chunks ``first .. stop - 1`` from a fresh state, with the prompt switches (engine thread).
+
+        :meth:`kernels.model.StreamingVideoModel.replay` for a range, in one pass.
+        """
+        from kernels.model import prompt_schedule
+
+        model = self._engine.model
+        template = self._new_state()
+        if self._schedule is not None:
+            template.scalars["prompt.schedule"] = self._schedule
+        switches = {k: p for k, p in prompt_schedule(template) if k > 0}
+        state, frames = self._new_state(), []
+        for k in range(stop):
+            if k in switches:
+                state = model.set_prompt(state, switches[k])
+            out = model.step([state])[0]
+            if k >= first:
+                frames.append(out)
+        return frames
 
     def _replay(self, index: int) -> Any:
         """Frames of chunk ``index`` from a fresh state, with the session's prompt switches (engine thread)."""
@@ -622,6 +679,7 @@ class SessionActor:
             "want": self._want,
             "t_request": dict(self._parked_req),
             "events": list(self._events),
+            "restored_at": self._restored_at,
         }
         # The source keeps its frozen state and outbox until the move commits (``release``)
         # or fails (``commit`` here again, at a new epoch).
@@ -652,6 +710,7 @@ class SessionActor:
             "want": self._want,
             "t_request": dict(self._parked_req),
             "events": list(self._events),
+            "restored_at": self._restored_at,
         }
         self._sending = asyncio.ensure_future(asyncio.to_thread(send_state, state, rendezvous=rendezvous, timeout=60))
         return payload
