@@ -574,9 +574,8 @@ class ControlLoop:
         pending = replace(view, status=SessionStatus.PENDING, worker=None)
         snap = replace(snap, workers=tuple(w for w in snap.workers if w.address not in exclude),
                        sessions=tuple(pending if v.session_id == session_id else v for v in snap.sessions))
-        p_state, a_state, o_state = self.state
-        actions, p_state = self.policy.placement.decide(snap, p_state)
-        self.state = (p_state, a_state, o_state)
+        # the placement policy alone, on the view a tick gives it (parallel groups as units)
+        actions, self.state = self.policy.admit(snap, self.state)
         chosen = None
         for action in actions:
             if isinstance(action, Place) and action.session_id == session_id:

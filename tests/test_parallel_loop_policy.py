@@ -93,8 +93,10 @@ def test_the_adaptive_policy_forms_the_group_the_step_model_needs_and_places_the
         assert cluster.calls == [("set_parallelism", "w0", "w1", "w2", "w3", "4")]
         (group,) = loop.snapshot().groups
         assert group.degree == 4
-        # a 14B session arriving now goes to the group (its leader), never to a lone GPU
+        # a 14B session arriving now goes to the group (its leader), never to a lone GPU:
+        # at admission (ControlLoop.choose, Combined.admit on the unit view) as in a tick
         cluster.add("s14b", PENDING, state_bytes=10**9)
+        assert loop.choose("s14b") == "w0"
         decisions = await loop.tick()
         (place,) = accepted(decisions, "Place")
         assert place.worker == "w0"
