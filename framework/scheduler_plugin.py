@@ -95,6 +95,7 @@ class TurboserveScheduler(SchedulerPlugin):
         self.groups: ParallelGroups | None = None  # parallel groups of workers (issue 10)
         self._locks: dict[str, asyncio.Lock] = {}
         self._draining: set[str] = set()
+        self._opening: dict[str, int] = {}  # worker -> sessions admitted there whose actor has not started yet
         self._changed: asyncio.Event | None = None  # capacity or membership changed
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
@@ -261,7 +262,13 @@ class TurboserveScheduler(SchedulerPlugin):
         session_id: str | None = None,
         worker: str | None = None,
     ) -> dict[str, Any]:
-        """Admit, place and start a new session; returns its record and actor location."""
+        """Admit, place and start a new session; returns its record and actor location.
+
+        A named ``worker`` goes through admission too: it must be in service (not
+        draining) and below ``max-sessions-per-worker``, counting the sessions being
+        opened there; when it is full, ``admission.on-full`` says whether the open is
+        refused or waits (:meth:`_admit_on`) with a :class:`CapacityExceeded`.
+        """
         rec = self._new_record(prompt, seed, model, height, width, session_id)
         if worker is not None:
             self._check_worker(worker)
@@ -271,7 +278,11 @@ class TurboserveScheduler(SchedulerPlugin):
             try:
                 failed: set[str] = set()
                 for attempt in range(OPEN_ATTEMPTS):
-                    target = worker or await self._admit(rec, exclude=failed)
+                    if worker is None:
+                        target = await self._admit(rec, exclude=failed)
+                    else:
+                        target = await self._admit_on(rec, worker)
+                    self._opening[target] = self._opening.get(target, 0) + 1  # counted until its actor runs
                     try:
                         await self.actors.start(rec, target, {"kind": "new"})
                         break
@@ -283,6 +294,10 @@ class TurboserveScheduler(SchedulerPlugin):
                         failed.add(target)
                         logger.warning("session %s could not start on %s (%s); placing it again",
                                        rec.session_id, target, exc)
+                    finally:
+                        self._opening[target] -= 1
+                        if not self._opening[target]:
+                            del self._opening[target]
             except BaseException:
                 self._set(rec, SessionStatus.CLOSED)
                 raise
@@ -656,7 +671,7 @@ class TurboserveScheduler(SchedulerPlugin):
         Workers draining, left out by ``exclude`` or at ``max-sessions-per-worker`` are not offered.
         """
         cap = self.settings.max_sessions_per_worker
-        full = {a for a, n in self.registry.load(self.scheduler.workers).items() if n >= cap and a != rec.worker}
+        full = {a for a, n in self._load().items() if n >= cap and a != rec.worker}
         followers = self.groups.followers() if self.groups is not None else set()
         return self.loop.choose(rec.session_id, set(exclude) | self._draining | full | followers, max_sessions=cap)
 
@@ -677,6 +692,42 @@ class TurboserveScheduler(SchedulerPlugin):
                 raise CapacityExceeded(f"{full}; close or suspend sessions, or add workers")
             if (time.monotonic() >= deadline and not warming) or self._closing:
                 raise CapacityExceeded(f"{full}; waited {self.settings.queue_timeout_s} s in the admission queue")
+            await self._wait_change(max(0.0, min(1.0, deadline - time.monotonic())))
+
+    def _load(self) -> dict[str, int]:
+        """Sessions per worker for admission: those it holds and those being opened there."""
+        load = self.registry.load(self.scheduler.workers)
+        for worker, n in self._opening.items():
+            if worker in load:
+                load[worker] += n
+        return load
+
+    async def _admit_on(self, rec: SessionRecord, worker: str) -> str:
+        """``worker``, named by the caller, once it may take ``rec`` (per ``admission.on-full``).
+
+        The same rules as :meth:`_admit` for one worker: a worker that is draining or
+        follows in a parallel group is refused at once; one at ``max-sessions-per-worker``
+        is refused (``on-full: refuse``) or waited for until ``queue-timeout-s``
+        (``queue``), both with a :class:`CapacityExceeded` that says what to do.
+        """
+        cap = self.settings.max_sessions_per_worker
+        deadline = time.monotonic() + self.settings.queue_timeout_s
+        while True:
+            self._check_worker(worker)  # it may have left, or joined a group, while the open waited
+            if worker in self._draining:
+                raise UnknownWorker(f"worker {worker} is draining and takes no new session; name another of "
+                                    f"{self._workers()}, or none (placement picks)")
+            n = self._load().get(worker, 0)
+            if n < cap:
+                return worker
+            full = (f"worker {worker} holds {n} sessions, its maximum (turboserve.admission.max-sessions-per-worker "
+                    f"= {cap}); close or suspend sessions there, name another worker, or none (placement picks)")
+            if self.settings.on_full == "refuse":
+                raise CapacityExceeded(f"cannot open session {rec.session_id!r}: {full}")
+            if time.monotonic() >= deadline or self._closing:
+                raise CapacityExceeded(f"cannot open session {rec.session_id!r}: {full}; waited "
+                                       f"{self.settings.queue_timeout_s} s in the admission queue "
+                                       "(turboserve.admission.queue-timeout-s)")
             await self._wait_change(max(0.0, min(1.0, deadline - time.monotonic())))
 
     async def _migrate_locked(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
