@@ -265,7 +265,9 @@ class Session:
         ``replayed``
             a chunk future's data died with its worker after the checkpoint had passed
             the chunk; Dask recomputed the future and the actor made ``chunk`` again
-            from a fresh state (deterministic: the same frames);
+            from a fresh state (deterministic: the same frames); or chunks not read yet
+            died with a worker while the disk checkpoint was past them, and the actor
+            made ``chunks`` of them again from ``chunk`` on;
         ``relocated``
             this client found the session on another worker (``from_worker``, ``to_worker``);
         ``lost``
