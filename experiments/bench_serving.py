@@ -26,7 +26,7 @@ compared with (the machine is shared and noisy: compare within a run, not across
    over wall seconds). No periodic checkpoints (``checkpoint_every=0``), no control loop.
 
 ``--prearm 0,1`` runs the rows once per ``turboserve.engine.prearm-chunks`` value (one
-cluster each), ``--load N`` with N busy-loop processes of its own for the whole run.
+cluster each; ``--start-with-joins 0,1`` likewise, for each prearm value), ``--load N`` with N busy-loop processes of its own for the whole run.
 ``--timeline`` adds a line per row saying where the time went (:func:`timeline_line`).
 
 Run: ``.venv/bin/python -m experiments.bench_serving [--chunks 6] [--block 4]
@@ -289,6 +289,8 @@ def main() -> None:
                         help="chunks per session in one live block, between bare blocks (default 4)")
     parser.add_argument("--prearm", default=None,
                         help="engine.prearm-chunks values, one cluster each, e.g. 0,1 (default: the configured one)")
+    parser.add_argument("--start-with-joins", default=None,
+                        help="engine.start-with-joins values, one cluster each, e.g. 0,1 (default: the configured one)")
     parser.add_argument("--timeline", action="store_true",
                         help="after each row, where its time went: step time against the bare step, and the idle "
                              "time between steps split along the chunk's path (median ms)")
@@ -332,9 +334,13 @@ def _run(args: argparse.Namespace) -> None:
           f"slo {dask.config.get('turboserve.slo-s')} (null: chunk playback time)", flush=True)
     bare = BareModel(args.model, [1] + [max(1, s // w) for s in counts for w in worker_counts if s >= w])
     env_done = args.skip_env
-    for prearm in [int(x) for x in args.prearm.split(",")]:
+    if args.start_with_joins is None:
+        args.start_with_joins = str(int(dask.config.get("turboserve.engine.start-with-joins", True)))
+    variants = [(int(p), int(j)) for p in args.prearm.split(",") for j in args.start_with_joins.split(",")]
+    for prearm, joins in variants:
         # No periodic checkpoints (checkpoint_every=0): the rows compare the engine with the model.
-        with dask.config.set({"turboserve.engine.prearm-chunks": prearm}), Server.local(
+        with dask.config.set({"turboserve.engine.prearm-chunks": prearm,
+                              "turboserve.engine.start-with-joins": bool(joins)}), Server.local(
             n_workers=max(worker_counts), model=args.model, dashboard_address=":0", checkpoint_every=0, adaptive=False
         ) as server:
             if not env_done:
@@ -343,7 +349,7 @@ def _run(args: argparse.Namespace) -> None:
                                   worker_class=Nanny) as plain:
                     environment(server, plain, bare, args.chunks)
             print(f"chunk rate against the bare batched model (chunks/s; {args.chunks} chunks per session; "
-                  f"engine.prearm-chunks {prearm}):", flush=True)
+                  f"engine.prearm-chunks {prearm}, start-with-joins {joins}):", flush=True)
             all_workers = server.workers()
             seed = 0
             for w in worker_counts:

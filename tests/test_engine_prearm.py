@@ -73,6 +73,37 @@ def test_a_reading_session_joins_a_step_for_another_sessions_chunk(model):
     assert engine.schedule().session_ids == ("s1", "s0")
 
 
+def test_a_round_starts_at_the_first_request_when_every_other_chunk_would_be_made_ahead_in_it(model):
+    # Closed loop: the others' requests are on their way (their chunks still travel to
+    # their clients), but their next chunks join the step anyway: nothing to wait for.
+    engine = _engine(model, 4, prearm_chunks=1, deadline_s=30.0, batch_window_s=0.5, max_batch=4)
+    with engine._cond:
+        engine._step_s = {1: 0.1, 4: 0.16}  # batching pays
+    engine.request("s2", 2)
+    decision = engine.decide()
+    assert decision.start and decision.reason == "full"
+    assert engine.schedule().session_ids == ("s2", "s0", "s1", "s3")
+    engine = _engine(model, 4, prearm_chunks=1, deadline_s=30.0, batch_window_s=0.5, max_batch=4,
+                     start_with_joins=False)  # the rule before: their requests are waited for
+    with engine._cond:
+        engine._step_s = {1: 0.1, 4: 0.16}
+    engine.request("s2", 2)
+    assert not engine.decide().start
+
+
+def test_a_session_whose_join_would_be_refused_is_still_waited_for(model):
+    engine = _engine(model, 2, prearm_chunks=1, deadline_s=30.0, batch_window_s=0.5)
+    with engine._cond:
+        engine._step_s = {1: 0.1, 2: 0.2}  # batching does not pay: no join
+    engine.request("s1", 2)
+    assert engine.schedule().session_ids == ("s1",)
+    decision = engine.decide()
+    assert not decision.start and decision.reason == "window"  # s0's request may come any moment
+    engine = _engine(model, 2, prearm_chunks=0, deadline_s=30.0, batch_window_s=0.5)
+    engine.request("s1", 2)
+    assert not engine.decide().start  # nothing is made ahead: s0 is waited for as before
+
+
 def test_no_more_than_prearm_chunks_are_made_ahead(model):
     engine = _engine(model, 2, prearm_chunks=1, deadline_s=30.0)
     model.step([engine._entries["s0"].state])  # s0's chunk 1 made ahead

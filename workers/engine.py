@@ -370,22 +370,34 @@ class Engine:
         its last request or its last chunk (a closed-loop client asks again as soon as
         it has the chunk; sessions submitted back to back come within milliseconds)
         until a step starts without it: so a session that went quiet costs at most one
-        window, and a paused one none. A session whose next chunk may be made ahead is
-        waited for like any other (its request makes it due); whether it joins a step
-        without asking is :meth:`schedule`'s call.
+        window, and a paused one none. When :meth:`schedule` would put every reading or
+        expected session into a step starting now (due, or its next chunk made ahead),
+        nobody is waited for: a closed-loop round starts at the first request instead of
+        the last, while the others' chunks are still on their way to their clients.
+        Otherwise a session that may be made ahead is waited for like any other (its
+        request makes it due; one whose join would be refused, or one left out, keeps
+        the sessions in one phase that way).
         """
         now = time.time() if now is None else now
         cfg = self.settings
         if not cfg.batching:
             due = self._has_due()
             return BatchDecision(due, None, "alone" if due else "idle")
-        ready, deadlines, expected = [], [], []
+        joining = set(self.schedule(now).session_ids) if cfg.prearm_chunks and cfg.start_with_joins else set()
+        ready, deadlines, expected, ahead = [], [], [], 0
         with self._cond:
-            for e in self._entries.values():
+            # Joins are not waited for only when the step holds every reading or expected
+            # session: one left out (its chunk made ahead already, its request on the way)
+            # is waited for, and the joiners with it, so the sessions stay in one phase.
+            everyone = all(sid in joining or e.due(cfg.max_unread) or not (e.expect or e.reading)
+                           for sid, e in self._entries.items())
+            for sid, e in self._entries.items():
                 if e.due(cfg.max_unread):
                     t_req = e.t_request.get(e.state.chunk_index, now)
                     ready.append(max(t_req, e.t_ready))
                     deadlines.append(t_req + cfg.deadline_s)
+                elif everyone and sid in joining:  # made ahead in the step: nothing to wait for
+                    ahead += 1
                 elif e.expect:
                     expected.append(now)
                 else:
@@ -396,7 +408,7 @@ class Engine:
         max_batch = min(cfg.max_batch, self._memory_cap())
         window = cfg.batch_window_s
         if cfg.batch_window_share and measured and window:
-            window = max(window, cfg.batch_window_share * step_s(min(max_batch, len(ready) + len(expected))))
+            window = max(window, cfg.batch_window_share * step_s(min(max_batch, len(ready) + ahead + len(expected))))
         return decide_batch(
             now,
             ready_s=ready,
@@ -406,9 +418,10 @@ class Engine:
             window_s=window,
             max_batch=max_batch,
             free_s=free_s,
+            ahead=ahead,
         )
 
-    def schedule(self) -> StepPlan:
+    def schedule(self, now: float | None = None) -> StepPlan:
         """Pick the due sessions for the next step, oldest outstanding request first.
 
         At most ``max_batch`` (1 without batching, fewer if device memory is short),
@@ -425,7 +438,7 @@ class Engine:
         cap = cfg.max_batch if cfg.batching else 1
         cap = min(cap, self._memory_cap())
         prearm = cfg.prearm_chunks if cfg.batching else 0
-        now = time.time()
+        now = time.time() if now is None else now
         with self._cond:
             due, ahead, deadline = [], [], {}
             for sid, e in self._entries.items():

@@ -54,6 +54,11 @@ class EngineSettings:
         other sessions' due chunks, within ``max_unread`` and the due chunks'
         deadlines. At most this many chunks are made that nobody asks for when a
         session stops.
+    start_with_joins : bool
+        A step that would hold every reading session (due chunks, and the rest made
+        ahead) starts at once instead of waiting in the window for their requests,
+        which would only make them due (``turboserve.engine.start-with-joins``, default
+        on; off: the rule before, for side-by-side benchmarks).
     """
 
     max_batch: int = 8
@@ -67,6 +72,7 @@ class EngineSettings:
     valve_steps: int = 2
     batch_invariant: bool = True
     prearm_chunks: int = 1
+    start_with_joins: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -118,6 +124,7 @@ class EngineSettings:
             "valve_steps": int(get("turboserve.engine.quality-valve.steps")),
             "batch_invariant": bool(get("turboserve.engine.batch-invariant")),
             "prearm_chunks": int(get("turboserve.engine.prearm-chunks")),
+            "start_with_joins": bool(get("turboserve.engine.start-with-joins", True)),
         }
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)
