@@ -335,7 +335,7 @@ def _run(args: argparse.Namespace) -> None:
     bare = BareModel(args.model, [1] + [max(1, s // w) for s in counts for w in worker_counts if s >= w])
     env_done = args.skip_env
     if args.start_with_joins is None:
-        args.start_with_joins = str(int(dask.config.get("turboserve.engine.start-with-joins", True)))
+        args.start_with_joins = str(int(dask.config.get("turboserve.engine.start-with-joins", False)))
     variants = [(int(p), int(j)) for p in args.prearm.split(",") for j in args.start_with_joins.split(",")]
     for prearm, joins in variants:
         # No periodic checkpoints (checkpoint_every=0): the rows compare the engine with the model.

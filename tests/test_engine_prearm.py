@@ -76,15 +76,16 @@ def test_a_reading_session_joins_a_step_for_another_sessions_chunk(model):
 def test_a_round_starts_at_the_first_request_when_every_other_chunk_would_be_made_ahead_in_it(model):
     # Closed loop: the others' requests are on their way (their chunks still travel to
     # their clients), but their next chunks join the step anyway: nothing to wait for.
-    engine = _engine(model, 4, prearm_chunks=1, deadline_s=30.0, batch_window_s=0.5, max_batch=4)
+    engine = _engine(model, 4, prearm_chunks=1, deadline_s=30.0, batch_window_s=0.5, max_batch=4,
+                     start_with_joins=True)
     with engine._cond:
         engine._step_s = {1: 0.1, 4: 0.16}  # batching pays
     engine.request("s2", 2)
     decision = engine.decide()
     assert decision.start and decision.reason == "full"
     assert engine.schedule().session_ids == ("s2", "s0", "s1", "s3")
-    engine = _engine(model, 4, prearm_chunks=1, deadline_s=30.0, batch_window_s=0.5, max_batch=4,
-                     start_with_joins=False)  # the rule before: their requests are waited for
+    engine = _engine(model, 4, prearm_chunks=1, deadline_s=30.0, batch_window_s=0.5, max_batch=4)
+    # the default (start-with-joins off), the rule before: their requests are waited for
     with engine._cond:
         engine._step_s = {1: 0.1, 4: 0.16}
     engine.request("s2", 2)
@@ -92,7 +93,7 @@ def test_a_round_starts_at_the_first_request_when_every_other_chunk_would_be_mad
 
 
 def test_a_session_whose_join_would_be_refused_is_still_waited_for(model):
-    engine = _engine(model, 2, prearm_chunks=1, deadline_s=30.0, batch_window_s=0.5)
+    engine = _engine(model, 2, prearm_chunks=1, deadline_s=30.0, batch_window_s=0.5, start_with_joins=True)
     with engine._cond:
         engine._step_s = {1: 0.1, 2: 0.2}  # batching does not pay: no join
     engine.request("s1", 2)

@@ -370,13 +370,13 @@ class Engine:
         its last request or its last chunk (a closed-loop client asks again as soon as
         it has the chunk; sessions submitted back to back come within milliseconds)
         until a step starts without it: so a session that went quiet costs at most one
-        window, and a paused one none. When :meth:`schedule` would put every reading or
-        expected session into a step starting now (due, or its next chunk made ahead),
-        nobody is waited for: a closed-loop round starts at the first request instead of
-        the last, while the others' chunks are still on their way to their clients.
-        Otherwise a session that may be made ahead is waited for like any other (its
-        request makes it due; one whose join would be refused, or one left out, keeps
-        the sessions in one phase that way).
+        window, and a paused one none. A session that may be made ahead is waited for
+        like any other (its request makes it due; a refused join or a session left out
+        stays in phase that way). With ``settings.start_with_joins`` (off by default),
+        when :meth:`schedule` would put every reading or expected session into a step
+        starting now (due, or made ahead), nobody is waited for: a closed-loop round
+        starts at the first request instead of the last, while the others' chunks are
+        still on their way to their clients.
         """
         now = time.time() if now is None else now
         cfg = self.settings

@@ -57,8 +57,9 @@ class EngineSettings:
     start_with_joins : bool
         A step that would hold every reading session (due chunks, and the rest made
         ahead) starts at once instead of waiting in the window for their requests,
-        which would only make them due (``turboserve.engine.start-with-joins``, default
-        on; off: the rule before, for side-by-side benchmarks).
+        which would only make them due (``turboserve.engine.start-with-joins``; off by
+        default until the loaded back-to-back runs that split batches with it are
+        explained: docs/PERFORMANCE.md).
     """
 
     max_batch: int = 8
@@ -72,7 +73,7 @@ class EngineSettings:
     valve_steps: int = 2
     batch_invariant: bool = True
     prearm_chunks: int = 1
-    start_with_joins: bool = True
+    start_with_joins: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -124,7 +125,7 @@ class EngineSettings:
             "valve_steps": int(get("turboserve.engine.quality-valve.steps")),
             "batch_invariant": bool(get("turboserve.engine.batch-invariant")),
             "prearm_chunks": int(get("turboserve.engine.prearm-chunks")),
-            "start_with_joins": bool(get("turboserve.engine.start-with-joins", True)),
+            "start_with_joins": bool(get("turboserve.engine.start-with-joins", False)),
         }
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)
