@@ -180,6 +180,18 @@ def _parallelism(args: argparse.Namespace) -> int:
 
     if args.gpus < 1:
         raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
+    if args.capacity_from:
+        from experiments.parallelism import capacity_from
+
+        summary, oracles, capacity = capacity_from(args.capacity_from, target=args.target, admission_s=args.admission_s)
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        summary.to_csv(out / "summary.csv", index=False)
+        oracles.to_csv(out / "oracle.csv", index=False)
+        capacity.to_csv(out / "capacity.csv", index=False)
+        print(format_capacity(capacity))
+        print(f"wrote {args.out}/summary.csv, oracle.csv, capacity.csv")
+        return 0
     config = sim_config(args)
     if args.oracle_only:
         from experiments.parallelism import oracle_table
@@ -261,6 +273,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pa.add_argument("--no-plots", action="store_true", help="skip the PNG/HTML plots")
     pa.add_argument("--oracle-only", action="store_true",
                     help="only the oracle bound of each policy's degrees (no simulation; seconds)")
+    pa.add_argument("--capacity-from", action="append", metavar="DIR",
+                    help="no simulation: the capacity table of earlier runs' summary.csv and oracle.csv "
+                         "(repeatable; a grid run as several commands)")
     _add_latency_options(pa)
     pa.set_defaults(func=_parallelism)
 

@@ -237,8 +237,12 @@ def capacity_table(summary: pd.DataFrame, oracles: pd.DataFrame, target: float, 
     for trace, part in table.groupby("trace", sort=False):
         fixed = part[part["policy"].str.startswith("fixed-")]
         table.loc[part.index, "vs_best_fixed"] = part["sessions_per_gpu_hour"] / fixed["sessions_per_gpu_hour"].max()
-        # the bound at the largest scale run: the same demand for every policy
-        o = oracles[(oracles["trace"] == trace) & (oracles["scale"] == oracles.loc[oracles["trace"] == trace, "scale"].max())]
+        # the bound at the largest scale a fixed degree that meets every deadline was run
+        # at (else the largest run): the same demand for every policy
+        o = oracles[oracles["trace"] == trace]
+        meets_all = o.get("meets_deadline", pd.Series(True, index=o.index)).astype(bool)
+        fixed_ok = o[o["policy"].str.startswith("oracle:fixed-") & meets_all]
+        o = o[o["scale"] == (fixed_ok if not fixed_ok.empty else o)["scale"].max()]
         bound = dict(zip(o["policy"].str.removeprefix("oracle:"), o["sessions_per_gpu_hour"]))
         meets = dict(zip(o["policy"].str.removeprefix("oracle:"), o.get("meets_deadline", pd.Series(True, index=o.index))))
         best_fixed = max((v for k, v in bound.items() if k.startswith("fixed-") and meets.get(k, True)), default=math.nan)
@@ -307,6 +311,31 @@ def parallelism_experiment(
         capacity.to_csv(out / "capacity.csv", index=False)
         oracles.to_csv(out / "oracle.csv", index=False)
     return summary, capacity
+
+
+def capacity_from(dirs: Sequence[str | pathlib.Path], target: float = 0.99,
+                  admission_s: float = 10.0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The capacity table of earlier runs (no simulation): their ``summary.csv`` and ``oracle.csv``.
+
+    For a grid run as several commands (more scales or policies later); returns
+    (summary, oracles, capacity). A run found in two folders counts once (the last).
+    """
+    summaries, oracles = [], []
+    for d in dirs:
+        d = pathlib.Path(d)
+        table = pd.read_csv(d / "summary.csv")
+        if "parallelism" in table:  # the written summary labels runs policy@scale
+            table = table.assign(policy=table["parallelism"])
+        summaries.append(table.assign(source=str(d)))
+        if (d / "oracle.csv").is_file():
+            oracles.append(pd.read_csv(d / "oracle.csv"))
+    if not summaries:
+        raise ValueError("give at least one folder with a summary.csv of `turboserve experiment parallelism`")
+    summary = pd.concat(summaries, ignore_index=True).drop_duplicates(["trace", "policy", "scale"], keep="last")
+    summary = summary.sort_values(["trace", "scale"], kind="stable").reset_index(drop=True)
+    oracle = (pd.concat(oracles, ignore_index=True).drop_duplicates(["trace", "policy", "scale"], keep="last")
+              if oracles else pd.DataFrame(columns=["trace", "policy", "scale", "sessions_per_gpu_hour"]))
+    return summary, oracle, capacity_table(summary, oracle, target, admission_s)
 
 
 def oracle_table(

@@ -170,6 +170,32 @@ def test_capacity_is_read_at_equal_slo_and_compared_with_the_best_fixed_degree()
     assert table.loc["adaptive", "oracle_vs_best_fixed"] == 8.0 / 5.0
 
 
+def test_capacity_from_folders_reads_a_grid_run_as_several_commands(tmp_path):
+    from experiments.parallelism import capacity_from
+
+    def run(name, policies, scales, att):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"trace": "t", "policy": f"{p}@{s:g}", "parallelism": p, "scale": s, "instream_attainment": a,
+                 "instream_attainment_14b": a, "ttfc_p99_s": 1.0, "sessions_per_gpu_hour": 10.0 * s}
+                for p, s, a in zip(policies, scales, att)]
+        pd.DataFrame(rows).to_csv(d / "summary.csv", index=False)
+        pd.DataFrame({"trace": "t", "policy": [f"oracle:{p}" for p in policies], "scale": scales,
+                      "sessions_per_gpu_hour": [5.0 if p == "fixed-4" else 6.0 for p in policies],
+                      "meets_deadline": True}).to_csv(d / "oracle.csv", index=False)
+        return d
+
+    first = run("grid", ["fixed-4", "adaptive", "fixed-4", "adaptive"], [1, 1, 2, 2], [1.0, 1.0, 0.9, 1.0])
+    more = run("more", ["adaptive"], [3], [1.0])  # the adaptive policy at a scale the grid missed
+    summary, oracles, table = capacity_from([first, more])
+    assert len(summary) == 5 and set(summary["policy"]) == {"fixed-4", "adaptive"}
+    table = table.set_index("policy")
+    assert table.loc["fixed-4", "capacity_scale"] == 1 and table.loc["adaptive", "capacity_scale"] == 3
+    assert table.loc["adaptive", "vs_best_fixed"] == 3.0
+    # the bound is read where fixed-4 was run too (scale 2), not at the adaptive-only scale 3
+    assert table.loc["adaptive", "oracle_vs_best_fixed"] == 6.0 / 5.0
+
+
 @pytest.mark.slow
 def test_the_experiment_writes_one_summary_row_per_policy_and_scale(tmp_path):
     summary, capacity = parallelism_experiment(
