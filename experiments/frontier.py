@@ -408,6 +408,9 @@ def standard_points(table: pd.DataFrame) -> pd.DataFrame:
     oracle = out[out["policy"] == ORACLE].set_index("trace")["gpu_hours"]
     out.insert(3, "x_oracle", out["gpu_hours"] / out["trace"].map(oracle))
     out["degraded_%"] = 100 * out["degraded_chunks"] / out["chunks"]
+    order = {name: i for i, name in enumerate([*FAMILIES, NO_VALVE, ISO_COST, ORACLE])}
+    out = out.sort_values(["trace", "policy"], key=lambda c: c.map(order).fillna(len(order)) if c.name == "policy" else c,
+                          kind="stable").reset_index(drop=True)
     return out.drop(columns=["degraded_chunks", "chunks"])
 
 
