@@ -125,7 +125,7 @@ class EngineSettings:
             "valve_steps": int(get("turboserve.engine.quality-valve.steps")),
             "batch_invariant": bool(get("turboserve.engine.batch-invariant")),
             "prearm_chunks": int(get("turboserve.engine.prearm-chunks")),
-            "start_with_joins": bool(get("turboserve.engine.start-with-joins", False)),
+            "start_with_joins": bool(get("turboserve.engine.start-with-joins")),
         }
         values.update({k: v for k, v in given.items() if v is not None})
         return cls(**values)
