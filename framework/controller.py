@@ -231,6 +231,7 @@ class ControlLoop:
         # session) must not take its migrations back out of the interval rows
         self._migrations_seen: dict[str, int] = {r.session_id: r.migrations for r in mechanisms.records()}
         self._scaled_at: float | None = None
+        self._grouped: frozenset[str] = frozenset()  # workers in parallel groups at the last snapshot
 
     # ------------------------------------------------------------ events
 
@@ -239,8 +240,15 @@ class ControlLoop:
         if self._wake is not None:
             self._wake.set()
 
-    def observe(self, batch_size: int, latency_s: float) -> None:
-        """Fold one chunk's latency (from the workers' metrics stream) into the estimate."""
+    def observe(self, batch_size: int, latency_s: float, worker: str | None = None) -> None:
+        """Fold one chunk's latency (from the workers' metrics stream) into the estimate.
+
+        The estimate is the degree-1 curve (the policies scale it to a group's degree with
+        ``Snapshot.parallel``), so a chunk stepped by a parallel group's ``worker`` (as of
+        the last snapshot) is left out; None: not known, folded in.
+        """
+        if worker is not None and worker in self._grouped:
+            return
         self.latency.add(batch_size, latency_s)
 
     def worker_added(self, address: str, ready: bool = True) -> None:
@@ -558,6 +566,7 @@ class ControlLoop:
             parallel=s.parallel,
         )
         groups = tuple(self.groups())
+        self._grouped = frozenset(a for g in groups for a in g.workers)
         return replace(snap, groups=groups) if groups else snap
 
     def choose(self, session_id: str, exclude: Collection[str] = (), max_sessions: int | None = None) -> str | None:

@@ -117,3 +117,19 @@ def test_without_the_step_model_the_same_loop_would_form_groups_of_two_that_miss
         assert sorted(g.degree for g in cluster.parallel_groups()) == [2, 2]
 
     asyncio.run(main())
+
+
+def test_chunks_a_group_stepped_stay_out_of_the_degree_1_latency_curve():
+    async def main():
+        s = replace(_settings(), measure=True)
+        cluster = GroupCluster(["w0", "w1", "w2", "w3"])
+        loop = ControlLoop(s, cluster, Clock())
+        await loop.tick()
+        await _regrouped(loop)
+        loop.snapshot()  # the loop learns the groups with each snapshot
+        loop.observe(1, 0.4, worker="w0")  # a degree-4 step: not a degree-1 time
+        assert loop.latency_model().predict(1) == pytest.approx(T1_S)
+        loop.observe(1, 1.3, worker=None)  # where the stream does not say: folded in
+        assert loop.latency_model().predict(1) == pytest.approx(1.3)
+
+    asyncio.run(main())
