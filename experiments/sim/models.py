@@ -8,6 +8,7 @@ notes and the profile headers).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from framework.control_settings import parallel_step_model
 from kernels.presets import get_preset
@@ -70,27 +71,15 @@ def model_cost(name: str) -> ModelCost:
         raise ValueError(f"unknown model preset {name!r}; known: {sorted(MODELS)}") from None
 
 
-def parallel_model(
-    name: str,
-    *,
-    efficiency: float | None = None,
-    link_bytes_per_s: float | None = None,
-    collective_latency_s: float | None = None,
-    batch_scales_with_degree: bool | None = None,
-    height: int | None = None,
-    width: int | None = None,
-) -> ParallelStepModel:
+def parallel_model(name: str, **overrides: Any) -> ParallelStepModel:
     """The :class:`~policies.types.ParallelStepModel` of preset ``name`` (Ulysses by heads).
 
-    :func:`framework.control_settings.parallel_step_model` of the model's preset, the one
-    the live control loop's snapshot carries: the bytes from the preset's geometry, the
-    link, latency and efficiency from ``turboserve.simulator.parallel.*``.
+    :func:`framework.control_settings.parallel_step_model` of the model's preset (its
+    keyword ``overrides``), the one the live control loop's snapshot carries: the bytes
+    from the preset's geometry, the link, latency and efficiency from
+    ``turboserve.simulator.parallel.*``.
     """
-    return parallel_step_model(
-        model_cost(name).name, efficiency=efficiency, link_bytes_per_s=link_bytes_per_s,
-        collective_latency_s=collective_latency_s, batch_scales_with_degree=batch_scales_with_degree,
-        height=height, width=width,
-    )
+    return parallel_step_model(model_cost(name).name, **overrides)
 
 
 def kv_share(name: str) -> float:
