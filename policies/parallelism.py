@@ -157,8 +157,19 @@ def unit_view(snap: Snapshot, min_degree: int = 1, busy: frozenset[str] = frozen
     """
     if not snap.groups and min_degree <= 1 and not busy:
         return snap
-    workers, latency = _units(snap.workers, snap.groups, min_degree, frozenset(busy), _par(snap), snap.latency)
+    key = (snap.workers, snap.groups, _par(snap), snap.latency, min_degree, frozenset(busy))
+    last = _LAST_UNITS[0]  # one read: another thread may replace it meanwhile
+    if last is not None and all(a is b for a, b in zip(last[0][:4], key[:4])) and last[0][4:] == key[4:]:
+        workers, latency = last[1]  # the same objects as the last call: no hashing of every worker view
+    else:
+        workers, latency = _units(key[0], key[1], min_degree, key[5], key[2], key[3])
+        _LAST_UNITS[0] = (key, (workers, latency))
     return replace(snap, workers=workers, latency=latency)
+
+
+#: The last :func:`unit_view` inputs and result (a simulator's snapshots reuse the same
+#: worker and group tuples from tick to tick, so an identity check answers most calls).
+_LAST_UNITS: list[Any] = [None]
 
 
 @lru_cache(maxsize=32)
