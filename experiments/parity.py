@@ -78,18 +78,18 @@ def parity(
     per-migration stall measured live (all scaled by ``time_scale``); returns both
     results and :func:`compare`.
 
-    The step times are the live calibration's, the curve the live controller decided
-    with (``stats["decision_profile"]``), not the steps seen during the run: with the
-    same curve both sides compute the same sessions per worker, so their decisions can
-    be compared; the steps a loaded machine shows during the run (``live.profile``)
-    differ from the calibration by a few tens of percent, enough to move a worker's
-    capacity by one session when the SLO lies near a step time.
+    The simulated steps take the times the live run's steps took (``live.profile``);
+    its policies predict them with the curve the live controller decided with (the
+    calibration before the run, ``stats["decision_profile"]``), so both sides compute
+    the same sessions per worker: the steps a loaded machine shows during the run differ
+    from the calibration by a few tens of percent, enough to move a worker's capacity by
+    one session when the SLO lies near a step time.
     """
     live = replay_live(trace, time_scale=time_scale, workers=workers, seed=seed, control=control, progress=progress)
     startup = live.stats.get("startup_s") or []
-    profile = live.stats.get("decision_profile") or live.profile
     sim = replay_sim(trace, time_scale=time_scale, workers=workers, seed=seed, control=control,
-                     profile=profile, startup_s=float(np.median(startup)) if startup else None,
+                     profile=live.profile, decision_profile=live.stats.get("decision_profile"),
+                     startup_s=float(np.median(startup)) if startup else None,
                      migration_s=live.summary.get("migration_s"))
     return live, sim, compare(live, sim)
 

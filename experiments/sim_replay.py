@@ -20,6 +20,7 @@ def replay_sim(
     seed: int = 0,
     trace_name: str = "trace",
     profile: tuple[tuple[int, float], ...] | None = None,
+    decision_profile: tuple[tuple[int, float], ...] | None = None,
     startup_s: float | None = None,
     migration_s: float | None = None,
     control: dict[str, Any] | None = None,
@@ -27,6 +28,8 @@ def replay_sim(
     """Simulate ``trace`` with the live replay's policies, bounds and (scaled) step times.
 
     ``profile`` (wall seconds per batch size) defaults to :func:`default_profile`;
+    ``decision_profile`` (default ``profile``) is the curve the policies predict steps
+    with (a live replay's ``stats["decision_profile"]``: what its controller decided with);
     step times and ``startup_s`` (wall seconds a new worker takes; default the
     controller's ``worker_startup_s``) are multiplied by ``time_scale`` into trace
     seconds, as the live run experiences them. So is ``migration_s`` (wall seconds a
@@ -55,7 +58,9 @@ def replay_sim(
         slo_s=(control or {}).get("slo_s"),
         migration_fixed_s=None if migration_s is None or math.isnan(migration_s) else migration_s * time_scale,
     )
-    result = Simulator(prepare(trace), policies, cfg, latency=scaled_model(profile, time_scale)).run()
+    decide = None if decision_profile is None else scaled_model(decision_profile, time_scale)
+    result = Simulator(prepare(trace), policies, cfg, latency=scaled_model(profile, time_scale),
+                       decision_latency=decide).run()
     summary = summary_of(result, trace=trace_name, gpus=max(n0, int(result.intervals["n_workers"].max())))
     summary["policy"] = settings.label
     acc = result.decisions[result.decisions["accepted"]]

@@ -139,6 +139,7 @@ class Simulator:
         policies: PolicySet,
         config: SimConfig,
         latency: BatchLatencyModel | None = None,
+        decision_latency: BatchLatencyModel | None = None,
     ) -> None:
         self.wl = workload
         # Its workers serve the trace's one model (a mixed trace runs one pool per model: sim.pools).
@@ -147,6 +148,10 @@ class Simulator:
         self.policy_set = policies
         self.cost_model = model_cost(workload.model)
         self.latency = latency if latency is not None else config.latency.model_for(workload.model)
+        # What the policies' snapshots predict steps with (default: the steps run). A
+        # replay of a live run passes the curve the live controller decided with, so both
+        # sides size workers alike while the steps run as the live ones did.
+        self.decision_latency = decision_latency if decision_latency is not None else self.latency
         self.worker_memory = int(config.gpu_memory_bytes - self.cost_model.weights_bytes)
         self._ctx_window = self.cost_model.context_window_frames()  # context_frames: pixel frames
         if self.worker_memory <= 0:

@@ -54,7 +54,7 @@ def build_snapshot(sim: Any, now: float) -> Snapshot:
         workers=wviews,
         sessions=tuple(views.values()),  # type: ignore[arg-type]  (every open session has a view by now)
         slo_s=sim.snapshot_slo,
-        latency=sim.latency,
+        latency=sim.decision_latency,
         migrate_bytes_per_s=sim.cfg.migrate_bytes_per_s,
         offload_bytes_per_s=sim.cfg.offload_bytes_per_s,
         min_workers=sim.cfg.min_workers,
