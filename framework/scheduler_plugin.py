@@ -813,4 +813,4 @@ class TurboserveScheduler(SchedulerPlugin):
         self.dashboard.on_chunks(rows)
         if self.loop is not None:
             for _sid, _index, latency, batch, _t_done in rows:
-                self.loop.observe(batch, latency)
+                self.loop.observe(batch, latency, worker=worker)
