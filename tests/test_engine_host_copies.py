@@ -74,3 +74,16 @@ def test_suspended_states_are_parked_in_reused_pinned_buffers():
         gc.collect()
     pool = engine.parked_copies
     assert len(set(ptrs)) == 1 and (pool.allocated, pool.reused) == (1, 2)
+
+
+@pytest.mark.gpu
+def test_a_host_copy_for_a_move_keeps_the_device_state_until_the_move_commits():
+    # SessionActor.export stages the frozen device state on the host without releasing
+    # it: a move that fails afterwards serves on from the same device tensors.
+    gpu_model = StreamingVideoModel.from_preset("tiny", device="cuda", weights_seed=0)
+    engine = Engine(gpu_model, "tcp://test", EngineSettings(), device=gpu_model.device)
+    state = gpu_model.new_session("p", 0)
+    before = {k: v.clone() for k, v in state.tensors.items()}
+    host = engine.offload(state, False)
+    assert state.tensors and all(torch.equal(state.tensors[k], before[k]) for k in before)
+    assert all(torch.equal(host.tensors[k], before[k].cpu()) for k in before)

@@ -672,7 +672,9 @@ class SessionActor:
             await self.freeze()
         if self._parked is None:
             raise TransferError(f"session {self.session_id!r} has no state on {self._worker.address} to export")
-        host = await self._on_engine(self._engine.offload, self._parked)
+        # release=False: a device state keeps its tensors here, so a move that fails
+        # after the export serves on from them (``commit``); ``release`` drops them.
+        host = await self._on_engine(self._engine.offload, self._parked, False)
         payload = {
             "state": WireState.of(host),  # one out-of-band frame per tensor, no pickling copy
             "outbox": [self._outbox[i] for i in sorted(self._outbox)],
