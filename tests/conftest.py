@@ -64,3 +64,33 @@ def reference():
         return done[:n]
 
     return frames
+
+
+def _kill_at_actor_start(dask_scheduler, kind, pid=None, pids=None):
+    """SIGKILL a worker when the serving plugin next starts a session's actor from ``kind``.
+
+    ``kind``: ``"peer"`` (a migration's target) or ``"store"`` (a resume or recovery from
+    the checkpoint store). The process killed is ``pid``, or ``pids[worker]`` of the
+    worker the actor starts on. One kill only; run it with ``client.run_on_scheduler``.
+    """
+    import os
+    import signal
+
+    from framework.registry import PLUGIN_NAME
+
+    actors = dask_scheduler.plugins[PLUGIN_NAME].actors
+    original = actors.start
+
+    async def start(rec, worker, source):
+        if source.get("kind") == kind:
+            del actors.start  # back to the class's method: one kill only
+            os.kill(pid if pid is not None else pids[worker], signal.SIGKILL)
+        return await original(rec, worker, source)
+
+    actors.start = start
+
+
+@pytest.fixture
+def kill_at_actor_start():
+    """:func:`_kill_at_actor_start`, for ``server.client.run_on_scheduler(kill_at_actor_start, kind=..., pid=...)``."""
+    return _kill_at_actor_start

@@ -7,7 +7,6 @@ source, and its next chunks must be the frames of an uninterrupted run."""
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 
 from framework import Server
-from framework.registry import PLUGIN_NAME
 from kernels.model import StreamingVideoModel
 
 pytestmark = pytest.mark.slow
@@ -23,28 +21,14 @@ pytestmark = pytest.mark.slow
 PROMPT = "a kite over the dunes"
 
 
-def arm_kill_at_peer_start(dask_scheduler, pid):
-    """Kill process ``pid`` when the plugin next starts an actor from a peer (a migration)."""
-    actors = dask_scheduler.plugins[PLUGIN_NAME].actors
-    original = actors.start
-
-    async def start(rec, worker, source):
-        if source.get("kind") == "peer":
-            del actors.start  # back to the class's method
-            os.kill(pid, signal.SIGKILL)
-        return await original(rec, worker, source)
-
-    actors.start = start
-
-
-def test_a_migration_whose_target_dies_returns_and_the_stream_goes_on_at_the_source(tmp_path):
+def test_a_migration_whose_target_dies_returns_and_the_stream_goes_on_at_the_source(tmp_path, kill_at_actor_start):
     with Server.local(n_workers=2, model="tiny", store=str(tmp_path), dashboard_address=None) as server:
         s = server.open_session(PROMPT, seed=11)
         frames = [c.frames for c in s.stream(2)]
         source = s.worker
         (target,) = [w for w in server.workers() if w != source]
         pid = server.client.run(os.getpid, workers=[target])[target]
-        server.client.run_on_scheduler(arm_kill_at_peer_start, pid=pid)
+        server.client.run_on_scheduler(kill_at_actor_start, kind="peer", pid=pid)
 
         outcome: dict = {}
 

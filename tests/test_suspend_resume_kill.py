@@ -38,20 +38,6 @@ pytestmark = pytest.mark.slow
 PROMPT = "a lighthouse in a storm"
 
 
-def arm_kill_at_store_start(dask_scheduler, pids):
-    """SIGKILL the worker the plugin next starts an actor on from the checkpoint store (a resume)."""
-    actors = dask_scheduler.plugins[PLUGIN_NAME].actors
-    original = actors.start
-
-    async def start(rec, worker, source):
-        if source.get("kind") == "store":
-            del actors.start  # back to the class's method: one kill only
-            os.kill(pids[worker], signal.SIGKILL)
-        return await original(rec, worker, source)
-
-    actors.start = start
-
-
 def uninterrupted(seed: int, n: int) -> list[np.ndarray]:
     model = StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
     state = model.new_session(PROMPT, seed)
@@ -79,13 +65,13 @@ def wait_for_workers(server, n: int) -> None:
     assert len(server.workers()) >= n, server.workers()
 
 
-def test_a_stream_whose_wake_up_resume_loses_its_worker_goes_on_elsewhere(server):
+def test_a_stream_whose_wake_up_resume_loses_its_worker_goes_on_elsewhere(server, kill_at_actor_start):
     wait_for_workers(server, 3)
     s = server.open_session(PROMPT, seed=21)
     chunks = list(s.stream(2))
     s.suspend(to="disk")
     pids = server.client.run(os.getpid)
-    server.client.run_on_scheduler(arm_kill_at_store_start, pids=pids)
+    server.client.run_on_scheduler(kill_at_actor_start, kind="store", pids=pids)
 
     chunks += list(s.stream(3))  # wakes the session: its first home dies as the actor starts
 
@@ -96,13 +82,13 @@ def test_a_stream_whose_wake_up_resume_loses_its_worker_goes_on_elsewhere(server
     s.close()
 
 
-def test_a_resume_whose_worker_dies_is_placed_again_when_no_worker_was_named(server):
+def test_a_resume_whose_worker_dies_is_placed_again_when_no_worker_was_named(server, kill_at_actor_start):
     wait_for_workers(server, 3)
     s = server.open_session(PROMPT, seed=22)
     chunks = list(s.stream(2))
     s.suspend(to="disk")
     pids = server.client.run(os.getpid)
-    server.client.run_on_scheduler(arm_kill_at_store_start, pids=pids)
+    server.client.run_on_scheduler(kill_at_actor_start, kind="store", pids=pids)
 
     s.resume()  # no worker named: placement may try another one
 
@@ -114,14 +100,14 @@ def test_a_resume_whose_worker_dies_is_placed_again_when_no_worker_was_named(ser
     s.close()
 
 
-def test_a_resume_on_a_named_worker_that_dies_is_a_transfer_error_and_the_session_stays_whole(server):
+def test_a_resume_on_a_named_worker_that_dies_is_a_transfer_error_and_the_session_stays_whole(server, kill_at_actor_start):
     wait_for_workers(server, 3)
     s = server.open_session(PROMPT, seed=23)
     chunks = list(s.stream(2))
     s.suspend(to="disk")
     victim = server.workers()[0]
     pids = server.client.run(os.getpid)
-    server.client.run_on_scheduler(arm_kill_at_store_start, pids=pids)
+    server.client.run_on_scheduler(kill_at_actor_start, kind="store", pids=pids)
 
     with pytest.raises(TransferError, match="suspended"):
         s.resume(worker=victim)
