@@ -277,6 +277,7 @@ def default_policy_params(
             "worker_memory_bytes": int(worker_memory),
             "provision_idle": bool(config.get("control.keep-idle-slots")),
             "provision_idle_s": _optional_seconds(config.get("autoscale.provision-idle-s")),
+            "provision_returns": bool(config.get("autoscale.provision-returns")),
         }
     if offload == "idle-timeout":
         out["offload"]["idle_s"] = float(config.get("control.idle-offload-s"))

@@ -38,7 +38,7 @@ from typing import Any
 from policies.admission import CapacityLedger, WorkerLoad
 from policies.base import LedgerPolicy
 from policies.registry import register
-from policies.types import DEFAULT_WORKER_MEMORY_BYTES, Action, Retire, ScaleTo, Snapshot, WorkerStatus
+from policies.types import DEFAULT_WORKER_MEMORY_BYTES, Action, Retire, ScaleTo, SessionStatus, Snapshot, WorkerStatus
 
 _STARTING = WorkerStatus.STARTING
 _DRAINING = WorkerStatus.DRAINING
@@ -307,6 +307,16 @@ class LoadDrivenState:
     recent: tuple[tuple[float, int], ...] = ()
     var_horizon: float = 0.0
     weight_horizon: float = 0.0
+    # provision_returns: the suspended sessions at the previous decision, and weighted
+    # means of suspended session-seconds and of returns between decisions
+    suspended: frozenset[str] = frozenset()
+    suspended_s: float = 0.0
+    returns: float = 0.0
+
+    @property
+    def return_rate_per_s(self) -> float:
+        """Estimated returns per suspended session-second (0 before any is seen)."""
+        return self.returns / self.suspended_s if self.suspended_s > 0 else 0.0
 
     @property
     def variance_per_s(self) -> float:
@@ -376,6 +386,13 @@ class LoadDriven(_Autoscaler):
         a slot released after that long and needed again costs at most one start-up of
         waiting, while keeping every idle session's slot for its whole spell paid
         1.2-1.3x the oracle's GPU-hours on the built-in traces (docs/RESULTS.md).
+    provision_returns
+        Also count the suspended sessions expected to come back within one start-up
+        time as demand (default False): their number times a return rate learnt from
+        the snapshots (returns per suspended session-second, weighted over
+        ``rate_window_s``). A suspended session that comes back finds a free slot
+        instead of waiting for a departure or a new worker. Not yet on the frontier
+        grid; try it with ``--config autoscale.provision-returns=true``.
     headroom_model
         How the swing over the horizon is estimated. ``"horizon"`` (default) measures
         it: the weighted mean of ``(demand now - demand one horizon ago)^2``, which
@@ -404,8 +421,10 @@ class LoadDriven(_Autoscaler):
         worker_memory_bytes: int = DEFAULT_WORKER_MEMORY_BYTES,
         provision_idle: bool = False,
         provision_idle_s: float | None = None,
+        provision_returns: bool = False,
     ) -> None:
         self.provision_idle = bool(provision_idle)
+        self.provision_returns = bool(provision_returns)
         if provision_idle_s is not None and not provision_idle_s >= 0:
             raise ValueError(f"provision_idle_s must be >= 0 or None, got {provision_idle_s!r}")
         self.provision_idle_s = None if provision_idle_s is None else float(provision_idle_s)
@@ -489,6 +508,25 @@ class LoadDriven(_Autoscaler):
             weight += alpha * (1.0 - weight)
         return replace(state, recent=recent, var_horizon=var, weight_horizon=weight)
 
+    def observe_returns(self, state: LoadDrivenState, now_s: float, snap: Snapshot) -> LoadDrivenState:
+        """``state`` with the suspended sessions of ``snap`` and the returns since the last decision.
+
+        A session suspended at the last decision and resident or pending now has come
+        back; one that closed meanwhile counts as suspended time without a return.
+        """
+        suspended = frozenset(s.session_id for s in snap.sessions if s.status is SessionStatus.SUSPENDED)
+        if state.last_s is None or now_s <= state.last_s:
+            return replace(state, suspended=suspended)
+        dt = now_s - state.last_s
+        alpha = -math.expm1(-dt / self.rate_window_s)
+        back = sum(1 for s in snap.sessions if s.session_id in state.suspended and s.status is not SessionStatus.SUSPENDED)
+        return replace(
+            state,
+            suspended=suspended,
+            suspended_s=state.suspended_s + alpha * (len(state.suspended) * dt - state.suspended_s),
+            returns=state.returns + alpha * (back - state.returns),
+        )
+
     def headroom(self, snap: Snapshot, state: LoadDrivenState) -> int:
         """Spare sessions to provision for: the ``headroom_quantile`` of the demand swing."""
         horizon = snap.worker_startup_s if self.headroom_horizon_s is None else self.headroom_horizon_s
@@ -525,6 +563,10 @@ class LoadDriven(_Autoscaler):
                        for s in ld.idle if s.session_id not in acted and s.since_s >= since)
             if idle:
                 census = replace(census, demand=census.demand + idle)
+        if self.provision_returns:
+            state = self.observe_returns(state, now, ledger.snap)
+            expected = len(state.suspended) * state.return_rate_per_s * ledger.snap.worker_startup_s
+            census = replace(census, demand=census.demand + int(expected + 0.5))
         if self.headroom_model == "horizon":
             horizon = ledger.snap.worker_startup_s if self.headroom_horizon_s is None else self.headroom_horizon_s
             state = self.observe_horizon(state, now, census.demand, horizon)

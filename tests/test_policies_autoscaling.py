@@ -403,3 +403,30 @@ def test_load_driven_pays_for_an_idle_slot_only_for_the_first_start_up_time_of_t
     assert target(provision_idle_s=0.0) is None  # 20 / 10 = 2 GPUs: as is
     with pytest.raises(ValueError, match="provision_idle_s"):
         make("autoscaling", "load-driven", provision_idle_s=-1.0)
+
+
+def test_load_driven_with_provision_returns_counts_the_suspended_sessions_expected_back():
+    # 20 active sessions and 10 suspended ones on 3 workers (b* = 10); 2 suspended ones
+    # came back within 10 s (0.02 returns per suspended session-second); start-up 60 s,
+    # so of the 8 still suspended 8 x 0.02 x 60 = 9.6 -> 10 are expected back.
+    workers = tuple(WorkerView(f"w{i}", max_batch=10) for i in range(3))
+    active = tuple(SessionView(f"a{i}", SessionStatus.ACTIVE, f"w{i % 2}", state_bytes=GiB) for i in range(20))
+
+    def snap(now, back):
+        sessions = active + tuple(
+            SessionView(f"s{i}", SessionStatus.ACTIVE if i < back else SessionStatus.SUSPENDED,
+                        "w2" if i < back else None, state_bytes=GiB) for i in range(10))
+        return Snapshot(now_s=now, workers=workers, sessions=sessions, slo_s=1.0, latency=LINEAR,
+                        max_workers=100, worker_startup_s=60.0)
+
+    def targets(**params):
+        policy = make("autoscaling", "load-driven", headroom_quantile=0, downscale_delay_s=1e9, **params)
+        state = policy.initial_state()
+        _, state = policy.decide(snap(0.0, 0), state)
+        actions, state = policy.decide(snap(10.0, 2), state)
+        return scale_target(actions), state
+
+    target, state = targets(provision_returns=True)
+    assert state.return_rate_per_s == pytest.approx(0.02)
+    assert target == 4  # (22 active + 10 expected back) / 10
+    assert targets()[0] is None  # 22 / 10 -> 3 GPUs: as is
