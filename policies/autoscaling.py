@@ -457,7 +457,7 @@ class LoadDriven(_Autoscaler):
         self.rate_window_s = float(rate_window_s)
         self.warmup_s = float(warmup_s)
         # the weight an estimate has gathered after warmup_s of history
-        self._min_weight = -math.expm1(-self.warmup_s / self.rate_window_s)
+        self._min_weight = self._alpha(self.warmup_s)
         self.worker_max_batch = worker_max_batch
         self.worker_memory_bytes = worker_memory_bytes
 
@@ -471,6 +471,10 @@ class LoadDriven(_Autoscaler):
         """Budget not below the size, no load history."""
         return LoadDrivenState()
 
+    def _alpha(self, dt: float) -> float:
+        """Weight of ``dt`` seconds of new evidence in the estimates kept over ``rate_window_s``."""
+        return -math.expm1(-dt / self.rate_window_s)
+
     def observe(self, state: LoadDrivenState, now_s: float, demand: int) -> LoadDrivenState:
         """``state`` with the demand seen at ``now_s`` folded into the variance-rate estimate."""
         if state.last_s is None:
@@ -478,7 +482,7 @@ class LoadDriven(_Autoscaler):
         dt = now_s - state.last_s
         if dt <= 0:
             return state
-        alpha = -math.expm1(-dt / self.rate_window_s)
+        alpha = self._alpha(dt)
         sample = (demand - state.last_demand) ** 2 / dt
         return replace(
             state,
@@ -503,7 +507,7 @@ class LoadDriven(_Autoscaler):
         anchor_s, anchor = recent[0]
         var, weight = state.var_horizon, state.weight_horizon
         if state.last_s is not None and now_s - anchor_s >= horizon_s and now_s > state.last_s:
-            alpha = -math.expm1(-(now_s - state.last_s) / self.rate_window_s)
+            alpha = self._alpha(now_s - state.last_s)
             var += alpha * ((demand - anchor) ** 2 - var)
             weight += alpha * (1.0 - weight)
         return replace(state, recent=recent, var_horizon=var, weight_horizon=weight)
@@ -518,7 +522,7 @@ class LoadDriven(_Autoscaler):
         if state.last_s is None or now_s <= state.last_s:
             return replace(state, suspended=suspended)
         dt = now_s - state.last_s
-        alpha = -math.expm1(-dt / self.rate_window_s)
+        alpha = self._alpha(dt)
         back = sum(1 for s in snap.sessions if s.session_id in state.suspended and s.status is not SessionStatus.SUSPENDED)
         return replace(
             state,
