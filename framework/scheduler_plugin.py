@@ -8,15 +8,18 @@
   loop's latency estimate;
 - owns the :class:`~framework.controller.ControlLoop` and implements its
   :class:`~framework.controller.Mechanisms` (place, migrate, suspend, resume, drain,
-  scale, records, workers); admission at ``open`` (and recovery, and the targets of a
-  drain) asks the same loop (:meth:`ControlLoop.choose`); the loop ticks once
-  ``turboserve_control_start`` is called (``server.start_control()``);
+  scale, records, workers) with its session RPC handlers; admission at ``open`` (and
+  recovery, and the targets of a drain) goes through one gate,
+  :class:`~framework.admission.Admission`, which asks the same loop
+  (:meth:`ControlLoop.choose`); the loop ticks once ``turboserve_control_start`` is
+  called (``server.start_control()``);
 - owns every session actor through :class:`~framework.session_mechanisms.SessionActors`,
   which starts them with a control client that lives in the scheduler process, so that
   actors outlive the user's client; users reach an actor directly by ``(worker, key)``;
 - exposes RPC handlers (``turboserve_*`` in ``scheduler.handlers``) for clients and for
   :class:`framework.adaptive.SessionAdaptive`;
-- brings the sessions of a dead worker back on a survivor from their last checkpoint;
+- brings the sessions of a dead worker back on a survivor from their last checkpoint
+  (:class:`~framework.recovery.Recovery`);
 - offers a worker that joined to placement, migration and admission only once its model
   is loaded (:class:`~framework.warmup.Warmup`, fed by the workers' ready events);
 - vetoes downscaling of workers that hold sessions (``valid_workers_downscaling``).
@@ -38,12 +41,15 @@ from dask.utils import parse_timedelta
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from framework import config
+from framework.admission import Admission
 from framework.control_settings import ControlSettings
 from framework.controller import ControlLoop
 from framework.dashboard.source import DashboardFeed
+from framework.errors import WorkerInGroup
 from framework.limits import OpenLimits, validate_open
-from framework.model_pools import check_served, models_of
+from framework.model_pools import check_served
 from framework.parallelism import ParallelGroups
+from framework.recovery import Recovery
 from framework.registry import PLUGIN_NAME, SessionRecord, SessionRegistry
 from framework.serving_settings import TRANSPORTS, ServingSettings
 from framework.session_mechanisms import SessionActors
@@ -93,12 +99,10 @@ class TurboserveScheduler(SchedulerPlugin):
         self.actors: SessionActors | None = None
         self.loop: ControlLoop | None = None
         self.groups: ParallelGroups | None = None  # parallel groups of workers (issue 10)
+        self.admission: Admission | None = None  # where a session may start; draining workers
+        self.recovery: Recovery | None = None  # sessions whose state was lost come back from checkpoints
         self._locks: dict[str, asyncio.Lock] = {}
-        self._draining: set[str] = set()
-        self._opening: dict[str, int] = {}  # worker -> sessions admitted there whose actor has not started yet
-        self._changed: asyncio.Event | None = None  # capacity or membership changed
         self._tasks: set[asyncio.Task] = set()
-        self._closing = False
         self._adaptive_seen: float | None = None  # wall time of the autoscaler's last poll
         self._adaptive_target: int | None = None
         self.dashboard = DashboardFeed()  # chunk points and counters for the dashboard page
@@ -110,7 +114,6 @@ class TurboserveScheduler(SchedulerPlugin):
     async def start(self, scheduler: Any) -> None:
         """Install the RPC handlers and the metrics stream handler; build the control loop."""
         self.scheduler = scheduler
-        self._changed = asyncio.Event()
         self.actors = SessionActors(scheduler, self.settings, self._kick)
         self.loop = ControlLoop(self.control_settings, self)
         self.groups = ParallelGroups(
@@ -120,6 +123,9 @@ class TurboserveScheduler(SchedulerPlugin):
             changed=self._kick,
             timeout_s=self.settings.group_timeout_s,
         )
+        self.admission = Admission(scheduler, self.registry, self.settings, self.warmup, self.groups, lambda: self.loop)
+        self.recovery = Recovery(scheduler, self.registry, self.actors, self.admission, self.groups,
+                                 self._lock, self._spawn_task, self._kick)
         scheduler.handlers.update(
             {
                 "turboserve_open": self.open,
@@ -200,27 +206,16 @@ class TurboserveScheduler(SchedulerPlugin):
 
     def remove_worker(self, scheduler: Any, worker: str, *, stimulus_id: str | None = None, **kw: Any) -> None:
         """Bring the sessions held by a lost worker back on a survivor."""
-        self._draining.discard(worker)
+        self.admission.draining.discard(worker)
         self.warmup.left(worker)
         group = self.groups.forget_worker(worker) if self.groups is not None else None
         if self.loop is not None:
             self.loop.worker_removed(worker)
-        if self._closing:
+        if self.admission.closing:
             return
         if group is not None:
-            self._spawn_task(self._group_lost(group, worker))
-        self._recover_all(worker, f"worker {worker} left")
-
-    def _recover_all(self, worker: str, why: str) -> None:
-        """Bring every session ``worker`` holds back from its checkpoint (on a chosen worker)."""
-        for rec in self.registry.on_worker(worker):
-            self.actors.release(rec)
-            logger.warning("%s holding session %s; recovering it from its checkpoint", why, rec.session_id)
-            prior = rec.status
-            rec.worker = None
-            self._set(rec, SessionStatus.PENDING)
-            self._spawn_task(self._recover(rec.session_id, prior))
-        self._kick()
+            self._spawn_task(self.recovery.group_lost(group, worker))
+        self.recovery.worker_lost(worker, f"worker {worker} left")
 
     def _on_group_failed(self, worker: str | None = None, group_id: str = "", why: str = "",
                          sessions_lost: bool = True, **kw: Any) -> None:
@@ -234,16 +229,8 @@ class TurboserveScheduler(SchedulerPlugin):
         if not sessions_lost:
             self._spawn_task(self.groups.fell_back(group))
             return
-        self._draining.update(w for w in group.workers[1:] if w in self.scheduler.workers)
-        self._spawn_task(self._group_lost(group, None))
-
-    async def _group_lost(self, group: Any, gone: str | None) -> None:
-        """A member of a parallel group left: the survivors drop the group; a lost follower's
-        leader's sessions restart from their checkpoints (their shards cannot be merged)."""
-        await self.groups.abandon(group, gone)
-        if gone != group.leader and group.leader in self.scheduler.workers:
-            self._recover_all(group.leader, f"group {group.group_id} lost {gone or 'a rank'}")
-        await self.groups.release_followers(group, gone)
+        self.admission.draining.update(w for w in group.workers[1:] if w in self.scheduler.workers)
+        self._spawn_task(self.recovery.group_lost(group, None))
 
     def valid_workers_downscaling(self, scheduler: Any, workers: list[Any]) -> list[Any]:
         """Never let Dask close a worker that holds a session (its actor would die)."""
@@ -267,11 +254,11 @@ class TurboserveScheduler(SchedulerPlugin):
         A named ``worker`` goes through admission too: it must be in service (not
         draining) and below ``max-sessions-per-worker``, counting the sessions being
         opened there; when it is full, ``admission.on-full`` says whether the open is
-        refused or waits (:meth:`_admit_on`) with a :class:`CapacityExceeded`.
+        refused or waits (:meth:`Admission.admit_on`) with a :class:`CapacityExceeded`.
         """
         rec = self._new_record(prompt, seed, model, height, width, session_id)
         if worker is not None:
-            self._check_worker(worker)
+            self.admission.check_worker(worker)
         check_served(rec.model, self.worker_models(), worker)  # ModelNotServed, whatever on-full says
         self.registry.add(rec)
         async with self._lock(rec.session_id):
@@ -279,12 +266,12 @@ class TurboserveScheduler(SchedulerPlugin):
                 failed: set[str] = set()
                 for attempt in range(OPEN_ATTEMPTS):
                     if worker is None:
-                        target = await self._admit(rec, exclude=failed)
+                        target = await self.admission.admit(rec, exclude=failed)
                     else:
-                        target = await self._admit_on(rec, worker)
-                    self._opening[target] = self._opening.get(target, 0) + 1  # counted until its actor runs
+                        target = await self.admission.admit_on(rec, worker)
                     try:
-                        await self.actors.start(rec, target, {"kind": "new"})
+                        with self.admission.opening(target):  # counted until its actor runs
+                            await self.actors.start(rec, target, {"kind": "new"})
                         break
                     except TransferError as exc:
                         # The worker died (or lost the actor) while the session started there:
@@ -294,10 +281,6 @@ class TurboserveScheduler(SchedulerPlugin):
                         failed.add(target)
                         logger.warning("session %s could not start on %s (%s); placing it again",
                                        rec.session_id, target, exc)
-                    finally:
-                        self._opening[target] -= 1
-                        if not self._opening[target]:
-                            del self._opening[target]
             except BaseException:
                 self._set(rec, SessionStatus.CLOSED)
                 raise
@@ -321,7 +304,7 @@ class TurboserveScheduler(SchedulerPlugin):
             # Pending: its recovery (or admission) has not taken the lock yet, or waits for a worker.
             if time.monotonic() > deadline:
                 raise CapacityExceeded(f"session {session_id!r} found no worker in {timeout} s; add workers")
-            await self._wait_change(0.1)
+            await self.admission.wait_change(0.1)
 
     async def pause(self, session_id: str) -> dict[str, Any]:
         """Idle on the device: the state stays, no chunk is produced."""
@@ -350,11 +333,11 @@ class TurboserveScheduler(SchedulerPlugin):
     async def resume(self, session_id: str, worker: str | None = None) -> dict[str, Any]:
         """Bring a suspended session back on a device (``worker``, or where placement says)."""
         if worker is not None:
-            self._check_worker(worker)
+            self.admission.check_worker(worker)
         async with self._lock(session_id):
             rec = self.registry.get(session_id)
             self._check_open(rec)
-            self._check_serves(rec, worker)
+            self.admission.check_serves(rec, worker)
             if rec.status is SessionStatus.SUSPENDED:
                 await self._resume_locked(rec, worker)
             elif worker is not None and worker != rec.worker:
@@ -370,13 +353,13 @@ class TurboserveScheduler(SchedulerPlugin):
         """
         if transport not in (None, *TRANSPORTS):
             raise InvalidRequest(f"unknown transport {transport!r}; expected one of {TRANSPORTS}")
-        self._check_worker(target)
-        if target in self._draining:
-            raise UnknownWorker(f"worker {target} is draining; pick another of {self._workers()}")
+        self.admission.check_worker(target)
+        if target in self.admission.draining:
+            raise UnknownWorker(f"worker {target} is draining; pick another of {self.admission.workers()}")
         async with self._lock(session_id):
             rec = self.registry.get(session_id)
             self._check_open(rec)
-            self._check_serves(rec, target)
+            self.admission.check_serves(rec, target)
             if rec.status is SessionStatus.SUSPENDED:
                 await self._resume_locked(rec, target)
             elif rec.worker != target:
@@ -390,15 +373,15 @@ class TurboserveScheduler(SchedulerPlugin):
         recovery is under way (that one places it as soon as capacity changes).
         """
         if worker is not None:
-            self._check_worker(worker)
+            self.admission.check_worker(worker)
         rec = self.registry.get(session_id)
-        self._check_serves(rec, worker)
+        self.admission.check_serves(rec, worker)
         if rec.status is not SessionStatus.PENDING or self._lock(session_id).locked():
             return self._location(rec)
         async with self._lock(session_id):
             if rec.status is not SessionStatus.PENDING:
                 return self._location(rec)
-            target = worker or await self._admit(rec)
+            target = worker or await self.admission.admit(rec)
             await self.actors.start(rec, target, {"kind": "store" if self.settings.store else "new"})
             self._set(rec, SessionStatus.ACTIVE)
             return self._location(rec)
@@ -430,14 +413,12 @@ class TurboserveScheduler(SchedulerPlugin):
         ``retire`` the worker stays marked draining (no session is placed on it) until
         it leaves or :meth:`undrain` puts it back in service.
         """
-        self._check_worker(worker)
+        self.admission.check_worker(worker)
         group = self.groups.group_of(worker) if self.groups is not None else None
         if group is not None:
-            from framework.errors import WorkerInGroup
-
             raise WorkerInGroup(f"worker {worker} is in parallel group {group.group_id!r} ({list(group.workers)}); "
                                 f"split it first: server.set_parallelism(1, {list(group.workers)})")
-        self._draining.add(worker)
+        self.admission.draining.add(worker)
         moved, suspended = [], []
         try:
             for rec in list(self.registry.on_worker(worker)):
@@ -446,7 +427,7 @@ class TurboserveScheduler(SchedulerPlugin):
                         continue
                     target = None
                     if rec.status in _ON_DEVICE:
-                        target = self._choose(rec, exclude={worker})
+                        target = self.admission.choose(rec, exclude={worker})
                     if target is not None:
                         await self._migrate_locked(rec, target)
                         moved.append(rec.session_id)
@@ -465,7 +446,7 @@ class TurboserveScheduler(SchedulerPlugin):
                 retired = worker in result
         finally:
             if worker not in self.scheduler.workers:
-                self._draining.discard(worker)
+                self.admission.draining.discard(worker)
         return {"moved": moved, "suspended": suspended, "retired": retired}
 
     def info(self, session_id: str) -> dict[str, Any]:
@@ -479,12 +460,13 @@ class TurboserveScheduler(SchedulerPlugin):
     def stats(self) -> dict[str, Any]:
         """Registry counts and latency figures, plus per-worker session counts."""
         load = self.registry.load(self.scheduler.workers)
-        return {**self.registry.stats(), "workers": load, "draining": sorted(self._draining),
+        return {**self.registry.stats(), "workers": load, "draining": sorted(self.admission.draining),
                 "settings": asdict(self.settings)}
 
     async def shutdown(self, release: bool = False) -> None:
         """Stop the control loop and background recovery (the cluster is closing); ``release`` drops every actor."""
-        self._closing = True
+        if self.admission is not None:
+            self.admission.close()
         if self.loop is not None:
             await self.loop.stop()
         for task in list(self._tasks):
@@ -551,7 +533,7 @@ class TurboserveScheduler(SchedulerPlugin):
 
     def worker_models(self) -> dict[str, frozenset[str] | None]:
         """The models each worker serves, from its ``model-*`` resources (None: any)."""
-        return {a: models_of(ws.resources) for a, ws in self.scheduler.workers.items()}
+        return self.admission.worker_models()
 
     def records(self) -> list[SessionRecord]:
         """The open sessions' records."""
@@ -588,7 +570,7 @@ class TurboserveScheduler(SchedulerPlugin):
 
     def undrain(self, worker: str) -> None:
         """Put a worker marked draining back in service (no-op if it is not draining)."""
-        self._draining.discard(worker)
+        self.admission.draining.discard(worker)
 
     # ------------------------------------------------------------ internals
 
@@ -608,25 +590,6 @@ class TurboserveScheduler(SchedulerPlugin):
             width=req.width, since_s=now, created_s=now, chunk_period_s=preset.frames_per_chunk / self.settings.fps,
         )
 
-    def _workers(self) -> list[str]:
-        return sorted(self.scheduler.workers)
-
-    def _check_worker(self, worker: str) -> None:
-        if worker not in self.scheduler.workers:
-            raise UnknownWorker(f"no worker {worker!r} in the cluster; known: {self._workers()}")
-        if self.groups is not None and worker in self.groups.followers():
-            from framework.errors import WorkerInGroup
-
-            group = self.groups.group_of(worker)
-            raise WorkerInGroup(f"worker {worker} follows in parallel group {group.group_id!r}: it takes no session "
-                                f"of its own; use its leader {group.leader}, or split it first: "
-                                f"server.set_parallelism(1, {list(group.workers)})")
-
-    def _check_serves(self, rec: SessionRecord, worker: str | None) -> None:
-        """``ModelNotServed`` when the named ``worker`` is outside the pool of ``rec``'s model."""
-        if worker is not None:
-            check_served(rec.model, self.worker_models(), worker)
-
     @staticmethod
     def _check_open(rec: SessionRecord) -> None:
         if rec.status is SessionStatus.CLOSED:
@@ -644,17 +607,10 @@ class TurboserveScheduler(SchedulerPlugin):
 
     def _kick(self) -> None:
         """Capacity, membership or a session changed: wake waiters and the control loop."""
-        if self._changed is not None:
-            self._changed.set()
+        if self.admission is not None:
+            self.admission.changed()
         if self.loop is not None:
             self.loop.kick()
-
-    async def _wait_change(self, timeout: float) -> None:
-        self._changed.clear()
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
 
     def _spawn_task(self, coro) -> None:
         task = asyncio.ensure_future(coro)  # plugin hooks run on the scheduler's event loop
@@ -665,71 +621,6 @@ class TurboserveScheduler(SchedulerPlugin):
         return {**rec.to_dict(), "actor_key": rec.actor_key, "fps": self.settings.fps,
                 "frames": get_preset(rec.model).frames_per_chunk}
 
-    def _choose(self, rec: SessionRecord, exclude: set[str] = frozenset()) -> str | None:
-        """The control loop's worker for ``rec`` (placed as if pending), or None.
-
-        Workers draining, left out by ``exclude`` or at ``max-sessions-per-worker`` are not offered.
-        """
-        cap = self.settings.max_sessions_per_worker
-        full = {a for a, n in self._load().items() if n >= cap and a != rec.worker}
-        followers = self.groups.followers() if self.groups is not None else set()
-        return self.loop.choose(rec.session_id, set(exclude) | self._draining | full | followers, max_sessions=cap)
-
-    async def _admit(self, rec: SessionRecord, exclude: set[str] = frozenset()) -> str:
-        """A worker for a new or resumed session, per ``admission.on-full`` (``exclude``: not these, if others fit)."""
-        deadline = time.monotonic() + self.settings.queue_timeout_s
-        while True:
-            target = self._choose(rec, exclude=set(exclude)) or (self._choose(rec) if exclude else None)
-            if target is not None:
-                return target
-            full = (
-                f"no worker can take session {rec.session_id!r}: {len(self.scheduler.workers)} workers, "
-                f"{self.settings.max_sessions_per_worker} sessions each at most"
-            )
-            # A worker still loading its model will take it: wait (the warm-up timeout bounds it).
-            warming = bool(self.warmup.cold())
-            if self.settings.on_full == "refuse" and not warming:
-                raise CapacityExceeded(f"{full}; close or suspend sessions, or add workers")
-            if (time.monotonic() >= deadline and not warming) or self._closing:
-                raise CapacityExceeded(f"{full}; waited {self.settings.queue_timeout_s} s in the admission queue")
-            await self._wait_change(max(0.0, min(1.0, deadline - time.monotonic())))
-
-    def _load(self) -> dict[str, int]:
-        """Sessions per worker for admission: those it holds and those being opened there."""
-        load = self.registry.load(self.scheduler.workers)
-        for worker, n in self._opening.items():
-            if worker in load:
-                load[worker] += n
-        return load
-
-    async def _admit_on(self, rec: SessionRecord, worker: str) -> str:
-        """``worker``, named by the caller, once it may take ``rec`` (per ``admission.on-full``).
-
-        The same rules as :meth:`_admit` for one worker: a worker that is draining or
-        follows in a parallel group is refused at once; one at ``max-sessions-per-worker``
-        is refused (``on-full: refuse``) or waited for until ``queue-timeout-s``
-        (``queue``), both with a :class:`CapacityExceeded` that says what to do.
-        """
-        cap = self.settings.max_sessions_per_worker
-        deadline = time.monotonic() + self.settings.queue_timeout_s
-        while True:
-            self._check_worker(worker)  # it may have left, or joined a group, while the open waited
-            if worker in self._draining:
-                raise UnknownWorker(f"worker {worker} is draining and takes no new session; name another of "
-                                    f"{self._workers()}, or none (placement picks)")
-            n = self._load().get(worker, 0)
-            if n < cap:
-                return worker
-            full = (f"worker {worker} holds {n} sessions, its maximum (turboserve.admission.max-sessions-per-worker "
-                    f"= {cap}); close or suspend sessions there, name another worker, or none (placement picks)")
-            if self.settings.on_full == "refuse":
-                raise CapacityExceeded(f"cannot open session {rec.session_id!r}: {full}")
-            if time.monotonic() >= deadline or self._closing:
-                raise CapacityExceeded(f"cannot open session {rec.session_id!r}: {full}; waited "
-                                       f"{self.settings.queue_timeout_s} s in the admission queue "
-                                       "(turboserve.admission.queue-timeout-s)")
-            await self._wait_change(max(0.0, min(1.0, deadline - time.monotonic())))
-
     async def _migrate_locked(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
         try:
             await self.actors.migrate(rec, target, transport)
@@ -738,11 +629,7 @@ class TurboserveScheduler(SchedulerPlugin):
                 # The source handed its state over and the target never took it: bring the
                 # session back from its checkpoint (generation is deterministic).
                 logger.warning("%s; recovering session %s from its checkpoint", exc, rec.session_id)
-                prior = rec.status
-                self.actors.release(rec)
-                rec.worker = None
-                self._set(rec, SessionStatus.PENDING)
-                self._spawn_task(self._recover(rec.session_id, prior))
+                self.recovery.restart(rec)
             raise
 
     async def _suspend_locked(self, rec: SessionRecord, tier: str) -> None:
@@ -772,40 +659,15 @@ class TurboserveScheduler(SchedulerPlugin):
             return
         failed: set[str] = set()
         for attempt in range(OPEN_ATTEMPTS):
-            target = await self._admit(rec, exclude=failed)
+            target = await self.admission.admit(rec, exclude=failed)
             try:
                 await self.actors.resume(rec, target)
                 return
             except TransferError as exc:
-                if attempt == OPEN_ATTEMPTS - 1 or self._closing:
+                if attempt == OPEN_ATTEMPTS - 1 or self.admission.closing:
                     raise
                 failed.add(target)
                 logger.warning("resuming session %s on %s failed (%s); placing it again", rec.session_id, target, exc)
-
-    async def _recover(self, session_id: str, prior: SessionStatus) -> None:
-        async with self._lock(session_id):
-            rec = self.registry.get(session_id)
-            if rec.status is SessionStatus.CLOSED or (rec.actor_key and rec.worker in self.scheduler.workers):
-                return  # closed meanwhile, or a move that held the lock landed it somewhere alive
-            self._set(rec, SessionStatus.PENDING)
-            failed: set[str] = set()
-            while not self._closing:
-                target = self._choose(rec, exclude=failed)
-                if target is None:
-                    await self._wait_change(1.0)
-                    failed.clear()
-                    continue
-                try:
-                    await self.actors.start(rec, target, {"kind": "store"})
-                    break
-                except Exception:
-                    logger.warning("recovering session %s on %s failed", session_id, target, exc_info=True)
-                    failed.add(target)
-            else:
-                return
-            rec.recoveries += 1
-            rec.tier = None
-            self._set(rec, SessionStatus.ACTIVE if prior is SessionStatus.ACTIVE else SessionStatus.IDLE)
 
     def _on_metrics(self, worker: str | None = None, rows: list | None = None, **kw: Any) -> None:
         rows = rows or ()

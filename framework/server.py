@@ -96,7 +96,7 @@ class Server:
     max_batch, batching, checkpoint_every : optional
         Engine knobs (``turboserve.engine.*``, ``turboserve.state.checkpoint-every``).
     **settings
-        Further :class:`~framework.scheduler_plugin.ServingSettings` fields
+        Further :class:`~framework.serving_settings.ServingSettings` fields
         (``placement``, ``on_full``, ``max_sessions_per_worker``, ``offload_tier``, ...).
 
     control : bool, optional
@@ -237,7 +237,7 @@ class Server:
         model, store, max_batch, batching, checkpoint_every
             As for :class:`Server`.
         settings : dict, optional
-            Further :class:`~framework.scheduler_plugin.ServingSettings` fields.
+            Further :class:`~framework.serving_settings.ServingSettings` fields.
         adaptive : bool, optional
             Run the closed control loop and session-aware autoscaling (:meth:`adapt`,
             bounds ``turboserve.autoscale.minimum``/``maximum``; with GPUs at most one

@@ -198,9 +198,9 @@ def test_a_scale_out_puts_a_drained_worker_back_in_service_before_asking_for_new
     def drained_then_scale_out(c):
         c.retiring.add(worker)
         c.drained.add(worker)
-        c.mechanisms._draining.add(worker)  # as the runtime's drain(retire=False) leaves it
+        c.mechanisms.admission.draining.add(worker)  # as the runtime's drain(retire=False) leaves it
         (decision,) = c.apply(ScaleTo(3, cause="test"))
-        return decision, worker in c.retiring, worker in c.mechanisms._draining
+        return decision, worker in c.retiring, worker in c.mechanisms.admission.draining
 
     decision, retiring, draining = on_controller(server, drained_then_scale_out)
     assert decision.accepted and f"kept drained ['{worker}'] in service" in decision.reason

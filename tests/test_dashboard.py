@@ -227,7 +227,8 @@ def test_no_dashboard_means_no_page():
 def _frame_of_a_plugin(dask_scheduler):
     """Build a frame from a real (unstarted) turboserve plugin with a few records."""
     from framework.dashboard.source import plugin_frame
-    from framework.scheduler_plugin import ServingSettings, TurboserveScheduler
+    from framework.scheduler_plugin import TurboserveScheduler
+    from framework.serving_settings import ServingSettings
 
     plugin = TurboserveScheduler(ServingSettings())
     worker = next(iter(dask_scheduler.workers))

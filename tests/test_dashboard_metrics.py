@@ -115,3 +115,18 @@ def test_metrics_move_while_sessions_stream_suspend_and_migrate():
                                    "dask_turboserve_offloads", "dask_turboserve_chunks")} == {"counter"}
         a.close()
         b.close()
+
+
+def test_workers_the_plugin_drains_are_counted_draining():
+    """The workers gauge reads the plugin's draining set from its admission (no cluster needed)."""
+    from types import SimpleNamespace
+
+    from framework.dashboard.metrics import TurboserveCollector
+    from framework.registry import PLUGIN_NAME, SessionRegistry
+
+    running = SimpleNamespace(status=SimpleNamespace(name="running"))
+    plugin = SimpleNamespace(registry=SessionRegistry(), admission=SimpleNamespace(draining={"w2"}))
+    scheduler = SimpleNamespace(plugins={PLUGIN_NAME: plugin}, workers={"w1": running, "w2": running})
+    (gauge,) = [f for f in TurboserveCollector(scheduler).collect() if f.name.endswith("turboserve_workers")]
+    assert {s.labels["state"]: s.value for s in gauge.samples} == {"running": 1, "paused": 0, "draining": 1,
+                                                                   "closing": 0}

@@ -72,7 +72,9 @@ def test_workers_holding_sessions_are_not_offered_for_downscaling(server):
     s = server.open_session(PROMPT, seed=13)
 
     def closable(dask_scheduler):
-        plugin = dask_scheduler.plugins["turboserve"]
+        from framework.registry import PLUGIN_NAME
+
+        plugin = dask_scheduler.plugins[PLUGIN_NAME]
         valid = plugin.valid_workers_downscaling(dask_scheduler, list(dask_scheduler.workers.values()))
         return [ws.address for ws in valid], list(dask_scheduler.workers_to_close(n=len(dask_scheduler.workers)))
 

@@ -163,7 +163,8 @@ class TurboserveCollector:
         yield sessions
 
         workers = GaugeMetricFamily(self._name("workers"), "Dask workers by turboserve state.", labels=["state"])
-        draining = set(getattr(plugin, "_draining", ()))
+        admission = getattr(plugin, "admission", None)  # None until the plugin started
+        draining = set(admission.draining) if admission is not None else set()
         states: dict[str, int] = {"running": 0, "paused": 0, "draining": 0, "closing": 0}
         for addr, ws in scheduler.workers.items():
             if addr in draining:

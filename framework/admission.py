@@ -1,0 +1,188 @@
+"""Admission on the scheduler: which worker a session may start on, and waiting for one.
+
+:class:`Admission` is the one gate of the scheduler plugin's open, resume, place and
+recovery paths and of the targets of a drain. It keeps what the control loop does not
+see yet: the workers marked draining and the sessions being opened on each worker
+(admitted, actor not started). A worker is offered when it is in the cluster, not
+draining, not a follower in a parallel group, and below
+``turboserve.admission.max-sessions-per-worker`` (counting the sessions being opened
+there); among those the control loop chooses (:meth:`ControlLoop.choose
+<framework.controller.ControlLoop.choose>`: the same placement policy, snapshot and
+ledger as its ticks). When none fits, ``turboserve.admission.on-full`` says whether the
+request is refused or waits (up to ``queue-timeout-s``) for capacity to change
+(:meth:`Admission.changed`).
+
+Its owner is :class:`~framework.scheduler_plugin.TurboserveScheduler`;
+:class:`~framework.recovery.Recovery` asks it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Collection, Iterator
+from typing import Any
+
+from framework.controller import ControlLoop
+from framework.errors import WorkerInGroup
+from framework.model_pools import check_served, models_of
+from framework.parallelism import ParallelGroups
+from framework.registry import SessionRecord, SessionRegistry
+from framework.serving_settings import ServingSettings
+from framework.warmup import Warmup
+from workers.errors import CapacityExceeded, UnknownWorker
+
+__all__ = ["Admission"]
+
+
+class Admission:
+    """Where a new, resumed or recovered session may start (see the module docstring).
+
+    Parameters
+    ----------
+    scheduler
+        The Dask scheduler (its ``workers``).
+    registry : SessionRegistry
+    settings : ServingSettings
+        ``max_sessions_per_worker``, ``on_full``, ``queue_timeout_s``.
+    warmup : Warmup
+        Workers still loading their model (a full cluster waits for them).
+    groups : ParallelGroups or None
+        Parallel groups (their followers take no session of their own).
+    loop : callable
+        The control loop now (the plugin builds a new one when its settings change).
+    """
+
+    def __init__(self, scheduler: Any, registry: SessionRegistry, settings: ServingSettings, warmup: Warmup,
+                 groups: ParallelGroups | None, loop: Callable[[], ControlLoop]) -> None:
+        self.scheduler = scheduler
+        self.registry = registry
+        self.settings = settings
+        self.warmup = warmup
+        self.groups = groups
+        self._loop = loop
+        self.draining: set[str] = set()  # workers that take no new session
+        self.closing = False  # the cluster is going away: waiters give up
+        self._opening: dict[str, int] = {}  # worker -> sessions admitted there whose actor has not started yet
+        self._changed = asyncio.Event()  # capacity or membership changed
+
+    # ------------------------------------------------------------ waiting for capacity
+
+    def changed(self) -> None:
+        """Capacity, membership or a session changed: wake the requests that wait."""
+        self._changed.set()
+
+    async def wait_change(self, timeout: float) -> None:
+        """Until :meth:`changed` is called or ``timeout`` seconds pass."""
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def close(self) -> None:
+        """Stop admitting: waiting requests end with :class:`CapacityExceeded`."""
+        self.closing = True
+        self.changed()
+
+    # ------------------------------------------------------------ the rules
+
+    def workers(self) -> list[str]:
+        """The workers in the cluster, sorted (for messages)."""
+        return sorted(self.scheduler.workers)
+
+    def worker_models(self) -> dict[str, frozenset[str] | None]:
+        """The models each worker serves, from its ``model-*`` resources (None: any)."""
+        return {a: models_of(ws.resources) for a, ws in self.scheduler.workers.items()}
+
+    def check_worker(self, worker: str) -> None:
+        """:class:`UnknownWorker` if ``worker`` left; :class:`WorkerInGroup` if it follows in a parallel group."""
+        if worker not in self.scheduler.workers:
+            raise UnknownWorker(f"no worker {worker!r} in the cluster; known: {self.workers()}")
+        if self.groups is not None and worker in self.groups.followers():
+            group = self.groups.group_of(worker)
+            raise WorkerInGroup(f"worker {worker} follows in parallel group {group.group_id!r}: it takes no session "
+                                f"of its own; use its leader {group.leader}, or split it first: "
+                                f"server.set_parallelism(1, {list(group.workers)})")
+
+    def check_serves(self, rec: SessionRecord, worker: str | None) -> None:
+        """``ModelNotServed`` when the named ``worker`` is outside the pool of ``rec``'s model."""
+        if worker is not None:
+            check_served(rec.model, self.worker_models(), worker)
+
+    def load(self) -> dict[str, int]:
+        """Sessions per worker for admission: those it holds and those being opened there."""
+        load = self.registry.load(self.scheduler.workers)
+        for worker, n in self._opening.items():
+            if worker in load:
+                load[worker] += n
+        return load
+
+    @contextlib.contextmanager
+    def opening(self, worker: str) -> Iterator[None]:
+        """Count a session admitted on ``worker`` until its actor started (or failed to)."""
+        self._opening[worker] = self._opening.get(worker, 0) + 1
+        try:
+            yield
+        finally:
+            self._opening[worker] -= 1
+            if not self._opening[worker]:
+                del self._opening[worker]
+
+    def choose(self, rec: SessionRecord, exclude: Collection[str] = frozenset()) -> str | None:
+        """The control loop's worker for ``rec`` (placed as if pending), or None.
+
+        Workers draining, left out by ``exclude`` or at ``max-sessions-per-worker`` are not offered.
+        """
+        cap = self.settings.max_sessions_per_worker
+        full = {a for a, n in self.load().items() if n >= cap and a != rec.worker}
+        followers = self.groups.followers() if self.groups is not None else set()
+        return self._loop().choose(rec.session_id, set(exclude) | self.draining | full | followers, max_sessions=cap)
+
+    async def admit(self, rec: SessionRecord, exclude: Collection[str] = frozenset()) -> str:
+        """A worker for a new or resumed session, per ``admission.on-full`` (``exclude``: not these, if others fit)."""
+        deadline = time.monotonic() + self.settings.queue_timeout_s
+        while True:
+            target = self.choose(rec, exclude=set(exclude)) or (self.choose(rec) if exclude else None)
+            if target is not None:
+                return target
+            full = (
+                f"no worker can take session {rec.session_id!r}: {len(self.scheduler.workers)} workers, "
+                f"{self.settings.max_sessions_per_worker} sessions each at most"
+            )
+            # A worker still loading its model will take it: wait (the warm-up timeout bounds it).
+            warming = bool(self.warmup.cold())
+            if self.settings.on_full == "refuse" and not warming:
+                raise CapacityExceeded(f"{full}; close or suspend sessions, or add workers")
+            if (time.monotonic() >= deadline and not warming) or self.closing:
+                raise CapacityExceeded(f"{full}; waited {self.settings.queue_timeout_s} s in the admission queue")
+            await self.wait_change(max(0.0, min(1.0, deadline - time.monotonic())))
+
+    async def admit_on(self, rec: SessionRecord, worker: str) -> str:
+        """``worker``, named by the caller, once it may take ``rec`` (per ``admission.on-full``).
+
+        The same rules as :meth:`admit` for one worker: a worker that is draining or
+        follows in a parallel group is refused at once; one at ``max-sessions-per-worker``
+        is refused (``on-full: refuse``) or waited for until ``queue-timeout-s``
+        (``queue``), both with a :class:`CapacityExceeded` that says what to do.
+        """
+        cap = self.settings.max_sessions_per_worker
+        deadline = time.monotonic() + self.settings.queue_timeout_s
+        while True:
+            self.check_worker(worker)  # it may have left, or joined a group, while the open waited
+            if worker in self.draining:
+                raise UnknownWorker(f"worker {worker} is draining and takes no new session; name another of "
+                                    f"{self.workers()}, or none (placement picks)")
+            n = self.load().get(worker, 0)
+            if n < cap:
+                return worker
+            full = (f"worker {worker} holds {n} sessions, its maximum (turboserve.admission.max-sessions-per-worker "
+                    f"= {cap}); close or suspend sessions there, name another worker, or none (placement picks)")
+            if self.settings.on_full == "refuse":
+                raise CapacityExceeded(f"cannot open session {rec.session_id!r}: {full}")
+            if time.monotonic() >= deadline or self.closing:
+                raise CapacityExceeded(f"cannot open session {rec.session_id!r}: {full}; waited "
+                                       f"{self.settings.queue_timeout_s} s in the admission queue "
+                                       "(turboserve.admission.queue-timeout-s)")
+            await self.wait_change(max(0.0, min(1.0, deadline - time.monotonic())))
