@@ -260,6 +260,8 @@ def default_policy_params(
             "min_gain": float(config.get("control.migration-gain")),
             "rebalance_above_slo": bool(config.get("control.rebalance-above-slo")),
             "keep_idle_slots": bool(config.get("control.keep-idle-slots")),
+            # one fact: as long as the autoscaler pays for a kept slot, no newcomer takes it
+            "keep_idle_s": _optional_seconds(config.get("autoscale.provision-idle-s")),
             "max_drain_migrations": int(config.get("control.max-drain-migrations")),
         }
     if autoscaling == "hpa":

@@ -69,14 +69,16 @@ class HeapChooser:
     ``held`` maps a worker's address to batch slots that are not free although no
     session computes in them (slots kept for idle sessions resident there, see
     :class:`MigrationAware`); a worker has room while ``n_active + held < max_batch``.
-    The caller changes ``held`` in place and then calls :meth:`refresh`.
+    The caller changes ``held`` in place and then calls :meth:`refresh`. ``incoming``
+    counts the batch slots of starting workers not yet spoken for (set and spent by
+    the caller: a new session may wait for one of them instead of taking a held slot).
 
     ``pick(..., model=m)`` skips workers that do not serve ``m`` (``WorkerView.serves``);
     when no worker names its models (the common case) the check costs nothing, and
     otherwise misses are remembered per model.
     """
 
-    __slots__ = ("_key", "_heap", "_min_failed", "_share", "held", "_pooled", "_failed_by_model")
+    __slots__ = ("_key", "_heap", "_min_failed", "_share", "held", "incoming", "_pooled", "_failed_by_model")
 
     def __init__(
         self, loads: Any, key: Callable[[WorkerLoad], tuple], memory_share: float = 1.0,
@@ -85,6 +87,7 @@ class HeapChooser:
         self._key = key
         self._share = memory_share
         self.held: dict[str, int] = {} if held is None else held
+        self.incoming = 0
         hold = self.held.get
         self._heap = [
             (*key(ld), ld.address, ld.version, ld)
@@ -229,8 +232,12 @@ class _PlacementPolicy(LedgerPolicy):
 
     def _make_room(
         self, ledger: CapacityLedger, chooser: _Chooser, nbytes: int, actions: list[Action], model: str,
+        returning: bool = False,
     ) -> WorkerLoad | None:
-        """A worker for a pending ``model`` session none has room for, after freeing a slot (none by default)."""
+        """A worker for a pending ``model`` session none has room for, after freeing a slot (none by default).
+
+        ``returning``: the session comes back with its state (not a new session).
+        """
         return None
 
     def ledger(self, snap: Snapshot) -> CapacityLedger:
@@ -255,7 +262,7 @@ class _PlacementPolicy(LedgerPolicy):
                 nbytes = reserve(s)
             load = pick(nbytes, None, s.model)
             if load is None:
-                load = self._make_room(ledger, chooser, nbytes, actions, s.model)
+                load = self._make_room(ledger, chooser, nbytes, actions, s.model, returning=s.state_bytes > 0)
             if load is None:
                 if refuse and s.state_bytes == 0:
                     acted.add(sid)
@@ -384,6 +391,14 @@ class MigrationAware(_PlacementPolicy):
         in-stream chunk. When no worker has a free slot, a pending session takes a kept
         one and the idle session holding it is offloaded to host memory in the same
         decision (the longest idle first), so it comes back through placement.
+    keep_idle_s
+        With ``keep_idle_slots``: how long into its idle spell a session's slot is
+        protected from *new* sessions (a session coming back with its state may take
+        any kept slot). ``None`` (default): the worker start-up time of the snapshot,
+        the time for which the load-driven autoscaler provisions the slot
+        (``provision_idle_s``); a newcomer that finds only protected slots waits for the
+        capacity being provisioned for it, instead of evicting a session likely to come
+        back (whose return would then wait for a slot: the resume-wait tail).
     **kwargs
         ``on_full``, ``new_session_bytes``, ``max_drain_migrations`` as for every
         placement policy.
@@ -400,9 +415,13 @@ class MigrationAware(_PlacementPolicy):
         horizon_chunks: float = 4.0,
         rebalance_above_slo: bool = False,
         keep_idle_slots: bool = False,
+        keep_idle_s: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if keep_idle_s is not None and not keep_idle_s >= 0:
+            raise ValueError(f"keep_idle_s must be >= 0 or None, got {keep_idle_s!r}")
+        self.keep_idle_s = None if keep_idle_s is None else float(keep_idle_s)
         self.rebalance_above_slo = bool(rebalance_above_slo)
         self.keep_idle_slots = bool(keep_idle_slots)
         if not horizon_chunks >= 1:
@@ -428,15 +447,29 @@ class MigrationAware(_PlacementPolicy):
         held = None
         if self.keep_idle_slots:
             held = {ld.address: len(ld.idle) for ld in ledger.loads.values() if ld.idle and ld.view.status is _RUNNING}
-        return HeapChooser(ledger.loads.values(), ledger.latency_plus_key(), held=held)
+        chooser = HeapChooser(ledger.loads.values(), ledger.latency_plus_key(), held=held)
+        if self.keep_idle_slots:
+            chooser.incoming = sum(max(0, ld.view.max_batch - ld.n_active) for ld in ledger.loads.values()
+                                   if ld.view.status is _STARTING)
+        return chooser
 
     def _make_room(
         self, ledger: CapacityLedger, chooser: _Chooser, nbytes: int, actions: list[Action], model: str,
+        returning: bool = False,
     ) -> WorkerLoad | None:
-        """Free a kept slot (``keep_idle_slots``): offload the longest-idle session of the best worker."""
+        """Free a kept slot (``keep_idle_slots``): offload the longest-idle session of the best worker.
+
+        While starting workers have slots not yet spoken for, a new session waits for
+        one of them rather than take the slot of a session idle for less than
+        ``keep_idle_s`` (which may come back any moment); a returning session, or a new
+        one when no capacity is on its way, takes any slot idle for two chunk periods.
+        """
         if not self.keep_idle_slots or not isinstance(chooser, HeapChooser) or not chooser.held:
             return None
         held, acted, now = chooser.held, ledger.acted, ledger.snap.now_s
+        protect = 0.0
+        if not returning and chooser.incoming > 0:
+            protect = ledger.snap.worker_startup_s if self.keep_idle_s is None else self.keep_idle_s
         best, best_key, victim = None, None, None
         key = ledger.latency_plus_key()
         for address, n in held.items():
@@ -449,7 +482,8 @@ class MigrationAware(_PlacementPolicy):
                 continue
             # A session idle for less than two chunk periods may still have its last
             # chunk in flight (an offload would be refused): it keeps its slot.
-            idle = [s for s in load.idle if s.session_id not in acted and now - s.since_s >= 2.0 * s.chunk_period_s]
+            idle = [s for s in load.idle if s.session_id not in acted
+                    and now - s.since_s >= max(2.0 * s.chunk_period_s, protect)]
             if not idle:
                 continue
             oldest = min(idle, key=_idle_rank)
@@ -457,6 +491,8 @@ class MigrationAware(_PlacementPolicy):
             if best_key is None or k < best_key:
                 best, best_key, victim = load, k, oldest
         if best is None or victim is None:
+            if protect > 0:
+                chooser.incoming -= 1  # it waits for a starting worker's slot
             return None
         acted.add(victim.session_id)
         held[best.address] -= 1

@@ -380,6 +380,66 @@ def test_a_session_idle_for_less_than_two_chunk_periods_is_not_evicted():
     assert actions == []
 
 
+# A kept slot is the idle session's for one start-up time (keep_idle_s, by default the
+# snapshot's worker start-up: the time the load-driven autoscaler pays for it). While a
+# starting worker has a slot for it, a newcomer waits for that slot instead of evicting
+# a session likely to come back; a returning session (it has state) is present demand
+# and takes a kept slot at once.
+
+
+def _full_cluster_with_a_starting_worker(slots_coming: int = 1) -> list[WorkerView]:
+    return [WorkerView("w1", max_batch=1), WorkerView("new", status=WorkerStatus.STARTING, max_batch=slots_coming)]
+
+
+def test_a_newcomer_waits_for_a_starting_worker_rather_than_evict_a_recently_idle_session():
+    snap = snapshot(_full_cluster_with_a_starting_worker(), [idle("back-soon", "w1", since_s=90.0), pending("new")],
+                    now_s=100.0, worker_startup_s=60.0)
+    actions, _ = decide(make("placement", "migration-aware", keep_idle_slots=True), snap)
+    assert actions == []
+
+
+def test_with_no_capacity_on_its_way_the_newcomer_takes_the_kept_slot():
+    snap = snapshot([WorkerView("w1", max_batch=1)], [idle("back-soon", "w1", since_s=90.0), pending("new")],
+                    now_s=100.0, worker_startup_s=60.0)
+    actions, _ = decide(make("placement", "migration-aware", keep_idle_slots=True), snap)
+    assert [(type(a).__name__, a.session_id) for a in actions] == [("Offload", "back-soon"), ("Place", "new")]
+
+
+def test_a_slot_idle_for_longer_than_keep_idle_s_goes_to_a_newcomer_even_with_capacity_coming():
+    snap = snapshot(_full_cluster_with_a_starting_worker(), [idle("gone", "w1", since_s=30.0), pending("new")],
+                    now_s=100.0, worker_startup_s=60.0)
+    actions, _ = decide(make("placement", "migration-aware", keep_idle_slots=True), snap)
+    assert [(type(a).__name__, a.session_id) for a in actions] == [("Offload", "gone"), ("Place", "new")]
+    # keep_idle_s overrides the start-up time
+    keep = make("placement", "migration-aware", keep_idle_slots=True, keep_idle_s=120.0)
+    assert decide(keep, snap)[0] == []
+
+
+def test_a_returning_session_takes_a_recently_kept_slot_at_once():
+    snap = snapshot(_full_cluster_with_a_starting_worker(),
+                    [idle("back-soon", "w1", since_s=90.0), pending("returning", nbytes=GiB)],
+                    now_s=100.0, worker_startup_s=60.0)
+    actions, _ = decide(make("placement", "migration-aware", keep_idle_slots=True), snap)
+    assert [(type(a).__name__, a.session_id) for a in actions] == [("Offload", "back-soon"), ("Place", "returning")]
+
+
+def test_only_as_many_newcomers_wait_as_starting_slots_are_coming():
+    workers = [WorkerView("w1", max_batch=1), WorkerView("w2", max_batch=1),
+               WorkerView("new", status=WorkerStatus.STARTING, max_batch=1)]
+    sessions = [idle("a", "w1", since_s=90.0), idle("b", "w2", since_s=95.0),
+                pending("first", since_s=1.0), pending("second", since_s=2.0)]
+    actions, _ = decide(make("placement", "migration-aware", keep_idle_slots=True),
+                        snapshot(workers, sessions, now_s=100.0, worker_startup_s=60.0))
+    # the first newcomer is counted against the starting worker's one slot; the second
+    # finds none coming and takes the longest-idle kept slot
+    assert [(type(a).__name__, a.session_id) for a in actions] == [("Offload", "a"), ("Place", "second")]
+
+
+def test_keep_idle_s_must_not_be_negative():
+    with pytest.raises(ValueError, match="keep_idle_s"):
+        make("placement", "migration-aware", keep_idle_slots=True, keep_idle_s=-1.0)
+
+
 def test_kept_slots_never_leave_a_worker_with_more_resident_sessions_than_batch_slots():
     # After one decision, no worker has more active + kept-idle sessions than max_batch,
     # whatever mix of idle, active and pending sessions it started from (when it started within it).
