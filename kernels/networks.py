@@ -32,6 +32,23 @@ from .transformer import CausalWanTransformer3DModel
 #: File that :func:`save` writes next to the diffusers folders.
 MODEL_CONFIG_NAME = "turboserve_model.json"
 
+#: The one mapping between a preset's fields and diffusers' config arguments:
+#: ``(ModelPreset field, CausalWanTransformer3DModel argument)``; the VAE's arguments are
+#: :class:`~kernels.presets.VaeGeometry`'s fields under the same names.
+TRANSFORMER_FIELDS = (
+    ("num_layers", "num_layers"),
+    ("num_heads", "num_attention_heads"),
+    ("head_dim", "attention_head_dim"),
+    ("ffn_dim", "ffn_dim"),
+    ("latent_channels", "in_channels"),
+    ("text_dim", "text_dim"),
+    ("freq_dim", "freq_dim"),
+    ("patch_size", "patch_size"),
+)
+VAE_FIELDS = tuple(f.name for f in dataclasses.fields(VaeGeometry))
+#: Transformer arguments every preset shares (Wan2.1's).
+_TRANSFORMER_FIXED = {"cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6}
+
 
 class Networks(NamedTuple):
     """A model's networks and what they were made for (``text_encoder`` None: the default)."""
@@ -44,20 +61,9 @@ class Networks(NamedTuple):
 
 def build_transformer(preset: ModelPreset) -> CausalWanTransformer3DModel:
     """A randomly initialised transformer of the preset's geometry (current device)."""
-    return CausalWanTransformer3DModel(
-        patch_size=tuple(preset.patch_size),
-        num_attention_heads=preset.num_heads,
-        attention_head_dim=preset.head_dim,
-        in_channels=preset.latent_channels,
-        out_channels=preset.latent_channels,
-        text_dim=preset.text_dim,
-        freq_dim=preset.freq_dim,
-        ffn_dim=preset.ffn_dim,
-        num_layers=preset.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-    )
+    config = {arg: getattr(preset, field) for field, arg in TRANSFORMER_FIELDS}
+    config["patch_size"] = tuple(config["patch_size"])
+    return CausalWanTransformer3DModel(**config, out_channels=preset.latent_channels, **_TRANSFORMER_FIXED)
 
 
 def build_vae(preset: ModelPreset, **config: Any) -> AutoencoderKLWan:
@@ -65,17 +71,9 @@ def build_vae(preset: ModelPreset, **config: Any) -> AutoencoderKLWan:
 
     ``config`` adds or overrides ``AutoencoderKLWan`` arguments (``latents_mean``...).
     """
-    g = preset.vae
-    return AutoencoderKLWan(
-        **{
-            "base_dim": g.base_dim,
-            "z_dim": g.z_dim,
-            "dim_mult": list(g.dim_mult),
-            "num_res_blocks": g.num_res_blocks,
-            "temperal_downsample": list(g.temperal_downsample),
-            **config,
-        }
-    )
+    geometry = {name: getattr(preset.vae, name) for name in VAE_FIELDS}
+    geometry = {k: list(v) if isinstance(v, tuple) else v for k, v in geometry.items()}
+    return AutoencoderKLWan(**{**geometry, **config})
 
 
 def seeded(preset: ModelPreset, device: str | torch.device, weights_seed: int) -> Networks:
@@ -164,33 +162,14 @@ def _preset_from_json(data: dict[str, Any]) -> ModelPreset:
 
 
 def _infer_preset(transformer: CausalWanTransformer3DModel, vae: AutoencoderKLWan) -> ModelPreset:
-    """The known preset with this geometry, else a ``custom`` one built from the configs."""
-    c = transformer.config
+    """The known preset with this geometry (every field of the two tables), else a ``custom`` one."""
+
+    def plain(v: Any) -> Any:
+        return tuple(v) if isinstance(v, (list, tuple)) else v
+
+    fields = {field: plain(transformer.config[arg]) for field, arg in TRANSFORMER_FIELDS}
+    geometry = VaeGeometry(**{name: plain(vae.config[name]) for name in VAE_FIELDS})
     for preset in PRESETS.values():
-        if (
-            preset.num_layers == c.num_layers
-            and preset.num_heads == c.num_attention_heads
-            and preset.head_dim == c.attention_head_dim
-            and preset.ffn_dim == c.ffn_dim
-            and preset.text_dim == c.text_dim
-            and preset.vae.base_dim == vae.config.base_dim
-        ):
+        if preset.vae == geometry and all(plain(getattr(preset, f)) == v for f, v in fields.items()):
             return preset
-    return ModelPreset(
-        name="custom",
-        num_layers=c.num_layers,
-        num_heads=c.num_attention_heads,
-        head_dim=c.attention_head_dim,
-        ffn_dim=c.ffn_dim,
-        latent_channels=c.in_channels,
-        text_dim=c.text_dim,
-        freq_dim=c.freq_dim,
-        patch_size=tuple(c.patch_size),
-        vae=VaeGeometry(
-            base_dim=vae.config.base_dim,
-            z_dim=vae.config.z_dim,
-            dim_mult=tuple(vae.config.dim_mult),
-            num_res_blocks=vae.config.num_res_blocks,
-            temperal_downsample=tuple(vae.config.temperal_downsample),
-        ),
-    )
+    return ModelPreset(name="custom", vae=geometry, **fields)

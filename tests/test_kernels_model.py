@@ -219,3 +219,28 @@ def test_denoise_steps_override(model):
     for bad in (0, -1, 2.5, True, "4"):
         with pytest.raises(ValueError, match="denoise_steps must be a positive integer"):
             model.step([model.new_session("x", seed=0, height=SMALL, width=SMALL)], denoise_steps=bad)
+
+
+def test_a_checkpoint_of_another_geometry_loads_as_a_custom_preset_with_every_field_of_its_configs(tmp_path):
+    """The preset <-> diffusers field table reads back what it wrote, and only a full match is a known preset."""
+    import dataclasses
+
+    from kernels.networks import (
+        TRANSFORMER_FIELDS,
+        Networks,
+        build_transformer,
+        build_vae,
+        load,
+        save,
+    )
+    from kernels.presets import get_preset
+
+    tiny = get_preset("tiny")
+    other = dataclasses.replace(tiny, name="other", freq_dim=tiny.freq_dim * 2,
+                                vae=dataclasses.replace(tiny.vae, z_dim=tiny.vae.z_dim * 2))
+    save(tmp_path / "m", Networks(build_transformer(other), build_vae(other), other))
+    (tmp_path / "m" / "turboserve_model.json").unlink()  # a plain diffusers folder
+    loaded = load(tmp_path / "m").preset
+    assert loaded.name == "custom"  # same layers, heads, widths as tiny, another freq_dim and VAE
+    assert loaded.vae == other.vae
+    assert all(getattr(loaded, f) == getattr(other, f) for f, _ in TRANSFORMER_FIELDS)
