@@ -7,7 +7,7 @@ of each per figure, written next to the tables.
 from __future__ import annotations
 
 import pathlib
-from typing import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,11 +28,12 @@ def write_plots(
     summary: pd.DataFrame,
     chunks: Mapping[str, pd.DataFrame],
     intervals: Mapping[str, pd.DataFrame],
+    labels: Sequence[str],
 ) -> list[pathlib.Path]:
     """Write ``latency_cdf``, ``gpus_over_time`` and ``policy_bars`` as PNG and HTML.
 
     ``chunks`` and ``intervals`` map run labels (``"<trace>__<policy>"``) to tables; each
-    summary row is one run. Returns the written paths.
+    summary row is one run, ``labels`` its label, row by row. Returns the written paths.
     """
     import matplotlib
 
@@ -43,11 +44,9 @@ def write_plots(
     from bokeh.plotting import figure
     from bokeh.resources import CDN
 
-    from experiments.results import run_label
-
     out = pathlib.Path(out_dir)
     rows = summary.to_dict("records")
-    labels = [run_label(r["trace"], r["policy"]) for r in rows]
+    labels = list(labels)
     titles = [f"{r['policy']} [{r['trace']}]" for r in rows]
     traces = list(dict.fromkeys(str(r["trace"]) for r in rows))
     policies = list(dict.fromkeys(str(r["policy"]) for r in rows))

@@ -308,7 +308,7 @@ def write_outputs(
     if plots:
         from experiments.plots import write_plots
 
-        write_plots(out, table, chunk_map, interval_map)
+        write_plots(out, table, chunk_map, interval_map, [run_label(r["trace"], r["policy"]) for _, r in table.iterrows()])
     return out
 
 
