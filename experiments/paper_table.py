@@ -152,7 +152,7 @@ def _oracles(pools: dict, base: SimConfig, max_batch: int | str, end: float | No
         oracles[model] = oracle_bound(
             wl, base.latency.model_for(model), slo_s=slo, max_batch=cap, state_bytes=_state_bytes(model, wl),
             memory_bytes=base.gpu_memory_bytes - cost.weights_bytes, end_s=end,
-            gpus=None if gpus_of is None else gpus_of[model],
+            gpus=None if gpus_of is None else gpus_of[model], startup_s=base.worker_startup_s,
         )
     return caps, oracles
 
@@ -319,7 +319,8 @@ def _oracle_row(trace: str, gpus: int, oracles: dict) -> dict[str, Any]:
         "p50_latency_s": max(o.p50_latency_s for o in values),
         "slo_attainment": min(o.slo_attainment for o in values),
     }
-    extra = {"peak_workers": sum(o.peak_gpus for o in values), "b_star": ",".join(str(o.b_star) for o in values)}
+    extra = {"peak_workers": sum(o.peak_gpus for o in values), "b_star": ",".join(str(o.b_star) for o in values),
+             "gpu_hours_startup": sum(o.gpu_seconds_startup for o in values) / 3600.0}
     return summary_row(trace=trace, policy=ORACLE, gpus=gpus, stats=stats,
                        gpu_seconds=sum(o.gpu_seconds for o in values), migrations=0, extra=extra)
 

@@ -12,7 +12,7 @@ from experiments.results import (
     CHUNK_COLUMNS, INTERVAL_COLUMNS, SUMMARY_COLUMNS, run_label, summarize, write_outputs,
 )
 from experiments.sim import PolicySet, SimConfig, load_profile, prepare, simulate, summary_of
-from experiments.sim.oracle import best_batch, oracle_bound
+from experiments.sim.oracle import best_batch, oracle_bound, startup_bound
 from policies.types import BatchLatencyModel
 
 COLUMNS = ["time_s", "session_id", "event", "client_id", "model", "chunk_frames", "height", "width", "fps"]
@@ -131,6 +131,33 @@ def test_oracle_pays_ceil_of_active_over_b_star():
     assert loose.b_star == 4 and loose.gpu_seconds == pytest.approx(20.0)
     assert loose.max_latency_s == pytest.approx(LATENCY.predict(2))
     assert best_batch(LATENCY, 1.0, 8, state_bytes=10, memory_bytes=25) == 2  # memory-bound
+
+
+def test_the_oracle_that_pays_for_start_ups_keeps_a_gpu_through_short_lulls_and_restarts_after_long_ones():
+    need, dur = np.array([2, 1, 2, 0, 1]), np.array([10.0, 5.0, 10.0, 100.0, 10.0])
+    # level 1: on 35 s, one 100 s lull -> a 20 s restart; level 2 (warm): on 20 s, a 5 s lull kept
+    assert startup_bound(need, dur, 20.0) == pytest.approx(35 + 20 + 20 + 5)
+    # with free start-up it is the plain integral; a cold cluster pays each level's first start
+    assert startup_bound(need, dur, 0.0) == pytest.approx(float((need * dur).sum()))
+    assert startup_bound(need, dur, 20.0, warm=0) == pytest.approx(80 + 2 * 20)
+    # never below the instant-start bound, and never above keeping every GPU of the peak through every lull
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n, d = rng.integers(0, 6, size=40), rng.uniform(0.1, 50.0, size=40)
+        s = float(rng.uniform(0, 60))
+        paid = startup_bound(n, d, s)
+        assert float((n * d).sum()) - 1e-9 <= paid <= n.max() * d.sum() + n.max() * s + 1e-9
+
+
+def test_the_oracle_row_carries_the_start_up_paying_bound():
+    rows = [(0, "a", "open"), (10, "a", "idle"), (100, "a", "active"), (110, "a", "close")]
+    df = pd.DataFrame([(t, s, e, "c", "tiny", 12 if e == "open" else None, 64, 64, 16 if e == "open" else None)
+                       for t, s, e in rows], columns=COLUMNS)
+    wl = prepare(df)
+    free = oracle_bound(wl, LATENCY, slo_s=0.25, max_batch=8, state_bytes=1, memory_bytes=1e9)
+    paid = oracle_bound(wl, LATENCY, slo_s=0.25, max_batch=8, state_bytes=1, memory_bytes=1e9, startup_s=30.0)
+    assert free.gpu_seconds == pytest.approx(20.0) and free.gpu_seconds_startup == pytest.approx(20.0)
+    assert paid.gpu_seconds == pytest.approx(20.0) and paid.gpu_seconds_startup == pytest.approx(20.0 + 30.0)
 
 
 def test_long_runs_can_drop_chunk_rows_but_keep_the_summary(result):

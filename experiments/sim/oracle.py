@@ -6,6 +6,13 @@ batch whose predicted step meets the SLO and whose state fits a GPU; idle sessio
 nothing (offloaded for free), workers start instantly, sessions are spread evenly. No
 online policy can provision fewer GPU-seconds while meeting the SLO with this latency
 model, so it bounds cost from below; its latency is what that packing gives.
+
+Workers that start instantly make that bound loose where start-up is long. The same
+oracle paying for start-ups (:func:`startup_bound`: every worker is paid from its
+request, ``startup_s`` before it serves, and with the whole trace known it keeps a
+worker through a lull exactly when the lull is shorter than a start-up) is the bound
+for a policy that never makes a session wait for capacity; a policy that lets
+sessions wait for admission can cost less than it.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ class OracleResult:
         Its largest GPU count without the ``gpus`` cap (the static peak a trace needs).
     b_star
         Sessions per GPU it packs.
+    gpu_seconds_startup
+        The same packing paying ``startup_s`` for each worker start
+        (:func:`startup_bound`; equal to ``gpu_seconds`` with instant start-up).
     max_latency_s, p99_latency_s, p50_latency_s, slo_attainment
         Over the chunks it would serve (chunk-weighted).
     """
@@ -42,6 +52,7 @@ class OracleResult:
     p99_latency_s: float
     p50_latency_s: float
     slo_attainment: float
+    gpu_seconds_startup: float = math.nan
 
 
 def best_batch(latency: BatchLatencyModel, slo_s: float, max_batch: int, state_bytes: int, memory_bytes: float) -> int:
@@ -68,6 +79,48 @@ def active_series(workload: Workload) -> tuple[np.ndarray, np.ndarray]:
     return workload.times, counts
 
 
+def startup_bound(need: np.ndarray, durations: np.ndarray, startup_s: float, warm: int | None = None) -> float:
+    """GPU-seconds of serving ``need[i]`` GPUs for ``durations[i]`` when a start costs ``startup_s``.
+
+    The clairvoyant schedule, level by level: the ``k``-th GPU is needed on the
+    intervals where ``need >= k``; between two of them it is either kept through the
+    lull (paying the lull) or released and requested again ``startup_s`` before it is
+    needed (paying ``startup_s``), whichever is less (offline ski rental); its first
+    interval costs a start unless the cluster starts with it (``warm`` GPUs, default
+    ``need[0]``), and it is released after its last. Levels are nested (a GPU needed at
+    level ``k`` is needed at every lower one), so the levels' costs add up to the least
+    GPU-seconds of any schedule that always has ``need`` GPUs serving.
+
+    30 s of serving, the 5 s lull kept, the 100 s lull replaced by one 20 s start:
+
+    >>> startup_bound(np.array([1, 0, 1, 0, 1]), np.array([10.0, 5.0, 10.0, 100.0, 10.0]), 20.0)
+    55.0
+    """
+    need = np.asarray(need, dtype=np.int64)
+    durations = np.asarray(durations, dtype=float)
+    if need.size == 0:
+        return 0.0
+    warm = int(need[0]) if warm is None else int(warm)
+    total = 0.0
+    for k in range(1, int(need.max()) + 1):
+        on = need >= k
+        total += float(durations[on].sum())
+        idx = np.flatnonzero(on)
+        first, last = idx[0], idx[-1]
+        if k > warm:
+            total += startup_s
+        # lulls: runs of "off" strictly between the first and last interval on
+        off = ~on[first:last + 1]
+        if off.any():
+            d = durations[first:last + 1]
+            edges = np.diff(np.concatenate(([0], off.astype(np.int8), [0])))
+            starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+            cum = np.concatenate(([0.0], np.cumsum(d)))
+            lulls = cum[ends] - cum[starts]
+            total += float(np.minimum(lulls, startup_s).sum())
+    return total
+
+
 def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
     order = np.argsort(values)
     v, w = values[order], weights[order]
@@ -85,8 +138,12 @@ def oracle_bound(
     memory_bytes: float,
     gpus: int | None = None,
     end_s: float | None = None,
+    startup_s: float = 0.0,
 ) -> OracleResult:
-    """Compute the :class:`OracleResult` of ``workload`` (see the module docstring)."""
+    """Compute the :class:`OracleResult` of ``workload`` (see the module docstring).
+
+    ``startup_s``: the worker start-up time :attr:`OracleResult.gpu_seconds_startup` pays.
+    """
     b_star = best_batch(latency, slo_s, max_batch, state_bytes, memory_bytes)
     times, active = active_series(workload)
     end = workload.end_s if end_s is None else end_s
@@ -98,8 +155,9 @@ def oracle_bound(
     gpus_used = np.minimum(need, gpus) if gpus is not None else need
     period = float(np.median(workload.period_s)) if len(workload.period_s) else 1.0
     busy = active > 0
+    with_startup = startup_bound(gpus_used, durations, startup_s) if startup_s > 0 else float((gpus_used * durations).sum())
     if not busy.any():
-        return OracleResult(float((gpus_used * durations).sum()), peak, b_star, *(4 * [math.nan]))
+        return OracleResult(float((gpus_used * durations).sum()), peak, b_star, *(4 * [math.nan]), with_startup)
     batch = np.ceil(active[busy] / np.maximum(gpus_used[busy], 1)).astype(int)
     lat = np.array([latency.predict(int(b)) for b in batch])
     chunks = active[busy] * durations[busy] / period
@@ -111,4 +169,5 @@ def oracle_bound(
         p99_latency_s=_weighted_quantile(lat, chunks, 0.99),
         p50_latency_s=_weighted_quantile(lat, chunks, 0.5),
         slo_attainment=float(chunks[lat <= slo_s + 1e-9].sum() / chunks.sum()),
+        gpu_seconds_startup=with_startup,
     )
