@@ -44,6 +44,7 @@ from framework import config
 from framework.admission import Admission
 from framework.control_settings import ControlSettings
 from framework.controller import ControlLoop
+from framework.dashboard.install import install_dashboard
 from framework.dashboard.source import DashboardFeed
 from framework.errors import WorkerInGroup
 from framework.limits import OpenLimits, validate_open
@@ -105,7 +106,7 @@ class TurboserveScheduler(SchedulerPlugin):
         self._tasks: set[asyncio.Task] = set()
         self._adaptive_seen: float | None = None  # wall time of the autoscaler's last poll
         self._adaptive_target: int | None = None
-        self.dashboard = DashboardFeed()  # chunk points and counters for the dashboard page
+        self.dashboard = DashboardFeed(registry=self.registry)  # chunk points and counters for the dashboard page
         # workers that joined and still load their model (turboserve.control.worker-ready-timeout)
         self.warmup = Warmup(parse_timedelta(config.get("control.worker-ready-timeout"), default="s"))
 
@@ -152,7 +153,7 @@ class TurboserveScheduler(SchedulerPlugin):
         )
         scheduler.stream_handlers[METRICS_OP] = self._on_metrics
         scheduler.stream_handlers["turboserve-group-failed"] = self._on_group_failed  # parallel_group.GROUP_FAILED_OP
-        self.dashboard.install(scheduler)
+        install_dashboard(scheduler)
         for worker in scheduler.workers:  # cold until their ModelHost reports (it is registered next)
             self._worker_joined(worker)
         for _, msg in scheduler.get_events(READY_TOPIC):  # reported before this plugin came

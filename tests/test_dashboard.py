@@ -171,6 +171,24 @@ def test_feed_survives_pickling_with_its_points():
     assert [(p.seq, p.index) for p in copy.chunk_log.since(-1)] == [(0, 0), (1, 1)]
 
 
+def test_feed_counts_stalls_by_the_deadlines_of_its_registry_after_pickling():
+    """The feed reads the chunk deadlines from the registry it was given (the plugin's), pickled along."""
+    import pickle
+
+    from framework.registry import SessionRegistry
+
+    registry = SessionRegistry()
+    rec = record("a", SessionStatus.ACTIVE, "w")
+    rec.chunk_period_s = 0.75
+    registry.add(rec)
+    registry2, feed = pickle.loads(pickle.dumps((registry, DashboardFeed(history=10, registry=registry))))
+    with dask.config.set({"turboserve.slo-s": None}):
+        feed.on_chunks([("a", 0, 5.0, 1, 10.0), ("a", 1, 0.9, 1, 10.8), ("a", 2, 0.5, 1, 11.5)])
+    assert (feed.metrics.chunks, feed.metrics.stalls) == (3, 1)
+    assert feed._registry is registry2  # one registry on the scheduler, not a copy
+    assert DashboardFeed(history=10).metrics.stalls == 0  # no registry: no deadline, no stall
+
+
 def test_feed_records_chunks_and_offloads():
     feed = DashboardFeed(history=2)
     feed.on_chunks([("a", 0, 0.1, 1, 1.0), ("a", 1, 0.1, 1, 2.0), ("a", 2, 0.1, 1, 3.0)])

@@ -1,6 +1,6 @@
 """The turboserve page of the Dask dashboard: sessions, chunk latency, workers, state tiers.
 
-``install_page(scheduler)`` (called by the scheduler plugin at start) serves it at
+``install_page(scheduler)`` (called by the scheduler plugin at start, through ``install.install_dashboard``) serves it at
 ``<dashboard>/individual-turboserve`` and lists it in the dashboard's "More..." menu.
 The figures are fed by a plain :class:`DashboardFrame` per tick (see ``data``).
 """

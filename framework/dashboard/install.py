@@ -92,3 +92,22 @@ def install_page(scheduler: Any) -> bool:
         plots.sort(key=lambda d: d["name"].lower())
     logger.info("turboserve dashboard page at %s%s", prefix.rstrip("/"), PAGE_PATH)
     return True
+
+
+def install_dashboard(scheduler: Any) -> bool:
+    """Serve the page on ``scheduler``'s dashboard and the metrics on its ``/metrics``.
+
+    Returns whether the page is served; logs and returns False on failure: a dashboard
+    problem must never stop the serving plugin from starting.
+    """
+    try:
+        from framework.dashboard.metrics import install_metrics
+
+        install_metrics(scheduler)
+    except Exception:
+        logger.warning("could not export the turboserve metrics on /metrics", exc_info=True)
+    try:
+        return install_page(scheduler)
+    except Exception:
+        logger.warning("could not install the turboserve dashboard page", exc_info=True)
+        return False

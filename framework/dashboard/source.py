@@ -42,6 +42,9 @@ class DashboardFeed:
     ----------
     history : int, optional
         Chunk points kept (default ``turboserve.dashboard.chunk-history``).
+    registry : SessionRegistry, optional
+        The plugin's sessions, for the chunks' deadlines (a stall is a late in-stream
+        chunk); without it no chunk counts as a stall.
 
     Examples
     --------
@@ -51,29 +54,27 @@ class DashboardFeed:
     (1, 1)
     """
 
-    def __init__(self, history: int | None = None) -> None:
+    def __init__(self, history: int | None = None, registry: Any = None) -> None:
         if history is None:
             history = int(config.get("dashboard.chunk-history"))
         self.chunk_log = ChunkLog(history)
         self.offloads = 0
-        self._scheduler: Any = None
+        self._registry = registry
         self.metrics = ChunkMetrics(self._deadline_of)  # exported on /metrics (dashboard.metrics)
 
     def __getstate__(self) -> dict[str, Any]:
-        # The plugin travels to the scheduler pickled: the scheduler reference stays behind.
-        return {"chunk_log": self.chunk_log, "offloads": self.offloads}
+        # The plugin travels to the scheduler pickled (its registry with it); the metrics start there.
+        return {"chunk_log": self.chunk_log, "offloads": self.offloads, "_registry": self._registry}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._scheduler = None
         self.metrics = ChunkMetrics(self._deadline_of)
 
     def _deadline_of(self, session_id: str) -> tuple[float, float] | None:
-        plugin = self._scheduler.plugins.get(PLUGIN_NAME) if self._scheduler is not None else None
-        if plugin is None or not hasattr(plugin, "registry"):
+        if self._registry is None:
             return None
         try:
-            rec = plugin.registry.get(session_id)
+            rec = self._registry.get(session_id)
         except SessionNotFound:
             return None
         slo = config.get("slo-s")
@@ -89,27 +90,6 @@ class DashboardFeed:
         """Count one session's state leaving the device (suspend)."""
         self.offloads += 1
 
-    def install(self, scheduler: Any) -> bool:
-        """Serve the page on ``scheduler``'s dashboard and the metrics on its ``/metrics``.
-
-        Returns whether the page is served; logs and returns False on failure.
-
-        A dashboard problem must never stop the serving plugin from starting.
-        """
-        self._scheduler = scheduler
-        try:
-            from framework.dashboard.metrics import install_metrics
-
-            install_metrics(scheduler)
-        except Exception:
-            logger.warning("could not export the turboserve metrics on /metrics", exc_info=True)
-        try:
-            from framework.dashboard.install import install_page
-
-            return install_page(scheduler)
-        except Exception:
-            logger.warning("could not install the turboserve dashboard page", exc_info=True)
-            return False
 
 
 def _slo_s(records: list[Any]) -> float | None:
