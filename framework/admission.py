@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
@@ -34,6 +35,8 @@ from framework.warmup import Warmup
 from workers.errors import CapacityExceeded, UnknownWorker
 
 __all__ = ["Admission"]
+
+logger = logging.getLogger(__name__)
 
 
 class Admission:
@@ -139,6 +142,38 @@ class Admission:
         full = {a for a, n in self.load().items() if n >= cap and a != rec.worker}
         followers = self.groups.followers() if self.groups is not None else set()
         return self._loop().choose(rec.session_id, set(exclude) | self.draining | full | followers, max_sessions=cap)
+
+    def reclaim_drained(self, rec: SessionRecord, exclude: Collection[str] = frozenset()) -> str | None:
+        """A worker the autoscaler drained but the cluster has not closed yet, back in service for ``rec``; or None.
+
+        For a session that lost its worker when no worker in service can take it. A
+        scale-down leaves its drained workers running, warm and empty, until the cluster
+        manager closes them (Dask's ``Adaptive`` waits ``wait_count`` intervals); the
+        only other home is the killed worker's restart, once it has loaded its model.
+        Recovery used to wait for that (10-22 s gaps in the chaos suite, issue 13). The
+        worker taken back leaves the control loop's drained set, as a scale-out's
+        (:meth:`ControlLoop._keep_drained <framework.controller.ControlLoop._keep_drained>`);
+        a worker drained by :meth:`framework.Server.drain` is never taken.
+        """
+        loop = self._loop()
+        cold = self.warmup.cold()
+        for worker in sorted(loop.drained):
+            if worker in exclude or worker in cold or worker not in self.scheduler.workers:
+                continue
+            was_retiring = worker in loop.retiring
+            loop.drained.discard(worker)
+            loop.retiring.discard(worker)
+            self.draining.discard(worker)
+            target = self.choose(rec, exclude=exclude)
+            if target is not None:
+                logger.info("worker %s, drained by a scale-down, is back in service for session %s",
+                            worker, rec.session_id)
+                return target
+            loop.drained.add(worker)  # it does not fit either (its model, a group): leave it drained
+            if was_retiring:
+                loop.retiring.add(worker)
+            self.draining.add(worker)
+        return None
 
     async def admit(self, rec: SessionRecord, exclude: Collection[str] = frozenset()) -> str:
         """A worker for a new or resumed session, per ``admission.on-full`` (``exclude``: not these, if others fit)."""

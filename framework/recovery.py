@@ -92,7 +92,8 @@ class Recovery:
             rec.set_status(SessionStatus.PENDING, time.time())
             failed: set[str] = set()
             while not self.admission.closing:
-                target = self.admission.choose(rec, exclude=failed)
+                # A drained, still running worker rather than waiting for a restart's model load.
+                target = self.admission.choose(rec, exclude=failed) or self.admission.reclaim_drained(rec, failed)
                 if target is None:
                     await self.admission.wait_change(1.0)
                     failed.clear()

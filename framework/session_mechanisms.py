@@ -23,7 +23,7 @@ from framework.registry import SessionRecord
 from framework.serving_settings import ServingSettings
 from policies.types import SessionStatus
 from workers.errors import SessionMoved, TransferError
-from workers.session_actor import SessionActor, call_actor
+from workers.session_actor import BoundedRPC, SessionActor, call_actor
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class SessionActors:
             SessionActor, rec.session_id, rec.model, rec.prompt, rec.seed, rec.height, rec.width,
             actor=True, workers=[worker], allow_other_workers=False, key=key, pure=False,
         )
-        rpc = self.scheduler.rpc(worker)
+        rpc = self._rpc(worker)
         try:
             await self._started(fut, worker)
             if fut.status == "error":
@@ -114,7 +114,7 @@ class SessionActors:
             raise
         if source.get("kind") == "peer":
             try:
-                await asyncio.wait_for(call_actor(self.scheduler.rpc(source["address"]), source["key"], "release"),
+                await asyncio.wait_for(call_actor(self._rpc(source["address"]), source["key"], "release"),
                                        RELEASE_TIMEOUT_S)
             except Exception as exc:  # it died, or answers late: its epoch is stale either way
                 logger.info("the source of session %s on %s did not confirm its release: %r",
@@ -128,10 +128,14 @@ class SessionActors:
     async def call(self, rec: SessionRecord, method: str, *args: Any) -> Any:
         """Call ``method`` on the session's actor; a worker that went away is a :class:`TransferError`."""
         try:
-            return await call_actor(self.scheduler.rpc(rec.worker), rec.actor_key, method, *args)
+            return await call_actor(self._rpc(rec.worker), rec.actor_key, method, *args)
         except OSError as exc:  # see _bounded
             raise TransferError(f"session {rec.session_id!r}: {method} on {rec.worker} failed: "
                                 f"the worker did not answer ({exc!r})") from exc
+
+    def _rpc(self, worker: str) -> BoundedRPC:
+        """The scheduler's RPC handle of ``worker``, whose connect gives up after a few seconds, not 30."""
+        return BoundedRPC(self.scheduler.rpc, worker)
 
     async def _started(self, fut: Any, worker: str) -> None:
         """Wait for the actor task on ``worker``; fail at once when the worker leaves, or after the timeout.

@@ -38,6 +38,7 @@ import uuid
 from typing import Any
 
 from distributed import get_worker
+from distributed.core import send_recv
 from distributed.protocol import deserialize, to_serialize
 from distributed.protocol.serialize import Serialized
 
@@ -59,6 +60,38 @@ MAX_EVENTS = 256
 
 #: Worker RPC op that runs a session actor's method (see :func:`handle_call`).
 CALL_OP = "turboserve_call"
+#: Seconds a call to a session actor's worker (from the scheduler or another worker)
+#: waits for a connection before it fails (see :class:`BoundedRPC`).
+ACTOR_CONNECT_TIMEOUT_S = 5.0
+
+
+class BoundedRPC:
+    """Like ``pool(addr)`` (a worker's RPC handle), but connecting gives up after ``timeout`` s.
+
+    Dask retries a refused connection until ``distributed.comm.timeouts.connect``
+    (30 s): a call to the worker of a session actor that just died waited that long
+    before it failed (a migration's target pulling from a source that was killed, a
+    release sent to a dead source). The failure is the ``OSError`` Dask raises; callers
+    turn it into a :class:`~workers.errors.TransferError`.
+
+    >>> rpc = BoundedRPC(worker.rpc, "tcp://10.0.0.2:8786")      # doctest: +SKIP
+    >>> await call_actor(rpc, key, "export")                       # doctest: +SKIP
+    """
+
+    __slots__ = ("addr", "pool", "timeout")
+
+    def __init__(self, pool: Any, addr: str, timeout: float = ACTOR_CONNECT_TIMEOUT_S) -> None:
+        self.pool, self.addr, self.timeout = pool, addr, timeout
+
+    def __getattr__(self, op: str):
+        async def call(**kwargs: Any) -> Any:
+            comm = await self.pool.connect(self.addr, timeout=self.timeout)
+            try:
+                return await send_recv(comm=comm, op=op, **kwargs)
+            finally:
+                self.pool.reuse(self.addr, comm)
+
+        return call
 
 
 async def call_actor(rpc: Any, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -255,7 +288,7 @@ class SessionActor:
             self._outbox.update({c.index: c for c in source.get("unread", ())})
             self._restored_at = state.chunk_index
         else:
-            peer = self._worker.rpc(source["address"])
+            peer = BoundedRPC(self._worker.rpc, source["address"])
             try:
                 transport = await self._choose_transport(peer, source)
                 if transport == "p2p":
