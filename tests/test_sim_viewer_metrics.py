@@ -110,13 +110,12 @@ def test_alignment_does_not_join_sessions_when_batching_does_not_pay():
     offsets=st.lists(st.floats(0.0, 0.74), min_size=2, max_size=6),
     a=st.sampled_from([0.0, 0.05, 0.1, 0.3]),
 )
-# Found by this test (stop 17), open: four sessions open at 0 s and one at 0.125 s; the
-# latecomer's first chunk runs alone at 0.57-0.87 s, and the other four, due at 0.75 s,
-# wait for it and then share a step of five: 0.12 + 0.66 = 0.78 s. Joining them to the
-# latecomer's step costs more than the join rule allows (half a batch-1 step), and
-# split_due looks only at chunks already due. Derandomized so CI runs the same cases.
-@example(offsets=[0.0, 0.0, 0.0, 0.0, 0.125], a=0.3).xfail(
-    reason="a latecomer's solo step delays the full batch due next (open)", raises=AssertionError)
+# Found by this test: four sessions open at 0 s and one at 0.125 s; the latecomer's first
+# chunk ran alone at 0.57-0.87 s, and the other four, due at 0.75 s, waited for it and
+# then shared a step of five: 0.12 + 0.66 = 0.78 s. join_ahead now lets a first chunk
+# (an admission wait) yield to in-stream chunks that would be late waiting for its step:
+# all five start at 0.57 s. Derandomized so CI runs the same cases.
+@example(offsets=[0.0, 0.0, 0.0, 0.0, 0.125], a=0.3)
 def test_alignment_never_makes_an_in_stream_chunk_miss_a_deadline_a_full_batch_meets(offsets, a):
     """Whatever the phases: when even a step of every session meets the SLO, aligned
     steps keep every in-stream chunk within it (made-ahead chunks count 0 s)."""

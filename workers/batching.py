@@ -179,6 +179,7 @@ def join_ahead(
     n_active: int,
     max_batch: int,
     step_s: Callable[[int], float],
+    firsts: Sequence[bool] = (),
 ) -> int:
     """How many sessions whose chunk may be made ahead join a step that starts at ``now``.
 
@@ -192,7 +193,15 @@ def join_ahead(
       the joins (a chunk late anyway constrains nothing), unless waiting for the next
       step (of the worker's ``n_active`` sessions) would make the candidate's chunk
       (due at its request plus ``slo_s``) later than the join makes theirs: the worst
-      lateness of the two stays the lower.
+      lateness of the two stays the lower;
+    - a due chunk that is the first of a burst (``firsts``: a session's first chunk, or
+      the first after a resume; an admission wait, no in-stream deadline) yields to the
+      in-stream chunks: a candidate joins over its deadline when waiting for the next
+      step would make the candidate's chunk late at all, and not otherwise. A newcomer
+      whose first step would run alone while the others become due during it is so
+      started together with them (its first chunk comes one batch increment later)
+      instead of making them wait for its solo step and then miss theirs; the worker's
+      sessions stay in one phase.
 
     ``step_s(n)`` is the predicted step time of ``n`` sessions. The live engine and the
     simulator's phase alignment both call this.
@@ -204,10 +213,19 @@ def join_ahead(
     >>> join_ahead(0.0, deadlines_s=[0.13], candidates_s=[0.3], slo_s=0.75,
     ...            n_active=2, max_batch=8, step_s=step)
     0
+    >>> late = lambda n: 0.3 * (1 + 0.3 * (n - 1))   # a newcomer's first chunk, four due during its step
+    >>> join_ahead(0.57, deadlines_s=[0.875], candidates_s=[0.75] * 4, slo_s=0.75,
+    ...            n_active=5, max_batch=8, step_s=late, firsts=[True])
+    4
+    >>> join_ahead(0.57, deadlines_s=[0.875], candidates_s=[0.75] * 4, slo_s=0.75,
+    ...            n_active=5, max_batch=8, step_s=late)   # as an in-stream chunk: it keeps its step
+    0
     """
     n = len(deadlines_s)
     end = now + step_s(n) if n else now
-    limit = min((d for d in deadlines_s if d >= end), default=math.inf)
+    first = list(firsts) + [False] * (n - len(firsts))
+    limit = min((d for d, f in zip(deadlines_s, first) if d >= end and not f), default=math.inf)
+    limit_first = min((d for d, f in zip(deadlines_s, first) if d >= end and f), default=math.inf)
     pays = 0.5 * step_s(1)
     next_step = step_s(min(n_active, max_batch))
     joined = 0
@@ -217,8 +235,11 @@ def join_ahead(
         t_next = step_s(n + 1)
         if t_next - step_s(n) > pays:
             break
-        imposed = now + t_next - limit  # lateness the join puts on a due chunk
-        if imposed > 0 and imposed > end + next_step - (t_req + slo_s):
+        waited = end + next_step - (t_req + slo_s)  # the candidate's lateness if it waits
+        imposed = now + t_next - limit  # lateness the join puts on a due in-stream chunk
+        if imposed > 0 and imposed > waited:
+            break
+        if now + t_next > limit_first and waited <= 0:  # a first chunk waits only for a late one
             break
         joined += 1
         n += 1
@@ -226,7 +247,8 @@ def join_ahead(
     return joined
 
 
-def split_due(now: float, deadlines_s: Sequence[float], step_s: Callable[[int], float]) -> int:
+def split_due(now: float, deadlines_s: Sequence[float], step_s: Callable[[int], float],
+              firsts: Sequence[bool] = ()) -> int:
     """How many of the due chunks (earliest deadline first) the step starting at ``now`` takes.
 
     All of them when the full step meets every deadline. When it would miss one, the
@@ -240,6 +262,14 @@ def split_due(now: float, deadlines_s: Sequence[float], step_s: Callable[[int], 
     where a smaller step only lowers throughput), the full batch is kept. The live
     engine and the simulator both call this.
 
+    ``firsts``: per due chunk, True when it is the first of a burst (an admission wait,
+    no in-stream deadline). Where batching pays (one more session costs at most half a
+    batch-1 step, as in :func:`join_ahead`), such a chunk's deadline neither asks for a
+    split nor counts in choosing one: the newcomer shares the step of the chunks due with
+    it and so falls into their phase, instead of a solo step that puts it out of phase
+    with them (whose chunks would then wait for each other's steps); its first chunk
+    comes one batch increment later. Where batching does not pay, it counts like any.
+
     >>> linear = lambda n: 0.344 * n                   # batching gains nothing
     >>> split_due(0.0, [0.41, 0.75], linear)           # the first chunk waited 0.34 s already
     1
@@ -251,8 +281,15 @@ def split_due(now: float, deadlines_s: Sequence[float], step_s: Callable[[int], 
     1
     >>> split_due(0.0, [0.30, 0.75, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)))  # no split saves all
     3
+    >>> split_due(0.0, [0.35, 0.75, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)),
+    ...           firsts=[True, False, False])   # a newcomer's first chunk: it shares the step
+    3
+    >>> split_due(0.0, [0.41, 0.75], linear, firsts=[True, False])  # batching gains nothing
+    1
     """
     m = len(deadlines_s)
+    if m > 1 and any(firsts) and step_s(m) - step_s(m - 1) <= 0.5 * step_s(1):
+        deadlines_s = [math.inf if f else d for d, f in zip(deadlines_s, list(firsts) + [False] * m)]
     if m <= 1 or now + step_s(m) <= min(deadlines_s):
         return m
     best_n, best = m, 0.0  # a split must meet every deadline (worst lateness <= 0)

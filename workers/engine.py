@@ -428,7 +428,8 @@ class Engine:
         all of the oldest request's resolution (a step runs one resolution), and fewer
         when the full step would miss a deadline that a smaller step followed by the
         rest meets better (:func:`workers.batching.split_due`; no made-ahead chunk joins
-        such a step). Sessions
+        such a step; a session's first chunk, an admission wait, yields to in-stream
+        ones where batching pays, as in the simulator). Sessions
         whose next chunk may be made ahead fill the step up as far as
         :func:`workers.batching.join_ahead` allows (least ahead first; with batching
         only). With more due sessions than
@@ -440,12 +441,13 @@ class Engine:
         prearm = cfg.prearm_chunks if cfg.batching else 0
         now = time.time() if now is None else now
         with self._cond:
-            due, ahead, deadline = [], [], {}
+            due, ahead, deadline, first = [], [], {}, {}
             for sid, e in self._entries.items():
                 shape = (e.state.height, e.state.width)
                 if e.due(cfg.max_unread):
                     due.append((min(e.t_request.values(), default=0.0), sid, shape))
                     deadline[sid] = e.t_request.get(e.state.chunk_index, now) + cfg.deadline_s
+                    first[sid] = e.state.chunk_index == 0  # a session's first chunk: an admission wait
                 elif prearm and e.ahead(prearm, cfg.max_unread):
                     ahead.append((e.state.chunk_index - e.want, sid, shape))
             measured = dict(self._step_s)
@@ -459,12 +461,13 @@ class Engine:
         ids = tuple(sid for _, sid, hw in due if hw == shape)[:cap]
         split = False
         if len(ids) > 1:  # fewer when the full step would miss a deadline a split meets better
-            k = split_due(now, [deadline[sid] for sid in ids], step_estimate(measured))
+            k = split_due(now, [deadline[sid] for sid in ids], step_estimate(measured), [first[sid] for sid in ids])
             split, ids = k < len(ids), ids[:k]
         candidates = [sid for _, sid, hw in ahead if hw == shape]
         if candidates and len(ids) < cap and not split:
             k = join_ahead(now, deadlines_s=[deadline[sid] for sid in ids], candidates_s=[now] * len(candidates),
-                           slo_s=cfg.deadline_s, n_active=n_active, max_batch=cap, step_s=step_estimate(measured))
+                           slo_s=cfg.deadline_s, n_active=n_active, max_batch=cap, step_s=step_estimate(measured),
+                           firsts=[first[sid] for sid in ids])
             ids += tuple(candidates[:k])
         valve = cfg.valve_batch and len(due) > cfg.valve_batch
         return StepPlan(ids, cfg.valve_steps if valve else None)

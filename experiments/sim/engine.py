@@ -425,7 +425,8 @@ class Simulator:
                 if len(due) > w.max_batch:
                     due = due[: w.max_batch]
                 slo = self.snapshot_slo
-                k = split_due(now, [s.next_req + slo for s in due], lambda n: step_of(n, 0.0))
+                k = split_due(now, [s.next_req + slo for s in due], lambda n: step_of(n, 0.0),
+                              [s.fresh for s in due])
                 split, due = k < len(due), due[:k]
             else:
                 split = False
