@@ -56,10 +56,10 @@ def replay_command(args: argparse.Namespace) -> int:
         result = replay_live(trace, time_scale=args.time_scale, workers=args.workers, seed=args.seed,
                              trace_name=name)
     elif args.backend == "sim":
-        import dask.config
+        from framework import config
 
-        profile_csv = dask.config.get("turboserve.replay.profile", default=None)
-        startup = dask.config.get("turboserve.replay.startup-s", default=None)
+        profile_csv = config.get("replay.profile")
+        startup = config.get("replay.startup-s")
         result = replay_sim(trace, time_scale=args.time_scale, workers=args.workers, seed=args.seed,
                             trace_name=name, profile=read_profile(profile_csv) if profile_csv else None,
                             startup_s=None if startup is None else float(startup))

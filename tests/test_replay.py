@@ -129,3 +129,10 @@ def test_migration_stall_with_decisions_runs_from_the_copy_start_to_the_chunk_st
                              columns=["time_s", "action", "session_id", "worker", "accepted", "reason"])
     assert migration_stall_from_chunks(chunks, decisions) == pytest.approx(4.5)
     assert migration_stall_from_chunks(chunks) == pytest.approx(3.0)  # latency 4 - usual 1
+
+
+def test_the_replay_keys_are_declared_with_the_other_defaults():
+    """``--config replay.profile=...`` / ``replay.startup-s=...`` are keys of framework/turboserve.yaml (null: not given)."""
+    from framework import config
+
+    assert config.DEFAULTS["turboserve"]["replay"] == {"profile": None, "startup-s": None}
