@@ -25,18 +25,30 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
+import dask.config
+from dask.utils import parse_bytes
+
 from framework.controller import ControlLoop
-from framework.errors import WorkerInGroup
+from framework.errors import InsufficientMemory, WorkerInGroup
+from framework.limits import (
+    MemoryFit,
+    insufficient_memory_message,
+    memory_fit,
+    session_memory,
+)
 from framework.model_pools import check_served, models_of
 from framework.parallelism import ParallelGroups
 from framework.registry import SessionRecord, SessionRegistry
 from framework.serving_settings import ServingSettings
 from framework.warmup import Warmup
+from kernels.presets import get_preset
 from workers.errors import CapacityExceeded, UnknownWorker
 
 __all__ = ["Admission"]
 
 logger = logging.getLogger(__name__)
+
+_FITS = MemoryFit(0, 0)  # an unchecked worker
 
 
 class Admission:
@@ -133,15 +145,70 @@ class Admission:
             if not self._opening[worker]:
                 del self._opening[worker]
 
+    # ------------------------------------------------------------ memory
+
+    def memory_fit(self, rec: SessionRecord, worker: str, empty: bool = False) -> MemoryFit | None:
+        """Whether ``rec`` fits ``worker``'s memory limit now (``empty``: with no session there); None: not checked.
+
+        Checked on CPU workers with a memory limit (Dask's ``memory_limit``), against
+        :func:`framework.limits.memory_fit`: the model's weights unless the worker holds
+        them (its default model, or the model of a session there), the session's state
+        and activations, ``turboserve.admission.memory-reserve`` (default 1 GiB) for the
+        process, and what its sessions and the sessions being opened there take. GPU
+        workers are not checked: the scheduler does not know their device memory.
+        ``turboserve.admission.memory-check: false`` turns the check off.
+        """
+        ws = self.scheduler.workers.get(worker)
+        if ws is None or not ws.memory_limit or "GPU" in (ws.resources or {}):
+            return None
+        if not dask.config.get("turboserve.admission.memory-check", True):
+            return None
+        reserve = parse_bytes(str(dask.config.get("turboserve.admission.memory-reserve", "1 GiB")))
+        need = session_memory(rec.model, rec.height, rec.width)
+        models = {self.settings.model}
+        held = 0
+        if not empty:
+            for other in self.registry.on_worker(worker):
+                if other.session_id != rec.session_id:  # on a CPU worker, host-parked state is in its memory too
+                    held += session_memory(other.model, other.height, other.width).per_session
+                    if other.model not in models:
+                        models.add(other.model)
+                        held += session_memory(other.model).weights
+            held += self._opening.get(worker, 0) * need.per_session
+        return memory_fit(need, ws.memory_limit, held=held, weights_loaded=rec.model in models, reserve=reserve)
+
+    def check_memory(self, rec: SessionRecord, worker: str | None = None) -> None:
+        """:class:`InsufficientMemory` when ``rec`` fits no worker of the cluster even empty (or not the named one now)."""
+        candidates = [worker] if worker is not None else list(self.scheduler.workers)
+        fits = [(w, self.memory_fit(rec, w, empty=worker is None)) for w in candidates]
+        if not fits or any(f is None or f.fits for _, f in fits):
+            return
+        where, fit = max(fits, key=lambda wf: wf[1].available)
+        if worker is None:
+            where = f"the largest worker ({where}, empty)" if len(fits) > 1 else f"worker {where} (empty)"
+        else:
+            where = f"worker {where}"
+        need = session_memory(rec.model, rec.height, rec.width)
+        height, width = self._resolution(rec)
+        raise InsufficientMemory(insufficient_memory_message(rec.model, height, width, need, fit, where))
+
+    @staticmethod
+    def _resolution(rec: SessionRecord) -> tuple[int, int]:
+        p = get_preset(rec.model)
+        return rec.height or p.default_height, rec.width or p.default_width
+
     def choose(self, rec: SessionRecord, exclude: Collection[str] = frozenset()) -> str | None:
         """The control loop's worker for ``rec`` (placed as if pending), or None.
 
-        Workers draining, left out by ``exclude`` or at ``max-sessions-per-worker`` are not offered.
+        Workers draining, left out by ``exclude``, at ``max-sessions-per-worker`` or
+        whose memory ``rec`` does not fit (:meth:`memory_fit`) are not offered.
         """
         cap = self.settings.max_sessions_per_worker
         full = {a for a, n in self.load().items() if n >= cap and a != rec.worker}
+        tight = {a for a in self.scheduler.workers if a != rec.worker and not (self.memory_fit(rec, a) or _FITS).fits}
         followers = self.groups.followers() if self.groups is not None else set()
-        return self._loop().choose(rec.session_id, set(exclude) | self.draining | full | followers, max_sessions=cap)
+        return self._loop().choose(rec.session_id, set(exclude) | self.draining | full | tight | followers,
+                                   max_sessions=cap)
 
     def reclaim_drained(self, rec: SessionRecord, exclude: Collection[str] = frozenset()) -> str | None:
         """A worker the autoscaler drained but the cluster has not closed yet, back in service for ``rec``; or None.
@@ -176,7 +243,12 @@ class Admission:
         return None
 
     async def admit(self, rec: SessionRecord, exclude: Collection[str] = frozenset()) -> str:
-        """A worker for a new or resumed session, per ``admission.on-full`` (``exclude``: not these, if others fit)."""
+        """A worker for a new or resumed session, per ``admission.on-full`` (``exclude``: not these, if others fit).
+
+        A session that fits no worker's memory even on an empty worker is refused at
+        once with :class:`InsufficientMemory` (waiting cannot help).
+        """
+        self.check_memory(rec)
         deadline = time.monotonic() + self.settings.queue_timeout_s
         while True:
             target = self.choose(rec, exclude=set(exclude)) or (self.choose(rec) if exclude else None)
@@ -209,6 +281,7 @@ class Admission:
             if worker in self.draining:
                 raise UnknownWorker(f"worker {worker} is draining and takes no new session; name another of "
                                     f"{self.workers()}, or none (placement picks)")
+            self.check_memory(rec, worker)
             n = self.load().get(worker, 0)
             if n < cap:
                 return worker

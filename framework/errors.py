@@ -13,6 +13,8 @@ error                  raised when
 ``CapacityExceeded``   admission refused a new session (``on-full: refuse``)
 ``ModelNotServed``     no worker serves the session's model (a ``CapacityExceeded``;
                        see :mod:`framework.model_pools`)
+``InsufficientMemory`` the session's model and state do not fit a worker's memory
+                       (a ``CapacityExceeded``; see :func:`framework.limits.memory_fit`)
 ``UnknownWorker``      the worker address is not part of the cluster
 ``TransferError``      moving a session's state failed (the session stays put)
 ``SessionLost``        the session cannot be served any more (a ``SessionClosed``
@@ -82,6 +84,16 @@ class ModelNotServed(CapacityExceeded):
     """
 
 
+class InsufficientMemory(CapacityExceeded):
+    """The session's model and state do not fit the worker's memory (or any worker's).
+
+    Raised at ``open`` (and when a session is placed on a named worker) before anything
+    is allocated; the message says what was needed (weights, state, activations), what
+    was free under the worker's memory limit, and what to do
+    (:func:`framework.limits.memory_fit`). A plain message, so it pickles across Dask's RPC.
+    """
+
+
 class ParallelismError(InvalidRequest):
     """``server.set_parallelism`` refused the request; nothing changed (see the subclasses)."""
 
@@ -101,6 +113,7 @@ class WorkerBusy(ParallelismError):
 __all__ = [
     "BadDegree",
     "CapacityExceeded",
+    "InsufficientMemory",
     "InvalidRequest",
     "ModelNotServed",
     "ParallelismError",

@@ -33,6 +33,7 @@ workers.errors.InvalidRequest: seed 1180591620717411303424 is out of range: it m
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -179,10 +180,149 @@ def validate_open(
     return OpenRequest(prompt, seed, None if preset is None else preset.name, height, width, session_id)
 
 
+# ------------------------------------------------------------ memory
+
+#: Positions of the transformer's rotary-embedding table (a buffer every worker holds).
+ROPE_POSITIONS = 1024
+GIB = 2**30
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryNeed:
+    """What one session of a model at a resolution needs on a worker, in bytes (estimates from the preset).
+
+    Attributes
+    ----------
+    weights : int
+        The model's transformer and VAE weights (held once per worker and model).
+    state : int
+        The session's state with a full KV window (KV cache, VAE cache, prompt, RNG).
+    activations : int
+        The transient tensors of one of its steps (one layer's hidden states, one
+        head's attention scores in fp32, the VAE decoder's widest full-resolution
+        feature map, three times).
+    """
+
+    weights: int
+    state: int
+    activations: int
+
+    @property
+    def per_session(self) -> int:
+        """State and activations: what each session adds."""
+        return self.state + self.activations
+
+
+def weights_bytes(preset: Any) -> int:
+    """Bytes of a preset's transformer and VAE weights, estimated from its shape (no torch).
+
+    The transformer is counted exactly for the Wan2.1 layout of
+    :func:`kernels.networks.build_transformer` (within its rotary table); the VAE as two
+    3x3x3 convolutions per decoder cache entry, twice (encoder and decoder), which
+    over-counts it by about a fifth: the estimate is never below the real size
+    (``tests/test_memory_admission.py`` checks every preset against the built model).
+
+    >>> from kernels.presets import get_preset
+    >>> round(weights_bytes(get_preset("wan-1.3b")) / 2**30, 2)
+    2.93
+    """
+    p = get_preset(preset)
+    d, f, patch = p.dim, p.ffn_dim, p.latent_channels * math.prod(p.patch_size)
+    block = 8 * d * d + 2 * d * f + 21 * d + f  # self and cross attention, norms, FFN, modulation
+    embed = (patch * d + d) + (p.freq_dim * d + d) + (d * d + d) + (6 * d * d + 6 * d) \
+        + (p.text_dim * d + d) + (d * d + d) + (d * patch + patch) + 2 * d
+    rope = 2 * ROPE_POSITIONS * p.head_dim
+    vae = 2 * 27 * sum(c * c for c, *_ in p.vae.decoder_cache_shapes(8, 8))
+    return (p.num_layers * block + embed + rope + vae) * p.dtype_bytes
+
+
+def activation_bytes(preset: Any, height: int, width: int) -> int:
+    """Bytes of the transient tensors of one step of one session (an estimate, see :class:`MemoryNeed`)."""
+    p = get_preset(preset)
+    per_frame = p.tokens_per_latent_frame(height, width)
+    chunk = p.chunk_latent_frames * per_frame
+    window = p.window_latent_frames * per_frame + chunk
+    layer = chunk * (4 * p.dim + p.ffn_dim) * p.dtype_bytes
+    scores = chunk * window * 4
+    decoder = 3 * p.frames_per_chunk * height * width * p.vae.base_dim * p.vae.dim_mult[0] * p.dtype_bytes
+    return layer + scores + decoder
+
+
+def session_memory(preset: Any, height: int | None = None, width: int | None = None) -> MemoryNeed:
+    """The :class:`MemoryNeed` of one session (``height``/``width`` None: the preset's default).
+
+    >>> need = session_memory("wan-1.3b")
+    >>> round(need.state / 2**30, 1), need.per_session > need.state
+    (7.4, True)
+    """
+    p = get_preset(preset)
+    height, width = height or p.default_height, width or p.default_width
+    return MemoryNeed(weights_bytes(p), p.state_bytes(height, width), activation_bytes(p, height, width))
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryFit:
+    """Whether a session fits a worker: ``needed`` against ``available`` bytes (see :func:`memory_fit`)."""
+
+    needed: int
+    available: int
+
+    @property
+    def fits(self) -> bool:
+        return self.needed <= self.available
+
+
+def memory_fit(need: MemoryNeed, memory_limit: int, *, held: int = 0, weights_loaded: bool = False,
+               reserve: int = GIB) -> MemoryFit:
+    """Does one more session of ``need`` fit a worker whose memory limit is ``memory_limit`` bytes?
+
+    ``needed`` is the session's state and activations, plus the model's weights unless
+    the worker holds them already (``weights_loaded``); ``available`` is the limit less
+    ``reserve`` (the worker process itself: Python, torch, Dask, buffers) and less
+    ``held``, what the worker's sessions (and other models' weights) take already.
+    Pure: no Dask, no torch, no clock.
+
+    >>> need = MemoryNeed(weights=3 * GIB, state=7 * GIB, activations=GIB)
+    >>> memory_fit(need, 4 * GIB)
+    MemoryFit(needed=11811160064, available=3221225472)
+    >>> memory_fit(need, 64 * GIB, held=20 * GIB, weights_loaded=True).fits
+    True
+    """
+    needed = need.per_session + (0 if weights_loaded else need.weights)
+    return MemoryFit(needed, max(0, memory_limit - reserve - held))
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 100 else f"{n / 2**20:.2f} MiB"
+
+
+def insufficient_memory_message(model: str, height: int, width: int, need: MemoryNeed, fit: MemoryFit,
+                                where: str) -> str:
+    """The message of an :class:`~framework.errors.InsufficientMemory`: what was needed, what was free, what to do."""
+    return (
+        f"a {model} session at {height}x{width} needs {_gib(fit.needed)} (weights {_gib(need.weights)}, "
+        f"state {_gib(need.state)}, activations {_gib(need.activations)}) but {where} has {_gib(fit.available)} "
+        "free under its memory limit; use a smaller resolution or model, workers with more memory "
+        "(memory_limit), or close sessions there"
+    )
+
+
 def _short(value: Any, limit: int = 60) -> str:
     """``repr(value)``, cut to ``limit`` characters (a 64 MB prompt is not echoed back)."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({type(value).__name__} of {len(text)} chars)"
 
 
-__all__ = ["SEED_LIMIT", "OpenLimits", "OpenRequest", "validate_open"]
+__all__ = [
+    "SEED_LIMIT",
+    "MemoryFit",
+    "MemoryNeed",
+    "OpenLimits",
+    "OpenRequest",
+    "activation_bytes",
+    "insufficient_memory_message",
+    "memory_fit",
+    "session_memory",
+    "validate_open",
+    "weights_bytes",
+]
