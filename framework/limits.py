@@ -50,6 +50,9 @@ _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 class OpenLimits:
     """The limits :func:`validate_open` applies (``turboserve.limits.*``).
 
+    Both are required: the defaults live in ``framework/turboserve.yaml`` only
+    (:meth:`from_config` reads them).
+
     Attributes
     ----------
     max_prompt_bytes : int
@@ -58,8 +61,8 @@ class OpenLimits:
         Most ``height * width`` of a session.
     """
 
-    max_prompt_bytes: int = 16384
-    max_pixels: int = 1280 * 720
+    max_prompt_bytes: int
+    max_pixels: int
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_bytes", "max_pixels"):

@@ -81,7 +81,7 @@ def test_limits_come_from_the_config_and_are_checked() -> None:
             validate_open("ok", height=16, width=16)
     assert OpenLimits.from_config() == OpenLimits(16384, 921600)  # the documented defaults
     with pytest.raises(ValueError, match="limits.max-pixels must be an int >= 1"):
-        OpenLimits(max_pixels=0)
+        OpenLimits(max_prompt_bytes=16384, max_pixels=0)
 
 
 def test_the_server_refuses_them_before_any_worker_and_keeps_serving() -> None:
