@@ -33,8 +33,10 @@ from experiments.replay_profiles import (
     migration_stall_from_chunks,
     profile_from_chunks,
 )
-from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS, empty_chunks, summarize
+from experiments.results import empty_chunks, summarize
+from framework.controller import INTERVAL_COLUMNS
 from policies.semantics import DECISION_COLUMNS
+from workers.chunk import CHUNK_COLUMNS
 
 logger = logging.getLogger(__name__)
 

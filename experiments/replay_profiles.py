@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.results import CHUNK_COLUMNS
+from workers.chunk import CHUNK_COLUMNS
 
 
 def measure_profile(model: str = "tiny", max_batch: int = 4, repeats: int = 2) -> tuple[tuple[int, float], ...]:
