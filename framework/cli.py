@@ -29,6 +29,7 @@ def _demo(args: argparse.Namespace) -> int:
             max_workers=args.workers,
             out_dir=args.out,
             prompts=args.prompt or None,
+            model=args.model,
         )
     except ValueError as exc:
         print(f"turboserve demo: {exc}", file=sys.stderr)
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=30.0, help="length of the burst in seconds (default 30)")
     demo.add_argument("--workers", type=int, default=3, help="most workers the autoscaler may start (default 3)")
     demo.add_argument("--prompt", action="append", help="a prompt (repeatable; default: built-in prompts)")
+    demo.add_argument("--model", default="tiny-trained",
+                      help="model preset (default tiny-trained: the small checkpoint trained on CPU that ships in "
+                           "the package; its prompts read 'a <colour> square moving <direction>')")
     demo.add_argument("--out", default="turboserve-demo", help="output folder (default ./turboserve-demo)")
     demo.set_defaults(func=_demo)
 

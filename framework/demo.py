@@ -10,12 +10,18 @@ burst. The demo prints what it did (from the loop's decision log and interval ro
 the chunks' own metrics), draws it (``loop.png``: workers and sessions over time, chunk
 latency per session, the loop's actions) and writes each session's video.
 
+The videos come from the small checkpoint trained on CPU that ships in the package
+(``tiny-trained``, :mod:`kernels.train`), prompted in the form it was trained on ("a red
+square moving right"): each video shows a square of the prompt's colour moving its way,
+and the demo prints the colour and motion it measured in the frames next to the video
+(``--model tiny`` streams the random-weight preset's noise instead).
+
 The demo's knobs make the loop act within a minute on any machine: the SLO is set below
 any step time (``slo-s``), so the load-driven autoscaler budgets one active session per
 worker; idle sessions are offloaded after a few seconds; any predicted gain is worth a
 move. They are set with ``dask.config`` for the demo only. How soon a new worker is
-usable depends on the machine, so the sessions stay past the burst (up to twice its
-length) until the loop has migrated one.
+usable depends on the machine, so the sessions stay past the burst (up to three times
+its length) until the loop has migrated one.
 """
 
 from __future__ import annotations
@@ -26,11 +32,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+#: The demo's model: the small checkpoint trained on CPU that ships in the package
+#: (``kernels/weights/tiny-trained``, :mod:`kernels.train`); ``tiny`` (random weights) also works.
+DEFAULT_MODEL = "tiny-trained"
+#: Prompts in the form the trained checkpoint knows (:func:`kernels.synthetic.prompt_for`):
+#: its videos show a square of the prompt's colour moving in the prompt's direction.
 DEFAULT_PROMPTS = (
-    "a red fox running through snow",
-    "waves breaking on a rocky shore at dusk",
-    "a paper boat drifting down a rainy street",
-    "a hot air balloon rising over green hills",
+    "a red square moving right",
+    "a cyan square moving down",
+    "a yellow square moving left",
+    "a blue square moving up",
 )
 
 #: Settings of the demo (``turboserve.*`` keys), applied unless ``keep_config``.
@@ -208,15 +219,19 @@ def run_demo(
     max_workers: int = 3,
     video_format: str = "mp4",
     keep_config: bool = False,
+    model: str = DEFAULT_MODEL,
 ) -> dict[str, Any]:
     """Play :func:`burst` on a local cluster with the closed loop; print, plot and write videos.
 
-    Returns ``{"videos": {session_id: path}, "plot": path, "summary": summarize(...)}``.
+    Returns ``{"videos": {session_id: path}, "plot": path, "summary": summarize(...), "colours":
+    {session_id: dominant colour of its frames}, "motions": {session_id: their direction}, ...}``.
     """
     import dask.config
+    import numpy as np
     from dask.utils import parse_timedelta
 
     from framework import Server, config
+    from kernels.synthetic import dominant_colour, motion_direction
     from storage import VideoStore
     from storage.errors import VideoStoreError
 
@@ -230,9 +245,10 @@ def run_demo(
         # Keep the demo's checkpoints beside its videos rather than in the working directory.
         settings["turboserve.state.store"] = str(out / "state")
     started = time.perf_counter()
-    with dask.config.set(settings), Server.local(n_workers=1, adaptive=False) as server:
+    with dask.config.set(settings), Server.local(n_workers=1, model=model, adaptive=False) as server:
         server.adapt(minimum=1, maximum=max_workers, **({} if keep_config else DEMO_CONTROL))
-        print(f"cluster up: 1 worker, closed loop on (autoscaling 1..{max_workers}), dashboard {server.dashboard_link}")
+        print(f"cluster up: 1 worker, model {model}, closed loop on (autoscaling 1..{max_workers}), "
+              f"dashboard {server.dashboard_link}")
         t0 = time.time()
         visits = burst(n_sessions, length_s)
         results = [{} for _ in visits]
@@ -245,13 +261,19 @@ def run_demo(
                                                         stay, cap_s), daemon=True) for i, v in enumerate(visits)]
         for th in threads:
             th.start()
-        while any(th.is_alive() for th in threads):
-            time.sleep(5.0)
+        # Check for the migration every second and print every five; go on as soon as the
+        # sessions have left (a fixed 5 s sleep here cost up to 5 s at the end).
+        next_print = t0 + 5.0
+        while alive := [th for th in threads if th.is_alive()]:
+            alive[0].join(timeout=1.0)
             if stay.is_set() and _migrated(server):
                 stay.clear()
-            status = [r["session"].status if "session" in r else "-" for r in results]
-            print(f"  t={time.time() - t0:5.1f}s  workers {len(server.workers())}  "
-                  f"chunks {sum(len(r.get('chunks', ())) for r in results)}  sessions {' '.join(status)}", flush=True)
+            if time.time() >= next_print and any(th.is_alive() for th in threads):
+                next_print += 5.0
+                status = [r["session"].status if "session" in r else "-" for r in results]
+                print(f"  t={time.time() - t0:5.1f}s  workers {len(server.workers())}  "
+                      f"chunks {sum(len(r.get('chunks', ())) for r in results)}  sessions {' '.join(status)}",
+                      flush=True)
         for th in threads:
             th.join()
         time.sleep(3 * float(parse_timedelta(config.get("control.interval"))))  # a last tick or two
@@ -274,6 +296,12 @@ def run_demo(
                 print(f"  {video_format} not written ({exc}); writing GIF instead")
                 videos[s.id] = store.to_video(out / f"{s.id}.gif")
         figure = plot(out / "loop.png", log, per_session, t0)
+    prompt_of = {r["session"].id: prompts[i % len(prompts)] for i, r in enumerate(results) if "session" in r}
+    frames = {sid: np.concatenate([c.frames for c in sorted(per_session[sid], key=lambda c: c.index)])
+              for sid in videos}
+    colours = {sid: dominant_colour(f) for sid, f in frames.items()}
+    # after the first chunk, as kernels.train --evaluate measures it
+    motions = {sid: motion_direction(f[len(per_session[sid][0].frames):]) for sid, f in frames.items()}
     errors = [r["error"] for r in results if "error" in r]
     print("what the closed loop did:")
     print(f"  workers over time: {' -> '.join(str(n) for i, n in enumerate(summary['workers']) if i == 0 or n != summary['workers'][i - 1])}"
@@ -286,9 +314,11 @@ def run_demo(
         print(f"  chunk latency p50 {summary['latency_p50_s']:.2f}s, p95 {summary['latency_p95_s']:.2f}s over "
               f"{summary['chunks']} chunks ({summary['migrated_chunks']} first after a move)")
     for sid, path in videos.items():
-        print(f"  video {sid} ({len(per_session[sid])} chunks): {path}")
+        print(f"  video {sid} ({len(per_session[sid])} chunks, {prompt_of[sid]!r}, "
+              f"seen: {colours[sid]}, moving {motions[sid]}): {path}")
     print(f"  plot: {figure}")
     for e in errors:
         print(f"  error: {e}")
     print(f"done in {time.perf_counter() - started:.1f}s")
-    return {"videos": videos, "plot": figure, "summary": summary, "errors": errors, "events": events}
+    return {"videos": videos, "plot": figure, "summary": summary, "errors": errors, "events": events,
+            "model": model, "prompts": prompt_of, "colours": colours, "motions": motions}

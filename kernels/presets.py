@@ -237,8 +237,7 @@ PRESETS: MappingProxyType[str, ModelPreset] = MappingProxyType({
         # width (96) is above a patch's 64 latent values, which the flow target (noise - x0)
         # must carry through; the VAE decoder has 8 channels (3 leave a 1-channel bottleneck
         # that cannot carry colour). Unshifted schedule: sigmas 1/.75/.5/.25. State of the
-        # shipped weights: the transformer follows the prompt's colour (in latent space);
-        # the decoder does not render hue yet (tests/test_tiny_trained.py says what holds).
+        # shipped weights: the frames have the prompt's colour and motion (tests/test_tiny_trained.py).
         replace(
             _TINY,
             name="tiny-trained",

@@ -144,3 +144,32 @@ def test_page_is_listed_in_individual_plots_json_and_opens_from_there(browser, s
     browser.get(base + listing["Individual Turboserve"])
     state = _wait_for(browser, lambda s: s["summary"] and "sessions" in s["summary"])
     assert "<b>3</b> sessions" in state["summary"]
+
+
+def _scraped(browser, base: str) -> dict[str, float]:
+    """``/metrics`` as the browser shows it: turboserve sample name (with labels) -> value."""
+    browser.get(base + "/metrics")
+    text = browser.find_element("tag name", "body").text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith("dask_turboserve_")}
+
+
+def test_metrics_page_lists_turboserve_metrics_that_move_while_sessions_stream(browser, served):
+    """The scheduler's Prometheus endpoint, opened in the browser before and after more chunks stream."""
+    server, base = served
+    before = _scraped(browser, base)
+    assert before["dask_turboserve_sessions{status=\"active\"}"] == 2
+    assert before["dask_turboserve_sessions{status=\"suspended\"}"] == 1
+    assert before["dask_turboserve_chunks_total"] >= 9
+    active = [s for s in server.sessions() if s["status"] == "active"]
+    session = server.session(active[0]["id"])
+    for future in [session.submit() for _ in range(2)]:
+        future.result(timeout=120)
+    deadline, after = time.monotonic() + 30, before
+    while after["dask_turboserve_chunks_total"] < before["dask_turboserve_chunks_total"] + 2:
+        assert time.monotonic() < deadline, f"/metrics did not move: {after}"
+        time.sleep(0.5)
+        after = _scraped(browser, base)
+    assert (after["dask_turboserve_chunk_latency_seconds_count"]
+            >= before["dask_turboserve_chunk_latency_seconds_count"] + 2)
+    assert after["dask_turboserve_chunk_latency_seconds_sum"] > before["dask_turboserve_chunk_latency_seconds_sum"]

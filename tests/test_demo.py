@@ -1,8 +1,11 @@
 """`turboserve demo`: a short burst on a local cluster, with the closed loop on.
 
 On a fresh checkout the demo must show the loop at work: at least one scale-out, one
-migration, one offload and its resume, next to the videos and a plot of it all.
+migration, one offload and its resume, next to the videos and a plot of it all; the
+videos come from the trained tiny checkpoint: their prompts' colours, moving their way.
 """
+
+import re
 
 import av
 import numpy as np
@@ -10,7 +13,8 @@ import pytest
 import xarray as xr
 
 from framework.cli import main
-from framework.demo import burst
+from framework.demo import DEFAULT_PROMPTS, burst
+from kernels.synthetic import dominant_colour, motion_direction, parse_prompt
 
 
 @pytest.mark.slow
@@ -34,9 +38,18 @@ def test_demo_shows_the_loop_scale_out_migrate_offload_and_resume(tmp_path, caps
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         assert stream.codec_context.name == "h264"
         assert len(frames) % 12 == 0 and frames[0].shape == (64, 64, 3)
-    ds = xr.open_zarr(out / "videos.zarr", group=videos[0].stem, consolidated=False)
-    frames = ds["frames"].values
-    assert frames.dtype == np.uint8 and frames.std() > 0  # real pixels, not a blank image
+    # The videos are the trained checkpoint's: each has its prompt's colour and motion (read
+    # here from the exact frames on zarr; the random `tiny` preset's grey noise has neither).
+    assert "model tiny-trained" in printed
+    said = dict(re.findall(r"video (\S+) \(\d+ chunks, '([^']+)'", printed))
+    assert sorted(said) == [v.stem for v in videos] and set(said.values()) <= set(DEFAULT_PROMPTS)
+    for stem, prompt in said.items():
+        ds = xr.open_zarr(out / "videos.zarr", group=stem, consolidated=False)
+        frames = ds["frames"].values
+        assert frames.dtype == np.uint8 and frames.std() > 0  # real pixels, not a blank image
+        seen = dominant_colour(frames), motion_direction(frames[12:])  # motion after the first chunk
+        assert seen == parse_prompt(prompt), (stem, prompt)
+        assert f"seen: {seen[0]}, moving {seen[1]}" in printed
     assert (out / "state").exists() and not (tmp_path / "turboserve-state").exists()
 
 
