@@ -247,60 +247,111 @@ def join_ahead(
     return joined
 
 
+def _better(key: tuple[float, float, int], than: tuple[float, float, int]) -> bool:
+    """``key < than``, the lateness terms compared up to a rounding error."""
+    for a, b in zip(key[:2], than[:2]):
+        if a < b - 1e-12:
+            return True
+        if a > b + 1e-12:
+            return False
+    return key[2] < than[2]
+
+
 def split_due(now: float, deadlines_s: Sequence[float], step_s: Callable[[int], float],
-              firsts: Sequence[bool] = ()) -> int:
-    """How many of the due chunks (earliest deadline first) the step starting at ``now`` takes.
+              firsts: Sequence[bool] = ()) -> tuple[int, ...]:
+    """Which of the due chunks the step starting at ``now`` takes (indices, ascending).
 
     All of them when the full step meets every deadline. When it would miss one, the
-    step takes the first ``n`` if that split meets *every* deadline: the first ``n`` end
-    at ``now + step_s(n)``, the rest in the step right after, at ``now + step_s(n) +
-    step_s(m - n)``; among the splits that do, the one with the lowest worst ``end -
-    deadline``, the largest on a tie. Where batching pays little (a step of two costs
-    about two steps of one) a chunk that already waited is then served alone first
-    instead of sharing a longer step with a chunk that just became due, and both are on
-    time; where it pays, or when no split saves every deadline (an overloaded worker,
-    where a smaller step only lowers throughput), the full batch is kept. The live
-    engine and the simulator both call this.
+    step takes a part that meets *every* in-stream deadline, the rest running in the
+    step right after (the part ends at ``now + step_s(n)``, the rest at ``now +
+    step_s(n) + step_s(m - n)``); among the parts that do, the one with the lowest worst
+    ``end - deadline``, the larger on a tie. The parts tried are the earliest-deadline
+    prefixes of the in-stream chunks together with those of the first chunks (below).
+    Where batching pays little (a step of two costs about two steps of one) a chunk
+    that already waited is then served alone first instead of sharing a longer step with
+    a chunk that just became due, and both are on time; where it pays, or when no part
+    saves every in-stream deadline (an overloaded worker, where a smaller step only
+    lowers throughput), the full batch is kept. The live engine and the simulator both
+    call this.
 
     ``firsts``: per due chunk, True when it is the first of a burst (an admission wait,
-    no in-stream deadline). Where batching pays (one more session costs at most half a
-    batch-1 step, as in :func:`join_ahead`), such a chunk's deadline neither asks for a
-    split nor counts in choosing one: the newcomer shares the step of the chunks due with
-    it and so falls into their phase, instead of a solo step that puts it out of phase
-    with them (whose chunks would then wait for each other's steps); its first chunk
-    comes one batch increment later. Where batching does not pay, it counts like any.
+    no in-stream deadline). Its deadline never forces a part to miss an in-stream one:
+    among the parts that keep every in-stream deadline, the one whose first chunks are
+    least late wins (a newcomer that can still be on time goes alone first; one already
+    late goes after the in-stream chunks due with it instead of making them late too).
+    A caller marks a first chunk it has put off once as not first, so none is put off
+    again and again.
+    Where batching pays (one more session costs at most half a batch-1 step, as in
+    :func:`join_ahead`) its deadline does not count and it is never put off: the
+    newcomer shares the step of the chunks due with it and so falls into their phase, instead of a solo
+    step that puts it out of phase with them; its first chunk comes one batch
+    increment later.
 
     >>> linear = lambda n: 0.344 * n                   # batching gains nothing
     >>> split_due(0.0, [0.41, 0.75], linear)           # the first chunk waited 0.34 s already
-    1
+    (0,)
     >>> split_due(0.0, [0.75, 0.75], linear)           # both just due: one step of two
-    2
+    (0, 1)
     >>> split_due(0.0, [0.41, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)))  # batching pays
-    2
+    (0, 1)
     >>> split_due(0.0, [0.35, 0.75, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)))
-    1
+    (0,)
     >>> split_due(0.0, [0.30, 0.75, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)))  # no split saves all
-    3
+    (0, 1, 2)
     >>> split_due(0.0, [0.35, 0.75, 0.75], lambda n: 0.344 * (1 + 0.1 * (n - 1)),
     ...           firsts=[True, False, False])   # a newcomer's first chunk: it shares the step
-    3
+    (0, 1, 2)
     >>> split_due(0.0, [0.41, 0.75], linear, firsts=[True, False])  # batching gains nothing
-    1
+    (0,)
+    >>> split_due(0.0, [-0.3, 0.4], linear, firsts=[True, False])  # a late newcomer goes after
+    (1,)
     """
     m = len(deadlines_s)
-    if m > 1 and any(firsts) and step_s(m) - step_s(m - 1) <= 0.5 * step_s(1):
-        deadlines_s = [math.inf if f else d for d, f in zip(deadlines_s, list(firsts) + [False] * m)]
-    if m <= 1 or now + step_s(m) <= min(deadlines_s):
-        return m
-    best_n, best = m, 0.0  # a split must meet every deadline (worst lateness <= 0)
-    for n in range(m - 1, 0, -1):  # largest first: a tie keeps the larger step
-        first = now + step_s(n)
-        worst = max(first - d for d in deadlines_s[:n])
-        second = first + step_s(m - n)
-        worst = max(worst, max(second - d for d in deadlines_s[n:]))
-        if worst <= best - 1e-12 or (best_n == m and worst <= 1e-12):
-            best_n, best = n, worst
-    return best_n
+    if m <= 1:
+        return tuple(range(m))
+    t1, t_full = step_s(1), step_s(m)
+    first = [bool(f) for f in list(firsts)[:m]] + [False] * (m - len(firsts))
+    by_deadline = sorted(range(m), key=lambda i: deadlines_s[i])
+    hard = [i for i in by_deadline if not first[i]]
+    soft = [i for i in by_deadline if first[i]]
+    if soft and t_full - step_s(m - 1) <= 0.5 * t1:
+        hard_only = True  # batching pays: a first chunk's deadline does not count
+    else:
+        hard_only = False
+
+    def lateness(part: list[int]) -> tuple[float, float]:
+        """Worst lateness of the in-stream and of the first chunks when ``part`` goes first."""
+        end_part = now + step_s(len(part))
+        end_rest = end_part + step_s(m - len(part)) if len(part) < m else end_part
+        taken = set(part)
+        worst_hard = worst_soft = -math.inf
+        for i in range(m):
+            late = (end_part if i in taken else end_rest) - deadlines_s[i]
+            if first[i]:
+                worst_soft = max(worst_soft, late)
+            else:
+                worst_hard = max(worst_hard, late)
+        return worst_hard, (-math.inf if hard_only else worst_soft)
+
+    full_hard, full_soft = lateness(list(range(m)))
+    if full_hard <= 0 and full_soft <= 0:
+        return tuple(range(m))
+    best, best_key = None, None
+    for p in range(len(hard), -1, -1):
+        # where batching pays the first chunks always share the step (never put off)
+        for q in range(len(soft), -1 if not hard_only else len(soft) - 1, -1):
+            part = hard[:p] + soft[:q]
+            if not part:
+                continue
+            h, f = (full_hard, full_soft) if len(part) == m else lateness(part)
+            if h > 1e-12:
+                continue  # a part must keep every in-stream deadline
+            key = (max(f, 0.0), max(h, f), -len(part))
+            if best_key is None or _better(key, best_key):
+                best, best_key = part, key
+    if best is None:
+        return tuple(range(m))
+    return tuple(sorted(best))
 
 
 def step_estimate(measured: dict[int, float]) -> Callable[[int], float]:

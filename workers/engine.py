@@ -124,6 +124,7 @@ class _Entry:
     t_ready: float = 0.0  # when the reader's acknowledgement last let a blocked session through
     expect: bool = True  # its next request may come any moment (see Engine.decide)
     reading: bool = False  # its client asked and did not pause: chunks may be made ahead
+    put_off: bool = False  # its first chunk was put after in-stream chunks once (split_due)
 
     def due(self, max_unread: int = 0) -> bool:
         if self.state.chunk_index >= self.want:
@@ -447,7 +448,8 @@ class Engine:
                 if e.due(cfg.max_unread):
                     due.append((min(e.t_request.values(), default=0.0), sid, shape))
                     deadline[sid] = e.t_request.get(e.state.chunk_index, now) + cfg.deadline_s
-                    first[sid] = e.state.chunk_index == 0  # a session's first chunk: an admission wait
+                    # a session's first chunk: an admission wait (put off at most once)
+                    first[sid] = e.state.chunk_index == 0 and not e.put_off
                 elif prearm and e.ahead(prearm, cfg.max_unread):
                     ahead.append((e.state.chunk_index - e.want, sid, shape))
             measured = dict(self._step_s)
@@ -461,8 +463,15 @@ class Engine:
         ids = tuple(sid for _, sid, hw in due if hw == shape)[:cap]
         split = False
         if len(ids) > 1:  # fewer when the full step would miss a deadline a split meets better
-            k = split_due(now, [deadline[sid] for sid in ids], step_estimate(measured), [first[sid] for sid in ids])
-            split, ids = k < len(ids), ids[:k]
+            take = split_due(now, [deadline[sid] for sid in ids], step_estimate(measured), [first[sid] for sid in ids])
+            split = len(take) < len(ids)
+            if split:
+                with self._cond:
+                    for sid in set(ids) - {ids[i] for i in take}:
+                        e = self._entries.get(sid)
+                        if e is not None and first[sid]:
+                            e.put_off = True
+                ids = tuple(ids[i] for i in take)
         candidates = [sid for _, sid, hw in ahead if hw == shape]
         if candidates and len(ids) < cap and not split:
             k = join_ahead(now, deadlines_s=[deadline[sid] for sid in ids], candidates_s=[now] * len(candidates),

@@ -301,6 +301,7 @@ class Simulator:
                 self._wants_admission(now)
             if not s.wants:
                 s.fresh = True  # a new burst: its first chunk waits for admission, not in-stream
+                s.put_off = False
             s.wants = True
             if not s.in_flight:
                 s.next_req = now
@@ -425,9 +426,13 @@ class Simulator:
                 if len(due) > w.max_batch:
                     due = due[: w.max_batch]
                 slo = self.snapshot_slo
-                k = split_due(now, [s.next_req + slo for s in due], lambda n: step_of(n, 0.0),
-                              [s.fresh for s in due])
-                split, due = k < len(due), due[:k]
+                take = split_due(now, [s.next_req + slo for s in due], lambda n: step_of(n, 0.0),
+                                 [s.fresh and not s.put_off for s in due])
+                split = len(take) < len(due)
+                if split:
+                    for i in set(range(len(due))) - set(take):
+                        due[i].put_off = due[i].fresh  # put off once: never again
+                    due = [due[i] for i in take]
             else:
                 split = False
             if early and not split and len(due) < w.max_batch:

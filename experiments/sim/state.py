@@ -28,7 +28,7 @@ class _Session:
     __slots__ = (
         "idx", "sid", "status", "worker", "target", "nbytes", "period", "frames", "since",
         "next_index", "next_req", "in_flight", "copy_until", "migrated_next", "wants", "ctx",
-        "recent", "on_host", "host_ready", "view", "dirty", "opened", "fresh",
+        "recent", "on_host", "host_ready", "view", "dirty", "opened", "fresh", "put_off",
     )
 
     def __init__(self, idx: int, sid: str, nbytes: int, period: float, frames: int) -> None:
@@ -51,6 +51,7 @@ class _Session:
         self.dirty = False  # queued in Simulator._dirty for a new view
         self.opened = False
         self.fresh = True  # its next chunk is the first of a burst (index 0 or after a resume)
+        self.put_off = False  # that first chunk was put after in-stream chunks once (split_due)
 
 
 class _Worker:
