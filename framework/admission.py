@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
-import dask.config
 from dask.utils import parse_bytes
 
+from framework import config
 from framework.controller import ControlLoop
 from framework.errors import InsufficientMemory, WorkerInGroup
 from framework.limits import (
@@ -161,9 +161,9 @@ class Admission:
         ws = self.scheduler.workers.get(worker)
         if ws is None or not ws.memory_limit or "GPU" in (ws.resources or {}):
             return None
-        if not dask.config.get("turboserve.admission.memory-check", True):
+        if not config.get("admission.memory-check"):
             return None
-        reserve = parse_bytes(str(dask.config.get("turboserve.admission.memory-reserve", "1 GiB")))
+        reserve = parse_bytes(str(config.get("admission.memory-reserve")))
         need = session_memory(rec.model, rec.height, rec.width)
         models = {self.settings.model}
         held = 0
