@@ -61,19 +61,24 @@ class Recovery:
         self._spawn = spawn
         self._changed = changed
 
-    def restart(self, rec: SessionRecord) -> None:
-        """``rec``'s actor and state are gone: mark it pending and recover it in the background."""
+    def restart(self, rec: SessionRecord, why: str = "its state was lost") -> None:
+        """``rec``'s actor and state are gone: mark it pending and recover it in the background.
+
+        The registry records it (``worker-lost``, and ``recovered`` at the checkpoint's
+        chunk once it is back): the actor's own events died with it.
+        """
         prior = rec.status
+        rec.note("worker-lost", worker=rec.worker, chunk=rec.chunks, why=why)
         self.actors.release(rec)
         rec.worker = None
         rec.set_status(SessionStatus.PENDING, time.time())
-        self._spawn(self._recover(rec.session_id, prior))
+        self._spawn(self._recover(rec.session_id, prior, why))
 
     def worker_lost(self, worker: str, why: str) -> None:
         """Bring every session ``worker`` holds back from its checkpoint (on a chosen worker)."""
         for rec in self.registry.on_worker(worker):
             logger.warning("%s holding session %s; recovering it from its checkpoint", why, rec.session_id)
-            self.restart(rec)
+            self.restart(rec, why)
         self._changed()
 
     async def group_lost(self, group: Any, gone: str | None) -> None:
@@ -84,7 +89,7 @@ class Recovery:
             self.worker_lost(group.leader, f"group {group.group_id} lost {gone or 'a rank'}")
         await self.groups.release_followers(group, gone)
 
-    async def _recover(self, session_id: str, prior: SessionStatus) -> None:
+    async def _recover(self, session_id: str, prior: SessionStatus, why: str = "its state was lost") -> None:
         async with self._lock(session_id):
             rec = self.registry.get(session_id)
             if rec.status is SessionStatus.CLOSED or (rec.actor_key and rec.worker in self.scheduler.workers):
@@ -99,7 +104,8 @@ class Recovery:
                     failed.clear()
                     continue
                 try:
-                    await self.actors.start(rec, target, {"kind": "store"})
+                    info = await self.actors.start(rec, target, {"kind": "store"})
+                    rec.note("recovered", worker=target, from_chunk=info["chunk_index"], why=why)
                     break
                 except Exception:
                     logger.warning("recovering session %s on %s failed", session_id, target, exc_info=True)

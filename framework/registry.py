@@ -8,6 +8,8 @@ turns it into the immutable :class:`policies.types.Snapshot` the policies read, 
 from __future__ import annotations
 
 import statistics
+import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -17,6 +19,8 @@ from workers.errors import SessionNotFound
 
 #: Latencies kept per session for ``recent_latency_s`` and the stats.
 RECENT = 32
+#: Events the registry keeps per session (the oldest are dropped first).
+MAX_EVENTS = 64
 #: Name of the scheduler plugin that keeps the registry
 #: (:class:`~framework.scheduler_plugin.TurboserveScheduler`, ``scheduler.plugins[PLUGIN_NAME]``).
 PLUGIN_NAME = "turboserve"
@@ -50,6 +54,20 @@ class SessionRecord:
     created_s: float = 0.0
     chunk_period_s: float = 1.0
     latencies: deque = field(default_factory=lambda: deque(maxlen=RECENT))
+    #: What the control plane saw happen to the session (migrated, its worker lost, recovered at
+    #: chunk k), kept here because an actor's own list dies with its worker. Not in ``to_dict``.
+    events: deque = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
+
+    def note(self, kind: str, worker: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Record an event as :meth:`framework.Session.events` shows it (``source: "registry"``).
+
+        ``fields`` may carry the ``id`` of the actor's own record of the same event, so a
+        client that reads both keeps one.
+        """
+        event = {"kind": kind, "t": time.time(), "worker": worker, "id": uuid.uuid4().hex[:12],
+                 "source": "registry", **fields}
+        self.events.append(event)
+        return event
 
     def set_status(self, status: SessionStatus, now_s: float) -> None:
         """Change the status; ``since_s`` becomes ``now_s``."""

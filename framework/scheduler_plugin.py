@@ -139,6 +139,7 @@ class TurboserveScheduler(SchedulerPlugin):
                 "turboserve_drain": self.drain,
                 "turboserve_sessions": self.sessions,
                 "turboserve_info": self.info,
+                "turboserve_events": self.events,
                 "turboserve_stats": self.stats,
                 "turboserve_shutdown": self.shutdown,
                 "turboserve_control_start": self.start_control,
@@ -454,6 +455,10 @@ class TurboserveScheduler(SchedulerPlugin):
         """One session's record and actor location, as it is now (no waiting)."""
         return self._location(self.registry.get(session_id))
 
+    def events(self, session_id: str) -> list[dict[str, Any]]:
+        """What the registry recorded of one session (migrations, workers lost, recoveries), oldest first."""
+        return list(self.registry.get(session_id).events)
+
     def sessions(self, include_closed: bool = False) -> list[dict[str, Any]]:
         """Every session's record as plain data."""
         return [r.to_dict() for r in self.registry.records(include_closed)]
@@ -630,7 +635,7 @@ class TurboserveScheduler(SchedulerPlugin):
                 # The source handed its state over and the target never took it: bring the
                 # session back from its checkpoint (generation is deterministic).
                 logger.warning("%s; recovering session %s from its checkpoint", exc, rec.session_id)
-                self.recovery.restart(rec)
+                self.recovery.restart(rec, f"a failed migration to {target} dropped its state")
             raise
 
     async def _suspend_locked(self, rec: SessionRecord, tier: str) -> None:

@@ -239,6 +239,13 @@ class Session:
                 self._merge_events(list(fetched))
             except (TimeoutError, TurboserveError, OSError, KeyError):
                 pass  # no actor to ask (suspended to disk, lost, closed): what was seen stays
+            try:  # what the registry saw (it outlives an actor that died with its worker)
+                recorded = await asyncio.wait_for(
+                    self._server.client.scheduler.turboserve_events(session_id=self.id), EVENTS_TIMEOUT_S
+                )
+                self._merge_events(list(recorded))
+            except (TimeoutError, TurboserveError, OSError, KeyError):
+                pass
         return sorted((dict(e) for e in self._events), key=lambda e: e.get("t") or 0.0)
 
     def events(self) -> list[dict[str, Any]]:
@@ -275,9 +282,14 @@ class Session:
         ``close-unconfirmed``
             :meth:`close` returned without the scheduler's answer (``why``).
 
-        The actor's list travels with the state between workers; events of an actor
-        that died with its worker are only here if this client read them before (the
-        recovered actor starts a list of its own). Waits at most ``EVENTS_TIMEOUT_S``.
+        The actor's list travels with the state between workers (and through a
+        suspension to disk). The registry on the scheduler records, with ``source:
+        "registry"``: ``migrated`` (to ``worker`` from ``from_worker`` at ``chunk``; the
+        same event as the actor's, shown once), ``worker-lost`` (the session's actor died
+        with ``worker`` after ``chunk`` chunks, ``why``) and ``recovered`` (back on
+        ``worker`` from the checkpoint at ``from_chunk``), so they outlive an actor that
+        died with its worker; that actor's other events are only here if this client
+        read them before. Waits at most ``EVENTS_TIMEOUT_S`` per source.
 
         Examples
         --------

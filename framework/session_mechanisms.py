@@ -49,6 +49,7 @@ class SessionActors:
         self._changed = changed
         self._futures: dict[str, Any] = {}  # session id -> Future of its actor
         self._unread: dict[str, list] = {}  # session id -> unread chunks of a disk-suspended session
+        self._events: dict[str, list] = {}  # session id -> its actor's events, while suspended to disk
         self._client: Any = None
         self._client_lock = asyncio.Lock()
 
@@ -58,7 +59,7 @@ class SessionActors:
             client, self._client = self._client, None
             await client.close()
 
-    async def start(self, rec: SessionRecord, worker: str, source: dict[str, Any]) -> None:
+    async def start(self, rec: SessionRecord, worker: str, source: dict[str, Any]) -> dict[str, Any]:
         """A new actor for ``rec`` on ``worker`` that takes its state from ``source``: one ownership transaction.
 
         1. *prepare*: the actor is started and loads the state (fresh, from the store,
@@ -124,6 +125,7 @@ class SessionActors:
         rec.state_bytes = info["state_bytes"]
         rec.chunks = max(rec.chunks, info["chunk_index"])
         self._changed()
+        return info
 
     async def call(self, rec: SessionRecord, method: str, *args: Any) -> Any:
         """Call ``method`` on the session's actor; a worker that went away is a :class:`TransferError`."""
@@ -180,6 +182,7 @@ class SessionActors:
     def forget(self, session_id: str) -> None:
         """Forget a closed session's undelivered chunks."""
         self._unread.pop(session_id, None)
+        self._events.pop(session_id, None)
 
     async def migrate(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
         """Move the session's state to a new actor on ``target`` at a chunk boundary (see :meth:`start`).
@@ -196,9 +199,10 @@ class SessionActors:
         rec.set_status(SessionStatus.MIGRATING, time.time())
         try:
             await self._bounded(self.call(rec, "freeze"), f"freezing session {rec.session_id!r}")
+            event_id = uuid.uuid4().hex[:12]  # the actor's record and the registry's are one event
             source = {"kind": "peer", "address": old_worker, "key": old_key,
-                      "transport": transport or self.settings.transport}
-            await self.start(rec, target, source)
+                      "transport": transport or self.settings.transport, "event_id": event_id}
+            info = await self.start(rec, target, source)
         except Exception as exc:
             lost = True
             if old_worker in self.scheduler.workers:
@@ -221,6 +225,7 @@ class SessionActors:
             error.state_lost = lost and old_worker in self.scheduler.workers
             raise error from exc
         rec.migrations += 1
+        rec.note("migrated", worker=target, from_worker=old_worker, chunk=info["chunk_index"], id=event_id)
         rec.set_status(prior, time.time())
 
     async def suspend(self, rec: SessionRecord, tier: str) -> bool:
@@ -230,6 +235,8 @@ class SessionActors:
         info = await self.call(rec, "offload", tier)
         if info.get("unread"):
             self._unread[rec.session_id] = list(info["unread"])
+        if tier == "disk" and info.get("events"):
+            self._events[rec.session_id] = list(info["events"])  # the next actor goes on with them
         rec.state_bytes = info["state_bytes"] or rec.state_bytes
         rec.chunks = max(rec.chunks, info["chunk_index"])
         rec.tier = tier
@@ -251,8 +258,10 @@ class SessionActors:
             source = {"kind": "peer", "address": rec.worker, "key": rec.actor_key, "transport": "host"}
             await self.start(rec, worker, source)
         else:
-            await self.start(rec, worker, {"kind": "store", "unread": self._unread.get(rec.session_id, [])})
+            await self.start(rec, worker, {"kind": "store", "unread": self._unread.get(rec.session_id, []),
+                                           "events": self._events.get(rec.session_id, [])})
             self._unread.pop(rec.session_id, None)
+            self._events.pop(rec.session_id, None)
         rec.tier = None
         rec.set_status(SessionStatus.IDLE, time.time())
 

@@ -306,7 +306,8 @@ class SessionActor:
             self._restored_at = int(payload.get("restored_at", 0))  # a gap not regenerated yet moves along
             migrated = source.get("migrated", True)
             self._events.extend(e for e in payload.get("events", ()) if e not in self._events)
-            self._record("migrated", from_worker=source["address"], chunk=state.chunk_index, transport=transport)
+            same = {"id": source["event_id"]} if source.get("event_id") else {}  # the registry records it too
+            self._record("migrated", from_worker=source["address"], chunk=state.chunk_index, transport=transport, **same)
         self._prepared = (state, want, t_request, migrated)
         self._next = state.chunk_index
         store = self._host.checkpoints()
