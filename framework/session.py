@@ -30,7 +30,6 @@ from typing import Any
 
 from distributed import Future
 from distributed.actor import ProxyRPC
-from distributed.core import send_recv
 
 from framework import notebook
 from framework.errors import SessionLost
@@ -45,7 +44,7 @@ from workers.errors import (
     TurboserveError,
 )
 from workers.chunk_futures import chunk_key, fetch_chunk
-from workers.session_actor import call_actor
+from workers.session_actor import BoundedRPC, call_actor
 
 logger = logging.getLogger(__name__)
 
@@ -61,30 +60,6 @@ RELOCATE_TIMEOUT_S = 120.0
 CLOSE_TIMEOUT_S = 30.0
 #: Seconds events() waits for the session's actor or the scheduler.
 EVENTS_TIMEOUT_S = 10.0
-
-
-class _FastFailRPC:
-    """Like ``client.rpc(addr)``, but connecting gives up after ``CONNECT_TIMEOUT_S``.
-
-    Dask retries a refused connection until ``distributed.comm.timeouts.connect``
-    (30 s); a session whose worker is gone should ask the scheduler where it went
-    instead of waiting that long.
-    """
-
-    __slots__ = ("addr", "pool")
-
-    def __init__(self, pool: Any, addr: str) -> None:
-        self.pool, self.addr = pool, addr
-
-    def __getattr__(self, op: str):
-        async def call(**kwargs: Any) -> Any:
-            comm = await self.pool.connect(self.addr, timeout=CONNECT_TIMEOUT_S)
-            try:
-                return await send_recv(comm=comm, op=op, **kwargs)
-            finally:
-                self.pool.reuse(self.addr, comm)
-
-        return call
 
 
 class Session:
@@ -301,7 +276,7 @@ class Session:
     def _rpc_to(self, worker: str) -> Any:
         client = self._server.client
         if client.direct_to_workers:
-            return _FastFailRPC(client.rpc, worker)
+            return BoundedRPC(client.rpc, worker, CONNECT_TIMEOUT_S)
         return ProxyRPC(client.scheduler, worker)
 
     def _rpc(self) -> Any:
