@@ -18,7 +18,7 @@ import time
 import pytest
 
 from kernels.model import StreamingVideoModel
-from workers.batching import join_ahead, step_estimate
+from workers.batching import join_ahead, step_estimate, step_fit
 from workers.engine import Engine, EngineSettings
 
 
@@ -157,3 +157,35 @@ def test_a_late_client_finds_its_chunk_made_in_the_others_step(model):
         assert len(later) == 4 and all(c.batch_size == 2 for c in later)
     finally:
         engine.stop()
+
+
+# ------------------------------------------------------------------ batching gain under load
+
+
+def test_step_fit_is_a_line_through_all_measured_sizes():
+    f = step_fit({1: 0.1, 2: 0.2, 4: 0.4})
+    assert math.isclose(f(3) - f(2), 0.1) and math.isclose(f(1), 0.1)
+    g = step_fit({1: 0.135, 2: 0.074, 3: 0.181, 4: 0.103})  # load noise around a gentle slope
+    assert 0 <= g(4) - g(3) <= 0.5 * g(1)
+    assert step_fit({3: 0.3})(8) == 0.3 and step_fit({})(1) == math.inf
+
+
+def test_made_ahead_chunks_join_when_the_fastest_steps_say_batching_pays(model):
+    # Step times averaged on a loaded machine (seen live): a step of 4 at 3.3x a step of
+    # 1, a step of 2 faster than one of 1. Their differences refused the third and fourth
+    # joins; the fastest step of each size (load only adds time) says batching pays.
+    noisy = {1: 0.113, 2: 0.094, 3: 0.239, 4: 0.376}
+    engine = _engine(model, 4, prearm_chunks=1, deadline_s=30.0, max_batch=4)
+    with engine._cond:
+        engine._step_s = dict(noisy)
+        engine._step_min = {1: 0.045, 2: 0.062, 3: 0.08, 4: 0.095}
+    engine.request("s2", 2)
+    assert engine.schedule().session_ids == ("s2", "s0", "s1", "s3")
+    # where even the fastest steps grow by a whole batch-1 step, nothing joins
+    with engine._cond:
+        engine._step_min = {1: 0.05, 2: 0.1, 3: 0.15, 4: 0.2}
+    assert engine.schedule().session_ids == ("s2",)
+    # the averaged times alone (no fastest step known, as in the tests above) refuse here
+    with engine._cond:
+        engine._step_min = {}
+    assert engine.schedule().session_ids != ("s2", "s0", "s1", "s3")

@@ -42,7 +42,7 @@ import numpy as np
 
 from kernels.state import SessionState
 from storage.tiers import offload_to_host
-from workers.batching import BatchDecision, decide_batch, join_ahead, split_due, step_bound, step_estimate
+from workers.batching import BatchDecision, decide_batch, join_ahead, split_due, step_bound, step_estimate, step_fit
 from workers.chunk import Chunk
 from workers.engine_settings import EngineSettings
 from workers.errors import SessionNotFound
@@ -200,6 +200,7 @@ class Engine:
         self.parked_copies = ReceivePool(pin_memory=None)
         self._per_session_peak: float | None = None
         self._step_s: dict[int, float] = {}  # batch size -> recent step seconds (EWMA)
+        self._step_min: dict[int, float] = {}  # batch size -> fastest step seconds (the shape, for join_ahead)
         self._free_s = -math.inf  # when the last step ended
         self.steps = 0
         self.chunks = 0
@@ -453,6 +454,8 @@ class Engine:
                 elif prearm and e.ahead(prearm, cfg.max_unread):
                     ahead.append((e.state.chunk_index - e.want, sid, shape))
             measured = dict(self._step_s)
+            # the shape for the batching-pays test: each measured size's fastest step
+            fastest = {b: min(t, self._step_min.get(b, math.inf)) for b, t in self._step_s.items()}
             n_active = len(self._entries)
         if not due:
             return StepPlan.make_empty()
@@ -476,7 +479,7 @@ class Engine:
         if candidates and len(ids) < cap and not split:
             k = join_ahead(now, deadlines_s=[deadline[sid] for sid in ids], candidates_s=[now] * len(candidates),
                            slo_s=cfg.deadline_s, n_active=n_active, max_batch=cap, step_s=step_estimate(measured),
-                           firsts=[first[sid] for sid in ids])
+                           firsts=[first[sid] for sid in ids], gain_s=step_fit(fastest))
             ids += tuple(candidates[:k])
         valve = cfg.valve_batch and len(due) > cfg.valve_batch
         return StepPlan(ids, cfg.valve_steps if valve else None)
@@ -657,6 +660,7 @@ class Engine:
                 last = self._step_s.get(plan.batch_size)
                 took = t_done - t_start
                 self._step_s[plan.batch_size] = took if last is None else 0.7 * last + 0.3 * took
+                self._step_min[plan.batch_size] = min(took, self._step_min.get(plan.batch_size, math.inf))
         if measure:
             peak = (torch.cuda.max_memory_allocated(self.device) - base) / plan.batch_size
             self._per_session_peak = max(peak, self._per_session_peak or 0.0, 1.0)
