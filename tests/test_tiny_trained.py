@@ -140,7 +140,9 @@ def test_streamed_frames_have_the_prompts_colour_and_motion_for_every_training_p
     The first checkpoint (its decoder trained from random weights) had the colour right
     for 10 of 28 prompts; with the analytic decoder, 26 of 28 and the direction for 5
     (chance: 7). The motion is measured after the first chunk, as ``kernels.train --evaluate``
-    does (here over one more chunk, it streams four).
+    does (here over one more chunk, it streams four). The shipped weights get all 28 on
+    this machine's torch build; one miss is allowed so that a CPU with other float
+    rounding (a borderline prompt) does not fail the suite, two fail it.
     """
     wrong = []
     for i, (colour, direction) in enumerate((c, d) for c in COLOURS for d in DIRECTIONS):
@@ -148,7 +150,7 @@ def test_streamed_frames_have_the_prompts_colour_and_motion_for_every_training_p
         got = dominant_colour(frames), motion_direction(frames[model.preset.frames_per_chunk:])
         if got != (colour, direction):
             wrong.append((prompt_for(colour, direction), got))
-    assert not wrong, wrong
+    assert len(wrong) <= 1, wrong
 
 
 def test_the_measures_read_the_training_videos_right():
