@@ -7,7 +7,8 @@ compared with (the machine is shared and noisy: compare within a run, not across
    starts them (:class:`framework.worker_env.ServingNanny`) against one started by
    Dask's plain nanny (``MALLOC_TRIM_THRESHOLD_=65536``), and the bare step in this
    process: step time measured on the worker (``t_done_s - t_start_s``) and the whole
-   path of a chunk (``submit().result()``), one session, interleaved.
+   path of a chunk (``submit().result()``), one session, interleaved; and the worker
+   process's minor page faults per chunk (``getrusage``), which load does not blur.
 2. **Chunk rate against the bare batched model.** ``S`` sessions (1, 4, 8) on ``W``
    workers (1, 2), placed evenly. *Closed loop*: each session asks for its next chunk as
    soon as it has the last one. *Back to back*: rounds of ``S`` ``submit()`` calls made
@@ -240,8 +241,21 @@ def run_config(server, bare: BareModel, workers: list[str], n_sessions: int, chu
     return rows
 
 
+def _minor_faults(server, worker: str | None) -> int:
+    """The worker process's minor page faults so far (``getrusage``; load does not change them)."""
+    import resource
+
+    ran = server.client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt,
+                            workers=[worker] if worker else None)
+    return next(iter(ran.values()))
+
+
 def environment(ours, plain, bare: BareModel, chunks: int) -> None:
-    """Step and whole-path time of one session: our workers, Dask's plain nanny, bare."""
+    """Step and whole-path time of one session: our workers, Dask's plain nanny, bare.
+
+    Also the worker's minor page faults per chunk (measured around each chunk's round
+    trip): the allocator setting's effect, which a loaded machine does not blur as it
+    blurs the times."""
     import os
 
     env = {name: srv.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
@@ -250,17 +264,22 @@ def environment(ours, plain, bare: BareModel, chunks: int) -> None:
                 "plain": plain.open_session(PROMPT, seed=900)}
     step = {k: [] for k in sessions}
     path = {k: [] for k in sessions}
+    faults = {k: [] for k in sessions}
     bare_s = []
+    servers = {"ours": ours, "plain": plain}
+    worker = {"ours": ours.workers()[0], "plain": None}
     try:
         for s in sessions.values():
             s.submit().result()  # warm-up
         for _ in range(chunks):  # interleaved, so load on the machine hits all alike
             bare_s.append(bare.step_s(1))
             for name, s in sessions.items():
+                f0 = _minor_faults(servers[name], worker[name])
                 t0 = time.perf_counter()
                 chunk = s.submit().result()
                 path[name].append(time.perf_counter() - t0)
                 step[name].append(chunk.t_done_s - chunk.t_start_s)
+                faults[name].append(_minor_faults(servers[name], worker[name]) - f0)
     finally:
         for s in sessions.values():
             s.close()
@@ -270,7 +289,7 @@ def environment(ours, plain, bare: BareModel, chunks: int) -> None:
     for name, label in (("ours", "turboserve worker (ServingNanny)"), ("plain", "Dask's plain nanny")):
         var = sorted(set(env[name].values()))
         print(f"  {label:33s} step {1e3 * med(step[name]):7.1f}  whole path {1e3 * med(path[name]):7.1f}"
-              f"   MALLOC_TRIM_THRESHOLD_={var}")
+              f"  minor page faults/chunk {med(faults[name]):8.0f}   MALLOC_TRIM_THRESHOLD_={var}")
     print(f"  step plain/ours {med(step['plain']) / med(step['ours']):5.2f}x   "
           f"whole path plain/ours {med(path['plain']) / med(path['ours']):5.2f}x", flush=True)
 
