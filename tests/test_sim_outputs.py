@@ -119,12 +119,15 @@ def test_bad_profiles_are_refused_with_the_reason(tmp_path):
         load_profile("no-such-profile")
 
 
+def events(rows):
+    """A tiny-model workload from ``(time_s, session, event)`` rows."""
+    return prepare(pd.DataFrame([(t, s, e, "c", "tiny", 12 if e == "open" else None, 64, 64,
+                                  16 if e == "open" else None) for t, s, e in rows], columns=COLUMNS))
+
+
 def test_oracle_pays_ceil_of_active_over_b_star():
     # two sessions active 0-10 s, one active 10-20 s; b* = 1 when a batch of 2 misses the SLO
-    rows = [(0, "a", "open"), (0, "b", "open"), (10, "b", "close"), (20, "a", "close")]
-    df = pd.DataFrame([(t, s, e, "c", "tiny", 12 if e == "open" else None, 64, 64, 16 if e == "open" else None)
-                       for t, s, e in rows], columns=COLUMNS)
-    wl = prepare(df)
+    wl = events([(0, "a", "open"), (0, "b", "open"), (10, "b", "close"), (20, "a", "close")])
     tight = oracle_bound(wl, LATENCY, slo_s=0.25, max_batch=8, state_bytes=1, memory_bytes=1e9)
     assert tight.b_star == 1 and tight.gpu_seconds == pytest.approx(2 * 10 + 1 * 10) and tight.peak_gpus == 2
     loose = oracle_bound(wl, LATENCY, slo_s=0.55, max_batch=8, state_bytes=1, memory_bytes=1e9)
@@ -150,10 +153,7 @@ def test_the_oracle_that_pays_for_start_ups_keeps_a_gpu_through_short_lulls_and_
 
 
 def test_the_oracle_row_carries_the_start_up_paying_bound():
-    rows = [(0, "a", "open"), (10, "a", "idle"), (100, "a", "active"), (110, "a", "close")]
-    df = pd.DataFrame([(t, s, e, "c", "tiny", 12 if e == "open" else None, 64, 64, 16 if e == "open" else None)
-                       for t, s, e in rows], columns=COLUMNS)
-    wl = prepare(df)
+    wl = events([(0, "a", "open"), (10, "a", "idle"), (100, "a", "active"), (110, "a", "close")])
     free = oracle_bound(wl, LATENCY, slo_s=0.25, max_batch=8, state_bytes=1, memory_bytes=1e9)
     paid = oracle_bound(wl, LATENCY, slo_s=0.25, max_batch=8, state_bytes=1, memory_bytes=1e9, startup_s=30.0)
     assert free.gpu_seconds == pytest.approx(20.0) and free.gpu_seconds_startup == pytest.approx(20.0)
