@@ -6,11 +6,15 @@ see yet: the workers marked draining and the sessions being opened on each worke
 (admitted, actor not started). A worker is offered when it is in the cluster, not
 draining, not a follower in a parallel group, and below
 ``turboserve.admission.max-sessions-per-worker`` (counting the sessions being opened
-there); among those the control loop chooses (:meth:`ControlLoop.choose
+there), and when the session fits its memory (:meth:`Admission.memory_fit`, CPU workers);
+among those the control loop chooses (:meth:`ControlLoop.choose
 <framework.controller.ControlLoop.choose>`: the same placement policy, snapshot and
 ledger as its ticks). When none fits, ``turboserve.admission.on-full`` says whether the
 request is refused or waits (up to ``queue-timeout-s``) for capacity to change
-(:meth:`Admission.changed`).
+(:meth:`Admission.changed`); a session that fits no worker's memory even empty is
+refused at once (:class:`~framework.errors.InsufficientMemory`). A session that lost its
+worker may take back a worker the autoscaler drained and has not closed yet
+(:meth:`Admission.reclaim_drained`).
 
 Its owner is :class:`~framework.scheduler_plugin.TurboserveScheduler`;
 :class:`~framework.recovery.Recovery` asks it too.
