@@ -340,6 +340,8 @@ class TurboserveScheduler(SchedulerPlugin):
             rec = self.registry.get(session_id)
             self._check_open(rec)
             self.admission.check_serves(rec, worker)
+            if worker is not None and worker != rec.worker:
+                self.admission.check_memory(rec, worker)  # InsufficientMemory before any state moves
             if rec.status is SessionStatus.SUSPENDED:
                 await self._resume_locked(rec, worker)
             elif worker is not None and worker != rec.worker:
@@ -362,6 +364,8 @@ class TurboserveScheduler(SchedulerPlugin):
             rec = self.registry.get(session_id)
             self._check_open(rec)
             self.admission.check_serves(rec, target)
+            if rec.worker != target:
+                self.admission.check_memory(rec, target)  # InsufficientMemory before any state moves
             if rec.status is SessionStatus.SUSPENDED:
                 await self._resume_locked(rec, target)
             elif rec.worker != target:
@@ -383,6 +387,8 @@ class TurboserveScheduler(SchedulerPlugin):
         async with self._lock(session_id):
             if rec.status is not SessionStatus.PENDING:
                 return self._location(rec)
+            if worker is not None:
+                self.admission.check_memory(rec, worker)
             target = worker or await self.admission.admit(rec)
             await self.actors.start(rec, target, {"kind": "store" if self.settings.store else "new"})
             self._set(rec, SessionStatus.ACTIVE)

@@ -93,3 +93,23 @@ def test_a_session_that_does_not_fit_a_4_gib_worker_is_refused_before_it_runs(tm
         assert [r for r in server.sessions() if r["status"] != "closed"] == []
         s = server.open_session("a red fox", seed=1)  # a small session still fits and streams
         assert [c.index for c in s.stream(2)] == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_migration_to_a_worker_the_session_does_not_fit_is_refused_and_it_stays(tmp_path):
+    from framework import Server
+
+    # 6 GiB workers, 5 GiB free each: one tiny 720x1280 session (3.5 GiB of activations) fits, two do not.
+    with Server.local(n_workers=2, model="tiny", store=str(tmp_path), memory_limit="6GiB",
+                      dashboard_address=None) as server:
+        a, b = server.workers()
+        s1 = server.open_session("a red fox", seed=1, height=720, width=1280, worker=a)
+        server.open_session("a red fox", seed=2, height=720, width=1280, worker=b)
+        with pytest.raises(InsufficientMemory, match=f"worker {b} has"):
+            s1.migrate(b)
+        rec = next(r for r in server.sessions() if r["id"] == s1.id)
+        assert rec["worker"] == a and rec["status"] in ("idle", "active"), rec
+        s1.suspend(to="disk")
+        with pytest.raises(InsufficientMemory):
+            s1.resume(worker=b)
+        assert next(r for r in server.sessions() if r["id"] == s1.id)["status"] == "suspended"
