@@ -6,7 +6,8 @@ fleet of ``--gpus`` GPUs, at several load scales:
 - ``fixed-1``, ``fixed-2``, ``fixed-4``: every GPU in groups of that degree
   (``policies.parallelism.FixedDegree``);
 - ``adaptive``: each model at the degree it needs (``policies.parallelism.Adaptive``:
-  by deadline, load and transformation cost).
+  by deadline, load and transformation cost), degrees 1, 2, 4;
+- ``adaptive-8``: the same with every degree that divides the model's heads up to 8.
 
 A GPU holds one model's weights, so the fleet is split into one pool per model
 (:mod:`experiments.sim.pools`); each policy splits it by the GPUs its degrees need at the
@@ -21,8 +22,10 @@ largest load scale at which both the whole run and the 14B chunks meet
 ``--target`` attainment, and its sessions per GPU-hour; the ratio is against the best
 fixed degree that reaches the target at all. The oracle rows are the bound with the
 same step-time model: GPU-hours of ``ceil(active / slots(k)) * k`` GPUs per model at
-every instant, so the best ratio any adaptive policy could reach on this mix is the
-ratio of the oracles' GPU-hours.
+every instant. ``--oracle-only`` adds the bound of every policy whose degrees divide the
+model's heads up to 4 and 8 (:func:`any_degree_oracle_row`): no such policy serves the
+trace with every chunk on time on fewer GPU-hours. It is a ratio of ideal policies, not a
+bound on a measured ratio (a real fixed degree may fall further short of its oracle).
 """
 
 from __future__ import annotations
@@ -51,8 +54,20 @@ POLICIES: dict[str, PolicySpec] = {
     "fixed-2": PolicySpec("parallelism", "fixed", {"degree": 2}),
     "fixed-4": PolicySpec("parallelism", "fixed", {"degree": 4}),
     "adaptive": PolicySpec("parallelism", "adaptive", {}),
+    "adaptive-8": PolicySpec("parallelism", "adaptive", {"max_degree": 8}),
 }
-"""The compared parallelism policies by label."""
+"""The compared parallelism policies by label. ``adaptive-8``: the adaptive policy with every
+degree that divides the model's heads up to 8 (one 8-GPU node; wan-14b: 1, 2, 4, 5, 8;
+wan-1.3b: 1, 2, 3, 4, 6), not only 1, 2, 4."""
+
+
+def spec_for(label: str, model: str) -> PolicySpec:
+    """``POLICIES[label]`` for ``model``: a ``max_degree`` becomes the model's head-dividing degrees."""
+    spec = POLICIES[label]
+    if "max_degree" not in spec.params:
+        return spec
+    params = {k: v for k, v in spec.params.items() if k != "max_degree"}
+    return PolicySpec(spec.kind, spec.name, {**params, "degrees": head_degrees(model, int(spec.params["max_degree"]))})
 
 CAPACITY_COLUMNS = ("trace", "policy", "capacity_scale", "sessions_per_gpu_hour", "instream_attainment",
                     "instream_attainment_14b", "ttfc_p99_s", "vs_best_fixed", "oracle_sessions_per_gpu_hour", "oracle_vs_best_fixed")
@@ -86,7 +101,7 @@ def _period(model: str) -> float:
 
 def degree_for(label: str, model: str, config: SimConfig) -> int:
     """The degree ``label`` runs ``model`` at."""
-    spec = POLICIES[label]
+    spec = spec_for(label, model)
     if spec.name == "fixed":
         return int(spec.params["degree"])
     snap = model_snapshot(model, config)
@@ -133,7 +148,7 @@ def run_policy(trace: TraceInput, label: str, gpus: int, config: SimConfig, *,
         cfg = model_config(model, config).with_(initial_workers=n, min_workers=n, max_workers=n, end_s=end,
                                                 record_chunks=record_chunks)
         policies = PolicySet(PolicySpec("placement", "least-loaded"), PolicySpec("autoscaling", "fixed", {"n": n}),
-                             PolicySpec("offload", "idle-timeout"), name=label, parallelism=POLICIES[label])
+                             PolicySpec("offload", "idle-timeout"), name=label, parallelism=spec_for(label, model))
         result = Simulator(wl, policies, cfg).run()
         results[model] = result
         per_model[model] = (instream_attainment(result), _served(result), int(len(wl.session_ids)))
@@ -173,6 +188,17 @@ def _served(result: Any) -> int:
     return int(result.counters["sessions"] - result.counters["never_served"])
 
 
+def peak_gpus(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[int, int]:
+    """GPUs provisioned for the peak of per-model ``(times, need)`` step series: one pool per
+    model (the sum of the pools' peaks) and one fleet whose GPUs change model and degree as
+    the mix moves (the peak of the sum)."""
+    pooled = int(sum(need.max(initial=0) for _, need in series))
+    grid = np.unique(np.concatenate([t for t, _ in series])) if series else np.zeros(0)
+    shared = sum(need[np.clip(np.searchsorted(t, grid, side="right") - 1, 0, None)] * (grid >= t[0])
+                 for t, need in series if len(t))
+    return pooled, (int(np.max(shared, initial=0)) if len(grid) else 0)
+
+
 def oracle_row(trace: TraceInput, label: str, gpus: int, config: SimConfig) -> dict[str, Any]:
     """The bound of ``label``'s degrees: ``ceil(active / slots(k)) * k`` GPUs per model at every instant."""
     pools = prepare_pools(trace.frame)
@@ -190,19 +216,65 @@ def oracle_row(trace: TraceInput, label: str, gpus: int, config: SimConfig) -> d
         need = np.ceil(active / per_unit) * k
         gpu_s += float((need * np.clip(durations, 0, None)).sum())
         series.append((times, need))
-    # GPUs provisioned for the peak: one pool per model (the sum of the pools' peaks) or
-    # one fleet whose GPUs change model and degree as the mix moves (the peak of the sum)
-    pooled_peak = int(sum(need.max(initial=0) for _, need in series))
-    grid = np.unique(np.concatenate([t for t, _ in series])) if series else np.zeros(0)
-    shared = sum(need[np.clip(np.searchsorted(t, grid, side="right") - 1, 0, None)] * (grid >= t[0])
-                 for t, need in series if len(t))
-    shared_peak = int(np.max(shared, initial=0)) if len(grid) else 0
+    pooled_peak, shared_peak = peak_gpus(series)
     sessions = int(sum(len(wl.session_ids) for wl in pools.values()))
     hours = gpu_s / 3600.0
     return {"trace": trace.name, "policy": f"oracle:{label}", "gpus": gpus, "scale": trace.scale,
             "gpu_hours": hours, "sessions": sessions, "meets_deadline": bool(meets),
             "peak_gpus_pooled": pooled_peak, "peak_gpus_shared": shared_peak,
             "sessions_per_gpu_hour": sessions / hours if hours > 0 else math.nan}
+
+
+def head_degrees(model: str, max_degree: int) -> tuple[int, ...]:
+    """Degrees a sequence-parallel group of ``model`` may have: the divisors of its heads up to ``max_degree``."""
+    from kernels.presets import get_preset
+
+    heads = get_preset(model).num_heads
+    return tuple(k for k in range(1, max_degree + 1) if heads % k == 0)
+
+
+def cover_gpus(slots_by_degree: dict[int, int], n_max: int) -> np.ndarray:
+    """``need[n]``: the fewest GPUs whose units (any mix of degrees) hold ``n`` sessions, ``n = 0..n_max``.
+
+    A unit of degree ``k`` holds ``slots_by_degree[k]`` sessions (degrees holding none are
+    skipped); the least total degree covering ``n`` (an unbounded knapsack, exact).
+    """
+    units = [(k, s) for k, s in sorted(slots_by_degree.items()) if s > 0]
+    if not units:
+        raise ValueError(f"no degree serves a session within the SLO: {slots_by_degree}")
+    need = np.zeros(n_max + 1, dtype=np.int64)
+    for n in range(1, n_max + 1):
+        need[n] = min(k + need[max(n - s, 0)] for k, s in units)
+    return need
+
+
+def any_degree_oracle_row(trace: TraceInput, gpus: int, config: SimConfig, max_degree: int = 8) -> dict[str, Any]:
+    """The bound of *every* parallelism policy whose groups split a model's heads (degree <= ``max_degree``).
+
+    At every instant each model's active sessions are held by the fewest GPUs any mix of
+    units of those degrees needs (:func:`cover_gpus` with each degree's :func:`unit_slots`),
+    transformations free and instant: no policy of degrees <= ``max_degree`` under this
+    step-time model serves the trace's sessions on fewer GPU-hours, nor on fewer GPUs at the
+    peak (one pool per model: ``peak_gpus_pooled``; GPUs that change model: ``peak_gpus_shared``).
+    ``degrees`` lists the degrees each model may take and the sessions a unit of each holds.
+    """
+    pools = prepare_pools(trace.frame)
+    end = float(trace.frame["time_s"].max())
+    gpu_s, series, used = 0.0, [], []
+    for model, wl in pools.items():
+        per = {k: unit_slots(model, k, config) for k in head_degrees(model, max_degree)}
+        times, active = active_series(wl)
+        need = cover_gpus(per, int(active.max(initial=0)))[active]
+        gpu_s += float((need * np.clip(np.diff(np.append(times, end)), 0, None)).sum())
+        series.append((times, need))
+        used.append(f"{model}:" + "/".join(f"{k}x{s}" for k, s in per.items() if s > 0))
+    pooled_peak, shared_peak = peak_gpus(series)
+    sessions = int(sum(len(wl.session_ids) for wl in pools.values()))
+    hours = gpu_s / 3600.0
+    return {"trace": trace.name, "policy": f"oracle:any-degree<={max_degree}", "gpus": gpus, "scale": trace.scale,
+            "gpu_hours": hours, "sessions": sessions, "meets_deadline": True,
+            "peak_gpus_pooled": pooled_peak, "peak_gpus_shared": shared_peak,
+            "sessions_per_gpu_hour": sessions / hours if hours > 0 else math.nan, "degrees": " ".join(used)}
 
 
 # ---------------------------------------------------------------- the experiment
@@ -347,14 +419,21 @@ def oracle_table(
     config: SimConfig | None = None,
     duration_s: float | None = None,
     seed: int = 0,
+    any_degrees: Sequence[int] = (4, 8),
 ) -> pd.DataFrame:
     """Only the oracle rows (no simulation), with each policy's bound over the best fixed degree
-    whose units meet every model's deadline (``vs_best_fixed``)."""
+    whose units meet every model's deadline (``vs_best_fixed``).
+
+    ``any_degrees``: for each ``k``, a row ``oracle:any-degree<=k``, the bound of every policy
+    whose groups have a degree dividing the model's heads up to ``k``
+    (:func:`any_degree_oracle_row`), not only the degrees of ``policies``.
+    """
     config = config if config is not None else SimConfig.from_config()
     rows = []
     for scale in scales:
         for trace in load_traces(list(traces), duration_s=duration_s, scale=float(scale), seed=seed):
             rows += [oracle_row(trace, label, gpus, config) for label in policies]
+            rows += [any_degree_oracle_row(trace, gpus, config, k) for k in any_degrees]
     table = pd.DataFrame(rows)
     for _, part in table.groupby(["trace", "scale"], sort=False):
         fixed = part[part["policy"].str.startswith("oracle:fixed-") & part["meets_deadline"]]

@@ -202,14 +202,15 @@ def test_the_experiment_writes_one_summary_row_per_policy_and_scale(tmp_path):
         ["mixed-14b-share"], gpus=24, scales=(0.1,), duration_s=900.0, out_dir=tmp_path,
         config=SimConfig.from_config(),
     )
-    assert list(summary["policy"]) == ["fixed-1", "fixed-2", "fixed-4", "adaptive"]
+    assert list(summary["policy"]) == ["fixed-1", "fixed-2", "fixed-4", "adaptive", "adaptive-8"]
     written = pd.read_csv(tmp_path / "summary.csv")
-    assert set(SUMMARY_COLUMNS) <= set(written.columns) and len(written) == 4
+    assert set(SUMMARY_COLUMNS) <= set(written.columns) and len(written) == 5
     assert (tmp_path / "capacity.csv").is_file() and (tmp_path / "oracle.csv").is_file()
     by = summary.set_index("policy")
     assert by.loc["fixed-1", "instream_attainment_14b"] == 0.0  # 2.5 s a chunk against 0.75 s
     assert by.loc["adaptive", "instream_attainment_14b"] > by.loc["fixed-2", "instream_attainment_14b"]
     assert by.loc["adaptive", "degrees"] == "wan-1.3b:1,wan-14b:4"
+    assert by.loc["adaptive-8", "degrees"] == "wan-1.3b:1,wan-14b:4"  # the published profile: 8 gains nothing
 
 
 def test_the_oracle_bound_never_counts_a_degree_that_misses_the_14b_deadline_as_best_fixed():
@@ -221,4 +222,52 @@ def test_the_oracle_bound_never_counts_a_degree_that_misses_the_14b_deadline_as_
     # the adaptive degrees need at most the GPU-hours of fixed 4 (the same 14B degree, 1.3B at its best)
     assert table.loc["oracle:adaptive", "gpu_hours"] <= table.loc["oracle:fixed-4", "gpu_hours"]
     # one pool per model provisions the sum of the pools' peaks, a shared fleet the peak of the sum
+    assert (table["peak_gpus_pooled"] >= table["peak_gpus_shared"]).all()
+
+
+def _batch_cost(a: float) -> SimConfig:
+    from experiments.sim.latency import LatencySpec
+
+    return SimConfig.from_config(latency=LatencySpec(batch_cost=a))
+
+
+def test_the_fewest_gpus_of_any_mix_of_degrees_is_exact():
+    import itertools
+
+    from experiments.parallelism import cover_gpus
+
+    per = {1: 0, 4: 1, 5: 3, 8: 8}
+    need = cover_gpus(per, 20)
+    for n in range(21):  # brute force over up to 5 units of each degree
+        best = min(4 * a + 5 * b + 8 * c for a, b, c in itertools.product(range(6), repeat=3) if a + 3 * b + 8 * c >= n)
+        assert need[n] == best, n
+    assert list(need[[1, 3, 8, 9]]) == [4, 5, 8, 12]
+    with pytest.raises(ValueError, match="no degree"):
+        cover_gpus({1: 0, 2: 0}, 3)
+
+
+def test_adaptive_8_takes_the_head_dividing_degrees_and_groups_14b_by_8_where_batching_is_cheap():
+    from experiments.parallelism import head_degrees, spec_for
+
+    assert head_degrees("wan-14b", 8) == (1, 2, 4, 5, 8)  # 40 heads
+    assert head_degrees("wan-1.3b", 8) == (1, 2, 3, 4, 6)  # 12 heads
+    assert spec_for("adaptive-8", "wan-14b").params["degrees"] == (1, 2, 4, 5, 8)
+    assert spec_for("adaptive", "wan-14b").params == {}
+    cheap = _batch_cost(0.1)
+    assert degree_for("adaptive", "wan-14b", cheap) == 4  # 1 session per 4 GPUs (a batch of 2 takes 0.80 s)
+    assert degree_for("adaptive-8", "wan-14b", cheap) == 8  # 8 sessions per 8 GPUs within 0.75 s
+    assert degree_for("adaptive-8", "wan-1.3b", cheap) == 1
+
+
+def test_the_any_degree_oracle_bounds_every_policys_degrees():
+    from experiments.parallelism import oracle_table
+
+    table = oracle_table(["mixed-14b-share"], gpus=64, scales=(0.2,), duration_s=1800.0, config=_batch_cost(0.1),
+                         policies=("fixed-4", "adaptive", "adaptive-8")).set_index("policy")
+    hours = table["gpu_hours"]
+    # degrees <= 4 dividing the heads: no better than the adaptive policy's (1.3B at 1, 14B at 4)
+    assert hours["oracle:any-degree<=4"] == pytest.approx(hours["oracle:adaptive"])
+    assert hours["oracle:any-degree<=8"] <= hours["oracle:adaptive-8"] + 1e-9
+    # at a = 0.1 a 14B group of 8 holds 8 sessions: the bound is well below the degrees <= 4 (0.74x here)
+    assert hours["oracle:any-degree<=8"] < 0.8 * hours["oracle:any-degree<=4"]
     assert (table["peak_gpus_pooled"] >= table["peak_gpus_shared"]).all()
