@@ -71,14 +71,18 @@ class HeapChooser:
     :class:`MigrationAware`); a worker has room while ``n_active + held < max_batch``.
     The caller changes ``held`` in place and then calls :meth:`refresh`. ``incoming``
     counts the batch slots of starting workers not yet spoken for (set and spent by
-    the caller: a new session may wait for one of them instead of taking a held slot).
+    the caller: a new session may wait for one of them instead of taking a held slot);
+    ``evict_failed`` remembers, per ``(model, protected)``, the smallest session for
+    which no held slot could be freed (within one decision candidates only shrink, so a
+    session at least as large finds none either).
 
     ``pick(..., model=m)`` skips workers that do not serve ``m`` (``WorkerView.serves``);
     when no worker names its models (the common case) the check costs nothing, and
     otherwise misses are remembered per model.
     """
 
-    __slots__ = ("_key", "_heap", "_min_failed", "_share", "held", "incoming", "_pooled", "_failed_by_model")
+    __slots__ = ("_key", "_heap", "_min_failed", "_share", "held", "incoming", "evict_failed", "_pooled",
+                 "_failed_by_model")
 
     def __init__(
         self, loads: Any, key: Callable[[WorkerLoad], tuple], memory_share: float = 1.0,
@@ -88,6 +92,7 @@ class HeapChooser:
         self._share = memory_share
         self.held: dict[str, int] = {} if held is None else held
         self.incoming = 0
+        self.evict_failed: dict[tuple[str, bool], int] = {}
         hold = self.held.get
         self._heap = [
             (*key(ld), ld.address, ld.version, ld)
@@ -470,6 +475,12 @@ class MigrationAware(_PlacementPolicy):
         protect = 0.0
         if not returning and chooser.incoming > 0:
             protect = ledger.snap.worker_startup_s if self.keep_idle_s is None else self.keep_idle_s
+        memo = (model, protect > 0)
+        failed = chooser.evict_failed.get(memo)
+        if failed is not None and nbytes >= failed:
+            if protect > 0:
+                chooser.incoming -= 1  # it waits for a starting worker's slot
+            return None
         best, best_key, victim = None, None, None
         key = ledger.latency_plus_key()
         for address, n in held.items():
@@ -491,6 +502,7 @@ class MigrationAware(_PlacementPolicy):
             if best_key is None or k < best_key:
                 best, best_key, victim = load, k, oldest
         if best is None or victim is None:
+            chooser.evict_failed[memo] = min(nbytes, failed) if failed is not None else nbytes
             if protect > 0:
                 chooser.incoming -= 1  # it waits for a starting worker's slot
             return None
