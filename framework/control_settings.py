@@ -244,6 +244,12 @@ def parallel_step_model(
     )
 
 
+def _keep_from_newcomers_s(config: Any) -> float | None:
+    """``control.keep-idle-from-newcomers-s``, null meaning ``autoscale.provision-idle-s``."""
+    own = config.get("control.keep-idle-from-newcomers-s")
+    return _optional_seconds(config.get("autoscale.provision-idle-s") if own is None else own)
+
+
 def default_policy_params(
     placement: str, autoscaling: str, offload: str, *, max_batch: int, worker_memory: int
 ) -> dict[str, dict[str, Any]]:
@@ -260,8 +266,8 @@ def default_policy_params(
             "min_gain": float(config.get("control.migration-gain")),
             "rebalance_above_slo": bool(config.get("control.rebalance-above-slo")),
             "keep_idle_slots": bool(config.get("control.keep-idle-slots")),
-            # one fact: as long as the autoscaler pays for a kept slot, no newcomer takes it
-            "keep_idle_s": _optional_seconds(config.get("autoscale.provision-idle-s")),
+            # by default as long as the autoscaler pays for a kept slot, no newcomer takes it
+            "keep_idle_s": _keep_from_newcomers_s(config),
             "max_drain_migrations": int(config.get("control.max-drain-migrations")),
         }
     if autoscaling == "hpa":

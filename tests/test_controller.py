@@ -61,6 +61,19 @@ def test_settings_come_from_the_dask_config():
         ControlSettings(time_scale=0)
 
 
+def test_kept_slots_are_left_to_returning_sessions_for_the_configured_time():
+    from framework.control_settings import default_policy_params
+
+    def keep_s(**cfg):
+        with dask.config.set({f"turboserve.{k}": v for k, v in cfg.items()}):
+            return default_policy_params("migration-aware", "load-driven", "idle-timeout",
+                                         max_batch=2, worker_memory=2**30)["placement"]["keep_idle_s"]
+
+    assert keep_s() is None  # null: the autoscaler's provision-idle-s, itself null: the start-up time
+    assert keep_s(**{"autoscale.provision-idle-s": "20s"}) == 20.0
+    assert keep_s(**{"autoscale.provision-idle-s": "20s", "control.keep-idle-from-newcomers-s": 0}) == 0.0
+
+
 def test_latency_estimator_takes_the_fastest_recent_chunk_per_batch_and_stays_monotone():
     est = LatencyEstimator(((1, 1.0), (8, 4.0)))
     for lat in (0.5, 0.3, 0.9):
