@@ -3,7 +3,9 @@
 Every policy builds one :class:`CapacityLedger` from the snapshot (one pass over the
 sessions, O(sessions + workers)) and books its own actions into it as it decides, so
 that later actions of the same decision see the memory and batch slots taken by the
-earlier ones. The ledger is the single place where the admission rules live:
+earlier ones. (Admissions between the simulator's ticks take theirs from a
+:class:`LedgerCache`, which counts again only what changed since the previous one: the
+same ledger.) The ledger is the single place where the admission rules live:
 
 - memory: the ``state_bytes`` of every on-device session (ACTIVE, IDLE, MIGRATING)
   plus what this decision placed, resumed or migrated in must stay within
@@ -33,8 +35,9 @@ Examples
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import attrgetter
-from typing import Callable
+from itertools import compress, count
+from operator import attrgetter, is_not
+from typing import Callable, Iterable, Iterator
 
 from policies.types import SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
 
@@ -138,11 +141,24 @@ class CapacityLedger:
     """
 
     __slots__ = (
-        "snap", "loads", "pending", "suspended", "acted", "refused", "in_flight_bytes", "_new_bytes", "_model_bytes",
-        "_base", "_ctx_slope",
+        "snap", "loads", "pending", "_suspended", "acted", "refused", "in_flight_bytes", "_new_bytes", "_model_bytes",
+        "_base", "_ctx_slope", "touched", "_over",
     )
 
     def __init__(self, snap: Snapshot, new_session_bytes: int | None = None) -> None:
+        self._start(snap, new_session_bytes)
+        loads = {w.address: WorkerLoad(w) for w in snap.workers}
+        pending: list[SessionView] = []
+        suspended: list[SessionView] = []
+        _count(snap.sessions, loads.get, pending, suspended)
+        for load in loads.values():
+            _count_lists(load)
+        self.loads: dict[str, WorkerLoad] = loads
+        self.pending = _queue(pending)
+        self._suspended: list[SessionView] | None = suspended
+
+    def _start(self, snap: Snapshot, new_session_bytes: int | None) -> None:
+        """What every ledger starts with, however its loads were counted."""
         if new_session_bytes is not None and new_session_bytes < 0:
             raise ValueError(f"new_session_bytes must be >= 0 or None, got {new_session_bytes!r}")
         self.snap = snap
@@ -150,54 +166,23 @@ class CapacityLedger:
         self._model_bytes: dict[str, int] | None = None
         self._base: list[float] = [0.0]  # step time by batch size without context, filled lazily
         self._ctx_slope = snap.latency.context_slope_s
-        loads = {w.address: WorkerLoad(w) for w in snap.workers}
-        self.loads: dict[str, WorkerLoad] = loads
-        pending: list[SessionView] = []
-        suspended: list[SessionView] = []
-        seen: set[str] = set()
-        get = loads.get
-        # The hot loop of every decision: one branch per status, most frequent first.
-        for s in snap.sessions:
-            status = s.status
-            if status is _ACTIVE:
-                load = get(s.worker)  # type: ignore[arg-type]
-                if load is not None:  # counted below, from the list
-                    load.mem_used += s.state_bytes
-                    load.ctx_sum += s.context_frames
-                    load.active.append(s)
-            elif status is _IDLE:
-                load = get(s.worker)  # type: ignore[arg-type]
-                if load is not None:  # counted below, from the list
-                    load.mem_used += s.state_bytes
-                    load.idle.append(s)
-            elif status is _SUSPENDED:
-                suspended.append(s)
-            elif status is _PENDING:
-                if s.session_id not in seen:  # a duplicated id is placed once only
-                    seen.add(s.session_id)
-                    pending.append(s)
-            elif status is _MIGRATING:
-                load = get(s.worker)  # type: ignore[arg-type]
-                if load is not None:
-                    load.mem_used += s.state_bytes
-                    load.n_sessions += 1
-                    load.n_active += 1
-                    load.ctx_sum += s.context_frames
-        for load in loads.values():
-            n = len(load.active)
-            load.n_active += n
-            load.n_sessions += n + len(load.idle)
-        # Sessions that already have state (resumed ones) go first, then first come
-        # first served; the id breaks ties so that decisions are deterministic.
-        pending.sort(key=lambda s: (s.state_bytes == 0, s.since_s, s.session_id))
-        self.pending = pending
-        self.suspended = suspended
         # Sessions some action of this decision already names: no second action may.
         self.acted: set[str] = set()
         # Pending sessions refused by this decision: still demand for the autoscaler.
         self.refused: set[str] = set()
         # Bytes of migrations booked on both ends (the source keeps its copy until done).
         self.in_flight_bytes = 0
+        # Loads this decision booked into or out of (a LedgerCache counts them afresh).
+        self.touched: set[WorkerLoad] = set()
+        # (limit, addresses of the loads whose latency is over it as counted): from a LedgerCache
+        self._over: tuple[float, set[str]] | None = None
+
+    @property
+    def suspended(self) -> list[SessionView]:
+        """The snapshot's SUSPENDED sessions, in snapshot order."""
+        if self._suspended is None:  # a ledger of a LedgerCache lists them when asked
+            self._suspended = [s for s in self.snap.sessions if s.status is _SUSPENDED]
+        return self._suspended
 
     # ------------------------------------------------------------ sizes and latency
 
@@ -240,6 +225,20 @@ class CapacityLedger:
             return self._base[n] + self._ctx_slope * load.ctx_sum
         return self.step_s(n, load.ctx_sum)
 
+    def latency_within(self, limit: float) -> bool:
+        """Whether every worker with active sessions has a predicted step time of at most ``limit``.
+
+        ``all(self.latency(ld) <= limit for ld in self.loads.values() if ld.n_active)``; a
+        ledger of a :class:`LedgerCache` knows which loads were over ``snap.slo_s`` as
+        counted and looks again only at those this decision booked into or out of.
+        """
+        over = self._over
+        if over is None or over[0] != limit:
+            return all(self.latency(ld) <= limit for ld in self.loads.values() if ld.n_active)
+        touched = self.touched
+        return (all(self.latency(ld) <= limit for ld in touched if ld.n_active)
+                and all(self.loads[address] in touched for address in over[1]))
+
     def latency_plus(self, load: WorkerLoad, context_frames: float = 0.0) -> float:
         """Predicted step time once one more active session (of ``context_frames``) joins."""
         n = load.n_active + 1
@@ -280,12 +279,14 @@ class CapacityLedger:
             load.n_active += 1
             load.ctx_sum += session.context_frames
         load.version += 1
+        self.touched.add(load)
 
     def release_compute(self, session: SessionView, load: WorkerLoad) -> None:
         """``session`` stops computing on ``load``; its memory stays booked (copy in flight)."""
         load.n_active -= 1
         load.ctx_sum -= session.context_frames
         load.version += 1
+        self.touched.add(load)
 
     def move(self, session: SessionView, source: WorkerLoad, target: WorkerLoad) -> None:
         """Book the migration of the ACTIVE ``session`` from ``source`` to ``target``."""
@@ -304,5 +305,267 @@ class CapacityLedger:
         source.n_active += 1
         source.ctx_sum += session.context_frames
         source.version += 1
+        self.touched.update((source, target))
         self.acted.discard(session.session_id)
         self.in_flight_bytes -= session.state_bytes
+
+
+def _count(
+    sessions: Iterable[SessionView], get: Callable[[str], WorkerLoad | None],
+    pending: list[SessionView], suspended: list[SessionView],
+) -> None:
+    """Add ``sessions`` (in snapshot order) to the loads ``get`` finds and to ``pending``/``suspended``.
+
+    The hot loop of every decision: one branch per status, most frequent first. Active
+    and idle sessions are only listed (:func:`_count_lists` counts them).
+    """
+    for s in sessions:
+        status = s.status
+        if status is _ACTIVE:
+            load = get(s.worker)  # type: ignore[arg-type]
+            if load is not None:
+                load.mem_used += s.state_bytes
+                load.ctx_sum += s.context_frames
+                load.active.append(s)
+        elif status is _IDLE:
+            load = get(s.worker)  # type: ignore[arg-type]
+            if load is not None:
+                load.mem_used += s.state_bytes
+                load.idle.append(s)
+        elif status is _SUSPENDED:
+            suspended.append(s)
+        elif status is _PENDING:
+            pending.append(s)
+        elif status is _MIGRATING:
+            load = get(s.worker)  # type: ignore[arg-type]
+            if load is not None:
+                load.mem_used += s.state_bytes
+                load.n_sessions += 1
+                load.n_active += 1
+                load.ctx_sum += s.context_frames
+
+
+def _count_lists(load: WorkerLoad) -> None:
+    """Count the sessions :func:`_count` listed on ``load``."""
+    n = len(load.active)
+    load.n_active += n
+    load.n_sessions += n + len(load.idle)
+
+
+def _queue(pending: list[SessionView]) -> list[SessionView]:
+    """The pending sessions (in snapshot order) in the order placement takes them.
+
+    Sessions that already have state (resumed ones) go first, then first come first
+    served; the id breaks ties so that decisions are deterministic. A duplicated id is
+    placed once only (its first view).
+    """
+    seen: set[str] = set()
+    queue = []
+    for s in pending:
+        if s.session_id not in seen:
+            seen.add(s.session_id)
+            queue.append(s)
+    queue.sort(key=lambda s: (s.state_bytes == 0, s.since_s, s.session_id))
+    return queue
+
+
+_ON_DEVICE = (_ACTIVE, _IDLE, _MIGRATING)
+
+
+def _changes(
+    old: tuple[SessionView, ...], new: tuple[SessionView, ...],
+) -> Iterator[tuple[str, SessionView | None, SessionView | None, int]]:
+    """Where ``new`` differs from ``old``, in order of ``new``: ``(how, gone, came, k)``, ``came`` being ``new[k]``.
+
+    ``how``: "replaced" (``came`` took the place of ``gone``), "removed" (``gone`` only),
+    "inserted" (``came`` only, before a view that both hold) or "appended" (``came`` only,
+    after the last view both hold). Views are compared by identity, in step: one C-level
+    pass from one removal or insertion to the next. Every view of ``old`` not matched by
+    the same object at its place in ``new`` is gone once, every such view of ``new`` came
+    once (a view that moved is both: still exact, only slower).
+    """
+    i = j = 0
+    while True:
+        shifted = False
+        for k in compress(count(), map(is_not, old[i:], new[j:])):
+            a, b = i + k, j + k
+            if a + 1 < len(old) and old[a + 1] is new[b]:
+                yield "removed", old[a], None, b
+                i, j, shifted = a + 1, b, True
+                break
+            if b + 1 < len(new) and old[a] is new[b + 1]:
+                yield "inserted", None, new[b], b
+                i, j, shifted = a, b + 1, True
+                break
+            yield "replaced", old[a], new[b], b
+        if not shifted:
+            n = min(len(old) - i, len(new) - j)
+            for s in old[i + n:]:
+                yield "removed", s, None, len(new)
+            for k in range(j + n, len(new)):
+                yield "appended", None, new[k], k
+            return
+
+
+class LedgerCache:
+    """The ledgers of successive snapshots of one cluster, each counted only where it changed.
+
+    ``cache.ledger(snap, new_session_bytes)`` equals ``CapacityLedger(snap,
+    new_session_bytes)`` (every load's counts and session lists, the pending queue, the
+    suspended sessions, all in snapshot order), but instead of one pass over all the
+    sessions it counts afresh only the workers where a session view came or went since
+    the previous call (views are immutable: a view found again contributes what it did)
+    and those the previous ledger booked into (its ``touched`` loads). The simulator
+    admits sessions between ticks this way: from one admission to the next a few dozen
+    views change, among thousands.
+
+    Snapshot order is kept as a rank per view (the index in the first snapshot; a view
+    that replaces another takes its rank, one inserted gets a rank between its
+    neighbours'). The loads are reused from one ledger to the next: a ledger of the
+    cache is valid until the next one is built.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: tuple[SessionView, ...] | None = None
+        self._rank: dict[int, float] = {}  # id(view) -> its place in snapshot order (_sessions keeps the ids taken)
+        self._workers: tuple[WorkerView, ...] | None = None
+        self._loads: dict[str, WorkerLoad] = {}
+        # On-device sessions by the worker they are booked on, and pending ones, by id(view).
+        self._on_worker: dict[str | None, dict[int, SessionView]] = {}
+        self._pending: dict[int, SessionView] = {}
+        self._last: CapacityLedger | None = None
+        # Workers whose counted load is over ``snap.slo_s`` (as of _slo and _latency), for latency_within.
+        self._over: set[str] = set()
+        self._slo: float | None = None
+        self._latency: object = None
+
+    def ledger(self, snap: Snapshot, new_session_bytes: int | None = None) -> CapacityLedger:
+        """The ledger of ``snap`` (equal to ``CapacityLedger(snap, new_session_bytes)``)."""
+        sessions = snap.sessions
+        changed = self._update_sessions(sessions)
+        if changed is None:  # counted in full
+            self.__init__()  # type: ignore[misc]
+            self._start(sessions)
+            if len(self._rank) != len(sessions):  # a view object listed twice: counted twice, as CapacityLedger does
+                self.__init__()  # type: ignore[misc]
+                return CapacityLedger(snap, new_session_bytes)
+            changed = set()
+        if self._last is not None:
+            changed.update(load.address for load in self._last.touched)
+        workers_changed = snap.workers is not self._workers
+        if workers_changed:
+            old = self._loads
+            self._loads = {}
+            for w in snap.workers:
+                load = old.get(w.address)
+                if load is None or load.view is not w:
+                    load = WorkerLoad(w)
+                    changed.add(w.address)
+                self._loads[w.address] = load
+            self._workers = snap.workers
+        loads = self._loads
+        recounted = []
+        for address in changed:
+            load = loads.get(address)  # type: ignore[arg-type]
+            if load is not None:
+                self._recount(load)
+                recounted.append(load)
+        ledger = CapacityLedger.__new__(CapacityLedger)
+        ledger._start(snap, new_session_bytes)
+        ledger.loads = dict(loads)
+        ledger.pending = _queue(self._in_order(self._pending))
+        ledger._suspended = None
+        if snap.slo_s != self._slo or snap.latency is not self._latency or workers_changed:
+            self._over.clear()
+            recounted = loads.values()
+            self._slo, self._latency = snap.slo_s, snap.latency
+        for load in recounted:
+            if load.n_active and not ledger.latency(load) <= snap.slo_s:
+                self._over.add(load.address)
+            else:
+                self._over.discard(load.address)
+        ledger._over = (snap.slo_s, self._over)
+        self._last = ledger
+        return ledger
+
+    def _start(self, sessions: tuple[SessionView, ...]) -> None:
+        """Take in all of ``sessions``."""
+        self._rank = dict(zip(map(id, sessions), range(len(sessions))))
+        self._sessions = sessions
+        for key, s in zip(map(id, sessions), sessions):
+            self._add(s, key, set())
+
+    def _update_sessions(self, sessions: tuple[SessionView, ...]) -> set[str | None] | None:
+        """Take in the views that came and went since the previous snapshot; the workers they were on.
+
+        None (nothing taken in): there is no previous snapshot, a view object is listed
+        twice, or no rank fits between an inserted view's neighbours.
+        """
+        old, rank = self._sessions, self._rank
+        if old is None:
+            return None
+        gone: list[SessionView] = []
+        came: dict[int, SessionView] = {}
+        placed: dict[int, float] = {}  # id(view) -> rank, of those that came
+
+        def place_of(s: SessionView) -> float:
+            key = id(s)
+            return placed[key] if key in placed else rank[key]
+
+        for how, out, into, k in _changes(old, sessions):
+            if out is not None:
+                gone.append(out)
+            if into is None:
+                continue
+            before = place_of(sessions[k - 1]) if k > 0 else -1.0
+            if how == "replaced":  # it takes the place of the view it replaced
+                place = rank[id(out)]
+            elif how == "inserted":  # between its neighbours (the next one is a view both hold)
+                after = rank[id(sessions[k + 1])]
+                place = (before + after) / 2
+                if not place < after:
+                    return None
+            else:  # appended
+                place = before + 1.0
+            if not before < place:
+                return None
+            came[id(into)] = into
+            placed[id(into)] = place
+        changed: set[str | None] = set()
+        for s in gone:
+            self._drop(s, id(s), changed)
+            del rank[id(s)]
+        for key, s in came.items():
+            self._add(s, key, changed)
+        rank.update(placed)
+        self._sessions = sessions
+        if len(rank) != len(sessions):  # a view object listed twice: the ranks cannot tell its places apart
+            return None
+        return changed
+
+    def _in_order(self, views: dict[int, SessionView]) -> list[SessionView]:
+        """``views`` in snapshot order."""
+        return [views[key] for key in sorted(views, key=self._rank.__getitem__)]
+
+    def _add(self, s: SessionView, key: int, changed: set[str | None]) -> None:
+        if s.status in _ON_DEVICE:
+            self._on_worker.setdefault(s.worker, {})[key] = s
+            changed.add(s.worker)
+        elif s.status is _PENDING:
+            self._pending[key] = s
+
+    def _drop(self, s: SessionView, key: int, changed: set[str | None]) -> None:
+        if s.status in _ON_DEVICE:
+            del self._on_worker[s.worker][key]
+            changed.add(s.worker)
+        elif s.status is _PENDING:
+            del self._pending[key]
+
+    def _recount(self, load: WorkerLoad) -> None:
+        """Count ``load`` afresh from its sessions, in snapshot order, as :class:`CapacityLedger` does."""
+        load.n_active = load.n_sessions = load.mem_used = 0
+        load.ctx_sum = 0.0
+        load.active, load.idle = [], []
+        load.version += 1
+        _count(self._in_order(self._on_worker.get(load.address, {})), {load.address: load}.get, [], [])
+        _count_lists(load)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from policies.admission import CapacityLedger
+from policies.admission import CapacityLedger, LedgerCache
 from policies.parallelism import unit_view
 from policies.types import Action, FormGroup, Snapshot, SplitGroup
 
@@ -60,6 +60,7 @@ class Combined:
                 raise ValueError(f"expected a {kind} policy, got {policy!r} of kind {getattr(policy, 'kind', None)!r}")
         self.placement, self.autoscaling, self.offload = placement, autoscaling, offload
         self.parallelism = parallelism
+        self._admissions = LedgerCache()  # admit(..., incremental=True)
         self.name = f"{placement.name}+{autoscaling.name}+{offload.name}"
         if parallelism is not None:
             self.name += f"+{parallelism.name}"
@@ -93,15 +94,22 @@ class Combined:
         return actions, (p_state, a_state, o_state, g_state)
 
 
-    def admit(self, snap: Snapshot, state: tuple[Any, ...]) -> tuple[list[Action], tuple[Any, ...]]:
+    def admit(
+        self, snap: Snapshot, state: tuple[Any, ...], *, incremental: bool = False,
+    ) -> tuple[list[Action], tuple[Any, ...]]:
         """Admission between ticks: the placement policy alone, on the view a tick would give it.
 
         What live admission does when a session opens or comes back (``ControlLoop.choose``)
         and the simulator between ticks; the other policies' states are unchanged.
+        ``incremental``: ``snap`` is a later view of the cluster of the previous
+        incremental admission (and no action of that one is still being decided); the
+        ledger is counted only where they differ (:class:`~policies.admission.LedgerCache`),
+        with the same result.
         """
         if self.parallelism is not None:
             snap = unit_view(snap, self.parallelism.min_degree(snap), frozenset())
-        ledger = CapacityLedger(snap, getattr(self.placement, "new_session_bytes", None))
+        new_bytes = getattr(self.placement, "new_session_bytes", None)
+        ledger = self._admissions.ledger(snap, new_bytes) if incremental else CapacityLedger(snap, new_bytes)
         actions, p_state = _decide(self.placement, ledger, state[0])
         return actions, (p_state, *state[1:])
 

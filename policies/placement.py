@@ -515,9 +515,7 @@ class MigrationAware(_PlacementPolicy):
     def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
         if self.max_migrations == 0:
             return
-        if self.rebalance_above_slo and all(
-            ledger.latency(ld) <= ledger.snap.slo_s for ld in ledger.loads.values() if ld.n_active
-        ):
+        if self.rebalance_above_slo and ledger.latency_within(ledger.snap.slo_s):
             return
         plan, before, after = self._plan(ledger, chooser, moved)
         keep = min(len(plan), self.max_migrations) if before - after > self.min_gain * before else 0

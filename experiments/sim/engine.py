@@ -596,7 +596,7 @@ class Simulator:
         policy, state = self._policy, self._policy_state
         snap = self.snapshot(t)
         t0 = _time.perf_counter()
-        actions, state[0] = policy.admit(snap, state[0])
+        actions, state[0] = policy.admit(snap, state[0], incremental=True)
         self.decide_s += _time.perf_counter() - t0
         self._deferred = {}
         for action in apply_order(actions):
