@@ -29,6 +29,8 @@ compared with (the machine is shared and noisy: compare within a run, not across
 ``--prearm 0,1`` runs the rows once per ``turboserve.engine.prearm-chunks`` value (one
 cluster each; ``--start-with-joins 0,1`` likewise, for each prearm value), ``--load N`` with N busy-loop processes of its own for the whole run.
 ``--timeline`` adds a line per row saying where the time went (:func:`timeline_line`).
+After the worker environment (not with ``--skip-env``), :func:`chunk_paths` compares a
+chunk fetched through its :class:`distributed.Future` with one streamed directly.
 
 Run: ``.venv/bin/python -m experiments.bench_serving [--chunks 6] [--block 4]
 [--sessions 1,4,8] [--workers 1,2] [--prearm 0,1] [--load 0] [--timeline]``.
@@ -294,6 +296,39 @@ def environment(ours, plain, bare: BareModel, chunks: int) -> None:
           f"whole path plain/ours {med(path['plain']) / med(path['ours']):5.2f}x", flush=True)
 
 
+def chunk_paths(server, bare: "BareModel", chunks: int) -> None:
+    """A chunk's whole path through a :class:`distributed.Future` against the direct one.
+
+    One session, interleaved per round: ``submit().result()`` (a Dask task that fetches
+    the chunk from the session's actor, so the chunk is a real future), ``next(stream(1))``
+    (the client polls the actor itself), and the bare ``model.step`` of one session. The
+    futures path costs its difference to the direct one; issue 12's target is at most
+    2 ms or 5% of a step more.
+    """
+    s = server.open_session(PROMPT, seed=950, worker=server.workers()[0])
+    fut_s, direct_s, bare_s = [], [], []
+    try:
+        s.submit().result()  # warm-up of both paths
+        next(iter(s.stream(1)))
+        for _ in range(chunks):
+            bare_s.append(bare.step_s(1))
+            t0 = time.perf_counter()
+            s.submit().result()
+            fut_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            next(iter(s.stream(1)))
+            direct_s.append(time.perf_counter() - t0)
+    finally:
+        s.close()
+    med = statistics.median
+    extra = med(fut_s) - med(direct_s)
+    print(f"a chunk's path, one session, {chunks} chunks interleaved (median ms):")
+    print(f"  bare model.step {1e3 * med(bare_s):7.1f}   stream (direct) {1e3 * med(direct_s):7.1f}   "
+          f"submit().result() (distributed.Future) {1e3 * med(fut_s):7.1f}")
+    print(f"  the future's extra cost {1e3 * extra:+6.1f} ms = {100 * extra / med(bare_s):+5.1f}% of the bare step "
+          f"(target: at most 2 ms or 5%)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
@@ -367,6 +402,7 @@ def _run(args: argparse.Namespace) -> None:
                 with Server.local(n_workers=1, model=args.model, dashboard_address=":0", checkpoint_every=0, adaptive=False,
                                   worker_class=Nanny) as plain:
                     environment(server, plain, bare, args.chunks)
+                chunk_paths(server, bare, max(args.chunks, 12))
             print(f"chunk rate against the bare batched model (chunks/s; {args.chunks} chunks per session; "
                   f"engine.prearm-chunks {prearm}, start-with-joins {joins}):", flush=True)
             all_workers = server.workers()
