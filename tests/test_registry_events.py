@@ -42,7 +42,10 @@ def test_the_registry_keeps_migration_worker_loss_and_recovery_after_the_actor_d
         (lost,) = [e for e in events if e["kind"] == "worker-lost"]
         assert lost["worker"] == target and lost["chunk"] >= 3 and "left" in lost["why"], lost
         (recovered,) = [e for e in events if e["kind"] == "recovered"]
-        assert recovered["worker"] != target and 1 <= recovered["from_chunk"] <= 3, recovered
+        # from the newest checkpoint that landed: the source's save of chunk 1 may be fenced off by
+        # the move (its ownership ended) and the target's may not have landed before the kill, so
+        # any chunk from 0 (a regeneration from the start) to 3 is a correct recovery
+        assert recovered["worker"] != target and 0 <= recovered["from_chunk"] <= 3, recovered
         assert kinds.index("migrated") < kinds.index("worker-lost") < kinds.index("recovered"), kinds
 
         s2 = server.open_session("a heron in the reeds", seed=6)
