@@ -25,12 +25,12 @@ def join_early(due: list, early: list, *, max_batch: int, n_active: int, now: fl
     share steps instead of each waiting for the others' steps. Which ones join, soonest
     request first, is :func:`workers.batching.join_ahead` (room, batching pays, no due
     chunk pushed past a deadline it would meet unless waiting costs the joiner more; a
-    due first chunk of a burst, ``s.fresh``, yields to joiners that would be late waiting).
+    due first chunk of a burst, ``s.admission_wait``, yields to joiners that would be late waiting).
 
     ``step_s(n, context_frames)`` is the step time of ``n`` sessions.
     """
     early.sort(key=lambda s: (s.next_req, s.idx))
     k = join_ahead(now, deadlines_s=[s.next_req + slo_s for s in due], candidates_s=[s.next_req for s in early],
                    slo_s=slo_s, n_active=n_active, max_batch=max_batch, step_s=lambda n: step_s(n, 0.0),
-                   firsts=[s.fresh for s in due])
+                   firsts=[s.admission_wait for s in due])
     due.extend(early[:k])

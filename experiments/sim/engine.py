@@ -427,7 +427,7 @@ class Simulator:
                     due = due[: w.max_batch]
                 slo = self.snapshot_slo
                 take = split_due(now, [s.next_req + slo for s in due], lambda n: step_of(n, 0.0),
-                                 [s.fresh and not s.put_off for s in due])
+                                 [s.admission_wait for s in due])
                 split = len(take) < len(due)
                 if split:
                     for i in set(range(len(due))) - set(take):

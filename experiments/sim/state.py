@@ -53,6 +53,11 @@ class _Session:
         self.fresh = True  # its next chunk is the first of a burst (index 0 or after a resume)
         self.put_off = False  # that first chunk was put after in-stream chunks once (split_due)
 
+    @property
+    def admission_wait(self) -> bool:
+        """Its next chunk counts as an admission wait (first of a burst, not yet put off once)."""
+        return self.fresh and not self.put_off
+
 
 class _Worker:
     __slots__ = (
