@@ -155,14 +155,15 @@ def oracle_bound(
     gpus_used = np.minimum(need, gpus) if gpus is not None else need
     period = float(np.median(workload.period_s)) if len(workload.period_s) else 1.0
     busy = active > 0
-    with_startup = startup_bound(gpus_used, durations, startup_s) if startup_s > 0 else float((gpus_used * durations).sum())
+    instant = float((gpus_used * durations).sum())
+    with_startup = startup_bound(gpus_used, durations, startup_s) if startup_s > 0 else instant
     if not busy.any():
-        return OracleResult(float((gpus_used * durations).sum()), peak, b_star, *(4 * [math.nan]), with_startup)
+        return OracleResult(instant, peak, b_star, *(4 * [math.nan]), with_startup)
     batch = np.ceil(active[busy] / np.maximum(gpus_used[busy], 1)).astype(int)
     lat = np.array([latency.predict(int(b)) for b in batch])
     chunks = active[busy] * durations[busy] / period
     return OracleResult(
-        gpu_seconds=float((gpus_used * durations).sum()),
+        gpu_seconds=instant,
         peak_gpus=peak,
         b_star=b_star,
         max_latency_s=float(lat.max()),
