@@ -4,10 +4,19 @@ Each policy runs on the same mixed trace (wan-1.3b and wan-14b sessions) on a fi
 fleet of ``--gpus`` GPUs, at several load scales:
 
 - ``fixed-1``, ``fixed-2``, ``fixed-4``: every GPU in groups of that degree
-  (``policies.parallelism.FixedDegree``);
+  (``policies.parallelism.FixedDegree``), the uniform degrees that divide both Wan
+  models' heads (12 and 40; no uniform degree above 4 does);
+- ``static-per-model``: each model at one fixed degree, its own best
+  (:func:`static_degree`: the degree among its allowed ones that serves the most
+  sessions per GPU within the SLO; 1.3B at 1 and 14B at 8 where batching is cheap), a
+  stronger baseline than any uniform degree;
 - ``adaptive``: each model at the degree it needs (``policies.parallelism.Adaptive``:
-  by deadline, load and transformation cost), degrees 1, 2, 4;
-- ``adaptive-8``: the same with every degree that divides the model's heads up to 8.
+  by deadline, load and transformation cost) among its allowed degrees, every divisor
+  of its heads up to ``turboserve.policies.parallelism-max-degree`` (8;
+  ``framework.parallelism.model_degrees``, as the live control loop);
+- ``adaptive-4``, ``adaptive-8``: the same with the maximum 4 or 8 whatever the
+  configuration (``adaptive-4`` chooses what ``adaptive`` chose before the default
+  maximum became 8: 1.3B at 1, 14B at 4).
 
 A GPU holds one model's weights, so the fleet is split into one pool per model
 (:mod:`experiments.sim.pools`); each policy splits it by the GPUs its degrees need at the
@@ -19,8 +28,9 @@ The summary has the usual result columns per (scale, policy) run, plus the SLO
 attainment of each model, the sessions served and **sessions per GPU-hour**. The
 capacity table then reads the runs at equal SLO attainment: for each policy, the
 largest load scale at which both the whole run and the 14B chunks meet
-``--target`` attainment, and its sessions per GPU-hour; the ratio is against the best
-fixed degree that reaches the target at all. The oracle rows are the bound with the
+``--target`` attainment, and its sessions per GPU-hour; the ratios are against the best
+uniform fixed degree that reaches the target at all (``vs_best_fixed``) and against
+``static-per-model`` (``vs_static_per_model``). The oracle rows are the bound with the
 same step-time model: GPU-hours of ``ceil(active / slots(k)) * k`` GPUs per model at
 every instant. ``--oracle-only`` adds the bound of every policy whose degrees divide the
 model's heads up to 4 and 8 (:func:`any_degree_oracle_row`): no such policy serves the
@@ -46,31 +56,47 @@ from experiments.sim.models import model_cost, parallel_model
 from experiments.sim.oracle import active_series
 from experiments.sim.pools import merge, prepare_pools, share_gpus
 from experiments.sim.run import summary_of
-from policies.parallelism import Adaptive, slots
+from framework.parallelism import model_degrees
+from policies.parallelism import Adaptive, best_degree, slots
 from policies.types import Snapshot, WorkerView
+
+#: ``degree`` of a policy whose fixed degree is each model's own best (:func:`static_degree`).
+PER_MODEL = "per-model"
 
 POLICIES: dict[str, PolicySpec] = {
     "fixed-1": PolicySpec("parallelism", "fixed", {"degree": 1}),
     "fixed-2": PolicySpec("parallelism", "fixed", {"degree": 2}),
     "fixed-4": PolicySpec("parallelism", "fixed", {"degree": 4}),
-    "adaptive": PolicySpec("parallelism", "adaptive", {}),
+    "static-per-model": PolicySpec("parallelism", "fixed", {"degree": PER_MODEL, "max_degree": None}),
+    "adaptive": PolicySpec("parallelism", "adaptive", {"max_degree": None}),
+    "adaptive-4": PolicySpec("parallelism", "adaptive", {"max_degree": 4}),
     "adaptive-8": PolicySpec("parallelism", "adaptive", {"max_degree": 8}),
 }
-"""The compared parallelism policies by label. ``adaptive-8``: the adaptive policy with every
-degree that divides the model's heads up to 8 (one 8-GPU node; wan-14b: 1, 2, 4, 5, 8;
-wan-1.3b: 1, 2, 3, 4, 6), not only 1, 2, 4."""
+"""The compared parallelism policies by label (module docstring). ``max_degree``: the
+policy's degrees are the model's, every divisor of its heads up to that (None: the
+configured ``turboserve.policies.parallelism-max-degree``); wan-14b up to 8: 1, 2, 4, 5, 8,
+wan-1.3b: 1, 2, 3, 4, 6."""
+
+#: Labels of the uniform fixed degrees: "the best fixed degree" of the acceptance.
+UNIFORM_FIXED = ("fixed-1", "fixed-2", "fixed-4")
 
 
-def spec_for(label: str, model: str) -> PolicySpec:
-    """``POLICIES[label]`` for ``model``: a ``max_degree`` becomes the model's head-dividing degrees."""
+def spec_for(label: str, model: str, config: SimConfig | None = None) -> PolicySpec:
+    """``POLICIES[label]`` for ``model``: a ``max_degree`` becomes the model's allowed degrees
+    (:func:`framework.parallelism.model_degrees`), a per-model degree its :func:`static_degree`
+    under ``config`` (default :meth:`SimConfig.from_config`)."""
     spec = POLICIES[label]
     if "max_degree" not in spec.params:
         return spec
     params = {k: v for k, v in spec.params.items() if k != "max_degree"}
-    return PolicySpec(spec.kind, spec.name, {**params, "degrees": head_degrees(model, int(spec.params["max_degree"]))})
+    params["degrees"] = model_degrees(model, spec.params["max_degree"])
+    if params.get("degree") == PER_MODEL:
+        params["degree"] = static_degree(model, params["degrees"], config if config is not None else SimConfig.from_config())
+    return PolicySpec(spec.kind, spec.name, params)
 
 CAPACITY_COLUMNS = ("trace", "policy", "capacity_scale", "sessions_per_gpu_hour", "instream_attainment",
-                    "instream_attainment_14b", "ttfc_p99_s", "vs_best_fixed", "oracle_sessions_per_gpu_hour", "oracle_vs_best_fixed")
+                    "instream_attainment_14b", "ttfc_p99_s", "vs_best_fixed", "vs_static_per_model",
+                    "oracle_sessions_per_gpu_hour", "oracle_vs_best_fixed", "oracle_vs_static_per_model")
 
 
 # ---------------------------------------------------------------- per-model facts
@@ -100,12 +126,20 @@ def _period(model: str) -> float:
 
 
 def degree_for(label: str, model: str, config: SimConfig) -> int:
-    """The degree ``label`` runs ``model`` at."""
-    spec = spec_for(label, model)
+    """The degree ``label`` runs ``model`` at (the adaptive policy: its target for the model)."""
+    spec = spec_for(label, model, config)
     if spec.name == "fixed":
         return int(spec.params["degree"])
+    return static_degree(model, Adaptive(**spec.params).degrees, config)
+
+
+def static_degree(model: str, degrees: Sequence[int], config: SimConfig) -> int:
+    """The one degree among ``degrees`` that serves ``model`` best: the most sessions per GPU
+    within the SLO (:func:`policies.parallelism.best_degree`, the adaptive policy's target on
+    an unbounded fleet; the smallest on ties)."""
     snap = model_snapshot(model, config)
-    return Adaptive(new_session_bytes=model_cost(model).state_bytes(), **spec.params).target(snap)
+    return best_degree(snap, max_batch=config.max_batch, memory_bytes=snap.workers[0].memory_bytes,
+                       state_bytes=model_cost(model).state_bytes(), degrees=tuple(degrees))
 
 
 def unit_slots(model: str, degree: int, config: SimConfig) -> int:
@@ -148,7 +182,8 @@ def run_policy(trace: TraceInput, label: str, gpus: int, config: SimConfig, *,
         cfg = model_config(model, config).with_(initial_workers=n, min_workers=n, max_workers=n, end_s=end,
                                                 record_chunks=record_chunks)
         policies = PolicySet(PolicySpec("placement", "least-loaded"), PolicySpec("autoscaling", "fixed", {"n": n}),
-                             PolicySpec("offload", "idle-timeout"), name=label, parallelism=spec_for(label, model))
+                             PolicySpec("offload", "idle-timeout"), name=label,
+                             parallelism=spec_for(label, model, config))
         result = Simulator(wl, policies, cfg).run()
         results[model] = result
         per_model[model] = (instream_attainment(result), _served(result), int(len(wl.session_ids)))
@@ -225,14 +260,6 @@ def oracle_row(trace: TraceInput, label: str, gpus: int, config: SimConfig) -> d
             "sessions_per_gpu_hour": sessions / hours if hours > 0 else math.nan}
 
 
-def head_degrees(model: str, max_degree: int) -> tuple[int, ...]:
-    """Degrees a sequence-parallel group of ``model`` may have: the divisors of its heads up to ``max_degree``."""
-    from kernels.presets import get_preset
-
-    heads = get_preset(model).num_heads
-    return tuple(k for k in range(1, max_degree + 1) if heads % k == 0)
-
-
 def cover_gpus(slots_by_degree: dict[int, int], n_max: int) -> np.ndarray:
     """``need[n]``: the fewest GPUs whose units (any mix of degrees) hold ``n`` sessions, ``n = 0..n_max``.
 
@@ -262,7 +289,7 @@ def any_degree_oracle_row(trace: TraceInput, gpus: int, config: SimConfig, max_d
     end = float(trace.frame["time_s"].max())
     gpu_s, series, used = 0.0, [], []
     for model, wl in pools.items():
-        per = {k: unit_slots(model, k, config) for k in head_degrees(model, max_degree)}
+        per = {k: unit_slots(model, k, config) for k in model_degrees(model, max_degree)}
         times, active = active_series(wl)
         need = cover_gpus(per, int(active.max(initial=0)))[active]
         gpu_s += float((need * np.clip(np.diff(np.append(times, end)), 0, None)).sum())
@@ -287,10 +314,12 @@ def capacity_table(summary: pd.DataFrame, oracles: pd.DataFrame, target: float, 
     14B chunks, and a p99 time to first chunk of at most ``admission_s`` (a full fleet
     shows as sessions waiting for admission, not as late in-stream chunks).
 
-    ``vs_best_fixed``: sessions per GPU-hour at that point over the best fixed degree's
-    (NaN when no fixed degree reaches the target). The oracle columns are the bound of
-    each policy's degrees at the largest scale run (the same demand for all), against
-    the best fixed degree whose units meet every model's deadline.
+    ``vs_best_fixed``: sessions per GPU-hour at that point over the best uniform fixed
+    degree's (:data:`UNIFORM_FIXED`; NaN when none reaches the target);
+    ``vs_static_per_model``: over ``static-per-model``'s (NaN when it was not run or never
+    reaches it). The oracle columns are the bound of each policy's degrees at the largest
+    scale run (the same demand for all), against the best uniform fixed degree whose units
+    meet every model's deadline, and against ``static-per-model``'s bound.
     """
     rows = []
     for (trace, policy), runs in summary.groupby(["trace", "policy"], sort=False):
@@ -307,19 +336,23 @@ def capacity_table(summary: pd.DataFrame, oracles: pd.DataFrame, target: float, 
         rows.append(row)
     table = pd.DataFrame(rows)
     for trace, part in table.groupby("trace", sort=False):
-        fixed = part[part["policy"].str.startswith("fixed-")]
+        fixed = part[part["policy"].isin(UNIFORM_FIXED)]
+        static = part.loc[part["policy"] == "static-per-model", "sessions_per_gpu_hour"]
         table.loc[part.index, "vs_best_fixed"] = part["sessions_per_gpu_hour"] / fixed["sessions_per_gpu_hour"].max()
+        table.loc[part.index, "vs_static_per_model"] = part["sessions_per_gpu_hour"] / static.max()
         # the bound at the largest scale a fixed degree that meets every deadline was run
         # at (else the largest run): the same demand for every policy
         o = oracles[oracles["trace"] == trace]
         meets_all = o.get("meets_deadline", pd.Series(True, index=o.index)).astype(bool)
-        fixed_ok = o[o["policy"].str.startswith("oracle:fixed-") & meets_all]
+        fixed_ok = o[o["policy"].str.removeprefix("oracle:").isin(UNIFORM_FIXED) & meets_all]
         o = o[o["scale"] == (fixed_ok if not fixed_ok.empty else o)["scale"].max()]
         bound = dict(zip(o["policy"].str.removeprefix("oracle:"), o["sessions_per_gpu_hour"]))
         meets = dict(zip(o["policy"].str.removeprefix("oracle:"), o.get("meets_deadline", pd.Series(True, index=o.index))))
-        best_fixed = max((v for k, v in bound.items() if k.startswith("fixed-") and meets.get(k, True)), default=math.nan)
+        best_fixed = max((v for k, v in bound.items() if k in UNIFORM_FIXED and meets.get(k, True)), default=math.nan)
         table.loc[part.index, "oracle_sessions_per_gpu_hour"] = [bound.get(p, math.nan) for p in part["policy"]]
         table.loc[part.index, "oracle_vs_best_fixed"] = table.loc[part.index, "oracle_sessions_per_gpu_hour"] / best_fixed
+        table.loc[part.index, "oracle_vs_static_per_model"] = (
+            table.loc[part.index, "oracle_sessions_per_gpu_hour"] / bound.get("static-per-model", math.nan))
     return table.loc[:, list(CAPACITY_COLUMNS)]
 
 
@@ -436,8 +469,10 @@ def oracle_table(
             rows += [any_degree_oracle_row(trace, gpus, config, k) for k in any_degrees]
     table = pd.DataFrame(rows)
     for _, part in table.groupby(["trace", "scale"], sort=False):
-        fixed = part[part["policy"].str.startswith("oracle:fixed-") & part["meets_deadline"]]
+        fixed = part[part["policy"].str.removeprefix("oracle:").isin(UNIFORM_FIXED) & part["meets_deadline"]]
+        static = part.loc[part["policy"] == "oracle:static-per-model", "sessions_per_gpu_hour"]
         table.loc[part.index, "vs_best_fixed"] = part["sessions_per_gpu_hour"] / fixed["sessions_per_gpu_hour"].max()
+        table.loc[part.index, "vs_static_per_model"] = part["sessions_per_gpu_hour"] / static.max()
     return table
 
 

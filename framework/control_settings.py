@@ -156,6 +156,10 @@ class ControlSettings:
             values["latency_points"] = points
         values["parallelism"] = overrides.pop("parallelism", None) or config.get("policies.parallelism")
         values["parallelism_params"] = dict(overrides.pop("parallelism_params", None) or {})
+        if values["parallelism"] and "degrees" not in values["parallelism_params"]:
+            from framework.parallelism import model_degrees  # the served model's degrees, as the simulator's
+
+            values["parallelism_params"]["degrees"] = model_degrees(str(config.get("model")))
         values["parallel"] = parallel_step_model(str(config.get("model")))
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "interval_s" in overrides and overrides["interval_s"] is not None:

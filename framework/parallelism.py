@@ -30,8 +30,10 @@ from typing import Any
 from distributed.protocol import deserialize
 from distributed.protocol.serialize import Serialized
 
+from framework import config
 from framework.errors import BadDegree, InvalidRequest, TransferError, UnknownWorker, WorkerBusy, WorkerInGroup
 from kernels.presets import get_preset
+from policies.parallelism import head_degrees
 from policies.types import ParallelGroup
 
 #: Worker RPC op of the group messages (``workers.parallel_group.GROUP_OP``).
@@ -65,21 +67,47 @@ def choose_backend(devices: Sequence[dict[str, Any]]) -> str:
     return "nccl" if cuda and distinct else "gloo"
 
 
+def model_degrees(model: str, max_degree: int | None = None) -> tuple[int, ...]:
+    """The degrees a group serving preset ``model`` may have: every divisor of its attention
+    heads (``kernels.presets``) up to ``max_degree`` (default
+    ``turboserve.policies.parallelism-max-degree``).
+
+    The one source of the degree set: the live control loop's parallelism policy
+    (:meth:`framework.control_settings.ControlSettings.from_config`), ``set_parallelism``'s
+    refusals (:meth:`ParallelGroups.set_parallelism`) and the simulated experiment
+    (``experiments.parallelism``).
+
+    >>> model_degrees("wan-14b", 8), model_degrees("wan-1.3b", 8), model_degrees("tiny", 8)
+    ((1, 2, 4, 5, 8), (1, 2, 3, 4, 6), (1, 2))
+    """
+    return head_degrees(get_preset(model).num_heads, _max_degree(max_degree))
+
+
+def _max_degree(value: int | None) -> int:
+    cap = config.get("policies.parallelism-max-degree", value)
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ValueError(f"turboserve.policies.parallelism-max-degree must be a positive integer, got {cap!r}")
+    return cap
+
+
 def plan_groups(
     degree: int,
     workers: Sequence[str],
     sessions_on: Callable[[str], Sequence[str]],
     model_heads: int,
+    max_degree: int | None = None,
 ) -> list[tuple[str, ...]]:
     """The groups of ``degree`` to form from free ``workers`` (leader first), or a typed refusal.
 
     A worker holding sessions leads a group (its sessions stay); every other member must
-    hold none. Pure: ``sessions_on(worker)`` says what each worker holds.
+    hold none. Pure: ``sessions_on(worker)`` says what each worker holds; ``max_degree``
+    (None: no cap) is the largest degree allowed.
 
     Raises
     ------
     BadDegree
-        ``degree`` is not a divisor of ``len(workers)`` or of the model's heads.
+        ``degree`` is not a divisor of ``len(workers)`` or of the model's heads, or is
+        above ``max_degree``.
     WorkerBusy
         More workers hold sessions than there are groups to lead.
     """
@@ -88,9 +116,13 @@ def plan_groups(
             f"degree {degree} does not divide the {len(workers)} workers named ({list(workers)}); "
             f"name a multiple of {degree} workers"
         )
+    fits = list(head_degrees(model_heads, max_degree if max_degree is not None else model_heads))
     if model_heads % degree:
-        fits = [d for d in range(1, model_heads + 1) if model_heads % d == 0]
-        raise BadDegree(f"degree {degree} does not divide the model's {model_heads} attention heads; use one of {fits}")
+        raise BadDegree(f"degree {degree} does not divide the model's {model_heads} attention heads "
+                        f"(a group shards whole heads); use one of {fits}")
+    if max_degree is not None and degree > max_degree:
+        raise BadDegree(f"degree {degree} is above the largest allowed, {max_degree} "
+                        f"(turboserve.policies.parallelism-max-degree); use one of {fits} or raise the maximum")
     busy = [w for w in workers if sessions_on(w)]
     free = [w for w in workers if not sessions_on(w)]
     n = len(workers) // degree
@@ -117,6 +149,9 @@ class ParallelGroups:
         ``model_of(session_ids) -> preset name`` the group serves (the default model if none).
     changed
         Called after a transformation (capacity changed: wake the control loop).
+    max_degree
+        The largest degree a group may have; a degree must also divide the model's heads
+        (:func:`model_degrees`). Default ``turboserve.policies.parallelism-max-degree``.
     """
 
     def __init__(
@@ -127,8 +162,11 @@ class ParallelGroups:
         changed: Callable[[], None],
         *,
         timeout_s: float = 60.0,
+        max_degree: int | None = None,
     ) -> None:
         self.scheduler = scheduler
+        #: The largest degree a group may have (default ``turboserve.policies.parallelism-max-degree``).
+        self.max_degree = _max_degree(max_degree)
         self._sessions_on = sessions_on
         self._model_of = model_of
         self._changed = changed
@@ -231,7 +269,8 @@ class ParallelGroups:
         UnknownWorker
             A worker is not in the cluster.
         BadDegree, WorkerInGroup, WorkerBusy
-            See :func:`plan_groups`; a worker in a group the request does not split whole.
+            See :func:`plan_groups` (a degree not among :func:`model_degrees` of the model
+            the workers serve); a worker in a group the request does not split whole.
         TransferError
             A transformation failed; its workers are back in their old layout.
         """
@@ -264,7 +303,7 @@ class ParallelGroups:
             if len(models) > 1:
                 raise InvalidRequest(f"the workers serve several models {sorted(models)}; a group serves one")
             model = models.pop() if models else self._model_of(())
-            plan = plan_groups(degree, names, self._sessions_on, get_preset(model).num_heads)
+            plan = plan_groups(degree, names, self._sessions_on, get_preset(model).num_heads, self.max_degree)
             formed = []
             for members in plan:
                 formed.append(await self._merge(members, model))
@@ -347,4 +386,4 @@ class ParallelGroups:
         return row
 
 
-__all__ = ["ParallelGroups", "choose_backend", "plan_groups"]
+__all__ = ["ParallelGroups", "choose_backend", "model_degrees", "plan_groups"]

@@ -61,10 +61,28 @@ from policies.types import (
 
 _RUNNING = WorkerStatus.RUNNING
 _ON_DEVICE = (SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStatus.MIGRATING)
-#: Degrees a group may have: sequence parallelism by heads needs a divisor of the heads
-#: (wan-1.3b: 12, wan-14b: 40), so 2 and 4 fit both.
+#: Degrees that divide the heads of both Wan models (wan-1.3b: 12, wan-14b: 40): the
+#: uniform fixed degrees of the experiments, and the degrees of a policy not told its
+#: model's (``degrees=None``). A group serving one model may take any divisor of *its*
+#: heads (:func:`head_degrees`); the live loop and the simulator pass those
+#: (``framework.parallelism.model_degrees``: up to ``turboserve.policies.parallelism-max-degree``).
 DEGREES: tuple[int, ...] = (1, 2, 4)
 _EPS = 1e-9
+
+
+def head_degrees(num_heads: int, max_degree: int) -> tuple[int, ...]:
+    """The degrees a sequence-parallel group of a model with ``num_heads`` attention heads may
+    have: every divisor of the heads (Ulysses shards whole heads) up to ``max_degree``.
+
+    >>> head_degrees(40, 8)  # wan-14b
+    (1, 2, 4, 5, 8)
+    >>> head_degrees(12, 8)  # wan-1.3b
+    (1, 2, 3, 4, 6)
+    """
+    for name, v in (("num_heads", num_heads), ("max_degree", max_degree)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return tuple(k for k in range(1, max_degree + 1) if num_heads % k == 0)
 
 
 # ---------------------------------------------------------------- capacity at a degree
@@ -258,13 +276,20 @@ def _form(candidates: list[WorkerView], degree: int, cause: str) -> list[Action]
 @register("parallelism", "fixed")
 class FixedDegree(_ParallelismPolicy):
     """Every worker in groups of ``degree`` (degree 1: no groups); a group of another degree
-    is split once it serves nobody."""
+    is split once it serves nobody.
+
+    ``degrees``: the degrees the served model allows (:func:`head_degrees`); None: any
+    positive degree (the caller vouches for it).
+    """
 
     name = "fixed"
 
-    def __init__(self, *, degree: int = 1) -> None:
-        if degree not in DEGREES:
-            raise ValueError(f"fixed parallelism needs a degree in {DEGREES}, got {degree!r}")
+    def __init__(self, *, degree: int = 1, degrees: tuple[int, ...] | None = None) -> None:
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+            raise ValueError(f"fixed parallelism needs a positive integer degree, got {degree!r}")
+        if degrees is not None and degree not in degrees:
+            raise ValueError(f"fixed parallelism: degree {degree} is not one the model allows {tuple(degrees)} "
+                             "(the divisors of its heads up to turboserve.policies.parallelism-max-degree)")
         self.degree = degree
 
     def __repr__(self) -> str:
@@ -292,9 +317,13 @@ class Adaptive(_ParallelismPolicy):
     Parameters
     ----------
     degrees
-        Degrees a group may have (default :data:`DEGREES`, which divide the heads of both
-        Wan models). A larger one must divide the served model's heads (wan-14b: 5, 8,
-        10; the live framework refuses a group that does not, :func:`framework.parallelism.plan_groups`).
+        Degrees a group may have: the served model's, every divisor of its heads up to a
+        maximum (:func:`head_degrees`; the live loop and the simulator pass
+        ``framework.parallelism.model_degrees(model)``, up to
+        ``turboserve.policies.parallelism-max-degree``, 8: wan-14b 1, 2, 4, 5, 8; wan-1.3b
+        1, 2, 3, 4, 6). None: :data:`DEGREES` (1, 2, 4, which divide both Wan models' heads).
+        The live framework refuses a group whose degree is not the model's
+        (:func:`framework.parallelism.plan_groups`).
     max_pause_s
         Longest re-shard pause a streaming session may be given to create slots for
         waiting sessions (default: one SLO).
@@ -313,9 +342,9 @@ class Adaptive(_ParallelismPolicy):
 
     name = "adaptive"
 
-    def __init__(self, *, degrees: tuple[int, ...] = DEGREES, max_pause_s: float | None = None,
+    def __init__(self, *, degrees: tuple[int, ...] | None = None, max_pause_s: float | None = None,
                  max_batch: int = 8, memory_bytes: float = 69.4e9, new_session_bytes: int | None = None) -> None:
-        degrees = tuple(sorted(set(int(k) for k in degrees)))
+        degrees = tuple(sorted(set(int(k) for k in (DEGREES if degrees is None else degrees))))
         if not degrees or degrees[0] != 1:
             raise ValueError(f"degrees must be positive and include 1, got {degrees!r}")
         if max_pause_s is not None and max_pause_s < 0:
@@ -334,9 +363,12 @@ class Adaptive(_ParallelismPolicy):
         return max_batch, memory, typical_state_bytes(snap, self.new_session_bytes)
 
     def target(self, snap: Snapshot) -> int:
-        """The degree the snapshot's sessions are best served at."""
+        """The degree the snapshot's sessions are best served at, among those its running
+        workers can form (a degree above their number would never be formed)."""
         max_batch, memory, nbytes = self._shape(snap)
-        return best_degree(snap, max_batch=max_batch, memory_bytes=memory, state_bytes=nbytes, degrees=self.degrees)
+        running = sum(1 for w in snap.workers if w.status is _RUNNING)
+        degrees = tuple(k for k in self.degrees if k <= running) or self.degrees[:1]
+        return best_degree(snap, max_batch=max_batch, memory_bytes=memory, state_bytes=nbytes, degrees=degrees)
 
     def min_degree(self, snap: Snapshot) -> int:
         need = needed_degree(snap, self.degrees)

@@ -196,8 +196,11 @@ def test_fixed_degree_one_splits_empty_groups():
 def test_the_policies_are_registered_under_the_parallelism_kind():
     assert names("parallelism") == ["adaptive", "fixed"]
     assert make("parallelism", "fixed", degree=4).min_degree(snap()) == 4
-    with pytest.raises(ValueError, match="degree"):
-        make("parallelism", "fixed", degree=3)
+    with pytest.raises(ValueError, match="positive integer degree"):
+        make("parallelism", "fixed", degree=0)
+    with pytest.raises(ValueError, match=r"degree 3 is not one the model allows \(1, 2, 4, 5, 8\)"):
+        make("parallelism", "fixed", degree=3, degrees=(1, 2, 4, 5, 8))  # 40 heads: 3 does not divide them
+    assert make("parallelism", "fixed", degree=8, degrees=(1, 2, 4, 5, 8)).min_degree(snap()) == 8
 
 
 # ---------------------------------------------------------------- what the other policies see

@@ -202,15 +202,18 @@ def test_the_experiment_writes_one_summary_row_per_policy_and_scale(tmp_path):
         ["mixed-14b-share"], gpus=24, scales=(0.1,), duration_s=900.0, out_dir=tmp_path,
         config=SimConfig.from_config(),
     )
-    assert list(summary["policy"]) == ["fixed-1", "fixed-2", "fixed-4", "adaptive", "adaptive-8"]
+    labels = ["fixed-1", "fixed-2", "fixed-4", "static-per-model", "adaptive", "adaptive-4", "adaptive-8"]
+    assert list(summary["policy"]) == labels
     written = pd.read_csv(tmp_path / "summary.csv")
-    assert set(SUMMARY_COLUMNS) <= set(written.columns) and len(written) == 5
+    assert set(SUMMARY_COLUMNS) <= set(written.columns) and len(written) == len(labels)
     assert (tmp_path / "capacity.csv").is_file() and (tmp_path / "oracle.csv").is_file()
     by = summary.set_index("policy")
     assert by.loc["fixed-1", "instream_attainment_14b"] == 0.0  # 2.5 s a chunk against 0.75 s
     assert by.loc["adaptive", "instream_attainment_14b"] > by.loc["fixed-2", "instream_attainment_14b"]
-    assert by.loc["adaptive", "degrees"] == "wan-1.3b:1,wan-14b:4"
-    assert by.loc["adaptive-8", "degrees"] == "wan-1.3b:1,wan-14b:4"  # the published profile: 8 gains nothing
+    # the published profile: 8 gains nothing over 4 (2 sessions a group of 8), so every
+    # policy of the head-dividing degrees runs 14B at 4
+    for label in ("adaptive", "adaptive-4", "adaptive-8", "static-per-model"):
+        assert by.loc[label, "degrees"] == "wan-1.3b:1,wan-14b:4", label
 
 
 def test_the_oracle_bound_never_counts_a_degree_that_misses_the_14b_deadline_as_best_fixed():
@@ -246,28 +249,34 @@ def test_the_fewest_gpus_of_any_mix_of_degrees_is_exact():
         cover_gpus({1: 0, 2: 0}, 3)
 
 
-def test_adaptive_8_takes_the_head_dividing_degrees_and_groups_14b_by_8_where_batching_is_cheap():
-    from experiments.parallelism import head_degrees, spec_for
+def test_the_adaptive_default_takes_the_models_head_dividing_degrees_and_groups_14b_by_8_where_batching_is_cheap():
+    from experiments.parallelism import spec_for
+    from framework.parallelism import model_degrees
 
-    assert head_degrees("wan-14b", 8) == (1, 2, 4, 5, 8)  # 40 heads
-    assert head_degrees("wan-1.3b", 8) == (1, 2, 3, 4, 6)  # 12 heads
+    assert model_degrees("wan-14b", 8) == (1, 2, 4, 5, 8)  # 40 heads
+    assert model_degrees("wan-1.3b", 8) == (1, 2, 3, 4, 6)  # 12 heads
+    # the default: up to turboserve.policies.parallelism-max-degree (8), as the live loop
+    assert spec_for("adaptive", "wan-14b").params["degrees"] == model_degrees("wan-14b") == (1, 2, 4, 5, 8)
     assert spec_for("adaptive-8", "wan-14b").params["degrees"] == (1, 2, 4, 5, 8)
-    assert spec_for("adaptive", "wan-14b").params == {}
+    assert spec_for("adaptive-4", "wan-14b").params["degrees"] == (1, 2, 4)
     cheap = _batch_cost(0.1)
-    assert degree_for("adaptive", "wan-14b", cheap) == 4  # 1 session per 4 GPUs (a batch of 2 takes 0.80 s)
-    assert degree_for("adaptive-8", "wan-14b", cheap) == 8  # 8 sessions per 8 GPUs within 0.75 s
-    assert degree_for("adaptive-8", "wan-1.3b", cheap) == 1
+    assert degree_for("adaptive-4", "wan-14b", cheap) == 4  # 1 session per 4 GPUs (a batch of 2 takes 0.80 s)
+    assert degree_for("adaptive", "wan-14b", cheap) == 8  # 8 sessions per 8 GPUs within 0.75 s
+    assert degree_for("adaptive", "wan-1.3b", cheap) == 1
 
 
-def test_the_any_degree_oracle_bounds_every_policys_degrees():
-    from experiments.parallelism import oracle_table
+def test_the_per_model_static_baseline_fixes_each_model_at_its_own_best_degree():
+    from experiments.parallelism import spec_for, static_degree
+    from framework.parallelism import model_degrees
 
-    table = oracle_table(["mixed-14b-share"], gpus=64, scales=(0.2,), duration_s=1800.0, config=_batch_cost(0.1),
-                         policies=("fixed-4", "adaptive", "adaptive-8")).set_index("policy")
-    hours = table["gpu_hours"]
-    # degrees <= 4 dividing the heads: no better than the adaptive policy's (1.3B at 1, 14B at 4)
-    assert hours["oracle:any-degree<=4"] == pytest.approx(hours["oracle:adaptive"])
-    assert hours["oracle:any-degree<=8"] <= hours["oracle:adaptive-8"] + 1e-9
-    # at a = 0.1 a 14B group of 8 holds 8 sessions: the bound is well below the degrees <= 4 (0.74x here)
-    assert hours["oracle:any-degree<=8"] < 0.8 * hours["oracle:any-degree<=4"]
-    assert (table["peak_gpus_pooled"] >= table["peak_gpus_shared"]).all()
+    cheap = _batch_cost(0.1)
+    # batching cheap: 1.3B alone (8 a GPU), 14B in groups of 8 (8 per 8 GPUs); never regrouped
+    assert spec_for("static-per-model", "wan-14b", cheap) == PolicySpec("parallelism", "fixed",
+                                                                      {"degree": 8, "degrees": (1, 2, 4, 5, 8)})
+    assert degree_for("static-per-model", "wan-1.3b", cheap) == 1
+    # the published profile: a 14B group of 8 holds 2 sessions, as many per GPU as one of 4: the smaller wins
+    assert static_degree("wan-14b", model_degrees("wan-14b"), SimConfig.from_config()) == 4
+    # the adaptive policy targets the same degree on a fleet of any size
+    for cfg in (cheap, SimConfig.from_config()):
+        for model in ("wan-1.3b", "wan-14b"):
+            assert degree_for("adaptive", model, cfg) == degree_for("static-per-model", model, cfg)
