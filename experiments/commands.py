@@ -258,14 +258,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fr.add_argument("--no-progress", action="store_true", help="no progress bar")
     fr.set_defaults(func=_frontier)
 
-    pa = sub.add_parser("parallelism", help="fixed parallel degrees 1, 2, 4 vs the adaptive policy on a model mix")
+    pa = sub.add_parser("parallelism", help="fixed parallel degrees vs the adaptive policy on a model mix")
     pa.add_argument("--trace", action="append", metavar="FILE", help="trace file (Parquet/CSV; repeatable)")
     pa.add_argument("--scenario", action="append", metavar="NAME", help="named scenario (repeatable), e.g. mixed-14b-share")
     pa.add_argument("--duration-s", type=float, default=None, help="scenario length in seconds (default: its own)")
     pa.add_argument("--scales", type=_floats, default=[0.5, 1.0], help="comma-separated load scales (default 0.5,1)")
     pa.add_argument("--gpus", type=int, default=64, help="fleet size (default 64)")
     pa.add_argument("--policy", action="append", metavar="LABEL",
-                    help="only these (repeatable): fixed-1, fixed-2, fixed-4, adaptive")
+                    help="only these (repeatable): fixed-1, fixed-2, fixed-4, static-per-model, adaptive, "
+                         "adaptive-4, adaptive-8 (experiments.parallelism.POLICIES)")
     pa.add_argument("--target", type=float, default=0.99, help="in-stream SLO attainment to meet (default 0.99)")
     pa.add_argument("--admission-s", type=float, default=10.0, help="p99 time to first chunk to meet (default 10 s)")
     pa.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")

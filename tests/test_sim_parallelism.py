@@ -196,6 +196,23 @@ def test_capacity_from_folders_reads_a_grid_run_as_several_commands(tmp_path):
     assert table.loc["adaptive", "oracle_vs_best_fixed"] == 6.0 / 5.0
 
 
+def test_capacity_is_also_compared_with_the_per_model_static_baseline_which_is_no_uniform_fixed_degree():
+    runs = pd.DataFrame({
+        "trace": "t", "policy": ["fixed-4", "fixed-4", "static-per-model", "static-per-model", "adaptive", "adaptive"],
+        "scale": [1, 2, 1, 2, 1, 2], "instream_attainment": [1.0, 0.9, 1.0, 1.0, 1.0, 1.0],
+        "instream_attainment_14b": 1.0, "ttfc_p99_s": 1.0,
+        "sessions_per_gpu_hour": [10.0, 20.0, 30.0, 40.0, 33.0, 44.0],
+    })
+    oracles = pd.DataFrame({"trace": "t", "policy": ["oracle:fixed-4", "oracle:static-per-model", "oracle:adaptive"],
+                            "scale": 2, "sessions_per_gpu_hour": [20.0, 50.0, 55.0], "meets_deadline": True})
+    table = capacity_table(runs, oracles, target=0.99, admission_s=10.0).set_index("policy")
+    # the best fixed degree stays the best *uniform* one (fixed-4 at 10), not the per-model static one
+    assert table.loc["static-per-model", "vs_best_fixed"] == 4.0 and table.loc["adaptive", "vs_best_fixed"] == 4.4
+    assert table.loc["adaptive", "vs_static_per_model"] == pytest.approx(1.1)
+    assert table.loc["adaptive", "oracle_vs_static_per_model"] == pytest.approx(1.1)
+    assert table.loc["adaptive", "oracle_vs_best_fixed"] == 2.75
+
+
 @pytest.mark.slow
 def test_the_experiment_writes_one_summary_row_per_policy_and_scale(tmp_path):
     summary, capacity = parallelism_experiment(
