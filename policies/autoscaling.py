@@ -372,7 +372,13 @@ class LoadDriven(_Autoscaler):
     warmup_s
         History the estimate needs before it is taken at face value (0 s: the first
         changes count in full, so a cluster that knows nothing of its load yet keeps
-        generous headroom early; 60 s makes it calmer, and slower, at the start).
+        generous headroom early; 60 s makes it calmer, and slower, at the start). With
+        ``headroom_model="horizon"`` the first sample is a change over one whole horizon,
+        so a policy that starts cold keeps no headroom for its first horizon (one worker
+        start-up time): newcomers then find only the slots the load left free, which is
+        part of the TTFC tail of a simulated trace that starts in steady state. A
+        fallback to the random-walk estimate until a horizon sample exists was tried and
+        not kept (it moved TTFC p99 both ways across the built-in traces).
     provision_idle
         Count the idle sessions still resident on a worker as demand (default False),
         for at most ``provision_idle_s`` of their idle spell. Pair it with the
