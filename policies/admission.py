@@ -142,7 +142,8 @@ class CapacityLedger:
 
     __slots__ = (
         "snap", "loads", "pending", "_suspended", "acted", "refused", "in_flight_bytes", "_new_bytes", "_model_bytes",
-        "_base", "_ctx_slope", "touched", "_over",
+        "_base", "_ctx_slope", "touched", "_over", "recounted", "carry", "generation",
+        "_by_status",
     )
 
     def __init__(self, snap: Snapshot, new_session_bytes: int | None = None) -> None:
@@ -176,6 +177,15 @@ class CapacityLedger:
         self.touched: set[WorkerLoad] = set()
         # (limit, addresses of the loads whose latency is over it as counted): from a LedgerCache
         self._over: tuple[float, set[str]] | None = None
+        # From a LedgerCache: the loads counted afresh since its previous ledger (None: every
+        # load is new to a policy's own per-load structures), a dict kept from one ledger of
+        # the cache to the next, where a policy keeps such structures (None: a full ledger),
+        # and the ledger's number in the cache (a structure kept for ledger k - 1 may be
+        # carried over to ledger k with ``recounted``; 0: a full ledger).
+        self.recounted: list[WorkerLoad] | None = None
+        self.carry: dict | None = None
+        self.generation = 0
+        self._by_status: dict[WorkerStatus, list[WorkerLoad]] | None = None
 
     @property
     def suspended(self) -> list[SessionView]:
@@ -183,6 +193,20 @@ class CapacityLedger:
         if self._suspended is None:  # a ledger of a LedgerCache lists them when asked
             self._suspended = [s for s in self.snap.sessions if s.status is _SUSPENDED]
         return self._suspended
+
+    def loads_of(self, status: WorkerStatus) -> list[WorkerLoad]:
+        """The loads of the workers of ``status``, in snapshot order (a list not to be changed).
+
+        Listed once per ledger and status (a ledger of a :class:`LedgerCache`: once per
+        tuple of worker views), so that a policy looking for the few draining or
+        starting workers does not scan all of them each time.
+        """
+        if self._by_status is None:
+            self._by_status = {}
+        found = self._by_status.get(status)
+        if found is None:
+            found = self._by_status[status] = [ld for ld in self.loads.values() if ld.view.status is status]
+        return found
 
     # ------------------------------------------------------------ sizes and latency
 
@@ -422,7 +446,10 @@ class LedgerCache:
     Snapshot order is kept as a rank per view (the index in the first snapshot; a view
     that replaces another takes its rank, one inserted gets a rank between its
     neighbours'). The loads are reused from one ledger to the next: a ledger of the
-    cache is valid until the next one is built.
+    cache is valid until the next one is built. Each ledger names the loads counted
+    afresh (``recounted``) and carries one dict from ledger to ledger (``carry``), so a
+    policy may keep its own per-load structures (placement's chooser) and update only
+    those loads.
     """
 
     def __init__(self) -> None:
@@ -438,11 +465,15 @@ class LedgerCache:
         self._over: set[str] = set()
         self._slo: float | None = None
         self._latency: object = None
+        self._by_status: dict[WorkerStatus, list[WorkerLoad]] = {}  # CapacityLedger.loads_of, per _workers
+        self._carry: dict = {}  # CapacityLedger.carry of every ledger of this cache
+        self._generation = 0  # ledgers built since the cache last counted in full
 
     def ledger(self, snap: Snapshot, new_session_bytes: int | None = None) -> CapacityLedger:
         """The ledger of ``snap`` (equal to ``CapacityLedger(snap, new_session_bytes)``)."""
         sessions = snap.sessions
         changed = self._update_sessions(sessions)
+        counted_in_full = changed is None
         if changed is None:  # counted in full
             self.__init__()  # type: ignore[misc]
             self._start(sessions)
@@ -463,6 +494,7 @@ class LedgerCache:
                     changed.add(w.address)
                 self._loads[w.address] = load
             self._workers = snap.workers
+            self._by_status = {}
         loads = self._loads
         recounted = []
         for address in changed:
@@ -475,9 +507,15 @@ class LedgerCache:
         ledger.loads = dict(loads)
         ledger.pending = _queue(self._in_order(self._pending))
         ledger._suspended = None
+        ledger._by_status = self._by_status
+        ledger.carry = self._carry
+        self._generation += 1
+        ledger.generation = self._generation
+        ledger.recounted = None if counted_in_full else recounted
         if snap.slo_s != self._slo or snap.latency is not self._latency or workers_changed:
+            ledger.recounted = None
             self._over.clear()
-            recounted = loads.values()
+            recounted = loads.values()  # type: ignore[assignment]
             self._slo, self._latency = snap.slo_s, snap.latency
         for load in recounted:
             if load.n_active and not ledger.latency(load) <= snap.slo_s:

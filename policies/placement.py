@@ -37,7 +37,7 @@ from __future__ import annotations
 import heapq
 from heapq import heappop, heappush
 from operator import attrgetter
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from policies.admission import CapacityLedger, WorkerLoad
 from policies.base import LedgerPolicy
@@ -82,7 +82,7 @@ class HeapChooser:
     """
 
     __slots__ = ("_key", "_heap", "_min_failed", "_share", "held", "incoming", "evict_failed", "_pooled",
-                 "_failed_by_model")
+                 "_failed_by_model", "_open_in_pools")
 
     def __init__(
         self, loads: Any, key: Callable[[WorkerLoad], tuple], memory_share: float = 1.0,
@@ -93,16 +93,64 @@ class HeapChooser:
         self.held: dict[str, int] = {} if held is None else held
         self.incoming = 0
         self.evict_failed: dict[tuple[str, bool], int] = {}
+        self._min_failed: int | None = None
+        self._failed_by_model: dict[str, int] = {}
+        self._fill(loads)
+
+    def _fill(self, loads: Any) -> None:
+        """The heap of the open loads among ``loads``, afresh."""
         hold = self.held.get
         self._heap = [
-            (*key(ld), ld.address, ld.version, ld)
+            (*self._key(ld), ld.address, ld.version, ld)
             for ld in loads
             if ld.view.status is _RUNNING and ld.n_active + hold(ld.address, 0) < ld.view.max_batch  # _open, inlined
         ]
         heapq.heapify(self._heap)
-        self._min_failed: int | None = None
-        self._pooled = any(entry[-1].view.models is not None for entry in self._heap)
-        self._failed_by_model: dict[str, int] = {}
+        # Open workers that serve given models (WorkerView.models), as of the start of a decision.
+        self._open_in_pools = {entry[-1].address for entry in self._heap if entry[-1].view.models is not None}
+        self._pooled = bool(self._open_in_pools)
+
+    def renew(
+        self, loads: Any, changed: Any, key: Callable[[WorkerLoad], tuple],
+        held_of: Callable[[Iterable[WorkerLoad]], dict[str, int]] | None = None,
+    ) -> None:
+        """Carry this chooser over to the next ledger of a :class:`~policies.admission.LedgerCache`.
+
+        ``loads``: that ledger's loads (the same objects as this chooser's ledger had),
+        ``changed``: those it counted afresh (``CapacityLedger.recounted``; every load
+        this chooser's decision booked into is among them), ``key``: the new ledger's
+        ranking. The chooser then picks what one built on the new ledger picks: a load
+        not counted again has the counts, version and heap entry it had, the changed
+        ones get an entry at their new version (older entries are stale), and the memos
+        of the previous decision are forgotten. ``incoming`` is the caller's to set.
+        With more stale entries than loads, the heap is built again.
+        """
+        self._key = key
+        self._min_failed = None
+        self._failed_by_model.clear()
+        self.evict_failed.clear()
+        self.incoming = 0
+        held = self.held
+        if held_of is not None:
+            counted = held_of(changed)
+            for load in changed:
+                n = counted.get(load.address)
+                if n:
+                    held[load.address] = n
+                else:
+                    held.pop(load.address, None)
+        if len(self._heap) > 2 * len(loads) + 64:
+            self._fill(loads)
+            return
+        in_pools = self._open_in_pools
+        for load in changed:
+            if self._open(load):
+                heappush(self._heap, (*key(load), load.address, load.version, load))
+                if load.view.models is not None:
+                    in_pools.add(load.address)
+            else:
+                in_pools.discard(load.address)
+        self._pooled = bool(in_pools)
 
     def _open(self, load: WorkerLoad) -> bool:
         return load.view.status is _RUNNING and load.n_active + self.held.get(load.address, 0) < load.view.max_batch
@@ -249,6 +297,30 @@ class _PlacementPolicy(LedgerPolicy):
         """A fresh ledger reserving ``new_session_bytes`` for each new session."""
         return CapacityLedger(snap, self.new_session_bytes)
 
+    def _heap_chooser(
+        self, ledger: CapacityLedger, key: Callable[[WorkerLoad], tuple],
+        held_of: Callable[[Iterable[WorkerLoad]], dict[str, int]] | None = None,
+    ) -> HeapChooser:
+        """A :class:`HeapChooser` of ``ledger``'s running workers by ``key`` (``held_of(loads)``: their held slots).
+
+        On a ledger of a :class:`~policies.admission.LedgerCache` the chooser of the
+        previous ledger, if this policy decided on it, is carried over
+        (:meth:`HeapChooser.renew`: only the loads counted again are re-ranked) instead
+        of being built over every worker: the same picks.
+        """
+        carry = ledger.carry
+        if carry is not None and ledger.recounted is not None:
+            generation, chooser = carry.get(self, (None, None))
+            if chooser is not None and generation == ledger.generation - 1:
+                chooser.renew(ledger.loads.values(), ledger.recounted, key, held_of)
+                carry[self] = (ledger.generation, chooser)
+                return chooser
+        loads = ledger.loads.values()
+        chooser = HeapChooser(loads, key, held=None if held_of is None else held_of(loads))
+        if carry is not None:
+            carry[self] = (ledger.generation, chooser)
+        return chooser
+
     def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
         """Place the pending sessions, drain DRAINING workers, then (maybe) rebalance."""
         chooser = self._chooser(ledger, state)
@@ -285,9 +357,7 @@ class _PlacementPolicy(LedgerPolicy):
 
     def _drain(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:
         budget = self.max_drain_migrations
-        for load in ledger.loads.values():
-            if load.view.status is not _DRAINING:
-                continue
+        for load in ledger.loads_of(_DRAINING):
             for s in load.active:
                 if budget <= 0:
                     break
@@ -305,6 +375,11 @@ class _PlacementPolicy(LedgerPolicy):
                     continue
                 moved.add(s.session_id)
                 actions.append(Offload(s.session_id, tier="host", cause="drain", drain=True))
+
+
+def _kept_slots(loads: Iterable[WorkerLoad]) -> dict[str, int]:
+    # The batch slots MigrationAware(keep_idle_slots=True) keeps on running workers: one per idle session.
+    return {ld.address: len(ld.idle) for ld in loads if ld.idle and ld.view.status is _RUNNING}
 
 
 def _idle_rank(s: SessionView) -> tuple:
@@ -351,7 +426,7 @@ class LeastLoaded(_PlacementPolicy):
     name = "least-loaded"
 
     def _chooser(self, ledger: CapacityLedger, state: Any) -> _Chooser:
-        return HeapChooser(ledger.loads.values(), fewest_active)
+        return self._heap_chooser(ledger, fewest_active)
 
 
 @register("placement", "migration-aware")
@@ -449,13 +524,10 @@ class MigrationAware(_PlacementPolicy):
         )
 
     def _chooser(self, ledger: CapacityLedger, state: Any) -> _Chooser:
-        held = None
-        if self.keep_idle_slots:
-            held = {ld.address: len(ld.idle) for ld in ledger.loads.values() if ld.idle and ld.view.status is _RUNNING}
-        chooser = HeapChooser(ledger.loads.values(), ledger.latency_plus_key(), held=held)
-        if self.keep_idle_slots:
-            chooser.incoming = sum(max(0, ld.view.max_batch - ld.n_active) for ld in ledger.loads.values()
-                                   if ld.view.status is _STARTING)
+        if not self.keep_idle_slots:
+            return self._heap_chooser(ledger, ledger.latency_plus_key())
+        chooser = self._heap_chooser(ledger, ledger.latency_plus_key(), held_of=_kept_slots)
+        chooser.incoming = sum(max(0, ld.view.max_batch - ld.n_active) for ld in ledger.loads_of(_STARTING))
         return chooser
 
     def _make_room(
@@ -491,6 +563,9 @@ class MigrationAware(_PlacementPolicy):
             if (view.status is not _RUNNING or load.n_active >= view.max_batch
                     or load.mem_used + nbytes > view.memory_bytes or not view.serves(model)):
                 continue
+            step = key(load)[0]  # the best step after placing, then the longest idle
+            if best_key is not None and step > best_key[0]:
+                continue  # it cannot win, whoever idles there
             # A session idle for less than two chunk periods may still have its last
             # chunk in flight (an offload would be refused): it keeps its slot.
             idle = [s for s in load.idle if s.session_id not in acted
@@ -498,7 +573,7 @@ class MigrationAware(_PlacementPolicy):
             if not idle:
                 continue
             oldest = min(idle, key=_idle_rank)
-            k = (key(load)[0], _idle_rank(oldest))  # the best step after placing, then the longest idle
+            k = (step, _idle_rank(oldest))
             if best_key is None or k < best_key:
                 best, best_key, victim = load, k, oldest
         if best is None or victim is None:
