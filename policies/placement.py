@@ -35,6 +35,7 @@ Examples
 from __future__ import annotations
 
 import heapq
+import itertools
 from heapq import heappop, heappush
 from operator import attrgetter
 from typing import Any, Callable, Iterable, Protocol
@@ -45,6 +46,7 @@ from policies.registry import register
 from policies.types import Action, Migrate, Offload, Place, Reject, SessionView, Snapshot, WorkerStatus
 
 ON_FULL = ("queue", "refuse")
+_entries = itertools.count()  # a tie-breaker of heap entries that compares before objects
 _DRAINING = WorkerStatus.DRAINING
 _STARTING = WorkerStatus.STARTING
 _RUNNING = WorkerStatus.RUNNING
@@ -74,7 +76,8 @@ class HeapChooser:
     the caller: a new session may wait for one of them instead of taking a held slot);
     ``evict_failed`` remembers, per ``(model, protected)``, the smallest session for
     which no held slot could be freed (within one decision candidates only shrink, so a
-    session at least as large finds none either).
+    session at least as large finds none either); :meth:`kept_heap` lists the idle
+    sessions holding those slots by their worker's rank, then longest idle first.
 
     ``pick(..., model=m)`` skips workers that do not serve ``m`` (``WorkerView.serves``);
     when no worker names its models (the common case) the check costs nothing, and
@@ -82,7 +85,7 @@ class HeapChooser:
     """
 
     __slots__ = ("_key", "_heap", "_min_failed", "_share", "held", "incoming", "evict_failed", "_pooled",
-                 "_failed_by_model", "_open_in_pools")
+                 "_failed_by_model", "_open_in_pools", "_kept", "_kept_built")
 
     def __init__(
         self, loads: Any, key: Callable[[WorkerLoad], tuple], memory_share: float = 1.0,
@@ -95,6 +98,10 @@ class HeapChooser:
         self.evict_failed: dict[tuple[str, bool], int] = {}
         self._min_failed: int | None = None
         self._failed_by_model: dict[str, int] = {}
+        # (key(load)[0], since_s, session_id, address, version, n, session, load) per idle
+        # session of a worker with held slots: built by kept_heap() when first asked for.
+        self._kept: list[tuple] | None = None
+        self._kept_built = 0
         self._fill(loads)
 
     def _fill(self, loads: Any) -> None:
@@ -139,6 +146,12 @@ class HeapChooser:
                     held[load.address] = n
                 else:
                     held.pop(load.address, None)
+        if self._kept is not None:
+            if len(self._kept) > 2 * self._kept_built + 64:
+                self._kept = None  # mostly stale entries: built again when next asked for
+            else:
+                for load in changed:
+                    self._push_kept(load)
         if len(self._heap) > 2 * len(loads) + 64:
             self._fill(loads)
             return
@@ -163,6 +176,32 @@ class HeapChooser:
             self._min_failed = None
             if self._pooled:
                 self._failed_by_model.clear()
+        if self._kept is not None:
+            self._push_kept(load)
+
+    def kept_heap(self, loads: dict[str, WorkerLoad]) -> list[tuple]:
+        """The idle sessions holding slots (``held``), as a min-heap by their worker's rank, then longest idle.
+
+        Entries ``(key(load)[0], since_s, session_id, address, version, n, session,
+        load)``, one per idle session of a running worker with held slots, as of the
+        load's ``version`` (an entry of an older version is stale). Kept up to date by
+        :meth:`refresh` and :meth:`renew` once built; a reader pops what it skips and
+        pushes back what it skipped only for now. ``loads``: the ledger's loads by address.
+        """
+        if self._kept is None:
+            self._kept = []
+            for address in self.held:
+                self._push_kept(loads[address])
+            self._kept_built = len(self._kept)
+        return self._kept
+
+    def _push_kept(self, load: WorkerLoad) -> None:
+        if self.held.get(load.address, 0) <= 0 or load.view.status is not _RUNNING:
+            return
+        step = self._key(load)[0]
+        kept, version, address = self._kept, load.version, load.address
+        for s in load.idle:
+            heappush(kept, (step, s.since_s, s.session_id, address, version, next(_entries), s, load))
 
     def pick(self, nbytes: int, exclude: WorkerLoad | None = None, model: str | None = None) -> WorkerLoad | None:
         """The best-ranked running worker that fits an active session of ``nbytes`` (of ``model``)."""
@@ -382,11 +421,6 @@ def _kept_slots(loads: Iterable[WorkerLoad]) -> dict[str, int]:
     return {ld.address: len(ld.idle) for ld in loads if ld.idle and ld.view.status is _RUNNING}
 
 
-def _idle_rank(s: SessionView) -> tuple:
-    # Longest idle first (its owner is the least likely to come back soon).
-    return (s.since_s, s.session_id)
-
-
 def _move_rank(s: SessionView) -> tuple:
     # Cheapest copy first; among equals the longest context (it gains the most).
     return (s.state_bytes, -s.context_frames, s.session_id)
@@ -553,29 +587,29 @@ class MigrationAware(_PlacementPolicy):
             if protect > 0:
                 chooser.incoming -= 1  # it waits for a starting worker's slot
             return None
-        best, best_key, victim = None, None, None
-        key = ledger.latency_plus_key()
-        for address, n in held.items():
-            if n <= 0:
-                continue
-            load = ledger.loads[address]
+        # The best step after placing, then the longest idle: the first entry of the
+        # kept-slot heap whose worker has room for it and whose session may be offloaded.
+        best = victim = None
+        kept = chooser.kept_heap(ledger.loads)
+        skipped = []
+        while kept:
+            entry = kept[0]
+            s, load = entry[-2], entry[-1]
             view = load.view
-            if (view.status is not _RUNNING or load.n_active >= view.max_batch
-                    or load.mem_used + nbytes > view.memory_bytes or not view.serves(model)):
+            if (entry[4] != load.version or held.get(load.address, 0) <= 0 or view.status is not _RUNNING
+                    or load.n_active >= view.max_batch):
+                heappop(kept)  # stale, or no slot to free at this version of the load
                 continue
-            step = key(load)[0]  # the best step after placing, then the longest idle
-            if best_key is not None and step > best_key[0]:
-                continue  # it cannot win, whoever idles there
             # A session idle for less than two chunk periods may still have its last
             # chunk in flight (an offload would be refused): it keeps its slot.
-            idle = [s for s in load.idle if s.session_id not in acted
-                    and now - s.since_s >= max(2.0 * s.chunk_period_s, protect)]
-            if not idle:
+            if (load.mem_used + nbytes > view.memory_bytes or not view.serves(model) or s.session_id in acted
+                    or now - s.since_s < max(2.0 * s.chunk_period_s, protect)):
+                skipped.append(heappop(kept))  # not for this session, or not yet
                 continue
-            oldest = min(idle, key=_idle_rank)
-            k = (step, _idle_rank(oldest))
-            if best_key is None or k < best_key:
-                best, best_key, victim = load, k, oldest
+            best, victim = load, s
+            break
+        for entry in skipped:
+            heappush(kept, entry)
         if best is None or victim is None:
             chooser.evict_failed[memo] = min(nbytes, failed) if failed is not None else nbytes
             if protect > 0:

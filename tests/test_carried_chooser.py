@@ -9,6 +9,9 @@ and whatever the previous decision booked, a policy deciding that way must give 
 same actions as one deciding on a full :class:`~policies.admission.CapacityLedger` with
 a chooser built over every worker.
 
+The policies deciding on full ledgers free kept slots by a scan of every worker (the
+rule as first written), the others through the chooser's kept-slot heap.
+
 The random snapshots are those of ``tests/test_ledger_cache.py`` but without two views
 of one session id: two idle views of one id on two workers would tie in the choice of
 the slot to free, which then falls to the order of the kept-slot table (a carried table
@@ -22,7 +25,7 @@ from dataclasses import replace
 
 from policies.admission import CapacityLedger, LedgerCache
 from policies.placement import HeapChooser, LeastLoaded, MigrationAware, _kept_slots
-from policies.types import BatchLatencyModel, SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
+from policies.types import BatchLatencyModel, Offload, SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
 
 LATENCY = BatchLatencyModel((1, 2, 4), (0.3, 0.5, 0.9), context_slope_s=0.0013)
 STATUSES = (SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStatus.IDLE, SessionStatus.MIGRATING,
@@ -82,10 +85,45 @@ def views(workers: list[WorkerView], last: tuple[WorkerView, ...]) -> tuple[Work
     return last if list(last) == workers and all(a is b for a, b in zip(last, workers)) else tuple(workers)
 
 
-def policies() -> list:
+class ScanningMigrationAware(MigrationAware):
+    """The rule for a kept slot written as a scan of every worker (what the kept-slot heap must find)."""
+
+    def _make_room(self, ledger, chooser, nbytes, actions, model, returning=False):
+        if not self.keep_idle_slots or not chooser.held:
+            return None
+        held, acted, now = chooser.held, ledger.acted, ledger.snap.now_s
+        protect = 0.0
+        if not returning and chooser.incoming > 0:
+            protect = ledger.snap.worker_startup_s if self.keep_idle_s is None else self.keep_idle_s
+        best, best_key, victim = None, None, None
+        for address, n in held.items():
+            load = ledger.loads[address]
+            view = load.view
+            if (n <= 0 or view.status is not WorkerStatus.RUNNING or load.n_active >= view.max_batch
+                    or load.mem_used + nbytes > view.memory_bytes or not view.serves(model)):
+                continue
+            idle = [s for s in load.idle if s.session_id not in acted
+                    and now - s.since_s >= max(2.0 * s.chunk_period_s, protect)]
+            if idle:
+                oldest = min(idle, key=lambda s: (s.since_s, s.session_id))
+                k = (ledger.latency_plus(load), oldest.since_s, oldest.session_id)
+                if best_key is None or k < best_key:
+                    best, best_key, victim = load, k, oldest
+        if best is None:
+            if protect > 0:
+                chooser.incoming -= 1
+            return None
+        acted.add(victim.session_id)
+        held[best.address] -= 1
+        best.version += 1
+        actions.append(Offload(victim.session_id, tier="host", cause="evict: its kept batch slot goes to a pending session"))
+        return best
+
+
+def policies(migration_aware=MigrationAware) -> list:
     return [
-        MigrationAware(keep_idle_slots=True, max_migrations=2, plan_limit=4),
-        MigrationAware(keep_idle_slots=True, keep_idle_s=1.0, max_migrations=0, on_full="refuse"),
+        migration_aware(keep_idle_slots=True, max_migrations=2, plan_limit=4),
+        migration_aware(keep_idle_slots=True, keep_idle_s=1.0, max_migrations=0, on_full="refuse"),
         MigrationAware(keep_idle_slots=False),
         LeastLoaded(max_drain_migrations=1),
     ]
@@ -98,7 +136,7 @@ def test_a_carried_chooser_decides_as_a_fresh_one_over_random_admissions():
         workers = [a_worker(rng, f"w{i}") for i in range(rng.randint(1, 6))]
         names = iter(f"s{i}" for i in range(10**6))
         sessions = [a_session(rng, next(names), [w.address for w in workers]) for _ in range(rng.randint(0, 14))]
-        on_cache, on_full = policies(), policies()
+        on_cache, on_full = policies(), policies(ScanningMigrationAware)
         caches = [LedgerCache() for _ in on_cache]
         worker_views: tuple[WorkerView, ...] = ()
         slo = rng.choice([0.4, 0.9])
