@@ -504,7 +504,7 @@ class LedgerCache:
                 recounted.append(load)
         ledger = CapacityLedger.__new__(CapacityLedger)
         ledger._start(snap, new_session_bytes)
-        ledger.loads = dict(loads)
+        ledger.loads = loads  # replaced, never changed, when the workers change
         ledger.pending = _queue(self._in_order(self._pending))
         ledger._suspended = None
         ledger._by_status = self._by_status

@@ -74,8 +74,14 @@ class Combined:
         states = (self.placement.initial_state(), self.autoscaling.initial_state(), self.offload.initial_state())
         return states if self.parallelism is None else (*states, self.parallelism.initial_state())
 
-    def decide(self, snap: Snapshot, state: tuple[Any, ...]) -> tuple[list[Action], tuple[Any, ...]]:
-        """All actions of one control tick, and the next combined state."""
+    def decide(
+        self, snap: Snapshot, state: tuple[Any, ...], *, incremental: bool = False,
+    ) -> tuple[list[Action], tuple[Any, ...]]:
+        """All actions of one control tick, and the next combined state.
+
+        ``incremental``: as for :meth:`admit` (the ticks and admissions of one cluster
+        share one :class:`~policies.admission.LedgerCache`), with the same result.
+        """
         g_actions: list[Action] = []
         if self.parallelism is not None:
             p_state, a_state, o_state, g_state = state
@@ -84,7 +90,8 @@ class Combined:
             snap = unit_view(snap, self.parallelism.min_degree(snap), busy)
         else:
             p_state, a_state, o_state = state
-        ledger = CapacityLedger(snap, getattr(self.placement, "new_session_bytes", None))
+        new_bytes = getattr(self.placement, "new_session_bytes", None)
+        ledger = self._admissions.ledger(snap, new_bytes) if incremental else CapacityLedger(snap, new_bytes)
         p_actions, p_state = _decide(self.placement, ledger, p_state)
         o_actions, o_state = _decide(self.offload, ledger, o_state)
         a_actions, a_state = _decide(self.autoscaling, ledger, a_state)
@@ -102,7 +109,7 @@ class Combined:
         What live admission does when a session opens or comes back (``ControlLoop.choose``)
         and the simulator between ticks; the other policies' states are unchanged.
         ``incremental``: ``snap`` is a later view of the cluster of the previous
-        incremental admission (and no action of that one is still being decided); the
+        incremental decision, tick or admission (and no action of that one is still being decided); the
         ledger is counted only where they differ (:class:`~policies.admission.LedgerCache`),
         with the same result.
         """

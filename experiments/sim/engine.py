@@ -457,7 +457,9 @@ class Simulator:
             self.seq += 1
             heapq.heappush(self.heap, (earliest, _WAKE, self.seq, w))
 
-    def _step_done(self, now: float, w: _Worker, batch: list, started: float, degraded: bool) -> None:
+    def _step_done(self, now: float, payload: tuple[_Worker, list, float, bool]) -> None:
+        """The step of ``payload`` (worker, batch, start time, degraded) ended at ``now``: its chunks are done."""
+        w, batch, started, degraded = payload
         w.busy = False
         n = len(batch)
         record = self.cfg.record_chunks
@@ -514,7 +516,7 @@ class Simulator:
         record_interval(self, now, snap)
         t0 = _time.perf_counter()
         self._deferred = {}
-        actions, state[0] = policy.decide(snap, state[0])
+        actions, state[0] = policy.decide(snap, state[0], incremental=True)
         self.decide_s += _time.perf_counter() - t0
         for action in apply_order(actions):  # ScaleTo last (policies.semantics)
             self.actions.apply(action, now)
@@ -549,7 +551,7 @@ class Simulator:
         times.append(_INF)  # sentinel: no bounds check per event
         ti = 0
         handlers = {  # event kind -> handler(time, payload)
-            _STEP: self._on_step, _WAKE: self._on_wake, _TICK: self._on_tick,
+            _STEP: self._step_done, _WAKE: self._on_wake, _TICK: self._on_tick,
             _COPY: self._on_copy, _RELEASE: self._on_release, _READY: self._on_ready,
             _ADMIT: self._on_admit,
         }
@@ -573,9 +575,6 @@ class Simulator:
         return assemble(self, end)
 
     # ------------------------------------------------------------ event handlers
-
-    def _on_step(self, t: float, payload: tuple) -> None:
-        self._step_done(t, *payload)
 
     def _on_wake(self, t: float, w: _Worker) -> None:
         if w.wake_at == t:
