@@ -391,8 +391,8 @@ class Chaos:
         stream = s.stream(3000)
         first = next(stream)
         time.sleep(3.0)  # the reader is gone; the worker must not produce on
-        info = self.server.client.sync(self.server.client.scheduler.turboserve_info, session_id=s.id)
-        actor = self.server.client.sync(call_actor, self.server.client.rpc(info["worker"]), info["actor_key"], "info")
+        info = s.record()
+        actor = self.server.client.sync(call_actor, s._rpc_to(info["worker"]), info["actor_key"], "info")
         window = int(_config("engine.max-unread-chunks"))
         self.score(out, seed, [first], 1, None, [])
         error, took, hung = self.call(lambda: self.close(s, quiet=False))

@@ -3,27 +3,30 @@
 They are defined on the ``workers`` floor (session actors raise some of them inside a
 Dask worker and Dask pickles them back) and re-exported here for users.
 
-=====================  ==========================================================
-error                  raised when
-=====================  ==========================================================
-``InvalidRequest``     an argument is out of range: chunk counts, tiers, sizes
-``UnknownModel``       the model preset does not exist
-``SessionNotFound``    no session has that id
-``SessionClosed``      the session was closed
-``CapacityExceeded``   admission refused a new session (``on-full: refuse``)
-``ModelNotServed``     no worker serves the session's model (a ``CapacityExceeded``;
-                       see :mod:`framework.model_pools`)
-``InsufficientMemory`` the session's model and state do not fit a worker's memory
-                       (a ``CapacityExceeded``; see :func:`framework.limits.memory_fit`)
-``UnknownWorker``      the worker address is not part of the cluster
-``TransferError``      moving a session's state failed (the session stays put)
-``SessionLost``        the session cannot be served any more (a ``SessionClosed``
-                       the client did not ask for); ``cause`` says why
-``ParallelismError``   ``set_parallelism`` refused: a degree that does not divide
-                       the workers or the model's heads (``BadDegree``), a worker
-                       in another group (``WorkerInGroup``), a worker holding
-                       sessions that would have to follow (``WorkerBusy``)
-=====================  ==========================================================
+=======================  ==========================================================
+error                    raised when
+=======================  ==========================================================
+``InvalidRequest``       an argument is out of range: chunk counts, tiers, sizes
+``UnknownModel``         the model preset does not exist
+``SessionNotFound``      no session has that id
+``SessionClosed``        the session was closed
+``CapacityExceeded``     admission refused a new session (``on-full: refuse``)
+``ModelNotServed``       no worker serves the session's model (a ``CapacityExceeded``;
+                         see :mod:`framework.model_pools`)
+``InsufficientMemory``   the session's model and state do not fit a worker's memory
+                         (a ``CapacityExceeded``; see :func:`framework.limits.memory_fit`)
+``UnknownWorker``        the worker address is not part of the cluster
+``TransferError``        moving a session's state failed (the session stays put)
+``SessionAccessDenied``  a call on a session carried no access token, or another
+                         session's: only its opener (or whoever it handed the token
+                         to) may read, acknowledge, steer or close it
+``SessionLost``          the session cannot be served any more (a ``SessionClosed``
+                         the client did not ask for); ``cause`` says why
+``ParallelismError``     ``set_parallelism`` refused: a degree that does not divide
+                         the workers or the model's heads (``BadDegree``), a worker
+                         in another group (``WorkerInGroup``), a worker holding
+                         sessions that would have to follow (``WorkerBusy``)
+=======================  ==========================================================
 
 ``SessionLost`` is defined here, not on the ``workers`` floor: the client's
 :class:`~framework.session.Session` raises it (and the scheduler plugin may), never a
@@ -33,6 +36,7 @@ worker. Its arguments are plain strings, so it pickles across Dask's RPC as is.
 from workers.errors import (
     CapacityExceeded,
     InvalidRequest,
+    SessionAccessDenied,
     SessionClosed,
     SessionMoved,
     SessionNotFound,
@@ -117,6 +121,7 @@ __all__ = [
     "InvalidRequest",
     "ModelNotServed",
     "ParallelismError",
+    "SessionAccessDenied",
     "SessionClosed",
     "SessionLost",
     "SessionMoved",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from policies.types import SessionStatus, SessionView, Snapshot, WorkerView
+from workers.access import allowed, denied
 from workers.errors import SessionNotFound
 
 #: Latencies kept per session for ``recent_latency_s`` and the stats.
@@ -54,6 +55,9 @@ class SessionRecord:
     created_s: float = 0.0
     chunk_period_s: float = 1.0
     latencies: deque = field(default_factory=lambda: deque(maxlen=RECENT))
+    #: SHA-256 of the access token its opener got (:mod:`workers.access`); never sent to clients.
+    #: Empty: open to every caller (a record made by hand, as in tests and the simulator's fakes).
+    access_digest: str = ""
     #: What the control plane saw happen to the session (migrated, its worker lost, recovered at
     #: chunk k), kept here because an actor's own list dies with its worker. Not in ``to_dict``.
     events: deque = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
@@ -69,13 +73,25 @@ class SessionRecord:
         self.events.append(event)
         return event
 
+    def allows(self, access_token: str | None) -> bool:
+        """Whether a call carrying ``access_token`` may reach this session."""
+        return not self.access_digest or allowed((self.access_digest,), access_token)
+
+    def check_access(self, access_token: str | None) -> None:
+        """Raise :class:`~workers.errors.SessionAccessDenied` unless ``access_token`` is this session's."""
+        if not self.allows(access_token):
+            raise denied(self.session_id, access_token)
+
     def set_status(self, status: SessionStatus, now_s: float) -> None:
         """Change the status; ``since_s`` becomes ``now_s``."""
         self.status, self.since_s = status, now_s
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-type view for clients (``server.sessions()``)."""
-        return {
+    def to_dict(self, owned: bool = True) -> dict[str, Any]:
+        """Plain-type view for clients (``server.sessions()``).
+
+        Not ``owned`` (the caller did not present the session's token): without the prompt.
+        """
+        row = {
             "id": self.session_id,
             "status": self.status.value,
             "worker": self.worker,
@@ -91,7 +107,11 @@ class SessionRecord:
             "recoveries": self.recoveries,
             "epoch": self.generation,
             "recent_latency_s": self.latencies[-1] if self.latencies else None,
+            "owned": owned,
         }
+        if not owned:
+            del row["prompt"]
+        return row
 
     def view(self) -> SessionView:
         """The policy's view of this session."""

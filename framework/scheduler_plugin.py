@@ -31,6 +31,7 @@ Its configuration is :class:`~framework.serving_settings.ServingSettings` and
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 import uuid
@@ -46,7 +47,7 @@ from framework.control_settings import ControlSettings
 from framework.controller import ControlLoop
 from framework.dashboard.install import install_dashboard
 from framework.dashboard.source import DashboardFeed
-from framework.errors import WorkerInGroup
+from framework.errors import ParallelismError, WorkerInGroup
 from framework.limits import OpenLimits, validate_open
 from framework.model_pools import check_served
 from framework.parallelism import ParallelGroups
@@ -57,6 +58,8 @@ from framework.session_mechanisms import SessionActors
 from framework.warmup import Warmup
 from kernels.presets import get_preset
 from policies.types import TIERS, SessionStatus
+from workers.access import digest, new_token
+from workers.encryption import GROUPS_UNDER_TLS, encrypted
 from workers.errors import CapacityExceeded, InvalidRequest, SessionClosed, TransferError, UnknownWorker
 from workers.plugin import METRICS_OP, READY_TOPIC
 
@@ -66,6 +69,8 @@ __all__ = ["TurboserveScheduler"]
 _ON_DEVICE = (SessionStatus.ACTIVE, SessionStatus.IDLE)
 #: Workers an ``open`` (or a resume placement chose) tries when the one it placed the session on fails meanwhile.
 OPEN_ATTEMPTS = 3
+#: Shortest access token a client may choose for its session at ``open``.
+MIN_TOKEN_CHARS = 16
 
 
 class TurboserveScheduler(SchedulerPlugin):
@@ -130,16 +135,17 @@ class TurboserveScheduler(SchedulerPlugin):
         scheduler.handlers.update(
             {
                 "turboserve_open": self.open,
-                "turboserve_locate": self.locate,
-                "turboserve_pause": self.pause,
-                "turboserve_suspend": self.suspend,
-                "turboserve_resume": self.resume,
-                "turboserve_migrate": self.migrate,
-                "turboserve_close": self.close_session,
+                # Per-session handlers take the session's access token (isolation, issue 13).
+                "turboserve_locate": self._owned(self.locate),
+                "turboserve_pause": self._owned(self.pause),
+                "turboserve_suspend": self._owned(self.suspend),
+                "turboserve_resume": self._owned(self.resume),
+                "turboserve_migrate": self._owned(self.migrate),
+                "turboserve_close": self._owned(self.close_session),
                 "turboserve_drain": self.drain,
                 "turboserve_sessions": self.sessions,
-                "turboserve_info": self.info,
-                "turboserve_events": self.events,
+                "turboserve_info": self._owned(self.info),
+                "turboserve_events": self._owned(self.events),
                 "turboserve_stats": self.stats,
                 "turboserve_shutdown": self.shutdown,
                 "turboserve_control_start": self.start_control,
@@ -250,8 +256,14 @@ class TurboserveScheduler(SchedulerPlugin):
         width: int | None = None,
         session_id: str | None = None,
         worker: str | None = None,
+        access_token: str | None = None,
     ) -> dict[str, Any]:
-        """Admit, place and start a new session; returns its record and actor location.
+        """Admit, place and start a new session; returns its record, actor location and access token.
+
+        The session's ``access_token`` (:mod:`workers.access`; made here unless the caller
+        sent one of its own, so that it owns the session while it is still queued) goes
+        back to this caller only: every later call on the session (here and on its actors)
+        must carry it.
 
         A named ``worker`` goes through admission too: it must be in service (not
         draining) and below ``max-sessions-per-worker``, counting the sessions being
@@ -259,6 +271,12 @@ class TurboserveScheduler(SchedulerPlugin):
         refused or waits (:meth:`Admission.admit_on`) with a :class:`CapacityExceeded`.
         """
         rec = self._new_record(prompt, seed, model, height, width, session_id)
+        if access_token is None:
+            access_token = new_token()
+        elif not isinstance(access_token, str) or len(access_token) < MIN_TOKEN_CHARS:
+            raise InvalidRequest(f"access_token must be a str of at least {MIN_TOKEN_CHARS} characters "
+                                 "(workers.access.new_token() makes one), or None")
+        rec.access_digest = digest(access_token)
         if worker is not None:
             self.admission.check_worker(worker)
         check_served(rec.model, self.worker_models(), worker)  # ModelNotServed, whatever on-full says
@@ -287,7 +305,7 @@ class TurboserveScheduler(SchedulerPlugin):
                 self._set(rec, SessionStatus.CLOSED)
                 raise
             self._set(rec, SessionStatus.ACTIVE)
-            return self._location(rec)
+            return {**self._location(rec), "access_token": access_token}
 
     async def locate(self, session_id: str, wake: bool = True, timeout: float = 120.0) -> dict[str, Any]:
         """Where the session's actor is, once no move or recovery is in progress.
@@ -465,9 +483,11 @@ class TurboserveScheduler(SchedulerPlugin):
         """What the registry recorded of one session (migrations, workers lost, recoveries), oldest first."""
         return list(self.registry.get(session_id).events)
 
-    def sessions(self, include_closed: bool = False) -> list[dict[str, Any]]:
-        """Every session's record as plain data."""
-        return [r.to_dict() for r in self.registry.records(include_closed)]
+    def sessions(self, include_closed: bool = False, access_tokens: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every session's record as plain data; the prompt only of those whose token is in ``access_tokens``."""
+        digests = [digest(t) for t in access_tokens or () if isinstance(t, str) and t]
+        return [r.to_dict(owned=not r.access_digest or any(d == r.access_digest for d in digests))
+                for r in self.registry.records(include_closed)]
 
     def stats(self) -> dict[str, Any]:
         """Registry counts and latency figures, plus per-worker session counts."""
@@ -494,6 +514,7 @@ class TurboserveScheduler(SchedulerPlugin):
 
     async def change_parallelism(self, degree: int, workers: list[str] | None = None) -> dict[str, Any]:
         """Merge workers into groups of ``degree`` or split them (:meth:`ParallelGroups.set_parallelism`)."""
+        self._check_group_wire(degree)
         return await self.groups.set_parallelism(degree, workers)
 
     # ------------------------------------------------------------ control handlers
@@ -574,6 +595,7 @@ class TurboserveScheduler(SchedulerPlugin):
 
     async def set_parallelism(self, workers: tuple[str, ...], degree: int) -> None:
         """Form a group of ``workers`` (``degree == len(workers)``) or split theirs (``degree == 1``)."""
+        self._check_group_wire(degree)
         await self.groups.set_parallelism(degree, list(workers))
 
     def warming(self) -> frozenset[str]:
@@ -585,6 +607,22 @@ class TurboserveScheduler(SchedulerPlugin):
         self.admission.draining.discard(worker)
 
     # ------------------------------------------------------------ internals
+
+    def _owned(self, handler: Any) -> Any:
+        """``handler(session_id, ...)`` as an RPC handler that first checks the caller's ``access_token``.
+
+        An unknown session is :class:`SessionNotFound`; a token that is not the session's
+        (or none) is :class:`~workers.errors.SessionAccessDenied`. The control loop calls
+        the plain methods (its Mechanisms), never these.
+        """
+
+        async def checked(session_id: str, access_token: str | None = None, **kw: Any) -> Any:
+            self.registry.get(session_id).check_access(access_token)
+            result = handler(session_id, **kw)
+            return await result if inspect.isawaitable(result) else result
+
+        checked.__name__ = checked.__qualname__ = f"owned_{handler.__name__}"
+        return checked
 
     def _new_record(self, prompt, seed, model, height, width, session_id) -> SessionRecord:
         req = validate_open(prompt, seed, model or self.settings.model,
@@ -601,6 +639,11 @@ class TurboserveScheduler(SchedulerPlugin):
             session_id=session_id, model=preset.name, prompt=req.prompt, seed=req.seed, height=req.height,
             width=req.width, since_s=now, created_s=now, chunk_period_s=preset.frames_per_chunk / self.settings.fps,
         )
+
+    def _check_group_wire(self, degree: Any) -> None:
+        """A parallel group's collectives are not under Dask's TLS: refused on a TLS cluster."""
+        if encrypted(self.scheduler.address) and isinstance(degree, int) and degree > 1:
+            raise ParallelismError(GROUPS_UNDER_TLS)
 
     @staticmethod
     def _check_open(rec: SessionRecord) -> None:

@@ -25,6 +25,8 @@ from framework.serving_settings import ServingSettings
 from framework.session import Session
 from framework.worker_env import ServingNanny
 from storage.location import is_auto, resolve_store
+from workers.access import new_token
+from workers.encryption import encrypted
 from workers.engine import EngineSettings
 from workers.errors import InvalidRequest, UnknownWorker
 from workers.plugin import ModelHost
@@ -104,6 +106,10 @@ class Server:
         autoscaling policy's decisions, which need an autoscaler attached: see
         :meth:`adapt`). Default ``turboserve.control.auto-start`` (true). A loop that
         already runs (another server started it) is kept as it is.
+    security : distributed.security.Security, optional
+        With a scheduler address: the TLS settings of the client it makes (needed for a
+        ``tls://`` address; e.g. the cluster's ``Security``). What is and is not encrypted
+        on a TLS cluster: :mod:`workers.encryption`.
     asynchronous : bool
         With a scheduler address: make an asynchronous client. On an asynchronous
         client, ``await Server(...)`` registers the plugins, and the ``a*`` methods
@@ -127,12 +133,21 @@ class Server:
         checkpoint_every: int | None = None,
         control: bool | None = None,
         asynchronous: bool = False,
+        security: Any = None,
         **settings: Any,
     ) -> None:
         self._cluster: LocalCluster | None = None
+        self._access: dict[str, str | None] = {}  # access token -> session id, of the sessions this server holds
         self._own_client = not isinstance(address_or_client, Client)
         if self._own_client:
-            self.client = Client(address_or_client, direct_to_workers=True, asynchronous=asynchronous)
+            if encrypted(address_or_client) and security is None:
+                raise InvalidRequest(
+                    f"{address_or_client} is a TLS scheduler: pass its certificates, "
+                    "Server(address, security=distributed.security.Security(tls_ca_file=..., "
+                    "tls_client_cert=..., tls_client_key=..., require_encryption=True))"
+                )
+            self.client = Client(address_or_client, direct_to_workers=True, asynchronous=asynchronous,
+                                 security=security)
         else:
             self.client = address_or_client
         try:
@@ -207,7 +222,8 @@ class Server:
 
     async def asessions(self, include_closed: bool = False) -> list[dict[str, Any]]:
         """Async twin of :meth:`sessions`."""
-        return list(await self.client.scheduler.turboserve_sessions(include_closed=include_closed))
+        return list(await self.client.scheduler.turboserve_sessions(include_closed=include_closed,
+                                                                    access_tokens=list(self._access)))
 
     async def astats(self) -> dict[str, Any]:
         """Async twin of :meth:`stats`."""
@@ -372,23 +388,39 @@ class Server:
         that names it, before anything reaches the scheduler or a worker.
         """
         validate_open(prompt, seed, model, height, width, session_id, limits=OpenLimits.from_config())
-        info = self.client.sync(
-            self.client.scheduler.turboserve_open,
-            prompt=prompt, seed=seed, model=model, height=height, width=width, session_id=session_id, worker=worker,
-        )
+        token = self._new_token(session_id)  # ours before the scheduler answers (a queued open is listed as ours)
+        try:
+            info = self.client.sync(
+                self.client.scheduler.turboserve_open, prompt=prompt, seed=seed, model=model, height=height,
+                width=width, session_id=session_id, worker=worker, access_token=token,
+            )
+        except BaseException:
+            self._access.pop(token, None)
+            raise
+        self._access[token] = info["id"]
         return Session(self, info)
 
-    def session(self, session_id: str) -> Session:
-        """A handle on an existing session (opened by this or another client).
+    def _new_token(self, session_id: str | None) -> str:
+        token = new_token()
+        self._access[token] = session_id
+        return token
 
-        The handle goes on from the session's next chunk. Raises
-        :class:`~framework.errors.SessionNotFound` for an unknown id.
+    def session(self, session_id: str, access_token: str | None = None) -> Session:
+        """A handle on an existing session: one this server opened, or one handed over with its token.
+
+        ``access_token``: the ``Session.access_token`` of the session's opener (default: the
+        token this server got when it opened the session). The handle goes on from the
+        session's next chunk. Raises :class:`~framework.errors.SessionNotFound` for an
+        unknown id, :class:`~framework.errors.SessionAccessDenied` without the session's token.
         """
-        return self.client.sync(self._asession, session_id)
+        return self.client.sync(self._asession, session_id, access_token)
 
-    async def _asession(self, session_id: str) -> Session:
-        info = await self.client.scheduler.turboserve_locate(session_id=session_id, wake=False)
-        session = Session(self, info)
+    async def _asession(self, session_id: str, access_token: str | None = None) -> Session:
+        token = access_token or next((t for t, sid in self._access.items() if sid == session_id), None)
+        info = await self.client.scheduler.turboserve_locate(session_id=session_id, wake=False, access_token=token)
+        if token:
+            self._access[token] = session_id  # handed over: listed with its prompt from now on
+        session = Session(self, {**info, "access_token": token})
         if info["actor_key"] is not None:
             actor = await call_actor(session._rpc(), info["actor_key"], "info")
             session._issued = session._recv_next = actor["chunk_index"]
@@ -400,12 +432,23 @@ class Server:
         """Async twin of :meth:`open_session` (run it on the client's event loop)."""
         validate_open(prompt, seed, kw.get("model"), kw.get("height"), kw.get("width"), kw.get("session_id"),
                       limits=OpenLimits.from_config())
-        info = await self.client.scheduler.turboserve_open(prompt=prompt, seed=seed, **kw)
+        token = self._new_token(kw.get("session_id"))
+        try:
+            info = await self.client.scheduler.turboserve_open(prompt=prompt, seed=seed, access_token=token, **kw)
+        except BaseException:
+            self._access.pop(token, None)
+            raise
+        self._access[token] = info["id"]
         return Session(self, info)
 
     def sessions(self, include_closed: bool = False) -> list[dict[str, Any]]:
-        """Records of the sessions: id, status, worker, tier, chunks, state_bytes, ..."""
-        return list(self.client.sync(self.client.scheduler.turboserve_sessions, include_closed=include_closed))
+        """Records of the sessions: id, status, worker, tier, chunks, state_bytes, ..., ``owned``.
+
+        The prompt is shown only for the sessions this server opened (``owned``); other
+        clients' sessions are listed without it.
+        """
+        return list(self.client.sync(self.client.scheduler.turboserve_sessions, include_closed=include_closed,
+                                     access_tokens=list(self._access)))
 
     def workers(self) -> list[str]:
         """Addresses of the workers, sorted."""

@@ -32,7 +32,7 @@ from distributed import Future
 from distributed.actor import ProxyRPC
 
 from framework import notebook
-from framework.errors import SessionLost
+from framework.errors import SessionAccessDenied, SessionLost
 from workers.chunk import Chunk
 from workers.errors import (
     CapacityExceeded,
@@ -43,6 +43,7 @@ from workers.errors import (
     TransferError,
     TurboserveError,
 )
+from workers.access import TokenRPC
 from workers.chunk_futures import chunk_key, fetch_chunk
 from workers.session_actor import BoundedRPC, call_actor
 
@@ -94,6 +95,7 @@ class Session:
         self.frames: int = info["frames"]
         self._worker: str = info["worker"]
         self._key: str = info["actor_key"]
+        self._access: str | None = info.get("access_token")  # the capability (workers.access)
         self._issued = 0  # chunks asked for so far (request high-water mark)
         self._recv_next = 0  # every index below this has been received
         self._buffer: dict[int, Chunk] = {}
@@ -122,6 +124,20 @@ class Session:
         return self._worker
 
     @property
+    def access_token(self) -> str | None:
+        """The session's access token: whoever holds it may read, steer and close the session.
+
+        Only the client that opened it gets it. Hand the session over on purpose by giving
+        it to another client, which calls ``server.session(id, access_token=token)``.
+        """
+        return self._access
+
+    @property
+    def _scheduler(self) -> Any:
+        """The scheduler's RPC handle, sending this session's access token with every call."""
+        return TokenRPC(self._server.client.scheduler, self._access)
+
+    @property
     def status(self) -> str:
         """``active``, ``idle``, ``suspended``, ``migrating``, ``pending`` or ``closed`` (asks the scheduler)."""
         return self.record()["status"]
@@ -129,7 +145,7 @@ class Session:
     def record(self) -> dict[str, Any]:
         """The scheduler's record of this session (status, worker, tier, chunks, state bytes)."""
         client = self._server.client
-        return dict(client.sync(client.scheduler.turboserve_info, session_id=self.id))
+        return dict(client.sync(client.scheduler.turboserve_info, session_id=self.id, access_token=self._access))
 
     # ------------------------------------------------------------ Jupyter
 
@@ -204,7 +220,7 @@ class Session:
                 except (SessionMoved, KeyError, OSError):
                     # Moved on: read the current actor's list (without touching the stream's own).
                     loc = await asyncio.wait_for(
-                        self._server.client.scheduler.turboserve_info(session_id=self.id), EVENTS_TIMEOUT_S
+                        self._scheduler.turboserve_info(session_id=self.id), EVENTS_TIMEOUT_S
                     )
                     if loc.get("actor_key") is None:
                         raise SessionMoved("no actor now") from None
@@ -216,7 +232,7 @@ class Session:
                 pass  # no actor to ask (suspended to disk, lost, closed): what was seen stays
             try:  # what the registry saw (it outlives an actor that died with its worker)
                 recorded = await asyncio.wait_for(
-                    self._server.client.scheduler.turboserve_events(session_id=self.id), EVENTS_TIMEOUT_S
+                    self._scheduler.turboserve_events(session_id=self.id), EVENTS_TIMEOUT_S
                 )
                 self._merge_events(list(recorded))
             except (TimeoutError, TurboserveError, OSError, KeyError):
@@ -276,8 +292,8 @@ class Session:
     def _rpc_to(self, worker: str) -> Any:
         client = self._server.client
         if client.direct_to_workers:
-            return BoundedRPC(client.rpc, worker, CONNECT_TIMEOUT_S)
-        return ProxyRPC(client.scheduler, worker)
+            return TokenRPC(BoundedRPC(client.rpc, worker, CONNECT_TIMEOUT_S), self._access)
+        return TokenRPC(ProxyRPC(client.scheduler, worker), self._access)
 
     def _rpc(self) -> Any:
         return self._rpc_to(self._worker)
@@ -292,7 +308,7 @@ class Session:
         deadline = time.monotonic() + RELOCATE_TIMEOUT_S
         delay = 0.02
         last: BaseException | None = cause
-        scheduler = self._server.client.scheduler
+        scheduler = self._scheduler
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -421,7 +437,7 @@ class Session:
             self._owned.add(index)
             self._pending.add(index)
         future = self._server.client.submit(
-            fetch_chunk, self.id, index, self._worker, self._key, key[0],
+            fetch_chunk, self.id, index, self._worker, self._key, key[0], access_token=self._access,
             key=key, workers=[self._worker], allow_other_workers=True, pure=False,
         )
         future.add_done_callback(lambda _f, i=index: self._future_done(i))
@@ -470,9 +486,11 @@ class Session:
             return
         self._closing = True
         try:
-            await asyncio.wait_for(self._server.client.scheduler.turboserve_close(session_id=self.id), CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(self._scheduler.turboserve_close(session_id=self.id), CLOSE_TIMEOUT_S)
         except (SessionClosed, SessionNotFound):
             pass  # closed already (by the server, or another handle)
+        except SessionAccessDenied:
+            raise  # not this handle's session (a wrong token): nothing was closed
         except (TimeoutError, OSError, TurboserveError) as exc:
             self._note("close-unconfirmed", why=f"{type(exc).__name__}: {exc}")
             logger.warning("closing session %s: no answer from the scheduler within %s s (%r); "
@@ -484,7 +502,7 @@ class Session:
     async def _control(self, op: str, **kw: Any) -> dict[str, Any]:
         self._check_usable()
         try:
-            loc = await getattr(self._server.client.scheduler, op)(session_id=self.id, **kw)
+            loc = await getattr(self._scheduler, op)(session_id=self.id, **kw)
         except SessionClosed as exc:
             if self._closing:
                 raise
@@ -500,7 +518,7 @@ class Session:
         """The typed error of a control call that failed on a connection: lost, or a failed move."""
         try:
             rec = await asyncio.wait_for(
-                self._server.client.scheduler.turboserve_info(session_id=self.id), EVENTS_TIMEOUT_S
+                self._scheduler.turboserve_info(session_id=self.id), EVENTS_TIMEOUT_S
             )
         except (TimeoutError, OSError) as again:
             return self._session_lost("the scheduler could not be reached", again)

@@ -22,7 +22,9 @@ from distributed.client import _wait
 from framework.registry import SessionRecord
 from framework.serving_settings import ServingSettings
 from policies.types import SessionStatus
-from workers.errors import SessionMoved, TransferError
+from workers.access import TokenRPC, digest, new_token
+from workers.encryption import P2P_UNDER_TLS, encrypted
+from workers.errors import InvalidRequest, SessionMoved, TransferError
 from workers.session_actor import BoundedRPC, SessionActor, call_actor
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ class SessionActors:
         self._events: dict[str, list] = {}  # session id -> its actor's events, while suspended to disk
         self._client: Any = None
         self._client_lock = asyncio.Lock()
+        #: The control plane's access token: every actor accepts it besides its session's
+        #: (:mod:`workers.access`); it rides in a peer move's source so the target can pull.
+        self._token = new_token()
 
     async def close(self) -> None:
         """Close the control client."""
@@ -83,8 +88,11 @@ class SessionActors:
         key = f"turboserve-session-{rec.session_id}-{rec.generation + 1}-{uuid.uuid4().hex[:8]}"
         fut = client.submit(
             SessionActor, rec.session_id, rec.model, rec.prompt, rec.seed, rec.height, rec.width,
+            access=tuple(d for d in (rec.access_digest, digest(self._token)) if d),
             actor=True, workers=[worker], allow_other_workers=False, key=key, pure=False,
         )
+        if source.get("kind") == "peer":
+            source = {**source, "access_token": self._token}
         rpc = self._rpc(worker)
         try:
             await self._started(fut, worker)
@@ -135,9 +143,10 @@ class SessionActors:
             raise TransferError(f"session {rec.session_id!r}: {method} on {rec.worker} failed: "
                                 f"the worker did not answer ({exc!r})") from exc
 
-    def _rpc(self, worker: str) -> BoundedRPC:
-        """The scheduler's RPC handle of ``worker``, whose connect gives up after a few seconds, not 30."""
-        return BoundedRPC(self.scheduler.rpc, worker)
+    def _rpc(self, worker: str) -> TokenRPC:
+        """The scheduler's RPC handle of ``worker`` (with the control plane's access token), whose
+        connect gives up after a few seconds, not 30."""
+        return TokenRPC(BoundedRPC(self.scheduler.rpc, worker), self._token)
 
     async def _started(self, fut: Any, worker: str) -> None:
         """Wait for the actor task on ``worker``; fail at once when the worker leaves, or after the timeout.
@@ -194,6 +203,11 @@ class SessionActors:
         take the session back (recover from the checkpoint). A source that died on
         the way is the plugin's worker-loss recovery.
         """
+        chosen = transport or self.settings.transport
+        if encrypted(self.scheduler.address) and chosen == "p2p":  # not under Dask's TLS (workers.encryption)
+            if transport == "p2p":
+                raise InvalidRequest(P2P_UNDER_TLS)
+            chosen = "host"  # the configured default: fall back to the encrypted path
         prior = rec.status
         old_worker, old_key = rec.worker, rec.actor_key
         rec.set_status(SessionStatus.MIGRATING, time.time())
@@ -201,7 +215,7 @@ class SessionActors:
             await self._bounded(self.call(rec, "freeze"), f"freezing session {rec.session_id!r}")
             event_id = uuid.uuid4().hex[:12]  # the actor's record and the registry's are one event
             source = {"kind": "peer", "address": old_worker, "key": old_key,
-                      "transport": transport or self.settings.transport, "event_id": event_id}
+                      "transport": chosen, "event_id": event_id}
             info = await self.start(rec, target, source)
         except Exception as exc:
             lost = True
@@ -288,5 +302,7 @@ class SessionActors:
             if self._client is None:
                 from distributed import Client
 
-                self._client = await Client(self.scheduler.address, asynchronous=True, set_as_default=False)
+                # The cluster's Security (TLS certificates), so the control client connects under TLS too.
+                self._client = await Client(self.scheduler.address, asynchronous=True, set_as_default=False,
+                                            security=getattr(self.scheduler, "security", None))
             return self._client

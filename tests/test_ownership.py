@@ -213,9 +213,9 @@ def test_a_stale_owner_hands_out_no_chunk_and_cannot_save(tmp_path, model):
                       dashboard_address=None) as server:
         s = server.open_session(PROMPT, seed=5)
         list(s.stream(1))
-        info = server.client.sync(server.client.scheduler.turboserve_info, session_id=s.id)
+        info = s.record()
         worker, key, epoch = info["worker"], info["actor_key"], info["epoch"]
-        rpc = server.client.rpc(worker)
+        rpc = s._rpc_to(worker)  # with the session's access token
         server.client.sync(call_actor, rpc, key, "request", 3)
         # A newer owner (a recovery elsewhere, while this worker lives on) claims the session.
         CheckpointStore(tmp_path).claim(s.id, epoch + 1)

@@ -188,13 +188,13 @@ def test_a_second_server_attaches_and_sees_the_same_sessions(server, reference):
     other = Server(server.client.scheduler.address)  # its own direct-to-workers client
     try:
         assert "shared" in [r["id"] for r in other.sessions()]
-        more = list(other.session("shared").stream(1))
+        more = list(other.session("shared", access_token=s.access_token).stream(1))  # handed over
     finally:
         other.close()
     # A plain client (not direct to workers): actor calls go through the scheduler's proxy.
     with Client(server.client.scheduler.address) as plain:
         assert not plain.direct_to_workers
-        more += list(Server(plain).session("shared").stream(1))
+        more += list(Server(plain).session("shared", access_token=s.access_token).stream(1))
     _assert_same(first + more, reference(PROMPT, 6, 3))
     s.close()
 

@@ -27,6 +27,7 @@ from dask.sizeof import sizeof
 from distributed import get_worker
 from distributed.worker_state_machine import SecedeEvent
 
+from workers.access import TokenRPC, denied
 from workers.chunk import Chunk
 from workers.errors import CapacityExceeded, SessionClosed, SessionMoved, SessionNotFound
 from workers.session_actor import SessionActor, call_actor
@@ -58,12 +59,14 @@ def _secede(worker: Any, key: Any) -> None:
 
 
 async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, actor_key: str | None,
-                      key_name: str) -> Chunk:
+                      key_name: str, access_token: str | None = None) -> Chunk:
     """The task of one chunk future: request chunk ``index`` and return it.
 
-    ``worker_addr``/``actor_key`` say where the client last saw the session's actor.
-    Raises :class:`SessionClosed` (the session was closed or is lost) or the actor's
-    typed refusal; a move on the way is followed.
+    ``worker_addr``/``actor_key`` say where the client last saw the session's actor;
+    ``access_token`` is the session's (:mod:`workers.access`), checked by the actor and
+    the scheduler. Raises :class:`SessionClosed` (the session was closed or is lost),
+    :class:`~workers.errors.SessionAccessDenied` or the actor's typed refusal; a move
+    on the way is followed.
     """
     worker = get_worker()
     _secede(worker, (key_name, index))
@@ -76,10 +79,12 @@ async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, acto
                 raise SessionMoved(f"session {session_id!r} has no actor yet")
             actor = worker.state.actors.get(key) if addr == worker.address else None
             if isinstance(actor, SessionActor):
+                if not actor.allows(access_token):
+                    raise denied(session_id, access_token)
                 await actor.request(index + 1)
                 chunk = await actor.take(index, TAKE_TIMEOUT_S)
             else:
-                rpc = worker.rpc(addr)
+                rpc = TokenRPC(worker.rpc(addr), access_token)
                 await call_actor(rpc, key, "request", index + 1)
                 chunk = await call_actor(rpc, key, "take", index, TAKE_TIMEOUT_S)
             if chunk is not None:
@@ -92,7 +97,8 @@ async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, acto
             raise SessionClosed(f"session {session_id!r} is lost: no worker had it for "
                                 f"{LOCATE_TIMEOUT_S:g} s (last: {last!r})")
         try:
-            loc = await worker.scheduler.turboserve_locate(session_id=session_id, wake=True, timeout=remaining)
+            loc = await worker.scheduler.turboserve_locate(session_id=session_id, wake=True, timeout=remaining,
+                                                         access_token=access_token)
         except (SessionClosed, SessionNotFound):
             raise
         except (TimeoutError, CapacityExceeded, OSError):

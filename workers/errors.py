@@ -50,3 +50,11 @@ class TransferError(TurboserveError):
     fails, and the point-to-point transport (:mod:`workers.p2p`) when the peer never
     joined, timed out, or spoke another protocol.
     """
+
+
+class SessionAccessDenied(TurboserveError):
+    """A call on a session without the access token its opener got (:mod:`workers.access`).
+
+    The message names the session and says how to hand it over on purpose (pass the
+    token: ``server.session(id, access_token=session.access_token)``).
+    """

@@ -124,10 +124,11 @@ class ModelHost(WorkerPlugin):
             time.sleep(delay)
         self.engine(self.model)
 
-    async def _handle_call(self, key: str, method: str, args: Any = (), kwargs: Any = None) -> dict[str, Any]:
+    async def _handle_call(self, key: str, method: str, args: Any = (), kwargs: Any = None,
+                           access_token: str | None = None) -> dict[str, Any]:
         from workers.session_actor import handle_call
 
-        return await handle_call(self.worker, key, method, args, kwargs)
+        return await handle_call(self.worker, key, method, args, kwargs, access_token)
 
     async def _handle_group(self, action: str, group_id: str, **kw: Any) -> dict[str, Any]:
         from workers.parallel_group import handle_group

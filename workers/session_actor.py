@@ -44,7 +44,9 @@ from distributed.protocol.serialize import Serialized
 
 from kernels.state import SessionState
 from policies.types import TIERS
+from workers.access import TokenRPC, allowed, denied
 from workers.chunk import Chunk
+from workers.encryption import P2P_UNDER_TLS, encrypted
 from workers.engine import Detached
 from workers.errors import InvalidRequest, SessionClosed, SessionMoved, TransferError
 from workers.plugin import get_host
@@ -116,15 +118,20 @@ async def call_actor(rpc: Any, key: str, method: str, *args: Any, **kwargs: Any)
     raise _unwrap(resp["exception"])
 
 
-async def handle_call(worker: Any, key: str, method: str, args: Any = (), kwargs: Any = None) -> dict[str, Any]:
+async def handle_call(worker: Any, key: str, method: str, args: Any = (), kwargs: Any = None,
+                      access_token: str | None = None) -> dict[str, Any]:
     """Worker handler of :data:`CALL_OP`: ``await actor.method(*args, **kwargs)``.
 
     Like Dask's ``actor_execute`` for async methods, but a missing actor (the normal
-    aftermath of a move) is an answer, not an error logged on the worker.
+    aftermath of a move) is an answer, not an error logged on the worker. A call whose
+    ``access_token`` the actor does not accept (:meth:`SessionActor.allows`) is refused
+    with :class:`~workers.errors.SessionAccessDenied` before the method runs.
     """
     actor = worker.state.actors.get(key)
     if not isinstance(actor, SessionActor):
         return {"status": "missing", "worker": worker.address}
+    if not actor.allows(access_token):
+        return {"status": "error", "exception": to_serialize(denied(actor.session_id, access_token))}
     if method.startswith("_") or not callable(getattr(SessionActor, method, None)):
         exc = InvalidRequest(f"{method!r} is not a method of a session actor")
         return {"status": "error", "exception": to_serialize(exc)}
@@ -151,6 +158,11 @@ class SessionActor:
     session_id, model, prompt, seed, height, width
         The session's identity; ``(model, prompt, seed)`` define every frame.
 
+    access : tuple of str
+        Digests (:func:`workers.access.digest`) of the access tokens whose calls this
+        actor serves: the session's (its client) and the control plane's. Empty: every
+        call (an actor made by hand, as in tests).
+
     The checkpoint store (for ``offload("disk")`` and recovery) is the worker's
     (:meth:`workers.plugin.ModelHost.checkpoints`).
     """
@@ -163,8 +175,10 @@ class SessionActor:
         seed: int,
         height: int | None,
         width: int | None,
+        access: tuple[str, ...] = (),
     ) -> None:
         self.session_id = session_id
+        self._access = tuple(access)
         self.model = model
         self.prompt = prompt
         self.seed = seed
@@ -192,6 +206,10 @@ class SessionActor:
         #: Index of the first chunk a state loaded from the store makes; chunks before it that the
         #: client still lacks exist only if they were carried along (see :meth:`_regenerate_gap`).
         self._restored_at = 0
+
+    def allows(self, access_token: str | None) -> bool:
+        """Whether a call carrying ``access_token`` may reach this actor (see ``access``)."""
+        return not self._access or allowed(self._access, access_token)
 
     # ------------------------------------------------------------ internals
 
@@ -288,7 +306,8 @@ class SessionActor:
             self._outbox.update({c.index: c for c in source.get("unread", ())})
             self._restored_at = state.chunk_index
         else:
-            peer = BoundedRPC(self._worker.rpc, source["address"])
+            # The control plane's token rides in the source; the source actor checks it.
+            peer = TokenRPC(BoundedRPC(self._worker.rpc, source["address"]), source.get("access_token"))
             try:
                 transport = await self._choose_transport(peer, source)
                 if transport == "p2p":
@@ -357,8 +376,16 @@ class SessionActor:
         return self._info(None)
 
     async def _choose_transport(self, peer: Any, source: dict[str, Any]) -> str:
-        """``p2p`` (NCCL/gloo group of two) when asked, or when both ends are CUDA devices."""
+        """``p2p`` (NCCL/gloo group of two) when asked, or when both ends are CUDA devices.
+
+        On a TLS cluster always ``host`` (over Dask's encrypted comms): ``p2p`` is refused
+        (:mod:`workers.encryption`).
+        """
         transport = source.get("transport", "auto")
+        if encrypted(self._worker.address):
+            if transport == "p2p":
+                raise TransferError(P2P_UNDER_TLS)
+            return "host"
         if transport != "auto":
             return transport
         if not self._host.device.startswith("cuda"):
