@@ -59,6 +59,7 @@ records and event kinds are in :mod:`~experiments.sim.state`.
 
 from __future__ import annotations
 
+import functools
 import gc
 import heapq
 import time as _time
@@ -159,11 +160,12 @@ class Simulator:
                 f"gpu_memory_bytes={config.gpu_memory_bytes:.3g} does not fit the weights of "
                 f"{workload.model!r} ({self.cost_model.weights_bytes:.3g} bytes); raise it"
             )
+        state_bytes = functools.lru_cache(maxsize=None)(self.cost_model.state_bytes)  # a few sizes, many sessions
         self.sessions = [
             _Session(
                 i,
                 sid,
-                self.cost_model.state_bytes(workload.height[i], workload.width[i]),
+                state_bytes(workload.height[i], workload.width[i]),
                 float(workload.period_s[i]),
                 int(workload.chunk_frames[i]),
             )
