@@ -1,0 +1,170 @@
+"""Sessions come back from the store with the same frames after their scheduler died (issue 13).
+
+A real cluster in separate processes (``dask scheduler`` and ``dask worker`` on a fixed
+local port, tiny model, zarr checkpoints every chunk): sessions are opened and streamed,
+then the scheduler is SIGKILLed, with its worker. A new scheduler starts on the same
+address with a new worker, a new ``Server(address, store=...)`` attaches to it, and its
+scheduler plugin adopts the sessions recorded in the store: listed as suspended, still
+owned by their tokens; the owner gets each back with ``server.session(id,
+access_token=...)`` and streams on from its last checkpoint with the frames of an
+undisturbed run. A session closed before the restart does not come back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from framework import Server
+from framework.errors import SessionAccessDenied
+from storage import CheckpointStore
+
+PROMPT = "a yellow square moving left"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the process and its children (a nanny's worker)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
+
+
+def _start_cluster(port: int) -> list[subprocess.Popen]:
+    """A scheduler on ``port`` and one worker (nanny) with one thread; returns both processes."""
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = _spawn("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+                       "--no-dashboard")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and scheduler.poll() is None, "the scheduler did not start"
+            time.sleep(0.2)
+    worker = _spawn("distributed.cli.dask_worker", address, "--nthreads", "1", "--nworkers", "1",
+                    "--memory-limit", "4GiB", "--no-dashboard")
+    return [scheduler, worker]
+
+
+def _attach(port: int, store: Path) -> Server:
+    from distributed import Client
+
+    client = Client(f"tcp://127.0.0.1:{port}", direct_to_workers=True)
+    client.wait_for_workers(1, timeout=120)
+    return Server(client, model="tiny", store=str(store), checkpoint_every=1)
+
+
+def _same(chunks, expected) -> None:
+    assert len(chunks) == len(expected)
+    for c, e in zip(chunks, expected):
+        assert np.array_equal(c.frames, e), f"chunk {c.index} differs from the undisturbed run"
+
+
+def test_adopt_registers_recorded_sessions_suspended_at_their_checkpoint(tmp_path):
+    from framework.adoption import adopt, document
+    from framework.registry import SessionRecord
+    from kernels.model import StreamingVideoModel
+    from storage.session_index import SessionIndex
+    from workers.access import digest
+
+    model = StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
+    index, store = SessionIndex(tmp_path), CheckpointStore(tmp_path)
+    records = [SessionRecord(session_id=f"s{i}", model="tiny", prompt=PROMPT, seed=i, height=64, width=64,
+                             created_s=100.0 + i, access_digest=digest(f"token-{i}")) for i in range(3)]
+    for rec in records:
+        doc = document(rec)
+        assert "token-" not in str(doc) and doc["access_digest"] == rec.access_digest
+        index.put(doc)
+    state = model.new_session(PROMPT, 0)
+    for _ in range(3):
+        model.step([state])
+    store.save("s0", state)
+    store.claim("s0", 5)
+    adopted = {r.session_id: r for r in adopt(index, store, fps=16, known={"s2"})}
+    assert set(adopted) == {"s0", "s1"}  # s2 is registered already
+    s0, s1 = adopted["s0"], adopted["s1"]
+    assert (s0.status.value, s0.tier, s0.worker, s0.chunks, s0.generation) == ("suspended", "disk", None, 3, 5)
+    assert (s1.chunks, s1.generation) == (0, 0)  # no checkpoint: from chunk 0
+    assert s0.allows("token-0") and not s0.allows("token-1") and s0.created_s == 100.0
+    assert [e["kind"] for e in s0.events] == ["adopted"]
+    assert index.remove("s0") and [d["session_id"] for d in index.documents()] == ["s1", "s2"]
+    assert store.list() == ["s0"]  # the index is not a checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_sessions_come_back_from_the_store_with_the_same_frames_after_a_scheduler_restart(tmp_path, reference):
+    port, store = _free_port(), tmp_path / "state"
+    procs = _start_cluster(port)
+    try:
+        server = _attach(port, store)
+        a = server.open_session(PROMPT, seed=21)
+        first = list(a.stream(4))
+        b = server.open_session(PROMPT, seed=22)  # opened, never streamed: no checkpoint
+        c = server.open_session(PROMPT, seed=23)
+        c.close()  # closed before the restart: must not come back
+        checkpoints = CheckpointStore(store)
+        deadline = time.monotonic() + 60
+        while not (checkpoints.exists(a.id) and checkpoints.latest_chunk(a.id) >= 3):
+            assert time.monotonic() < deadline, "no checkpoint of the streamed session"
+            time.sleep(0.2)
+        tokens = {a.id: a.access_token, b.id: b.access_token}
+
+        for proc in procs:  # the scheduler dies, and its worker with it
+            _kill(proc)
+        server.client.close(timeout=5)
+        procs = _start_cluster(port)
+        again = _attach(port, store)
+
+        listed = {r["id"]: r for r in again.sessions(include_closed=True)}
+        assert set(listed) == {a.id, b.id}, listed  # c was closed
+        assert all(r["status"] == "suspended" and r["tier"] == "disk" for r in listed.values())
+        assert not any(r["owned"] for r in listed.values())  # this server holds no token yet
+        with pytest.raises(SessionAccessDenied):
+            again.session(a.id)
+
+        a2 = again.session(a.id, access_token=tokens[a.id])
+        k = listed[a.id]["chunks"]
+        assert 3 <= k <= 4  # the checkpoint, not chunk 0
+        more = list(a2.stream(3))
+        assert [ch.index for ch in more] == [k, k + 1, k + 2]
+        expected = reference(PROMPT, 21, k + 3)
+        _same(first, expected[:4])
+        _same(more, expected[k:])
+        kinds = [e["kind"] for e in a2.events()]
+        assert "adopted" in kinds and "restored" in kinds, kinds
+
+        b2 = again.session(b.id, access_token=tokens[b.id])
+        fresh = list(b2.stream(2))
+        assert [ch.index for ch in fresh] == [0, 1]
+        _same(fresh, reference(PROMPT, 22, 2))
+        a2.close()
+        b2.close()
+        assert again.sessions() == []
+        again.close()
+    finally:
+        for proc in procs:
+            _kill(proc)
