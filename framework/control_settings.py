@@ -15,7 +15,7 @@ from typing import Any
 
 from policies.combined import Combined
 from policies.registry import make
-from policies.types import BatchLatencyModel, ParallelStepModel
+from policies.types import DEFAULT_WORKER_MEMORY_BYTES, BatchLatencyModel, ParallelStepModel
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,16 @@ def _config(key: str) -> Any:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def gpu_memory_bytes() -> int:
+    """A GPU worker's device memory: ``turboserve.simulator.gpu-memory-bytes``.
+
+    null (the default): :data:`policies.types.DEFAULT_WORKER_MEMORY_BYTES` (80 GiB), the
+    policies' own size of a worker, so that the figure is written once.
+    """
+    value = _config("simulator.gpu-memory-bytes")
+    return DEFAULT_WORKER_MEMORY_BYTES if value is None else int(float(value))
 
 
 def _optional_seconds(value: Any) -> float | None:
@@ -99,7 +109,7 @@ class ControlSettings:
     maximum: int = field(default_factory=lambda: int(_config("autoscale.maximum")))
     slo_s: float | None = field(default_factory=lambda: _optional_float(_config("slo-s")))
     max_batch: int = field(default_factory=lambda: int(_config("engine.max-batch")))
-    worker_memory_bytes: int = field(default_factory=lambda: int(float(_config("simulator.gpu-memory-bytes"))))
+    worker_memory_bytes: int = field(default_factory=gpu_memory_bytes)
     latency_points: tuple[tuple[int, float], ...] = ((1, 0.1),)
     measure: bool = True
     worker_startup_s: float = field(default_factory=lambda: _seconds(_config("autoscale.worker-startup-s")))
@@ -132,7 +142,7 @@ class ControlSettings:
         offload = overrides.pop("offload", None) or config.get("policies.offload")
         slo = config.get("slo-s")
         max_batch = int(overrides.get("max_batch") or config.get("engine.max-batch"))
-        memory = int(float(config.get("simulator.gpu-memory-bytes")))
+        memory = gpu_memory_bytes()
         params = default_policy_params(placement, autoscaling, offload, max_batch=max_batch, worker_memory=memory)
         for kind in ("placement", "autoscaling", "offload"):
             params[kind].update(overrides.pop(f"{kind}_params", None) or {})

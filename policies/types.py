@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 GiB = 1024**3
 #: The policies' size of a GPU worker when the snapshot has none to copy it from (an
-#: 80 GiB H100); the configured value is ``turboserve.simulator.gpu-memory-bytes``.
+#: 80 GiB H100); also what ``turboserve.simulator.gpu-memory-bytes: null`` means.
 DEFAULT_WORKER_MEMORY_BYTES = 80 * GiB
 #: Time from a scale-up to a usable worker when nobody says (a GPU node with its model);
 #: the configured values are ``turboserve.simulator.worker-startup-s`` and ``autoscale.worker-startup-s``.

@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 from dask.utils import parse_timedelta
 
 from experiments.sim.latency import LatencySpec
 from framework import config as tconfig
+from framework.control_settings import gpu_memory_bytes
 from policies.registry import make
-from policies.types import DEFAULT_WORKER_MEMORY_BYTES, DEFAULT_WORKER_STARTUP_S, ParallelStepModel, Policy
+from policies.types import ParallelStepModel, Policy
 
 
 def _seconds(value: Any) -> float:
     return float(parse_timedelta(value, default="s"))
 
 
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _from_yaml(key: str, convert: Callable[[Any], Any]) -> Any:
+    """A field whose default is ``turboserve.<key>`` (framework/turboserve.yaml), read when a record is made."""
+    return field(default_factory=lambda: convert(tconfig.get(key)))
+
+
 @dataclass(frozen=True, slots=True)
 class SimConfig:
-    """Knobs of one simulated cluster (defaults from ``turboserve.*`` via :meth:`from_config`).
+    """Knobs of one simulated cluster.
+
+    A knob the YAML holds takes its default from the resolved ``turboserve.*`` dask
+    config (``framework/turboserve.yaml``, one source) when the record is made:
+    ``SimConfig()`` equals ``SimConfig.from_config()``. The others (cluster size, what
+    to record, the latency model) are the experiment's.
 
     Parameters
     ----------
@@ -82,25 +97,25 @@ class SimConfig:
     initial_workers: int = 1
     min_workers: int = 0
     max_workers: int = 1_000_000
-    interval_s: float = 1.0
-    slo_s: float | None = None
-    worker_startup_s: float = DEFAULT_WORKER_STARTUP_S
-    migrate_bytes_per_s: float = 25e9
-    migration_fixed_s: float = 0.0
-    offload_bytes_per_s: float = 20e9
-    gpu_memory_bytes: float = DEFAULT_WORKER_MEMORY_BYTES
-    max_batch: int = 8
+    interval_s: float = _from_yaml("control.interval", _seconds)
+    slo_s: float | None = _from_yaml("slo-s", _optional_float)
+    worker_startup_s: float = _from_yaml("simulator.worker-startup-s", _seconds)
+    migrate_bytes_per_s: float = _from_yaml("simulator.migrate-bytes-per-s", float)
+    migration_fixed_s: float = _from_yaml("simulator.migration-fixed-s", _seconds)
+    offload_bytes_per_s: float = _from_yaml("simulator.offload-bytes-per-s", float)
+    gpu_memory_bytes: float = field(default_factory=lambda: float(gpu_memory_bytes()))
+    max_batch: int = _from_yaml("engine.max-batch", int)
     oracle_hints: bool = False
     record_chunks: bool = True
     end_s: float | None = None
     latency: LatencySpec = LatencySpec()
-    align_phases: bool = False
-    quality_valve: bool = False
-    valve_step_ratio: float = 0.7
+    align_phases: bool = _from_yaml("simulator.align-phases", bool)
+    quality_valve: bool = _from_yaml("simulator.quality-valve", bool)
+    valve_step_ratio: float = _from_yaml("simulator.valve-step-ratio", float)
     placement_batch: int | None = None
-    place_on_arrival: bool = True
+    place_on_arrival: bool = _from_yaml("simulator.place-on-arrival", bool)
     parallel: ParallelStepModel | None = None
-    transform_fixed_s: float = 0.0
+    transform_fixed_s: float = _from_yaml("simulator.parallel.transform-fixed-s", _seconds)
 
     def __post_init__(self) -> None:
         if not 0 < self.valve_step_ratio <= 1:
@@ -122,29 +137,12 @@ class SimConfig:
 
     @classmethod
     def from_config(cls, **overrides: Any) -> "SimConfig":
-        """Build from the resolved ``turboserve.*`` dask config; keyword arguments win."""
-        slo = tconfig.get("slo-s")
-        base = dict(
-            interval_s=_seconds(tconfig.get("control.interval")),
-            slo_s=None if slo is None else float(slo),
-            worker_startup_s=_seconds(tconfig.get("simulator.worker-startup-s")),
-            migrate_bytes_per_s=float(tconfig.get("simulator.migrate-bytes-per-s")),
-            migration_fixed_s=_seconds(tconfig.get("simulator.migration-fixed-s")),
-            offload_bytes_per_s=float(tconfig.get("simulator.offload-bytes-per-s")),
-            gpu_memory_bytes=float(tconfig.get("simulator.gpu-memory-bytes")),
-            max_batch=int(tconfig.get("engine.max-batch")),
-            align_phases=bool(tconfig.get("simulator.align-phases")),
-            quality_valve=bool(tconfig.get("simulator.quality-valve")),
-            valve_step_ratio=float(tconfig.get("simulator.valve-step-ratio")),
-            place_on_arrival=bool(tconfig.get("simulator.place-on-arrival")),
-            transform_fixed_s=_seconds(tconfig.get("simulator.parallel.transform-fixed-s")),
-        )
+        """``SimConfig(**overrides)``, with None overrides left out and unknown names refused."""
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
         if unknown:
             raise ValueError(f"unknown SimConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
 
     def with_(self, **changes: Any) -> "SimConfig":
         """A copy with ``changes`` applied."""
