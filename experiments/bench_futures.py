@@ -1,25 +1,29 @@
-"""Per-chunk cost of chunk futures against the long-poll path, side by side in one run.
+"""Where a chunk future's time goes: its path against the direct stream, hop by hop and by CPU.
 
-Issue 12 made :meth:`framework.Session.submit` return a :class:`distributed.Future`: a
-coroutine task on the session's worker takes the chunk from the actor and Dask holds
-it until gathered. Before, ``submit()`` long-polled the actor directly. Both paths stay
-in the code (``stream()`` long-polls), so this script measures them in one run on one
-cluster, interleaved chunk by chunk, so the machine's load hits both alike:
+:meth:`framework.Session.submit` returns a :class:`framework.chunk_future.ChunkFuture` (a
+:class:`distributed.Future` of the task :func:`workers.chunk_futures.chunk_task`), whose
+``result()`` asks the session's worker for the chunk directly. This script measures, on
+one cluster of one worker, interleaved chunk by chunk so that the machine's load hits
+every path alike:
 
-* **one session, closed loop**: ask for a chunk, wait for it, repeat; per chunk the
-  client's wall time of ``submit().result()`` against the long-poll path
-  (``_request(1)`` then ``_chunk(i)``, the body of the old ``submit``), and the model's
-  step on the worker (``t_done_s - t_start_s``) as the scale;
-* **S sessions, back to back**: ``S`` submits, then all results (``client.gather``)
-  against the old ``submit`` made ``S`` times (its request sent and answered before it
-  returned a ``concurrent.futures.Future`` of the long-poll), then all results; wall time
-  per round.
+* **paths**, one session, closed loop (ask, wait, repeat), the client's wall time per
+  chunk: ``stream(1)`` (the client long-polls the actor), ``submit().result()`` (the
+  future, its result from the worker), and ``submit()`` with Dask's own ``result()``
+  (``Future._result``: wait for the scheduler's report, ``who_has``, then the data),
+  each split at the chunk's own times (``t_start_s``, ``t_done_s``, worker clock, same
+  host): before the step, the step, after the step;
+* **hops** of the future (``--hops``): median ms from the call to ``submit()`` to each
+  transition of the chunk's task in the scheduler's and the worker's transition logs,
+  the step's start and end, the client's ``result()`` returning, and the scheduler's
+  report reaching the client;
+* **CPU per chunk** by process (``--cpu``): the worker's event-loop thread, the whole
+  worker process (the engine's step included) and this process (client and scheduler:
+  a LocalCluster's scheduler runs in the client's process), per path, over blocks of
+  chunks;
+* **S sessions, back to back**: ``S`` submits, then ``client.gather`` of all, against
+  ``S`` ``stream(1)`` run together; wall time per round.
 
-Printed: medians in ms, the difference (the overhead of a future per chunk) and that
-difference as a share of the step (target of issue 12: at most 2 ms or 5 % of a tiny
-step more). No periodic checkpoints.
-
-Run: ``.venv/bin/python -m experiments.bench_futures [--chunks 20] [--sessions 4]``.
+Run: ``.venv/bin/python -m experiments.bench_futures [--chunks 20] [--sessions 4] [--hops] [--cpu]``.
 """
 
 from __future__ import annotations
@@ -32,75 +36,160 @@ import time
 PROMPT = "a red fox running through snow"
 
 
-async def _longpoll(session) -> object:
-    """One chunk through the long-poll path (what ``submit`` did before issue 12)."""
-    index = await session._request(1)
-    return await session._chunk(index)
+def _ms(xs: list[float]) -> float:
+    return 1e3 * statistics.median(xs)
 
 
-def _round_longpoll(server, sessions) -> list:
-    async def both():
-        return await asyncio.gather(*(_longpoll(s) for s in sessions))
+def _dask_result(session) -> object:
+    """One chunk through ``submit()`` and Dask's own ``Future.result()`` (not the worker's shortcut)."""
+    from distributed import Future
 
-    return server.client.sync(both)
+    future = session.submit()
+    return session._server.client.sync(Future._result, future)
 
 
-def _old_submit(session):
-    """The body of ``Session.submit`` before issue 12 (a ``concurrent.futures.Future``)."""
-    index = session._sync(session._request, 1)
-    return asyncio.run_coroutine_threadsafe(session._chunk(index), session._server.client.loop.asyncio_loop)
+def _paths(session, chunks: int) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Per path: ``(before step, step, after step, total)`` seconds per chunk, interleaved."""
+    paths = {
+        "stream(1)": lambda: next(iter(session.stream(1))),
+        "submit().result()": lambda: session.submit().result(),
+        "Dask's own result()": lambda: _dask_result(session),
+    }
+    out: dict[str, list] = {name: [] for name in paths}
+    for _ in range(chunks):
+        for name, fn in paths.items():
+            t0 = time.time()
+            chunk = fn()
+            t1 = time.time()
+            out[name].append((chunk.t_start_s - t0, chunk.t_done_s - chunk.t_start_s, t1 - chunk.t_done_s, t1 - t0))
+    return out
+
+
+def _hops(server, session, chunks: int) -> list[tuple[str, float]]:
+    """Median ms from ``submit()`` to each event of the future's way (see the module's doc)."""
+    rows, keys = [], set()
+    for _ in range(chunks):
+        t0 = time.time()
+        future = session.submit()
+        t1 = time.time()
+        reported: dict[str, float] = {}
+        future.add_done_callback(lambda _f, reported=reported: reported.setdefault("t", time.time()))
+        chunk = future.result()
+        t2 = time.time()
+        future.release()
+        deadline = time.monotonic() + 5
+        while "t" not in reported and time.monotonic() < deadline:
+            time.sleep(0.001)
+        keys.add(future.key)
+        rows.append((future.key, t0, {"submit() returned": t1, "step started": chunk.t_start_s,
+                                      "step done": chunk.t_done_s, "result() returned": t2,
+                                      "scheduler's report at the client": reported.get("t")}))
+        next(iter(session.stream(1)))  # the same pace as the paths (a stream between futures)
+
+    def scheduler_log(dask_scheduler, keys=keys):
+        return [(e[0], e[1], e[2], e[-1]) for e in dask_scheduler.transition_log if e[0] in keys]
+
+    def worker_log(dask_worker, keys=keys):
+        states = {"released", "waiting", "ready", "executing", "long-running", "memory", "forgotten"}
+        return [(e[0], e[1], e[2], e[-1]) for e in dask_worker.state.log if e[0] in keys and e[2] in states]
+
+    events: dict = {}
+    for key, start, finish, t in server.client.run_on_scheduler(scheduler_log):
+        events.setdefault(key, {})[f"scheduler: {start} -> {finish}"] = t
+    for log in server.client.run(worker_log).values():
+        for key, start, finish, t in log:
+            events.setdefault(key, {}).setdefault(f"worker: {start} -> {finish}", t)
+    since: dict[str, list[float]] = {}
+    for key, t0, own in rows:
+        for name, t in {**own, **events.get(key, {})}.items():
+            if t is not None:
+                since.setdefault(name, []).append(t - t0)
+    return sorted(((name, _ms(ts)) for name, ts in since.items()), key=lambda kv: kv[1])
+
+
+def _cpu(server, session, chunks: int, rounds: int = 3) -> dict[str, tuple[float, float, float]]:
+    """Per path: CPU ms per chunk of the worker's loop thread, the worker process and this process."""
+
+    def sample() -> tuple[float, float, float]:
+        loop = next(iter(server.client.run(time.thread_time).values()))
+        process = next(iter(server.client.run(time.process_time).values()))
+        return loop, process, time.process_time()
+
+    paths = {
+        "stream(1)": lambda: next(iter(session.stream(1))),
+        "submit().result()": lambda: session.submit().result(),
+        "Dask's own result()": lambda: _dask_result(session),
+    }
+    total = {name: [0.0, 0.0, 0.0] for name in paths}
+    for _ in range(rounds):
+        for name, fn in paths.items():
+            before = sample()
+            for _ in range(chunks):
+                fn()
+            after = sample()
+            for i in range(3):
+                total[name][i] += after[i] - before[i]
+    n = rounds * chunks
+    return {name: tuple(1e3 * v / n for v in values) for name, values in total.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--chunks", type=int, default=20, help="chunks per measurement and path")
-    parser.add_argument("--sessions", type=int, default=4, help="sessions of the back-to-back rounds")
+    parser.add_argument("--chunks", type=int, default=20, help="chunks per path (default 20)")
+    parser.add_argument("--sessions", type=int, default=4, help="sessions of the back-to-back rounds (default 4)")
     parser.add_argument("--model", default="tiny")
+    parser.add_argument("--hops", action="store_true", help="the future's hops (transition logs)")
+    parser.add_argument("--cpu", action="store_true", help="CPU per chunk by process and path")
     args = parser.parse_args(argv)
 
     from framework import Server
 
-    med = statistics.median
     with Server.local(n_workers=1, model=args.model, checkpoint_every=0, dashboard_address=":0",
                       adaptive=False) as server:
         one = server.open_session(PROMPT, seed=0)
-        one.submit().result()  # warm-up, both paths
-        _round_longpoll(server, [one])
-        fut_s, poll_s, step_s = [], [], []
-        for _ in range(args.chunks):
-            t0 = time.perf_counter()
-            chunk = one.submit().result()
-            fut_s.append(time.perf_counter() - t0)
-            step_s.append(chunk.t_done_s - chunk.t_start_s)
-            t0 = time.perf_counter()
-            chunk = _round_longpoll(server, [one])[0]
-            poll_s.append(time.perf_counter() - t0)
-            step_s.append(chunk.t_done_s - chunk.t_start_s)
+        _paths(one, 1)  # warm-up of every path
+        paths = _paths(one, args.chunks)
+        print(f"one session, model {args.model}, 1 worker, {args.chunks} chunks per path interleaved "
+              "(median ms; before/after: the chunk's t_start_s/t_done_s against the client's clock):")
+        stream_total = _ms([r[3] for r in paths["stream(1)"]])
+        for name, rows in paths.items():
+            total = _ms([r[3] for r in rows])
+            print(f"  {name:20s} before step {_ms([r[0] for r in rows]):6.2f}  step {_ms([r[1] for r in rows]):7.2f}  "
+                  f"after step {_ms([r[2] for r in rows]):6.2f}  total {total:7.2f}  ({total - stream_total:+6.2f} vs stream)")
+        if args.hops:
+            print("the future's way (median ms since submit() was called):")
+            for name, ms in _hops(server, one, args.chunks):
+                print(f"  {ms:8.2f}  {name}")
+        if args.cpu:
+            print("CPU per chunk (ms): worker event-loop thread, worker process (step included), "
+                  "client + scheduler process:")
+            for name, (loop, process, here) in _cpu(server, one, max(4, args.chunks // 2)).items():
+                print(f"  {name:20s} worker loop {loop:6.2f}  worker process {process:7.2f}  client+scheduler {here:6.2f}")
         one.close()
 
         many = [server.open_session(PROMPT, seed=1 + i) for i in range(args.sessions)]
         server.client.gather([s.submit() for s in many])
-        _round_longpoll(server, many)
-        fut_r, poll_r = [], []
+
+        async def streams():
+            async def one_chunk(s):
+                return [c async for c in s.astream(1)]
+
+            return await asyncio.gather(*(one_chunk(s) for s in many))
+
+        server.client.sync(streams)
+        fut_r, stream_r = [], []
         for _ in range(max(1, args.chunks // 2)):
             t0 = time.perf_counter()
             server.client.gather([s.submit() for s in many])
             fut_r.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            [f.result() for f in [_old_submit(s) for s in many]]
-            poll_r.append(time.perf_counter() - t0)
+            server.client.sync(streams)
+            stream_r.append(time.perf_counter() - t0)
         for s in many:
             s.close()
-
-    step = med(step_s)
-    print(f"chunk futures against the long-poll path, model {args.model}, 1 worker, interleaved (median ms)")
-    print(f"  model step on the worker                    {1e3 * step:8.2f}")
-    d = med(fut_s) - med(poll_s)
-    print(f"  one session   future {1e3 * med(fut_s):8.2f}   long-poll {1e3 * med(poll_s):8.2f}   "
-          f"overhead {1e3 * d:+7.2f} ms = {100 * d / step:+5.1f}% of a step   ({args.chunks} chunks each)")
-    d = (med(fut_r) - med(poll_r)) / args.sessions
-    print(f"  {args.sessions} sessions    future {1e3 * med(fut_r):8.2f}   old submit {1e3 * med(poll_r):7.2f}   "
-          f"overhead per chunk {1e3 * d:+7.2f} ms   (per round of {args.sessions}, {len(fut_r)} rounds each)")
+    d = (_ms(fut_r) - _ms(stream_r)) / args.sessions
+    print(f"{args.sessions} sessions back to back: submits + client.gather {_ms(fut_r):7.2f}   "
+          f"streams together {_ms(stream_r):7.2f}   per chunk {d:+6.2f} ms   ({len(fut_r)} rounds each)")
 
 
 if __name__ == "__main__":

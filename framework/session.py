@@ -25,13 +25,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from distributed import Future
 from distributed.actor import ProxyRPC
 
 from framework import notebook
+from framework.chunk_future import ChunkFuture
 from framework.errors import SessionAccessDenied, SessionLost
 from workers.chunk import Chunk
 from workers.errors import (
@@ -44,7 +45,7 @@ from workers.errors import (
     TurboserveError,
 )
 from workers.access import TokenRPC
-from workers.chunk_futures import chunk_key, fetch_chunk
+from workers.chunk_futures import chunk_key, chunk_task
 from workers.session_actor import BoundedRPC, call_actor
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class Session:
         self._buffer: dict[int, Chunk] = {}
         self._token = uuid.uuid4().hex[:8]  # this handle's part of its chunk futures' keys
         self._owned: set[int] = set()  # indices handed to chunk futures (the stream skips them)
-        self._pending: set[int] = set()  # ...whose task has not finished: their chunks must stay
+        self._pending: dict[int, Callable[[], bool]] = {}  # ...their done(), until their task finished
         self._pending_lock = threading.Lock()
         self._poll_lock: asyncio.Lock | None = None
         self._closed = False
@@ -359,7 +360,7 @@ class Session:
             await self._relocate()
         elif n:
             try:
-                await call_actor(self._rpc(), self._key, "request", self._issued)
+                await call_actor(self._rpc(), self._key, "request", self._issued, self._read_prefix())
             except Exception as exc:
                 failure = self._actor_failure(exc)
                 if failure is not None:
@@ -367,14 +368,22 @@ class Session:
                 await self._relocate(exc)
         return first
 
+    def _read_prefix(self) -> int:
+        """The index before which every chunk is read: the client's, or taken by a future's task.
+
+        What a poll or a request acknowledges (the actor drops the chunks before it):
+        never a chunk a future's task has not taken yet.
+        """
+        with self._pending_lock:
+            for index in [i for i, done in self._pending.items() if done()]:
+                del self._pending[index]  # the task has taken its chunk (or the future is gone)
+            return min(self._recv_next, min(self._pending, default=self._recv_next))
+
     async def _poll_once(self) -> None:
         self._check_usable()
         if self._key is None:
             await self._relocate()
-        with self._pending_lock:
-            # Never acknowledge a chunk a future's task has not taken yet (the actor drops
-            # what a poll acknowledges).
-            after = min(self._recv_next, min(self._pending, default=self._recv_next))
+        after = self._read_prefix()
         try:
             chunks = await call_actor(self._rpc(), self._key, "poll", after, POLL_TIMEOUT_S)
         except Exception as exc:
@@ -430,22 +439,22 @@ class Session:
         index = await self._request(1)
         return self._chunk_future(index)
 
-    def _chunk_future(self, index: int) -> Future:
-        """Submit the task of chunk ``index`` (:func:`workers.chunk_futures.fetch_chunk`)."""
+    def _chunk_future(self, index: int) -> ChunkFuture:
+        """Submit the task of chunk ``index`` (:func:`workers.chunk_futures.chunk_task`)."""
         key = chunk_key(self.id, self._token, index)
         with self._pending_lock:
             self._owned.add(index)
-            self._pending.add(index)
-        future = self._server.client.submit(
-            fetch_chunk, self.id, index, self._worker, self._key, key[0], access_token=self._access,
+            self._pending[index] = lambda: False  # until the future exists
+        client = self._server.client
+        submitted = client.submit(
+            chunk_task, self.id, index, self._worker, self._key, key[0], access_token=self._access,
             key=key, workers=[self._worker], allow_other_workers=True, pure=False,
         )
-        future.add_done_callback(lambda _f, i=index: self._future_done(i))
-        return future
-
-    def _future_done(self, index: int) -> None:
+        future = ChunkFuture(key, client, self._worker)  # the same key and state, a shorter result()
+        submitted.release()
         with self._pending_lock:
-            self._pending.discard(index)
+            self._pending[index] = future.done_probe()
+        return future
 
     async def aset_prompt(self, prompt: str) -> int:
         """Async twin of :meth:`set_prompt`."""

@@ -18,14 +18,16 @@ import os
 import signal
 import time
 
+import dask.config
 import numpy as np
 import pytest
 from distributed import Future, as_completed, futures_of, wait
 from distributed.core import Status
 
 from framework import Chunk, Server, SessionClosed
+from framework.chunk_future import ChunkFuture
 from storage import CheckpointStore
-from workers.chunk_futures import CHUNK_KEY_PREFIX
+from workers.chunk_futures import CHUNK_KEY_PREFIX, RESULT_OP
 
 PROMPT = "a red fox running through snow"
 
@@ -117,6 +119,37 @@ def test_async_twins_give_the_chunk_and_the_future(server, reference):
     _assert_same(asyncio.run(main()), reference(PROMPT, 6, 3))
 
 
+def test_futures_after_a_streamed_chunk_go_past_the_unread_bound(server, reference):
+    # The chunk a stream read last is acknowledged by the next request: futures, which
+    # never poll, do not hold the session at engine.max-unread-chunks (they hung there).
+    s = server.open_session(PROMPT, seed=8)
+    chunks = list(s.stream(1))
+    n = dask.config.get("turboserve.engine.max-unread-chunks") + 2
+    chunks += [s.submit().result(timeout=60) for _ in range(n)]
+    _assert_same(chunks, reference(PROMPT, 8, n + 1))
+    s.close()
+
+
+def test_the_session_s_worker_hands_a_future_s_chunk_to_the_client_that_asks(server, reference):
+    # What ChunkFuture.result() asks first: the worker answers as the task returns (or
+    # from its data), and "pending" for a key no task brings there.
+    s = server.open_session(PROMPT, seed=9)
+    fut = s.submit()
+    assert isinstance(fut, ChunkFuture)
+
+    def ask(key, timeout):
+        return server.client.sync(getattr(server.client.rpc(s.worker), RESULT_OP), key=key, timeout=timeout)
+
+    early = ask(fut.key, 60)  # sent before the task reaches the worker, most likely
+    wait([fut], timeout=60)
+    late = ask(fut.key, 60)  # from the worker's data
+    assert early["status"] == late["status"] == "OK"
+    for chunk in (early["result"], late["result"], fut.result(60)):
+        _assert_same([chunk], reference(PROMPT, 9, 1))
+    assert ask((fut.key[0], 99), 0.2) == {"status": "pending"}
+    s.close()
+
+
 # ------------------------------------------------------------------ losing a worker (last)
 
 
@@ -142,7 +175,8 @@ def test_no_chunk_lost_or_repeated_when_the_worker_with_the_futures_dies(server,
     _kill(server, victim)
     # Dask recomputes the lost futures; the session is recovered elsewhere and the
     # chunks the checkpoint had passed are made again from the session's identity.
-    chunks += server.client.gather(futures[2:])
+    chunks.append(futures[2].result(timeout=120))  # its worker is gone: Dask's path
+    chunks += server.client.gather(futures[3:])
     more = [s.submit() for _ in range(2)]
     chunks += server.client.gather(more)
     _assert_same(chunks, reference(PROMPT, 7, 8))

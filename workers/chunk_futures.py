@@ -1,6 +1,7 @@
 """Chunks as Dask futures: the task that puts one chunk of a session into Dask's memory.
 
-:meth:`framework.Session.submit` submits :func:`fetch_chunk` with the key
+:meth:`framework.Session.submit` submits :func:`chunk_task` (:func:`fetch_chunk`, which
+also hands the chunk to a client waiting in :func:`serve_result`) with the key
 :func:`chunk_key` ``(session, index)`` on the session's worker. The task is a coroutine:
 it runs on the worker's event loop, leaves the worker's task slots at once (Dask's
 long-running state, as :func:`distributed.secede` does for a thread) so a chunk that
@@ -15,16 +16,24 @@ after its worker died), the task asks the scheduler where it is now
 (``turboserve_locate``, which also wakes a suspended session and waits for a recovery),
 repeats the request there and takes the chunk over worker-to-worker comms. Generation is
 deterministic, so a chunk regenerated after a recovery is the same chunk.
+
+The client's ``result()`` (:class:`framework.chunk_future.ChunkFuture`) asks this worker
+for the chunk directly (:data:`RESULT_OP`, :func:`serve_result`): the answer leaves as
+the task returns, before Dask's own report goes worker -> scheduler -> client and the
+client asks the scheduler where the key is. Like Dask's ``get_data``, the worker hands a
+key's data to whoever names the key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from typing import Any
 
 from dask.sizeof import sizeof
 from distributed import get_worker
+from distributed.protocol import to_serialize
 from distributed.worker_state_machine import SecedeEvent
 
 from workers.access import TokenRPC, denied
@@ -111,3 +120,71 @@ async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, acto
         if key is None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+# ------------------------------------------------------------------ the result, straight to its client
+
+#: Worker RPC op that hands a chunk future's result to a client waiting for it (:func:`serve_result`).
+RESULT_OP = "turboserve_chunk_result"
+
+#: Per worker: ``key -> [asyncio.Future, ...]`` of the clients waiting in :func:`serve_result`.
+_WAITERS: weakref.WeakKeyDictionary[Any, dict[Any, list[asyncio.Future]]] = weakref.WeakKeyDictionary()
+_PENDING = object()  # a waiter's result when nothing came in time
+
+
+async def chunk_task(session_id: str, index: int, worker_addr: str | None, actor_key: str | None,
+                     key_name: str, *args: Any, **kwargs: Any) -> Chunk:
+    """The task of one chunk future: :func:`fetch_chunk`, its chunk also handed to waiting clients.
+
+    A client that called ``result()`` on the future waits in :func:`serve_result` on
+    this worker; it gets the chunk as soon as the task has it, without the two round
+    trips through the scheduler (task finished, then ``who_has``) that Dask's own
+    ``result()`` makes. A failure (or a cancellation) sends those clients back to
+    Dask's path, which raises the task's error.
+    """
+    worker = get_worker()
+    key = (key_name, int(index))
+    chunk: Chunk | None = None
+    try:
+        chunk = await fetch_chunk(session_id, index, worker_addr, actor_key, key_name, *args, **kwargs)
+    finally:
+        waiting = [w for w in _WAITERS.get(worker, {}).pop(key, ()) if not w.done()]
+        for waiter in waiting:
+            waiter.set_result(chunk)
+    if waiting:
+        await asyncio.sleep(0)  # the waiting clients' answers leave before Dask's bookkeeping of the task
+    return chunk
+
+
+async def serve_result(worker: Any, key: Any, timeout: float) -> dict[str, Any]:
+    """Worker handler of :data:`RESULT_OP`: the result of chunk future ``key`` once this worker has it.
+
+    Answers ``{"status": "OK", "result": chunk}`` as soon as the key's task on this
+    worker returns (at once when its data is here already), ``{"status": "elsewhere"}``
+    when the task failed (the client then follows Dask's own path, which raises the
+    task's error), or ``{"status": "pending"}`` when nothing came within ``timeout`` s
+    (the task is still waiting for its chunk, or runs on another worker: the client asks
+    again unless the scheduler has reported the key meanwhile).
+    """
+    key = (str(key[0]), int(key[1]))
+    if key in worker.data:
+        return {"status": "OK", "result": to_serialize(worker.data[key])}
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    waiting = _WAITERS.setdefault(worker, {}).setdefault(key, [])
+    waiting.append(waiter)
+    # A plain future and a timer, not wait_for: the answer leaves one loop turn after the task returns.
+    timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(_PENDING))
+    try:
+        chunk = await waiter
+    finally:
+        timer.cancel()
+        if waiter in waiting:
+            waiting.remove(waiter)
+        if not waiting and _WAITERS.get(worker, {}).get(key) is waiting:
+            del _WAITERS[worker][key]
+    if chunk is _PENDING:
+        return {"status": "pending"}
+    if chunk is None:
+        return {"status": "elsewhere"}
+    return {"status": "OK", "result": to_serialize(chunk)}

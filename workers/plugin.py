@@ -108,6 +108,7 @@ class ModelHost(WorkerPlugin):
 
         worker.handlers[CALL_OP] = self._handle_call
         worker.handlers["turboserve_group"] = self._handle_group  # workers.parallel_group.GROUP_OP
+        worker.handlers["turboserve_chunk_result"] = self._handle_result  # workers.chunk_futures.RESULT_OP
         logger.info("turboserve host on %s: device %s (CUDA_VISIBLE_DEVICES=%s)",
                     worker.address, self.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
         try:
@@ -134,6 +135,11 @@ class ModelHost(WorkerPlugin):
         from workers.parallel_group import handle_group
 
         return await handle_group(self.worker, action, group_id, **kw)
+
+    async def _handle_result(self, key: Any, timeout: float) -> dict[str, Any]:
+        from workers.chunk_futures import serve_result
+
+        return await serve_result(self.worker, key, timeout)
 
     def teardown(self, worker: Any) -> None:
         """Stop every engine (their threads end after the current step)."""

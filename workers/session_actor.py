@@ -439,11 +439,19 @@ class SessionActor:
 
     # ------------------------------------------------------------ the client's stream
 
-    async def request(self, until: int) -> int:
-        """Want chunks up to index ``until`` (exclusive); returns the next index to come."""
+    async def request(self, until: int, acked: int | None = None) -> int:
+        """Want chunks up to index ``until`` (exclusive); returns the next index to come.
+
+        ``acked`` (optional): the client has every chunk before it, as :meth:`poll`'s
+        ``after`` says. A client that reads through chunk futures polls no more, so
+        without it a chunk it streamed last would stay unacknowledged and hold the
+        session at ``engine.max-unread-chunks``.
+        """
         self._check_open()
         if until < 0:
             raise InvalidRequest(f"chunk index {until} is negative; ask for an index >= 0")
+        if acked is not None:
+            self._acknowledge(acked)
         if not self._attached:
             if self._error is not None:
                 raise self._error
@@ -457,12 +465,7 @@ class SessionActor:
         Asking for ``after`` acknowledges (and drops) every chunk before it. Raises
         :class:`SessionMoved` once the state is gone and nothing is left to read.
         """
-        for i in [i for i in self._outbox if i < after]:
-            del self._outbox[i]
-        if self._attached and after > self._acked:
-            self._acked = after
-            self._engine.ack(self.session_id, after)
-            self._save_switch()
+        self._acknowledge(after)
         if after < self._restored_at and self._attached:
             await self._regenerate_gap(after)
         event = self._event()
@@ -486,6 +489,15 @@ class SessionActor:
             raise SessionMoved(f"session {self.session_id!r} has a newer owner than {self._worker.address} "
                                f"(epoch {self._epoch} is stale); ask the registry where it is")
         return chunks
+
+    def _acknowledge(self, after: int) -> None:
+        """The client has every chunk before ``after``: drop them, and let the engine make further ahead."""
+        for i in [i for i in self._outbox if i < after]:
+            del self._outbox[i]
+        if self._attached and after > self._acked:
+            self._acked = after
+            self._engine.ack(self.session_id, after)
+            self._save_switch()
 
     async def _fenced(self) -> bool:
         """Whether a newer owner claimed the session in the checkpoint store: this actor is stale.

@@ -1,0 +1,88 @@
+"""The client's half of a chunk future: a :class:`distributed.Future` whose result comes straight from its worker.
+
+:meth:`framework.Session.submit` returns a :class:`ChunkFuture`: the future of the task
+:func:`workers.chunk_futures.chunk_task` (key ``("turboserve-chunk-<session>-<handle>",
+index)``), a :class:`distributed.Future` in every way Dask looks at one: the scheduler
+tracks its key, ``wait``, ``as_completed``, ``client.gather``, ``client.submit``,
+``cancel`` and ``release`` work as for any future, and the chunk shows in the task stream.
+
+Only ``result()`` (and ``await``) takes a shorter way. Dask's own ``result()`` waits
+until the worker has told the scheduler that the task finished and the scheduler has
+told the client, then asks the scheduler where the key is (``who_has``) and only then
+the worker for its data: three process hops after the chunk is made, plus the data's
+own round trip. Here the client asks the worker the future was sent to as soon as
+``result()`` is called (:func:`workers.chunk_futures.serve_result`), and the worker
+answers as soon as the task returns: one hop, as :meth:`Session.stream` has. The bytes
+go worker -> client either way, never through the scheduler. When that worker does not
+answer with the chunk (the task ran elsewhere or failed, the worker died) or the
+scheduler reports the key first, Dask's own path takes over, so errors, cancellation,
+and a recomputation after a worker's death behave exactly as for any future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from distributed import Future
+
+from workers.chunk_futures import RESULT_OP
+from workers.session_actor import BoundedRPC
+
+#: Seconds one wait on the worker lasts before the client asks again (the worker holds a waiter that long).
+RESULT_POLL_S = 5.0
+#: Seconds to wait for a connection to the future's worker (then Dask's path alone).
+CONNECT_TIMEOUT_S = 1.0
+
+
+class ChunkFuture(Future):
+    """The future of one chunk, made by :meth:`framework.Session.submit` (see the module's doc).
+
+    Parameters
+    ----------
+    key : tuple
+        The key of the chunk's task (the client holds it already).
+    client : distributed.Client
+    home : str or None
+        Address of the worker the task was sent to, asked first by ``result()``.
+    """
+
+    def __init__(self, key: Any, client: Any, home: str | None) -> None:
+        super().__init__(key, client)
+        self._home = home
+
+    def done_probe(self) -> Callable[[], bool]:
+        """This future's ``done()`` as a callable that does not keep the future (and its key) alive."""
+        return self._state.done
+
+    async def _result(self, raiseit: bool = True) -> Any:
+        # Future.result() and __await__ both come here (distributed's one internal seam).
+        if self._home is not None and not self.done():
+            found, chunk = await self._from_home()
+            if found:
+                return chunk
+        return await super()._result(raiseit)
+
+    async def _from_home(self) -> tuple[bool, Any]:
+        """``(True, chunk)`` from the future's worker, or ``(False, None)``: take Dask's path."""
+        rpc = BoundedRPC(self.client.rpc, self._home, CONNECT_TIMEOUT_S)
+        known = asyncio.ensure_future(self._state.wait())
+        try:
+            while not known.done():
+                ask = asyncio.ensure_future(getattr(rpc, RESULT_OP)(key=self.key, timeout=RESULT_POLL_S))
+                await asyncio.wait({ask, known}, return_when=asyncio.FIRST_COMPLETED)
+                if not ask.done():  # the scheduler reported the key first: Dask's path
+                    ask.cancel()
+                    break
+                try:
+                    answer = ask.result()
+                except (OSError, KeyError):  # the worker is gone (Dask recomputes the key elsewhere) or lacks the op
+                    break
+                if answer["status"] == "OK":
+                    return True, answer["result"]
+                if answer["status"] != "pending":
+                    break
+        finally:
+            known.cancel()
+        return False, None
