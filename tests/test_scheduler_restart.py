@@ -7,7 +7,8 @@ address with a new worker, a new ``Server(address, store=...)`` attaches to it, 
 scheduler plugin adopts the sessions recorded in the store: listed as suspended, still
 owned by their tokens; the owner gets each back with ``server.session(id,
 access_token=...)`` and streams on from its last checkpoint with the frames of an
-undisturbed run. A session closed before the restart does not come back.
+undisturbed run, and a handle of the old client (reconnected to the same address)
+streams on by itself. A session closed before the restart does not come back.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def _start_cluster(port: int) -> list[subprocess.Popen]:
 def _attach(port: int, store: Path) -> Server:
     from distributed import Client
 
-    client = Client(f"tcp://127.0.0.1:{port}", direct_to_workers=True)
+    # A reconnect window longer than the restart takes on a loaded machine (the default is 30 s).
+    client = Client(f"tcp://127.0.0.1:{port}", direct_to_workers=True, timeout=120)
     client.wait_for_workers(1, timeout=120)
     return Server(client, model="tiny", store=str(store), checkpoint_every=1)
 
@@ -121,50 +123,55 @@ def test_sessions_come_back_from_the_store_with_the_same_frames_after_a_schedule
     procs = _start_cluster(port)
     try:
         server = _attach(port, store)
-        a = server.open_session(PROMPT, seed=21)
-        first = list(a.stream(4))
+        a = server.open_session(PROMPT, seed=21)  # its handle streams on through the restart
+        d = server.open_session(PROMPT, seed=24)  # handed to a new Server with its token
+        first = {s.id: list(s.stream(4)) for s in (a, d)}
         b = server.open_session(PROMPT, seed=22)  # opened, never streamed: no checkpoint
         c = server.open_session(PROMPT, seed=23)
         c.close()  # closed before the restart: must not come back
         checkpoints = CheckpointStore(store)
         deadline = time.monotonic() + 60
-        while not (checkpoints.exists(a.id) and checkpoints.latest_chunk(a.id) >= 3):
-            assert time.monotonic() < deadline, "no checkpoint of the streamed session"
+        while not all(checkpoints.exists(s.id) and checkpoints.latest_chunk(s.id) >= 3 for s in (a, d)):
+            assert time.monotonic() < deadline, "no checkpoint of the streamed sessions"
             time.sleep(0.2)
-        tokens = {a.id: a.access_token, b.id: b.access_token}
 
         for proc in procs:  # the scheduler dies, and its worker with it
             _kill(proc)
-        server.client.close(timeout=5)
-        procs = _start_cluster(port)
+        procs = _start_cluster(port)  # the same address: the old client reconnects (within its timeout)
         again = _attach(port, store)
 
         listed = {r["id"]: r for r in again.sessions(include_closed=True)}
-        assert set(listed) == {a.id, b.id}, listed  # c was closed
+        assert set(listed) == {a.id, b.id, d.id}, listed  # c was closed
         assert all(r["status"] == "suspended" and r["tier"] == "disk" for r in listed.values())
         assert not any(r["owned"] for r in listed.values())  # this server holds no token yet
         with pytest.raises(SessionAccessDenied):
-            again.session(a.id)
+            again.session(d.id)
 
-        a2 = again.session(a.id, access_token=tokens[a.id])
-        k = listed[a.id]["chunks"]
+        d2 = again.session(d.id, access_token=d.access_token)
+        k = listed[d.id]["chunks"]
         assert 3 <= k <= 4  # the checkpoint, not chunk 0
-        more = list(a2.stream(3))
+        more = list(d2.stream(3))
         assert [ch.index for ch in more] == [k, k + 1, k + 2]
-        expected = reference(PROMPT, 21, k + 3)
-        _same(first, expected[:4])
+        expected = reference(PROMPT, 24, k + 3)
+        _same(first[d.id], expected[:4])
         _same(more, expected[k:])
-        kinds = [e["kind"] for e in a2.events()]
+        kinds = [e["kind"] for e in d2.events()]
         assert "adopted" in kinds and "restored" in kinds, kinds
 
-        b2 = again.session(b.id, access_token=tokens[b.id])
+        on = list(a.stream(3))  # the old handle: relocated to the adopted session, no gap, no repeat
+        assert [ch.index for ch in on] == [4, 5, 6]
+        _same(first[a.id] + on, reference(PROMPT, 21, 7))
+        assert "relocated" in [e["kind"] for e in a.events()]
+
+        b2 = again.session(b.id, access_token=b.access_token)
         fresh = list(b2.stream(2))
         assert [ch.index for ch in fresh] == [0, 1]
         _same(fresh, reference(PROMPT, 22, 2))
-        a2.close()
-        b2.close()
+        for s in (a, b2, d2):
+            s.close()
         assert again.sessions() == []
         again.close()
+        server.client.close()
     finally:
         for proc in procs:
             _kill(proc)
