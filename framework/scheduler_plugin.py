@@ -39,6 +39,7 @@ from dataclasses import asdict
 from typing import Any
 
 from dask.utils import parse_timedelta
+from distributed.core import error_message
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from framework import adoption, config
@@ -60,7 +61,14 @@ from kernels.presets import get_preset
 from policies.types import TIERS, SessionStatus
 from workers.access import digest, new_token
 from workers.encryption import GROUPS_UNDER_TLS, encrypted
-from workers.errors import CapacityExceeded, InvalidRequest, SessionClosed, TransferError, UnknownWorker
+from workers.errors import (
+    CapacityExceeded,
+    InvalidRequest,
+    SessionClosed,
+    TransferError,
+    TurboserveError,
+    UnknownWorker,
+)
 from workers.plugin import METRICS_OP, READY_TOPIC
 
 logger = logging.getLogger(__name__)
@@ -133,32 +141,31 @@ class TurboserveScheduler(SchedulerPlugin):
         self.admission = Admission(scheduler, self.registry, self.settings, self.warmup, self.groups, lambda: self.loop)
         self.recovery = Recovery(scheduler, self.registry, self.actors, self.admission, self.groups,
                                  self._lock, self._spawn_task, self._kick)
-        scheduler.handlers.update(
-            {
-                "turboserve_open": self.open,
-                # Per-session handlers take the session's access token (isolation, issue 13).
-                "turboserve_locate": self._owned(self.locate),
-                "turboserve_pause": self._owned(self.pause),
-                "turboserve_suspend": self._owned(self.suspend),
-                "turboserve_resume": self._owned(self.resume),
-                "turboserve_migrate": self._owned(self.migrate),
-                "turboserve_close": self._owned(self.close_session),
-                "turboserve_drain": self.drain,
-                "turboserve_sessions": self.sessions,
-                "turboserve_info": self._owned(self.info),
-                "turboserve_events": self._owned(self.events),
-                "turboserve_stats": self.stats,
-                "turboserve_shutdown": self.shutdown,
-                "turboserve_control_start": self.start_control,
-                "turboserve_control_target": self.adaptive_target,
-                "turboserve_control_to_close": self.workers_to_close,
-                "turboserve_control_stats": self.control_stats,
-                "turboserve_control_log": self.control_log,
-                "turboserve_control_kick": self._kick,
-                "turboserve_parallelism": self.parallelism,
-                "turboserve_set_parallelism": self.change_parallelism,
-            }
-        )
+        handlers = {
+            "turboserve_open": self.open,
+            # Per-session handlers take the session's access token (isolation, issue 13).
+            "turboserve_locate": self._owned(self.locate),
+            "turboserve_pause": self._owned(self.pause),
+            "turboserve_suspend": self._owned(self.suspend),
+            "turboserve_resume": self._owned(self.resume),
+            "turboserve_migrate": self._owned(self.migrate),
+            "turboserve_close": self._owned(self.close_session),
+            "turboserve_drain": self.drain,
+            "turboserve_sessions": self.sessions,
+            "turboserve_info": self._owned(self.info),
+            "turboserve_events": self._owned(self.events),
+            "turboserve_stats": self.stats,
+            "turboserve_shutdown": self.shutdown,
+            "turboserve_control_start": self.start_control,
+            "turboserve_control_target": self.adaptive_target,
+            "turboserve_control_to_close": self.workers_to_close,
+            "turboserve_control_stats": self.control_stats,
+            "turboserve_control_log": self.control_log,
+            "turboserve_control_kick": self._kick,
+            "turboserve_parallelism": self.parallelism,
+            "turboserve_set_parallelism": self.change_parallelism,
+        }
+        scheduler.handlers.update({op: self._refusing(op, fn) for op, fn in handlers.items()})
         scheduler.stream_handlers[METRICS_OP] = self._on_metrics
         scheduler.stream_handlers["turboserve-group-failed"] = self._on_group_failed  # parallel_group.GROUP_FAILED_OP
         install_dashboard(scheduler)
@@ -642,6 +649,27 @@ class TurboserveScheduler(SchedulerPlugin):
         self.admission.draining.discard(worker)
 
     # ------------------------------------------------------------ internals
+
+    @staticmethod
+    def _refusing(op: str, handler: Any) -> Any:
+        """``handler`` as an RPC handler whose typed refusals reach the caller without an ERROR log.
+
+        Dask logs every exception a handler raises with its traceback ("Exception while
+        handling op"): a refused request (a bad argument, a full cluster, a call without
+        the session's access token) is the caller's business, logged here at INFO in one
+        line; the caller gets the same typed error (``send_recv`` raises it).
+        """
+
+        async def refusing(*args: Any, **kw: Any) -> Any:
+            try:
+                result = handler(*args, **kw)
+                return await result if inspect.isawaitable(result) else result
+            except TurboserveError as exc:
+                logger.info("%s refused: %s: %s", op, type(exc).__name__, exc)
+                return error_message(exc, status="uncaught-error")
+
+        refusing.__name__ = refusing.__qualname__ = f"refusing_{getattr(handler, '__name__', op)}"
+        return refusing
 
     def _owned(self, handler: Any) -> Any:
         """``handler(session_id, ...)`` as an RPC handler that first checks the caller's ``access_token``.

@@ -11,6 +11,8 @@ undisturbed run. Handing the token over on purpose gives the second client the s
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from distributed import Client
@@ -128,3 +130,15 @@ def test_access_denied_is_a_typed_turboserve_error_and_the_server_keeps_serving(
     assert [c.index for c in s.stream(1)] == [0]
     s.close()
     t.close()
+
+
+def test_a_refused_call_is_one_info_line_on_the_scheduler_not_an_error_traceback(owner, other, caplog):
+    s = owner.open_session(PROMPT, seed=5)
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            with pytest.raises(SessionAccessDenied):
+                other.client.sync(other.client.scheduler.turboserve_info, session_id=s.id)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    refused = [r for r in caplog.records if "turboserve_info refused: SessionAccessDenied" in r.getMessage()]
+    assert len(refused) == 3 and all(r.levelno == logging.INFO for r in refused)
+    s.close()
