@@ -22,6 +22,8 @@ from workers.errors import SessionNotFound
 RECENT = 32
 #: Events the registry keeps per session (the oldest are dropped first).
 MAX_EVENTS = 64
+#: Closed sessions the registry keeps (for ``sessions(include_closed=True)``); the oldest are forgotten.
+MAX_CLOSED = 1024
 #: Name of the scheduler plugin that keeps the registry
 #: (:class:`~framework.scheduler_plugin.TurboserveScheduler`, ``scheduler.plugins[PLUGIN_NAME]``).
 PLUGIN_NAME = "turboserve"
@@ -155,6 +157,20 @@ class SessionRegistry:
                 f"no session {session_id!r}; open one with server.open_session(...) "
                 "or list them with server.sessions()"
             ) from None
+
+    def forget_closed(self, keep: int = MAX_CLOSED) -> list[str]:
+        """Forget the closed sessions beyond the ``keep`` closed last; returns the ids forgotten.
+
+        A forgotten id is :class:`SessionNotFound` from then on (and may be opened again).
+        """
+        closed = [r for r in self._records.values() if r.status is SessionStatus.CLOSED]
+        if len(closed) <= keep:
+            return []
+        closed.sort(key=lambda r: r.since_s)
+        gone = [r.session_id for r in closed[: len(closed) - keep]]
+        for sid in gone:
+            del self._records[sid]
+        return gone
 
     def records(self, include_closed: bool = False) -> list[SessionRecord]:
         """Every record, open ones only unless ``include_closed``."""

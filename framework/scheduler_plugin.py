@@ -339,6 +339,7 @@ class TurboserveScheduler(SchedulerPlugin):
                                        rec.session_id, target, exc)
             except BaseException:
                 self._set(rec, SessionStatus.CLOSED)
+                self._forget_closed()
                 raise
             self._set(rec, SessionStatus.ACTIVE)
             await self._index_put(rec)
@@ -471,6 +472,7 @@ class TurboserveScheduler(SchedulerPlugin):
                     logger.warning("could not remove session %s from %s", session_id, self.index, exc_info=True)
             rec.worker, rec.tier = None, None
             self._set(rec, SessionStatus.CLOSED)
+            self._forget_closed()
             self._kick()
             return self._location(rec)
 
@@ -712,6 +714,13 @@ class TurboserveScheduler(SchedulerPlugin):
     def _check_open(rec: SessionRecord) -> None:
         if rec.status is SessionStatus.CLOSED:
             raise SessionClosed(f"session {rec.session_id!r} is closed; open a new one")
+
+    def _forget_closed(self) -> None:
+        """Keep the registry bounded: the oldest closed sessions beyond ``registry.MAX_CLOSED`` go."""
+        for sid in self.registry.forget_closed():
+            lock = self._locks.get(sid)
+            if lock is not None and not lock.locked():
+                del self._locks[sid]
 
     async def _index_put(self, rec: SessionRecord) -> None:
         """Record an opened session in the store's index, for a scheduler that comes after this one."""
