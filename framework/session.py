@@ -349,8 +349,14 @@ class Session:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
-    async def _request(self, n: int) -> int:
-        """Ask for ``n`` more chunks; returns the index of the first one."""
+    async def _request(self, n: int, acknowledge: bool = False) -> int:
+        """Ask for ``n`` more chunks; returns the index of the first one.
+
+        ``acknowledge``: the request also acknowledges what was read (for a chunk future:
+        a client that reads through futures polls no more, and a chunk it streamed last
+        would otherwise hold the session at ``engine.max-unread-chunks``). A stream
+        acknowledges with its polls.
+        """
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CHUNKS_PER_CALL:
             raise InvalidRequest(f"chunk count {n!r} is not an int in [0, {MAX_CHUNKS_PER_CALL}]")
         self._check_usable()
@@ -360,7 +366,8 @@ class Session:
             await self._relocate()
         elif n:
             try:
-                await call_actor(self._rpc(), self._key, "request", self._issued, self._read_prefix())
+                acked = [self._read_prefix()] if acknowledge else []
+                await call_actor(self._rpc(), self._key, "request", self._issued, *acked)
             except Exception as exc:
                 failure = self._actor_failure(exc)
                 if failure is not None:
@@ -436,7 +443,7 @@ class Session:
 
     async def asubmit_future(self) -> Future:
         """Async twin of :meth:`submit` that returns the :class:`distributed.Future` itself."""
-        index = await self._request(1)
+        index = await self._request(1, acknowledge=True)
         return self._chunk_future(index)
 
     def _chunk_future(self, index: int) -> ChunkFuture:
@@ -575,7 +582,7 @@ class Session:
         A future's chunk is not added to :attr:`history` (it never reaches this client
         unless gathered); :meth:`asubmit` and :meth:`stream` add theirs.
         """
-        index = self._sync(self._request, 1)
+        index = self._sync(self._request, 1, True)
         return self._chunk_future(index)
 
     def set_prompt(self, prompt: str) -> int:
