@@ -8,8 +8,10 @@ every path alike:
 
 * **paths**, one session, closed loop (ask, wait, repeat), the client's wall time per
   chunk: ``stream(1)`` (the client long-polls the actor), ``submit().result()`` (the
-  future, its result from the worker), and ``submit()`` with Dask's own ``result()``
-  (``Future._result``: wait for the scheduler's report, ``who_has``, then the data),
+  future, its result from the worker), ``submit()`` with Dask's own ``result()``
+  (``Future._result``: wait for the scheduler's report, ``who_has``, then the data), and
+  ``stream(1)`` beside a no-op Dask task sent to the same worker (what one task per
+  chunk costs whatever it does: the floor of any design that makes a task per chunk),
   each split at the chunk's own times (``t_start_s``, ``t_done_s``, worker clock, same
   host): before the step, the step, after the step;
 * **hops** of the future (``--hops``): median ms from the call to ``submit()`` to each
@@ -48,12 +50,27 @@ def _dask_result(session) -> object:
     return session._server.client.sync(Future._result, future)
 
 
+def _noop(x: int) -> int:
+    return x
+
+
+def _stream_beside_a_task(session) -> object:
+    """``stream(1)`` while a no-op Dask task goes to the session's worker: what any task per chunk costs."""
+    client = session._server.client
+    index = session._sync(session._request, 1)
+    task = client.submit(_noop, index, pure=False, workers=[session.worker])
+    chunk = session._sync(session._chunk, index)
+    task.result()
+    return chunk
+
+
 def _paths(session, chunks: int) -> dict[str, list[tuple[float, float, float, float]]]:
     """Per path: ``(before step, step, after step, total)`` seconds per chunk, interleaved."""
     paths = {
         "stream(1)": lambda: next(iter(session.stream(1))),
         "submit().result()": lambda: session.submit().result(),
         "Dask's own result()": lambda: _dask_result(session),
+        "stream + no-op task": lambda: _stream_beside_a_task(session),
     }
     out: dict[str, list] = {name: [] for name in paths}
     for _ in range(chunks):
