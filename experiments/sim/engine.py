@@ -80,6 +80,7 @@ from experiments.sim.state import (
     _COPY,
     _GC_EVERY_TICKS,
     _INF,
+    _N_KINDS,
     _READY,
     _RELEASE,
     _STEP,
@@ -465,17 +466,14 @@ class Simulator:
         w.busy = False
         n = len(batch)
         record = self.cfg.record_chunks
-        c_sess, c_index, lat_list = self.c_sess.append, self.c_index.append, self.lat.append
-        c_first, c_degraded = self.c_first.append, self.c_degraded.append
         window = self._ctx_window
         if degraded:
             self.counters["degraded_chunks"] += n
-        dirty = self._dirty.append
         for s, treq, mig in batch:
-            c_sess(s.idx)
-            c_index(s.next_index)
-            c_first(s.fresh)
-            c_degraded(degraded)
+            self.c_sess.append(s.idx)
+            self.c_index.append(s.next_index)
+            self.c_first.append(s.fresh)
+            self.c_degraded.append(degraded)
             s.fresh = False
             if record:
                 self.c_req.append(treq)
@@ -487,7 +485,7 @@ class Simulator:
             lat = now - treq
             if lat < 0.0:  # made ahead (phase alignment): ready before it was asked for
                 lat = 0.0
-            lat_list(lat)
+            self.lat.append(lat)
             s.in_flight = False
             s.next_index += 1
             # views are rebuilt only when something a policy sees changed
@@ -495,12 +493,12 @@ class Simulator:
                 s.recent = lat
                 if not s.dirty:
                     s.dirty = True
-                    dirty(s)
+                    self._dirty.append(s)
             if s.ctx < window:
                 s.ctx = min(s.ctx + s.frames, window)
                 if not s.dirty:
                     s.dirty = True
-                    dirty(s)
+                    self._dirty.append(s)
             if s.wants:
                 nxt = treq + s.period
                 s.next_req = nxt if nxt > now else now
@@ -552,11 +550,10 @@ class Simulator:
         times, sidx, codes = wl.times.tolist(), wl.session_index.tolist(), wl.event_code.tolist()
         times.append(_INF)  # sentinel: no bounds check per event
         ti = 0
-        handlers = {  # event kind -> handler(time, payload)
-            _STEP: self._step_done, _WAKE: self._on_wake, _TICK: self._on_tick,
-            _COPY: self._on_copy, _RELEASE: self._on_release, _READY: self._on_ready,
-            _ADMIT: self._on_admit,
-        }
+        handlers = [None] * _N_KINDS  # event kind -> handler(time, payload)
+        handlers[_STEP], handlers[_WAKE], handlers[_TICK] = self._step_done, self._on_wake, self._on_tick
+        handlers[_COPY], handlers[_RELEASE], handlers[_READY] = self._on_copy, self._on_release, self._on_ready
+        handlers[_ADMIT] = self._on_admit
         self._admit_at = None  # time of the scheduled admission decision, if any
         self._push(0.0, _TICK, None)
         heap = self.heap

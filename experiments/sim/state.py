@@ -13,6 +13,7 @@ from policies.types import SessionStatus, SessionView, WorkerStatus, WorkerView
 
 # event kinds, in priority order at equal times
 _TRACE, _COPY, _RELEASE, _STEP, _READY, _TICK, _WAKE, _ADMIT = range(8)
+_N_KINDS = 8
 _INF = math.inf
 # The automatic cyclic GC is off during a run: with millions of live objects its full
 # passes cost a third of the wall time, and the loop makes no reference cycles. Young
