@@ -27,6 +27,7 @@ from typing import Any
 
 from distributed import Future
 
+from workers.access import TokenRPC
 from workers.chunk_futures import RESULT_OP
 from workers.session_actor import BoundedRPC
 
@@ -46,11 +47,14 @@ class ChunkFuture(Future):
     client : distributed.Client
     home : str or None
         Address of the worker the task was sent to, asked first by ``result()``.
+    access_token : str, optional
+        The session's (:mod:`workers.access`): the worker hands the chunk only to its holder.
     """
 
-    def __init__(self, key: Any, client: Any, home: str | None) -> None:
+    def __init__(self, key: Any, client: Any, home: str | None, access_token: str | None = None) -> None:
         super().__init__(key, client)
         self._home = home
+        self._access = access_token
 
     def done_probe(self) -> Callable[[], bool]:
         """This future's ``done()`` as a callable that does not keep the future (and its key) alive."""
@@ -66,14 +70,14 @@ class ChunkFuture(Future):
 
     async def _from_home(self) -> tuple[bool, Any]:
         """``(True, chunk)`` from the future's worker, or ``(False, None)``: take Dask's path."""
-        rpc = BoundedRPC(self.client.rpc, self._home, CONNECT_TIMEOUT_S)
+        rpc = TokenRPC(BoundedRPC(self.client.rpc, self._home, CONNECT_TIMEOUT_S), self._access)
         known = asyncio.ensure_future(self._state.wait())
+        ask: asyncio.Future | None = None
         try:
             while not known.done():
                 ask = asyncio.ensure_future(getattr(rpc, RESULT_OP)(key=self.key, timeout=RESULT_POLL_S))
                 await asyncio.wait({ask, known}, return_when=asyncio.FIRST_COMPLETED)
                 if not ask.done():  # the scheduler reported the key first: Dask's path
-                    ask.cancel()
                     break
                 try:
                     answer = ask.result()
@@ -85,4 +89,6 @@ class ChunkFuture(Future):
                     break
         finally:
             known.cancel()
+            if ask is not None and not ask.done():  # also when result(timeout) gave up on us
+                ask.cancel()
         return False, None

@@ -133,6 +133,8 @@ def test_futures_after_a_streamed_chunk_go_past_the_unread_bound(server, referen
 def test_the_session_s_worker_hands_a_future_s_chunk_to_the_client_that_asks(server, reference):
     # What ChunkFuture.result() asks first: the worker answers as the task returns (or
     # from its data), and "pending" for a key no task brings there.
+    # ChunkFuture overrides Future._result, which result() and await go through.
+    assert "_result" in vars(Future) and "_result" in vars(ChunkFuture)
     s = server.open_session(PROMPT, seed=9)
     fut = s.submit()
     assert isinstance(fut, ChunkFuture)
