@@ -3,15 +3,17 @@
 :meth:`framework.Session.submit` returns a :class:`framework.chunk_future.ChunkFuture` (a
 :class:`distributed.Future` of the task :func:`workers.chunk_futures.chunk_task`), whose
 ``result()`` asks the session's worker for the chunk directly. This script measures, on
-one cluster of one worker, interleaved chunk by chunk so that the machine's load hits
-every path alike:
+one cluster of two workers (every session on the first), interleaved chunk by chunk so
+that the machine's load hits every path alike:
 
 * **paths**, one session, closed loop (ask, wait, repeat), the client's wall time per
   chunk: ``stream(1)`` (the client long-polls the actor), ``submit().result()`` (the
   future, its result from the worker), ``submit()`` with Dask's own ``result()``
   (``Future._result``: wait for the scheduler's report, ``who_has``, then the data), and
   ``stream(1)`` beside a no-op Dask task sent to the same worker (what one task per
-  chunk costs whatever it does: the floor of any design that makes a task per chunk),
+  chunk costs whatever it does: the floor of any design that makes a task per chunk)
+  and to the other worker (the session's worker sees nothing of it: what is left is
+  the scheduler's, the client's and the other worker's CPU on shared cores),
   each split at the chunk's own times (``t_start_s``, ``t_done_s``, worker clock, same
   host): before the step, the step, after the step;
 * **hops** of the future (``--hops``): median ms from the call to ``submit()`` to each
@@ -54,23 +56,24 @@ def _noop(x: int) -> int:
     return x
 
 
-def _stream_beside_a_task(session) -> object:
-    """``stream(1)`` while a no-op Dask task goes to the session's worker: what any task per chunk costs."""
+def _stream_beside_a_task(session, worker: str) -> object:
+    """``stream(1)`` while a no-op Dask task goes to ``worker``: what any task per chunk costs."""
     client = session._server.client
     index = session._sync(session._request, 1)
-    task = client.submit(_noop, index, pure=False, workers=[session.worker])
+    task = client.submit(_noop, index, pure=False, workers=[worker])
     chunk = session._sync(session._chunk, index)
     task.result()
     return chunk
 
 
-def _paths(session, chunks: int) -> dict[str, list[tuple[float, float, float, float]]]:
+def _paths(session, chunks: int, elsewhere: str) -> dict[str, list[tuple[float, float, float, float]]]:
     """Per path: ``(before step, step, after step, total)`` seconds per chunk, interleaved."""
     paths = {
         "stream(1)": lambda: next(iter(session.stream(1))),
         "submit().result()": lambda: session.submit().result(),
         "Dask's own result()": lambda: _dask_result(session),
-        "stream + no-op task": lambda: _stream_beside_a_task(session),
+        "stream + no-op task": lambda: _stream_beside_a_task(session, session.worker),
+        "... task elsewhere": lambda: _stream_beside_a_task(session, elsewhere),
     }
     out: dict[str, list] = {name: [] for name in paths}
     for _ in range(chunks):
@@ -128,8 +131,8 @@ def _cpu(server, session, chunks: int, rounds: int = 3) -> dict[str, tuple[float
     """Per path: CPU ms per chunk of the worker's loop thread, the worker process and this process."""
 
     def sample() -> tuple[float, float, float]:
-        loop = next(iter(server.client.run(time.thread_time).values()))
-        process = next(iter(server.client.run(time.process_time).values()))
+        loop = server.client.run(time.thread_time, workers=[session.worker])[session.worker]
+        process = server.client.run(time.process_time, workers=[session.worker])[session.worker]
         return loop, process, time.process_time()
 
     paths = {
@@ -161,12 +164,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from framework import Server
 
-    with Server.local(n_workers=1, model=args.model, checkpoint_every=0, dashboard_address=":0",
+    with Server.local(n_workers=2, model=args.model, checkpoint_every=0, dashboard_address=":0",
                       adaptive=False) as server:
-        one = server.open_session(PROMPT, seed=0)
-        _paths(one, 1)  # warm-up of every path
-        paths = _paths(one, args.chunks)
-        print(f"one session, model {args.model}, 1 worker, {args.chunks} chunks per path interleaved "
+        home, elsewhere = server.workers()[:2]
+        one = server.open_session(PROMPT, seed=0, worker=home)
+        _paths(one, 1, elsewhere)  # warm-up of every path
+        paths = _paths(one, args.chunks, elsewhere)
+        print(f"one session, model {args.model}, on 1 of 2 workers, {args.chunks} chunks per path interleaved "
               "(median ms; before/after: the chunk's t_start_s/t_done_s against the client's clock):")
         stream_total = _ms([r[3] for r in paths["stream(1)"]])
         for name, rows in paths.items():
@@ -184,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {name:20s} worker loop {loop:6.2f}  worker process {process:7.2f}  client+scheduler {here:6.2f}")
         one.close()
 
-        many = [server.open_session(PROMPT, seed=1 + i) for i in range(args.sessions)]
+        many = [server.open_session(PROMPT, seed=1 + i, worker=home) for i in range(args.sessions)]
         server.client.gather([s.submit() for s in many])
 
         async def streams():
