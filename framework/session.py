@@ -457,7 +457,7 @@ class Session:
             chunk_task, self.id, index, self._worker, self._key, key[0], access_token=self._access,
             key=key, workers=[self._worker], allow_other_workers=True, pure=False,
         )
-        future = ChunkFuture(key, client, self._worker)  # the same key and state, a shorter result()
+        future = ChunkFuture(key, client, self._worker, self._access)  # the same key and state, a shorter result()
         submitted.release()
         with self._pending_lock:
             self._pending[index] = future.done_probe()

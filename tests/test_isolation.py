@@ -12,6 +12,7 @@ undisturbed run. Handing the token over on purpose gives the second client the s
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -95,6 +96,19 @@ def test_a_second_client_cannot_poll_acknowledge_take_or_close(owner, other, ref
                               pure=False)
     with pytest.raises(SessionAccessDenied):
         fut.result(timeout=60)
+    # The owner's chunk future: its result is handed to the owner only, not through the worker's
+    # short result path to a client that read the future's key from has_what.
+    mine = s.submit()
+    assert mine.result(timeout=120).index == 6
+    deadline = time.monotonic() + 30
+    while str(mine.key) not in {str(k) for k in other.client.has_what()[s.worker]}:  # the key is public
+        assert time.monotonic() < deadline, "the chunk future's key never showed in has_what"
+        time.sleep(0.1)
+    answer = other.client.sync(other.client.rpc(s.worker).turboserve_chunk_result, key=list(mine.key), timeout=1.0)
+    assert answer["status"] == "denied" and "result" not in answer
+    answer = other.client.sync(TokenRPC(other.client.rpc(s.worker), "a guess").turboserve_chunk_result,
+                               key=list(mine.key), timeout=1.0)
+    assert answer["status"] == "denied"
     # Control calls on the scheduler: refused, nothing changes.
     for op, kw in (("turboserve_close", {}), ("turboserve_pause", {}), ("turboserve_suspend", {"tier": "host"}),
                    ("turboserve_migrate", {"target": next(w for w in other.workers() if w != worker)})):

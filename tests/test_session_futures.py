@@ -27,6 +27,7 @@ from distributed.core import Status
 from framework import Chunk, Server, SessionClosed
 from framework.chunk_future import ChunkFuture
 from storage import CheckpointStore
+from workers.access import TokenRPC
 from workers.chunk_futures import CHUNK_KEY_PREFIX, RESULT_OP
 
 PROMPT = "a red fox running through snow"
@@ -140,7 +141,8 @@ def test_the_session_s_worker_hands_a_future_s_chunk_to_the_client_that_asks(ser
     assert isinstance(fut, ChunkFuture)
 
     def ask(key, timeout):
-        return server.client.sync(getattr(server.client.rpc(s.worker), RESULT_OP), key=key, timeout=timeout)
+        rpc = TokenRPC(server.client.rpc(s.worker), s.access_token)  # the session's holder only (workers.access)
+        return server.client.sync(getattr(rpc, RESULT_OP), key=key, timeout=timeout)
 
     early = ask(fut.key, 60)  # sent before the task reaches the worker, most likely
     wait([fut], timeout=60)

@@ -36,7 +36,7 @@ from distributed import get_worker
 from distributed.protocol import to_serialize
 from distributed.worker_state_machine import SecedeEvent
 
-from workers.access import TokenRPC, denied
+from workers.access import TokenRPC, allowed, denied, digest
 from workers.chunk import Chunk
 from workers.errors import CapacityExceeded, SessionClosed, SessionMoved, SessionNotFound
 from workers.session_actor import SessionActor, call_actor
@@ -130,6 +130,23 @@ RESULT_OP = "turboserve_chunk_result"
 #: Per worker: ``key -> [asyncio.Future, ...]`` of the clients waiting in :func:`serve_result`.
 _WAITERS: weakref.WeakKeyDictionary[Any, dict[Any, list[asyncio.Future]]] = weakref.WeakKeyDictionary()
 _PENDING = object()  # a waiter's result when nothing came in time
+#: Per worker: ``key -> digest`` of the access token its chunk task ran with (only a match is served).
+_OWNERS: weakref.WeakKeyDictionary[Any, dict[Any, str]] = weakref.WeakKeyDictionary()
+
+
+def _own(worker: Any, key: Any, access_token: str | None) -> None:
+    """Record whose chunk ``key`` is (forgetting keys this worker no longer holds or runs)."""
+    owners = _OWNERS.setdefault(worker, {})
+    if len(owners) > 64:
+        for old in [k for k in owners if k not in worker.data and k not in worker.state.tasks]:
+            del owners[old]
+    owners[key] = digest(access_token) if access_token else ""
+
+
+def _granted(worker: Any, key: Any, access_token: str | None) -> bool:
+    """Whether ``access_token`` is the one chunk ``key``'s task ran with (its session's)."""
+    owner = _OWNERS.get(worker, {}).get(key)
+    return owner is not None and (not owner or allowed((owner,), access_token))
 
 
 async def chunk_task(session_id: str, index: int, worker_addr: str | None, actor_key: str | None,
@@ -144,6 +161,7 @@ async def chunk_task(session_id: str, index: int, worker_addr: str | None, actor
     """
     worker = get_worker()
     key = (key_name, int(index))
+    _own(worker, key, kwargs.get("access_token"))
     chunk: Chunk | None = None
     try:
         chunk = await fetch_chunk(session_id, index, worker_addr, actor_key, key_name, *args, **kwargs)
@@ -156,8 +174,11 @@ async def chunk_task(session_id: str, index: int, worker_addr: str | None, actor
     return chunk
 
 
-async def serve_result(worker: Any, key: Any, timeout: float) -> dict[str, Any]:
+async def serve_result(worker: Any, key: Any, timeout: float, access_token: str | None = None) -> dict[str, Any]:
     """Worker handler of :data:`RESULT_OP`: the result of chunk future ``key`` once this worker has it.
+
+    Only for the caller with the session's ``access_token`` (the one the key's task ran
+    with, :mod:`workers.access`); anyone else gets ``{"status": "denied"}`` and no data.
 
     Answers ``{"status": "OK", "result": chunk}`` as soon as the key's task on this
     worker returns (at once when its data is here already), ``{"status": "elsewhere"}``
@@ -168,6 +189,8 @@ async def serve_result(worker: Any, key: Any, timeout: float) -> dict[str, Any]:
     """
     key = (str(key[0]), int(key[1]))
     if key in worker.data:
+        if not _granted(worker, key, access_token):
+            return {"status": "denied"}
         return {"status": "OK", "result": to_serialize(worker.data[key])}
     loop = asyncio.get_running_loop()
     waiter = loop.create_future()
@@ -187,4 +210,6 @@ async def serve_result(worker: Any, key: Any, timeout: float) -> dict[str, Any]:
         return {"status": "pending"}
     if chunk is None:
         return {"status": "elsewhere"}
+    if not _granted(worker, key, access_token):
+        return {"status": "denied"}
     return {"status": "OK", "result": to_serialize(chunk)}

@@ -136,10 +136,10 @@ class ModelHost(WorkerPlugin):
 
         return await handle_group(self.worker, action, group_id, **kw)
 
-    async def _handle_result(self, key: Any, timeout: float) -> dict[str, Any]:
+    async def _handle_result(self, key: Any, timeout: float, access_token: str | None = None) -> dict[str, Any]:
         from workers.chunk_futures import serve_result
 
-        return await serve_result(self.worker, key, timeout)
+        return await serve_result(self.worker, key, timeout, access_token)
 
     def teardown(self, worker: Any) -> None:
         """Stop every engine (their threads end after the current step)."""
