@@ -109,7 +109,7 @@ def test_a_streaming_session_goes_to_degree_4_on_four_workers_and_back_with_the_
 
     net = StreamingVideoModel.from_pretrained(packaged_weights("tiny-trained"), preset="tiny-trained", num_threads=1)
     state = net.new_session(PROMPT, 3)
-    expected = [net.step([state])[0] for _ in range(6)]
+    expected = [net.step([state])[0] for _ in range(7)]
 
     with Server.local(n_workers=4, model="tiny-trained", store=str(tmp_path), checkpoint_every=4,
                       dashboard_address=":0") as server:
@@ -124,8 +124,8 @@ def test_a_streaming_session_goes_to_degree_4_on_four_workers_and_back_with_the_
         (group,) = [row for row in server.parallelism() if row["degree"] == 4]
         assert group["leader"] == home and sorted(group["workers"]) == sorted(workers)
         assert [f["workers"][0] for f in merged["formed"]] == [home]
-        chunks.append(pending.result(timeout=180))
-        chunks += list(s.stream(1))
+        chunks.append(pending.result(timeout=180))  # at degree 1 or 4: the merge waits for a chunk boundary
+        chunks += list(s.stream(2))  # at degree 4
         pending = s.submit()
         (done,) = server.set_parallelism(1, workers)["split"]
         assert done["broken"] is None and done["steps"] >= 2, done
@@ -133,7 +133,7 @@ def test_a_streaming_session_goes_to_degree_4_on_four_workers_and_back_with_the_
         chunks.append(pending.result(timeout=180))
         chunks += list(s.stream(1))
         s.close()
-    assert [c.index for c in chunks] == list(range(6)), "indices contiguous, none lost or repeated"
+    assert [c.index for c in chunks] == list(range(7)), "indices contiguous, none lost or repeated"
     for c, e in zip(chunks, expected):
         diff = np.abs(c.frames.astype(np.int16) - e.astype(np.int16)).max()
         assert diff <= 1, f"chunk {c.index} differs by {diff} uint8 levels from the uninterrupted degree-1 run"
