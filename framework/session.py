@@ -193,7 +193,7 @@ class Session:
 
     def _actor_failure(self, exc: BaseException) -> BaseException | None:
         """What an error from the session's actor means: None (relocate) or the error to raise."""
-        if isinstance(exc, (SessionMoved, KeyError, OSError)):
+        if isinstance(exc, (SessionMoved, KeyError, OSError)) or _pool_closed(exc):
             return None
         if isinstance(exc, SessionClosed):
             if self._closing or self._closed:
@@ -636,3 +636,14 @@ class Session:
         ``close-unconfirmed`` says so and a warning is logged.
         """
         self._sync(self.aclose)
+
+
+def _pool_closed(exc: BaseException) -> bool:
+    """Whether ``exc`` is Dask's bare ``RuntimeError`` of a closed connection pool.
+
+    ``ConnectionPool.connect`` raises it when the pool of the process making the call
+    was closed: the session's worker shutting down (an autoscaler or the cluster
+    closing it) while it served the call. That worker is going away, not the session:
+    relocate, as for a worker that died (issue 13: the chaos suite lost a session to it).
+    """
+    return type(exc) is RuntimeError and "ConnectionPool is closed" in str(exc)

@@ -38,7 +38,7 @@ import uuid
 from typing import Any
 
 from distributed import get_worker
-from distributed.core import send_recv
+from distributed.core import Status, send_recv
 from distributed.protocol import deserialize, to_serialize
 from distributed.protocol.serialize import Serialized
 
@@ -62,6 +62,8 @@ MAX_EVENTS = 256
 
 #: Worker RPC op that runs a session actor's method (see :func:`handle_call`).
 CALL_OP = "turboserve_call"
+#: Worker states in which an engine error is the session's own (not the worker shutting down).
+RUNNING = (Status.init, Status.running, Status.paused)
 #: Seconds a call to a session actor's worker (from the scheduler or another worker)
 #: waits for a connection before it fails (see :class:`BoundedRPC`).
 ACTOR_CONNECT_TIMEOUT_S = 5.0
@@ -228,7 +230,15 @@ class SessionActor:
         self._loop.call_soon_threadsafe(self._on_item, item)
 
     def _on_item(self, item: Chunk | BaseException) -> None:
-        if isinstance(item, BaseException):
+        if isinstance(item, BaseException) and self._worker.status not in RUNNING:
+            # The worker is shutting down (an autoscaler or cluster closing it): its engine
+            # stops, or its RPC pool closes, under the step. Not the session's failure: the
+            # client relocates, and the registry restores the session from its checkpoint
+            # once the worker has left (issue 13).
+            self._error = SessionMoved(f"session {self.session_id!r}: worker {self._worker.address} is shutting "
+                                       f"down ({self._worker.status.name}; the step ended with {item!r})")
+            self._attached = False
+        elif isinstance(item, BaseException):
             self._error = item
             self._attached = False
             self._record("failed", chunk=self._next, why=f"the engine could not run it: {item!r}")
