@@ -24,8 +24,15 @@ class                       fault
 ``bad-cli``                 invalid command lines (``framework.cli.main``, in process)
 ==========================  ==========================================================
 
-A nanny restarts every killed worker; the next fault waits until three workers serve
-again. Every chunk a client received is compared with the model's own uninterrupted
+The control loop runs, as users run it (``Server.local`` starts it with the load-driven
+autoscaler), with its minimum set to the suite's three workers
+(``turboserve.autoscale.minimum``), so it never scales below the workers the faults
+target; it may add a worker while a killed one restarts and retire the extra one
+later. Victims, targets and named workers are picked only among *serving* workers: in
+the scheduler, not draining (by ``drain()`` or a retirement of the loop) and not still
+loading their model. A nanny restarts every killed worker; the next fault waits until
+three workers serve again (the autoscaler, not the suite, replaces a worker the cluster
+closed). Every chunk a client received is compared with the model's own uninterrupted
 run of the session's prompt and seed. Printed per class: faults injected, sessions lost
 (a stream or control call that ended in an error other than the fault's own typed
 refusal, or a hang past its bound), chunks lost, duplicated, frames that differ from the
@@ -153,27 +160,27 @@ class Chaos:
         timer.start()
         return timer
 
+    def serving(self) -> list[str]:
+        """Workers that take sessions now: in the scheduler, not draining or retiring, model loaded."""
+        return sorted(self.server.client.run_on_scheduler(_serving))
+
     def others(self, worker: str | None) -> list[str]:
-        return [w for w in self.server.workers() if w != worker]
+        return [w for w in self.serving() if w != worker]
 
     def settle(self) -> str:
-        """Wait until every worker serves again; returns a note when the cluster had to be scaled back.
+        """Wait until ``N_WORKERS`` workers serve; returns a note when that took long or did not happen.
 
-        A nanny restarts a killed worker, but Dask's ``SpecCluster`` sometimes closes the
-        restarted one (issue 13, item 6: workers lost for good); the suite then scales
-        the cluster back to three workers and says so.
+        A nanny restarts a killed worker, and the autoscaler (minimum ``N_WORKERS``)
+        replaces one the cluster closed for good (issue 13, item 6); a worker the control
+        loop is retiring does not count.
         """
-        note = ""
-        deadline = time.monotonic() + JOIN_S
-        while len(self.server.workers()) < N_WORKERS and time.monotonic() < deadline:
-            cluster = self.server.cluster
-            if cluster is not None and len(cluster.workers) < N_WORKERS:
-                cluster.scale(N_WORKERS)
-                note = f"the cluster had closed a restarted worker: scaled back to {N_WORKERS}; "
+        t0 = time.monotonic()
+        while len(self.serving()) < N_WORKERS and time.monotonic() < t0 + JOIN_S:
             time.sleep(0.5)
-        if len(self.server.workers()) < N_WORKERS:
-            note += f"only {len(self.server.workers())} workers came back in {JOIN_S:.0f} s; "
-        return note
+        n, waited = len(self.serving()), time.monotonic() - t0
+        if n < N_WORKERS:
+            return f"only {n} serving workers after {JOIN_S:.0f} s; "
+        return f"waited {waited:.0f} s for {N_WORKERS} serving workers; " if waited > 30 else ""
 
     def score(self, out: Outcome, seed: int, chunks: list[Any], n: int, error: BaseException | None,
               waits: list[float]) -> None:
@@ -305,7 +312,7 @@ class Chaos:
             what = "suspend"
         else:  # the worker it resumes on dies while the state comes back
             s.suspend(to="disk")
-            victim = self.rng.choice(self.server.workers())
+            victim = self.rng.choice(self.serving())
             timer = self.kill_at(victim, delay)
             step_error, took, hung = self.call(lambda: s.resume(worker=victim))
             timer.join()
@@ -319,7 +326,7 @@ class Chaos:
 
     def kill_drain(self, i: int) -> Outcome:
         out = Outcome("kill-drain")
-        victim = self.rng.choice(self.server.workers())
+        victim = self.rng.choice(self.serving())
         opened = [self.open(worker=victim) for _ in range(2)]
         readers = [Reader(s, 6) for s, _ in opened]
         for r in readers:
@@ -337,7 +344,7 @@ class Chaos:
                        r.waits)
         if hung:
             out.lost_sessions += 1
-        self.server.client.run_on_scheduler(_undrain, worker=victim)
+        self.server.client.run_on_scheduler(_undrain, worker=victim)  # unless the loop retires it meanwhile
         out.note += (f"{'the drained worker' if killed == victim else 'another worker'} killed "
                      f"{delay * 1e3:.0f} ms into drain(): {'returned' if error is None else type(error).__name__} "
                      f"after {took:.2f} s")
@@ -498,9 +505,23 @@ class Chaos:
 
 
 def _undrain(dask_scheduler: Any, worker: str) -> None:
+    """Put a worker the suite drained back in service, unless the control loop retires it."""
     from framework.registry import PLUGIN_NAME
 
-    dask_scheduler.plugins[PLUGIN_NAME].undrain(worker)
+    plugin = dask_scheduler.plugins[PLUGIN_NAME]
+    if plugin.loop is None or worker not in plugin.loop.retiring:
+        plugin.undrain(worker)
+
+
+def _serving(dask_scheduler: Any) -> list[str]:
+    """The workers placement may use now (see ``Chaos.serving``)."""
+    from framework.registry import PLUGIN_NAME
+
+    plugin = dask_scheduler.plugins[PLUGIN_NAME]
+    out = set(dask_scheduler.workers) - set(plugin.admission.draining) - set(plugin.warming())
+    if plugin.loop is not None:
+        out -= set(plugin.loop.retiring)
+    return sorted(out)
 
 
 def _config(key: str) -> Any:
@@ -561,7 +582,9 @@ def run(faults: int, seed: int = 0, classes: tuple[str, ...] = LIVE_CLASSES, bad
     try:
         # A worker restarted by its nanny may take longer than Dask's default 15 s to
         # register on a loaded machine (issue 13, item 6): give it time to come back.
-        with dask.config.set({"distributed.deploy.lost-worker-timeout": "120s"}), Server.local(
+        # The control loop stays on (as users run it), never below the workers the faults target.
+        with dask.config.set({"distributed.deploy.lost-worker-timeout": "120s",
+                              "turboserve.autoscale.minimum": N_WORKERS}), Server.local(
             n_workers=N_WORKERS, model="tiny", store=str(store), checkpoint_every=1, dashboard_address=None,
             settings={"max_sessions_per_worker": 8},
         ) as server:

@@ -6,6 +6,8 @@ CLI input, on a LocalCluster of three CPU workers. No session may be lost, no ch
 lost or repeated, no frame differ from an uninterrupted run; every bad input must be a
 typed error (API) or exit status 2 without a traceback (CLI); every wait is bounded
 by the suite's bound; and the server serves a new session bit-identically at the end.
+The control loop runs as users run it (on by default in ``Server.local``), its
+autoscaler's minimum at the suite's three workers.
 """
 
 from __future__ import annotations
