@@ -98,7 +98,7 @@ class Row:
 
 
 def _engine_counts(server) -> dict[str, tuple[int, int, float]]:
-    from workers.plugin import get_host
+    from workers.host_lookup import get_host
 
     def counts(dask_worker):
         m = get_host(dask_worker).metrics().get("tiny")
@@ -115,7 +115,7 @@ def _deltas(before: dict, after: dict, workers: list[str]) -> tuple[int, int, fl
 
 def _wait_idle(server, workers: list[str], timeout: float = 120.0) -> None:
     """Until the engines of ``workers`` have nothing left to make (chunks made ahead included)."""
-    from workers.plugin import get_host
+    from workers.host_lookup import get_host
 
     def idle(dask_worker):
         engine = get_host(dask_worker)._engines.get("tiny")

@@ -10,7 +10,7 @@ import pytest
 
 from framework import Server
 from kernels.model import StreamingVideoModel
-from workers.plugin import get_host
+from workers.host_lookup import get_host
 from workers.session_actor import call_actor
 
 PROMPT = "a red fox running through snow"

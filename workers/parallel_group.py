@@ -287,7 +287,7 @@ async def handle_group(worker: Any, action: str, group_id: str, **kw: Any) -> di
 
 
 async def _dispatch(worker: Any, action: str, group_id: str, **kw: Any) -> Any:
-    from workers.plugin import get_host
+    from workers.host_lookup import get_host
 
     roles = _roles(worker)
     if action == "port":  # the leader hosts the group's rendezvous store

@@ -2,7 +2,7 @@
 
 Registered by the :class:`framework.Server` with ``client.register_plugin``; Dask runs
 :meth:`ModelHost.setup` on every current and future worker. Session actors find the
-host of their worker with :func:`get_host`.
+host of their worker with :func:`workers.host_lookup.get_host`.
 
 Dask counts a worker as running as soon as it registers, before this plugin has loaded
 its model. Once the default model is loaded, :meth:`ModelHost.setup` logs an event on
@@ -29,11 +29,10 @@ from distributed import WorkerPlugin
 from workers.chunk import Chunk
 from workers.engine import Engine, EngineMetrics, EngineSettings, StepPlan
 from workers.errors import UnknownModel
+from workers.host_lookup import EXTENSION
 
 logger = logging.getLogger(__name__)
 
-#: Name under which the host sits in ``worker.extensions``.
-EXTENSION = "turboserve"
 #: Stream-handler op on the scheduler that receives per-step chunk metrics.
 METRICS_OP = "turboserve-chunks"
 #: Event topic (``worker.log_event``) of a worker whose default model is loaded.
@@ -233,18 +232,3 @@ def _shadow_guard() -> None:
         if root not in sys.path:
             sys.path.append(root)
         importlib.invalidate_caches()
-
-
-def get_host(worker: Any = None) -> ModelHost:
-    """The :class:`ModelHost` of ``worker`` (default: the current worker)."""
-    if worker is None:
-        from distributed import get_worker
-
-        worker = get_worker()
-    try:
-        return worker.extensions[EXTENSION]
-    except KeyError:
-        raise RuntimeError(
-            f"worker {worker.address} has no turboserve ModelHost plugin; "
-            "attach with framework.Server(...) which registers it"
-        ) from None

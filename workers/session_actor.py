@@ -49,7 +49,7 @@ from workers.chunk import Chunk
 from workers.encryption import P2P_UNDER_TLS, encrypted
 from workers.engine import Detached
 from workers.errors import InvalidRequest, SessionClosed, SessionMoved, TransferError
-from workers.plugin import get_host
+from workers.host_lookup import get_host
 from workers.transfer import WireState
 
 logger = logging.getLogger(__name__)
