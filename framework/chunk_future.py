@@ -1,7 +1,7 @@
 """The client's half of a chunk future: a :class:`distributed.Future` whose result comes straight from its worker.
 
 :meth:`framework.Session.submit` returns a :class:`ChunkFuture`: the future of the task
-:func:`workers.chunk_futures.chunk_task` (key ``("turboserve-chunk-<session>-<handle>",
+:func:`workers.chunk_futures.chunk_task` (key ``("turboserve-chunk-<handle>-<session>",
 index)``), a :class:`distributed.Future` in every way Dask looks at one: the scheduler
 tracks its key, ``wait``, ``as_completed``, ``client.gather``, ``client.submit``,
 ``cancel`` and ``release`` work as for any future, and the chunk shows in the task stream.

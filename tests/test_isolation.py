@@ -54,7 +54,7 @@ def _actor_key(client: Client, session_id: str) -> tuple[str, str]:
     """What any client can learn of a session's actor without its token: (worker, key) from has_what."""
     for worker, keys in client.has_what().items():
         for key in keys:
-            if str(key).startswith(f"turboserve-session-{session_id}-"):
+            if str(key).startswith("turboserve-session-") and f"-{session_id}-" in str(key):  # session_mechanisms.actor_key
                 return worker, str(key)
     raise AssertionError(f"no actor of {session_id} in has_what")
 

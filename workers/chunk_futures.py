@@ -56,8 +56,19 @@ def _sizeof_chunk(chunk: Chunk) -> int:
 
 
 def chunk_key(session_id: str, token: str, index: int) -> tuple[str, int]:
-    """The Dask key of chunk ``index`` of a session, as submitted by the handle ``token``."""
-    return (f"{CHUNK_KEY_PREFIX}-{session_id}-{token}", int(index))
+    """The Dask key of chunk ``index`` of a session, as submitted by the handle ``token``.
+
+    ``token`` (8 hex digits) comes before the session id: Dask groups keys by the words
+    before the first one with a digit or of 8 hex digits (``dask.utils.key_split``), and
+    that group is a label of the scheduler's ``/metrics``; so every chunk future is in
+    the one group ``turboserve-chunk`` and no session id (a word, when the opener gave
+    it) becomes a label.
+
+    >>> from dask.utils import key_split
+    >>> key_split(chunk_key("redfox", "0a1b2c3d", 4))
+    'turboserve-chunk'
+    """
+    return (f"{CHUNK_KEY_PREFIX}-{token}-{session_id}", int(index))
 
 
 def _secede(worker: Any, key: Any) -> None:
