@@ -146,6 +146,27 @@ def test_state_crosses_processes_bit_exact(peer):
     assert stats.n_messages == 1 + 5
 
 
+def test_the_sender_listens_only_on_the_rendezvous_host(peer):
+    """The store is on the sender's own address (its Dask address), not on every interface."""
+    rdv = Rendezvous.new("gloo")  # 127.0.0.1
+    with cf.ThreadPoolExecutor(max_workers=1) as pool:
+        sent = pool.submit(send_state, make_state(2), rendezvous=rdv, timeout=JOIN_TIMEOUT_S)
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while True:  # until the sender listens
+            try:
+                socket.create_connection(("127.0.0.1", rdv.port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the sender never listened"
+                time.sleep(0.05)
+        # Another address of this machine: taken too if the store listened on all interfaces.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+            other.bind(("127.0.0.2", rdv.port))
+        received = peer.submit(peer_recv, rdv)
+        assert received.result(timeout=60)[0].equal(make_state(2))
+        assert sent.result(timeout=60).nbytes == make_state(2).nbytes
+
+
 def test_two_transfers_in_a_row_each_way_leak_no_descriptors_or_threads(peer):
     # The first group of a process opens gloo's lasting resources; count after it.
     def one_round(seed: int) -> None:

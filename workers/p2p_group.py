@@ -46,7 +46,7 @@ class Rendezvous:
     ----------
     host
         An address of the *sender's* machine that the receiver can reach: the sender
-        hosts the ``TCPStore`` there (it listens on all interfaces).
+        hosts the ``TCPStore`` there (it listens on that address only).
     port
         A free TCP port on that machine (see :func:`free_port`).
     backend
@@ -74,6 +74,25 @@ class Rendezvous:
     def new(cls, backend: str = "gloo", *, host: str = "127.0.0.1", transfer_id: str | None = None) -> "Rendezvous":
         """A rendezvous on a free port of ``host`` (call it on the sender's machine)."""
         return cls(host=host, port=free_port(host), backend=backend, transfer_id=transfer_id or uuid.uuid4().hex)
+
+
+def _listen_fd(host: str, port: int) -> int:
+    """A socket listening on ``host:port`` only, handed over (the store closes it).
+
+    ``TCPStore`` alone would listen on every interface of the sender's machine; on its
+    own address (the worker's Dask address) the store is reachable where the worker is
+    and nowhere else (issue 13, isolation).
+    """
+    family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -225,8 +244,10 @@ class P2PGroup:
         if not sender:
             self._wait_for_listener(time.monotonic() + self.timeout_s)
         try:
+            listen_fd = _listen_fd(r.host, int(r.port)) if sender else None
             self._store = dist.TCPStore(
-                r.host, int(r.port), world_size=2, is_master=sender, timeout=self._timeout, wait_for_workers=False
+                r.host, int(r.port), world_size=2, is_master=sender, timeout=self._timeout, wait_for_workers=False,
+                master_listen_fd=listen_fd,
             )
         except (RuntimeError, OSError) as exc:
             hint = (
