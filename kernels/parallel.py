@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from .model import StreamingVideoModel
+from .rendezvous_store import open_store
 from .state import SessionState
 from .ulysses import DEFAULT_TIMEOUT_S, HeadExchange, check_degree, sequence_parallel
 
@@ -168,7 +169,7 @@ def connect_group(
     joined; raises ``RuntimeError`` after ``timeout_s``.
     """
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(host, int(port), world_size=degree, is_master=rank == 0, timeout=timeout)
+    store = open_store(host, int(port), world_size=degree, is_master=rank == 0, timeout=timeout)  # on host only
     prefixed = dist.PrefixStore(f"turboserve/parallel/{group_id}", store)
     if backend == "gloo":
         pg = dist.ProcessGroupGloo(prefixed, rank, degree, timeout)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
+from kernels.rendezvous_store import open_store
 from workers.errors import TransferError
 
 logger = logging.getLogger("workers.p2p")  # the transport's one logger, as before the split
@@ -74,25 +75,6 @@ class Rendezvous:
     def new(cls, backend: str = "gloo", *, host: str = "127.0.0.1", transfer_id: str | None = None) -> "Rendezvous":
         """A rendezvous on a free port of ``host`` (call it on the sender's machine)."""
         return cls(host=host, port=free_port(host), backend=backend, transfer_id=transfer_id or uuid.uuid4().hex)
-
-
-def _listen_fd(host: str, port: int) -> int:
-    """A socket listening on ``host:port`` only, handed over (the store closes it).
-
-    ``TCPStore`` alone would listen on every interface of the sender's machine; on its
-    own address (the worker's Dask address) the store is reachable where the worker is
-    and nowhere else (issue 13, isolation).
-    """
-    family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(64)
-    except OSError:
-        sock.close()
-        raise
-    return sock.detach()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -244,10 +226,8 @@ class P2PGroup:
         if not sender:
             self._wait_for_listener(time.monotonic() + self.timeout_s)
         try:
-            listen_fd = _listen_fd(r.host, int(r.port)) if sender else None
-            self._store = dist.TCPStore(
-                r.host, int(r.port), world_size=2, is_master=sender, timeout=self._timeout, wait_for_workers=False,
-                master_listen_fd=listen_fd,
+            self._store = open_store(  # on the sender's address only, not every interface
+                r.host, int(r.port), world_size=2, is_master=sender, timeout=self._timeout, wait_for_workers=False
             )
         except (RuntimeError, OSError) as exc:
             hint = (
