@@ -121,8 +121,12 @@ def test_adopt_registers_recorded_sessions_suspended_at_their_checkpoint(tmp_pat
 def test_sessions_come_back_from_the_store_with_the_same_frames_after_a_scheduler_restart(tmp_path, reference):
     port, store = _free_port(), tmp_path / "state"
     procs = _start_cluster(port)
+    servers: list[Server] = []  # their clients are closed before the cluster is killed: a client left
+    # reconnecting to a dead scheduler closes itself 120 s later and leaves dask's global scheduler
+    # set to 'dask.distributed' for the tests that run after this one
     try:
         server = _attach(port, store)
+        servers.append(server)
         a = server.open_session(PROMPT, seed=21)  # its handle streams on through the restart
         d = server.open_session(PROMPT, seed=24)  # handed to a new Server with its token
         # A checkpoint is written once the client acknowledged the chunks before it, which its next
@@ -141,6 +145,7 @@ def test_sessions_come_back_from_the_store_with_the_same_frames_after_a_schedule
             _kill(proc)
         procs = _start_cluster(port)  # the same address: the old client reconnects (within its timeout)
         again = _attach(port, store)
+        servers.append(again)
 
         listed = {r["id"]: r for r in again.sessions(include_closed=True)}
         assert set(listed) == {a.id, b.id, d.id}, listed  # c was closed
@@ -172,8 +177,11 @@ def test_sessions_come_back_from_the_store_with_the_same_frames_after_a_schedule
         for s in (a, b2, d2):
             s.close()
         assert again.sessions() == []
-        again.close()
-        server.client.close()
     finally:
+        for srv in reversed(servers):  # the newest first: each client restores the dask config it found
+            try:
+                srv.close()
+            finally:
+                srv.client.close(timeout=10)
         for proc in procs:
             _kill(proc)
