@@ -11,11 +11,15 @@ access_token=...)``) resumes it from that checkpoint on a worker; generation is
 deterministic, so the chunks after it are the frames an undisturbed run makes. What is
 lost is listed in ``docs/RELIABILITY.md`` ("A new scheduler adopts the sessions ...").
 
-Plain functions over plain records; the store calls block (run them in a thread).
+:func:`document` and :func:`adopt` are plain functions over plain records whose store calls
+block; :class:`OpenSessions` is what the scheduler plugin holds: the index of its store,
+written at open and close and read at start, in a thread, a failure logged (the session
+serves on; only its adoption after a scheduler loss is at stake).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -77,3 +81,52 @@ def adopt(index: Any, store: Any, fps: float, known: Any = ()) -> list[SessionRe
         rec.note("adopted", from_chunk=chunk, why=f"a new scheduler found it open in {store.url}")
         records.append(rec)
     return records
+
+
+class OpenSessions:
+    """The scheduler plugin's record of its open sessions in the store at ``url``.
+
+    :meth:`adopt` (at the plugin's start) opens the store's
+    :class:`~storage.session_index.SessionIndex` and returns the sessions a previous
+    scheduler left open; :meth:`put` (at open) and :meth:`remove` (at close) keep it.
+    Every call runs in a thread; a failure is logged and changes nothing else (a
+    put or remove before a successful :meth:`adopt` is skipped: no index is open).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.index: Any = None  # the SessionIndex, once adopt() opened it
+
+    async def adopt(self, fps: float, known: Any = ()) -> list[SessionRecord]:
+        """The records of the sessions a previous scheduler left open (see :func:`adopt`); none on a failure."""
+        from storage import CheckpointStore
+        from storage.session_index import SessionIndex
+
+        def read() -> list[SessionRecord]:
+            self.index = SessionIndex(self.url)
+            return adopt(self.index, CheckpointStore(self.url), fps, known)
+
+        try:
+            return await asyncio.to_thread(read)
+        except Exception:
+            logger.warning("could not read the open sessions recorded in %s; none adopted", self.url, exc_info=True)
+            return []
+
+    async def put(self, rec: SessionRecord) -> None:
+        """Record an opened session, for a scheduler that comes after this one."""
+        if self.index is None:
+            return
+        try:
+            await asyncio.to_thread(self.index.put, document(rec))
+        except Exception:
+            logger.warning("could not record session %s in %s: a new scheduler would not adopt it",
+                           rec.session_id, self.index, exc_info=True)
+
+    async def remove(self, session_id: str) -> None:
+        """Forget a closed session: a new scheduler must not bring it back."""
+        if self.index is None:
+            return
+        try:
+            await asyncio.to_thread(self.index.remove, session_id)
+        except Exception:
+            logger.warning("could not remove session %s from %s", session_id, self.index, exc_info=True)

@@ -115,7 +115,7 @@ class TurboserveScheduler(SchedulerPlugin):
         self.groups: ParallelGroups | None = None  # parallel groups of workers (issue 10)
         self.admission: Admission | None = None  # where a session may start; draining workers
         self.recovery: Recovery | None = None  # sessions whose state was lost come back from checkpoints
-        self.index: Any = None  # storage.session_index.SessionIndex of the open sessions (with a store)
+        self.open_sessions: adoption.OpenSessions | None = None  # in the store, for a next scheduler
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
         self._adaptive_seen: float | None = None  # wall time of the autoscaler's last poll
@@ -173,28 +173,13 @@ class TurboserveScheduler(SchedulerPlugin):
             self._worker_joined(worker)
         for _, msg in scheduler.get_events(READY_TOPIC):  # reported before this plugin came
             self.warmup.ready(msg.get("worker"))
-        if self.settings.store:
+        if self.settings.store:  # the sessions a previous scheduler on this store left open come back
+            self.open_sessions = adoption.OpenSessions(self.settings.store)
             await self._adopt()
 
     async def _adopt(self) -> None:
-        """Open the store's session index and register the sessions a previous scheduler left open.
-
-        They come back suspended to disk (:func:`framework.adoption.adopt`); a failure to read
-        the index is logged and leaves the registry empty (the checkpoints stay on disk).
-        """
-        from storage import CheckpointStore
-        from storage.session_index import SessionIndex
-
-        def read() -> list[SessionRecord]:
-            self.index = SessionIndex(self.settings.store)
-            return adoption.adopt(self.index, CheckpointStore(self.settings.store), self.settings.fps, self.registry)
-
-        try:
-            adopted = await asyncio.to_thread(read)
-        except Exception:
-            logger.warning("could not read the open sessions recorded in %s; none adopted", self.settings.store,
-                           exc_info=True)
-            return
+        """Register the sessions a previous scheduler left open: suspended to disk (:mod:`framework.adoption`)."""
+        adopted = await self.open_sessions.adopt(self.settings.fps, self.registry)
         for rec in adopted:
             self.registry.add(rec)
         if adopted:
@@ -342,7 +327,8 @@ class TurboserveScheduler(SchedulerPlugin):
                 self._forget_closed()
                 raise
             self._set(rec, SessionStatus.ACTIVE)
-            await self._index_put(rec)
+            if self.open_sessions is not None:
+                await self.open_sessions.put(rec)
             return {**self._location(rec), "access_token": access_token}
 
     async def locate(self, session_id: str, wake: bool = True, timeout: float = 120.0) -> dict[str, Any]:
@@ -465,11 +451,8 @@ class TurboserveScheduler(SchedulerPlugin):
             self.actors.forget(session_id)
             if self.settings.store:
                 await asyncio.to_thread(self.actors.forget_checkpoint, rec)
-            if self.index is not None:
-                try:
-                    await asyncio.to_thread(self.index.remove, session_id)
-                except Exception:
-                    logger.warning("could not remove session %s from %s", session_id, self.index, exc_info=True)
+            if self.open_sessions is not None:
+                await self.open_sessions.remove(session_id)
             rec.worker, rec.tier = None, None
             self._set(rec, SessionStatus.CLOSED)
             self._forget_closed()
@@ -721,16 +704,6 @@ class TurboserveScheduler(SchedulerPlugin):
             lock = self._locks.get(sid)
             if lock is not None and not lock.locked():
                 del self._locks[sid]
-
-    async def _index_put(self, rec: SessionRecord) -> None:
-        """Record an opened session in the store's index, for a scheduler that comes after this one."""
-        if self.index is None:
-            return
-        try:
-            await asyncio.to_thread(self.index.put, adoption.document(rec))
-        except Exception:  # the session serves on; only its adoption after a scheduler loss is at stake
-            logger.warning("could not record session %s in %s: a new scheduler would not adopt it",
-                           rec.session_id, self.index, exc_info=True)
 
     def _lock(self, session_id: str) -> asyncio.Lock:
         lock = self._locks.get(session_id)
