@@ -312,10 +312,22 @@ class ParallelGroups:
     # ------------------------------------------------------------ transformations
 
     async def _call(self, worker: str, action: str, group_id: str, **kw: Any) -> Any:
-        resp = await asyncio.wait_for(
-            getattr(self.scheduler.rpc(worker), GROUP_OP)(action=action, group_id=group_id, **kw),
-            self.timeout_s + 30,
-        )
+        """One group message to ``worker``; a worker that went away or never answers is a TransferError.
+
+        A bare ``CommClosedError`` must not leave a scheduler handler: Dask's server takes
+        it for the *caller's* connection closing and drops that connection (seen in the
+        chaos suite: the leader SIGKILLed during ``set_parallelism``).
+        """
+        bound = self.timeout_s + 30
+        try:
+            resp = await asyncio.wait_for(
+                getattr(self.scheduler.rpc(worker), GROUP_OP)(action=action, group_id=group_id, **kw), bound)
+        except asyncio.TimeoutError:
+            raise TransferError(f"worker {worker} did not answer {action!r} of group {group_id!r} "
+                                f"within {bound:.0f} s (turboserve.control.group-timeout + 30 s)") from None
+        except OSError as exc:  # CommClosedError and other connection failures
+            raise TransferError(f"worker {worker} went away during {action!r} of group {group_id!r} "
+                                f"({exc!r})") from exc
         if resp.get("status") != "OK":
             raise _unwrap(resp.get("exception"))
         return _unwrap(resp.get("result"))
