@@ -15,24 +15,26 @@ from __future__ import annotations
 import pytest
 
 from experiments import chaos
+from experiments.chaos_faults import JOIN_S, Outcome
 
 
 def test_the_live_faults_go_round_robin_over_the_classes():
-    planned = chaos.plan(10)
-    assert [name for name, _ in planned[:8]] == list(chaos.LIVE_CLASSES)
-    assert planned[8:] == [("kill-stream", 1), ("kill-migrate-target", 1)]
+    planned = chaos.plan(11)
+    assert [name for name, _ in planned[:9]] == list(chaos.LIVE_CLASSES)
+    assert planned[9:] == [("kill-stream", 1), ("kill-migrate-target", 1)]
     assert chaos.plan(3, ("kill-drain",)) == [("kill-drain", 0), ("kill-drain", 1), ("kill-drain", 2)]
 
 
 def test_the_summary_adds_up_each_class_and_keeps_the_longest_gap():
     rows = chaos.summarize([
-        chaos.Outcome("kill-stream", sessions=1, lost_chunks=2, gap_s=1.5),
-        chaos.Outcome("bad-api", refused_ok=1),
-        chaos.Outcome("kill-stream", sessions=1, duplicated=1, gap_s=0.5),
+        Outcome("kill-stream", sessions=1, lost_chunks=2, gap_s=1.5),
+        Outcome("bad-api", refused_ok=1),
+        Outcome("kill-stream", sessions=1, duplicated=1, near=2, gap_s=0.5),
     ])
     assert [r["class"] for r in rows] == ["kill-stream", "bad-api"]
     assert rows[0] == {"class": "kill-stream", "faults": 2, "sessions": 2, "lost": 0, "chunks lost": 2,
-                      "duplicated": 1, "frames differ": 0, "longest gap s": 1.5, "refused ok": 0}
+                      "duplicated": 1, "frames differ": 0, "off 1 level": 2, "longest gap s": 1.5,
+                      "refused ok": 0}
     table = chaos.format_table(rows)
     assert table.splitlines()[0].split()[:2] == ["class", "faults"] and "1.50" in table
 
@@ -51,7 +53,7 @@ def test_the_chaos_suite_loses_nothing():
         row = rows[name]
         assert row["faults"] == 3 and row["sessions"] >= 3, row
         assert (row["lost"], row["chunks lost"], row["duplicated"], row["frames differ"]) == (0, 0, 0, 0), row
-        assert row["longest gap s"] < chaos.JOIN_S, row
+        assert row["longest gap s"] < JOIN_S, row
     for name in ("bad-api", "bad-cli"):
         assert rows[name]["refused ok"] == rows[name]["faults"], [o.note for o in outcomes if o.fault == name]
     after = rows["serving after"]
