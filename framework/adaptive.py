@@ -8,6 +8,11 @@ sessions (actors die with their worker). :class:`SessionAdaptive` asks the contr
 - :meth:`SessionAdaptive.target` is the autoscaling policy's latest ``ScaleTo``;
 - :meth:`SessionAdaptive.workers_to_close` offers only workers the policy chose with
   ``Retire`` and that the runtime has drained (sessions migrated or suspended away).
+  Each worker offered is *claimed*: no session is placed on it from then on (Dask closes
+  it an RPC and an ``await`` later, in ``scale_down``). The claims Dask does not use in
+  that round (``wait_count`` asks for several offers in a row) are given back at once,
+  the others once ``scale_down`` returned (:meth:`SessionAdaptive.recommendations`,
+  :meth:`SessionAdaptive.scale_down`; :mod:`framework.admission`).
 
 It works with any Dask cluster manager that supports ``cluster.adapt(Adaptive=...)``
 (LocalCluster, dask-jobqueue, dask-kubernetes, ...):
@@ -37,13 +42,44 @@ class SessionAdaptive(Adaptive):
     which its ``ScaleTo``/``Retire`` decisions take effect.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._offered: list[Any] = []  # names offered (claimed) in the running round
+        super().__init__(*args, **kwargs)
+
     async def target(self) -> int:
         """Workers the autoscaling policy wants (the current count until it decided)."""
         return int(await self.scheduler.turboserve_control_target())
 
     async def workers_to_close(self, target: int) -> list[Any]:
-        """Names of workers retired by the policy and already drained of sessions."""
-        return list(await self.scheduler.turboserve_control_to_close(target=target))
+        """Names of workers retired by the policy and already drained of sessions, claimed for closing."""
+        names = list(await self.scheduler.turboserve_control_to_close(target=target))
+        self._offered.extend(names)
+        return names
+
+    async def recommendations(self, target: int) -> dict:
+        """Dask's recommendation; the claims on workers offered and not closed now are given back."""
+        self._offered = []
+        try:
+            rec = await super().recommendations(target)
+        except BaseException:
+            await self._release(self._offered)
+            raise
+        closing = set(rec.get("workers", ())) if rec.get("status") == "down" else set()
+        await self._release([w for w in self._offered if w not in closing])
+        return rec
+
+    async def scale_down(self, workers: list[Any]) -> None:
+        """Retire and close ``workers`` (Dask's ``scale_down``), then give back their claims."""
+        try:
+            await super().scale_down(workers)
+        finally:
+            await self._release(workers)
+
+    async def _release(self, names: list[Any]) -> None:
+        gone = set(names)
+        self._offered = [w for w in self._offered if w not in gone]
+        if names:
+            await self.scheduler.turboserve_control_release(names=list(names))
 
 
 def adaptive_kwargs(

@@ -16,6 +16,19 @@ refused at once (:class:`~framework.errors.InsufficientMemory`). A session that 
 worker may take back a worker the autoscaler drained and has not closed yet
 (:meth:`Admission.reclaim_drained`).
 
+A worker the cluster manager is about to close is *claimed* (:meth:`Admission.claim`,
+when :class:`~framework.adaptive.SessionAdaptive` asks which workers to close): from
+then on no placement (open, place, resume, a migration's target, recovery, taking a
+drained worker back, a scale-out putting it back in service) may pick it, until the
+claim is released (:meth:`Admission.release`: the Adaptive closed the worker or chose
+not to) or lapses (``turboserve.autoscale.claim-timeout``). Every placement holds
+:meth:`Admission.placing` on its target while its actor starts: a worker with a
+placement in flight is not granted to a claim, and a placement that finds its target
+claimed fails with a :class:`~workers.errors.TransferError` before anything starts
+there (its caller places it again elsewhere). Dask's ``Adaptive`` closes the workers it
+was offered an RPC and an ``await`` later (``retire_workers``, then the cluster's
+``scale_down``); without the claim, a session placed in between died with the worker.
+
 Its owner is :class:`~framework.scheduler_plugin.TurboserveScheduler`;
 :class:`~framework.recovery.Recovery` asks it too.
 """
@@ -29,7 +42,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
-from dask.utils import parse_bytes
+from dask.utils import parse_bytes, parse_timedelta
 
 from framework import config
 from framework.controller import ControlLoop
@@ -46,7 +59,7 @@ from framework.registry import SessionRecord, SessionRegistry
 from framework.serving_settings import ServingSettings
 from framework.warmup import Warmup
 from kernels.presets import get_preset
-from workers.errors import CapacityExceeded, UnknownWorker
+from workers.errors import CapacityExceeded, TransferError, UnknownWorker
 
 __all__ = ["Admission"]
 
@@ -83,7 +96,8 @@ class Admission:
         self._loop = loop
         self.draining: set[str] = set()  # workers that take no new session
         self.closing = False  # the cluster is going away: waiters give up
-        self._opening: dict[str, int] = {}  # worker -> sessions admitted there whose actor has not started yet
+        self._opening: dict[str, int] = {}  # worker -> sessions placed there whose actor has not started yet
+        self._claims: dict[str, tuple[Any, float]] = {}  # worker being closed -> (its name, when claimed)
         self._changed = asyncio.Event()  # capacity or membership changed
 
     # ------------------------------------------------------------ waiting for capacity
@@ -125,6 +139,13 @@ class Admission:
                                 f"of its own; use its leader {group.leader}, or split it first: "
                                 f"server.set_parallelism(1, {list(group.workers)})")
 
+    def check_not_closing(self, worker: str) -> None:
+        """:class:`UnknownWorker` if ``worker`` is claimed for closing by the autoscaler (:meth:`claim`)."""
+        if worker in self.claimed():
+            raise UnknownWorker(f"worker {worker} is being closed by the autoscaler and takes no session; "
+                                f"name another of {sorted(set(self.workers()) - self.claimed())}, "
+                                "or none (placement picks)")
+
     def check_serves(self, rec: SessionRecord, worker: str | None) -> None:
         """``ModelNotServed`` when the named ``worker`` is outside the pool of ``rec``'s model."""
         if worker is not None:
@@ -139,8 +160,18 @@ class Admission:
         return load
 
     @contextlib.contextmanager
-    def opening(self, worker: str) -> Iterator[None]:
-        """Count a session admitted on ``worker`` until its actor started (or failed to)."""
+    def placing(self, worker: str) -> Iterator[None]:
+        """Hold ``worker`` as the target of a placement until its actor started (or failed to).
+
+        Counted as a session being opened there (:meth:`load`, :meth:`memory_fit`), and
+        no claim is granted on ``worker`` meanwhile (:meth:`claim`). A ``worker`` already
+        claimed is a :class:`~workers.errors.TransferError`: nothing was started there,
+        the caller places the session elsewhere. Enter it right after choosing the
+        worker, with no ``await`` between, so that choosing and holding are one step.
+        """
+        if worker in self.claimed():
+            raise TransferError(f"worker {worker} is being closed by the autoscaler (a scale-down claimed it); "
+                                "no session starts there: placement picks another worker")
         self._opening[worker] = self._opening.get(worker, 0) + 1
         try:
             yield
@@ -148,6 +179,54 @@ class Admission:
             self._opening[worker] -= 1
             if not self._opening[worker]:
                 del self._opening[worker]
+
+    # ------------------------------------------------------------ workers being closed
+
+    def claimed(self) -> set[str]:
+        """Workers claimed by the cluster manager's scale-down: no placement may pick them.
+
+        A claim lapses after ``turboserve.autoscale.claim-timeout`` (an autoscaler that
+        stopped between its offer and its closing), unless its worker is already being
+        retired (Dask's ``closing_gracefully``), or when the worker left.
+        """
+        if self._claims:
+            timeout = parse_timedelta(config.get("autoscale.claim-timeout"), default="s")
+            now = time.monotonic()
+            for worker, (_, since) in list(self._claims.items()):
+                ws = self.scheduler.workers.get(worker)
+                retiring = ws is not None and getattr(ws.status, "name", "") in ("closing_gracefully", "closing")
+                if ws is None or (now - since > timeout and not retiring):
+                    del self._claims[worker]
+        return set(self._claims)
+
+    def claim(self, workers: Collection[str]) -> list[str]:
+        """Claim ``workers`` for closing; returns those granted, in order.
+
+        Not granted: a worker that left, and one that a placement targets now
+        (:meth:`placing`: it completes first, and the worker holds a session after it).
+        A granted worker takes no session until :meth:`release`.
+        """
+        granted = []
+        for worker in workers:
+            ws = self.scheduler.workers.get(worker)
+            if ws is None or self._opening.get(worker):
+                continue
+            self._claims[worker] = (ws.name, time.monotonic())
+            granted.append(worker)
+        return granted
+
+    def release(self, names: Collection[Any]) -> list[str]:
+        """Give back the claims on the workers named ``names`` (Dask worker names); returns their addresses.
+
+        The cluster manager closed them, or chose not to close them after all.
+        """
+        wanted = {str(n) for n in names}
+        released = [w for w, (name, _) in self._claims.items() if str(name) in wanted]
+        for worker in released:
+            del self._claims[worker]
+        if released:
+            self.changed()
+        return released
 
     # ------------------------------------------------------------ memory
 
@@ -204,14 +283,16 @@ class Admission:
     def choose(self, rec: SessionRecord, exclude: Collection[str] = frozenset()) -> str | None:
         """The control loop's worker for ``rec`` (placed as if pending), or None.
 
-        Workers draining, left out by ``exclude``, at ``max-sessions-per-worker`` or
-        whose memory ``rec`` does not fit (:meth:`memory_fit`) are not offered.
+        Workers draining, claimed for closing (:meth:`claim`), left out by ``exclude``,
+        at ``max-sessions-per-worker`` or whose memory ``rec`` does not fit
+        (:meth:`memory_fit`) are not offered.
         """
         cap = self.settings.max_sessions_per_worker
         full = {a for a, n in self.load().items() if n >= cap and a != rec.worker}
         tight = {a for a in self.scheduler.workers if a != rec.worker and not (self.memory_fit(rec, a) or _FITS).fits}
         followers = self.groups.followers() if self.groups is not None else set()
-        return self._loop().choose(rec.session_id, set(exclude) | self.draining | full | tight | followers,
+        closing = self.claimed()
+        return self._loop().choose(rec.session_id, set(exclude) | self.draining | closing | full | tight | followers,
                                    max_sessions=cap)
 
     def reclaim_drained(self, rec: SessionRecord, exclude: Collection[str] = frozenset()) -> str | None:
@@ -224,12 +305,14 @@ class Admission:
         Recovery used to wait for that (10-22 s gaps in the chaos suite, issue 13). The
         worker taken back leaves the control loop's drained set, as a scale-out's
         (:meth:`ControlLoop._keep_drained <framework.controller.ControlLoop._keep_drained>`);
-        a worker drained by :meth:`framework.Server.drain` is never taken.
+        a worker drained by :meth:`framework.Server.drain` is never taken, nor one claimed
+        for closing (:meth:`claim`).
         """
         loop = self._loop()
         cold = self.warmup.cold()
+        closing = self.claimed()
         for worker in sorted(loop.drained):
-            if worker in exclude or worker in cold or worker not in self.scheduler.workers:
+            if worker in exclude or worker in cold or worker in closing or worker not in self.scheduler.workers:
                 continue
             was_retiring = worker in loop.retiring
             loop.drained.discard(worker)
@@ -282,6 +365,7 @@ class Admission:
         deadline = time.monotonic() + self.settings.queue_timeout_s
         while True:
             self.check_worker(worker)  # it may have left, or joined a group, while the open waited
+            self.check_not_closing(worker)
             if worker in self.draining:
                 raise UnknownWorker(f"worker {worker} is draining and takes no new session; name another of "
                                     f"{self.workers()}, or none (placement picks)")

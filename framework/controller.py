@@ -134,6 +134,7 @@ class Mechanisms(Protocol):
     #   parallel_groups() -> list[policies.types.ParallelGroup]   the groups of degree > 1
     #   worker_models() -> {address: frozenset | None}            model pools (None or absent: any model)
     #   warming() -> Collection[str]                               joined, model not loaded yet (shown STARTING)
+    #   closing() -> Collection[str]                               drained workers the cluster manager is closing
     #   async set_parallelism(workers, degree)                     FormGroup (len(workers)) / SplitGroup (1)
 
 
@@ -447,13 +448,18 @@ class ControlLoop:
         """On a scale-out, put drained workers not yet closed back in service first.
 
         They would otherwise sit empty (the runtime keeps them draining) while the
-        cluster manager starts new workers next to them.
+        cluster manager starts new workers next to them. Not those it is closing now
+        (``closing()``: it was offered them and will close them; the target covers them).
         """
         serving = sum(1 for a in self.mechanisms.workers() if a not in self.retiring)
+        closing = getattr(self.mechanisms, "closing", None)
+        closing = frozenset() if closing is None else frozenset(closing())
         kept = []
         for addr in sorted(self.drained):
             if serving >= n:
                 break
+            if addr in closing:
+                continue
             self.drained.discard(addr)
             self.retiring.discard(addr)
             self.mechanisms.undrain(addr)

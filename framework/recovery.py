@@ -104,7 +104,8 @@ class Recovery:
                     failed.clear()
                     continue
                 try:
-                    info = await self.actors.start(rec, target, {"kind": "store"})
+                    with self.admission.placing(target):  # a claimed worker fails here: it is being closed
+                        info = await self.actors.start(rec, target, {"kind": "store"})
                     rec.note("recovered", worker=target, from_chunk=info["chunk_index"], why=why)
                     break
                 except Exception:

@@ -159,6 +159,7 @@ class TurboserveScheduler(SchedulerPlugin):
             "turboserve_control_start": self.start_control,
             "turboserve_control_target": self.adaptive_target,
             "turboserve_control_to_close": self.workers_to_close,
+            "turboserve_control_release": self.release_claims,
             "turboserve_control_stats": self.control_stats,
             "turboserve_control_log": self.control_log,
             "turboserve_control_kick": self._kick,
@@ -311,7 +312,7 @@ class TurboserveScheduler(SchedulerPlugin):
                     else:
                         target = await self.admission.admit_on(rec, worker)
                     try:
-                        with self.admission.opening(target):  # counted until its actor runs
+                        with self.admission.placing(target):  # counted until its actor runs
                             await self.actors.start(rec, target, {"kind": "new"})
                         break
                     except TransferError as exc:
@@ -378,6 +379,7 @@ class TurboserveScheduler(SchedulerPlugin):
         """Bring a suspended session back on a device (``worker``, or where placement says)."""
         if worker is not None:
             self.admission.check_worker(worker)
+            self.admission.check_not_closing(worker)
         async with self._lock(session_id):
             rec = self.registry.get(session_id)
             self._check_open(rec)
@@ -400,6 +402,7 @@ class TurboserveScheduler(SchedulerPlugin):
         if transport not in (None, *TRANSPORTS):
             raise InvalidRequest(f"unknown transport {transport!r}; expected one of {TRANSPORTS}")
         self.admission.check_worker(target)
+        self.admission.check_not_closing(target)
         if target in self.admission.draining:
             raise UnknownWorker(f"worker {target} is draining; pick another of {self.admission.workers()}")
         async with self._lock(session_id):
@@ -430,9 +433,11 @@ class TurboserveScheduler(SchedulerPlugin):
             if rec.status is not SessionStatus.PENDING:
                 return self._location(rec)
             if worker is not None:
+                self.admission.check_not_closing(worker)
                 self.admission.check_memory(rec, worker)
             target = worker or await self.admission.admit(rec)
-            await self.actors.start(rec, target, {"kind": "store" if self.settings.store else "new"})
+            with self.admission.placing(target):
+                await self.actors.start(rec, target, {"kind": "store" if self.settings.store else "new"})
             self._set(rec, SessionStatus.ACTIVE)
             return self._location(rec)
 
@@ -568,14 +573,29 @@ class TurboserveScheduler(SchedulerPlugin):
         return len(self.scheduler.workers) if self._adaptive_target is None else self._adaptive_target
 
     def workers_to_close(self, target: int | None = None) -> list[Any]:
-        """Names of workers the loop retired and drained that hold no session (for the Adaptive)."""
+        """Names of workers the loop retired and drained that hold no session, claimed for closing (for the Adaptive).
+
+        Every worker named is claimed (:meth:`Admission.claim
+        <framework.admission.Admission.claim>`): no session is placed on it until the
+        Adaptive gives the claim back (:meth:`release_claims`), so none is lost when Dask
+        closes it after this answer. A worker a placement targets right now is not
+        offered (nor claimed): it holds a session once that placement completes.
+        """
         busy = {r.worker for r in self.registry.records()}
-        names = []
-        for addr in self.loop.workers_to_close(busy):
-            ws = self.scheduler.workers.get(addr)
-            if ws is not None and not ws.actors:
-                names.append(ws.name)
-        return names
+        idle = [a for a in self.loop.workers_to_close(busy)
+                if a in self.scheduler.workers and not self.scheduler.workers[a].actors]
+        return [self.scheduler.workers[a].name for a in self.admission.claim(idle)]
+
+    def release_claims(self, names: list[Any]) -> list[str]:
+        """Give back the claims :meth:`workers_to_close` granted on the workers ``names`` (closed, or kept)."""
+        released = self.admission.release(names)
+        if released:
+            self._kick()
+        return released
+
+    def closing(self) -> frozenset[str]:
+        """Workers claimed for closing by the autoscaler: a scale-out does not put them back in service."""
+        return frozenset(self.admission.claimed())
 
     def control_stats(self) -> dict[str, Any]:
         """The control loop's counters (:meth:`ControlLoop.stats`)."""
@@ -733,7 +753,8 @@ class TurboserveScheduler(SchedulerPlugin):
 
     async def _migrate_locked(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
         try:
-            await self.actors.migrate(rec, target, transport)
+            with self.admission.placing(target):
+                await self.actors.migrate(rec, target, transport)
         except TransferError as exc:
             if getattr(exc, "state_lost", False):
                 # The source handed its state over and the target never took it: bring the
@@ -759,7 +780,8 @@ class TurboserveScheduler(SchedulerPlugin):
         """
         if worker is not None or (rec.tier == "host" and rec.worker is not None):
             try:
-                await self.actors.resume(rec, worker)
+                with self.admission.placing(worker or rec.worker):
+                    await self.actors.resume(rec, worker)
             except TransferError as exc:
                 raise TransferError(
                     f"resuming session {rec.session_id!r} on {worker or rec.worker} failed ({exc}); nothing is lost: "
@@ -771,7 +793,8 @@ class TurboserveScheduler(SchedulerPlugin):
         for attempt in range(OPEN_ATTEMPTS):
             target = await self.admission.admit(rec, exclude=failed)
             try:
-                await self.actors.resume(rec, target)
+                with self.admission.placing(target):
+                    await self.actors.resume(rec, target)
                 return
             except TransferError as exc:
                 if attempt == OPEN_ATTEMPTS - 1 or self.admission.closing:
