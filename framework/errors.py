@@ -17,6 +17,9 @@ error                    raised when
                          (a ``CapacityExceeded``; see :func:`framework.limits.memory_fit`)
 ``UnknownWorker``        the worker address is not part of the cluster
 ``TransferError``        moving a session's state failed (the session stays put)
+``ChunkTimeout``         no chunk came within ``turboserve.client.chunk-timeout``:
+                         the session's engine neither made it nor failed (the
+                         session stays open)
 ``SessionAccessDenied``  a call on a session carried no access token, or another
                          session's: only its opener (or whoever it handed the token
                          to) may read, acknowledge, steer or close it
@@ -35,6 +38,7 @@ worker. Its arguments are plain strings, so it pickles across Dask's RPC as is.
 
 from workers.errors import (
     CapacityExceeded,
+    ChunkTimeout,
     InvalidRequest,
     SessionAccessDenied,
     SessionClosed,
@@ -117,6 +121,7 @@ class WorkerBusy(ParallelismError):
 __all__ = [
     "BadDegree",
     "CapacityExceeded",
+    "ChunkTimeout",
     "InsufficientMemory",
     "InvalidRequest",
     "ModelNotServed",

@@ -16,6 +16,11 @@ A session that cannot be served any more raises :class:`~framework.errors.Sessio
 ``CommClosedError``: closed by the server or another client, the engine unable to run
 it, or not found again within :data:`RELOCATE_TIMEOUT_S`. :meth:`Session.close` always
 returns within :data:`CLOSE_TIMEOUT_S`. :meth:`Session.events` says what happened.
+
+No wait for a chunk is unbounded: a session whose engine neither makes the chunk a
+reader (a stream or a chunk future) asked for nor fails raises
+:class:`~workers.errors.ChunkTimeout` once no chunk arrived for
+``turboserve.client.chunk-timeout``; the session stays open.
 """
 
 from __future__ import annotations
@@ -28,15 +33,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from dask.utils import parse_timedelta
 from distributed import Future
 from distributed.actor import ProxyRPC
 
-from framework import notebook
+from framework import config, notebook
 from framework.chunk_future import ChunkFuture
 from framework.errors import SessionAccessDenied, SessionLost
 from workers.chunk import Chunk
 from workers.errors import (
     CapacityExceeded,
+    ChunkTimeout,
     InvalidRequest,
     SessionClosed,
     SessionMoved,
@@ -109,6 +116,9 @@ class Session:
         self._closing = False  # this handle asked to close (a SessionClosed is then expected)
         self._lost: SessionLost | None = None
         self._events: list[dict[str, Any]] = []  # read from actors, plus this client's own
+        #: Longest wait for a chunk while none arrives (``turboserve.client.chunk-timeout``).
+        self._chunk_timeout_s = float(parse_timedelta(config.get("client.chunk-timeout"), default="s"))
+        self._arrivals = 0  # chunks received by polls so far (a wait's sign of progress)
         #: ``(chunk, prompt)`` of every switch made through this handle (:meth:`set_prompt`).
         self.prompts: list[tuple[int, str]] = [(0, self.prompt)]
         #: What this client received: recent frames (``turboserve.notebook.keep-frames``), latencies.
@@ -386,13 +396,13 @@ class Session:
                 del self._pending[index]  # the task has taken its chunk (or the future is gone)
             return min(self._recv_next, min(self._pending, default=self._recv_next))
 
-    async def _poll_once(self) -> None:
+    async def _poll_once(self, timeout: float = POLL_TIMEOUT_S) -> None:
         self._check_usable()
         if self._key is None:
             await self._relocate()
         after = self._read_prefix()
         try:
-            chunks = await call_actor(self._rpc(), self._key, "poll", after, POLL_TIMEOUT_S)
+            chunks = await call_actor(self._rpc(), self._key, "poll", after, timeout)
         except Exception as exc:
             failure = self._actor_failure(exc)
             if failure is not None:
@@ -404,6 +414,7 @@ class Session:
         for chunk in chunks:
             if chunk.index >= self._recv_next and chunk.index not in self._owned:
                 self._buffer[chunk.index] = chunk
+                self._arrivals += 1
         self._skip_owned()
 
     def _skip_owned(self) -> None:
@@ -412,16 +423,40 @@ class Session:
             self._recv_next += 1
 
     async def _chunk(self, index: int) -> Chunk:
-        """Wait for chunk ``index`` (already requested) and take it from the buffer."""
+        """Wait for chunk ``index`` (already requested) and take it from the buffer.
+
+        :class:`ChunkTimeout` when no chunk at all arrives for
+        ``turboserve.client.chunk-timeout`` (each arrival, and finding the session on
+        another actor, starts the wait again): the engine neither makes it nor fails.
+        """
         if self._poll_lock is None:
             self._poll_lock = asyncio.Lock()
+        bound = self._chunk_timeout_s
+        since, seen, actor = time.monotonic(), self._arrivals, self._key
         while index not in self._buffer:
+            remaining = bound - (time.monotonic() - since)
+            if remaining <= 0:
+                raise self._stalled(index, bound)
             async with self._poll_lock:
                 if index not in self._buffer:
-                    await self._poll_once()
+                    await self._poll_once(min(POLL_TIMEOUT_S, max(remaining, 0.05)))
+            if self._arrivals != seen or self._key != actor:
+                since, seen, actor = time.monotonic(), self._arrivals, self._key
         chunk = self._buffer.pop(index)
         self.history.record(chunk)
         return chunk
+
+    def _stalled(self, index: int, bound: float) -> ChunkTimeout:
+        """The typed error of a wait for chunk ``index`` that saw no chunk for ``bound`` s (noted as ``stalled``)."""
+        why = (f"no chunk of session {self.id!r} arrived for {bound:g} s (turboserve.client.chunk-timeout) "
+               f"while chunk {index} was asked of worker {self._worker}")
+        self._note("stalled", chunk=index, why=why)
+        return ChunkTimeout(
+            f"{why}: the session's engine there neither made it nor failed (a hung step or device, an engine "
+            "stopped or far behind its SLO). The session is still open: read again to wait longer, move it "
+            "(session.migrate(another_worker)) or close it; raise turboserve.client.chunk-timeout if waits "
+            "this long are expected (a model loaded on first use)"
+        )
 
     async def astream(self, n: int) -> AsyncIterator[Chunk]:
         """Async twin of :meth:`stream`."""
@@ -455,6 +490,7 @@ class Session:
         client = self._server.client
         submitted = client.submit(
             chunk_task, self.id, index, self._worker, self._key, key[0], access_token=self._access,
+            chunk_timeout_s=self._chunk_timeout_s,
             key=key, workers=[self._worker], allow_other_workers=True, pure=False,
         )
         future = ChunkFuture(key, client, self._worker, self._access)  # the same key and state, a shorter result()

@@ -31,14 +31,16 @@ import time
 import weakref
 from typing import Any
 
+import dask
 from dask.sizeof import sizeof
+from dask.utils import parse_timedelta
 from distributed import get_worker
 from distributed.protocol import to_serialize
 from distributed.worker_state_machine import SecedeEvent
 
 from workers.access import TokenRPC, allowed, denied, digest
 from workers.chunk import Chunk
-from workers.errors import CapacityExceeded, SessionClosed, SessionMoved, SessionNotFound
+from workers.errors import CapacityExceeded, ChunkTimeout, SessionClosed, SessionMoved, SessionNotFound
 from workers.session_actor import SessionActor, call_actor
 
 #: Prefix of every chunk future's key (its group in the dashboard's task stream).
@@ -79,36 +81,50 @@ def _secede(worker: Any, key: Any) -> None:
 
 
 async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, actor_key: str | None,
-                      key_name: str, access_token: str | None = None) -> Chunk:
+                      key_name: str, access_token: str | None = None, chunk_timeout_s: float | None = None) -> Chunk:
     """The task of one chunk future: request chunk ``index`` and return it.
 
     ``worker_addr``/``actor_key`` say where the client last saw the session's actor;
     ``access_token`` is the session's (:mod:`workers.access`), checked by the actor and
     the scheduler. Raises :class:`SessionClosed` (the session was closed or is lost),
     :class:`~workers.errors.SessionAccessDenied` or the actor's typed refusal; a move
-    on the way is followed.
+    on the way is followed. Raises :class:`~workers.errors.ChunkTimeout` when the
+    session's actor did not make the chunk within ``chunk_timeout_s`` (the client's
+    ``turboserve.client.chunk-timeout``; each actor found anew starts the wait again).
     """
     worker = get_worker()
     _secede(worker, (key_name, index))
     addr, key = worker_addr or worker.address, actor_key
     deadline = time.monotonic() + LOCATE_TIMEOUT_S
+    if chunk_timeout_s is None:
+        chunk_timeout_s = parse_timedelta(dask.config.get("turboserve.client.chunk-timeout", "300s"), default="s")
+    since = time.monotonic()
     delay = 0.02
     while True:
         try:
             if key is None:
                 raise SessionMoved(f"session {session_id!r} has no actor yet")
+            wait = min(TAKE_TIMEOUT_S, max(0.05, chunk_timeout_s - (time.monotonic() - since)))
             actor = worker.state.actors.get(key) if addr == worker.address else None
             if isinstance(actor, SessionActor):
                 if not actor.allows(access_token):
                     raise denied(session_id, access_token)
                 await actor.request(index + 1)
-                chunk = await actor.take(index, TAKE_TIMEOUT_S)
+                chunk = await actor.take(index, wait)
             else:
                 rpc = TokenRPC(worker.rpc(addr), access_token)
                 await call_actor(rpc, key, "request", index + 1)
-                chunk = await call_actor(rpc, key, "take", index, TAKE_TIMEOUT_S)
+                chunk = await call_actor(rpc, key, "take", index, wait)
             if chunk is not None:
                 return chunk
+            if time.monotonic() - since >= chunk_timeout_s:
+                raise ChunkTimeout(
+                    f"chunk {index} of session {session_id!r} was not made within {chunk_timeout_s:g} s "
+                    f"(turboserve.client.chunk-timeout) on worker {addr}: the session's engine there neither "
+                    "made it nor failed (a hung step or device, an engine stopped or far behind its SLO). The "
+                    "session is still open: submit again to wait longer, move it (session.migrate(another_worker)) "
+                    "or close it; raise turboserve.client.chunk-timeout if waits this long are expected"
+                )
             continue  # not made yet: ask again (the actor may have moved meanwhile)
         except (SessionMoved, KeyError, OSError) as exc:
             last: BaseException = exc
@@ -127,6 +143,8 @@ async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, acto
             continue
         if loc.get("status") == "lost":
             raise SessionClosed(f"session {session_id!r} is lost: {loc.get('cause') or loc.get('why') or 'lost'}")
+        if (loc["worker"], loc["actor_key"]) != (addr, key):
+            since = time.monotonic()  # found on another actor: its wait starts now
         addr, key = loc["worker"], loc["actor_key"]
         if key is None:
             await asyncio.sleep(delay)

@@ -52,6 +52,17 @@ class TransferError(TurboserveError):
     """
 
 
+class ChunkTimeout(TurboserveError):
+    """No chunk of a session arrived within ``turboserve.client.chunk-timeout``.
+
+    The session's engine neither made the chunk asked for nor failed (a hung step or
+    device, an engine stopped, or one overloaded far past its SLO). The session stays
+    open; the message says where it was and what to do (read again to wait longer,
+    migrate it, close it, or raise the bound). Not a ``TimeoutError``: that is an
+    ``OSError``, which retry loops take for a lost connection.
+    """
+
+
 class SessionAccessDenied(TurboserveError):
     """A call on a session without the access token its opener got (:mod:`workers.access`).
 
