@@ -30,7 +30,7 @@ import math
 import pathlib
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -232,10 +232,12 @@ def frontier(
                         points.append(Point(name, seed, NO_VALVE, knob))
                 else:
                     points.append(Point(name, seed, fam, knob))
+    # TurboServe's runs first: each (trace, seed)'s static run at its mean GPU count
+    # (iso-cost) is sent as soon as the standard knob's run is done, beside the others.
+    points.sort(key=lambda p: p.family != REFERENCE)
     with _Runner(loaded, gpus, base, baseline_offload, n_workers, progress) as runner:
-        table = pd.DataFrame(runner.run(points, "frontier"))
-        if REFERENCE in families:
-            table = _with_iso_cost(table, loaded, gpus, runner)
+        table = pd.DataFrame(runner.run(points, "frontier",
+                                        then=lambda row: _iso_cost_points(row, loaded, gpus)))
     table = pd.concat([table, pd.DataFrame([_oracle_row(name, seed, trace, gpus, base)
                                             for (name, seed), trace in loaded.items()])], ignore_index=True)
     table = table.reindex(columns=list(FRONTIER_COLUMNS) + [c for c in table.columns if c not in FRONTIER_COLUMNS])
@@ -261,18 +263,14 @@ def _oracle_row(name: str, seed: int, trace: TraceInput, gpus: int, config: SimC
             "slo_attainment": row["slo_attainment"], "peak_workers": row.get("peak_workers"), "scale": trace.scale}
 
 
-def _with_iso_cost(table: pd.DataFrame, loaded: dict, gpus: int, runner: "_Runner") -> pd.DataFrame:
-    """``table`` plus a static run per (trace, seed) at TurboServe's mean GPU count (its default knob)."""
-    iso = []
-    for (name, seed), trace in loaded.items():
-        ref = table[(table["policy"] == REFERENCE) & (table["trace"] == name) & (table["seed"] == seed)]
-        std = ref[ref["knob"] == FAMILIES[REFERENCE].default]
-        if std.empty:
-            continue
-        hours = float(trace.frame["time_s"].max()) / 3600.0
-        mean_gpus = float(std["gpu_hours"].iloc[0]) / hours if hours > 0 else float(gpus)
-        iso.append(Point(name, seed, ISO_COST, round(max(1, round(mean_gpus)) / gpus, 4)))
-    return pd.concat([table, pd.DataFrame(runner.run(iso, "iso-cost"))], ignore_index=True)
+def _iso_cost_points(row: dict[str, Any], loaded: dict, gpus: int) -> list[Point]:
+    """After TurboServe's run at its default knob (``row``): a static run at its mean GPU count."""
+    if row["policy"] != REFERENCE or row["knob"] != FAMILIES[REFERENCE].default:
+        return []
+    trace = loaded[(row["trace"], row["seed"])]
+    hours = float(trace.frame["time_s"].max()) / 3600.0
+    mean_gpus = float(row["gpu_hours"]) / hours if hours > 0 else float(gpus)
+    return [Point(row["trace"], row["seed"], ISO_COST, round(max(1, round(mean_gpus)) / gpus, 4))]
 
 
 class _Runner:
@@ -300,23 +298,38 @@ class _Runner:
             self.client.close()
             self.cluster.close()
 
-    def run(self, points: list[Point], label: str) -> list[dict[str, Any]]:
-        """The rows of ``points`` (in completion order), with a progress bar."""
+    def run(self, points: list[Point], label: str,
+            then: Callable[[dict[str, Any]], list[Point]] | None = None) -> list[dict[str, Any]]:
+        """The rows of ``points`` (in completion order), with a progress bar.
+
+        ``then(row)``: the points to run once ``row`` is done (sent at once, beside the rest).
+        """
         rows: list[dict[str, Any]] = []
         with tqdm(total=len(points), desc=label, unit="run", disable=not self.progress or not points) as bar:
+            def done(row: dict[str, Any]) -> list[Point]:
+                rows.append(row)
+                more = then(row) if then is not None else []
+                bar.total += len(more)
+                bar.update()
+                return more
+
             if self.client is None:
-                for p in points:
-                    rows.append(run_point(p, self.loaded[(p.trace, p.seed)], self.gpus, self.config, self.offload))
-                    bar.update()
+                queue = list(points)
+                while queue:
+                    p = queue.pop(0)
+                    queue += done(run_point(p, self.loaded[(p.trace, p.seed)], self.gpus, self.config, self.offload))
                 return rows
             from distributed import as_completed
 
-            futures = [self.client.submit(run_point, p, self.traces[(p.trace, p.seed)], self.gpus, self.config,
-                                          self.offload, pure=False) for p in points]
-            for fut in as_completed(futures):
-                rows.append(fut.result())
-                bar.update()
+            pending = as_completed([self._submit(p) for p in points])
+            for fut in pending:
+                for p in done(fut.result()):
+                    pending.add(self._submit(p))
         return rows
+
+    def _submit(self, p: Point) -> Any:
+        return self.client.submit(run_point, p, self.traces[(p.trace, p.seed)], self.gpus, self.config,
+                                  self.offload, pure=False)
 
 
 def _cores() -> int:

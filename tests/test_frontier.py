@@ -132,6 +132,33 @@ def test_a_small_frontier_writes_its_tables_and_plot(tmp_path):
     assert len(again) == len(table)
 
 
+def test_the_iso_cost_run_follows_turboserve_and_dask_gives_the_rows_run_here():
+    """Each (trace, seed) gets a static run at TurboServe's mean GPU count (its standard
+    knob), sent once that run is done; on a local Dask cluster the rows are those run
+    in this process."""
+    from experiments.frontier import FAMILIES, ISO_COST, REFERENCE, frontier
+    from experiments.sim.config import SimConfig
+    from experiments.sim.latency import LatencySpec
+
+    cfg = SimConfig.from_config(latency=LatencySpec(batch_cost=0.5), worker_startup_s=10.0)
+    kw = dict(gpus=4, seeds=[0, 1], config=cfg, duration_s=120.0, scale=0.08, families=["static", "turboserve"],
+              progress=False)
+    here, _ = frontier(["steady"], n_workers=0, **kw)
+    on_dask, _ = frontier(["steady"], n_workers=1, **kw)
+    for seed in (0, 1):
+        rows = here[here["seed"] == seed]
+        std = rows[(rows["policy"] == REFERENCE) & (rows["knob"] == FAMILIES[REFERENCE].default)]
+        iso = rows[rows["policy"] == ISO_COST]
+        hours = 120.0 / 3600.0
+        mean_gpus = std["gpu_hours"].iloc[0] / hours
+        assert len(iso) == 1 and iso["knob"].iloc[0] == pytest.approx(max(1, round(mean_gpus)) / 4, abs=1e-4)
+    key = ["trace", "policy", "knob", "seed", "valve"]
+    cols = [c for c in here.columns if c != "sim_wall_s"]
+    a = here[cols].sort_values(key).reset_index(drop=True)
+    b = on_dask[cols].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_turboserve_without_the_valve_is_turboserve_with_the_valve_off():
     from experiments.frontier import NO_VALVE, REFERENCE, _family_of, _policy_set
     from experiments.paper_table import policy_sets

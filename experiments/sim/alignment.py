@@ -17,7 +17,7 @@ from workers.batching import join_ahead
 
 
 def join_early(due: list, early: list, *, max_batch: int, n_active: int, now: float, slo_s: float,
-               step_s: Callable[[int, float], float]) -> None:
+               step_s: Callable[[int], float]) -> None:
     """Add to ``due`` (in place) the sessions of ``early`` that join a step starting at ``now``.
 
     A session whose next chunk is not asked for yet may have it made ahead (the viewer
@@ -27,10 +27,10 @@ def join_early(due: list, early: list, *, max_batch: int, n_active: int, now: fl
     chunk pushed past a deadline it would meet unless waiting costs the joiner more; a
     due first chunk of a burst, ``s.admission_wait``, yields to joiners that would be late waiting).
 
-    ``step_s(n, context_frames)`` is the step time of ``n`` sessions.
+    ``step_s(n)`` is the step time of ``n`` sessions.
     """
     early.sort(key=lambda s: (s.next_req, s.idx))
     k = join_ahead(now, deadlines_s=[s.next_req + slo_s for s in due], candidates_s=[s.next_req for s in early],
-                   slo_s=slo_s, n_active=n_active, max_batch=max_batch, step_s=lambda n: step_s(n, 0.0),
+                   slo_s=slo_s, n_active=n_active, max_batch=max_batch, step_s=step_s,
                    firsts=[s.admission_wait for s in due])
     due.extend(early[:k])

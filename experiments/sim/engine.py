@@ -200,6 +200,7 @@ class Simulator:
         self.heap: list[tuple] = []
         self.seq = 0
         self._step_cache: dict[int, float] = {}
+        self._step_tables: dict[tuple[int, int], list[float]] = {}
         self._ctx_slope = self.latency.context_slope_s
         # Quality valve: a step predicted to miss this target runs degraded (fewer steps).
         self._valve_s = self.snapshot_slo if config.quality_valve else _INF
@@ -277,6 +278,16 @@ class Simulator:
         if not s.dirty:
             s.dirty = True
             self._dirty.append(s)
+
+    def _step_table(self, w: _Worker) -> list[float]:
+        """Step times of ``0..max_batch + 1`` sessions on ``w`` at no context term: what the
+        batching rules (split, early joins) compare, looked up instead of recomputed."""
+        key = (w.degree, w.max_batch)
+        table = self._step_tables.get(key)
+        if table is None:
+            table = self._step_tables[key] = [0.0] + [self._step_time(n, 0.0, w.degree)
+                                                      for n in range(1, w.max_batch + 2)]
+        return table
 
     def _step_time(self, n: int, ctx: float, degree: int = 1) -> float:
         if degree > 1:  # a parallel group's step (SimConfig.parallel: step(b, k))
@@ -423,14 +434,13 @@ class Simulator:
                 if align and s.copy_until <= now and r - s.period <= now:
                     early.append(s)
         if due:
-            step_of = self._step_time if w.degree == 1 else lambda n, c: self._step_time(n, c, w.degree)
+            step_n = self._step_table(w).__getitem__  # the rules' step of n sessions (no context term)
             if len(due) > 1:
                 due.sort(key=lambda s: (s.next_req, s.idx))  # earliest deadline first
                 if len(due) > w.max_batch:
                     due = due[: w.max_batch]
                 slo = self.snapshot_slo
-                take = split_due(now, [s.next_req + slo for s in due], lambda n: step_of(n, 0.0),
-                                 [s.admission_wait for s in due])
+                take = split_due(now, [s.next_req + slo for s in due], step_n, [s.admission_wait for s in due])
                 split = len(take) < len(due)
                 if split:
                     for i in set(range(len(due))) - set(take):
@@ -440,7 +450,7 @@ class Simulator:
                 split = False
             if early and not split and len(due) < w.max_batch:
                 join_early(due, early, max_batch=w.max_batch, n_active=len(w.active), now=now,
-                           slo_s=self.snapshot_slo, step_s=step_of)
+                           slo_s=self.snapshot_slo, step_s=step_n)
             n = len(due)
             ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
             step = self._step_time(n, ctx, w.degree)
