@@ -6,7 +6,8 @@ see yet: the workers marked draining and the sessions being opened on each worke
 (admitted, actor not started). A worker is offered when it is in the cluster, not
 draining, not a follower in a parallel group, and below
 ``turboserve.admission.max-sessions-per-worker`` (counting the sessions being opened
-there), and when the session fits its memory (:meth:`Admission.memory_fit`, CPU workers);
+there), and when the session fits its memory (:meth:`Admission.memory_fit`: a CPU worker's
+``memory_limit``, a CUDA worker's device memory it measured free once its model loaded);
 among those the control loop chooses (:meth:`ControlLoop.choose
 <framework.controller.ControlLoop.choose>`: the same placement policy, snapshot and
 ledger as its ticks). When none fits, ``turboserve.admission.on-full`` says whether the
@@ -59,6 +60,7 @@ from framework.registry import SessionRecord, SessionRegistry
 from framework.serving_settings import ServingSettings
 from framework.warmup import Warmup
 from kernels.presets import get_preset
+from policies.types import SessionStatus
 from workers.errors import CapacityExceeded, TransferError, UnknownWorker
 
 __all__ = ["Admission"]
@@ -98,6 +100,8 @@ class Admission:
         self.closing = False  # the cluster is going away: waiters give up
         self._opening: dict[str, int] = {}  # worker -> sessions placed there whose actor has not started yet
         self._claims: dict[str, tuple[Any, float]] = {}  # worker being closed -> (its name, when claimed)
+        #: CUDA workers: bytes free on the device once the default model was loaded (their ready report).
+        self.device_free: dict[str, int] = {}
         self._changed = asyncio.Event()  # capacity or membership changed
 
     # ------------------------------------------------------------ waiting for capacity
@@ -230,35 +234,57 @@ class Admission:
 
     # ------------------------------------------------------------ memory
 
-    def memory_fit(self, rec: SessionRecord, worker: str, empty: bool = False) -> MemoryFit | None:
-        """Whether ``rec`` fits ``worker``'s memory limit now (``empty``: with no session there); None: not checked.
+    def device_reported(self, worker: str | None, free: Any) -> None:
+        """``worker``'s ready report: the bytes free on its CUDA device once its model loaded (None: a CPU)."""
+        if worker in self.scheduler.workers and isinstance(free, int) and not isinstance(free, bool) and free >= 0:
+            self.device_free[worker] = free
+            self.changed()
 
-        Checked on CPU workers with a memory limit (Dask's ``memory_limit``), against
-        :func:`framework.limits.memory_fit`: the model's weights unless the worker holds
-        them (its default model, or the model of a session there), the session's state
-        and activations, ``turboserve.admission.memory-reserve`` (default 1 GiB) for the
-        process, and what its sessions and the sessions being opened there take. GPU
-        workers are not checked: the scheduler does not know their device memory.
+    def memory_fit(self, rec: SessionRecord, worker: str, empty: bool = False) -> MemoryFit | None:
+        """Whether ``rec`` fits ``worker``'s memory now (``empty``: with no session there); None: not checked.
+
+        Checked against :func:`framework.limits.memory_fit`: the model's weights unless
+        the worker holds them (its default model, or the model of a session there), the
+        session's state and activations (:func:`~framework.limits.session_memory`, from
+        the presets), and what its sessions and the sessions being placed there take, on
+
+        - a CUDA worker: the device memory it measured free once its default model was
+          loaded (:func:`workers.plugin.device_free_bytes` in its ready report; the
+          weights of that model and the CUDA context are out of it already), less
+          ``turboserve.admission.device-memory-reserve``; sessions suspended to its host
+          memory do not count;
+        - a CPU worker with a memory limit (Dask's ``memory_limit``): that limit less
+          ``turboserve.admission.memory-reserve`` (default 1 GiB) for the process.
+
+        A GPU worker that did not report its device memory (yet) is not checked.
         ``turboserve.admission.memory-check: false`` turns the check off.
         """
         ws = self.scheduler.workers.get(worker)
-        if ws is None or not ws.memory_limit or "GPU" in (ws.resources or {}):
+        if ws is None or not config.get("admission.memory-check"):
             return None
-        if not config.get("admission.memory-check"):
+        device = worker in self.device_free
+        if device:
+            limit = self.device_free[worker]
+            reserve = parse_bytes(str(config.get("admission.device-memory-reserve")))
+        elif ws.memory_limit and "GPU" not in (ws.resources or {}):
+            limit = ws.memory_limit
+            reserve = parse_bytes(str(config.get("admission.memory-reserve")))
+        else:
             return None
-        reserve = parse_bytes(str(config.get("admission.memory-reserve")))
         need = session_memory(rec.model, rec.height, rec.width)
         models = {self.settings.model}
         held = 0
         if not empty:
             for other in self.registry.on_worker(worker):
+                if device and other.status is SessionStatus.SUSPENDED:
+                    continue  # parked in host memory (or on disk): not on the device
                 if other.session_id != rec.session_id:  # on a CPU worker, host-parked state is in its memory too
                     held += session_memory(other.model, other.height, other.width).per_session
                     if other.model not in models:
                         models.add(other.model)
                         held += session_memory(other.model).weights
             held += self._opening.get(worker, 0) * need.per_session
-        return memory_fit(need, ws.memory_limit, held=held, weights_loaded=rec.model in models, reserve=reserve)
+        return memory_fit(need, limit, held=held, weights_loaded=rec.model in models, reserve=reserve)
 
     def check_memory(self, rec: SessionRecord, worker: str | None = None) -> None:
         """:class:`InsufficientMemory` when ``rec`` fits no worker of the cluster even empty (or not the named one now)."""
@@ -267,13 +293,14 @@ class Admission:
         if not fits or any(f is None or f.fits for _, f in fits):
             return
         where, fit = max(fits, key=lambda wf: wf[1].available)
+        device = where in self.device_free
         if worker is None:
             where = f"the largest worker ({where}, empty)" if len(fits) > 1 else f"worker {where} (empty)"
         else:
             where = f"worker {where}"
         need = session_memory(rec.model, rec.height, rec.width)
         height, width = self._resolution(rec)
-        raise InsufficientMemory(insufficient_memory_message(rec.model, height, width, need, fit, where))
+        raise InsufficientMemory(insufficient_memory_message(rec.model, height, width, need, fit, where, device))
 
     @staticmethod
     def _resolution(rec: SessionRecord) -> tuple[int, int]:

@@ -300,13 +300,22 @@ def _gib(n: int) -> str:
 
 
 def insufficient_memory_message(model: str, height: int, width: int, need: MemoryNeed, fit: MemoryFit,
-                                where: str) -> str:
-    """The message of an :class:`~framework.errors.InsufficientMemory`: what was needed, what was free, what to do."""
+                                where: str, device: bool = False) -> str:
+    """The message of an :class:`~framework.errors.InsufficientMemory`: what was needed, what was free, what to do.
+
+    ``device``: ``where`` is a worker's CUDA device (its measured free memory), not its memory limit.
+    """
+    if device:
+        free = ("free on its CUDA device (measured once its model loaded, less "
+                "turboserve.admission.device-memory-reserve); use a smaller resolution or model, workers with "
+                "larger GPUs, or close sessions there")
+    else:
+        free = ("free under its memory limit; use a smaller resolution or model, workers with more memory "
+                "(memory_limit), or close sessions there")
     return (
         f"a {model} session at {height}x{width} needs {_gib(fit.needed)} (weights {_gib(need.weights)}, "
         f"state {_gib(need.state)}, activations {_gib(need.activations)}) but {where} has {_gib(fit.available)} "
-        "free under its memory limit; use a smaller resolution or model, workers with more memory "
-        "(memory_limit), or close sessions there"
+        f"{free}"
     )
 
 

@@ -173,7 +173,9 @@ class TurboserveScheduler(SchedulerPlugin):
         for worker in scheduler.workers:  # cold until their ModelHost reports (it is registered next)
             self._worker_joined(worker)
         for _, msg in scheduler.get_events(READY_TOPIC):  # reported before this plugin came
-            self.warmup.ready(msg.get("worker"))
+            if isinstance(msg, dict):
+                self.admission.device_reported(msg.get("worker"), msg.get("device_free"))
+                self.warmup.ready(msg.get("worker"))
         if self.settings.store:  # the sessions a previous scheduler on this store left open come back
             self.open_sessions = adoption.OpenSessions(self.settings.store)
             await self._adopt()
@@ -206,8 +208,10 @@ class TurboserveScheduler(SchedulerPlugin):
         self._kick()
 
     def log_event(self, topic: str, msg: Any) -> None:
-        """A worker's model host reports its model loaded (:data:`~workers.plugin.READY_TOPIC`)."""
+        """A worker's model host reports its model loaded (:data:`~workers.plugin.READY_TOPIC`), and its free device memory."""
         if topic == READY_TOPIC and isinstance(msg, dict):
+            if self.admission is not None:
+                self.admission.device_reported(msg.get("worker"), msg.get("device_free"))
             if msg.get("error"):
                 logger.warning("worker %s failed to load its model (%s); it takes sessions, which load on first use",
                                msg.get("worker"), msg["error"])
@@ -237,6 +241,7 @@ class TurboserveScheduler(SchedulerPlugin):
     def remove_worker(self, scheduler: Any, worker: str, *, stimulus_id: str | None = None, **kw: Any) -> None:
         """Bring the sessions held by a lost worker back on a survivor."""
         self.admission.draining.discard(worker)
+        self.admission.device_free.pop(worker, None)
         self.warmup.left(worker)
         group = self.groups.forget_worker(worker) if self.groups is not None else None
         if self.loop is not None:

@@ -6,8 +6,10 @@ host of their worker with :func:`workers.host_lookup.get_host`.
 
 Dask counts a worker as running as soon as it registers, before this plugin has loaded
 its model. Once the default model is loaded, :meth:`ModelHost.setup` logs an event on
-the topic :data:`READY_TOPIC`; the scheduler plugin offers a worker to placement and
-migration only after that event (``turboserve.control.worker-ready-timeout``).
+the topic :data:`READY_TOPIC` (with the device memory free then, on a CUDA worker:
+:func:`device_free_bytes`); the scheduler plugin offers a worker to placement and
+migration only after that event (``turboserve.control.worker-ready-timeout``) and admits
+sessions against that memory.
 """
 
 from __future__ import annotations
@@ -38,6 +40,23 @@ METRICS_OP = "turboserve-chunks"
 #: Event topic (``worker.log_event``) of a worker whose default model is loaded.
 #: An event, not a stream op: the scheduler accepts it even without the turboserve plugin.
 READY_TOPIC = "turboserve-ready"
+
+
+def device_free_bytes(device: str) -> int | None:
+    """Free bytes on CUDA ``device`` now (``torch.cuda.mem_get_info``); None on a CPU.
+
+    Sent with the ready report (:data:`READY_TOPIC`, after the default model loaded): the
+    scheduler's admission counts sessions against it (:meth:`framework.admission.Admission.memory_fit`).
+
+    >>> device_free_bytes("cpu") is None
+    True
+    """
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(free)
 
 
 def pick_device() -> str:
@@ -115,7 +134,8 @@ class ModelHost(WorkerPlugin):
         except Exception as exc:
             worker.log_event(READY_TOPIC, {"models": [], "error": f"{type(exc).__name__}: {exc}"})
             raise
-        worker.log_event(READY_TOPIC, {"models": sorted(self._engines), "error": None})
+        worker.log_event(READY_TOPIC, {"models": sorted(self._engines), "error": None,
+                                       "device_free": device_free_bytes(self.device)})
 
     def _load_default(self) -> None:
         # turboserve.engine.model-load-delay: stands for a GPU-sized load in tests and demos.
