@@ -30,16 +30,21 @@ compared with (the machine is shared and noisy: compare within a run, not across
 cluster each; ``--start-with-joins 0,1`` likewise, for each prearm value), ``--load N`` with N busy-loop processes of its own for the whole run.
 ``--timeline`` adds a line per row saying where the time went (:func:`timeline_line`).
 After the worker environment (not with ``--skip-env``), :func:`chunk_paths` compares a
-chunk fetched through its :class:`distributed.Future` with one streamed directly.
+chunk fetched through its :class:`distributed.Future` with one streamed directly; with
+``--pin`` once more with the session's worker alone on one core and the client,
+scheduler and other workers on the others (where a deployment runs them: not on a GPU
+worker's host cores; on a 2-core machine the shared run measures their CPU competing
+with the CPU model step as much as the path).
 
 Run: ``.venv/bin/python -m experiments.bench_serving [--chunks 6] [--block 4]
-[--sessions 1,4,8] [--workers 1,2] [--prearm 0,1] [--load 0] [--timeline]``.
+[--sessions 1,4,8] [--workers 1,2] [--prearm 0,1] [--load 0] [--timeline] [--pin]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import statistics
 import time
@@ -296,7 +301,41 @@ def environment(ours, plain, bare: BareModel, chunks: int) -> None:
           f"whole path plain/ours {med(path['plain']) / med(path['ours']):5.2f}x", flush=True)
 
 
-def chunk_paths(server, bare: "BareModel", chunks: int) -> None:
+def _set_cores(pid: int, cores: set[int]) -> None:
+    """Every thread of process ``pid`` on ``cores`` (Linux: affinity is per thread)."""
+    import os
+
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that ended meanwhile
+
+
+@contextlib.contextmanager
+def pinned(server, worker: str):
+    """The process of ``worker`` on the first core, everything else of the cluster (this
+    process: client, scheduler, bare model; the other workers) on the others, as where
+    the scheduler and the client do not share a GPU worker's host cores; restored after.
+    """
+    import os
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("--pin needs at least 2 cores")
+    pids = server.client.run(os.getpid)
+    mine, rest = {cores[0]}, set(cores[1:])
+    for addr, pid in pids.items():
+        _set_cores(pid, mine if addr == worker else rest)
+    _set_cores(os.getpid(), rest)
+    try:
+        yield
+    finally:
+        for pid in [*pids.values(), os.getpid()]:
+            _set_cores(pid, set(cores))
+
+
+def chunk_paths(server, bare: "BareModel", chunks: int, pin: bool = False) -> None:
     """A chunk's whole path through a :class:`distributed.Future` against the direct one.
 
     One session, interleaved per round: ``submit().result()`` (a Dask task takes the
@@ -308,8 +347,16 @@ def chunk_paths(server, bare: "BareModel", chunks: int) -> None:
     step (slower when the worker's event loop works meanwhile), after it. The futures
     path costs its difference to the direct one; issue 12's target is at most 2 ms or
     5% of a step more. ``experiments.bench_futures`` profiles it further (hops, CPU).
+    ``pin``: the session's worker alone on one core, the rest of the cluster on the
+    others (:func:`pinned`).
     """
-    s = server.open_session(PROMPT, seed=950, worker=server.workers()[0])
+    worker = server.workers()[0]
+    with pinned(server, worker) if pin else contextlib.nullcontext():
+        _chunk_paths(server, bare, chunks, worker, pin)
+
+
+def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool) -> None:
+    s = server.open_session(PROMPT, seed=950, worker=worker)
     paths = {"future": lambda: s.submit().result(), "direct": lambda: next(iter(s.stream(1)))}
     parts: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in paths}
     bare_s = []
@@ -332,7 +379,8 @@ def chunk_paths(server, bare: "BareModel", chunks: int) -> None:
     extra = med(parts["future"]) - med(parts["direct"])
     step = statistics.median(bare_s)
     verdict = "met" if extra <= 0.002 or extra <= 0.05 * step else "NOT met"
-    print(f"a chunk's path, one session, {chunks} chunks interleaved (median ms):")
+    where = "; the worker on its own core" if pin else ""
+    print(f"a chunk's path, one session, {chunks} chunks interleaved (median ms{where}):")
     print(f"  bare model.step {1e3 * step:7.1f}   stream (direct) {1e3 * med(parts['direct']):7.1f}   "
           f"submit().result() (distributed.Future) {1e3 * med(parts['future']):7.1f}")
     for name, label in (("direct", "stream (direct)  "), ("future", "submit().result()")):
@@ -361,6 +409,10 @@ def main() -> None:
     parser.add_argument("--timeline", action="store_true",
                         help="after each row, where its time went: step time against the bare step, and the idle "
                              "time between steps split along the chunk's path (median ms)")
+    parser.add_argument("--pin", action="store_true",
+                        help="also measure the chunk's path with the session's worker alone on one core and the "
+                             "client, scheduler and other workers on the others (as deployed: they do not share a "
+                             "GPU worker's host cores)")
     parser.add_argument("--load", type=int, default=0,
                         help="start this many busy-loop processes for the whole run, to measure the path on a "
                              "loaded machine reproducibly (default 0)")
@@ -416,6 +468,8 @@ def _run(args: argparse.Namespace) -> None:
                                   worker_class=Nanny) as plain:
                     environment(server, plain, bare, args.chunks)
                 chunk_paths(server, bare, max(args.chunks, 12))
+                if args.pin:
+                    chunk_paths(server, bare, max(args.chunks, 12), pin=True)
             print(f"chunk rate against the bare batched model (chunks/s; {args.chunks} chunks per session; "
                   f"engine.prearm-chunks {prearm}, start-with-joins {joins}):", flush=True)
             all_workers = server.workers()
