@@ -138,3 +138,53 @@ def test_a_worker_offered_but_not_closed_is_given_back():
             assert b in server.workers()
         finally:
             adaptive.stop()
+
+
+def _status(dask_scheduler, sid):
+    rec = dask_scheduler.plugins[PLUGIN_NAME].registry.get(sid)
+    return rec.status.value, rec.worker
+
+
+def test_a_session_recovered_in_the_window_does_not_go_to_the_worker_being_closed(tmp_path, reference):
+    """The chaos run's case: the session's worker dies while the Adaptive is between its offer
+    and its closing of a drained worker; recovery used to take that worker back
+    (``reclaim_drained``) and the session died with it a second time."""
+    import os
+    import signal
+    import time
+
+    import numpy as np
+
+    with Server.local(n_workers=2, model="tiny", store=str(tmp_path), checkpoint_every=1,
+                      dashboard_address=None) as server:
+        s = server.open_session(PROMPT, seed=6)
+        assert [c.index for c in s.stream(2)] == [0, 1]
+        a = s.worker
+        (b,) = [w for w in server.workers() if w != a]
+        server.client.run_on_scheduler(_drained_by_scale_down, worker=b, target=1)
+        pid = server.client.run(os.getpid, workers=[a])[a]
+        adaptive = HeldInTheWindow(server.cluster, minimum=1, maximum=2, wait_count=1, interval="1h")
+        try:
+            t, box = _adapt_in_thread(server, adaptive)
+            assert adaptive.in_window.wait(60), f"the Adaptive did not reach scale_down: {box}"
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 90
+            while True:  # until the session is served again (the killed worker's restart, or b before)
+                status, where = server.client.run_on_scheduler(_status, sid=s.id)
+                if status == "active" and where not in (None, a):
+                    break
+                assert time.monotonic() < deadline, f"session {s.id} not recovered: {status} on {where}"
+                time.sleep(0.2)
+            assert where != b, f"recovery put session {s.id} on {b}, which the Adaptive is closing"
+            adaptive.go_on.set()
+            t.join(120)
+            assert not t.is_alive() and "error" not in box, box
+        finally:
+            adaptive.go_on.set()
+            adaptive.stop()
+        chunks = list(s.stream(3))
+        assert [c.index for c in chunks] == [2, 3, 4]
+        for got, want in zip(chunks, reference(PROMPT, 6, 5)[2:]):
+            np.testing.assert_array_equal(got.frames, want)
+        assert len(server.client.run_on_scheduler(_lost, sid=s.id)) == 1  # the kill, not the scale-down
+        assert b not in server.workers()
