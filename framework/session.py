@@ -69,6 +69,9 @@ RELOCATE_TIMEOUT_S = 120.0
 CLOSE_TIMEOUT_S = 30.0
 #: Seconds events() waits for the session's actor or the scheduler.
 EVENTS_TIMEOUT_S = 10.0
+#: Seconds a call to the session's actor may take beyond its own wait before its worker
+#: counts as not answering (a frozen process keeps its connections open and never replies).
+RPC_GRACE_S = 5.0
 
 
 class Session:
@@ -349,7 +352,8 @@ class Session:
             try:
                 if self._key is None:
                     raise SessionMoved(f"session {self.id!r} has no actor yet")
-                await call_actor(self._rpc(), self._key, "request", self._issued)
+                await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._issued),
+                                       CONNECT_TIMEOUT_S + RPC_GRACE_S)
                 return
             except Exception as exc:
                 failure = self._actor_failure(exc)
@@ -377,7 +381,8 @@ class Session:
         elif n:
             try:
                 acked = [self._read_prefix()] if acknowledge else []
-                await call_actor(self._rpc(), self._key, "request", self._issued, *acked)
+                await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._issued, *acked),
+                                       CONNECT_TIMEOUT_S + RPC_GRACE_S)
             except Exception as exc:
                 failure = self._actor_failure(exc)
                 if failure is not None:
@@ -427,7 +432,9 @@ class Session:
 
         :class:`ChunkTimeout` when no chunk at all arrives for
         ``turboserve.client.chunk-timeout`` (each arrival, and finding the session on
-        another actor, starts the wait again): the engine neither makes it nor fails.
+        another actor, starts the wait again): the engine neither makes it nor fails, or
+        its worker does not answer at all (a frozen process), within
+        :data:`RPC_GRACE_S` more.
         """
         if self._poll_lock is None:
             self._poll_lock = asyncio.Lock()
@@ -439,21 +446,30 @@ class Session:
                 raise self._stalled(index, bound)
             async with self._poll_lock:
                 if index not in self._buffer:
-                    await self._poll_once(min(POLL_TIMEOUT_S, max(remaining, 0.05)))
+                    try:
+                        await asyncio.wait_for(self._poll_once(min(POLL_TIMEOUT_S, max(remaining, 0.05))),
+                                               remaining + RPC_GRACE_S)
+                    except TimeoutError:
+                        raise self._stalled(index, bound, answered=False) from None
             if self._arrivals != seen or self._key != actor:
                 since, seen, actor = time.monotonic(), self._arrivals, self._key
         chunk = self._buffer.pop(index)
         self.history.record(chunk)
         return chunk
 
-    def _stalled(self, index: int, bound: float) -> ChunkTimeout:
-        """The typed error of a wait for chunk ``index`` that saw no chunk for ``bound`` s (noted as ``stalled``)."""
+    def _stalled(self, index: int, bound: float, answered: bool = True) -> ChunkTimeout:
+        """The typed error of a wait for chunk ``index`` that saw no chunk for ``bound`` s (noted as ``stalled``).
+
+        ``answered`` False: the worker did not even answer the last poll (within :data:`RPC_GRACE_S` more).
+        """
         why = (f"no chunk of session {self.id!r} arrived for {bound:g} s (turboserve.client.chunk-timeout) "
                f"while chunk {index} was asked of worker {self._worker}")
-        self._note("stalled", chunk=index, why=why)
+        self._note("stalled", chunk=index, why=why, answered=answered)
+        what = ("the session's engine there neither made it nor failed (a hung step or device, an engine "
+                "stopped or far behind its SLO)" if answered else
+                f"that worker did not answer a poll within {RPC_GRACE_S:g} s more (a frozen or overloaded process)")
         return ChunkTimeout(
-            f"{why}: the session's engine there neither made it nor failed (a hung step or device, an engine "
-            "stopped or far behind its SLO). The session is still open: read again to wait longer, move it "
+            f"{why}: {what}. The session is still open: read again to wait longer, move it "
             "(session.migrate(another_worker)) or close it; raise turboserve.client.chunk-timeout if waits "
             "this long are expected (a model loaded on first use)"
         )

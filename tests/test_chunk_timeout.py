@@ -95,3 +95,37 @@ def test_a_chunk_future_on_a_stalled_engine_raises_chunk_timeout_within_the_boun
     assert "turboserve.client.chunk-timeout" in str(box["error"])
     assert s.submit().result(timeout=60).index >= 1
     s.close()
+
+
+def test_a_stream_whose_worker_stops_answering_raises_chunk_timeout_within_the_bound_and_a_grace(server):
+    """A frozen worker process (SIGSTOP) keeps its connections open and never answers the
+    poll that is waiting there: the reader gives up after the bound plus ``RPC_GRACE_S``."""
+    import os
+    import signal
+
+    from framework.session import RPC_GRACE_S
+
+    s = server.open_session(PROMPT, seed=3)
+    assert [c.index for c in s.stream(1)] == [0]
+    (w,) = server.workers()
+    pid = server.client.run(os.getpid, workers=[w])[w]
+    server.client.run(_stall_engine, hold_s=120, workers=[w])  # the poll below waits on the worker
+
+    def read():
+        timer = threading.Timer(1.0, os.kill, (pid, signal.SIGSTOP))  # while the poll is out
+        timer.start()
+        try:
+            return [c.index for c in s.stream(1)]
+        finally:
+            timer.cancel()
+
+    try:
+        box = _in_thread(read)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        server.client.run(_release_engine, workers=[w])
+    assert isinstance(box.get("error"), ChunkTimeout), box
+    assert BOUND_S + RPC_GRACE_S <= box["elapsed"] < BOUND_S + RPC_GRACE_S + SLACK_S, box["elapsed"]
+    assert "did not answer a poll" in str(box["error"])
+    assert len(list(s.stream(1))) == 1  # the worker runs again: the session is still served
+    s.close()
