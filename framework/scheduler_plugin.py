@@ -362,7 +362,7 @@ class TurboserveScheduler(SchedulerPlugin):
             rec = self.registry.get(session_id)
             self._check_open(rec)
             if rec.status in _ON_DEVICE:
-                await self.actors.call(rec, "pause")
+                await self._answered(self.actors.call(rec, "pause"), f"pausing session {session_id!r} on {rec.worker}")
                 self._set(rec, SessionStatus.IDLE)
                 self._kick()
             return self._location(rec)
@@ -453,10 +453,11 @@ class TurboserveScheduler(SchedulerPlugin):
             if rec.status is SessionStatus.CLOSED:
                 return self._location(rec)
             if rec.actor_key is not None:
-                try:
-                    await self.actors.call(rec, "close")
+                try:  # bounded: a frozen worker must not hold the session's lock for good
+                    await self._answered(self.actors.call(rec, "close"), f"closing session {session_id!r} on {rec.worker}")
                 except Exception:
-                    logger.warning("closing the actor of session %s failed", session_id, exc_info=True)
+                    logger.warning("closing the actor of session %s failed; it is closed here and its actor "
+                                   "released", session_id, exc_info=True)
             self.actors.release(rec)
             self.actors.forget(session_id)
             if self.settings.store:
@@ -751,6 +752,19 @@ class TurboserveScheduler(SchedulerPlugin):
         task = asyncio.ensure_future(coro)  # plugin hooks run on the scheduler's event loop
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _answered(self, aw: Any, what: str) -> Any:
+        """``aw`` (a call to a session's actor) within ``turboserve.control.transfer-timeout``.
+
+        A worker that does not answer (a frozen process keeps its connections open) is a
+        :class:`TransferError`; never a bare ``TimeoutError``, an ``OSError`` that Dask's
+        server would take for the caller's connection closing.
+        """
+        try:
+            return await asyncio.wait_for(aw, self.settings.transfer_timeout_s)
+        except TimeoutError:
+            raise TransferError(f"{what}: the worker did not answer within {self.settings.transfer_timeout_s:g} s "
+                                "(turboserve.control.transfer-timeout)") from None
 
     def _location(self, rec: SessionRecord) -> dict[str, Any]:
         return {**rec.to_dict(), "actor_key": rec.actor_key, "fps": self.settings.fps,

@@ -27,7 +27,8 @@ SLACK_S = 6.0  # one poll round, the engine's current step, the RPCs of a loaded
 
 @pytest.fixture(scope="module")
 def server():
-    with dask.config.set({"turboserve.client.chunk-timeout": f"{BOUND_S}s"}):
+    with dask.config.set({"turboserve.client.chunk-timeout": f"{BOUND_S}s",
+                          "turboserve.control.transfer-timeout": f"{BOUND_S}s"}):
         with Server.local(n_workers=1, model="tiny", store=None, dashboard_address=None) as server:
             yield server
 
@@ -129,3 +130,26 @@ def test_a_stream_whose_worker_stops_answering_raises_chunk_timeout_within_the_b
     assert "did not answer a poll" in str(box["error"])
     assert len(list(s.stream(1))) == 1  # the worker runs again: the session is still served
     s.close()
+
+
+def test_closing_a_session_whose_worker_stopped_answering_completes_on_the_scheduler(server):
+    """The scheduler's call to a frozen worker's actor is bounded: close does not hold the
+    session's lock until the client's own CLOSE_TIMEOUT_S (30 s) gives up on it."""
+    import os
+    import signal
+
+    s = server.open_session(PROMPT, seed=4)
+    assert [c.index for c in s.stream(1)] == [0]
+    (w,) = server.workers()
+    pid = server.client.run(os.getpid, workers=[w])[w]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        s.close()
+        elapsed = time.monotonic() - t0
+        status = next(r["status"] for r in server.sessions(include_closed=True) if r["id"] == s.id)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert BOUND_S <= elapsed < BOUND_S + SLACK_S, elapsed  # transfer-timeout, not the client's 30 s
+    assert status == "closed"
+    assert not any(e["kind"] == "close-unconfirmed" for e in s.events())
