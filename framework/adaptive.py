@@ -37,7 +37,8 @@ class SessionAdaptive(Adaptive):
     """An ``Adaptive`` whose target and retirements come from the control loop.
 
     Needs the turboserve scheduler plugin with its control loop started (it serves
-    ``turboserve_control_target`` and ``turboserve_control_to_close``). The
+    ``turboserve_control_target``, ``turboserve_control_to_close`` and
+    ``turboserve_control_release``). The
     first poll of the target tells the controller an autoscaler is attached, after
     which its ``ScaleTo``/``Retire`` decisions take effect.
     """
