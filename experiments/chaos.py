@@ -27,6 +27,12 @@ class                       fault
 ``bad-cli``                 invalid command lines (``framework.cli.main``, in process)
 ==========================  ==========================================================
 
+All of it runs **under a live trace replay** (:mod:`experiments.chaos_load`): sessions of a
+trace from the project's generator open, stream at playback cadence, go idle, come back
+and close on the same cluster from the first fault to the last bad input, so a fault
+hits them too (a killed worker holds some, a drain moves them, a group's leader may
+serve one). Their row, ``trace load``, scores them as the faults' sessions are.
+
 The control loop runs, as users run it (``Server.local`` starts it with the load-driven
 autoscaler), with its minimum set to the suite's three workers
 (``turboserve.autoscale.minimum``), so it never scales below the workers the faults
@@ -58,7 +64,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from experiments.chaos_faults import N_WORKERS, Chaos, Outcome
+from experiments.chaos_faults import JOIN_S, N_WORKERS, Chaos, Outcome
+from experiments.chaos_load import DEFAULT_RATE, LoadSession, TraceLoad
 
 LIVE_CLASSES = (
     "kill-stream",
@@ -91,7 +98,7 @@ def summarize(outcomes: list[Outcome]) -> list[dict[str, Any]]:
         row = rows.setdefault(o.fault, {"class": o.fault, "faults": 0, "sessions": 0, "lost": 0, "chunks lost": 0,
                                         "duplicated": 0, "frames differ": 0, "off 1 level": 0, "longest gap s": 0.0,
                                         "refused ok": 0})
-        row["faults"] += 1
+        row["faults"] += o.faults
         row["sessions"] += o.sessions
         row["lost"] += o.lost_sessions
         row["chunks lost"] += o.lost_chunks
@@ -101,6 +108,42 @@ def summarize(outcomes: list[Outcome]) -> list[dict[str, Any]]:
         row["longest gap s"] = max(row["longest gap s"], o.gap_s)
         row["refused ok"] += o.refused_ok
     return list(rows.values())
+
+
+def score_load(chaos: Chaos, sessions: list[LoadSession]) -> Outcome:
+    """The background load's sessions as one row, ``trace load`` (no fault of its own: ``faults`` 0).
+
+    Each session is scored as the faults' sessions are, with the tolerance of a parallel
+    group (one uint8 level): a load session placed on a group's leader during
+    ``kill-transform`` is stepped by the group. A session whose replay had not ended
+    within the suite's bound after the stop is lost (it hung).
+    """
+    out = Outcome("trace load", faults=0)
+    hung = []
+    for rec in sessions:
+        error = rec.error
+        if not rec.done:
+            error = TimeoutError(f"{rec.trace_id} still in {rec.doing} {JOIN_S:.0f} s after the stop")
+            hung.append(f"{rec.trace_id} in {rec.doing}: {_record(chaos, rec.session)}")
+        chaos.score(out, rec.seed, rec.chunks, len(rec.chunks), error, rec.waits, tolerance=1, prompt=rec.prompt)
+    refused = [f"{r.trace_id} {e}" for r in sessions for e in r.refused]
+    out.note += (f"{sum(len(r.chunks) for r in sessions)} chunks; {len(refused)} pause calls raised "
+                 f"(the session went on){': ' if refused else ''}{'; '.join(refused)}")
+    out.note += "".join(f"; hung: {h}" for h in hung)
+    return out
+
+
+def _record(chaos: Chaos, session: Any) -> str:
+    """What the registry says of a session that hung (for the note)."""
+    if session is None:
+        return "not open"
+    try:
+        rec = next(r for r in chaos.server.sessions() if r["id"] == session.id)
+        events = [(e.get("kind"), e.get("worker", e.get("to", ""))) for e in session.events()][-8:]
+        return (f"session {session.id} {rec['status']} on {rec['worker']}, {rec['chunks']} chunks, "
+                f"{rec.get('recoveries', '?')} recoveries; last events {events}")
+    except Exception as exc:  # noqa: BLE001 - a note, not the measurement
+        return f"session {session.id}: {exc!r}"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -113,8 +156,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(faults: int, seed: int = 0, classes: tuple[str, ...] = LIVE_CLASSES, bad_inputs: bool = True,
-        out: Callable[[str], None] = print) -> list[Outcome]:
-    """Run the suite; returns every outcome (also printed as they happen, then the table)."""
+        load_rate: float = DEFAULT_RATE, out: Callable[[str], None] = print) -> list[Outcome]:
+    """Run the suite; returns every outcome (also printed as they happen, then the table).
+
+    ``load_rate``: sessions per second of the background trace replay (0: none).
+    """
     import dask.config
 
     from framework import Server
@@ -134,6 +180,9 @@ def run(faults: int, seed: int = 0, classes: tuple[str, ...] = LIVE_CLASSES, bad
             settings={"max_sessions_per_worker": 8},
         ) as server:
             chaos = Chaos(server, store, rng)
+            load = TraceLoad(server, seed=seed, rate=load_rate) if load_rate > 0 else None
+            if load is not None:
+                load.start()
             for name, i in plan(faults, classes):
                 note = chaos.settle()
                 outcome = getattr(chaos, name.replace("-", "_"))(i)
@@ -147,19 +196,22 @@ def run(faults: int, seed: int = 0, classes: tuple[str, ...] = LIVE_CLASSES, bad
                 outcomes.append(outcome)
                 if outcome.note:
                     out(f"{outcome.fault:20s} NOT REFUSED CLEANLY: {outcome.note}")
+            if load is not None:
+                outcomes.append(score_load(chaos, load.stop(JOIN_S)))
+                out(f"[{time.monotonic() - t0:6.1f} s] trace load: {outcomes[-1].sessions} sessions, "
+                    f"lost {outcomes[-1].lost_sessions}  {outcomes[-1].note}")
             # The server keeps serving after all of it.
             final, seed_final = chaos.open()
             chunks, waits, error = chaos.streamed(final, 3)
-            tail = Outcome("after all faults")
+            tail = Outcome("serving after", faults=0)
             chaos.score(tail, seed_final, chunks, 3, error, waits)
-            tail.fault = "serving after"
             outcomes.append(tail)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rows = summarize(outcomes)
     out("")
     out(format_table(rows))
-    injected = sum(r["faults"] for r in rows if r["class"] != "serving after")
+    injected = sum(r["faults"] for r in rows)
     out(f"\n{injected} faults injected in {time.monotonic() - t0:.0f} s; seed {seed}")
     return outcomes
 
@@ -170,13 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random fault points")
     parser.add_argument("--classes", default=",".join(LIVE_CLASSES), help="live fault classes, comma-separated")
     parser.add_argument("--no-bad-inputs", action="store_true", help="skip the bad API and CLI inputs")
+    parser.add_argument("--load-rate", type=float, default=DEFAULT_RATE,
+                        help="sessions per second of the background trace replay (0: none)")
     args = parser.parse_args(argv)
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
     if args.faults < 0:
         parser.error(f"--faults must be >= 0, got {args.faults}")
     if not classes or set(classes) - set(LIVE_CLASSES):
         parser.error(f"--classes must name some of {', '.join(LIVE_CLASSES)}; got {args.classes!r}")
-    run(args.faults, seed=args.seed, classes=classes, bad_inputs=not args.no_bad_inputs)
+    if not args.load_rate >= 0:
+        parser.error(f"--load-rate must be >= 0, got {args.load_rate}")
+    run(args.faults, seed=args.seed, classes=classes, bad_inputs=not args.no_bad_inputs, load_rate=args.load_rate)
     return 0
 
 

@@ -38,6 +38,7 @@ class Outcome:
     """What one injected fault did to the sessions it touched."""
 
     fault: str
+    faults: int = 1  # faults injected (0: a row of sessions only, the trace load or the server afterwards)
     sessions: int = 0
     lost_sessions: int = 0
     lost_chunks: int = 0
@@ -137,7 +138,8 @@ class Chaos:
             time.sleep(0.5)
         n, waited = len(self.serving()), time.monotonic() - t0
         if n < N_WORKERS:
-            return f"only {n} serving workers after {JOIN_S:.0f} s; "
+            places = self.server.client.run_on_scheduler(_places)
+            return f"only {n} serving workers after {JOIN_S:.0f} s ({places}); "
         return f"waited {waited:.0f} s for {N_WORKERS} serving workers; " if waited > 30 else ""
 
     def score(self, out: Outcome, seed: int, chunks: list[Any], n: int, error: BaseException | None,
@@ -332,12 +334,15 @@ class Chaos:
         reader.wait_for(2)
         lead = self.where(s)
         follower = self.rng.choice(self.others(lead))
-        self.server.drain(follower, retire=False)  # a follower holds no session: the load's go elsewhere
+        # A follower holds no session: the load's go elsewhere first, and none comes until the
+        # merge returned (a follower in a group takes none of its own).
+        self.server.drain(follower, retire=False)
         split = i % 4 >= 2
         what = "split" if split else "merge"
         pair = [lead, follower]
         if split:
             merge_error, _, _ = self.call(lambda: self.server.set_parallelism(2, pair))
+            self.server.client.run_on_scheduler(_undrain, worker=follower)
             if merge_error is not None:
                 out.note += f"the merge before the split failed: {type(merge_error).__name__}; "
             reader.wait_for(len(reader.chunks) + 2)
@@ -345,6 +350,7 @@ class Chaos:
         delay = self.rng.uniform(0.0, 1.5 * self._transform_s[what])
         timer = self.kill_at(victim, delay)
         error, took, hung = self.call(lambda: self.server.set_parallelism(1 if split else 2, pair))
+        self.server.client.run_on_scheduler(_undrain, worker=follower)
         timer.join()
         if error is None and not hung:
             self._transform_s[what] = took
@@ -355,7 +361,6 @@ class Chaos:
         if hung:
             out.lost_sessions += 1
         left = self.ungroup()
-        self.server.client.run_on_scheduler(_undrain, worker=follower)
         out.note += (f"{'follower' if victim == follower else 'leader'} killed {delay * 1e3:.0f} ms into "
                      f"{what} ({'during' if delay < took else 'after'} the call): "
                      f"{'returned' if error is None else type(error).__name__} after {took:.2f} s{left}")
@@ -539,15 +544,21 @@ def _undrain(dask_scheduler: Any, worker: str) -> None:
         plugin.undrain(worker)
 
 
-def _serving(dask_scheduler: Any) -> list[str]:
-    """The workers placement may use now (see ``Chaos.serving``)."""
+def _places(dask_scheduler: Any) -> dict[str, list[str]]:
+    """The workers in the scheduler and those of them placement may not use now, and why."""
     from framework.registry import PLUGIN_NAME
 
     plugin = dask_scheduler.plugins[PLUGIN_NAME]
-    out = set(dask_scheduler.workers) - set(plugin.admission.draining) - set(plugin.warming())
-    if plugin.loop is not None:
-        out -= set(plugin.loop.retiring)
-    return sorted(out)
+    workers = set(dask_scheduler.workers)
+    return {"workers": sorted(workers), "draining": sorted(workers & set(plugin.admission.draining)),
+            "warming": sorted(workers & set(plugin.warming())),
+            "retiring": sorted(workers & set(plugin.loop.retiring)) if plugin.loop is not None else []}
+
+
+def _serving(dask_scheduler: Any) -> list[str]:
+    """The workers placement may use now (see ``Chaos.serving``)."""
+    places = _places(dask_scheduler)
+    return sorted(set(places["workers"]) - set(places["draining"]) - set(places["warming"]) - set(places["retiring"]))
 
 
 def _config(key: str) -> Any:

@@ -1,11 +1,13 @@
 """The chaos suite (experiments/chaos.py): faults injected into a live cluster lose nothing.
 
-The slow test runs the suite itself: three live faults of every live class (24, the
+The slow test runs the suite itself: three live faults of every live class (27, the
 target killed 0, 150 and 400 ms into ``migrate()`` among them) and every bad API and
 CLI input, on a LocalCluster of three CPU workers. No session may be lost, no chunk
-lost or repeated, no frame differ from an uninterrupted run; every bad input must be a
+lost or repeated, no frame differ from an uninterrupted run (for a session a parallel
+group stepped, by more than one uint8 level); every bad input must be a
 typed error (API) or exit status 2 without a traceback (CLI); every wait is bounded
 by the suite's bound; and the server serves a new session bit-identically at the end.
+Under a live trace replay on the same cluster: its sessions must lose nothing either.
 The control loop runs as users run it (on by default in ``Server.local``), its
 autoscaler's minimum at the suite's three workers.
 """
@@ -46,9 +48,8 @@ def test_the_chaos_suite_loses_nothing():
     outcomes = chaos.run(faults=3 * len(chaos.LIVE_CLASSES), seed=1, out=lines.append)
     print("\n".join(lines))
     rows = {r["class"]: r for r in chaos.summarize(outcomes)}
-    assert set(chaos.LIVE_CLASSES) | {"bad-api", "bad-cli", "serving after"} == set(rows)
-    injected = sum(r["faults"] for name, r in rows.items() if name != "serving after")
-    assert injected >= 40
+    assert set(chaos.LIVE_CLASSES) | {"bad-api", "bad-cli", "trace load", "serving after"} == set(rows)
+    assert sum(r["faults"] for r in rows.values()) >= 40
     for name in chaos.LIVE_CLASSES:
         row = rows[name]
         assert row["faults"] == 3 and row["sessions"] >= 3, row
@@ -56,5 +57,8 @@ def test_the_chaos_suite_loses_nothing():
         assert row["longest gap s"] < JOIN_S, row
     for name in ("bad-api", "bad-cli"):
         assert rows[name]["refused ok"] == rows[name]["faults"], [o.note for o in outcomes if o.fault == name]
+    load = rows["trace load"]
+    assert load["sessions"] >= 3, load
+    assert (load["lost"], load["chunks lost"], load["duplicated"], load["frames differ"]) == (0, 0, 0, 0), load
     after = rows["serving after"]
     assert (after["lost"], after["chunks lost"], after["frames differ"]) == (0, 0, 0)
