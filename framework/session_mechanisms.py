@@ -6,6 +6,14 @@ actor futures and the chunks a disk-suspended session had not delivered, and per
 the steps the plugin calls with the session's lock held. Every new actor is started
 through a control client that lives in the scheduler process, so that it outlives the
 user's client. The plugin decides *where* (its control loop); this class only acts.
+
+Every call it makes to an actor is bounded by ``turboserve.control.transfer-timeout``.
+A suspension or an in-place resumption whose call goes unanswered (a frozen worker keeps
+its connections open and answers nothing) is aborted: the registry keeps the session
+where it was, the caller gets a :class:`~workers.errors.TransferError`, and the call is
+*in doubt* (:class:`InDoubt`), since the worker may still carry it out when it runs
+again. As soon as the worker answers, what the late call did is undone (the actor is
+made to match the registry; the event ``settled``).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from distributed.client import _wait
@@ -31,6 +40,24 @@ logger = logging.getLogger(__name__)
 
 #: How long a committed move waits for its source to confirm it dropped its state.
 RELEASE_TIMEOUT_S = 10.0
+#: How often a call left in doubt is settled again while its worker does not answer (each try
+#: bounded by ``turboserve.control.transfer-timeout``).
+SETTLE_RETRY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class InDoubt:
+    """A call to a session's actor that went unanswered within the transfer timeout.
+
+    The registry did not commit what the call asked for (the move was aborted), but the
+    actor may still carry it out: a frozen worker reads its messages once it runs again.
+    :meth:`SessionActors.settle` then undoes it, so that the actor matches the registry.
+    """
+
+    call: str  # "offload" (a suspension) or "restore" (a resumption in place)
+    worker: str
+    key: str
+    since_s: float
 
 
 def actor_key(session_id: str, epoch: int) -> str:
@@ -67,6 +94,9 @@ class SessionActors:
         self._futures: dict[str, Any] = {}  # session id -> Future of its actor
         self._unread: dict[str, list] = {}  # session id -> unread chunks of a disk-suspended session
         self._events: dict[str, list] = {}  # session id -> its actor's events, while suspended to disk
+        self._doubts: dict[str, InDoubt] = {}  # session id -> a call its actor may still carry out
+        self._locks: dict[str, asyncio.Lock] = {}  # session id -> held while its actor is called (settle vs moves)
+        self._settling: set[asyncio.Task] = set()
         self._client: Any = None
         self._client_lock = asyncio.Lock()
         #: The control plane's access token: every actor accepts it besides its session's
@@ -74,7 +104,9 @@ class SessionActors:
         self._token = new_token()
 
     async def close(self) -> None:
-        """Close the control client."""
+        """Close the control client (and stop settling calls left in doubt)."""
+        for task in list(self._settling):
+            task.cancel()
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
@@ -128,13 +160,17 @@ class SessionActors:
         try:
             info = await self._bounded(call_actor(rpc, key, "commit", epoch),
                                        f"committing session {rec.session_id!r} on {worker} at epoch {epoch}")
-        except BaseException:
+        except BaseException as exc:
             rec.worker, rec.actor_key = before[0], before[1]
             if before[2] is None:
                 self._futures.pop(rec.session_id, None)
             else:
                 self._futures[rec.session_id] = before[2]
             fut.release()
+            if isinstance(exc, Exception) and source.get("kind") != "peer":
+                # The commit may still arrive (a frozen worker runs again): fence it out. A peer
+                # source is handed the session back at a newer epoch by the caller instead.
+                await self._fence(rec, epoch + 1)
             raise
         if source.get("kind") == "peer":
             try:
@@ -184,13 +220,17 @@ class SessionActors:
         """Await a call to a worker within the transfer timeout; a worker that went away is a TransferError.
 
         A bare ``CommClosedError`` must not leave a scheduler handler: Dask's server
-        takes it for the *caller's* connection closing and drops that connection.
+        takes it for the *caller's* connection closing and drops that connection. The
+        error of a call that went unanswered has ``unanswered = True`` (the worker may
+        still carry it out).
         """
         try:
             return await asyncio.wait_for(aw, self.settings.transfer_timeout_s)
         except asyncio.TimeoutError:
-            raise TransferError(f"{what} took more than {self.settings.transfer_timeout_s} s "
-                                "(turboserve.control.transfer-timeout)") from None
+            error = TransferError(f"{what} took more than {self.settings.transfer_timeout_s:g} s "
+                                  "(turboserve.control.transfer-timeout)")
+            error.unanswered = True
+            raise error from None
         except OSError as exc:  # CommClosedError and other connection failures
             raise TransferError(f"{what} failed: the worker did not answer ({exc!r})") from exc
         except SessionMoved as exc:  # the worker does not hold the actor (restarted, or released it)
@@ -202,11 +242,22 @@ class SessionActors:
         if fut is not None:
             fut.release()
         rec.actor_key = None
+        self._doubts.pop(rec.session_id, None)  # nothing left to settle with a dropped actor
 
     def forget(self, session_id: str) -> None:
         """Forget a closed session's undelivered chunks."""
         self._unread.pop(session_id, None)
         self._events.pop(session_id, None)
+        self._doubts.pop(session_id, None)
+        self._locks.pop(session_id, None)
+
+    def in_doubt(self, session_id: str) -> InDoubt | None:
+        """The call on the session's actor that is still in doubt, if any."""
+        return self._doubts.get(session_id)
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        """Held while the control plane calls the session's actor (a move, or settling a doubt)."""
+        return self._locks.setdefault(session_id, asyncio.Lock())
 
     async def migrate(self, rec: SessionRecord, target: str, transport: str | None = None) -> None:
         """Move the session's state to a new actor on ``target`` at a chunk boundary (see :meth:`start`).
@@ -218,6 +269,11 @@ class SessionActors:
         take the session back (recover from the checkpoint). A source that died on
         the way is the plugin's worker-loss recovery.
         """
+        async with self._lock(rec.session_id):
+            await self.settle(rec)
+            await self._migrate(rec, target, transport)
+
+    async def _migrate(self, rec: SessionRecord, target: str, transport: str | None) -> None:
         chosen = transport or self.settings.transport
         if encrypted(self.scheduler.address) and chosen == "p2p":  # not under Dask's TLS (workers.encryption)
             if transport == "p2p":
@@ -258,41 +314,191 @@ class SessionActors:
         rec.set_status(prior, time.time())
 
     async def suspend(self, rec: SessionRecord, tier: str) -> bool:
-        """Offload the session's state to ``tier``; False when it already was there."""
+        """Offload the session's state to ``tier``; False when it already was there.
+
+        A transaction: the actor parks the state (and, for ``disk``, checkpoints it), and
+        the registry commits the suspension only with its answer. A worker that does not
+        answer within the transfer timeout aborts it: :class:`TransferError`, the
+        session stays where it was (``suspend-aborted``) and the call is in doubt
+        (:meth:`settle`). A worker that left is the plugin's worker-loss recovery.
+        """
         if rec.status is SessionStatus.SUSPENDED and (rec.tier == tier or tier == "host"):
             return False
-        info = await self.call(rec, "offload", tier)
-        if info.get("unread"):
-            self._unread[rec.session_id] = list(info["unread"])
-        if tier == "disk" and info.get("events"):
-            self._events[rec.session_id] = list(info["events"])  # the next actor goes on with them
-        rec.state_bytes = info["state_bytes"] or rec.state_bytes
-        rec.chunks = max(rec.chunks, info["chunk_index"])
-        rec.tier = tier
-        if tier == "disk":
-            self.release(rec)
-            rec.worker = None
-        rec.set_status(SessionStatus.SUSPENDED, time.time())
-        self._changed()
-        return True
+        async with self._lock(rec.session_id):
+            await self.settle(rec)
+            what = f"suspending session {rec.session_id!r} to {tier} on {rec.worker}"
+            try:
+                info = await self._bounded(self.call(rec, "offload", tier), what)
+            except TransferError as exc:
+                raise self._aborted(rec, "offload", what, exc, f"the session stays {rec.status.value} there") from exc
+            if info.get("unread"):
+                self._unread[rec.session_id] = list(info["unread"])
+            if tier == "disk" and info.get("events"):
+                self._events[rec.session_id] = list(info["events"])  # the next actor goes on with them
+            rec.state_bytes = info["state_bytes"] or rec.state_bytes
+            rec.chunks = max(rec.chunks, info["chunk_index"])
+            rec.tier = tier
+            if tier == "disk":
+                self.release(rec)
+                rec.worker = None
+            rec.set_status(SessionStatus.SUSPENDED, time.time())
+            self._changed()
+            return True
 
     async def resume(self, rec: SessionRecord, worker: str | None) -> None:
         """Bring a suspended session back: in place, to ``worker`` from the host, or from the store.
 
-        ``worker`` may be None only for a host-parked session resumed where it is.
+        ``worker`` may be None only for a host-parked session resumed where it is. A
+        transaction like :meth:`start`: on any failure the session stays suspended, its
+        host-parked state or its checkpoint untouched (``resume-aborted``), and can be
+        resumed again, elsewhere too. An in-place resumption that went unanswered is in
+        doubt (:meth:`settle`); a new actor whose commit went unanswered is fenced out
+        (its source claims a newer epoch, or the scheduler claims one in the store).
         """
-        if rec.tier == "host" and rec.worker is not None and worker in (None, rec.worker):
-            await self.call(rec, "restore")
-        elif rec.tier == "host" and rec.worker is not None:
-            source = {"kind": "peer", "address": rec.worker, "key": rec.actor_key, "transport": "host"}
-            await self.start(rec, worker, source)
+        async with self._lock(rec.session_id):
+            await self.settle(rec)
+            if rec.tier == "host" and rec.worker is not None and worker in (None, rec.worker):
+                what = f"resuming session {rec.session_id!r} on {rec.worker}"
+                try:
+                    await self._bounded(self.call(rec, "restore"), what)
+                except TransferError as exc:
+                    raise self._aborted(rec, "restore", what, exc,
+                                        "the session stays suspended in its host memory") from exc
+            else:
+                peer = rec.tier == "host" and rec.worker is not None
+                if peer:
+                    source = {"kind": "peer", "address": rec.worker, "key": rec.actor_key, "transport": "host"}
+                else:
+                    source = {"kind": "store", "unread": self._unread.get(rec.session_id, []),
+                              "events": self._events.get(rec.session_id, [])}
+                generation = rec.generation
+                try:
+                    await self.start(rec, worker, source)
+                except Exception as exc:
+                    if peer and rec.generation > generation:  # the commit was sent: the source claims a newer epoch
+                        await self._hand_back(rec)
+                    rec.note("resume-aborted", worker=worker, why=f"{type(exc).__name__}: {exc}",
+                             stays=f"suspended ({'host memory of ' + rec.worker if peer else 'its checkpoint'})")
+                    raise
+                if not peer:
+                    self._unread.pop(rec.session_id, None)
+                    self._events.pop(rec.session_id, None)
+            rec.tier = None
+            rec.set_status(SessionStatus.IDLE, time.time())
+
+    async def settle(self, rec: SessionRecord) -> None:
+        """Undo what a call left in doubt did on the session's actor, so that it matches the registry.
+
+        Nothing to do without a doubt, or when it is superseded (the session closed or
+        moved, or its worker left: recovery brings it back). Otherwise the actor is asked
+        where its state is: a session the registry has on a device whose state a late
+        ``offload`` parked is restored (a late suspension to disk is taken back: the actor
+        keeps the state until it is released); a session the registry has suspended that
+        a late ``restore`` put back on the device is offloaded again. Raises
+        :class:`TransferError` while the worker still does not answer (the doubt stays).
+        """
+        doubt = self._doubts.get(rec.session_id)
+        if doubt is None:
+            return
+        if (rec.status is SessionStatus.CLOSED or rec.actor_key != doubt.key or rec.worker != doubt.worker
+                or doubt.worker not in self.scheduler.workers):
+            self._doubts.pop(rec.session_id, None)
+            return
+        waited = time.time() - doubt.since_s
+        what = (f"session {rec.session_id!r}: asking its actor on {doubt.worker} where its state is "
+                f"({doubt.call} went unanswered {waited:.1f} s ago)")
+        info = await self._bounded(self.call(rec, "info"), what)
+        undid = None
+        if rec.status is SessionStatus.SUSPENDED and info["attached"]:
+            await self._bounded(self.call(rec, "offload", rec.tier or "host"), f"{what}: suspending it again")
+            undid = "a resumption that arrived late"
+        elif rec.status is not SessionStatus.SUSPENDED and not info["attached"] and not info["closed"]:
+            await self._bounded(self.call(rec, "restore"), f"{what}: taking a late suspension back")
+            undid = "a suspension that arrived late"
+        self._doubts.pop(rec.session_id, None)
+        rec.note("settled", worker=doubt.worker, call=doubt.call, undid=undid,
+                 why=f"the worker answered again {waited:.1f} s after the {doubt.call} went unanswered")
+        self._changed()
+
+    def _aborted(self, rec: SessionRecord, call: str, what: str, exc: TransferError, stays: str) -> TransferError:
+        """The error for a suspension or resumption ``call`` that failed before its commit; notes the event.
+
+        An unanswered call on a worker still in the cluster is in doubt: it is settled as
+        soon as the worker answers (:meth:`settle`, retried every :data:`SETTLE_RETRY_S`).
+        """
+        kind = "suspend-aborted" if call == "offload" else "resume-aborted"
+        if getattr(exc, "unanswered", False) and rec.worker in self.scheduler.workers:
+            self._doubts[rec.session_id] = InDoubt(call, rec.worker, rec.actor_key, time.time())
+            task = asyncio.ensure_future(self._settle_later(rec))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+            then = (f"{stays} on {rec.worker}; if the worker carries the call out later, it is undone as soon as "
+                    "it answers again (event 'settled'); try again then, or migrate or close the session")
+        elif rec.worker not in self.scheduler.workers:
+            then = f"worker {rec.worker} left: the session is recovered from its checkpoint"
         else:
-            await self.start(rec, worker, {"kind": "store", "unread": self._unread.get(rec.session_id, []),
-                                           "events": self._events.get(rec.session_id, [])})
-            self._unread.pop(rec.session_id, None)
-            self._events.pop(rec.session_id, None)
-        rec.tier = None
-        rec.set_status(SessionStatus.IDLE, time.time())
+            then = f"{stays} on {rec.worker}; try again, or migrate or close the session"
+        rec.note(kind, worker=rec.worker, why=str(exc), stays=then)
+        return TransferError(f"{what} was aborted: {exc}; {then}")
+
+    async def _settle_later(self, rec: SessionRecord) -> None:
+        """Settle the session's doubt once its worker answers; give up only if it answers with an error."""
+        while rec.session_id in self._doubts:
+            await asyncio.sleep(SETTLE_RETRY_S)
+            async with self._lock(rec.session_id):
+                try:
+                    await self.settle(rec)
+                except TransferError as exc:
+                    if getattr(exc, "unanswered", False):
+                        continue  # still frozen (or slow): try again
+                    doubt = self._doubts.pop(rec.session_id, None)
+                    logger.warning("session %s: could not settle the %s left in doubt: %s", rec.session_id,
+                                   doubt.call if doubt else "call", exc)
+                    rec.note("settle-failed", worker=rec.worker, why=str(exc))
+                except Exception as exc:  # the actor refused (closed, moved): nothing to undo there
+                    self._doubts.pop(rec.session_id, None)
+                    logger.warning("session %s: could not settle a call left in doubt: %r", rec.session_id, exc)
+                    rec.note("settle-failed", worker=rec.worker, why=f"{type(exc).__name__}: {exc}")
+
+    async def _hand_back(self, rec: SessionRecord) -> None:
+        """The session's (host-parked) source claims a newer epoch after a move whose commit went unanswered.
+
+        The actor the commit went to may still carry it out; its claim of the older
+        epoch is then refused and it never serves. Logged when the source does not answer.
+        """
+        epoch = rec.generation + 1
+        try:
+            await self._bounded(self.call(rec, "commit", epoch),
+                                f"handing session {rec.session_id!r} back to {rec.worker} at epoch {epoch}")
+            rec.generation = epoch
+        except Exception:
+            logger.warning("could not hand session %s back to %s", rec.session_id, rec.worker, exc_info=True)
+
+    async def _fence(self, rec: SessionRecord, epoch: int) -> None:
+        """Claim ownership ``epoch`` for the session in the checkpoint store, from the scheduler.
+
+        After a commit that went unanswered: the actor it went to may still carry it
+        out (a frozen worker runs again); its claim of the lower epoch is then refused
+        (:class:`storage.CheckpointFenced`), so it neither serves nor writes the
+        checkpoint. Without a store there is nothing to fence: that actor's key was
+        never handed out, so it delivers no chunk either.
+        """
+        if not self.settings.store:
+            return
+        from storage import CheckpointFenced, CheckpointStore
+
+        def claim() -> None:
+            CheckpointStore(self.settings.store).claim(rec.session_id, epoch)
+
+        try:
+            await asyncio.wait_for(asyncio.to_thread(claim), self.settings.transfer_timeout_s)
+        except CheckpointFenced:
+            pass  # a newer owner claimed it already: fenced as well
+        except Exception as exc:
+            logger.warning("session %s: could not fence epoch %d in the store: %r", rec.session_id, epoch, exc)
+            rec.note("unfenced", epoch=epoch, why=f"the store refused the fence: {exc!r}")
+            return
+        rec.generation = max(rec.generation, epoch)
 
     async def gone_from(self, worker: str, timeout: float = 10.0) -> None:
         """Wait until the scheduler has forgotten the released actors on ``worker``."""

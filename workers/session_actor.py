@@ -208,6 +208,11 @@ class SessionActor:
         #: Index of the first chunk a state loaded from the store makes; chunks before it that the
         #: client still lacks exist only if they were carried along (see :meth:`_regenerate_gap`).
         self._restored_at = 0
+        #: The tier of the last :meth:`offload` that :meth:`restore` has not undone (None: not offloaded).
+        self._offloaded: str | None = None
+        #: The unread chunks of a suspension to disk until the actor is released (the registry
+        #: committed it) or :meth:`restore` takes it back (the registry never heard of it).
+        self._held: dict[int, Chunk] | None = None
 
     def allows(self, access_token: str | None) -> bool:
         """Whether a call carrying ``access_token`` may reach this actor (see ``access``)."""
@@ -697,6 +702,7 @@ class SessionActor:
         if tier == "host":
             # Into a reused (pinned where CUDA is) buffer of the engine's, back when resumed.
             self._parked = await self._on_engine(self._engine.offload, state)
+            self._offloaded = "host"
             self._record("suspended", tier="host", chunk=state.chunk_index)
             if self._host.checkpoints() is not None and self._acked >= state.chunk_index:
                 # A checkpoint too, not waited for: if this worker dies while the session
@@ -707,8 +713,11 @@ class SessionActor:
         await asyncio.wrap_future(self._engine.save(self.session_id, state))
         self._record("suspended", tier="disk", chunk=state.chunk_index)
         unread = [self._outbox[i] for i in sorted(self._outbox)]
-        self._parked, self._outbox = None, {}
-        self._moved = True  # the actor is released next; readers go to the registry
+        # Readers go to the registry. The state and the unread chunks stay here, out of reach,
+        # until the actor is released (the registry committed the suspension) or restore() takes
+        # the suspension back (the registry never got this answer: it gave up on it, issue 13).
+        self._held, self._outbox = dict(self._outbox), {}
+        self._offloaded, self._moved = "disk", True
         self._event().set()
         # The unread chunks travel with the record (rare: a reader that lags behind a
         # suspension), so the actor that resumes from the checkpoint can hand them out.
@@ -716,12 +725,18 @@ class SessionActor:
         return {**self._info(state), "unread": unread, "events": list(self._events)}
 
     async def restore(self) -> dict[str, Any]:
-        """Bring a host-parked state back onto this worker's device."""
+        """Bring a host-parked state back onto this worker's device.
+
+        Also takes back a suspension to disk that was not committed (the actor not released
+        yet): the control plane's way to abort a suspension whose answer it gave up on.
+        """
+        if self._held is not None and self._parked is not None and not self._closed:
+            self._outbox, self._held, self._moved = {**self._held, **self._outbox}, None, False
         self._check_open()
         if self._attached:
             return self._info(None)
         state = await self._on_engine(self._to_device, self._parked)
-        self._parked = None
+        self._parked, self._offloaded = None, None
         self._attach(state, self._want, self._parked_req, migrated=False)
         self._record("resumed", chunk=state.chunk_index)
         return self._info(state)
@@ -738,8 +753,8 @@ class SessionActor:
         """Undo :meth:`freeze`: attach the frozen state again (a move failed before its commit)."""
         if self._moved or self._attached or self._parked is None:
             return self._info(None)
-        if self._parked.device.type == "cpu" and self._host.device != "cpu":
-            return self._info(self._parked)  # host-parked: stays suspended
+        if self._offloaded is not None:
+            return self._info(self._parked)  # suspended (host-parked): stays suspended
         state, self._parked = self._parked, None
         self._attach(state, self._want, self._parked_req, migrated=False)
         return self._info(state)
@@ -807,7 +822,7 @@ class SessionActor:
                 await self._detach()
             except Exception:
                 pass  # the engine already dropped it (failed step)
-        self._parked, self._outbox, self._closed, self._attached = None, {}, True, False
+        self._parked, self._outbox, self._closed, self._attached, self._held = None, {}, True, False, None
         self._event().set()
         return self._info(None)
 
@@ -822,4 +837,5 @@ class SessionActor:
     async def info(self) -> dict[str, Any]:
         """Where the session is and how far it got."""
         return {**self._info(self._parked), "attached": self._attached, "want": self._want,
-                "unread": len(self._outbox), "moved": self._moved, "closed": self._closed}
+                "unread": len(self._outbox), "moved": self._moved, "closed": self._closed,
+                "offloaded": self._offloaded}

@@ -1,0 +1,221 @@
+"""A suspension or a resumption whose worker stops answering is aborted within the bound (issue 13).
+
+``turboserve.control.transfer-timeout`` bounds every call the scheduler makes to a
+session's actor; a frozen worker process (SIGSTOP) keeps its connections open and
+answers nothing, and used to hold the session's lock for good in ``suspend`` and
+``resume``. On a real LocalCluster (tiny model, CPU workers, a 3 s bound):
+
+- ``suspend`` on a frozen worker raises :class:`TransferError` within the bound, the
+  session stays where it was (``suspend-aborted``); a suspension the worker carries out
+  late, once it runs again, is taken back (``settled``), to host or to disk;
+- ``resume`` in place on a frozen worker raises within the bound and the session stays
+  suspended; a resumption carried out late is suspended again;
+- ``resume`` onto a target that freezes in its commit raises within the bound, the
+  session stays suspended with its checkpoint, the late commit is fenced out (the store
+  records a newer epoch), and the session resumes elsewhere;
+
+and every stream goes on with each chunk once, in order, bit-identical to an undisturbed
+run of the same prompt and seed.
+
+The worker is frozen either from outside (``os.kill(pid, SIGSTOP)``) or by itself, on
+entering the actor method under test, so that the call it answers late is known.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import dask
+import numpy as np
+import pytest
+
+from framework import Server
+from kernels.model import StreamingVideoModel
+from storage import CheckpointStore
+from workers.errors import TransferError
+
+pytestmark = pytest.mark.slow
+
+PROMPT = "a kite over a beach"
+BOUND_S = 3.0
+SLACK_S = 6.0  # the RPCs around the bound on a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("state"))
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    with dask.config.set({"turboserve.control.transfer-timeout": f"{BOUND_S}s"}):
+        with Server.local(n_workers=2, model="tiny", store=store, dashboard_address=None) as server:
+            yield server
+
+
+def undisturbed(seed: int, n: int) -> list[np.ndarray]:
+    model = StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
+    state = model.new_session(PROMPT, seed)
+    return [model.step([state])[0] for _ in range(n)]
+
+
+def assert_undisturbed(chunks, seed: int) -> None:
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    for got, want in zip(chunks, undisturbed(seed, len(chunks)), strict=True):
+        np.testing.assert_array_equal(got.frames, want)
+
+
+def freeze_on_entry(method: str) -> None:
+    """On a worker: the next call of ``SessionActor.<method>`` stops this process (SIGSTOP) first."""
+    from workers.session_actor import SessionActor
+
+    original = getattr(SessionActor, method)
+
+    async def frozen(self, *args, **kwargs):
+        setattr(SessionActor, method, original)
+        os.kill(os.getpid(), signal.SIGSTOP)  # runs on once the test sends SIGCONT
+        return await original(self, *args, **kwargs)
+
+    setattr(SessionActor, method, frozen)
+
+
+def timed(fn):
+    """``fn()`` in a thread: (its error or None, seconds); fails if it still runs well past the bound."""
+    box: dict = {}
+
+    def run():
+        t0 = time.monotonic()
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - what the caller saw
+            box["error"] = exc
+        box["elapsed"] = time.monotonic() - t0
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(BOUND_S * 3 + SLACK_S + 30)
+    assert not t.is_alive(), "the call still waits on the frozen worker"
+    return box.get("error"), box["elapsed"]
+
+
+def record(server, s) -> dict:
+    return next(r for r in server.sessions() if r["id"] == s.id)
+
+
+def wait_for_event(s, kind: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in s.events() if e["kind"] == kind]
+        if found:
+            return found[-1]
+        time.sleep(0.2)
+    raise AssertionError(f"no {kind!r} event in {timeout} s: {[e['kind'] for e in s.events()]}")
+
+
+def test_a_suspend_on_a_frozen_worker_is_aborted_within_the_bound_and_the_stream_goes_on(server):
+    s = server.open_session(PROMPT, seed=11)
+    chunks = list(s.stream(2))
+    before = record(server, s)
+    pid = server.client.run(os.getpid, workers=[s.worker])[s.worker]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        error, elapsed = timed(lambda: s.suspend(to="host"))
+        after = record(server, s)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert isinstance(error, TransferError), error
+    assert BOUND_S <= elapsed < BOUND_S + SLACK_S, elapsed
+    msg = str(error)
+    assert "was aborted" in msg and "turboserve.control.transfer-timeout" in msg and "stays" in msg, msg
+    assert (after["status"], after["worker"], after["epoch"]) == (before["status"], before["worker"], before["epoch"])
+    assert any(e["kind"] == "suspend-aborted" for e in s.events())
+    chunks += list(s.stream(3))  # the worker runs again; a late suspension is taken back
+    assert_undisturbed(chunks, 11)
+    s.suspend(to="host")  # and the session suspends and resumes as usual
+    s.resume()
+    chunks += list(s.stream(1))
+    assert_undisturbed(chunks, 11)
+    s.close()
+
+
+@pytest.mark.parametrize("tier", ["host", "disk"])
+def test_a_suspension_carried_out_late_is_taken_back(server, tier):
+    s = server.open_session(PROMPT, seed=12)
+    chunks = list(s.stream(2))
+    worker = s.worker
+    pid = server.client.run(os.getpid, workers=[worker])[worker]
+    server.client.run(freeze_on_entry, "offload", workers=[worker])
+    try:
+        error, elapsed = timed(lambda: s.suspend(to=tier))
+        after = record(server, s)
+    finally:
+        os.kill(pid, signal.SIGCONT)  # the offload runs now, after the scheduler gave up on it
+    assert isinstance(error, TransferError) and "was aborted" in str(error), error
+    assert BOUND_S <= elapsed < BOUND_S + SLACK_S, elapsed
+    assert after["status"] != "suspended" and after["worker"] == worker, after
+    settled = wait_for_event(s, "settled")
+    assert settled["undid"] == "a suspension that arrived late", settled
+    assert [e["tier"] for e in s.events() if e["kind"] == "suspended"] == [tier]  # the actor's own record
+    assert record(server, s)["status"] != "suspended"
+    chunks += list(s.stream(3))
+    assert_undisturbed(chunks, 12)
+    assert s.worker == worker
+    s.close()
+
+
+def test_a_resume_in_place_on_a_frozen_worker_is_aborted_and_a_late_one_suspended_again(server):
+    s = server.open_session(PROMPT, seed=13)
+    chunks = list(s.stream(2))
+    s.suspend(to="host")
+    worker = s.worker
+    pid = server.client.run(os.getpid, workers=[worker])[worker]
+    server.client.run(freeze_on_entry, "restore", workers=[worker])
+    try:
+        error, elapsed = timed(lambda: s.resume())
+        after = record(server, s)
+    finally:
+        os.kill(pid, signal.SIGCONT)  # the restore runs now, after the scheduler gave up on it
+    assert isinstance(error, TransferError) and "suspended" in str(error), error
+    assert BOUND_S <= elapsed < BOUND_S + SLACK_S, elapsed
+    assert (after["status"], after["tier"], after["worker"]) == ("suspended", "host", worker), after
+    assert any(e["kind"] == "resume-aborted" for e in s.events())
+    settled = wait_for_event(s, "settled")
+    assert settled["undid"] == "a resumption that arrived late", settled
+    assert record(server, s)["status"] == "suspended"
+    s.resume()
+    chunks += list(s.stream(3))
+    assert_undisturbed(chunks, 13)
+    s.close()
+
+
+def test_a_resume_whose_target_freezes_in_its_commit_is_fenced_out_and_resumes_elsewhere(server, store):
+    s = server.open_session(PROMPT, seed=14)
+    chunks = list(s.stream(2))
+    source = s.worker
+    (target,) = [w for w in server.workers() if w != source]
+    s.suspend(to="disk")
+    suspended = record(server, s)
+    pid = server.client.run(os.getpid, workers=[target])[target]
+    server.client.run(freeze_on_entry, "commit", workers=[target])
+    try:
+        error, elapsed = timed(lambda: s.resume(target))
+        after = record(server, s)
+    finally:
+        os.kill(pid, signal.SIGCONT)  # its commit runs now, after the scheduler gave up on it
+    assert isinstance(error, TransferError) and "nothing is lost" in str(error), error
+    assert BOUND_S <= elapsed < BOUND_S + SLACK_S, elapsed
+    assert (after["status"], after["tier"], after["worker"]) == ("suspended", "disk", None), after
+    # The late commit's epoch (one above the suspended record's) is fenced: the store records a newer one.
+    fence = CheckpointStore(store).owner_epoch(s.id)
+    assert fence == after["epoch"] >= suspended["epoch"] + 2, (fence, suspended, after)
+    assert any(e["kind"] == "resume-aborted" for e in s.events())
+    time.sleep(1.0)  # the late commit has run (and was refused)
+    assert CheckpointStore(store).owner_epoch(s.id) == fence
+    s.resume(source)
+    chunks += list(s.stream(3))
+    assert_undisturbed(chunks, 14)
+    assert CheckpointStore(store).owner_epoch(s.id) == record(server, s)["epoch"] > fence
+    s.close()
