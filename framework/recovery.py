@@ -42,7 +42,8 @@ class Recovery:
     admission : Admission
     groups : ParallelGroups or None
     lock : callable
-        The session's lock (shared with the plugin's handlers).
+        The session's lock (:meth:`SessionHandlers.lock
+        <framework.session_handlers.SessionHandlers.lock>`, shared with the session handlers).
     spawn : callable
         Runs a coroutine as a background task the plugin cancels on shutdown.
     changed : callable

@@ -5,7 +5,8 @@ and long-polls the actor directly (``direct_to_workers``), acknowledging what it
 Control calls (pause, suspend, resume, migrate, close) go to the scheduler plugin.
 
 When the actor is gone (migrated, suspended, its worker died), the session asks the
-scheduler where the session is now (:meth:`TurboserveScheduler.locate`, which waits for
+scheduler where the session is now (:meth:`SessionHandlers.locate
+<framework.session_handlers.SessionHandlers.locate>`, which waits for
 a move or a recovery to finish and wakes a suspended session), repeats its request and
 goes on polling. Chunk indices are the stream's identity: an index already received is
 never handed out again, so a recovery that regenerates chunks from an older checkpoint
