@@ -191,12 +191,20 @@ def test_a_resume_in_place_on_a_frozen_worker_is_aborted_and_a_late_one_suspende
     s.close()
 
 
-def test_a_resume_whose_target_freezes_in_its_commit_is_fenced_out_and_resumes_elsewhere(server, store):
+def engine_sessions(dask_worker) -> list[str]:
+    """On a worker: the sessions attached to its engine."""
+    host = dask_worker.plugins["turboserve-model-host"]
+    return list(host.engine(host.model)._entries)
+
+
+@pytest.mark.parametrize("tier", ["host", "disk"])
+def test_a_resume_whose_target_freezes_in_its_commit_is_fenced_out_and_resumes_elsewhere(server, store, tier):
+    """From disk the scheduler claims the newer epoch in the store; from host the parked source does."""
     s = server.open_session(PROMPT, seed=14)
     chunks = list(s.stream(2))
     source = s.worker
     (target,) = [w for w in server.workers() if w != source]
-    s.suspend(to="disk")
+    s.suspend(to=tier)
     suspended = record(server, s)
     pid = server.client.run(os.getpid, workers=[target])[target]
     server.client.run(freeze_on_entry, "commit", workers=[target])
@@ -207,15 +215,16 @@ def test_a_resume_whose_target_freezes_in_its_commit_is_fenced_out_and_resumes_e
         os.kill(pid, signal.SIGCONT)  # its commit runs now, after the scheduler gave up on it
     assert isinstance(error, TransferError) and "nothing is lost" in str(error), error
     assert BOUND_S <= elapsed < BOUND_S + SLACK_S, elapsed
-    assert (after["status"], after["tier"], after["worker"]) == ("suspended", "disk", None), after
+    assert (after["status"], after["tier"], after["worker"]) == ("suspended", tier, suspended["worker"]), after
     # The late commit's epoch (one above the suspended record's) is fenced: the store records a newer one.
     fence = CheckpointStore(store).owner_epoch(s.id)
     assert fence == after["epoch"] >= suspended["epoch"] + 2, (fence, suspended, after)
     assert any(e["kind"] == "resume-aborted" for e in s.events())
-    time.sleep(1.0)  # the late commit has run (and was refused)
+    time.sleep(1.0)  # the late commit has run, and was refused: the target serves nothing of the session
+    assert s.id not in server.client.run(engine_sessions, workers=[target])[target]
     assert CheckpointStore(store).owner_epoch(s.id) == fence
     s.resume(source)
     chunks += list(s.stream(3))
     assert_undisturbed(chunks, 14)
-    assert CheckpointStore(store).owner_epoch(s.id) == record(server, s)["epoch"] > fence
+    assert CheckpointStore(store).owner_epoch(s.id) == record(server, s)["epoch"] >= fence  # (in place: the same)
     s.close()
