@@ -295,7 +295,11 @@ class Session:
         with ``worker`` after ``chunk`` chunks, ``why``) and ``recovered`` (back on
         ``worker`` from the checkpoint at ``from_chunk``), so they outlive an actor that
         died with its worker; that actor's other events are only here if this client
-        read them before. Waits at most ``EVENTS_TIMEOUT_S`` per source.
+        read them before. It also records ``suspend-aborted`` / ``resume-aborted`` (a
+        suspension or resumption failed before its commit: ``why``, and where the session
+        ``stays``), ``settled`` (the worker of an unanswered suspension or resumption
+        answered again, and what the late call did there was undone: ``undid``, None when
+        it had done nothing), ``settle-failed`` and ``unfenced`` (``why``). Waits at most ``EVENTS_TIMEOUT_S`` per source.
 
         Examples
         --------

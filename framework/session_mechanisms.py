@@ -407,7 +407,13 @@ class SessionActors:
         waited = time.time() - doubt.since_s
         what = (f"session {rec.session_id!r}: asking its actor on {doubt.worker} where its state is "
                 f"({doubt.call} went unanswered {waited:.1f} s ago)")
-        info = await self._bounded(self.call(rec, "info"), what)
+        try:
+            info = await self._bounded(self.call(rec, "info"), what)
+        except TransferError as exc:
+            error = TransferError(f"{exc}; the session cannot be moved until its worker answers (the "
+                                  f"{doubt.call} is then undone): try again later, or close the session")
+            error.unanswered = getattr(exc, "unanswered", False)
+            raise error from exc
         undid = None
         if rec.status is SessionStatus.SUSPENDED and info["attached"]:
             await self._bounded(self.call(rec, "offload", rec.tier or "host"), f"{what}: suspending it again")

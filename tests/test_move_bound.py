@@ -124,12 +124,15 @@ def test_a_suspend_on_a_frozen_worker_is_aborted_within_the_bound_and_the_stream
     try:
         error, elapsed = timed(lambda: s.suspend(to="host"))
         after = record(server, s)
+        again, elapsed_again = timed(lambda: s.suspend(to="host"))  # still frozen: the first is in doubt
     finally:
         os.kill(pid, signal.SIGCONT)
     assert isinstance(error, TransferError), error
     assert BOUND_S <= elapsed < BOUND_S + SLACK_S, elapsed
     msg = str(error)
     assert "was aborted" in msg and "turboserve.control.transfer-timeout" in msg and "stays" in msg, msg
+    assert isinstance(again, TransferError) and "until its worker answers" in str(again), again
+    assert BOUND_S <= elapsed_again < BOUND_S + SLACK_S, elapsed_again
     assert (after["status"], after["worker"], after["epoch"]) == (before["status"], before["worker"], before["epoch"])
     assert any(e["kind"] == "suspend-aborted" for e in s.events())
     chunks += list(s.stream(3))  # the worker runs again; a late suspension is taken back
