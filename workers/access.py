@@ -4,7 +4,8 @@ The opening client makes a random token (:func:`new_token`) and sends it with ``
 (the scheduler makes one when none is sent); only that client holds it (the
 :class:`framework.Session` handle keeps it; ``Session.access_token``). The
 scheduler plugin keeps the token's digest in the session's record and checks it in every
-per-session RPC handler (locate, info, events, pause, suspend, resume, migrate, close);
+per-session RPC handler (locate, info, events, pause, suspend, resume, migrate, close:
+:meth:`framework.session_handlers.SessionHandlers.owned`);
 the session's actors get the digests they accept at construction (the session's, and the
 control plane's own: :class:`framework.session_mechanisms.SessionActors` calls them with
 a token of its own) and check every call (:func:`workers.session_actor.handle_call`):
