@@ -231,3 +231,29 @@ def test_a_resume_whose_target_freezes_in_its_commit_is_fenced_out_and_resumes_e
     assert_undisturbed(chunks, 14)
     assert CheckpointStore(store).owner_epoch(s.id) == record(server, s)["epoch"] >= fence  # (in place: the same)
     s.close()
+
+
+def test_a_migration_whose_target_freezes_in_its_prepare_goes_on_at_the_source(server):
+    """The target's late ``prepare`` asks the source for its state after the session was handed
+    back: the source, serving again, refuses, instead of taking the state off its engine."""
+    s = server.open_session(PROMPT, seed=15)
+    chunks = list(s.stream(2))
+    source = s.worker
+    (target,) = [w for w in server.workers() if w != source]
+    pid = server.client.run(os.getpid, workers=[target])[target]
+    server.client.run(freeze_on_entry, "prepare", workers=[target])
+    try:
+        error, elapsed = timed(lambda: s.migrate(target))
+    finally:
+        os.kill(pid, signal.SIGCONT)  # its prepare runs now, after the scheduler gave up on it
+    assert isinstance(error, TransferError) and "goes on at the source" in str(error), error
+    assert BOUND_S <= elapsed < BOUND_S + SLACK_S, elapsed
+    time.sleep(1.0)  # the late prepare has asked the source for its state, and was refused
+    box: dict = {}
+    failed, _ = timed(lambda: box.setdefault("chunks", list(s.stream(3))))
+    assert failed is None, failed
+    chunks += box["chunks"]
+    assert_undisturbed(chunks, 15)
+    assert s.worker == source and record(server, s)["worker"] == source
+    assert s.id not in server.client.run(engine_sessions, workers=[target])[target]
+    s.close()

@@ -759,15 +759,28 @@ class SessionActor:
         self._attach(state, self._want, self._parked_req, migrated=False)
         return self._info(state)
 
+    def _check_exportable(self) -> None:
+        """Refuse an export while the state is served: the move it belongs to was given up.
+
+        A move freezes its source first (the plugin's ``freeze``); a suspended source is
+        parked already. A target whose ``prepare`` ran late (its worker was frozen and the
+        scheduler aborted the move, handing the session back to this actor) must not take
+        the state off the engine again: the session would stay parked while the registry
+        has it served here (issue 13).
+        """
+        if self._attached:
+            raise TransferError(f"session {self.session_id!r} is served on {self._worker.address}, not frozen "
+                                "for a move: the move that asks for its state was given up")
+
     async def export(self) -> dict[str, Any]:
         """A copy of the frozen state and the unread chunks, for the actor that replaces this one.
 
         The state stays here until :meth:`release` (the move committed) or
-        :meth:`commit` (it failed: this actor serves on).
+        :meth:`commit` (it failed: this actor serves on). Only a frozen or suspended
+        state is exported: an actor that serves refuses (:meth:`_check_exportable`).
         """
         self._check_open()
-        if self._attached:
-            await self.freeze()
+        self._check_exportable()
         if self._parked is None:
             raise TransferError(f"session {self.session_id!r} has no state on {self._worker.address} to export")
         # release=False: a device state keeps its tensors here, so a move that fails
@@ -796,8 +809,7 @@ class SessionActor:
         from workers.p2p_group import Rendezvous
 
         self._check_open()
-        if self._attached:
-            await self.freeze()
+        self._check_exportable()
         if self._parked is None:
             raise TransferError(f"session {self.session_id!r} has no state on {self._worker.address} to export")
         both_cuda = peer_device.startswith("cuda") and self._parked.device.type == "cuda"
