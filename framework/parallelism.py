@@ -312,7 +312,8 @@ class ParallelGroups:
     # ------------------------------------------------------------ transformations
 
     async def _call(self, worker: str, action: str, group_id: str, **kw: Any) -> Any:
-        """One group message to ``worker``; a worker that went away or never answers is a TransferError.
+        """One group message to ``worker``; a worker that went away, never answers or lost another rank
+        during the step is a TransferError.
 
         A bare ``CommClosedError`` must not leave a scheduler handler: Dask's server takes
         it for the *caller's* connection closing and drops that connection (seen in the
@@ -329,7 +330,11 @@ class ParallelGroups:
             raise TransferError(f"worker {worker} went away during {action!r} of group {group_id!r} "
                                 f"({exc!r})") from exc
         if resp.get("status") != "OK":
-            raise _unwrap(resp.get("exception"))
+            error = _unwrap(resp.get("exception"))
+            if isinstance(error, OSError):  # its own call to another rank failed (a follower died in a split)
+                raise TransferError(f"worker {worker} could not complete {action!r} of group {group_id!r}: "
+                                    f"another rank went away ({error!r})") from error
+            raise error
         return _unwrap(resp.get("result"))
 
     async def _merge(self, members: tuple[str, ...], model: str) -> dict[str, Any]:

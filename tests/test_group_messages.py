@@ -37,3 +37,27 @@ def test_a_group_message_to_a_worker_that_went_away_is_a_transfer_error():
                     await groups._call(nowhere, "port", "g1")
 
     asyncio.run(main())
+
+
+def test_a_rank_lost_inside_the_step_is_a_transfer_error_too():
+    """A worker that answers with its own comm failure (the leader's dissolve asked a follower
+    that had died for its shards; seen in the chaos suite) is a TransferError, not that error."""
+    from distributed import Worker
+    from distributed.comm.core import CommClosedError
+    from distributed.protocol import to_serialize
+
+    from framework.parallelism import GROUP_OP
+
+    async def answer(**kw):
+        return {"status": "error", "exception": to_serialize(CommClosedError("in <TCP (closed)>: Stream is closed"))}
+
+    async def main() -> None:
+        async with Scheduler(dashboard_address=":0", port=0) as scheduler, Worker(
+            scheduler.address, nthreads=1, dashboard_address=":0"
+        ) as worker:
+            worker.handlers[GROUP_OP] = answer
+            groups = ParallelGroups(scheduler, lambda w: [], lambda s: "tiny", lambda: None, timeout_s=1.0)
+            with pytest.raises(TransferError, match=r"could not complete 'dissolve' of group 'g2': another rank went away"):
+                await groups._call(worker.address, "dissolve", "g2")
+
+    asyncio.run(main())
