@@ -266,8 +266,10 @@ class SessionActors:
         has committed. On failure the source takes the session back at a new
         ownership epoch and serves on, and :class:`~workers.errors.TransferError` is
         raised; its ``state_lost`` is True only when the source lives but could not
-        take the session back (recover from the checkpoint). A source that died on
-        the way is the plugin's worker-loss recovery.
+        take the session back (recover from the checkpoint), or did not answer the
+        freeze within the transfer timeout (it is not asked again: a late commit there
+        could serve beside the owner the recovery makes). A source that died on the way
+        is the plugin's worker-loss recovery.
         """
         async with self._lock(rec.session_id):
             await self.settle(rec)
@@ -282,29 +284,40 @@ class SessionActors:
         prior = rec.status
         old_worker, old_key = rec.worker, rec.actor_key
         rec.set_status(SessionStatus.MIGRATING, time.time())
+        frozen = False
         try:
             await self._bounded(self.call(rec, "freeze"), f"freezing session {rec.session_id!r}")
+            frozen = True
             event_id = uuid.uuid4().hex[:12]  # the actor's record and the registry's are one event
             source = {"kind": "peer", "address": old_worker, "key": old_key,
                       "transport": chosen, "event_id": event_id}
             info = await self.start(rec, target, source)
         except Exception as exc:
-            lost = True
-            if old_worker in self.scheduler.workers:
+            # A source that did not answer the freeze is not asked again (a late commit there could
+            # serve beside the owner recovery makes): the session is recovered from its checkpoint.
+            lost, unanswered = True, not frozen and getattr(exc, "unanswered", False)
+            if unanswered:
                 rec.worker, rec.actor_key = old_worker, old_key
-                epoch = rec.generation + 1
+                rec.set_status(prior, time.time())
+            elif old_worker in self.scheduler.workers:
+                rec.worker, rec.actor_key = old_worker, old_key
+                # The epoch is taken before the call: a commit answered late (a frozen source runs
+                # again) must never share its epoch with the owner a recovery makes next.
+                epoch = rec.generation = rec.generation + 1
                 try:
                     info = await self._bounded(self.call(rec, "commit", epoch),
                                                f"handing session {rec.session_id!r} back to {old_worker}")
-                    rec.generation = epoch
                     lost = not info["state_bytes"]
-                except Exception:
+                except Exception as again:
+                    unanswered = bool(getattr(again, "unanswered", False))
                     logger.warning("could not hand session %s back to %s", rec.session_id, old_worker, exc_info=True)
                 rec.set_status(prior, time.time())
             # else: the source died on the way; the plugin's remove_worker queued its recovery.
             error = TransferError(
                 f"migrating session {rec.session_id!r} from {old_worker} to {target} failed: {exc!r}"
-                + ("; the source no longer holds its state" if lost and old_worker in self.scheduler.workers
+                + ("; the source did not answer, so the session is recovered from its checkpoint (the source's "
+                   "state, if it runs again, is fenced out)" if unanswered
+                   else "; the source no longer holds its state" if lost and old_worker in self.scheduler.workers
                    else "; it goes on at the source" if not lost else "")
             )
             error.state_lost = lost and old_worker in self.scheduler.workers
@@ -472,11 +485,10 @@ class SessionActors:
         The actor the commit went to may still carry it out; its claim of the older
         epoch is then refused and it never serves. Logged when the source does not answer.
         """
-        epoch = rec.generation + 1
+        epoch = rec.generation = rec.generation + 1  # taken first: a late answer shares no epoch with a later owner
         try:
             await self._bounded(self.call(rec, "commit", epoch),
                                 f"handing session {rec.session_id!r} back to {rec.worker} at epoch {epoch}")
-            rec.generation = epoch
         except Exception:
             logger.warning("could not hand session %s back to %s", rec.session_id, rec.worker, exc_info=True)
 

@@ -257,3 +257,30 @@ def test_a_migration_whose_target_freezes_in_its_prepare_goes_on_at_the_source(s
     assert s.worker == source and record(server, s)["worker"] == source
     assert s.id not in server.client.run(engine_sessions, workers=[target])[target]
     s.close()
+
+
+def test_a_migration_whose_source_freezes_is_recovered_and_the_source_serves_nothing_after(server):
+    """A source that does not answer the freeze is not asked again: the session is recovered from
+    its checkpoint at a newer epoch, and the frozen actor, running again, is not a second owner."""
+    s = server.open_session(PROMPT, seed=16)
+    chunks = list(s.stream(2))
+    source = s.worker
+    (target,) = [w for w in server.workers() if w != source]
+    pid = server.client.run(os.getpid, workers=[source])[source]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        error, elapsed = timed(lambda: s.migrate(target))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert isinstance(error, TransferError) and "did not answer" in str(error), error
+    assert BOUND_S <= elapsed < 2 * BOUND_S, elapsed  # one bound: the source is not asked to take it back
+    box: dict = {}
+    failed, _ = timed(lambda: box.setdefault("chunks", list(s.stream(3))))
+    assert failed is None, failed
+    chunks += box["chunks"]
+    assert_undisturbed(chunks, 16)
+    assert "recovered" in [e["kind"] for e in s.events()]
+    time.sleep(1.0)
+    attached = server.client.run(engine_sessions)
+    assert sum(s.id in sessions for sessions in attached.values()) == 1, attached
+    s.close()
