@@ -125,7 +125,10 @@ class SessionActors:
         1 aborts (the new actor is dropped, the record is unchanged). A failure in 3
         puts the record back where it was, keeping the epoch high-water mark in
         ``rec.generation``, so the caller can hand the session back to its source at a
-        new epoch; the half-started actor, if it lives, is fenced by that epoch.
+        new epoch; the half-started actor, if it lives, is fenced by that epoch. Its
+        commit may still arrive late (a frozen worker runs again): without a peer source
+        the scheduler claims the next epoch in the store at once (:meth:`_fence`), so
+        that late claim is refused and the actor never serves.
 
         Every attempt has a key of its own: an aborted attempt leaves the epoch as it
         was, and a retry under the same key (elsewhere) would join the aborted task,
@@ -422,11 +425,17 @@ class SessionActors:
                 f"({doubt.call} went unanswered {waited:.1f} s ago)")
         try:
             info = await self._bounded(self.call(rec, "info"), what)
-        except TransferError as exc:
-            error = TransferError(f"{exc}; the session cannot be moved until its worker answers (the "
-                                  f"{doubt.call} is then undone): try again later, or close the session")
-            error.unanswered = getattr(exc, "unanswered", False)
+        except Exception as exc:
+            unanswered = getattr(exc, "unanswered", False)
+            error = TransferError(
+                f"{exc}; the session cannot be moved until its worker answers (the {doubt.call} is then undone): "
+                "try again later, or close the session" if unanswered
+                else f"{what} failed ({type(exc).__name__}: {exc}); close the session if it does not stream again"
+            )
+            error.unanswered = unanswered
             raise error from exc
+        if self._doubts.get(rec.session_id) is not doubt or rec.actor_key != doubt.key:
+            return  # closed or moved on meanwhile (a close does not wait for this lock)
         undid = None
         if rec.status is SessionStatus.SUSPENDED and info["attached"]:
             await self._bounded(self.call(rec, "offload", rec.tier or "host"), f"{what}: suspending it again")
@@ -467,17 +476,15 @@ class SessionActors:
             async with self._lock(rec.session_id):
                 try:
                     await self.settle(rec)
-                except TransferError as exc:
+                except Exception as exc:
                     if getattr(exc, "unanswered", False):
                         continue  # still frozen (or slow): try again
                     doubt = self._doubts.pop(rec.session_id, None)
-                    logger.warning("session %s: could not settle the %s left in doubt: %s", rec.session_id,
-                                   doubt.call if doubt else "call", exc)
-                    rec.note("settle-failed", worker=rec.worker, why=str(exc))
-                except Exception as exc:  # the actor refused (closed, moved): nothing to undo there
-                    self._doubts.pop(rec.session_id, None)
-                    logger.warning("session %s: could not settle a call left in doubt: %r", rec.session_id, exc)
-                    rec.note("settle-failed", worker=rec.worker, why=f"{type(exc).__name__}: {exc}")
+                    if doubt is None or rec.status is SessionStatus.CLOSED:
+                        continue  # superseded meanwhile: nothing to report
+                    logger.warning("session %s: could not settle the %s left in doubt on %s: %r", rec.session_id,
+                                   doubt.call, doubt.worker, exc)
+                    rec.note("settle-failed", worker=doubt.worker, why=f"{type(exc).__name__}: {exc}")
 
     async def _hand_back(self, rec: SessionRecord) -> None:
         """The session's (host-parked) source claims a newer epoch after a move whose commit went unanswered.

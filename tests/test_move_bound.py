@@ -284,3 +284,28 @@ def test_a_migration_whose_source_freezes_is_recovered_and_the_source_serves_not
     attached = server.client.run(engine_sessions)
     assert sum(s.id in sessions for sessions in attached.values()) == 1, attached
     s.close()
+
+
+def registry_kinds(dask_scheduler, session_id: str) -> list[str]:
+    """On the scheduler: the kinds of the events its registry recorded for the session."""
+    from framework.registry import PLUGIN_NAME
+
+    return [e["kind"] for e in dask_scheduler.plugins[PLUGIN_NAME].registry.get(session_id).events]
+
+
+def test_closing_a_session_whose_suspension_is_in_doubt_returns_within_the_bound(server):
+    s = server.open_session(PROMPT, seed=17)
+    list(s.stream(1))
+    pid = server.client.run(os.getpid, workers=[s.worker])[s.worker]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        error, _ = timed(lambda: s.suspend(to="host"))
+        closed, elapsed = timed(s.close)
+        status = next(r["status"] for r in server.sessions(include_closed=True) if r["id"] == s.id)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert isinstance(error, TransferError), error
+    assert closed is None and elapsed < BOUND_S + SLACK_S and status == "closed", (closed, elapsed, status)
+    time.sleep(2 * BOUND_S)  # nothing is left to settle for a closed session
+    kinds = server.client.run_on_scheduler(registry_kinds, session_id=s.id)
+    assert "suspend-aborted" in kinds and "settle-failed" not in kinds and "settled" not in kinds, kinds
