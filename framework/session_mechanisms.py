@@ -51,10 +51,12 @@ class InDoubt:
 
     The registry did not commit what the call asked for (the move was aborted), but the
     actor may still carry it out: a frozen worker reads its messages once it runs again.
-    :meth:`SessionActors.settle` then undoes it, so that the actor matches the registry.
+    :meth:`SessionActors.settle` then aborts it on the actor by its ``op`` id (undone if
+    it ran, refused if it arrives later), so that the actor matches the registry.
     """
 
     call: str  # "offload" (a suspension) or "restore" (a resumption in place)
+    op: str  # the id the call carried
     worker: str
     key: str
     since_s: float
@@ -343,10 +345,11 @@ class SessionActors:
         async with self._lock(rec.session_id):
             await self.settle(rec)
             what = f"suspending session {rec.session_id!r} to {tier} on {rec.worker}"
+            op = uuid.uuid4().hex[:12]
             try:
-                info = await self._bounded(self.call(rec, "offload", tier), what)
+                info = await self._bounded(self.call(rec, "offload", tier, op), what)
             except TransferError as exc:
-                raise self._aborted(rec, "offload", what, exc, f"the session stays {rec.status.value} there") from exc
+                raise self._aborted(rec, "offload", op, what, exc, f"the session stays {rec.status.value}") from exc
             if info.get("unread"):
                 self._unread[rec.session_id] = list(info["unread"])
             if tier == "disk" and info.get("events"):
@@ -375,10 +378,11 @@ class SessionActors:
             await self.settle(rec)
             if rec.tier == "host" and rec.worker is not None and worker in (None, rec.worker):
                 what = f"resuming session {rec.session_id!r} on {rec.worker}"
+                op = uuid.uuid4().hex[:12]
                 try:
-                    await self._bounded(self.call(rec, "restore"), what)
+                    await self._bounded(self.call(rec, "restore", op), what)
                 except TransferError as exc:
-                    raise self._aborted(rec, "restore", what, exc,
+                    raise self._aborted(rec, "restore", op, what, exc,
                                         "the session stays suspended in its host memory") from exc
             else:
                 peer = rec.tier == "host" and rec.worker is not None
@@ -403,15 +407,16 @@ class SessionActors:
             rec.set_status(SessionStatus.IDLE, time.time())
 
     async def settle(self, rec: SessionRecord) -> None:
-        """Undo what a call left in doubt did on the session's actor, so that it matches the registry.
+        """Abort, on the session's actor, a call left in doubt, so that the actor matches the registry.
 
         Nothing to do without a doubt, or when it is superseded (the session closed or
-        moved, or its worker left: recovery brings it back). Otherwise the actor is asked
-        where its state is: a session the registry has on a device whose state a late
-        ``offload`` parked is restored (a late suspension to disk is taken back: the actor
-        keeps the state until it is released); a session the registry has suspended that
-        a late ``restore`` put back on the device is offloaded again. Raises
-        :class:`TransferError` while the worker still does not answer (the doubt stays).
+        moved, or its worker left: recovery brings it back). Otherwise the actor is told
+        to undo the call by its id (:meth:`SessionActor.undo
+        <workers.session_actor.SessionActor.undo>`): a late suspension is restored (one to
+        disk too: the actor keeps the state until it is released), a late resumption is
+        suspended to host memory again, and a call that has not arrived yet is refused
+        when it does. Raises :class:`TransferError` while the worker still does not
+        answer (the doubt stays).
         """
         doubt = self._doubts.get(rec.session_id)
         if doubt is None:
@@ -421,10 +426,10 @@ class SessionActors:
             self._doubts.pop(rec.session_id, None)
             return
         waited = time.time() - doubt.since_s
-        what = (f"session {rec.session_id!r}: asking its actor on {doubt.worker} where its state is "
-                f"({doubt.call} went unanswered {waited:.1f} s ago)")
+        what = (f"session {rec.session_id!r}: aborting the {doubt.call} on {doubt.worker} that went unanswered "
+                f"{waited:.1f} s ago")
         try:
-            info = await self._bounded(self.call(rec, "info"), what)
+            info = await self._bounded(self.call(rec, "undo", doubt.op), what)
         except Exception as exc:
             unanswered = getattr(exc, "unanswered", False)
             error = TransferError(
@@ -436,19 +441,13 @@ class SessionActors:
             raise error from exc
         if self._doubts.get(rec.session_id) is not doubt or rec.actor_key != doubt.key:
             return  # closed or moved on meanwhile (a close does not wait for this lock)
-        undid = None
-        if rec.status is SessionStatus.SUSPENDED and info["attached"]:
-            await self._bounded(self.call(rec, "offload", rec.tier or "host"), f"{what}: suspending it again")
-            undid = "a resumption that arrived late"
-        elif rec.status is not SessionStatus.SUSPENDED and not info["attached"] and not info["closed"]:
-            await self._bounded(self.call(rec, "restore"), f"{what}: taking a late suspension back")
-            undid = "a suspension that arrived late"
         self._doubts.pop(rec.session_id, None)
-        rec.note("settled", worker=doubt.worker, call=doubt.call, undid=undid,
+        rec.note("settled", worker=doubt.worker, call=doubt.call, undid=info.get("undid"),
                  why=f"the worker answered again {waited:.1f} s after the {doubt.call} went unanswered")
         self._changed()
 
-    def _aborted(self, rec: SessionRecord, call: str, what: str, exc: TransferError, stays: str) -> TransferError:
+    def _aborted(self, rec: SessionRecord, call: str, op: str, what: str, exc: TransferError,
+                 stays: str) -> TransferError:
         """The error for a suspension or resumption ``call`` that failed before its commit; notes the event.
 
         An unanswered call on a worker still in the cluster is in doubt: it is settled as
@@ -456,7 +455,7 @@ class SessionActors:
         """
         kind = "suspend-aborted" if call == "offload" else "resume-aborted"
         if getattr(exc, "unanswered", False) and rec.worker in self.scheduler.workers:
-            self._doubts[rec.session_id] = InDoubt(call, rec.worker, rec.actor_key, time.time())
+            self._doubts[rec.session_id] = InDoubt(call, op, rec.worker, rec.actor_key, time.time())
             task = asyncio.ensure_future(self._settle_later(rec))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)

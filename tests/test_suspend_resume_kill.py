@@ -125,8 +125,8 @@ def arm_die_after_disk_offload():
 
     original = SessionActor.offload
 
-    async def offload(self, tier):
-        info = await original(self, tier)
+    async def offload(self, tier, *args):
+        info = await original(self, tier, *args)
         if tier == "disk":
             os.kill(os.getpid(), signal.SIGKILL)
         return info

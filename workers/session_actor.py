@@ -144,6 +144,13 @@ async def handle_call(worker: Any, key: str, method: str, args: Any = (), kwargs
     return {"status": "OK", "result": to_serialize(result)}
 
 
+def _bounded_put(ops: collections.OrderedDict, op: str, value: Any) -> None:
+    """``ops[op] = value``, keeping the newest :data:`MAX_EVENTS` ids."""
+    ops[op] = value
+    while len(ops) > MAX_EVENTS:
+        ops.popitem(last=False)
+
+
 def _unwrap(value: Any) -> Any:
     # The scheduler's RPC pool does not deserialize (deserialize=False); clients and
     # workers do. Either way the caller gets the object.
@@ -213,6 +220,12 @@ class SessionActor:
         #: The unread chunks of a suspension to disk until the actor is released (the registry
         #: committed it) or :meth:`restore` takes it back (the registry never heard of it).
         self._held: dict[int, Chunk] | None = None
+        #: Suspensions and resumptions run one at a time; ``_done_ops`` are those that carried an
+        #: ``op`` id (newest last), ``_undone_ops`` what :meth:`undo` did for an id (None: it
+        #: had not arrived, and is refused when it does).
+        self._control = asyncio.Lock()
+        self._done_ops: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._undone_ops: collections.OrderedDict[str, str | None] = collections.OrderedDict()
 
     def allows(self, access_token: str | None) -> bool:
         """Whether a call carrying ``access_token`` may reach this actor (see ``access``)."""
@@ -688,8 +701,49 @@ class SessionActor:
             self._want = self._engine.hold(self.session_id)
         return self._info(None)
 
-    async def offload(self, tier: str) -> dict[str, Any]:
-        """Take the state off the device at a chunk boundary: to host memory or to disk."""
+    async def offload(self, tier: str, op: str | None = None) -> dict[str, Any]:
+        """Take the state off the device at a chunk boundary: to host memory or to disk.
+
+        ``op``: an id the control plane can abort the call by (:meth:`undo`).
+        """
+        async with self._control:
+            self._check_op(op)
+            info = await self._offload(tier)
+            self._op_done(op, "offload")
+            return info
+
+    def _check_op(self, op: str | None) -> None:
+        if op is not None and op in self._undone_ops:
+            raise TransferError(f"session {self.session_id!r}: call {op} arrived on {self._worker.address} after "
+                                "the control plane had given it up; nothing was done")
+
+    def _op_done(self, op: str | None, kind: str) -> None:
+        if op is not None:
+            _bounded_put(self._done_ops, op, kind)
+
+    async def undo(self, op: str) -> dict[str, Any]:
+        """Abort the suspension or resumption ``op`` that the control plane gave up on (its answer was late).
+
+        Done already: undone (a suspension is restored, to disk too, since the actor
+        keeps the state until it is released; a resumption is offloaded to host memory
+        again). Not arrived yet: refused when it arrives. The answer's ``undid`` says
+        which (None: nothing had been done); asking again answers the same (the
+        control plane repeats an ``undo`` whose answer it did not get).
+        """
+        async with self._control:
+            if op not in self._undone_ops:
+                kind = self._done_ops.pop(op, None)
+                undid = None
+                if kind == "offload":
+                    await self._restore()
+                    undid = "a suspension that arrived late"
+                elif kind == "restore":
+                    await self._offload("host")
+                    undid = "a resumption that arrived late"
+                _bounded_put(self._undone_ops, op, undid)
+            return {**self._info(self._parked), "attached": self._attached, "undid": self._undone_ops[op]}
+
+    async def _offload(self, tier: str) -> dict[str, Any]:
         self._check_open()
         if tier not in TIERS:
             raise InvalidRequest(f"unknown offload tier {tier!r}; expected one of {TIERS}")
@@ -724,12 +778,17 @@ class SessionActor:
         # So do the events, for a control plane that passes them on (``source["events"]``).
         return {**self._info(state), "unread": unread, "events": list(self._events)}
 
-    async def restore(self) -> dict[str, Any]:
-        """Bring a host-parked state back onto this worker's device.
+    async def restore(self, op: str | None = None) -> dict[str, Any]:
+        """Bring a host-parked state back onto this worker's device (``op``: as for :meth:`offload`)."""
+        async with self._control:
+            self._check_op(op)
+            info = await self._restore()
+            self._op_done(op, "restore")
+            return info
 
-        Also takes back a suspension to disk that was not committed (the actor not released
-        yet): the control plane's way to abort a suspension whose answer it gave up on.
-        """
+    async def _restore(self) -> dict[str, Any]:
+        # Also takes back a suspension to disk that was not committed (the actor not released
+        # yet): how :meth:`undo` aborts a suspension whose answer the control plane gave up on.
         if self._held is not None and self._parked is not None and not self._closed:
             self._outbox, self._held, self._moved = {**self._held, **self._outbox}, None, False
         self._check_open()
