@@ -357,7 +357,9 @@ class Session:
             try:
                 if self._key is None:
                     raise SessionMoved(f"session {self.id!r} has no actor yet")
-                await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._issued),
+                # With what was read: an actor recovered from an older checkpoint makes those
+                # chunks again, and unacknowledged they would fill its unread window (issue 13).
+                await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._issued, self._read_prefix()),
                                        CONNECT_TIMEOUT_S + RPC_GRACE_S)
                 return
             except Exception as exc:
@@ -401,6 +403,7 @@ class Session:
         What a poll or a request acknowledges (the actor drops the chunks before it):
         never a chunk a future's task has not taken yet.
         """
+        self._skip_owned()  # a reader that only submits polls no more: pass the futures' indices
         with self._pending_lock:
             for index in [i for i, done in self._pending.items() if done()]:
                 del self._pending[index]  # the task has taken its chunk (or the future is gone)
@@ -428,9 +431,10 @@ class Session:
         self._skip_owned()
 
     def _skip_owned(self) -> None:
-        while self._recv_next in self._buffer or self._recv_next in self._owned:
-            self._owned.discard(self._recv_next)
-            self._recv_next += 1
+        with self._pending_lock:  # a sync submit() reads the prefix on the caller's thread
+            while self._recv_next in self._buffer or self._recv_next in self._owned:
+                self._owned.discard(self._recv_next)
+                self._recv_next += 1
 
     async def _chunk(self, index: int) -> Chunk:
         """Wait for chunk ``index`` (already requested) and take it from the buffer.
@@ -505,13 +509,14 @@ class Session:
     def _chunk_future(self, index: int) -> ChunkFuture:
         """Submit the task of chunk ``index`` (:func:`workers.chunk_futures.chunk_task`)."""
         key = chunk_key(self.id, self._token, index)
+        acked = self._read_prefix()  # carried by the task: a recovered actor learns what was read
         with self._pending_lock:
             self._owned.add(index)
             self._pending[index] = lambda: False  # until the future exists
         client = self._server.client
         submitted = client.submit(
             chunk_task, self.id, index, self._worker, self._key, key[0], access_token=self._access,
-            chunk_timeout_s=self._chunk_timeout_s,
+            chunk_timeout_s=self._chunk_timeout_s, acked=acked,
             key=key, workers=[self._worker], allow_other_workers=True, pure=False,
         )
         future = ChunkFuture(key, client, self._worker, self._access)  # the same key and state, a shorter result()

@@ -81,7 +81,8 @@ def _secede(worker: Any, key: Any) -> None:
 
 
 async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, actor_key: str | None,
-                      key_name: str, access_token: str | None = None, chunk_timeout_s: float | None = None) -> Chunk:
+                      key_name: str, access_token: str | None = None, chunk_timeout_s: float | None = None,
+                      acked: int | None = None) -> Chunk:
     """The task of one chunk future: request chunk ``index`` and return it.
 
     ``worker_addr``/``actor_key`` say where the client last saw the session's actor;
@@ -91,6 +92,10 @@ async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, acto
     on the way is followed. Raises :class:`~workers.errors.ChunkTimeout` when the
     session's actor did not make the chunk within ``chunk_timeout_s`` (the client's
     ``turboserve.client.chunk-timeout``; each actor found anew starts the wait again).
+    ``acked``: its client had every chunk before this index when it submitted the task;
+    every request acknowledges it, so an actor recovered from an older checkpoint drops
+    the chunks it made again that the client has, and its unread window
+    (``engine.max-unread-chunks``) lets it make this one (issue 13).
     """
     worker = get_worker()
     _secede(worker, (key_name, index))
@@ -109,11 +114,11 @@ async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, acto
             if isinstance(actor, SessionActor):
                 if not actor.allows(access_token):
                     raise denied(session_id, access_token)
-                await actor.request(index + 1)
+                await actor.request(index + 1, acked)
                 chunk = await actor.take(index, wait)
             else:
                 rpc = TokenRPC(worker.rpc(addr), access_token)
-                await call_actor(rpc, key, "request", index + 1)
+                await call_actor(rpc, key, "request", index + 1, acked)
                 chunk = await call_actor(rpc, key, "take", index, wait)
             if chunk is not None:
                 return chunk
