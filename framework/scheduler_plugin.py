@@ -23,7 +23,8 @@
   (open, ..., close, the sessions listing), for clients and for
   :class:`framework.adaptive.SessionAdaptive`;
 - brings the sessions of a dead worker back on a survivor from their last checkpoint
-  (:class:`~framework.recovery.Recovery`);
+  (:class:`~framework.recovery.Recovery`), and keeps the chunk futures waiting for those
+  sessions from failing with ``KilledWorker`` (:meth:`TurboserveScheduler.transition`);
 - offers a worker that joined to placement, migration and admission only once its model
   is loaded (:class:`~framework.warmup.Warmup`, fed by the workers' ready events);
 - vetoes downscaling of workers that hold sessions (``valid_workers_downscaling``).
@@ -59,6 +60,7 @@ from framework.session_handlers import SessionHandlers, refusing
 from framework.session_mechanisms import SessionActors
 from framework.warmup import Warmup
 from policies.types import TIERS
+from workers.chunk_futures import chunk_session
 from workers.encryption import GROUPS_UNDER_TLS, encrypted
 from workers.errors import InvalidRequest
 from workers.plugin import METRICS_OP, READY_TOPIC
@@ -244,6 +246,42 @@ class TurboserveScheduler(SchedulerPlugin):
         if group is not None:
             self._spawn_task(self.recovery.group_lost(group, worker))
         self.recovery.worker_lost(worker, f"worker {worker} left")
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kw: Any) -> None:
+        """A chunk future's task starting on a worker while its session is served starts with a clean record.
+
+        Dask counts the workers that died while a task ran (``TaskState.suspicious``) and
+        fails the task with ``KilledWorker`` once more than
+        ``distributed.scheduler.allowed-failures`` did: the task is taken to kill its
+        workers. A chunk task (:func:`workers.chunk_futures.chunk_task`) is not: it only
+        waits for its session's actor (it seceded), and the session is recovered after
+        each death and makes the same chunk again (issue 13: the chaos suite's load lost a
+        session's future to ``KilledWorker`` after 4 kills, every one recovered). So each
+        time it starts running while its session is open here, its count goes back to 0:
+        a death counts against the run it ends only, and never fails the future while
+        ``allowed-failures`` is 1 or more (Dask's default is 3; at 0 the first death still
+        fails it). Other tasks, and chunk tasks of a closed or lost session (which fail
+        with ``SessionClosed`` anyway), keep Dask's count; the setting is not changed.
+
+        A chunk task left with no worker at all (``no-worker``: every worker died, a
+        cluster of one restarting) forgets the worker it was sent to: that restriction
+        is only a hint (``allow_other_workers``), but Dask wakes such a task only for a
+        joining worker its restrictions name, so it would wait for the dead one forever.
+        """
+        if finish not in ("processing", "no-worker") or self.scheduler is None:
+            return
+        session_id = chunk_session(key)
+        if session_id is None or session_id not in self.registry:
+            return
+        ts = self.scheduler.tasks.get(key)
+        if ts is None:
+            return
+        if finish == "no-worker":
+            if ts.loose_restrictions and not any(w in self.scheduler.workers for w in ts.worker_restrictions):
+                ts.worker_restrictions = None
+            return
+        if not self.registry.get(session_id).status.finished:
+            ts.suspicious = 0
 
     def _on_group_failed(self, worker: str | None = None, group_id: str = "", why: str = "",
                          sessions_lost: bool = True, **kw: Any) -> None:

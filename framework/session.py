@@ -639,7 +639,9 @@ class Session:
         workers' engines. Chunk indices are handed out once, in order, whichever way
         they are read (futures and :meth:`stream` may be mixed); a future whose worker
         dies is recomputed by Dask, and the chunk is the same (the session is recovered
-        and generation is deterministic).
+        and generation is deterministic), however often that happens while the session
+        is served: such deaths do not count towards Dask's ``KilledWorker`` limit
+        (:meth:`framework.scheduler_plugin.TurboserveScheduler.transition`).
 
         A future's chunk is not added to :attr:`history` (it never reaches this client
         unless gathered); :meth:`asubmit` and :meth:`stream` add theirs.

@@ -73,6 +73,23 @@ def chunk_key(session_id: str, token: str, index: int) -> tuple[str, int]:
     return (f"{CHUNK_KEY_PREFIX}-{token}-{session_id}", int(index))
 
 
+def chunk_session(key: Any) -> str | None:
+    """The session id in a chunk future's key (:func:`chunk_key`), or ``None`` for any other key.
+
+    >>> chunk_session(chunk_key("redfox", "0a1b2c3d", 4))
+    'redfox'
+    >>> chunk_session(("inc-0a1b2c3d", 4)) is None
+    True
+    """
+    if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str)):
+        return None
+    head = f"{CHUNK_KEY_PREFIX}-"
+    name = key[0]
+    if not name.startswith(head) or len(name) < len(head) + 10 or name[len(head) + 8] != "-":
+        return None
+    return name[len(head) + 9:]
+
+
 def _secede(worker: Any, key: Any) -> None:
     """Leave the worker's task slots (the task only waits from now on)."""
     ts = worker.state.tasks.get(key)
