@@ -34,10 +34,14 @@ chunk fetched through its :class:`distributed.Future` with one streamed directly
 ``--pin`` once more with the session's worker alone on one core and the client,
 scheduler and other workers on the others (where a deployment runs them: not on a GPU
 worker's host cores; on a 2-core machine the shared run measures their CPU competing
-with the CPU model step as much as the path).
+with the CPU model step as much as the path). Each path's CPU per chunk is printed beside
+it (:func:`cpu_lines`: the worker's event-loop thread, its engine thread, the whole worker
+process, this process), read from ``/proc`` around each chunk: what the future costs the
+worker, which a loaded machine distorts far less than the wall times. ``--paths-only``
+runs this comparison alone.
 
 Run: ``.venv/bin/python -m experiments.bench_serving [--chunks 6] [--block 4]
-[--sessions 1,4,8] [--workers 1,2] [--prearm 0,1] [--load 0] [--timeline] [--pin]``.
+[--sessions 1,4,8] [--workers 1,2] [--prearm 0,1] [--load 0] [--timeline] [--pin] [--paths-only]``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -355,10 +360,57 @@ def chunk_paths(server, bare: "BareModel", chunks: int, pin: bool = False) -> No
         _chunk_paths(server, bare, chunks, worker, pin)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerThreads:
+    """The ids (Linux tids) of a worker process's threads that :func:`cpu_sample` tells apart."""
+
+    pid: int
+    loop: int  # the worker's event loop: Dask's task bookkeeping, RPCs, the session actors, chunk tasks
+    engines: tuple[int, ...]  # turboserve's engine threads (the model step)
+
+    @classmethod
+    def of(cls, server, worker: str) -> "WorkerThreads":
+        def ids() -> tuple[int, int, list[int]]:  # client.run calls a plain function on the worker's loop
+            import os
+            import threading
+
+            return (os.getpid(), threading.get_native_id(),
+                    [t.native_id for t in threading.enumerate() if t.name.startswith("turboserve-engine")])
+
+        pid, loop, engines = server.client.run(ids, workers=[worker])[worker]
+        return cls(pid, loop, tuple(engines))
+
+
+def cpu_sample(threads: WorkerThreads) -> tuple[float, float, float, float]:
+    """CPU seconds so far: the worker's loop thread, its engine threads, the whole worker
+    process, and this process (client and scheduler: a LocalCluster's scheduler runs here).
+
+    The worker's figures come from ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds the
+    thread ran, read from outside: the measure costs the worker nothing, and unlike wall
+    time it hardly moves with the machine's load). A thread that ended meanwhile drops out
+    of the process's sum (Dask's threads live as long as the worker).
+    """
+    per: dict[int, float] = {}
+    task_dir = f"/proc/{threads.pid}/task"
+    for tid in os.listdir(task_dir):
+        try:
+            with open(f"{task_dir}/{tid}/schedstat") as f:
+                per[int(tid)] = int(f.read().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # ended between listdir and open
+    return (per.get(threads.loop, 0.0), sum(per.get(t, 0.0) for t in threads.engines), sum(per.values()),
+            time.process_time())
+
+
+CPU_PARTS = ("worker loop thread", "worker engine thread", "worker process", "client+scheduler")
+
+
 def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool) -> None:
     s = server.open_session(PROMPT, seed=950, worker=worker)
     paths = {"future": lambda: s.submit().result(), "direct": lambda: next(iter(s.stream(1)))}
     parts: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in paths}
+    cpu: dict[str, list[tuple[float, ...]]] = {name: [] for name in paths}
+    threads = WorkerThreads.of(server, worker)
     bare_s = []
     try:
         for fn in paths.values():  # warm-up of both paths
@@ -366,10 +418,13 @@ def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool)
         for _ in range(chunks):
             bare_s.append(bare.step_s(1))
             for name, fn in paths.items():
+                c0 = cpu_sample(threads)
                 t0 = time.time()
                 chunk = fn()
                 t1 = time.time()
+                c1 = cpu_sample(threads)
                 parts[name].append((t1 - t0, chunk.t_start_s - t0, chunk.t_done_s - chunk.t_start_s, t1 - chunk.t_done_s))
+                cpu[name].append(tuple(b - a for a, b in zip(c0, c1)))
     finally:
         s.close()
 
@@ -388,6 +443,21 @@ def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool)
               f"after the step {1e3 * med(parts[name], 3):5.1f}")
     print(f"  the future's extra cost {1e3 * extra:+6.1f} ms = {100 * extra / step:+5.1f}% of the bare step "
           f"(target: at most 2 ms or 5%: {verdict})", flush=True)
+    print(cpu_lines(cpu, med(parts["future"]) / med(parts["direct"])), flush=True)
+
+
+def cpu_lines(cpu: dict[str, list[tuple[float, ...]]], wall_ratio: float) -> str:
+    """CPU ms per chunk (mean over the chunks, :func:`cpu_sample`) of the future and the direct path, side by side.
+
+    What a chunk future costs the session's worker in CPU: load on the machine stretches
+    wall times (the target's measure) far more than the CPU a path burns.
+    """
+    lines = [f"  CPU per chunk (mean ms, /proc schedstat)  {'direct':>8s} {'future':>8s} {'future-direct':>14s}"]
+    for i, part in enumerate(CPU_PARTS):
+        direct, future = (1e3 * statistics.mean(r[i] for r in cpu[name]) for name in ("direct", "future"))
+        lines.append(f"    {part:38s} {direct:8.2f} {future:8.2f} {future - direct:+14.2f}")
+    lines.append(f"    wall future/direct {wall_ratio:5.3f}x")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -413,6 +483,9 @@ def main() -> None:
                         help="also measure the chunk's path with the session's worker alone on one core and the "
                              "client, scheduler and other workers on the others (as deployed: they do not share a "
                              "GPU worker's host cores)")
+    parser.add_argument("--paths-only", action="store_true",
+                        help="only the chunk's path through its future against the direct one (wall and CPU per "
+                             "chunk; with --pin also pinned); --chunks of them, at least 12")
     parser.add_argument("--load", type=int, default=0,
                         help="start this many busy-loop processes for the whole run, to measure the path on a "
                              "loaded machine reproducibly (default 0)")
@@ -452,6 +525,13 @@ def _run(args: argparse.Namespace) -> None:
           f"max-batch {dask.config.get('turboserve.engine.max-batch')}, "
           f"slo {dask.config.get('turboserve.slo-s')} (null: chunk playback time)", flush=True)
     bare = BareModel(args.model, [1] + [max(1, s // w) for s in counts for w in worker_counts if s >= w])
+    if args.paths_only:
+        with Server.local(n_workers=1, model=args.model, dashboard_address=":0", checkpoint_every=0,
+                          adaptive=False) as server:
+            chunk_paths(server, bare, max(args.chunks, 12))
+            if args.pin:
+                chunk_paths(server, bare, max(args.chunks, 12), pin=True)
+        return
     env_done = args.skip_env
     if args.start_with_joins is None:
         args.start_with_joins = str(int(dask.config.get("turboserve.engine.start-with-joins", False)))
