@@ -415,7 +415,7 @@ class Chaos:
         return out
 
     def abandoned_reader(self, i: int) -> Outcome:
-        from workers.session_actor import call_actor
+        from workers.actor_rpc import call_actor
 
         out = Outcome("abandoned-reader")
         s, seed = self.open()

@@ -28,8 +28,8 @@ from typing import Any
 from distributed import Future
 
 from workers.access import TokenRPC
+from workers.actor_rpc import BoundedRPC
 from workers.chunk_futures import RESULT_OP
-from workers.session_actor import BoundedRPC
 
 #: Seconds one wait on the worker lasts before the client asks again (the worker holds a waiter that long).
 RESULT_POLL_S = 5.0

@@ -26,11 +26,11 @@ from framework.session import Session
 from framework.worker_env import ServingNanny
 from storage.location import is_auto, resolve_store
 from workers.access import new_token
+from workers.actor_rpc import call_actor
 from workers.encryption import encrypted
 from workers.engine import EngineSettings
 from workers.errors import InvalidRequest, UnknownWorker
 from workers.plugin import ModelHost
-from workers.session_actor import call_actor
 
 logger = logging.getLogger(__name__)
 

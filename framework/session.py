@@ -53,8 +53,8 @@ from workers.errors import (
     TurboserveError,
 )
 from workers.access import TokenRPC
+from workers.actor_rpc import BoundedRPC, call_actor
 from workers.chunk_futures import chunk_key, chunk_task
-from workers.session_actor import BoundedRPC, call_actor
 
 logger = logging.getLogger(__name__)
 

@@ -32,9 +32,10 @@ from framework.registry import SessionRecord
 from framework.serving_settings import ServingSettings
 from policies.types import SessionStatus
 from workers.access import TokenRPC, digest, new_token
+from workers.actor_rpc import BoundedRPC, call_actor
 from workers.encryption import P2P_UNDER_TLS, encrypted
 from workers.errors import InvalidRequest, SessionMoved, TransferError
-from workers.session_actor import BoundedRPC, SessionActor, call_actor
+from workers.session_actor import SessionActor
 
 logger = logging.getLogger(__name__)
 

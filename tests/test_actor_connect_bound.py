@@ -5,7 +5,7 @@ a source that was just killed used to wait that long before its ``TransferError`
 
 Live: a new session actor is asked to ``prepare`` from a peer at an address where
 nothing listens (a port taken and closed again); it must fail with a ``TransferError``
-within :data:`workers.session_actor.ACTOR_CONNECT_TIMEOUT_S` plus slack, far below 30 s.
+within :data:`workers.actor_rpc.ACTOR_CONNECT_TIMEOUT_S` plus slack, far below 30 s.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import time
 import pytest
 
 from framework import Server
+from workers.actor_rpc import ACTOR_CONNECT_TIMEOUT_S, call_actor
 from workers.errors import TransferError
-from workers.session_actor import ACTOR_CONNECT_TIMEOUT_S, SessionActor, call_actor
+from workers.session_actor import SessionActor
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import pytest
 
 from framework import Server
 from kernels.model import StreamingVideoModel
+from workers.actor_rpc import call_actor
 from workers.host_lookup import get_host
-from workers.session_actor import call_actor
 
 PROMPT = "a red fox running through snow"
 B_STAR = 4  # the quality valve's batch for this module's cluster

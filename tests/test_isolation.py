@@ -21,8 +21,8 @@ from distributed import Client
 from framework import Server
 from framework.errors import SessionAccessDenied, TurboserveError
 from workers.access import TokenRPC
+from workers.actor_rpc import call_actor
 from workers.chunk_futures import fetch_chunk
-from workers.session_actor import call_actor
 
 PROMPT = "a red square moving right"
 

@@ -25,8 +25,8 @@ import pytest
 from framework import Server
 from kernels.model import StreamingVideoModel
 from storage import CheckpointFenced, CheckpointStore
+from workers.actor_rpc import call_actor
 from workers.errors import SessionMoved
-from workers.session_actor import call_actor
 
 PROMPT = "a lighthouse in a storm"
 

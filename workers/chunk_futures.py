@@ -39,9 +39,10 @@ from distributed.protocol import to_serialize
 from distributed.worker_state_machine import SecedeEvent
 
 from workers.access import TokenRPC, allowed, denied, digest
+from workers.actor_rpc import call_actor
 from workers.chunk import Chunk
 from workers.errors import CapacityExceeded, ChunkTimeout, SessionClosed, SessionMoved, SessionNotFound
-from workers.session_actor import SessionActor, call_actor
+from workers.session_actor import SessionActor
 
 #: Prefix of every chunk future's key (its group in the dashboard's task stream).
 CHUNK_KEY_PREFIX = "turboserve-chunk"

@@ -28,6 +28,7 @@ import dask.config
 from dask.utils import parse_timedelta
 from distributed import WorkerPlugin
 
+from workers.actor_rpc import CALL_OP
 from workers.chunk import Chunk
 from workers.engine import Engine, EngineMetrics, EngineSettings, StepPlan
 from workers.errors import UnknownModel
@@ -122,8 +123,6 @@ class ModelHost(WorkerPlugin):
         self.worker = worker
         self.device = pick_device()
         worker.extensions[EXTENSION] = self
-        from workers.session_actor import CALL_OP
-
         worker.handlers[CALL_OP] = self._handle_call
         worker.handlers["turboserve_group"] = self._handle_group  # workers.parallel_group.GROUP_OP
         worker.handlers["turboserve_chunk_result"] = self._handle_result  # workers.chunk_futures.RESULT_OP

@@ -38,13 +38,13 @@ import uuid
 from typing import Any
 
 from distributed import get_worker
-from distributed.core import Status, send_recv
-from distributed.protocol import deserialize, to_serialize
-from distributed.protocol.serialize import Serialized
+from distributed.core import Status
+from distributed.protocol import to_serialize
 
 from kernels.state import SessionState
 from policies.types import TIERS
 from workers.access import TokenRPC, allowed, denied
+from workers.actor_rpc import BoundedRPC, call_actor
 from workers.chunk import Chunk
 from workers.encryption import P2P_UNDER_TLS, encrypted
 from workers.engine import Detached
@@ -58,71 +58,13 @@ logger = logging.getLogger(__name__)
 SOURCES = ("new", "peer", "store")
 #: Events one actor keeps (the oldest are dropped first).
 MAX_EVENTS = 256
-
-
-#: Worker RPC op that runs a session actor's method (see :func:`handle_call`).
-CALL_OP = "turboserve_call"
 #: Worker states in which an engine error is the session's own (not the worker shutting down).
 RUNNING = (Status.init, Status.running, Status.paused)
-#: Seconds a call to a session actor's worker (from the scheduler or another worker)
-#: waits for a connection before it fails (see :class:`BoundedRPC`).
-ACTOR_CONNECT_TIMEOUT_S = 5.0
-
-
-class BoundedRPC:
-    """Like ``pool(addr)`` (a worker's RPC handle), but connecting gives up after ``timeout`` s.
-
-    Dask retries a refused connection until ``distributed.comm.timeouts.connect``
-    (30 s): a call to the worker of a session actor that just died waited that long
-    before it failed (a migration's target pulling from a source that was killed, a
-    release sent to a dead source). The failure is the ``OSError`` Dask raises; callers
-    turn it into a :class:`~workers.errors.TransferError`.
-
-    >>> rpc = BoundedRPC(worker.rpc, "tcp://10.0.0.2:8786")      # doctest: +SKIP
-    >>> await call_actor(rpc, key, "export")                       # doctest: +SKIP
-    """
-
-    __slots__ = ("addr", "pool", "timeout")
-
-    def __init__(self, pool: Any, addr: str, timeout: float = ACTOR_CONNECT_TIMEOUT_S) -> None:
-        self.pool, self.addr, self.timeout = pool, addr, timeout
-
-    def __getattr__(self, op: str):
-        async def call(**kwargs: Any) -> Any:
-            comm = await self.pool.connect(self.addr, timeout=self.timeout)
-            try:
-                return await send_recv(comm=comm, op=op, **kwargs)
-            finally:
-                self.pool.reuse(self.addr, comm)
-
-        return call
-
-
-async def call_actor(rpc: Any, key: str, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call ``method`` of the session actor ``key`` through ``rpc`` (a worker's RPC handle).
-
-    Used instead of :class:`distributed.Actor` handles because those take a reference on
-    the actor's key in the calling client, which would keep a migrated-away actor
-    (and therefore its worker) alive. Raises :class:`SessionMoved` when the worker no
-    longer has that actor.
-    """
-    resp = await getattr(rpc, CALL_OP)(
-        key=key,
-        method=method,
-        args=[to_serialize(a) for a in args],
-        kwargs={k: to_serialize(v) for k, v in kwargs.items()},
-    )
-    status = resp["status"]
-    if status == "OK":
-        return _unwrap(resp["result"])
-    if status == "missing":
-        raise SessionMoved(f"no session actor {key!r} on {resp['worker']}: it moved, was suspended or closed")
-    raise _unwrap(resp["exception"])
 
 
 async def handle_call(worker: Any, key: str, method: str, args: Any = (), kwargs: Any = None,
                       access_token: str | None = None) -> dict[str, Any]:
-    """Worker handler of :data:`CALL_OP`: ``await actor.method(*args, **kwargs)``.
+    """Worker handler of :data:`workers.actor_rpc.CALL_OP`: ``await actor.method(*args, **kwargs)``.
 
     Like Dask's ``actor_execute`` for async methods, but a missing actor (the normal
     aftermath of a move) is an answer, not an error logged on the worker. A call whose
@@ -149,14 +91,6 @@ def _bounded_put(ops: collections.OrderedDict, op: str, value: Any) -> None:
     ops[op] = value
     while len(ops) > MAX_EVENTS:
         ops.popitem(last=False)
-
-
-def _unwrap(value: Any) -> Any:
-    # The scheduler's RPC pool does not deserialize (deserialize=False); clients and
-    # workers do. Either way the caller gets the object.
-    if isinstance(value, Serialized):
-        return deserialize(value.header, value.frames)
-    return value
 
 
 class SessionActor:
