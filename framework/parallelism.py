@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +34,7 @@ from framework.errors import BadDegree, InvalidRequest, TransferError, UnknownWo
 from kernels.presets import get_preset
 from policies.parallelism import head_degrees
 from policies.types import ParallelGroup
+from workers.ids import new_id
 
 #: Worker RPC op of the group messages (``workers.parallel_group.GROUP_OP``).
 GROUP_OP = "turboserve_group"
@@ -338,7 +338,7 @@ class ParallelGroups:
         return _unwrap(resp.get("result"))
 
     async def _merge(self, members: tuple[str, ...], model: str) -> dict[str, Any]:
-        group_id = uuid.uuid4().hex[:12]
+        group_id = new_id()
         t0 = time.perf_counter()
         lead = members[0]
         where = await self._call(lead, "port", group_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import statistics
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -17,6 +16,7 @@ from typing import Any, Iterable
 from policies.types import SessionStatus, SessionView, Snapshot, WorkerView
 from workers.access import allowed, denied
 from workers.errors import SessionNotFound
+from workers.ids import new_id
 
 #: Latencies kept per session for ``recent_latency_s`` and the stats.
 RECENT = 32
@@ -70,7 +70,7 @@ class SessionRecord:
         ``fields`` may carry the ``id`` of the actor's own record of the same event, so a
         client that reads both keeps one.
         """
-        event = {"kind": kind, "t": time.time(), "worker": worker, "id": uuid.uuid4().hex[:12],
+        event = {"kind": kind, "t": time.time(), "worker": worker, "id": new_id(),
                  "source": "registry", **fields}
         self.events.append(event)
         return event

@@ -25,7 +25,6 @@ import asyncio
 import inspect
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +51,7 @@ from workers.errors import (
     TurboserveError,
     UnknownWorker,
 )
+from workers.ids import new_id
 
 logger = logging.getLogger(__name__)
 
@@ -425,7 +425,7 @@ class SessionHandlers:
                             self.settings.width if width is None else width, session_id, limits=self.limits)
         session_id = req.session_id
         if session_id is None:
-            session_id = uuid.uuid4().hex[:12]
+            session_id = new_id()
         if session_id in self.registry:
             raise InvalidRequest(f"session id {session_id!r} is taken; pick another or leave it None")
         preset = get_preset(req.model)

@@ -35,6 +35,7 @@ from workers.access import TokenRPC, digest, new_token
 from workers.actor_rpc import BoundedRPC, call_actor
 from workers.encryption import P2P_UNDER_TLS, encrypted
 from workers.errors import InvalidRequest, SessionMoved, TransferError
+from workers.ids import new_id
 from workers.session_actor import SessionActor
 
 logger = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ class SessionActors:
         try:
             await self._bounded(self.call(rec, "freeze"), f"freezing session {rec.session_id!r}")
             frozen = True
-            event_id = uuid.uuid4().hex[:12]  # the actor's record and the registry's are one event
+            event_id = new_id()  # the actor's record and the registry's are one event
             source = {"kind": "peer", "address": old_worker, "key": old_key,
                       "transport": chosen, "event_id": event_id}
             info = await self.start(rec, target, source)
@@ -346,7 +347,7 @@ class SessionActors:
         async with self._lock(rec.session_id):
             await self.settle(rec)
             what = f"suspending session {rec.session_id!r} to {tier} on {rec.worker}"
-            op = uuid.uuid4().hex[:12]
+            op = new_id()
             try:
                 info = await self._bounded(self.call(rec, "offload", tier, op), what)
             except TransferError as exc:
@@ -379,7 +380,7 @@ class SessionActors:
             await self.settle(rec)
             if rec.tier == "host" and rec.worker is not None and worker in (None, rec.worker):
                 what = f"resuming session {rec.session_id!r} on {rec.worker}"
-                op = uuid.uuid4().hex[:12]
+                op = new_id()
                 try:
                     await self._bounded(self.call(rec, "restore", op), what)
                 except TransferError as exc:

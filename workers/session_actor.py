@@ -34,7 +34,6 @@ import asyncio
 import collections
 import logging
 import time
-import uuid
 from typing import Any
 
 from distributed import get_worker
@@ -50,6 +49,7 @@ from workers.encryption import P2P_UNDER_TLS, encrypted
 from workers.engine import Detached
 from workers.errors import InvalidRequest, SessionClosed, SessionMoved, TransferError
 from workers.host_lookup import get_host
+from workers.ids import new_id
 from workers.transfer import WireState
 
 logger = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class SessionActor:
 
     def _record(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Append an event (plain data) to the session's event list."""
-        event = {"kind": kind, "t": time.time(), "worker": self._worker.address, "id": uuid.uuid4().hex[:12], **fields}
+        event = {"kind": kind, "t": time.time(), "worker": self._worker.address, "id": new_id(), **fields}
         self._events.append(event)
         return event
 
