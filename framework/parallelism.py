@@ -26,27 +26,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from distributed.protocol import deserialize
-from distributed.protocol.serialize import Serialized
-
 from framework import config
 from framework.errors import BadDegree, InvalidRequest, TransferError, UnknownWorker, WorkerBusy, WorkerInGroup
 from kernels.presets import get_preset
 from policies.parallelism import head_degrees
 from policies.types import ParallelGroup
+from workers.actor_rpc import unwrap
 from workers.ids import new_id
 
 #: Worker RPC op of the group messages (``workers.parallel_group.GROUP_OP``).
 GROUP_OP = "turboserve_group"
-
-
-def _unwrap(value: Any) -> Any:
-    # The scheduler's RPC pool does not deserialize.
-    if isinstance(value, Serialized):
-        return deserialize(value.header, value.frames)
-    if isinstance(value, dict):
-        return {k: _unwrap(v) for k, v in value.items()}
-    return value
 
 
 def choose_backend(devices: Sequence[dict[str, Any]]) -> str:
@@ -330,12 +319,12 @@ class ParallelGroups:
             raise TransferError(f"worker {worker} went away during {action!r} of group {group_id!r} "
                                 f"({exc!r})") from exc
         if resp.get("status") != "OK":
-            error = _unwrap(resp.get("exception"))
+            error = unwrap(resp.get("exception"))
             if isinstance(error, OSError):  # its own call to another rank failed (a follower died in a split)
                 raise TransferError(f"worker {worker} could not complete {action!r} of group {group_id!r}: "
                                     f"another rank went away ({error!r})") from error
             raise error
-        return _unwrap(resp.get("result"))
+        return unwrap(resp.get("result"))
 
     async def _merge(self, members: tuple[str, ...], model: str) -> dict[str, Any]:
         group_id = new_id()

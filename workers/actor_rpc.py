@@ -3,11 +3,12 @@
 The caller's half of the worker RPC op :data:`CALL_OP`: :func:`call_actor` sends
 ``actor.method(*args, **kwargs)`` to the worker that holds the actor, and
 :class:`BoundedRPC` is a worker RPC handle whose connection gives up after
-:data:`ACTOR_CONNECT_TIMEOUT_S`. The worker's half (the op's handler, which finds the
-actor and checks the caller's access token) is :func:`workers.session_actor.handle_call`.
-Used without the actor itself by the client's session handle, the scheduler plugin's
-session mechanisms and the chunk futures; this module imports no actor, so any of them
-may import it.
+:data:`ACTOR_CONNECT_TIMEOUT_S`; :func:`unwrap` gives the object a reply carries where
+the caller's pool did not deserialize it (the scheduler's). The worker's half (the op's
+handler, which finds the actor and checks the caller's access token) is
+:func:`workers.session_actor.handle_call`. Used without the actor itself by the client's
+session handle, the scheduler plugin's session mechanisms and parallel groups, and the
+chunk futures; this module imports no actor, so any of them may import it.
 """
 
 from __future__ import annotations
@@ -72,15 +73,20 @@ async def call_actor(rpc: Any, key: str, method: str, *args: Any, **kwargs: Any)
     )
     status = resp["status"]
     if status == "OK":
-        return _unwrap(resp["result"])
+        return unwrap(resp["result"])
     if status == "missing":
         raise SessionMoved(f"no session actor {key!r} on {resp['worker']}: it moved, was suspended or closed")
-    raise _unwrap(resp["exception"])
+    raise unwrap(resp["exception"])
 
 
-def _unwrap(value: Any) -> Any:
-    # The scheduler's RPC pool does not deserialize (deserialize=False); clients and
-    # workers do. Either way the caller gets the object.
+def unwrap(value: Any) -> Any:
+    """The object a worker op's reply carries (``to_serialize``-d by the worker), whoever asked.
+
+    The scheduler's RPC pool does not deserialize (``deserialize=False``): there the value
+    is still ``Serialized``. Clients and workers deserialize on receipt. Used for the
+    replies of :data:`CALL_OP` and of the parallel groups' op
+    (:class:`framework.parallelism.ParallelGroups`).
+    """
     if isinstance(value, Serialized):
         return deserialize(value.header, value.frames)
     return value
