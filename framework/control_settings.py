@@ -82,6 +82,11 @@ class ControlSettings:
         of the open sessions (``turboserve.slo-s``).
     max_batch
         Most sessions in one coalesced step (``turboserve.engine.max-batch``).
+    valve_batch
+        The engines' quality valve (``turboserve.engine.quality-valve.batch``, b*; 0:
+        off). When on and below ``max_batch``, the policies place and size for it and
+        see ``max_batch`` as the valve's batch (``WorkerView.valve_batch``), as in the
+        simulator.
     worker_memory_bytes
         Device memory a policy may hand out per worker.
     latency_points
@@ -109,6 +114,7 @@ class ControlSettings:
     maximum: int = field(default_factory=lambda: int(_config("autoscale.maximum")))
     slo_s: float | None = field(default_factory=lambda: _optional_float(_config("slo-s")))
     max_batch: int = field(default_factory=lambda: int(_config("engine.max-batch")))
+    valve_batch: int = field(default_factory=lambda: int(_config("engine.quality-valve.batch")))
     worker_memory_bytes: int = field(default_factory=gpu_memory_bytes)
     latency_points: tuple[tuple[int, float], ...] = ((1, 0.1),)
     measure: bool = True
@@ -158,6 +164,7 @@ class ControlSettings:
             "maximum": int(config.get("autoscale.maximum")),
             "slo_s": None if slo is None else float(slo),
             "max_batch": max_batch,
+            "valve_batch": int(config.get("engine.quality-valve.batch")),
             "worker_memory_bytes": memory,
             "worker_startup_s": _seconds(config.get("autoscale.worker-startup-s")),
         }
@@ -283,6 +290,7 @@ def default_policy_params(
             # by default as long as the autoscaler pays for a kept slot, no newcomer takes it
             "keep_idle_s": _keep_from_newcomers_s(config),
             "max_drain_migrations": int(config.get("control.max-drain-migrations")),
+            "valve_admission": bool(config.get("control.valve-admission")),
         }
     if autoscaling == "hpa":
         out["autoscaling"] = {

@@ -111,6 +111,7 @@ def build_snapshot(
     latency: BatchLatencyModel,
     max_batch: int,
     memory_bytes: int,
+    valve_batch: int = 0,
     min_workers: int,
     max_workers: int,
     worker_startup_s: float,
@@ -130,7 +131,8 @@ def build_snapshot(
     (:func:`projected`).
     ``clock`` maps a wall time to trace seconds. ``slo_s`` None: the median playback
     period of the open sessions. ``worker_models`` maps an address to the models the
-    worker serves (``WorkerView.models``; missing or None: any model). ``parallel`` is
+    worker serves (``WorkerView.models``; missing or None: any model); ``valve_batch``
+    the quality valve's batch of every worker (``WorkerView.valve_batch``; 0: no valve). ``parallel`` is
     the step model of parallel groups in wall seconds (:func:`scaled_parallel`).
     """
     models_of = (worker_models or {}).get
@@ -144,9 +146,10 @@ def build_snapshot(
         if status is WorkerStatus.RUNNING and addr in warming and addr not in holding:
             status = WorkerStatus.STARTING
         views.append(WorkerView(addr, status, memory_bytes=memory_bytes, max_batch=max_batch, started_s=clock(joined),
-                                models=models_of(addr)))
+                                models=models_of(addr), valve_batch=valve_batch))
     for i in range(starting):
-        views.append(WorkerView(f"starting-{i}", WorkerStatus.STARTING, memory_bytes, max_batch, now_s))
+        views.append(WorkerView(f"starting-{i}", WorkerStatus.STARTING, memory_bytes, max_batch, now_s,
+                                valve_batch=valve_batch))
     sessions: list[SessionView] = []
     periods: list[float] = []
     for rec in records:

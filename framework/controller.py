@@ -549,6 +549,11 @@ class ControlLoop:
         """
         now = self.clock() if now is None else now
         s = self.settings
+        valve_batch = 0
+        if max_batch is None:
+            max_batch = s.max_batch
+            if 0 < s.valve_batch < s.max_batch:  # the quality valve: place for b*, the engine's cap above it
+                max_batch, valve_batch = s.valve_batch, s.max_batch
         live = sorted(self.mechanisms.workers())
         snap = build_snapshot(
             now_s=self._trace_s(now),
@@ -562,7 +567,8 @@ class ControlLoop:
             time_scale=s.time_scale,
             slo_s=s.slo_s,
             latency=self.latency_model(),
-            max_batch=s.max_batch if max_batch is None else max_batch,
+            max_batch=max_batch,
+            valve_batch=valve_batch,
             memory_bytes=s.worker_memory_bytes,
             min_workers=s.minimum,
             max_workers=s.maximum,

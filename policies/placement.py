@@ -530,9 +530,11 @@ class MigrationAware(_PlacementPolicy):
         rebalance_above_slo: bool = False,
         keep_idle_slots: bool = False,
         keep_idle_s: float | None = None,
+        valve_admission: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.valve_admission = bool(valve_admission)
         if keep_idle_s is not None and not keep_idle_s >= 0:
             raise ValueError(f"keep_idle_s must be >= 0 or None, got {keep_idle_s!r}")
         self.keep_idle_s = None if keep_idle_s is None else float(keep_idle_s)
@@ -575,8 +577,10 @@ class MigrationAware(_PlacementPolicy):
         ``keep_idle_s`` (which may come back any moment); a returning session, or a new
         one when no capacity is on its way, takes any slot idle for two chunk periods.
         """
-        if not self.keep_idle_slots or not isinstance(chooser, HeapChooser) or not chooser.held:
+        if not self.keep_idle_slots or not isinstance(chooser, HeapChooser):
             return None
+        if not chooser.held:
+            return self._valve_slot(ledger, chooser, nbytes, model) if self.valve_admission else None
         held, acted, now = chooser.held, ledger.acted, ledger.snap.now_s
         protect = 0.0
         if not returning and chooser.incoming > 0:
@@ -611,6 +615,10 @@ class MigrationAware(_PlacementPolicy):
         for entry in skipped:
             heappush(kept, entry)
         if best is None or victim is None:
+            if self.valve_admission and (protect > 0 or len(ledger.snap.workers) < ledger.snap.max_workers):
+                load = self._valve_slot(ledger, chooser, nbytes, model)
+                if load is not None:
+                    return load
             chooser.evict_failed[memo] = min(nbytes, failed) if failed is not None else nbytes
             if protect > 0:
                 chooser.incoming -= 1  # it waits for a starting worker's slot
@@ -619,6 +627,40 @@ class MigrationAware(_PlacementPolicy):
         held[best.address] -= 1
         best.version += 1
         actions.append(Offload(victim.session_id, tier="host", cause="evict: its kept batch slot goes to a pending session"))
+        return best
+
+    def _valve_slot(self, ledger: CapacityLedger, chooser: HeapChooser, nbytes: int, model: str) -> WorkerLoad | None:
+        """``valve_admission``: a running worker that takes a session over its ``b*``, on the quality valve.
+
+        A pending session that would wait for capacity takes, without an eviction, the
+        slot an idle resident session keeps on a worker with a free batch slot and fewer
+        than ``valve_batch`` resident sessions (active or idle; the most its engine runs
+        in one degraded step within the SLO), the best by predicted step. Should the idle
+        sessions come back before the capacity being started takes the surplus away (a
+        rebalance), the worker runs them all in one degraded step (the valve) instead of
+        stalling one. Not while the cluster is at its maximum with nothing starting: there
+        the valve would become standing capacity.
+        """
+        snap = ledger.snap
+        if chooser.incoming <= 0 and len(snap.workers) >= snap.max_workers:
+            return None
+        held = chooser.held
+        key = ledger.latency_plus_key()
+        best, best_key = None, None
+        for load in ledger.loads.values():
+            view = load.view
+            if (view.status is not _RUNNING or load.n_active + len(load.idle) >= view.valve_batch
+                    or load.n_active >= view.max_batch or load.mem_used + nbytes > view.memory_bytes
+                    or not view.serves(model)):
+                continue
+            k = key(load)[0]
+            if best_key is None or k < best_key:
+                best, best_key = load, k
+        if best is None:
+            return None
+        if held.get(best.address, 0) > 0:
+            held[best.address] -= 1  # the slot it takes is one an idle session kept
+        best.version += 1
         return best
 
     def _rebalance(self, ledger: CapacityLedger, chooser: _Chooser, actions: list[Action], moved: set[str]) -> None:

@@ -110,6 +110,9 @@ class WorkerView:
     started_s: float = 0.0
     #: The model presets this worker serves (its pool); None: any model (loaded on demand).
     models: frozenset[str] | None = None
+    #: With the quality valve: the most sessions its engine runs in one degraded step that
+    #: still meets the SLO (above ``max_batch``, its b*); 0: no valve.
+    valve_batch: int = 0
 
     def serves(self, model: str) -> bool:
         """Whether a session of ``model`` may be placed here (the one model-pool rule).

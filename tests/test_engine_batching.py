@@ -347,6 +347,36 @@ def test_a_worker_over_its_batch_makes_degraded_deterministic_chunks(model):
     assert plan.batch_size == 2 and not plan.degraded
 
 
+def test_a_worker_over_its_batch_runs_its_sessions_as_one_group_on_the_valve(model):
+    # b* = 2 and a 1 s deadline; batching gains nothing (step of n: 0.4 n s), a degraded
+    # step of 3 takes 0.84 s. Two in-stream chunks are due (deadlines in 0.9 and 1.0 s) and
+    # a newcomer's first chunk: a full step of three (1.2 s) would make one late, so the
+    # usual rules put the newcomer off; on the valve the three share one degraded step,
+    # every deadline kept (workers.batching.valve_group_step, the simulator's rule).
+    q: queue.Queue = queue.Queue()
+    engine = Engine(model, "tcp://test", EngineSettings(valve_batch=2, valve_steps=2, deadline_s=1.0))
+    for i in range(2):
+        engine.attach(f"s{i}", model.new_session(f"prompt {i}", i), q.put, want=1)
+    plan = engine.schedule()
+    engine.update(plan, engine.execute(plan), time.time(), time.time())  # s0, s1 now in-stream
+    engine.attach("s2", model.new_session("prompt 2", 2), q.put)
+    now = time.time()
+    engine.request("s0", 2, now=now - 0.1)
+    engine.request("s1", 2, now=now)
+    engine.request("s2", 1, now=now)
+    with engine._cond:
+        engine._step_s = {1: 0.4, 2: 0.8, 3: 1.2}
+        engine._valve_step_s = {3: 0.84}
+    plan = engine.schedule(now)
+    assert sorted(plan.session_ids) == ["s0", "s1", "s2"] and plan.degraded
+    # Where the group would make an in-stream chunk late, the in-stream ones go first.
+    engine.request("s0", 2, now=now - 0.5)  # (a request is a high-water mark: set it by hand)
+    with engine._cond:
+        engine._entries["s0"].t_request[1] = now - 0.5
+    plan = engine.schedule(now)
+    assert "s2" not in plan.session_ids and not plan.degraded
+
+
 def test_a_deadline_met_to_the_rounding_is_still_protected():
     # Found by the property above: a chunk first seen exactly one step before its
     # deadline (0.911 + 0.2525 = 1.164, equal up to float rounding) was taken for one

@@ -425,3 +425,99 @@ def step_fit(measured: dict[int, float]) -> Callable[[int], float]:
     slope = max(0.0, sum((b - mean_b) * (measured[b] - mean_t) for b in sizes) / var)
     c0 = mean_t - slope * mean_b
     return lambda b: c0 + slope * b
+
+
+def valve_step(step_s: Callable[[int], float], limit_s: float, ratio: float) -> Callable[[int], float]:
+    """The step time of ``n`` sessions under the quality valve: a step predicted over
+    ``limit_s`` (the SLO) runs degraded and takes ``ratio`` of its full time.
+
+    What the batching rules compare on an engine with the valve on: the step it will run,
+    not the full one it will not.
+
+    >>> full = lambda n: 0.344 * n
+    >>> [round(valve_step(full, 0.75, 0.7)(n), 4) for n in (1, 2, 3)]
+    [0.344, 0.688, 0.7224]
+    """
+    def step(n: int) -> float:
+        t = step_s(n)
+        return t * ratio if t > limit_s else t
+
+    return step
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStep:
+    """What a worker over ``b*`` under the quality valve runs next (:func:`valve_group_step`).
+
+    ``kind``:
+
+    - ``"group"``: one step of the due chunks ``due`` and the first ``early`` sessions
+      that may be made ahead (its predicted time is the degraded one);
+    - ``"hold"``: nothing now; decide again at ``wake_s`` (a first chunk waits for the
+      in-stream chunks that become due during its step, to run with them);
+    - ``"rules"``: not one group; the usual rules (:func:`split_due`, :func:`join_ahead`)
+      apply to the due chunks ``due`` (the in-stream ones, when the group would make one late).
+    """
+
+    kind: str
+    due: tuple[int, ...] = ()
+    early: int = 0
+    wake_s: float | None = None
+
+
+def valve_group_step(
+    now: float,
+    *,
+    deadlines_s: Sequence[float],
+    firsts: Sequence[bool],
+    early_deadlines_s: Sequence[float],
+    upcoming_s: Sequence[float],
+    max_batch: int,
+    step_s: Callable[[int], float],
+) -> GroupStep:
+    """The next step of a worker that holds more active sessions than ``b*`` under the valve.
+
+    Such a worker (placed over ``b*`` while capacity starts, or a session come back to a
+    worker that lent its idle slot) runs its sessions as one group: a step of all of them
+    takes the valve's degraded time, within the SLO, while steps of some of them take a
+    full step each and the others wait through it. So:
+
+    1. **hold**: when every due chunk is a first chunk (an admission wait) and an
+       in-stream session becomes due (``upcoming_s``, its request) before a step of them
+       would end, nothing starts: at that request the first chunks join the in-stream
+       ones' step instead of making them wait through a step of their own;
+    2. **group**: the due chunks (earliest deadline first, as given) and the sessions
+       that may be made ahead (``early_deadlines_s``, their deadlines, soonest first), up
+       to ``max_batch``, run as one step, when it ends by the deadline of every in-stream
+       chunk in it;
+    3. **rules**: otherwise the due in-stream chunks go first under the usual rules, the
+       first chunks into the next group step (none due in-stream: all the due ones).
+
+    ``step_s(n)``: the step time of ``n`` sessions as the engine runs it (with the valve:
+    :func:`valve_step`). The live engine and the simulator both call this.
+
+    >>> eff = valve_step(lambda n: 0.344 * n, 0.75, 0.7)
+    >>> valve_group_step(0.0, deadlines_s=[0.75], firsts=[False], early_deadlines_s=[0.9, 1.0],
+    ...                  upcoming_s=[], max_batch=3, step_s=eff)
+    GroupStep(kind='group', due=(0,), early=2, wake_s=None)
+    >>> valve_group_step(0.0, deadlines_s=[10.0], firsts=[True], early_deadlines_s=[],
+    ...                  upcoming_s=[0.1], max_batch=3, step_s=eff)        # a newcomer waits for its peers
+    GroupStep(kind='hold', due=(), early=0, wake_s=0.1)
+    >>> valve_group_step(0.0, deadlines_s=[0.4, 10.0], firsts=[False, True], early_deadlines_s=[],
+    ...                  upcoming_s=[], max_batch=3, step_s=eff)           # together it would be late
+    GroupStep(kind='rules', due=(0,), early=0, wake_s=None)
+    """
+    n_due = len(deadlines_s)
+    first = [bool(f) for f in list(firsts)[:n_due]] + [False] * (n_due - len(firsts))
+    if n_due and all(first) and upcoming_s:
+        soonest = min(upcoming_s)
+        if soonest < now + step_s(n_due):
+            return GroupStep("hold", wake_s=soonest)
+    take = min(n_due, max_batch)
+    k = max(0, min(len(early_deadlines_s), max_batch - take))
+    end = now + step_s(take + k)
+    hard = [d for d, f in zip(deadlines_s[:take], first) if not f] + list(early_deadlines_s[:k])
+    if all(end <= d + _EPS_S for d in hard):
+        return GroupStep("group", tuple(range(take)), k)
+    in_stream = tuple(i for i in range(n_due) if not first[i])
+    return GroupStep("rules", in_stream or tuple(range(n_due)))

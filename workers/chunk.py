@@ -47,7 +47,7 @@ class Chunk:
         recovery on another worker).
     degraded : bool
         True when the quality valve made it with fewer denoising steps than the
-        model's own (its worker had more due sessions than its batch ``b*``).
+        model's own (its step held more sessions than the batch ``b*``).
     denoise_steps : int or None
         Denoising steps that made it (None when the engine did not know them).
 

@@ -23,8 +23,10 @@ round trip); such chunks only join a step of due chunks, by
 :func:`workers.batching.join_ahead` (the simulator's phase alignment, same rule), and
 never start a step of their own. Flow control: a session
 whose reader is ``max_unread`` chunks behind gets no more chunks until it reads. The
-quality valve: with more due sessions than ``valve_batch``, a step runs with
-``valve_steps`` denoising steps and its chunks are marked degraded.
+quality valve: a step of more sessions than ``valve_batch`` runs with
+``valve_steps`` denoising steps and its chunks are marked degraded; a worker holding more
+sessions than ``valve_batch`` runs them as one group
+(:func:`workers.batching.valve_group_step`, the simulator's rule).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ import numpy as np
 
 from kernels.state import SessionState
 from storage.tiers import offload_to_host
-from workers.batching import BatchDecision, decide_batch, join_ahead, split_due, step_bound, step_estimate, step_fit
+from workers.batching import (
+    BatchDecision, decide_batch, join_ahead, split_due, step_bound, step_estimate, step_fit, valve_group_step,
+)
 from workers.chunk import Chunk
 from workers.engine_settings import EngineSettings
 from workers.errors import SessionNotFound
@@ -201,6 +205,7 @@ class Engine:
         self._per_session_peak: float | None = None
         self._step_s: dict[int, float] = {}  # batch size -> recent step seconds (EWMA)
         self._step_min: dict[int, float] = {}  # batch size -> fastest step seconds (the shape, for join_ahead)
+        self._valve_step_s: dict[int, float] = {}  # batch size -> recent degraded step seconds (the quality valve)
         self._free_s = -math.inf  # when the last step ended
         self.steps = 0
         self.chunks = 0
@@ -434,8 +439,9 @@ class Engine:
         ones where batching pays, as in the simulator). Sessions
         whose next chunk may be made ahead fill the step up as far as
         :func:`workers.batching.join_ahead` allows (least ahead first; with batching
-        only). With more due sessions than
-        ``valve_batch`` (when set) the step runs ``valve_steps`` denoising steps.
+        only). A step of more sessions than ``valve_batch`` (when set) runs
+        ``valve_steps`` denoising steps; a worker holding more sessions than that runs
+        them as one group (:func:`workers.batching.valve_group_step`).
         """
         cfg = self.settings
         cap = cfg.max_batch if cfg.batching else 1
@@ -464,6 +470,20 @@ class Engine:
         # One step runs one resolution: the oldest request's, filled up with its peers.
         shape = due[0][2]
         ids = tuple(sid for _, sid, hw in due if hw == shape)[:cap]
+        candidates = [sid for _, sid, hw in ahead if hw == shape]
+        if cfg.batching and 0 < cfg.valve_batch < n_active:
+            # Over b* on the quality valve: the worker's sessions run as one group (the
+            # simulator's rule). Its hold is decide()'s batching window here: the engine
+            # has no predicted requests, it waits for the sessions it expects.
+            full, ratio = step_estimate(measured), self._valve_ratio(step_estimate(measured))
+            plan = valve_group_step(now, deadlines_s=[deadline[sid] for sid in ids], firsts=[first[sid] for sid in ids],
+                                    early_deadlines_s=[now + cfg.deadline_s] * len(candidates), upcoming_s=(),
+                                    max_batch=cap,
+                                    step_s=lambda n: full(n) * ratio if n > cfg.valve_batch else full(n))
+            if plan.kind == "group":
+                ids = tuple(ids[i] for i in plan.due) + tuple(candidates[:plan.early])
+                return StepPlan(ids, cfg.valve_steps if len(ids) > cfg.valve_batch else None)
+            ids = tuple(ids[i] for i in plan.due)  # the in-stream chunks first, under the rules below
         split = False
         if len(ids) > 1:  # fewer when the full step would miss a deadline a split meets better
             take = split_due(now, [deadline[sid] for sid in ids], step_estimate(measured), [first[sid] for sid in ids])
@@ -475,14 +495,22 @@ class Engine:
                         if e is not None and first[sid]:
                             e.put_off = True
                 ids = tuple(ids[i] for i in take)
-        candidates = [sid for _, sid, hw in ahead if hw == shape]
         if candidates and len(ids) < cap and not split:
             k = join_ahead(now, deadlines_s=[deadline[sid] for sid in ids], candidates_s=[now] * len(candidates),
                            slo_s=cfg.deadline_s, n_active=n_active, max_batch=cap, step_s=step_estimate(measured),
                            firsts=[first[sid] for sid in ids], gain_s=step_fit(fastest))
             ids += tuple(candidates[:k])
-        valve = cfg.valve_batch and len(due) > cfg.valve_batch
+        valve = cfg.valve_batch and len(ids) > cfg.valve_batch  # a step of more than b* sessions
         return StepPlan(ids, cfg.valve_steps if valve else None)
+
+    def _valve_ratio(self, full: Callable[[int], float]) -> float:
+        """A degraded step's time as a share of the full one (``full(b)``, the estimate from
+        full steps), from the degraded steps measured (1.0, no gain assumed, until one is):
+        what the valve group's rule predicts with."""
+        with self._cond:
+            degraded = dict(self._valve_step_s)
+        pairs = [(t, full(b)) for b, t in degraded.items() if 0 < full(b) < math.inf]
+        return min(1.0, sum(t for t, _ in pairs) / sum(f for _, f in pairs)) if pairs else 1.0
 
     def execute(self, plan: StepPlan) -> list[np.ndarray]:
         """One batched model step over the plan's states (advances each by one chunk)."""
@@ -656,11 +684,14 @@ class Engine:
         with self._cond:
             self._free_s = t_done
             self.busy_s += t_done - t_start
+            took = t_done - t_start
             if not plan.degraded:
                 last = self._step_s.get(plan.batch_size)
-                took = t_done - t_start
                 self._step_s[plan.batch_size] = took if last is None else 0.7 * last + 0.3 * took
                 self._step_min[plan.batch_size] = min(took, self._step_min.get(plan.batch_size, math.inf))
+            else:
+                last = self._valve_step_s.get(plan.batch_size)
+                self._valve_step_s[plan.batch_size] = took if last is None else 0.7 * last + 0.3 * took
         if measure:
             peak = (torch.cuda.max_memory_allocated(self.device) - base) / plan.batch_size
             self._per_session_peak = max(peak, self._per_session_peak or 0.0, 1.0)

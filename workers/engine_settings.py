@@ -41,7 +41,7 @@ class EngineSettings:
         Most chunks of one session produced but not yet acknowledged by its reader
         (0: unbounded); a session that far ahead of its reader waits.
     valve_batch : int
-        Quality valve: with more due sessions than this, a step runs with
+        Quality valve: a step of more sessions than this (b*) runs with
         ``valve_steps`` denoising steps (0: off).
     valve_steps : int
         Denoising steps of a step under the quality valve.

@@ -71,7 +71,7 @@ import numpy as np
 
 from experiments.sim.actions import ActionApplier
 from experiments.sim.alignment import join_early
-from workers.batching import split_due
+from workers.batching import split_due, valve_group_step
 from experiments.sim.config import PolicySet, SimConfig
 from experiments.sim.models import model_cost
 from experiments.sim.result import SimResult, assemble
@@ -112,6 +112,11 @@ from policies.types import (
     WorkerStatus,
     WorkerView,
 )
+
+
+def _by_request(s: _Session) -> tuple[float, int]:
+    """Earliest request (so deadline) first, then the session's index: the rules' order."""
+    return s.next_req, s.idx
 
 
 class Simulator:
@@ -280,13 +285,15 @@ class Simulator:
             self._dirty.append(s)
 
     def _step_table(self, w: _Worker) -> list[float]:
-        """Step times of ``0..max_batch + 1`` sessions on ``w`` at no context term: what the
-        batching rules (split, early joins) compare, looked up instead of recomputed."""
+        """Step times of ``0..max_batch + 1`` sessions on ``w`` at no context term, as the
+        engine runs them (a step over the valve's limit degraded): what the batching rules
+        (split, early joins, the valve group) compare, looked up instead of recomputed."""
         key = (w.degree, w.max_batch)
         table = self._step_tables.get(key)
         if table is None:
-            table = self._step_tables[key] = [0.0] + [self._step_time(n, 0.0, w.degree)
-                                                      for n in range(1, w.max_batch + 2)]
+            ratio = self.cfg.valve_step_ratio
+            full = (self._step_time(n, 0.0, w.degree) for n in range(1, w.max_batch + 2))
+            table = self._step_tables[key] = [0.0] + [t * ratio if t > self._valve_s else t for t in full]
         return table
 
     def _step_time(self, n: int, ctx: float, degree: int = 1) -> float:
@@ -422,6 +429,10 @@ class Simulator:
         early = []  # not due yet, but within one period: may be produced ahead (alignment)
         align = self._align
         earliest = _INF
+        # Over b* under the quality valve (more active sessions than a full step meets the
+        # SLO with): the worker's sessions run as one group (workers.batching.valve_group_step).
+        grouped = self._valve_s < _INF and self._step_time(min(len(active), w.max_batch), 0.0, w.degree) > self._valve_s
+        upcoming = [] if grouped else None  # in-stream sessions not due yet: their requests
         for s in w.active.values():
             if s.in_flight:
                 continue
@@ -431,12 +442,36 @@ class Simulator:
             else:
                 if r < earliest:
                     earliest = r
+                if grouped and not s.fresh:
+                    upcoming.append(r)
                 if align and s.copy_until <= now and r - s.period <= now:
                     early.append(s)
         if due:
             step_n = self._step_table(w).__getitem__  # the rules' step of n sessions (no context term)
-            if len(due) > 1:
-                due.sort(key=lambda s: (s.next_req, s.idx))  # earliest deadline first
+            one_group = False
+            if grouped:
+                due.sort(key=_by_request)  # earliest deadline first
+                early.sort(key=_by_request)
+                slo = self.snapshot_slo
+                plan = valve_group_step(now, deadlines_s=[s.next_req + slo for s in due], firsts=[s.fresh for s in due],
+                                        early_deadlines_s=[s.next_req + slo for s in early], upcoming_s=upcoming,
+                                        max_batch=w.max_batch, step_s=step_n)
+                if plan.kind == "hold":
+                    if w.wake_at is None or plan.wake_s < w.wake_at:
+                        w.wake_at = plan.wake_s
+                        self.seq += 1
+                        heapq.heappush(self.heap, (plan.wake_s, _WAKE, self.seq, w))
+                    return
+                if plan.kind == "group":  # one step, no split nor further joins
+                    due = due[: len(plan.due)] + early[: plan.early]
+                    early = []
+                    one_group = True
+                else:
+                    due = [due[i] for i in plan.due]
+            if one_group or len(due) <= 1:
+                split = False
+            else:
+                due.sort(key=_by_request)  # earliest deadline first
                 if len(due) > w.max_batch:
                     due = due[: w.max_batch]
                 slo = self.snapshot_slo
@@ -446,8 +481,6 @@ class Simulator:
                     for i in set(range(len(due))) - set(take):
                         due[i].put_off = due[i].fresh  # put off once: never again
                     due = [due[i] for i in take]
-            else:
-                split = False
             if early and not split and len(due) < w.max_batch:
                 join_early(due, early, max_batch=w.max_batch, n_active=len(w.active), now=now,
                            slo_s=self.snapshot_slo, step_s=step_n)

@@ -25,14 +25,18 @@ def build_snapshot(sim: Any, now: float) -> Snapshot:
     """
     wviews = sim._wviews
     if wviews is None:
+        cfg = sim.cfg
+        placement_batch = cfg.placement_batch or cfg.max_batch
+        # the quality valve's batch: the engine's cap above the policies' b*
+        valve_batch = cfg.max_batch if cfg.quality_valve and cfg.max_batch > placement_batch else 0
         built = []
         for w in sim.alive.values():
             v = w.view
             if v is None or v.status is not w.status:
                 # per GPU: a group leader's own cap and memory (policies.parallelism.unit_view sums a group);
                 # a simulated worker serves its pool's model (experiments.sim.pools: one pool per model)
-                v = w.view = WorkerView(w.address, w.status, w.memory, sim.cfg.placement_batch or sim.cfg.max_batch,
-                                        w.started, sim.pool_models)
+                v = w.view = WorkerView(w.address, w.status, w.memory, placement_batch, w.started, sim.pool_models,
+                                        valve_batch)
             built.append(v)
         wviews = sim._wviews = tuple(built)
     views = sim._views

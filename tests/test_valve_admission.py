@@ -1,0 +1,158 @@
+"""Admission over b* on the quality valve, and the valve group step (issue 9).
+
+A worker placed over its ``b*`` (a newcomer taking an idle session's kept slot while
+capacity starts) runs its sessions as one degraded step within the SLO
+(:func:`workers.batching.valve_group_step`), instead of making the newcomer wait a
+start-up or stalling an in-stream chunk. Tiers: the pure rules, the placement policy on
+hand-made snapshots, the simulator on a hand-made trace.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from experiments.sim import PolicySet, SimConfig, simulate
+from policies.placement import MigrationAware
+from policies.types import BatchLatencyModel, Offload, Place, SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
+from workers.batching import valve_group_step, valve_step
+
+FULL = lambda n: 0.4 * n  # noqa: E731  batching gains nothing: b* = 2 at a 1 s SLO
+SLO = 1.0
+EFF = valve_step(FULL, SLO, 0.7)  # 3 sessions: 1.2 s full, 0.84 s degraded
+
+
+# ---------------------------------------------------------------- the pure rules
+
+def test_a_step_over_the_limit_is_predicted_at_the_valves_share():
+    assert [round(EFF(n), 3) for n in (1, 2, 3)] == [0.4, 0.8, 0.84]
+
+
+def test_first_chunks_wait_for_an_in_stream_session_that_becomes_due_during_their_step():
+    plan = valve_group_step(0.0, deadlines_s=[5.0], firsts=[True], early_deadlines_s=[], upcoming_s=[0.3, 2.0],
+                            max_batch=3, step_s=EFF)
+    assert (plan.kind, plan.wake_s) == ("hold", 0.3)
+    # due after the step would end: no reason to wait
+    plan = valve_group_step(0.0, deadlines_s=[5.0], firsts=[True], early_deadlines_s=[], upcoming_s=[0.5],
+                            max_batch=3, step_s=EFF)
+    assert plan.kind == "group"
+
+
+def test_in_stream_chunks_go_first_when_the_group_would_make_one_late():
+    plan = valve_group_step(0.0, deadlines_s=[0.5, 0.9, 9.0], firsts=[False, False, True], early_deadlines_s=[],
+                            upcoming_s=[], max_batch=3, step_s=EFF)
+    assert (plan.kind, plan.due) == ("rules", (0, 1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    due=st.lists(st.tuples(st.floats(0.0, 3.0), st.booleans()), min_size=1, max_size=5),
+    early=st.lists(st.floats(0.0, 3.0), max_size=4),
+    upcoming=st.lists(st.floats(0.01, 3.0), max_size=3),
+    cap=st.integers(1, 6),
+)
+def test_a_group_step_never_makes_an_in_stream_chunk_late(due, early, upcoming, cap):
+    due = sorted(due)
+    early = sorted(early)
+    deadlines, firsts = [d for d, _ in due], [f for _, f in due]
+    plan = valve_group_step(0.0, deadlines_s=deadlines, firsts=firsts, early_deadlines_s=early, upcoming_s=upcoming,
+                            max_batch=cap, step_s=EFF)
+    if plan.kind == "group":
+        n = len(plan.due) + plan.early
+        assert 1 <= n <= cap
+        hard = [deadlines[i] for i in plan.due if not firsts[i]] + early[:plan.early]
+        assert all(EFF(n) <= d + 1e-9 for d in hard)
+    elif plan.kind == "rules":
+        assert plan.due and (all(not firsts[i] for i in plan.due) or all(firsts))
+    else:
+        assert plan.kind == "hold" and all(firsts) and plan.wake_s == min(upcoming) < EFF(len(due))
+
+
+# ---------------------------------------------------------------- the placement policy
+
+def _snap(*, valve_batch: int, max_workers: int = 4, starting: int = 0, idle_on_w1: int = 1) -> Snapshot:
+    workers = [WorkerView("w1", max_batch=2, memory_bytes=100, valve_batch=valve_batch)]
+    workers += [WorkerView(f"starting-{i}", WorkerStatus.STARTING, 100, 2, 0.0, valve_batch=valve_batch)
+                for i in range(starting)]
+    sessions = [SessionView("a", SessionStatus.ACTIVE, "w1", 10)]
+    sessions += [SessionView(f"i{k}", SessionStatus.IDLE, "w1", 10, since_s=99.0) for k in range(idle_on_w1)]
+    sessions.append(SessionView("new", SessionStatus.PENDING, None, 0, since_s=100.0))
+    return Snapshot(now_s=100.0, workers=tuple(workers), sessions=tuple(sessions), slo_s=SLO,
+                    latency=BatchLatencyModel((1, 2, 3), (0.4, 0.8, 1.2)), max_workers=max_workers,
+                    worker_startup_s=10.0)
+
+
+def _decide(snap: Snapshot, valve_admission: bool):
+    policy = MigrationAware(keep_idle_slots=True, valve_admission=valve_admission, new_session_bytes=10)
+    actions, _ = policy.decide(snap, policy.initial_state())
+    return actions
+
+
+def test_a_newcomer_takes_a_kept_slot_on_the_valve_instead_of_waiting_for_a_starting_worker():
+    snap = _snap(valve_batch=3, starting=1)
+    assert _decide(snap, valve_admission=False) == []  # it waits for the starting worker's slot
+    actions = _decide(snap, valve_admission=True)
+    assert [type(a) for a in actions] == [Place] and actions[0].worker == "w1"  # no eviction
+
+
+@pytest.mark.parametrize("why", ["no valve", "valve batch full", "cluster at its maximum"])
+def test_no_admission_over_b_star_without_the_valve_its_room_or_capacity_to_come(why):
+    snap = {
+        "no valve": _snap(valve_batch=0, starting=1),
+        "valve batch full": _snap(valve_batch=3, starting=1, idle_on_w1=2),
+        "cluster at its maximum": _snap(valve_batch=3, max_workers=1),
+    }[why]
+    actions = _decide(snap, valve_admission=True)
+    assert not any(isinstance(a, Place) and a.session_id == "new" and a.worker == "w1"
+                   and not any(isinstance(o, Offload) for o in actions) for a in actions)
+
+
+# ---------------------------------------------------------------- the simulator
+
+COLUMNS = ["time_s", "session_id", "event", "client_id", "model", "chunk_frames", "height", "width", "fps"]
+
+
+def _trace(*events: tuple) -> pd.DataFrame:
+    rows = []
+    for t, sid, ev in events:  # 16 frames at 16 fps: a chunk a second
+        shape = (16, 64, 64, 16) if ev == "open" else (None, None, None, None)
+        rows.append((float(t), sid, ev, "c0", "tiny" if ev == "open" else None, *shape))
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values("time_s", kind="stable").reset_index(drop=True)
+
+
+def _run(valve_admission: bool):
+    # a streams; b streams, pauses at 3 s (its slot kept) and comes back at 6 s; c arrives at
+    # 4 s to a full worker while a second one takes 20 s to start.
+    df = _trace((0, "a", "open"), (0, "b", "open"), (3, "b", "idle"), (4.3, "c", "open"), (6.6, "b", "active"),
+                *[(40, s, "close") for s in "abc"])
+    policies = PolicySet.of("migration-aware", "load-driven", "never",
+                            placement_params={"keep_idle_slots": True, "valve_admission": valve_admission,
+                                              "keep_idle_s": 30.0})
+    config = SimConfig(initial_workers=1, max_workers=2, worker_startup_s=20.0, slo_s=SLO, max_batch=3,
+                       placement_batch=2, quality_valve=True, valve_step_ratio=0.7, align_phases=True)
+    return simulate(df, policies, config, latency=BatchLatencyModel((1, 2, 3), (0.4, 0.8, 1.2)))
+
+
+def test_on_the_valve_a_newcomer_and_a_returning_session_start_at_once_and_nothing_stalls():
+    without, with_valve = _run(False), _run(True)
+
+    def done(r, sid: str, index: int) -> float:
+        c = r.chunks
+        return c[(c["session_id"] == sid) & (c["index"] == index)]["t_done_s"].iloc[0]
+
+    # Without: the newcomer takes b's kept slot (b offloaded), and b, back at 6 s, waits
+    # for the second worker's start-up (its chunk 3 is the first after its return).
+    assert done(without, "b", 3) > 20.0
+    # On the valve: c's first chunk and b's first after its return come within a step,
+    # the three sessions share degraded steps, and no in-stream chunk misses the SLO.
+    assert done(with_valve, "c", 0) < 4.3 + 2 * SLO
+    assert done(with_valve, "b", 3) < 6.6 + 2 * SLO
+    in_stream = with_valve.chunks[~with_valve.burst_first]
+    assert in_stream["latency_s"].max() <= SLO + 1e-9
+    assert with_valve.counters["degraded_chunks"] > 0
+    assert (with_valve.chunks["batch_size"] == 3).any()
