@@ -3,9 +3,10 @@
 :meth:`framework.Session.submit` submits :func:`chunk_task` (:func:`fetch_chunk`, which
 also hands the chunk to a client waiting in :func:`serve_result`) with the key
 :func:`chunk_key` ``(session, index)`` on the session's worker. The task is a coroutine:
-it runs on the worker's event loop, leaves the worker's task slots at once (Dask's
-long-running state, as :func:`distributed.secede` does for a thread) so a chunk that
-takes a while never blocks other work, and returns the chunk the session's actor hands it
+it runs on the worker's event loop, leaves the worker's task slots (Dask's long-running
+state, as :func:`distributed.secede` does for a thread) as soon as another task wants
+one (:class:`SlotKeeper`) so a chunk that takes a while never blocks other work, and
+returns the chunk the session's actor hands it
 (:meth:`workers.session_actor.SessionActor.take`). The chunk then stays in that worker's
 memory until it is gathered: its bytes go worker -> client (or worker -> worker, as the
 input of further tasks), never through the scheduler, and the future works with
@@ -35,6 +36,7 @@ import dask
 from dask.sizeof import sizeof
 from dask.utils import parse_timedelta
 from distributed import get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol import to_serialize
 from distributed.worker_state_machine import SecedeEvent
 
@@ -91,8 +93,65 @@ def chunk_session(key: Any) -> str | None:
     return name[len(head) + 9:]
 
 
-def _secede(worker: Any, key: Any) -> None:
-    """Leave the worker's task slots (the task only waits from now on)."""
+class SlotKeeper(WorkerPlugin):
+    """The chunk tasks of one worker that wait for their chunk in a task slot, until another task wants one.
+
+    A chunk task only waits (for its session's actor), so it must never keep other work
+    off its worker: it could leave the worker's task slots at once (Dask's long-running
+    state, what :func:`distributed.secede` does for a thread). That costs a message to
+    the scheduler and two transitions per chunk, on the worker's event loop, which holds
+    the GIL while the engine thread steps the model: a chunk read one at a time (the
+    closed loop of a player) pays it on every chunk. So a chunk task keeps its slot
+    while nothing else waits for one, and all the chunk tasks holding one leave as soon
+    as any task on the worker becomes ready to run (``ready``/``constrained``: another
+    chunk future, the user's work on a chunk, a session actor being created here), or
+    when a chunk task leaves the fast path (its session is elsewhere: :func:`fetch_chunk`).
+    Added to its worker by the first chunk task there (:meth:`of`).
+    """
+
+    name = "turboserve-chunk-slots"
+
+    def __init__(self, worker: Any) -> None:
+        self._worker = weakref.ref(worker)
+        self.holding: set[Any] = set()  # keys of chunk tasks executing in a slot
+        self._armed = False
+
+    @classmethod
+    def of(cls, worker: Any) -> "SlotKeeper":
+        """The worker's keeper (added to ``worker.plugins``, which Dask's state machine calls, on first use)."""
+        keeper = worker.plugins.get(cls.name)
+        if not isinstance(keeper, cls):
+            keeper = worker.plugins[cls.name] = cls(worker)  # synchronous: no plugin_add round, no race
+        return keeper
+
+    def hold(self, key: Any) -> None:
+        """Chunk task ``key`` keeps its slot, unless tasks wait for one already."""
+        worker = self._worker()
+        if worker.state.ready or worker.state.constrained:
+            secede(worker, key)
+        else:
+            self.holding.add(key)
+
+    def leave(self, key: Any) -> None:
+        """Chunk task ``key`` leaves its slot now (it may wait long), or it ended."""
+        if key in self.holding:
+            self.holding.discard(key)
+            secede(self._worker(), key)
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        # Called by the worker's state machine for each transition: leave right after it.
+        if finish in ("ready", "constrained") and self.holding and not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_soon(self._leave_all)
+
+    def _leave_all(self) -> None:
+        self._armed = False
+        for key in list(self.holding):
+            self.leave(key)
+
+
+def secede(worker: Any, key: Any) -> None:
+    """Task ``key`` leaves the worker's task slots (it only waits from now on)."""
     ts = worker.state.tasks.get(key)
     if ts is not None and ts.state == "executing":
         worker.handle_stimulus(SecedeEvent(key=key, compute_duration=0.0, stimulus_id=f"turboserve-secede-{time.time()}"))
@@ -116,7 +175,8 @@ async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, acto
     (``engine.max-unread-chunks``) lets it make this one (issue 13).
     """
     worker = get_worker()
-    _secede(worker, (key_name, index))
+    slots = SlotKeeper.of(worker)
+    slots.hold((key_name, index))
     addr, key = worker_addr or worker.address, actor_key
     deadline = time.monotonic() + LOCATE_TIMEOUT_S
     if chunk_timeout_s is None:
@@ -135,6 +195,7 @@ async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, acto
                 await actor.request(index + 1, acked)
                 chunk = await actor.take(index, wait)
             else:
+                slots.leave((key_name, index))
                 rpc = TokenRPC(worker.rpc(addr), access_token)
                 await call_actor(rpc, key, "request", index + 1, acked)
                 chunk = await call_actor(rpc, key, "take", index, wait)
@@ -151,6 +212,7 @@ async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, acto
             continue  # not made yet: ask again (the actor may have moved meanwhile)
         except (SessionMoved, KeyError, OSError) as exc:
             last: BaseException = exc
+            slots.leave((key_name, index))  # a search (and a session actor made here) may follow
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise SessionClosed(f"session {session_id!r} is lost: no worker had it for "
@@ -218,6 +280,7 @@ async def chunk_task(session_id: str, index: int, worker_addr: str | None, actor
     try:
         chunk = await fetch_chunk(session_id, index, worker_addr, actor_key, key_name, *args, **kwargs)
     finally:
+        SlotKeeper.of(worker).holding.discard(key)
         waiting = [w for w in _WAITERS.get(worker, {}).pop(key, ()) if not w.done()]
         for waiter in waiting:
             waiter.set_result(chunk)
