@@ -471,17 +471,9 @@ class Session:
 
         ``answered`` False: the worker did not even answer the last poll (within :data:`RPC_GRACE_S` more).
         """
-        why = (f"no chunk of session {self.id!r} arrived for {bound:g} s (turboserve.client.chunk-timeout) "
-               f"while chunk {index} was asked of worker {self._worker}")
-        self._note("stalled", chunk=index, why=why, answered=answered)
-        what = ("the session's engine there neither made it nor failed (a hung step or device, an engine "
-                "stopped or far behind its SLO)" if answered else
-                f"that worker did not answer a poll within {RPC_GRACE_S:g} s more (a frozen or overloaded process)")
-        return ChunkTimeout(
-            f"{why}: {what}. The session is still open: read again to wait longer, move it "
-            "(session.migrate(another_worker)) or close it; raise turboserve.client.chunk-timeout if waits "
-            "this long are expected (a model loaded on first use)"
-        )
+        exc = ChunkTimeout.waiting(self.id, index, bound, self._worker, unanswered_s=None if answered else RPC_GRACE_S)
+        self._note("stalled", chunk=index, why=str(exc), answered=answered)
+        return exc
 
     async def astream(self, n: int) -> AsyncIterator[Chunk]:
         """Async twin of :meth:`stream`."""

@@ -28,6 +28,7 @@ key's data to whoever names the key.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import weakref
 from typing import Any
@@ -60,6 +61,11 @@ def _sizeof_chunk(chunk: Chunk) -> int:
     return int(chunk.frames.nbytes) + 256
 
 
+#: The name of a chunk key (:func:`chunk_key` makes it, :func:`chunk_session` reads it): the
+#: prefix, the submitting handle's token (8 hex digits), the session id.
+CHUNK_NAME = re.compile(rf"{re.escape(CHUNK_KEY_PREFIX)}-(?P<token>[0-9a-f]{{8}})-(?P<session>.+)", re.DOTALL)
+
+
 def chunk_key(session_id: str, token: str, index: int) -> tuple[str, int]:
     """The Dask key of chunk ``index`` of a session, as submitted by the handle ``token``.
 
@@ -73,7 +79,10 @@ def chunk_key(session_id: str, token: str, index: int) -> tuple[str, int]:
     >>> key_split(chunk_key("redfox", "0a1b2c3d", 4))
     'turboserve-chunk'
     """
-    return (f"{CHUNK_KEY_PREFIX}-{token}-{session_id}", int(index))
+    name = f"{CHUNK_KEY_PREFIX}-{token}-{session_id}"
+    if not session_id or CHUNK_NAME.fullmatch(name) is None:
+        raise ValueError(f"chunk key token {token!r} is not 8 lowercase hex digits (or the session id is empty)")
+    return (name, int(index))
 
 
 def chunk_session(key: Any) -> str | None:
@@ -86,11 +95,8 @@ def chunk_session(key: Any) -> str | None:
     """
     if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str)):
         return None
-    head = f"{CHUNK_KEY_PREFIX}-"
-    name = key[0]
-    if not name.startswith(head) or len(name) < len(head) + 10 or name[len(head) + 8] != "-":
-        return None
-    return name[len(head) + 9:]
+    match = CHUNK_NAME.fullmatch(key[0])
+    return None if match is None else match["session"]
 
 
 class SlotKeeper(WorkerPlugin):
@@ -202,13 +208,7 @@ async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, acto
             if chunk is not None:
                 return chunk
             if time.monotonic() - since >= chunk_timeout_s:
-                raise ChunkTimeout(
-                    f"chunk {index} of session {session_id!r} was not made within {chunk_timeout_s:g} s "
-                    f"(turboserve.client.chunk-timeout) on worker {addr}: the session's engine there neither "
-                    "made it nor failed (a hung step or device, an engine stopped or far behind its SLO). The "
-                    "session is still open: submit again to wait longer, move it (session.migrate(another_worker)) "
-                    "or close it; raise turboserve.client.chunk-timeout if waits this long are expected"
-                )
+                raise ChunkTimeout.waiting(session_id, index, chunk_timeout_s, addr, retry="submit again")
             continue  # not made yet: ask again (the actor may have moved meanwhile)
         except (SessionMoved, KeyError, OSError) as exc:
             last: BaseException = exc

@@ -62,6 +62,29 @@ class ChunkTimeout(TurboserveError):
     ``OSError``, which retry loops take for a lost connection.
     """
 
+    @classmethod
+    def waiting(cls, session_id: str, index: int, bound_s: float, worker: str | None, *,
+                unanswered_s: float | None = None, retry: str = "read again") -> "ChunkTimeout":
+        """The error of a wait for chunk ``index`` that saw no chunk for ``bound_s`` s from ``worker``.
+
+        ``unanswered_s``: the worker did not even answer within that many seconds more (a
+        frozen or overloaded process); ``None``: it answered, its engine made nothing.
+        ``retry``: what the caller does to wait longer (``"read again"``, ``"submit again"``).
+
+        >>> msg = str(ChunkTimeout.waiting("redfox", 4, 300, "tcp://10.0.0.2:4000", retry="submit again"))
+        >>> "chunk 4 was asked of worker tcp://10.0.0.2:4000" in msg and "still open: submit again" in msg
+        True
+        """
+        what = ("the session's engine there neither made it nor failed (a hung step or device, an engine "
+                "stopped or far behind its SLO)" if unanswered_s is None else
+                f"that worker did not answer a poll within {unanswered_s:g} s more (a frozen or overloaded process)")
+        return cls(
+            f"no chunk of session {session_id!r} arrived for {bound_s:g} s (turboserve.client.chunk-timeout) "
+            f"while chunk {index} was asked of worker {worker}: {what}. The session is still open: {retry} to "
+            "wait longer, move it (session.migrate(another_worker)) or close it; raise "
+            "turboserve.client.chunk-timeout if waits this long are expected (a model loaded on first use)"
+        )
+
 
 class SessionAccessDenied(TurboserveError):
     """A call on a session without the access token its opener got (:mod:`workers.access`).
