@@ -19,7 +19,7 @@ from typing import Any
 
 from policies.admission import CapacityLedger
 from policies.base import LedgerPolicy
-from policies.placement import HeapChooser, fewest_active
+from policies.choosers import HeapChooser, fewest_active
 from policies.registry import register
 from policies.types import TIERS, Action, Offload, Resume
 

@@ -2,7 +2,7 @@
 
 Admission between the simulator's ticks decides on ledgers of a
 :class:`~policies.admission.LedgerCache`; placement then keeps its
-:class:`~policies.placement.HeapChooser` (the heap of workers, the slots kept for idle
+:class:`~policies.choosers.HeapChooser` (the heap of workers, the slots kept for idle
 sessions) from one such ledger to the next and re-ranks only the workers counted again
 (:meth:`HeapChooser.renew`). Whatever changed in the snapshot between two admissions
 and whatever the previous decision booked, a policy deciding that way must give the
@@ -24,7 +24,8 @@ import random
 from dataclasses import replace
 
 from policies.admission import CapacityLedger, LedgerCache
-from policies.placement import HeapChooser, LeastLoaded, MigrationAware, _kept_slots
+from policies.choosers import HeapChooser
+from policies.placement import LeastLoaded, MigrationAware, _kept_slots
 from policies.types import BatchLatencyModel, Offload, SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
 
 LATENCY = BatchLatencyModel((1, 2, 4), (0.3, 0.5, 0.9), context_slope_s=0.0013)
