@@ -37,7 +37,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from experiments.headline import headline
-from experiments.paper_table import ORACLE, TraceInput, load_traces, run_trace
+from experiments.paper_table import ORACLE, PreparedTrace, TraceInput, load_traces, prepare_trace, run_trace
 from experiments.sim.config import PolicySet, PolicySpec, SimConfig
 
 REFERENCE = "turboserve"
@@ -146,8 +146,12 @@ def _family_of(name: str) -> Family:
     raise ValueError(f"unknown policy family {name!r}; known: {sorted(FAMILIES)}, {ISO_COST!r}, {NO_VALVE!r}")
 
 
-def run_point(point: Point, trace: TraceInput, gpus: int, config: SimConfig, offload: str) -> dict[str, Any]:
-    """Simulate one :class:`Point`; its frontier row (``FRONTIER_COLUMNS`` first)."""
+def run_point(point: Point, trace: TraceInput | PreparedTrace, gpus: int, config: SimConfig, offload: str) -> dict[str, Any]:
+    """Simulate one :class:`Point`; its frontier row (``FRONTIER_COLUMNS`` first).
+
+    ``trace``: prepared once per (trace, seed) (:func:`~experiments.paper_table.prepare_trace`,
+    with ``config``) where many points share it, as :func:`frontier` does.
+    """
     import framework.config  # noqa: F401  (registers the turboserve config defaults on a Dask worker)
 
     family = _family_of(point.family)
@@ -217,11 +221,13 @@ def frontier(
     use_valve = base.quality_valve if valve is None else bool(valve)
     base = base.with_(quality_valve=False)
     t0 = time.perf_counter()
-    loaded: dict[tuple[str, int], TraceInput] = {}
+    # Each (trace, seed) is loaded and prepared once (pools, GPU shares, caps, oracles):
+    # every point and the oracle row of that trace share it.
+    loaded: dict[tuple[str, int], PreparedTrace] = {}
     for seed in seeds:
         for trace in load_traces(list(traces), duration_s=duration_s, scale=scale, seed=seed, model=model,
                                  gpus=gpus, config=base):
-            loaded[(trace.name, seed)] = trace
+            loaded[(trace.name, seed)] = prepare_trace(trace, gpus, config=base)
     points = []
     for (name, seed) in loaded:
         for fam in (f for f in families if f != ORACLE):
@@ -248,27 +254,26 @@ def frontier(
             "kind": "frontier", "gpus": gpus, "seeds": list(seeds), "traces": [str(t) for t in traces],
             "families": list(families), "baseline_offload": baseline_offload, "valve": use_valve,
             "scale": scale, "duration_s": duration_s, "model": model, "wall_s": round(wall, 1),
-            "scales": {f"{n}@{s}": t.scale for (n, s), t in loaded.items()},
+            "scales": {f"{n}@{s}": t.trace.scale for (n, s), t in loaded.items()},
             "sim_config": {f: getattr(base, f) for f in base.__dataclass_fields__},
         })
     return table, head
 
 
-def _oracle_row(name: str, seed: int, trace: TraceInput, gpus: int, config: SimConfig) -> dict[str, Any]:
+def _oracle_row(name: str, seed: int, trace: PreparedTrace, gpus: int, config: SimConfig) -> dict[str, Any]:
     """The offline oracle of one (trace, seed): its GPU-hours bound the cost of any policy."""
     rows, _, _ = run_trace(trace, gpus, policies=[], config=config, record_chunks=False, with_oracle=True)
     row = rows[0]
     return {"trace": name, "policy": ORACLE, "knob": float("nan"), "seed": seed, "gpu_hours": row["gpu_hours"],
             "gpu_hours_startup": row.get("gpu_hours_startup"),
-            "slo_attainment": row["slo_attainment"], "peak_workers": row.get("peak_workers"), "scale": trace.scale}
+            "slo_attainment": row["slo_attainment"], "peak_workers": row.get("peak_workers"), "scale": trace.trace.scale}
 
 
 def _iso_cost_points(row: dict[str, Any], loaded: dict, gpus: int) -> list[Point]:
     """After TurboServe's run at its default knob (``row``): a static run at its mean GPU count."""
     if row["policy"] != REFERENCE or row["knob"] != FAMILIES[REFERENCE].default:
         return []
-    trace = loaded[(row["trace"], row["seed"])]
-    hours = float(trace.frame["time_s"].max()) / 3600.0
+    hours = loaded[(row["trace"], row["seed"])].end_s / 3600.0
     mean_gpus = float(row["gpu_hours"]) / hours if hours > 0 else float(gpus)
     return [Point(row["trace"], row["seed"], ISO_COST, round(max(1, round(mean_gpus)) / gpus, 4))]
 

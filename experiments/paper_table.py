@@ -241,8 +241,53 @@ def resolve_policy(label: Any, sets: dict[str, PolicySet], gpus: int) -> PolicyS
     return PolicySet(*specs, name=label)
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedTrace:
+    """What every run of one trace on ``gpus`` GPUs shares, computed once (:func:`prepare_trace`).
+
+    The model pools (:func:`experiments.sim.pools.prepare_pools`), their GPU shares, SLO
+    batch caps and oracles, and the sessions active at time 0 of each pool. A frontier
+    runs some thirty policies on each (trace, seed): they share this instead of each
+    preparing the trace again. ``config`` is the one the caps and oracles were computed
+    with; :func:`run_trace` refuses a config that differs in what they depend on.
+    """
+
+    trace: TraceInput
+    gpus: int
+    max_batch: int | str
+    config: SimConfig
+    pools: dict[str, Any]  # model -> experiments.sim.workload.Workload
+    end_s: float
+    share: dict[str, int]
+    caps: dict[str, int]
+    oracles: dict[str, Any]  # model -> experiments.sim.oracle.OracleResult
+    at_start: dict[str, int]
+
+    @property
+    def name(self) -> str:
+        return self.trace.name
+
+
+def _oracle_inputs(config: SimConfig) -> tuple:
+    """The fields of a config the caps and oracles of a :class:`PreparedTrace` depend on."""
+    return (config.latency, config.slo_s, config.max_batch, config.gpu_memory_bytes, config.worker_startup_s)
+
+
+def prepare_trace(trace: TraceInput, gpus: int, *, config: SimConfig | None = None,
+                  max_batch: int | str = "slo") -> PreparedTrace:
+    """The :class:`PreparedTrace` of ``trace`` on ``gpus`` GPUs (``config``: default from the dask config)."""
+    base = config if config is not None else SimConfig.from_config()
+    pools = prepare_pools(trace.frame)
+    end = float(trace.frame["time_s"].max())
+    _, uncapped = _oracles(pools, base, max_batch, end, None)
+    share = share_gpus(gpus, {m: o.peak_gpus for m, o in uncapped.items()})
+    caps, oracles = _oracles(pools, base, max_batch, end, share)
+    at_start = {m: initial_active(wl) for m, wl in pools.items()}
+    return PreparedTrace(trace, gpus, max_batch, base, pools, end, share, caps, oracles, at_start)
+
+
 def run_trace(
-    trace: TraceInput,
+    trace: TraceInput | PreparedTrace,
     gpus: int,
     *,
     policies: Sequence[str | PolicySet] = POLICY_LABELS,
@@ -254,7 +299,10 @@ def run_trace(
     """Simulate ``policies`` (labels of :data:`POLICY_LABELS`) and the oracle on one trace.
 
     ``max_batch="slo"`` caps every worker at the SLO batch ``b*`` of its model (what an
-    operator would configure for a latency target); an int caps it there.
+    operator would configure for a latency target); an int caps it there. ``trace`` may
+    be a :class:`PreparedTrace` (:func:`prepare_trace`) for these ``gpus``, ``max_batch``
+    and a ``config`` that differs from its own at most in what the oracles do not use
+    (the quality valve, say); a ValueError says what differs otherwise.
 
     Returns summary rows, chunk tables and interval tables (keyed by run label).
     """
@@ -264,11 +312,18 @@ def run_trace(
         if label not in POLICY_LABELS and len(label.split("+")) != 3:
             raise ValueError(f"unknown policy {label!r}; use one of {list(POLICY_LABELS)} or 'placement+autoscaling+offload'")
     base = config if config is not None else SimConfig.from_config()
-    pools = prepare_pools(trace.frame)
-    end = float(trace.frame["time_s"].max())
-    _, uncapped = _oracles(pools, base, max_batch, end, None)
-    share = share_gpus(gpus, {m: o.peak_gpus for m, o in uncapped.items()})
-    caps, oracles = _oracles(pools, base, max_batch, end, share)
+    if isinstance(trace, PreparedTrace):
+        prepared = trace
+        if (prepared.gpus, prepared.max_batch) != (gpus, max_batch):
+            raise ValueError(f"trace {prepared.name!r} was prepared for gpus={prepared.gpus}, max_batch="
+                             f"{prepared.max_batch!r}, not gpus={gpus}, max_batch={max_batch!r}; prepare it again")
+        if _oracle_inputs(prepared.config) != _oracle_inputs(base):
+            raise ValueError(f"trace {prepared.name!r} was prepared with another latency, SLO, batch cap, GPU memory or "
+                             "start-up time than this config; prepare it with this config")
+    else:
+        prepared = prepare_trace(trace, gpus, config=base, max_batch=max_batch)
+    trace, pools, end, share = prepared.trace, prepared.pools, prepared.end_s, prepared.share
+    caps, oracles = prepared.caps, prepared.oracles
     rows, chunks, intervals = [], {}, {}
     minimum = int(tconfig.get("autoscale.minimum"))
 
@@ -280,7 +335,7 @@ def run_trace(
                                worker_memory=int(base.gpu_memory_bytes - cost.weights_bytes), max_batch=caps[model])
             # Autoscaled runs start warm at the size the load at time 0 needs (the trace
             # starts in steady state), never below the configured minimum.
-            at_start = math.ceil(initial_active(wl) / caps[model])
+            at_start = math.ceil(prepared.at_start[model] / caps[model])
             policy = resolve_policy(label, sets, pool_gpus)
             static = policy.autoscaling.name == "fixed"
             warm = pool_gpus if static else min(max(minimum, at_start, 1), pool_gpus)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.paper_table import ORACLE, POLICY_LABELS, paper_table, run_trace, TraceInput
+from experiments.paper_table import ORACLE, POLICY_LABELS, paper_table, prepare_trace, run_trace, TraceInput
 from experiments.results import CHUNK_COLUMNS, SUMMARY_COLUMNS
 
 COLUMNS = ["time_s", "session_id", "event", "client_id", "model", "chunk_frames", "height", "width", "fps"]
@@ -68,6 +68,32 @@ def test_a_policy_triple_runs_with_the_paper_parameters():
                                 with_oracle=False)
     assert rows[0]["policy"] == "round-robin+fixed+never"
     assert rows[0]["gpu_hours"] == pytest.approx(4 * wan_trace(6)["time_s"].max() / 3600)
+
+
+def test_a_prepared_trace_gives_the_rows_of_the_trace_itself():
+    trace = TraceInput("t", wan_trace(8))
+    prepared = prepare_trace(trace, 4)
+    policies = ["turboserve", "hpa+least-loaded"]
+    rows, _, _ = run_trace(trace, 4, policies=policies, record_chunks=False)
+    again, _, _ = run_trace(prepared, 4, policies=policies, record_chunks=False)
+    for row in rows + again:
+        row.pop("sim_wall_s", None)
+        row.pop("decide_ms_per_tick", None)  # timed, not simulated
+    assert again == rows and rows[-1]["policy"] == ORACLE
+
+
+def test_a_prepared_trace_refuses_another_cluster_or_latency_model():
+    from experiments.sim.config import SimConfig
+
+    prepared = prepare_trace(TraceInput("t", wan_trace(3)), 2)
+    with pytest.raises(ValueError, match="prepared for gpus=2"):
+        run_trace(prepared, 3, policies=["static-peak"])
+    slower = SimConfig.from_config(worker_startup_s=prepared.config.worker_startup_s + 5)
+    with pytest.raises(ValueError, match="prepare it with this config"):
+        run_trace(prepared, 2, policies=["static-peak"], config=slower)
+    valve = prepared.config.with_(quality_valve=not prepared.config.quality_valve)
+    rows, _, _ = run_trace(prepared, 2, policies=["static-peak"], config=valve, with_oracle=False)
+    assert rows[0]["policy"] == "static-peak"
 
 
 def test_unknown_policy_is_refused_before_any_run():
