@@ -34,7 +34,7 @@ ask again together.
 (the viewer still plays the previous one; the engine's ``prearm-chunks``) is *ahead*:
 nobody waits for it, and it never starts a step. ``decide_batch`` counts such sessions
 (``ahead``) towards a full batch, and :func:`join_ahead` says how many of them join a
-step of due chunks. The simulator's phase alignment (``experiments.sim.alignment``) is the same
+step of due chunks. The simulator's phase alignment (``experiments.sim.step_formation``) is the same
 :func:`join_ahead`, over its sessions' predicted requests.
 
 Examples

@@ -70,8 +70,7 @@ from typing import Any
 import numpy as np
 
 from experiments.sim.actions import ActionApplier
-from experiments.sim.alignment import join_early
-from workers.batching import split_due, valve_group_step
+from experiments.sim.step_formation import form_step
 from experiments.sim.config import PolicySet, SimConfig
 from experiments.sim.models import model_cost
 from experiments.sim.result import SimResult, assemble
@@ -112,11 +111,6 @@ from policies.types import (
     WorkerStatus,
     WorkerView,
 )
-
-
-def _by_request(s: _Session) -> tuple[float, int]:
-    """Earliest request (so deadline) first, then the session's index: the rules' order."""
-    return s.next_req, s.idx
 
 
 class Simulator:
@@ -448,42 +442,15 @@ class Simulator:
                     early.append(s)
         if due:
             step_n = self._step_table(w).__getitem__  # the rules' step of n sessions (no context term)
-            one_group = False
-            if grouped:
-                due.sort(key=_by_request)  # earliest deadline first
-                early.sort(key=_by_request)
-                slo = self.snapshot_slo
-                plan = valve_group_step(now, deadlines_s=[s.next_req + slo for s in due], firsts=[s.fresh for s in due],
-                                        early_deadlines_s=[s.next_req + slo for s in early], upcoming_s=upcoming,
-                                        max_batch=w.max_batch, step_s=step_n)
-                if plan.kind == "hold":
-                    if w.wake_at is None or plan.wake_s < w.wake_at:
-                        w.wake_at = plan.wake_s
-                        self.seq += 1
-                        heapq.heappush(self.heap, (plan.wake_s, _WAKE, self.seq, w))
-                    return
-                if plan.kind == "group":  # one step, no split nor further joins
-                    due = due[: len(plan.due)] + early[: plan.early]
-                    early = []
-                    one_group = True
-                else:
-                    due = [due[i] for i in plan.due]
-            if one_group or len(due) <= 1:
-                split = False
-            else:
-                due.sort(key=_by_request)  # earliest deadline first
-                if len(due) > w.max_batch:
-                    due = due[: w.max_batch]
-                slo = self.snapshot_slo
-                take = split_due(now, [s.next_req + slo for s in due], step_n, [s.admission_wait for s in due])
-                split = len(take) < len(due)
-                if split:
-                    for i in set(range(len(due))) - set(take):
-                        due[i].put_off = due[i].fresh  # put off once: never again
-                    due = [due[i] for i in take]
-            if early and not split and len(due) < w.max_batch:
-                join_early(due, early, max_batch=w.max_batch, n_active=len(w.active), now=now,
-                           slo_s=self.snapshot_slo, step_s=step_n)
+            formed = form_step(now, due, early, upcoming=upcoming, max_batch=w.max_batch, n_active=len(active),
+                               slo_s=self.snapshot_slo, step_s=step_n)
+            if isinstance(formed, float):  # a hold: first chunks wait for in-stream ones about to be due
+                if w.wake_at is None or formed < w.wake_at:
+                    w.wake_at = formed
+                    self.seq += 1
+                    heapq.heappush(self.heap, (formed, _WAKE, self.seq, w))
+                return
+            due = formed
             n = len(due)
             ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
             step = self._step_time(n, ctx, w.degree)
