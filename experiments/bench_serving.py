@@ -402,12 +402,22 @@ def cpu_sample(threads: WorkerThreads) -> tuple[float, float, float, float]:
             time.process_time())
 
 
+#: Seconds between a chunk's arrival and the end of its CPU sample: the messages it set off
+#: (a future's release: client -> scheduler -> worker -> scheduler) are counted with it, not
+#: with the next path's chunk. Both paths wait as long (the idle loop's CPU, ~10-20 ms/s, alike).
+CPU_SETTLE_S = 0.03
 CPU_PARTS = ("worker loop thread", "worker engine thread", "worker process", "client+scheduler")
 
 
 def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool) -> None:
     s = server.open_session(PROMPT, seed=950, worker=worker)
-    paths = {"future": lambda: s.submit().result(), "direct": lambda: next(iter(s.stream(1)))}
+    def future() -> object:
+        f = s.submit()
+        chunk = f.result()
+        f.release()  # its release (scheduler, free-keys on the worker) belongs to this chunk's CPU
+        return chunk
+
+    paths = {"future": future, "direct": lambda: next(iter(s.stream(1)))}
     parts: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in paths}
     cpu: dict[str, list[tuple[float, ...]]] = {name: [] for name in paths}
     threads = WorkerThreads.of(server, worker)
@@ -422,6 +432,7 @@ def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool)
                 t0 = time.time()
                 chunk = fn()
                 t1 = time.time()
+                time.sleep(CPU_SETTLE_S)  # both paths alike: what the chunk set off ends in its own sample
                 c1 = cpu_sample(threads)
                 parts[name].append((t1 - t0, chunk.t_start_s - t0, chunk.t_done_s - chunk.t_start_s, t1 - chunk.t_done_s))
                 cpu[name].append(tuple(b - a for a, b in zip(c0, c1)))
