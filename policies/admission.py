@@ -465,6 +465,9 @@ class LedgerCache:
         self._over: set[str] = set()
         self._slo: float | None = None
         self._latency: object = None
+        # Step times by batch size of ``_latency`` without context (CapacityLedger._base),
+        # shared by the ledgers of one latency model instead of filled again by each.
+        self._base: list[float] = [0.0]
         self._by_status: dict[WorkerStatus, list[WorkerLoad]] = {}  # CapacityLedger.loads_of, per _workers
         self._carry: dict = {}  # CapacityLedger.carry of every ledger of this cache
         self._generation = 0  # ledgers built since the cache last counted in full
@@ -504,6 +507,10 @@ class LedgerCache:
                 recounted.append(load)
         ledger = CapacityLedger.__new__(CapacityLedger)
         ledger._start(snap, new_session_bytes)
+        if snap.latency is self._latency:
+            ledger._base = self._base
+        else:  # a new model: this ledger's list, filled as it is asked, serves the next ones
+            self._base = ledger._base
         ledger.loads = loads  # replaced, never changed, when the workers change
         ledger.pending = _queue(self._in_order(self._pending))
         ledger._suspended = None
@@ -545,17 +552,16 @@ class LedgerCache:
         gone: list[SessionView] = []
         came: dict[int, SessionView] = {}
         placed: dict[int, float] = {}  # id(view) -> rank, of those that came
-
-        def place_of(s: SessionView) -> float:
-            key = id(s)
-            return placed[key] if key in placed else rank[key]
-
         for how, out, into, k in _changes(old, sessions):
             if out is not None:
                 gone.append(out)
             if into is None:
                 continue
-            before = place_of(sessions[k - 1]) if k > 0 else -1.0
+            if k > 0:  # the rank of the view before it (placed already if it came too)
+                key = id(sessions[k - 1])
+                before = placed[key] if key in placed else rank[key]
+            else:
+                before = -1.0
             if how == "replaced":  # it takes the place of the view it replaced
                 place = rank[id(out)]
             elif how == "inserted":  # between its neighbours (the next one is a view both hold)
@@ -567,14 +573,33 @@ class LedgerCache:
                 place = before + 1.0
             if not before < place:
                 return None
-            came[id(into)] = into
-            placed[id(into)] = place
+            key = id(into)
+            came[key] = into
+            placed[key] = place
+        # Take the views that went out of their buckets, then put those that came in (as _add
+        # does, inlined: a few dozen views a decision, thousands of decisions a run)
         changed: set[str | None] = set()
+        on_worker, pending = self._on_worker, self._pending
         for s in gone:
-            self._drop(s, id(s), changed)
-            del rank[id(s)]
+            key = id(s)
+            status = s.status
+            if status in _ON_DEVICE:
+                del on_worker[s.worker][key]
+                changed.add(s.worker)
+            elif status is _PENDING:
+                del pending[key]
+            del rank[key]
         for key, s in came.items():
-            self._add(s, key, changed)
+            status = s.status
+            if status in _ON_DEVICE:
+                worker = s.worker
+                held = on_worker.get(worker)
+                if held is None:
+                    held = on_worker[worker] = {}
+                held[key] = s
+                changed.add(worker)
+            elif status is _PENDING:
+                pending[key] = s
         rank.update(placed)
         self._sessions = sessions
         if len(rank) != len(sessions):  # a view object listed twice: the ranks cannot tell its places apart
@@ -592,18 +617,30 @@ class LedgerCache:
         elif s.status is _PENDING:
             self._pending[key] = s
 
-    def _drop(self, s: SessionView, key: int, changed: set[str | None]) -> None:
-        if s.status in _ON_DEVICE:
-            del self._on_worker[s.worker][key]
-            changed.add(s.worker)
-        elif s.status is _PENDING:
-            del self._pending[key]
-
     def _recount(self, load: WorkerLoad) -> None:
-        """Count ``load`` afresh from its sessions, in snapshot order, as :class:`CapacityLedger` does."""
-        load.n_active = load.n_sessions = load.mem_used = 0
-        load.ctx_sum = 0.0
-        load.active, load.idle = [], []
+        """Count ``load`` afresh from its sessions, in snapshot order, as :class:`CapacityLedger` does.
+
+        :func:`_count` and :func:`_count_lists` for one load, inlined (the same sums in the
+        same order): its sessions are all on a device (active, idle or migrating).
+        """
         load.version += 1
-        _count(self._in_order(self._on_worker.get(load.address, {})), {load.address: load}.get, [], [])
-        _count_lists(load)
+        active: list[SessionView] = []
+        idle: list[SessionView] = []
+        mem = migrating = 0
+        ctx = 0.0
+        views = self._on_worker.get(load.address)
+        if views:
+            for s in self._in_order(views):
+                status = s.status
+                mem += s.state_bytes
+                if status is _ACTIVE:
+                    ctx += s.context_frames
+                    active.append(s)
+                elif status is _IDLE:
+                    idle.append(s)
+                else:  # MIGRATING, booked on its target
+                    ctx += s.context_frames
+                    migrating += 1
+        load.mem_used, load.ctx_sum, load.active, load.idle = mem, ctx, active, idle
+        load.n_active = len(active) + migrating
+        load.n_sessions = len(active) + len(idle) + migrating
