@@ -406,6 +406,8 @@ def cpu_sample(threads: WorkerThreads) -> tuple[float, float, float, float]:
 #: (a future's release: client -> scheduler -> worker -> scheduler) are counted with it, not
 #: with the next path's chunk. Both paths wait as long (the idle loop's CPU, ~10-20 ms/s, alike).
 CPU_SETTLE_S = 0.03
+#: Seconds of each round's idle sample (no chunk asked for), the periodic work :func:`cpu_lines` takes out.
+CPU_IDLE_S = 0.1
 CPU_PARTS = ("worker loop thread", "worker engine thread", "worker process", "client+scheduler")
 
 
@@ -420,6 +422,8 @@ def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool)
     paths = {"future": future, "direct": lambda: next(iter(s.stream(1)))}
     parts: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in paths}
     cpu: dict[str, list[tuple[float, ...]]] = {name: [] for name in paths}
+    windows: dict[str, list[float]] = {name: [] for name in paths}
+    idle: list[tuple[float, ...]] = []  # CPU per second of each part while no chunk is asked for
     threads = WorkerThreads.of(server, worker)
     bare_s = []
     try:
@@ -427,6 +431,10 @@ def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool)
             fn()
         for _ in range(chunks):
             bare_s.append(bare.step_s(1))
+            c0, t0 = cpu_sample(threads), time.time()
+            time.sleep(CPU_IDLE_S)
+            c1, t1 = cpu_sample(threads), time.time()
+            idle.append(tuple((b - a) / (t1 - t0) for a, b in zip(c0, c1)))
             for name, fn in paths.items():
                 c0 = cpu_sample(threads)
                 t0 = time.time()
@@ -436,6 +444,7 @@ def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool)
                 c1 = cpu_sample(threads)
                 parts[name].append((t1 - t0, chunk.t_start_s - t0, chunk.t_done_s - chunk.t_start_s, t1 - chunk.t_done_s))
                 cpu[name].append(tuple(b - a for a, b in zip(c0, c1)))
+                windows[name].append(time.time() - t0)
     finally:
         s.close()
 
@@ -454,19 +463,28 @@ def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool)
               f"after the step {1e3 * med(parts[name], 3):5.1f}")
     print(f"  the future's extra cost {1e3 * extra:+6.1f} ms = {100 * extra / step:+5.1f}% of the bare step "
           f"(target: at most 2 ms or 5%: {verdict})", flush=True)
-    print(cpu_lines(cpu, med(parts["future"]) / med(parts["direct"])), flush=True)
+    print(cpu_lines(cpu, windows, idle, med(parts["future"]) / med(parts["direct"])), flush=True)
 
 
-def cpu_lines(cpu: dict[str, list[tuple[float, ...]]], wall_ratio: float) -> str:
+def cpu_lines(cpu: dict[str, list[tuple[float, ...]]], windows: dict[str, list[float]],
+              idle: list[tuple[float, ...]], wall_ratio: float) -> str:
     """CPU ms per chunk (mean over the chunks, :func:`cpu_sample`) of the future and the direct path, side by side.
 
     What a chunk future costs the session's worker in CPU: load on the machine stretches
-    wall times (the target's measure) far more than the CPU a path burns.
+    wall times (the target's measure) far more than the CPU a path burns. Part of a
+    sample is the periodic work of an idle process (heartbeats, the system monitor:
+    ~10-20 ms/s of the worker's loop), which grows with the sample's wall time, so with
+    load; the last column takes it out (``idle`` rate, measured between the rounds,
+    times each sample's window) and is what a loaded run should be read by.
     """
-    lines = [f"  CPU per chunk (mean ms, /proc schedstat)  {'direct':>8s} {'future':>8s} {'future-direct':>14s}"]
+    rate = [statistics.mean(r[i] for r in idle) for i in range(len(CPU_PARTS))]
+    lines = [f"  CPU per chunk (mean ms, /proc schedstat)  {'direct':>8s} {'future':>8s} {'future-direct':>14s}"
+             f" {'net of idle':>12s}  (idle ms/s)"]
     for i, part in enumerate(CPU_PARTS):
         direct, future = (1e3 * statistics.mean(r[i] for r in cpu[name]) for name in ("direct", "future"))
-        lines.append(f"    {part:38s} {direct:8.2f} {future:8.2f} {future - direct:+14.2f}")
+        net = future - direct - 1e3 * rate[i] * (statistics.mean(windows["future"]) - statistics.mean(windows["direct"]))
+        lines.append(f"    {part:38s} {direct:8.2f} {future:8.2f} {future - direct:+14.2f} {net:+12.2f}"
+                     f"  ({1e3 * rate[i]:5.1f})")
     lines.append(f"    wall future/direct {wall_ratio:5.3f}x")
     return "\n".join(lines)
 
