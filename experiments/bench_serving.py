@@ -408,6 +408,21 @@ def cpu_sample(threads: WorkerThreads) -> tuple[float, float, float, float]:
 CPU_SETTLE_S = 0.03
 #: Seconds of each round's idle sample (no chunk asked for), the periodic work :func:`cpu_lines` takes out.
 CPU_IDLE_S = 0.1
+def bookkeeping(server, worker: str) -> tuple[int, int, int]:
+    """The worker's task transitions, messages and batches sent to the scheduler so far (Dask's counters).
+
+    What a path costs the worker's event loop in Dask's own bookkeeping, counted: no
+    load changes a count.
+    """
+
+    def counts(dask_worker) -> tuple[int, int, int]:
+        stream = dask_worker.batched_stream
+        return dask_worker.state.transition_counter, stream.message_count, stream.batch_count
+
+    return tuple(server.client.run(counts, workers=[worker])[worker])
+
+
+BOOKKEEPING = ("task transitions", "messages to the scheduler", "batches sent")
 CPU_PARTS = ("worker loop thread", "worker engine thread", "worker process", "client+scheduler")
 
 
@@ -424,6 +439,7 @@ def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool)
     cpu: dict[str, list[tuple[float, ...]]] = {name: [] for name in paths}
     windows: dict[str, list[float]] = {name: [] for name in paths}
     idle: list[tuple[float, ...]] = []  # CPU per second of each part while no chunk is asked for
+    counted = {name: [0, 0, 0] for name in paths}  # bookkeeping() per path, summed over the chunks
     threads = WorkerThreads.of(server, worker)
     bare_s = []
     try:
@@ -436,6 +452,7 @@ def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool)
             c1, t1 = cpu_sample(threads), time.time()
             idle.append(tuple((b - a) / (t1 - t0) for a, b in zip(c0, c1)))
             for name, fn in paths.items():
+                k0 = bookkeeping(server, worker)  # outside the CPU sample (client.run works on the worker's loop)
                 c0 = cpu_sample(threads)
                 t0 = time.time()
                 chunk = fn()
@@ -445,6 +462,7 @@ def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool)
                 parts[name].append((t1 - t0, chunk.t_start_s - t0, chunk.t_done_s - chunk.t_start_s, t1 - chunk.t_done_s))
                 cpu[name].append(tuple(b - a for a, b in zip(c0, c1)))
                 windows[name].append(time.time() - t0)
+                counted[name] = [n + b - a for n, a, b in zip(counted[name], k0, bookkeeping(server, worker))]
     finally:
         s.close()
 
@@ -464,6 +482,9 @@ def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool)
     print(f"  the future's extra cost {1e3 * extra:+6.1f} ms = {100 * extra / step:+5.1f}% of the bare step "
           f"(target: at most 2 ms or 5%: {verdict})", flush=True)
     print(cpu_lines(cpu, windows, idle, med(parts["future"]) / med(parts["direct"])), flush=True)
+    print("  on the worker per chunk (Dask's counters):  " + "   ".join(
+        f"{what} direct {counted['direct'][i] / chunks:4.1f} future {counted['future'][i] / chunks:4.1f}"
+        for i, what in enumerate(BOOKKEEPING)), flush=True)
 
 
 def cpu_lines(cpu: dict[str, list[tuple[float, ...]]], windows: dict[str, list[float]],
