@@ -37,8 +37,10 @@ worker's host cores; on a 2-core machine the shared run measures their CPU compe
 with the CPU model step as much as the path). Each path's CPU per chunk is printed beside
 it (:func:`cpu_lines`: the worker's event-loop thread, its engine thread, the whole worker
 process, this process), read from ``/proc`` around each chunk: what the future costs the
-worker, which a loaded machine distorts far less than the wall times. ``--paths-only``
-runs this comparison alone.
+worker, which a loaded machine distorts less than the wall times (read a loaded run by
+its column net of the idle process's periodic work), and the worker's Dask bookkeeping
+per chunk (:func:`bookkeeping`: task transitions, messages to the scheduler), which no
+load changes. ``--paths-only`` runs this comparison alone.
 
 Run: ``.venv/bin/python -m experiments.bench_serving [--chunks 6] [--block 4]
 [--sessions 1,4,8] [--workers 1,2] [--prearm 0,1] [--load 0] [--timeline] [--pin] [--paths-only]``.
