@@ -19,8 +19,10 @@ documented defaults as the standard knob value, plus ``static-iso-cost`` (a fixe
 cluster of TurboServe's mean GPU count) and TurboServe itself. Baselines use the same
 idle offload as TurboServe unless ``baseline_offload="never"`` (a config that keeps
 idle state on its GPU: memory then binds much earlier). Each trace is loaded and scaled
-once (``--scale fit``: its peak demand is about ``--gpus``), then the runs go out as
-Dask tasks over a local cluster (one process per core) with a progress bar.
+once (``--scale fit``: its peak demand is about ``--gpus``) and prepared once
+(:class:`~experiments.paper_table.PreparedTrace`: pools, caps, oracles, shared by its
+runs and its oracle row) while the local cluster (one process per core) starts in a
+thread; then the runs go out as Dask tasks over it with a progress bar.
 """
 
 from __future__ import annotations
@@ -221,6 +223,31 @@ def frontier(
     use_valve = base.quality_valve if valve is None else bool(valve)
     base = base.with_(quality_valve=False)
     t0 = time.perf_counter()
+    # The local cluster starts (its workers importing the simulator) while the traces load here.
+    runner = _Runner(gpus, base, baseline_offload, n_workers, progress)
+    with runner:
+        table = _run_frontier(runner, traces, gpus, seeds, base, families, duration_s, scale, model, use_valve)
+    loaded = runner.loaded
+    table = pd.concat([table, pd.DataFrame([_oracle_row(name, seed, trace, gpus, base)
+                                            for (name, seed), trace in loaded.items()])], ignore_index=True)
+    table = table.reindex(columns=list(FRONTIER_COLUMNS) + [c for c in table.columns if c not in FRONTIER_COLUMNS])
+    head = headline_of(table)
+    wall = time.perf_counter() - t0
+    if out_dir is not None:
+        write_frontier(out_dir, table, head, settings={
+            "kind": "frontier", "gpus": gpus, "seeds": list(seeds), "traces": [str(t) for t in traces],
+            "families": list(families), "baseline_offload": baseline_offload, "valve": use_valve,
+            "scale": scale, "duration_s": duration_s, "model": model, "wall_s": round(wall, 1),
+            "scales": {f"{n}@{s}": t.trace.scale for (n, s), t in loaded.items()},
+            "sim_config": {f: getattr(base, f) for f in base.__dataclass_fields__},
+        })
+    return table, head
+
+
+def _run_frontier(runner: "_Runner", traces: Sequence[Any], gpus: int, seeds: Sequence[int], base: SimConfig,
+                  families: Sequence[str], duration_s: float | None, scale: float | str, model: str | None,
+                  use_valve: bool) -> pd.DataFrame:
+    """Load and prepare the traces, then run every point of :func:`frontier` on ``runner`` (rows in completion order)."""
     # Each (trace, seed) is loaded and prepared once (pools, GPU shares, caps, oracles):
     # every point and the oracle row of that trace share it.
     loaded: dict[tuple[str, int], PreparedTrace] = {}
@@ -241,23 +268,8 @@ def frontier(
     # TurboServe's runs first: each (trace, seed)'s static run at its mean GPU count
     # (iso-cost) is sent as soon as the standard knob's run is done, beside the others.
     points.sort(key=lambda p: p.family != REFERENCE)
-    with _Runner(loaded, gpus, base, baseline_offload, n_workers, progress) as runner:
-        table = pd.DataFrame(runner.run(points, "frontier",
-                                        then=lambda row: _iso_cost_points(row, loaded, gpus)))
-    table = pd.concat([table, pd.DataFrame([_oracle_row(name, seed, trace, gpus, base)
-                                            for (name, seed), trace in loaded.items()])], ignore_index=True)
-    table = table.reindex(columns=list(FRONTIER_COLUMNS) + [c for c in table.columns if c not in FRONTIER_COLUMNS])
-    head = headline_of(table)
-    wall = time.perf_counter() - t0
-    if out_dir is not None:
-        write_frontier(out_dir, table, head, settings={
-            "kind": "frontier", "gpus": gpus, "seeds": list(seeds), "traces": [str(t) for t in traces],
-            "families": list(families), "baseline_offload": baseline_offload, "valve": use_valve,
-            "scale": scale, "duration_s": duration_s, "model": model, "wall_s": round(wall, 1),
-            "scales": {f"{n}@{s}": t.trace.scale for (n, s), t in loaded.items()},
-            "sim_config": {f: getattr(base, f) for f in base.__dataclass_fields__},
-        })
-    return table, head
+    runner.load(loaded)
+    return pd.DataFrame(runner.run(points, "frontier", then=lambda row: _iso_cost_points(row, loaded, gpus)))
 
 
 def _oracle_row(name: str, seed: int, trace: PreparedTrace, gpus: int, config: SimConfig) -> dict[str, Any]:
@@ -279,29 +291,52 @@ def _iso_cost_points(row: dict[str, Any], loaded: dict, gpus: int) -> list[Point
 
 
 class _Runner:
-    """Runs points here (``n_workers=0``) or as tasks on one local Dask cluster kept for the experiment."""
+    """Runs points here (``n_workers=0``) or as tasks on one local Dask cluster kept for the experiment.
 
-    def __init__(self, loaded: dict, gpus: int, config: SimConfig, offload: str, n_workers: int | None,
-                 progress: bool) -> None:
-        self.loaded, self.gpus, self.config, self.offload, self.progress = loaded, gpus, config, offload, progress
+    The cluster starts in a thread on entering, so that its workers start and import the
+    simulator while this process loads the traces; :meth:`load` hands the prepared traces
+    over (scattered to every worker) once they are ready.
+    """
+
+    def __init__(self, gpus: int, config: SimConfig, offload: str, n_workers: int | None, progress: bool) -> None:
+        self.gpus, self.config, self.offload, self.progress = gpus, config, offload, progress
         self.n_workers = n_workers if n_workers is not None else max(1, _cores())
         self.cluster = self.client = None
+        self.loaded: dict = {}
         self.traces: dict = {}
+        self._starting: Any = None
 
     def __enter__(self) -> "_Runner":
         if self.n_workers:
-            from distributed import Client, LocalCluster
+            from concurrent.futures import ThreadPoolExecutor
 
-            self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=":0")
-            self.client = Client(self.cluster)
-            self.traces = {key: self.client.scatter(t, broadcast=True) for key, t in self.loaded.items()}
+            pool = ThreadPoolExecutor(1, thread_name_prefix="frontier-cluster")
+            self._starting = pool.submit(self._start)
+            pool.shutdown(wait=False)  # the thread ends with the start
         return self
 
+    def _start(self) -> None:
+        from distributed import Client, LocalCluster
+
+        self.cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
+                                    dashboard_address=":0")
+        self.client = Client(self.cluster)
+        self.client.run(_import_simulator)
+
     def __exit__(self, *exc: Any) -> None:
+        if self._starting is not None:
+            self._starting.exception()  # wait for the start to end, whether it failed or not
         if self.client is not None:
             self.client.close()
+        if self.cluster is not None:
             self.cluster.close()
+
+    def load(self, loaded: dict) -> None:
+        """The prepared traces the points run on, by (trace, seed); sent to every worker."""
+        self.loaded = loaded
+        if self._starting is not None:
+            self._starting.result()  # a cluster that failed to start raises here
+            self.traces = {key: self.client.scatter(t, broadcast=True) for key, t in loaded.items()}
 
     def run(self, points: list[Point], label: str,
             then: Callable[[dict[str, Any]], list[Point]] | None = None) -> list[dict[str, Any]]:
@@ -335,6 +370,12 @@ class _Runner:
     def _submit(self, p: Point) -> Any:
         return self.client.submit(run_point, p, self.traces[(p.trace, p.seed)], self.gpus, self.config,
                                   self.offload, pure=False)
+
+
+def _import_simulator() -> None:
+    """Import what :func:`run_point` needs (on a worker, as the cluster starts)."""
+    import experiments.frontier  # noqa: F401
+    import framework.config  # noqa: F401
 
 
 def _cores() -> int:
