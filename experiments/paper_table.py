@@ -246,7 +246,8 @@ class PreparedTrace:
     """What every run of one trace on ``gpus`` GPUs shares, computed once (:func:`prepare_trace`).
 
     The model pools (:func:`experiments.sim.pools.prepare_pools`), their GPU shares, SLO
-    batch caps and oracles, and the sessions active at time 0 of each pool. A frontier
+    batch caps and oracles, the sessions active at time 0 and the device bytes of the
+    largest session state of each pool. A frontier
     runs some thirty policies on each (trace, seed): they share this instead of each
     preparing the trace again. ``config`` is the one the caps and oracles were computed
     with; :func:`run_trace` refuses a config that differs in what they depend on.
@@ -262,6 +263,7 @@ class PreparedTrace:
     caps: dict[str, int]
     oracles: dict[str, Any]  # model -> experiments.sim.oracle.OracleResult
     at_start: dict[str, int]
+    state_bytes: dict[str, int]
 
     @property
     def name(self) -> str:
@@ -283,7 +285,8 @@ def prepare_trace(trace: TraceInput, gpus: int, *, config: SimConfig | None = No
     share = share_gpus(gpus, {m: o.peak_gpus for m, o in uncapped.items()})
     caps, oracles = _oracles(pools, base, max_batch, end, share)
     at_start = {m: initial_active(wl) for m, wl in pools.items()}
-    return PreparedTrace(trace, gpus, max_batch, base, pools, end, share, caps, oracles, at_start)
+    nbytes = {m: _state_bytes(m, wl) for m, wl in pools.items()}
+    return PreparedTrace(trace, gpus, max_batch, base, pools, end, share, caps, oracles, at_start, nbytes)
 
 
 def run_trace(
@@ -330,8 +333,7 @@ def run_trace(
     def setup_for(label: str):
         def setup(model: str, pool_gpus: int) -> tuple[PolicySet, SimConfig]:
             cost = model_cost(model)
-            wl = pools[model]
-            sets = policy_sets(pool_gpus, new_session_bytes=_state_bytes(model, wl),
+            sets = policy_sets(pool_gpus, new_session_bytes=prepared.state_bytes[model],
                                worker_memory=int(base.gpu_memory_bytes - cost.weights_bytes), max_batch=caps[model])
             # Autoscaled runs start warm at the size the load at time 0 needs (the trace
             # starts in steady state), never below the configured minimum.
