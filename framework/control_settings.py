@@ -291,6 +291,7 @@ def default_policy_params(
             "keep_idle_s": _keep_from_newcomers_s(config),
             "max_drain_migrations": int(config.get("control.max-drain-migrations")),
             "valve_admission": bool(config.get("control.valve-admission")),
+            "valve_budget": _optional_float(config.get("control.valve-budget")),
         }
     if autoscaling == "hpa":
         out["autoscaling"] = {

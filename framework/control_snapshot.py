@@ -118,6 +118,8 @@ def build_snapshot(
     warming: Collection[str] = (),
     worker_models: Mapping[str, frozenset[str] | None] | None = None,
     parallel: ParallelStepModel | None = None,
+    chunks_made: int = 0,
+    degraded_chunks: int = 0,
 ) -> Snapshot:
     """The policies' view of the live cluster, in (scaled) trace seconds.
 
@@ -133,7 +135,9 @@ def build_snapshot(
     period of the open sessions. ``worker_models`` maps an address to the models the
     worker serves (``WorkerView.models``; missing or None: any model); ``valve_batch``
     the quality valve's batch of every worker (``WorkerView.valve_batch``; 0: no valve). ``parallel`` is
-    the step model of parallel groups in wall seconds (:func:`scaled_parallel`).
+    the step model of parallel groups in wall seconds (:func:`scaled_parallel`);
+    ``chunks_made`` and ``degraded_chunks`` count the chunks made so far and those the
+    quality valve degraded.
     """
     models_of = (worker_models or {}).get
     records = list(records)
@@ -178,6 +182,8 @@ def build_snapshot(
         max_workers=max_workers,
         worker_startup_s=worker_startup_s * time_scale,
         parallel=scaled_parallel(parallel, time_scale),
+        chunks_made=chunks_made,
+        degraded_chunks=degraded_chunks,
     )
 
 

@@ -252,6 +252,12 @@ class ControlLoop:
             return
         self.latency.add(batch_size, latency_s)
 
+    def count_chunks(self, n: int, degraded: int = 0) -> None:
+        """Count ``n`` chunks made, ``degraded`` of them by the quality valve (the snapshot's
+        ``chunks_made`` and ``degraded_chunks``, against which the valve's budget is spent)."""
+        self.counters["chunks"] += n
+        self.counters["degraded_chunks"] += degraded
+
     def worker_added(self, address: str, ready: bool = True) -> None:
         """Record the worker's start (cost from now) and tick early.
 
@@ -576,6 +582,8 @@ class ControlLoop:
             warming=self.warming(),
             worker_models=self.worker_models(),
             parallel=s.parallel,
+            chunks_made=self.counters["chunks"],
+            degraded_chunks=self.counters["degraded_chunks"],
         )
         groups = tuple(self.groups())
         self._grouped = frozenset(a for g in groups for a in g.workers)

@@ -478,10 +478,12 @@ class TurboserveScheduler(SchedulerPlugin):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _on_metrics(self, worker: str | None = None, rows: list | None = None, **kw: Any) -> None:
+    def _on_metrics(self, worker: str | None = None, rows: list | None = None, degraded: int = 0,
+                    **kw: Any) -> None:
         rows = rows or ()
         self.registry.record_chunks(rows, time.time())
         self.dashboard.on_chunks(rows)
         if self.loop is not None:
+            self.loop.count_chunks(len(rows), degraded)
             for _sid, _index, latency, batch, _t_done in rows:
                 self.loop.observe(batch, latency, worker=worker)

@@ -274,6 +274,14 @@ class MigrationAware(_PlacementPolicy):
         (``provision_idle_s``); a newcomer that finds only protected slots waits for the
         capacity being provisioned for it, instead of evicting a session likely to come
         back (whose return would then wait for a slot: the resume-wait tail).
+    valve_admission
+        With ``keep_idle_slots`` and the quality valve (``WorkerView.valve_batch``): a
+        pending session that would wait for capacity takes an idle session's kept slot
+        without evicting it, up to the valve's batch of resident sessions
+        (:meth:`_valve_slot`). Off by default here; on in TurboServe's configuration.
+    valve_budget
+        With ``valve_admission``: it lends only while ``Snapshot.degraded_chunks`` are at
+        most this share of ``chunks_made``; None: no budget.
     **kwargs
         ``on_full``, ``new_session_bytes``, ``max_drain_migrations`` as for every
         placement policy.
@@ -292,10 +300,14 @@ class MigrationAware(_PlacementPolicy):
         keep_idle_slots: bool = False,
         keep_idle_s: float | None = None,
         valve_admission: bool = False,
+        valve_budget: float | None = 0.01,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.valve_admission = bool(valve_admission)
+        if valve_budget is not None and not 0 <= valve_budget <= 1:
+            raise ValueError(f"valve_budget must be a share in [0, 1] or None (no budget), got {valve_budget!r}")
+        self.valve_budget = None if valve_budget is None else float(valve_budget)
         if keep_idle_s is not None and not keep_idle_s >= 0:
             raise ValueError(f"keep_idle_s must be >= 0 or None, got {keep_idle_s!r}")
         self.keep_idle_s = None if keep_idle_s is None else float(keep_idle_s)
@@ -400,9 +412,15 @@ class MigrationAware(_PlacementPolicy):
         sessions come back before the capacity being started takes the surplus away (a
         rebalance), the worker runs them all in one degraded step (the valve) instead of
         stalling one. Not while the cluster is at its maximum with nothing starting: there
-        the valve would become standing capacity.
+        the valve would become standing capacity; nor while the chunks degraded so far
+        exceed ``valve_budget`` of the chunks made so far (a closed loop on the share of
+        degraded chunks: a slot lent now keeps its worker's sessions degraded until the
+        capacity comes, so the share can overshoot by what the lent slots degrade over
+        one start-up time).
         """
         snap = ledger.snap
+        if self.valve_budget is not None and snap.degraded_chunks > self.valve_budget * snap.chunks_made:
+            return None  # the valve's budget of degraded chunks is spent
         if chooser.incoming <= 0 and len(snap.workers) >= snap.max_workers:
             return None
         held = chooser.held

@@ -247,6 +247,10 @@ class Snapshot:
     groups: tuple[ParallelGroup, ...] = ()
     #: How a step's time changes with the degree (None: no parallel groups here).
     parallel: ParallelStepModel | None = None
+    #: Chunks made so far, and how many of them the quality valve degraded (what its
+    #: budget is spent against: ``control.valve-budget``).
+    chunks_made: int = 0
+    degraded_chunks: int = 0
 
     def worker(self, address: str) -> WorkerView | None:
         for w in self.workers:

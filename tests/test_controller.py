@@ -218,3 +218,29 @@ def test_a_scale_out_puts_a_drained_worker_back_in_service_before_asking_for_new
     decision, retiring, draining = on_controller(server, drained_then_scale_out)
     assert decision.accepted and f"kept drained ['{worker}'] in service" in decision.reason
     assert not retiring and not draining
+
+
+def test_the_snapshot_counts_the_chunks_made_and_shows_the_valves_batch(server):
+    session = server.open_session("a red fox running through snow", seed=0)
+    try:
+        for _ in range(2):
+            session.submit().result(timeout=60)
+    finally:
+        session.close()
+    snap = wait_for(lambda: (lambda sn: sn if sn.chunks_made >= 2 else None)(on_controller(server, lambda c: c.snapshot())))
+    assert snap.degraded_chunks == 0  # the valve is off here
+
+    def views_with_a_valve(c):  # engine.quality-valve.batch 1 of engine.max-batch 4
+        from dataclasses import replace
+
+        settings = c.settings
+        c.settings = replace(settings, valve_batch=1, max_batch=4)
+        try:
+            return {(w.max_batch, w.valve_batch) for w in c.snapshot().workers}
+        finally:
+            c.settings = settings
+
+    # the policies place for b* and see the engine's cap as the valve's batch, as simulated
+    assert on_controller(server, views_with_a_valve) == {(1, 4)}
+    cap = on_controller(server, lambda c: c.settings.max_batch)
+    assert {(w.max_batch, w.valve_batch) for w in on_controller(server, lambda c: c.snapshot()).workers} == {(cap, 0)}

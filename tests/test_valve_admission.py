@@ -84,7 +84,7 @@ def _snap(*, valve_batch: int, max_workers: int = 4, starting: int = 0, idle_on_
     sessions.append(SessionView("new", SessionStatus.PENDING, None, 0, since_s=100.0))
     return Snapshot(now_s=100.0, workers=tuple(workers), sessions=tuple(sessions), slo_s=SLO,
                     latency=BatchLatencyModel((1, 2, 3), (0.4, 0.8, 1.2)), max_workers=max_workers,
-                    worker_startup_s=10.0)
+                    worker_startup_s=10.0, chunks_made=100_000)
 
 
 def _decide(snap: Snapshot, valve_admission: bool):
@@ -132,7 +132,7 @@ def _run(valve_admission: bool):
                 *[(40, s, "close") for s in "abc"])
     policies = PolicySet.of("migration-aware", "load-driven", "never",
                             placement_params={"keep_idle_slots": True, "valve_admission": valve_admission,
-                                              "keep_idle_s": 30.0})
+                                              "keep_idle_s": 30.0, "valve_budget": None})  # (the budget: above)
     config = SimConfig(initial_workers=1, max_workers=2, worker_startup_s=20.0, slo_s=SLO, max_batch=3,
                        placement_batch=2, quality_valve=True, valve_step_ratio=0.7, align_phases=True)
     return simulate(df, policies, config, latency=BatchLatencyModel((1, 2, 3), (0.4, 0.8, 1.2)))
@@ -156,3 +156,12 @@ def test_on_the_valve_a_newcomer_and_a_returning_session_start_at_once_and_nothi
     assert in_stream["latency_s"].max() <= SLO + 1e-9
     assert with_valve.counters["degraded_chunks"] > 0
     assert (with_valve.chunks["batch_size"] == 3).any()
+
+
+def test_no_admission_over_b_star_once_the_valves_budget_is_spent():
+    from dataclasses import replace
+    snap = _snap(valve_batch=3, starting=1)
+    policy = MigrationAware(keep_idle_slots=True, valve_admission=True, valve_budget=0.01, new_session_bytes=10)
+    assert policy.decide(replace(snap, chunks_made=10_000, degraded_chunks=100), None)[0]  # 1%: placed
+    assert policy.decide(replace(snap, chunks_made=10_000, degraded_chunks=101), None)[0] == []  # spent: it waits
+    assert policy.decide(replace(snap, chunks_made=0, degraded_chunks=0), None)[0]  # nothing spent yet

@@ -66,6 +66,8 @@ def build_snapshot(sim: Any, now: float) -> Snapshot:
         worker_startup_s=sim.cfg.worker_startup_s,
         groups=sim.actions.group_records(),
         parallel=sim.cfg.parallel,
+        chunks_made=len(sim.lat),
+        degraded_chunks=sim.counters["degraded_chunks"],
     )
 
 
