@@ -254,7 +254,7 @@ class TurboserveScheduler(SchedulerPlugin):
         fails the task with ``KilledWorker`` once more than
         ``distributed.scheduler.allowed-failures`` did: the task is taken to kill its
         workers. A chunk task (:func:`workers.chunk_futures.chunk_task`) is not: it only
-        waits for its session's actor (it seceded), and the session is recovered after
+        waits for its session's actor (holding or giving up its task slot), and the session is recovered after
         each death and makes the same chunk again (issue 13: the chaos suite's load lost a
         session's future to ``KilledWorker`` after 4 kills, every one recovered). So each
         time it starts running while its session is open here, its count goes back to 0:
