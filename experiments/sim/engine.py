@@ -200,6 +200,7 @@ class Simulator:
         self.seq = 0
         self._step_cache: dict[int, float] = {}
         self._step_tables: dict[tuple[int, int], list[float]] = {}
+        self._valve_n: dict[tuple[int, int], float] = {}  # (degree, max_batch) -> _valve_from
         self._ctx_slope = self.latency.context_slope_s
         # Quality valve: a step predicted to miss this target runs degraded (fewer steps).
         self._valve_s = self.snapshot_slo if config.quality_valve else _INF
@@ -289,6 +290,16 @@ class Simulator:
             full = (self._step_time(n, 0.0, w.degree) for n in range(1, w.max_batch + 2))
             table = self._step_tables[key] = [0.0] + [t * ratio if t > self._valve_s else t for t in full]
         return table
+
+    def _valve_from(self, w: _Worker) -> float:
+        """The fewest active sessions whose full step on ``w`` (no context term) is over the
+        valve's limit: from there its sessions run as one group (inf: never, or no valve)."""
+        key = (w.degree, w.max_batch)
+        n = self._valve_n.get(key)
+        if n is None:
+            n = self._valve_n[key] = next(
+                (k for k in range(2, w.max_batch + 1) if self._step_time(k, 0.0, w.degree) > self._valve_s), _INF)
+        return n
 
     def _step_time(self, n: int, ctx: float, degree: int = 1) -> float:
         if degree > 1:  # a parallel group's step (SimConfig.parallel: step(b, k))
@@ -425,7 +436,7 @@ class Simulator:
         earliest = _INF
         # Over b* under the quality valve (more active sessions than a full step meets the
         # SLO with): the worker's sessions run as one group (workers.batching.valve_group_step).
-        grouped = self._valve_s < _INF and self._step_time(min(len(active), w.max_batch), 0.0, w.degree) > self._valve_s
+        grouped = len(active) >= self._valve_from(w)
         upcoming = [] if grouped else None  # in-stream sessions not due yet: their requests
         for s in w.active.values():
             if s.in_flight:
