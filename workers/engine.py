@@ -475,7 +475,8 @@ class Engine:
             # Over b* on the quality valve: the worker's sessions run as one group (the
             # simulator's rule). Its hold is decide()'s batching window here: the engine
             # has no predicted requests, it waits for the sessions it expects.
-            full, ratio = step_estimate(measured), self._valve_ratio(step_estimate(measured))
+            full = step_estimate(measured)
+            ratio = self._valve_ratio(full)
             plan = valve_group_step(now, deadlines_s=[deadline[sid] for sid in ids], firsts=[first[sid] for sid in ids],
                                     early_deadlines_s=[now + cfg.deadline_s] * len(candidates), upcoming_s=(),
                                     max_batch=cap,

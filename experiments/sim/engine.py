@@ -71,6 +71,7 @@ import numpy as np
 
 from experiments.sim.actions import ActionApplier
 from experiments.sim.step_formation import form_step
+from workers.batching import valve_step
 from experiments.sim.config import PolicySet, SimConfig
 from experiments.sim.models import model_cost
 from experiments.sim.result import SimResult, assemble
@@ -286,9 +287,8 @@ class Simulator:
         key = (w.degree, w.max_batch)
         table = self._step_tables.get(key)
         if table is None:
-            ratio = self.cfg.valve_step_ratio
-            full = (self._step_time(n, 0.0, w.degree) for n in range(1, w.max_batch + 2))
-            table = self._step_tables[key] = [0.0] + [t * ratio if t > self._valve_s else t for t in full]
+            step = valve_step(lambda n: self._step_time(n, 0.0, w.degree), self._valve_s, self.cfg.valve_step_ratio)
+            table = self._step_tables[key] = [0.0] + [step(n) for n in range(1, w.max_batch + 2)]
         return table
 
     def _valve_from(self, w: _Worker) -> float:
