@@ -230,9 +230,22 @@ def join_ahead(
     """
     n = len(deadlines_s)
     end = now + step_s(n) if n else now
-    first = list(firsts) + [False] * (n - len(firsts))
-    limit = min((d for d, f in zip(deadlines_s, first) if d >= end and not f), default=math.inf)
-    limit_first = min((d for d, f in zip(deadlines_s, first) if d >= end and f), default=math.inf)
+    # The earliest deadline the step still meets, of the in-stream chunks and of the first
+    # chunks apart (one pass: this runs for every step of every simulated worker).
+    limit = limit_first = math.inf
+    if any(firsts):
+        first = list(firsts) + [False] * (n - len(firsts))
+        for d, f in zip(deadlines_s, first):
+            if d >= end:
+                if f:
+                    if d < limit_first:
+                        limit_first = d
+                elif d < limit:
+                    limit = d
+    else:
+        for d in deadlines_s:
+            if end <= d < limit:
+                limit = d
     gain = step_s if gain_s is None else gain_s
     pays = 0.5 * gain(1)
     next_step = step_s(min(n_active, max_batch))
