@@ -540,7 +540,7 @@ def _undrain(dask_scheduler: Any, worker: str) -> None:
     from framework.registry import PLUGIN_NAME
 
     plugin = dask_scheduler.plugins[PLUGIN_NAME]
-    if plugin.loop is None or worker not in plugin.loop.retiring:
+    if plugin.loop is None or worker not in plugin.loop.fleet.retiring:
         plugin.undrain(worker)
 
 
@@ -552,7 +552,7 @@ def _places(dask_scheduler: Any) -> dict[str, list[str]]:
     workers = set(dask_scheduler.workers)
     return {"workers": sorted(workers), "draining": sorted(workers & set(plugin.admission.draining)),
             "warming": sorted(workers & set(plugin.warming())),
-            "retiring": sorted(workers & set(plugin.loop.retiring)) if plugin.loop is not None else []}
+            "retiring": sorted(workers & set(plugin.loop.fleet.retiring)) if plugin.loop is not None else []}
 
 
 def _serving(dask_scheduler: Any) -> list[str]:

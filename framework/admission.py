@@ -331,28 +331,24 @@ class Admission:
         only other home is the killed worker's restart, once it has loaded its model.
         Recovery used to wait for that (10-22 s gaps in the chaos suite, issue 13). The
         worker taken back leaves the control loop's drained set, as a scale-out's
-        (:meth:`ControlLoop._keep_drained <framework.controller.ControlLoop._keep_drained>`);
+        (:meth:`WorkerFleet.take_back <framework.fleet.WorkerFleet.take_back>`);
         a worker drained by :meth:`framework.Server.drain` is never taken, nor one claimed
         for closing (:meth:`claim`).
         """
-        loop = self._loop()
+        fleet = self._loop().fleet
         cold = self.warmup.cold()
         closing = self.claimed()
-        for worker in sorted(loop.drained):
+        for worker in sorted(fleet.drained):
             if worker in exclude or worker in cold or worker in closing or worker not in self.scheduler.workers:
                 continue
-            was_retiring = worker in loop.retiring
-            loop.drained.discard(worker)
-            loop.retiring.discard(worker)
+            was_retiring = fleet.take_back(worker)
             self.draining.discard(worker)
             target = self.choose(rec, exclude=exclude)
             if target is not None:
                 logger.info("worker %s, drained by a scale-down, is back in service for session %s",
                             worker, rec.session_id)
                 return target
-            loop.drained.add(worker)  # it does not fit either (its model, a group): leave it drained
-            if was_retiring:
-                loop.retiring.add(worker)
+            fleet.put_back(worker, was_retiring)  # it does not fit either (its model, a group): leave it drained
             self.draining.add(worker)
         return None
 

@@ -27,7 +27,8 @@ against an in-memory fake (``tests/test_control_loop.py``).
 Autoscaling is advisory until a cluster manager follows it (``Mechanisms.scalable``:
 a :class:`framework.adaptive.SessionAdaptive` polled the target): ``ScaleTo`` then sets
 the number of workers it should run, and ``Retire`` drains a worker (its sessions
-migrate or are suspended away) before :meth:`ControlLoop.workers_to_close` offers it.
+migrate or are suspended away) before the loop's :class:`~framework.fleet.WorkerFleet`
+offers it for closing (:meth:`WorkerFleet.to_close <framework.fleet.WorkerFleet.to_close>`).
 
 Time can run faster than the wall clock (``time_scale``, for compressed trace replays):
 the policies then see trace seconds (``now``, ``since``, latencies, the SLO) while the
@@ -46,6 +47,7 @@ from typing import Any, Protocol
 
 from framework.control_settings import ControlSettings
 from framework.control_snapshot import LatencyEstimator, build_snapshot, interval_row
+from framework.fleet import WorkerFleet
 from framework.registry import SessionRecord
 from policies.semantics import (
     ActionRefused,
@@ -166,7 +168,7 @@ class _LiveFacts:
 
     def worker(self, address: str) -> WorkerFacts | None:
         if address in self._workers:
-            retiring = address in self._loop.retiring
+            retiring = address in self._loop.fleet.retiring
             if address in self._warming and not retiring:
                 return WorkerFacts(WorkerStatus.STARTING)
             return WorkerFacts(WorkerStatus.DRAINING if retiring else WorkerStatus.RUNNING, drains_itself=retiring,
@@ -177,7 +179,7 @@ class _LiveFacts:
         return None
 
     def serving(self) -> int:
-        return sum(1 for a in self._workers if a not in self._loop.retiring) + self._starting
+        return self._loop.fleet.serving(self._workers) + self._starting
 
     def tiers(self) -> Collection[str]:
         return self._loop.mechanisms.tiers()
@@ -209,9 +211,6 @@ class ControlLoop:
         self.policy = settings.build()
         self.state = self.policy.initial_state()
         self.latency = LatencyEstimator(settings.latency_points)
-        self.target: int | None = None  # workers asked of the cluster manager
-        self.retiring: set[str] = set()  # Retire accepted: draining, then closed by the cluster manager
-        self.drained: set[str] = set()  # drain finished: ready to close
         self._regroups: set[asyncio.Task] = set()  # FormGroup / SplitGroup being applied
         self.decisions: deque[Decision] = deque(maxlen=LOG_LIMIT)
         self.intervals: deque[tuple] = deque(maxlen=LOG_LIMIT)
@@ -219,9 +218,9 @@ class ControlLoop:
         self.refused: Counter[str] = Counter()
         self.decide_s = 0.0
         self.decide_max_s = 0.0
-        self.startup_s: list[float] = []
         self._origin = clock()
-        self.worker_log: dict[str, list[float | None]] = {a: [self._origin, None] for a in mechanisms.workers()}
+        #: The workers asked for, running, draining and released (their cost, the start-up times).
+        self.fleet = WorkerFleet(clock, mechanisms.workers())
         self._inflight: dict[str, tuple[Action, asyncio.Task]] = {}
         self._drains: dict[str, asyncio.Task] = {}
         self._wake: asyncio.Event | None = None
@@ -231,7 +230,6 @@ class ControlLoop:
         # migrations counted so far, per session: a record the registry forgets (a closed
         # session) must not take its migrations back out of the interval rows
         self._migrations_seen: dict[str, int] = {r.session_id: r.migrations for r in mechanisms.records()}
-        self._scaled_at: float | None = None
         self._grouped: frozenset[str] = frozenset()  # workers in parallel groups at the last snapshot
 
     # ------------------------------------------------------------ events
@@ -264,7 +262,7 @@ class ControlLoop:
         ``ready`` False: its model is still loading; the start-up time is recorded at
         :meth:`worker_ready`, so that it includes the load.
         """
-        self.worker_log[address] = [self.clock(), None]
+        self.fleet.joined(address)
         if ready:
             self.worker_ready(address)
         else:
@@ -272,21 +270,13 @@ class ControlLoop:
 
     def worker_ready(self, address: str) -> None:
         """The worker's model is loaded (it now takes sessions): record the start-up time, tick early."""
-        if self._scaled_at is not None:
-            self.startup_s.append(self.clock() - self._scaled_at)
-            warming = self.warming()
-            warm = sum(1 for a in self.mechanisms.workers() if a not in warming)
-            if self.target is None or warm >= self.target:
-                self._scaled_at = None
+        warming = self.warming()
+        self.fleet.ready(sum(1 for a in self.mechanisms.workers() if a not in warming))
         self.kick()
 
     def worker_removed(self, address: str) -> None:
         """Record the worker's end (cost), forget its drain, tick early."""
-        entry = self.worker_log.get(address)
-        if entry is not None and entry[1] is None:
-            entry[1] = self.clock()
-        self.retiring.discard(address)
-        self.drained.discard(address)
+        self.fleet.left(address)
         task = self._drains.pop(address, None)
         if task is not None:
             task.cancel()
@@ -443,34 +433,23 @@ class ControlLoop:
         if not self.mechanisms.scalable():
             raise ActionRefused(Refusal.NO_AUTOSCALER,
                                 "no autoscaler attached (start one with server.adapt() or Server.local(adaptive=True))")
-        if self.target is None or n > self.target:
-            self._scaled_at = self.clock()
-        self.target = n
+        self.fleet.scale_to(n)
         self.mechanisms.scale(n)
-        kept = self._keep_drained(n)
+        kept = self._keep_drained()
         return f"{action.cause} (target {n})" + (f"; kept drained {kept} in service" if kept else "")
 
-    def _keep_drained(self, n: int) -> list[str]:
+    def _keep_drained(self) -> list[str]:
         """On a scale-out, put drained workers not yet closed back in service first.
 
-        They would otherwise sit empty (the runtime keeps them draining) while the
-        cluster manager starts new workers next to them. Not those it is closing now
-        (``closing()``: it was offered them and will close them; the target covers them).
+        Which ones: :meth:`WorkerFleet.keep_drained <framework.fleet.WorkerFleet.keep_drained>`;
+        not those the cluster manager is closing now (``closing()``: it was offered them
+        and will close them; the target covers them).
         """
-        serving = sum(1 for a in self.mechanisms.workers() if a not in self.retiring)
         closing = getattr(self.mechanisms, "closing", None)
         closing = frozenset() if closing is None else frozenset(closing())
-        kept = []
-        for addr in sorted(self.drained):
-            if serving >= n:
-                break
-            if addr in closing:
-                continue
-            self.drained.discard(addr)
-            self.retiring.discard(addr)
+        kept = self.fleet.keep_drained(self.mechanisms.workers(), closing)
+        for addr in kept:
             self.mechanisms.undrain(addr)
-            kept.append(addr)
-            serving += 1
         return kept
 
     def _retire(self, action: Retire) -> str | None:
@@ -479,7 +458,7 @@ class ControlLoop:
         addr = action.worker
         if addr not in self.mechanisms.workers():  # a STARTING placeholder
             return "cancel a requested worker (the target covers it)"
-        self.retiring.add(addr)
+        self.fleet.retire(addr)
         self._drains[addr] = asyncio.get_running_loop().create_task(self._drain(addr))
         return None
 
@@ -527,13 +506,13 @@ class ControlLoop:
             if pending:
                 await asyncio.wait(pending, timeout=DRAIN_WAIT_S)
             await self.mechanisms.drain(addr)
-            self.drained.add(addr)
+            self.fleet.drain_done(addr)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.counters["failed_actions"] += 1
             logger.warning("draining %s failed; it stays in service: %r", addr, exc, exc_info=True)
-            self.retiring.discard(addr)
+            self.fleet.drain_failed(addr)
             self.mechanisms.undrain(addr)  # the runtime marked it draining when the drain began
         finally:
             self._drains.pop(addr, None)
@@ -543,10 +522,9 @@ class ControlLoop:
 
     def starting(self, workers: Collection[str] | None = None) -> int:
         """Workers asked for and not arrived yet (the target beyond those serving)."""
-        if self.target is None or not self.mechanisms.scalable():
+        if not self.mechanisms.scalable():
             return 0
-        workers = self.mechanisms.workers() if workers is None else workers
-        return max(0, self.target - sum(1 for a in workers if a not in self.retiring))
+        return self.fleet.starting(self.mechanisms.workers() if workers is None else workers)
 
     def snapshot(self, now: float | None = None, max_batch: int | None = None) -> Snapshot:
         """The policies' view of the cluster now (see :func:`~framework.control_snapshot.build_snapshot`).
@@ -563,8 +541,8 @@ class ControlLoop:
         live = sorted(self.mechanisms.workers())
         snap = build_snapshot(
             now_s=self._trace_s(now),
-            workers=[(a, self.worker_log.get(a, [now])[0]) for a in live],
-            retiring=self.retiring,
+            workers=[(a, self.fleet.joined_at(a, now)) for a in live],
+            retiring=self.fleet.retiring,
             starting=self.starting(live),
             records=self.mechanisms.records(),
             admitting=self.mechanisms.admitting,
@@ -626,10 +604,6 @@ class ControlLoop:
             return self.latency.model(self.settings.time_scale)
         return LatencyEstimator(self.settings.latency_points).model(self.settings.time_scale)
 
-    def workers_to_close(self, busy: Collection[str]) -> list[str]:
-        """Drained workers that hold nothing (``busy``: workers that still do)."""
-        return [a for a in sorted(self.drained) if a not in busy]
-
     def stats(self) -> dict[str, Any]:
         """Counters: ticks, decision time, accepted actions by type, refusals by category."""
         ticks = self.counters["ticks"]
@@ -641,11 +615,11 @@ class ControlLoop:
             "accepted": {k[len("accepted:"):]: v for k, v in self.counters.items() if k.startswith("accepted:")},
             "failed_actions": self.counters["failed_actions"],
             "refused": dict(sorted(self.refused.items())),
-            "target": self.target,
-            "retiring": sorted(self.retiring),
+            "target": self.fleet.target,
+            "retiring": sorted(self.fleet.retiring),
             "autoscaler_attached": self.mechanisms.scalable(),
             "latency": asdict(self.latency_model()),
-            "startup_s": list(self.startup_s),
+            "startup_s": list(self.fleet.startup_s),
             "settings": asdict(self.settings),
         }
 
@@ -654,7 +628,7 @@ class ControlLoop:
         return {
             "decisions": [d._asdict() for d in self.decisions],
             "intervals": [dict(zip(INTERVAL_COLUMNS, row)) for row in self.intervals],
-            "workers": [{"worker": w, "started_s": a, "released_s": b} for w, (a, b) in self.worker_log.items()],
+            "workers": self.fleet.log(),
         }
 
     def _trace_s(self, wall: float) -> float:

@@ -366,7 +366,7 @@ class TurboserveScheduler(SchedulerPlugin):
         offered (nor claimed): it holds a session once that placement completes.
         """
         busy = {r.worker for r in self.registry.records()}
-        idle = [a for a in self.loop.workers_to_close(busy)
+        idle = [a for a in self.loop.fleet.to_close(busy)
                 if a in self.scheduler.workers and not self.scheduler.workers[a].actors]
         return [self.scheduler.workers[a].name for a in self.admission.claim(idle)]
 

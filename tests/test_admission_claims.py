@@ -11,17 +11,17 @@ import dask
 import pytest
 
 from framework.admission import Admission
+from framework.fleet import WorkerFleet
 from framework.registry import SessionRecord, SessionRegistry
 from policies.types import SessionStatus
 from workers.errors import TransferError, UnknownWorker
 
 
 class FakeLoop:
-    """The control loop's ``choose``: the first worker not excluded; its drained and retiring sets."""
+    """The control loop's ``choose``: the first worker not excluded; its (real) worker fleet."""
 
     def __init__(self) -> None:
-        self.drained: set[str] = set()
-        self.retiring: set[str] = set()
+        self.fleet = WorkerFleet(clock=lambda: 0.0)
 
     def choose(self, session_id, exclude, max_sessions=None):
         return next((w for w in sorted(self.workers) if w not in exclude), None)
@@ -53,7 +53,7 @@ def test_a_claimed_worker_is_offered_to_no_placement():
             pass
     with pytest.raises(UnknownWorker, match="being closed by the autoscaler.*another of \\['b'\\]"):
         adm.check_not_closing("a")
-    loop.drained.add("a")  # a drained worker a recovery could take back: not while it is claimed
+    loop.fleet.drained.add("a")  # a drained worker a recovery could take back: not while it is claimed
     adm.draining.add("a")
     assert adm.reclaim_drained(pending(), exclude={"b"}) is None
 

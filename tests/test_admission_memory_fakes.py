@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from framework.admission import Admission
+from framework.fleet import WorkerFleet
 from framework.errors import InsufficientMemory
 from framework.limits import GIB
 from framework.registry import SessionRecord, SessionRegistry
@@ -16,11 +17,10 @@ from policies.types import SessionStatus
 
 
 class FakeLoop:
-    """The control loop's ``choose``: the first worker not excluded; its drained and retiring sets."""
+    """The control loop's ``choose``: the first worker not excluded; its (real) worker fleet."""
 
     def __init__(self) -> None:
-        self.drained: set[str] = set()
-        self.retiring: set[str] = set()
+        self.fleet = WorkerFleet(clock=lambda: 0.0)
 
     def choose(self, session_id, exclude, max_sessions=None):
         return next((w for w in sorted(WORKERS) if w not in exclude), None)
@@ -91,11 +91,11 @@ def test_a_named_worker_the_session_does_not_fit_now_is_refused():
 def test_recovery_takes_back_a_worker_drained_by_a_scale_down_not_one_drained_by_hand():
     adm, _, loop = admission({"a": worker(8), "b": worker(8), "c": worker(8)}, cold=frozenset({"c"}))
     adm.draining.update({"a", "b", "c"})
-    loop.drained.update({"b", "c"})  # the control loop's Retire drained b and c; a was drained by hand
-    loop.retiring.update({"b", "c"})
+    loop.fleet.drained.update({"b", "c"})  # the control loop's Retire drained b and c; a was drained by hand
+    loop.fleet.retiring.update({"b", "c"})
     rec = record("s")
     assert adm.choose(rec) is None
     assert adm.reclaim_drained(rec) == "b"  # c is still loading its model
-    assert "b" not in adm.draining | loop.drained | loop.retiring
-    assert {"a", "c"} <= adm.draining and "c" in loop.drained
+    assert "b" not in adm.draining | loop.fleet.drained | loop.fleet.retiring
+    assert {"a", "c"} <= adm.draining and "c" in loop.fleet.drained
     assert adm.reclaim_drained(rec, exclude={"b"}) is None

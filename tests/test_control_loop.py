@@ -201,14 +201,14 @@ def test_scale_out_asks_the_cluster_manager_and_shows_the_worker_as_starting():
         loop = ControlLoop(settings(autoscaling_params={"n": 3}), cluster, clock)
         decisions = await loop.tick()
         (scale,) = accepted(decisions, "ScaleTo")
-        assert scale.worker == "3" and cluster.target == 3 and loop.target == 3
+        assert scale.worker == "3" and cluster.target == 3 and loop.fleet.target == 3
         starting = [w for w in loop.snapshot().workers if w.status is WorkerStatus.STARTING]
         assert [w.address for w in starting] == ["starting-0"]
         (refused,) = loop.apply(Place("nobody", "starting-0"))  # a placeholder is no place yet
         assert not refused.accepted
         clock.t += 7.5
         cluster.join(loop, "w3")
-        assert loop.startup_s == [7.5]
+        assert loop.fleet.startup_s == [7.5]
         assert not [w for w in loop.snapshot().workers if w.status is WorkerStatus.STARTING]
 
     asyncio.run(main())
@@ -224,15 +224,15 @@ def test_scale_in_drains_the_worker_first_then_offers_it_for_closing():
         (retire,) = accepted(decisions, "Retire")
         assert [d.action for d in decisions][-1] == "ScaleTo"  # ScaleTo applied last
         gone = retire.worker
-        assert gone in loop.retiring and loop.workers_to_close(busy=set()) == []  # still draining
+        assert gone in loop.fleet.retiring and loop.fleet.to_close(busy=set()) == []  # still draining
         snap = loop.snapshot()
         assert snap.worker(gone).status is WorkerStatus.DRAINING
         await settle(loop)
         assert ("drain", gone) in cluster.calls
         assert all(r.worker != gone for r in cluster.records())
-        assert loop.workers_to_close(busy={r.worker for r in cluster.records()}) == [gone]
+        assert loop.fleet.to_close(busy={r.worker for r in cluster.records()}) == [gone]
         cluster.leave(loop, gone)
-        assert loop.workers_to_close(busy=set()) == [] and gone not in loop.retiring
+        assert loop.fleet.to_close(busy=set()) == [] and gone not in loop.fleet.retiring
         assert loop.log()["workers"][0]["released_s"] is not None or loop.log()["workers"][1]["released_s"] is not None
 
     asyncio.run(main())
@@ -271,7 +271,7 @@ def test_a_drain_move_off_a_worker_the_loop_drains_itself_is_refused():
         cluster = FakeCluster(["w1", "w2"])
         cluster.add("a", ACTIVE, "w1")
         loop = ControlLoop(settings(), cluster, Clock())
-        loop.retiring.add("w1")
+        loop.fleet.retiring.add("w1")
         (drain_move,) = loop.apply(Migrate("a", "w1", "w2", cause="drain", drain=True))
         assert not drain_move.accepted and loop.refused[Refusal.DRAINED_BY_EXECUTOR.value] == 1
         (balance,) = loop.apply(Migrate("a", "w1", "w2", cause="balance"))

@@ -121,7 +121,7 @@ def test_scale_in_below_the_minimum_is_refused(server):
     clipped, scaled = on_controller(server, lambda c: c.apply(ScaleTo(1, cause="test")))
     assert not clipped.accepted and "clipped to 2" in clipped.reason
     assert scaled.accepted and scaled.worker == "2"  # the clipped target applies
-    assert on_controller(server, lambda c: c.target) == 2
+    assert on_controller(server, lambda c: c.fleet.target) == 2
     assert server.workers() == workers
 
 
@@ -209,11 +209,11 @@ def test_a_scale_out_puts_a_drained_worker_back_in_service_before_asking_for_new
     worker = server.workers()[-1]
 
     def drained_then_scale_out(c):
-        c.retiring.add(worker)
-        c.drained.add(worker)
+        c.fleet.retiring.add(worker)
+        c.fleet.drained.add(worker)
         c.mechanisms.admission.draining.add(worker)  # as the runtime's drain(retire=False) leaves it
         (decision,) = c.apply(ScaleTo(3, cause="test"))
-        return decision, worker in c.retiring, worker in c.mechanisms.admission.draining
+        return decision, worker in c.fleet.retiring, worker in c.mechanisms.admission.draining
 
     decision, retiring, draining = on_controller(server, drained_then_scale_out)
     assert decision.accepted and f"kept drained ['{worker}'] in service" in decision.reason

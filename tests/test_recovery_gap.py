@@ -39,8 +39,8 @@ def _drained_by_scale_down(dask_scheduler, worker):
 
     plugin = dask_scheduler.plugins[PLUGIN_NAME]
     plugin.admission.draining.add(worker)
-    plugin.loop.retiring.add(worker)
-    plugin.loop.drained.add(worker)
+    plugin.loop.fleet.retiring.add(worker)
+    plugin.loop.fleet.drained.add(worker)
 
 
 def test_a_killed_sessions_worker_recovers_on_a_drained_worker_within_the_bound(tmp_path, reference):

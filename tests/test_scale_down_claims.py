@@ -54,8 +54,8 @@ def _drained_by_scale_down(dask_scheduler, worker, target):
     """What the control loop's Retire leaves, and the autoscaling target that closes it."""
     plugin = dask_scheduler.plugins[PLUGIN_NAME]
     plugin.admission.draining.add(worker)
-    plugin.loop.retiring.add(worker)
-    plugin.loop.drained.add(worker)
+    plugin.loop.fleet.retiring.add(worker)
+    plugin.loop.fleet.drained.add(worker)
     plugin.scale(target)
 
 

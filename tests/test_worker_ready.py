@@ -168,10 +168,10 @@ def test_the_measured_start_up_time_runs_until_the_worker_is_ready():
         assert accepted(await loop.tick(), "ScaleTo")  # asks for the second worker at t=1000
         clock.t += 4.0
         cluster.join(loop, "w2")
-        assert loop.startup_s == []  # joined, model still loading
+        assert loop.fleet.startup_s == []  # joined, model still loading
         clock.t += 11.0
         cluster.ready(loop, "w2")
-        assert loop.startup_s == [15.0]
+        assert loop.fleet.startup_s == [15.0]
 
     asyncio.run(main())
 
