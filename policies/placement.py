@@ -388,7 +388,7 @@ class MigrationAware(_PlacementPolicy):
         for entry in skipped:
             heappush(kept, entry)
         if best is None or victim is None:
-            if self.valve_admission and (protect > 0 or len(ledger.snap.workers) < ledger.snap.max_workers):
+            if self.valve_admission:  # _valve_slot's own gate: not at the maximum with nothing starting
                 load = self._valve_slot(ledger, chooser, nbytes, model)
                 if load is not None:
                     return load
