@@ -29,18 +29,12 @@ compared with (the machine is shared and noisy: compare within a run, not across
 ``--prearm 0,1`` runs the rows once per ``turboserve.engine.prearm-chunks`` value (one
 cluster each; ``--start-with-joins 0,1`` likewise, for each prearm value), ``--load N`` with N busy-loop processes of its own for the whole run.
 ``--timeline`` adds a line per row saying where the time went (:func:`timeline_line`).
-After the worker environment (not with ``--skip-env``), :func:`chunk_paths` compares a
-chunk fetched through its :class:`distributed.Future` with one streamed directly; with
-``--pin`` once more with the session's worker alone on one core and the client,
-scheduler and other workers on the others (where a deployment runs them: not on a GPU
-worker's host cores; on a 2-core machine the shared run measures their CPU competing
-with the CPU model step as much as the path). Each path's CPU per chunk is printed beside
-it (:func:`cpu_lines`: the worker's event-loop thread, its engine thread, the whole worker
-process, this process), read from ``/proc`` around each chunk: what the future costs the
-worker, which a loaded machine distorts less than the wall times (read a loaded run by
-its column net of the idle process's periodic work), and the worker's Dask bookkeeping
-per chunk (:func:`bookkeeping`: task transitions, messages to the scheduler), which no
-load changes. ``--paths-only`` runs this comparison alone.
+After the worker environment (not with ``--skip-env``),
+:func:`experiments.bench_chunk_paths.chunk_paths` compares a chunk fetched through its
+:class:`distributed.Future` with one streamed directly (wall, CPU and Dask's bookkeeping
+per chunk; with ``--pin`` once more with the session's worker alone on one core).
+``--paths-only`` runs this comparison alone, as ``python -m experiments.bench_chunk_paths``
+does (which also has ``--gc-freeze``).
 
 Run: ``.venv/bin/python -m experiments.bench_serving [--chunks 6] [--block 4]
 [--sessions 1,4,8] [--workers 1,2] [--prearm 0,1] [--load 0] [--timeline] [--pin] [--paths-only]``.
@@ -50,36 +44,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
-import os
 import statistics
 import time
 from dataclasses import dataclass
 
-PROMPT = "a red fox running through snow"
-
-
-class BareModel:
-    """The bare batched model in this process, one torch thread like a Dask worker.
-
-    Each batch size has its own sessions, stepped together, so that (like the live
-    sessions of one step) they are at the same chunk and their caches have one length.
-    """
-
-    def __init__(self, model_name: str, sizes: list[int]) -> None:
-        from kernels.model import StreamingVideoModel
-
-        self.model = StreamingVideoModel.from_preset(model_name, device="cpu", weights_seed=0, num_threads=1)
-        self.states = {b: [self.model.new_session(PROMPT, i) for i in range(b)] for b in sorted(set(sizes))}
-        for states in self.states.values():
-            self.model.step(states)  # warm-up, as every live session made a chunk first
-
-    def step_s(self, batch: int) -> float:
-        """Seconds of one batched step over ``batch`` sessions (advances them)."""
-        t0 = time.perf_counter()
-        self.model.step(self.states[batch])
-        return time.perf_counter() - t0
+from experiments.bare_model import PROMPT, BareModel
+from experiments.bench_chunk_paths import chunk_paths, start_load
+from experiments.bench_chunk_paths import run as run_paths
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,210 +280,6 @@ def environment(ours, plain, bare: BareModel, chunks: int) -> None:
           f"whole path plain/ours {med(path['plain']) / med(path['ours']):5.2f}x", flush=True)
 
 
-def _set_cores(pid: int, cores: set[int]) -> None:
-    """Every thread of process ``pid`` on ``cores`` (Linux: affinity is per thread)."""
-    import os
-
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            os.sched_setaffinity(int(tid), cores)
-        except (ProcessLookupError, PermissionError):
-            pass  # a thread that ended meanwhile
-
-
-@contextlib.contextmanager
-def pinned(server, worker: str):
-    """The process of ``worker`` on the first core, everything else of the cluster (this
-    process: client, scheduler, bare model; the other workers) on the others, as where
-    the scheduler and the client do not share a GPU worker's host cores; restored after.
-    """
-    import os
-
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
-        raise SystemExit("--pin needs at least 2 cores")
-    pids = server.client.run(os.getpid)
-    mine, rest = {cores[0]}, set(cores[1:])
-    for addr, pid in pids.items():
-        _set_cores(pid, mine if addr == worker else rest)
-    _set_cores(os.getpid(), rest)
-    try:
-        yield
-    finally:
-        for pid in [*pids.values(), os.getpid()]:
-            _set_cores(pid, set(cores))
-
-
-def chunk_paths(server, bare: "BareModel", chunks: int, pin: bool = False) -> None:
-    """A chunk's whole path through a :class:`distributed.Future` against the direct one.
-
-    One session, interleaved per round: ``submit().result()`` (a Dask task takes the
-    chunk from the session's actor, so the chunk is a real future; ``result()`` asks
-    the session's worker for it directly, :mod:`framework.chunk_future`),
-    ``next(stream(1))`` (the client polls the actor itself), and the bare
-    ``model.step`` of one session. Each path is also split at the chunk's own step times
-    (``t_start_s``, ``t_done_s``; the worker's clock, same host): before the step, the
-    step (slower when the worker's event loop works meanwhile), after it. The futures
-    path costs its difference to the direct one; issue 12's target is at most 2 ms or
-    5% of a step more. ``experiments.bench_futures`` profiles it further (hops, CPU).
-    ``pin``: the session's worker alone on one core, the rest of the cluster on the
-    others (:func:`pinned`).
-    """
-    worker = server.workers()[0]
-    with pinned(server, worker) if pin else contextlib.nullcontext():
-        _chunk_paths(server, bare, chunks, worker, pin)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerThreads:
-    """The ids (Linux tids) of a worker process's threads that :func:`cpu_sample` tells apart."""
-
-    pid: int
-    loop: int  # the worker's event loop: Dask's task bookkeeping, RPCs, the session actors, chunk tasks
-    engines: tuple[int, ...]  # turboserve's engine threads (the model step)
-
-    @classmethod
-    def of(cls, server, worker: str) -> "WorkerThreads":
-        def ids() -> tuple[int, int, list[int]]:  # client.run calls a plain function on the worker's loop
-            import os
-            import threading
-
-            return (os.getpid(), threading.get_native_id(),
-                    [t.native_id for t in threading.enumerate() if t.name.startswith("turboserve-engine")])
-
-        pid, loop, engines = server.client.run(ids, workers=[worker])[worker]
-        return cls(pid, loop, tuple(engines))
-
-
-def cpu_sample(threads: WorkerThreads) -> tuple[float, float, float, float]:
-    """CPU seconds so far: the worker's loop thread, its engine threads, the whole worker
-    process, and this process (client and scheduler: a LocalCluster's scheduler runs here).
-
-    The worker's figures come from ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds the
-    thread ran, read from outside: the measure costs the worker nothing, and unlike wall
-    time it hardly moves with the machine's load). A thread that ended meanwhile drops out
-    of the process's sum (Dask's threads live as long as the worker).
-    """
-    per: dict[int, float] = {}
-    task_dir = f"/proc/{threads.pid}/task"
-    for tid in os.listdir(task_dir):
-        try:
-            with open(f"{task_dir}/{tid}/schedstat") as f:
-                per[int(tid)] = int(f.read().split()[0]) / 1e9
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # ended between listdir and open
-    return (per.get(threads.loop, 0.0), sum(per.get(t, 0.0) for t in threads.engines), sum(per.values()),
-            time.process_time())
-
-
-#: Seconds between a chunk's arrival and the end of its CPU sample: the messages it set off
-#: (a future's release: client -> scheduler -> worker -> scheduler) are counted with it, not
-#: with the next path's chunk. Both paths wait as long (the idle loop's CPU, ~10-20 ms/s, alike).
-CPU_SETTLE_S = 0.03
-#: Seconds of each round's idle sample (no chunk asked for), the periodic work :func:`cpu_lines` takes out.
-CPU_IDLE_S = 0.1
-def bookkeeping(server, worker: str) -> tuple[int, int, int]:
-    """The worker's task transitions, messages and batches sent to the scheduler so far (Dask's counters).
-
-    What a path costs the worker's event loop in Dask's own bookkeeping, counted: no
-    load changes a count.
-    """
-
-    def counts(dask_worker) -> tuple[int, int, int]:
-        stream = dask_worker.batched_stream
-        return dask_worker.state.transition_counter, stream.message_count, stream.batch_count
-
-    return tuple(server.client.run(counts, workers=[worker])[worker])
-
-
-BOOKKEEPING = ("task transitions", "messages to the scheduler", "batches sent")
-CPU_PARTS = ("worker loop thread", "worker engine thread", "worker process", "client+scheduler")
-
-
-def _chunk_paths(server, bare: "BareModel", chunks: int, worker: str, pin: bool) -> None:
-    s = server.open_session(PROMPT, seed=950, worker=worker)
-    def future() -> object:
-        f = s.submit()
-        chunk = f.result()
-        f.release()  # its release (scheduler, free-keys on the worker) belongs to this chunk's CPU
-        return chunk
-
-    paths = {"future": future, "direct": lambda: next(iter(s.stream(1)))}
-    parts: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in paths}
-    cpu: dict[str, list[tuple[float, ...]]] = {name: [] for name in paths}
-    windows: dict[str, list[float]] = {name: [] for name in paths}
-    idle: list[tuple[float, ...]] = []  # CPU per second of each part while no chunk is asked for
-    counted = {name: [0, 0, 0] for name in paths}  # bookkeeping() per path, summed over the chunks
-    threads = WorkerThreads.of(server, worker)
-    bare_s = []
-    try:
-        for fn in paths.values():  # warm-up of both paths
-            fn()
-        for _ in range(chunks):
-            bare_s.append(bare.step_s(1))
-            c0, t0 = cpu_sample(threads), time.time()
-            time.sleep(CPU_IDLE_S)
-            c1, t1 = cpu_sample(threads), time.time()
-            idle.append(tuple((b - a) / (t1 - t0) for a, b in zip(c0, c1)))
-            for name, fn in paths.items():
-                k0 = bookkeeping(server, worker)  # outside the CPU sample (client.run works on the worker's loop)
-                c0 = cpu_sample(threads)
-                t0 = time.time()
-                chunk = fn()
-                t1 = time.time()
-                time.sleep(CPU_SETTLE_S)  # both paths alike: what the chunk set off ends in its own sample
-                c1 = cpu_sample(threads)
-                parts[name].append((t1 - t0, chunk.t_start_s - t0, chunk.t_done_s - chunk.t_start_s, t1 - chunk.t_done_s))
-                cpu[name].append(tuple(b - a for a, b in zip(c0, c1)))
-                windows[name].append(time.time() - t0)
-                counted[name] = [n + b - a for n, a, b in zip(counted[name], k0, bookkeeping(server, worker))]
-    finally:
-        s.close()
-
-    def med(rows, i=0):
-        return statistics.median(r[i] for r in rows)
-
-    extra = med(parts["future"]) - med(parts["direct"])
-    step = statistics.median(bare_s)
-    verdict = "met" if extra <= 0.002 or extra <= 0.05 * step else "NOT met"
-    where = "; the worker on its own core" if pin else ""
-    print(f"a chunk's path, one session, {chunks} chunks interleaved (median ms{where}):")
-    print(f"  bare model.step {1e3 * step:7.1f}   stream (direct) {1e3 * med(parts['direct']):7.1f}   "
-          f"submit().result() (distributed.Future) {1e3 * med(parts['future']):7.1f}")
-    for name, label in (("direct", "stream (direct)  "), ("future", "submit().result()")):
-        print(f"  {label} before the step {1e3 * med(parts[name], 1):5.1f}   step {1e3 * med(parts[name], 2):6.1f}   "
-              f"after the step {1e3 * med(parts[name], 3):5.1f}")
-    print(f"  the future's extra cost {1e3 * extra:+6.1f} ms = {100 * extra / step:+5.1f}% of the bare step "
-          f"(target: at most 2 ms or 5%: {verdict})", flush=True)
-    print(cpu_lines(cpu, windows, idle, med(parts["future"]) / med(parts["direct"])), flush=True)
-    print("  on the worker per chunk (Dask's counters):  " + "   ".join(
-        f"{what} direct {counted['direct'][i] / chunks:4.1f} future {counted['future'][i] / chunks:4.1f}"
-        for i, what in enumerate(BOOKKEEPING)), flush=True)
-
-
-def cpu_lines(cpu: dict[str, list[tuple[float, ...]]], windows: dict[str, list[float]],
-              idle: list[tuple[float, ...]], wall_ratio: float) -> str:
-    """CPU ms per chunk (mean over the chunks, :func:`cpu_sample`) of the future and the direct path, side by side.
-
-    What a chunk future costs the session's worker in CPU: load on the machine stretches
-    wall times (the target's measure) far more than the CPU a path burns. Part of a
-    sample is the periodic work of an idle process (heartbeats, the system monitor:
-    ~10-20 ms/s of the worker's loop), which grows with the sample's wall time, so with
-    load; the last column takes it out (``idle`` rate, measured between the rounds,
-    times each sample's window) and is what a loaded run should be read by.
-    """
-    rate = [statistics.mean(r[i] for r in idle) for i in range(len(CPU_PARTS))]
-    lines = [f"  CPU per chunk (mean ms, /proc schedstat)  {'direct':>8s} {'future':>8s} {'future-direct':>14s}"
-             f" {'net of idle':>12s}  (idle ms/s)"]
-    for i, part in enumerate(CPU_PARTS):
-        direct, future = (1e3 * statistics.mean(r[i] for r in cpu[name]) for name in ("direct", "future"))
-        net = future - direct - 1e3 * rate[i] * (statistics.mean(windows["future"]) - statistics.mean(windows["direct"]))
-        lines.append(f"    {part:38s} {direct:8.2f} {future:8.2f} {future - direct:+14.2f} {net:+12.2f}"
-                     f"  ({1e3 * rate[i]:5.1f})")
-    lines.append(f"    wall future/direct {wall_ratio:5.3f}x")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny")
@@ -542,7 +310,7 @@ def main() -> None:
                         help="start this many busy-loop processes for the whole run, to measure the path on a "
                              "loaded machine reproducibly (default 0)")
     args = parser.parse_args()
-    hogs = _start_load(args.load)
+    hogs = start_load(args.load)
     try:
         _run(args)
     finally:
@@ -551,15 +319,10 @@ def main() -> None:
             hog.wait()
 
 
-def _start_load(n: int) -> list:
-    """``n`` processes that spin a core each (the benchmark's own, ended with it)."""
-    import subprocess
-    import sys
-
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-
-
 def _run(args: argparse.Namespace) -> None:
+    if args.paths_only:  # the comparison on its own, as experiments.bench_chunk_paths runs it
+        run_paths(args.model, max(args.chunks, 12), pin=args.pin, load=args.load)
+        return
     counts = [int(x) for x in args.sessions.split(",")]
     worker_counts = [int(x) for x in args.workers.split(",")]
 
@@ -577,13 +340,6 @@ def _run(args: argparse.Namespace) -> None:
           f"max-batch {dask.config.get('turboserve.engine.max-batch')}, "
           f"slo {dask.config.get('turboserve.slo-s')} (null: chunk playback time)", flush=True)
     bare = BareModel(args.model, [1] + [max(1, s // w) for s in counts for w in worker_counts if s >= w])
-    if args.paths_only:
-        with Server.local(n_workers=1, model=args.model, dashboard_address=":0", checkpoint_every=0,
-                          adaptive=False) as server:
-            chunk_paths(server, bare, max(args.chunks, 12))
-            if args.pin:
-                chunk_paths(server, bare, max(args.chunks, 12), pin=True)
-        return
     env_done = args.skip_env
     if args.start_with_joins is None:
         args.start_with_joins = str(int(dask.config.get("turboserve.engine.start-with-joins", False)))
