@@ -64,3 +64,19 @@ def test_chunk_paths_on_a_real_cluster_prints_both_paths_and_counts_the_future_s
     # A future chunk is one Dask task on the worker (several transitions), a streamed one none.
     assert "task transitions direct  0.0" in counts
     assert "future  0.0" not in counts.split("task transitions")[1].split("messages")[0]
+
+
+def test_median_interval_is_seeded_and_holds_the_median():
+    xs = [0.001 * i for i in range(1, 40)]
+    low, high = bench.median_interval(xs)
+    assert (low, high) == bench.median_interval(xs)
+    assert low <= 0.020 <= high  # the sample's median
+    assert low < high
+
+
+def test_target_verdict_reads_the_bound_of_2_ms_or_5_percent_of_the_step_off_the_interval():
+    step = 0.060  # 5% of it is 3 ms, above 2 ms
+    assert bench.target_verdict(0.0005, 0.0029, step) == "target met"
+    assert bench.target_verdict(0.0031, 0.0050, step) == "target NOT met"
+    assert bench.target_verdict(0.0010, 0.0050, step).startswith("undecided")
+    assert bench.target_verdict(0.0010, 0.0019, 0.020) == "target met"  # 2 ms when 5% is less
