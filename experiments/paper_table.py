@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from experiments.results import run_label, summary_row, write_outputs
 from experiments.sim.config import PolicySet, PolicySpec, SimConfig
 from experiments.sim.models import model_cost
-from experiments.sim.oracle import best_batch, oracle_bound
+from experiments.sim.oracle import best_batch, oracle_bound, oracle_peak
 from experiments.sim.pools import prepare_pools, run_pools, share_gpus
 from experiments.sim.run import summary_of
 from framework import config as tconfig
@@ -139,27 +139,34 @@ def fit_scale(make, gpus: int, config: SimConfig | None, max_batch: int | str = 
 def peak_gpus(trace: pd.DataFrame, config: SimConfig | None = None, max_batch: int | str = "slo") -> int:
     """The oracle's peak GPU count for ``trace`` (summed over model pools)."""
     base = config if config is not None else SimConfig.from_config()
-    return sum(o.peak_gpus for o in _oracles(prepare_pools(trace), base, max_batch, None, None)[1].values())
+    return sum(oracle_peak(wl, **_oracle_args(model, wl, base, max_batch)) for model, wl in prepare_pools(trace).items())
+
+
+def _oracle_args(model: str, wl, base: SimConfig, max_batch: int | str) -> dict:
+    """The oracle's view of one model pool: its latency, SLO, batch cap, state and memory."""
+    cost = model_cost(model)
+    return dict(
+        latency=base.latency.model_for(model),
+        slo_s=base.slo_s if base.slo_s is not None else float(pd.Series(wl.period_s).median()),
+        max_batch=slo_batch_cap(model, base) if max_batch == "slo" else int(max_batch),
+        state_bytes=_state_bytes(model, wl),
+        memory_bytes=base.gpu_memory_bytes - cost.weights_bytes,
+    )
 
 
 def _oracles(pools: dict, base: SimConfig, max_batch: int | str, end: float | None, gpus_of: dict | None):
     caps, oracles = {}, {}
     for model, wl in pools.items():
-        cost = model_cost(model)
-        cap = slo_batch_cap(model, base) if max_batch == "slo" else int(max_batch)
-        caps[model] = cap
-        slo = base.slo_s if base.slo_s is not None else float(pd.Series(wl.period_s).median())
-        oracles[model] = oracle_bound(
-            wl, base.latency.model_for(model), slo_s=slo, max_batch=cap, state_bytes=_state_bytes(model, wl),
-            memory_bytes=base.gpu_memory_bytes - cost.weights_bytes, end_s=end,
-            gpus=None if gpus_of is None else gpus_of[model], startup_s=base.worker_startup_s,
-        )
+        args = _oracle_args(model, wl, base, max_batch)
+        caps[model] = args["max_batch"]
+        oracles[model] = oracle_bound(wl, **args, end_s=end, gpus=None if gpus_of is None else gpus_of[model],
+                                      startup_s=base.worker_startup_s)
     return caps, oracles
 
 
 def _state_bytes(model: str, wl) -> int:
     cost = model_cost(model)
-    return int(max(cost.state_bytes(h, w) for h, w in zip(wl.height, wl.width)))
+    return int(max(cost.state_bytes(h, w) for h, w in set(zip(wl.height, wl.width))))  # each size once
 
 
 def slo_batch_cap(model: str, config: SimConfig) -> int:

@@ -7,12 +7,14 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from experiments.results import (
     CHUNK_COLUMNS, INTERVAL_COLUMNS, SUMMARY_COLUMNS, run_label, summarize, write_outputs,
 )
 from experiments.sim import PolicySet, SimConfig, load_profile, prepare, simulate, summary_of
-from experiments.sim.oracle import best_batch, oracle_bound, startup_bound
+from experiments.sim.oracle import active_series, best_batch, oracle_bound, oracle_peak, startup_bound
 from policies.types import BatchLatencyModel
 
 COLUMNS = ["time_s", "session_id", "event", "client_id", "model", "chunk_frames", "height", "width", "fps"]
@@ -168,3 +170,34 @@ def test_long_runs_can_drop_chunk_rows_but_keep_the_summary(result):
     np.testing.assert_allclose(lean.latency_s, result.latency_s)
     assert summary_of(lean, trace="t", gpus=4) == summary_of(result, trace="t", gpus=4) | {
         "decide_ms_per_tick": summary_of(lean, trace="t", gpus=4)["decide_ms_per_tick"]}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from(["active", "idle", "close"])), max_size=40))
+def test_active_series_counts_the_sessions_whose_last_event_made_them_active(steps):
+    # Each session opens, then goes active/idle any number of times (repeats included), maybe closes.
+    rows, t, closed = [], 0.0, set()
+    for s in range(5):
+        rows.append((t, f"s{s}", "open"))
+    for s, event in steps:
+        if f"s{s}" in closed:
+            continue
+        t += 1.0
+        rows.append((t, f"s{s}", event))
+        if event == "close":
+            closed.add(f"s{s}")
+    wl = events(rows)
+    times, active = active_series(wl)
+    last: dict[int, int] = {}
+    for k, (i, code) in enumerate(zip(wl.session_index.tolist(), wl.event_code.tolist())):
+        last[i] = code
+        assert active[k] == sum(1 for c in last.values() if c <= 1)  # open (0) or active (1)
+    assert list(times) == list(wl.times)
+
+
+def test_oracle_peak_is_the_peak_of_the_oracle_bound():
+    wl = events([(0, "a", "open"), (0, "b", "open"), (5, "c", "open"), (10, "b", "close"), (20, "a", "close"),
+                 (25, "c", "close")])
+    for slo in (0.25, 0.55):
+        full = oracle_bound(wl, LATENCY, slo_s=slo, max_batch=8, state_bytes=1, memory_bytes=1e9, startup_s=30.0)
+        assert oracle_peak(wl, LATENCY, slo_s=slo, max_batch=8, state_bytes=1, memory_bytes=1e9) == full.peak_gpus

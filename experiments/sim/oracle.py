@@ -66,17 +66,25 @@ def best_batch(latency: BatchLatencyModel, slo_s: float, max_batch: int, state_b
 
 
 def active_series(workload: Workload) -> tuple[np.ndarray, np.ndarray]:
-    """``(times, active)``: the number of active sessions from each event time on."""
-    wants = np.zeros(len(workload.session_ids), dtype=bool)
-    active = 0
-    counts = np.empty(len(workload.times), dtype=np.int64)
-    for k, (i, code) in enumerate(zip(workload.session_index.tolist(), workload.event_code.tolist())):
-        now_active = code <= 1
-        if now_active != wants[i]:
-            active += 1 if now_active else -1
-            wants[i] = now_active
-        counts[k] = active
-    return workload.times, counts
+    """``(times, active)``: the number of active sessions from each event time on.
+
+    An event counts when it changes its session's state (open/active vs idle/closed)
+    from the session's previous event (none: not active): each session's events in
+    trace order, compared with the one before, then the changes summed in trace order.
+    """
+    session = np.asarray(workload.session_index, dtype=np.int64)
+    on = np.asarray(workload.event_code) <= 1
+    if session.size == 0:
+        return workload.times, np.zeros(0, dtype=np.int64)
+    order = np.argsort(session, kind="stable")  # each session's events, in trace order
+    s_session, s_on = session[order], on[order]
+    before = np.empty_like(s_on)  # the session's state before each of its events
+    before[0] = False
+    before[1:] = s_on[:-1]
+    before[np.flatnonzero(s_session[1:] != s_session[:-1]) + 1] = False  # a session's first event
+    change = np.zeros(session.size, dtype=np.int64)
+    change[order] = (s_on != before) * np.where(s_on, 1, -1)
+    return workload.times, np.cumsum(change)
 
 
 def startup_bound(need: np.ndarray, durations: np.ndarray, startup_s: float, warm: int | None = None) -> float:
@@ -128,6 +136,26 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> flo
     return float(v[np.searchsorted(cum, q * cum[-1])])
 
 
+def _demand(workload: Workload, b_star: int, end_s: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(durations, active, need)`` of the trace's intervals of non-zero length: active
+    sessions and the GPUs they need at ``b_star`` a GPU."""
+    times, active = active_series(workload)
+    end = workload.end_s if end_s is None else end_s
+    durations = np.diff(np.append(times, end))
+    keep = durations > 0
+    durations, active = durations[keep], active[keep]
+    return durations, active, np.ceil(active / b_star).astype(np.int64)
+
+
+def oracle_peak(workload: Workload, latency: BatchLatencyModel, *, slo_s: float, max_batch: int, state_bytes: int,
+                memory_bytes: float, end_s: float | None = None) -> int:
+    """:attr:`OracleResult.peak_gpus` of :func:`oracle_bound` alone (what fitting a trace's
+    scale asks for, several times a trace), without its costs and latencies."""
+    b_star = best_batch(latency, slo_s, max_batch, state_bytes, memory_bytes)
+    need = _demand(workload, b_star, end_s)[2]
+    return int(need.max()) if need.size else 0
+
+
 def oracle_bound(
     workload: Workload,
     latency: BatchLatencyModel,
@@ -145,12 +173,7 @@ def oracle_bound(
     ``startup_s``: the worker start-up time :attr:`OracleResult.gpu_seconds_startup` pays.
     """
     b_star = best_batch(latency, slo_s, max_batch, state_bytes, memory_bytes)
-    times, active = active_series(workload)
-    end = workload.end_s if end_s is None else end_s
-    durations = np.diff(np.append(times, end))
-    keep = durations > 0
-    durations, active = durations[keep], active[keep]
-    need = np.ceil(active / b_star).astype(np.int64)
+    durations, active, need = _demand(workload, b_star, end_s)
     peak = int(need.max()) if need.size else 0
     gpus_used = np.minimum(need, gpus) if gpus is not None else need
     period = float(np.median(workload.period_s)) if len(workload.period_s) else 1.0
@@ -160,7 +183,8 @@ def oracle_bound(
     if not busy.any():
         return OracleResult(instant, peak, b_star, *(4 * [math.nan]), with_startup)
     batch = np.ceil(active[busy] / np.maximum(gpus_used[busy], 1)).astype(int)
-    lat = np.array([latency.predict(int(b)) for b in batch])
+    sizes, which = np.unique(batch, return_inverse=True)  # a few sizes over ~10^6 intervals
+    lat = np.array([latency.predict(int(b)) for b in sizes])[which]
     chunks = active[busy] * durations[busy] / period
     return OracleResult(
         gpu_seconds=instant,
