@@ -58,6 +58,13 @@ def test_chunk_paths_on_a_real_cluster_prints_both_paths_and_counts_the_future_s
     with Server.local(n_workers=1, model="tiny", dashboard_address=":0", checkpoint_every=0,
                       adaptive=False) as server:
         bench.chunk_paths(server, bare, 2)
+        worker = server.workers()[0]
+        here, here_frozen, there, there_frozen = bench.full_collection_ms(server, worker)
+        # Both processes hold torch and Dask: a full collection walks them, unless the heap is frozen.
+        assert here_frozen < here and there_frozen < there
+        # ...and the measurement leaves both as it found them.
+        assert gc.get_freeze_count() == 0
+        assert server.client.run(gc.get_freeze_count, workers=[worker])[worker] == 0
     out = capsys.readouterr().out
     assert "the future's extra cost" in out
     counts = next(line for line in out.splitlines() if "Dask's counters" in line)
