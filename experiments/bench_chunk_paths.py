@@ -5,7 +5,9 @@ session's worker takes the chunk from its actor; ``result()`` asks that worker f
 directly, :mod:`framework.chunk_future`); :meth:`framework.Session.stream` polls the
 actor itself. :func:`chunk_paths` runs one session, interleaved per round, through
 ``submit().result()``, ``next(stream(1))`` and the bare ``model.step``
-(:class:`experiments.bare_model.BareModel`), so that the machine's load hits all alike.
+(:class:`experiments.bare_model.BareModel`), so that the machine's load hits all alike;
+the two paths take turns at going first after the bare step (the first one pays for the
+bare step's disturbance: 40 ms pinned at load 5.5).
 Issue 12's target: the future costs at most 2 ms or 5% of a tiny step more than the
 direct path (medians of the whole path). Printed per path:
 
@@ -78,8 +80,9 @@ def pinned(server, worker: str):
 def chunk_paths(server, bare: BareModel, chunks: int, pin: bool = False) -> None:
     """A chunk's whole path through a :class:`distributed.Future` against the direct one.
 
-    One session, interleaved per round: ``submit().result()`` (a Dask task takes the
-    chunk from the session's actor, so the chunk is a real future; ``result()`` asks
+    One session, interleaved per round (the paths' order flips every round):
+    ``submit().result()`` (a Dask task takes the chunk from the session's actor, so the
+    chunk is a real future; ``result()`` asks
     the session's worker for it directly, :mod:`framework.chunk_future`),
     ``next(stream(1))`` (the client polls the actor itself), and the bare
     ``model.step`` of one session. Each path is also split at the chunk's own step times
@@ -256,13 +259,16 @@ def _chunk_paths(server, bare: BareModel, chunks: int, worker: str, pin: bool) -
     try:
         for fn in paths.values():  # warm-up of both paths
             fn()
-        for _ in range(chunks):
+        for i_round in range(chunks):
             bare_s.append(bare.step_s(1))
             c0, t0 = cpu_sample(threads), time.time()
             time.sleep(CPU_IDLE_S)
             c1, t1 = cpu_sample(threads), time.time()
             idle.append(tuple((b - a) / (t1 - t0) for a, b in zip(c0, c1)))
-            for name, fn in paths.items():
+            # Each path goes first every other round: the first after the bare step (which
+            # spins a core of this process) runs while the machine's other processes are
+            # still spread over the cores, and was 40 ms slower pinned at load 5.5.
+            for name, fn in (list(paths.items()) if i_round % 2 == 0 else list(paths.items())[::-1]):
                 k0 = bookkeeping(server, worker)  # outside the CPU sample (client.run works on the worker's loop)
                 g0 = gc_totals() + worker_gc_totals(server, worker)
                 c0 = cpu_sample(threads)
