@@ -109,3 +109,44 @@ def test_the_cached_ledger_counts_what_a_full_build_counts_whatever_changed_in_b
                     assert cached.latency_within(limit) == full_scan, (seed, step)
             checked += 1
     assert checked == 120 * 40
+
+
+def change_latency(rng: random.Random, sessions: list[SessionView]) -> None:
+    """A session's view replaced by one that counts the same: a new latency and since (a chunk was made)."""
+    if sessions:
+        i = rng.randrange(len(sessions))
+        sessions[i] = replace(sessions[i], recent_latency_s=rng.random(), since_s=rng.choice([0.0, 3.0]))
+
+
+def test_views_that_count_alike_are_swapped_into_their_loads_lists_as_a_full_build_lists_them():
+    """Between two admissions most views change only their latency: the cached ledger puts
+    the new view where the old one was listed (no recount), still equal to a full build,
+    also when such views swap places or are removed, or their worker is counted afresh."""
+    swapped = 0
+    for seed in range(120):
+        rng = random.Random(10_000 + seed)
+        workers = [WorkerView(f"w{i}", memory_bytes=20, max_batch=4) for i in range(rng.randint(1, 4))]
+        names = iter(f"s{i}" for i in range(10**6))
+        sessions = [a_session(rng, next(names), [w.address for w in workers]) for _ in range(rng.randint(0, 12))]
+        cache = LedgerCache()
+        worker_views: tuple[WorkerView, ...] = ()
+        for step in range(40):
+            for _ in range(rng.randint(0, 6)):
+                change_latency(rng, sessions)
+            if rng.random() < 0.3:
+                change(rng, sessions, workers, lambda: next(names))
+            if list(worker_views) != workers:  # the same tuple while no worker changed, as the simulator's
+                worker_views = tuple(workers)
+            snap = Snapshot(now_s=float(step), workers=worker_views, sessions=tuple(sessions), latency=LATENCY,
+                            slo_s=0.9)
+            before = {id(s) for ld in cache._loads.values() for s in (*ld.active, *ld.idle)}
+            recounted: list = []
+            cache._recount = lambda load, count=LedgerCache._recount.__get__(cache): (recounted.append(load), count(load))
+            cached = cache.ledger(snap)
+            assert counts(cached) == counts(CapacityLedger(snap)), (seed, step)
+            if cached.recounted is not None:  # loads with new views that were not counted again
+                swapped += sum(1 for ld in cached.loads.values() if ld not in recounted
+                               and any(id(s) not in before for s in (*ld.active, *ld.idle)))
+            if rng.random() < 0.3:
+                book_something(rng, cached)
+    assert swapped > 500  # the swap was exercised, not only recounts

@@ -322,3 +322,27 @@ def test_a_session_arriving_between_ticks_is_placed_at_once_as_live_admission_do
     # With admission on arrival its first chunk starts at 0.4 s; otherwise at the next tick (1 s).
     assert first["t_start_s"] == pytest.approx(0.4 if on_arrival else 1.0)
     assert first["latency_s"] == pytest.approx(LATENCY.predict(1) + (0.0 if on_arrival else 0.6))
+
+
+@pytest.mark.parametrize("status", list(SessionStatus))
+def test_a_session_view_is_the_view_the_dataclass_makes_of_the_same_fields(status):
+    """The simulator sets a view's slots directly (speed): the object is the one ``SessionView(...)`` makes."""
+    import dataclasses
+
+    from experiments.sim.snapshot import session_view
+    from experiments.sim.state import _Session, _Worker
+    from policies.types import SessionView, WorkerStatus
+
+    for on_host, placed in itertools.product((False, True), (False, True)):
+        s = _Session(3, "s3", 1234, 0.75, 12)
+        s.status, s.since, s.ctx, s.recent, s.on_host = status, 4.5, 24.0, 0.31, on_host
+        if placed:
+            s.worker = s.target = _Worker(7, 0.0, WorkerStatus.RUNNING, 10**9, 4)
+        view = session_view(s, "wan-1.3b", 9.0)
+        where = s.target if status is SessionStatus.MIGRATING else s.worker
+        want = SessionView("s3", status, where.address if where else None, 0 if where is None and not on_host else 1234,
+                           "wan-1.3b", 4.5, 0.75, 24.0, 0.31, 9.0)
+        assert type(view) is SessionView
+        assert view == want and hash(view) == hash(want) and repr(view) == repr(want)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            view.worker = "elsewhere"  # type: ignore[misc]

@@ -298,8 +298,7 @@ class ActionApplier:
             m.used = 0
             m.sessions.clear()
             m.active.clear()
-        leader.degree = k
-        leader.max_batch = sim.cfg.parallel.group_max_batch(sim.cfg.max_batch, k)
+        leader.regroup(k, sim.cfg.parallel.group_max_batch(sim.cfg.max_batch, k))
         for w in ws:
             w.group = tuple(action.workers)
         self.groups[leader.address] = ParallelGroup(f"g-{leader.address}", tuple(action.workers), k, sim.wl.model)
@@ -315,8 +314,7 @@ class ActionApplier:
                 Refusal.NO_MEMORY, f"the group's sessions take {leader.used} bytes, one GPU has {leader.memory}"))
             return
         self._transform(now, [leader], leader.degree, 1)
-        leader.degree = 1
-        leader.max_batch = sim.cfg.max_batch
+        leader.regroup(1, sim.cfg.max_batch)
         for a in action.workers:
             sim.by_addr[a].group = ()
         del self.groups[leader.address]

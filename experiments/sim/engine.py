@@ -65,7 +65,7 @@ import heapq
 import time as _time
 from array import array
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -200,28 +200,28 @@ class Simulator:
         self.heap: list[tuple] = []
         self.seq = 0
         self._step_cache: dict[int, float] = {}
-        self._step_tables: dict[tuple[int, int], list[float]] = {}
-        self._valve_n: dict[tuple[int, int], float] = {}  # (degree, max_batch) -> _valve_from
+        self._rules_of: dict[tuple[int, int], tuple[float, Callable[[int], float]]] = {}  # (degree, max_batch) -> _rules
         self._ctx_slope = self.latency.context_slope_s
         # Quality valve: a step predicted to miss this target runs degraded (fewer steps).
         self._valve_s = self.snapshot_slo if config.quality_valve else _INF
         self._align = config.align_phases
         self._step1 = self._step_time(1, 0.0)
-        # chunk columns: typed arrays of machine numbers (cheap appends, 8 bytes a value
-        # where a list of Python numbers costs 32-36: a day at 1024 GPUs is ~10^8 chunks),
-        # converted once at the end
+        # chunk and step columns: typed arrays of machine numbers (cheap appends, 8 bytes a
+        # value where a list of Python numbers costs 32-36: a day at 1024 GPUs is ~10^8
+        # chunks), converted once at the end. A step's chunks are appended together, so
+        # what is the same for all of them is kept once a step and repeated at the end
+        # (experiments.sim.result.assemble).
         self.c_sess = array("q")
         self.c_index = array("q")
-        self.c_req = array("d")
-        self.c_start = array("d")
-        self.c_done = array("d")
-        self.c_worker = array("q")
-        self.c_batch = array("q")
-        self.c_mig = array("B")
         self.lat = array("d")
-        # per chunk, always kept: first of a burst (index 0 or first after a resume), degraded
-        self.c_first = array("B")
-        self.c_degraded = array("B")
+        self.c_first = array("B")  # first of a burst (index 0 or first after a resume)
+        self.c_req = array("d")  # with record_chunks
+        self.c_mig = array("B")  # with record_chunks
+        self.s_n = array("q")  # chunks of the step
+        self.s_degraded = array("B")
+        self.s_start = array("d")  # with record_chunks
+        self.s_done = array("d")  # with record_chunks
+        self.s_worker = array("q")  # with record_chunks
         self.decisions: list[tuple] = []
         self.refused: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -280,26 +280,26 @@ class Simulator:
             s.dirty = True
             self._dirty.append(s)
 
-    def _step_table(self, w: _Worker) -> list[float]:
-        """Step times of ``0..max_batch + 1`` sessions on ``w`` at no context term, as the
-        engine runs them (a step over the valve's limit degraded): what the batching rules
-        (split, early joins, the valve group) compare, looked up instead of recomputed."""
-        key = (w.degree, w.max_batch)
-        table = self._step_tables.get(key)
-        if table is None:
-            step = valve_step(lambda n: self._step_time(n, 0.0, w.degree), self._valve_s, self.cfg.valve_step_ratio)
-            table = self._step_tables[key] = [0.0] + [step(n) for n in range(1, w.max_batch + 2)]
-        return table
+    def _rules(self, w: _Worker) -> tuple[float, Callable[[int], float]]:
+        """The batching rules' numbers for ``w`` (kept on it until it regroups): ``(valve_from, step_n)``.
 
-    def _valve_from(self, w: _Worker) -> float:
-        """The fewest active sessions whose full step on ``w`` (no context term) is over the
-        valve's limit: from there its sessions run as one group (inf: never, or no valve)."""
+        ``step_n(n)``: the step time of ``n`` sessions (``0..max_batch + 1``) on ``w`` at no
+        context term, as the engine runs them (a step over the valve's limit degraded):
+        what the rules (split, early joins, the valve group) compare, looked up instead of
+        recomputed. ``valve_from``: the fewest active sessions whose full step on ``w`` (no
+        context term) is over the valve's limit: from there its sessions run as one group
+        (inf: never, or no valve). Shared by the workers of one degree and batch cap.
+        """
         key = (w.degree, w.max_batch)
-        n = self._valve_n.get(key)
-        if n is None:
-            n = self._valve_n[key] = next(
+        rules = self._rules_of.get(key)
+        if rules is None:
+            step = valve_step(lambda n: self._step_time(n, 0.0, w.degree), self._valve_s, self.cfg.valve_step_ratio)
+            table = [0.0] + [step(n) for n in range(1, w.max_batch + 2)]
+            valve_from = next(
                 (k for k in range(2, w.max_batch + 1) if self._step_time(k, 0.0, w.degree) > self._valve_s), _INF)
-        return n
+            rules = self._rules_of[key] = (valve_from, table.__getitem__)
+        w.rules = rules
+        return rules
 
     def _step_time(self, n: int, ctx: float, degree: int = 1) -> float:
         if degree > 1:  # a parallel group's step (SimConfig.parallel: step(b, k))
@@ -436,7 +436,8 @@ class Simulator:
         earliest = _INF
         # Over b* under the quality valve (more active sessions than a full step meets the
         # SLO with): the worker's sessions run as one group (workers.batching.valve_group_step).
-        grouped = len(active) >= self._valve_from(w)
+        valve_from, step_n = w.rules if w.rules is not None else self._rules(w)
+        grouped = len(active) >= valve_from
         upcoming = [] if grouped else None  # in-stream sessions not due yet: their requests
         for s in w.active.values():
             if s.in_flight:
@@ -452,7 +453,6 @@ class Simulator:
                 if align and s.copy_until <= now and r - s.period <= now:
                     early.append(s)
         if due:
-            step_n = self._step_table(w).__getitem__  # the rules' step of n sessions (no context term)
             formed = form_step(now, due, early, upcoming=upcoming, max_batch=w.max_batch, n_active=len(active),
                                slo_s=self.snapshot_slo, step_s=step_n)
             if isinstance(formed, float):  # a hold: first chunks wait for in-stream ones about to be due
@@ -486,46 +486,46 @@ class Simulator:
         w, batch, started, degraded = payload
         w.busy = False
         n = len(batch)
-        record = self.cfg.record_chunks
-        window = self._ctx_window
+        self.s_n.append(n)
+        self.s_degraded.append(degraded)
         if degraded:
             self.counters["degraded_chunks"] += n
-        for s, treq, mig in batch:
-            self.c_sess.append(s.idx)
-            self.c_index.append(s.next_index)
-            self.c_first.append(s.fresh)
-            self.c_degraded.append(degraded)
-            s.fresh = False
-            if record:
+        if self.cfg.record_chunks:
+            self.s_start.append(started)
+            self.s_done.append(now)
+            self.s_worker.append(w.idx)
+            for _, treq, mig in batch:
                 self.c_req.append(treq)
-                self.c_start.append(started)
-                self.c_done.append(now)
-                self.c_worker.append(w.idx)
-                self.c_batch.append(n)
                 self.c_mig.append(mig)
+        window = self._ctx_window
+        dirty = self._dirty
+        add_sess, add_index, add_first, add_lat = self.c_sess.append, self.c_index.append, self.c_first.append, self.lat.append
+        for s, treq, _ in batch:
+            add_sess(s.idx)
+            add_index(s.next_index)
+            add_first(s.fresh)
+            s.fresh = False
             lat = now - treq
             if lat < 0.0:  # made ahead (phase alignment): ready before it was asked for
                 lat = 0.0
-            self.lat.append(lat)
+            add_lat(lat)
             s.in_flight = False
             s.next_index += 1
             # views are rebuilt only when something a policy sees changed
-            if s.recent != lat:
+            if s.recent != lat or s.ctx < window:
                 s.recent = lat
+                if s.ctx < window:
+                    s.ctx = min(s.ctx + s.frames, window)
                 if not s.dirty:
                     s.dirty = True
-                    self._dirty.append(s)
-            if s.ctx < window:
-                s.ctx = min(s.ctx + s.frames, window)
-                if not s.dirty:
-                    s.dirty = True
-                    self._dirty.append(s)
+                    dirty.append(s)
             if s.wants:
                 nxt = treq + s.period
                 s.next_req = nxt if nxt > now else now
         if w.status is DRAINING:
             self._maybe_release(w, now)
         self._kick(w, now)
+
     # ------------------------------------------------------------ control tick
 
     def snapshot(self, now: float) -> Snapshot:

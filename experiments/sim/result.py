@@ -71,19 +71,22 @@ def assemble(sim: Any, end: float) -> SimResult:
     sess = np.asarray(sim.c_sess, dtype=np.int64)
     lat = np.asarray(sim.lat, dtype=float)
     slo = np.asarray(sim.slo_of, dtype=float)[sess] if len(sess) else np.zeros(0)
+    step_n = np.asarray(sim.s_n, dtype=np.int64)  # a step's chunks are consecutive: its columns repeat per chunk
+
+    def per_chunk(column: Any, dtype: Any) -> np.ndarray:
+        return np.repeat(np.asarray(column, dtype=dtype), step_n)
+
     if sim.cfg.record_chunks:
         chunks = pd.DataFrame(
             {
                 "session_id": sids[sess] if len(sess) else np.array([], dtype=object),
                 "index": np.asarray(sim.c_index, dtype=np.int64),
                 "t_request_s": np.asarray(sim.c_req, dtype=float),
-                "t_start_s": np.asarray(sim.c_start, dtype=float),
-                "t_done_s": np.asarray(sim.c_done, dtype=float),
+                "t_start_s": per_chunk(sim.s_start, float),
+                "t_done_s": per_chunk(sim.s_done, float),
                 "latency_s": lat,
-                "worker": np.asarray([w.address for w in sim.workers], dtype=object)[
-                    np.asarray(sim.c_worker, dtype=np.int64)
-                ],
-                "batch_size": np.asarray(sim.c_batch, dtype=np.int64),
+                "worker": np.asarray([w.address for w in sim.workers], dtype=object)[per_chunk(sim.s_worker, np.int64)],
+                "batch_size": per_chunk(step_n, np.int64),
                 "migrated": np.asarray(sim.c_mig, dtype=bool),
             }
         )
@@ -124,5 +127,5 @@ def assemble(sim: Any, end: float) -> SimResult:
             columns=["worker", "started_s", "released_s"],
         ),
         burst_first=np.asarray(sim.c_first, dtype=bool),
-        degraded=np.asarray(sim.c_degraded, dtype=bool),
+        degraded=per_chunk(sim.s_degraded, bool),
     )

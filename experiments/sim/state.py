@@ -8,6 +8,7 @@ them (:mod:`experiments.sim.snapshot`).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from policies.types import SessionStatus, SessionView, WorkerStatus, WorkerView
 
@@ -63,7 +64,7 @@ class _Session:
 class _Worker:
     __slots__ = (
         "idx", "address", "status", "started", "memory", "max_batch", "used", "sessions",
-        "active", "busy", "step_end", "wake_at", "released", "view", "degree", "group",
+        "active", "busy", "step_end", "wake_at", "released", "view", "degree", "group", "rules",
     )
 
     def __init__(self, idx: int, started: float, status: WorkerStatus, memory: int, max_batch: int) -> None:
@@ -79,4 +80,12 @@ class _Worker:
         self.view: WorkerView | None = None
         self.degree = 1  # a group's leader steps at its group's degree
         self.group: tuple[str, ...] = ()  # the workers of its parallel group, leader first
+        # (valve group size, step time of n sessions): the batching rules' numbers for this
+        # degree and batch cap (Simulator._rules), looked up once; None: not yet
+        self.rules: tuple[float, Callable[[int], float]] | None = None
+
+    def regroup(self, degree: int, max_batch: int) -> None:
+        """Step at ``degree`` (a parallel group's leader; 1: alone) with ``max_batch`` sessions at most."""
+        self.degree, self.max_batch = degree, max_batch
+        self.rules = None
 

@@ -55,11 +55,14 @@ def form_step(now: float, due: list, early: list, *, upcoming: list[float] | Non
             return due[: len(plan.due)] + early[: plan.early]
         due = [due[i] for i in plan.due]  # the in-stream chunks first, under the rules below
     split = False
+    deadlines = waits = None  # of ``due``, as the rules take them (computed once for both)
     if len(due) > 1:
         due.sort(key=by_request)
         if len(due) > max_batch:
             due = due[:max_batch]
-        take = split_due(now, [s.next_req + slo_s for s in due], step_s, [s.admission_wait for s in due])
+        deadlines = [s.next_req + slo_s for s in due]
+        waits = [s.fresh and not s.put_off for s in due]  # _Session.admission_wait, inlined
+        take = split_due(now, deadlines, step_s, waits)
         split = len(take) < len(due)
         if split:
             for i in set(range(len(due))) - set(take):
@@ -67,8 +70,10 @@ def form_step(now: float, due: list, early: list, *, upcoming: list[float] | Non
             due = [due[i] for i in take]
     if early and not split and len(due) < max_batch:
         early.sort(key=by_request)
-        k = join_ahead(now, deadlines_s=[s.next_req + slo_s for s in due], candidates_s=[s.next_req for s in early],
-                       slo_s=slo_s, n_active=n_active, max_batch=max_batch, step_s=step_s,
-                       firsts=[s.admission_wait for s in due])
+        if deadlines is None:
+            deadlines = [s.next_req + slo_s for s in due]
+            waits = [s.fresh and not s.put_off for s in due]
+        k = join_ahead(now, deadlines_s=deadlines, candidates_s=[s.next_req for s in early], slo_s=slo_s,
+                       n_active=n_active, max_batch=max_batch, step_s=step_s, firsts=waits)
         due.extend(early[:k])
     return due
