@@ -475,17 +475,15 @@ class LedgerCache:
     def ledger(self, snap: Snapshot, new_session_bytes: int | None = None) -> CapacityLedger:
         """The ledger of ``snap`` (equal to ``CapacityLedger(snap, new_session_bytes)``)."""
         sessions = snap.sessions
-        update = self._update_sessions(sessions)
-        counted_in_full = update is None
-        if update is None:  # counted in full
+        changed = self._update_sessions(sessions)
+        counted_in_full = changed is None
+        if changed is None:  # counted in full
             self.__init__()  # type: ignore[misc]
             self._start(sessions)
             if len(self._rank) != len(sessions):  # a view object listed twice: counted twice, as CapacityLedger does
                 self.__init__()  # type: ignore[misc]
                 return CapacityLedger(snap, new_session_bytes)
-            changed, swapped = set(), []
-        else:
-            changed, swapped = update
+            changed = set()
         if self._last is not None:
             changed.update(load.address for load in self._last.touched)
         workers_changed = snap.workers is not self._workers
@@ -507,30 +505,6 @@ class LedgerCache:
             if load is not None:
                 self._recount(load)
                 recounted.append(load)
-        # A view replaced by one that counts the same on the same worker (a new latency,
-        # say) leaves its load's counts as they were: the new view takes the old one's
-        # place in the load's list (the same rank: where a recount would put it), and the
-        # load is listed as counted afresh, at a new version, as a recount would.
-        by_load: dict[str, dict[int, SessionView]] = {}  # address -> id(old view) -> new view
-        for out, into in swapped:
-            if into.worker not in changed:
-                by_load.setdefault(into.worker, {})[id(out)] = into  # type: ignore[arg-type]
-        for address, into_of in by_load.items():
-            load = loads.get(address)
-            if load is None:
-                continue
-            n = 0
-            for listed in (load.active, load.idle):
-                for i, view in enumerate(listed):
-                    new = into_of.get(id(view))
-                    if new is not None:
-                        listed[i] = new
-                        n += 1
-            if n != len(into_of):  # not where they were counted (cannot happen): count the load afresh
-                self._recount(load)
-            else:
-                load.version += 1
-            recounted.append(load)
         ledger = CapacityLedger.__new__(CapacityLedger)
         ledger._start(snap, new_session_bytes)
         if snap.latency is self._latency:
@@ -566,36 +540,29 @@ class LedgerCache:
         for key, s in zip(map(id, sessions), sessions):
             self._add(s, key, set())
 
-    def _update_sessions(
-        self, sessions: tuple[SessionView, ...],
-    ) -> tuple[set[str | None], list[tuple[SessionView, SessionView]]] | None:
-        """Take in the views that came and went since the previous snapshot.
+    def _update_sessions(self, sessions: tuple[SessionView, ...]) -> set[str | None] | None:
+        """Take in the views that came and went since the previous snapshot; the workers they were on.
 
-        Returns the workers whose sessions changed (to count afresh), and the views
-        replaced by one that counts the same (the same worker, active or idle there, the
-        same bytes and context) as ``(old, new)`` pairs. None (nothing taken in): there is
-        no previous snapshot, a view object is listed twice, or no rank fits between an
-        inserted view's neighbours.
+        None (nothing taken in): there is no previous snapshot, a view object is listed
+        twice, or no rank fits between an inserted view's neighbours.
         """
         old, rank = self._sessions, self._rank
         if old is None:
             return None
         gone: list[SessionView] = []
         came: dict[int, SessionView] = {}
-        swapped: list[tuple[SessionView, SessionView]] = []
         placed: dict[int, float] = {}  # id(view) -> rank, of those that came
         for how, out, into, k in _changes(old, sessions):
+            if out is not None:
+                gone.append(out)
             if into is None:
-                gone.append(out)  # type: ignore[arg-type]
                 continue
             if k > 0:  # the rank of the view before it (placed already if it came too)
                 key = id(sessions[k - 1])
-                before = placed.get(key)
-                if before is None:
-                    before = rank[key]
+                before = placed[key] if key in placed else rank[key]
             else:
                 before = -1.0
-            if out is not None:  # replaced: it takes the place of the view it replaced
+            if how == "replaced":  # it takes the place of the view it replaced
                 place = rank[id(out)]
             elif how == "inserted":  # between its neighbours (the next one is a view both hold)
                 after = rank[id(sessions[k + 1])]
@@ -607,21 +574,10 @@ class LedgerCache:
             if not before < place:
                 return None
             key = id(into)
+            came[key] = into
             placed[key] = place
-            if out is None:
-                came[key] = into
-                continue
-            # counted alike on the same worker's list (most views of a run are replaced so: a new latency)
-            status = into.status
-            if (status is out.status and (status is _ACTIVE or status is _IDLE) and into.worker == out.worker
-                    and into.state_bytes == out.state_bytes and into.context_frames == out.context_frames):
-                swapped.append((out, into))
-            else:
-                gone.append(out)
-                came[key] = into
         # Take the views that went out of their buckets, then put those that came in (as _add
-        # does, inlined: a few dozen views a decision, thousands of decisions a run); a
-        # swapped view changes its bucket's entry only.
+        # does, inlined: a few dozen views a decision, thousands of decisions a run)
         changed: set[str | None] = set()
         on_worker, pending = self._on_worker, self._pending
         for s in gone:
@@ -632,10 +588,6 @@ class LedgerCache:
                 changed.add(s.worker)
             elif status is _PENDING:
                 del pending[key]
-            del rank[key]
-        for s, _ in swapped:
-            key = id(s)
-            del on_worker[s.worker][key]
             del rank[key]
         for key, s in came.items():
             status = s.status
@@ -648,13 +600,11 @@ class LedgerCache:
                 changed.add(worker)
             elif status is _PENDING:
                 pending[key] = s
-        for _, s in swapped:
-            on_worker[s.worker][id(s)] = s
         rank.update(placed)
         self._sessions = sessions
         if len(rank) != len(sessions):  # a view object listed twice: the ranks cannot tell its places apart
             return None
-        return changed, swapped
+        return changed
 
     def _in_order(self, views: dict[int, SessionView]) -> list[SessionView]:
         """``views`` in snapshot order."""
