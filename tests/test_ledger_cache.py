@@ -109,4 +109,3 @@ def test_the_cached_ledger_counts_what_a_full_build_counts_whatever_changed_in_b
                     assert cached.latency_within(limit) == full_scan, (seed, step)
             checked += 1
     assert checked == 120 * 40
-
