@@ -431,55 +431,61 @@ class Simulator:
                     heapq.heappush(self.heap, (r, _WAKE, self.seq, w))
             return
         due = []
-        early = []  # not due yet, but within one period: may be produced ahead (alignment)
-        align = self._align
         earliest = _INF
-        # Over b* under the quality valve (more active sessions than a full step meets the
-        # SLO with): the worker's sessions run as one group (workers.batching.valve_group_step).
-        valve_from, step_n = w.rules if w.rules is not None else self._rules(w)
-        grouped = len(active) >= valve_from
-        upcoming = [] if grouped else None  # in-stream sessions not due yet: their requests
-        for s in w.active.values():
+        for s in active.values():
             if s.in_flight:
                 continue
             r = s.next_req if s.next_req >= s.copy_until else s.copy_until
             if r <= now:
                 due.append(s)
-            else:
-                if r < earliest:
-                    earliest = r
-                if grouped and not s.fresh:
-                    upcoming.append(r)
-                if align and s.copy_until <= now and r - s.period <= now:
-                    early.append(s)
-        if due:
-            formed = form_step(now, due, early, upcoming=upcoming, max_batch=w.max_batch, n_active=len(active),
-                               slo_s=self.snapshot_slo, step_s=step_n)
-            if isinstance(formed, float):  # a hold: first chunks wait for in-stream ones about to be due
-                if w.wake_at is None or formed < w.wake_at:
-                    w.wake_at = formed
-                    self.seq += 1
-                    heapq.heappush(self.heap, (formed, _WAKE, self.seq, w))
-                return
-            due = formed
-            n = len(due)
-            ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
-            step = self._step_time(n, ctx, w.degree)
-            degraded = step > self._valve_s
-            end = now + (step * self.cfg.valve_step_ratio if degraded else step)
-            batch = []
-            for s in due:
-                batch.append((s, s.next_req, s.migrated_next))
-                s.in_flight = True
-                s.migrated_next = False
-            w.busy = True
-            w.step_end = end
-            self.seq += 1
-            heapq.heappush(self.heap, (end, _STEP, self.seq, (w, batch, now, degraded)))
-        elif earliest < _INF and (w.wake_at is None or earliest < w.wake_at):
-            w.wake_at = earliest
-            self.seq += 1
-            heapq.heappush(self.heap, (earliest, _WAKE, self.seq, w))
+            elif r < earliest:
+                earliest = r
+        if not due:  # (about half the calls: a step just ended, the next requests are to come)
+            if earliest < _INF and (w.wake_at is None or earliest < w.wake_at):
+                w.wake_at = earliest
+                self.seq += 1
+                heapq.heappush(self.heap, (earliest, _WAKE, self.seq, w))
+            return
+        # Over b* under the quality valve (more active sessions than a full step meets the
+        # SLO with): the worker's sessions run as one group (workers.batching.valve_group_step).
+        valve_from, step_n = w.rules if w.rules is not None else self._rules(w)
+        grouped = len(active) >= valve_from
+        early = []  # not due yet, but within one period: may be produced ahead (alignment)
+        upcoming = [] if grouped else None  # in-stream sessions not due yet: their requests
+        align = self._align
+        if align or grouped:
+            for s in active.values():
+                if s.in_flight:
+                    continue
+                r = s.next_req if s.next_req >= s.copy_until else s.copy_until
+                if r > now:
+                    if grouped and not s.fresh:
+                        upcoming.append(r)
+                    if align and s.copy_until <= now and r - s.period <= now:
+                        early.append(s)
+        formed = form_step(now, due, early, upcoming=upcoming, max_batch=w.max_batch, n_active=len(active),
+                           slo_s=self.snapshot_slo, step_s=step_n)
+        if isinstance(formed, float):  # a hold: first chunks wait for in-stream ones about to be due
+            if w.wake_at is None or formed < w.wake_at:
+                w.wake_at = formed
+                self.seq += 1
+                heapq.heappush(self.heap, (formed, _WAKE, self.seq, w))
+            return
+        due = formed
+        n = len(due)
+        ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
+        step = self._step_time(n, ctx, w.degree)
+        degraded = step > self._valve_s
+        end = now + (step * self.cfg.valve_step_ratio if degraded else step)
+        batch = []
+        for s in due:
+            batch.append((s, s.next_req, s.migrated_next))
+            s.in_flight = True
+            s.migrated_next = False
+        w.busy = True
+        w.step_end = end
+        self.seq += 1
+        heapq.heappush(self.heap, (end, _STEP, self.seq, (w, batch, now, degraded)))
 
     def _step_done(self, now: float, payload: tuple[_Worker, list, float, bool]) -> None:
         """The step of ``payload`` (worker, batch, start time, degraded) ended at ``now``: its chunks are done."""
