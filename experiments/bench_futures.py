@@ -66,6 +66,18 @@ def _stream_beside_a_task(session, worker: str) -> object:
     return chunk
 
 
+def _rotated(paths: dict, r: int) -> list:
+    """``paths``' items, the ``r``-th round's order: starting at ``r`` modulo their number.
+
+    Whichever path runs first in a round pays for what came before it (the previous
+    round's last path, a sample, a settle): the order turns so that each pays in turn
+    (bench_chunk_paths measured a 42 ms penalty on the first path after a bare step).
+    """
+    items = list(paths.items())
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
 def _paths(session, chunks: int, elsewhere: str) -> dict[str, list[tuple[float, float, float, float]]]:
     """Per path: ``(before step, step, after step, total)`` seconds per chunk, interleaved."""
     paths = {
@@ -76,8 +88,8 @@ def _paths(session, chunks: int, elsewhere: str) -> dict[str, list[tuple[float, 
         "... task elsewhere": lambda: _stream_beside_a_task(session, elsewhere),
     }
     out: dict[str, list] = {name: [] for name in paths}
-    for _ in range(chunks):
-        for name, fn in paths.items():
+    for r in range(chunks):
+        for name, fn in _rotated(paths, r):  # each path goes first in turn: none always follows the same one
             t0 = time.time()
             chunk = fn()
             t1 = time.time()
@@ -141,8 +153,8 @@ def _cpu(server, session, chunks: int, rounds: int = 3) -> dict[str, tuple[float
         "Dask's own result()": lambda: _dask_result(session),
     }
     total = {name: [0.0, 0.0, 0.0] for name in paths}
-    for _ in range(rounds):
-        for name, fn in paths.items():
+    for r in range(rounds):
+        for name, fn in _rotated(paths, r):
             before = sample()
             for _ in range(chunks):
                 fn()
