@@ -200,7 +200,7 @@ class Simulator:
         self.heap: list[tuple] = []
         self.seq = 0
         self._step_cache: dict[int, float] = {}
-        self._rules_of: dict[tuple[int, int], tuple[float, Callable[[int], float]]] = {}  # (degree, max_batch) -> _rules
+        self._rules_of: dict[tuple[int, int], tuple[float, Callable[[int], float], list[float]]] = {}  # (degree, max_batch) -> _rules
         self._ctx_slope = self.latency.context_slope_s
         # Quality valve: a step predicted to miss this target runs degraded (fewer steps).
         self._valve_s = self.snapshot_slo if config.quality_valve else _INF
@@ -280,15 +280,16 @@ class Simulator:
             s.dirty = True
             self._dirty.append(s)
 
-    def _rules(self, w: _Worker) -> tuple[float, Callable[[int], float]]:
-        """The batching rules' numbers for ``w`` (kept on it until it regroups): ``(valve_from, step_n)``.
+    def _rules(self, w: _Worker) -> tuple[float, Callable[[int], float], list[float]]:
+        """The batching rules' numbers for ``w`` (kept on it until it regroups): ``(valve_from, step_n, raw)``.
 
         ``step_n(n)``: the step time of ``n`` sessions (``0..max_batch + 1``) on ``w`` at no
         context term, as the engine runs them (a step over the valve's limit degraded):
         what the rules (split, early joins, the valve group) compare, looked up instead of
         recomputed. ``valve_from``: the fewest active sessions whose full step on ``w`` (no
         context term) is over the valve's limit: from there its sessions run as one group
-        (inf: never, or no valve). Shared by the workers of one degree and batch cap.
+        (inf: never, or no valve). ``raw[n]``: the step time of ``n`` sessions at no context
+        term, not degraded (:meth:`_step_time`). Shared by the workers of one degree and batch cap.
         """
         key = (w.degree, w.max_batch)
         rules = self._rules_of.get(key)
@@ -297,7 +298,8 @@ class Simulator:
             table = [0.0] + [step(n) for n in range(1, w.max_batch + 2)]
             valve_from = next(
                 (k for k in range(2, w.max_batch + 1) if self._step_time(k, 0.0, w.degree) > self._valve_s), _INF)
-            rules = self._rules_of[key] = (valve_from, table.__getitem__)
+            raw = [0.0] + [self._step_time(n, 0.0, w.degree) for n in range(1, w.max_batch + 1)]
+            rules = self._rules_of[key] = (valve_from, table.__getitem__, raw)
         w.rules = rules
         return rules
 
@@ -448,7 +450,7 @@ class Simulator:
             return
         # Over b* under the quality valve (more active sessions than a full step meets the
         # SLO with): the worker's sessions run as one group (workers.batching.valve_group_step).
-        valve_from, step_n = w.rules if w.rules is not None else self._rules(w)
+        valve_from, step_n, raw_step = w.rules if w.rules is not None else self._rules(w)
         grouped = len(active) >= valve_from
         early = []  # not due yet, but within one period: may be produced ahead (alignment)
         upcoming = [] if grouped else None  # in-stream sessions not due yet: their requests
@@ -474,7 +476,7 @@ class Simulator:
         due = formed
         n = len(due)
         ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
-        step = self._step_time(n, ctx, w.degree)
+        step = self._step_time(n, ctx, w.degree) if ctx else raw_step[n]
         degraded = step > self._valve_s
         end = now + (step * self.cfg.valve_step_ratio if degraded else step)
         batch = []

@@ -80,9 +80,9 @@ class _Worker:
         self.view: WorkerView | None = None
         self.degree = 1  # a group's leader steps at its group's degree
         self.group: tuple[str, ...] = ()  # the workers of its parallel group, leader first
-        # (valve group size, step time of n sessions): the batching rules' numbers for this
-        # degree and batch cap (Simulator._rules), looked up once; None: not yet
-        self.rules: tuple[float, Callable[[int], float]] | None = None
+        # (valve group size, step time of n sessions, their raw step times): the batching
+        # rules' numbers for this degree and batch cap (Simulator._rules), looked up once; None: not yet
+        self.rules: tuple[float, Callable[[int], float], list[float]] | None = None
 
     def regroup(self, degree: int, max_batch: int) -> None:
         """Step at ``degree`` (a parallel group's leader; 1: alone) with ``max_batch`` sessions at most."""
