@@ -76,12 +76,23 @@ def rank_main(rank: int, degree: int, port: int, preset: str, device: str, size:
     }
 
 
-def run_ranks(degree: int, preset: str = "tiny", device: str = "cpu", size: int | None = None) -> list[dict]:
+def run_ranks(degree: int, preset: str = "tiny", device: str = "cpu", size: int | None = None,
+              pool: cf.ProcessPoolExecutor | None = None) -> list[dict]:
+    """The ranks' results, each rank in its own spawned process (``pool``: ``degree`` of them, idle)."""
+    if pool is None:
+        with cf.ProcessPoolExecutor(max_workers=degree, mp_context=mp.get_context("spawn")) as own:
+            return run_ranks(degree, preset, device, size, own)
     port = free_port()
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=degree, mp_context=ctx) as pool:
-        futures = [pool.submit(rank_main, r, degree, port, preset, device, size) for r in range(degree)]
-        return [f.result(timeout=600) for f in futures]
+    futures = [pool.submit(rank_main, r, degree, port, preset, device, size) for r in range(degree)]
+    return [f.result(timeout=600) for f in futures]
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    """Two spawned processes for the gloo tests of this module: each test forms a new group
+    over them (torch and the model load once, not once per test)."""
+    with cf.ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:
+        yield pool
 
 
 def assert_frames_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
@@ -177,8 +188,8 @@ def test_degree_1_is_the_plain_model_bit_for_bit():
 
 
 @pytest.mark.parametrize("size", [None, 80], ids=["64px-48-tokens", "80px-75-tokens-uneven"])
-def test_degree_2_over_two_gloo_processes_matches_degree_1(size):
-    results = run_ranks(2, size=size)
+def test_degree_2_over_two_gloo_processes_matches_degree_1(size, two_ranks):
+    results = run_ranks(2, size=size, pool=two_ranks)
     check_against_degree1(results, "tiny", "cpu", size, atol=1e-4)
 
 
