@@ -14,7 +14,10 @@ wall-clock ``sim_wall_s`` aside): a speed-up must not change a result.
 
 ``--points`` lists ``family:knob[:valve]`` (the families of
 :data:`experiments.frontier.FAMILIES`, ``"turboserve (no valve)"`` and
-``static-iso-cost``; ``valve``: TurboServe with the quality valve).
+``static-iso-cost``; ``valve``: TurboServe with the quality valve). ``--profile N``
+runs the points once here under :mod:`cProfile` instead and prints the ``N`` functions
+of most cumulative time (the profiler adds about a call's worth to every call: its
+shares overstate the code of many small calls).
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ import sys
 DEFAULT_POINTS = "turboserve:1.0:valve,hpa+migration-aware:0.8,turboserve (no valve):1.0"
 
 
-def _child(points: list[str], batch_cost: float, t1_s: float, startup_s: float) -> None:
-    """Run ``points`` here (the checkout on ``sys.path``) and print one JSON line per point."""
+def _child(points: list[str], batch_cost: float, t1_s: float, startup_s: float, profile: int = 0) -> None:
+    """Run ``points`` here (the checkout on ``sys.path``) and print one JSON line per point
+    (``profile``: print the top functions of a cProfile of the runs instead)."""
+    import cProfile
+    import pstats
     import resource
 
     import framework.config  # noqa: F401  (config defaults)
@@ -45,15 +51,22 @@ def _child(points: list[str], batch_cost: float, t1_s: float, startup_s: float) 
     (trace,) = load_traces(["azure-code"], duration_s=3600.0, scale="fit", seed=0, model="wan-1.3b", gpus=64,
                            config=base)
     prepared = prepare_trace(trace, 64, config=base)
+    profiler = cProfile.Profile() if profile else None
     for spec in points:
         family, knob, *valve = spec.split(":")
         point = Point("azure-code", 0, family, float(knob), valve=valve == ["valve"])
         before = resource.getrusage(resource.RUSAGE_SELF)
+        if profiler is not None:
+            profiler.enable()
         row = run_point(point, prepared, 64, base, "idle-timeout")
+        if profiler is not None:
+            profiler.disable()
         after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
         row.pop("sim_wall_s", None)
         print(json.dumps({"point": spec, "cpu_s": cpu, "row": row}, default=str), flush=True)
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(profile)
 
 
 def _run_in(tree: pathlib.Path, args: argparse.Namespace) -> list[dict]:
@@ -81,11 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--t1-s", type=float, default=0.344, help="t1 seconds (default 0.344, H100)")
     parser.add_argument("--startup-s", type=float, default=10.0, help="worker start-up seconds (default 10)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each point per checkout (default 3)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="run the points once here under cProfile; print the N top functions by cumulative time")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     points = [p for p in args.points.split(",") if p]
-    if args.child:
-        _child(points, args.batch_cost, args.t1_s, args.startup_s)
+    if args.child or args.profile:
+        _child(points, args.batch_cost, args.t1_s, args.startup_s, args.profile)
         return
     if args.against is None or not (args.against / "experiments" / "frontier.py").is_file():
         parser.error(f"--against must name another checkout of the repository, got {args.against}")
