@@ -41,7 +41,7 @@ def test_a_closed_worker_s_process_exits_without_the_interpreter_teardown(tmp_pa
     loaded 2-core machine past the nanny's 4 s: ``Worker process still alive after 4.0
     seconds, killing``), and every ``Server.close`` waited for that. The teardown's
     ``atexit`` handlers mark it: a handler the running worker registered must not run."""
-    with Server.local(n_workers=2, model="tiny", dashboard_address=None) as server:
+    with Server.local(n_workers=1, model="tiny", dashboard_address=None) as server:
         s = server.open_session("a kite over the dunes", seed=0)
         assert [c.index for c in s.stream(1)] == [0]
         assert {type(w).__name__ for w in server.cluster.workers.values()} == {"ServingNanny"}
