@@ -443,9 +443,9 @@ class LedgerCache:
     admits sessions between ticks this way: from one admission to the next a few dozen
     views change, among thousands.
 
-    Snapshot order is kept as a rank per view (the index in the first snapshot; a view
-    that replaces another takes its rank, one inserted gets a rank between its
-    neighbours'). The loads are reused from one ledger to the next: a ledger of the
+    Snapshot order is kept as a rank per session id (the index in the first snapshot; a
+    view that replaces another takes its rank, one inserted gets a rank between its
+    neighbours'); a snapshot that lists a session twice is counted in full. The loads are reused from one ledger to the next: a ledger of the
     cache is valid until the next one is built. Each ledger names the loads counted
     afresh (``recounted``) and carries one dict from ledger to ledger (``carry``), so a
     policy may keep its own per-load structures (placement's chooser) and update only
@@ -454,12 +454,12 @@ class LedgerCache:
 
     def __init__(self) -> None:
         self._sessions: tuple[SessionView, ...] | None = None
-        self._rank: dict[int, float] = {}  # id(view) -> its place in snapshot order (_sessions keeps the ids taken)
+        self._rank: dict[str, float] = {}  # session id -> its place in snapshot order
         self._workers: tuple[WorkerView, ...] | None = None
         self._loads: dict[str, WorkerLoad] = {}
-        # On-device sessions by the worker they are booked on, and pending ones, by id(view).
-        self._on_worker: dict[str | None, dict[int, SessionView]] = {}
-        self._pending: dict[int, SessionView] = {}
+        # On-device sessions by the worker they are booked on, and pending ones, by session id.
+        self._on_worker: dict[str | None, dict[str, SessionView]] = {}
+        self._pending: dict[str, SessionView] = {}
         self._last: CapacityLedger | None = None
         # Workers whose counted load is over ``snap.slo_s`` (as of _slo and _latency), for latency_within.
         self._over: set[str] = set()
@@ -480,7 +480,7 @@ class LedgerCache:
         if changed is None:  # counted in full
             self.__init__()  # type: ignore[misc]
             self._start(sessions)
-            if len(self._rank) != len(sessions):  # a view object listed twice: counted twice, as CapacityLedger does
+            if len(self._rank) != len(sessions):  # a session listed twice: counted twice, as CapacityLedger does
                 self.__init__()  # type: ignore[misc]
                 return CapacityLedger(snap, new_session_bytes)
             changed = set()
@@ -535,37 +535,60 @@ class LedgerCache:
 
     def _start(self, sessions: tuple[SessionView, ...]) -> None:
         """Take in all of ``sessions``."""
-        self._rank = dict(zip(map(id, sessions), range(len(sessions))))
+        self._rank = {s.session_id: i for i, s in enumerate(sessions)}
         self._sessions = sessions
-        for key, s in zip(map(id, sessions), sessions):
-            self._add(s, key, set())
+        for s in sessions:
+            self._add(s, s.session_id, set())
 
     def _update_sessions(self, sessions: tuple[SessionView, ...]) -> set[str | None] | None:
         """Take in the views that came and went since the previous snapshot; the workers they were on.
 
-        None (nothing taken in): there is no previous snapshot, a view object is listed
-        twice, or no rank fits between an inserted view's neighbours.
+        None (nothing taken in): there is no previous snapshot, a session is listed twice
+        (ranks and buckets are by session id), or no rank fits between an inserted view's
+        neighbours. The state may then be half updated: the caller counts in full.
         """
         old, rank = self._sessions, self._rank
         if old is None:
             return None
+        changed: set[str | None] = set()
+        on_worker, pending = self._on_worker, self._pending
         gone: list[SessionView] = []
-        came: dict[int, SessionView] = {}
-        placed: dict[int, float] = {}  # id(view) -> rank, of those that came
+        came: dict[str, SessionView] = {}
+        placed: dict[str, float] = {}  # session id -> rank, of those that came
         for how, out, into, k in _changes(old, sessions):
-            if out is not None:
-                gone.append(out)
             if into is None:
+                gone.append(out)  # type: ignore[arg-type]
                 continue
             if k > 0:  # the rank of the view before it (placed already if it came too)
-                key = id(sessions[k - 1])
-                before = placed[key] if key in placed else rank[key]
+                key = sessions[k - 1].session_id
+                before = placed.get(key)
+                if before is None:
+                    before = rank[key]
             else:
                 before = -1.0
-            if how == "replaced":  # it takes the place of the view it replaced
-                place = rank[id(out)]
+            key = into.session_id
+            if out is not None and out.session_id == key:
+                # The session's new view in its place (most changes: it made a chunk). No other
+                # change names this session (ids are unique, or the caller counts in full), so
+                # its bucket entry is replaced at once and its rank stays.
+                if not before < rank[key]:
+                    return None
+                status, worker = out.status, out.worker
+                if status in _ON_DEVICE:
+                    changed.add(worker)
+                    if into.status in _ON_DEVICE and into.worker == worker:
+                        on_worker[worker][key] = into
+                        continue
+                    del on_worker[worker][key]
+                elif status is _PENDING:
+                    del pending[key]
+                self._add(into, key, changed)
+                continue
+            if out is not None:  # replaced by another session's view: it takes the place
+                gone.append(out)
+                place = rank[out.session_id]
             elif how == "inserted":  # between its neighbours (the next one is a view both hold)
-                after = rank[id(sessions[k + 1])]
+                after = rank[sessions[k + 1].session_id]
                 place = (before + after) / 2
                 if not place < after:
                     return None
@@ -573,15 +596,12 @@ class LedgerCache:
                 place = before + 1.0
             if not before < place:
                 return None
-            key = id(into)
             came[key] = into
             placed[key] = place
         # Take the views that went out of their buckets, then put those that came in (as _add
-        # does, inlined: a few dozen views a decision, thousands of decisions a run)
-        changed: set[str | None] = set()
-        on_worker, pending = self._on_worker, self._pending
+        # does, inlined: a session may go at one place and come at another)
         for s in gone:
-            key = id(s)
+            key = s.session_id
             status = s.status
             if status in _ON_DEVICE:
                 del on_worker[s.worker][key]
@@ -602,15 +622,15 @@ class LedgerCache:
                 pending[key] = s
         rank.update(placed)
         self._sessions = sessions
-        if len(rank) != len(sessions):  # a view object listed twice: the ranks cannot tell its places apart
+        if len(rank) != len(sessions):  # a session listed twice: the ranks cannot tell its places apart
             return None
         return changed
 
-    def _in_order(self, views: dict[int, SessionView]) -> list[SessionView]:
+    def _in_order(self, views: dict[str, SessionView]) -> list[SessionView]:
         """``views`` in snapshot order."""
         return [views[key] for key in sorted(views, key=self._rank.__getitem__)]
 
-    def _add(self, s: SessionView, key: int, changed: set[str | None]) -> None:
+    def _add(self, s: SessionView, key: str, changed: set[str | None]) -> None:
         if s.status in _ON_DEVICE:
             self._on_worker.setdefault(s.worker, {})[key] = s
             changed.add(s.worker)
