@@ -459,6 +459,10 @@ class LedgerCache:
         self._loads: dict[str, WorkerLoad] = {}
         # On-device sessions by the worker they are booked on, and pending ones, by session id.
         self._on_worker: dict[str | None, dict[str, SessionView]] = {}
+        # A bucket's ids in snapshot order, as last sorted, and the buckets that gained or
+        # lost an id since (a session's new view in its place keeps its bucket's order).
+        self._order: dict[str | None, list[str]] = {}
+        self._unordered: set[str | None] = set()
         self._pending: dict[str, SessionView] = {}
         self._last: CapacityLedger | None = None
         # Workers whose counted load is over ``snap.slo_s`` (as of _slo and _latency), for latency_within.
@@ -551,7 +555,7 @@ class LedgerCache:
         if old is None:
             return None
         changed: set[str | None] = set()
-        on_worker, pending = self._on_worker, self._pending
+        on_worker, pending, unordered = self._on_worker, self._pending, self._unordered
         gone: list[SessionView] = []
         came: dict[str, SessionView] = {}
         placed: dict[str, float] = {}  # session id -> rank, of those that came
@@ -580,6 +584,7 @@ class LedgerCache:
                         on_worker[worker][key] = into
                         continue
                     del on_worker[worker][key]
+                    unordered.add(worker)
                 elif status is _PENDING:
                     del pending[key]
                 self._add(into, key, changed)
@@ -606,6 +611,7 @@ class LedgerCache:
             if status in _ON_DEVICE:
                 del on_worker[s.worker][key]
                 changed.add(s.worker)
+                unordered.add(s.worker)
             elif status is _PENDING:
                 del pending[key]
             del rank[key]
@@ -618,6 +624,7 @@ class LedgerCache:
                     held = on_worker[worker] = {}
                 held[key] = s
                 changed.add(worker)
+                unordered.add(worker)
             elif status is _PENDING:
                 pending[key] = s
         rank.update(placed)
@@ -634,6 +641,7 @@ class LedgerCache:
         if s.status in _ON_DEVICE:
             self._on_worker.setdefault(s.worker, {})[key] = s
             changed.add(s.worker)
+            self._unordered.add(s.worker)
         elif s.status is _PENDING:
             self._pending[key] = s
 
@@ -648,9 +656,15 @@ class LedgerCache:
         idle: list[SessionView] = []
         mem = migrating = 0
         ctx = 0.0
-        views = self._on_worker.get(load.address)
+        address = load.address
+        views = self._on_worker.get(address)
         if views:
-            for s in self._in_order(views):
+            order = self._order.get(address)
+            if order is None or address in self._unordered:
+                order = self._order[address] = sorted(views, key=self._rank.__getitem__)
+                self._unordered.discard(address)
+            for key in order:
+                s = views[key]
                 status = s.status
                 mem += s.state_bytes
                 if status is _ACTIVE:
