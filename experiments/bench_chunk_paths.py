@@ -202,35 +202,35 @@ def worker_gc_totals(server, worker: str) -> list[float]:
 
 
 def full_collection_ms(server, worker: str) -> tuple[float, float, float, float]:
-    """Milliseconds of one ``gc.collect()`` in this process and on the worker, as they are and with the heap frozen.
+    """Milliseconds of one ``gc.collect()`` in this process and on the worker: the heap unfrozen, then frozen.
 
     ``gc.freeze()`` moves every object alive to the permanent generation, which no
-    collection walks; a full collection then costs what the process made since. The
-    worker is unfrozen again after its measurement (``gc.unfreeze()``); this process is
-    left as it was found.
+    collection walks; a full collection then costs what the process made since. A
+    process found frozen (a worker freezes itself after its model load,
+    ``turboserve.engine.gc-freeze``; this one with ``--gc-freeze``) is unfrozen for the
+    first measurement; each process is left frozen or not as it was found.
     """
-    import gc
 
-    def collect_ms(freeze: bool) -> tuple[float, float]:
+    def collect_ms() -> tuple[float, float]:
         import gc
         import time
 
-        frozen_before = gc.get_freeze_count()
+        frozen_before = gc.get_freeze_count() > 0
+        if frozen_before:
+            gc.unfreeze()  # the first collection walks the whole heap, as if it had never been frozen
         t0 = time.perf_counter()
         gc.collect()
         plain = time.perf_counter() - t0
-        if freeze:
-            gc.freeze()
+        gc.freeze()
         t0 = time.perf_counter()
         gc.collect()
         after = time.perf_counter() - t0
-        if freeze and not frozen_before:
+        if not frozen_before:
             gc.unfreeze()
         return 1e3 * plain, 1e3 * after
 
-    was_frozen = gc.get_freeze_count() > 0
-    here = collect_ms(not was_frozen)
-    there = server.client.run(collect_ms, True, workers=[worker])[worker]
+    here = collect_ms()
+    there = server.client.run(collect_ms, workers=[worker])[worker]
     return (*here, *there)
 
 
