@@ -418,19 +418,9 @@ class Simulator:
                 r = s.next_req if s.next_req >= s.copy_until else s.copy_until
                 if r <= now:
                     step = self._step_time(1, s.ctx, w.degree) if self._ctx_slope or w.degree > 1 else self._step1
-                    degraded = step > self._valve_s
-                    end = now + (step * self.cfg.valve_step_ratio if degraded else step)
-                    batch = [(s, s.next_req, s.migrated_next)]
-                    s.in_flight = True
-                    s.migrated_next = False
-                    w.busy = True
-                    w.step_end = end
-                    self.seq += 1
-                    heapq.heappush(self.heap, (end, _STEP, self.seq, (w, batch, now, degraded)))
-                elif w.wake_at is None or r < w.wake_at:
-                    w.wake_at = r
-                    self.seq += 1
-                    heapq.heappush(self.heap, (r, _WAKE, self.seq, w))
+                    self._start_step(w, (s,), now, step)
+                else:
+                    self._wake(w, r)
             return
         due = []
         earliest = _INF
@@ -443,10 +433,8 @@ class Simulator:
             elif r < earliest:
                 earliest = r
         if not due:  # (about half the calls: a step just ended, the next requests are to come)
-            if earliest < _INF and (w.wake_at is None or earliest < w.wake_at):
-                w.wake_at = earliest
-                self.seq += 1
-                heapq.heappush(self.heap, (earliest, _WAKE, self.seq, w))
+            if earliest < _INF:
+                self._wake(w, earliest)
             return
         # Over b* under the quality valve (more active sessions than a full step meets the
         # SLO with): the worker's sessions run as one group (workers.batching.valve_group_step).
@@ -468,19 +456,19 @@ class Simulator:
         formed = form_step(now, due, early, upcoming=upcoming, max_batch=w.max_batch, n_active=len(active),
                            slo_s=self.snapshot_slo, step_s=step_n)
         if isinstance(formed, float):  # a hold: first chunks wait for in-stream ones about to be due
-            if w.wake_at is None or formed < w.wake_at:
-                w.wake_at = formed
-                self.seq += 1
-                heapq.heappush(self.heap, (formed, _WAKE, self.seq, w))
+            self._wake(w, formed)
             return
         due = formed
         n = len(due)
         ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
-        step = self._step_time(n, ctx, w.degree) if ctx else raw_step[n]
+        self._start_step(w, due, now, self._step_time(n, ctx, w.degree) if ctx else raw_step[n])
+
+    def _start_step(self, w: _Worker, sessions, now: float, step: float) -> None:
+        """``sessions`` start a step of ``step`` seconds on ``w`` at ``now`` (degraded past the valve's limit)."""
         degraded = step > self._valve_s
         end = now + (step * self.cfg.valve_step_ratio if degraded else step)
         batch = []
-        for s in due:
+        for s in sessions:
             batch.append((s, s.next_req, s.migrated_next))
             s.in_flight = True
             s.migrated_next = False
@@ -488,6 +476,13 @@ class Simulator:
         w.step_end = end
         self.seq += 1
         heapq.heappush(self.heap, (end, _STEP, self.seq, (w, batch, now, degraded)))
+
+    def _wake(self, w: _Worker, t: float) -> None:
+        """Look at ``w`` again at ``t``, unless an earlier wake-up is set."""
+        if w.wake_at is None or t < w.wake_at:
+            w.wake_at = t
+            self.seq += 1
+            heapq.heappush(self.heap, (t, _WAKE, self.seq, w))
 
     def _step_done(self, now: float, payload: tuple[_Worker, list, float, bool]) -> None:
         """The step of ``payload`` (worker, batch, start time, degraded) ended at ``now``: its chunks are done."""
