@@ -95,7 +95,7 @@ class HeapChooser:
         self, loads: Any, changed: Any, key: Callable[[WorkerLoad], tuple],
         held_of: Callable[[Iterable[WorkerLoad]], dict[str, int]] | None = None,
     ) -> None:
-        """Carry this chooser over to the next ledger of a :class:`~policies.admission.LedgerCache`.
+        """Carry this chooser over to the next ledger of a :class:`~policies.ledger_cache.LedgerCache`.
 
         ``loads``: that ledger's loads (the same objects as this chooser's ledger had),
         ``changed``: those it counted afresh (``CapacityLedger.recounted``; every load

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from policies.admission import CapacityLedger, LedgerCache
+from policies.admission import CapacityLedger
+from policies.ledger_cache import LedgerCache
 from policies.parallelism import unit_view
 from policies.types import Action, FormGroup, Snapshot, SplitGroup
 
@@ -80,7 +81,7 @@ class Combined:
         """All actions of one control tick, and the next combined state.
 
         ``incremental``: as for :meth:`admit` (the ticks and admissions of one cluster
-        share one :class:`~policies.admission.LedgerCache`), with the same result.
+        share one :class:`~policies.ledger_cache.LedgerCache`), with the same result.
         """
         g_actions: list[Action] = []
         if self.parallelism is not None:
@@ -110,7 +111,7 @@ class Combined:
         and the simulator between ticks; the other policies' states are unchanged.
         ``incremental``: ``snap`` is a later view of the cluster of the previous
         incremental decision, tick or admission (and no action of that one is still being decided); the
-        ledger is counted only where they differ (:class:`~policies.admission.LedgerCache`),
+        ledger is counted only where they differ (:class:`~policies.ledger_cache.LedgerCache`),
         with the same result.
         """
         if self.parallelism is not None:

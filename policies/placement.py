@@ -103,7 +103,7 @@ class _PlacementPolicy(LedgerPolicy):
     ) -> HeapChooser:
         """A :class:`HeapChooser` of ``ledger``'s running workers by ``key`` (``held_of(loads)``: their held slots).
 
-        On a ledger of a :class:`~policies.admission.LedgerCache` the chooser of the
+        On a ledger of a :class:`~policies.ledger_cache.LedgerCache` the chooser of the
         previous ledger, if this policy decided on it, is carried over
         (:meth:`HeapChooser.renew`: only the loads counted again are re-ranked) instead
         of being built over every worker: the same picks.

@@ -1,7 +1,7 @@
 """A placement chooser carried from one admission to the next decides as one built afresh.
 
 Admission between the simulator's ticks decides on ledgers of a
-:class:`~policies.admission.LedgerCache`; placement then keeps its
+:class:`~policies.ledger_cache.LedgerCache`; placement then keeps its
 :class:`~policies.choosers.HeapChooser` (the heap of workers, the slots kept for idle
 sessions) from one such ledger to the next and re-ranks only the workers counted again
 (:meth:`HeapChooser.renew`). Whatever changed in the snapshot between two admissions
@@ -23,8 +23,9 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from policies.admission import CapacityLedger, LedgerCache
+from policies.admission import CapacityLedger
 from policies.choosers import HeapChooser
+from policies.ledger_cache import LedgerCache
 from policies.placement import LeastLoaded, MigrationAware, _kept_slots
 from policies.types import BatchLatencyModel, Offload, SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
 

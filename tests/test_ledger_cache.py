@@ -1,4 +1,4 @@
-"""The incremental ledger of admission (policies.admission.LedgerCache) equals a full build.
+"""The incremental ledger of admission (policies.ledger_cache.LedgerCache) equals a full build.
 
 Admission between ticks rebuilds only the workers whose sessions changed since the last
 ledger; every other count is carried over. Whatever happens to the snapshot between two
@@ -13,7 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from policies.admission import CapacityLedger, LedgerCache
+from policies.admission import CapacityLedger
+from policies.ledger_cache import LedgerCache
 from policies.types import BatchLatencyModel, SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
 
 LATENCY = BatchLatencyModel((1, 2, 4), (0.3, 0.5, 0.9), context_slope_s=0.0013)
