@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from kernels.model import StreamingVideoModel
-from workers.engine import Engine, EngineSettings, StepPlan
+from workers.engine import Engine, EngineSettings
 from workers.errors import SessionNotFound
+from workers.step_scheduler import StepPlan
 
 
 @pytest.fixture(scope="module")

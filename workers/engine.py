@@ -1,10 +1,13 @@
 """The per-worker chunk engine: all due sessions of one device in one batched step.
 
-The shape follows vLLM v1's engine core: :meth:`Engine.schedule` decides (which sessions
-go into the next step) and returns a plain :class:`StepPlan`; :meth:`Engine.execute`
-runs it (one ``model.step`` over the plan's states) and touches nothing else;
-:meth:`Engine.update` turns the output into :class:`~workers.chunk.Chunk` records and
-hands them to each session's delivery callback.
+The shape follows vLLM v1's engine core: :meth:`Engine.schedule` asks
+:mod:`workers.step_scheduler` which sessions go into the next step (a plain
+:class:`~workers.step_scheduler.StepPlan`, decided from a copy of the engine's sessions
+and step times); :meth:`Engine.execute` runs it (one ``model.step`` over the plan's
+states) and touches nothing else; :meth:`Engine.update` turns the output into
+:class:`~workers.chunk.Chunk` records and hands them to each session's delivery callback.
+This module is the mechanism around those decisions: the engine thread, the sessions'
+request, acknowledgement and pause state, delivery, step timing and periodic checkpoints.
 
 The engine runs on its own thread (not the worker's shared actor thread, which would
 serialise every session actor behind the model). Everything that touches the device
@@ -12,21 +15,10 @@ serialise every session actor behind the model). Everything that touches the dev
 through :meth:`Engine.call`, between two steps: so a call is also a chunk boundary,
 which is what migration and suspension need.
 
-When a step starts is :func:`workers.batching.decide_batch`'s call: a small batching
-window, bounded by the deadlines of the chunks already due, lets requests that are about
-to arrive (the sessions served by the last step, whose clients ask again at once) join
-the step, which also keeps the sessions of a worker in phase. **Made ahead**: a session
-that asked for its chunks may have the next ``prearm_chunks`` made before it asks (a
-viewer plays one chunk while the next is made; a closed-loop client finds its next chunk
-in the step another session's request started, instead of the device waiting for its
-round trip); such chunks only join a step of due chunks, by
-:func:`workers.batching.join_ahead` (the simulator's phase alignment, same rule), and
-never start a step of their own. Flow control: a session
-whose reader is ``max_unread`` chunks behind gets no more chunks until it reads. The
-quality valve: a step of more sessions than ``valve_batch`` runs with
-``valve_steps`` denoising steps and its chunks are marked degraded; a worker holding more
-sessions than ``valve_batch`` runs them as one group
-(:func:`workers.batching.valve_group_step`, the simulator's rule).
+When a step starts and which sessions join it (the batching window, chunks made ahead,
+the quality valve) is :mod:`workers.step_scheduler`'s call. Flow control: a session
+whose reader is ``max_unread`` chunks behind gets no more chunks until it reads (it is
+not due; its acknowledgement wakes the engine).
 """
 
 from __future__ import annotations
@@ -44,46 +36,19 @@ import numpy as np
 
 from kernels.state import SessionState
 from storage.tiers import offload_to_host
-from workers.batching import (
-    BatchDecision, decide_batch, join_ahead, split_due, step_bound, step_estimate, step_fit, valve_group_step,
-)
+from workers import step_scheduler
+from workers.batching import BatchDecision
 from workers.chunk import Chunk
 from workers.engine_settings import EngineSettings
 from workers.errors import SessionNotFound
 from workers.host_buffers import HostBufferPool, HostCopy, ReceivePool
+from workers.step_scheduler import EngineView, SessionView, StepPlan
 
 logger = logging.getLogger(__name__)
 
 #: Called by the engine thread with each new chunk, or with the exception that stopped it.
 Deliver = Callable[["Chunk | BaseException"], None]
 
-
-
-@dataclass(frozen=True, slots=True)
-class StepPlan:
-    """What the next step does: the sessions in it, oldest request first.
-
-    ``denoise_steps`` is None for the model's own count, or the reduced count of a step
-    under the quality valve (its chunks are marked degraded).
-    """
-
-    session_ids: tuple[str, ...]
-    denoise_steps: int | None = None
-
-    @classmethod
-    def make_empty(cls) -> "StepPlan":
-        """A plan that runs nothing."""
-        return cls(())
-
-    @property
-    def batch_size(self) -> int:
-        """Sessions in the step."""
-        return len(self.session_ids)
-
-    @property
-    def degraded(self) -> bool:
-        """True when the quality valve cut the step's denoising steps."""
-        return self.denoise_steps is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +91,7 @@ class _Entry:
     acked: int = 0  # the client has every chunk before this index
     pending: list["HostCopy | SessionState"] = field(default_factory=list)  # host copies waiting for acks
     t_ready: float = 0.0  # when the reader's acknowledgement last let a blocked session through
-    expect: bool = True  # its next request may come any moment (see Engine.decide)
+    expect: bool = True  # its next request may come any moment (see workers.step_scheduler.decide)
     reading: bool = False  # its client asked and did not pause: chunks may be made ahead
     put_off: bool = False  # its first chunk was put after in-stream chunks once (split_due)
 
@@ -140,6 +105,22 @@ class _Entry:
         if not self.reading or not self.want <= self.state.chunk_index < self.want + prearm:
             return False
         return not max_unread or self.state.chunk_index - self.acked < max_unread
+
+    def view(self, session_id: str, max_unread: int, prearm: int) -> SessionView:
+        """A copy of what the step decisions read of it (:mod:`workers.step_scheduler`)."""
+        index = self.state.chunk_index
+        return SessionView(
+            session_id,
+            (self.state.height, self.state.width),
+            due=self.due(max_unread),
+            ahead_by=index - self.want if prearm and self.ahead(prearm, max_unread) else None,
+            oldest_request_s=min(self.t_request.values(), default=0.0),
+            next_request_s=self.t_request.get(index),
+            ready_s=self.t_ready,
+            first=index == 0 and not self.put_off,
+            expect=self.expect,
+            reading=self.reading,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,149 +350,49 @@ class Engine:
     # ------------------------------------------------------------ the three stages
 
     def decide(self, now: float | None = None) -> BatchDecision:
-        """Start the next step now, or wait (:func:`workers.batching.decide_batch`).
+        """Start the next step now, or wait (:func:`workers.step_scheduler.decide`).
 
-        Due chunks are ready from their request (or from the acknowledgement that let a
-        session ahead of its reader go on) and due at that request plus
-        ``deadline_s``. Another session is expected any moment from its attachment,
-        its last request or its last chunk (a closed-loop client asks again as soon as
-        it has the chunk; sessions submitted back to back come within milliseconds)
-        until a step starts without it: so a session that went quiet costs at most one
-        window, and a paused one none. A session that may be made ahead is waited for
-        like any other (its request makes it due; a refused join or a session left out
-        stays in phase that way). With ``settings.start_with_joins`` (off by default),
-        when :meth:`schedule` would put every reading or expected session into a step
-        starting now (due, or made ahead), nobody is waited for: a closed-loop round
-        starts at the first request instead of the last, while the others' chunks are
-        still on their way to their clients.
+        With ``settings.start_with_joins`` (off by default), the sessions
+        :meth:`schedule` would put into a step starting now are not waited for when they
+        are every reading or expected session.
         """
         now = time.time() if now is None else now
         cfg = self.settings
-        if not cfg.batching:
-            due = self._has_due()
-            return BatchDecision(due, None, "alone" if due else "idle")
-        joining = set(self.schedule(now).session_ids) if cfg.prearm_chunks and cfg.start_with_joins else set()
-        ready, deadlines, expected, ahead = [], [], [], 0
-        with self._cond:
-            # Joins are not waited for only when the step holds every reading or expected
-            # session: one left out (its chunk made ahead already, its request on the way)
-            # is waited for, and the joiners with it, so the sessions stay in one phase.
-            everyone = all(sid in joining or e.due(cfg.max_unread) or not (e.expect or e.reading)
-                           for sid, e in self._entries.items())
-            for sid, e in self._entries.items():
-                if e.due(cfg.max_unread):
-                    t_req = e.t_request.get(e.state.chunk_index, now)
-                    ready.append(max(t_req, e.t_ready))
-                    deadlines.append(t_req + cfg.deadline_s)
-                elif everyone and sid in joining:  # made ahead in the step: nothing to wait for
-                    ahead += 1
-                elif e.expect:
-                    expected.append(now)
-                else:
-                    expected.append(math.inf)
-            free_s = self._free_s
-            measured = dict(self._step_s)
-        step_s = step_bound(measured)
-        max_batch = min(cfg.max_batch, self._memory_cap())
-        window = cfg.batch_window_s
-        if cfg.batch_window_share and measured and window:
-            window = max(window, cfg.batch_window_share * step_s(min(max_batch, len(ready) + ahead + len(expected))))
-        return decide_batch(
-            now,
-            ready_s=ready,
-            deadlines_s=deadlines,
-            expected_s=expected,
-            step_s=step_s,
-            window_s=window,
-            max_batch=max_batch,
-            free_s=free_s,
-            ahead=ahead,
-        )
+        joining = ()
+        if cfg.batching and cfg.prearm_chunks and cfg.start_with_joins:
+            joining = frozenset(self.schedule(now).session_ids)
+        return step_scheduler.decide(now, self._view(), cfg, joining)
 
     def schedule(self, now: float | None = None) -> StepPlan:
-        """Pick the due sessions for the next step, oldest outstanding request first.
+        """The next step's sessions (:func:`workers.step_scheduler.schedule`).
 
-        At most ``max_batch`` (1 without batching, fewer if device memory is short),
-        all of the oldest request's resolution (a step runs one resolution), and fewer
-        when the full step would miss a deadline that a smaller step followed by the
-        rest meets better (:func:`workers.batching.split_due`; no made-ahead chunk joins
-        such a step; a session's first chunk, an admission wait, yields to in-stream
-        ones where batching pays, as in the simulator). Sessions
-        whose next chunk may be made ahead fill the step up as far as
-        :func:`workers.batching.join_ahead` allows (least ahead first; with batching
-        only). A step of more sessions than ``valve_batch`` (when set) runs
-        ``valve_steps`` denoising steps; a worker holding more sessions than that runs
-        them as one group (:func:`workers.batching.valve_group_step`).
+        A session whose first chunk the plan puts after in-stream chunks is marked, so
+        that its first chunk is put off at most once.
         """
-        cfg = self.settings
-        cap = cfg.max_batch if cfg.batching else 1
-        cap = min(cap, self._memory_cap())
-        prearm = cfg.prearm_chunks if cfg.batching else 0
         now = time.time() if now is None else now
-        with self._cond:
-            due, ahead, deadline, first = [], [], {}, {}
-            for sid, e in self._entries.items():
-                shape = (e.state.height, e.state.width)
-                if e.due(cfg.max_unread):
-                    due.append((min(e.t_request.values(), default=0.0), sid, shape))
-                    deadline[sid] = e.t_request.get(e.state.chunk_index, now) + cfg.deadline_s
-                    # a session's first chunk: an admission wait (put off at most once)
-                    first[sid] = e.state.chunk_index == 0 and not e.put_off
-                elif prearm and e.ahead(prearm, cfg.max_unread):
-                    ahead.append((e.state.chunk_index - e.want, sid, shape))
-            measured = dict(self._step_s)
-            # the shape for the batching-pays test: each measured size's fastest step
-            fastest = {b: min(t, self._step_min.get(b, math.inf)) for b, t in self._step_s.items()}
-            n_active = len(self._entries)
-        if not due:
-            return StepPlan.make_empty()
-        due.sort()
-        ahead.sort()
-        # One step runs one resolution: the oldest request's, filled up with its peers.
-        shape = due[0][2]
-        ids = tuple(sid for _, sid, hw in due if hw == shape)[:cap]
-        candidates = [sid for _, sid, hw in ahead if hw == shape]
-        if cfg.batching and 0 < cfg.valve_batch < n_active:
-            # Over b* on the quality valve: the worker's sessions run as one group (the
-            # simulator's rule). Its hold is decide()'s batching window here: the engine
-            # has no predicted requests, it waits for the sessions it expects.
-            full = step_estimate(measured)
-            ratio = self._valve_ratio(full)
-            plan = valve_group_step(now, deadlines_s=[deadline[sid] for sid in ids], firsts=[first[sid] for sid in ids],
-                                    early_deadlines_s=[now + cfg.deadline_s] * len(candidates), upcoming_s=(),
-                                    max_batch=cap,
-                                    step_s=lambda n: full(n) * ratio if n > cfg.valve_batch else full(n))
-            if plan.kind == "group":
-                ids = tuple(ids[i] for i in plan.due) + tuple(candidates[:plan.early])
-                return StepPlan(ids, cfg.valve_steps if len(ids) > cfg.valve_batch else None)
-            ids = tuple(ids[i] for i in plan.due)  # the in-stream chunks first, under the rules below
-        split = False
-        if len(ids) > 1:  # fewer when the full step would miss a deadline a split meets better
-            take = split_due(now, [deadline[sid] for sid in ids], step_estimate(measured), [first[sid] for sid in ids])
-            split = len(take) < len(ids)
-            if split:
-                with self._cond:
-                    for sid in set(ids) - {ids[i] for i in take}:
-                        e = self._entries.get(sid)
-                        if e is not None and first[sid]:
-                            e.put_off = True
-                ids = tuple(ids[i] for i in take)
-        if candidates and len(ids) < cap and not split:
-            k = join_ahead(now, deadlines_s=[deadline[sid] for sid in ids], candidates_s=[now] * len(candidates),
-                           slo_s=cfg.deadline_s, n_active=n_active, max_batch=cap, step_s=step_estimate(measured),
-                           firsts=[first[sid] for sid in ids], gain_s=step_fit(fastest))
-            ids += tuple(candidates[:k])
-        valve = cfg.valve_batch and len(ids) > cfg.valve_batch  # a step of more than b* sessions
-        return StepPlan(ids, cfg.valve_steps if valve else None)
+        plan, put_off = step_scheduler.schedule(now, self._view(), self.settings)
+        if put_off:
+            with self._cond:
+                for sid in put_off:
+                    e = self._entries.get(sid)
+                    if e is not None:
+                        e.put_off = True
+        return plan
 
-    def _valve_ratio(self, full: Callable[[int], float]) -> float:
-        """A degraded step's time as a share of the full one (``full(b)``, the estimate from
-        full steps), from the degraded steps measured (1.0, no gain assumed, until one is):
-        what the valve group's rule predicts with."""
+    def _view(self) -> EngineView:
+        """A copy of the sessions and step times the decisions read (taken under the lock)."""
+        cfg = self.settings
+        prearm = cfg.prearm_chunks if cfg.batching else 0
+        memory_cap = self._memory_cap()
         with self._cond:
-            degraded = dict(self._valve_step_s)
-        pairs = [(t, full(b)) for b, t in degraded.items() if 0 < full(b) < math.inf]
-        return min(1.0, sum(t for t, _ in pairs) / sum(f for _, f in pairs)) if pairs else 1.0
+            return EngineView(
+                tuple(e.view(sid, cfg.max_unread, prearm) for sid, e in self._entries.items()),
+                step_s=dict(self._step_s),
+                step_min=dict(self._step_min),
+                valve_step_s=dict(self._valve_step_s),
+                free_s=self._free_s,
+                memory_cap=memory_cap,
+            )
 
     def execute(self, plan: StepPlan) -> list[np.ndarray]:
         """One batched model step over the plan's states (advances each by one chunk)."""
@@ -616,10 +497,6 @@ class Engine:
 
     def _on_cuda(self) -> bool:
         return self.device is not None and getattr(self.device, "type", str(self.device)).startswith("cuda")
-
-    def _has_due(self) -> bool:
-        with self._cond:
-            return any(e.due(self.settings.max_unread) for e in self._entries.values())
 
     def _has_work(self) -> bool:
         return bool(self._commands) or any(e.due(self.settings.max_unread) for e in self._entries.values())

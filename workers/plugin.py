@@ -31,9 +31,10 @@ from distributed import WorkerPlugin
 
 from workers.actor_rpc import CALL_OP
 from workers.chunk import Chunk
-from workers.engine import Engine, EngineMetrics, EngineSettings, StepPlan
+from workers.engine import Engine, EngineMetrics, EngineSettings
 from workers.errors import UnknownModel
 from workers.host_lookup import EXTENSION
+from workers.step_scheduler import StepPlan
 
 logger = logging.getLogger(__name__)
 
