@@ -49,12 +49,15 @@ Model of the mechanisms (each choice is the simplest that keeps the contract):
   look good on chunk latency by never serving some sessions.
 
 Layout: this module holds :class:`Simulator`: the event loop (a handler per event kind),
-the bookkeeping of workers and sessions (heap, cost, status changes, trace events,
-copies), the worker steps and the control tick. Its collaborators work on its state and
-are called, not mixed in: :class:`~experiments.sim.actions.ActionApplier` (the action
-mechanisms), :mod:`~experiments.sim.snapshot` (the cached policy view and the interval
-rows) and :func:`~experiments.sim.result.assemble` (the :class:`SimResult`); the state
-records and event kinds are in :mod:`~experiments.sim.state`.
+the bookkeeping of workers and sessions (heap, cost, status changes), the sessions'
+lifecycle (trace events: arrival, activity, idling, close; copies ending; admissions
+between ticks) and the control tick. Its collaborators work on its state and are called,
+not mixed in: :class:`~experiments.sim.steps.StepRunner` (the worker steps: forming,
+timing and ending them, the quality valve, wake-ups),
+:class:`~experiments.sim.actions.ActionApplier` (the action mechanisms),
+:mod:`~experiments.sim.snapshot` (the cached policy view and the interval rows) and
+:func:`~experiments.sim.result.assemble` (the :class:`SimResult`); the state records and
+event kinds are in :mod:`~experiments.sim.state`.
 """
 
 from __future__ import annotations
@@ -65,17 +68,16 @@ import heapq
 import time as _time
 from array import array
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from experiments.sim.actions import ActionApplier
-from experiments.sim.step_formation import form_step
-from workers.batching import valve_step
 from experiments.sim.config import PolicySet, SimConfig
 from experiments.sim.models import model_cost
 from experiments.sim.result import SimResult, assemble
 from experiments.sim.snapshot import build_snapshot, record_interval
+from experiments.sim.steps import StepRunner
 from experiments.sim.state import (
     _COPY,
     _GC_EVERY_TICKS,
@@ -155,7 +157,6 @@ class Simulator:
         # sides size workers alike while the steps run as the live ones did.
         self.decision_latency = decision_latency if decision_latency is not None else self.latency
         self.worker_memory = int(config.gpu_memory_bytes - self.cost_model.weights_bytes)
-        self._ctx_window = self.cost_model.context_window_frames()  # context_frames: pixel frames
         if self.worker_memory <= 0:
             raise ValueError(
                 f"gpu_memory_bytes={config.gpu_memory_bytes:.3g} does not fit the weights of "
@@ -199,18 +200,11 @@ class Simulator:
         self._wviews: tuple[WorkerView, ...] | None = None  # None: a worker changed
         self.heap: list[tuple] = []
         self.seq = 0
-        self._step_cache: dict[int, float] = {}
-        self._rules_of: dict[tuple[int, int], tuple[float, Callable[[int], float], list[float]]] = {}  # (degree, max_batch) -> _rules
-        self._ctx_slope = self.latency.context_slope_s
-        # Quality valve: a step predicted to miss this target runs degraded (fewer steps).
-        self._valve_s = self.snapshot_slo if config.quality_valve else _INF
-        self._align = config.align_phases
-        self._step1 = self._step_time(1, 0.0)
         # chunk and step columns: typed arrays of machine numbers (cheap appends, 8 bytes a
         # value where a list of Python numbers costs 32-36: a day at 1024 GPUs is ~10^8
-        # chunks), converted once at the end. A step's chunks are appended together, so
-        # what is the same for all of them is kept once a step and repeated at the end
-        # (experiments.sim.result.assemble).
+        # chunks), converted once at the end. A step's chunks are appended together when it
+        # ends (StepRunner.step_done), so what is the same for all of them is kept once a
+        # step and repeated at the end (experiments.sim.result.assemble).
         self.c_sess = array("q")
         self.c_index = array("q")
         self.lat = array("d")
@@ -230,8 +224,11 @@ class Simulator:
         self.cost = 0.0
         self.cost_t = 0.0
         self.decide_s = 0.0
-        self._deferred: dict[int, _Worker] | None = None
         self.max_abandoned_wait = 0.0
+        self.steps = StepRunner(self)  # starts, times and ends the workers' steps
+        # Start a step on a worker if it is free and has due requests, else set its wake-up:
+        # what this state's changes (and the action mechanisms) call when a worker may have work.
+        self._kick = self.steps.kick
         self.actions = ActionApplier(self)  # applies the policies' actions to this state
 
     # ------------------------------------------------------------ plumbing
@@ -279,39 +276,6 @@ class Simulator:
         if not s.dirty:
             s.dirty = True
             self._dirty.append(s)
-
-    def _rules(self, w: _Worker) -> tuple[float, Callable[[int], float], list[float]]:
-        """The batching rules' numbers for ``w`` (kept on it until it regroups): ``(valve_from, step_n, raw)``.
-
-        ``step_n(n)``: the step time of ``n`` sessions (``0..max_batch + 1``) on ``w`` at no
-        context term, as the engine runs them (a step over the valve's limit degraded):
-        what the rules (split, early joins, the valve group) compare, looked up instead of
-        recomputed. ``valve_from``: the fewest active sessions whose full step on ``w`` (no
-        context term) is over the valve's limit: from there its sessions run as one group
-        (inf: never, or no valve). ``raw[n]``: the step time of ``n`` sessions at no context
-        term, not degraded (:meth:`_step_time`). Shared by the workers of one degree and batch cap.
-        """
-        key = (w.degree, w.max_batch)
-        rules = self._rules_of.get(key)
-        if rules is None:
-            step = valve_step(lambda n: self._step_time(n, 0.0, w.degree), self._valve_s, self.cfg.valve_step_ratio)
-            table = [0.0] + [step(n) for n in range(1, w.max_batch + 2)]
-            valve_from = next(
-                (k for k in range(2, w.max_batch + 1) if self._step_time(k, 0.0, w.degree) > self._valve_s), _INF)
-            raw = [0.0] + [self._step_time(n, 0.0, w.degree) for n in range(1, w.max_batch + 1)]
-            rules = self._rules_of[key] = (valve_from, table.__getitem__, raw)
-        w.rules = rules
-        return rules
-
-    def _step_time(self, n: int, ctx: float, degree: int = 1) -> float:
-        if degree > 1:  # a parallel group's step (SimConfig.parallel: step(b, k))
-            return self.cfg.parallel.predict(self.latency, n, degree, ctx)
-        if ctx:
-            return self.latency.predict(n, ctx)
-        t = self._step_cache.get(n)
-        if t is None:
-            t = self._step_cache[n] = self.latency.predict(n, 0.0)
-        return t
 
     # ------------------------------------------------------------ trace events
 
@@ -401,134 +365,6 @@ class Simulator:
         self._maybe_release(src, now)
         self._kick(target, now)
 
-    # ------------------------------------------------------------ workers
-
-    def _kick(self, w: _Worker, now: float) -> None:
-        """Start a step on ``w`` if it is free and has due requests, else schedule a wake-up."""
-        if w.busy or w.status is STARTING or w.released is not None:
-            return
-        if self._deferred is not None:  # inside a tick: start steps once all actions are in
-            self._deferred[w.idx] = w
-            return
-        active = w.active
-        if len(active) == 1:  # the common case at small batch caps: same result, less work
-            for s in active.values():
-                if s.in_flight:
-                    return
-                r = s.next_req if s.next_req >= s.copy_until else s.copy_until
-                if r <= now:
-                    step = self._step_time(1, s.ctx, w.degree) if self._ctx_slope or w.degree > 1 else self._step1
-                    self._start_step(w, (s,), now, step)
-                else:
-                    self._wake(w, r)
-            return
-        due = []
-        earliest = _INF
-        for s in active.values():
-            if s.in_flight:
-                continue
-            r = s.next_req if s.next_req >= s.copy_until else s.copy_until
-            if r <= now:
-                due.append(s)
-            elif r < earliest:
-                earliest = r
-        if not due:  # (about half the calls: a step just ended, the next requests are to come)
-            if earliest < _INF:
-                self._wake(w, earliest)
-            return
-        # Over b* under the quality valve (more active sessions than a full step meets the
-        # SLO with): the worker's sessions run as one group (workers.batching.valve_group_step).
-        valve_from, step_n, raw_step = w.rules if w.rules is not None else self._rules(w)
-        grouped = len(active) >= valve_from
-        early = []  # not due yet, but within one period: may be produced ahead (alignment)
-        upcoming = [] if grouped else None  # in-stream sessions not due yet: their requests
-        align = self._align
-        if align or grouped:
-            for s in active.values():
-                if s.in_flight:
-                    continue
-                r = s.next_req if s.next_req >= s.copy_until else s.copy_until
-                if r > now:
-                    if grouped and not s.fresh:
-                        upcoming.append(r)
-                    if align and s.copy_until <= now and r - s.period <= now:
-                        early.append(s)
-        formed = form_step(now, due, early, upcoming=upcoming, max_batch=w.max_batch, n_active=len(active),
-                           slo_s=self.snapshot_slo, step_s=step_n)
-        if isinstance(formed, float):  # a hold: first chunks wait for in-stream ones about to be due
-            self._wake(w, formed)
-            return
-        due = formed
-        n = len(due)
-        ctx = sum(s.ctx for s in due) / n if self._ctx_slope else 0.0
-        self._start_step(w, due, now, self._step_time(n, ctx, w.degree) if ctx else raw_step[n])
-
-    def _start_step(self, w: _Worker, sessions, now: float, step: float) -> None:
-        """``sessions`` start a step of ``step`` seconds on ``w`` at ``now`` (degraded past the valve's limit)."""
-        degraded = step > self._valve_s
-        end = now + (step * self.cfg.valve_step_ratio if degraded else step)
-        batch = []
-        for s in sessions:
-            batch.append((s, s.next_req, s.migrated_next))
-            s.in_flight = True
-            s.migrated_next = False
-        w.busy = True
-        w.step_end = end
-        self.seq += 1
-        heapq.heappush(self.heap, (end, _STEP, self.seq, (w, batch, now, degraded)))
-
-    def _wake(self, w: _Worker, t: float) -> None:
-        """Look at ``w`` again at ``t``, unless an earlier wake-up is set."""
-        if w.wake_at is None or t < w.wake_at:
-            w.wake_at = t
-            self.seq += 1
-            heapq.heappush(self.heap, (t, _WAKE, self.seq, w))
-
-    def _step_done(self, now: float, payload: tuple[_Worker, list, float, bool]) -> None:
-        """The step of ``payload`` (worker, batch, start time, degraded) ended at ``now``: its chunks are done."""
-        w, batch, started, degraded = payload
-        w.busy = False
-        n = len(batch)
-        self.s_n.append(n)
-        self.s_degraded.append(degraded)
-        if degraded:
-            self.counters["degraded_chunks"] += n
-        if self.cfg.record_chunks:
-            self.s_start.append(started)
-            self.s_done.append(now)
-            self.s_worker.append(w.idx)
-            for _, treq, mig in batch:
-                self.c_req.append(treq)
-                self.c_mig.append(mig)
-        window = self._ctx_window
-        dirty = self._dirty
-        add_sess, add_index, add_first, add_lat = self.c_sess.append, self.c_index.append, self.c_first.append, self.lat.append
-        for s, treq, _ in batch:
-            add_sess(s.idx)
-            add_index(s.next_index)
-            add_first(s.fresh)
-            s.fresh = False
-            lat = now - treq
-            if lat < 0.0:  # made ahead (phase alignment): ready before it was asked for
-                lat = 0.0
-            add_lat(lat)
-            s.in_flight = False
-            s.next_index += 1
-            # views are rebuilt only when something a policy sees changed
-            if s.recent != lat or s.ctx < window:
-                s.recent = lat
-                if s.ctx < window:
-                    s.ctx = min(s.ctx + s.frames, window)
-                if not s.dirty:
-                    s.dirty = True
-                    dirty.append(s)
-            if s.wants:
-                nxt = treq + s.period
-                s.next_req = nxt if nxt > now else now
-        if w.status is DRAINING:
-            self._maybe_release(w, now)
-        self._kick(w, now)
-
     # ------------------------------------------------------------ control tick
 
     def snapshot(self, now: float) -> Snapshot:
@@ -539,14 +375,13 @@ class Simulator:
         snap = self.snapshot(now)
         record_interval(self, now, snap)
         t0 = _time.perf_counter()
-        self._deferred = {}
+        self.steps.defer()
         actions, state[0] = policy.decide(snap, state[0], incremental=True)
         self.decide_s += _time.perf_counter() - t0
         for action in apply_order(actions):  # ScaleTo last (policies.semantics)
             self.actions.apply(action, now)
-        deferred, self._deferred = self._deferred, None
-        for w in deferred.values():
-            self._kick(w, now)
+        self.steps.start_deferred(now)
+
     # ------------------------------------------------------------ main loop
 
     def run(self) -> SimResult:
@@ -575,7 +410,7 @@ class Simulator:
         times.append(_INF)  # sentinel: no bounds check per event
         ti = 0
         handlers = [None] * _N_KINDS  # event kind -> handler(time, payload)
-        handlers[_STEP], handlers[_WAKE], handlers[_TICK] = self._step_done, self._on_wake, self._on_tick
+        handlers[_STEP], handlers[_WAKE], handlers[_TICK] = self.steps.step_done, self.steps.on_wake, self._on_tick
         handlers[_COPY], handlers[_RELEASE], handlers[_READY] = self._on_copy, self._on_release, self._on_ready
         handlers[_ADMIT] = self._on_admit
         self._admit_at = None  # time of the scheduled admission decision, if any
@@ -599,11 +434,6 @@ class Simulator:
 
     # ------------------------------------------------------------ event handlers
 
-    def _on_wake(self, t: float, w: _Worker) -> None:
-        if w.wake_at == t:
-            w.wake_at = None
-        self._kick(w, t)
-
     def _wants_admission(self, now: float) -> None:
         """A session became PENDING: place it at this instant (``place_on_arrival``), once per instant."""
         if self.cfg.place_on_arrival and self._admit_at != now:
@@ -620,13 +450,11 @@ class Simulator:
         t0 = _time.perf_counter()
         actions, state[0] = policy.admit(snap, state[0], incremental=True)
         self.decide_s += _time.perf_counter() - t0
-        self._deferred = {}
+        self.steps.defer()
         for action in apply_order(actions):
             if isinstance(action, (Place, Offload)):
                 self.actions.apply(action, t)
-        deferred, self._deferred = self._deferred, None
-        for w in deferred.values():
-            self._kick(w, t)
+        self.steps.start_deferred(t)
 
     def _on_tick(self, t: float, _: Any) -> None:
         if self._admit_at == t:

@@ -81,7 +81,7 @@ class _Worker:
         self.degree = 1  # a group's leader steps at its group's degree
         self.group: tuple[str, ...] = ()  # the workers of its parallel group, leader first
         # (valve group size, step time of n sessions, their raw step times): the batching
-        # rules' numbers for this degree and batch cap (Simulator._rules), looked up once; None: not yet
+        # rules' numbers for this degree and batch cap (StepRunner.rules), looked up once; None: not yet
         self.rules: tuple[float, Callable[[int], float], list[float]] | None = None
 
     def regroup(self, degree: int, max_batch: int) -> None:
