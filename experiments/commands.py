@@ -175,6 +175,28 @@ def _frontier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _waits(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from experiments.waits import explain, summary
+
+    if args.gpus < 1:
+        raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
+    traces = _traces(args)
+    if len(traces) != 1:
+        raise ValueError(f"give one --scenario or --trace, got {len(traces)}")
+    table, header = explain(traces[0], family=args.family, knob=args.knob, gpus=args.gpus, seed=args.seed,
+                            config=sim_config(args), duration_s=args.duration_s, scale=args.scale,
+                            model=None if args.model == "mix" else args.model, max_batch=args.max_batch)
+    print(header)
+    with pd.option_context("display.width", 120, "display.float_format", "{:.3f}".format):
+        print(summary(table).to_string(index=False))
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"wrote {args.out} ({len(table)} chunks: kind, cause, latency of each)")
+    return 0
+
+
 def _parallelism(args: argparse.Namespace) -> int:
     from experiments.parallelism import POLICIES, format_capacity, parallelism_experiment
 
@@ -257,6 +279,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fr.add_argument("--out", required=True, help="output folder")
     fr.add_argument("--no-progress", action="store_true", help="no progress bar")
     fr.set_defaults(func=_frontier)
+
+    wt = sub.add_parser("waits", help="where one run's admission waits (TTFC, resume) and stalls come from, by cause")
+    _add_trace_options(wt)
+    wt.add_argument("--gpus", type=int, default=64, help="cluster size (default 64)")
+    wt.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
+    wt.add_argument("--family", default="turboserve", help="policy family (experiments.frontier.FAMILIES; default turboserve)")
+    wt.add_argument("--knob", type=float, default=None, help="the family's knob value (default: its standard one)")
+    wt.add_argument("--out", default=None, metavar="CSV", help="also write every waited-for chunk with its cause")
+    wt.set_defaults(func=_waits)
 
     pa = sub.add_parser("parallelism", help="fixed parallel degrees vs the adaptive policy on a model mix")
     pa.add_argument("--trace", action="append", metavar="FILE", help="trace file (Parquet/CSV; repeatable)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import pathlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -33,6 +34,7 @@ from experiments.sim.config import PolicySet, PolicySpec, SimConfig
 from experiments.sim.models import model_cost
 from experiments.sim.oracle import best_batch, oracle_bound, oracle_peak
 from experiments.sim.pools import prepare_pools, run_pools, share_gpus
+from experiments.sim.result import SimResult
 from experiments.sim.run import summary_of
 from framework import config as tconfig
 
@@ -327,40 +329,13 @@ def run_trace(
         if (prepared.gpus, prepared.max_batch) != (gpus, max_batch):
             raise ValueError(f"trace {prepared.name!r} was prepared for gpus={prepared.gpus}, max_batch="
                              f"{prepared.max_batch!r}, not gpus={gpus}, max_batch={max_batch!r}; prepare it again")
-        if _oracle_inputs(prepared.config) != _oracle_inputs(base):
-            raise ValueError(f"trace {prepared.name!r} was prepared with another latency, SLO, batch cap, GPU memory or "
-                             "start-up time than this config; prepare it with this config")
     else:
         prepared = prepare_trace(trace, gpus, config=base, max_batch=max_batch)
-    trace, pools, end, share = prepared.trace, prepared.pools, prepared.end_s, prepared.share
-    caps, oracles = prepared.caps, prepared.oracles
+    trace, oracles = prepared.trace, prepared.oracles
     rows, chunks, intervals = [], {}, {}
-    minimum = int(tconfig.get("autoscale.minimum"))
-
-    def setup_for(label: str):
-        def setup(model: str, pool_gpus: int) -> tuple[PolicySet, SimConfig]:
-            cost = model_cost(model)
-            sets = policy_sets(pool_gpus, new_session_bytes=prepared.state_bytes[model],
-                               worker_memory=int(base.gpu_memory_bytes - cost.weights_bytes), max_batch=caps[model])
-            # Autoscaled runs start warm at the size the load at time 0 needs (the trace
-            # starts in steady state), never below the configured minimum.
-            at_start = math.ceil(prepared.at_start[model] / caps[model])
-            policy = resolve_policy(label, sets, pool_gpus)
-            static = policy.autoscaling.name == "fixed"
-            warm = pool_gpus if static else min(max(minimum, at_start, 1), pool_gpus)
-            # With the quality valve a worker's engine may run a degraded step up to the
-            # batch whose degraded step meets the SLO; the policies still place and size
-            # the cluster for b* (the valve absorbs overflows, it is not capacity to fill).
-            cap = valve_batch_cap(model, base) if base.quality_valve and max_batch == "slo" else caps[model]
-            cfg = base.with_(initial_workers=warm, min_workers=min(minimum, pool_gpus), max_workers=pool_gpus,
-                             max_batch=cap, placement_batch=min(caps[model], cap), end_s=end,
-                             record_chunks=record_chunks)
-            return policy, cfg
-        return setup
-
     for label in policies:
         t0 = time.perf_counter()
-        result = run_pools(pools, setup_for(label), share)
+        result = simulate(prepared, label, base, record_chunks=record_chunks)
         row = summary_of(result, trace=trace.name, gpus=gpus)
         row["sim_wall_s"] = round(time.perf_counter() - t0, 2)
         row["scale"] = trace.scale
@@ -372,6 +347,43 @@ def run_trace(
     if with_oracle:
         rows.append({**_oracle_row(trace.name, gpus, oracles), "scale": trace.scale})
     return rows, chunks, intervals
+
+
+def simulate(prepared: PreparedTrace, policy: str | PolicySet | Callable[..., PolicySet], config: SimConfig,
+             *, record_chunks: bool = True) -> SimResult:
+    """One run of ``policy`` on a prepared trace, as :func:`run_trace` makes it: its whole :class:`SimResult`.
+
+    ``policy``: a label of :data:`POLICY_LABELS`, a ``placement+autoscaling+offload``
+    label, a :class:`PolicySet` or a builder of one. Every pool gets its batch cap
+    ``b*`` (the valve's batch cap on the quality valve) and starts warm at the size its
+    load at time 0 needs. ``config`` may differ from ``prepared.config`` only where the
+    oracles do not look (the quality valve, say); a ValueError says so otherwise.
+    """
+    if _oracle_inputs(prepared.config) != _oracle_inputs(config):
+        raise ValueError(f"trace {prepared.name!r} was prepared with another latency, SLO, batch cap, GPU memory or "
+                         "start-up time than this config; prepare it with this config")
+    caps, minimum = prepared.caps, int(tconfig.get("autoscale.minimum"))
+
+    def setup(model: str, pool_gpus: int) -> tuple[PolicySet, SimConfig]:
+        cost = model_cost(model)
+        sets = policy_sets(pool_gpus, new_session_bytes=prepared.state_bytes[model],
+                           worker_memory=int(config.gpu_memory_bytes - cost.weights_bytes), max_batch=caps[model])
+        # Autoscaled runs start warm at the size the load at time 0 needs (the trace
+        # starts in steady state), never below the configured minimum.
+        at_start = math.ceil(prepared.at_start[model] / caps[model])
+        policies = resolve_policy(policy, sets, pool_gpus)
+        static = policies.autoscaling.name == "fixed"
+        warm = pool_gpus if static else min(max(minimum, at_start, 1), pool_gpus)
+        # With the quality valve a worker's engine may run a degraded step up to the
+        # batch whose degraded step meets the SLO; the policies still place and size
+        # the cluster for b* (the valve absorbs overflows, it is not capacity to fill).
+        cap = valve_batch_cap(model, config) if config.quality_valve and prepared.max_batch == "slo" else caps[model]
+        cfg = config.with_(initial_workers=warm, min_workers=min(minimum, pool_gpus), max_workers=pool_gpus,
+                           max_batch=cap, placement_batch=min(caps[model], cap), end_s=prepared.end_s,
+                           record_chunks=record_chunks)
+        return policies, cfg
+
+    return run_pools(prepared.pools, setup, prepared.share)
 
 
 def _oracle_row(trace: str, gpus: int, oracles: dict) -> dict[str, Any]:
