@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["policies.admission", "policies.placement", "policies.autoscaling", "policies.offload", "policies.combined",
+MODULES = ["policies.admission", "policies.ledger_cache", "policies.placement", "policies.autoscaling", "policies.offload", "policies.combined",
            "policies.reference_autoscalers"]
 
 

@@ -154,7 +154,7 @@ class ActionApplier:
         if s.wants:
             self.sim._set_status(s, ACTIVE, now)
             w.active[s.idx] = s
-            self.sim._kick(w, now)
+            self.sim.steps.kick(w, now)
         else:
             self.sim._set_status(s, IDLE, now)
 
@@ -199,7 +199,7 @@ class ActionApplier:
                     w.status = RUNNING
                     self.sim._wviews = None
                     live.append(w)
-                    self.sim._kick(w, now)
+                    self.sim.steps.kick(w, now)
             if n == len(live):
                 self._accept(now, action, str(n))
                 return
@@ -304,7 +304,7 @@ class ActionApplier:
         self.groups[leader.address] = ParallelGroup(f"g-{leader.address}", tuple(action.workers), k, sim.wl.model)
         self._records = None
         self._accept(now, action)
-        sim._kick(leader, now)
+        sim.steps.kick(leader, now)
 
     def _split(self, action: SplitGroup, now: float) -> None:
         sim = self.sim
@@ -321,4 +321,4 @@ class ActionApplier:
         self._records = None
         self._accept(now, action)
         for a in action.workers:
-            sim._kick(sim.by_addr[a], now)
+            sim.steps.kick(sim.by_addr[a], now)

@@ -225,10 +225,10 @@ class Simulator:
         self.cost_t = 0.0
         self.decide_s = 0.0
         self.max_abandoned_wait = 0.0
-        self.steps = StepRunner(self)  # starts, times and ends the workers' steps
-        # Start a step on a worker if it is free and has due requests, else set its wake-up:
-        # what this state's changes (and the action mechanisms) call when a worker may have work.
-        self._kick = self.steps.kick
+        # Starts, times and ends the workers' steps: ``steps.kick(w, now)`` starts a step on a
+        # free worker with due requests, else sets its wake-up; what this state's changes (and
+        # the action mechanisms) call when a worker may have work.
+        self.steps = StepRunner(self)
         self.actions = ActionApplier(self)  # applies the policies' actions to this state
 
     # ------------------------------------------------------------ plumbing
@@ -300,7 +300,7 @@ class Simulator:
             if s.status is IDLE:
                 self._set_status(s, ACTIVE, now)
                 s.worker.active[i] = s
-                self._kick(s.worker, now)
+                self.steps.kick(s.worker, now)
             elif s.status is SUSPENDED:
                 self._set_status(s, PENDING, now)
                 self._wants_admission(now)
@@ -363,7 +363,7 @@ class Simulator:
         else:
             self._set_status(s, IDLE, now)
         self._maybe_release(src, now)
-        self._kick(target, now)
+        self.steps.kick(target, now)
 
     # ------------------------------------------------------------ control tick
 
@@ -474,11 +474,11 @@ class Simulator:
         w, nbytes = payload
         w.used -= nbytes
         self._maybe_release(w, t)
-        self._kick(w, t)
+        self.steps.kick(w, t)
 
     def _on_ready(self, t: float, w: _Worker) -> None:
         if w.status is STARTING and w.released is None:
             w.status = RUNNING
             w.view = None
             self._wviews = None
-            self._kick(w, t)
+            self.steps.kick(w, t)
