@@ -11,9 +11,11 @@ worker joins or leaves, a session opens, closes, pauses, suspends or resumes), i
 2. calls the placement, offload and autoscaling policies together
    (:class:`policies.combined.Combined`, built from :class:`ControlSettings`);
 3. checks every action with the shared rules of :mod:`policies.semantics` (the
-   simulator uses the same ones) and applies it through the :class:`Mechanisms`
-   protocol, each session action as its own task so that a slow migration never blocks
-   the next tick.
+   simulator uses the same ones) and hands the accepted ones to its
+   :class:`~framework.control_actions.ActionRunner`, which carries them out through the
+   :class:`Mechanisms` protocol, each session action as its own task so that a slow
+   migration never blocks the next tick, and tracks them until they finish (the actions
+   in flight that the snapshot and the checks read).
 
 A refused action is logged with its reason and counted by category; a failing tick is
 logged with ``exc_info`` and the loop goes on. Every decision lands in a bounded log
@@ -45,6 +47,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, replace
 from typing import Any, Protocol
 
+from framework.control_actions import ActionRunner, ActuatorProtocol
 from framework.control_settings import ControlSettings
 from framework.control_snapshot import LatencyEstimator, build_snapshot, interval_row
 from framework.fleet import WorkerFleet
@@ -52,7 +55,6 @@ from framework.registry import SessionRecord
 from policies.semantics import (
     ActionRefused,
     Decision,
-    Refusal,
     SessionFacts,
     WorkerFacts,
     apply_order,
@@ -63,17 +65,11 @@ from policies.semantics import (
 from policies.types import (
     Action,
     BatchLatencyModel,
-    FormGroup,
-    Migrate,
     Offload,
     Place,
-    Reject,
-    Resume,
-    Retire,
     ScaleTo,
     SessionStatus,
     Snapshot,
-    SplitGroup,
     WorkerStatus,
 )
 
@@ -84,20 +80,18 @@ logger = logging.getLogger(__name__)
 #: Decisions and interval rows kept for ``turboserve_control_log``.
 LOG_LIMIT = 100_000
 INTERVAL_COLUMNS = ("time_s", "n_workers", "n_active", "n_idle", "n_suspended", "migrations", "cost_gpu_s")
-#: Seconds a drain waits for the actions in flight into the worker it empties.
-DRAIN_WAIT_S = 30.0
 
 
-class Mechanisms(Protocol):
+class Mechanisms(ActuatorProtocol, Protocol):
     """What the control loop needs of the cluster it steers.
 
     Live: :class:`~framework.scheduler_plugin.TurboserveScheduler`; in tests, an
-    in-memory fake. The ``async`` methods raise on failure (the loop logs and counts
-    it; the next tick sees the real state).
+    in-memory fake. The actions' side (``workers``, ``scalable``, ``scale``, ``place``,
+    ``migrate``, ``suspend``, ``resume``, ``drain``, ``undrain``) is
+    :class:`~framework.control_actions.ActuatorProtocol`, what the loop's ``ActionRunner``
+    calls; the ``async`` methods raise on failure (the runner logs and counts it; the
+    next tick sees the real state). Added here: what the snapshot and the checks read.
     """
-
-    def workers(self) -> list[str]:
-        """Addresses of the workers in the cluster now."""
 
     def records(self) -> Iterable[SessionRecord]:
         """The open sessions' records."""
@@ -108,31 +102,7 @@ class Mechanisms(Protocol):
     def tiers(self) -> Collection[str]:
         """Offload tiers available (``disk`` needs a checkpoint store)."""
 
-    def scalable(self) -> bool:
-        """Whether a cluster manager follows :meth:`scale` and closes drained workers."""
-
-    def scale(self, n: int) -> None:
-        """Ask the cluster manager for ``n`` workers."""
-
-    async def place(self, session_id: str, worker: str) -> Any:
-        """Start a pending session on ``worker``."""
-
-    async def migrate(self, session_id: str, target: str) -> Any:
-        """Move a session to ``target`` at a chunk boundary."""
-
-    async def suspend(self, session_id: str, tier: str) -> Any:
-        """Offload an idle session's state to ``tier``."""
-
-    async def resume(self, session_id: str, worker: str) -> Any:
-        """Bring a suspended session back on ``worker``."""
-
-    async def drain(self, worker: str) -> Any:
-        """Move every session off ``worker``; it stays in the cluster, marked draining."""
-
-    def undrain(self, worker: str) -> None:
-        """Put a drained worker back in service."""
-
-    # Optional (parallel groups; a runtime without them leaves both out):
+    # Optional (a runtime without them leaves them out; the last two are the ActionRunner's):
     #   parallel_groups() -> list[policies.types.ParallelGroup]   the groups of degree > 1
     #   worker_models() -> {address: frozenset | None}            model pools (None or absent: any model)
     #   warming() -> Collection[str]                               joined, model not loaded yet (shown STARTING)
@@ -157,8 +127,8 @@ class _LiveFacts:
         rec = self._records.get(session_id)
         if rec is None:
             return None
-        entry = self._loop._inflight.get(session_id)
-        busy = f"a {type(entry[0]).__name__}" if entry is not None else None
+        action = self._loop.actions.busy(session_id)
+        busy = f"a {type(action).__name__}" if action is not None else None
         if busy is None and rec.status is SessionStatus.PENDING and self._loop.mechanisms.admitting(session_id):
             busy = "its admission by the runtime"
         return SessionFacts(
@@ -211,7 +181,6 @@ class ControlLoop:
         self.policy = settings.build()
         self.state = self.policy.initial_state()
         self.latency = LatencyEstimator(settings.latency_points)
-        self._regroups: set[asyncio.Task] = set()  # FormGroup / SplitGroup being applied
         self.decisions: deque[Decision] = deque(maxlen=LOG_LIMIT)
         self.intervals: deque[tuple] = deque(maxlen=LOG_LIMIT)
         self.counters: Counter[str] = Counter()
@@ -221,8 +190,8 @@ class ControlLoop:
         self._origin = clock()
         #: The workers asked for, running, draining and released (their cost, the start-up times).
         self.fleet = WorkerFleet(clock, mechanisms.workers())
-        self._inflight: dict[str, tuple[Action, asyncio.Task]] = {}
-        self._drains: dict[str, asyncio.Task] = {}
+        #: Carries the accepted actions out and tracks them until they finish.
+        self.actions = ActionRunner(mechanisms, self.fleet, on_done=self.kick)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -277,9 +246,7 @@ class ControlLoop:
     def worker_removed(self, address: str) -> None:
         """Record the worker's end (cost), forget its drain, tick early."""
         self.fleet.left(address)
-        task = self._drains.pop(address, None)
-        if task is not None:
-            task.cancel()
+        self.actions.cancel_drain(address)
         self.kick()
 
     # ------------------------------------------------------------ running
@@ -299,18 +266,14 @@ class ControlLoop:
     async def stop(self) -> None:
         """Stop ticking and cancel the actions and drains in flight."""
         self._closing = True
-        tasks = [t for _, t in self._inflight.values()] + list(self._drains.values())
         if self._task is not None:
-            tasks.append(self._task)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+            self._task.cancel()
+        await self.actions.stop()
+        if self._task is not None:
             try:
-                await task
+                await self._task
             except BaseException:
                 pass
-        self._inflight.clear()
-        self._drains.clear()
         self._task = None
 
     async def _run(self) -> None:
@@ -366,11 +329,11 @@ class ControlLoop:
                 n, clipped = clip_scale(action, self.settings.minimum, self.settings.maximum)
                 if clipped is not None:
                     out.append(self._refuse(now, action, clipped, worker=""))
-                reason = self._scale_to(n, action)
+                reason = self.actions.scale_to(n, action)
                 where = str(n)
             else:
                 check(action, _LiveFacts(self))
-                reason, where = self._start(action), None
+                reason, where = self.actions.start(action), None
         except ActionRefused as exc:
             out.append(self._refuse(now, action, exc, worker=str(n) if isinstance(action, ScaleTo) else None))
         else:
@@ -386,102 +349,7 @@ class ControlLoop:
         self.decisions.append(decision)
         return decision
 
-    # ------------------------------------------------------------ mechanisms
-
-    def _start(self, action: Action) -> str | None:
-        """Hand an accepted action to the mechanisms; returns the decision's reason (None: its cause)."""
-        m = self.mechanisms
-        if isinstance(action, Retire):
-            return self._retire(action)
-        if isinstance(action, (FormGroup, SplitGroup)):
-            return self._regroup(action)
-        if isinstance(action, Reject):
-            raise ActionRefused(Refusal.REJECT_BY_EXECUTOR,
-                                "live admission follows turboserve.admission.on-full; the runtime refuses or queues")
-        if isinstance(action, Place):
-            coro = m.place(action.session_id, action.worker)
-        elif isinstance(action, Migrate):
-            coro = m.migrate(action.session_id, action.target)
-        elif isinstance(action, Offload):
-            coro = m.suspend(action.session_id, action.tier)
-        elif isinstance(action, Resume):
-            coro = m.resume(action.session_id, action.worker)
-        else:  # pragma: no cover - check() refuses unknown types first
-            raise ActionRefused(Refusal.UNKNOWN_ACTION, f"unknown action type {type(action).__name__}")
-        task = asyncio.get_running_loop().create_task(self._run_action(action, coro))
-        self._inflight[action.session_id] = (action, task)
-        return None
-
-    async def _run_action(self, action: Action, coro: Any) -> None:
-        sid = action.session_id
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # Accepted, then failed in the mechanism (the session closed meanwhile, a
-            # transfer broke): logged and counted; the next tick sees the real state.
-            self.counters["failed_actions"] += 1
-            logger.warning("applying %r failed: %r", action, exc, exc_info=True)
-        finally:
-            entry = self._inflight.get(sid)
-            if entry is not None and entry[0] is action:
-                del self._inflight[sid]
-            self.kick()
-
-    def _scale_to(self, n: int, action: ScaleTo) -> str:
-        if not self.mechanisms.scalable():
-            raise ActionRefused(Refusal.NO_AUTOSCALER,
-                                "no autoscaler attached (start one with server.adapt() or Server.local(adaptive=True))")
-        self.fleet.scale_to(n)
-        self.mechanisms.scale(n)
-        kept = self._keep_drained()
-        return f"{action.cause} (target {n})" + (f"; kept drained {kept} in service" if kept else "")
-
-    def _keep_drained(self) -> list[str]:
-        """On a scale-out, put drained workers not yet closed back in service first.
-
-        Which ones: :meth:`WorkerFleet.keep_drained <framework.fleet.WorkerFleet.keep_drained>`;
-        not those the cluster manager is closing now (``closing()``: it was offered them
-        and will close them; the target covers them).
-        """
-        closing = getattr(self.mechanisms, "closing", None)
-        closing = frozenset() if closing is None else frozenset(closing())
-        kept = self.fleet.keep_drained(self.mechanisms.workers(), closing)
-        for addr in kept:
-            self.mechanisms.undrain(addr)
-        return kept
-
-    def _retire(self, action: Retire) -> str | None:
-        if not self.mechanisms.scalable():
-            raise ActionRefused(Refusal.NO_AUTOSCALER, "no autoscaler attached to close the worker")
-        addr = action.worker
-        if addr not in self.mechanisms.workers():  # a STARTING placeholder
-            return "cancel a requested worker (the target covers it)"
-        self.fleet.retire(addr)
-        self._drains[addr] = asyncio.get_running_loop().create_task(self._drain(addr))
-        return None
-
-    def _regroup(self, action: FormGroup | SplitGroup) -> str | None:
-        set_parallelism = getattr(self.mechanisms, "set_parallelism", None)
-        if set_parallelism is None:
-            raise ActionRefused(Refusal.UNKNOWN_ACTION, "this runtime has no parallel groups")
-        degree = len(action.workers) if isinstance(action, FormGroup) else 1
-        task = asyncio.get_running_loop().create_task(self._run_regroup(action, set_parallelism(action.workers, degree)))
-        self._regroups.add(task)
-        task.add_done_callback(self._regroups.discard)
-        return None
-
-    async def _run_regroup(self, action: FormGroup | SplitGroup, coro: Any) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the runtime kept the old layout; the next tick sees it
-            self.counters["failed_actions"] += 1
-            logger.warning("applying %r failed: %r", action, exc, exc_info=True)
-        finally:
-            self.kick()
+    # ------------------------------------------------------------ optional mechanisms
 
     def groups(self) -> list[Any]:
         """The runtime's parallel groups now (none when it has no such mechanism)."""
@@ -497,26 +365,6 @@ class ControlLoop:
         """The models each worker serves (none named when the runtime has no model pools)."""
         models = getattr(self.mechanisms, "worker_models", None)
         return {} if models is None else dict(models())
-
-    async def _drain(self, addr: str) -> None:
-        try:
-            # Wait for actions in flight that touch this worker (a migration into it).
-            pending = [t for a, t in self._inflight.values()
-                       if getattr(a, "target", None) == addr or getattr(a, "worker", None) == addr]
-            if pending:
-                await asyncio.wait(pending, timeout=DRAIN_WAIT_S)
-            await self.mechanisms.drain(addr)
-            self.fleet.drain_done(addr)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.counters["failed_actions"] += 1
-            logger.warning("draining %s failed; it stays in service: %r", addr, exc, exc_info=True)
-            self.fleet.drain_failed(addr)
-            self.mechanisms.undrain(addr)  # the runtime marked it draining when the drain began
-        finally:
-            self._drains.pop(addr, None)
-            self.kick()
 
     # ------------------------------------------------------------ views
 
@@ -546,7 +394,7 @@ class ControlLoop:
             starting=self.starting(live),
             records=self.mechanisms.records(),
             admitting=self.mechanisms.admitting,
-            in_flight={sid: a for sid, (a, _) in self._inflight.items()},
+            in_flight=self.actions.in_flight(),
             clock=self._trace_s,
             time_scale=s.time_scale,
             slo_s=s.slo_s,
@@ -613,7 +461,7 @@ class ControlLoop:
             "decide_ms_mean": 1e3 * self.decide_s / ticks if ticks else None,
             "decide_ms_max": 1e3 * self.decide_max_s,
             "accepted": {k[len("accepted:"):]: v for k, v in self.counters.items() if k.startswith("accepted:")},
-            "failed_actions": self.counters["failed_actions"],
+            "failed_actions": self.actions.failed,
             "refused": dict(sorted(self.refused.items())),
             "target": self.fleet.target,
             "retiring": sorted(self.fleet.retiring),

@@ -16,8 +16,8 @@ new workers (:meth:`WorkerFleet.keep_drained`), and admission takes it for a ses
 that lost its worker (:meth:`framework.admission.Admission.reclaim_drained`, which puts
 it back with :meth:`WorkerFleet.put_back` when the session does not fit there either).
 
-Plain bookkeeping, no Dask and no event loop: the drains themselves run in
-:class:`~framework.controller.ControlLoop`, the cluster manager behind its
+Plain bookkeeping, no Dask and no event loop: the drains themselves run in the loop's
+:class:`~framework.control_actions.ActionRunner`, the cluster manager behind its
 ``Mechanisms``. Times are the ``clock``'s (wall seconds).
 """
 

@@ -129,7 +129,7 @@ def settings(**kw) -> ControlSettings:
 async def settle(loop: ControlLoop) -> None:
     """Let the actions and drains in flight finish."""
     for _ in range(100):
-        tasks = [t for _, t in loop._inflight.values()] + list(loop._drains.values())
+        tasks = loop.actions.tasks()
         if not tasks:
             return
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -326,7 +326,7 @@ def test_a_failing_mechanism_is_counted_and_the_next_tick_sees_the_real_state():
         loop = ControlLoop(settings(autoscaling_params={"n": 1}), cluster, Clock())
         assert accepted(await loop.tick(), "Place")
         await settle(loop)
-        assert loop.counters["failed_actions"] == 1 and cluster._records["new"].status is PENDING
+        assert loop.stats()["failed_actions"] == 1 and cluster._records["new"].status is PENDING
         cluster.fail.clear()
         assert accepted(await loop.tick(), "Place")  # tried again
         await settle(loop)

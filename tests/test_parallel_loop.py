@@ -50,8 +50,8 @@ def _loop(runtime) -> ControlLoop:
 
 
 async def _settle(loop: ControlLoop) -> None:
-    while loop._regroups:
-        await asyncio.gather(*loop._regroups)
+    while tasks := loop.actions.tasks():
+        await asyncio.gather(*tasks)
 
 
 def test_form_and_split_go_to_set_parallelism_and_the_snapshot_shows_the_group():

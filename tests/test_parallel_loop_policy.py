@@ -58,8 +58,8 @@ def _settings(**kw) -> ControlSettings:
 
 
 async def _regrouped(loop: ControlLoop) -> None:
-    while loop._regroups:
-        await asyncio.gather(*loop._regroups)
+    while tasks := loop.actions.tasks():
+        await asyncio.gather(*tasks)
 
 
 def test_the_settings_carry_the_simulators_step_model_and_the_parallelism_policy():

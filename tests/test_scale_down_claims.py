@@ -4,7 +4,7 @@ Dask's ``Adaptive`` asks :meth:`SessionAdaptive.workers_to_close` for the draine
 workers to close and then, in ``scale_down``, retires and closes them: a round trip and
 an ``await`` later. Before the workers offered were claimed, anything that placed a
 session in that window could put it on the worker being closed: a scale-out putting
-drained workers back in service (``ControlLoop._keep_drained``), then an open; a
+drained workers back in service (``ActionRunner._keep_drained``), then an open; a
 recovery taking back a drained worker (``Admission.reclaim_drained``). An earlier chaos
 run lost a session that way ("ConnectionPool is closed" on the worker being closed).
 
