@@ -288,7 +288,7 @@ def test_every_chunk_of_every_session_arrives_once_and_in_order(placement, autos
 
 
 def test_a_scale_up_takes_a_draining_worker_back_before_starting_a_new_one():
-    # w0 is retired at t=2 while the target stays 2: as live (Controller._keep_drained),
+    # w0 is retired at t=2 while the target stays 2: as live (framework.control_actions.ActionRunner._keep_drained),
     # the next ScaleTo(2) puts the draining w0 back in service instead of starting a
     # third worker (which a 2-GPU cluster could not hold anyway).
     from policies.types import Retire
