@@ -145,28 +145,6 @@ def _record(server, session):
 
 
 @pytest.mark.slow
-def test_the_registry_s_epoch_is_the_store_s_through_every_move(tmp_path, model):
-    with Server.local(n_workers=2, model="tiny", store=str(tmp_path), dashboard_address=None) as server:
-        store = CheckpointStore(tmp_path)
-        s = server.open_session(PROMPT, seed=4)
-        chunks = list(s.stream(1))
-        epochs = [_record(server, s)["epoch"]]
-        s.migrate(next(w for w in server.workers() if w != s.worker))
-        chunks += list(s.stream(1))
-        epochs.append(_record(server, s)["epoch"])
-        assert store.owner_epoch(s.id) == epochs[-1]
-        s.suspend(to="disk")
-        s.resume(next(w for w in server.workers() if w != s.worker))
-        chunks += list(s.stream(1))
-        epochs.append(_record(server, s)["epoch"])
-        assert store.owner_epoch(s.id) == epochs[-1]
-        s.close()
-    assert epochs == sorted(set(epochs)) and epochs[0] >= 1, epochs
-    for got, want in zip(chunks, _reference(model, 4, 3), strict=True):
-        np.testing.assert_array_equal(got.frames, want)
-
-
-@pytest.mark.slow
 def test_a_migration_whose_target_dies_at_0_150_and_400_ms_loses_and_repeats_nothing(tmp_path, model):
     delays = (0.0, 0.15, 0.4)
     with Server.local(n_workers=3, model="tiny", store=str(tmp_path), checkpoint_every=1,
@@ -175,7 +153,9 @@ def test_a_migration_whose_target_dies_at_0_150_and_400_ms_loses_and_repeats_not
         chunks = list(s.stream(2))
         outcomes = []
         for delay in delays:
-            server.client.wait_for_workers(3, timeout=120)
+            # A source and a live target: the worker killed last restarts meanwhile (a
+            # restart takes seconds: waiting for all three cost one restart a kill).
+            server.client.wait_for_workers(2, timeout=120)
             source = s.worker
             target = next(w for w in server.workers() if w != source)
             pid = server.client.run(os.getpid, workers=[target])[target]
@@ -207,22 +187,56 @@ def test_a_migration_whose_target_dies_at_0_150_and_400_ms_loses_and_repeats_not
         np.testing.assert_array_equal(got.frames, want)
 
 
-@pytest.mark.slow
-def test_a_stale_owner_hands_out_no_chunk_and_cannot_save(tmp_path, model):
-    with Server.local(n_workers=1, model="tiny", store=str(tmp_path), checkpoint_every=1,
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """One 2-worker cluster (a checkpoint every chunk) for the live tests that kill nothing.
+
+    Its tests run after the kill test (which starts its own cluster), so that the two
+    clusters never run at once.
+    """
+    root = tmp_path_factory.mktemp("live-state")
+    with Server.local(n_workers=2, model="tiny", store=str(root), checkpoint_every=1,
                       dashboard_address=None) as server:
-        s = server.open_session(PROMPT, seed=5)
-        list(s.stream(1))
-        info = s.record()
-        worker, key, epoch = info["worker"], info["actor_key"], info["epoch"]
-        rpc = s._rpc_to(worker)  # with the session's access token
-        server.client.sync(call_actor, rpc, key, "request", 3)
-        # A newer owner (a recovery elsewhere, while this worker lives on) claims the session.
-        CheckpointStore(tmp_path).claim(s.id, epoch + 1)
-        with pytest.raises(SessionMoved, match=f"epoch {epoch} is stale"):
-            server.client.sync(call_actor, rpc, key, "poll", 1, 10.0)
-        events = server.client.sync(call_actor, rpc, key, "events")
-        assert [e for e in events if e["kind"] == "fenced"][0]["owner_epoch"] == epoch + 1
-        state = server.client.sync(call_actor, rpc, key, "info")
-        assert not state["attached"] and state["unread"] == 0  # off the engine, nothing to hand out
-        assert CheckpointStore(tmp_path).owner_epoch(s.id) == epoch + 1  # its saves did not undo the claim
+        yield server, root
+
+
+@pytest.mark.slow
+def test_the_registry_s_epoch_is_the_store_s_through_every_move(live, model):
+    server, root = live
+    store = CheckpointStore(root)
+    s = server.open_session(PROMPT, seed=4)
+    chunks = list(s.stream(1))
+    epochs = [_record(server, s)["epoch"]]
+    s.migrate(next(w for w in server.workers() if w != s.worker))
+    chunks += list(s.stream(1))
+    epochs.append(_record(server, s)["epoch"])
+    assert store.owner_epoch(s.id) == epochs[-1]
+    s.suspend(to="disk")
+    s.resume(next(w for w in server.workers() if w != s.worker))
+    chunks += list(s.stream(1))
+    epochs.append(_record(server, s)["epoch"])
+    assert store.owner_epoch(s.id) == epochs[-1]
+    s.close()
+    assert epochs == sorted(set(epochs)) and epochs[0] >= 1, epochs
+    for got, want in zip(chunks, _reference(model, 4, 3), strict=True):
+        np.testing.assert_array_equal(got.frames, want)
+
+
+@pytest.mark.slow
+def test_a_stale_owner_hands_out_no_chunk_and_cannot_save(live):
+    server, root = live
+    s = server.open_session(PROMPT, seed=5)
+    list(s.stream(1))
+    info = s.record()
+    worker, key, epoch = info["worker"], info["actor_key"], info["epoch"]
+    rpc = s._rpc_to(worker)  # with the session's access token
+    server.client.sync(call_actor, rpc, key, "request", 3)
+    # A newer owner (a recovery elsewhere, while this worker lives on) claims the session.
+    CheckpointStore(root).claim(s.id, epoch + 1)
+    with pytest.raises(SessionMoved, match=f"epoch {epoch} is stale"):
+        server.client.sync(call_actor, rpc, key, "poll", 1, 10.0)
+    events = server.client.sync(call_actor, rpc, key, "events")
+    assert [e for e in events if e["kind"] == "fenced"][0]["owner_epoch"] == epoch + 1
+    state = server.client.sync(call_actor, rpc, key, "info")
+    assert not state["attached"] and state["unread"] == 0  # off the engine, nothing to hand out
+    assert CheckpointStore(root).owner_epoch(s.id) == epoch + 1  # its saves did not undo the claim
