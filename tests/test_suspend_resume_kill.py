@@ -36,6 +36,9 @@ from workers.errors import TransferError
 pytestmark = pytest.mark.slow
 
 PROMPT = "a lighthouse in a storm"
+# Each test kills one worker and goes on on another: two suffice (a third only cost its
+# start-up, and CPU while the killed one restarts).
+N_WORKERS = 2
 
 
 def uninterrupted(seed: int, n: int) -> list[np.ndarray]:
@@ -50,7 +53,7 @@ def server(tmp_path_factory):
     # A worker restarted by its nanny may take longer than Dask's 15 s to register on a
     # loaded machine (issue 13, item 6): give it time, as the chaos suite does.
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "120s"}), Server.local(
-        n_workers=3, model="tiny", store=str(store), checkpoint_every=1, dashboard_address=":0",
+        n_workers=N_WORKERS, model="tiny", store=str(store), checkpoint_every=1, dashboard_address=":0",
     ) as server:
         yield server
 
@@ -66,7 +69,7 @@ def wait_for_workers(server, n: int) -> None:
 
 
 def test_a_stream_whose_wake_up_resume_loses_its_worker_goes_on_elsewhere(server, kill_at_actor_start):
-    wait_for_workers(server, 3)
+    wait_for_workers(server, N_WORKERS)
     s = server.open_session(PROMPT, seed=21)
     chunks = list(s.stream(2))
     s.suspend(to="disk")
@@ -83,7 +86,7 @@ def test_a_stream_whose_wake_up_resume_loses_its_worker_goes_on_elsewhere(server
 
 
 def test_a_resume_whose_worker_dies_is_placed_again_when_no_worker_was_named(server, kill_at_actor_start):
-    wait_for_workers(server, 3)
+    wait_for_workers(server, N_WORKERS)
     s = server.open_session(PROMPT, seed=22)
     chunks = list(s.stream(2))
     s.suspend(to="disk")
@@ -101,7 +104,7 @@ def test_a_resume_whose_worker_dies_is_placed_again_when_no_worker_was_named(ser
 
 
 def test_a_resume_on_a_named_worker_that_dies_is_a_transfer_error_and_the_session_stays_whole(server, kill_at_actor_start):
-    wait_for_workers(server, 3)
+    wait_for_workers(server, N_WORKERS)
     s = server.open_session(PROMPT, seed=23)
     chunks = list(s.stream(2))
     s.suspend(to="disk")
@@ -178,7 +181,7 @@ def read_on(stream, timeout: float = 120.0) -> list:
 
 
 def test_unread_chunks_survive_a_worker_killed_right_after_it_wrote_the_disk_checkpoint(server):
-    wait_for_workers(server, 3)
+    wait_for_workers(server, N_WORKERS)
     s = server.open_session(PROMPT, seed=24)
     first, stream = reader_behind(server, s, 6)
     server.client.run(arm_die_after_disk_offload, workers=[s.worker])
@@ -195,7 +198,7 @@ def test_unread_chunks_survive_a_worker_killed_right_after_it_wrote_the_disk_che
 
 
 def test_unread_chunks_survive_a_worker_killed_right_after_the_resume_committed(server):
-    wait_for_workers(server, 3)
+    wait_for_workers(server, N_WORKERS)
     s = server.open_session(PROMPT, seed=25)
     first, stream = reader_behind(server, s, 6)
     s.suspend(to="disk")  # the checkpoint is at chunk 6; chunks 1..5 travel with the registry
