@@ -190,7 +190,7 @@ class ActionApplier:
             self._refuse(now, action, clipped, worker="")
         live = [w for w in self.sim.alive.values() if w.status is not DRAINING]
         if n > len(live):
-            # As live (Controller._keep_drained): draining workers not yet released go
+            # As live (framework.control_actions.ActionRunner._keep_drained): draining workers not yet released go
             # back in service first, newest first; they hold a warm GPU already.
             for w in sorted(self.sim.alive.values(), key=lambda w: -w.idx):
                 if len(live) >= n:
