@@ -4,7 +4,8 @@
 #      (experiments.bench_kernels), written as a profile CSV the simulator reads (--profile);
 #   2. the tests marked gpu (pytest -m gpu);
 #   3. migration bandwidth: NCCL point-to-point and host-staged, against memcpy;
-#   4. state offload to pinned host memory and back.
+#   4. state offload to pinned host memory and back;
+#   5. a chunk through its Dask future against the direct stream, on a GPU worker (issue 12).
 # Each step has its own time limit and writes its log to $OUT (or ./gpu-out), so a step
 # that runs over leaves the others' results. Before the run, here: scripts/gpu_wheels.sh;
 # then run: command "scripts/gpu_checks.sh", carry [".whl"], timeout_s 600.
@@ -36,9 +37,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/env.
 "$py" -c "import torch, dask, distributed, diffusers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-'); print('dask', dask.__version__, 'distributed', distributed.__version__, 'diffusers', diffusers.__version__)" >>"$out/env.log" 2>&1
 cat "$out/env.log"
 gpu=$("$py" -c "import torch; n = torch.cuda.get_device_name(0).lower(); print(next((k for k in ('h200', 'h100', 'b200', 'gb200', 'a100') if k in n), 'gpu'))" 2>/dev/null || echo gpu)
-step kernels 270 "$py" -m experiments.bench_kernels --preset wan-1.3b --device cuda --dtype bfloat16 \
+step kernels 250 "$py" -m experiments.bench_kernels --preset wan-1.3b --device cuda --dtype bfloat16 \
   --batches 1,2,4,8,16 --repeats 3 --warmup 1 --out "$out/wan-1.3b-$gpu-measured.csv"
-step pytest_gpu 170 "$py" -m pytest -m gpu -q -x -p no:cacheprovider --timeout 120
-step migration 70 "$py" -m experiments.bench_migration --device cuda --sizes-mib 256,2048 --repeats 3 --timeout 20
-step offload 50 "$py" -m experiments.bench_state --sizes-mib 256 2048 --repeat 3
+step pytest_gpu 150 "$py" -m pytest -m gpu -q -x -p no:cacheprovider --timeout 120
+step migration 60 "$py" -m experiments.bench_migration --device cuda --sizes-mib 256,2048 --repeats 3 --timeout 20
+step offload 40 "$py" -m experiments.bench_state --sizes-mib 256 2048 --repeat 3
+step chunk_paths 80 "$py" -m experiments.bench_chunk_paths --chunks 32 --pin
 ls -la "$out"
