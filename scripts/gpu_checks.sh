@@ -9,7 +9,7 @@
 # Each step has its own time limit and writes its log to $OUT (or ./gpu-out), so a step
 # that runs over leaves the others' results. Before the run, here: scripts/gpu_wheels.sh;
 # then run: command "scripts/gpu_checks.sh", carry [".whl"], timeout_s 600.
-# Copy $OUT/wan-1.3b-*-measured.csv into experiments/profiles/ and the logs' figures
+# Copy $OUT/wan-1.3b-*-measured.csv into kernels/profiles/ (measured profiles; --profile NAME) and the logs' figures
 # into docs/PERFORMANCE.md / docs/TRANSPORTS.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
