@@ -42,19 +42,18 @@ from distributed.protocol import to_serialize
 
 from kernels.state import SessionState
 from policies.types import TIERS
-from workers.access import TokenRPC, allowed, denied
-from workers.actor_rpc import BoundedRPC, call_actor
+from workers.access import allowed, denied
 from workers.chunk import Chunk
-from workers.encryption import P2P_UNDER_TLS, encrypted
 from workers.engine import Detached
 from workers.errors import InvalidRequest, SessionClosed, SessionMoved, TransferError
 from workers.host_lookup import get_host
 from workers.ids import new_id
+from workers.state_source import StateSource
 from workers.transfer import WireState
 
 logger = logging.getLogger(__name__)
 
-#: Where a new actor's state comes from (argument ``source["kind"]`` of ``start``).
+#: Where a new actor's state comes from (``source["kind"]`` of :meth:`SessionActor.prepare`).
 SOURCES = ("new", "peer", "store")
 #: Events one actor keeps (the oldest are dropped first).
 MAX_EVENTS = 256
@@ -107,7 +106,9 @@ class SessionActor:
         call (an actor made by hand, as in tests).
 
     The checkpoint store (for ``offload("disk")`` and recovery) is the worker's
-    (:meth:`workers.plugin.ModelHost.checkpoints`).
+    (:meth:`workers.plugin.ModelHost.checkpoints`). The states themselves (fresh, from
+    the checkpoint, from a peer, and chunks made again) come from a
+    :class:`workers.state_source.StateSource` the actor holds.
     """
 
     def __init__(
@@ -123,12 +124,9 @@ class SessionActor:
         self.session_id = session_id
         self._access = tuple(access)
         self.model = model
-        self.prompt = prompt
-        self.seed = seed
-        self.height = height
-        self.width = width
         self._worker = get_worker()
         self._host = get_host(self._worker)
+        self._source = StateSource(session_id, model, prompt, seed, height, width, host=self._host, worker=self._worker)
         self._outbox: dict[int, Chunk] = {}
         self._want = 0
         self._next = 0  # index of the next chunk the state will produce
@@ -204,7 +202,7 @@ class SessionActor:
 
     def _attach(self, state: SessionState, want: int, t_request: dict[int, float], migrated: bool) -> None:
         self._event()
-        self._schedule = state.scalars.get("prompt.schedule")  # the prompt switches so far (for _replay)
+        self._schedule = state.scalars.get("prompt.schedule")  # the prompt switches so far (for a replay)
         self._next = state.chunk_index
         self._want = max(self._want, want, state.chunk_index)
         self._engine.attach(self.session_id, state, self._deliver, want=self._want, t_request=t_request, migrated=migrated)
@@ -260,28 +258,15 @@ class SessionActor:
         self._events.extend(source.get("events", ()))  # carried by the control plane, if any
         want, t_request, migrated = int(source.get("want", 0)), {}, kind != "new"
         if kind == "new":
-            state = await self._on_engine(self._new_state)
+            state = await self._on_engine(self._source.fresh)
             self._record("started", from_chunk=0, why="new session")
         elif kind == "store":
-            state, event = await self._on_engine(self._load_state)
+            state, event = await self._on_engine(self._source.load)
             self._record(**event)
             self._outbox.update({c.index: c for c in source.get("unread", ())})
             self._restored_at = state.chunk_index
         else:
-            # The control plane's token rides in the source; the source actor checks it.
-            peer = TokenRPC(BoundedRPC(self._worker.rpc, source["address"]), source.get("access_token"))
-            try:
-                transport = await self._choose_transport(peer, source)
-                if transport == "p2p":
-                    payload = await call_actor(peer, source["key"], "export_p2p", self._host.device)
-                    state = await asyncio.to_thread(self._recv_p2p, payload["rendezvous"])
-                else:
-                    payload = await call_actor(peer, source["key"], "export")
-                    state = await self._on_engine(self._to_device, payload["state"].to_state())
-            except Exception as exc:
-                raise TransferError(
-                    f"could not pull session {self.session_id!r} from {source['address']}: {exc!r}"
-                ) from exc
+            state, payload, transport = await self._source.pull(source)
             self._outbox.update({c.index: c for c in payload["outbox"]})
             want, t_request = payload["want"], payload["t_request"]
             self._restored_at = int(payload.get("restored_at", 0))  # a gap not regenerated yet moves along
@@ -336,68 +321,6 @@ class SessionActor:
         self._parked, self._outbox, self._moved = None, {}, True
         self._event().set()
         return self._info(None)
-
-    async def _choose_transport(self, peer: Any, source: dict[str, Any]) -> str:
-        """``p2p`` (NCCL/gloo group of two) when asked, or when both ends are CUDA devices.
-
-        On a TLS cluster always ``host`` (over Dask's encrypted comms): ``p2p`` is refused
-        (:mod:`workers.encryption`).
-        """
-        transport = source.get("transport", "auto")
-        if encrypted(self._worker.address):
-            if transport == "p2p":
-                raise TransferError(P2P_UNDER_TLS)
-            return "host"
-        if transport != "auto":
-            return transport
-        if not self._host.device.startswith("cuda"):
-            return "host"
-        info = await call_actor(peer, source["key"], "info")
-        return "p2p" if str(info["device"]).startswith("cuda") else "host"
-
-    def _recv_p2p(self, rendezvous: Any) -> SessionState:
-        from workers.p2p import recv_state
-
-        return recv_state(rendezvous=rendezvous, device=self._host.device, timeout=60)
-
-    def _new_state(self) -> SessionState:
-        engine = self._engine
-        return engine.model.new_session(self.prompt, self.seed, height=self.height, width=self.width)
-
-    def _load_state(self) -> tuple[SessionState, dict[str, Any]]:
-        """The session's checkpoint, verified to be this session's; else a new state, and why.
-
-        Returns the state and the event that says where it came from. A refused
-        checkpoint (damaged, foreign, of another version) is never used: generation is
-        deterministic, so starting over from chunk 0 regenerates the same chunks, and
-        the event (``regenerated``) says so and why.
-        """
-        from storage import CheckpointError, CheckpointIdentity, CheckpointNotFound
-
-        store = self._host.checkpoints()
-        if store is None:
-            return self._new_state(), {"kind": "started", "from_chunk": 0,
-                                       "why": "no checkpoint store (turboserve.state.store is null)"}
-        expect = CheckpointIdentity.of(self.session_id, self.model, self.prompt, self.seed)
-        try:
-            state = store.load(self.session_id, model=self.model, device=self._host.device, expect=expect)
-        except CheckpointNotFound:
-            return self._new_state(), {"kind": "started", "from_chunk": 0,
-                                       "why": f"no checkpoint of the session in {store.url}"}
-        except CheckpointError as exc:
-            logger.warning("session %s: %s; regenerating it from chunk 0", self.session_id, exc)
-            try:  # the refused checkpoint goes, so the next saves start on a clean folder
-                store.discard(self.session_id)
-            except Exception:
-                logger.warning("session %s: could not remove the refused checkpoint", self.session_id, exc_info=True)
-            return self._new_state(), {"kind": "regenerated", "from_chunk": 0, "why": str(exc),
-                                       "error": type(exc).__name__}
-        return state, {"kind": "restored", "from_chunk": state.chunk_index, "why": f"checkpoint in {store.url}"}
-
-    def _to_device(self, state: SessionState) -> SessionState:
-        from storage import restore_to_device
-
-        return restore_to_device(state, self._host.device)
 
     # ------------------------------------------------------------ the client's stream
 
@@ -456,6 +379,10 @@ class SessionActor:
         """The client has every chunk before ``after``: drop them, and let the engine make further ahead."""
         for i in [i for i in self._outbox if i < after]:
             del self._outbox[i]
+        self._advance_ack(after)
+
+    def _advance_ack(self, after: int) -> None:
+        """Move the acknowledged prefix up to ``after``: the engine may make further ahead, a switch be saved."""
         if self._attached and after > self._acked:
             self._acked = after
             self._engine.ack(self.session_id, after)
@@ -507,7 +434,7 @@ class SessionActor:
                 logger.warning("session %s: chunk %d was handed out before and its future's data is gone; "
                                "regenerating it from chunk 0 (%d steps)", self.session_id, index, index + 1)
                 t0 = time.time()
-                frames = await self._on_engine(self._replay, index)
+                frames = await self._on_engine(self._source.replay, index, self._schedule)
                 self._record("replayed", chunk=index, why="its future's data was lost with a worker")
                 return Chunk(self.session_id, index, frames, time.time() - t0, self._worker.address, 1,
                              t0, t0, time.time())
@@ -524,11 +451,7 @@ class SessionActor:
         if await self._fenced():
             raise SessionMoved(f"session {self.session_id!r} has a newer owner than {self._worker.address}")
         chunk = self._outbox.pop(index)
-        after = min(self._outbox, default=self._next)
-        if self._attached and after > self._acked:
-            self._acked = after
-            self._engine.ack(self.session_id, after)
-            self._save_switch()
+        self._advance_ack(min(self._outbox, default=self._next))
         return chunk
 
     async def _regenerate_gap(self, after: int) -> None:
@@ -551,7 +474,7 @@ class SessionActor:
                        "regenerating them from chunk 0 (%d steps)", self.session_id, missing[0], missing[-1],
                        missing[-1] + 1)
         t0 = time.time()
-        frames = await self._on_engine(self._replay_range, missing[0], missing[-1] + 1)
+        frames = await self._on_engine(self._source.replay_range, missing[0], missing[-1] + 1, self._schedule)
         t_done = time.time()
         for i in missing:
             if i not in self._outbox and not self._moved and not self._closed:
@@ -559,34 +482,6 @@ class SessionActor:
                                         1, t0, t0, t_done)
         self._record("replayed", chunk=missing[0], chunks=len(missing),
                      why="unread chunks were lost with a worker; the checkpoint was past them")
-
-    def _replay_range(self, first: int, stop: int) -> list[Any]:
-        """Frames of chunks ``first .. stop - 1`` from a fresh state, with the prompt switches (engine thread).
-
-        :meth:`kernels.model.StreamingVideoModel.replay` for a range, in one pass.
-        """
-        from kernels.model import prompt_schedule
-
-        model = self._engine.model
-        template = self._new_state()
-        if self._schedule is not None:
-            template.scalars["prompt.schedule"] = self._schedule
-        switches = {k: p for k, p in prompt_schedule(template) if k > 0}
-        state, frames = self._new_state(), []
-        for k in range(stop):
-            if k in switches:
-                state = model.set_prompt(state, switches[k])
-            out = model.step([state])[0]
-            if k >= first:
-                frames.append(out)
-        return frames
-
-    def _replay(self, index: int) -> Any:
-        """Frames of chunk ``index`` from a fresh state, with the session's prompt switches (engine thread)."""
-        fresh = self._new_state()
-        if self._schedule is not None:
-            fresh.scalars["prompt.schedule"] = self._schedule
-        return self._engine.model.replay(fresh, index)
 
     async def set_prompt(self, prompt: str) -> int:
         """Steer the session with ``prompt`` from the next chunk not started yet; returns its index.
@@ -728,7 +623,7 @@ class SessionActor:
         self._check_open()
         if self._attached:
             return self._info(None)
-        state = await self._on_engine(self._to_device, self._parked)
+        state = await self._on_engine(self._source.to_device, self._parked)
         self._parked, self._offloaded = None, None
         self._attach(state, self._want, self._parked_req, migrated=False)
         self._record("resumed", chunk=state.chunk_index)
@@ -779,17 +674,19 @@ class SessionActor:
         # release=False: a device state keeps its tensors here, so a move that fails
         # after the export serves on from them (``commit``); ``release`` drops them.
         host = await self._on_engine(self._engine.offload, self._parked, False)
-        payload = {
-            "state": WireState.of(host),  # one out-of-band frame per tensor, no pickling copy
+        # The source keeps its frozen state and outbox until the move commits (``release``)
+        # or fails (``commit`` here again, at a new epoch).
+        return {"state": WireState.of(host), **self._move_payload()}  # one out-of-band frame per tensor
+
+    def _move_payload(self) -> dict[str, Any]:
+        """What travels with the state of a move besides the state: the unread chunks, requests, events."""
+        return {
             "outbox": [self._outbox[i] for i in sorted(self._outbox)],
             "want": self._want,
             "t_request": dict(self._parked_req),
             "events": list(self._events),
             "restored_at": self._restored_at,
         }
-        # The source keeps its frozen state and outbox until the move commits (``release``)
-        # or fails (``commit`` here again, at a new epoch).
-        return payload
 
     async def export_p2p(self, peer_device: str) -> dict[str, Any]:
         """Like :meth:`export`, but the state goes over a private 2-rank process group.
@@ -809,14 +706,7 @@ class SessionActor:
         host = self._worker.address.split("://")[-1].rsplit(":", 1)[0]
         rendezvous = Rendezvous.new("nccl" if both_cuda else "gloo", host=host)
         state = self._parked  # kept until the move commits (``release``) or fails (``commit``)
-        payload = {
-            "rendezvous": rendezvous,
-            "outbox": [self._outbox[i] for i in sorted(self._outbox)],
-            "want": self._want,
-            "t_request": dict(self._parked_req),
-            "events": list(self._events),
-            "restored_at": self._restored_at,
-        }
+        payload = {"rendezvous": rendezvous, **self._move_payload()}
         self._sending = asyncio.ensure_future(asyncio.to_thread(send_state, state, rendezvous=rendezvous, timeout=60))
         return payload
 
