@@ -82,6 +82,9 @@ CHECKPOINT_LAYOUT_VERSION = 2
 _LAYOUT_KEY = "turboserve_checkpoint"
 #: Key of the session's pointer document that holds its owner's epoch (see ``claim``).
 _EPOCH_KEY = "owner_epoch"
+#: The session's prompt switches (JSON ``[[chunk, prompt], ...]``), recorded when they are
+#: made, ahead of the checkpoint that holds the switched state (:meth:`CheckpointStore.record_prompts`).
+_PROMPTS_KEY = "prompt_schedule"
 
 Compression = Literal["zstd", "blosc"] | None
 
@@ -337,13 +340,40 @@ class CheckpointStore:
     def discard(self, session_id: str) -> None:
         """Remove whatever is stored under the session's folder, readable or not (a refused checkpoint).
 
-        Keeps the recorded ownership epoch when it can still be read, so the fence stays.
+        Keeps the recorded ownership epoch and prompt switches when they can still be
+        read, so the fence stays and a regeneration from chunk 0 switches where the
+        session did.
         """
         _check_name("session id", session_id)
-        epoch = self.owner_epoch(session_id)
+        keep = {k: v for k, v in ((_EPOCH_KEY, self.owner_epoch(session_id)),
+                                  (_PROMPTS_KEY, self.recorded_prompts(session_id))) if v is not None}
         zarr.core.sync.sync(self._store.delete_dir(session_id))
-        if epoch is not None:
-            self._root.require_group(session_id).update_attributes({_EPOCH_KEY: epoch})
+        if keep:
+            self._root.require_group(session_id).update_attributes(keep)
+
+    def record_prompts(self, session_id: str, schedule: str) -> None:
+        """Record the session's prompt switches now, before a checkpoint holds them.
+
+        ``schedule``: a state's ``scalars["prompt.schedule"]`` (JSON ``[[chunk, prompt],
+        ...]``, every switch so far). A switched state is checkpointed only once the
+        client holds every chunk before the switch; a worker that dies before that save
+        is written would otherwise take the switch with it, and the recovered session
+        would go on with the old prompt. :meth:`recorded_prompts` reads it back. One
+        small attribute write; refused like a save for a writer whose epoch is stale
+        (:class:`CheckpointFenced`).
+        """
+        _check_name("session id", session_id)
+        self._check_owner(session_id, self._epochs.get(session_id))
+        self._root.require_group(session_id).update_attributes({_PROMPTS_KEY: str(schedule)})
+
+    def recorded_prompts(self, session_id: str) -> str | None:
+        """The prompt switches :meth:`record_prompts` recorded for the session (None: none, or unreadable)."""
+        _check_name("session id", session_id)
+        try:
+            value = self._root[session_id].attrs.get(_PROMPTS_KEY)
+        except Exception:  # no group, or a garbled document: nothing recorded
+            return None
+        return value if isinstance(value, str) else None
 
     # ------------------------------------------------------------------ reading
 

@@ -26,7 +26,8 @@ PROMPT = "a red fox running through snow"
 def server(tmp_path_factory):
     store = tmp_path_factory.mktemp("state")
     # No periodic checkpoints: a recovery restarts from the checkpoint a switch writes, or from chunk 0.
-    with Server.local(n_workers=2, model="tiny", store=str(store), checkpoint_every=0, adaptive=False,
+    # Three workers: each of the two worker-kill tests below leaves one fewer.
+    with Server.local(n_workers=3, model="tiny", store=str(store), checkpoint_every=0, adaptive=False,
                       dashboard_address=":0") as server:
         yield server
 
@@ -116,5 +117,27 @@ def test_a_switch_survives_the_death_of_the_session_s_worker(server, model):
     chunks += list(s.stream(3))
     _assert_same(chunks, reference(model, 5, {k: "an orange lantern"}, k + 5))
     assert chunks[-1].worker != victim
-    assert [e["from_chunk"] for e in s.events() if e["kind"] == "restored"] == [k]  # the switch's checkpoint
+    # The recovered session goes on from the switch: from the switched state's checkpoint,
+    # or (its save still under way when the worker died) from an older state with the
+    # recorded switch made again.
+    loaded = [e for e in s.events() if e["kind"] in ("restored", "started", "regenerated")]
+    assert loaded[-1]["from_chunk"] == k
+    s.close()
+
+
+@pytest.mark.slow
+def test_a_switch_the_worker_dies_right_after_is_made_again_from_its_record(server, model):
+    """Killed before the client read a chunk past the switch: no checkpoint holds the switched state."""
+    s = server.open_session(PROMPT, seed=6)
+    chunks = list(s.stream(2))
+    k = s.set_prompt("an orange lantern")
+    victim = s.worker
+    name = server.client.scheduler_info(n_workers=-1)["workers"][victim]["name"]
+    server.cluster.workers[name].status = Status.closing_gracefully  # a crash, not a restart
+    os.kill(server.client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+    chunks += list(s.stream(k + 3 - len(chunks)))
+    _assert_same(chunks, reference(model, 6, {k: "an orange lantern"}, k + 3))
+    assert chunks[-1].worker != victim
+    loaded = [e for e in s.events() if e["kind"] in ("restored", "started", "regenerated")][-1]
+    assert loaded["from_chunk"] == k and loaded.get("switches", [k]) == [k]
     s.close()

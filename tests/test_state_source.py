@@ -56,6 +56,12 @@ def run(model, state, n: int, switches: dict[int, str] | None = None) -> list[np
     return frames
 
 
+def run_to(model, state, n: int):
+    """``state`` after ``n`` steps."""
+    run(model, state, n)
+    return state
+
+
 def test_fresh_is_the_model_s_new_session(model):
     state = source(model, seed=3).fresh()
     assert (state.chunk_index, state.prompt, state.seed) == (0, PROMPT, 3)
@@ -67,6 +73,33 @@ def test_without_a_store_or_a_checkpoint_load_starts_fresh_and_says_why(model, t
     assert state.chunk_index == 0 and event["kind"] == "started" and "no checkpoint store" in event["why"]
     state, event = source(model, store=CheckpointStore(tmp_path)).load()
     assert state.chunk_index == 0 and event["kind"] == "started" and "no checkpoint of the session" in event["why"]
+
+
+@pytest.mark.parametrize("saved_at", [None, 1, 4])  # no checkpoint; one before the switch; one at it, unswitched
+def test_switches_recorded_after_the_checkpoint_are_made_again_on_load(model, tmp_path, saved_at):
+    store = CheckpointStore(tmp_path)
+    reference = model.new_session(PROMPT, 2)
+    expected = run(model, reference, 7, {4: "an orange lantern"})
+    if saved_at is not None:
+        state = model.new_session(PROMPT, 2)
+        run(model, state, saved_at)
+        store.save("s", state)
+    live = model.set_prompt(run_to(model, model.new_session(PROMPT, 2), 4), "an orange lantern")
+    store.record_prompts("s", live.scalars["prompt.schedule"])  # what SessionActor.set_prompt records
+    loaded, event = source(model, seed=2, store=store).load()
+    assert loaded.chunk_index == 4 and event["from_chunk"] == 4 and event["switches"] == [4]
+    assert event["checkpoint_chunk"] == (saved_at or 0)
+    assert all(np.array_equal(a, b) for a, b in zip(run(model, loaded, 3), expected[4:]))
+
+
+def test_a_switch_the_checkpoint_holds_already_is_not_made_again(model, tmp_path):
+    store = CheckpointStore(tmp_path)
+    state = model.set_prompt(run_to(model, model.new_session(PROMPT, 2), 2), "an orange lantern")
+    store.record_prompts("s", state.scalars["prompt.schedule"])
+    run(model, state, 1)
+    store.save("s", state)
+    loaded, event = source(model, seed=2, store=store).load()
+    assert loaded.chunk_index == 3 and event["kind"] == "restored" and "switches" not in event
 
 
 def test_the_session_s_checkpoint_is_restored_where_it_stopped(model, tmp_path):

@@ -20,6 +20,7 @@ from storage import (
     STATE_FORMAT_VERSION,
     CheckpointCorrupt,
     CheckpointError,
+    CheckpointFenced,
     CheckpointMismatch,
     CheckpointNotFound,
     CheckpointStore,
@@ -195,6 +196,24 @@ def test_info_list_exists_delete(store: CheckpointStore) -> None:
     assert store.list() == ["b"]
     with pytest.raises(CheckpointNotFound, match="'a'"):
         store.load("a")
+
+
+def test_recorded_prompt_switches_outlive_saves_and_a_discard_but_not_a_stale_owner(store: CheckpointStore) -> None:
+    assert store.recorded_prompts("s") is None
+    schedule = json.dumps([[0, "a red fox"], [3, "an orange lantern"]])
+    store.record_prompts("s", schedule)  # before any checkpoint of the session
+    assert store.recorded_prompts("s") == schedule and not store.exists("s")
+    store.save("s", make_state(chunk_index=2))  # the pointer's write keeps it
+    assert store.recorded_prompts("s") == schedule and store.exists("s")
+    store.discard("s")  # a refused checkpoint goes; the switches stay for its regeneration
+    assert store.recorded_prompts("s") == schedule and not store.exists("s")
+    old = CheckpointStore(store.url)
+    old.claim("s", 1)
+    store.claim("s", 2)
+    with pytest.raises(CheckpointFenced):
+        old.record_prompts("s", json.dumps([[0, "a red fox"]]))
+    assert store.recorded_prompts("s") == schedule
+    assert store.delete("s") is True and store.recorded_prompts("s") is None
 
 
 def test_a_reopened_store_sees_the_same_checkpoints(store: CheckpointStore, root: pathlib.Path) -> None:

@@ -507,9 +507,13 @@ class SessionActor:
         else:
             raise SessionMoved(f"session {self.session_id!r} has no state on {self._worker.address}")
         self._record("prompt", chunk=state.chunk_index, prompt=prompt)
-        if self._host.checkpoints() is not None:
-            # A recovery must not lose the switch: checkpoint the switched state as soon as
-            # the client holds every chunk before it (at once when it does already).
+        store = self._host.checkpoints()
+        if store is not None:
+            # A recovery must not lose the switch: it is recorded in the store before this
+            # returns (a recovery from an older checkpoint makes it again, StateSource.load),
+            # and the switched state is checkpointed as soon as the client holds every
+            # chunk before it (at once when it does already).
+            await asyncio.to_thread(store.record_prompts, self.session_id, state.scalars["prompt.schedule"])
             self._switch_save = copy
             self._save_switch()
         return state.chunk_index

@@ -2,7 +2,8 @@
 
 Every state of a session is made from its identity (``model``, ``prompt``, ``seed``) and
 its frame size: **fresh** (a new session), **loaded** from the session's checkpoint and
-verified to be this session's (a resume from disk, a recovery), or **pulled** from the
+verified to be this session's (a resume from disk, a recovery; prompt switches recorded
+after that checkpoint are made again on it), or **pulled** from the
 actor of a peer worker (a move: host-staged over Dask comms, or over a private
 point-to-point group). And since generation is deterministic, any chunk can be
 **replayed** from a fresh state with the session's prompt switches: a chunk whose future's
@@ -19,6 +20,7 @@ device work and run on the engine thread (the actor hands them to ``engine.call`
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -96,18 +98,60 @@ class StateSource:
         expect = CheckpointIdentity.of(self.session_id, self.model, self.prompt, self.seed)
         try:
             state = store.load(self.session_id, model=self.model, device=self._host.device, expect=expect)
+            event = {"kind": "restored", "from_chunk": state.chunk_index, "why": f"checkpoint in {store.url}"}
         except CheckpointNotFound:
-            return self.fresh(), {"kind": "started", "from_chunk": 0,
-                                  "why": f"no checkpoint of the session in {store.url}"}
+            state = self.fresh()
+            event = {"kind": "started", "from_chunk": 0, "why": f"no checkpoint of the session in {store.url}"}
         except CheckpointError as exc:
             logger.warning("session %s: %s; regenerating it from chunk 0", self.session_id, exc)
             try:
                 store.discard(self.session_id)
             except Exception:
                 logger.warning("session %s: could not remove the refused checkpoint", self.session_id, exc_info=True)
-            return self.fresh(), {"kind": "regenerated", "from_chunk": 0, "why": str(exc),
-                                  "error": type(exc).__name__}
-        return state, {"kind": "restored", "from_chunk": state.chunk_index, "why": f"checkpoint in {store.url}"}
+            state = self.fresh()
+            event = {"kind": "regenerated", "from_chunk": 0, "why": str(exc), "error": type(exc).__name__}
+        return self._catch_up(state, event, store.recorded_prompts(self.session_id))
+
+    def _catch_up(self, state: SessionState, event: dict[str, Any],
+                  recorded: str | None) -> tuple[SessionState, dict[str, Any]]:
+        """Make the prompt switches recorded after ``state`` was saved (``CheckpointStore.record_prompts``).
+
+        A switch is recorded when it is made; the state that holds it is saved only once
+        the client has every chunk before it. When ``state`` (the last checkpoint, or a
+        fresh one) lacks recorded switches, it is stepped to each of them and switched
+        there, so the session goes on from the last switch as it would have; the chunks
+        stepped over that the client has not read are made again by the actor from a
+        fresh state with the whole schedule (its gap regeneration). The event's
+        ``from_chunk`` says where generation goes on, ``switches`` which switches were
+        made again and ``checkpoint_chunk`` where the loaded state was.
+        """
+        from kernels.model import prompt_schedule
+
+        if recorded is None:
+            return state, event
+        have = [[int(k), str(p)] for k, p in prompt_schedule(state)]
+        try:
+            record = [[int(k), str(p)] for k, p in json.loads(recorded)]
+        except (ValueError, TypeError):
+            logger.warning("session %s: unreadable recorded prompt switches %r; ignored", self.session_id, recorded)
+            return state, event
+        if any(e not in record for e in have):
+            logger.warning("session %s: the recorded prompt switches %s do not extend the state's %s; ignored",
+                           self.session_id, record, have)
+            return state, event
+        pending = sorted((e for e in record if e not in have and e[0] >= state.chunk_index), key=lambda e: e[0])
+        if not pending:
+            return state, event
+        model = self._host.engine(self.model).model
+        loaded_at = state.chunk_index
+        for k, prompt in pending:
+            while state.chunk_index < k:
+                model.step([state])
+            state = model.set_prompt(state, prompt)
+        ks = [k for k, _ in pending]
+        why = f"{event['why']}; the prompt switches at chunks {ks} recorded after it made again from chunk {loaded_at}"
+        return state, {**event, "from_chunk": state.chunk_index, "checkpoint_chunk": loaded_at, "switches": ks,
+                       "why": why}
 
     def to_device(self, state: SessionState) -> SessionState:
         """``state`` on this worker's device (a host copy: parked, or received over Dask comms)."""
