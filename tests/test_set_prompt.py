@@ -104,16 +104,21 @@ def test_an_empty_prompt_is_refused_and_the_session_goes_on(server):
     s.close()
 
 
+def _crash(server, worker: str) -> str:
+    """SIGKILL ``worker``'s process, its nanny told not to restart it (a crash); returns the address."""
+    name = server.client.scheduler_info(n_workers=-1)["workers"][worker]["name"]
+    server.cluster.workers[name].status = Status.closing_gracefully
+    os.kill(server.client.run(os.getpid, workers=[worker])[worker], signal.SIGKILL)
+    return worker
+
+
 @pytest.mark.slow
 def test_a_switch_survives_the_death_of_the_session_s_worker(server, model):
     s = server.open_session(PROMPT, seed=5)
     chunks = list(s.stream(2))
     k = s.set_prompt("an orange lantern")
     chunks += list(s.stream(k + 2 - len(chunks)))  # reading past k acknowledges every chunk before it
-    victim = s.worker
-    name = server.client.scheduler_info(n_workers=-1)["workers"][victim]["name"]
-    server.cluster.workers[name].status = Status.closing_gracefully  # a crash, not a restart
-    os.kill(server.client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+    victim = _crash(server, s.worker)
     chunks += list(s.stream(3))
     _assert_same(chunks, reference(model, 5, {k: "an orange lantern"}, k + 5))
     assert chunks[-1].worker != victim
@@ -131,10 +136,7 @@ def test_a_switch_the_worker_dies_right_after_is_made_again_from_its_record(serv
     s = server.open_session(PROMPT, seed=6)
     chunks = list(s.stream(2))
     k = s.set_prompt("an orange lantern")
-    victim = s.worker
-    name = server.client.scheduler_info(n_workers=-1)["workers"][victim]["name"]
-    server.cluster.workers[name].status = Status.closing_gracefully  # a crash, not a restart
-    os.kill(server.client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+    victim = _crash(server, s.worker)
     chunks += list(s.stream(k + 3 - len(chunks)))
     _assert_same(chunks, reference(model, 6, {k: "an orange lantern"}, k + 3))
     assert chunks[-1].worker != victim
