@@ -490,30 +490,41 @@ class SessionActor:
         (:meth:`kernels.model.StreamingVideoModel.set_prompt`, which records the switch in
         the state) and attached again; a suspended (host-parked) state is switched where
         it is. Chunks made before the boundary (also one made ahead) keep the old prompt.
+        With a checkpoint store the new schedule is recorded there before the switched
+        state goes back on the engine (:meth:`storage.CheckpointStore.record_prompts`); if
+        that write fails, the state goes back unswitched and the error is raised.
         """
         self._check_open()
         if not isinstance(prompt, str) or not prompt:
             raise InvalidRequest(f"a prompt is a non-empty string, got {prompt!r}")
         model = self._engine.model
+        store = self._host.checkpoints()
         if self._attached:
             detached = await self._detach()
-            state = await self._on_engine(model.set_prompt, detached.state, prompt)
+            try:
+                state = await self._on_engine(model.set_prompt, detached.state, prompt)
+                if store is not None:
+                    await asyncio.to_thread(store.record_prompts, self.session_id, state.scalars["prompt.schedule"])
+            except BaseException:
+                self._attach(detached.state, detached.want, detached.t_request, migrated=False)  # no switch
+                raise
             copy = await self._on_engine(state.to, "cpu")
             self._attach(state, detached.want, detached.t_request, migrated=False)
         elif self._parked is not None:
-            state = self._parked = await self._on_engine(model.set_prompt, self._parked, prompt)
+            state = await self._on_engine(model.set_prompt, self._parked, prompt)
+            if store is not None:
+                await asyncio.to_thread(store.record_prompts, self.session_id, state.scalars["prompt.schedule"])
+            self._parked = state
             copy = await self._on_engine(state.to, "cpu")
             self._schedule = state.scalars.get("prompt.schedule")
         else:
             raise SessionMoved(f"session {self.session_id!r} has no state on {self._worker.address}")
         self._record("prompt", chunk=state.chunk_index, prompt=prompt)
-        store = self._host.checkpoints()
         if store is not None:
-            # A recovery must not lose the switch: it is recorded in the store before this
-            # returns (a recovery from an older checkpoint makes it again, StateSource.load),
-            # and the switched state is checkpointed as soon as the client holds every
-            # chunk before it (at once when it does already).
-            await asyncio.to_thread(store.record_prompts, self.session_id, state.scalars["prompt.schedule"])
+            # A recovery must not lose the switch: it was recorded in the store above,
+            # before any chunk under it could be made (a recovery from an older checkpoint
+            # makes it again, StateSource.load), and the switched state is checkpointed as
+            # soon as the client holds every chunk before it (at once when it does already).
             self._switch_save = copy
             self._save_switch()
         return state.chunk_index
