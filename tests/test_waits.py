@@ -89,10 +89,10 @@ def test_a_run_without_chunk_rows_is_refused():
 
 def test_on_a_simulated_run_the_kinds_are_its_admission_chunks_and_stalls():
     config = SimConfig.from_config(latency=LatencySpec(t1_s=STEP, batch_cost=1.0), worker_startup_s=10.0)
-    table, header = explain("azure-code", gpus=8, duration_s=600.0, config=config)
+    table, header = explain("flash-crowd", gpus=8, duration_s=600.0, config=config)
     assert "turboserve" in header and set(table["kind"]) <= set(KINDS) and set(table["cause"]) <= set(CAUSES)
     # The same run, its summary row: the table's per-kind p99 is the row's.
-    (trace,) = load_traces(["azure-code"], duration_s=600.0, scale="fit", seed=0, model="wan-1.3b", gpus=8,
+    (trace,) = load_traces(["flash-crowd"], duration_s=600.0, scale="fit", seed=0, model="wan-1.3b", gpus=8,
                            config=config)
     fam = _family_of("turboserve")
     result = simulate(prepare_trace(trace, 8, config=config), functools.partial(_policy_set, fam, fam.default,
