@@ -322,10 +322,12 @@ class Chaos:
     def kill_transform(self, i: int) -> Outcome:
         """SIGKILL of a rank at a random point of a parallelism transformation under a streaming session.
 
-        ``i % 4``: the follower, then the leader, killed during the merge of the session's
-        worker and another one into a degree-2 group; then the same during the split back
-        to degree 1 (after two chunks at degree 2). The kill falls in the first 1.5 times
-        the last such call's duration: inside the call, or in the group's first steps after it.
+        ``i % 4``: the follower killed during the merge of the session's worker and another
+        one into a degree-2 group, the leader during the split back to degree 1 (after two
+        chunks at degree 2), then the follower during a split and the leader during a merge
+        (so that two faults already kill each rank and interrupt each call). The kill falls
+        in the first 1.5 times the last such call's duration: inside the call, or in the
+        group's first steps after it.
         """
         out = Outcome("kill-transform")
         s, seed = self.open()
@@ -337,7 +339,7 @@ class Chaos:
         # A follower holds no session: the load's go elsewhere first, and none comes until the
         # merge returned (a follower in a group takes none of its own).
         self.server.drain(follower, retire=False)
-        split = i % 4 >= 2
+        split = i % 4 in (1, 2)
         what = "split" if split else "merge"
         pair = [lead, follower]
         if split:

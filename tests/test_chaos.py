@@ -1,7 +1,8 @@
 """The chaos suite (experiments/chaos.py): faults injected into a live cluster lose nothing.
 
-The slow test runs the suite itself: three live faults of every live class (27, the
-target killed 0, 150 and 400 ms into ``migrate()`` among them) and every bad API and
+The slow test runs the suite itself: two live faults of every live class (18: the
+target killed 0 and 150 ms into ``migrate()``, tests/test_ownership.py adds 400 ms; a
+parallel group's follower killed in a merge and its leader in a split) and every bad API and
 CLI input, on a LocalCluster of three CPU workers. No session may be lost, no chunk
 lost or repeated, no frame differ from an uninterrupted run (for a session a parallel
 group stepped, by more than one uint8 level); every bad input must be a
@@ -44,15 +45,17 @@ def test_the_summary_adds_up_each_class_and_keeps_the_longest_gap():
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # about 2.5 minutes on a 2-core machine, 240 s more per hung session
 def test_the_chaos_suite_loses_nothing():
+    # Two faults a class keep the suite's part of the CI run near two minutes; the
+    # command (python -m experiments.chaos --faults 40) runs more of each.
     lines: list[str] = []
-    outcomes = chaos.run(faults=3 * len(chaos.LIVE_CLASSES), seed=1, out=lines.append)
+    outcomes = chaos.run(faults=2 * len(chaos.LIVE_CLASSES), seed=1, out=lines.append)
     print("\n".join(lines))
     rows = {r["class"]: r for r in chaos.summarize(outcomes)}
     assert set(chaos.LIVE_CLASSES) | {"bad-api", "bad-cli", "trace load", "serving after"} == set(rows)
     assert sum(r["faults"] for r in rows.values()) >= 40
     for name in chaos.LIVE_CLASSES:
         row = rows[name]
-        assert row["faults"] == 3 and row["sessions"] >= 3, row
+        assert row["faults"] == 2 and row["sessions"] >= 2, row
         assert (row["lost"], row["chunks lost"], row["duplicated"], row["frames differ"]) == (0, 0, 0, 0), row
         assert row["longest gap s"] < JOIN_S, row
     for name in ("bad-api", "bad-cli"):
