@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from workers.errors import UnknownWorker
+
 PROMPT = "a paper boat on a rainy street"
 #: Target deaths first at these points of migrate() (seconds), then at random ones.
 TARGET_DELAYS_S = (0.0, 0.15, 0.4)
@@ -335,10 +337,19 @@ class Chaos:
         reader.start()
         reader.wait_for(2)
         lead = self.where(s)
-        follower = self.rng.choice(self.others(lead))
         # A follower holds no session: the load's go elsewhere first, and none comes until the
-        # merge returned (a follower in a group takes none of its own).
-        self.server.drain(follower, retire=False)
+        # merge returned (a follower in a group takes none of its own). A worker that leaves
+        # as it is picked (one an earlier fault killed, its nanny restarting it) is
+        # UnknownWorker: pick again once the cluster settled.
+        for attempt in range(3):
+            follower = self.rng.choice(self.others(lead))
+            try:
+                self.server.drain(follower, retire=False)
+                break
+            except UnknownWorker:
+                if attempt == 2:
+                    raise
+                self.settle()
         split = i % 4 in (1, 2)
         what = "split" if split else "merge"
         pair = [lead, follower]

@@ -467,7 +467,10 @@ class Server:
             raise UnknownWorker(f"no worker {worker!r} in the cluster; known: {self.workers()}")
         name = None
         if self._cluster is not None:
-            name = self.client.scheduler_info(n_workers=-1)["workers"][worker].get("name")
+            info = self.client.scheduler_info(n_workers=-1)["workers"].get(worker)
+            if info is None:  # it left between the two looks (a worker dying or being retired)
+                raise UnknownWorker(f"worker {worker!r} left the cluster; known: {self.workers()}")
+            name = info.get("name")
         result = dict(self.client.sync(self.client.scheduler.turboserve_drain, worker=worker, retire=retire))
         result["moved"], result["suspended"] = list(result["moved"]), list(result["suspended"])
         if result["retired"] and self._cluster is not None and name in self._cluster.worker_spec:
