@@ -203,38 +203,20 @@ def _get(url: str) -> str:
         return r.read().decode()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def plain_cluster():
-    """An in-process cluster with a dashboard on localhost (no turboserve plugin)."""
+    """An in-process cluster with a dashboard on localhost (no turboserve plugin).
+
+    Class-scoped: it closes before the next test outside :class:`TestOnAPlainCluster`.
+    Two live dashboards in one process race on bokeh's process-wide validation switch
+    (distributed's periodic updates turn it off, and a figure built meanwhile on the
+    other cluster's thread keeps a bare string title: /status answers 500), so the tests
+    that start their own dashboard must not overlap this one.
+    """
     with LocalCluster(n_workers=1, processes=False, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
         port = client.scheduler_info()["services"]["dashboard"]
         yield client, f"http://127.0.0.1:{port}"
-
-
-def test_page_is_served_and_listed_in_the_menu(plain_cluster):
-    client, base = plain_cluster
-    assert "individual-turboserve" not in _get(base + "/status")
-    assert client.run_on_scheduler(lambda dask_scheduler: page_installed(dask_scheduler)) is False
-    assert client.run_on_scheduler(lambda dask_scheduler: install_page(dask_scheduler)) is True
-    assert client.run_on_scheduler(lambda dask_scheduler: install_page(dask_scheduler)) is True  # idempotent
-    n_apps = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.http_application.applications))
-    assert client.run_on_scheduler(lambda dask_scheduler: install_page(dask_scheduler)) is True
-    assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.http_application.applications)) == n_apps
-    page = _get(base + PAGE_PATH)
-    assert "More..." in page and "bokeh" in page.lower()
-    menu = _get(base + "/status")
-    assert f'href="{PAGE_PATH.strip("/")}">turboserve</a>' in menu
-
-
-def test_frames_without_the_plugin_show_the_workers_only(plain_cluster):
-    client, _ = plain_cluster
-
-    def probe(dask_scheduler):
-        f = plugin_frame_source(dask_scheduler)(-1)
-        return len(f.workers), f.n_sessions
-
-    assert client.run_on_scheduler(probe) == (1, 0)
 
 
 def test_no_dashboard_means_no_page():
@@ -258,14 +240,40 @@ def _frame_of_a_plugin(dask_scheduler):
             f.slo_s, f.workers == (worker,))
 
 
-def test_plugin_frame_counts_closed_sessions_in_the_counters(plain_cluster):
-    client, _ = plain_cluster
-    n_sessions, migrations, chunks_total, new_points, worst, slo, workers_ok = client.run_on_scheduler(
-        _frame_of_a_plugin
-    )
-    assert (n_sessions, migrations, chunks_total) == (1, 3, 3)
-    assert new_points == [0, 1] and worst == 2.0 and workers_ok
-    assert slo == 1.0  # the open record's chunk period (no turboserve.slo-s set)
+class TestOnAPlainCluster:
+    """One plain cluster (no turboserve plugin) shared by these tests."""
+
+    def test_page_is_served_and_listed_in_the_menu(self, plain_cluster):
+        client, base = plain_cluster
+        assert "individual-turboserve" not in _get(base + "/status")
+        assert client.run_on_scheduler(lambda dask_scheduler: page_installed(dask_scheduler)) is False
+        assert client.run_on_scheduler(lambda dask_scheduler: install_page(dask_scheduler)) is True
+        assert client.run_on_scheduler(lambda dask_scheduler: install_page(dask_scheduler)) is True  # idempotent
+        n_apps = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.http_application.applications))
+        assert client.run_on_scheduler(lambda dask_scheduler: install_page(dask_scheduler)) is True
+        assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.http_application.applications)) == n_apps
+        page = _get(base + PAGE_PATH)
+        assert "More..." in page and "bokeh" in page.lower()
+        menu = _get(base + "/status")
+        assert f'href="{PAGE_PATH.strip("/")}">turboserve</a>' in menu
+
+    def test_frames_without_the_plugin_show_the_workers_only(self, plain_cluster):
+        client, _ = plain_cluster
+
+        def probe(dask_scheduler):
+            f = plugin_frame_source(dask_scheduler)(-1)
+            return len(f.workers), f.n_sessions
+
+        assert client.run_on_scheduler(probe) == (1, 0)
+
+    def test_plugin_frame_counts_closed_sessions_in_the_counters(self, plain_cluster):
+        client, _ = plain_cluster
+        n_sessions, migrations, chunks_total, new_points, worst, slo, workers_ok = client.run_on_scheduler(
+            _frame_of_a_plugin
+        )
+        assert (n_sessions, migrations, chunks_total) == (1, 3, 3)
+        assert new_points == [0, 1] and worst == 2.0 and workers_ok
+        assert slo == 1.0  # the open record's chunk period (no turboserve.slo-s set)
 
 
 def test_attaching_a_server_to_a_running_cluster_installs_the_page():
