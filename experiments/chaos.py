@@ -174,7 +174,11 @@ def run(faults: int, seed: int = 0, classes: tuple[str, ...] = LIVE_CLASSES, bad
         # A worker restarted by its nanny may take longer than Dask's default 15 s to
         # register on a loaded machine (issue 13, item 6): give it time to come back.
         # The control loop stays on (as users run it), never below the workers the faults target.
+        # auto-start set here, not left to the caller's config: the test suite turns it off
+        # for its servers (tests/conftest.py), and without the loop a worker its nanny did
+        # not restart stayed missing (every later fault waited JOIN_S for it).
         with dask.config.set({"distributed.deploy.lost-worker-timeout": "120s",
+                              "turboserve.control.auto-start": True,
                               "turboserve.autoscale.minimum": N_WORKERS}), Server.local(
             n_workers=N_WORKERS, model="tiny", store=str(store), checkpoint_every=1, dashboard_address=None,
             settings={"max_sessions_per_worker": 8},
