@@ -60,7 +60,14 @@ def test_four_back_to_back_submits_form_one_step(server):
             assert not any(c.degraded for c in chunks)  # 4 is not over b* = 4
             rounds.append((after.steps - before.steps, after.chunks - before.chunks,
                            tuple(c.batch_size for c in chunks)))
-        assert rounds[-3:] == [(1, 4, (4, 4, 4, 4))] * 3, rounds  # in phase: one step of four a round
+        # In phase: every chunk of the last three rounds came from a step of all four, and
+        # every step in them was one of four. Which round counts a step is not fixed: the
+        # step that makes the next chunks ahead may end after a round's last metrics read
+        # (that round counts it, the next one counts none), so no round-by-round count.
+        last = rounds[-3:]
+        assert all(batches == (4, 4, 4, 4) for _, _, batches in last), rounds
+        assert all(n_chunks == 4 * n_steps for n_steps, n_chunks, _ in last), rounds
+        assert 2 <= sum(n_steps for n_steps, _, _ in last) <= 4, rounds
     finally:
         for s in sessions:
             s.close()

@@ -340,7 +340,8 @@ class Engine:
 
     def metrics(self) -> EngineMetrics:
         """Counters since the engine started (steps, chunks, degraded chunks, waits, busy seconds)."""
-        return EngineMetrics(self.steps, self.chunks, self.degraded_chunks, self.waits, self.busy_s)
+        with self._cond:
+            return EngineMetrics(self.steps, self.chunks, self.degraded_chunks, self.waits, self.busy_s)
 
     def idle(self) -> bool:
         """True when no step runs and none is due (benchmarks wait for it)."""
@@ -449,10 +450,11 @@ class Engine:
                     entry.pending.append(copy)
             if ready:
                 self._saver.submit(self._save, sid, copy)
-        self.steps += 1
-        self.chunks += len(chunks)
-        if plan.degraded:
-            self.degraded_chunks += len(chunks)
+        with self._cond:  # the counters move together: metrics() reads them under the lock
+            self.steps += 1
+            self.chunks += len(chunks)
+            if plan.degraded:
+                self.degraded_chunks += len(chunks)
         done = [c for _, c in chunks]
         if self._on_step is not None:
             self._on_step(plan, done)
