@@ -503,8 +503,7 @@ class SessionActor:
             detached = await self._detach()
             try:
                 state = await self._on_engine(model.set_prompt, detached.state, prompt)
-                if store is not None:
-                    await asyncio.to_thread(store.record_prompts, self.session_id, state.scalars["prompt.schedule"])
+                await self._record_switch(store, state)
             except BaseException:
                 self._attach(detached.state, detached.want, detached.t_request, migrated=False)  # no switch
                 raise
@@ -512,8 +511,7 @@ class SessionActor:
             self._attach(state, detached.want, detached.t_request, migrated=False)
         elif self._parked is not None:
             state = await self._on_engine(model.set_prompt, self._parked, prompt)
-            if store is not None:
-                await asyncio.to_thread(store.record_prompts, self.session_id, state.scalars["prompt.schedule"])
+            await self._record_switch(store, state)
             self._parked = state
             copy = await self._on_engine(state.to, "cpu")
             self._schedule = state.scalars.get("prompt.schedule")
@@ -528,6 +526,11 @@ class SessionActor:
             self._switch_save = copy
             self._save_switch()
         return state.chunk_index
+
+    async def _record_switch(self, store: Any, state: Any) -> None:
+        """Record the switched state's prompt schedule in the checkpoint store (none: nothing to do)."""
+        if store is not None:
+            await asyncio.to_thread(store.record_prompts, self.session_id, state.scalars["prompt.schedule"])
 
     def _save_switch(self) -> None:
         """Checkpoint the state of the last prompt switch once every chunk before it is acknowledged."""

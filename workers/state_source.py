@@ -142,13 +142,9 @@ class StateSource:
         pending = sorted((e for e in record if e not in have and e[0] >= state.chunk_index), key=lambda e: e[0])
         if not pending:
             return state, event
-        model = self._host.engine(self.model).model
         loaded_at = state.chunk_index
-        for k, prompt in pending:
-            while state.chunk_index < k:
-                model.step([state])
-            state = model.set_prompt(state, prompt)
         ks = [k for k, _ in pending]
+        state, _ = self.advance(state, ks[-1], dict(pending))
         why = f"{event['why']}; the prompt switches at chunks {ks} recorded after it made again from chunk {loaded_at}"
         return state, {**event, "from_chunk": state.chunk_index, "checkpoint_chunk": loaded_at, "switches": ks,
                        "why": why}
@@ -170,16 +166,27 @@ class StateSource:
         """
         from kernels.model import prompt_schedule
 
-        model = self._host.engine(self.model).model
         switches = {k: p for k, p in prompt_schedule(self.fresh(schedule)) if k > 0}
-        state, frames = self.fresh(), []
-        for k in range(stop):
+        return self.advance(self.fresh(), stop, switches, keep_from=first)[1]
+
+    def advance(self, state: SessionState, stop: int, switches: dict[int, str],
+                keep_from: int | None = None) -> tuple[SessionState, list[Any]]:
+        """Step ``state`` to chunk ``stop``, switching to ``switches[k]`` before it makes chunk ``k``.
+
+        A switch at ``stop`` itself is made too (the state goes on under it). Returns the
+        state and the frames of the chunks from ``keep_from`` on (none when None).
+        """
+        model = self._host.engine(self.model).model
+        frames = []
+        while True:
+            k = state.chunk_index
             if k in switches:
                 state = model.set_prompt(state, switches[k])
+            if k >= stop:
+                return state, frames
             out = model.step([state])[0]
-            if k >= first:
+            if keep_from is not None and k >= keep_from:
                 frames.append(out)
-        return frames
 
     # ------------------------------------------------------------ event loop
 
