@@ -72,14 +72,18 @@ class Visit:
 
 
 def burst(n_sessions: int, length_s: float) -> list[Visit]:
-    """The demo's burst: session 0 first, the others a few seconds later, session 1 idle a while.
+    """The demo's burst: sessions 0 and 1 together, the others a few seconds later, session 1 idle a while.
 
-    Every session leaves by ``length_s``; session 1 (when there is one) goes idle at half
-    time for a third of the burst, long enough for the idle-timeout offload.
+    The first two open at the same instant, on a cluster of one worker with nothing
+    starting: both land on it, and the loop must scale out and migrate one of them (a
+    later newcomer may instead wait for a worker already starting, whether it does
+    depends on the machine's speed). Every session leaves by ``length_s``; session 1
+    (when there is one) goes idle at half time for a third of the burst, long enough
+    for the idle-timeout offload.
     """
     visits = []
     for i in range(n_sessions):
-        arrive = 0.0 if i == 0 else 2.0 + 0.5 * i
+        arrive = 0.0 if i < 2 else 2.0 + 0.5 * i
         leave = length_s - 2.0 * (n_sessions - 1 - i) / max(n_sessions, 1)
         if i == 1:
             visits.append(Visit(arrive, leave, idle_at_s=0.45 * length_s, idle_for_s=length_s / 3))

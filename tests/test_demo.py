@@ -55,7 +55,8 @@ def test_demo_shows_the_loop_scale_out_migrate_offload_and_resume(tmp_path, caps
 
 def test_the_burst_has_arrivals_an_idle_spell_and_departures():
     visits = burst(3, 30.0)
-    assert visits[0].arrive_s == 0 and all(v.arrive_s > 0 for v in visits[1:])
+    # two at once on the one worker (the loop has to scale out and move one), one later
+    assert [v.arrive_s for v in visits[:2]] == [0, 0] and visits[2].arrive_s > 0
     assert [v.idle_at_s is not None for v in visits] == [False, True, False]
     assert all(v.arrive_s < v.leave_s <= 30.0 for v in visits)
     idle = visits[1]
