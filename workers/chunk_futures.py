@@ -42,7 +42,7 @@ from distributed.protocol import to_serialize
 from distributed.worker_state_machine import SecedeEvent
 
 from workers.access import TokenRPC, allowed, denied, digest
-from workers.actor_rpc import call_actor
+from workers.actor_rpc import BoundedRPC, call_actor
 from workers.chunk import Chunk
 from workers.errors import CapacityExceeded, ChunkTimeout, SessionClosed, SessionMoved, SessionNotFound
 from workers.session_actor import SessionActor
@@ -202,7 +202,10 @@ async def fetch_chunk(session_id: str, index: int, worker_addr: str | None, acto
                 chunk = await actor.take(index, wait)
             else:
                 slots.leave((key_name, index))
-                rpc = TokenRPC(worker.rpc(addr), access_token)
+                # Bounded: the actor's worker may have died (a future recomputed after its
+                # session's worker was killed); Dask's own connect retries a refused
+                # connection for 30 s before the search below could begin.
+                rpc = TokenRPC(BoundedRPC(worker.rpc, addr), access_token)
                 await call_actor(rpc, key, "request", index + 1, acked)
                 chunk = await call_actor(rpc, key, "take", index, wait)
             if chunk is not None:

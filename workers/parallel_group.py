@@ -38,6 +38,7 @@ from distributed.protocol import to_serialize
 
 from kernels.parallel import ParallelModel, RankGroup, connect_group, layout, merge_shards, shard_state
 from kernels.state import SessionState
+from workers.actor_rpc import BoundedRPC
 from workers.errors import InvalidRequest, SessionMoved, TransferError
 from workers.transfer import WireState
 
@@ -268,7 +269,8 @@ def _sender(worker: Any) -> Callable[[str, dict[str, Any]], concurrent.futures.F
     loop = worker.loop.asyncio_loop
 
     async def call(address: str, msg: dict[str, Any]) -> Any:
-        resp = await getattr(worker.rpc(address), GROUP_OP)(**{k: to_serialize(v) for k, v in msg.items()})
+        # Bounded connect: a peer that died fails the call in seconds, not Dask's 30 s of retries.
+        resp = await getattr(BoundedRPC(worker.rpc, address), GROUP_OP)(**{k: to_serialize(v) for k, v in msg.items()})
         if resp.get("status") != "OK":
             raise resp.get("exception") or TransferError(f"group call {msg['action']!r} to {address} failed")
         return resp.get("result")
