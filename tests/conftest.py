@@ -66,6 +66,30 @@ def reference():
     return frames
 
 
+@pytest.fixture(scope="session")
+def burst_replay(tmp_path_factory):
+    """``(trace, live, config)``: one live replay of a compressed burst trace with the closed loop.
+
+    Shared by tests/test_controller_live.py and tests/test_parity.py (a replay takes
+    about 35 s), with ``python -m experiments.parity``'s settings (``PARITY_CONFIG``: one
+    active session per worker whatever this machine's speed, so the scale decisions are
+    deterministic; ``PARITY_CONTROL``: no autoscaler headroom, any predicted gain worth a
+    move). ``config``: the ``turboserve.*`` settings it ran under (simulate it under them too).
+    """
+    import dask
+
+    from experiments.live_replay import replay_live
+    from experiments.parity import PARITY_CONFIG, PARITY_CONTROL
+    from experiments.replay_common import burst_trace
+
+    trace = burst_trace(base=1, burst=3, burst_at_s=10, burst_len_s=100, tail_s=60)
+    store = str(tmp_path_factory.mktemp("burst-state"))
+    config = PARITY_CONFIG
+    with dask.config.set({**config, "turboserve.state.store": store}):
+        live = replay_live(trace, time_scale=5, workers=1, seed=0, progress=False, control=PARITY_CONTROL)
+    return trace, live, config
+
+
 def _kill_at_actor_start(dask_scheduler, kind, pid=None, pids=None):
     """SIGKILL a worker when the serving plugin next starts a session's actor from ``kind``.
 

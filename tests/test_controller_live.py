@@ -10,28 +10,14 @@ import time
 import dask
 import pytest
 
-from experiments.live_replay import replay_live
-from experiments.replay_common import burst_trace
 from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS
 
 pytestmark = pytest.mark.slow
 
-# min_gain 0.01: any predicted improvement is worth a move, so whether the controller
-# migrates does not hinge on how noisy the measured step times of a shared CPU are.
-CONTROL = {"maximum": 3, "autoscaling_params": {"downscale_delay_s": 20, "headroom_quantile": 0}, "placement_params": {"min_gain": 0.01}}
-
-TRACE = burst_trace(base=1, burst=3, burst_at_s=10, burst_len_s=100, tail_s=60)
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    store = str(tmp_path_factory.mktemp("state"))
-    # slo-s below any step time (0.5 s was not, on a quiet machine: 2 workers then served
-    # the burst): one active session per worker is the load-driven
-    # budget whatever this machine's speed, so the scale decisions are deterministic.
-    with dask.config.set({"turboserve.slo-s": 0.01, "turboserve.state.store": store}):
-        return replay_live(TRACE, time_scale=5, workers=1, progress=False,
-                           control=CONTROL)
+def run(burst_replay):
+    """The live replay of the burst trace (tests/conftest.py: one replay for this module and test_parity)."""
+    return burst_replay[1]
 
 
 def test_outputs_have_the_contract_columns(run):
@@ -58,9 +44,9 @@ def test_the_controller_migrates_sessions_onto_new_workers(run):
     assert run.intervals["migrations"].sum() >= 1
 
 
-def test_no_session_is_lost_and_every_chunk_arrives_in_order(run):
+def test_no_session_is_lost_and_every_chunk_arrives_in_order(run, burst_replay):
     assert run.stats["errors"] == []
-    assert set(run.chunks["session_id"]) == set(TRACE["session_id"])
+    assert set(run.chunks["session_id"]) == set(burst_replay[0]["session_id"])
     for sid, rows in run.chunks.groupby("session_id"):
         rows = rows.sort_values("t_done_s")
         assert list(rows["index"]) == list(range(len(rows))), sid

@@ -9,26 +9,18 @@ from __future__ import annotations
 import dask
 import pytest
 
-from experiments.parity import PARITY_CONTROL
-from experiments.parity import parity
-from experiments.replay_common import burst_trace
+from experiments.parity import PARITY_CONTROL, compare, simulate_like
 
 pytestmark = pytest.mark.slow
 
-# min_gain 0.01: any predicted improvement is worth a move, so whether the controller
-# migrates does not hinge on how noisy the measured step times of a shared CPU are.
-CONTROL = PARITY_CONTROL
-
-TRACE = burst_trace(base=1, burst=3, burst_at_s=10, burst_len_s=100, tail_s=60)
-
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory):
-    store = str(tmp_path_factory.mktemp("state"))
-    with dask.config.set({"turboserve.slo-s": 0.5, "turboserve.state.store": store}):
-        _, _, cmp = parity(TRACE, time_scale=5, workers=1, seed=0,
-                           control=CONTROL)
-    return cmp.set_index("metric")
+def table(burst_replay):
+    """Live (tests/conftest.py's burst replay, shared with test_controller_live) against the simulator."""
+    trace, live, config = burst_replay
+    with dask.config.set(config):
+        sim = simulate_like(live, trace, time_scale=5, workers=1, seed=0, control=PARITY_CONTROL)
+    return compare(live, sim).set_index("metric")
 
 
 def test_the_same_sessions_are_served_on_the_same_peak_of_workers(table):
