@@ -31,7 +31,7 @@ from framework.errors import BadDegree, InvalidRequest, TransferError, UnknownWo
 from kernels.presets import get_preset
 from policies.parallelism import head_degrees
 from policies.types import ParallelGroup
-from workers.actor_rpc import unwrap
+from workers.actor_rpc import BoundedRPC, unwrap
 from workers.ids import new_id
 
 #: Worker RPC op of the group messages (``workers.parallel_group.GROUP_OP``).
@@ -310,8 +310,11 @@ class ParallelGroups:
         """
         bound = self.timeout_s + 30
         try:
+            # The connection bounded apart (BoundedRPC): a member that died fails the call
+            # within the actor connect bound (5 s), not after Dask's 30 s of connect retries.
             resp = await asyncio.wait_for(
-                getattr(self.scheduler.rpc(worker), GROUP_OP)(action=action, group_id=group_id, **kw), bound)
+                getattr(BoundedRPC(self.scheduler.rpc, worker), GROUP_OP)(action=action, group_id=group_id, **kw),
+                bound)
         except asyncio.TimeoutError:
             raise TransferError(f"worker {worker} did not answer {action!r} of group {group_id!r} "
                                 f"within {bound:.0f} s (turboserve.control.group-timeout + 30 s)") from None
