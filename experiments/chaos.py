@@ -156,10 +156,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(faults: int, seed: int = 0, classes: tuple[str, ...] = LIVE_CLASSES, bad_inputs: bool = True,
-        load_rate: float = DEFAULT_RATE, out: Callable[[str], None] = print) -> list[Outcome]:
+        load_rate: float = DEFAULT_RATE, out: Callable[[str], None] = print, settle_s: float = JOIN_S) -> list[Outcome]:
     """Run the suite; returns every outcome (also printed as they happen, then the table).
 
     ``load_rate``: sessions per second of the background trace replay (0: none).
+    ``settle_s``: how long to wait before a fault for the cluster to serve on three
+    workers again (then the fault goes ahead on those that serve, and its note says so).
     """
     import dask.config
 
@@ -183,7 +185,7 @@ def run(faults: int, seed: int = 0, classes: tuple[str, ...] = LIVE_CLASSES, bad
             n_workers=N_WORKERS, model="tiny", store=str(store), checkpoint_every=1, dashboard_address=None,
             settings={"max_sessions_per_worker": 8},
         ) as server:
-            chaos = Chaos(server, store, rng)
+            chaos = Chaos(server, store, rng, settle_s=settle_s)
             load = TraceLoad(server, seed=seed, rate=load_rate) if load_rate > 0 else None
             if load is not None:
                 load.start()

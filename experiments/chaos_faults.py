@@ -82,10 +82,12 @@ class Reader(threading.Thread):
 class Chaos:
     """One cluster, a reference model, and the faults (see the module docstring)."""
 
-    def __init__(self, server: Any, store: pathlib.Path, rng: random.Random) -> None:
+    def __init__(self, server: Any, store: pathlib.Path, rng: random.Random, settle_s: float = JOIN_S) -> None:
         from kernels.model import StreamingVideoModel
 
         self.server, self.store, self.rng = server, store, rng
+        #: How long :meth:`settle` waits for ``N_WORKERS`` serving workers before the next fault goes ahead.
+        self.settle_s = settle_s
         self.model = StreamingVideoModel.from_preset("tiny", device="cpu", weights_seed=0, num_threads=1)
         self._reference: dict[tuple[str, int], tuple[Any, list[np.ndarray]]] = {}
         self._seed = 100
@@ -136,12 +138,12 @@ class Chaos:
         loop is retiring does not count.
         """
         t0 = time.monotonic()
-        while len(self.serving()) < N_WORKERS and time.monotonic() < t0 + JOIN_S:
+        while len(self.serving()) < N_WORKERS and time.monotonic() < t0 + self.settle_s:
             time.sleep(0.5)
         n, waited = len(self.serving()), time.monotonic() - t0
         if n < N_WORKERS:
             places = self.server.client.run_on_scheduler(_places)
-            return f"only {n} serving workers after {JOIN_S:.0f} s ({places}); "
+            return f"only {n} serving workers after {self.settle_s:.0f} s ({places}); "
         return f"waited {waited:.0f} s for {N_WORKERS} serving workers; " if waited > 30 else ""
 
     def score(self, out: Outcome, seed: int, chunks: list[Any], n: int, error: BaseException | None,
