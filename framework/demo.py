@@ -69,37 +69,42 @@ class Visit:
     leave_s: float
     idle_at_s: float | None = None
     idle_for_s: float = 0.0
+    on_first_worker: bool = False  # opened on the cluster's first worker, not where placement would put it
 
 
 def burst(n_sessions: int, length_s: float) -> list[Visit]:
     """The demo's burst: sessions 0 and 1 together, the others a few seconds later, session 1 idle a while.
 
-    The first two open at the same instant, on a cluster of one worker with nothing
-    starting: both land on it, and the loop must scale out and migrate one of them (a
-    later newcomer may instead wait for a worker already starting, whether it does
-    depends on the machine's speed). Every session leaves by ``length_s``; session 1
-    (when there is one) goes idle at half time for a third of the burst, long enough
-    for the idle-timeout offload.
+    The first two open at the same instant on a cluster of one warm worker
+    (:func:`run_demo` waits for the model), session 1 asking for that worker by name
+    (``on_first_worker``): both stream there, over its ``b*``, and the loop must scale out
+    and migrate one of them. Left to placement, session 1 could instead wait for a worker
+    the loop starts for it (it does when the loop ticks while session 0's open is still
+    under way, which depends on the machine's speed), and then nothing needs to move.
+    Every session leaves by ``length_s``; session 1 (when there is one) goes idle at half
+    time for a third of the burst, long enough for the idle-timeout offload.
     """
     visits = []
     for i in range(n_sessions):
         arrive = 0.0 if i < 2 else 2.0 + 0.5 * i
         leave = length_s - 2.0 * (n_sessions - 1 - i) / max(n_sessions, 1)
         if i == 1:
-            visits.append(Visit(arrive, leave, idle_at_s=0.45 * length_s, idle_for_s=length_s / 3))
+            visits.append(Visit(arrive, leave, idle_at_s=0.45 * length_s, idle_for_s=length_s / 3,
+                                on_first_worker=True))
         else:
             visits.append(Visit(arrive, leave))
     return visits
 
 
 def _play(server: Any, visit: Visit, prompt: str, seed: int, t0: float, out: dict[str, Any],
-          stay: threading.Event | None = None, cap_s: float = 0.0) -> None:
+          stay: threading.Event | None = None, cap_s: float = 0.0, first_worker: str | None = None) -> None:
     """Stream one session along its visit, at playback pace; fill ``out`` (session, chunks).
 
     While ``stay`` is set the session stays past its ``leave_s`` (up to ``cap_s``).
+    ``first_worker``: where a visit ``on_first_worker`` opens.
     """
     time.sleep(max(0.0, t0 + visit.arrive_s - time.time()))
-    session = server.open_session(prompt, seed=seed)
+    session = server.open_session(prompt, seed=seed, worker=first_worker if visit.on_first_worker else None)
     out["session"], out["chunks"] = session, []
     period = session.frames / session.fps
     idle_done = visit.idle_at_s is None
@@ -121,6 +126,29 @@ def _play(server: Any, visit: Visit, prompt: str, seed: int, t0: float, out: dic
     finally:
         out["events"] = session.events()
         session.close()
+
+
+def _warm_workers(dask_scheduler: Any) -> int:
+    """Workers in the scheduler that have loaded their model (run on the scheduler)."""
+    from framework.registry import PLUGIN_NAME
+
+    warming = dask_scheduler.plugins[PLUGIN_NAME].warming()
+    return sum(1 for address in dask_scheduler.workers if address not in warming)
+
+
+def _wait_warm(server: Any, timeout_s: float = 300.0) -> float:
+    """Wait until a worker has loaded the model; returns the seconds waited.
+
+    The burst starts on a cluster that can serve: sessions opened while the only worker
+    still loads its model wait for it, and the loop meanwhile starts workers for them,
+    so each lands on a worker of its own and there is nothing to migrate.
+    """
+    t0 = time.monotonic()
+    while server.client.run_on_scheduler(_warm_workers) < 1:
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"no worker loaded the model within {timeout_s:.0f} s")
+        time.sleep(0.2)
+    return time.monotonic() - t0
 
 
 def _relative(log: dict[str, Any], t0: float) -> dict[str, Any]:
@@ -251,8 +279,9 @@ def run_demo(
     started = time.perf_counter()
     with dask.config.set(settings), Server.local(n_workers=1, model=model, adaptive=False) as server:
         server.adapt(minimum=1, maximum=max_workers, **({} if keep_config else DEMO_CONTROL))
-        print(f"cluster up: 1 worker, model {model}, closed loop on (autoscaling 1..{max_workers}), "
-              f"dashboard {server.dashboard_link}")
+        waited = _wait_warm(server)
+        print(f"cluster up: 1 worker, model {model} loaded in {waited:.1f}s, closed loop on "
+              f"(autoscaling 1..{max_workers}), dashboard {server.dashboard_link}")
         t0 = time.time()
         visits = burst(n_sessions, length_s)
         results = [{} for _ in visits]
@@ -261,8 +290,9 @@ def run_demo(
         # depends on the machine; on a loaded 2-core machine twice the burst was not always enough.
         stay, cap_s = threading.Event(), 3 * length_s
         stay.set()
+        first = server.workers()[0]
         threads = [threading.Thread(target=_play, args=(server, v, prompts[i % len(prompts)], i, t0, results[i],
-                                                        stay, cap_s), daemon=True) for i, v in enumerate(visits)]
+                                                        stay, cap_s, first), daemon=True) for i, v in enumerate(visits)]
         for th in threads:
             th.start()
         # Check for the migration every second and print every five; go on as soon as the
