@@ -166,7 +166,8 @@ class StateSource:
         """
         from kernels.model import prompt_schedule
 
-        switches = {k: p for k, p in prompt_schedule(self.fresh(schedule)) if k > 0}
+        # none at ``stop``: the state is dropped there, a switch would only re-cache its KV
+        switches = {k: p for k, p in prompt_schedule(self.fresh(schedule)) if 0 < k < stop}
         return self.advance(self.fresh(), stop, switches, keep_from=first)[1]
 
     def advance(self, state: SessionState, stop: int, switches: dict[int, str],
