@@ -14,6 +14,7 @@ from experiments.results import CHUNK_COLUMNS, INTERVAL_COLUMNS
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def run(burst_replay):
     """The live replay of the burst trace (tests/conftest.py: one replay for this module and test_parity)."""
