@@ -20,6 +20,7 @@ from distributed import Client, LocalCluster
 from framework import config, notebook
 from framework.limits import OpenLimits, validate_open
 from framework.model_pools import models_of, pool_plan, worker_resources
+from framework.read_cursor import ReadCursor
 from framework.scheduler_plugin import TurboserveScheduler
 from framework.serving_settings import ServingSettings
 from framework.session import Session
@@ -423,9 +424,9 @@ class Server:
         session = Session(self, {**info, "access_token": token})
         if info["actor_key"] is not None:
             actor = await call_actor(session._rpc(), info["actor_key"], "info")
-            session._issued = session._recv_next = actor["chunk_index"]
+            session._cursor = ReadCursor(actor["chunk_index"])
         else:  # suspended to disk: the record's count is exact (no chunk is in flight)
-            session._issued = session._recv_next = info["chunks"]
+            session._cursor = ReadCursor(info["chunks"])
         return session
 
     async def aopen_session(self, prompt: str, seed: int = 0, **kw: Any) -> Session:

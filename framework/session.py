@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from dask.utils import parse_timedelta
@@ -40,6 +39,7 @@ from distributed.actor import ProxyRPC
 
 from framework import config, notebook
 from framework.chunk_future import ChunkFuture
+from framework.read_cursor import ReadCursor
 from framework.errors import SessionAccessDenied, SessionLost
 from workers.chunk import Chunk
 from workers.errors import (
@@ -108,13 +108,8 @@ class Session:
         self._worker: str = info["worker"]
         self._key: str = info["actor_key"]
         self._access: str | None = info.get("access_token")  # the capability (workers.access)
-        self._issued = 0  # chunks asked for so far (request high-water mark)
-        self._recv_next = 0  # every index below this has been received
-        self._buffer: dict[int, Chunk] = {}
+        self._cursor = ReadCursor(0)  # indices asked for, received and read (attach: the count made)
         self._token = uuid.uuid4().hex[:8]  # this handle's part of its chunk futures' keys
-        self._owned: set[int] = set()  # indices handed to chunk futures (the stream skips them)
-        self._pending: dict[int, Callable[[], bool]] = {}  # ...their done(), until their task finished
-        self._pending_lock = threading.Lock()
         self._poll_lock: asyncio.Lock | None = None
         self._closed = False
         self._closing = False  # this handle asked to close (a SessionClosed is then expected)
@@ -122,14 +117,13 @@ class Session:
         self._events: list[dict[str, Any]] = []  # read from actors, plus this client's own
         #: Longest wait for a chunk while none arrives (``turboserve.client.chunk-timeout``).
         self._chunk_timeout_s = float(parse_timedelta(config.get("client.chunk-timeout"), default="s"))
-        self._arrivals = 0  # chunks received by polls so far (a wait's sign of progress)
         #: ``(chunk, prompt)`` of every switch made through this handle (:meth:`set_prompt`).
         self.prompts: list[tuple[int, str]] = [(0, self.prompt)]
         #: What this client received: recent frames (``turboserve.notebook.keep-frames``), latencies.
         self.history = notebook.StreamHistory()
 
     def __repr__(self) -> str:
-        return f"<Session {self.id} on {self._worker} issued={self._issued}>"
+        return f"<Session {self.id} on {self._worker} issued={self._cursor.issued}>"
 
     # ------------------------------------------------------------ properties
 
@@ -359,7 +353,8 @@ class Session:
                     raise SessionMoved(f"session {self.id!r} has no actor yet")
                 # With what was read: an actor recovered from an older checkpoint makes those
                 # chunks again, and unacknowledged they would fill its unread window (issue 13).
-                await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._issued, self._read_prefix()),
+                await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._cursor.issued,
+                                                  self._cursor.read_prefix()),
                                        CONNECT_TIMEOUT_S + RPC_GRACE_S)
                 return
             except Exception as exc:
@@ -381,14 +376,13 @@ class Session:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CHUNKS_PER_CALL:
             raise InvalidRequest(f"chunk count {n!r} is not an int in [0, {MAX_CHUNKS_PER_CALL}]")
         self._check_usable()
-        first = self._issued
-        self._issued += n
+        first = self._cursor.issue(n)
         if n and self._key is None:
             await self._relocate()
         elif n:
             try:
-                acked = [self._read_prefix()] if acknowledge else []
-                await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._issued, *acked),
+                acked = [self._cursor.read_prefix()] if acknowledge else []
+                await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._cursor.issued, *acked),
                                        CONNECT_TIMEOUT_S + RPC_GRACE_S)
             except Exception as exc:
                 failure = self._actor_failure(exc)
@@ -397,23 +391,11 @@ class Session:
                 await self._relocate(exc)
         return first
 
-    def _read_prefix(self) -> int:
-        """The index before which every chunk is read: the client's, or taken by a future's task.
-
-        What a poll or a request acknowledges (the actor drops the chunks before it):
-        never a chunk a future's task has not taken yet.
-        """
-        self._skip_owned()  # a reader that only submits polls no more: pass the futures' indices
-        with self._pending_lock:
-            for index in [i for i, done in self._pending.items() if done()]:
-                del self._pending[index]  # the task has taken its chunk (or the future is gone)
-            return min(self._recv_next, min(self._pending, default=self._recv_next))
-
     async def _poll_once(self, timeout: float = POLL_TIMEOUT_S) -> None:
         self._check_usable()
         if self._key is None:
             await self._relocate()
-        after = self._read_prefix()
+        after = self._cursor.read_prefix()
         try:
             chunks = await call_actor(self._rpc(), self._key, "poll", after, timeout)
         except Exception as exc:
@@ -424,17 +406,7 @@ class Session:
                 raise failure from exc
             await self._relocate(exc)
             return
-        for chunk in chunks:
-            if chunk.index >= self._recv_next and chunk.index not in self._owned:
-                self._buffer[chunk.index] = chunk
-                self._arrivals += 1
-        self._skip_owned()
-
-    def _skip_owned(self) -> None:
-        with self._pending_lock:  # a sync submit() reads the prefix on the caller's thread
-            while self._recv_next in self._buffer or self._recv_next in self._owned:
-                self._owned.discard(self._recv_next)
-                self._recv_next += 1
+        self._cursor.receive(chunks)
 
     async def _chunk(self, index: int) -> Chunk:
         """Wait for chunk ``index`` (already requested) and take it from the buffer.
@@ -448,21 +420,22 @@ class Session:
         if self._poll_lock is None:
             self._poll_lock = asyncio.Lock()
         bound = self._chunk_timeout_s
-        since, seen, actor = time.monotonic(), self._arrivals, self._key
-        while index not in self._buffer:
+        cursor = self._cursor
+        since, seen, actor = time.monotonic(), cursor.arrivals, self._key
+        while not cursor.has(index):
             remaining = bound - (time.monotonic() - since)
             if remaining <= 0:
                 raise self._stalled(index, bound)
             async with self._poll_lock:
-                if index not in self._buffer:
+                if not cursor.has(index):
                     try:
                         await asyncio.wait_for(self._poll_once(min(POLL_TIMEOUT_S, max(remaining, 0.05))),
                                                remaining + RPC_GRACE_S)
                     except TimeoutError:
                         raise self._stalled(index, bound, answered=False) from None
-            if self._arrivals != seen or self._key != actor:
-                since, seen, actor = time.monotonic(), self._arrivals, self._key
-        chunk = self._buffer.pop(index)
+            if cursor.arrivals != seen or self._key != actor:
+                since, seen, actor = time.monotonic(), cursor.arrivals, self._key
+        chunk = cursor.take(index)
         self.history.record(chunk)
         return chunk
 
@@ -501,10 +474,8 @@ class Session:
     def _chunk_future(self, index: int) -> ChunkFuture:
         """Submit the task of chunk ``index`` (:func:`workers.chunk_futures.chunk_task`)."""
         key = chunk_key(self.id, self._token, index)
-        acked = self._read_prefix()  # carried by the task: a recovered actor learns what was read
-        with self._pending_lock:
-            self._owned.add(index)
-            self._pending[index] = lambda: False  # until the future exists
+        acked = self._cursor.read_prefix()  # carried by the task: a recovered actor learns what was read
+        self._cursor.own(index)
         client = self._server.client
         submitted = client.submit(
             chunk_task, self.id, index, self._worker, self._key, key[0], access_token=self._access,
@@ -513,8 +484,7 @@ class Session:
         )
         future = ChunkFuture(key, client, self._worker, self._access)  # the same key and state, a shorter result()
         submitted.release()
-        with self._pending_lock:
-            self._pending[index] = future.done_probe()
+        self._cursor.attach(index, future.done_probe())
         return future
 
     async def aset_prompt(self, prompt: str) -> int:
@@ -567,7 +537,7 @@ class Session:
                            "this handle is closed, the server may still hold the session", self.id, CLOSE_TIMEOUT_S, exc)
         finally:
             self._closed = True
-            self._buffer.clear()
+            self._cursor.clear()
 
     async def _control(self, op: str, **kw: Any) -> dict[str, Any]:
         self._check_usable()
