@@ -45,7 +45,9 @@ class HeapChooser:
     ``held`` maps a worker's address to batch slots that are not free although no
     session computes in them (slots kept for idle sessions resident there, see
     :class:`MigrationAware`); a worker has room while ``n_active + held < max_batch``.
-    The caller changes ``held`` in place and then calls :meth:`refresh`. ``incoming``
+    The caller changes ``held`` in place and then calls :meth:`refresh`. ``outlook``:
+    the caller's reading of this decision's snapshot for the quality valve's budget
+    (:class:`~policies.valve_budget.ValveOutlook`; None until it is first needed). ``incoming``
     counts the batch slots of starting workers not yet spoken for (set and spent by
     the caller: a new session may wait for one of them instead of taking a held slot);
     ``evict_failed`` remembers, per ``(model, protected)``, the smallest session for
@@ -58,7 +60,7 @@ class HeapChooser:
     otherwise misses are remembered per model.
     """
 
-    __slots__ = ("_key", "_heap", "_min_failed", "_share", "held", "incoming", "evict_failed", "_pooled",
+    __slots__ = ("_key", "_heap", "_min_failed", "_share", "held", "incoming", "outlook", "evict_failed", "_pooled",
                  "_failed_by_model", "_open_in_pools", "_kept", "_kept_built")
 
     def __init__(
@@ -69,6 +71,7 @@ class HeapChooser:
         self._share = memory_share
         self.held: dict[str, int] = {} if held is None else held
         self.incoming = 0
+        self.outlook: Any = None
         self.evict_failed: dict[tuple[str, bool], int] = {}
         self._min_failed: int | None = None
         self._failed_by_model: dict[str, int] = {}
@@ -103,7 +106,7 @@ class HeapChooser:
         ranking. The chooser then picks what one built on the new ledger picks: a load
         not counted again has the counts, version and heap entry it had, the changed
         ones get an entry at their new version (older entries are stale), and the memos
-        of the previous decision are forgotten. ``incoming`` is the caller's to set.
+        of the previous decision are forgotten. ``incoming`` and ``outlook`` are the caller's to set.
         With more stale entries than loads, the heap is built again.
         """
         self._key = key
@@ -111,6 +114,7 @@ class HeapChooser:
         self._failed_by_model.clear()
         self.evict_failed.clear()
         self.incoming = 0
+        self.outlook = None
         held = self.held
         if held_of is not None:
             counted = held_of(changed)

@@ -43,6 +43,7 @@ from policies.choosers import Chooser, HeapChooser, RingChooser, fewest_active
 from policies.base import LedgerPolicy
 from policies.registry import register
 from policies.types import Action, Migrate, Offload, Place, Reject, SessionView, Snapshot, WorkerStatus
+from policies.valve_budget import LentWorker, ValveOutlook, lend_fits
 
 ON_FULL = ("queue", "refuse")
 _DRAINING = WorkerStatus.DRAINING
@@ -177,6 +178,19 @@ class _PlacementPolicy(LedgerPolicy):
                 actions.append(Offload(s.session_id, tier="host", cause="drain", drain=True))
 
 
+def _lent_workers(ledger: CapacityLedger, period_s: float) -> list[LentWorker]:
+    """The running workers holding more resident sessions than their ``b*`` (slots lent on the valve)."""
+    lent = []
+    for ld in ledger.loads.values():
+        view = ld.view
+        residents = ld.n_active + len(ld.idle)
+        if view.status is _RUNNING and residents > view.max_batch:
+            some = ld.active[0] if ld.active else ld.idle[0] if ld.idle else None
+            lent.append(LentWorker(residents, len(ld.idle), ld.n_active > view.max_batch,
+                                   period_s if some is None else some.chunk_period_s))
+    return lent
+
+
 def _kept_slots(loads: Iterable[WorkerLoad]) -> dict[str, int]:
     # The batch slots MigrationAware(keep_idle_slots=True) keeps on running workers: one per idle session.
     return {ld.address: len(ld.idle) for ld in loads if ld.idle and ld.view.status is _RUNNING}
@@ -280,8 +294,10 @@ class MigrationAware(_PlacementPolicy):
         without evicting it, up to the valve's batch of resident sessions
         (:meth:`_valve_slot`). Off by default here; on in TurboServe's configuration.
     valve_budget
-        With ``valve_admission``: it lends only while ``Snapshot.degraded_chunks`` are at
-        most this share of ``chunks_made``; None: no budget.
+        With ``valve_admission``: the share of chunks the valve may degrade; a slot is
+        lent only when the chunks degraded so far plus what the lent slots are expected
+        to degrade stay within it (:func:`policies.valve_budget.lend_fits`); None: no
+        budget.
     **kwargs
         ``on_full``, ``new_session_bytes``, ``max_drain_migrations`` as for every
         placement policy.
@@ -412,17 +428,20 @@ class MigrationAware(_PlacementPolicy):
         sessions come back before the capacity being started takes the surplus away (a
         rebalance), the worker runs them all in one degraded step (the valve) instead of
         stalling one. Not while the cluster is at its maximum with nothing starting: there
-        the valve would become standing capacity; nor while the chunks degraded so far
-        exceed ``valve_budget`` of the chunks made so far (a closed loop on the share of
-        degraded chunks: a slot lent now keeps its worker's sessions degraded until the
-        capacity comes, so the share can overshoot by what the lent slots degrade over
-        one start-up time).
+        the valve would become standing capacity; nor when what the lent slots and this
+        one are expected to degrade does not fit ``valve_budget``
+        (:mod:`policies.valve_budget`).
         """
         snap = ledger.snap
-        if self.valve_budget is not None and snap.degraded_chunks > self.valve_budget * snap.chunks_made:
-            return None  # the valve's budget of degraded chunks is spent
         if chooser.incoming <= 0 and len(snap.workers) >= snap.max_workers:
             return None
+        if self.valve_budget is not None:
+            if chooser.outlook is None:  # read once per decision, when a lend is first considered
+                chooser.outlook = ValveOutlook.of(snap)
+            group = max((w.valve_batch for w in snap.workers), default=0)
+            if not lend_fits(snap, chooser.outlook, _lent_workers(ledger, chooser.outlook.period_s), group,
+                             self.valve_budget):
+                return None  # the valve's budget of degraded chunks does not cover another lend
         held = chooser.held
         key = ledger.latency_plus_key()
         best, best_key = None, None

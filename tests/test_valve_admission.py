@@ -162,6 +162,45 @@ def test_no_admission_over_b_star_once_the_valves_budget_is_spent():
     from dataclasses import replace
     snap = _snap(valve_batch=3, starting=1)
     policy = MigrationAware(keep_idle_slots=True, valve_admission=True, valve_budget=0.01, new_session_bytes=10)
-    assert policy.decide(replace(snap, chunks_made=10_000, degraded_chunks=100), None)[0]  # 1%: placed
+    assert policy.decide(replace(snap, chunks_made=10_000, degraded_chunks=0), None)[0]  # placed
     assert policy.decide(replace(snap, chunks_made=10_000, degraded_chunks=101), None)[0] == []  # spent: it waits
-    assert policy.decide(replace(snap, chunks_made=0, degraded_chunks=0), None)[0]  # nothing spent yet
+
+
+def _budget_case(*, chunks_made: int, degraded: int = 0, idle_since_s: float = 99.0, lent_elsewhere: bool = False):
+    """w1: one active session and one idle since ``idle_since_s`` (now 100 s, start-up 10 s, a chunk a second)."""
+    from dataclasses import replace
+    snap = _snap(valve_batch=3, starting=1)
+    sessions = [replace(s, since_s=idle_since_s) if s.status is SessionStatus.IDLE else s for s in snap.sessions]
+    workers = list(snap.workers)
+    if lent_elsewhere:  # w2 holds three residents over its b* of 2: a slot lent before
+        workers.append(WorkerView("w2", max_batch=2, memory_bytes=100, valve_batch=3))
+        sessions += [SessionView("x", SessionStatus.ACTIVE, "w2", 10), SessionView("y", SessionStatus.ACTIVE, "w2", 10),
+                     SessionView("z", SessionStatus.IDLE, "w2", 10, since_s=idle_since_s)]
+    snap = replace(snap, workers=tuple(workers), sessions=tuple(sessions), chunks_made=chunks_made,
+                   degraded_chunks=degraded)
+    policy = MigrationAware(keep_idle_slots=True, valve_admission=True, valve_budget=0.01, new_session_bytes=10)
+    return [a for a in policy.decide(snap, None)[0] if isinstance(a, Place) and a.session_id == "new"]
+
+
+def test_a_lend_is_priced_by_what_it_is_expected_to_degrade_before_the_capacity_comes():
+    from policies.valve_budget import degraded_seconds
+    # An idle resident likely back within the start-up (idle for 1 s): about 3 x 9 = 27
+    # chunks expected degraded; the budget of 10,000 chunks (+ 10 s of one active
+    # session's) is 100: it fits, and does not once 80 are spent.
+    cost = 3 * degraded_seconds(10.0, 1.0, 1)
+    assert 26 < cost < 28
+    assert _budget_case(chunks_made=10_000)
+    assert _budget_case(chunks_made=10_000, degraded=80) == []
+    # Nothing made yet: nothing to spend on a slot whose holder may be back any moment.
+    assert _budget_case(chunks_made=0) == []
+    # A holder idle for 100 s is rarely back within 10 s: the same slot costs about 1.5
+    # chunks, which 1,000 chunks made cover.
+    assert _budget_case(chunks_made=1_000, idle_since_s=0.0)
+    assert _budget_case(chunks_made=1_000, idle_since_s=99.0) == []
+
+
+def test_the_slots_lent_before_count_against_the_budget():
+    # w2's lent slot (three residents, one idle for 1 s) is expected to degrade about 27
+    # chunks too: with 50 of budget, one lend fits, not two.
+    assert _budget_case(chunks_made=5_000)
+    assert _budget_case(chunks_made=5_000, lent_elsewhere=True) == []
