@@ -435,13 +435,6 @@ class MigrationAware(_PlacementPolicy):
         snap = ledger.snap
         if chooser.incoming <= 0 and len(snap.workers) >= snap.max_workers:
             return None
-        if self.valve_budget is not None:
-            if chooser.outlook is None:  # read once per decision, when a lend is first considered
-                chooser.outlook = ValveOutlook.of(snap)
-            group = max((w.valve_batch for w in snap.workers), default=0)
-            if not lend_fits(snap, chooser.outlook, _lent_workers(ledger, chooser.outlook.period_s), group,
-                             self.valve_budget):
-                return None  # the valve's budget of degraded chunks does not cover another lend
         held = chooser.held
         key = ledger.latency_plus_key()
         best, best_key = None, None
@@ -456,6 +449,12 @@ class MigrationAware(_PlacementPolicy):
                 best, best_key = load, k
         if best is None:
             return None
+        if self.valve_budget is not None:
+            if chooser.outlook is None:  # read once per decision, when a lend is first possible
+                chooser.outlook = ValveOutlook.of(snap)
+            lent = _lent_workers(ledger, chooser.outlook.period_s)
+            if not lend_fits(snap, chooser.outlook, lent, best.view.valve_batch, self.valve_budget):
+                return None  # the valve's budget of degraded chunks does not cover another lend
         if held.get(best.address, 0) > 0:
             held[best.address] -= 1  # the slot it takes is one an idle session kept
         best.version += 1
