@@ -116,6 +116,32 @@ def test_adopt_registers_recorded_sessions_suspended_at_their_checkpoint(tmp_pat
     assert store.list() == ["s0"]  # the index is not a checkpoint
 
 
+def test_a_session_recorded_while_another_creates_the_index_is_recorded_too(tmp_path):
+    """zarr's ``require_group`` looks, then creates: two sessions opened at the same instant
+    both find no ``__sessions__`` group, and the second creation raises ``ContainsGroupError``
+    (seen in the demo's scheduler). The loser opens the group the winner made."""
+    from zarr.errors import ContainsGroupError
+
+    from storage.session_index import GROUP, SessionIndex
+
+    index = SessionIndex(tmp_path)
+    root = index._root
+
+    class LosesTheRace:  # the index's root, where another writer creates the group first
+        def require_group(self, name):
+            root.create_group(name).create_group("s0")
+            raise ContainsGroupError(f"A group exists at path {name!r}")
+
+        def __getitem__(self, name):
+            return root[name]
+
+    index._root = LosesTheRace()
+    index.put({"session_id": "s1", "model": "tiny", "prompt": PROMPT, "seed": 1})
+    index._root = root
+    assert sorted(root[GROUP].group_keys()) == ["s0", "s1"]
+    assert [d["session_id"] for d in index.documents()] == ["s1"]  # s0 is the stand-in's bare group
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_sessions_come_back_from_the_store_with_the_same_frames_after_a_scheduler_restart(tmp_path, reference):
