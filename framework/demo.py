@@ -73,26 +73,28 @@ class Visit:
 
 
 def burst(n_sessions: int, length_s: float) -> list[Visit]:
-    """The demo's burst: sessions 0 and 1 together, the others a few seconds later, session 1 idle a while.
+    """The demo's burst: sessions 0 and 1 together, the others a few seconds later, one idle a while.
 
     The first two open at the same instant on a cluster of one warm worker
-    (:func:`run_demo` waits for the model), session 1 asking for that worker by name
+    (:func:`run_demo` waits for the model), both asking for that worker by name
     (``on_first_worker``): both stream there, over its ``b*``, and the loop must scale out
-    and migrate one of them. Left to placement, session 1 could instead wait for a worker
-    the loop starts for it (it does when the loop ticks while session 0's open is still
-    under way, which depends on the machine's speed), and then nothing needs to move.
-    Every session leaves by ``length_s``; session 1 (when there is one) goes idle at half
-    time for a third of the burst, long enough for the idle-timeout offload.
+    and migrate one of them. Left to placement, one of them would wait for a worker the
+    loop starts for it instead (the one whose open comes second, or both when the loop
+    ticks while an open is under way: which depends on the machine's speed), and then
+    nothing needs to move.
+    Every session leaves by ``length_s``. Session 2 (session 1 when there are only two)
+    goes idle at half time for a third of the burst, long enough for the idle-timeout
+    offload: not one of the two on the first worker, which would then no longer be over
+    its ``b*`` (and, resumed, go wherever there is room) should the new workers be slow
+    to start and the idle spell come first: nothing would have to move.
     """
+    idle = 2 if n_sessions > 2 else 1
     visits = []
     for i in range(n_sessions):
         arrive = 0.0 if i < 2 else 2.0 + 0.5 * i
         leave = length_s - 2.0 * (n_sessions - 1 - i) / max(n_sessions, 1)
-        if i == 1:
-            visits.append(Visit(arrive, leave, idle_at_s=0.45 * length_s, idle_for_s=length_s / 3,
-                                on_first_worker=True))
-        else:
-            visits.append(Visit(arrive, leave))
+        pause = {"idle_at_s": 0.45 * length_s, "idle_for_s": length_s / 3} if i == idle else {}
+        visits.append(Visit(arrive, leave, on_first_worker=i < 2, **pause))
     return visits
 
 
@@ -343,7 +345,7 @@ def run_demo(
     print(f"  placements {summary['placements']}, migrations {summary['migrations']}, "
           f"offloads {summary['offloads']}, resumes {summary['resumes']}")
     for t, action, sid, worker in summary["moves"]:
-        print(f"    t={t:5.1f}s  {action:8s} {sid} -> {worker}")
+        print(f"    t={t:5.1f}s  {action:8s} {sid} " + (f"-> {worker}" if worker else "off its worker"))
     if summary["chunks"]:
         print(f"  chunk latency p50 {summary['latency_p50_s']:.2f}s, p95 {summary['latency_p95_s']:.2f}s over "
               f"{summary['chunks']} chunks ({summary['migrated_chunks']} first after a move)")

@@ -57,11 +57,13 @@ def test_the_burst_has_arrivals_an_idle_spell_and_departures():
     visits = burst(3, 30.0)
     # two at once on the one worker (the loop has to scale out and move one), one later
     assert [v.arrive_s for v in visits[:2]] == [0, 0] and visits[2].arrive_s > 0
-    assert [v.on_first_worker for v in visits] == [False, True, False]
-    assert [v.idle_at_s is not None for v in visits] == [False, True, False]
+    assert [v.on_first_worker for v in visits] == [True, True, False]
+    # the one that pauses is not on the first worker: the two there stay over its b* until one moves
+    assert [v.idle_at_s is not None for v in visits] == [False, False, True]
     assert all(v.arrive_s < v.leave_s <= 30.0 for v in visits)
-    idle = visits[1]
+    idle = visits[2]
     assert idle.arrive_s < idle.idle_at_s < idle.idle_at_s + idle.idle_for_s < idle.leave_s
+    assert [v.idle_at_s is not None for v in burst(2, 30.0)] == [False, True]
 
 
 def test_demo_rejects_empty_work(tmp_path, capsys):
