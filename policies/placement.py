@@ -489,21 +489,17 @@ class MigrationAware(_PlacementPolicy):
         where the measured curve is nearly flat), and it weighs the copy against a few
         chunks only. So the surplus moves first, cheapest first, while a worker with a
         free slot takes it and the move does not make the worst latency of the pair worse.
-        At most ``max_migrations`` moves a decision, these counted first. A worker within
-        its quality valve's batch (``WorkerView.valve_batch``) is left to the latency
-        rule: its group's degraded step meets the SLO, and a move stalls the moved
-        session's next chunk by its copy.
+        At most ``max_migrations`` moves a decision, these counted first.
         """
         budget = self.max_migrations
         n = 0
-        over = [ld for ld in ledger.loads.values()
-                if ld.view.status is _RUNNING and ld.n_active > max(ld.view.max_batch, ld.view.valve_batch)]
+        over = [ld for ld in ledger.loads.values() if ld.view.status is _RUNNING and ld.n_active > ld.view.max_batch]
         if not over:
             return 0
         latency, latency_plus = ledger.latency, ledger.latency_plus
         for load in sorted(over, key=lambda ld: (-ld.n_active, ld.address)):
             queue = sorted((s for s in load.active if s.session_id not in moved), key=_move_rank, reverse=True)
-            while queue and load.n_active > max(load.view.max_batch, load.view.valve_batch) and n < budget:
+            while queue and load.n_active > load.view.max_batch and n < budget:
                 s = queue.pop()
                 target = chooser.pick(s.state_bytes, load, s.model)
                 if target is None:
