@@ -463,58 +463,16 @@ class MigrationAware(_PlacementPolicy):
     def _rebalance(self, ledger: CapacityLedger, chooser: Chooser, actions: list[Action], moved: set[str]) -> None:
         if self.max_migrations == 0:
             return
-        budget = self.max_migrations - self._relieve(ledger, chooser, actions, moved)
-        if budget <= 0:
-            return
         if self.rebalance_above_slo and ledger.latency_within(ledger.snap.slo_s):
             return
         plan, before, after = self._plan(ledger, chooser, moved)
-        keep = min(len(plan), budget) if before - after > self.min_gain * before else 0
+        keep = min(len(plan), self.max_migrations) if before - after > self.min_gain * before else 0
         # The chooser is not re-ranked after the undo: rebalancing is its last use.
         for s, source, target, _, _ in reversed(plan[keep:]):
             ledger.undo_move(s, source, target)
         for s, source, target, l_max, pair_max in plan[:keep]:
             cause = f"rebalance: worst latency {l_max:.3g}s -> {pair_max:.3g}s"
             actions.append(Migrate(s.session_id, source.address, target.address, cause=cause))
-
-    def _relieve(self, ledger: CapacityLedger, chooser: Chooser, actions: list[Action], moved: set[str]) -> int:
-        """Move the surplus of running workers over their ``b*`` to workers with a free batch slot; returns the moves.
-
-        A worker's ``b*`` (``WorkerView.max_batch`` in a tick's snapshot) is the batch
-        the autoscaler provisions for: more active sessions than that (admitted at open up
-        to ``admission.max-sessions-per-worker``, or a slot lent on the quality valve whose
-        idle holder came back) miss the SLO on every chunk while the capacity bought for
-        them waits. The latency-gain rebalance (:meth:`_plan`) may not move them: where the
-        batch cost is small the gain of one move is below ``min_gain`` (seen live on a CPU,
-        where the measured curve is nearly flat), and it weighs the copy against a few
-        chunks only. So the surplus moves first, cheapest first, while a worker with a
-        free slot takes it and the move does not make the worst latency of the pair worse.
-        At most ``max_migrations`` moves a decision, these counted first.
-        """
-        budget = self.max_migrations
-        n = 0
-        over = [ld for ld in ledger.loads.values() if ld.view.status is _RUNNING and ld.n_active > ld.view.max_batch]
-        if not over:
-            return 0
-        latency, latency_plus = ledger.latency, ledger.latency_plus
-        for load in sorted(over, key=lambda ld: (-ld.n_active, ld.address)):
-            queue = sorted((s for s in load.active if s.session_id not in moved), key=_move_rank, reverse=True)
-            while queue and load.n_active > load.view.max_batch and n < budget:
-                s = queue.pop()
-                target = chooser.pick(s.state_bytes, load, s.model)
-                if target is None:
-                    return n  # no free slot anywhere: the autoscaler's capacity is still coming
-                before = latency(load)
-                if latency_plus(target, s.context_frames) > before:
-                    break  # the target would do worse than staying
-                ledger.move(s, load, target)
-                chooser.refresh(load)
-                chooser.refresh(target)
-                moved.add(s.session_id)
-                n += 1
-                actions.append(Migrate(s.session_id, load.address, target.address,
-                                       cause=f"relieve: {load.n_active + 1} active over b* = {load.view.max_batch}"))
-        return n
 
     def _plan(self, ledger: CapacityLedger, chooser: Chooser, moved: set[str]) -> tuple[list[tuple], float, float]:
         """Greedy moves from the worst worker to the best, booked into ``ledger``.
