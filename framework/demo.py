@@ -55,8 +55,9 @@ DEMO_CONFIG = {
 DEMO_CONTROL = {
     "autoscaling_params": {"downscale_delay_s": 8, "headroom_quantile": 0},
     "placement_params": {"min_gain": 0.01},
-    # Plan with the preset's measured CPU profile (kernels/profiles/<model>-cpu.csv: a
-    # batch of 2 costs 1.1x one, of 4 1.6x), not with what the burst's few chunks measure:
+    # Plan with the preset's measured CPU profile (kernels/profiles/<model>-cpu.csv; for
+    # tiny-trained a batch of 2 costs 1.2x one, of 4 2.2x), not with what the burst's few
+    # chunks measure:
     # on a busy 2-core machine the smallest recent latency per batch size comes out nearly
     # flat as often as not, and then moving a session off the first worker "gains" under
     # min_gain and nothing moves (1 run in 4-5 showed no migration).
@@ -88,6 +89,7 @@ def burst(n_sessions: int, length_s: float) -> list[Visit]:
     loop starts for it instead (the one whose open comes second, or both when the loop
     ticks while an open is under way: which depends on the machine's speed), and then
     nothing needs to move.
+
     Every session leaves by ``length_s``. Session 2 (session 1 when there are only two)
     goes idle at half time for a third of the burst, long enough for the idle-timeout
     offload: not one of the two on the first worker, which would then no longer be over
