@@ -204,3 +204,31 @@ def test_the_slots_lent_before_count_against_the_budget():
     # chunks too: with 50 of budget, one lend fits, not two.
     assert _budget_case(chunks_made=5_000)
     assert _budget_case(chunks_made=5_000, lent_elsewhere=True) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(horizon=st.floats(0.1, 120.0), mean_idle=st.floats(0.01, 3600.0), idle=st.integers(1, 8))
+def test_a_lent_slot_degrades_at_most_a_start_up_and_less_the_longer_its_holders_stay_away(horizon, mean_idle, idle):
+    from policies.valve_budget import degraded_seconds
+    e = degraded_seconds(horizon, mean_idle, idle)
+    assert 0.0 <= e <= horizon + 1e-9
+    assert degraded_seconds(horizon, mean_idle * 2, idle) <= e + 1e-9  # idle spells twice as long
+    assert degraded_seconds(horizon, mean_idle, idle + 1) >= e - 1e-9  # one more holder that may come back
+
+
+@settings(max_examples=200, deadline=None)
+@given(made=st.integers(0, 10**6), degraded=st.integers(0, 10**4), more=st.integers(1, 10**3),
+       lent=st.lists(st.tuples(st.integers(3, 9), st.integers(0, 3), st.booleans()), max_size=4))
+def test_the_budget_never_admits_more_when_more_is_spent_or_lent(made, degraded, more, lent):
+    from dataclasses import replace
+
+    from policies.valve_budget import LentWorker, ValveOutlook, lend_fits
+    snap = replace(_snap(valve_batch=3, starting=1), chunks_made=made, degraded_chunks=degraded)
+    outlook = ValveOutlook.of(snap)
+    workers = [LentWorker(r, i, d, 1.0) for r, i, d in lent]
+    fits = lend_fits(snap, outlook, workers, 3, 0.01)
+    if not fits:
+        assert not lend_fits(replace(snap, degraded_chunks=degraded + more), outlook, workers, 3, 0.01)
+        assert not lend_fits(snap, outlook, [*workers, LentWorker(3, 1, False, 1.0)], 3, 0.01)
+    if fits:
+        assert lend_fits(replace(snap, chunks_made=made + more), outlook, workers, 3, 0.01)
