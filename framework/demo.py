@@ -57,10 +57,9 @@ DEMO_CONTROL = {
     "placement_params": {"min_gain": 0.01},
     # Plan with the preset's measured CPU profile (kernels/profiles/<model>-cpu.csv; for
     # tiny-trained a batch of 2 costs 1.2x one, of 4 2.2x), not with what the burst's few
-    # chunks measure:
-    # on a busy 2-core machine the smallest recent latency per batch size comes out nearly
-    # flat as often as not, and then moving a session off the first worker "gains" under
-    # min_gain and nothing moves (1 run in 4-5 showed no migration).
+    # chunks measure: on a busy 2-core machine the smallest recent latency per batch size
+    # comes out nearly flat as often as not, and then moving a session off the first
+    # worker "gains" under min_gain and nothing moves (1 run in 4-5 showed no migration).
     "measure": False,
 }
 
