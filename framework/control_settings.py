@@ -309,6 +309,8 @@ def default_policy_params(
             "provision_idle": bool(config.get("control.keep-idle-slots")),
             "provision_idle_s": _optional_seconds(config.get("autoscale.provision-idle-s")),
             "provision_returns": bool(config.get("autoscale.provision-returns")),
+            # an SLO below one step: buy GPUs only for gains placement would move a session for
+            "unmet_slo_slack": float(config.get("control.migration-gain")),
         }
     if offload == "idle-timeout":
         out["offload"]["idle_s"] = float(config.get("control.idle-offload-s"))

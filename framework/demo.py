@@ -50,11 +50,13 @@ DEMO_CONFIG = {
     "turboserve.control.interval": "500ms",
     "turboserve.control.idle-offload-s": 3,
     "turboserve.autoscale.wait-count": 1,
+    # any predicted gain is worth a move; and the SLO being below any step, the
+    # autoscaler buys a worker a session only where running alone gains as much
+    "turboserve.control.migration-gain": 0.01,
 }
 #: Control-loop overrides of the demo (:class:`framework.control_settings.ControlSettings`).
 DEMO_CONTROL = {
     "autoscaling_params": {"downscale_delay_s": 8, "headroom_quantile": 0},
-    "placement_params": {"min_gain": 0.01},
     # Plan with the preset's measured CPU profile (kernels/profiles/<model>-cpu.csv; for
     # tiny-trained a batch of 2 costs 1.2x one, of 4 2.2x), not with what the burst's few
     # chunks measure: on a busy 2-core machine the smallest recent latency per batch size

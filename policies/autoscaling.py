@@ -44,6 +44,11 @@ _STARTING = WorkerStatus.STARTING
 _DRAINING = WorkerStatus.DRAINING
 _RUNNING = WorkerStatus.RUNNING
 _EPS = 1e-9  # float noise must not turn 5.0 into 6 workers under ceil
+#: Where the SLO is below one session's step: how much slower than running alone a
+#: batch may step and still count within :func:`sessions_per_gpu`'s capacity. The
+#: built-in configuration passes ``turboserve.control.migration-gain`` (the gain a
+#: move must bring, 0.1 by default) to the load-driven autoscaler instead.
+UNMET_SLO_SLACK = 0.1
 
 
 def _ceil(x: float) -> int:
@@ -148,7 +153,7 @@ def _reference_worker(ledger: CapacityLedger) -> WorkerLoad | None:
 
 
 def sessions_per_gpu(ledger: CapacityLedger, share: float = 1.0, *, max_batch: int = 32,
-                     memory_bytes: int | None = None) -> int:
+                     memory_bytes: int | None = None, unmet_slo_slack: float = UNMET_SLO_SLACK) -> int:
     """Active sessions one GPU serves within ``share`` of the SLO, and whose state fits (>= 1).
 
     The largest ``b`` (up to the reference worker's ``max_batch``) whose predicted
@@ -156,6 +161,14 @@ def sessions_per_gpu(ledger: CapacityLedger, share: float = 1.0, *, max_batch: i
     many as the device memory of a worker holds states of the typical session
     (``ledger.reserve``), since an active session's state must be on its device.
     ``max_batch`` and ``memory_bytes`` describe a new worker when the snapshot has none.
+
+    An SLO that one session's step alone misses cannot rank batch sizes (every chunk
+    misses it). Then the limit is one session's step plus ``unmet_slo_slack`` of it: a
+    GPU bought to run a session alone should make its chunks faster by more than
+    migration-aware placement asks of a move (its ``min_gain``,
+    ``turboserve.control.migration-gain``), else placement never moves a session onto
+    it and it idles. On a steep batch curve that
+    is still one session per GPU; where batching is nearly free, several.
     """
     snap = ledger.snap
     ref = _reference_worker(ledger)
@@ -165,6 +178,9 @@ def sessions_per_gpu(ledger: CapacityLedger, share: float = 1.0, *, max_batch: i
     n_active = sum(ld.n_active for ld in active)
     mean_ctx = sum(ld.ctx_sum for ld in active) / n_active if n_active else 0.0
     limit = share * snap.slo_s
+    alone = ledger.step_s(1, mean_ctx)
+    if alone > snap.slo_s + _EPS:
+        limit = alone * (1.0 + unmet_slo_slack)
     b_star = 1
     for b in range(2, cap + 1):
         if ledger.step_s(b, mean_ctx * b) > limit + _EPS:
@@ -399,6 +415,11 @@ class LoadDriven(_Autoscaler):
         ``rate_window_s``). A suspended session that comes back finds a free slot
         instead of waiting for a departure or a new worker. Not yet on the frontier
         grid; try it with ``--config autoscale.provision-returns=true``.
+    unmet_slo_slack
+        Where the SLO is below one session's step (no batch meets it): the share by
+        which a batch may step slower than one session alone and still count as one
+        GPU's capacity (:func:`sessions_per_gpu`). Pass the placement's ``min_gain``, so
+        the GPUs bought are ones placement moves sessions onto.
     headroom_model
         How the swing over the horizon is estimated. ``"horizon"`` (default) measures
         it: the weighted mean of ``(demand now - demand one horizon ago)^2``, which
@@ -428,6 +449,7 @@ class LoadDriven(_Autoscaler):
         provision_idle: bool = False,
         provision_idle_s: float | None = None,
         provision_returns: bool = False,
+        unmet_slo_slack: float = UNMET_SLO_SLACK,
     ) -> None:
         self.provision_idle = bool(provision_idle)
         self.provision_returns = bool(provision_returns)
@@ -466,6 +488,9 @@ class LoadDriven(_Autoscaler):
         self._min_weight = self._alpha(self.warmup_s)
         self.worker_max_batch = worker_max_batch
         self.worker_memory_bytes = worker_memory_bytes
+        if not unmet_slo_slack >= 0:
+            raise ValueError(f"unmet_slo_slack must be >= 0, got {unmet_slo_slack!r}")
+        self.unmet_slo_slack = float(unmet_slo_slack)
 
     def __repr__(self) -> str:
         return (
@@ -558,7 +583,8 @@ class LoadDriven(_Autoscaler):
         census = census if census is not None else Census.of(ledger)
         ref = _reference_worker(ledger)
         memory = ref.view.memory_bytes if ref else self.worker_memory_bytes
-        b_star = sessions_per_gpu(ledger, max_batch=self.worker_max_batch, memory_bytes=self.worker_memory_bytes)
+        b_star = sessions_per_gpu(ledger, max_batch=self.worker_max_batch, memory_bytes=self.worker_memory_bytes,
+                                  unmet_slo_slack=self.unmet_slo_slack)
         gpus = max(_ceil((census.demand + headroom) / (self.target * b_star)), _ceil(census.device_bytes / memory))
         return gpus, b_star
 

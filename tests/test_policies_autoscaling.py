@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from policies.admission import CapacityLedger
-from policies.autoscaling import HpaState, LoadDrivenState
+from policies.autoscaling import HpaState, LoadDrivenState, sessions_per_gpu
 from policies.registry import make, names
 from policies.types import (
     GiB,
@@ -149,6 +149,21 @@ def test_load_driven_sizes_by_the_largest_batch_within_the_slo():
     # b* is also capped by the worker's batch slots: 20 / (0.8 * 4) -> 7 GPUs.
     small = cluster(1, 20, slo_s=1.0, max_batch=4)
     assert scale_target(policy.decide(small, policy.initial_state())[0]) == 7
+
+
+def test_an_slo_below_one_step_sizes_by_what_placement_would_gain_not_a_gpu_a_session():
+    """No batch meets an SLO below one session's step; a GPU a session is bought only where running alone is faster.
+
+    On a nearly flat curve (batch 4 within 10% of batch 1) a GPU runs four sessions, so
+    20 sessions need 5 GPUs; on a steep one each session still gets a GPU of its own.
+    Every autoscaler reads its per-GPU capacity from :func:`sessions_per_gpu`.
+    """
+    flat = BatchLatencyModel(batch_sizes=(1, 4, 8), step_s=(0.100, 0.109, 0.150))
+    policy = make("autoscaling", "load-driven")
+    for model, slo, b_star, gpus in ((flat, 0.01, 4, 5), (LINEAR, 0.01, 1, 20), (flat, 0.15, 8, 3)):
+        snap = cluster(1, 20, slo_s=slo, latency=model)
+        assert sessions_per_gpu(CapacityLedger(snap), max_batch=10) == b_star
+        assert scale_target(policy.decide(snap, policy.initial_state())[0]) == gpus
 
 
 def test_load_driven_counts_the_memory_of_on_device_sessions():
