@@ -71,6 +71,7 @@ from storage.zarr_store import (
     open_root,
     open_store,
     read_array,
+    require_group,
     write_arrays,
 )
 
@@ -202,7 +203,7 @@ class CheckpointStore:
         for name in state.tensors:
             _check_name("tensor name", name)
         epoch = self._epochs.get(session_id)
-        session = self._root.require_group(session_id)
+        session = require_group(self._root, session_id)
         self._check_owner(session_id, epoch)
         generation = f"c{state.chunk_index:06d}-{uuid.uuid4().hex[:8]}"
         group = session.create_group(generation)
@@ -283,7 +284,7 @@ class CheckpointStore:
                 f"session {session_id!r} in {self.url} is owned at epoch {stored}; "
                 f"epoch {epoch} is stale (the session moved on; stop serving it here)"
             )
-        self._root.require_group(session_id).update_attributes({_EPOCH_KEY: epoch})
+        require_group(self._root, session_id).update_attributes({_EPOCH_KEY: epoch})
         self._epochs[session_id] = epoch
 
     def owner_epoch(self, session_id: str) -> int | None:
@@ -349,7 +350,7 @@ class CheckpointStore:
                                   (_PROMPTS_KEY, self.recorded_prompts(session_id))) if v is not None}
         zarr.core.sync.sync(self._store.delete_dir(session_id))
         if keep:
-            self._root.require_group(session_id).update_attributes(keep)
+            require_group(self._root, session_id).update_attributes(keep)
 
     def record_prompts(self, session_id: str, schedule: str) -> None:
         """Record the session's prompt switches now, before a checkpoint holds them.
@@ -364,7 +365,7 @@ class CheckpointStore:
         """
         _check_name("session id", session_id)
         self._check_owner(session_id, self._epochs.get(session_id))
-        self._root.require_group(session_id).update_attributes({_PROMPTS_KEY: str(schedule)})
+        require_group(self._root, session_id).update_attributes({_PROMPTS_KEY: str(schedule)})
 
     def recorded_prompts(self, session_id: str) -> str | None:
         """The prompt switches :meth:`record_prompts` recorded for the session (None: none, or unreadable)."""

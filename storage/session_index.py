@@ -26,9 +26,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from zarr.errors import ContainsGroupError
-
-from storage.zarr_store import open_root, open_store
+from storage.zarr_store import open_root, open_store, require_group
 
 #: The reserved root group that holds the documents.
 GROUP = "__sessions__"
@@ -54,7 +52,7 @@ class SessionIndex:
         sid = document.get("session_id")
         if not isinstance(sid, str) or not sid or "/" in sid or sid.startswith("__"):
             raise ValueError(f"session id {sid!r} cannot name a zarr node")
-        _require_group(_require_group(self._root, GROUP), sid).attrs.put(dict(document))
+        require_group(require_group(self._root, GROUP), sid).attrs.put(dict(document))
 
     def remove(self, session_id: str) -> bool:
         """Forget the session's document; False when there was none."""
@@ -78,16 +76,3 @@ class SessionIndex:
 
     def _group(self) -> Any:
         return self._root[GROUP] if GROUP in self._root.group_keys() else None
-
-
-def _require_group(parent: Any, name: str) -> Any:
-    """``parent.require_group(name)`` that also holds when another writer creates it meanwhile.
-
-    zarr's ``require_group`` looks, then creates: two sessions opened at the same instant
-    both find no ``__sessions__`` group and the second creation raises
-    ``ContainsGroupError``; the group then exists, so open it.
-    """
-    try:
-        return parent.require_group(name)
-    except ContainsGroupError:
-        return parent[name]

@@ -26,6 +26,7 @@ from zarr.abc.store import Store
 from zarr.codecs import BytesCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.errors import ContainsGroupError
 from zarr.storage import FsspecStore, LocalStore
 
 #: Default size of one stored chunk: large enough that per-file overhead vanishes for
@@ -54,6 +55,20 @@ def open_store(url: str | os.PathLike[str], *, storage_options: dict[str, Any] |
 def open_root(store: Store) -> zarr.Group:
     """The root group of ``store``, created when absent (zarr format 3)."""
     return zarr.open_group(store=store, mode="a", zarr_format=3)
+
+
+def require_group(parent: zarr.Group, name: str) -> zarr.Group:
+    """``parent.require_group(name)`` that also holds when another writer creates it meanwhile.
+
+    zarr's ``require_group`` looks, then creates: two writers that both find no group
+    ``name`` (two sessions opened at the same instant and the index's ``__sessions__``
+    group; a session's first checkpoint and its new owner's claim) both create it, and
+    the second creation raises ``ContainsGroupError``. The group then exists: open it.
+    """
+    try:
+        return parent.require_group(name)
+    except ContainsGroupError:
+        return parent[name]
 
 
 def chunk_shape(shape: tuple[int, ...], itemsize: int, target_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[int, ...]:

@@ -216,6 +216,36 @@ def test_recorded_prompt_switches_outlive_saves_and_a_discard_but_not_a_stale_ow
     assert store.delete("s") is True and store.recorded_prompts("s") is None
 
 
+def test_a_claim_that_loses_the_race_for_the_sessions_group_still_records_its_epoch(store: CheckpointStore) -> None:
+    """zarr's ``require_group`` looks, then creates: a new owner's claim and the old owner's
+    first save may both find no group for the session, and the second creation raises
+    ``ContainsGroupError``. The loser opens the group the winner made."""
+    from zarr.errors import ContainsGroupError
+
+    root = store._root
+
+    class LosesTheRace:  # the store's root, where the old owner's save creates the group first
+        def require_group(self, name):
+            store._root = root
+            root.create_group(name)
+            raise ContainsGroupError(f"A group exists at path {name!r}")
+
+        def __getattr__(self, name):
+            return getattr(root, name)
+
+        def __getitem__(self, name):
+            return root[name]
+
+        def __contains__(self, name):
+            return name in root
+
+    store._root = LosesTheRace()
+    store.claim("s", 3)
+    assert store.owner_epoch("s") == 3
+    store.save("s", make_state(chunk_index=2))
+    assert store.load("s").equal(make_state(chunk_index=2))
+
+
 def test_a_reopened_store_sees_the_same_checkpoints(store: CheckpointStore, root: pathlib.Path) -> None:
     store.save("s1", make_state())
     assert CheckpointStore(root).load("s1").equal(make_state())
