@@ -120,10 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from framework import config
 
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        # distributed sets its own loggers to INFO: without -v a command's local cluster
+        # would print its start and close (some thirty lines) around the answer
+        handler.setLevel(level)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
