@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import queue
+import time
 
 import pytest
 import torch
@@ -46,6 +47,38 @@ def test_checkpoint_copies_reuse_pooled_buffers_and_hold_the_state_of_their_chun
         assert reference.chunk_index == index
         assert tensors.keys() == reference.tensors.keys()
         assert all(torch.equal(tensors[k], reference.tensors[k].cpu()) for k in tensors)
+
+
+def test_a_fenced_periodic_checkpoint_is_a_note_not_a_warning(model, caplog):
+    """A session served elsewhere now (a newer owner): the old engine's queued save is
+    refused by design, logged at INFO without a traceback; any other failure warns."""
+    from storage.errors import CheckpointFenced
+
+    failures = [CheckpointFenced("served elsewhere now"), OSError("disk full")]
+
+    def checkpoint(sid, state):
+        raise failures.pop(0)
+
+    q: queue.Queue = queue.Queue()
+    engine = Engine(model, "tcp://test", EngineSettings(checkpoint_every=1, prearm_chunks=0),
+                    checkpoint=checkpoint).start()
+    try:
+        engine.attach("s", engine.call(model.new_session, "p", 0).result(), q.put)
+        with caplog.at_level("INFO", logger="workers.engine"):
+            for k in range(2):
+                engine.request("s", k + 1)
+                assert q.get(timeout=60).index == k
+                engine.ack("s", k + 1)
+                engine.call(lambda: None).result(timeout=60)
+                deadline = time.monotonic() + 30
+                while len(failures) > 1 - k and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            engine.call(lambda: None).result(timeout=60)
+    finally:
+        engine.stop()
+    records = [r for r in caplog.records if r.name == "workers.engine" and "checkpoint of session s" in r.getMessage()]
+    assert [(r.levelname, r.exc_info is not None) for r in records] == [("INFO", False), ("WARNING", True)]
+    assert "served elsewhere now" in records[0].getMessage()
 
 
 def test_suspending_a_host_state_copies_nothing(model):

@@ -35,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kernels.state import SessionState
+from storage.errors import CheckpointFenced
 from storage.tiers import offload_to_host
 from workers import step_scheduler
 from workers.batching import BatchDecision
@@ -483,6 +484,8 @@ class Engine:
         index = state.chunk_index
         try:
             self._checkpoint(session_id, state)
+        except CheckpointFenced as exc:  # the session moved on (a newer owner serves it): as designed
+            logger.info("checkpoint of session %s at chunk %d not written: %s", session_id, index, exc)
         except Exception:
             logger.warning("checkpoint of session %s at chunk %d failed", session_id, index, exc_info=True)
         finally:
