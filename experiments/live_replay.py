@@ -131,6 +131,7 @@ def replay_live(
     stats.update(errors=driver.errors, workers=lifetimes, decision_profile=settings.latency_points, startup_trace_s=[s * x for s in stats.get("startup_s", [])])
     gpus = int(max(intervals["n_workers"].max() if len(intervals) else n0, n0))
     extra = _extra(decisions, stats, intervals, lifetimes, t0, x, end_wall)
+    extra["resumes"] = max(extra["resumes"], sum(driver.resumes.values()))
     startup = stats.get("startup_s") or []
     extra.update(backend="live", time_scale=x, sessions=len(specs), session_errors=len(driver.errors),
                  startup_s=float(np.median(startup)) if startup else float("nan"),
@@ -148,6 +149,9 @@ class _Driver:
         self.server, self.specs, self.x, self.seed = server, specs, time_scale, seed
         self.rows: list[tuple] = []
         self.errors: list[str] = []
+        #: Resumes from suspension per session, from its events (a request wakes a
+        #: suspended session by itself: not every resume is the loop's Resume action).
+        self.resumes: dict[str, int] = {}
         self.t0 = 0.0
         self._bar: Any = None
         self._progress, self._n_events = progress, n_events
@@ -192,6 +196,7 @@ class _Driver:
                 elif kind == "idle" and session is not None:
                     await session.apause()
                 elif kind == "close" and session is not None:
+                    await self._count_resumes(sid, session)
                     await session.aclose()
                     session = None
         except Exception as exc:
@@ -202,6 +207,14 @@ class _Driver:
                     await session.aclose()
                 except Exception:
                     pass
+
+    async def _count_resumes(self, sid: str, session: Any) -> None:
+        try:
+            events = await session.aevents()
+        except Exception:  # a count for the summary: never the reason a replay fails
+            logger.debug("events of session %s not read", sid, exc_info=True)
+            return
+        self.resumes[sid] = sum(1 for e in events if e.get("kind") == "resumed")
 
     async def _stream(self, sid: str, session: Any, first_request: float, period: float, t_end: float) -> None:
         """Chunks back to back at playback cadence until the next trace event."""

@@ -136,3 +136,30 @@ def test_the_replay_keys_are_declared_with_the_other_defaults():
     from framework import config
 
     assert config.DEFAULTS["turboserve"]["replay"] == {"profile": None, "startup-s": None}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_live_replay_counts_the_resumes_a_request_wakes_not_only_the_loops(tmp_path):
+    """A suspended session that streams again is resumed by its own request (no Resume
+    decision): the live summary counts it, as the simulator counts a placed host state."""
+    import dask
+
+    from experiments.live_replay import replay_live
+
+    rows = [(0.0, "s0", "open"), (6.0, "s0", "idle"), (30.0, "s0", "active"), (36.0, "s0", "close")]
+    trace = pd.DataFrame(rows, columns=["time_s", "session_id", "event"])
+    trace["client_id"], trace["model"] = "c0", "tiny"
+    first = trace["event"] == "open"
+    for col, value in (("chunk_frames", 12), ("height", 64), ("width", 64), ("fps", 4)):
+        trace[col] = pd.array([value if f else pd.NA for f in first], dtype="Int64")
+    validate(trace)
+    with dask.config.set({"turboserve.control.idle-offload-s": 2, "turboserve.state.store": str(tmp_path)}):
+        result = replay_live(trace, time_scale=3, workers=1, seed=0, progress=False, profile=PROFILE,
+                             control={"maximum": 1})
+    decisions = result.decisions[result.decisions["accepted"]]
+    assert (decisions["action"] == "Offload").sum() >= 1, decisions.to_string()
+    assert (decisions["action"] == "Resume").sum() == 0
+    assert result.summary["resumes"] >= 1, result.summary
+    chunks = result.chunks
+    assert list(chunks["index"]) == list(range(len(chunks)))  # the stream goes on where it stopped
