@@ -194,6 +194,11 @@ def summarize(log: dict[str, Any], chunks: list[Any], t0: float,
     def count(action: str) -> int:
         return sum(1 for d in accepted if d["action"] == action)
 
+    moves = [(round(d["time_s"], 1), d["action"], d["session_id"], d["worker"]) for d in accepted
+             if d["action"] in ("Migrate", "Offload") or (d["action"] == "Resume" and events is None)]
+    # a suspended session's own request resumes it (no decision): its "resumed" events
+    moves += [(round(t, 1), "Resume", sid, worker) for sid, t, worker in _resumed(events or {}, t0)]
+
     return {
         "workers": n_workers,
         "max_workers": max(n_workers, default=0),
@@ -203,18 +208,28 @@ def summarize(log: dict[str, Any], chunks: list[Any], t0: float,
         "migrations": count("Migrate"),
         "offloads": count("Offload"),
         # the loop's Resume actions, and the resumes a session's own request woke
-        "resumes": max(count("Resume"), sum(1 for ev in (events or {}).values() for e in ev if e["kind"] == "resumed")),
+        "resumes": max(count("Resume"), len(_resumed(events or {}, t0))),
         "chunks": len(chunks),
         "migrated_chunks": sum(1 for c in chunks if c.migrated),
         "latency_p50_s": float(np.percentile(latency, 50)) if len(latency) else None,
         "latency_p95_s": float(np.percentile(latency, 95)) if len(latency) else None,
-        "moves": [(round(d["time_s"], 1), d["action"], d["session_id"], d["worker"]) for d in accepted
-                  if d["action"] in ("Migrate", "Offload", "Resume")],
+        "moves": sorted(moves),
     }
 
 
-def plot(path: pathlib.Path, log: dict[str, Any], per_session: dict[str, list[Any]], t0: float) -> pathlib.Path:
-    """``loop.png``: workers and sessions over time, chunk latency per session, the loop's actions."""
+def _resumed(events: dict[str, list[dict[str, Any]]], t0: float) -> list[tuple[str, float, str | None]]:
+    """``(session, seconds since t0, worker)`` of every resume in the sessions' events."""
+    return [(sid, e["t"] - t0, e.get("worker")) for sid, ev in events.items() for e in ev
+            if e["kind"] == "resumed" and e.get("t") is not None]
+
+
+def plot(path: pathlib.Path, log: dict[str, Any], per_session: dict[str, list[Any]], t0: float,
+         events: dict[str, list[dict[str, Any]]] | None = None) -> pathlib.Path:
+    """``loop.png``: workers and sessions over time, chunk latency per session, the loop's actions.
+
+    ``events``: the sessions' own events (:meth:`framework.Session.events`), for the
+    resumes a session's request woke without a decision of the loop.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,24 +249,44 @@ def plot(path: pathlib.Path, log: dict[str, Any], per_session: dict[str, list[An
     ids = sorted(per_session)
     for i, sid in enumerate(ids):
         cs = per_session[sid]
-        mid.plot([c.t_done_s - t0 for c in cs], [c.latency_s for c in cs], ".-", ms=4, lw=0.6, label=sid, color=f"C{i}")
+        x, y = _with_breaks([c.t_done_s - t0 for c in cs], [c.latency_s for c in cs])
+        mid.plot(x, y, ".-", ms=4, lw=0.6, label=sid, color=f"C{i}")
         moved = [c for c in cs if c.migrated]
         mid.plot([c.t_done_s - t0 for c in moved], [c.latency_s for c in moved], "kx", ms=8)
     mid.set_ylabel("chunk latency (s)\n(x: first after a move)")
     mid.legend(loc="upper right", fontsize=7)
-    marks = {"Place": "o", "Migrate": ">", "Offload": "v", "Resume": "^", "Retire": "s"}
+    marks = {"Place": "o", "Migrate": ">", "Offload": "v", "Resume": "^", "Retire": "s", "ScaleTo": "*"}
     lanes = {sid: i for i, sid in enumerate(ids)}
     for d in log["decisions"]:
-        if d["accepted"] and d["action"] in marks:
+        if d["accepted"] and d["action"] in marks and not (d["action"] == "Resume" and events is not None):
             y = lanes.get(d["session_id"], len(ids))
             low.plot(d["time_s"], y, marks[d["action"]], color="C%d" % y if y < len(ids) else "k", ms=7)
+    for sid, t, _ in _resumed(events or {}, t0):
+        if sid in lanes:
+            low.plot(t, lanes[sid], marks["Resume"], color="C%d" % lanes[sid], ms=7)
     low.set_yticks(range(len(ids) + 1), [*ids, "workers"], fontsize=7)
     low.set_xlabel("seconds since the burst started")
-    low.set_title("actions: o place  > migrate  v offload  ^ resume  s retire", fontsize=8)
+    low.set_title("actions: o place  > migrate  v offload  ^ resume  * scale  s retire", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _with_breaks(x: list[float], y: list[float]) -> tuple[list[float], list[float]]:
+    """``x, y`` with a gap (NaN) where a session paused: no line drawn across its idle spell."""
+    gaps = sorted(b - a for a, b in zip(x, x[1:]))
+    if not gaps:
+        return x, y
+    limit = 4 * gaps[len(gaps) // 2]  # four times the usual spacing of its chunks
+    xs, ys = [x[0]], [y[0]]
+    for (a, b), v in zip(zip(x, x[1:]), y[1:]):
+        if b - a > limit:
+            xs.append(float("nan"))
+            ys.append(float("nan"))
+        xs.append(b)
+        ys.append(v)
+    return xs, ys
 
 
 def run_demo(
@@ -340,7 +375,7 @@ def run_demo(
             except VideoStoreError as exc:  # no encoder for that format here: GIF always works
                 print(f"  {video_format} not written ({exc}); writing GIF instead")
                 videos[s.id] = store.to_video(out / f"{s.id}.gif")
-        figure = plot(out / "loop.png", log, per_session, t0)
+        figure = plot(out / "loop.png", log, per_session, t0, events)
     prompt_of = {r["session"].id: prompts[i % len(prompts)] for i, r in enumerate(results) if "session" in r}
     frames = {sid: np.concatenate([c.frames for c in sorted(per_session[sid], key=lambda c: c.index)])
               for sid in videos}

@@ -69,3 +69,33 @@ def test_the_burst_has_arrivals_an_idle_spell_and_departures():
 def test_demo_rejects_empty_work(tmp_path, capsys):
     assert main(["demo", "--sessions", "0", "--out", str(tmp_path)]) == 2
     assert "at least one session" in capsys.readouterr().err
+
+
+def test_the_summary_lists_a_resume_the_sessions_own_request_woke_once():
+    """No loop decision resumes a suspended session that streams again: its "resumed"
+    event does. The summary counts and lists it once, whether or not the loop also
+    logged a Resume for it."""
+    from framework.demo import summarize
+
+    t0 = 1.7e9
+    log = {"intervals": [{"time_s": t0 + 1, "n_workers": 1}, {"time_s": t0 + 2, "n_workers": 2}],
+           "decisions": [
+               {"time_s": t0 + 3, "action": "Offload", "session_id": "a", "worker": None, "accepted": True},
+               {"time_s": t0 + 9, "action": "Resume", "session_id": "b", "worker": "w1", "accepted": True},
+           ]}
+    events = {"a": [{"kind": "started", "t": t0, "worker": "w0"}, {"kind": "resumed", "t": t0 + 7.0, "worker": "w1"}],
+              "b": [{"kind": "resumed", "t": t0 + 9.02, "worker": "w1"}]}
+    summary = summarize(log, [], t0, events)
+    assert summary["resumes"] == 2 and summary["offloads"] == 1 and summary["scale_outs"] == 1
+    assert summary["moves"] == [(3.0, "Offload", "a", None), (7.0, "Resume", "a", "w1"), (9.0, "Resume", "b", "w1")]
+    without = summarize(log, [], t0)  # no events: the loop's decisions alone
+    assert without["resumes"] == 1 and [m[1] for m in without["moves"]] == ["Offload", "Resume"]
+
+
+def test_a_sessions_latency_line_breaks_across_its_idle_spell():
+    from framework.demo import _with_breaks
+
+    x, y = _with_breaks([0.0, 0.5, 1.0, 1.5, 9.0, 9.5], [1, 2, 3, 4, 5, 6])
+    assert np.isnan(x[4]) and np.isnan(y[4])
+    assert [v for v in x if not np.isnan(v)] == [0.0, 0.5, 1.0, 1.5, 9.0, 9.5] and len(x) == 7
+    assert _with_breaks([1.0], [2.0]) == ([1.0], [2.0])
