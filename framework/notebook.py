@@ -515,7 +515,7 @@ def session_card(session: Any) -> SessionCard:
         rec = {"status": "unknown"}
     return SessionCard(
         session_id=session.id,
-        prompt=session.prompt,
+        prompt=session.prompts[-1][1] if getattr(session, "prompts", None) else session.prompt,
         status=str(rec.get("status", "unknown")),
         worker=rec.get("worker", history.worker if history else None),
         chunks=history.chunks if history else int(rec.get("chunks", 0)),
@@ -548,7 +548,7 @@ def server_card(server: Any) -> ServerCard:
     cards = [
         SessionCard(
             session_id=r["id"],
-            prompt=r.get("prompt", ""),
+            prompt=r.get("current_prompt", r.get("prompt", "")),
             status=r["status"],
             worker=r.get("worker"),
             chunks=int(r.get("chunks", 0)),

@@ -60,6 +60,8 @@ class SessionRecord:
     #: SHA-256 of the access token its opener got (:mod:`workers.access`); never sent to clients.
     #: Empty: open to every caller (a record made by hand, as in tests and the simulator's fakes).
     access_digest: str = ""
+    #: The prompt a client last steered the stream to (``Session.set_prompt``); None: the opening one.
+    current_prompt: str | None = None
     #: What the control plane saw happen to the session (migrated, its worker lost, recovered at
     #: chunk k), kept here because an actor's own list dies with its worker. Not in ``to_dict``.
     events: deque = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
@@ -102,6 +104,7 @@ class SessionRecord:
             "state_bytes": self.state_bytes,
             "model": self.model,
             "prompt": self.prompt,
+            "current_prompt": self.prompt if self.current_prompt is None else self.current_prompt,
             "seed": self.seed,
             "height": self.height,
             "width": self.width,
@@ -112,7 +115,7 @@ class SessionRecord:
             "owned": owned,
         }
         if not owned:
-            del row["prompt"]
+            del row["prompt"], row["current_prompt"]
         return row
 
     def view(self) -> SessionView:

@@ -150,6 +150,7 @@ class TurboserveScheduler(SchedulerPlugin):
             "turboserve_sessions": ops.sessions,
             "turboserve_info": ops.owned(ops.info),
             "turboserve_events": ops.owned(ops.events),
+            "turboserve_prompt": ops.owned(ops.prompt_switched),
             "turboserve_stats": self.stats,
             "turboserve_shutdown": self.shutdown,
             "turboserve_control_start": self.start_control,

@@ -502,6 +502,10 @@ class Session:
                     raise (failure or exc) from exc
                 await self._relocate(exc)
         self.prompts.append((int(index), prompt))
+        try:  # for listings and cards only: the switch itself is made
+            await self._scheduler.turboserve_prompt(session_id=self.id, index=int(index), prompt=prompt)
+        except (OSError, TurboserveError) as exc:
+            logger.debug("session %s: the scheduler did not note its new prompt: %r", self.id, exc)
         return int(index)
 
     async def apause(self) -> None:

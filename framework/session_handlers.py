@@ -407,6 +407,16 @@ class SessionHandlers:
         """One session's record and actor location, as it is now (no waiting)."""
         return self._location(self.registry.get(session_id))
 
+    def prompt_switched(self, session_id: str, index: int, prompt: str) -> None:
+        """A client steered the session to ``prompt`` from chunk ``index`` on: ``sessions()`` shows it.
+
+        The switch itself is the actor's (part of the session's state); this only keeps
+        the record's ``current_prompt`` for listings and cards.
+        """
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidRequest(f"a prompt is a non-empty string, got {prompt!r}")
+        self.registry.get(session_id).current_prompt = prompt
+
     def events(self, session_id: str) -> list[dict[str, Any]]:
         """What the registry recorded of one session (migrations, workers lost, recoveries), oldest first."""
         return list(self.registry.get(session_id).events)

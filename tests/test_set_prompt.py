@@ -67,6 +67,25 @@ def test_a_switch_takes_effect_at_the_next_chunk_boundary(server, model):
     s.close()
 
 
+def test_listings_and_cards_show_the_prompt_the_stream_was_steered_to(server):
+    from framework.notebook import server_card, session_card
+
+    s = server.open_session(PROMPT, seed=5)
+    list(s.stream(1))
+    s.set_prompt("a blue bird over the sea")
+    (row,) = [r for r in server.sessions() if r["id"] == s.id]
+    assert (row["prompt"], row["current_prompt"]) == (PROMPT, "a blue bird over the sea")  # opening, current
+    assert session_card(s).prompt == "a blue bird over the sea"
+    assert [c.prompt for c in server_card(server).sessions if c.session_id == s.id] == ["a blue bird over the sea"]
+    other = Server(server.client.scheduler.address, control=False)  # another client, without its token
+    try:
+        (seen,) = [r for r in other.sessions() if r["id"] == s.id]
+        assert "prompt" not in seen and "current_prompt" not in seen
+    finally:
+        other.close()
+    s.close()
+
+
 @pytest.mark.parametrize("tier", ["host", "disk"])
 def test_switches_survive_suspend_resume_elsewhere_and_migration(server, model, tier):
     s = server.open_session(PROMPT, seed=1 if tier == "host" else 2)
