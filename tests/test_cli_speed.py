@@ -70,3 +70,13 @@ def test_config_overrides_still_apply():
     out = subprocess.run([sys.executable, "-m", "framework.cli", "--config", "engine.max-batch=3", "config"],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert "max-batch: 3" in out
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """``turboserve trace list | head -1``: the pipe closes under the command; it ends quietly."""
+    cli = subprocess.Popen([sys.executable, "-m", "framework.cli", "trace", "list"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    cli.stdout.close()  # the reader is gone before the command writes
+    err = cli.stderr.read().decode()
+    assert cli.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
