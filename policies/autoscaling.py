@@ -167,8 +167,8 @@ def sessions_per_gpu(ledger: CapacityLedger, share: float = 1.0, *, max_batch: i
     GPU bought to run a session alone should make its chunks faster by more than
     migration-aware placement asks of a move (its ``min_gain``,
     ``turboserve.control.migration-gain``), else placement never moves a session onto
-    it and it idles. On a steep batch curve that
-    is still one session per GPU; where batching is nearly free, several.
+    it and it idles. On a steep batch curve that is still one session per GPU; where
+    batching is nearly free, several.
     """
     snap = ledger.snap
     ref = _reference_worker(ledger)
