@@ -368,12 +368,9 @@ def simulate(prepared: PreparedTrace, policy: str | PolicySet | Callable[..., Po
         cost = model_cost(model)
         sets = policy_sets(pool_gpus, new_session_bytes=prepared.state_bytes[model],
                            worker_memory=int(config.gpu_memory_bytes - cost.weights_bytes), max_batch=caps[model])
-        # Autoscaled runs start warm at the size the load at time 0 needs (the trace
-        # starts in steady state), never below the configured minimum.
-        at_start = math.ceil(prepared.at_start[model] / caps[model])
         policies = resolve_policy(policy, sets, pool_gpus)
         static = policies.autoscaling.name == "fixed"
-        warm = pool_gpus if static else min(max(minimum, at_start, 1), pool_gpus)
+        warm = pool_gpus if static else warm_workers(prepared, model, pool_gpus)
         # With the quality valve a worker's engine may run a degraded step up to the
         # batch whose degraded step meets the SLO; the policies still place and size
         # the cluster for b* (the valve absorbs overflows, it is not capacity to fill).
@@ -384,6 +381,16 @@ def simulate(prepared: PreparedTrace, policy: str | PolicySet | Callable[..., Po
         return policies, cfg
 
     return run_pools(prepared.pools, setup, prepared.share)
+
+
+def warm_workers(prepared: PreparedTrace, model: str, pool_gpus: int) -> int:
+    """Workers an autoscaled run of ``model``'s pool starts with, warm.
+
+    The size the load at time 0 needs (the trace starts in steady state), never below
+    ``turboserve.autoscale.minimum`` nor above the pool.
+    """
+    at_start = math.ceil(prepared.at_start[model] / prepared.caps[model])
+    return min(max(int(tconfig.get("autoscale.minimum")), at_start, 1), pool_gpus)
 
 
 def _oracle_row(trace: str, gpus: int, oracles: dict) -> dict[str, Any]:

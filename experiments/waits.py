@@ -113,10 +113,13 @@ def explain(trace: str, *, family: str = "turboserve", knob: float | None = None
 
     As :func:`experiments.frontier.frontier` runs it (``trace`` a scenario name or trace
     file, fitted to ``gpus`` with ``scale``; the baselines offload idle state as
-    TurboServe does). Returns :func:`chunk_causes`'s table and a line naming the run.
+    TurboServe does). Returns :func:`chunk_causes`'s table and lines naming the run and,
+    per model pool, the least TTFC p99 any policy that keeps its workers within ``b*``
+    could have from the run's warm start (:func:`experiments.sim.oracle.admission_bound`).
     """
     from experiments.frontier import _family_of, _policy_set
-    from experiments.paper_table import load_traces, prepare_trace, simulate
+    from experiments.paper_table import load_traces, prepare_trace, simulate, warm_workers
+    from experiments.sim.oracle import admission_bound
 
     fam = _family_of(family)
     knob = fam.default if knob is None else float(knob)
@@ -128,4 +131,11 @@ def explain(trace: str, *, family: str = "turboserve", knob: float | None = None
     valve = " on the quality valve" if config.quality_valve else ""
     header = (f"{loaded.name} seed {seed}, {fam.name} at {knob:g}{valve}, {gpus} GPUs, scale {loaded.scale:.3g}: "
               f"{len(result.chunks)} chunks")
+    for name, wl in prepared.pools.items():
+        cap, pool = prepared.caps[name], prepared.share[name]
+        warm = warm_workers(prepared, name, pool)
+        bound = admission_bound(wl, warm_slots=warm * cap, slots=pool * cap, startup_s=config.worker_startup_s,
+                                step_s=config.latency.model_for(name).predict(1))
+        header += (f"\n  {name}: any policy that never runs a worker over b* = {cap} (nor degrades) has, from "
+                   f"{warm} warm workers, a TTFC p99 of at least {bound:.3f} s")
     return chunk_causes(result), header

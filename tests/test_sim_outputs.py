@@ -14,7 +14,15 @@ from experiments.results import (
     CHUNK_COLUMNS, INTERVAL_COLUMNS, SUMMARY_COLUMNS, run_label, summarize, write_outputs,
 )
 from experiments.sim import PolicySet, SimConfig, load_profile, prepare, simulate, summary_of
-from experiments.sim.oracle import active_series, best_batch, oracle_bound, oracle_peak, startup_bound
+from experiments.sim.oracle import (
+    active_series,
+    admission_bound,
+    best_batch,
+    first_spells,
+    oracle_bound,
+    oracle_peak,
+    startup_bound,
+)
 from policies.types import BatchLatencyModel
 
 COLUMNS = ["time_s", "session_id", "event", "client_id", "model", "chunk_frames", "height", "width", "fps"]
@@ -125,6 +133,28 @@ def events(rows):
     """A tiny-model workload from ``(time_s, session, event)`` rows."""
     return prepare(pd.DataFrame([(t, s, e, "c", "tiny", 12 if e == "open" else None, 64, 64,
                                   16 if e == "open" else None) for t, s, e in rows], columns=COLUMNS))
+
+
+def test_first_spells_are_the_first_open_or_active_to_the_next_idle_or_close():
+    wl = events([(0, "a", "open"), (0, "b", "open"), (0, "b", "idle"), (3, "a", "idle"), (5, "b", "active"),
+                 (7, "a", "active"), (9, "b", "close"), (12, "a", "close")])
+    start, end = first_spells(wl)
+    assert start.tolist() == [0.0, 0.0] and end.tolist() == [3.0, 0.0]
+
+
+def test_admission_bound_no_policy_within_b_star_starts_a_newcomer_before_a_slot_frees_or_capacity_comes():
+    # One warm worker of b* = 2 holds the two sessions of time 0; newcomers at 1, 2 and 3 s;
+    # a worker asked for at 0 is up at 10 s. Five first chunks: the p99 is the slowest.
+    rows = [(0, "a", "open"), (0, "b", "open"), (1, "n1", "open"), (2, "n2", "open"), (3, "n3", "open")]
+    rows += [(100, s, "close") for s in ("a", "b", "n1", "n2", "n3")]
+    full = events(rows)
+    assert admission_bound(full, warm_slots=2, slots=10, startup_s=10, step_s=0.5) == pytest.approx(9.5, abs=1e-6)
+    # "a" goes idle at 4 s: n1 may start then, n2 still waits for the new worker (8 s)
+    freed = events([*rows, (4, "a", "idle")])
+    assert admission_bound(freed, warm_slots=2, slots=10, startup_s=10, step_s=0.5) == pytest.approx(8.5, abs=1e-6)
+    # a spare warm slot: nobody must wait; a tail allowed of 40% of first chunks: two may wait
+    assert admission_bound(full, warm_slots=5, slots=10, startup_s=10, step_s=0.5) == 0.5
+    assert admission_bound(full, warm_slots=2, slots=10, startup_s=10, step_s=0.5, q=0.6) == pytest.approx(7.5, abs=1e-6)
 
 
 def test_oracle_pays_ceil_of_active_over_b_star():

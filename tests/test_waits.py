@@ -8,6 +8,7 @@ so its per-kind p99 is the summary row's TTFC and resume-wait p99.
 from __future__ import annotations
 
 import functools
+import re
 
 import numpy as np
 import pandas as pd
@@ -103,3 +104,6 @@ def test_on_a_simulated_run_the_kinds_are_its_admission_chunks_and_stalls():
     assert table.loc[table["kind"] == "first", "latency_s"].quantile(0.99) == pytest.approx(row["ttfc_p99_s"])
     resumes = table.loc[table["kind"] == "resume", "latency_s"]
     assert len(resumes) > 0 and resumes.quantile(0.99) == pytest.approx(row["resume_wait_p99_s"])
+    # TurboServe without the valve keeps its workers within b*: no faster than the bound for such policies
+    bound = float(re.search(r"TTFC p99 of at least ([0-9.]+) s", header).group(1))
+    assert STEP <= bound <= row["ttfc_p99_s"] + 1e-3

@@ -196,3 +196,74 @@ def oracle_bound(
         slo_attainment=float(chunks[lat <= slo_s + 1e-9].sum() / chunks.sum()),
         gpu_seconds_startup=with_startup,
     )
+
+
+def first_spells(workload: Workload) -> tuple[np.ndarray, np.ndarray]:
+    """``(start, end)`` of each streaming session's first active spell, in session order.
+
+    ``start``: its first open-or-active event; ``end``: the idle or close event after it
+    (the end of the trace if none). Sessions that never stream are left out.
+    """
+    start = np.full(len(workload.session_ids), np.nan)
+    end = np.full(len(workload.session_ids), np.nan)
+    for t, s, code in zip(workload.times.tolist(), workload.session_index.tolist(), workload.event_code.tolist()):
+        if code <= 1:
+            if math.isnan(start[s]):
+                start[s] = t
+        elif not math.isnan(start[s]) and math.isnan(end[s]):
+            end[s] = t
+    seen = ~np.isnan(start)
+    end = np.where(np.isnan(end), workload.end_s, end)
+    return start[seen], end[seen]
+
+
+def admission_bound(workload: Workload, *, warm_slots: int, slots: int, startup_s: float, step_s: float,
+                    q: float = 0.99) -> float:
+    """A lower bound on the ``q`` quantile of first-chunk latency (TTFC) for a family of policies.
+
+    The family: every policy that never runs more active sessions on a worker than its
+    batch cap ``b*`` (no step over it, no degraded step) and never takes a slot from an
+    active session, on a cluster that starts with ``warm_slots`` batch slots (the warm
+    workers times ``b*``) and has at most ``slots`` once the workers asked for at time 0
+    are up (``startup_s`` later). A session's first chunk can start only once it holds a
+    slot, and it holds it until its first active spell ends; the sessions active at the
+    first instant hold the warm slots they start in.
+
+    Relaxations, each in the policies' favour (so the bound stays a bound): sessions that
+    come back from idle take no slot; an idle session holds none; a newcomer whose spell
+    ends before it could have waited ``x`` is not counted as waiting ``x``. Then for any
+    ``x`` and any instant ``t``, the newcomers with ``a + x <= t < e`` (asked ``x`` ago,
+    still streaming) that started within ``x`` all hold a slot at ``t``, so at least
+    ``#{a + x <= t < e} - free(t)`` of them waited longer than ``x``. Where that exceeds
+    ``(1 - q)`` of the sessions' first chunks, the ``q`` quantile of TTFC is above
+    ``x + step_s``. Returns the largest such ``x`` plus ``step_s`` (``step_s`` alone when
+    no wait is forced).
+    """
+    start, end = first_spells(workload)
+    if not start.size:
+        return 0.0
+    t0 = float(start.min())
+    initial = start <= t0
+    ends0 = np.sort(end[initial])  # the first instant's sessions free their warm slots here
+    a, e = start[~initial], end[~initial]
+    allowed = (1.0 - q) * start.size
+
+    def forced(x: float) -> float:
+        """Newcomers that must wait longer than ``x`` (the most over any instant)."""
+        keep = a + x < e
+        d, ee = np.sort(a[keep] + x), np.sort(e[keep])
+        if not d.size:
+            return 0.0
+        t = d  # the count of waiting newcomers only grows at a deadline
+        waiting = np.arange(1, d.size + 1) - np.searchsorted(ee, t, side="right")
+        held = ends0.size - np.searchsorted(ends0, t, side="right")
+        capacity = np.where(t < t0 + startup_s, warm_slots, slots)
+        return float(np.max(waiting - np.maximum(capacity - held, 0)))
+
+    if forced(0.0) <= allowed:
+        return step_s
+    lo, hi = 0.0, float(max(e.max() - t0, startup_s)) if e.size else startup_s
+    for _ in range(40):  # forced() never grows with x: bisect for the last x that forces
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if forced(mid) > allowed else (lo, mid)
+    return lo + step_s
