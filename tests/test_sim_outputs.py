@@ -16,9 +16,9 @@ from experiments.results import (
 from experiments.sim import PolicySet, SimConfig, load_profile, prepare, simulate, summary_of
 from experiments.sim.oracle import (
     active_series,
+    active_spells,
     admission_bound,
     best_batch,
-    first_spells,
     oracle_bound,
     oracle_peak,
     startup_bound,
@@ -135,11 +135,12 @@ def events(rows):
                                   16 if e == "open" else None) for t, s, e in rows], columns=COLUMNS))
 
 
-def test_first_spells_are_the_first_open_or_active_to_the_next_idle_or_close():
+def test_active_spells_run_from_an_open_or_active_to_the_next_idle_or_close():
     wl = events([(0, "a", "open"), (0, "b", "open"), (0, "b", "idle"), (3, "a", "idle"), (5, "b", "active"),
                  (7, "a", "active"), (9, "b", "close"), (12, "a", "close")])
-    start, end = first_spells(wl)
-    assert start.tolist() == [0.0, 0.0] and end.tolist() == [3.0, 0.0]
+    start, end, first = active_spells(wl)
+    assert start.tolist() == [0.0, 5.0, 7.0] and end.tolist() == [3.0, 9.0, 12.0]  # "b" opened idle
+    assert first.tolist() == [True, True, False]
 
 
 def test_admission_bound_no_policy_within_b_star_starts_a_newcomer_before_a_slot_frees_or_capacity_comes():
@@ -155,6 +156,19 @@ def test_admission_bound_no_policy_within_b_star_starts_a_newcomer_before_a_slot
     # a spare warm slot: nobody must wait; a tail allowed of 40% of first chunks: two may wait
     assert admission_bound(full, warm_slots=5, slots=10, startup_s=10, step_s=0.5) == 0.5
     assert admission_bound(full, warm_slots=2, slots=10, startup_s=10, step_s=0.5, q=0.6) == pytest.approx(7.5, abs=1e-6)
+
+
+def test_admission_bound_with_resumes_counts_the_bursts_of_returning_sessions_too():
+    # Three warm slots: "r" goes idle at 1 s and frees one; at 2 s "r" comes back and the
+    # newcomer "n" opens; capacity comes at 10 s. For TTFC alone the newcomer takes the
+    # free slot (the bound lets "r" wait): nothing forced. Counting the resume too, one of
+    # the five bursts waits 8 s, more than 10% of them.
+    rows = [(0, "a", "open"), (0, "b", "open"), (0, "r", "open"), (1, "r", "idle"), (2, "r", "active"),
+            (2, "n", "open")] + [(100, s, "close") for s in ("a", "b", "r", "n")]
+    wl = events(rows)
+    ttfc = admission_bound(wl, warm_slots=3, slots=10, startup_s=10, step_s=0.5, q=0.9)
+    both = admission_bound(wl, warm_slots=3, slots=10, startup_s=10, step_s=0.5, q=0.9, resumes=True)
+    assert ttfc == 0.5 and both == pytest.approx(8.5, abs=1e-6)
 
 
 def test_oracle_pays_ceil_of_active_over_b_star():

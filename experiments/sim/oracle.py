@@ -198,63 +198,78 @@ def oracle_bound(
     )
 
 
-def first_spells(workload: Workload) -> tuple[np.ndarray, np.ndarray]:
-    """``(start, end)`` of each streaming session's first active spell, in session order.
+def active_spells(workload: Workload) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(start, end, first)`` of every active spell of every session, in trace order.
 
-    ``start``: its first open-or-active event; ``end``: the idle or close event after it
-    (the end of the trace if none). Sessions that never stream are left out.
+    A spell starts at an open or active event of a session that is not active and ends
+    at its next idle or close event (the end of the trace if none); one that ends where
+    it starts asks for no chunk and is left out. ``first`` marks each session's first
+    spell (its first chunk's; the others begin with a resume).
     """
-    start = np.full(len(workload.session_ids), np.nan)
-    end = np.full(len(workload.session_ids), np.nan)
+    active = np.zeros(len(workload.session_ids), dtype=bool)
+    open_at = np.zeros(len(workload.session_ids), dtype=np.int64)
+    start: list[float] = []
+    end: list[float] = []
+    who: list[int] = []
     for t, s, code in zip(workload.times.tolist(), workload.session_index.tolist(), workload.event_code.tolist()):
-        if code <= 1:
-            if math.isnan(start[s]):
-                start[s] = t
-        elif not math.isnan(start[s]) and math.isnan(end[s]):
-            end[s] = t
-    seen = ~np.isnan(start)
-    end = np.where(np.isnan(end), workload.end_s, end)
-    return start[seen], end[seen]
+        if code <= 1 and not active[s]:
+            active[s] = True
+            open_at[s] = len(start)
+            start.append(t)
+            end.append(workload.end_s)
+            who.append(s)
+        elif code > 1 and active[s]:
+            active[s] = False
+            end[open_at[s]] = t
+    starts, ends, sessions = np.asarray(start, dtype=float), np.asarray(end, dtype=float), np.asarray(who)
+    keep = ends > starts
+    starts, ends, sessions = starts[keep], ends[keep], sessions[keep]
+    first = np.zeros(starts.size, dtype=bool)
+    first[np.unique(sessions, return_index=True)[1]] = True
+    return starts, ends, first
 
 
 def admission_bound(workload: Workload, *, warm_slots: int, slots: int, startup_s: float, step_s: float,
-                    q: float = 0.99) -> float:
-    """A lower bound on the ``q`` quantile of first-chunk latency (TTFC) for a family of policies.
+                    q: float = 0.99, resumes: bool = False) -> float:
+    """A lower bound on the ``q`` quantile of admission waits for a family of policies.
 
     The family: every policy that never runs more active sessions on a worker than its
     batch cap ``b*`` (no step over it, no degraded step) and never takes a slot from an
     active session, on a cluster that starts with ``warm_slots`` batch slots (the warm
     workers times ``b*``) and has at most ``slots`` once the workers asked for at time 0
-    are up (``startup_s`` later). A session's first chunk can start only once it holds a
-    slot, and it holds it until its first active spell ends; the sessions active at the
-    first instant hold the warm slots they start in.
+    are up (``startup_s`` later). A burst's first chunk can start only once its session
+    holds a slot, and it holds it until the burst ends; the sessions active at the first
+    instant hold the warm slots they start in.
 
-    Relaxations, each in the policies' favour (so the bound stays a bound): sessions that
-    come back from idle take no slot; an idle session holds none; a newcomer whose spell
-    ends before it could have waited ``x`` is not counted as waiting ``x``. Then for any
-    ``x`` and any instant ``t``, the newcomers with ``a + x <= t < e`` (asked ``x`` ago,
-    still streaming) that started within ``x`` all hold a slot at ``t``, so at least
-    ``#{a + x <= t < e} - free(t)`` of them waited longer than ``x``. Where that exceeds
-    ``(1 - q)`` of the sessions' first chunks, the ``q`` quantile of TTFC is above
-    ``x + step_s``. Returns the largest such ``x`` plus ``step_s`` (``step_s`` alone when
-    no wait is forced).
+    ``resumes`` False: the bound is on TTFC (sessions' first chunks), and a returning
+    session is let take no slot (a policy may put it off: its wait is not a TTFC).
+    True: on the larger of the TTFC and resume-wait quantiles (every burst asks for a
+    slot; if both quantiles were below ``x``, at most ``1 - q`` of all bursts would wait
+    longer than ``x``). Relaxations in the policies' favour, so the bound stays one: an
+    idle session holds no slot; a burst that ends before it could have waited ``x`` is
+    not counted as waiting ``x``. For any ``x`` and instant ``t``, the bursts asked for
+    by ``t - x`` and still on at ``t`` that started within ``x`` all hold a slot at
+    ``t``, so at least that many minus the free slots waited longer than ``x``; where
+    that exceeds ``1 - q`` of the bursts, the quantile is above ``x + step_s``. Returns
+    the largest such ``x`` plus ``step_s`` (``step_s`` alone when no wait is forced).
     """
-    start, end = first_spells(workload)
+    start, end, first = active_spells(workload)
     if not start.size:
         return 0.0
     t0 = float(start.min())
-    initial = start <= t0
+    initial = (start <= t0) & first
     ends0 = np.sort(end[initial])  # the first instant's sessions free their warm slots here
-    a, e = start[~initial], end[~initial]
-    allowed = (1.0 - q) * start.size
+    asks = ~initial & (first | resumes)
+    a, e = start[asks], end[asks]
+    allowed = (1.0 - q) * (first.sum() + (~first).sum() * resumes)
 
     def forced(x: float) -> float:
-        """Newcomers that must wait longer than ``x`` (the most over any instant)."""
+        """Bursts that must wait longer than ``x`` (the most over any instant)."""
         keep = a + x < e
         d, ee = np.sort(a[keep] + x), np.sort(e[keep])
         if not d.size:
             return 0.0
-        t = d  # the count of waiting newcomers only grows at a deadline
+        t = d  # the count of waiting bursts only grows at a deadline
         waiting = np.arange(1, d.size + 1) - np.searchsorted(ee, t, side="right")
         held = ends0.size - np.searchsorted(ends0, t, side="right")
         capacity = np.where(t < t0 + startup_s, warm_slots, slots)
