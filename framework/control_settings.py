@@ -311,6 +311,7 @@ def default_policy_params(
             "provision_returns": bool(config.get("autoscale.provision-returns")),
             # an SLO below one step: buy GPUs only for gains placement would move a session for
             "unmet_slo_slack": float(config.get("control.migration-gain")),
+            "spare_workers": int(config.get("autoscale.spare-workers")),
         }
     if offload == "idle-timeout":
         out["offload"]["idle_s"] = float(config.get("control.idle-offload-s"))

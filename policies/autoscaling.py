@@ -420,6 +420,11 @@ class LoadDriven(_Autoscaler):
         which a batch may step slower than one session alone and still count as one
         GPU's capacity (:func:`sessions_per_gpu`). Pass the placement's ``min_gain``, so
         the GPUs bought are ones placement moves sessions onto.
+    spare_workers
+        Workers kept beyond the budget while any session is open (default 0): when a
+        worker dies, its sessions recover onto the capacity of warm workers at once
+        instead of waiting for a new worker's start-up (N+k redundancy, paid for all the
+        time). ``turboserve.autoscale.spare-workers``.
     headroom_model
         How the swing over the horizon is estimated. ``"horizon"`` (default) measures
         it: the weighted mean of ``(demand now - demand one horizon ago)^2``, which
@@ -450,6 +455,7 @@ class LoadDriven(_Autoscaler):
         provision_idle_s: float | None = None,
         provision_returns: bool = False,
         unmet_slo_slack: float = UNMET_SLO_SLACK,
+        spare_workers: int = 0,
     ) -> None:
         self.provision_idle = bool(provision_idle)
         self.provision_returns = bool(provision_returns)
@@ -491,6 +497,9 @@ class LoadDriven(_Autoscaler):
         if not unmet_slo_slack >= 0:
             raise ValueError(f"unmet_slo_slack must be >= 0, got {unmet_slo_slack!r}")
         self.unmet_slo_slack = float(unmet_slo_slack)
+        if isinstance(spare_workers, bool) or not isinstance(spare_workers, int) or spare_workers < 0:
+            raise ValueError(f"spare_workers must be an int >= 0, got {spare_workers!r}")
+        self.spare_workers = spare_workers
 
     def __repr__(self) -> str:
         return (
@@ -586,6 +595,8 @@ class LoadDriven(_Autoscaler):
         b_star = sessions_per_gpu(ledger, max_batch=self.worker_max_batch, memory_bytes=self.worker_memory_bytes,
                                   unmet_slo_slack=self.unmet_slo_slack)
         gpus = max(_ceil((census.demand + headroom) / (self.target * b_star)), _ceil(census.device_bytes / memory))
+        if census.demand or census.device_bytes:
+            gpus += self.spare_workers  # a lost worker's sessions recover onto warm capacity
         return gpus, b_star
 
     def _desired(self, ledger: CapacityLedger, census: Census, state: LoadDrivenState) -> tuple[int, LoadDrivenState, str]:
@@ -609,7 +620,9 @@ class LoadDriven(_Autoscaler):
         state = self.observe(state, now, census.demand)
         spare = self.headroom(ledger.snap, state) if census.demand else 0
         budget, b_star = self.budget(ledger, census, spare)
-        cause = f"load-driven: {census.demand} sessions + {spare} headroom at {b_star} per GPU -> {budget} GPUs"
+        kept = self.spare_workers if census.demand or census.device_bytes else 0
+        extra = f" + {kept} spare" if kept else ""
+        cause = f"load-driven: {census.demand} sessions + {spare} headroom at {b_star} per GPU{extra} -> {budget} GPUs"
         if budget >= current:
             return budget, replace(state, below_since_s=None, window_max=0), cause
         if state.below_since_s is None:

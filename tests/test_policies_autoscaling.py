@@ -173,6 +173,18 @@ def test_load_driven_counts_the_memory_of_on_device_sessions():
     assert scale_target(policy.decide(snap, policy.initial_state())[0]) == 2
 
 
+def test_load_driven_keeps_its_spare_workers_while_sessions_are_open_and_none_without():
+    policy = make("autoscaling", "load-driven", target_utilisation=0.8, spare_workers=2)
+    # 20 sessions at b* = 10 filled to 0.8 need 3 GPUs; two more are kept warm for a worker's loss
+    actions, _ = policy.decide(cluster(1, 20, slo_s=1.0), policy.initial_state())
+    assert scale_target(actions) == 5 and "+ 2 spare" in actions[0].cause
+    idle_only = cluster(1, 0, idle_bytes=GiB)  # an idle session's state on a device still counts
+    assert scale_target(policy.decide(idle_only, policy.initial_state())[0]) == 3
+    assert policy.budget(CapacityLedger(cluster(3, 0)))[0] == 0  # nothing open: none kept
+    with pytest.raises(ValueError, match="spare_workers"):
+        make("autoscaling", "load-driven", spare_workers=-1)
+
+
 def test_load_driven_scales_in_only_after_the_budget_stayed_low():
     policy = make("autoscaling", "load-driven", downscale_delay_s=60, headroom_quantile=0)
     state = policy.initial_state()

@@ -78,3 +78,36 @@ def test_a_killed_sessions_worker_recovers_on_a_drained_worker_within_the_bound(
     assert [c.index for c in chunks] == list(range(6))
     for got, want in zip(chunks, reference(PROMPT, 21, 6)):
         np.testing.assert_array_equal(got.frames, want)
+
+
+@pytest.mark.timeout(300)
+def test_with_a_spare_worker_a_killed_sessions_worker_recovers_on_warm_capacity(tmp_path, reference):
+    """``autoscale.spare-workers: 1``: the closed loop keeps one worker beyond what one
+    session needs, so when the session's worker dies its stream goes on on the spare at
+    once, with no new worker's start-up in the gap."""
+    import dask
+
+    settings = {"turboserve.autoscale.spare-workers": 1, "turboserve.autoscale.minimum": 1,
+                "turboserve.autoscale.maximum": 3, "turboserve.control.interval": "250ms"}
+    with dask.config.set(settings), Server.local(n_workers=1, model="tiny", store=str(tmp_path), checkpoint_every=1,
+                                                 adaptive=True, dashboard_address=None) as server:
+        s = server.open_session(PROMPT, seed=22)
+        chunks = list(s.stream(1))
+        deadline = time.monotonic() + 120
+        while len(server.workers()) < 2 and time.monotonic() < deadline:  # the spare joins
+            chunks += list(s.stream(1))
+        assert len(server.workers()) >= 2, "the loop kept no spare worker"
+        time.sleep(2.0)  # the spare's model loads
+        a = s.worker
+        pid = server.client.run(os.getpid, workers=[a])[a]
+        os.kill(pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        chunks += list(s.stream(2))
+        gap = time.monotonic() - t_kill
+        print(f"{gap:.2f} s from the kill to two more chunks")
+        rec = next(r for r in server.sessions() if r["id"] == s.id)
+        assert rec["worker"] != a and rec["recoveries"] >= 1, rec
+        assert gap < 10.0, f"{gap:.1f} s from the kill to two more chunks"
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    for got, want in zip(chunks, reference(PROMPT, 22, len(chunks))):
+        np.testing.assert_array_equal(got.frames, want)
