@@ -12,8 +12,8 @@ kind       names                 module
 placement  round-robin,          :mod:`policies.placement`
            least-loaded,
            migration-aware
-autoscaling fixed, hpa,          :mod:`policies.autoscaling`
-           load-driven
+autoscaling fixed, hpa            :mod:`policies.autoscaling` (and the shared rules)
+autoscaling load-driven           :mod:`policies.load_driven` (TurboServe's)
 autoscaling ray-serve,           :mod:`policies.reference_autoscalers`
            predictive,           (other systems' documented rules, as baselines)
            turboserve-ref
@@ -72,8 +72,9 @@ Cost
 """
 
 from policies.admission import CapacityLedger, WorkerLoad
-from policies.autoscaling import Fixed, Hpa, HpaState, LoadDriven, LoadDrivenState
+from policies.autoscaling import Fixed, Hpa, HpaState
 from policies.combined import Combined
+from policies.load_driven import LoadDriven, LoadDrivenState
 from policies.offload import IdleTimeout, Never
 from policies.placement import LeastLoaded, MigrationAware, RoundRobin
 from policies.reference_autoscalers import Predictive, RayServe, TurboServeRef

@@ -68,7 +68,8 @@ def make(kind: str, name: str, **params: Any) -> Any:
 def _load_builtins() -> None:
     # Importing the policy modules registers them; done lazily so that importing the
     # registry alone stays cheap and free of import cycles.
-    for module in ("policies.placement", "policies.autoscaling", "policies.offload", "policies.parallelism"):
+    for module in ("policies.placement", "policies.autoscaling", "policies.load_driven", "policies.offload",
+                   "policies.parallelism"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from policies.admission import CapacityLedger
-from policies.autoscaling import HpaState, LoadDrivenState, sessions_per_gpu
+from policies.autoscaling import HpaState, sessions_per_gpu
+from policies.load_driven import LoadDrivenState
 from policies.registry import make, names
 from policies.types import (
     GiB,
