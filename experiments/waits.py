@@ -120,7 +120,7 @@ def explain(trace: str, *, family: str = "turboserve", knob: float | None = None
     """
     from experiments.frontier import _family_of, _policy_set
     from experiments.paper_table import load_traces, prepare_trace, simulate, warm_workers
-    from experiments.sim.oracle import admission_bound
+    from experiments.sim.oracle import active_spells, admission_bound
 
     fam = _family_of(family)
     knob = fam.default if knob is None else float(knob)
@@ -136,7 +136,7 @@ def explain(trace: str, *, family: str = "turboserve", knob: float | None = None
         cap, pool = prepared.caps[name], prepared.share[name]
         warm = warm_workers(prepared, name, pool)
         kw = dict(warm_slots=warm * cap, slots=pool * cap, startup_s=config.worker_startup_s,
-                  step_s=config.latency.model_for(name).predict(1))
+                  step_s=config.latency.model_for(name).predict(1), spells=active_spells(wl))
         ttfc = admission_bound(wl, **kw)
         both = max(ttfc, admission_bound(wl, resumes=True, **kw))  # the TTFC bound alone bounds the larger too
         header += (f"\n  {name}: any policy that never runs a worker over b* = {cap} (nor degrades) has, from "

@@ -194,10 +194,11 @@ def summarize(log: dict[str, Any], chunks: list[Any], t0: float,
     def count(action: str) -> int:
         return sum(1 for d in accepted if d["action"] == action)
 
+    resumed = _resumed(events or {}, t0)
     moves = [(round(d["time_s"], 1), d["action"], d["session_id"], d["worker"]) for d in accepted
              if d["action"] in ("Migrate", "Offload") or (d["action"] == "Resume" and events is None)]
     # a suspended session's own request resumes it (no decision): its "resumed" events
-    moves += [(round(t, 1), "Resume", sid, worker) for sid, t, worker in _resumed(events or {}, t0)]
+    moves += [(round(t, 1), "Resume", sid, worker) for sid, t, worker in resumed]
 
     return {
         "workers": n_workers,
@@ -208,7 +209,7 @@ def summarize(log: dict[str, Any], chunks: list[Any], t0: float,
         "migrations": count("Migrate"),
         "offloads": count("Offload"),
         # the loop's Resume actions, and the resumes a session's own request woke
-        "resumes": max(count("Resume"), len(_resumed(events or {}, t0))),
+        "resumes": max(count("Resume"), len(resumed)),
         "chunks": len(chunks),
         "migrated_chunks": sum(1 for c in chunks if c.migrated),
         "latency_p50_s": float(np.percentile(latency, 50)) if len(latency) else None,

@@ -230,7 +230,8 @@ def active_spells(workload: Workload) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def admission_bound(workload: Workload, *, warm_slots: int, slots: int, startup_s: float, step_s: float,
-                    q: float = 0.99, resumes: bool = False) -> float:
+                    q: float = 0.99, resumes: bool = False,
+                    spells: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> float:
     """A lower bound on the ``q`` quantile of admission waits for a family of policies.
 
     The family: every policy that never runs more active sessions on a worker than its
@@ -252,8 +253,9 @@ def admission_bound(workload: Workload, *, warm_slots: int, slots: int, startup_
     ``t``, so at least that many minus the free slots waited longer than ``x``; where
     that exceeds ``1 - q`` of the bursts, the quantile is above ``x + step_s``. Returns
     the largest such ``x`` plus ``step_s`` (``step_s`` alone when no wait is forced).
+    ``spells``: :func:`active_spells` of ``workload``, when the caller has it already.
     """
-    start, end, first = active_spells(workload)
+    start, end, first = active_spells(workload) if spells is None else spells
     if not start.size:
         return 0.0
     t0 = float(start.min())
