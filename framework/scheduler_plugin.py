@@ -42,6 +42,7 @@ from dataclasses import asdict
 from typing import Any
 
 from dask.utils import parse_timedelta
+from distributed import stealing
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from framework import adoption, config
@@ -60,7 +61,7 @@ from framework.session_handlers import SessionHandlers, refusing
 from framework.session_mechanisms import SessionActors
 from framework.warmup import Warmup
 from policies.types import TIERS
-from workers.chunk_futures import chunk_session
+from workers.chunk_futures import CHUNK_KEY_PREFIX, chunk_session
 from workers.encryption import GROUPS_UNDER_TLS, encrypted
 from workers.errors import InvalidRequest
 from workers.plugin import METRICS_OP, READY_TOPIC
@@ -167,6 +168,13 @@ class TurboserveScheduler(SchedulerPlugin):
         scheduler.stream_handlers[METRICS_OP] = self._on_metrics
         scheduler.stream_handlers["turboserve-group-failed"] = self._on_group_failed  # parallel_group.GROUP_FAILED_OP
         install_dashboard(scheduler)
+        # A chunk task belongs on its session's worker (its bytes stay there until gathered,
+        # and its loss with that worker is what recovery regenerates). Its restriction is
+        # loose only so that Dask can recompute it elsewhere after that worker died; work
+        # stealing would otherwise move queued chunk tasks to idle workers, where they
+        # fetch the chunk worker-to-worker and keep it away from the session's worker.
+        # Dask's own list of prefixes never to steal (``fast_tasks``) holds them back.
+        stealing.fast_tasks.add(CHUNK_KEY_PREFIX)
         for worker in scheduler.workers:  # cold until their ModelHost reports (it is registered next)
             self._worker_joined(worker)
         for _, msg in scheduler.get_events(READY_TOPIC):  # reported before this plugin came

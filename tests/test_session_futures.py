@@ -50,6 +50,24 @@ def test_submit_returns_a_dask_future_whose_data_stays_on_the_session_s_worker(s
     s.close()
 
 
+def test_work_stealing_leaves_chunk_tasks_on_the_session_s_worker(server):
+    # Queued chunk tasks on a busy worker are never moved to idle ones: a stolen task
+    # would fetch its chunk worker-to-worker and keep it away from the session's worker
+    # (and out of what dies with it). Dask then scores the task as not stealable.
+    s = server.open_session(PROMPT, seed=8)
+    futures = [s.submit() for _ in range(3)]
+
+    def scores(dask_scheduler, keys):
+        steal = dask_scheduler.extensions["stealing"]
+        return [steal.steal_time_ratio(dask_scheduler.tasks[k]) for k in keys if k in dask_scheduler.tasks]
+
+    ratios = server.client.run_on_scheduler(scores, keys=[f.key for f in futures])
+    assert ratios and all(r == (None, None) for r in ratios)
+    wait(futures, timeout=120)
+    assert set(server.client.who_has(futures).values()) == {(s.worker,)}
+    s.close()
+
+
 def test_wait_as_completed_and_gather_take_chunk_futures(server, reference):
     s = server.open_session(PROMPT, seed=1)
     futures = [s.submit() for _ in range(4)]
@@ -170,6 +188,7 @@ def test_no_chunk_lost_or_repeated_when_the_worker_with_the_futures_dies(server,
     victim = s.worker
     futures = [s.submit() for _ in range(6)]
     wait(futures, timeout=120)  # every chunk taken: its data on the victim...
+    assert set(server.client.who_has(futures).values()) == {(victim,)}
     store = CheckpointStore(server.settings.store)
     deadline = time.monotonic() + 60
     while not (store.exists(s.id) and store.latest_chunk(s.id) == 6):  # ...and the checkpoint past it
