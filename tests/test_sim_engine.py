@@ -324,6 +324,39 @@ def test_a_session_arriving_between_ticks_is_placed_at_once_as_live_admission_do
     assert first["latency_s"] == pytest.approx(LATENCY.predict(1) + (0.0 if on_arrival else 0.6))
 
 
+class OneEach:
+    """Test placement: a pending session goes to a running worker that holds none."""
+
+    kind, name = "placement", "one-each"
+
+    def initial_state(self):
+        return None
+
+    def decide(self, snap, state):
+        free = sorted(w.address for w in snap.running_workers())
+        for s in snap.sessions:
+            if s.worker in free:
+                free.remove(s.worker)
+        pending = [s for s in snap.sessions if s.status is SessionStatus.PENDING]
+        return [Place(s.session_id, w) for s, w in zip(pending, free)], state
+
+
+def test_a_waiting_session_takes_the_slot_a_closing_session_frees_at_that_instant():
+    # b waits for a's worker; a closes at 3.3 s, between ticks: b starts then, as a live
+    # request waiting for capacity wakes when a session changes (Admission.changed).
+    df = trace((0, "a", "open"), (0.2, "b", "open"), (3.3, "a", "close"), (8, "b", "close"))
+    first = run(df, placement=OneEach()).chunks.query("session_id == 'b' and index == 0").iloc[0]
+    assert first["t_start_s"] == pytest.approx(3.3)
+
+
+def test_a_waiting_session_starts_on_a_new_worker_the_moment_it_is_ready():
+    df = trace((0, "a", "open"), (0.2, "b", "open"), (8, "a", "close"), (8, "b", "close"))
+    policies = PolicySet(OneEach(), Fixed(2), Never())
+    result = simulate(df, policies, SimConfig(initial_workers=1, worker_startup_s=2.5), latency=LATENCY)
+    first = result.chunks.query("session_id == 'b' and index == 0").iloc[0]
+    assert first["t_start_s"] == pytest.approx(2.5) and first["worker"] == "sim-w1"
+
+
 @pytest.mark.parametrize("status", list(SessionStatus))
 def test_a_session_view_is_the_view_the_dataclass_makes_of_the_same_fields(status):
     """The simulator sets a view's slots directly (speed): the object is the one ``SessionView(...)`` makes."""

@@ -345,6 +345,7 @@ class Simulator:
         for x in (w, t):
             if x is not None:
                 self._maybe_release(x, now)
+        self._slot_freed(now)
 
     # ------------------------------------------------------------ copies
 
@@ -364,6 +365,7 @@ class Simulator:
             self._set_status(s, IDLE, now)
         self._maybe_release(src, now)
         self.steps.kick(target, now)
+        self._slot_freed(now)
 
     # ------------------------------------------------------------ control tick
 
@@ -440,6 +442,16 @@ class Simulator:
             self._admit_at = now
             self._push(now, _ADMIT, None)
 
+    def _slot_freed(self, now: float) -> None:
+        """A slot freed or a worker came up: place the waiting sessions at this instant.
+
+        As the live plugin does: a session that closes, a migration that ends and a worker
+        that reports ready wake the requests waiting for capacity at once
+        (:meth:`framework.admission.Admission.changed`), not at the control loop's next tick.
+        """
+        if self._counts[PENDING]:
+            self._wants_admission(now)
+
     def _on_admit(self, t: float, _: Any) -> None:
         """Admission between ticks: the placement policy alone, its Place and Offload actions."""
         if self._admit_at != t:
@@ -482,3 +494,4 @@ class Simulator:
             w.view = None
             self._wviews = None
             self.steps.kick(w, t)
+            self._slot_freed(t)
