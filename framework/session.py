@@ -453,6 +453,24 @@ class Session:
         first = await self._request(n)
         for index in range(first, first + n):
             yield await self._chunk(index)
+        await self._acknowledge_received()
+
+    async def _acknowledge_received(self) -> None:
+        """Tell the actor every chunk that arrived here (a stream's end: no next poll says it).
+
+        A poll acknowledges the chunks before the one it asks for, so the chunks of the
+        stream's last poll (several, when the worker ran ahead of a slow reader) would stay
+        unacknowledged until the next burst, and with them the checkpoints past them. Best
+        effort: a failure leaves it to the next poll.
+        """
+        if self._key is None or self._closed:
+            return
+        try:
+            await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._cursor.issued,
+                                              self._cursor.read_prefix()),
+                                   CONNECT_TIMEOUT_S + RPC_GRACE_S)
+        except Exception as exc:  # moved, suspended, its worker gone: the next poll acknowledges
+            logger.debug("session %s: acknowledging the stream's end failed: %r", self.id, exc)
 
     async def asubmit(self) -> Chunk:
         """Async twin of :meth:`submit`: the next chunk (awaited through its Dask future)."""
@@ -587,11 +605,13 @@ class Session:
 
         The request is sent at once (the worker produces ahead of the reader). A
         migration, suspension or worker loss on the way is invisible here, apart from
-        the ``migrated`` flag and the latency of the chunk after it.
+        the ``migrated`` flag and the latency of the chunk after it. Once all ``n`` are
+        read, the worker learns they arrived, so its checkpoints may pass them.
         """
         first = self._sync(self._request, n)
         for index in range(first, first + n):
             yield self._sync(self._chunk, index)
+        self._sync(self._acknowledge_received)
 
     def submit(self) -> Future:
         """The next chunk as a :class:`distributed.Future` whose result is the :class:`Chunk`.

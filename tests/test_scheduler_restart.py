@@ -155,15 +155,16 @@ def test_sessions_come_back_from_the_store_with_the_same_frames_after_a_schedule
         servers.append(server)
         a = server.open_session(PROMPT, seed=21)  # its handle streams on through the restart
         d = server.open_session(PROMPT, seed=24)  # handed to a new Server with its token
-        # A checkpoint is written once the client acknowledged the chunks before it, which its next
-        # poll does: the poll of chunk 4 acknowledges 0-3, so the checkpoint at chunk 4 is written.
+        # A checkpoint is written once the client acknowledged the chunks before it: a stream's
+        # polls do, and its end acknowledges the last (however many its last poll brought: a
+        # worker runs ahead of a slow reader), so the checkpoint at chunk 5 is written.
         first = {s.id: list(s.stream(5)) for s in (a, d)}
         b = server.open_session(PROMPT, seed=22)  # opened, never streamed: no checkpoint
         c = server.open_session(PROMPT, seed=23)
         c.close()  # closed before the restart: must not come back
         checkpoints = CheckpointStore(store)
         deadline = time.monotonic() + 60
-        while not all(checkpoints.exists(s.id) and checkpoints.latest_chunk(s.id) >= 4 for s in (a, d)):
+        while not all(checkpoints.exists(s.id) and checkpoints.latest_chunk(s.id) >= 5 for s in (a, d)):
             assert time.monotonic() < deadline, "no checkpoint of the streamed sessions"
             time.sleep(0.2)
 
@@ -182,7 +183,7 @@ def test_sessions_come_back_from_the_store_with_the_same_frames_after_a_schedule
 
         d2 = again.session(d.id, access_token=d.access_token)
         k = listed[d.id]["chunks"]
-        assert k == 4  # the checkpoint, not chunk 0 (the one at 5 waits for an acknowledgement that never came)
+        assert k == 5  # the checkpoint after the five chunks read, not chunk 0
         more = list(d2.stream(3))
         assert [ch.index for ch in more] == [k, k + 1, k + 2]
         expected = reference(PROMPT, 24, k + 3)
