@@ -188,9 +188,13 @@ def _waits(args: argparse.Namespace) -> int:
     table, header = explain(traces[0], family=args.family, knob=args.knob, gpus=args.gpus, seed=args.seed,
                             config=sim_config(args), duration_s=args.duration_s, scale=args.scale,
                             model=None if args.model == "mix" else args.model, max_batch=args.max_batch)
+    if args.from_s:
+        kept = table[table["t_request_s"] >= args.from_s]
+        header += f"\n  from {args.from_s:g} s on: {len(kept)} of the {len(table)} waited-for chunks"
+        table = kept
     print(header)
     with pd.option_context("display.width", 120, "display.float_format", "{:.3f}".format):
-        print(summary(table).to_string(index=False))
+        print(summary(table, max_workers=args.gpus).to_string(index=False))
     if args.out:
         table.to_csv(args.out, index=False)
         print(f"wrote {args.out} ({len(table)} chunks: kind, cause, latency of each)")
@@ -286,6 +290,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     wt.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
     wt.add_argument("--family", default="turboserve", help="policy family (experiments.frontier.FAMILIES; default turboserve)")
     wt.add_argument("--knob", type=float, default=None, help="the family's knob value (default: its standard one)")
+    wt.add_argument("--from-s", type=float, default=0.0, metavar="S",
+                    help="only the chunks asked for from S seconds on (a run's first minutes start cold; default 0)")
     wt.add_argument("--out", default=None, metavar="CSV", help="also write every waited-for chunk with its cause")
     wt.set_defaults(func=_waits)
 

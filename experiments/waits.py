@@ -16,8 +16,15 @@ the run's chunk table and decision log and names what the chunk waited for first
 - ``on request``: it started when it asked (its own step is the wait).
 
 The first cause that applies, in that order. ``summary`` gives, per kind (``first``,
-``resume``, ``stall``) and cause: the count, p50/p99/max latency, and how many of the
-kind's slowest 1% it holds (the chunks that set the p99).
+``resume``, ``stall``), all of them (cause ``all``) and each cause: the count,
+p50/p99/max latency, how many of the kind's slowest 1% it holds (the chunks that set
+the p99), and how many of those were asked for while the cluster was at its maximum
+size (``at_max``: every GPU it may have paid for, so no scale-out could have helped;
+a policy that keeps its workers within ``b*`` then waits for a slot to free).
+
+``--from-s S`` keeps the chunks asked for from ``S`` seconds on: a run starts warm at
+the size its first instant needs, with no load history, so its first minutes hold most
+of some policies' admission tail; this separates that start from the rest.
 
 Run it: ``turboserve experiment waits --scenario azure-code --batch-cost 1.0 --t1-s
 0.344 --startup-s 10 --quality-valve --family turboserve``.
@@ -44,7 +51,8 @@ def chunk_causes(result: SimResult) -> pd.DataFrame:
 
     Columns: ``session_id``, ``index``, ``kind``, ``cause``, ``latency_s``, ``wait_s``
     (request to start), ``steps_before`` (other steps started on its worker in between),
-    ``batch_size``, ``degraded``, ``worker``, ``t_request_s``.
+    ``batch_size``, ``degraded``, ``worker``, ``t_request_s``, ``workers`` (the workers
+    paid for, running or starting, in the second it was asked for).
     """
     chunks = result.chunks
     if chunks.empty:
@@ -85,25 +93,40 @@ def chunk_causes(result: SimResult) -> pd.DataFrame:
     conditions = [placed_at > asked + _EPS, placed_at >= asked - _EPS, table["migrated"].to_numpy(dtype=bool),
                   table["degraded"].to_numpy(), table["steps_before"].to_numpy() > 0, np.asarray(running, dtype=bool)]
     table["cause"] = np.select(conditions, CAUSES[:-1], default=CAUSES[-1])
+    table["workers"] = _workers_at(result.intervals, asked)
     return table[["session_id", "index", "kind", "cause", "latency_s", "wait_s", "steps_before", "batch_size",
-                  "degraded", "worker", "t_request_s"]].reset_index(drop=True)
+                  "degraded", "worker", "t_request_s", "workers"]].reset_index(drop=True)
 
 
-def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per kind and cause: ``n``, ``p50_s``, ``p99_s``, ``max_s`` and ``in_top_1pct`` (of the kind's slowest 1%)."""
+def _workers_at(intervals: pd.DataFrame, times: np.ndarray) -> np.ndarray:
+    """The workers paid for in the interval row at or before each of ``times`` (-1: no row)."""
+    if intervals.empty:
+        return np.full(len(times), -1, dtype=int)
+    per_s = intervals.groupby("time_s")["n_workers"].sum()  # pools of a model mix add up
+    at = np.searchsorted(per_s.index.to_numpy(), np.asarray(times, dtype=float) + _EPS, side="right") - 1
+    return np.where(at >= 0, per_s.to_numpy()[np.maximum(at, 0)], -1).astype(int)
+
+
+def summary(table: pd.DataFrame, max_workers: int | None = None) -> pd.DataFrame:
+    """Per kind, all (cause ``all``) and per cause: ``n``, ``p50_s``, ``p99_s``, ``max_s``,
+    ``in_top_1pct`` (of the kind's slowest 1%) and ``at_max`` (of those, asked for while
+    ``workers`` was ``max_workers``; 0 without it)."""
     rows = []
     for kind in KINDS:
         part = table[table["kind"] == kind]
         if part.empty:
             continue
         top = part.nlargest(max(1, int(np.ceil(0.01 * len(part)))), "latency_s")
-        for cause in CAUSES:
-            lat = part.loc[part["cause"] == cause, "latency_s"]
+        full = top["workers"] >= max_workers if max_workers is not None and "workers" in top else np.zeros(len(top), bool)
+        for cause in ("all", *CAUSES):
+            mine = np.ones(len(part), bool) if cause == "all" else (part["cause"] == cause).to_numpy()
+            in_top = np.ones(len(top), bool) if cause == "all" else (top["cause"] == cause).to_numpy()
+            lat = part.loc[mine, "latency_s"]
             if lat.empty:
                 continue
             rows.append(dict(kind=kind, cause=cause, n=len(lat), p50_s=lat.quantile(0.5), p99_s=lat.quantile(0.99),
-                             max_s=lat.max(), in_top_1pct=int((top["cause"] == cause).sum())))
-    return pd.DataFrame(rows, columns=["kind", "cause", "n", "p50_s", "p99_s", "max_s", "in_top_1pct"])
+                             max_s=lat.max(), in_top_1pct=int(in_top.sum()), at_max=int((in_top & full).sum())))
+    return pd.DataFrame(rows, columns=["kind", "cause", "n", "p50_s", "p99_s", "max_s", "in_top_1pct", "at_max"])
 
 
 def explain(trace: str, *, family: str = "turboserve", knob: float | None = None, gpus: int = 64, seed: int = 0,

@@ -81,6 +81,43 @@ def test_summary_counts_which_causes_hold_the_slowest_one_percent():
     assert out.loc["valve group", "max_s"] == 3.0
 
 
+def test_summary_has_a_row_for_all_of_a_kind_and_counts_the_slowest_asked_for_at_the_maximum():
+    table = pd.DataFrame(dict(kind=["first"] * 100, cause=["placed"] * 98 + ["waited for a slot"] * 2,
+                              latency_s=[0.3] * 98 + [5.0, 9.0], workers=[10] * 99 + [64]))
+    out = summary(table, max_workers=64).set_index("cause")
+    assert out.loc["all", "n"] == 100 and out.loc["all", "max_s"] == 9.0
+    assert out.loc["all", "in_top_1pct"] == 1 and out.loc["all", "at_max"] == 1  # the slowest: at 64 workers
+    assert out.loc["waited for a slot", "at_max"] == 1 and out.loc["placed", "at_max"] == 0
+    assert summary(table).set_index("cause").loc["all", "at_max"] == 0  # no maximum given
+
+
+def test_each_chunk_knows_the_workers_paid_for_when_it_was_asked_for():
+    from experiments.waits import _workers_at
+
+    intervals = pd.DataFrame(dict(time_s=[0.0, 1.0, 2.0, 0.0, 1.0, 2.0], n_workers=[1, 2, 4, 1, 1, 1]))
+    assert list(_workers_at(intervals, np.array([0.0, 0.5, 1.0, 2.7, 99.0]))) == [2, 2, 3, 5, 5]  # two pools add up
+    assert list(_workers_at(intervals, np.array([-1.0]))) == [-1]
+    assert list(_workers_at(pd.DataFrame(), np.array([3.0]))) == [-1]
+
+
+def test_waits_from_a_later_second_keeps_only_the_chunks_asked_for_from_then(capsys):
+    from framework.cli import main
+
+    args = ["experiment", "waits", "--scenario", "flash-crowd", "--gpus", "8", "--duration-s", "600",
+            "--batch-cost", "1.0", "--t1-s", str(STEP), "--startup-s", "10"]
+    assert main(args) == 0
+    everything = capsys.readouterr().out
+    assert main([*args, "--from-s", "300"]) == 0
+    later = capsys.readouterr().out
+    kept, total = map(int, re.search(r"from 300 s on: (\d+) of the (\d+) waited-for chunks", later).groups())
+    assert 0 < kept < total
+
+    def first_n(text):
+        return int(re.search(r"^\s*first\s+all\s+(\d+)", text, re.M).group(1))
+
+    assert first_n(later) < first_n(everything)
+
+
 def test_a_run_without_chunk_rows_is_refused():
     empty = _run([("a", 0, 0.0, 0.0, "w0", False)], [True], [False], [])
     empty.chunks = empty.chunks.iloc[:0]
