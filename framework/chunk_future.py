@@ -12,7 +12,8 @@ told the client, then asks the scheduler where the key is (``who_has``) and only
 the worker for its data: three process hops after the chunk is made, plus the data's
 own round trip. Here the client asks the worker the future was sent to as soon as
 ``result()`` is called (:func:`workers.chunk_futures.serve_result`), and the worker
-answers as soon as the task returns: one hop, as :meth:`Session.stream` has. The bytes
+answers as soon as the task returns (a finished future's chunk at once, from its
+memory): one hop, as :meth:`Session.stream` has. The bytes
 go worker -> client either way, never through the scheduler. When that worker does not
 answer with the chunk (the task ran elsewhere or failed, the worker died) or the
 scheduler reports the key first, Dask's own path takes over, so errors, cancellation,
@@ -35,6 +36,8 @@ from workers.chunk_futures import RESULT_OP
 RESULT_POLL_S = 5.0
 #: Seconds to wait for a connection to the future's worker (then Dask's path alone).
 CONNECT_TIMEOUT_S = 1.0
+#: Seconds a finished future whose worker is unreachable waits for the scheduler to report it lost.
+DEATH_NOTICE_S = 10.0
 
 
 class ChunkFuture(Future):
@@ -62,33 +65,51 @@ class ChunkFuture(Future):
 
     async def _result(self, raiseit: bool = True) -> Any:
         # Future.result() and __await__ both come here (distributed's one internal seam).
-        if self._home is not None and not self.done():
+        if self._home is not None and self.status in ("pending", "finished"):
             found, chunk = await self._from_home()
             if found:
                 return chunk
         return await super()._result(raiseit)
 
     async def _from_home(self) -> tuple[bool, Any]:
-        """``(True, chunk)`` from the future's worker, or ``(False, None)``: take Dask's path."""
+        """``(True, chunk)`` from the future's worker, or ``(False, None)``: take Dask's path.
+
+        A finished future's chunk is asked for once (the worker answers from its memory);
+        a pending one's until the worker has it or the scheduler reports the key. When
+        the worker is gone while the scheduler still places a finished key there (it has
+        not noticed the death yet), Dask's path would ask the scheduler to gather from
+        the dead worker, which retries the connection for Dask's connect timeout (30 s
+        by default): instead this waits, up to :data:`DEATH_NOTICE_S`, for the scheduler
+        to report the key lost, and Dask's path then waits for its recomputation.
+        """
         rpc = TokenRPC(BoundedRPC(self.client.rpc, self._home, CONNECT_TIMEOUT_S), self._access)
+        finished = self.status == "finished"
         known = asyncio.ensure_future(self._state.wait())
         ask: asyncio.Future | None = None
         try:
-            while not known.done():
+            while finished or not known.done():
                 ask = asyncio.ensure_future(getattr(rpc, RESULT_OP)(key=self.key, timeout=RESULT_POLL_S))
-                await asyncio.wait({ask, known}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({ask} if finished else {ask, known}, return_when=asyncio.FIRST_COMPLETED)
                 if not ask.done():  # the scheduler reported the key first: Dask's path
                     break
                 try:
                     answer = ask.result()
                 except (OSError, KeyError):  # the worker is gone (Dask recomputes the key elsewhere) or lacks the op
+                    if finished:
+                        await self._until_no_longer_finished(DEATH_NOTICE_S)
                     break
                 if answer["status"] == "OK":
                     return True, answer["result"]
-                if answer["status"] != "pending":
+                if finished or answer["status"] != "pending":
                     break
         finally:
             known.cancel()
             if ask is not None and not ask.done():  # also when result(timeout) gave up on us
                 ask.cancel()
         return False, None
+
+    async def _until_no_longer_finished(self, bound_s: float) -> None:
+        """Wait up to ``bound_s`` for the scheduler to report this finished key lost (its worker died)."""
+        deadline = asyncio.get_running_loop().time() + bound_s
+        while self.status == "finished" and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)

@@ -68,6 +68,37 @@ def test_work_stealing_leaves_chunk_tasks_on_the_session_s_worker(server):
     s.close()
 
 
+def test_a_finished_chunk_future_s_result_comes_from_its_worker_without_asking_the_scheduler(server, reference):
+    s = server.open_session(PROMPT, seed=9)
+    fut = s.submit()
+    wait([fut], timeout=60)
+
+    def count_lookups(dask_scheduler):  # the scheduler's handlers Dask's own result() path calls
+        calls = dask_scheduler._ts_lookups = []
+        dask_scheduler._ts_handlers = {op: dask_scheduler.handlers[op] for op in ("gather", "who_has")}
+        for op, handler in dask_scheduler._ts_handlers.items():
+
+            def counted(*args, _op=op, _handler=handler, **kwargs):
+                calls.append(_op)
+                return _handler(*args, **kwargs)
+
+            dask_scheduler.handlers[op] = counted
+
+    def lookups(dask_scheduler):
+        return list(dask_scheduler._ts_lookups)
+
+    def restore(dask_scheduler):
+        dask_scheduler.handlers.update(dask_scheduler._ts_handlers)
+
+    server.client.run_on_scheduler(count_lookups)
+    _assert_same([fut.result(timeout=60)], reference(PROMPT, 9, 1))
+    assert server.client.run_on_scheduler(lookups) == []
+    server.client.gather([fut])  # Dask's own path, counted: the check can fail
+    assert server.client.run_on_scheduler(lookups)
+    server.client.run_on_scheduler(restore)
+    s.close()
+
+
 def test_wait_as_completed_and_gather_take_chunk_futures(server, reference):
     s = server.open_session(PROMPT, seed=1)
     futures = [s.submit() for _ in range(4)]
