@@ -77,7 +77,8 @@ class ChunkFuture(Future):
         A finished future's chunk is asked for once (the worker answers from its memory);
         a pending one's until the worker has it or the scheduler reports the key. When
         the worker is gone while the scheduler still places a finished key there (it has
-        not noticed the death yet), Dask's path would ask the scheduler to gather from
+        not noticed the death yet; a key recomputed elsewhere since goes Dask's way at
+        once), Dask's path would ask the scheduler to gather from
         the dead worker, which retries the connection for Dask's connect timeout (30 s
         by default): instead this waits, up to :data:`DEATH_NOTICE_S`, for the scheduler
         to report the key lost, and Dask's path then waits for its recomputation.
@@ -95,7 +96,7 @@ class ChunkFuture(Future):
                 try:
                     answer = ask.result()
                 except (OSError, KeyError):  # the worker is gone (Dask recomputes the key elsewhere) or lacks the op
-                    if finished:
+                    if finished and await self._placed_on_home():
                         await self._until_no_longer_finished(DEATH_NOTICE_S)
                     break
                 if answer["status"] == "OK":
@@ -107,6 +108,14 @@ class ChunkFuture(Future):
             if ask is not None and not ask.done():  # also when result(timeout) gave up on us
                 ask.cancel()
         return False, None
+
+    async def _placed_on_home(self) -> bool:
+        """Whether the scheduler places this key on the future's first worker (not on one that recomputed it)."""
+        try:
+            who = await self.client.scheduler.who_has(keys=[self.key])
+        except Exception:  # the scheduler unreachable: Dask's path decides
+            return False
+        return self._home in (who.get(self.key) or ())
 
     async def _until_no_longer_finished(self, bound_s: float) -> None:
         """Wait up to ``bound_s`` for the scheduler to report this finished key lost (its worker died)."""

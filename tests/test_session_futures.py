@@ -235,6 +235,8 @@ def test_no_chunk_lost_or_repeated_when_the_worker_with_the_futures_dies(server,
     # bound (5 s), not after Dask's 30 s of connect retries (it took 31 s before).
     assert time.monotonic() - killed_at < 25
     chunks += server.client.gather(futures[3:])
+    asked = time.monotonic()  # recomputed on another worker: result() goes there at once
+    assert futures[3].result(timeout=60).index == 3 and time.monotonic() - asked < 5
     more = [s.submit() for _ in range(2)]
     chunks += server.client.gather(more)
     _assert_same(chunks, reference(PROMPT, 7, 8))
