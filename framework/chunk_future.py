@@ -89,7 +89,9 @@ class ChunkFuture(Future):
         ask: asyncio.Future | None = None
         try:
             while finished or not known.done():
-                ask = asyncio.ensure_future(getattr(rpc, RESULT_OP)(key=self.key, timeout=RESULT_POLL_S))
+                # A finished key is in the worker's memory or not there at all: no wait for it.
+                wait_s = 0.0 if finished else RESULT_POLL_S
+                ask = asyncio.ensure_future(getattr(rpc, RESULT_OP)(key=self.key, timeout=wait_s))
                 await asyncio.wait({ask} if finished else {ask, known}, return_when=asyncio.FIRST_COMPLETED)
                 if not ask.done():  # the scheduler reported the key first: Dask's path
                     break
