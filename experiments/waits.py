@@ -117,7 +117,8 @@ def summary(table: pd.DataFrame, max_workers: int | None = None) -> pd.DataFrame
         if part.empty:
             continue
         top = part.nlargest(max(1, int(np.ceil(0.01 * len(part)))), "latency_s")
-        full = top["workers"] >= max_workers if max_workers is not None and "workers" in top else np.zeros(len(top), bool)
+        full = ((top["workers"] >= max_workers).to_numpy() if max_workers is not None and "workers" in top
+                else np.zeros(len(top), bool))
         for cause in ("all", *CAUSES):
             mine = np.ones(len(part), bool) if cause == "all" else (part["cause"] == cause).to_numpy()
             in_top = np.ones(len(top), bool) if cause == "all" else (top["cause"] == cause).to_numpy()

@@ -353,9 +353,7 @@ class Session:
                     raise SessionMoved(f"session {self.id!r} has no actor yet")
                 # With what was read: an actor recovered from an older checkpoint makes those
                 # chunks again, and unacknowledged they would fill its unread window (issue 13).
-                await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._cursor.issued,
-                                                  self._cursor.read_prefix()),
-                                       CONNECT_TIMEOUT_S + RPC_GRACE_S)
+                await self._send_request(acknowledge=True)
                 return
             except Exception as exc:
                 failure = self._actor_failure(exc)
@@ -381,15 +379,20 @@ class Session:
             await self._relocate()
         elif n:
             try:
-                acked = [self._cursor.read_prefix()] if acknowledge else []
-                await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._cursor.issued, *acked),
-                                       CONNECT_TIMEOUT_S + RPC_GRACE_S)
+                await self._send_request(acknowledge)
             except Exception as exc:
                 failure = self._actor_failure(exc)
                 if failure is not None:
                     raise failure from exc
                 await self._relocate(exc)
         return first
+
+    async def _send_request(self, acknowledge: bool) -> None:
+        """Tell the actor every chunk index asked for so far (``issued``), and with
+        ``acknowledge`` what was read; bounded like any call to an actor."""
+        acked = [self._cursor.read_prefix()] if acknowledge else []
+        await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._cursor.issued, *acked),
+                               CONNECT_TIMEOUT_S + RPC_GRACE_S)
 
     async def _poll_once(self, timeout: float = POLL_TIMEOUT_S) -> None:
         self._check_usable()
@@ -466,9 +469,7 @@ class Session:
         if self._key is None or self._closed:
             return
         try:
-            await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._cursor.issued,
-                                              self._cursor.read_prefix()),
-                                   CONNECT_TIMEOUT_S + RPC_GRACE_S)
+            await self._send_request(acknowledge=True)
         except Exception as exc:  # moved, suspended, its worker gone: the next poll acknowledges
             logger.debug("session %s: acknowledging the stream's end failed: %r", self.id, exc)
 
