@@ -9,7 +9,9 @@
     turboserve experiment parallelism (--trace FILE | --scenario NAME)... --gpus N --scales 0.5,1 --out DIR
 
 Every one takes the latency and start-up flags ``--profile NAME``, ``--batch-cost A``
-(``step(b) = t1 (1 + A (b - 1))``), ``--t1-s T``, ``--startup-s S`` and ``--quality-valve``.
+(``step(b) = t1 (1 + A (b - 1))``), ``--t1-s T``, ``--startup-s S`` and ``--quality-valve``,
+and the measurement window ``--measure-from-s W`` (summaries and oracles over ``[W, end]``
+of runs that still start at 0).
 
 Errors are raised as ``ValueError``/``FileNotFoundError`` with a one-line message; the
 CLI's ``main`` prints them.
@@ -95,6 +97,10 @@ def _add_latency_options(p: argparse.ArgumentParser) -> None:
                    help="worker start-up seconds (default turboserve.simulator.worker-startup-s)")
     g.add_argument("--quality-valve", action="store_true",
                    help="degrade (fewer denoising steps) a step that would miss the SLO; counted as degraded chunks")
+    g.add_argument("--measure-from-s", type=_positive("--measure-from-s"), default=None, metavar="W",
+                   help="measure from W seconds on: latencies of the chunks asked for from then, GPU-hours and "
+                        "counts after it, the oracle over the same window; each run still starts at 0, so every "
+                        "policy enters the window with the cluster it provisioned itself (default 0: the whole run)")
 
 
 def sim_config(args: argparse.Namespace):
@@ -105,7 +111,8 @@ def sim_config(args: argparse.Namespace):
     if args.t1_s is not None and args.t1_s <= 0:
         raise ValueError(f"--t1-s must be > 0 seconds, got {args.t1_s}")
     spec = LatencySpec(profile=args.profile, t1_s=args.t1_s, batch_cost=args.batch_cost, gpu=args.gpu_class)
-    overrides = {"latency": spec, "worker_startup_s": args.startup_s}
+    overrides = {"latency": spec, "worker_startup_s": args.startup_s,
+                 "measure_from_s": getattr(args, "measure_from_s", None)}
     if args.quality_valve:
         overrides["quality_valve"] = True
     return SimConfig.from_config(**overrides)
@@ -185,12 +192,14 @@ def _waits(args: argparse.Namespace) -> int:
     traces = _traces(args)
     if len(traces) != 1:
         raise ValueError(f"give one --scenario or --trace, got {len(traces)}")
+    config = sim_config(args)
     table, header = explain(traces[0], family=args.family, knob=args.knob, gpus=args.gpus, seed=args.seed,
-                            config=sim_config(args), duration_s=args.duration_s, scale=args.scale,
+                            config=config, duration_s=args.duration_s, scale=args.scale,
                             model=None if args.model == "mix" else args.model, max_batch=args.max_batch)
-    if args.from_s:
-        kept = table[table["t_request_s"] >= args.from_s]
-        header += f"\n  from {args.from_s:g} s on: {len(kept)} of the {len(table)} waited-for chunks"
+    if config.measure_from_s:
+        start = config.measure_from_s
+        kept = table[table["t_request_s"] >= start]
+        header += f"\n  from {start:g} s on: {len(kept)} of the {len(table)} waited-for chunks"
         table = kept
     print(header)
     with pd.option_context("display.width", 120, "display.float_format", "{:.3f}".format):
@@ -290,8 +299,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     wt.add_argument("--seed", type=int, default=0, help="scenario seed (default 0)")
     wt.add_argument("--family", default="turboserve", help="policy family (experiments.frontier.FAMILIES; default turboserve)")
     wt.add_argument("--knob", type=float, default=None, help="the family's knob value (default: its standard one)")
-    wt.add_argument("--from-s", type=float, default=0.0, metavar="S",
-                    help="only the chunks asked for from S seconds on (a run's first minutes start cold; default 0)")
     wt.add_argument("--out", default=None, metavar="CSV", help="also write every waited-for chunk with its cause")
     wt.set_defaults(func=_waits)
 

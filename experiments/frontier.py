@@ -23,6 +23,12 @@ once (``--scale fit``: its peak demand is about ``--gpus``) and prepared once
 (:class:`~experiments.paper_table.PreparedTrace`: pools, caps, oracles, shared by its
 runs and its oracle row) while the local cluster (one process per core) starts in a
 thread; then the runs go out as Dask tasks over it with a progress bar.
+
+With a measurement window (``SimConfig.measure_from_s`` = ``W``, ``--measure-from-s W``)
+every row covers ``[W, end]`` of runs that still start at 0: a run starts warm at the
+size its first instant needs, with no load history, and each policy then enters the
+window with the cluster and state it provisioned itself. The oracle and the iso-cost
+run's mean GPU count cover the same window; ``measure_from_s`` is a column.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ FRONTIER_COLUMNS = (
     "slo_attainment", "chunks", "degraded_chunks",
 )
 _EXTRA_COLUMNS = ("resume_wait_p99_s", "stalls", "max_latency_s", "p99_latency_s", "migrations", "offloads",
-                  "never_served", "peak_workers", "scale", "valve")
+                  "never_served", "peak_workers", "scale", "valve", "measure_from_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +172,7 @@ def run_point(point: Point, trace: TraceInput | PreparedTrace, gpus: int, config
     for col in FRONTIER_COLUMNS[4:] + _EXTRA_COLUMNS:
         out.setdefault(col, row.get(col, float("nan")))
     out["degraded_chunks"] = int(row.get("degraded_chunks", 0))
+    out["measure_from_s"] = cfg.measure_from_s
     out["sim_wall_s"] = row.get("sim_wall_s")
     return out
 
@@ -278,14 +285,16 @@ def _oracle_row(name: str, seed: int, trace: PreparedTrace, gpus: int, config: S
     row = rows[0]
     return {"trace": name, "policy": ORACLE, "knob": float("nan"), "seed": seed, "gpu_hours": row["gpu_hours"],
             "gpu_hours_startup": row.get("gpu_hours_startup"),
-            "slo_attainment": row["slo_attainment"], "peak_workers": row.get("peak_workers"), "scale": trace.trace.scale}
+            "slo_attainment": row["slo_attainment"], "peak_workers": row.get("peak_workers"), "scale": trace.trace.scale,
+            "measure_from_s": config.measure_from_s}
 
 
 def _iso_cost_points(row: dict[str, Any], loaded: dict, gpus: int) -> list[Point]:
     """After TurboServe's run at its default knob (``row``): a static run at its mean GPU count."""
     if row["policy"] != REFERENCE or row["knob"] != FAMILIES[REFERENCE].default:
         return []
-    hours = loaded[(row["trace"], row["seed"])].end_s / 3600.0
+    prepared = loaded[(row["trace"], row["seed"])]
+    hours = (prepared.end_s - prepared.config.measure_from_s) / 3600.0  # the measured window's
     mean_gpus = float(row["gpu_hours"]) / hours if hours > 0 else float(gpus)
     return [Point(row["trace"], row["seed"], ISO_COST, round(max(1, round(mean_gpus)) / gpus, 4))]
 

@@ -162,7 +162,7 @@ def _oracles(pools: dict, base: SimConfig, max_batch: int | str, end: float | No
         args = _oracle_args(model, wl, base, max_batch)
         caps[model] = args["max_batch"]
         oracles[model] = oracle_bound(wl, **args, end_s=end, gpus=None if gpus_of is None else gpus_of[model],
-                                      startup_s=base.worker_startup_s)
+                                      startup_s=base.worker_startup_s, start_s=base.measure_from_s)
     return caps, oracles
 
 
@@ -281,7 +281,8 @@ class PreparedTrace:
 
 def _oracle_inputs(config: SimConfig) -> tuple:
     """The fields of a config the caps and oracles of a :class:`PreparedTrace` depend on."""
-    return (config.latency, config.slo_s, config.max_batch, config.gpu_memory_bytes, config.worker_startup_s)
+    return (config.latency, config.slo_s, config.max_batch, config.gpu_memory_bytes, config.worker_startup_s,
+            config.measure_from_s)
 
 
 def prepare_trace(trace: TraceInput, gpus: int, *, config: SimConfig | None = None,
@@ -360,8 +361,8 @@ def simulate(prepared: PreparedTrace, policy: str | PolicySet | Callable[..., Po
     oracles do not look (the quality valve, say); a ValueError says so otherwise.
     """
     if _oracle_inputs(prepared.config) != _oracle_inputs(config):
-        raise ValueError(f"trace {prepared.name!r} was prepared with another latency, SLO, batch cap, GPU memory or "
-                         "start-up time than this config; prepare it with this config")
+        raise ValueError(f"trace {prepared.name!r} was prepared with another latency, SLO, batch cap, GPU memory, "
+                         "start-up time or measurement window than this config; prepare it with this config")
     caps, minimum = prepared.caps, int(tconfig.get("autoscale.minimum"))
 
     def setup(model: str, pool_gpus: int) -> tuple[PolicySet, SimConfig]:

@@ -22,9 +22,10 @@ the p99), and how many of those were asked for while the cluster was at its maxi
 size (``at_max``: every GPU it may have paid for, so no scale-out could have helped;
 a policy that keeps its workers within ``b*`` then waits for a slot to free).
 
-``--from-s S`` keeps the chunks asked for from ``S`` seconds on: a run starts warm at
-the size its first instant needs, with no load history, so its first minutes hold most
-of some policies' admission tail; this separates that start from the rest.
+``--measure-from-s S`` (the experiments' measurement window) keeps the chunks asked for
+from ``S`` seconds on: a run starts warm at the size its first instant needs, with no
+load history, so its first minutes hold most of some policies' admission tail; this
+separates that start from the rest.
 
 Run it: ``turboserve experiment waits --scenario azure-code --batch-cost 1.0 --t1-s
 0.344 --startup-s 10 --quality-valve --family turboserve``.

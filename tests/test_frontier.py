@@ -159,6 +159,33 @@ def test_the_iso_cost_run_follows_turboserve_and_dask_gives_the_rows_run_here():
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_a_frontier_measured_from_a_later_second_costs_and_counts_only_that_window():
+    """``measure_from_s``: the same runs, summarised over [W, end]; the iso-cost run sits
+    at TurboServe's mean GPU count over that window, and the oracle covers it too."""
+    from experiments.frontier import FAMILIES, ISO_COST, REFERENCE, frontier
+    from experiments.sim.config import SimConfig
+    from experiments.sim.latency import LatencySpec
+
+    cfg = SimConfig.from_config(latency=LatencySpec(batch_cost=0.5), worker_startup_s=10.0)
+    kw = dict(gpus=4, seeds=[0], duration_s=120.0, scale=0.08, families=["static", "turboserve"], n_workers=0,
+              progress=False)
+    whole, _ = frontier(["steady"], config=cfg, **kw)
+    late, _ = frontier(["steady"], config=cfg.with_(measure_from_s=60.0), **kw)
+    key = ["policy", "knob"]
+    w = whole[whole["policy"] != ISO_COST].set_index(key).sort_index()
+    l_ = late[late["policy"] != ISO_COST].set_index(key).sort_index()
+    assert (l_["gpu_hours"] < w["gpu_hours"]).all()
+    runs = l_.drop(index="oracle", level="policy")
+    assert (runs["chunks"] < w.drop(index="oracle", level="policy")["chunks"]).all()
+    assert (runs["measure_from_s"] == 60.0).all()
+    static_full = l_.loc[("static", 1.0), "gpu_hours"]
+    assert static_full == pytest.approx(4 * 60.0 / 3600.0)  # 4 GPUs held over the last minute
+    std = late[(late["policy"] == REFERENCE) & (late["knob"] == FAMILIES[REFERENCE].default)]
+    iso = late[late["policy"] == ISO_COST]
+    mean_gpus = std["gpu_hours"].iloc[0] / (60.0 / 3600.0)
+    assert iso["knob"].iloc[0] == pytest.approx(max(1, round(mean_gpus)) / 4, abs=1e-4)
+
+
 def test_turboserve_without_the_valve_is_turboserve_with_the_valve_off():
     from experiments.frontier import NO_VALVE, REFERENCE, _family_of, _policy_set
     from experiments.paper_table import policy_sets

@@ -216,6 +216,48 @@ def test_long_runs_can_drop_chunk_rows_but_keep_the_summary(result):
         "decide_ms_per_tick": summary_of(lean, trace="t", gpus=4)["decide_ms_per_tick"]}
 
 
+def test_a_measurement_window_summarises_the_same_run_from_its_start_on(result):
+    policies = PolicySet.of("migration-aware", "load-driven", "idle-timeout", offload_params={"idle_s": 2})
+    start = 15.0
+    windowed = simulate(small_trace(), policies, SimConfig(initial_workers=1, max_workers=4, worker_startup_s=5,
+                                                           measure_from_s=start), latency=LATENCY)
+    # the run is the same run: the window changes what is summarised, not what happens
+    np.testing.assert_array_equal(windowed.latency_s, result.latency_s)
+    row, whole = summary_of(windowed, trace="t", gpus=4), summary_of(result, trace="t", gpus=4)
+    chunks = result.chunks
+    kept = chunks[chunks["t_request_s"] >= start]
+    assert 0 < row["chunks"] == len(kept) < whole["chunks"]
+    assert row["max_latency_s"] == pytest.approx(kept["latency_s"].max())
+    assert row["measure_from_s"] == start and "measure_from_s" not in whole
+    # GPU-seconds: each worker's lifetime clipped to [start, end]
+    w = result.workers
+    clipped = (np.minimum(w["released_s"], result.end_s) - np.maximum(w["started_s"], start)).clip(lower=0).sum()
+    assert row["gpu_hours"] * 3600 == pytest.approx(clipped) and row["gpu_hours"] < whole["gpu_hours"]
+    d = result.decisions
+    offloads = ((d["action"] == "Offload") & d["accepted"] & (d["time_s"] >= start)).sum()
+    assert row["offloads"] == offloads <= whole["offloads"]
+    with pytest.raises(ValueError, match="at or after the run's end"):
+        summary_of(simulate(small_trace(), policies, SimConfig(initial_workers=1, max_workers=4,
+                                                               measure_from_s=result.end_s), latency=LATENCY),
+                   trace="t", gpus=4)
+    with pytest.raises(ValueError, match="measure_from_s must be finite and >= 0"):
+        SimConfig(measure_from_s=-1.0)
+
+
+def test_the_oracle_over_a_window_costs_what_the_trace_needs_within_it():
+    # two sessions active 0-10 s, one 10-20 s, b* = 1; the window from 5 s keeps 2 x 5 + 1 x 10
+    wl = events([(0, "a", "open"), (0, "b", "open"), (10, "b", "close"), (20, "a", "close")])
+    kw = dict(slo_s=0.25, max_batch=8, state_bytes=1, memory_bytes=1e9)
+    window = oracle_bound(wl, LATENCY, **kw, start_s=5.0)
+    assert window.gpu_seconds == pytest.approx(2 * 5 + 1 * 10) and window.peak_gpus == 2
+    assert oracle_bound(wl, LATENCY, **kw, start_s=12.0).gpu_seconds == pytest.approx(8.0)
+    assert oracle_bound(wl, LATENCY, **kw, start_s=12.0).peak_gpus == 2  # the peak is the whole trace's
+    # paying start-ups, the window starts warm with what its first instant needs
+    wl2 = events([(0, "a", "open"), (10, "a", "idle"), (100, "a", "active"), (110, "a", "close")])
+    paid = oracle_bound(wl2, LATENCY, **kw, startup_s=30.0, start_s=50.0)
+    assert paid.gpu_seconds == pytest.approx(10.0) and paid.gpu_seconds_startup == pytest.approx(10.0 + 30.0)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from(["active", "idle", "close"])), max_size=40))
 def test_active_series_counts_the_sessions_whose_last_event_made_them_active(steps):

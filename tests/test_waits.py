@@ -107,7 +107,7 @@ def test_waits_from_a_later_second_keeps_only_the_chunks_asked_for_from_then(cap
             "--batch-cost", "1.0", "--t1-s", str(STEP), "--startup-s", "10"]
     assert main(args) == 0
     everything = capsys.readouterr().out
-    assert main([*args, "--from-s", "300"]) == 0
+    assert main([*args, "--measure-from-s", "300"]) == 0
     later = capsys.readouterr().out
     kept, total = map(int, re.search(r"from 300 s on: (\d+) of the (\d+) waited-for chunks", later).groups())
     assert 0 < kept < total

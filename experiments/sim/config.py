@@ -63,6 +63,13 @@ class SimConfig:
         very long runs).
     end_s
         Stop at this virtual time (default: the last trace event).
+    measure_from_s
+        Start of the measurement window: a run's summary (latency statistics over the
+        chunks asked for from then on, GPU-hours, migrations, offloads and degraded
+        chunks from then on) and its oracle leave out the time before. The run itself
+        starts at 0 as always, so each policy enters the window with the cluster and
+        the state it provisioned for itself (a warm-up, not a different start). 0
+        (default): the whole run.
     latency
         The step-time model (:class:`~experiments.sim.latency.LatencySpec`: the model
         preset's profile, a named profile, or the parametric ``t1 * (1 + a (b - 1))``).
@@ -108,6 +115,7 @@ class SimConfig:
     oracle_hints: bool = False
     record_chunks: bool = True
     end_s: float | None = None
+    measure_from_s: float = 0.0
     latency: LatencySpec = LatencySpec()
     align_phases: bool = _from_yaml("simulator.align-phases", bool)
     quality_valve: bool = _from_yaml("simulator.quality-valve", bool)
@@ -132,6 +140,8 @@ class SimConfig:
             raise ValueError("migrate_bytes_per_s and offload_bytes_per_s must be > 0")
         if not 0 <= self.transform_fixed_s < float("inf"):
             raise ValueError(f"transform_fixed_s must be finite and >= 0 seconds, got {self.transform_fixed_s}")
+        if not 0 <= self.measure_from_s < float("inf"):
+            raise ValueError(f"measure_from_s must be finite and >= 0 seconds, got {self.measure_from_s}")
         if not 0 <= self.migration_fixed_s < float("inf"):
             raise ValueError(f"migration_fixed_s must be finite and >= 0 seconds, got {self.migration_fixed_s}")
 

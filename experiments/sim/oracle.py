@@ -136,12 +136,13 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> flo
     return float(v[np.searchsorted(cum, q * cum[-1])])
 
 
-def _demand(workload: Workload, b_star: int, end_s: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(durations, active, need)`` of the trace's intervals of non-zero length: active
-    sessions and the GPUs they need at ``b_star`` a GPU."""
+def _demand(workload: Workload, b_star: int, end_s: float | None,
+            start_s: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(durations, active, need)`` of the trace's intervals of non-zero length within
+    ``[start_s, end]``: active sessions and the GPUs they need at ``b_star`` a GPU."""
     times, active = active_series(workload)
     end = workload.end_s if end_s is None else end_s
-    durations = np.diff(np.append(times, end))
+    durations = np.diff(np.clip(np.append(times, end), start_s, None))
     keep = durations > 0
     durations, active = durations[keep], active[keep]
     return durations, active, np.ceil(active / b_star).astype(np.int64)
@@ -167,14 +168,21 @@ def oracle_bound(
     gpus: int | None = None,
     end_s: float | None = None,
     startup_s: float = 0.0,
+    start_s: float = 0.0,
 ) -> OracleResult:
     """Compute the :class:`OracleResult` of ``workload`` (see the module docstring).
 
     ``startup_s``: the worker start-up time :attr:`OracleResult.gpu_seconds_startup` pays.
+    ``start_s``: the start of the measurement window; costs and latencies cover
+    ``[start_s, end]`` (the start-up-paying oracle then starts warm with what ``start_s``
+    needs), the peak stays the whole trace's (what a static cluster must hold).
     """
     b_star = best_batch(latency, slo_s, max_batch, state_bytes, memory_bytes)
-    durations, active, need = _demand(workload, b_star, end_s)
-    peak = int(need.max()) if need.size else 0
+    peak_need = _demand(workload, b_star, end_s)[2] if start_s > 0 else None
+    durations, active, need = _demand(workload, b_star, end_s, start_s)
+    if peak_need is None:
+        peak_need = need
+    peak = int(peak_need.max()) if peak_need.size else 0
     gpus_used = np.minimum(need, gpus) if gpus is not None else need
     period = float(np.median(workload.period_s)) if len(workload.period_s) else 1.0
     busy = active > 0

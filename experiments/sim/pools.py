@@ -125,4 +125,5 @@ def merge(results: dict[str, SimResult]) -> SimResult:
         workers=workers,
         burst_first=np.concatenate([results[m].burst_first for m in models]),
         degraded=np.concatenate([results[m].degraded for m in models]),
+        request_s=np.concatenate([results[m].request_s for m in models]),
     )

@@ -31,6 +31,9 @@ class SimResult:
     burst_first, degraded
         Per chunk: the first of a burst (index 0, or the first after a resume from
         idle; not in-stream) and made by a degraded (quality-valve) step.
+    request_s
+        Per chunk: when its session asked for it (kept even when chunk rows are not;
+        what a measurement window, ``SimConfig.measure_from_s``, selects on).
     decisions
         The decision log: ``time_s, action, session_id, worker, accepted, reason``.
     counters
@@ -58,7 +61,7 @@ class SimResult:
     workers: pd.DataFrame = field(default_factory=pd.DataFrame)
     burst_first: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     degraded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-
+    request_s: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=float))
 
 
 def assemble(sim: Any, end: float) -> SimResult:
@@ -128,4 +131,5 @@ def assemble(sim: Any, end: float) -> SimResult:
         ),
         burst_first=np.asarray(sim.c_first, dtype=bool),
         degraded=per_chunk(sim.s_degraded, bool),
+        request_s=np.asarray(sim.c_req, dtype=float),
     )
