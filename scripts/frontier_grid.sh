@@ -3,7 +3,7 @@
 # (the published H100 figure), 64 GPUs, traces fitted to the cluster (--scale fit).
 #   scripts/frontier_grid.sh OUT_DIR [SEEDS] [SCENARIO ...]
 # Defaults: seeds 0; the ServeGen-, Mooncake- and Azure-derived scenarios; DURATION_S=3600;
-# BATCH_COSTS="1.0 0.1". Each regime
+# BATCH_COSTS="1.0 0.1"; MEASURE_FROM_S=0 (the measurement window's start, --measure-from-s). Each regime
 # writes OUT_DIR/a<A>-s<S>/{frontier.csv,headline.csv,frontier.png,config.yaml}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,7 @@ for a in ${BATCH_COSTS:-1.0 0.1}; do
   for s in 10 60; do
     echo "== a=$a start-up=${s}s"
     "$py" -m framework.cli experiment frontier "${args[@]}" "${fams[@]}" --gpus 64 --seeds "$seeds" --duration-s "$duration" \
-      --batch-cost "$a" --t1-s 0.344 --startup-s "$s" --quality-valve --no-progress --out "$out/a$a-s$s"
+      --batch-cost "$a" --t1-s 0.344 --startup-s "$s" --quality-valve --measure-from-s "${MEASURE_FROM_S:-0}" \
+      --no-progress --out "$out/a$a-s$s"
   done
 done
