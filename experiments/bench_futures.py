@@ -59,7 +59,7 @@ def _noop(x: int) -> int:
 def _stream_beside_a_task(session, worker: str) -> object:
     """``stream(1)`` while a no-op Dask task goes to ``worker``: what any task per chunk costs."""
     client = session._server.client
-    index = session._sync(session._request, 1)
+    index = session._sync(session._channel.request, 1)
     task = client.submit(_noop, index, pure=False, workers=[worker])
     chunk = session._sync(session._chunk, index)
     task.result()

@@ -438,7 +438,7 @@ class Chaos:
         first = next(stream)
         time.sleep(3.0)  # the reader is gone; the worker must not produce on
         info = s.record()
-        actor = self.server.client.sync(call_actor, s._rpc_to(info["worker"]), info["actor_key"], "info")
+        actor = self.server.client.sync(call_actor, s._channel.rpc_to(info["worker"]), info["actor_key"], "info")
         window = int(_config("engine.max-unread-chunks"))
         self.score(out, seed, [first], 1, None, [])
         error, took, hung = self.call(lambda: self.close(s, quiet=False))

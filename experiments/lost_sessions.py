@@ -52,10 +52,10 @@ def _suspend_under_a_kill(delays: list[float]) -> None:
 
 
 def _scheduler_closed(relocate_s: float) -> None:
-    import framework.session as session_module
+    import framework.chunk_channel as channel_module
     from framework import Server
 
-    session_module.RELOCATE_TIMEOUT_S = relocate_s
+    channel_module.RELOCATE_TIMEOUT_S = relocate_s
     server = Server.local(n_workers=1, model="tiny", dashboard_address=None, adaptive=False)
     try:
         s = server.open_session(PROMPT, seed=0)

@@ -4,7 +4,7 @@ A session's chunk indices are its stream's identity: each is handed to exactly o
 reader (a :meth:`~framework.Session.stream` or a chunk future of
 :meth:`~framework.Session.submit`), in order, however the two are mixed and whatever
 the workers resend after a recovery. :class:`ReadCursor` keeps that bookkeeping, apart
-from the calls that move chunks (:mod:`framework.session`):
+from the calls that move chunks (:mod:`framework.chunk_channel`):
 
 - ``issued``: the request high-water mark (the next index to hand out);
 - the *received* prefix: every index below it arrived (kept until the stream takes it)

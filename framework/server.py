@@ -20,14 +20,12 @@ from distributed import Client, LocalCluster
 from framework import config, notebook
 from framework.limits import OpenLimits, validate_open
 from framework.model_pools import models_of, pool_plan, worker_resources
-from framework.read_cursor import ReadCursor
 from framework.scheduler_plugin import TurboserveScheduler
 from framework.serving_settings import ServingSettings
 from framework.session import Session
 from framework.worker_env import ServingNanny
 from storage.location import is_auto, resolve_store
 from workers.access import new_token
-from workers.actor_rpc import call_actor
 from workers.encryption import encrypted
 from workers.engine import EngineSettings
 from workers.errors import InvalidRequest, UnknownWorker
@@ -422,11 +420,7 @@ class Server:
         if token:
             self._access[token] = session_id  # handed over: listed with its prompt from now on
         session = Session(self, {**info, "access_token": token})
-        if info["actor_key"] is not None:
-            actor = await call_actor(session._rpc(), info["actor_key"], "info")
-            session._cursor = ReadCursor(actor["chunk_index"])
-        else:  # suspended to disk: the record's count is exact (no chunk is in flight)
-            session._cursor = ReadCursor(info["chunks"])
+        await session._channel.attach(info["chunks"])  # from the session's next chunk on
         return session
 
     async def aopen_session(self, prompt: str, seed: int = 0, **kw: Any) -> Session:

@@ -1,22 +1,18 @@
 """The client's handle on one streaming session.
 
-Chunks travel worker -> client: the session raises its actor's request high-water mark
-and long-polls the actor directly (``direct_to_workers``), acknowledging what it got.
-Control calls (pause, suspend, resume, migrate, close) go to the scheduler plugin.
-
-When the actor is gone (migrated, suspended, its worker died), the session asks the
-scheduler where the session is now (:meth:`SessionHandlers.locate
-<framework.session_handlers.SessionHandlers.locate>`, which waits for
-a move or a recovery to finish and wakes a suspended session), repeats its request and
-goes on polling. Chunk indices are the stream's identity: an index already received is
-never handed out again, so a recovery that regenerates chunks from an older checkpoint
-shows no repeat, and the ack-based outbox shows no gap.
+Chunks travel worker -> client through the handle's read path
+(:class:`~framework.chunk_channel.ChunkChannel`: requests, long-polls and
+acknowledgements sent to the session's actor directly, relocation after a move or a
+worker's death, chunk futures); control calls (pause, suspend, resume, migrate, close)
+go to the scheduler plugin, and tell the channel where they left the session.
 
 A session that cannot be served any more raises :class:`~framework.errors.SessionLost`
 (with its ``cause``) from its stream, its futures and its control calls, never a bare
 ``CommClosedError``: closed by the server or another client, the engine unable to run
-it, or not found again within :data:`RELOCATE_TIMEOUT_S`. :meth:`Session.close` always
-returns within :data:`CLOSE_TIMEOUT_S`. :meth:`Session.events` says what happened.
+it, or not found again within :data:`~framework.chunk_channel.RELOCATE_TIMEOUT_S`
+(:class:`~framework.session_fate.SessionFate` keeps that state and the events seen).
+:meth:`Session.close` always returns within :data:`CLOSE_TIMEOUT_S`.
+:meth:`Session.events` says what happened.
 
 No wait for a chunk is unbounded: a session whose engine neither makes the chunk a
 reader (a stream or a chunk future) asked for nor fails raises
@@ -28,24 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from dask.utils import parse_timedelta
 from distributed import Future
-from distributed.actor import ProxyRPC
 
 from framework import config, notebook
-from framework.chunk_future import ChunkFuture
-from framework.read_cursor import ReadCursor
+from framework.chunk_channel import ChunkChannel
 from framework.errors import SessionAccessDenied, SessionLost
+from framework.session_fate import SessionFate
+from workers.actor_rpc import call_actor
 from workers.chunk import Chunk
 from workers.errors import (
-    CapacityExceeded,
-    ChunkTimeout,
-    InvalidRequest,
     SessionClosed,
     SessionMoved,
     SessionNotFound,
@@ -53,26 +44,13 @@ from workers.errors import (
     TurboserveError,
 )
 from workers.access import TokenRPC
-from workers.actor_rpc import BoundedRPC, call_actor
-from workers.chunk_futures import chunk_key, chunk_task
 
 logger = logging.getLogger(__name__)
 
-#: Most chunks one stream() or submit() round may ask for (a guard against typos).
-MAX_CHUNKS_PER_CALL = 100_000
-#: Seconds one long-poll waits on the worker before coming back empty.
-POLL_TIMEOUT_S = 5.0
-#: Seconds to wait for a connection to the session's worker before asking where it went.
-CONNECT_TIMEOUT_S = 1.0
-#: Seconds to keep looking for a session that moved or whose worker died (then SessionLost).
-RELOCATE_TIMEOUT_S = 120.0
 #: Seconds close() waits for the scheduler to confirm (then it returns anyway, logging why).
 CLOSE_TIMEOUT_S = 30.0
 #: Seconds events() waits for the session's actor or the scheduler.
 EVENTS_TIMEOUT_S = 10.0
-#: Seconds a call to the session's actor may take beyond its own wait before its worker
-#: counts as not answering (a frozen process keeps its connections open and never replies).
-RPC_GRACE_S = 5.0
 
 
 class Session:
@@ -105,32 +83,27 @@ class Session:
         self.width: int = info["width"]
         self.fps: int = info["fps"]
         self.frames: int = info["frames"]
-        self._worker: str = info["worker"]
-        self._key: str = info["actor_key"]
         self._access: str | None = info.get("access_token")  # the capability (workers.access)
-        self._cursor = ReadCursor(0)  # indices asked for, received and read (attach: the count made)
-        self._token = uuid.uuid4().hex[:8]  # this handle's part of its chunk futures' keys
-        self._poll_lock: asyncio.Lock | None = None
-        self._closed = False
-        self._closing = False  # this handle asked to close (a SessionClosed is then expected)
-        self._lost: SessionLost | None = None
-        self._events: list[dict[str, Any]] = []  # read from actors, plus this client's own
-        #: Longest wait for a chunk while none arrives (``turboserve.client.chunk-timeout``).
-        self._chunk_timeout_s = float(parse_timedelta(config.get("client.chunk-timeout"), default="s"))
+        self._fate = SessionFate(self.id)
+        #: The read path: where the actor is, the chunk indices asked for, received and read.
+        self._channel = ChunkChannel(
+            server.client, self.id, self._access, info["worker"], info["actor_key"], self._fate,
+            float(parse_timedelta(config.get("client.chunk-timeout"), default="s")),
+        )
         #: ``(chunk, prompt)`` of every switch made through this handle (:meth:`set_prompt`).
         self.prompts: list[tuple[int, str]] = [(0, self.prompt)]
         #: What this client received: recent frames (``turboserve.notebook.keep-frames``), latencies.
         self.history = notebook.StreamHistory()
 
     def __repr__(self) -> str:
-        return f"<Session {self.id} on {self._worker} issued={self._cursor.issued}>"
+        return f"<Session {self.id} on {self.worker} issued={self._channel.cursor.issued}>"
 
     # ------------------------------------------------------------ properties
 
     @property
     def worker(self) -> str:
         """Address of the worker that holds the session's actor (as last seen)."""
-        return self._worker
+        return self._channel.worker
 
     @property
     def access_token(self) -> str | None:
@@ -175,57 +148,18 @@ class Session:
         """Like :meth:`stream`, updating one Jupyter display as each chunk arrives; returns the chunks."""
         return notebook.display_stream(self, n)
 
-    # ------------------------------------------------------------ async core
-
-    # ------------------------------------------------------------ events and failures
-
-    def _note(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Record an event seen by this client (``source: "client"``)."""
-        event = {"kind": kind, "t": time.time(), "worker": None, "source": "client", **fields}
-        self._events.append(event)
-        return event
-
-    def _merge_events(self, events: list[dict[str, Any]]) -> None:
-        seen = {e.get("id") for e in self._events if e.get("id")}
-        self._events.extend(e for e in events if e.get("id") not in seen)
-
-    def _session_lost(self, what: str, cause: BaseException | str | None) -> SessionLost:
-        """Mark the session lost (every later call raises the same error) and return the error."""
-        if self._lost is None:
-            why = cause if isinstance(cause, str) or cause is None else f"{type(cause).__name__}: {cause}"
-            self._lost = SessionLost(f"session {self.id!r} is lost: {what}" + (f" ({why})" if why else ""),
-                                     self.id, why)
-            self._note("lost", why=str(self._lost))
-            logger.warning("%s", self._lost)
-        return self._lost
-
-    def _actor_failure(self, exc: BaseException) -> BaseException | None:
-        """What an error from the session's actor means: None (relocate) or the error to raise."""
-        if isinstance(exc, (SessionMoved, KeyError, OSError)) or _pool_closed(exc):
-            return None
-        if isinstance(exc, SessionClosed):
-            if self._closing or self._closed:
-                return exc
-            return self._session_lost("it was closed by the server or another client", exc)
-        if isinstance(exc, TurboserveError):
-            return exc  # a refusal of this request (InvalidRequest, ...): the session is fine
-        return self._session_lost("its worker could not run it", exc)
-
-    def _check_usable(self) -> None:
-        if self._lost is not None:
-            raise self._lost
-        if self._closed:
-            raise SessionClosed(f"session {self.id!r} is closed; open a new one")
+    # ------------------------------------------------------------ events
 
     async def aevents(self) -> list[dict[str, Any]]:
         """Async twin of :meth:`events`."""
-        if not self._closed:
+        fate, channel = self._fate, self._channel
+        if not fate.closed:
             try:
-                key, worker = self._key, self._worker
+                key, worker = channel.key, channel.worker
                 if key is None:
                     raise SessionMoved("no actor yet")
                 try:
-                    fetched = await asyncio.wait_for(call_actor(self._rpc_to(worker), key, "events"), EVENTS_TIMEOUT_S)
+                    fetched = await asyncio.wait_for(call_actor(channel.rpc_to(worker), key, "events"), EVENTS_TIMEOUT_S)
                 except (SessionMoved, KeyError, OSError):
                     # Moved on: read the current actor's list (without touching the stream's own).
                     loc = await asyncio.wait_for(
@@ -234,19 +168,19 @@ class Session:
                     if loc.get("actor_key") is None:
                         raise SessionMoved("no actor now") from None
                     fetched = await asyncio.wait_for(
-                        call_actor(self._rpc_to(loc["worker"]), loc["actor_key"], "events"), EVENTS_TIMEOUT_S
+                        call_actor(channel.rpc_to(loc["worker"]), loc["actor_key"], "events"), EVENTS_TIMEOUT_S
                     )
-                self._merge_events(list(fetched))
+                fate.merge(list(fetched))
             except (TimeoutError, TurboserveError, OSError, KeyError):
                 pass  # no actor to ask (suspended to disk, lost, closed): what was seen stays
             try:  # what the registry saw (it outlives an actor that died with its worker)
                 recorded = await asyncio.wait_for(
                     self._scheduler.turboserve_events(session_id=self.id), EVENTS_TIMEOUT_S
                 )
-                self._merge_events(list(recorded))
+                fate.merge(list(recorded))
             except (TimeoutError, TurboserveError, OSError, KeyError):
                 pass
-        return sorted((dict(e) for e in self._events), key=lambda e: e.get("t") or 0.0)
+        return sorted((dict(e) for e in fate.events), key=lambda e: e.get("t") or 0.0)
 
     def events(self) -> list[dict[str, Any]]:
         """What happened to the session, oldest first: a list of plain dicts.
@@ -302,176 +236,20 @@ class Session:
         """
         return self._sync(self.aevents)
 
-    def _rpc_to(self, worker: str) -> Any:
-        client = self._server.client
-        if client.direct_to_workers:
-            return TokenRPC(BoundedRPC(client.rpc, worker, CONNECT_TIMEOUT_S), self._access)
-        return TokenRPC(ProxyRPC(client.scheduler, worker), self._access)
-
-    def _rpc(self) -> Any:
-        return self._rpc_to(self._worker)
-
-    async def _relocate(self, cause: BaseException | None = None) -> None:
-        """Find the session's actor again and repeat the outstanding request.
-
-        Raises :class:`SessionLost` when the registry says the session is closed or
-        gone, or when no actor answers within ``RELOCATE_TIMEOUT_S`` (the scheduler
-        unreachable included).
-        """
-        deadline = time.monotonic() + RELOCATE_TIMEOUT_S
-        delay = 0.02
-        last: BaseException | None = cause
-        scheduler = self._scheduler
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._session_lost(f"no worker or scheduler answered for {RELOCATE_TIMEOUT_S:g} s", last)
-            try:
-                loc = await asyncio.wait_for(
-                    scheduler.turboserve_locate(session_id=self.id, wake=True, timeout=remaining), remaining + 5.0
-                )
-            except SessionClosed as exc:
-                if self._closing:
-                    raise
-                raise self._session_lost("it was closed by the server or another client", exc) from exc
-            except SessionNotFound as exc:
-                raise self._session_lost("the scheduler no longer knows it", exc) from exc
-            except (TimeoutError, CapacityExceeded, TransferError, OSError) as exc:
-                # No worker for it yet, the scheduler unreachable, or the worker its wake-up
-                # resume went to died meanwhile (the session stays suspended): try again.
-                last = exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
-                continue
-            if loc.get("status") == "lost":
-                raise self._session_lost("the scheduler gave it up", loc.get("cause") or loc.get("why") or "lost")
-            if None not in (loc["worker"], self._worker) and loc["worker"] != self._worker:
-                self._note("relocated", from_worker=self._worker, to_worker=loc["worker"])
-            self._worker, self._key = loc["worker"], loc["actor_key"]
-            try:
-                if self._key is None:
-                    raise SessionMoved(f"session {self.id!r} has no actor yet")
-                # With what was read: an actor recovered from an older checkpoint makes those
-                # chunks again, and unacknowledged they would fill its unread window (issue 13).
-                await self._send_request(acknowledge=True)
-                return
-            except Exception as exc:
-                failure = self._actor_failure(exc)
-                if failure is not None:
-                    raise failure from exc
-                last = exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
-
-    async def _request(self, n: int, acknowledge: bool = False) -> int:
-        """Ask for ``n`` more chunks; returns the index of the first one.
-
-        ``acknowledge``: the request also acknowledges what was read (for a chunk future:
-        a client that reads through futures polls no more, and a chunk it streamed last
-        would otherwise hold the session at ``engine.max-unread-chunks``). A stream
-        acknowledges with its polls.
-        """
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CHUNKS_PER_CALL:
-            raise InvalidRequest(f"chunk count {n!r} is not an int in [0, {MAX_CHUNKS_PER_CALL}]")
-        self._check_usable()
-        first = self._cursor.issue(n)
-        if n and self._key is None:
-            await self._relocate()
-        elif n:
-            try:
-                await self._send_request(acknowledge)
-            except Exception as exc:
-                failure = self._actor_failure(exc)
-                if failure is not None:
-                    raise failure from exc
-                await self._relocate(exc)
-        return first
-
-    async def _send_request(self, acknowledge: bool) -> None:
-        """Tell the actor every chunk index asked for so far (``issued``), and with
-        ``acknowledge`` what was read; bounded like any call to an actor."""
-        acked = [self._cursor.read_prefix()] if acknowledge else []
-        await asyncio.wait_for(call_actor(self._rpc(), self._key, "request", self._cursor.issued, *acked),
-                               CONNECT_TIMEOUT_S + RPC_GRACE_S)
-
-    async def _poll_once(self, timeout: float = POLL_TIMEOUT_S) -> None:
-        self._check_usable()
-        if self._key is None:
-            await self._relocate()
-        after = self._cursor.read_prefix()
-        try:
-            chunks = await call_actor(self._rpc(), self._key, "poll", after, timeout)
-        except Exception as exc:
-            failure = self._actor_failure(exc)
-            if failure is not None:
-                if isinstance(failure, SessionClosed) and not isinstance(failure, SessionLost):
-                    self._closed = True
-                raise failure from exc
-            await self._relocate(exc)
-            return
-        self._cursor.receive(chunks)
+    # ------------------------------------------------------------ reading chunks
 
     async def _chunk(self, index: int) -> Chunk:
-        """Wait for chunk ``index`` (already requested) and take it from the buffer.
-
-        :class:`ChunkTimeout` when no chunk at all arrives for
-        ``turboserve.client.chunk-timeout`` (each arrival, and finding the session on
-        another actor, starts the wait again): the engine neither makes it nor fails, or
-        its worker does not answer at all (a frozen process), within
-        :data:`RPC_GRACE_S` more.
-        """
-        if self._poll_lock is None:
-            self._poll_lock = asyncio.Lock()
-        bound = self._chunk_timeout_s
-        cursor = self._cursor
-        since, seen, actor = time.monotonic(), cursor.arrivals, self._key
-        while not cursor.has(index):
-            remaining = bound - (time.monotonic() - since)
-            if remaining <= 0:
-                raise self._stalled(index, bound)
-            async with self._poll_lock:
-                if not cursor.has(index):
-                    try:
-                        await asyncio.wait_for(self._poll_once(min(POLL_TIMEOUT_S, max(remaining, 0.05))),
-                                               remaining + RPC_GRACE_S)
-                    except TimeoutError:
-                        raise self._stalled(index, bound, answered=False) from None
-            if cursor.arrivals != seen or self._key != actor:
-                since, seen, actor = time.monotonic(), cursor.arrivals, self._key
-        chunk = cursor.take(index)
+        """Chunk ``index`` (already requested) from the read path, kept in :attr:`history`."""
+        chunk = await self._channel.chunk(index)
         self.history.record(chunk)
         return chunk
 
-    def _stalled(self, index: int, bound: float, answered: bool = True) -> ChunkTimeout:
-        """The typed error of a wait for chunk ``index`` that saw no chunk for ``bound`` s (noted as ``stalled``).
-
-        ``answered`` False: the worker did not even answer the last poll (within :data:`RPC_GRACE_S` more).
-        """
-        exc = ChunkTimeout.waiting(self.id, index, bound, self._worker, unanswered_s=None if answered else RPC_GRACE_S)
-        self._note("stalled", chunk=index, why=str(exc), answered=answered)
-        return exc
-
     async def astream(self, n: int) -> AsyncIterator[Chunk]:
         """Async twin of :meth:`stream`."""
-        first = await self._request(n)
+        first = await self._channel.request(n)
         for index in range(first, first + n):
             yield await self._chunk(index)
-        await self._acknowledge_received()
-
-    async def _acknowledge_received(self) -> None:
-        """Tell the actor every chunk that arrived here (a stream's end: no next poll says it).
-
-        A poll acknowledges the chunks before the one it asks for, so the chunks of the
-        stream's last poll (several, when the worker ran ahead of a slow reader) would stay
-        unacknowledged until the next burst, and with them the checkpoints past them. Best
-        effort: a failure leaves it to the next poll.
-        """
-        if self._key is None or self._closed:
-            return
-        try:
-            await self._send_request(acknowledge=True)
-        except Exception as exc:  # moved, suspended, its worker gone: the next poll acknowledges
-            logger.debug("session %s: acknowledging the stream's end failed: %r", self.id, exc)
+        await self._channel.acknowledge_received()
 
     async def asubmit(self) -> Chunk:
         """Async twin of :meth:`submit`: the next chunk (awaited through its Dask future)."""
@@ -479,47 +257,32 @@ class Session:
         try:
             chunk = await future
         except SessionClosed as exc:
-            if self._closing or self._closed or isinstance(exc, SessionLost):
+            if self._fate.closing or self._fate.closed or isinstance(exc, SessionLost):
                 raise
-            raise self._session_lost("its chunk future found it closed or lost", exc) from exc
+            raise self._fate.lose("its chunk future found it closed or lost", exc) from exc
         self.history.record(chunk)
         return chunk
 
     async def asubmit_future(self) -> Future:
         """Async twin of :meth:`submit` that returns the :class:`distributed.Future` itself."""
-        index = await self._request(1, acknowledge=True)
-        return self._chunk_future(index)
-
-    def _chunk_future(self, index: int) -> ChunkFuture:
-        """Submit the task of chunk ``index`` (:func:`workers.chunk_futures.chunk_task`)."""
-        key = chunk_key(self.id, self._token, index)
-        acked = self._cursor.read_prefix()  # carried by the task: a recovered actor learns what was read
-        self._cursor.own(index)
-        client = self._server.client
-        submitted = client.submit(
-            chunk_task, self.id, index, self._worker, self._key, key[0], access_token=self._access,
-            chunk_timeout_s=self._chunk_timeout_s, acked=acked,
-            key=key, workers=[self._worker], allow_other_workers=True, pure=False,
-        )
-        future = ChunkFuture(key, client, self._worker, self._access)  # the same key and state, a shorter result()
-        submitted.release()
-        self._cursor.attach(index, future.done_probe())
-        return future
+        index = await self._channel.request(1, acknowledge=True)
+        return self._channel.chunk_future(index)
 
     async def aset_prompt(self, prompt: str) -> int:
         """Async twin of :meth:`set_prompt`."""
-        self._check_usable()
+        self._fate.check_usable()
+        channel = self._channel
         for attempt in range(3):
             try:
-                if self._key is None:
+                if channel.key is None:
                     raise SessionMoved(f"session {self.id!r} has no actor yet")
-                index = await call_actor(self._rpc(), self._key, "set_prompt", prompt)
+                index = await call_actor(channel.rpc(), channel.key, "set_prompt", prompt)
                 break
             except Exception as exc:
-                failure = self._actor_failure(exc)
+                failure = self._fate.actor_failure(exc)
                 if failure is not None or attempt == 2:
                     raise (failure or exc) from exc
-                await self._relocate(exc)
+                await channel.relocate(exc)
         self.prompts.append((int(index), prompt))
         try:  # for listings and cards only: the switch itself is made
             await self._scheduler.turboserve_prompt(session_id=self.id, index=int(index), prompt=prompt)
@@ -545,9 +308,10 @@ class Session:
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""
-        if self._closed:
+        fate = self._fate
+        if fate.closed:
             return
-        self._closing = True
+        fate.closing = True
         try:
             await asyncio.wait_for(self._scheduler.turboserve_close(session_id=self.id), CLOSE_TIMEOUT_S)
         except (SessionClosed, SessionNotFound):
@@ -555,26 +319,26 @@ class Session:
         except SessionAccessDenied:
             raise  # not this handle's session (a wrong token): nothing was closed
         except (TimeoutError, OSError, TurboserveError) as exc:
-            self._note("close-unconfirmed", why=f"{type(exc).__name__}: {exc}")
+            fate.note("close-unconfirmed", why=f"{type(exc).__name__}: {exc}")
             logger.warning("closing session %s: no answer from the scheduler within %s s (%r); "
                            "this handle is closed, the server may still hold the session", self.id, CLOSE_TIMEOUT_S, exc)
         finally:
-            self._closed = True
-            self._cursor.clear()
+            fate.closed = True
+            self._channel.cursor.clear()
 
     async def _control(self, op: str, **kw: Any) -> dict[str, Any]:
-        self._check_usable()
+        fate = self._fate
+        fate.check_usable()
         try:
             loc = await getattr(self._scheduler, op)(session_id=self.id, **kw)
-        except SessionClosed as exc:
-            if self._closing:
+        except (SessionClosed, SessionNotFound) as exc:
+            failure = fate.scheduler_failure(exc)
+            if failure is exc:
                 raise
-            raise self._session_lost("it was closed by the server or another client", exc) from exc
-        except SessionNotFound as exc:
-            raise self._session_lost("the scheduler no longer knows it", exc) from exc
+            raise failure from exc
         except OSError as exc:  # CommClosedError: the scheduler, or the session's worker, went away mid-call
             raise await self._control_failure(op, exc) from exc
-        self._worker, self._key = loc["worker"], loc["actor_key"]
+        self._channel.moved_to(loc["worker"], loc["actor_key"])
         return loc
 
     async def _control_failure(self, op: str, exc: BaseException) -> BaseException:
@@ -584,11 +348,11 @@ class Session:
                 self._scheduler.turboserve_info(session_id=self.id), EVENTS_TIMEOUT_S
             )
         except (TimeoutError, OSError) as again:
-            return self._session_lost("the scheduler could not be reached", again)
+            return self._fate.lose("the scheduler could not be reached", again)
         except TurboserveError as gone:
-            return self._session_lost("the scheduler no longer knows it", gone)
+            return self._fate.lose("the scheduler no longer knows it", gone)
         if rec.get("status") in ("closed", "lost"):
-            return self._session_lost(f"{op} found it {rec['status']}", exc)
+            return self._fate.lose(f"{op} found it {rec['status']}", exc)
         # The scheduler answers: the session's worker died under the call; recovery brings it back.
         return TransferError(
             f"{op.removeprefix('turboserve_')} of session {self.id!r} failed ({type(exc).__name__}: {exc}); "
@@ -609,10 +373,10 @@ class Session:
         the ``migrated`` flag and the latency of the chunk after it. Once all ``n`` are
         read, the worker learns they arrived, so its checkpoints may pass them.
         """
-        first = self._sync(self._request, n)
+        first = self._sync(self._channel.request, n)
         for index in range(first, first + n):
             yield self._sync(self._chunk, index)
-        self._sync(self._acknowledge_received)
+        self._sync(self._channel.acknowledge_received)
 
     def submit(self) -> Future:
         """The next chunk as a :class:`distributed.Future` whose result is the :class:`Chunk`.
@@ -633,8 +397,8 @@ class Session:
         A future's chunk is not added to :attr:`history` (it never reaches this client
         unless gathered); :meth:`asubmit` and :meth:`stream` add theirs.
         """
-        index = self._sync(self._request, 1, True)
-        return self._chunk_future(index)
+        index = self._sync(self._channel.request, 1, True)
+        return self._channel.chunk_future(index)
 
     def set_prompt(self, prompt: str) -> int:
         """Steer the stream with ``prompt`` from the next chunk boundary; returns that chunk's index.
@@ -688,13 +452,3 @@ class Session:
         """
         self._sync(self.aclose)
 
-
-def _pool_closed(exc: BaseException) -> bool:
-    """Whether ``exc`` is Dask's bare ``RuntimeError`` of a closed connection pool.
-
-    ``ConnectionPool.connect`` raises it when the pool of the process making the call
-    was closed: the session's worker shutting down (an autoscaler or the cluster
-    closing it) while it served the call. That worker is going away, not the session:
-    relocate, as for a worker that died (issue 13: the chaos suite lost a session to it).
-    """
-    return type(exc) is RuntimeError and "ConnectionPool is closed" in str(exc)

@@ -104,7 +104,7 @@ def test_a_stream_whose_worker_stops_answering_raises_chunk_timeout_within_the_b
     import os
     import signal
 
-    from framework.session import RPC_GRACE_S
+    from framework.chunk_channel import RPC_GRACE_S
 
     s = server.open_session(PROMPT, seed=3)
     assert [c.index for c in s.stream(1)] == [0]

@@ -80,7 +80,7 @@ def test_an_abandoned_stream_holds_at_most_the_window_on_the_worker(server):
         assert next(stream).index == 0  # then the reader walks away
 
         def info():
-            return server.client.sync(call_actor, s._rpc(), s._key, "info")
+            return server.client.sync(call_actor, s._channel.rpc(), s._channel.key, "info")
 
         t0 = time.monotonic()
         while info()["chunk_index"] < 8:  # the worker produces ahead of the reader ...

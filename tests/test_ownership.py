@@ -229,7 +229,7 @@ def test_a_stale_owner_hands_out_no_chunk_and_cannot_save(live):
     list(s.stream(1))
     info = s.record()
     worker, key, epoch = info["worker"], info["actor_key"], info["epoch"]
-    rpc = s._rpc_to(worker)  # with the session's access token
+    rpc = s._channel.rpc_to(worker)  # with the session's access token
     server.client.sync(call_actor, rpc, key, "request", 3)
     # A newer owner (a recovery elsewhere, while this worker lives on) claims the session.
     CheckpointStore(root).claim(s.id, epoch + 1)
