@@ -164,7 +164,8 @@ def explain(trace: str, *, family: str = "turboserve", knob: float | None = None
                   step_s=config.latency.model_for(name).predict(1), spells=active_spells(wl))
         ttfc = admission_bound(wl, **kw)
         both = max(ttfc, admission_bound(wl, resumes=True, **kw))  # the TTFC bound alone bounds the larger too
+        whole = " over the whole run" if config.measure_from_s else ""
         header += (f"\n  {name}: any policy that never runs a worker over b* = {cap} (nor degrades) has, from "
                    f"{warm} warm workers, a TTFC p99 of at least {ttfc:.3f} s, and a TTFC or resume-wait p99 "
-                   f"of at least {both:.3f} s")
+                   f"of at least {both:.3f} s{whole}")
     return chunk_causes(result), header

@@ -111,6 +111,7 @@ def test_waits_from_a_later_second_keeps_only_the_chunks_asked_for_from_then(cap
     later = capsys.readouterr().out
     kept, total = map(int, re.search(r"from 300 s on: (\d+) of the (\d+) waited-for chunks", later).groups())
     assert 0 < kept < total
+    assert "over the whole run" in later and "over the whole run" not in everything  # the bound is the run's
 
     def first_n(text):
         return int(re.search(r"^\s*first\s+all\s+(\d+)", text, re.M).group(1))
