@@ -176,6 +176,7 @@ def test_a_frontier_measured_from_a_later_second_costs_and_counts_only_that_wind
     l_ = late[late["policy"] != ISO_COST].set_index(key).sort_index()
     assert (l_["gpu_hours"] < w["gpu_hours"]).all()
     runs = l_.drop(index="oracle", level="policy")
+    assert (runs["chunks"] > 0).all() and runs["instream_max_s"].notna().all()  # frontier runs keep no chunk rows
     assert (runs["chunks"] < w.drop(index="oracle", level="policy")["chunks"]).all()
     assert (runs["measure_from_s"] == 60.0).all()
     static_full = l_.loc[("static", 1.0), "gpu_hours"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -236,6 +238,14 @@ def test_a_measurement_window_summarises_the_same_run_from_its_start_on(result):
     d = result.decisions
     offloads = ((d["action"] == "Offload") & d["accepted"] & (d["time_s"] >= start)).sum()
     assert row["offloads"] == offloads <= whole["offloads"]
+    # a long run without chunk rows keeps the request times a window needs: the same row
+    lean = simulate(small_trace(), policies, SimConfig(initial_workers=1, max_workers=4, worker_startup_s=5,
+                                                       measure_from_s=start, record_chunks=False), latency=LATENCY)
+    lean_row = pd.Series(summary_of(lean, trace="t", gpus=4)).drop("decide_ms_per_tick")
+    assert lean.chunks.empty and lean_row.equals(pd.Series(row).drop("decide_ms_per_tick"))  # NaN equals NaN
+    with pytest.raises(ValueError, match="request times"):  # one run without them cannot be windowed after
+        summary_of(replace(result, config=result.config.with_(measure_from_s=start), chunks=result.chunks.iloc[:0],
+                           request_s=np.zeros(0)), trace="t", gpus=4)
     with pytest.raises(ValueError, match="at or after the run's end"):
         summary_of(simulate(small_trace(), policies, SimConfig(initial_workers=1, max_workers=4,
                                                                measure_from_s=result.end_s), latency=LATENCY),

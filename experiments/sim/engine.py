@@ -209,7 +209,7 @@ class Simulator:
         self.c_index = array("q")
         self.lat = array("d")
         self.c_first = array("B")  # first of a burst (index 0 or first after a resume)
-        self.c_req = array("d")  # with record_chunks
+        self.c_req = array("d")  # with record_chunks or a measurement window
         self.c_mig = array("B")  # with record_chunks
         self.s_n = array("q")  # chunks of the step
         self.s_degraded = array("B")

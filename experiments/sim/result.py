@@ -32,8 +32,8 @@ class SimResult:
         Per chunk: the first of a burst (index 0, or the first after a resume from
         idle; not in-stream) and made by a degraded (quality-valve) step.
     request_s
-        Per chunk: when its session asked for it (kept even when chunk rows are not;
-        what a measurement window, ``SimConfig.measure_from_s``, selects on).
+        Per chunk: when its session asked for it (with chunk rows, or with a measurement
+        window, ``SimConfig.measure_from_s``, which selects on it; empty otherwise).
     decisions
         The decision log: ``time_s, action, session_id, worker, accepted, reason``.
     counters

@@ -45,6 +45,9 @@ def summary_of(result: SimResult, *, trace: str, gpus: int) -> dict[str, Any]:
         raise ValueError(f"measure_from_s={start:g} is at or after the run's end ({result.end_s:g} s); "
                          "give a window that starts before it")
     c = result.counters
+    if start > 0 and len(result.request_s) != len(result.latency_s):
+        raise ValueError(f"the run kept {len(result.request_s)} request times for {len(result.latency_s)} chunks: "
+                         "simulate it with measure_from_s set (or record_chunks) to summarise a window")
     keep = result.request_s >= start if start > 0 else slice(None)
     stats = latency_stats(result.latency_s[keep], result.slo_s[keep], result.chunk_index[keep],
                           result.burst_first[keep])

@@ -49,6 +49,7 @@ class StepRunner:
         self.latency = sim.latency
         self._slo_s = sim.snapshot_slo
         self._ctx_window = sim.cost_model.context_window_frames()  # context_frames: pixel frames
+        self._windowed = self.cfg.measure_from_s > 0  # request times kept without chunk rows
         self._step_cache: dict[int, float] = {}
         self._rules_of: dict[tuple[int, int], tuple[float, Callable[[int], float], list[float]]] = {}  # (degree, max_batch) -> rules
         self._ctx_slope = self.latency.context_slope_s
@@ -220,6 +221,8 @@ class StepRunner:
             for _, treq, mig in batch:
                 sim.c_req.append(treq)
                 sim.c_mig.append(mig)
+        elif self._windowed:  # the request times alone: what a measurement window selects on
+            sim.c_req.extend([treq for _, treq, _ in batch])
         window = self._ctx_window
         dirty = sim._dirty
         add_sess, add_index, add_first, add_lat = sim.c_sess.append, sim.c_index.append, sim.c_first.append, sim.lat.append
