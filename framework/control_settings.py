@@ -292,6 +292,7 @@ def default_policy_params(
             "max_drain_migrations": int(config.get("control.max-drain-migrations")),
             "valve_admission": bool(config.get("control.valve-admission")),
             "valve_budget": _optional_float(config.get("control.valve-budget")),
+            "valve_lend_active": bool(config.get("control.valve-lend-active")),
         }
     if autoscaling == "hpa":
         out["autoscaling"] = {

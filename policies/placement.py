@@ -298,6 +298,11 @@ class MigrationAware(_PlacementPolicy):
         lent only when the chunks degraded so far plus what the lent slots are expected
         to degrade stay within it (:func:`policies.valve_budget.lend_fits`); None: no
         budget.
+    valve_lend_active
+        With ``valve_admission``: when no idle resident's slot can be lent, lend a full
+        worker's (``b*`` active sessions, fewer residents than the valve's batch): its
+        group runs degraded from then until the capacity started for the newcomer takes
+        the surplus away, priced as degrading for a whole start-up. Off by default.
     **kwargs
         ``on_full``, ``new_session_bytes``, ``max_drain_migrations`` as for every
         placement policy.
@@ -317,10 +322,12 @@ class MigrationAware(_PlacementPolicy):
         keep_idle_s: float | None = None,
         valve_admission: bool = False,
         valve_budget: float | None = 0.01,
+        valve_lend_active: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.valve_admission = bool(valve_admission)
+        self.valve_lend_active = bool(valve_lend_active)
         if valve_budget is not None and not 0 <= valve_budget <= 1:
             raise ValueError(f"valve_budget must be a share in [0, 1] or None (no budget), got {valve_budget!r}")
         self.valve_budget = None if valve_budget is None else float(valve_budget)
@@ -430,7 +437,8 @@ class MigrationAware(_PlacementPolicy):
         stalling one. Not while the cluster is at its maximum with nothing starting: there
         the valve would become standing capacity; nor when what the lent slots and this
         one are expected to degrade does not fit ``valve_budget``
-        (:mod:`policies.valve_budget`).
+        (:mod:`policies.valve_budget`). With ``valve_lend_active``, a full worker's slot
+        when no idle resident's can be lent (its group degrades at once).
         """
         snap = ledger.snap
         if chooser.incoming <= 0 and len(snap.workers) >= snap.max_workers:
@@ -441,19 +449,22 @@ class MigrationAware(_PlacementPolicy):
         for load in ledger.loads.values():
             view = load.view
             if (view.status is not _RUNNING or load.n_active + len(load.idle) >= view.valve_batch
-                    or load.n_active >= view.max_batch or load.mem_used + nbytes > view.memory_bytes
-                    or not view.serves(model)):
+                    or load.mem_used + nbytes > view.memory_bytes or not view.serves(model)):
                 continue
-            k = key(load)[0]
+            full = load.n_active >= view.max_batch
+            if full and not self.valve_lend_active:
+                continue
+            k = (full, key(load)[0])  # an idle resident's slot before a full worker's
             if best_key is None or k < best_key:
                 best, best_key = load, k
         if best is None:
             return None
+        full = best_key[0]
         if self.valve_budget is not None:
             if chooser.outlook is None:  # read once per decision, when a lend is first possible
                 chooser.outlook = ValveOutlook.of(snap)
             lent = _lent_workers(ledger, chooser.outlook.period_s)
-            if not lend_fits(snap, chooser.outlook, lent, best.view.valve_batch, self.valve_budget):
+            if not lend_fits(snap, chooser.outlook, lent, best.view.valve_batch, self.valve_budget, degrading=full):
                 return None  # the valve's budget of degraded chunks does not cover another lend
         if held.get(best.address, 0) > 0:
             held[best.address] -= 1  # the slot it takes is one an idle session kept

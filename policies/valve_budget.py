@@ -101,15 +101,19 @@ class LentWorker:
     period_s: float  # its sessions' chunk period
 
 
-def lend_fits(snap: Snapshot, outlook: ValveOutlook, lent: Iterable[LentWorker], group: int, budget: float) -> bool:
+def lend_fits(snap: Snapshot, outlook: ValveOutlook, lent: Iterable[LentWorker], group: int, budget: float,
+              *, degrading: bool = False) -> bool:
     """Whether lending one more slot (its worker then runs ``group`` sessions) keeps within ``budget``.
 
     ``budget``: the share of chunks that may be degraded (``control.valve-budget``).
+    ``degrading``: the slot is a full worker's (no idle resident's), so its group runs
+    degraded from the lend on: priced for a whole start-up.
     """
     if snap.degraded_chunks > budget * snap.chunks_made:
         return False  # spent already
     horizon = snap.worker_startup_s
-    expected = group * degraded_seconds(horizon, outlook.mean_idle_s, 1) / outlook.period_s
+    exposure = horizon if degrading else degraded_seconds(horizon, outlook.mean_idle_s, 1)
+    expected = group * exposure / outlook.period_s
     for w in lent:
         if w.degrading:
             expected += w.residents * DEGRADING_SHARE * horizon / w.period_s

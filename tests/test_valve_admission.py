@@ -112,6 +112,47 @@ def test_no_admission_over_b_star_without_the_valve_its_room_or_capacity_to_come
                    and not any(isinstance(o, Offload) for o in actions) for a in actions)
 
 
+def _full_worker_snap(**kw) -> Snapshot:
+    """w1 holds b* = 2 active sessions and no idle one; a second worker is starting."""
+    from dataclasses import replace
+    snap = _snap(valve_batch=3, starting=1, idle_on_w1=0)
+    sessions = (SessionView("a2", SessionStatus.ACTIVE, "w1", 10), *snap.sessions)
+    return replace(snap, sessions=sessions, **kw)
+
+
+def _lend_active(snap: Snapshot, on: bool, budget: float | None = None):
+    policy = MigrationAware(keep_idle_slots=True, valve_admission=True, valve_budget=budget,
+                            valve_lend_active=on, new_session_bytes=10)
+    return [a for a in policy.decide(snap, None)[0] if isinstance(a, Place) and a.session_id == "new"]
+
+
+def test_a_full_workers_slot_is_lent_only_with_valve_lend_active_and_capacity_on_its_way():
+    assert _lend_active(_full_worker_snap(), on=False) == []  # it waits for the starting worker
+    (place,) = _lend_active(_full_worker_snap(), on=True)
+    assert place.worker == "w1"
+    from dataclasses import replace
+    at_max = _full_worker_snap()
+    at_max = replace(at_max, workers=at_max.workers[:1], max_workers=1)  # nothing starting, nothing may start
+    assert _lend_active(at_max, on=True) == []
+
+
+def test_a_full_workers_slot_is_priced_as_degrading_for_a_whole_start_up():
+    # 3 sessions x 10 s at a chunk a second: 30 chunks, against 1% of what is made by then
+    # (chunks made + 10 s of the 2 active sessions' chunks).
+    assert _lend_active(_full_worker_snap(chunks_made=3_000), on=True, budget=0.01)
+    assert _lend_active(_full_worker_snap(chunks_made=2_900), on=True, budget=0.01) == []
+
+
+def test_an_idle_residents_slot_is_lent_before_a_full_workers():
+    from dataclasses import replace
+    snap = _full_worker_snap()
+    workers = (*snap.workers, WorkerView("w2", max_batch=2, memory_bytes=100, valve_batch=3))
+    sessions = (*snap.sessions, SessionView("b", SessionStatus.ACTIVE, "w2", 10),
+                SessionView("j", SessionStatus.IDLE, "w2", 10, since_s=99.0))
+    (place,) = _lend_active(replace(snap, workers=workers, sessions=sessions), on=True)
+    assert place.worker == "w2"
+
+
 # ---------------------------------------------------------------- the simulator
 
 COLUMNS = ["time_s", "session_id", "event", "client_id", "model", "chunk_frames", "height", "width", "fps"]
