@@ -46,7 +46,7 @@ def _child(points: list[str], batch_cost: float, t1_s: float, startup_s: float, 
     from experiments.paper_table import load_traces, prepare_trace
 
     flags = argparse.Namespace(profile=None, t1_s=t1_s, batch_cost=batch_cost, gpu_class="h100",
-                               startup_s=startup_s, quality_valve=False)
+                               startup_s=startup_s, quality_valve=False, measure_from_s=None)
     base = sim_config(flags).with_(quality_valve=False)
     (trace,) = load_traces(["azure-code"], duration_s=3600.0, scale="fit", seed=0, model="wan-1.3b", gpus=64,
                            config=base)

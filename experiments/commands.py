@@ -112,7 +112,7 @@ def sim_config(args: argparse.Namespace):
         raise ValueError(f"--t1-s must be > 0 seconds, got {args.t1_s}")
     spec = LatencySpec(profile=args.profile, t1_s=args.t1_s, batch_cost=args.batch_cost, gpu=args.gpu_class)
     overrides = {"latency": spec, "worker_startup_s": args.startup_s,
-                 "measure_from_s": getattr(args, "measure_from_s", None)}
+                 "measure_from_s": args.measure_from_s}
     if args.quality_valve:
         overrides["quality_valve"] = True
     return SimConfig.from_config(**overrides)
@@ -192,15 +192,9 @@ def _waits(args: argparse.Namespace) -> int:
     traces = _traces(args)
     if len(traces) != 1:
         raise ValueError(f"give one --scenario or --trace, got {len(traces)}")
-    config = sim_config(args)
     table, header = explain(traces[0], family=args.family, knob=args.knob, gpus=args.gpus, seed=args.seed,
-                            config=config, duration_s=args.duration_s, scale=args.scale,
+                            config=sim_config(args), duration_s=args.duration_s, scale=args.scale,
                             model=None if args.model == "mix" else args.model, max_batch=args.max_batch)
-    if config.measure_from_s:
-        start = config.measure_from_s
-        kept = table[table["t_request_s"] >= start]
-        header += f"\n  from {start:g} s on: {len(kept)} of the {len(table)} waited-for chunks"
-        table = kept
     print(header)
     with pd.option_context("display.width", 120, "display.float_format", "{:.3f}".format):
         print(summary(table, max_workers=args.gpus).to_string(index=False))

@@ -141,7 +141,8 @@ def explain(trace: str, *, family: str = "turboserve", knob: float | None = None
     TurboServe does). Returns :func:`chunk_causes`'s table and lines naming the run and,
     per model pool, the least TTFC p99 (and the least of the larger of the TTFC and
     resume-wait p99) any policy that keeps its workers within ``b*`` could have from the
-    run's warm start (:func:`experiments.sim.oracle.admission_bound`).
+    run's warm start (:func:`experiments.sim.oracle.admission_bound`). With a measurement
+    window (``config.measure_from_s``) the table keeps the chunks asked for from it on.
     """
     from experiments.frontier import _family_of, _policy_set
     from experiments.paper_table import load_traces, prepare_trace, simulate, warm_workers
@@ -168,4 +169,10 @@ def explain(trace: str, *, family: str = "turboserve", knob: float | None = None
         header += (f"\n  {name}: any policy that never runs a worker over b* = {cap} (nor degrades) has, from "
                    f"{warm} warm workers, a TTFC p99 of at least {ttfc:.3f} s, and a TTFC or resume-wait p99 "
                    f"of at least {both:.3f} s{whole}")
-    return chunk_causes(result), header
+    table = chunk_causes(result)
+    start = config.measure_from_s
+    if start:  # the measurement window: the chunks asked for from it on
+        kept = table[table["t_request_s"] >= start]
+        header += f"\n  from {start:g} s on: {len(kept)} of the {len(table)} waited-for chunks"
+        table = kept
+    return table, header

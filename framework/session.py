@@ -43,7 +43,6 @@ from workers.errors import (
     TransferError,
     TurboserveError,
 )
-from workers.access import TokenRPC
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +82,11 @@ class Session:
         self.width: int = info["width"]
         self.fps: int = info["fps"]
         self.frames: int = info["frames"]
-        self._access: str | None = info.get("access_token")  # the capability (workers.access)
         self._fate = SessionFate(self.id)
-        #: The read path: where the actor is, the chunk indices asked for, received and read.
+        #: The read path: where the actor is, the chunk indices asked for, received and read;
+        #: it holds the session's access token (the capability, workers.access).
         self._channel = ChunkChannel(
-            server.client, self.id, self._access, info["worker"], info["actor_key"], self._fate,
+            server.client, self.id, info.get("access_token"), info["worker"], info["actor_key"], self._fate,
             float(parse_timedelta(config.get("client.chunk-timeout"), default="s")),
         )
         #: ``(chunk, prompt)`` of every switch made through this handle (:meth:`set_prompt`).
@@ -112,12 +111,12 @@ class Session:
         Only the client that opened it gets it. Hand the session over on purpose by giving
         it to another client, which calls ``server.session(id, access_token=token)``.
         """
-        return self._access
+        return self._channel.access
 
     @property
     def _scheduler(self) -> Any:
         """The scheduler's RPC handle, sending this session's access token with every call."""
-        return TokenRPC(self._server.client.scheduler, self._access)
+        return self._channel.scheduler
 
     @property
     def status(self) -> str:
@@ -127,7 +126,7 @@ class Session:
     def record(self) -> dict[str, Any]:
         """The scheduler's record of this session (status, worker, tier, chunks, state bytes)."""
         client = self._server.client
-        return dict(client.sync(client.scheduler.turboserve_info, session_id=self.id, access_token=self._access))
+        return dict(client.sync(client.scheduler.turboserve_info, session_id=self.id, access_token=self.access_token))
 
     # ------------------------------------------------------------ Jupyter
 
