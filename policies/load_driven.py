@@ -65,6 +65,16 @@ class LoadDrivenState:
     suspended: frozenset[str] = frozenset()
     suspended_s: float = 0.0
     returns: float = 0.0
+    # admission_wait_share: the sessions counted as demand at the previous decision, and
+    # weighted means of the sessions that entered the demand and of seconds between decisions
+    in_demand: frozenset[str] = frozenset()
+    arrivals: float = 0.0
+    arrival_s: float = 0.0
+
+    @property
+    def arrival_rate_per_s(self) -> float:
+        """Estimated sessions entering the demand per second (0 before any time is seen)."""
+        return self.arrivals / self.arrival_s if self.arrival_s > 0 else 0.0
 
     @property
     def return_rate_per_s(self) -> float:
@@ -169,6 +179,19 @@ class LoadDriven(_Autoscaler):
         that drift. ``"random-walk"`` extrapolates the one-tick variance rate ``v`` to
         ``v T``, which is exact for Poisson arrivals and departures but overstates the
         swing of a mean-reverting load by a wide margin.
+    admission_wait_share
+        Share of the sessions entering the demand (new ones, returns) that may find no
+        free slot and wait for capacity (``None``, default: off, the headroom is the
+        ``headroom_quantile`` of the swing). The admission percentile users are promised
+        sets it: first chunks and resumes within the deadline at p99 need at most 1% of
+        them to wait, so 0.01. A horizon whose swing ``X`` exceeds the headroom ``h``
+        leaves about ``(X - h)+`` sessions waiting, so the headroom is the smallest
+        ``h`` with ``sigma * L(h / sigma)`` (the expected overflow of a normal swing,
+        ``L`` the standard normal loss function) at most this share of the sessions
+        expected to enter the demand over the horizon (a rate learnt from the
+        snapshots over ``rate_window_s``); never below the ``headroom_quantile``
+        headroom and never above the swing's ``1 - share`` quantile (at which that
+        share of horizons overflow at all; also the headroom before any entry is seen).
     worker_max_batch, worker_memory_bytes
         Size of a new worker when the snapshot has none to copy it from.
     """
@@ -186,6 +209,7 @@ class LoadDriven(_Autoscaler):
         rate_window_s: float = 300.0,
         warmup_s: float = 0.0,
         headroom_model: str = "horizon",
+        admission_wait_share: float | None = None,
         worker_max_batch: int = 32,
         worker_memory_bytes: int = DEFAULT_WORKER_MEMORY_BYTES,
         provision_idle: bool = False,
@@ -202,6 +226,11 @@ class LoadDriven(_Autoscaler):
         if headroom_model not in ("horizon", "random-walk"):
             raise ValueError(f"headroom_model must be 'horizon' or 'random-walk', got {headroom_model!r}")
         self.headroom_model = headroom_model
+        if admission_wait_share is not None and not 0 < admission_wait_share < 0.5:
+            raise ValueError(f"admission_wait_share must be in (0, 0.5) or None, got {admission_wait_share!r}")
+        self.admission_wait_share = None if admission_wait_share is None else float(admission_wait_share)
+        # the swing's quantile at which only that share of horizons overflow (the cap)
+        self._z_cap = None if admission_wait_share is None else NormalDist().inv_cdf(1.0 - admission_wait_share)
         if not 0 < target_utilisation:
             raise ValueError(f"target_utilisation must be > 0, got {target_utilisation!r}")
         if downscale_delay_s is not None and downscale_delay_s < 0:
@@ -308,16 +337,51 @@ class LoadDriven(_Autoscaler):
             returns=state.returns + alpha * (back - state.returns),
         )
 
-    def headroom(self, snap: Snapshot, state: LoadDrivenState) -> int:
-        """Spare sessions to provision for: the ``headroom_quantile`` of the demand swing."""
-        horizon = snap.worker_startup_s if self.headroom_horizon_s is None else self.headroom_horizon_s
+    def observe_arrivals(self, state: LoadDrivenState, now_s: float, in_demand: frozenset[str]) -> LoadDrivenState:
+        """``state`` with the sessions that entered the demand since the last decision counted."""
+        if state.last_s is None or now_s <= state.last_s:
+            return replace(state, in_demand=in_demand)
+        alpha = self._alpha(now_s - state.last_s)
+        entered = len(in_demand - state.in_demand)
+        return replace(
+            state,
+            in_demand=in_demand,
+            arrivals=state.arrivals + alpha * (entered - state.arrivals),
+            arrival_s=state.arrival_s + alpha * (now_s - state.last_s - state.arrival_s),
+        )
+
+    def swing(self, snap: Snapshot, state: LoadDrivenState) -> float:
+        """Standard deviation of the demand's change over one horizon (sessions)."""
         if self.headroom_model == "horizon":
             weight = max(state.weight_horizon, self._min_weight)
-            variance = state.var_horizon / weight if weight > 0 else 0.0
-            return int(self._z * math.sqrt(variance) + _EPS)
+            return math.sqrt(state.var_horizon / weight) if weight > 0 else 0.0
         weight = max(state.weight, self._min_weight)
-        variance = state.var_rate / weight if weight > 0 else 0.0
-        return int(self._z * math.sqrt(variance * horizon) + _EPS)
+        return math.sqrt(state.var_rate / weight * self._horizon(snap)) if weight > 0 else 0.0
+
+    def headroom(self, snap: Snapshot, state: LoadDrivenState) -> int:
+        """Spare sessions to provision for: the ``headroom_quantile`` of the demand swing,
+        or what keeps the share of entering sessions that wait within ``admission_wait_share``."""
+        sigma = self.swing(snap, state)
+        spare = int(self._z * sigma + _EPS)
+        if self._z_cap is not None and sigma > 0:
+            entering = state.arrival_rate_per_s * self._horizon(snap)
+            if entering <= 0:
+                k = self._z_cap
+            else:
+                k = min(self._z_cap, _loss_inverse(self.admission_wait_share * entering / sigma))
+            spare = max(spare, math.ceil(k * sigma - _EPS))
+        return spare
+
+    def _horizon(self, snap: Snapshot) -> float:
+        """The horizon ``T`` the headroom covers: ``headroom_horizon_s``, else a worker start-up."""
+        return snap.worker_startup_s if self.headroom_horizon_s is None else self.headroom_horizon_s
+
+    def _idle_since(self, snap: Snapshot) -> float | None:
+        """With ``provision_idle``: sessions idle since this time or later count as demand."""
+        if not self.provision_idle:
+            return None
+        keep = snap.worker_startup_s if self.provision_idle_s is None else self.provision_idle_s
+        return snap.now_s - keep
 
     def budget(self, ledger: CapacityLedger, census: Census | None = None, headroom: int = 0) -> tuple[int, int]:
         """``(gpu budget, b*)`` for the load in ``ledger`` plus ``headroom`` spare sessions.
@@ -341,8 +405,7 @@ class LoadDriven(_Autoscaler):
         current = census.current
         if self.provision_idle:  # counted here only: no other autoscaler pays for the pass
             acted = ledger.acted
-            keep = ledger.snap.worker_startup_s if self.provision_idle_s is None else self.provision_idle_s
-            since = now - keep  # idle since then or later: its slot is still paid for
+            since = self._idle_since(ledger.snap)
             idle = sum(1 for ld in ledger.loads.values() if ld.view.status is _RUNNING
                        for s in ld.idle if s.session_id not in acted and s.since_s >= since)
             if idle:
@@ -351,9 +414,10 @@ class LoadDriven(_Autoscaler):
             state = self.observe_returns(state, now, ledger.snap)
             expected = len(state.suspended) * state.return_rate_per_s * ledger.snap.worker_startup_s
             census = replace(census, demand=census.demand + int(expected + 0.5))
+        if self.admission_wait_share is not None:
+            state = self.observe_arrivals(state, now, _demand_ids(ledger.snap, self._idle_since(ledger.snap)))
         if self.headroom_model == "horizon":
-            horizon = ledger.snap.worker_startup_s if self.headroom_horizon_s is None else self.headroom_horizon_s
-            state = self.observe_horizon(state, now, census.demand, horizon)
+            state = self.observe_horizon(state, now, census.demand, self._horizon(ledger.snap))
         state = self.observe(state, now, census.demand)
         spare = self.headroom(ledger.snap, state) if census.demand else 0
         budget, b_star = self.budget(ledger, census, spare)
@@ -370,3 +434,38 @@ class LoadDriven(_Autoscaler):
         if now - state.below_since_s >= delay:
             return state.window_max, replace(state, below_since_s=None, window_max=0), cause
         return current, state, cause
+
+
+_WANTS_SLOT = (SessionStatus.ACTIVE, SessionStatus.MIGRATING, SessionStatus.PENDING)
+
+
+def _demand_ids(snap: Snapshot, idle_since: float | None) -> frozenset[str]:
+    """The sessions the demand counts: active, moving or waiting, and (``idle_since`` not
+    None) the idle ones whose spell began at or after it."""
+    return frozenset(
+        s.session_id for s in snap.sessions
+        if s.status in _WANTS_SLOT
+        or (idle_since is not None and s.status is SessionStatus.IDLE and s.since_s >= idle_since)
+    )
+
+
+def _normal_loss(k: float) -> float:
+    """``E[(Z - k)+]`` for a standard normal ``Z``."""
+    nd = NormalDist()
+    return nd.pdf(k) - k * (1.0 - nd.cdf(k))
+
+
+def _loss_inverse(target: float) -> float:
+    """The ``k >= 0`` at which :func:`_normal_loss` falls to ``target`` (0 when it never rises that high)."""
+    if target >= _normal_loss(0.0):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while _normal_loss(hi) > target:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if _normal_loss(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi

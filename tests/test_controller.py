@@ -14,6 +14,7 @@ from framework import Server
 from framework.control_settings import ControlSettings
 from framework.control_snapshot import LatencyEstimator
 from framework.registry import PLUGIN_NAME
+from policies.registry import make
 from policies.semantics import Decision
 from policies.types import Migrate, Offload, Reject, Retire, ScaleTo
 
@@ -72,6 +73,19 @@ def test_kept_slots_are_left_to_returning_sessions_for_the_configured_time():
     assert keep_s() is None  # null: the autoscaler's provision-idle-s, itself null: the start-up time
     assert keep_s(**{"autoscale.provision-idle-s": "20s"}) == 20.0
     assert keep_s(**{"autoscale.provision-idle-s": "20s", "control.keep-idle-from-newcomers-s": 0}) == 0.0
+
+
+def test_the_admission_wait_share_reaches_the_load_driven_autoscaler_from_the_config():
+    from framework.control_settings import default_policy_params
+
+    def share(**cfg):
+        with dask.config.set({f"turboserve.{k}": v for k, v in cfg.items()}):
+            params = default_policy_params("migration-aware", "load-driven", "idle-timeout",
+                                           max_batch=2, worker_memory=2**30)["autoscaling"]
+        return make("autoscaling", "load-driven", **params).admission_wait_share
+
+    assert share() is None  # off by default: the 0.8 quantile of the swing
+    assert share(**{"autoscale.admission-wait-share": 0.01}) == 0.01
 
 
 def test_latency_estimator_takes_the_fastest_recent_chunk_per_batch_and_stays_monotone():

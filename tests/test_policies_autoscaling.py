@@ -458,3 +458,60 @@ def test_load_driven_with_provision_returns_counts_the_suspended_sessions_expect
     assert state.return_rate_per_s == pytest.approx(0.02)
     assert target == 4  # (22 active + 10 expected back) / 10
     assert targets()[0] is None  # 22 / 10 -> 3 GPUs: as is
+
+
+def expected_overflow(headroom: float, sigma: float) -> float:
+    """Sessions a normal swing of ``sigma`` leaves without a slot, on average, past ``headroom``."""
+    from statistics import NormalDist
+
+    k, nd = headroom / sigma, NormalDist()
+    return sigma * (nd.pdf(k) - k * (1.0 - nd.cdf(k)))
+
+
+def swing_state(sigma: float, entering_per_s: float) -> LoadDrivenState:
+    """A learnt swing of ``sigma`` sessions over the horizon and a learnt entry rate."""
+    return LoadDrivenState(var_horizon=sigma**2, weight_horizon=1.0, arrivals=entering_per_s * 10.0, arrival_s=10.0)
+
+
+def test_admission_wait_share_keeps_the_expected_overflow_within_that_share_of_the_entering_sessions():
+    # a swing of 10 sessions over the 60 s start-up; 50 sessions enter in that time, so at
+    # most 0.5 of them may find no slot: the smallest such headroom is kept
+    policy = make("autoscaling", "load-driven", admission_wait_share=0.01)
+    snap = cluster(10, 50, worker_startup_s=60.0)
+    spare = policy.headroom(snap, swing_state(10.0, 50 / 60))
+    assert expected_overflow(spare, 10.0) <= 0.5 < expected_overflow(spare - 1, 10.0)
+    assert spare > make("autoscaling", "load-driven").headroom(snap, swing_state(10.0, 50 / 60))  # the 0.8 quantile: 8
+
+
+def test_admission_wait_share_headroom_falls_as_more_sessions_enter_but_not_below_the_quantile():
+    # the same overflow is a smaller share of more entering sessions
+    policy = make("autoscaling", "load-driven", admission_wait_share=0.01)
+    snap = cluster(10, 50, worker_startup_s=60.0)
+    spares = [policy.headroom(snap, swing_state(10.0, rate)) for rate in (0.1, 1.0, 10.0, 1000.0)]
+    assert spares == sorted(spares, reverse=True) and spares[0] > spares[-1]
+    assert spares[-1] == 8  # floor(z_0.8 * 10): the quantile headroom stays the floor
+    # before any entry is seen: the swing's 0.99 quantile, 2.326 * 10 rounded up
+    assert policy.headroom(snap, swing_state(10.0, 0.0)) == 24
+    assert policy.headroom(snap, swing_state(0.0, 1.0)) == 0  # no swing, nothing to cover
+
+
+def test_load_driven_learns_the_rate_of_sessions_entering_the_demand():
+    # 10 s apart: three new sessions wait, one comes back from host memory, one active
+    # session goes idle (it leaves the demand) and one idle session becomes active: 5 entered
+    workers = tuple(WorkerView(f"w{i}", max_batch=10) for i in range(3))
+    before = tuple(SessionView(f"a{i}", SessionStatus.ACTIVE, f"w{i % 3}", state_bytes=GiB) for i in range(10)) + (
+        SessionView("back", SessionStatus.SUSPENDED), SessionView("wakes", SessionStatus.IDLE, "w2", state_bytes=GiB))
+    after = tuple(SessionView(f"a{i}", SessionStatus.IDLE if i == 0 else SessionStatus.ACTIVE, f"w{i % 3}",
+                              state_bytes=GiB, since_s=0.0) for i in range(10)) + (
+        SessionView("back", SessionStatus.ACTIVE, "w2", state_bytes=GiB),
+        SessionView("wakes", SessionStatus.ACTIVE, "w2", state_bytes=GiB),
+    ) + tuple(SessionView(f"new{i}", SessionStatus.PENDING) for i in range(3))
+    policy = make("autoscaling", "load-driven", admission_wait_share=0.01)
+    state = policy.initial_state()
+    for now, sessions in ((0.0, before), (10.0, after)):
+        snap = Snapshot(now_s=now, workers=workers, sessions=sessions, slo_s=1.0, latency=LINEAR, max_workers=100)
+        _, state = policy.decide(snap, state)
+    assert state.arrival_rate_per_s == pytest.approx(0.5)
+    assert make("autoscaling", "load-driven").decide(snap, LoadDrivenState())[1].arrival_rate_per_s == 0.0  # off: not learnt
+    with pytest.raises(ValueError, match="admission_wait_share"):
+        make("autoscaling", "load-driven", admission_wait_share=0.0)
