@@ -50,10 +50,6 @@ def _optional_seconds(value: Any) -> float | None:
     return None if value is None else _seconds(value)
 
 
-def _optional_share(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
 @dataclass(frozen=True, slots=True)
 class ControlSettings:
     """The resolved configuration of the control loop (build with :meth:`from_config`).
@@ -314,7 +310,7 @@ def default_policy_params(
             "provision_idle": bool(config.get("control.keep-idle-slots")),
             "provision_idle_s": _optional_seconds(config.get("autoscale.provision-idle-s")),
             "provision_returns": bool(config.get("autoscale.provision-returns")),
-            "admission_wait_share": _optional_share(config.get("autoscale.admission-wait-share")),
+            "admission_wait_share": _optional_float(config.get("autoscale.admission-wait-share")),
             # an SLO below one step: buy GPUs only for gains placement would move a session for
             "unmet_slo_slack": float(config.get("control.migration-gain")),
             "spare_workers": int(config.get("autoscale.spare-workers")),

@@ -403,9 +403,9 @@ class LoadDriven(_Autoscaler):
     def _desired(self, ledger: CapacityLedger, census: Census, state: LoadDrivenState) -> tuple[int, LoadDrivenState, str]:
         now = ledger.snap.now_s
         current = census.current
+        since = self._idle_since(ledger.snap)  # None without provision_idle
         if self.provision_idle:  # counted here only: no other autoscaler pays for the pass
             acted = ledger.acted
-            since = self._idle_since(ledger.snap)
             idle = sum(1 for ld in ledger.loads.values() if ld.view.status is _RUNNING
                        for s in ld.idle if s.session_id not in acted and s.since_s >= since)
             if idle:
@@ -415,7 +415,7 @@ class LoadDriven(_Autoscaler):
             expected = len(state.suspended) * state.return_rate_per_s * ledger.snap.worker_startup_s
             census = replace(census, demand=census.demand + int(expected + 0.5))
         if self.admission_wait_share is not None:
-            state = self.observe_arrivals(state, now, _demand_ids(ledger.snap, self._idle_since(ledger.snap)))
+            state = self.observe_arrivals(state, now, _demand_ids(ledger.snap, since))
         if self.headroom_model == "horizon":
             state = self.observe_horizon(state, now, census.demand, self._horizon(ledger.snap))
         state = self.observe(state, now, census.demand)
@@ -449,10 +449,12 @@ def _demand_ids(snap: Snapshot, idle_since: float | None) -> frozenset[str]:
     )
 
 
+_STANDARD_NORMAL = NormalDist()
+
+
 def _normal_loss(k: float) -> float:
     """``E[(Z - k)+]`` for a standard normal ``Z``."""
-    nd = NormalDist()
-    return nd.pdf(k) - k * (1.0 - nd.cdf(k))
+    return _STANDARD_NORMAL.pdf(k) - k * (1.0 - _STANDARD_NORMAL.cdf(k))
 
 
 def _loss_inverse(target: float) -> float:
