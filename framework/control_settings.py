@@ -293,6 +293,7 @@ def default_policy_params(
             "valve_admission": bool(config.get("control.valve-admission")),
             "valve_budget": _optional_float(config.get("control.valve-budget")),
             "valve_lend_active": bool(config.get("control.valve-lend-active")),
+            "valve_lend_at_max": bool(config.get("control.valve-lend-at-max")),
         }
     if autoscaling == "hpa":
         out["autoscaling"] = {

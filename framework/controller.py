@@ -106,6 +106,7 @@ class Mechanisms(ActuatorProtocol, Protocol):
     #   parallel_groups() -> list[policies.types.ParallelGroup]   the groups of degree > 1
     #   worker_models() -> {address: frozenset | None}            model pools (None or absent: any model)
     #   warming() -> Collection[str]                               joined, model not loaded yet (shown STARTING)
+    #   bursts() -> policies.types.BurstTally                      the sessions' bursts so far (wall seconds)
     #   closing() -> Collection[str]                               drained workers the cluster manager is closing
     #   async set_parallelism(workers, degree)                     FormGroup (len(workers)) / SplitGroup (1)
 
@@ -411,6 +412,10 @@ class ControlLoop:
             chunks_made=self.counters["chunks"],
             degraded_chunks=self.counters["degraded_chunks"],
         )
+        bursts = getattr(self.mechanisms, "bursts", None)
+        if bursts is not None:
+            tally = bursts()
+            snap = replace(snap, bursts_ended=tally.ended, burst_exposure_s=tally.exposure_s(now) * s.time_scale)
         groups = tuple(self.groups())
         self._grouped = frozenset(a for g in groups for a in g.workers)
         return replace(snap, groups=groups) if groups else snap

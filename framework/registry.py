@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from policies.types import SessionStatus, SessionView, Snapshot, WorkerView
+from policies.types import BurstTally, SessionStatus, SessionView, Snapshot, WorkerView
 from workers.access import allowed, denied
 from workers.errors import SessionNotFound
 from workers.ids import new_id
@@ -65,6 +65,11 @@ class SessionRecord:
     #: What the control plane saw happen to the session (migrated, its worker lost, recovered at
     #: chunk k), kept here because an actor's own list dies with its worker. Not in ``to_dict``.
     events: deque = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
+    #: The registry's tally of bursts (set by :meth:`SessionRegistry.add`), and when this
+    #: session's current burst began (None: not in one). A burst begins when the session
+    #: becomes active and ends when it goes idle, is suspended or closes.
+    bursts: BurstTally | None = field(default=None, repr=False)
+    burst_from_s: float | None = None
 
     def note(self, kind: str, worker: str | None = None, **fields: Any) -> dict[str, Any]:
         """Record an event as :meth:`framework.Session.events` shows it (``source: "registry"``).
@@ -87,7 +92,16 @@ class SessionRecord:
             raise denied(self.session_id, access_token)
 
     def set_status(self, status: SessionStatus, now_s: float) -> None:
-        """Change the status; ``since_s`` becomes ``now_s``."""
+        """Change the status; ``since_s`` becomes ``now_s``; a burst begins or ends in the tally."""
+        tally = self.bursts
+        if tally is not None:
+            if status is SessionStatus.ACTIVE:
+                if self.burst_from_s is None:
+                    self.burst_from_s = now_s
+                    tally.begin(now_s)
+            elif status in _BURST_ENDS and self.burst_from_s is not None:
+                tally.end(self.burst_from_s, now_s)
+                self.burst_from_s = None
         self.status, self.since_s = status, now_s
 
     def to_dict(self, owned: bool = True) -> dict[str, Any]:
@@ -133,11 +147,19 @@ class SessionRecord:
         )
 
 
+_BURST_ENDS = (SessionStatus.IDLE, SessionStatus.SUSPENDED, SessionStatus.CLOSED)
+
+
 class SessionRegistry:
-    """All sessions by id, with the queries the control plane needs."""
+    """All sessions by id, with the queries the control plane needs.
+
+    ``bursts`` tallies the sessions' bursts (their records update it as their status
+    changes), for the snapshot's mean burst length.
+    """
 
     def __init__(self) -> None:
         self._records: dict[str, SessionRecord] = {}
+        self.bursts = BurstTally()
 
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._records
@@ -150,6 +172,10 @@ class SessionRegistry:
         if record.session_id in self._records:
             raise ValueError(f"session id {record.session_id!r} is already registered")
         self._records[record.session_id] = record
+        record.bursts = self.bursts
+        if record.status is SessionStatus.ACTIVE and record.burst_from_s is None:
+            record.burst_from_s = record.since_s
+            self.bursts.begin(record.since_s)
 
     def get(self, session_id: str) -> SessionRecord:
         """The record of ``session_id``; :class:`SessionNotFound` if unknown."""
@@ -201,7 +227,7 @@ class SessionRegistry:
             r.latencies.append(latency)
             # A chunk made after the session went idle means it was asked for again.
             if r.status is SessionStatus.IDLE and t_done > r.since_s:
-                r.status, r.since_s = SessionStatus.ACTIVE, now_s
+                r.set_status(SessionStatus.ACTIVE, now_s)
 
     def snapshot(self, now_s: float, workers: Iterable[WorkerView], **kw: Any) -> Snapshot:
         """The immutable :class:`Snapshot` of the open sessions, for the policies."""

@@ -60,7 +60,7 @@ from framework.serving_settings import ServingSettings
 from framework.session_handlers import SessionHandlers, refusing
 from framework.session_mechanisms import SessionActors
 from framework.warmup import Warmup
-from policies.types import TIERS
+from policies.types import TIERS, BurstTally
 from workers.chunk_futures import CHUNK_KEY_PREFIX, chunk_session
 from workers.encryption import GROUPS_UNDER_TLS, encrypted
 from workers.errors import InvalidRequest
@@ -411,6 +411,10 @@ class TurboserveScheduler(SchedulerPlugin):
     def records(self) -> list[SessionRecord]:
         """The open sessions' records."""
         return self.registry.records()
+
+    def bursts(self) -> BurstTally:
+        """The sessions' bursts so far (the registry's tally)."""
+        return self.registry.bursts
 
     def admitting(self, session_id: str) -> bool:
         """Whether the open or recovery path holds the session's lock (:meth:`SessionHandlers.admitting`)."""

@@ -187,7 +187,7 @@ def _lent_workers(ledger: CapacityLedger, period_s: float) -> list[LentWorker]:
         if view.status is _RUNNING and residents > view.max_batch:
             some = ld.active[0] if ld.active else ld.idle[0] if ld.idle else None
             lent.append(LentWorker(residents, len(ld.idle), ld.n_active > view.max_batch,
-                                   period_s if some is None else some.chunk_period_s))
+                                   period_s if some is None else some.chunk_period_s, view.max_batch))
     return lent
 
 
@@ -303,6 +303,14 @@ class MigrationAware(_PlacementPolicy):
         worker's (``b*`` active sessions, fewer residents than the valve's batch): its
         group runs degraded from then until the capacity started for the newcomer takes
         the surplus away, priced as degrading for a whole start-up. Off by default.
+    valve_lend_at_max
+        With ``valve_admission`` and a ``valve_budget``: lend also while the cluster is
+        at its maximum with nothing starting, where the surplus lasts until a burst of
+        the worker's group ends (priced with the bursts' learnt mean length,
+        :func:`policies.valve_budget.lend_fits`), instead of making the newcomer wait
+        for a session to go idle or leave; the surplus is given back (an idle resident
+        offloaded) once a resident has been idle two chunk periods (:meth:`_give_back`).
+        Off by default here; on in TurboServe's configuration.
     **kwargs
         ``on_full``, ``new_session_bytes``, ``max_drain_migrations`` as for every
         placement policy.
@@ -323,11 +331,13 @@ class MigrationAware(_PlacementPolicy):
         valve_admission: bool = False,
         valve_budget: float | None = 0.01,
         valve_lend_active: bool = False,
+        valve_lend_at_max: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.valve_admission = bool(valve_admission)
         self.valve_lend_active = bool(valve_lend_active)
+        self.valve_lend_at_max = bool(valve_lend_at_max)
         if valve_budget is not None and not 0 <= valve_budget <= 1:
             raise ValueError(f"valve_budget must be a share in [0, 1] or None (no budget), got {valve_budget!r}")
         self.valve_budget = None if valve_budget is None else float(valve_budget)
@@ -354,6 +364,45 @@ class MigrationAware(_PlacementPolicy):
             f"MigrationAware(min_gain={self.min_gain}, max_migrations={self.max_migrations}, "
             f"horizon_chunks={self.horizon_chunks}, keep_idle_slots={self.keep_idle_slots}, on_full={self.on_full!r})"
         )
+
+    def decide_on(self, ledger: CapacityLedger, state: Any) -> tuple[list[Action], Any]:
+        """As every placement's; with ``valve_lend_at_max``, slots lent at the maximum given back."""
+        actions, state = super().decide_on(ledger, state)
+        if self.valve_lend_at_max:
+            self._give_back(ledger, actions)
+        return actions, state
+
+    def _give_back(self, ledger: CapacityLedger, actions: list[Action]) -> None:
+        """At the maximum with nothing starting, offload the idle residents a valve worker holds over its ``b*``.
+
+        A slot lent at the maximum is priced for one episode (until a burst of the group
+        ends: :func:`policies.valve_budget.lend_fits`). Left alone, the surplus would
+        last as long as the saturation: a waiting newcomer takes the kept slot of the
+        next resident that goes idle, and the group degrades again whenever all its
+        sessions are active. So the surplus is given back as soon as a resident has been
+        idle for two chunk periods (its last chunk delivered), longest idle first, as an
+        eviction at the maximum would take it anyway. With capacity on its way the
+        rebalance takes the surplus instead.
+        """
+        snap = ledger.snap
+        if len(snap.workers) < snap.max_workers or ledger.loads_of(_STARTING):
+            return
+        acted, now = ledger.acted, snap.now_s
+        for load in ledger.loads.values():
+            view = load.view
+            if view.status is not _RUNNING or view.valve_batch <= 0 or load.n_active + len(load.idle) <= view.max_batch:
+                continue  # a worker without the valve is never lent a slot
+            # idle sessions an action of this decision already takes away (an eviction) leave a slot
+            staying = sorted((s for s in load.idle if s.session_id not in acted), key=lambda s: s.since_s)
+            surplus = load.n_active + len(staying) - view.max_batch
+            for s in staying:
+                if surplus <= 0:
+                    break
+                if now - s.since_s < 2.0 * s.chunk_period_s:
+                    continue
+                acted.add(s.session_id)
+                surplus -= 1
+                actions.append(Offload(s.session_id, tier="host", cause="give back a slot lent on the valve at the maximum"))
 
     def _chooser(self, ledger: CapacityLedger, state: Any) -> Chooser:
         if not self.keep_idle_slots:
@@ -434,14 +483,16 @@ class MigrationAware(_PlacementPolicy):
         in one degraded step within the SLO), the best by predicted step. Should the idle
         sessions come back before the capacity being started takes the surplus away (a
         rebalance), the worker runs them all in one degraded step (the valve) instead of
-        stalling one. Not while the cluster is at its maximum with nothing starting: there
-        the valve would become standing capacity; nor when what the lent slots and this
+        stalling one. Not while the cluster is at its maximum with nothing starting (there
+        the valve would become standing capacity) unless ``valve_lend_at_max``, priced
+        for a burst's end instead of a start-up; nor when what the lent slots and this
         one are expected to degrade does not fit ``valve_budget``
         (:mod:`policies.valve_budget`). With ``valve_lend_active``, a full worker's slot
         when no idle resident's can be lent (its group degrades at once).
         """
         snap = ledger.snap
-        if chooser.incoming <= 0 and len(snap.workers) >= snap.max_workers:
+        at_max = chooser.incoming <= 0 and len(snap.workers) >= snap.max_workers
+        if at_max and not (self.valve_lend_at_max and self.valve_budget is not None):
             return None
         held = chooser.held
         key = ledger.latency_plus_key()
@@ -464,7 +515,8 @@ class MigrationAware(_PlacementPolicy):
             if chooser.outlook is None:  # read once per decision, when a lend is first possible
                 chooser.outlook = ValveOutlook.of(snap)
             lent = _lent_workers(ledger, chooser.outlook.period_s)
-            if not lend_fits(snap, chooser.outlook, lent, best.view.valve_batch, self.valve_budget, degrading=full):
+            if not lend_fits(snap, chooser.outlook, lent, best.view.valve_batch, self.valve_budget, degrading=full,
+                             at_max_batch=best.view.max_batch if at_max else None):
                 return None  # the valve's budget of degraded chunks does not cover another lend
         if held.get(best.address, 0) > 0:
             held[best.address] -= 1  # the slot it takes is one an idle session kept

@@ -229,6 +229,45 @@ class ParallelStepModel:
         )
 
 
+class BurstTally:
+    """The bursts of a run so far, for :attr:`Snapshot.bursts_ended` and :attr:`Snapshot.burst_exposure_s`.
+
+    The simulator and the live registry call :meth:`begin` when a session starts a burst
+    and :meth:`end` (with the time it began) when it goes idle or closes. The exposure
+    counts bursts still going on up to ``now`` too, so that their ratio is the
+    maximum-likelihood mean of exponential bursts observed up to ``now`` (the bursts
+    that ended by ``now`` alone are biased short: the long ones have not ended yet).
+
+    >>> t = BurstTally(); t.begin(0.0); t.begin(2.0); t.end(0.0, 4.0)
+    >>> t.ended, t.exposure_s(6.0)  # 4 s ended, 4 s going on
+    (1, 8.0)
+    """
+
+    __slots__ = ("ended", "ended_s", "_open", "_open_from_s")
+
+    def __init__(self) -> None:
+        self.ended = 0
+        self.ended_s = 0.0
+        self._open = 0
+        self._open_from_s = 0.0  # the sum of the open bursts' start times
+
+    def begin(self, now_s: float) -> None:
+        """A burst began at ``now_s``."""
+        self._open += 1
+        self._open_from_s += now_s
+
+    def end(self, began_s: float, now_s: float) -> None:
+        """The burst that began at ``began_s`` ended at ``now_s``."""
+        self._open -= 1
+        self._open_from_s -= began_s
+        self.ended += 1
+        self.ended_s += now_s - began_s
+
+    def exposure_s(self, now_s: float) -> float:
+        """Session-seconds in bursts up to ``now_s``, ended or not."""
+        return self.ended_s + self._open * now_s - self._open_from_s
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """An immutable view of the cluster at time ``now_s`` (seconds, virtual or real)."""
@@ -251,6 +290,17 @@ class Snapshot:
     #: budget is spent against: ``control.valve-budget``).
     chunks_made: int = 0
     degraded_chunks: int = 0
+    #: Bursts (a session's spell of asking for chunks, from its open or its first
+    #: request after an idle spell to its next idle spell or its close) that ended so
+    #: far, and the session-seconds spent in bursts so far, ended or not
+    #: (:class:`BurstTally`): their ratio estimates the mean burst length.
+    bursts_ended: int = 0
+    burst_exposure_s: float = 0.0
+
+    @property
+    def mean_burst_s(self) -> float | None:
+        """Mean length of a burst (exponential, right-censored estimate); None before one ended."""
+        return self.burst_exposure_s / self.bursts_ended if self.bursts_ended > 0 else None
 
     def worker(self, address: str) -> WorkerView | None:
         for w in self.workers:

@@ -23,6 +23,16 @@ is priced ahead:
   that exposure ends (those made so far, plus one start-up of the active sessions' chunk
   rate).
 
+At the cluster's maximum with nothing starting (``MigrationAware(valve_lend_at_max=True)``)
+no capacity takes a surplus away: a degraded group stays degraded until one of its
+active sessions' burst ends. A lend is priced the same way with that span instead of a
+start-up: with bursts exponential of mean ``B`` (:attr:`~policies.types.Snapshot.mean_burst_s`,
+learnt from the run's bursts), the first of a degraded group's ``b* + 1`` (or more)
+active sessions ends its burst after an exponential time ``S`` of mean ``B / (b* + 1)``,
+and a lent slot degrades ``E[(S - tau)+] = P(tau < S) E[S] = (mu / (lam + mu)) / lam``
+seconds (``lam = 1 / E[S]``, ``mu = k / m``); a group already degrading, ``E[S]`` more
+(memoryless). No burst ended yet: no lend at the maximum.
+
 Pure functions of the snapshot (no Dask, no torch), shared by the live loop and the
 simulator through the placement policy.
 
@@ -56,6 +66,21 @@ def degraded_seconds(horizon_s: float, mean_idle_s: float, idle: int) -> float:
         return 0.0
     m = max(mean_idle_s, 1e-9) / idle
     return horizon_s - m * (1.0 - math.exp(-horizon_s / m))
+
+
+def degraded_seconds_until_end(mean_span_s: float, mean_idle_s: float, idle: int) -> float:
+    """``E[(S - tau)+]`` for an exponential span ``S`` of mean ``mean_span_s`` (the surplus at the maximum).
+
+    ``tau`` as for :func:`degraded_seconds`; ``S`` and ``tau`` independent, so the group
+    degrades only if a resident comes back first, and then for a whole (memoryless) span.
+
+    >>> round(degraded_seconds_until_end(10.0, mean_idle_s=10.0, idle=1), 6)  # back first half the time
+    5.0
+    """
+    if idle <= 0 or mean_span_s <= 0:
+        return 0.0
+    lam, mu = 1.0 / mean_span_s, idle / max(mean_idle_s, 1e-9)
+    return mu / (lam + mu) / lam
 
 
 @dataclass(frozen=True)
@@ -99,25 +124,41 @@ class LentWorker:
     idle: int  # of which idle (each may come back)
     degrading: bool  # more active sessions than b*: its group runs degraded now
     period_s: float  # its sessions' chunk period
+    batch: int = 1  # its b* (its group degrades with b* + 1 or more active sessions)
 
 
 def lend_fits(snap: Snapshot, outlook: ValveOutlook, lent: Iterable[LentWorker], group: int, budget: float,
-              *, degrading: bool = False) -> bool:
+              *, degrading: bool = False, at_max_batch: int | None = None) -> bool:
     """Whether lending one more slot (its worker then runs ``group`` sessions) keeps within ``budget``.
 
     ``budget``: the share of chunks that may be degraded (``control.valve-budget``).
     ``degrading``: the slot is a full worker's (no idle resident's), so its group runs
-    degraded from the lend on: priced for a whole start-up.
+    degraded from the lend on: priced for a whole start-up (at the maximum, a whole span).
+    ``at_max_batch``: the cluster is at its maximum with nothing starting and the
+    lending worker's ``b*`` is this: the surplus lasts until a burst of the group ends
+    (priced with the snapshot's mean burst; none known: it does not fit).
     """
     if snap.degraded_chunks > budget * snap.chunks_made:
         return False  # spent already
-    horizon = snap.worker_startup_s
-    exposure = horizon if degrading else degraded_seconds(horizon, outlook.mean_idle_s, 1)
+    if at_max_batch is None:
+        horizon = snap.worker_startup_s
+        exposure = horizon if degrading else degraded_seconds(horizon, outlook.mean_idle_s, 1)
+    else:
+        burst = snap.mean_burst_s
+        if burst is None:
+            return False
+        horizon = burst / (at_max_batch + 1)
+        exposure = horizon if degrading else degraded_seconds_until_end(horizon, outlook.mean_idle_s, 1)
     expected = group * exposure / outlook.period_s
     for w in lent:
-        if w.degrading:
-            expected += w.residents * DEGRADING_SHARE * horizon / w.period_s
+        if at_max_batch is None:
+            if w.degrading:
+                spent = DEGRADING_SHARE * horizon
+            else:
+                spent = degraded_seconds(horizon, outlook.mean_idle_s, w.idle)
         else:
-            expected += w.residents * degraded_seconds(horizon, outlook.mean_idle_s, w.idle) / w.period_s
+            span = burst / (w.batch + 1)
+            spent = span if w.degrading else degraded_seconds_until_end(span, outlook.mean_idle_s, w.idle)
+        expected += w.residents * spent / w.period_s
     allowed = budget * (snap.chunks_made + outlook.chunk_rate * horizon) - snap.degraded_chunks
     return expected <= allowed

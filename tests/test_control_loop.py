@@ -343,3 +343,23 @@ def test_admission_asks_the_loop_and_its_placement_policy(cap, expected):
     loop = ControlLoop(settings(), cluster, Clock())
     exclude = {"w2"} if cap == 1 else set()
     assert loop.choose("new", exclude=exclude, max_sessions=cap) == expected
+
+
+def test_the_snapshot_carries_the_runtime_s_bursts_in_trace_seconds():
+    from policies.types import BurstTally
+
+    class WithBursts(FakeCluster):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.tally = BurstTally()
+
+        def bursts(self) -> BurstTally:
+            return self.tally
+
+    cluster, clock = WithBursts(["w1"]), Clock()
+    cluster.tally.begin(990.0)
+    cluster.tally.begin(994.0)
+    cluster.tally.end(990.0, 996.0)  # 6 s ended; at 1000 s, 6 s of the second going on
+    snap = ControlLoop(settings(time_scale=2.0), cluster, clock).snapshot()
+    assert (snap.bursts_ended, snap.burst_exposure_s) == (1, 24.0)  # 12 wall seconds, twice as long in the trace
+    assert ControlLoop(settings(), FakeCluster(["w1"]), clock).snapshot().mean_burst_s is None  # a runtime without them

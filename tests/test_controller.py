@@ -243,6 +243,8 @@ def test_the_snapshot_counts_the_chunks_made_and_shows_the_valves_batch(server):
         session.close()
     snap = wait_for(lambda: (lambda sn: sn if sn.chunks_made >= 2 else None)(on_controller(server, lambda c: c.snapshot())))
     assert snap.degraded_chunks == 0  # the valve is off here
+    # the session's burst (from its first chunk to its close) ended: the registry tallied it
+    assert snap.bursts_ended >= 1 and snap.mean_burst_s > 0
 
     def views_with_a_valve(c):  # engine.quality-valve.batch 1 of engine.max-batch 4
         from dataclasses import replace

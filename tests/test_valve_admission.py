@@ -273,3 +273,138 @@ def test_the_budget_never_admits_more_when_more_is_spent_or_lent(made, degraded,
         assert not lend_fits(snap, outlook, [*workers, LentWorker(3, 1, False, 1.0)], 3, 0.01)
     if fits:
         assert lend_fits(replace(snap, chunks_made=made + more), outlook, workers, 3, 0.01)
+
+
+# ---------------------------------------------------------------- lending at the cluster's maximum
+
+def test_the_mean_burst_is_the_exposure_over_the_bursts_that_ended():
+    from policies.types import BurstTally
+    tally = BurstTally()
+    tally.begin(0.0)
+    tally.begin(10.0)
+    tally.end(0.0, 30.0)  # 30 s
+    # At 40 s: 30 s ended, 30 s of the second still going on; one burst ended.
+    snap = Snapshot(now_s=40.0, workers=(), sessions=(), bursts_ended=tally.ended,
+                    burst_exposure_s=tally.exposure_s(40.0))
+    assert snap.mean_burst_s == pytest.approx(60.0)
+    assert Snapshot(now_s=0.0, workers=(), sessions=()).mean_burst_s is None
+
+
+def test_a_lent_slot_at_the_maximum_degrades_for_the_span_left_after_a_holder_comes_back():
+    # E[(S - tau)+] by integrating P(S - tau > x) over x, S and tau exponential, independent.
+    from policies.valve_budget import degraded_seconds_until_end
+    span, mean_idle = 7.0, 3.0
+    lam, mu = 1 / span, 1 / mean_idle
+    t = np.linspace(0.0, 400.0, 400_001)
+    # P(S - tau > x) = E_tau[exp(-lam (tau + x))] = exp(-lam x) mu / (lam + mu)
+    survival = np.exp(-lam * t) * mu / (lam + mu)
+    assert degraded_seconds_until_end(span, mean_idle, 1) == pytest.approx(np.trapezoid(survival, t), rel=1e-4)
+    assert degraded_seconds_until_end(span, mean_idle, 0) == 0.0
+
+
+def _at_max(*, bursts_ended: int, burst_exposure_s: float, chunks_made: int = 1_000, on: bool = True):
+    """w1 alone at max_workers = 1: one active session and one idle for 1 s; nothing starting."""
+    from dataclasses import replace
+    snap = replace(_snap(valve_batch=3, max_workers=1), chunks_made=chunks_made, bursts_ended=bursts_ended,
+                   burst_exposure_s=burst_exposure_s)
+    policy = MigrationAware(keep_idle_slots=True, valve_admission=True, valve_budget=0.01, valve_lend_at_max=on,
+                            new_session_bytes=10)
+    return [a for a in policy.decide(snap, None)[0] if isinstance(a, Place) and a.session_id == "new"]
+
+
+def test_at_the_maximum_a_slot_is_lent_only_when_a_burst_of_its_group_is_expected_to_end_soon():
+    # Bursts of 3 s on average: a group of b* + 1 = 3 has one end within 1 s on average,
+    # so a lent slot degrades about 0.5 s of 3 sessions' chunks: within 1% of 1,000.
+    (place,) = _at_max(bursts_ended=10, burst_exposure_s=30.0)
+    assert place.worker == "w1"
+    # Bursts of 300 s: a degraded group would stay so for ~100 s (~300 chunks): the newcomer waits.
+    assert _at_max(bursts_ended=10, burst_exposure_s=3_000.0) == []
+    # No burst ended yet: nothing to price the lend with.
+    assert _at_max(bursts_ended=0, burst_exposure_s=500.0) == []
+    # The option off: never at the maximum.
+    assert _at_max(bursts_ended=10, burst_exposure_s=30.0, on=False) == []
+
+
+def test_the_simulator_tallies_bursts_from_the_trace_and_the_policies_see_them():
+    seen = []
+
+    class Recording(MigrationAware):
+        def decide_on(self, ledger, state):
+            seen.append(ledger.snap)
+            return super().decide_on(ledger, state)
+
+    # a: open at 0, idle at 10 (a 10 s burst), active at 20, closes at 50 (30 s); b: open at 0, closes at 45.
+    df = _trace((0, "a", "open"), (0, "b", "open"), (10, "a", "idle"), (20, "a", "active"), (45, "b", "close"),
+                (50, "a", "close"))
+    policies = PolicySet(Recording(), make_autoscaler(), make_offload())
+    simulate(df, policies, SimConfig(initial_workers=1, max_workers=1, slo_s=SLO, max_batch=3),
+             latency=BatchLatencyModel((1, 2, 3), (0.4, 0.8, 1.2)))
+    last = max(seen, key=lambda s: s.now_s)
+    assert last.now_s >= 50.0
+    assert last.bursts_ended == 3 and last.burst_exposure_s == pytest.approx(10.0 + 30.0 + 45.0)
+    mid = [s for s in seen if 20.0 < s.now_s < 45.0][0]  # a's first burst ended; b's and a's second go on
+    assert mid.bursts_ended == 1
+    assert mid.burst_exposure_s == pytest.approx(10.0 + mid.now_s + (mid.now_s - 20.0))
+
+
+def make_autoscaler():
+    from policies.registry import make
+    return make("autoscaling", "fixed", n=1)
+
+
+def make_offload():
+    from policies.registry import make
+    return make("offload", "never")
+
+
+def test_the_live_registry_tallies_bursts_as_sessions_go_active_idle_suspended_and_closed():
+    from framework.registry import SessionRecord, SessionRegistry
+    reg = SessionRegistry()
+    rec = SessionRecord("s", "tiny", "p", 0, 64, 64, since_s=0.0)
+    reg.add(rec)  # pending: not in a burst yet
+    rec.set_status(SessionStatus.ACTIVE, 5.0)
+    rec.set_status(SessionStatus.MIGRATING, 8.0)  # a move does not end the burst
+    rec.set_status(SessionStatus.ACTIVE, 9.0)
+    rec.set_status(SessionStatus.IDLE, 15.0)  # 10 s
+    assert (reg.bursts.ended, reg.bursts.exposure_s(20.0)) == (1, 10.0)
+    reg.record_chunks([("s", 0, 0.1, 1, 21.0)], 21.0)  # a chunk made after it went idle: active again
+    assert rec.status is SessionStatus.ACTIVE and reg.bursts.exposure_s(25.0) == pytest.approx(14.0)
+    rec.set_status(SessionStatus.SUSPENDED, 31.0)
+    rec.set_status(SessionStatus.CLOSED, 40.0)  # not in a burst: nothing more
+    assert (reg.bursts.ended, reg.bursts.exposure_s(50.0)) == (2, 20.0)
+
+
+@pytest.mark.parametrize("case", ["at the maximum", "option off", "capacity starting", "idle for one period", "no valve"])
+def test_a_slot_lent_at_the_maximum_is_given_back_once_a_resident_has_been_idle_two_periods(case):
+    from dataclasses import replace
+    # w1 (b* = 2) holds a lent slot: two active sessions and one idle since 90 s (now 100 s).
+    idle_since = 99.0 if case == "idle for one period" else 90.0
+    snap = _snap(valve_batch=0 if case == "no valve" else 3, max_workers=1, starting=1 if case == "capacity starting" else 0)
+    sessions = tuple(s for s in snap.sessions if s.status is not SessionStatus.PENDING and s.status is not SessionStatus.IDLE)
+    sessions += (SessionView("a2", SessionStatus.ACTIVE, "w1", 10), SessionView("i", SessionStatus.IDLE, "w1", 10,
+                                                                                  since_s=idle_since))
+    snap = replace(snap, sessions=sessions, max_workers=2 if case == "capacity starting" else 1)
+    policy = MigrationAware(keep_idle_slots=True, valve_admission=True, valve_budget=0.01,
+                            valve_lend_at_max=case != "option off", new_session_bytes=10)
+    offloads = [a for a in policy.decide(snap, None)[0] if isinstance(a, Offload)]
+    if case == "at the maximum":
+        assert [o.session_id for o in offloads] == ["i"]
+    else:
+        assert offloads == []
+
+
+def test_an_eviction_in_the_same_decision_is_not_given_back_twice():
+    # At the maximum, w1 (b* = 2) holds two idle sessions: a newcomer takes the
+    # longest-idle one's kept slot (evicting it); the other keeps its slot.
+    snap = Snapshot(
+        now_s=100.0, workers=(WorkerView("w1", max_batch=2, memory_bytes=100, valve_batch=3),),
+        sessions=(SessionView("old", SessionStatus.IDLE, "w1", 10, since_s=10.0),
+                  SessionView("recent", SessionStatus.IDLE, "w1", 10, since_s=50.0),
+                  SessionView("new", SessionStatus.PENDING, None, 0, since_s=100.0)),
+        slo_s=SLO, latency=BatchLatencyModel((1, 2, 3), (0.4, 0.8, 1.2)), max_workers=1, worker_startup_s=10.0,
+        chunks_made=1_000)
+    policy = MigrationAware(keep_idle_slots=True, valve_admission=True, valve_budget=0.01, valve_lend_at_max=True,
+                            new_session_bytes=10)
+    actions = policy.decide(snap, None)[0]
+    assert [a.session_id for a in actions if isinstance(a, Offload)] == ["old"]
+    assert [(a.session_id, a.worker) for a in actions if isinstance(a, Place)] == [("new", "w1")]

@@ -106,6 +106,7 @@ from policies.combined import Combined
 from policies.semantics import apply_order
 from policies.types import (
     BatchLatencyModel,
+    BurstTally,
     Offload,
     Place,
     SessionStatus,
@@ -197,6 +198,7 @@ class Simulator:
         self._dirty: list[_Session] = []
         self._counts: dict[SessionStatus, int] = dict.fromkeys(SessionStatus, 0)  # of open sessions
         self._status_counts: dict[SessionStatus, int] = dict(self._counts)  # as of the last snapshot
+        self.bursts = BurstTally()  # the snapshot's bursts_ended and burst_exposure_s
         self._wviews: tuple[WorkerView, ...] | None = None  # None: a worker changed
         self.heap: list[tuple] = []
         self.seq = 0
@@ -294,6 +296,8 @@ class Simulator:
             if not s.wants:
                 s.fresh = True  # a new burst: its first chunk waits for admission, not in-stream
                 s.put_off = False
+                s.burst_from = now
+                self.bursts.begin(now)
             s.wants = True
             if not s.in_flight:
                 s.next_req = now
@@ -306,6 +310,8 @@ class Simulator:
                 self._wants_admission(now)
         elif code == 2:  # idle
             self._abandon(s, now)
+            if s.wants:
+                self.bursts.end(s.burst_from, now)
             s.wants = False
             if s.status is ACTIVE:
                 self._set_status(s, IDLE, now)
@@ -329,6 +335,8 @@ class Simulator:
         if s.status is CLOSED:
             return
         self._abandon(s, now)
+        if s.wants:
+            self.bursts.end(s.burst_from, now)
         s.wants = False
         w = s.worker
         if w is not None:

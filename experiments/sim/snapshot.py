@@ -69,6 +69,8 @@ def build_snapshot(sim: Any, now: float) -> Snapshot:
         parallel=sim.cfg.parallel,
         chunks_made=len(sim.lat),
         degraded_chunks=sim.counters["degraded_chunks"],
+        bursts_ended=sim.bursts.ended,
+        burst_exposure_s=sim.bursts.exposure_s(now),
     )
 
 

@@ -31,6 +31,7 @@ class _Session:
         "idx", "sid", "status", "worker", "target", "nbytes", "period", "frames", "since",
         "next_index", "next_req", "in_flight", "copy_until", "migrated_next", "wants", "ctx",
         "recent", "on_host", "host_ready", "view", "dirty", "opened", "fresh", "put_off",
+        "burst_from",
     )
 
     def __init__(self, idx: int, sid: str, nbytes: int, period: float, frames: int) -> None:
@@ -54,6 +55,7 @@ class _Session:
         self.opened = False
         self.fresh = True  # its next chunk is the first of a burst (index 0 or after a resume)
         self.put_off = False  # that first chunk was put after in-stream chunks once (split_due)
+        self.burst_from = 0.0  # when its current burst began (while it wants chunks)
 
     @property
     def admission_wait(self) -> bool:
