@@ -363,3 +363,46 @@ def test_the_snapshot_carries_the_runtime_s_bursts_in_trace_seconds():
     snap = ControlLoop(settings(time_scale=2.0), cluster, clock).snapshot()
     assert (snap.bursts_ended, snap.burst_exposure_s) == (1, 24.0)  # 12 wall seconds, twice as long in the trace
     assert ControlLoop(settings(), FakeCluster(["w1"]), clock).snapshot().mean_burst_s is None  # a runtime without them
+
+
+def test_at_the_maximum_the_loop_lends_a_valve_slot_with_the_default_settings_and_gives_it_back():
+    from framework.control_settings import default_policy_params
+    from policies.types import BurstTally
+
+    class WithBursts(FakeCluster):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.tally = BurstTally()
+            for k in range(10):  # ten bursts of 3 s ended
+                self.tally.begin(900.0 + k)
+                self.tally.end(900.0 + k, 903.0 + k)
+
+        def bursts(self) -> BurstTally:
+            return self.tally
+
+    params = default_policy_params("migration-aware", "fixed", "never", max_batch=2, worker_memory=10**9)
+    assert params["placement"]["valve_lend_at_max"]  # on in TurboServe's configuration
+
+    async def main():
+        clock = Clock()
+        cluster = WithBursts(["w1"], scalable=False)
+        cluster.add("a", ACTIVE, "w1")
+        cluster.add("i", IDLE, "w1").since_s = clock.t - 1.0  # its slot is kept; it may be back soon
+        cluster.add("new", PENDING)
+        # b* = 2 (the valve's batch: the engine runs up to 3 in a degraded step); one worker, the maximum
+        s = settings(placement="migration-aware", placement_params=params["placement"], autoscaling_params={"n": 1},
+                     minimum=1, maximum=1, max_batch=3, valve_batch=2,
+                     latency_points=((1, 0.4), (2, 0.8), (3, 1.2)))
+        loop = ControlLoop(s, cluster, clock)
+        loop.counters["chunks"] = 100_000  # a budget of 1,000 degraded chunks
+        (place,) = accepted(await loop.tick(), "Place")
+        assert (place.session_id, place.worker) == ("new", "w1")
+        await settle(loop)
+        # w1 now holds b* + 1 residents; once "i" has been idle two chunk periods its slot goes back
+        clock.t += 5.0
+        (offload,) = accepted(await loop.tick(), "Offload")
+        assert offload.session_id == "i"
+        await settle(loop)
+        assert ("suspend", "i", "host") in cluster.calls
+
+    asyncio.run(main())
