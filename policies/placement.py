@@ -460,7 +460,7 @@ class MigrationAware(_PlacementPolicy):
         for entry in skipped:
             heappush(kept, entry)
         if best is None or victim is None:
-            if self.valve_admission:  # _valve_slot's own gate: not at the maximum with nothing starting
+            if self.valve_admission:  # _valve_slot has its own gate (the maximum, the budget)
                 load = self._valve_slot(ledger, chooser, nbytes, model)
                 if load is not None:
                     return load
