@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import heapq
 from heapq import heappop, heappush
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from policies.admission import CapacityLedger, WorkerLoad
 from policies.choosers import Chooser, HeapChooser, RingChooser, fewest_active
@@ -178,16 +178,20 @@ class _PlacementPolicy(LedgerPolicy):
                 actions.append(Offload(s.session_id, tier="host", cause="drain", drain=True))
 
 
+def _over_batch(ledger: CapacityLedger) -> Iterator[WorkerLoad]:
+    """The running workers holding more resident sessions (active and idle) than their ``b*``."""
+    return (ld for ld in ledger.loads.values()
+            if ld.view.status is _RUNNING and ld.n_active + len(ld.idle) > ld.view.max_batch)
+
+
 def _lent_workers(ledger: CapacityLedger, period_s: float) -> list[LentWorker]:
-    """The running workers holding more resident sessions than their ``b*`` (slots lent on the valve)."""
+    """The workers over their ``b*`` (slots lent on the valve), as the valve's budget reads them."""
     lent = []
-    for ld in ledger.loads.values():
+    for ld in _over_batch(ledger):
         view = ld.view
-        residents = ld.n_active + len(ld.idle)
-        if view.status is _RUNNING and residents > view.max_batch:
-            some = ld.active[0] if ld.active else ld.idle[0] if ld.idle else None
-            lent.append(LentWorker(residents, len(ld.idle), ld.n_active > view.max_batch,
-                                   period_s if some is None else some.chunk_period_s, view.max_batch))
+        some = ld.active[0] if ld.active else ld.idle[0] if ld.idle else None
+        lent.append(LentWorker(ld.n_active + len(ld.idle), len(ld.idle), ld.n_active > view.max_batch,
+                               period_s if some is None else some.chunk_period_s, view.max_batch))
     return lent
 
 
@@ -304,13 +308,10 @@ class MigrationAware(_PlacementPolicy):
         group runs degraded from then until the capacity started for the newcomer takes
         the surplus away, priced as degrading for a whole start-up. Off by default.
     valve_lend_at_max
-        With ``valve_admission`` and a ``valve_budget``: lend also while the cluster is
-        at its maximum with nothing starting, where the surplus lasts until a burst of
-        the worker's group ends (priced with the bursts' learnt mean length,
-        :func:`policies.valve_budget.lend_fits`), instead of making the newcomer wait
-        for a session to go idle or leave; the surplus is given back (an idle resident
-        offloaded) once a resident has been idle two chunk periods (:meth:`_give_back`).
-        Off by default here; on in TurboServe's configuration.
+        With ``valve_admission`` and a ``valve_budget``: lend also at the cluster's
+        maximum with nothing starting, priced until a burst of the group ends
+        (:func:`policies.valve_budget.lend_fits`), the surplus given back soon after
+        (:meth:`_give_back`). Off by default here; on in TurboServe's configuration.
     **kwargs
         ``on_full``, ``new_session_bytes``, ``max_drain_migrations`` as for every
         placement policy.
@@ -388,9 +389,9 @@ class MigrationAware(_PlacementPolicy):
         if len(snap.workers) < snap.max_workers or ledger.loads_of(_STARTING):
             return
         acted, now = ledger.acted, snap.now_s
-        for load in ledger.loads.values():
+        for load in _over_batch(ledger):
             view = load.view
-            if view.status is not _RUNNING or view.valve_batch <= 0 or load.n_active + len(load.idle) <= view.max_batch:
+            if view.valve_batch <= 0:
                 continue  # a worker without the valve is never lent a slot
             # idle sessions an action of this decision already takes away (an eviction) leave a slot
             staying = sorted((s for s in load.idle if s.session_id not in acted), key=lambda s: s.since_s)
