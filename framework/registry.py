@@ -173,9 +173,8 @@ class SessionRegistry:
             raise ValueError(f"session id {record.session_id!r} is already registered")
         self._records[record.session_id] = record
         record.bursts = self.bursts
-        if record.status is SessionStatus.ACTIVE and record.burst_from_s is None:
-            record.burst_from_s = record.since_s
-            self.bursts.begin(record.since_s)
+        if record.status is SessionStatus.ACTIVE:  # added active: its burst began at since_s
+            record.set_status(SessionStatus.ACTIVE, record.since_s)
 
     def get(self, session_id: str) -> SessionRecord:
         """The record of ``session_id``; :class:`SessionNotFound` if unknown."""

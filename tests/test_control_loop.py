@@ -19,7 +19,7 @@ from framework.controller import ControlLoop
 from framework.registry import SessionRecord
 from policies.combined import Combined
 from policies.semantics import Refusal
-from policies.types import Migrate, Place, Retire, ScaleTo, SessionStatus, WorkerStatus
+from policies.types import BurstTally, Migrate, Place, Retire, ScaleTo, SessionStatus, WorkerStatus
 
 ACTIVE, IDLE, PENDING, SUSPENDED = SessionStatus.ACTIVE, SessionStatus.IDLE, SessionStatus.PENDING, SessionStatus.SUSPENDED
 
@@ -345,18 +345,19 @@ def test_admission_asks_the_loop_and_its_placement_policy(cap, expected):
     assert loop.choose("new", exclude=exclude, max_sessions=cap) == expected
 
 
+class BurstyCluster(FakeCluster):
+    """A fake cluster that also tallies bursts, as the scheduler plugin's registry does."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.tally = BurstTally()
+
+    def bursts(self) -> BurstTally:
+        return self.tally
+
+
 def test_the_snapshot_carries_the_runtime_s_bursts_in_trace_seconds():
-    from policies.types import BurstTally
-
-    class WithBursts(FakeCluster):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.tally = BurstTally()
-
-        def bursts(self) -> BurstTally:
-            return self.tally
-
-    cluster, clock = WithBursts(["w1"]), Clock()
+    cluster, clock = BurstyCluster(["w1"]), Clock()
     cluster.tally.begin(990.0)
     cluster.tally.begin(994.0)
     cluster.tally.end(990.0, 996.0)  # 6 s ended; at 1000 s, 6 s of the second going on
@@ -367,25 +368,16 @@ def test_the_snapshot_carries_the_runtime_s_bursts_in_trace_seconds():
 
 def test_at_the_maximum_the_loop_lends_a_valve_slot_with_the_default_settings_and_gives_it_back():
     from framework.control_settings import default_policy_params
-    from policies.types import BurstTally
-
-    class WithBursts(FakeCluster):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.tally = BurstTally()
-            for k in range(10):  # ten bursts of 3 s ended
-                self.tally.begin(900.0 + k)
-                self.tally.end(900.0 + k, 903.0 + k)
-
-        def bursts(self) -> BurstTally:
-            return self.tally
 
     params = default_policy_params("migration-aware", "fixed", "never", max_batch=2, worker_memory=10**9)
     assert params["placement"]["valve_lend_at_max"]  # on in TurboServe's configuration
 
     async def main():
         clock = Clock()
-        cluster = WithBursts(["w1"], scalable=False)
+        cluster = BurstyCluster(["w1"], scalable=False)
+        for k in range(10):  # ten bursts of 3 s ended
+            cluster.tally.begin(900.0 + k)
+            cluster.tally.end(900.0 + k, 903.0 + k)
         cluster.add("a", ACTIVE, "w1")
         cluster.add("i", IDLE, "w1").since_s = clock.t - 1.0  # its slot is kept; it may be back soon
         cluster.add("new", PENDING)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from experiments.sim import PolicySet, SimConfig, simulate
 from policies.placement import MigrationAware
+from policies.registry import make
 from policies.types import BatchLatencyModel, Offload, Place, SessionStatus, SessionView, Snapshot, WorkerStatus, WorkerView
 from workers.batching import valve_group_step, valve_step
 
@@ -336,7 +337,7 @@ def test_the_simulator_tallies_bursts_from_the_trace_and_the_policies_see_them()
     # a: open at 0, idle at 10 (a 10 s burst), active at 20, closes at 50 (30 s); b: open at 0, closes at 45.
     df = _trace((0, "a", "open"), (0, "b", "open"), (10, "a", "idle"), (20, "a", "active"), (45, "b", "close"),
                 (50, "a", "close"))
-    policies = PolicySet(Recording(), make_autoscaler(), make_offload())
+    policies = PolicySet(Recording(), make("autoscaling", "fixed", n=1), make("offload", "never"))
     simulate(df, policies, SimConfig(initial_workers=1, max_workers=1, slo_s=SLO, max_batch=3),
              latency=BatchLatencyModel((1, 2, 3), (0.4, 0.8, 1.2)))
     last = max(seen, key=lambda s: s.now_s)
@@ -345,16 +346,6 @@ def test_the_simulator_tallies_bursts_from_the_trace_and_the_policies_see_them()
     mid = [s for s in seen if 20.0 < s.now_s < 45.0][0]  # a's first burst ended; b's and a's second go on
     assert mid.bursts_ended == 1
     assert mid.burst_exposure_s == pytest.approx(10.0 + mid.now_s + (mid.now_s - 20.0))
-
-
-def make_autoscaler():
-    from policies.registry import make
-    return make("autoscaling", "fixed", n=1)
-
-
-def make_offload():
-    from policies.registry import make
-    return make("offload", "never")
 
 
 def test_the_live_registry_tallies_bursts_as_sessions_go_active_idle_suspended_and_closed():
@@ -372,6 +363,9 @@ def test_the_live_registry_tallies_bursts_as_sessions_go_active_idle_suspended_a
     rec.set_status(SessionStatus.SUSPENDED, 31.0)
     rec.set_status(SessionStatus.CLOSED, 40.0)  # not in a burst: nothing more
     assert (reg.bursts.ended, reg.bursts.exposure_s(50.0)) == (2, 20.0)
+    # a record registered already active is in a burst from its since_s on
+    reg.add(SessionRecord("t", "tiny", "p", 0, 64, 64, status=SessionStatus.ACTIVE, since_s=45.0))
+    assert (reg.bursts.ended, reg.bursts.exposure_s(50.0)) == (2, 25.0)
 
 
 @pytest.mark.parametrize("case", ["at the maximum", "option off", "capacity starting", "idle for one period", "no valve"])
